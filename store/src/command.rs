@@ -1,0 +1,107 @@
+//! What travels through the raft log: a [`Command`] proposed by the apiserver and the
+//! [`Outcome`] the state machine answers with once the entry is applied.
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of the wasmkube store.
+    pub TypeConfig:
+        D = Command,
+        R = Outcome,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A raft node id.
+pub type NodeId = u64;
+
+/// A condition that must hold on the current value of a key for a write to apply.
+///
+/// This is how the apiserver expresses optimistic concurrency: an update carries the
+/// `resourceVersion` it was computed from, as kube-apiserver's etcd3 store does with
+/// `mod_revision` comparisons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precondition {
+    /// Apply unconditionally (create-or-replace).
+    None,
+    /// The key must not exist (create).
+    Absent,
+    /// The key must exist, with any revision.
+    Present,
+    /// The key must exist and have been written last at exactly this revision.
+    Revision(u64),
+}
+
+/// A state-machine command, one raft log entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    /// Write `value` (a JSON object) at `key`. The state machine sets
+    /// `metadata.resourceVersion` to the entry's log index before storing it.
+    Put {
+        /// Full key, e.g. `/core/pods/default/web-0`.
+        key: String,
+        /// The object as JSON.
+        value: Box<RawValue>,
+        /// What must hold before the write.
+        precondition: Precondition,
+    },
+    /// Remove `key`.
+    Delete {
+        /// Full key.
+        key: String,
+        /// What must hold before the delete.
+        precondition: Precondition,
+    },
+    /// Drop the change history up to and including `revision`; watches and consistent
+    /// reads from older revisions then fail with [`crate::Error::Compacted`].
+    Compact {
+        /// Highest revision whose history may be dropped.
+        revision: u64,
+    },
+}
+
+/// What applying a [`Command`] produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The write applied at `revision`.
+    Written {
+        /// The revision (raft log index) of this write.
+        revision: u64,
+        /// The stored object (for deletes: the last value, stamped with the delete revision).
+        value: Bytes,
+    },
+    /// A precondition failed; nothing was written.
+    Failed {
+        /// Why.
+        reason: Failure,
+        /// The current revision of the key, if it exists.
+        current: Option<u64>,
+    },
+    /// The history was compacted up to this revision.
+    Compacted {
+        /// The new compaction point.
+        revision: u64,
+    },
+    /// A raft-internal entry (blank or membership) that carries no command.
+    Internal,
+}
+
+/// Why a precondition failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Failure {
+    /// The key exists but the command required it to be absent.
+    AlreadyExists,
+    /// The key does not exist but the command required it.
+    NotFound,
+    /// The key was written at a different revision than expected.
+    Conflict,
+    /// The value was not a JSON object.
+    Malformed,
+}

@@ -1,0 +1,322 @@
+//! The wasmkube store: an MVCC key-value store for Kubernetes objects on [redb], replicated
+//! by [openraft]. Only the apiserver opens it, as only kube-apiserver talks to etcd.
+//!
+//! ```text
+//! apiserver ─propose(Command)─► openraft ─► LogStore (redb, durable) ─► StateMachine (redb)
+//!                                                                        └─► change feed ─► Watch
+//! ```
+//!
+//! - Every write is a raft log entry; its log index is the global revision, which becomes the
+//!   object's `metadata.resourceVersion`. The caller is answered after the entry is durable in
+//!   the log and applied.
+//! - Updates and deletes compare-and-swap on the revision ([`Precondition::Revision`]).
+//! - Lists read a consistent redb snapshot and report the revision they were read at; a list
+//!   at an older revision is rebuilt from the change history.
+//! - Watches replay the retained history after a revision, then follow the live feed.
+//!   History is dropped by [`Store::compact`]; reading behind it is [`Error::Compacted`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wasmkube_store::Error> {
+//! use wasmkube_store::{Command, Config, Precondition, Store};
+//! let store = Store::open(Config::new("/tmp/wasmkube-data")).await?;
+//! let value = serde_json::value::to_raw_value(&serde_json::json!({"metadata": {"name": "a"}}))
+//!     .expect("json");
+//! store.write(Command::Put { key: "/core/configmaps/default/a".into(), value,
+//!                            precondition: Precondition::Absent }).await?;
+//! let page = store.list("/core/configmaps/default/", Default::default()).await?;
+//! assert_eq!(page.items.len(), 1);
+//! # Ok(()) }
+//! ```
+
+mod codec;
+mod command;
+mod log_store;
+mod network;
+mod read;
+mod state_machine;
+mod tables;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Raft, SnapshotPolicy};
+use redb::{Database, ReadableDatabase};
+use tokio::sync::broadcast;
+
+pub use codec::{Change, ChangeKind};
+pub use command::{Command, Failure, NodeId, Outcome, Precondition, TypeConfig};
+pub use log_store::LogStore;
+pub use network::Network;
+pub use read::{KeyValue, ListOptions, ListResult};
+pub use state_machine::StateMachine;
+pub use watch::{Watch, WatchError};
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory holding `store.redb`.
+    pub data_dir: PathBuf,
+    /// This member's raft id.
+    pub node_id: NodeId,
+    /// This member's address, as other members would reach it.
+    pub advertise: String,
+    /// How many changes the watch feed buffers before slow watchers are told to relist.
+    pub feed_capacity: usize,
+}
+
+impl Config {
+    /// A single-member store in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            data_dir: data_dir.into(),
+            node_id: 1,
+            advertise: "127.0.0.1:0".into(),
+            feed_capacity: 16 * 1024,
+        }
+    }
+}
+
+/// Store errors. Each variant is a different thing for the caller to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database file could not be used.
+    #[error("database error")]
+    Db(#[from] redb::Error),
+    /// The requested revision is older than the retained history; relist.
+    #[error("revision has been compacted (oldest retained: {compacted})")]
+    Compacted {
+        /// The compaction point.
+        compacted: u64,
+    },
+    /// This member is not the raft leader.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// Raft stopped; the process should exit.
+    #[error("raft failed")]
+    Fatal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<redb::DatabaseError> for Error {
+    fn from(e: redb::DatabaseError) -> Self {
+        Error::Db(e.into())
+    }
+}
+
+impl From<redb::StorageError> for Error {
+    fn from(e: redb::StorageError) -> Self {
+        Error::Db(e.into())
+    }
+}
+
+impl From<redb::TransactionError> for Error {
+    fn from(e: redb::TransactionError) -> Self {
+        Error::Db(e.into())
+    }
+}
+
+/// Builds a bare log store and state machine over a fresh database file, for openraft's
+/// storage conformance suite (`openraft::testing::Suite`).
+///
+/// # Errors
+/// [`Error::Db`] when the file cannot be created.
+pub fn open_storage(path: &std::path::Path) -> Result<(LogStore, StateMachine), Error> {
+    let db = Arc::new(Database::create(path)?);
+    let (feed, _) = broadcast::channel(16);
+    Ok((LogStore::new(db.clone()), StateMachine::new(db, feed)))
+}
+
+/// An open store: a raft member plus direct read access to its state machine.
+#[derive(Clone)]
+pub struct Store {
+    raft: Raft<TypeConfig>,
+    db: Arc<Database>,
+    feed: broadcast::Sender<Arc<Change>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `config.data_dir`, starts its raft member, initializes a
+    /// single-member group on first start, and waits until it leads.
+    ///
+    /// # Errors
+    /// [`Error::Db`] when the file cannot be opened (for example, another process holds it).
+    pub async fn open(config: Config) -> Result<Store, Error> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| Error::Db(redb::Error::Io(e)))?;
+        let path = config.data_dir.join("store.redb");
+        let db = tokio::task::spawn_blocking(move || Database::create(path))
+            .await
+            .expect("open does not panic")?;
+        let db = Arc::new(db);
+        let (feed, _) = broadcast::channel(config.feed_capacity);
+        let log = LogStore::new(db.clone());
+        let sm = StateMachine::new(db.clone(), feed.clone());
+        let raft_config = openraft::Config {
+            cluster_name: "wasmkube".into(),
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
+            max_payload_entries: 1024,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Fatal(Box::new(e)))?;
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), Network, log, sm)
+            .await
+            .map_err(|e| Error::Fatal(Box::new(e)))?;
+        let members = BTreeMap::from([(
+            config.node_id,
+            BasicNode {
+                addr: config.advertise.clone(),
+            },
+        )]);
+        match raft.initialize(members).await {
+            Ok(()) => {}
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {} // restart
+            Err(e) => return Err(Error::Fatal(Box::new(e))),
+        }
+        raft.wait(Some(Duration::from_secs(30)))
+            .current_leader(config.node_id, "single member becomes leader")
+            .await
+            .map_err(|e| Error::Fatal(Box::new(e)))?;
+        // The leader's first entry of its term commits everything before it; wait until
+        // it is applied so reads after `open` see every acknowledged write.
+        let last = raft.metrics().borrow().last_log_index;
+        if let Some(index) = last {
+            raft.wait(Some(Duration::from_secs(60)))
+                .applied_index_at_least(Some(index), "replay the log")
+                .await
+                .map_err(|e| Error::Fatal(Box::new(e)))?;
+        }
+        Ok(Store { raft, db, feed })
+    }
+
+    /// Proposes a command and waits until it is durable and applied.
+    ///
+    /// # Errors
+    /// [`Error::NotLeader`] when another member leads; [`Error::Fatal`] when raft stopped.
+    pub async fn write(&self, command: Command) -> Result<Outcome, Error> {
+        match self.raft.client_write(command).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
+                leader: f.leader_id,
+            }),
+            Err(e) => Err(Error::Fatal(Box::new(e))),
+        }
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::ReadTransaction) -> Result<T, Error> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read()?;
+            f(&txn)
+        })
+        .await
+        .expect("read task does not panic")
+    }
+
+    /// The object at `key`, if any.
+    ///
+    /// # Errors
+    /// [`Error::Db`] on a storage failure.
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, Error> {
+        let key = key.to_string();
+        self.read(move |txn| Ok(read::get(txn, &key)?)).await
+    }
+
+    /// The current revision (the last applied log index).
+    ///
+    /// # Errors
+    /// [`Error::Db`] on a storage failure.
+    pub async fn revision(&self) -> Result<u64, Error> {
+        self.read(|txn| Ok(read::position(txn)?.revision)).await
+    }
+
+    /// Objects whose key starts with `prefix`, sorted by key.
+    ///
+    /// # Errors
+    /// [`Error::Compacted`] when `opts.revision` is older than the retained history.
+    pub async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult, Error> {
+        let prefix = prefix.to_string();
+        self.read(move |txn| read::list(txn, &prefix, &opts)).await
+    }
+
+    /// Changes under `prefix` after revision `after`.
+    ///
+    /// # Errors
+    /// [`Error::Compacted`] when changes after `after` are no longer retained.
+    pub async fn watch(&self, prefix: &str, after: u64) -> Result<Watch, Error> {
+        // Subscribe before reading the history: a change committed in between shows up in
+        // both and is dropped from the live side by revision.
+        let live = self.feed.subscribe();
+        let prefix = prefix.to_string();
+        let p = prefix.clone();
+        let (history, seen) = self
+            .read(move |txn| {
+                let pos = read::position(txn)?;
+                if after < pos.compacted {
+                    return Err(Error::Compacted {
+                        compacted: pos.compacted,
+                    });
+                }
+                Ok((read::history(txn, &p, after, pos.revision)?, pos.revision.max(after)))
+            })
+            .await?;
+        Ok(Watch::new(prefix, history, seen, live))
+    }
+
+    /// The compaction point: watches and lists from older revisions fail.
+    ///
+    /// # Errors
+    /// [`Error::Db`] on a storage failure.
+    pub async fn compacted(&self) -> Result<u64, Error> {
+        self.read(|txn| Ok(read::position(txn)?.compacted)).await
+    }
+
+    /// Drops the change history up to `revision` (through raft, like every write).
+    ///
+    /// # Errors
+    /// As [`Store::write`].
+    pub async fn compact(&self, revision: u64) -> Result<u64, Error> {
+        match self.write(Command::Compact { revision }).await? {
+            Outcome::Compacted { revision } => Ok(revision),
+            other => unreachable!("compact answered {other:?}"),
+        }
+    }
+
+    /// The raft handle, for metrics and membership.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// Stops raft and makes every applied change durable.
+    ///
+    /// # Errors
+    /// [`Error::Fatal`] when raft did not stop cleanly.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| Error::Fatal(Box::new(e)))?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
+            db.begin_write()?.commit()?;
+            Ok(())
+        })
+        .await
+        .expect("final commit does not panic")?;
+        Ok(())
+    }
+}

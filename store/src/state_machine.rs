@@ -1,0 +1,438 @@
+//! [`RaftStateMachine`] on redb: applies [`Command`]s to the `kv` table, records every change
+//! in the `changes` table, stamps `metadata.resourceVersion` with the entry's log index, and
+//! publishes the changes to the watch feed after the transaction commits.
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    Entry, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::broadcast;
+
+use crate::codec::{Change, ChangeKind, decode_value, encode_value};
+use crate::command::{Command, Failure, NodeId, Outcome, Precondition, TypeConfig};
+use crate::tables::{CHANGES, KV, SM_META};
+
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+
+/// The state machine: current objects plus their change history.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    feed: broadcast::Sender<Arc<Change>>,
+    snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
+}
+
+#[derive(Clone)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The serialized form of a snapshot: every object with its revision.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    objects: Vec<(String, u64, Box<RawValue>)>,
+}
+
+impl StateMachine {
+    pub(crate) fn new(db: Arc<Database>, feed: broadcast::Sender<Arc<Change>>) -> Self {
+        StateMachine {
+            db,
+            feed,
+            snapshot: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, redb::Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .expect("redb task does not panic")
+    }
+}
+
+fn sm_read_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+fn sm_write_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn corrupted(what: &str, e: impl std::fmt::Display) -> redb::Error {
+    redb::Error::Corrupted(format!("{what}: {e}"))
+}
+
+/// Reads `last_applied` and membership from an open state-machine meta table.
+pub(crate) fn read_applied(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<(Option<LogId<NodeId>>, Membership), redb::Error> {
+    let last_applied = match table.get("last_applied")? {
+        Some(raw) => serde_json::from_slice(raw.value()).map_err(|e| corrupted("last_applied", e))?,
+        None => None,
+    };
+    let membership = match table.get("membership")? {
+        Some(raw) => serde_json::from_slice(raw.value()).map_err(|e| corrupted("membership", e))?,
+        None => Membership::default(),
+    };
+    Ok((last_applied, membership))
+}
+
+/// Reads the compaction point from an open state-machine meta table.
+pub(crate) fn read_compacted(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64, redb::Error> {
+    Ok(match table.get("compacted")? {
+        Some(raw) => u64::from_be_bytes(
+            raw.value()
+                .try_into()
+                .map_err(|e| corrupted("compacted", e))?,
+        ),
+        None => 0,
+    })
+}
+
+/// Sets `metadata.resourceVersion` of a JSON object to `revision`.
+fn stamp(json: &[u8], revision: u64) -> Option<Vec<u8>> {
+    let mut obj: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(json).ok()?;
+    let meta = obj
+        .entry("metadata")
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    meta.as_object_mut()?.insert(
+        "resourceVersion".into(),
+        serde_json::Value::String(revision.to_string()),
+    );
+    Some(serde_json::to_vec(&obj).expect("JSON values serialize"))
+}
+
+struct Tables<'t> {
+    kv: Table<'t, &'static str, &'static [u8]>,
+    changes: Table<'t, u64, &'static [u8]>,
+    meta: Table<'t, &'static str, &'static [u8]>,
+}
+
+fn check(precondition: Precondition, current: Option<u64>) -> Result<(), Failure> {
+    match (precondition, current) {
+        (Precondition::None, _) => Ok(()),
+        (Precondition::Absent, None) => Ok(()),
+        (Precondition::Absent, Some(_)) => Err(Failure::AlreadyExists),
+        (Precondition::Present | Precondition::Revision(_), None) => Err(Failure::NotFound),
+        (Precondition::Present, Some(_)) => Ok(()),
+        (Precondition::Revision(want), Some(have)) if want == have => Ok(()),
+        (Precondition::Revision(_), Some(_)) => Err(Failure::Conflict),
+    }
+}
+
+fn execute(
+    t: &mut Tables<'_>,
+    revision: u64,
+    command: Command,
+    changes: &mut Vec<Change>,
+) -> Result<Outcome, redb::Error> {
+    match command {
+        Command::Put {
+            key,
+            value,
+            precondition,
+        } => {
+            let current = t.kv.get(key.as_str())?.map(|raw| {
+                let (rev, json) = decode_value(raw.value());
+                (rev, Bytes::copy_from_slice(json))
+            });
+            if let Err(reason) = check(precondition, current.as_ref().map(|c| c.0)) {
+                return Ok(Outcome::Failed {
+                    reason,
+                    current: current.map(|c| c.0),
+                });
+            }
+            let Some(json) = stamp(value.get().as_bytes(), revision) else {
+                return Ok(Outcome::Failed {
+                    reason: Failure::Malformed,
+                    current: current.map(|c| c.0),
+                });
+            };
+            t.kv
+                .insert(key.as_str(), encode_value(revision, &json).as_slice())?;
+            let value = Bytes::from(json);
+            let change = Change {
+                revision,
+                kind: if current.is_some() {
+                    ChangeKind::Updated
+                } else {
+                    ChangeKind::Created
+                },
+                key,
+                value: value.clone(),
+                prev: current.map(|c| c.1),
+            };
+            t.changes.insert(revision, change.encode().as_slice())?;
+            changes.push(change);
+            Ok(Outcome::Written { revision, value })
+        }
+        Command::Delete { key, precondition } => {
+            let current = t.kv.get(key.as_str())?.map(|raw| {
+                let (rev, json) = decode_value(raw.value());
+                (rev, Bytes::copy_from_slice(json))
+            });
+            if let Err(reason) = check(precondition, current.as_ref().map(|c| c.0)) {
+                return Ok(Outcome::Failed {
+                    reason,
+                    current: current.map(|c| c.0),
+                });
+            }
+            let Some((_, prev)) = current else {
+                return Ok(Outcome::Failed {
+                    reason: Failure::NotFound,
+                    current: None,
+                });
+            };
+            let json = stamp(&prev, revision).ok_or_else(|| corrupted(&key, "not an object"))?;
+            t.kv.remove(key.as_str())?;
+            let value = Bytes::from(json);
+            let change = Change {
+                revision,
+                kind: ChangeKind::Deleted,
+                key,
+                value: value.clone(),
+                prev: Some(prev),
+            };
+            t.changes.insert(revision, change.encode().as_slice())?;
+            changes.push(change);
+            Ok(Outcome::Written { revision, value })
+        }
+        Command::Compact { revision: upto } => {
+            let compacted = read_compacted(&t.meta)?.max(upto.min(revision));
+            t.changes.retain_in(..=compacted, |_, _| false)?;
+            t.meta
+                .insert("compacted", compacted.to_be_bytes().as_slice())?;
+            Ok(Outcome::Compacted {
+                revision: compacted,
+            })
+        }
+    }
+}
+
+fn apply_batch(
+    db: &Database,
+    entries: Vec<Entry<TypeConfig>>,
+) -> Result<(Vec<Outcome>, Vec<Change>), redb::Error> {
+    let mut txn = db.begin_write()?;
+    // Durability comes from the raft log: after a crash the log replays whatever this
+    // commit lost, and the next durable log append persists it anyway.
+    txn.set_durability(Durability::None)
+        .expect("single-process database accepts any durability");
+    let mut outcomes = Vec::with_capacity(entries.len());
+    let mut changes = Vec::new();
+    {
+        let mut t = Tables {
+            kv: txn.open_table(KV)?,
+            changes: txn.open_table(CHANGES)?,
+            meta: txn.open_table(SM_META)?,
+        };
+        let (mut last_applied, mut membership) = read_applied(&t.meta)?;
+        for entry in entries {
+            last_applied = Some(entry.log_id);
+            outcomes.push(match entry.payload {
+                EntryPayload::Blank => Outcome::Internal,
+                EntryPayload::Membership(m) => {
+                    membership = Membership::new(Some(entry.log_id), m);
+                    Outcome::Internal
+                }
+                EntryPayload::Normal(command) => {
+                    execute(&mut t, entry.log_id.index, command, &mut changes)?
+                }
+            });
+        }
+        t.meta.insert(
+            "last_applied",
+            serde_json::to_vec(&last_applied)
+                .expect("log ids serialize")
+                .as_slice(),
+        )?;
+        t.meta.insert(
+            "membership",
+            serde_json::to_vec(&membership)
+                .expect("membership serializes")
+                .as_slice(),
+        )?;
+    }
+    txn.commit()?;
+    Ok((outcomes, changes))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+        self.blocking(|db| {
+            let txn = db.begin_read()?;
+            match txn.open_table(SM_META) {
+                Ok(table) => read_applied(&table),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok((None, Membership::default())),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+        .map_err(sm_read_err)
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let (outcomes, changes) = self
+            .blocking(move |db| apply_batch(db, entries))
+            .await
+            .map_err(sm_write_err)?;
+        for change in changes {
+            // No receivers is fine: nobody is watching.
+            let _ = self.feed.send(Arc::new(change));
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let body: SnapshotBody = serde_json::from_slice(&data).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
+        })?;
+        let meta_owned = meta.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            txn.delete_table(KV)?;
+            txn.delete_table(CHANGES)?;
+            {
+                let mut kv = txn.open_table(KV)?;
+                for (key, rev, json) in &body.objects {
+                    kv.insert(key.as_str(), encode_value(*rev, json.get().as_bytes()).as_slice())?;
+                }
+                let mut sm = txn.open_table(SM_META)?;
+                let last = meta_owned.last_log_id;
+                sm.insert(
+                    "last_applied",
+                    serde_json::to_vec(&last).expect("log ids serialize").as_slice(),
+                )?;
+                sm.insert(
+                    "membership",
+                    serde_json::to_vec(&meta_owned.last_membership)
+                        .expect("membership serializes")
+                        .as_slice(),
+                )?;
+                // History before the snapshot is gone: watches from older revisions must relist.
+                let compacted = last.map(|l| l.index).unwrap_or(0);
+                sm.insert("compacted", compacted.to_be_bytes().as_slice())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        *self.snapshot.lock().expect("snapshot lock is not poisoned") = Some(StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let stored = self
+            .snapshot
+            .lock()
+            .expect("snapshot lock is not poisoned")
+            .clone();
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let (last_applied, membership, data) = self
+            .blocking(|db| {
+                // Make every apply so far durable before openraft may purge the log behind it.
+                let txn = db.begin_write()?;
+                txn.commit()?;
+                let txn = db.begin_read()?;
+                let (last_applied, membership) = match txn.open_table(SM_META) {
+                    Ok(t) => read_applied(&t)?,
+                    Err(redb::TableError::TableDoesNotExist(_)) => (None, Membership::default()),
+                    Err(e) => return Err(e.into()),
+                };
+                let mut objects = Vec::new();
+                match txn.open_table(KV) {
+                    Ok(kv) => {
+                        for row in kv.iter()? {
+                            let (key, raw) = row?;
+                            let (rev, json) = decode_value(raw.value());
+                            let json = String::from_utf8(json.to_vec())
+                                .map_err(|e| corrupted(key.value(), e))?;
+                            objects.push((
+                                key.value().to_string(),
+                                rev,
+                                RawValue::from_string(json).map_err(|e| corrupted(key.value(), e))?,
+                            ));
+                        }
+                    }
+                    Err(redb::TableError::TableDoesNotExist(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let data = serde_json::to_vec(&SnapshotBody { objects })
+                    .expect("snapshot body serializes");
+                Ok((last_applied, membership, data))
+            })
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let snapshot_id = format!(
+            "{}-{}",
+            last_applied.map(|l| l.leader_id.term).unwrap_or(0),
+            last_applied.map(|l| l.index).unwrap_or(0)
+        );
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        *self.snapshot.lock().expect("snapshot lock is not poisoned") = Some(StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        });
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
