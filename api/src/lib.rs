@@ -1,1 +1,18 @@
-//! placeholder
+//! What the Kubernetes object model needs beyond the `k8s-openapi` types: the kind registry
+//! (group, version, resource, scope, short names), label and field selectors (parse and
+//! match), and the keys objects are stored under. Pure data, no IO; shared by the apiserver
+//! and every client component.
+//!
+//! ```
+//! use wasmkube_api::selector::LabelSelector;
+//! let sel: LabelSelector = "app=web,tier in (frontend, backend),!canary".parse().unwrap();
+//! let labels = [("app", "web"), ("tier", "backend")].into_iter()
+//!     .map(|(k, v)| (k.to_string(), v.to_string())).collect();
+//! assert!(sel.matches(&labels));
+//! ```
+
+pub mod field;
+pub mod resource;
+pub mod selector;
+
+pub use resource::{ResourceInfo, Scope};
