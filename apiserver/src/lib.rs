@@ -1,1 +1,6 @@
 //! placeholder
+pub mod error;
+pub mod kinds;
+pub mod registry;
+pub mod table;
+pub mod validation;

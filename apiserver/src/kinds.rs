@@ -1,0 +1,19 @@
+//! The built-in kinds, one strategy each, grouped by API group.
+
+mod apps;
+mod batch;
+mod core;
+mod misc;
+pub(crate) mod pod;
+
+use crate::registry::Registry;
+
+/// Every kind wasmkube serves.
+pub fn builtin() -> Registry {
+    let mut r = Registry::default();
+    core::register(&mut r);
+    apps::register(&mut r);
+    batch::register(&mut r);
+    misc::register(&mut r);
+    r
+}

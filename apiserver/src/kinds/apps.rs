@@ -1,0 +1,376 @@
+//! apps/v1: Deployment, ReplicaSet, DaemonSet, StatefulSet.
+
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet,
+    RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy,
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{Value, json};
+
+use wasmkube_api::ResourceInfo;
+
+use super::pod::{default_template, validate_template};
+use crate::error::FieldError;
+use crate::registry::{Registry, Strategy};
+use crate::table::{Column, age};
+use crate::validation;
+
+pub(super) fn register(r: &mut Registry) {
+    r.register(DeploymentStrategy_);
+    r.register(ReplicaSetStrategy);
+    r.register(DaemonSetStrategy);
+    r.register(StatefulSetStrategy);
+}
+
+/// Shared checks of workload kinds: a selector that is non-empty and matches the template,
+/// non-negative replicas, and an immutable selector.
+fn validate_workload(
+    selector: Option<&LabelSelector>,
+    template: &PodTemplateSpec,
+    replicas: Option<i32>,
+) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    match selector {
+        None => errs.push(FieldError::required("spec.selector", "")),
+        Some(s) if s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && s.match_expressions.as_ref().is_none_or(|m| m.is_empty()) =>
+        {
+            errs.push(FieldError::invalid("spec.selector", "{}", "empty selector is invalid for deployment"))
+        }
+        Some(_) => {}
+    }
+    errs.extend(validate_template("spec.template", template, selector));
+    if let Some(r) = replicas
+        && r < 0
+    {
+        errs.push(FieldError::invalid("spec.replicas", r, "must be greater than or equal to 0"));
+    }
+    errs
+}
+
+fn selector_immutable(new: Option<&LabelSelector>, old: Option<&LabelSelector>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    validation::immutable("spec.selector", &new, &old, &mut errs);
+    errs
+}
+
+fn containers_and_images(t: &PodTemplateSpec) -> (Value, Value) {
+    let cs = t.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
+    let names: Vec<String> = cs.iter().map(|c| c.name.clone()).collect();
+    let images: Vec<String> = cs.iter().map(|c| c.image.clone().unwrap_or_default()).collect();
+    (json!(names.join(",")), json!(images.join(",")))
+}
+
+fn selector_string(s: Option<&LabelSelector>) -> Value {
+    match s.map(wasmkube_api::selector::LabelSelector::from_structured) {
+        Some(Ok(sel)) if !sel.is_empty() => json!(sel.to_string()),
+        _ => json!("<none>"),
+    }
+}
+
+#[allow(non_camel_case_types, reason = "DeploymentStrategy is the k8s-openapi type name")]
+struct DeploymentStrategy_;
+
+impl Strategy for DeploymentStrategy_ {
+    type K = Deployment;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<Deployment>().short_names(&["deploy"]).in_all().with_status().with_scale()
+    }
+
+    fn default(&self, d: &mut Deployment) {
+        let spec = d.spec.get_or_insert_with(Default::default);
+        spec.replicas.get_or_insert(1);
+        spec.revision_history_limit.get_or_insert(10);
+        spec.progress_deadline_seconds.get_or_insert(600);
+        let strategy = spec.strategy.get_or_insert_with(DeploymentStrategy::default);
+        strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+        if strategy.type_.as_deref() == Some("RollingUpdate") {
+            let ru = strategy.rolling_update.get_or_insert_with(RollingUpdateDeployment::default);
+            ru.max_surge.get_or_insert(IntOrString::String("25%".into()));
+            ru.max_unavailable.get_or_insert(IntOrString::String("25%".into()));
+        }
+        default_template(&mut spec.template);
+    }
+
+    fn validate(&self, d: &Deployment) -> Vec<FieldError> {
+        let spec = d.spec.clone().unwrap_or_default();
+        let mut errs = validate_workload(Some(&spec.selector), &spec.template, spec.replicas);
+        if let Some(t) = spec.strategy.as_ref().and_then(|s| s.type_.as_deref())
+            && !matches!(t, "RollingUpdate" | "Recreate")
+        {
+            errs.push(FieldError::not_supported("spec.strategy.type", t, &["Recreate", "RollingUpdate"]));
+        }
+        if spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate")
+            && spec.strategy.as_ref().and_then(|s| s.rolling_update.as_ref()).is_some()
+        {
+            errs.push(FieldError::forbidden("spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'"));
+        }
+        errs
+    }
+
+    fn validate_update(&self, new: &Deployment, old: &Deployment) -> Vec<FieldError> {
+        selector_immutable(
+            new.spec.as_ref().map(|s| &s.selector),
+            old.spec.as_ref().map(|s| &s.selector),
+        )
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::new("Ready", "Number of the pod with ready state"),
+            Column::int("Up-to-date", "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
+            Column::int("Available", "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+            Column::age(),
+            Column::new("Containers", "Names of each container in the template.").wide(),
+            Column::new("Images", "Images referenced by each container in the template.").wide(),
+            Column::new("Selector", "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.").wide(),
+        ]
+    }
+
+    fn row(&self, d: &Deployment) -> Vec<Value> {
+        let spec = d.spec.clone().unwrap_or_default();
+        let st = d.status.clone().unwrap_or_default();
+        let (containers, images) = containers_and_images(&spec.template);
+        vec![
+            json!(format!("{}/{}", st.ready_replicas.unwrap_or(0), spec.replicas.unwrap_or(1))),
+            json!(st.updated_replicas.unwrap_or(0)),
+            json!(st.available_replicas.unwrap_or(0)),
+            age(d.metadata.creation_timestamp.as_ref()),
+            containers,
+            images,
+            selector_string(Some(&spec.selector)),
+        ]
+    }
+}
+
+struct ReplicaSetStrategy;
+
+impl Strategy for ReplicaSetStrategy {
+    type K = ReplicaSet;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<ReplicaSet>().short_names(&["rs"]).in_all().with_status().with_scale()
+    }
+
+    fn default(&self, rs: &mut ReplicaSet) {
+        let spec = rs.spec.get_or_insert_with(Default::default);
+        spec.replicas.get_or_insert(1);
+        if let Some(t) = spec.template.as_mut() {
+            default_template(t);
+        }
+    }
+
+    fn validate(&self, rs: &ReplicaSet) -> Vec<FieldError> {
+        let spec = rs.spec.clone().unwrap_or_default();
+        let template = spec.template.clone().unwrap_or_default();
+        validate_workload(Some(&spec.selector), &template, spec.replicas)
+    }
+
+    fn validate_update(&self, new: &ReplicaSet, old: &ReplicaSet) -> Vec<FieldError> {
+        selector_immutable(
+            new.spec.as_ref().map(|s| &s.selector),
+            old.spec.as_ref().map(|s| &s.selector),
+        )
+    }
+
+    fn field_selectors(&self) -> &'static [&'static str] {
+        &["status.replicas"]
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::int("Desired", "Replicas is the number of desired replicas."),
+            Column::int("Current", "Replicas is the most recently observed number of replicas."),
+            Column::int("Ready", "The number of ready replicas for this replica set."),
+            Column::age(),
+            Column::new("Containers", "Names of each container in the template.").wide(),
+            Column::new("Images", "Images referenced by each container in the template.").wide(),
+            Column::new("Selector", "Selector is a label query over pods that should match the replica count.").wide(),
+        ]
+    }
+
+    fn row(&self, rs: &ReplicaSet) -> Vec<Value> {
+        let spec = rs.spec.clone().unwrap_or_default();
+        let st = rs.status.clone().unwrap_or_default();
+        let (containers, images) = containers_and_images(&spec.template.clone().unwrap_or_default());
+        vec![
+            json!(spec.replicas.unwrap_or(1)),
+            json!(st.replicas),
+            json!(st.ready_replicas.unwrap_or(0)),
+            age(rs.metadata.creation_timestamp.as_ref()),
+            containers,
+            images,
+            selector_string(Some(&spec.selector)),
+        ]
+    }
+}
+
+struct DaemonSetStrategy;
+
+impl Strategy for DaemonSetStrategy {
+    type K = DaemonSet;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<DaemonSet>().short_names(&["ds"]).in_all().with_status()
+    }
+
+    fn default(&self, ds: &mut DaemonSet) {
+        let spec = ds.spec.get_or_insert_with(Default::default);
+        spec.revision_history_limit.get_or_insert(10);
+        let us = spec.update_strategy.get_or_insert_with(DaemonSetUpdateStrategy::default);
+        us.type_.get_or_insert_with(|| "RollingUpdate".into());
+        if us.type_.as_deref() == Some("RollingUpdate") {
+            let ru = us.rolling_update.get_or_insert_with(RollingUpdateDaemonSet::default);
+            ru.max_unavailable.get_or_insert(IntOrString::Int(1));
+            ru.max_surge.get_or_insert(IntOrString::Int(0));
+        }
+        default_template(&mut spec.template);
+    }
+
+    fn validate(&self, ds: &DaemonSet) -> Vec<FieldError> {
+        let spec = ds.spec.clone().unwrap_or_default();
+        let mut errs = validate_workload(Some(&spec.selector), &spec.template, None);
+        if let Some(p) = spec.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref())
+            && p != "Always"
+        {
+            errs.push(FieldError::not_supported("spec.template.spec.restartPolicy", p, &["Always"]));
+        }
+        errs
+    }
+
+    fn validate_update(&self, new: &DaemonSet, old: &DaemonSet) -> Vec<FieldError> {
+        selector_immutable(
+            new.spec.as_ref().map(|s| &s.selector),
+            old.spec.as_ref().map(|s| &s.selector),
+        )
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::int("Desired", "The total number of nodes that should be running the daemon pod."),
+            Column::int("Current", "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod."),
+            Column::int("Ready", "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready."),
+            Column::int("Up-to-date", "The total number of nodes that are running updated daemon pod"),
+            Column::int("Available", "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available."),
+            Column::new("Node Selector", "NodeSelector is a selector which must be true for the pod to fit on a node."),
+            Column::age(),
+            Column::new("Containers", "Names of each container in the template.").wide(),
+            Column::new("Images", "Images referenced by each container in the template.").wide(),
+            Column::new("Selector", "A label query over pods that are managed by the daemon set.").wide(),
+        ]
+    }
+
+    fn row(&self, ds: &DaemonSet) -> Vec<Value> {
+        let spec = ds.spec.clone().unwrap_or_default();
+        let st = ds.status.clone().unwrap_or_default();
+        let (containers, images) = containers_and_images(&spec.template);
+        let node_selector: Vec<String> = spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_selector.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        vec![
+            json!(st.desired_number_scheduled),
+            json!(st.current_number_scheduled),
+            json!(st.number_ready),
+            json!(st.updated_number_scheduled.unwrap_or(0)),
+            json!(st.number_available.unwrap_or(0)),
+            json!(if node_selector.is_empty() { "<none>".to_string() } else { node_selector.join(",") }),
+            age(ds.metadata.creation_timestamp.as_ref()),
+            containers,
+            images,
+            selector_string(Some(&spec.selector)),
+        ]
+    }
+}
+
+struct StatefulSetStrategy;
+
+impl Strategy for StatefulSetStrategy {
+    type K = StatefulSet;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<StatefulSet>().short_names(&["sts"]).in_all().with_status().with_scale()
+    }
+
+    fn default(&self, ss: &mut StatefulSet) {
+        let spec = ss.spec.get_or_insert_with(Default::default);
+        spec.replicas.get_or_insert(1);
+        spec.revision_history_limit.get_or_insert(10);
+        spec.pod_management_policy.get_or_insert_with(|| "OrderedReady".into());
+        let us = spec.update_strategy.get_or_insert_with(StatefulSetUpdateStrategy::default);
+        us.type_.get_or_insert_with(|| "RollingUpdate".into());
+        if us.type_.as_deref() == Some("RollingUpdate") {
+            us.rolling_update
+                .get_or_insert_with(RollingUpdateStatefulSetStrategy::default)
+                .partition
+                .get_or_insert(0);
+        }
+        let retention = spec
+            .persistent_volume_claim_retention_policy
+            .get_or_insert_with(StatefulSetPersistentVolumeClaimRetentionPolicy::default);
+        retention.when_deleted.get_or_insert_with(|| "Retain".into());
+        retention.when_scaled.get_or_insert_with(|| "Retain".into());
+        default_template(&mut spec.template);
+    }
+
+    fn validate(&self, ss: &StatefulSet) -> Vec<FieldError> {
+        let spec = ss.spec.clone().unwrap_or_default();
+        let mut errs = validate_workload(Some(&spec.selector), &spec.template, spec.replicas);
+        if let Some(p) = spec.pod_management_policy.as_deref()
+            && !matches!(p, "OrderedReady" | "Parallel")
+        {
+            errs.push(FieldError::not_supported("spec.podManagementPolicy", p, &["OrderedReady", "Parallel"]));
+        }
+        errs
+    }
+
+    fn validate_update(&self, new: &StatefulSet, old: &StatefulSet) -> Vec<FieldError> {
+        let (Some(n), Some(o)) = (&new.spec, &old.spec) else {
+            return Vec::new();
+        };
+        // `ValidateStatefulSetUpdate`: only replicas, template, updateStrategy, ordinals,
+        // minReadySeconds, revisionHistoryLimit and the retention policy may change.
+        let mut n = n.clone();
+        n.replicas = o.replicas;
+        n.template = o.template.clone();
+        n.update_strategy = o.update_strategy.clone();
+        n.min_ready_seconds = o.min_ready_seconds;
+        n.revision_history_limit = o.revision_history_limit;
+        n.persistent_volume_claim_retention_policy = o.persistent_volume_claim_retention_policy.clone();
+        n.ordinals = o.ordinals.clone();
+        if &n != o {
+            return vec![FieldError::forbidden("spec", "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden")];
+        }
+        Vec::new()
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::new("Ready", "Number of the pod with ready state"),
+            Column::age(),
+            Column::new("Containers", "Names of each container in the template.").wide(),
+            Column::new("Images", "Images referenced by each container in the template.").wide(),
+        ]
+    }
+
+    fn row(&self, ss: &StatefulSet) -> Vec<Value> {
+        let spec = ss.spec.clone().unwrap_or_default();
+        let st = ss.status.clone().unwrap_or_default();
+        let (containers, images) = containers_and_images(&spec.template);
+        vec![
+            json!(format!("{}/{}", st.ready_replicas.unwrap_or(0), spec.replicas.unwrap_or(1))),
+            age(ss.metadata.creation_timestamp.as_ref()),
+            containers,
+            images,
+        ]
+    }
+}

@@ -1,0 +1,554 @@
+//! core/v1 kinds other than Pod.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Event, Namespace, NamespaceSpec, NamespaceStatus, Node, Secret, Service,
+    ServiceAccount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{Value, json};
+
+use wasmkube_api::ResourceInfo;
+
+use super::pod::PodStrategy;
+use crate::error::FieldError;
+use crate::registry::{NameRule, Registry, Strategy};
+use crate::table::{Column, age};
+use crate::validation;
+
+pub(super) fn register(r: &mut Registry) {
+    r.register(NamespaceStrategy);
+    r.register(NodeStrategy);
+    r.register(PodStrategy);
+    r.register(ServiceStrategy);
+    r.register(EndpointsStrategy);
+    r.register(ConfigMapStrategy);
+    r.register(SecretStrategy);
+    r.register(EventStrategy);
+    r.register(ServiceAccountStrategy);
+}
+
+fn none_if_empty(s: String) -> Value {
+    if s.is_empty() { json!("<none>") } else { json!(s) }
+}
+
+struct NamespaceStrategy;
+
+impl Strategy for NamespaceStrategy {
+    type K = Namespace;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<Namespace>().short_names(&["ns"]).with_status()
+    }
+
+    fn name_rule(&self) -> NameRule {
+        NameRule::Label
+    }
+
+    fn default(&self, ns: &mut Namespace) {
+        let name = ns.metadata.name.clone().unwrap_or_default();
+        ns.metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert("kubernetes.io/metadata.name".into(), name);
+        ns.spec
+            .get_or_insert_with(NamespaceSpec::default)
+            .finalizers
+            .get_or_insert_with(|| vec!["kubernetes".into()]);
+        ns.status
+            .get_or_insert_with(NamespaceStatus::default)
+            .phase
+            .get_or_insert_with(|| "Active".into());
+    }
+
+    fn field_selectors(&self) -> &'static [&'static str] {
+        &["status.phase"]
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::new("Status", "The status of the namespace"),
+            Column::age(),
+        ]
+    }
+
+    fn row(&self, ns: &Namespace) -> Vec<Value> {
+        vec![
+            json!(ns.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default()),
+            age(ns.metadata.creation_timestamp.as_ref()),
+        ]
+    }
+}
+
+struct NodeStrategy;
+
+impl Strategy for NodeStrategy {
+    type K = Node;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<Node>().short_names(&["no"]).with_status()
+    }
+
+    fn field_selectors(&self) -> &'static [&'static str] {
+        &["spec.unschedulable"]
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::new("Status", "The status of the node"),
+            Column::new("Roles", "The roles of the node"),
+            Column::age(),
+            Column::new("Version", "Kubelet Version reported by the node."),
+            Column::new("Internal-IP", "List of internal IPs.").wide(),
+            Column::new("External-IP", "List of external IPs.").wide(),
+            Column::new("OS-Image", "OS Image reported by the node.").wide(),
+            Column::new("Kernel-Version", "Kernel Version reported by the node.").wide(),
+            Column::new("Container-Runtime", "Container Runtime Version reported by the node.").wide(),
+        ]
+    }
+
+    fn row(&self, node: &Node) -> Vec<Value> {
+        let status = node.status.clone().unwrap_or_default();
+        let mut conds: Vec<String> = Vec::new();
+        match status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready")
+        {
+            Some(c) if c.status == "True" => conds.push("Ready".into()),
+            Some(_) => conds.push("NotReady".into()),
+            None => conds.push("Unknown".into()),
+        }
+        if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+            conds.push("SchedulingDisabled".into());
+        }
+        let roles: Vec<String> = node
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(str::to_string))
+            .collect();
+        let info = status.node_info.clone().unwrap_or_default();
+        let addr = |kind: &str| {
+            status
+                .addresses
+                .iter()
+                .flatten()
+                .find(|a| a.type_ == kind)
+                .map(|a| a.address.clone())
+                .unwrap_or_else(|| "<none>".into())
+        };
+        vec![
+            json!(conds.join(",")),
+            none_if_empty(roles.join(",")),
+            age(node.metadata.creation_timestamp.as_ref()),
+            json!(info.kubelet_version),
+            json!(addr("InternalIP")),
+            json!(addr("ExternalIP")),
+            json!(info.os_image),
+            json!(info.kernel_version),
+            json!(info.container_runtime_version),
+        ]
+    }
+}
+
+struct ServiceStrategy;
+
+impl Strategy for ServiceStrategy {
+    type K = Service;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<Service>().short_names(&["svc"]).in_all().with_status()
+    }
+
+    fn name_rule(&self) -> NameRule {
+        NameRule::Label1035
+    }
+
+    fn default(&self, svc: &mut Service) {
+        let spec = svc.spec.get_or_insert_with(Default::default);
+        spec.type_.get_or_insert_with(|| "ClusterIP".into());
+        spec.session_affinity.get_or_insert_with(|| "None".into());
+        if spec.type_.as_deref() != Some("ExternalName") {
+            spec.internal_traffic_policy
+                .get_or_insert_with(|| "Cluster".into());
+        }
+        for p in spec.ports.iter_mut().flatten() {
+            p.protocol.get_or_insert_with(|| "TCP".into());
+            p.target_port.get_or_insert(IntOrString::Int(p.port));
+        }
+    }
+
+    fn validate(&self, svc: &Service) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let spec = svc.spec.clone().unwrap_or_default();
+        let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if !matches!(ty, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+            errs.push(FieldError::not_supported(
+                "spec.type",
+                ty,
+                &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+            ));
+        }
+        let ports = spec.ports.clone().unwrap_or_default();
+        if ports.is_empty() && ty != "ExternalName" && spec.cluster_ip.as_deref() != Some("None") {
+            errs.push(FieldError::required("spec.ports", ""));
+        }
+        for (i, p) in ports.iter().enumerate() {
+            if !(1..=65535).contains(&p.port) {
+                errs.push(FieldError::invalid(
+                    format!("spec.ports[{i}].port"),
+                    p.port,
+                    "must be between 1 and 65535, inclusive",
+                ));
+            }
+            if ports.len() > 1 && p.name.as_deref().unwrap_or_default().is_empty() {
+                errs.push(FieldError::required(format!("spec.ports[{i}].name"), ""));
+            }
+        }
+        if let Some(aff) = spec.session_affinity.as_deref()
+            && !matches!(aff, "None" | "ClientIP")
+        {
+            errs.push(FieldError::not_supported("spec.sessionAffinity", aff, &["ClientIP", "None"]));
+        }
+        errs
+    }
+
+    fn validate_update(&self, new: &Service, old: &Service) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let old_ip = old.spec.as_ref().and_then(|s| s.cluster_ip.clone());
+        let new_ip = new.spec.as_ref().and_then(|s| s.cluster_ip.clone());
+        if old_ip.is_some() && new_ip.is_some() {
+            validation::immutable("spec.clusterIP", &new_ip, &old_ip, &mut errs);
+        }
+        errs
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::new("Type", "The type of the service."),
+            Column::new("Cluster-IP", "The cluster IP of the service."),
+            Column::new("External-IP", "The external IP of the service."),
+            Column::new("Port(s)", "The ports of the service."),
+            Column::age(),
+            Column::new("Selector", "The selector of the service.").wide(),
+        ]
+    }
+
+    fn row(&self, svc: &Service) -> Vec<Value> {
+        let spec = svc.spec.clone().unwrap_or_default();
+        let ty = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
+        let ports: Vec<String> = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| {
+                let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+                match p.node_port {
+                    Some(np) => format!("{}:{np}/{proto}", p.port),
+                    None => format!("{}/{proto}", p.port),
+                }
+            })
+            .collect();
+        let external = match ty.as_str() {
+            "ExternalName" => spec.external_name.clone().unwrap_or_default(),
+            "LoadBalancer" => "<pending>".into(),
+            _ => spec
+                .external_ips
+                .clone()
+                .map(|v| v.join(","))
+                .unwrap_or_default(),
+        };
+        let selector: Vec<String> = spec
+            .selector
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        vec![
+            json!(ty),
+            json!(spec.cluster_ip.unwrap_or_else(|| "<none>".into())),
+            none_if_empty(external),
+            none_if_empty(ports.join(",")),
+            age(svc.metadata.creation_timestamp.as_ref()),
+            none_if_empty(selector.join(",")),
+        ]
+    }
+}
+
+struct EndpointsStrategy;
+
+impl Strategy for EndpointsStrategy {
+    type K = Endpoints;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<Endpoints>().short_names(&["ep"])
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::new("Endpoints", "Endpoints of the service"),
+            Column::age(),
+        ]
+    }
+
+    fn row(&self, ep: &Endpoints) -> Vec<Value> {
+        let mut eps = Vec::new();
+        for subset in ep.subsets.iter().flatten() {
+            for addr in subset.addresses.iter().flatten() {
+                match subset.ports.as_ref().filter(|p| !p.is_empty()) {
+                    Some(ports) => {
+                        for p in ports {
+                            eps.push(format!("{}:{}", addr.ip, p.port));
+                        }
+                    }
+                    None => eps.push(addr.ip.clone()),
+                }
+            }
+        }
+        let shown = if eps.len() > 3 {
+            format!("{} + {} more...", eps[..3].join(","), eps.len() - 3)
+        } else {
+            eps.join(",")
+        };
+        vec![none_if_empty(shown), age(ep.metadata.creation_timestamp.as_ref())]
+    }
+}
+
+fn valid_data_keys<'a>(path: &str, keys: impl Iterator<Item = &'a String>, errs: &mut Vec<FieldError>) {
+    for k in keys {
+        let ok = !k.is_empty()
+            && k.len() <= 253
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            errs.push(FieldError::invalid(
+                path,
+                k,
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+            ));
+        }
+    }
+}
+
+struct ConfigMapStrategy;
+
+impl Strategy for ConfigMapStrategy {
+    type K = ConfigMap;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<ConfigMap>().short_names(&["cm"])
+    }
+
+    fn validate(&self, cm: &ConfigMap) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        valid_data_keys("data", cm.data.iter().flatten().map(|(k, _)| k), &mut errs);
+        valid_data_keys("binaryData", cm.binary_data.iter().flatten().map(|(k, _)| k), &mut errs);
+        for k in cm.data.iter().flatten().map(|(k, _)| k) {
+            if cm.binary_data.as_ref().is_some_and(|b| b.contains_key(k)) {
+                errs.push(FieldError::invalid("data", k, "duplicate of key present in binaryData"));
+            }
+        }
+        errs
+    }
+
+    fn validate_update(&self, new: &ConfigMap, old: &ConfigMap) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if old.immutable == Some(true) {
+            validation::immutable("immutable", &new.immutable, &old.immutable, &mut errs);
+            if new.data != old.data || new.binary_data != old.binary_data {
+                errs.push(FieldError::forbidden("data", "field is immutable when `immutable` is set"));
+            }
+        }
+        errs
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![Column::int("Data", "Number of data items"), Column::age()]
+    }
+
+    fn row(&self, cm: &ConfigMap) -> Vec<Value> {
+        let n = cm.data.as_ref().map_or(0, BTreeMap::len) + cm.binary_data.as_ref().map_or(0, BTreeMap::len);
+        vec![json!(n), age(cm.metadata.creation_timestamp.as_ref())]
+    }
+}
+
+struct SecretStrategy;
+
+impl Strategy for SecretStrategy {
+    type K = Secret;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<Secret>()
+    }
+
+    fn default(&self, s: &mut Secret) {
+        s.type_.get_or_insert_with(|| "Opaque".into());
+        // stringData is write-only: merged into data, as kube-apiserver's conversion does.
+        if let Some(sd) = s.string_data.take() {
+            let data = s.data.get_or_insert_with(BTreeMap::new);
+            for (k, v) in sd {
+                data.insert(k, k8s_openapi::ByteString(v.into_bytes()));
+            }
+        }
+    }
+
+    fn validate(&self, s: &Secret) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        valid_data_keys("data", s.data.iter().flatten().map(|(k, _)| k), &mut errs);
+        let size: usize = s.data.iter().flatten().map(|(_, v)| v.0.len()).sum();
+        if size > 1024 * 1024 {
+            errs.push(FieldError {
+                reason: "FieldValueTooLong",
+                field: "data".into(),
+                message: "Too long: must have at most 1048576 bytes".into(),
+            });
+        }
+        errs
+    }
+
+    fn validate_update(&self, new: &Secret, old: &Secret) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        validation::immutable("type", &new.type_, &old.type_, &mut errs);
+        if old.immutable == Some(true) && new.data != old.data {
+            errs.push(FieldError::forbidden("data", "field is immutable when `immutable` is set"));
+        }
+        errs
+    }
+
+    fn field_selectors(&self) -> &'static [&'static str] {
+        &["type"]
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::new("Type", "The type of the secret"),
+            Column::int("Data", "The number of entries in the secret"),
+            Column::age(),
+        ]
+    }
+
+    fn row(&self, s: &Secret) -> Vec<Value> {
+        vec![
+            json!(s.type_.clone().unwrap_or_default()),
+            json!(s.data.as_ref().map_or(0, BTreeMap::len)),
+            age(s.metadata.creation_timestamp.as_ref()),
+        ]
+    }
+}
+
+struct EventStrategy;
+
+impl Strategy for EventStrategy {
+    type K = Event;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<Event>().short_names(&["ev"])
+    }
+
+    fn name_rule(&self) -> NameRule {
+        NameRule::Path
+    }
+
+    fn validate(&self, ev: &Event) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if ev.involved_object.name.is_none() && ev.involved_object.kind.is_none() {
+            errs.push(FieldError::required("involvedObject", ""));
+        }
+        if let Some(t) = ev.type_.as_deref()
+            && !matches!(t, "Normal" | "Warning")
+        {
+            errs.push(FieldError::not_supported("type", t, &["Normal", "Warning"]));
+        }
+        errs
+    }
+
+    fn field_selectors(&self) -> &'static [&'static str] {
+        &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ]
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::new("Last Seen", "Time when this Event was last observed."),
+            Column::new("Type", "Type of this event (Normal, Warning), new types could be added in the future."),
+            Column::new("Reason", "This should be a short, machine understandable string that gives the reason for the transition into the object's current status."),
+            Column::new("Object", "The object that this event is about."),
+            Column::new("Subobject", "The subobject that this event is about.").wide(),
+            Column::new("Source", "The component reporting this event.").wide(),
+            Column::new("Message", "A human-readable description of the status of this operation."),
+            Column::new("First Seen", "The time at which the event was first recorded.").wide(),
+            Column::int("Count", "The number of times this event has occurred.").wide(),
+            Column::new("Name", "Name of the event.").wide(),
+        ]
+    }
+
+    fn row(&self, ev: &Event) -> Vec<Value> {
+        let event_time = ev.event_time.as_ref().map(|t| Time(t.0));
+        let last = ev
+            .last_timestamp
+            .as_ref()
+            .or(event_time.as_ref())
+            .or(ev.first_timestamp.as_ref())
+            .or(ev.metadata.creation_timestamp.as_ref());
+        let obj = format!(
+            "{}/{}",
+            ev.involved_object.kind.clone().unwrap_or_default().to_lowercase(),
+            ev.involved_object.name.clone().unwrap_or_default()
+        );
+        let source = ev
+            .source
+            .as_ref()
+            .and_then(|s| s.component.clone())
+            .or(ev.reporting_component.clone())
+            .unwrap_or_default();
+        vec![
+            age(last),
+            json!(ev.type_.clone().unwrap_or_default()),
+            json!(ev.reason.clone().unwrap_or_default()),
+            json!(obj),
+            json!(ev.involved_object.field_path.clone().unwrap_or_default()),
+            json!(source),
+            json!(ev.message.clone().unwrap_or_default()),
+            age(ev.first_timestamp.as_ref().or(ev.metadata.creation_timestamp.as_ref())),
+            json!(ev.count.unwrap_or(1)),
+            json!(ev.metadata.name.clone().unwrap_or_default()),
+        ]
+    }
+}
+
+struct ServiceAccountStrategy;
+
+impl Strategy for ServiceAccountStrategy {
+    type K = ServiceAccount;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<ServiceAccount>().short_names(&["sa"])
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![Column::int("Secrets", "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use."), Column::age()]
+    }
+
+    fn row(&self, sa: &ServiceAccount) -> Vec<Value> {
+        vec![
+            json!(sa.secrets.as_ref().map_or(0, Vec::len)),
+            age(sa.metadata.creation_timestamp.as_ref()),
+        ]
+    }
+}
+

@@ -1,0 +1,111 @@
+//! coordination.k8s.io/v1 Lease and discovery.k8s.io/v1 EndpointSlice.
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::{Value, json};
+
+use wasmkube_api::ResourceInfo;
+
+use crate::error::FieldError;
+use crate::registry::{NameRule, Registry, Strategy};
+use crate::table::{Column, age};
+use crate::validation;
+
+pub(super) fn register(r: &mut Registry) {
+    r.register(LeaseStrategy);
+    r.register(EndpointSliceStrategy);
+}
+
+struct LeaseStrategy;
+
+impl Strategy for LeaseStrategy {
+    type K = Lease;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<Lease>()
+    }
+
+    fn validate(&self, lease: &Lease) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if let Some(d) = lease.spec.as_ref().and_then(|s| s.lease_duration_seconds)
+            && d <= 0
+        {
+            errs.push(FieldError::invalid("spec.leaseDurationSeconds", d, "must be greater than 0"));
+        }
+        errs
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![Column::new("Holder", "The holder of the lease."), Column::age()]
+    }
+
+    fn row(&self, lease: &Lease) -> Vec<Value> {
+        vec![
+            json!(lease.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default()),
+            age(lease.metadata.creation_timestamp.as_ref()),
+        ]
+    }
+}
+
+struct EndpointSliceStrategy;
+
+impl Strategy for EndpointSliceStrategy {
+    type K = EndpointSlice;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<EndpointSlice>()
+    }
+
+    fn name_rule(&self) -> NameRule {
+        NameRule::Subdomain
+    }
+
+    fn validate(&self, s: &EndpointSlice) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if !matches!(s.address_type.as_str(), "IPv4" | "IPv6" | "FQDN") {
+            errs.push(FieldError::not_supported("addressType", &s.address_type, &["FQDN", "IPv4", "IPv6"]));
+        }
+        for (i, ep) in s.endpoints.iter().enumerate() {
+            if ep.addresses.is_empty() {
+                errs.push(FieldError::required(format!("endpoints[{i}].addresses"), "must contain at least 1 address"));
+            }
+        }
+        errs
+    }
+
+    fn validate_update(&self, new: &EndpointSlice, old: &EndpointSlice) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        validation::immutable("addressType", &new.address_type, &old.address_type, &mut errs);
+        errs
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::new("AddressType", "The IP protocol for this slice"),
+            Column::new("Ports", "The ports for this slice"),
+            Column::new("Endpoints", "The addresses of the endpoints for this slice"),
+            Column::age(),
+        ]
+    }
+
+    fn row(&self, s: &EndpointSlice) -> Vec<Value> {
+        let ports: Vec<String> = s
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.port.map(|n| n.to_string()))
+            .collect();
+        let addrs: Vec<String> = s.endpoints.iter().flat_map(|e| e.addresses.clone()).collect();
+        let shown = if addrs.len() > 3 {
+            format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
+        } else {
+            addrs.join(",")
+        };
+        vec![
+            json!(s.address_type),
+            json!(if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") }),
+            json!(if shown.is_empty() { "<unset>".to_string() } else { shown }),
+            age(s.metadata.creation_timestamp.as_ref()),
+        ]
+    }
+}

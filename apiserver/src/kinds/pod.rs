@@ -1,0 +1,370 @@
+//! Pods, and the pod-template defaulting and validation shared with the workload kinds.
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, PodTemplateSpec};
+use serde_json::{Value, json};
+
+use wasmkube_api::ResourceInfo;
+
+use crate::error::FieldError;
+use crate::registry::Strategy;
+use crate::table::{Column, age};
+use crate::validation;
+
+fn default_container(c: &mut Container) {
+    if c.image_pull_policy.is_none() {
+        let image = c.image.as_deref().unwrap_or_default();
+        let tag = image.rsplit('/').next().unwrap_or_default();
+        let latest = !image.contains('@') && (!tag.contains(':') || tag.ends_with(":latest"));
+        c.image_pull_policy = Some(if latest { "Always" } else { "IfNotPresent" }.into());
+    }
+    c.termination_message_path
+        .get_or_insert_with(|| "/dev/termination-log".into());
+    c.termination_message_policy.get_or_insert_with(|| "File".into());
+    for p in c.ports.iter_mut().flatten() {
+        p.protocol.get_or_insert_with(|| "TCP".into());
+    }
+}
+
+/// `SetDefaults_PodSpec` and the container defaults.
+pub(crate) fn default_pod_spec(spec: &mut PodSpec) {
+    spec.restart_policy.get_or_insert_with(|| "Always".into());
+    spec.termination_grace_period_seconds.get_or_insert(30);
+    spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+    spec.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".into());
+    spec.security_context.get_or_insert_with(Default::default);
+    spec.enable_service_links.get_or_insert(true);
+    spec.priority.get_or_insert(0);
+    if spec.service_account_name.is_none() {
+        spec.service_account_name = spec
+            .service_account
+            .clone()
+            .or_else(|| Some("default".into()));
+    }
+    spec.service_account = spec.service_account_name.clone();
+    for c in spec.containers.iter_mut() {
+        default_container(c);
+    }
+    for c in spec.init_containers.iter_mut().flatten() {
+        default_container(c);
+    }
+}
+
+fn validate_containers(path: &str, containers: &[Container], errs: &mut Vec<FieldError>) {
+    validation::unique_labels(path, containers.iter().map(|c| c.name.as_str()), errs);
+    for (i, c) in containers.iter().enumerate() {
+        if c.image.as_deref().unwrap_or_default().trim().is_empty() {
+            errs.push(FieldError::required(format!("{path}[{i}].image"), ""));
+        }
+        for (j, p) in c.ports.iter().flatten().enumerate() {
+            if !(1..=65535).contains(&p.container_port) {
+                errs.push(FieldError::invalid(
+                    format!("{path}[{i}].ports[{j}].containerPort"),
+                    p.container_port,
+                    "must be between 1 and 65535, inclusive",
+                ));
+            }
+            if let Some(proto) = p.protocol.as_deref()
+                && !matches!(proto, "TCP" | "UDP" | "SCTP")
+            {
+                errs.push(FieldError::not_supported(
+                    format!("{path}[{i}].ports[{j}].protocol"),
+                    proto,
+                    &["SCTP", "TCP", "UDP"],
+                ));
+            }
+        }
+        if let Some(policy) = c.image_pull_policy.as_deref()
+            && !matches!(policy, "Always" | "IfNotPresent" | "Never")
+        {
+            errs.push(FieldError::not_supported(
+                format!("{path}[{i}].imagePullPolicy"),
+                policy,
+                &["Always", "IfNotPresent", "Never"],
+            ));
+        }
+    }
+}
+
+/// `ValidatePodSpec`, the parts that matter for wasm pods.
+pub(crate) fn validate_pod_spec(path: &str, spec: &PodSpec) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if spec.containers.is_empty() {
+        errs.push(FieldError::required(format!("{path}.containers"), ""));
+    }
+    validate_containers(&format!("{path}.containers"), &spec.containers, &mut errs);
+    if let Some(init) = &spec.init_containers {
+        validate_containers(&format!("{path}.initContainers"), init, &mut errs);
+    }
+    if let Some(policy) = spec.restart_policy.as_deref()
+        && !matches!(policy, "Always" | "OnFailure" | "Never")
+    {
+        errs.push(FieldError::not_supported(
+            format!("{path}.restartPolicy"),
+            policy,
+            &["Always", "OnFailure", "Never"],
+        ));
+    }
+    if let Some(g) = spec.termination_grace_period_seconds
+        && g < 0
+    {
+        errs.push(FieldError::invalid(
+            format!("{path}.terminationGracePeriodSeconds"),
+            g,
+            "must be greater than or equal to 0",
+        ));
+    }
+    if let Some(d) = spec.active_deadline_seconds
+        && d <= 0
+    {
+        errs.push(FieldError::invalid(
+            format!("{path}.activeDeadlineSeconds"),
+            d,
+            "must be between 1 and 2147483647, inclusive",
+        ));
+    }
+    let mut volumes = std::collections::HashSet::new();
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        if !volumes.insert(v.name.as_str()) {
+            errs.push(FieldError::duplicate(format!("{path}.volumes[{i}].name"), &v.name));
+        }
+    }
+    for (i, c) in spec.containers.iter().enumerate() {
+        for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
+            if !volumes.contains(m.name.as_str()) {
+                errs.push(FieldError {
+                    reason: "FieldValueNotFound",
+                    field: format!("{path}.containers[{i}].volumeMounts[{j}].name"),
+                    message: format!("Not found: \"{}\"", m.name),
+                });
+            }
+        }
+    }
+    errs
+}
+
+/// Defaults a pod template.
+pub(crate) fn default_template(t: &mut PodTemplateSpec) {
+    if let Some(spec) = t.spec.as_mut() {
+        default_pod_spec(spec);
+    }
+}
+
+/// Validates a pod template against its owner's selector.
+pub(crate) fn validate_template(
+    path: &str,
+    t: &PodTemplateSpec,
+    selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    match &t.spec {
+        Some(spec) => errs.extend(validate_pod_spec(&format!("{path}.spec"), spec)),
+        None => errs.push(FieldError::required(format!("{path}.spec"), "")),
+    }
+    if let Some(sel) = selector {
+        let labels = t
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        match wasmkube_api::selector::LabelSelector::from_structured(sel) {
+            Ok(s) if s.is_empty() => {}
+            Ok(s) if !s.matches(&labels) => errs.push(FieldError::invalid(
+                format!("{path}.metadata.labels"),
+                format!("{labels:?}"),
+                "`selector` does not match template `labels`",
+            )),
+            Ok(_) => {}
+            Err(e) => errs.push(FieldError::invalid("spec.selector", "", &e.to_string())),
+        }
+    }
+    errs
+}
+
+fn qos_class(spec: &PodSpec) -> &'static str {
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &spec.containers {
+        let req = c.resources.as_ref().and_then(|r| r.requests.clone()).unwrap_or_default();
+        let lim = c.resources.as_ref().and_then(|r| r.limits.clone()).unwrap_or_default();
+        if !req.is_empty() || !lim.is_empty() {
+            any = true;
+        }
+        for res in ["cpu", "memory"] {
+            match (lim.get(res), req.get(res)) {
+                (Some(l), Some(r)) if l == r => {}
+                (Some(_), None) => {}
+                _ => guaranteed = false,
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+/// The `Status` column of `kubectl get pods` (`printPod`).
+pub(crate) fn pod_status_reason(pod: &Pod) -> String {
+    let status = pod.status.clone().unwrap_or_default();
+    let mut reason = status
+        .reason
+        .clone()
+        .or(status.phase.clone())
+        .unwrap_or_else(|| "Pending".into());
+    let mut initializing = false;
+    let inits = pod.spec.as_ref().and_then(|s| s.init_containers.as_ref()).map_or(0, Vec::len);
+    for (i, cs) in status.init_container_statuses.iter().flatten().enumerate() {
+        let state = cs.state.clone().unwrap_or_default();
+        if let Some(t) = &state.terminated {
+            if t.exit_code == 0 {
+                continue;
+            }
+            reason = match &t.reason {
+                Some(r) if !r.is_empty() => format!("Init:{r}"),
+                _ => format!("Init:ExitCode:{}", t.exit_code),
+            };
+        } else if let Some(w) = state.waiting.as_ref().and_then(|w| w.reason.clone())
+            && !w.is_empty()
+            && w != "PodInitializing"
+        {
+            reason = format!("Init:{w}");
+        } else {
+            reason = format!("Init:{i}/{inits}");
+        }
+        initializing = true;
+        break;
+    }
+    if !initializing {
+        let mut has_running = false;
+        for cs in status.container_statuses.iter().flatten().rev() {
+            let state = cs.state.clone().unwrap_or_default();
+            if let Some(w) = state.waiting.as_ref().and_then(|w| w.reason.clone()) {
+                reason = w;
+            } else if let Some(t) = &state.terminated {
+                reason = t.reason.clone().unwrap_or_else(|| format!("ExitCode:{}", t.exit_code));
+            } else if state.running.is_some() && cs.ready {
+                has_running = true;
+            }
+        }
+        if reason == "Completed" && has_running {
+            reason = "Running".into();
+        }
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        reason = if status.reason.as_deref() == Some("NodeLost") {
+            "Unknown".into()
+        } else {
+            "Terminating".into()
+        };
+    }
+    reason
+}
+
+/// Pods.
+pub(crate) struct PodStrategy;
+
+impl Strategy for PodStrategy {
+    type K = Pod;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<Pod>().short_names(&["po"]).in_all().with_status()
+    }
+
+    fn default(&self, pod: &mut Pod) {
+        let spec = pod.spec.get_or_insert_with(Default::default);
+        default_pod_spec(spec);
+        let qos = qos_class(spec);
+        let status = pod.status.get_or_insert_with(PodStatus::default);
+        status.phase.get_or_insert_with(|| "Pending".into());
+        status.qos_class.get_or_insert_with(|| qos.into());
+    }
+
+    fn validate(&self, pod: &Pod) -> Vec<FieldError> {
+        match &pod.spec {
+            Some(spec) => validate_pod_spec("spec", spec),
+            None => vec![FieldError::required("spec", "")],
+        }
+    }
+
+    fn validate_update(&self, new: &Pod, old: &Pod) -> Vec<FieldError> {
+        // Only images, activeDeadlineSeconds, tolerations (additions) may change; nodeName is
+        // set only through `pods/binding` (`ValidatePodUpdate`).
+        let (Some(n), Some(o)) = (&new.spec, &old.spec) else {
+            return Vec::new();
+        };
+        let mut n = n.clone();
+        for (nc, oc) in n.containers.iter_mut().zip(&o.containers) {
+            nc.image = oc.image.clone();
+        }
+        for (nc, oc) in n.init_containers.iter_mut().flatten().zip(o.init_containers.iter().flatten()) {
+            nc.image = oc.image.clone();
+        }
+        n.active_deadline_seconds = o.active_deadline_seconds;
+        n.tolerations = o.tolerations.clone();
+        n.termination_grace_period_seconds = o.termination_grace_period_seconds;
+        if &n != o {
+            return vec![FieldError::forbidden(
+                "spec",
+                "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+            )];
+        }
+        Vec::new()
+    }
+
+    fn field_selectors(&self) -> &'static [&'static str] {
+        &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.podIPs",
+            "status.nominatedNodeName",
+        ]
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::new("Ready", "The aggregate readiness state of this pod for accepting traffic."),
+            Column::new("Status", "The aggregate status of the containers in this pod."),
+            Column::new("Restarts", "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            Column::age(),
+            Column::new("IP", "IP address allocated to the pod. Routable at least within the cluster.").wide(),
+            Column::new("Node", "NodeName is a request to schedule this pod onto a specific node.").wide(),
+            Column::new("Nominated Node", "nominatedNodeName is set only when this pod preempts other pods on the node.").wide(),
+            Column::new("Readiness Gates", "If specified, all readiness gates will be evaluated for pod readiness.").wide(),
+        ]
+    }
+
+    fn row(&self, pod: &Pod) -> Vec<Value> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let status = pod.status.clone().unwrap_or_default();
+        let statuses = status.container_statuses.clone().unwrap_or_default();
+        let ready = statuses.iter().filter(|c| c.ready).count();
+        let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
+        let gates = spec.readiness_gates.as_ref().map_or("<none>".to_string(), |g| {
+            let conds = status.conditions.clone().unwrap_or_default();
+            let true_count = g
+                .iter()
+                .filter(|gate| {
+                    conds.iter().any(|c| c.type_ == gate.condition_type && c.status == "True")
+                })
+                .count();
+            format!("{true_count}/{}", g.len())
+        });
+        vec![
+            json!(format!("{ready}/{}", spec.containers.len())),
+            json!(pod_status_reason(pod)),
+            json!(restarts.to_string()),
+            age(pod.metadata.creation_timestamp.as_ref()),
+            json!(status.pod_ip.unwrap_or_else(|| "<none>".into())),
+            json!(spec.node_name.unwrap_or_else(|| "<none>".into())),
+            json!(status.nominated_node_name.unwrap_or_else(|| "<none>".into())),
+            json!(gates),
+        ]
+    }
+}

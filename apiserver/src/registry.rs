@@ -1,0 +1,250 @@
+//! The kind registry. Each served kind is one [`Strategy`] — defaulting, validation, which
+//! fields are spec and which are status, field selectors, table columns — registered once;
+//! all REST plumbing is shared and works on JSON values through the object-safe [`Kind`].
+//! This mirrors kube-apiserver's `rest.RESTCreateStrategy`/`RESTUpdateStrategy`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::Metadata;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use wasmkube_api::ResourceInfo;
+
+use crate::error::FieldError;
+use crate::table::Column;
+use crate::validation;
+
+/// How names of a kind are validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// RFC 1123 subdomain (most kinds).
+    Subdomain,
+    /// RFC 1123 label (namespaces).
+    Label,
+    /// RFC 1035 label (services).
+    Label1035,
+    /// Any name without `/` or `%` (events, leases).
+    Path,
+}
+
+/// The per-kind behaviour of the apiserver.
+///
+/// ### Correctness requirements
+/// - [`Strategy::default`] must be idempotent: it runs on every create and update.
+/// - [`Strategy::validate`] must report every bad field it finds, not just the first.
+pub trait Strategy: Send + Sync + 'static {
+    /// The `k8s-openapi` type.
+    type K: k8s_openapi::Resource
+        + Metadata<Ty = ObjectMeta>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Send
+        + Sync
+        + 'static;
+
+    /// Identity, short names, categories and subresources.
+    fn info(&self) -> ResourceInfo;
+
+    /// How names are validated.
+    fn name_rule(&self) -> NameRule {
+        NameRule::Subdomain
+    }
+
+    /// Kubernetes' defaulting (`SetDefaults_*`), on create and update.
+    fn default(&self, _obj: &mut Self::K) {}
+
+    /// Kind-specific validation of a new object.
+    fn validate(&self, _obj: &Self::K) -> Vec<FieldError> {
+        Vec::new()
+    }
+
+    /// Kind-specific checks of an update (immutable fields), after [`Strategy::validate`].
+    fn validate_update(&self, _new: &Self::K, _old: &Self::K) -> Vec<FieldError> {
+        Vec::new()
+    }
+
+    /// Field paths usable in `fieldSelector` besides `metadata.name`/`metadata.namespace`.
+    fn field_selectors(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Table columns after `Name`.
+    fn columns(&self) -> Vec<Column>;
+
+    /// The cells for [`Strategy::columns`].
+    fn row(&self, obj: &Self::K) -> Vec<Value>;
+}
+
+/// The result of decoding a request body into a kind.
+pub struct Decoded {
+    /// The object, as the typed model serializes it.
+    pub object: Value,
+    /// Paths of fields the typed model does not know (dropped from `object`).
+    pub unknown: Vec<String>,
+}
+
+/// An object-safe view of a [`Strategy`], working on JSON values.
+pub trait Kind: Send + Sync {
+    /// Identity.
+    fn info(&self) -> &ResourceInfo;
+    /// Decodes a JSON object through the typed model.
+    fn decode(&self, raw: &Value) -> Result<Decoded, String>;
+    /// Defaults and validates a new or updated object in place.
+    fn admit(&self, obj: &mut Value, old: Option<&Value>) -> Result<(), Vec<FieldError>>;
+    /// Supported field selector paths.
+    fn field_selectors(&self) -> &'static [&'static str];
+    /// Table columns, `Name` first.
+    fn columns(&self) -> Vec<Column>;
+    /// Table cells for an object, name first.
+    fn row(&self, obj: &Value) -> Vec<Value>;
+}
+
+struct Registered<S: Strategy> {
+    strategy: S,
+    info: ResourceInfo,
+}
+
+fn unknown_fields(input: &Value, canonical: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, canonical) {
+        (Value::Object(i), Value::Object(c)) => {
+            for (k, v) in i {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match c.get(k) {
+                    Some(cv) => unknown_fields(v, cv, &p, out),
+                    None if v.is_null() => {}
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(c)) => {
+            for (n, (iv, cv)) in i.iter().zip(c).enumerate() {
+                unknown_fields(iv, cv, &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+impl<S: Strategy> Registered<S> {
+    fn typed(&self, obj: &Value) -> Result<S::K, String> {
+        serde_json::from_value(obj.clone()).map_err(|e| e.to_string())
+    }
+}
+
+impl<S: Strategy> Kind for Registered<S> {
+    fn info(&self) -> &ResourceInfo {
+        &self.info
+    }
+
+    fn decode(&self, raw: &Value) -> Result<Decoded, String> {
+        let typed: S::K = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
+        let object = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+        let mut unknown = Vec::new();
+        unknown_fields(raw, &object, "", &mut unknown);
+        Ok(Decoded { object, unknown })
+    }
+
+    fn admit(&self, obj: &mut Value, old: Option<&Value>) -> Result<(), Vec<FieldError>> {
+        let mut typed = self
+            .typed(obj)
+            .map_err(|e| vec![FieldError::invalid("", "object", &e)])?;
+        self.strategy.default(&mut typed);
+        let mut errors = validation::object_meta(
+            typed.metadata(),
+            self.info.namespaced(),
+            self.strategy.name_rule(),
+        );
+        errors.extend(self.strategy.validate(&typed));
+        if let Some(old) = old {
+            let old_typed = self
+                .typed(old)
+                .map_err(|e| vec![FieldError::invalid("", "object", &e)])?;
+            errors.extend(self.strategy.validate_update(&typed, &old_typed));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        *obj = serde_json::to_value(&typed).expect("typed objects serialize");
+        Ok(())
+    }
+
+    fn field_selectors(&self) -> &'static [&'static str] {
+        self.strategy.field_selectors()
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        let mut cols = vec![Column::name()];
+        cols.extend(self.strategy.columns());
+        cols
+    }
+
+    fn row(&self, obj: &Value) -> Vec<Value> {
+        let name = obj["metadata"]["name"].clone();
+        let mut cells = vec![name];
+        match self.typed(obj) {
+            Ok(typed) => cells.extend(self.strategy.row(&typed)),
+            Err(_) => cells.extend(self.strategy.columns().iter().map(|_| Value::Null)),
+        }
+        cells
+    }
+}
+
+/// All served kinds, looked up by URL or by kind.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: Vec<Arc<dyn Kind>>,
+    by_resource: HashMap<(String, String, String), usize>,
+}
+
+impl Registry {
+    /// Registers a kind.
+    pub fn register<S: Strategy>(&mut self, strategy: S) {
+        let info = strategy.info();
+        let key = (
+            info.group.to_string(),
+            info.version.to_string(),
+            info.plural.to_string(),
+        );
+        self.by_resource.insert(key, self.kinds.len());
+        self.kinds.push(Arc::new(Registered { strategy, info }));
+    }
+
+    /// The kind served at `/{group}/{version}/{plural}`.
+    pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<dyn Kind>> {
+        self.by_resource
+            .get(&(group.to_string(), version.to_string(), plural.to_string()))
+            .map(|&i| &self.kinds[i])
+    }
+
+    /// Every kind, in registration order.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Kind>> {
+        self.kinds.iter()
+    }
+
+    /// The kind of a `kind` in a group.
+    pub fn by_kind(&self, group: &str, kind: &str) -> Option<&Arc<dyn Kind>> {
+        self.kinds
+            .iter()
+            .find(|k| k.info().group == group && k.info().kind == kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_fields_should_name_each_dropped_path() {
+        let input = json!({"spec": {"a": 1, "x": 2, "list": [{"b": 1, "y": 3}]}, "z": null});
+        let canonical = json!({"spec": {"a": 1, "list": [{"b": 1}]}});
+        let mut out = Vec::new();
+        unknown_fields(&input, &canonical, "", &mut out);
+        assert_eq!(out, ["spec.list[0].y", "spec.x"]);
+    }
+}

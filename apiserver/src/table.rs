@@ -1,0 +1,188 @@
+//! Table responses (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`), which is how
+//! kubectl prints `get` output: the server chooses the columns.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::{Value, json};
+
+/// A column definition (`metav1.TableColumnDefinition`).
+#[derive(Debug, Clone)]
+pub struct Column {
+    /// Header, e.g. `Ready`.
+    pub name: &'static str,
+    /// `string`, `integer`, `date`, ...
+    pub type_: &'static str,
+    /// `name` for the name column.
+    pub format: &'static str,
+    /// Shown by `kubectl explain`-like tools.
+    pub description: &'static str,
+    /// 0 = always shown; 1 = only with `-o wide`.
+    pub priority: i32,
+}
+
+impl Column {
+    /// A priority-0 string column.
+    pub const fn new(name: &'static str, description: &'static str) -> Column {
+        Column {
+            name,
+            type_: "string",
+            format: "",
+            description,
+            priority: 0,
+        }
+    }
+
+    /// A priority-0 integer column.
+    pub const fn int(name: &'static str, description: &'static str) -> Column {
+        Column {
+            name,
+            type_: "integer",
+            format: "",
+            description,
+            priority: 0,
+        }
+    }
+
+    /// A `-o wide` column.
+    pub const fn wide(mut self) -> Column {
+        self.priority = 1;
+        self
+    }
+
+    /// The `Name` column every table starts with.
+    pub const fn name() -> Column {
+        Column {
+            name: "Name",
+            type_: "string",
+            format: "name",
+            description: "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated.",
+            priority: 0,
+        }
+    }
+
+    /// The `Age` column.
+    pub const fn age() -> Column {
+        Column::new("Age", "CreationTimestamp is a timestamp representing the server time when this object was created.")
+    }
+
+    fn to_json(&self) -> Value {
+        json!({"name": self.name, "type": self.type_, "format": self.format,
+               "description": self.description, "priority": self.priority})
+    }
+}
+
+/// Formats a duration as kubectl does (`translateTimestampSince`): `5s`, `3m20s`, `4h`, `12d`.
+pub fn human_duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    if secs < 120 {
+        return format!("{secs}s");
+    }
+    let mins = secs / 60;
+    if mins < 10 {
+        let s = secs % 60;
+        return if s == 0 { format!("{mins}m") } else { format!("{mins}m{s}s") };
+    }
+    if mins < 180 {
+        return format!("{mins}m");
+    }
+    let hours = secs / 3600;
+    if hours < 8 {
+        let m = mins % 60;
+        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    let days = hours / 24;
+    if days < 8 {
+        let h = hours % 24;
+        return if h == 0 { format!("{days}d") } else { format!("{days}d{h}h") };
+    }
+    if days < 365 * 2 {
+        return format!("{days}d");
+    }
+    let years = days / 365;
+    if years < 8 {
+        let d = days % 365;
+        return if d == 0 { format!("{years}y") } else { format!("{years}y{d}d") };
+    }
+    format!("{years}y")
+}
+
+/// `<unknown>` or the age of a timestamp.
+pub fn age(t: Option<&Time>) -> Value {
+    match t {
+        Some(t) => Value::String(human_duration(
+            Timestamp::now().as_second() - t.0.as_second(),
+        )),
+        None => Value::String("<unknown>".into()),
+    }
+}
+
+/// The partial object kubectl receives per row (`includeObject=Metadata`, the default).
+fn partial(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata").cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// What each row carries as `object`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncludeObject {
+    /// Nothing.
+    None,
+    /// `PartialObjectMetadata` (default).
+    Metadata,
+    /// The full object.
+    Object,
+}
+
+/// Builds a `Table` from columns and (object, cells) rows.
+pub fn table(
+    columns: &[crate::table::Column],
+    rows: impl IntoIterator<Item = (Value, Vec<Value>)>,
+    include: IncludeObject,
+    list_meta: Value,
+) -> Value {
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|(obj, cells)| {
+            let object = match include {
+                IncludeObject::None => Value::Null,
+                IncludeObject::Metadata => partial(&obj),
+                IncludeObject::Object => obj,
+            };
+            json!({"cells": cells, "object": object})
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": columns.iter().map(Column::to_json).collect::<Vec<_>>(),
+        "rows": rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_should_print_like_kubectl() {
+        for (secs, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (200, "3m20s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (10 * 3600, "10h"),
+            (3 * 86400, "3d"),
+            (30 * 86400, "30d"),
+        ] {
+            assert_eq!(human_duration(secs), want);
+        }
+    }
+}
