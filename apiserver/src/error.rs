@@ -160,6 +160,11 @@ impl ApiError {
             .with_details(json!({"name": name, "group": info.group, "kind": info.kind, "causes": causes}))
     }
 
+    /// 422 Invalid without field details (a JSON patch `test` that failed).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        ApiError::new(422, "Invalid", message)
+    }
+
     /// 400 BadRequest.
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(400, "BadRequest", message)

@@ -40,6 +40,7 @@ mod watch;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
@@ -129,7 +130,10 @@ impl From<redb::TransactionError> for Error {
 pub fn open_storage(path: &std::path::Path) -> Result<(LogStore, StateMachine), Error> {
     let db = Arc::new(Database::create(path)?);
     let (feed, _) = broadcast::channel(16);
-    Ok((LogStore::new(db.clone()), StateMachine::new(db, feed)))
+    Ok((
+        LogStore::new(db.clone()),
+        StateMachine::new(db, feed, Default::default()),
+    ))
 }
 
 /// An open store: a raft member plus direct read access to its state machine.
@@ -138,6 +142,7 @@ pub struct Store {
     raft: Raft<TypeConfig>,
     db: Arc<Database>,
     feed: broadcast::Sender<Arc<Change>>,
+    published: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -156,7 +161,8 @@ impl Store {
         let db = Arc::new(db);
         let (feed, _) = broadcast::channel(config.feed_capacity);
         let log = LogStore::new(db.clone());
-        let sm = StateMachine::new(db.clone(), feed.clone());
+        let published = Arc::new(AtomicU64::new(0));
+        let sm = StateMachine::new(db.clone(), feed.clone(), published.clone());
         let raft_config = openraft::Config {
             cluster_name: "wasmkube".into(),
             heartbeat_interval: 50,
@@ -196,7 +202,15 @@ impl Store {
                 .await
                 .map_err(|e| Error::Fatal(Box::new(e)))?;
         }
-        Ok(Store { raft, db, feed })
+        let store = Store {
+            raft,
+            db,
+            feed,
+            published,
+        };
+        let current = store.revision().await?;
+        store.published.fetch_max(current, Ordering::Release);
+        Ok(store)
     }
 
     /// Proposes a command and waits until it is durable and applied.
@@ -294,6 +308,13 @@ impl Store {
             Outcome::Compacted { revision } => Ok(revision),
             other => unreachable!("compact answered {other:?}"),
         }
+    }
+
+    /// The revision up to which every change has been handed to the watch feed. A watcher
+    /// that drained its feed after reading this has seen every change at or below it, so
+    /// it may report this revision in a bookmark.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
     }
 
     /// The raft handle, for metrics and membership.

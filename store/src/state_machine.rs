@@ -3,6 +3,7 @@
 //! publishes the changes to the watch feed after the transaction commits.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -28,6 +29,7 @@ pub struct StateMachine {
     db: Arc<Database>,
     feed: broadcast::Sender<Arc<Change>>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
+    published: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -43,11 +45,16 @@ struct SnapshotBody {
 }
 
 impl StateMachine {
-    pub(crate) fn new(db: Arc<Database>, feed: broadcast::Sender<Arc<Change>>) -> Self {
+    pub(crate) fn new(
+        db: Arc<Database>,
+        feed: broadcast::Sender<Arc<Change>>,
+        published: Arc<AtomicU64>,
+    ) -> Self {
         StateMachine {
             db,
             feed,
             snapshot: Arc::new(Mutex::new(None)),
+            published,
         }
     }
 
@@ -296,6 +303,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<_> = entries.into_iter().collect();
+        let last = entries.last().map(|e| e.log_id.index);
         let (outcomes, changes) = self
             .blocking(move |db| apply_batch(db, entries))
             .await
@@ -303,6 +311,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for change in changes {
             // No receivers is fine: nobody is watching.
             let _ = self.feed.send(Arc::new(change));
+        }
+        if let Some(last) = last {
+            // Every change up to `last` is now in the feed (see `Store::published`).
+            self.published.fetch_max(last, Ordering::Release);
         }
         Ok(outcomes)
     }

@@ -1,0 +1,327 @@
+//! Decoding a request: which resource the path names, the query parameters, the body, and
+//! what representation the client accepts.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, header};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::registry::{Kind, Registry};
+
+/// What a resource path names.
+#[derive(Clone)]
+pub struct Target {
+    /// The kind served there.
+    pub kind: Arc<dyn Kind>,
+    /// The namespace, for namespaced paths.
+    pub namespace: Option<String>,
+    /// The object name, if the path names one.
+    pub name: Option<String>,
+    /// `status`, `scale`, `binding`, `finalize`, ...
+    pub subresource: Option<String>,
+    /// The legacy `/watch/` path prefix was used.
+    pub watch_path: bool,
+}
+
+/// Parses `/api/v1/...` and `/apis/{group}/{version}/...`.
+///
+/// Returns `None` when the path is not a resource path this server serves.
+pub fn parse_path(registry: &Registry, path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return None,
+    };
+    let (watch_path, rest) = match rest {
+        ["watch", rest @ ..] => (true, rest),
+        _ => (false, rest),
+    };
+    let mut namespace = None;
+    let rest = match rest {
+        // `/namespaces/{ns}/{resource}...` unless the resource is a namespace subresource.
+        ["namespaces", ns, resource, tail @ ..]
+            if registry.get(group, version, resource).is_some_and(|k| k.info().namespaced()) =>
+        {
+            namespace = Some(ns.to_string());
+            let mut v = vec![*resource];
+            v.extend_from_slice(tail);
+            v
+        }
+        other => other.to_vec(),
+    };
+    let (resource, name, subresource) = match rest.as_slice() {
+        [resource] => (*resource, None, None),
+        [resource, name] => (*resource, Some(*name), None),
+        [resource, name, sub] => (*resource, Some(*name), Some(*sub)),
+        _ => return None,
+    };
+    let kind = registry.get(group, version, resource)?.clone();
+    if kind.info().namespaced() != namespace.is_some() && !(namespace.is_none() && name.is_none()) {
+        // A namespaced kind named without a namespace, or a cluster kind inside one.
+        return None;
+    }
+    Some(Target {
+        kind,
+        namespace,
+        name: name.map(str::to_string),
+        subresource: subresource.map(str::to_string),
+        watch_path,
+    })
+}
+
+/// Query parameters of every verb (`metav1.ListOptions`, `CreateOptions`, `PatchOptions`, ...).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Params {
+    pub label_selector: Option<String>,
+    pub field_selector: Option<String>,
+    pub limit: Option<String>,
+    #[serde(rename = "continue")]
+    pub continue_: Option<String>,
+    pub resource_version: Option<String>,
+    pub resource_version_match: Option<String>,
+    pub watch: Option<String>,
+    pub allow_watch_bookmarks: Option<String>,
+    pub send_initial_events: Option<String>,
+    pub timeout_seconds: Option<String>,
+    pub dry_run: Option<String>,
+    pub field_manager: Option<String>,
+    pub field_validation: Option<String>,
+    pub force: Option<String>,
+    pub grace_period_seconds: Option<String>,
+    pub propagation_policy: Option<String>,
+    pub orphan_dependents: Option<String>,
+    pub include_object: Option<String>,
+    pub pretty: Option<String>,
+    pub timeout: Option<String>,
+}
+
+fn flag(v: &Option<String>) -> bool {
+    matches!(v.as_deref(), Some("true" | "1" | ""))
+}
+
+impl Params {
+    /// Parses a raw query string.
+    ///
+    /// # Errors
+    /// 400 when a parameter is malformed.
+    pub fn parse(query: Option<&str>) -> Result<Params, ApiError> {
+        let q = query.unwrap_or_default();
+        // `dryRun` may repeat; any value means dry run (`All` is the only defined one).
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))
+            .and_then(|pairs| {
+                let mut map = serde_json::Map::new();
+                for (k, v) in pairs {
+                    map.insert(k, Value::String(v));
+                }
+                serde_json::from_value(Value::Object(map))
+                    .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))
+            })
+    }
+
+    /// Whether this is a watch.
+    pub fn is_watch(&self) -> bool {
+        flag(&self.watch)
+    }
+
+    /// `dryRun=All`.
+    ///
+    /// # Errors
+    /// 400 for any value other than `All`.
+    pub fn dry_run(&self) -> Result<bool, ApiError> {
+        match self.dry_run.as_deref() {
+            None => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "Invalid dry run value: {other:?}; supported values: \"All\""
+            ))),
+        }
+    }
+
+    /// `allowWatchBookmarks`.
+    pub fn bookmarks(&self) -> bool {
+        flag(&self.allow_watch_bookmarks)
+    }
+
+    /// `sendInitialEvents`.
+    pub fn send_initial_events(&self) -> bool {
+        flag(&self.send_initial_events)
+    }
+
+    /// `force` (server-side apply).
+    pub fn force(&self) -> bool {
+        flag(&self.force)
+    }
+
+    /// A non-negative integer parameter.
+    ///
+    /// # Errors
+    /// 400 when present but not an integer.
+    pub fn int(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
+        match v.as_deref() {
+            None | Some("") => Ok(None),
+            Some(s) => s
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|_| ApiError::bad_request(format!("invalid value for {name}: {s:?}"))),
+        }
+    }
+
+    /// `fieldValidation`: Ignore, Warn (default) or Strict.
+    ///
+    /// # Errors
+    /// 400 for any other value.
+    pub fn field_validation(&self) -> Result<FieldValidation, ApiError> {
+        match self.field_validation.as_deref() {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\", got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// What to do with fields the schema does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Drop silently.
+    Ignore,
+    /// Drop and warn (`Warning` header).
+    Warn,
+    /// Reject with 400.
+    Strict,
+}
+
+/// The media type of a request body.
+pub fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Parses a JSON or YAML body into a JSON object.
+///
+/// # Errors
+/// 400 on malformed input; 415 on an unsupported media type.
+pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    let ct = content_type(headers);
+    let value: Value = match ct.as_str() {
+        "application/json" | "" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}")))?,
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            let text = std::str::from_utf8(body)
+                .map_err(|e| ApiError::bad_request(format!("body is not UTF-8: {e}")))?;
+            serde_saphyr::from_str(text)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}")))?
+        }
+        other => return Err(ApiError::unsupported_media_type(other)),
+    };
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+/// Parses YAML or JSON text (apply patches are YAML, JSON being a subset).
+///
+/// # Errors
+/// 400 on malformed input.
+pub fn decode_yaml(body: &[u8]) -> Result<Value, ApiError> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return Ok(v);
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::bad_request(format!("body is not UTF-8: {e}")))?;
+    serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+}
+
+/// What representation the client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Representation {
+    /// The object or list as JSON.
+    Object,
+    /// A `meta.k8s.io/v1` Table.
+    Table,
+}
+
+/// Picks the representation from `Accept`, as kube-apiserver's content negotiation does for
+/// the forms wasmkube serves.
+///
+/// # Errors
+/// 406 when only unsupported media types (protobuf, CBOR) are acceptable.
+pub fn negotiate(headers: &HeaderMap) -> Result<Representation, ApiError> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(Representation::Object);
+    };
+    let mut any_json = false;
+    for part in accept.split(',') {
+        let mut it = part.split(';').map(str::trim);
+        let media = it.next().unwrap_or_default().to_ascii_lowercase();
+        let params: Vec<&str> = it.collect();
+        let is_json = matches!(media.as_str(), "application/json" | "*/*" | "application/*" | "application/yaml");
+        if !is_json {
+            continue;
+        }
+        let table = params.iter().any(|p| p.eq_ignore_ascii_case("as=Table"));
+        let v1 = params.iter().any(|p| *p == "v=v1") || !params.iter().any(|p| p.starts_with("v="));
+        if table && v1 {
+            return Ok(Representation::Table);
+        }
+        if !params.iter().any(|p| p.starts_with("as=")) {
+            any_json = true;
+        }
+    }
+    if any_json {
+        Ok(Representation::Object)
+    } else {
+        Err(ApiError::not_acceptable(format!(
+            "only the following media types are accepted: application/json, application/yaml, application/json;as=Table;v=v1;g=meta.k8s.io (got {accept:?})"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_should_resolve_namespaced_cluster_and_subresources() {
+        let reg = crate::kinds::builtin();
+        let t = parse_path(&reg, "/api/v1/namespaces/default/pods/web/status").expect("pod status");
+        assert_eq!(t.kind.info().plural, "pods");
+        assert_eq!((t.namespace.as_deref(), t.name.as_deref(), t.subresource.as_deref()), (Some("default"), Some("web"), Some("status")));
+        let t = parse_path(&reg, "/api/v1/namespaces/kube-system").expect("namespace");
+        assert_eq!((t.kind.info().plural, t.name.as_deref()), ("namespaces", Some("kube-system")));
+        let t = parse_path(&reg, "/api/v1/namespaces/x/finalize").expect("finalize");
+        assert_eq!(t.subresource.as_deref(), Some("finalize"));
+        let t = parse_path(&reg, "/apis/apps/v1/deployments").expect("all namespaces");
+        assert!(t.namespace.is_none() && t.name.is_none());
+        let t = parse_path(&reg, "/api/v1/watch/namespaces/default/pods").expect("watch path");
+        assert!(t.watch_path);
+        assert!(parse_path(&reg, "/apis/apps/v1/namespaces/default/widgets").is_none());
+        assert!(parse_path(&reg, "/api/v1/pods/x").is_none(), "a namespaced object needs a namespace");
+    }
+
+    #[test]
+    fn accept_should_choose_table_or_object() {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json".parse().expect("hdr"));
+        assert_eq!(negotiate(&h).expect("ok"), Representation::Table);
+        h.insert(header::ACCEPT, "application/json".parse().expect("hdr"));
+        assert_eq!(negotiate(&h).expect("ok"), Representation::Object);
+        h.insert(header::ACCEPT, "application/vnd.kubernetes.protobuf".parse().expect("hdr"));
+        assert_eq!(negotiate(&h).expect_err("406").code, 406);
+    }
+}
