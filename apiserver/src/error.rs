@@ -165,6 +165,23 @@ impl ApiError {
         ApiError::new(422, "Invalid", message)
     }
 
+    /// 409 Conflict of server-side apply, one cause per conflicting field.
+    pub fn apply_conflict(info: &ResourceInfo, name: &str, causes: &[FieldError]) -> Self {
+        let n = causes.len();
+        let lines: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.message, c.field)).collect();
+        let message = if n == 1 {
+            format!("Apply failed with 1 conflict: {}", lines[0])
+        } else {
+            format!("Apply failed with {n} conflicts: {}", lines.join("\n"))
+        };
+        let causes: Vec<_> = causes
+            .iter()
+            .map(|e| json!({"reason": e.reason, "message": e.message, "field": e.field}))
+            .collect();
+        ApiError::new(409, "Conflict", message)
+            .with_details(json!({"name": name, "group": info.group, "kind": info.plural, "causes": causes}))
+    }
+
     /// 400 BadRequest.
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(400, "BadRequest", message)
@@ -202,6 +219,11 @@ impl ApiError {
     /// 410 Expired: a resourceVersion or continue token older than the retained history.
     pub fn expired(message: impl Into<String>) -> Self {
         ApiError::new(410, "Expired", message)
+    }
+
+    /// 413 RequestEntityTooLarge.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        ApiError::new(413, "RequestEntityTooLarge", message)
     }
 
     /// 415 UnsupportedMediaType.

@@ -17,3 +17,8 @@ pub fn builtin() -> Registry {
     misc::register(&mut r);
     r
 }
+
+/// The identity of namespaces, which the apiserver itself consults on every namespaced create.
+pub fn namespace_info() -> wasmkube_api::ResourceInfo {
+    wasmkube_api::ResourceInfo::of::<k8s_openapi::api::core::v1::Namespace>()
+}

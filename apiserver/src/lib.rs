@@ -1,9 +1,108 @@
-//! placeholder
+//! The wasmkube API server: the Kubernetes REST API over HTTPS, backed by the raft-replicated
+//! redb store. It is the only component that opens the store; every other component is a
+//! client of this API, as kube-controller-manager is of kube-apiserver.
+//!
+//! ```text
+//! HTTPS (rustls, bearer token) ─► router ─► discovery | object verbs | list | watch
+//!                                             └─► strategy (default, validate) ─► store
+//! ```
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wasmkube_apiserver::Error> {
+//! use tokio_util::sync::CancellationToken;
+//! let config = wasmkube_apiserver::Config::new("/tmp/wasmkube");
+//! let running = wasmkube_apiserver::start(config, CancellationToken::new()).await?;
+//! println!("KUBECONFIG={}", running.kubeconfig.display());
+//! running.wait().await
+//! # }
+//! ```
+
+mod apply;
+mod discovery;
 pub mod error;
+mod fieldset;
 pub mod kinds;
-pub mod registry;
-pub mod table;
-pub mod validation;
+mod list;
+pub mod object;
 pub mod patch;
 pub mod pki;
+pub mod registry;
 pub mod request;
+mod rest;
+mod server;
+pub mod table;
+pub mod validation;
+mod watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use error::{ApiError, FieldError};
+pub use server::{Running, start};
+
+use registry::Registry;
+use wasmkube_store::Store;
+
+/// How to run the API server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory for the store, credentials and the admin kubeconfig.
+    pub data_dir: PathBuf,
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Extra names/addresses for the serving certificate.
+    pub extra_sans: Vec<String>,
+    /// How often history older than one interval is compacted (kube-apiserver: 5 minutes).
+    pub compaction_interval: Duration,
+    /// How often watches with `allowWatchBookmarks` get a bookmark.
+    pub bookmark_interval: Duration,
+}
+
+impl Config {
+    /// Defaults: `127.0.0.1:6443`, compaction every 5 minutes, bookmarks every 30 seconds.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            extra_sans: Vec::new(),
+            compaction_interval: Duration::from_secs(300),
+            bookmark_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the API server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Credentials could not be created or read.
+    #[error("credentials")]
+    Pki(#[from] pki::PkiError),
+    /// TLS configuration failed.
+    #[error("TLS configuration")]
+    Tls(#[from] rustls::Error),
+    /// The store failed.
+    #[error("store")]
+    Store(#[from] wasmkube_store::Error),
+    /// The listener or a file could not be used.
+    #[error("I/O")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the API server until `shutdown` is cancelled.
+///
+/// # Errors
+/// When it cannot start, or the store fails.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    start(config, shutdown).await?.wait().await
+}
+
+/// Shared state of the request handlers.
+pub struct Apiserver {
+    pub(crate) store: Store,
+    pub(crate) registry: Registry,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) bookmark_interval: Duration,
+}

@@ -55,6 +55,12 @@ pub trait Strategy: Send + Sync + 'static {
         NameRule::Subdomain
     }
 
+    /// Whether a create keeps the client's `status` (nodes do); otherwise it is reset, as
+    /// each kind's `PrepareForCreate` does.
+    fn keeps_status_on_create(&self) -> bool {
+        false
+    }
+
     /// Kubernetes' defaulting (`SetDefaults_*`), on create and update.
     fn default(&self, _obj: &mut Self::K) {}
 
@@ -98,6 +104,8 @@ pub trait Kind: Send + Sync {
     fn admit(&self, obj: &mut Value, old: Option<&Value>) -> Result<(), Vec<FieldError>>;
     /// Supported field selector paths.
     fn field_selectors(&self) -> &'static [&'static str];
+    /// See [`Strategy::keeps_status_on_create`].
+    fn keeps_status_on_create(&self) -> bool;
     /// Table columns, `Name` first.
     fn columns(&self) -> Vec<Column>;
     /// Table cells for an object, name first.
@@ -175,6 +183,10 @@ impl<S: Strategy> Kind for Registered<S> {
 
     fn field_selectors(&self) -> &'static [&'static str] {
         self.strategy.field_selectors()
+    }
+
+    fn keeps_status_on_create(&self) -> bool {
+        self.strategy.keeps_status_on_create()
     }
 
     fn columns(&self) -> Vec<Column> {

@@ -97,6 +97,9 @@ pub struct Params {
     pub include_object: Option<String>,
     pub pretty: Option<String>,
     pub timeout: Option<String>,
+    /// The request's User-Agent (default field manager); not a query parameter.
+    #[serde(skip)]
+    pub user_agent: Option<String>,
 }
 
 fn flag(v: &Option<String>) -> bool {

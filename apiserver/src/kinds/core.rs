@@ -91,6 +91,10 @@ impl Strategy for NodeStrategy {
         ResourceInfo::of::<Node>().short_names(&["no"]).with_status()
     }
 
+    fn keeps_status_on_create(&self) -> bool {
+        true
+    }
+
     fn field_selectors(&self) -> &'static [&'static str] {
         &["spec.unschedulable"]
     }

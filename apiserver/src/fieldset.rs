@@ -1,0 +1,269 @@
+//! Field sets as server-side apply tracks them (`managedFields[].fieldsV1`): which leaf
+//! fields of an object a manager owns. Paths use the FieldsV1 tokens: `f:<field>`,
+//! `k:<merge key JSON>` for items of keyed lists, `v:<value JSON>` for set members, and
+//! `.` for a list item itself.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value};
+
+use crate::patch::merge_key;
+
+/// One path to a leaf.
+pub(crate) type FieldPath = Vec<String>;
+
+/// A set of leaf paths.
+pub(crate) type FieldSet = BTreeSet<FieldPath>;
+
+/// Fields nobody manages: identity and server-set metadata.
+fn ignored(path: &[String], key: &str) -> bool {
+    match path {
+        [] => matches!(key, "apiVersion" | "kind" | "status"),
+        [m] if m == "f:metadata" => matches!(
+            key,
+            "name" | "namespace" | "uid" | "resourceVersion" | "generation" | "creationTimestamp"
+                | "managedFields" | "selfLink" | "deletionTimestamp" | "deletionGracePeriodSeconds"
+                | "generateName"
+        ),
+        _ => false,
+    }
+}
+
+fn field_names(path: &[String]) -> Vec<String> {
+    path.iter().filter_map(|t| t.strip_prefix("f:").map(str::to_string)).collect()
+}
+
+fn key_token(mk: &str, item: &Value) -> Option<String> {
+    let kv = item.get(mk)?;
+    let mut m = Map::new();
+    m.insert(mk.to_string(), kv.clone());
+    Some(format!("k:{}", Value::Object(m)))
+}
+
+/// The leaf paths set in `obj`. With `include_status`, `status` is walked too (for the
+/// status subresource).
+pub(crate) fn of_object(obj: &Value, include_status: bool) -> FieldSet {
+    let mut out = FieldSet::new();
+    let mut path = Vec::new();
+    if let Value::Object(m) = obj {
+        for (k, v) in m {
+            if ignored(&path, k) && !(include_status && k == "status") {
+                continue;
+            }
+            walk(k, v, &mut path, &mut out);
+        }
+    }
+    out
+}
+
+fn walk(key: &str, v: &Value, path: &mut FieldPath, out: &mut FieldSet) {
+    let names = field_names(path);
+    path.push(format!("f:{key}"));
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, child) in m {
+                if ignored(path, k) {
+                    continue;
+                }
+                walk(k, child, path, out);
+            }
+        }
+        Value::Array(items) => match merge_key(&names, key) {
+            Some(mk) if items.iter().all(|i| i.get(mk).is_some()) && !items.is_empty() => {
+                for item in items {
+                    let token = key_token(mk, item).expect("checked above");
+                    path.push(token);
+                    let mut dot = path.clone();
+                    dot.push(".".into());
+                    out.insert(dot);
+                    if let Value::Object(m) = item {
+                        for (k, child) in m {
+                            walk(k, child, path, out);
+                        }
+                    }
+                    path.pop();
+                }
+            }
+            _ if key == "finalizers" && !items.is_empty() => {
+                for item in items {
+                    let mut p = path.clone();
+                    p.push(format!("v:{item}"));
+                    out.insert(p);
+                }
+            }
+            _ => {
+                out.insert(path.clone());
+            }
+        },
+        _ => {
+            out.insert(path.clone());
+        }
+    }
+    path.pop();
+}
+
+/// The value at a path (`None` when absent). For `.` and `v:` tokens the value is the item.
+pub(crate) fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut cur = obj;
+    for token in path {
+        if let Some(f) = token.strip_prefix("f:") {
+            cur = cur.get(f)?;
+        } else if let Some(k) = token.strip_prefix("k:") {
+            let key: Map<String, Value> = serde_json::from_str(k).ok()?;
+            cur = cur.as_array()?.iter().find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))?;
+        } else if let Some(v) = token.strip_prefix("v:") {
+            let want: Value = serde_json::from_str(v).ok()?;
+            cur = cur.as_array()?.iter().find(|item| **item == want)?;
+        } else if token == "." {
+            // the item itself
+        } else {
+            return None;
+        }
+    }
+    Some(cur)
+}
+
+/// Removes the field at a path from `obj` (an item for `.`/`v:` paths).
+pub(crate) fn remove(obj: &mut Value, path: &[String]) {
+    let Some((last, parent_path)) = path.split_last() else {
+        return;
+    };
+    if last == "." {
+        let Some((item, list_path)) = parent_path.split_last() else {
+            return;
+        };
+        remove_item(obj, list_path, item);
+        return;
+    }
+    if last.starts_with("v:") {
+        remove_item(obj, parent_path, last);
+        return;
+    }
+    if let Some(f) = last.strip_prefix("f:")
+        && let Some(parent) = value_at_mut(obj, parent_path)
+        && let Some(m) = parent.as_object_mut()
+    {
+        m.remove(f);
+    }
+}
+
+fn remove_item(obj: &mut Value, list_path: &[String], token: &str) {
+    let Some(list) = value_at_mut(obj, list_path).and_then(Value::as_array_mut) else {
+        return;
+    };
+    if let Some(k) = token.strip_prefix("k:") {
+        if let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) {
+            list.retain(|item| !key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)));
+        }
+    } else if let Some(v) = token.strip_prefix("v:")
+        && let Ok(want) = serde_json::from_str::<Value>(v)
+    {
+        list.retain(|item| *item != want);
+    }
+}
+
+fn value_at_mut<'a>(obj: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+    let mut cur = obj;
+    for token in path {
+        if let Some(f) = token.strip_prefix("f:") {
+            cur = cur.get_mut(f)?;
+        } else if let Some(k) = token.strip_prefix("k:") {
+            let key: Map<String, Value> = serde_json::from_str(k).ok()?;
+            cur = cur
+                .as_array_mut()?
+                .iter_mut()
+                .find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))?;
+        } else if token != "." {
+            return None;
+        }
+    }
+    Some(cur)
+}
+
+/// Encodes a set as a `fieldsV1` tree.
+pub(crate) fn to_fields_v1(set: &FieldSet) -> Value {
+    let mut root = Map::new();
+    for path in set {
+        let mut cur = &mut root;
+        for token in path {
+            cur = cur
+                .entry(token.clone())
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()
+                .expect("fieldsV1 nodes are objects");
+        }
+    }
+    Value::Object(root)
+}
+
+/// Decodes a `fieldsV1` tree into its leaf paths.
+pub(crate) fn from_fields_v1(v: &Value) -> FieldSet {
+    fn rec(v: &Value, path: &mut FieldPath, out: &mut FieldSet) {
+        match v.as_object() {
+            Some(m) if !m.is_empty() => {
+                for (k, child) in m {
+                    path.push(k.clone());
+                    rec(child, path, out);
+                    path.pop();
+                }
+            }
+            _ => {
+                if !path.is_empty() {
+                    out.insert(path.clone());
+                }
+            }
+        }
+    }
+    let mut out = FieldSet::new();
+    rec(v, &mut Vec::new(), &mut out);
+    out
+}
+
+/// Renders a path for conflict messages: `.spec.containers[name="web"].image`.
+pub(crate) fn display(path: &[String]) -> String {
+    let mut s = String::new();
+    for token in path {
+        if let Some(f) = token.strip_prefix("f:") {
+            s.push('.');
+            s.push_str(f);
+        } else if let Some(k) = token.strip_prefix("k:") {
+            let key: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
+            let parts: Vec<String> = key.iter().map(|(kk, kv)| format!("{kk}={kv}")).collect();
+            s.push_str(&format!("[{}]", parts.join(",")));
+        } else if let Some(v) = token.strip_prefix("v:") {
+            s.push_str(&format!("[={v}]"));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fields_should_round_trip_through_fields_v1() {
+        let obj = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "labels": {"app": "x"}, "finalizers": ["a/b"]},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "web", "image": "w:1", "args": ["-v"]}]}}}});
+        let set = of_object(&obj, false);
+        let leaves: Vec<String> = set.iter().map(|p| display(p)).collect();
+        assert!(leaves.contains(&".spec.replicas".to_string()));
+        assert!(leaves.contains(&".spec.template.spec.containers[name=\"web\"].image".to_string()));
+        assert!(leaves.contains(&".metadata.labels.app".to_string()));
+        assert!(!leaves.iter().any(|l| l == ".metadata.name"), "identity is not managed");
+        assert_eq!(from_fields_v1(&to_fields_v1(&set)), set);
+        let image = set.iter().find(|p| display(p).ends_with("image")).expect("image path");
+        assert_eq!(value_at(&obj, image), Some(&json!("w:1")));
+    }
+
+    #[test]
+    fn remove_should_drop_fields_and_keyed_items() {
+        let mut obj = json!({"spec": {"a": 1, "containers": [{"name": "x"}, {"name": "y"}]}, "metadata": {"finalizers": ["f/1", "f/2"]}});
+        remove(&mut obj, &["f:spec".into(), "f:a".into()]);
+        remove(&mut obj, &["f:spec".into(), "f:containers".into(), "k:{\"name\":\"x\"}".into(), ".".into()]);
+        remove(&mut obj, &["f:metadata".into(), "f:finalizers".into(), "v:\"f/1\"".into()]);
+        assert_eq!(obj, json!({"spec": {"containers": [{"name": "y"}]}, "metadata": {"finalizers": ["f/2"]}}));
+    }
+}

@@ -1,0 +1,238 @@
+//! LIST: selectors, `limit`/`continue` paging at a consistent revision, `resourceVersion`
+//! semantics (`""` latest, `"0"` any, `N` not older than N, `Exact`), and Table output.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use base64::Engine;
+use serde_json::{Value, json};
+
+use wasmkube_api::field::FieldSelector;
+use wasmkube_api::selector::LabelSelector;
+use wasmkube_store::ListOptions;
+
+use crate::Apiserver;
+use crate::error::ApiError;
+use crate::object;
+use crate::request::{Params, Representation, Target};
+use crate::rest::respond;
+use crate::table::{IncludeObject, table};
+
+/// Parsed `labelSelector` and `fieldSelector`.
+pub(crate) struct Selectors {
+    pub(crate) labels: LabelSelector,
+    pub(crate) fields: FieldSelector,
+}
+
+impl Selectors {
+    pub(crate) fn parse(t: &Target, q: &Params) -> Result<Selectors, ApiError> {
+        let labels: LabelSelector = q
+            .label_selector
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: wasmkube_api::selector::SelectorError| ApiError::bad_request(e.to_string()))?;
+        let fields: FieldSelector = q
+            .field_selector
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: wasmkube_api::field::FieldSelectorError| ApiError::bad_request(e.to_string()))?;
+        fields
+            .check(t.kind.field_selectors())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(Selectors { labels, fields })
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
+    pub(crate) fn matches(&self, obj: &Value) -> bool {
+        (self.labels.is_empty() || self.labels.matches(&object::labels(obj)))
+            && (self.fields.is_empty() || self.fields.matches(obj))
+    }
+}
+
+/// A continue token: the revision of the first page and the last key returned.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Continue {
+    v: String,
+    rv: u64,
+    start: String,
+}
+
+fn encode_continue(rv: u64, start: &str) -> String {
+    let c = Continue { v: "meta.k8s.io/v1".into(), rv, start: start.into() };
+    base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&c).expect("token serializes"))
+}
+
+fn decode_continue(token: &str) -> Result<Continue, ApiError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Continue>(&b).ok())
+        .filter(|c| c.v == "meta.k8s.io/v1")
+        .ok_or_else(|| ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))
+}
+
+/// One page of selected objects.
+pub(crate) struct Page {
+    pub(crate) items: Vec<(Value, bytes::Bytes)>,
+    pub(crate) revision: u64,
+    pub(crate) continue_: Option<String>,
+    pub(crate) remaining: Option<usize>,
+}
+
+impl Apiserver {
+    /// Reads one page of a list, as the parameters ask.
+    pub(crate) async fn page(&self, t: &Target, q: &Params) -> Result<Page, ApiError> {
+        let sel = Selectors::parse(t, q)?;
+        let prefix = t.kind.info().namespace_prefix(t.namespace.as_deref());
+        let limit = Params::int("limit", &q.limit)?.filter(|l| *l > 0).map(|l| l as usize);
+        let (mut at, mut start) = (None, None);
+        if let Some(token) = q.continue_.as_deref().filter(|c| !c.is_empty()) {
+            if q.resource_version.as_deref().is_some_and(|rv| !rv.is_empty()) {
+                return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+            }
+            let c = decode_continue(token)?;
+            at = Some(c.rv);
+            start = Some(format!("{prefix}{}", c.start));
+        } else {
+            match (q.resource_version.as_deref(), q.resource_version_match.as_deref()) {
+                (None | Some(""), None | Some("")) => {}
+                (None | Some(""), Some(m)) => {
+                    return Err(ApiError::bad_request(format!("resourceVersionMatch \"{m}\" is forbidden unless resourceVersion is provided")));
+                }
+                (Some("0"), None | Some("NotOlderThan")) => {}
+                (Some(rv), m) => {
+                    let rv: u64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+                    match m {
+                        Some("Exact") => at = Some(rv),
+                        None | Some("NotOlderThan") => self.wait_for_revision(rv).await?,
+                        Some(other) => {
+                            return Err(ApiError::bad_request(format!(
+                                "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        let mut items = Vec::new();
+        let mut revision = None;
+        let mut last_key = None;
+        let mut remaining = None;
+        loop {
+            let want = limit.map(|l| l - items.len());
+            let page = self
+                .store
+                .list(&prefix, ListOptions { start_after: start.clone(), limit: want, revision: at.or(revision) })
+                .await
+                .map_err(|e| match e {
+                    wasmkube_store::Error::Compacted { .. } if q.continue_.is_some() => ApiError::expired(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+                    ),
+                    wasmkube_store::Error::Compacted { compacted } => {
+                        ApiError::expired(format!("too old resource version: {} ({compacted})", at.unwrap_or(0)))
+                    }
+                    other => other.into(),
+                })?;
+            revision.get_or_insert(page.revision);
+            for kv in &page.items {
+                last_key = Some(kv.key.clone());
+                let value: Value = serde_json::from_slice(&kv.value)
+                    .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+                if sel.matches(&value) {
+                    items.push((value, kv.value.clone()));
+                }
+            }
+            start = last_key.clone();
+            if !page.more {
+                break;
+            }
+            if limit.is_some_and(|l| items.len() >= l) {
+                if sel.is_empty() {
+                    remaining = Some(page.remaining);
+                }
+                let rel = last_key.as_deref().unwrap_or_default().strip_prefix(&prefix).unwrap_or_default().to_string();
+                return Ok(Page {
+                    items,
+                    revision: revision.expect("set by the first page"),
+                    continue_: Some(encode_continue(revision.expect("set"), &rel)),
+                    remaining,
+                });
+            }
+        }
+        Ok(Page { items, revision: revision.unwrap_or(0), continue_: None, remaining })
+    }
+
+    /// Waits briefly for the store to reach `rv`, as a `NotOlderThan` read requires.
+    async fn wait_for_revision(&self, rv: u64) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            if self.store.revision().await? >= rv {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::timeout(format!("Too large resource version: {rv}, current: {}", self.store.revision().await?)));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// All objects matching the request's selectors, and the revision they were read at.
+    pub(crate) async fn select(&self, t: &Target, q: &Params) -> Result<(Vec<Value>, u64), ApiError> {
+        let mut q2 = Params { label_selector: q.label_selector.clone(), field_selector: q.field_selector.clone(), ..Default::default() };
+        q2.resource_version = None;
+        let page = self.page(t, &q2).await?;
+        Ok((page.items.into_iter().map(|(v, _)| v).collect(), page.revision))
+    }
+
+    pub(crate) async fn list(&self, t: &Target, q: &Params, repr: Representation) -> Result<Response, ApiError> {
+        let info = t.kind.info();
+        let page = self.page(t, q).await?;
+        let mut meta = json!({"resourceVersion": page.revision.to_string()});
+        if let Some(c) = &page.continue_ {
+            meta["continue"] = json!(c);
+        }
+        if let Some(r) = page.remaining {
+            meta["remainingItemCount"] = json!(r);
+        }
+        match repr {
+            Representation::Table => {
+                let include = match q.include_object.as_deref() {
+                    Some("None") => IncludeObject::None,
+                    Some("Object") => IncludeObject::Object,
+                    _ => IncludeObject::Metadata,
+                };
+                let rows: Vec<(Value, Vec<Value>)> = page
+                    .items
+                    .into_iter()
+                    .map(|(v, _)| {
+                        let cells = t.kind.row(&v);
+                        (v, cells)
+                    })
+                    .collect();
+                let body = table(&t.kind.columns(), rows, include, meta);
+                Ok(crate::rest::respond_json(StatusCode::OK, &body, &[]))
+            }
+            Representation::Object => {
+                // Items are spliced in as stored, without re-encoding.
+                let mut out = Vec::with_capacity(256 + page.items.iter().map(|(_, b)| b.len() + 1).sum::<usize>());
+                out.extend_from_slice(format!("{{\"apiVersion\":\"{}\",\"items\":[", info.api_version()).as_bytes());
+                for (i, (_, raw)) in page.items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(raw);
+                }
+                out.extend_from_slice(format!("],\"kind\":\"{}List\",\"metadata\":", info.kind).as_bytes());
+                out.extend_from_slice(&serde_json::to_vec(&meta).expect("JSON serializes"));
+                out.push(b'}');
+                Ok(respond(StatusCode::OK, out, &[]))
+            }
+        }
+    }
+}
