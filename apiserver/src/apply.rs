@@ -100,7 +100,16 @@ impl Apiserver {
         let present = fieldset::of_object(new, false);
         let changed: FieldSet = present
             .iter()
-            .filter(|p| old.is_none_or(|o| fieldset::value_at(o, p) != fieldset::value_at(new, p)))
+            .filter(|p| {
+                old.is_none_or(|o| {
+                    let marker = p.last().is_some_and(|t| t == "." || t.starts_with("v:"));
+                    if marker {
+                        fieldset::value_at(o, p).is_none()
+                    } else {
+                        fieldset::value_at(o, p) != fieldset::value_at(new, p)
+                    }
+                })
+            })
             .cloned()
             .collect();
         let api_version = new.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
@@ -214,7 +223,14 @@ impl Apiserver {
         let mut conflicts = Vec::new();
         for e in list.iter().filter(|e| !is_me(e)) {
             for p in owned.intersection(&e.fields) {
-                if fieldset::value_at(&cur.value, p) != fieldset::value_at(canonical, p) {
+                // An item marker (`.`) or set member (`v:`) conflicts only by existence.
+                let marker = p.last().is_some_and(|t| t == "." || t.starts_with("v:"));
+                let differs = if marker {
+                    fieldset::value_at(&cur.value, p).is_none()
+                } else {
+                    fieldset::value_at(&cur.value, p) != fieldset::value_at(canonical, p)
+                };
+                if differs {
                     conflicts.push((e.manager.clone(), e.api_version.clone(), p.clone()));
                 }
             }

@@ -24,6 +24,7 @@ mod fieldset;
 pub mod kinds;
 mod list;
 pub mod object;
+mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod registry;
@@ -105,4 +106,12 @@ pub struct Apiserver {
     pub(crate) registry: Registry,
     pub(crate) shutdown: CancellationToken,
     pub(crate) bookmark_interval: Duration,
+    pub(crate) openapi: std::sync::OnceLock<openapi::OpenApi>,
+}
+
+impl Apiserver {
+    /// The OpenAPI documents, generated on first use.
+    pub(crate) fn openapi(&self) -> &openapi::OpenApi {
+        self.openapi.get_or_init(|| openapi::OpenApi::generate(&self.registry))
+    }
 }

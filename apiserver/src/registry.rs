@@ -42,6 +42,7 @@ pub trait Strategy: Send + Sync + 'static {
         + Metadata<Ty = ObjectMeta>
         + Serialize
         + DeserializeOwned
+        + schemars::JsonSchema
         + Clone
         + Send
         + Sync
@@ -108,6 +109,9 @@ pub trait Kind: Send + Sync {
     fn keeps_status_on_create(&self) -> bool;
     /// Table columns, `Name` first.
     fn columns(&self) -> Vec<Column>;
+    /// Adds the kind's OpenAPI schema (and those it refers to) to `generator`; returns the
+    /// schema name.
+    fn schema(&self, generator: &mut schemars::SchemaGenerator) -> String;
     /// Table cells for an object, name first.
     fn row(&self, obj: &Value) -> Vec<Value>;
 }
@@ -187,6 +191,11 @@ impl<S: Strategy> Kind for Registered<S> {
 
     fn keeps_status_on_create(&self) -> bool {
         self.strategy.keeps_status_on_create()
+    }
+
+    fn schema(&self, generator: &mut schemars::SchemaGenerator) -> String {
+        generator.subschema_for::<S::K>();
+        <S::K as schemars::JsonSchema>::schema_name().into_owned()
     }
 
     fn columns(&self) -> Vec<Column> {

@@ -105,6 +105,11 @@ async fn route(
             }
         }
         (&Method::GET, "/version") => get(discovery::version()),
+        (&Method::GET, "/openapi/v3") => get(s.api.openapi().index()),
+        (&Method::GET, p) if p.starts_with("/openapi/v3/") => match s.api.openapi().doc(&p["/openapi/v3/".len()..]) {
+            Some(doc) => Ok(crate::rest::respond(StatusCode::OK, doc.to_vec(), &[])),
+            None => Err(ApiError::no_route(path)),
+        },
         (&Method::GET, "/api") => get(discovery::core_versions(&s.server)),
         (&Method::GET, "/apis") => get(discovery::group_list(&s.api.registry)),
         (&Method::GET, "/api/v1") => get(discovery::resource_list(&s.api.registry, "", "v1").expect("core/v1 is served")),
@@ -183,6 +188,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         registry: kinds::builtin(),
         shutdown: shutdown.clone(),
         bookmark_interval: config.bookmark_interval,
+        openapi: Default::default(),
     });
     bootstrap(&api).await?;
     let listener = TcpListener::bind(config.listen).await?;

@@ -34,14 +34,6 @@ pub(crate) fn default_pod_spec(spec: &mut PodSpec) {
         .get_or_insert_with(|| "default-scheduler".into());
     spec.security_context.get_or_insert_with(Default::default);
     spec.enable_service_links.get_or_insert(true);
-    spec.priority.get_or_insert(0);
-    if spec.service_account_name.is_none() {
-        spec.service_account_name = spec
-            .service_account
-            .clone()
-            .or_else(|| Some("default".into()));
-    }
-    spec.service_account = spec.service_account_name.clone();
     for c in spec.containers.iter_mut() {
         default_container(c);
     }
@@ -275,6 +267,12 @@ impl Strategy for PodStrategy {
     fn default(&self, pod: &mut Pod) {
         let spec = pod.spec.get_or_insert_with(Default::default);
         default_pod_spec(spec);
+        // What the ServiceAccount and Priority admission plugins add to every pod.
+        if spec.service_account_name.is_none() {
+            spec.service_account_name = spec.service_account.clone().or_else(|| Some("default".into()));
+        }
+        spec.service_account = spec.service_account_name.clone();
+        spec.priority.get_or_insert(0);
         let qos = qos_class(spec);
         let status = pod.status.get_or_insert_with(PodStatus::default);
         status.phase.get_or_insert_with(|| "Pending".into());
