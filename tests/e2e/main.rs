@@ -1,0 +1,14 @@
+//! End-to-end tests: the API server driven the way users drive it — kube-rs clients over
+//! HTTPS, the real `wasmkube` binary, and kubectl where it is installed.
+//! Files are numbered by priority band, like openraft's tests: t10 object verbs, t20 watch and
+//! lists, t30 the binary (restart, kill -9), t40 kubectl.
+
+mod fixtures;
+mod t10_crud;
+mod t11_errors;
+mod t12_subresources;
+mod t13_apply;
+mod t20_lists;
+mod t21_watch;
+mod t30_durability;
+mod t40_kubectl;

@@ -1,0 +1,275 @@
+//! Test kit for end-to-end tests: an in-process API server on a free loopback port, the real
+//! `wasmkube` binary as a child process, kube-rs clients for both, and condition waits.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio_util::sync::CancellationToken;
+
+/// Logs to the test output once per process.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WASMKUBE_LOG")
+                .unwrap_or_else(|_| "info,openraft=warn,kube=warn,hyper=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A kube-rs client for a kubeconfig file, exactly as a user's program would build it.
+///
+/// # Errors
+/// When the kubeconfig cannot be read or is invalid.
+pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = Kubeconfig::read_from(kubeconfig).context("read kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// An API server running inside the test process.
+pub struct Cluster {
+    /// Its data directory.
+    pub dir: tempfile::TempDir,
+    /// A client for it.
+    pub client: kube::Client,
+    /// Its address.
+    pub addr: std::net::SocketAddr,
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// The admin token.
+    pub token: String,
+    shutdown: CancellationToken,
+    running: Option<wasmkube_apiserver::Running>,
+}
+
+impl Cluster {
+    /// Starts an API server with default settings.
+    ///
+    /// # Errors
+    /// When it cannot start.
+    pub async fn start() -> Result<Cluster> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts an API server after letting the caller adjust its configuration.
+    ///
+    /// # Errors
+    /// When it cannot start.
+    pub async fn start_with(adjust: impl FnOnce(&mut wasmkube_apiserver::Config)) -> Result<Cluster> {
+        init_tracing();
+        let dir = tempfile::tempdir()?;
+        let mut config = wasmkube_apiserver::Config::new(dir.path());
+        config.listen = "127.0.0.1:0".parse().expect("loopback address");
+        adjust(&mut config);
+        let shutdown = CancellationToken::new();
+        let running = wasmkube_apiserver::start(config, shutdown.clone()).await?;
+        let client = client_for(&running.kubeconfig).await?;
+        Ok(Cluster {
+            addr: running.addr,
+            kubeconfig: running.kubeconfig.clone(),
+            token: running.token.clone(),
+            dir,
+            client,
+            shutdown,
+            running: Some(running),
+        })
+    }
+
+    /// Shuts the server down cleanly.
+    ///
+    /// # Errors
+    /// When the store did not close cleanly.
+    pub async fn stop(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            r.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The `wasmkube` binary built by this workspace (or `$WASMKUBE_BIN`).
+///
+/// # Panics
+/// When it cannot be found: `cargo test` builds it because `cli` has integration tests.
+pub fn wasmkube_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("WASMKUBE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/wasmkube
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("wasmkube"))
+        .expect("target directory");
+    assert!(bin.exists(), "{} not built; run `cargo test --workspace`", bin.display());
+    bin
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// `wasmkube up` as a child process.
+pub struct Process {
+    /// The child.
+    pub child: Child,
+    /// Its listen address.
+    pub addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+}
+
+impl Process {
+    /// Starts `wasmkube up` on `data_dir` and waits until `/readyz` answers.
+    ///
+    /// # Errors
+    /// When it exits or does not become ready within 60 s.
+    pub async fn up(data_dir: &Path, port: u16) -> Result<Process> {
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(data_dir.with_extension("log"))?;
+        let child = Command::new(wasmkube_bin())
+            .args(["up", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", &addr])
+            .env("WASMKUBE_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawn wasmkube")?;
+        let mut p = Process { child, addr, data_dir: data_dir.to_path_buf() };
+        p.wait_ready(Duration::from_secs(60)).await?;
+        Ok(p)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("wasmkube exited early: {status}");
+            }
+            if self.data_dir.join("kubeconfig").exists()
+                && let Ok(c) = client_for(&self.data_dir.join("kubeconfig")).await
+                && c.apiserver_version().await.is_ok()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("wasmkube not ready after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("kubeconfig")
+    }
+
+    /// A client for it.
+    ///
+    /// # Errors
+    /// When the kubeconfig is unusable.
+    pub async fn client(&self) -> Result<kube::Client> {
+        client_for(&self.kubeconfig()).await
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    ///
+    /// # Errors
+    /// When it does not exit cleanly within 30 s.
+    pub async fn terminate(&mut self) -> Result<()> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if status.success() {
+                    return Ok(());
+                }
+                bail!("wasmkube exited with {status} after SIGTERM");
+            }
+            if tokio::time::Instant::now() > deadline {
+                self.kill9();
+                bail!("wasmkube did not stop within 30 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+///
+/// # Errors
+/// When the condition does not hold in time.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends a raw request through a kube client (auth and TLS as configured) and returns the
+/// status code and the body parsed as JSON (or as a string when it is not JSON).
+///
+/// # Errors
+/// Transport failures.
+pub async fn raw(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    accept: &str,
+    body: &[u8],
+) -> Result<(u16, serde_json::Value)> {
+    use http_body_util::BodyExt;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", content_type)
+        .header("accept", accept)
+        .body(kube::client::Body::from(body.to_vec()))?;
+    let resp = client.send(req).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Ok((status, value))
+}
