@@ -70,7 +70,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
-            if e.code >= 500 {
+            if e.code >= 500 && e.code != 504 {
                 tracing::error!(method = %parts.method, %path, error = %e, "request failed");
             }
             e.into_response()
