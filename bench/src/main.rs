@@ -1,0 +1,247 @@
+//! `bench`: pod-sized creates per second through the Kubernetes API (kube-rs clients over
+//! HTTPS) with 1, 16 and 64 concurrent clients, then the same write pattern against the
+//! store layer alone and against a single-member etcd (Debian's `etcd-server`), side by side.
+//!
+//! Run: `cargo run --release -p wasmkube-bench --bin bench` (see README for the numbers).
+//! Everything listens on loopback; every load loop is bounded in count and time.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+#[derive(Parser)]
+struct Args {
+    /// Creates per concurrency level.
+    #[arg(long, default_value_t = 3000)]
+    count: usize,
+    /// Concurrency levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    clients: Vec<usize>,
+    /// Upper bound on each level's duration.
+    #[arg(long, default_value_t = 30)]
+    max_seconds: u64,
+    /// The etcd binary (skipped when missing).
+    #[arg(long, default_value = "etcd")]
+    etcd: String,
+}
+
+/// A realistic pod (about 1.5 KB of JSON once defaulted).
+fn pod(name: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": "bench", "tier": "backend", "pod-template-hash": "5d8f9c7b6"},
+                     "annotations": {"example.com/owner": "bench"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.local/bench/app:1.2.3",
+            "args": ["--port=8080", "--log-level=info"], "ports": [{"containerPort": 8080, "name": "http"}],
+            "env": [{"name": "MODE", "value": "bench"}, {"name": "REGION", "value": "local"}],
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "128Mi"}},
+            "volumeMounts": [{"name": "config", "mountPath": "/etc/app"}]}],
+            "volumes": [{"name": "config", "configMap": {"name": "app-config"}}]}})
+}
+
+struct Stats {
+    ops: usize,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Stats {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn stats(mut lat: Vec<Duration>, elapsed: Duration) -> Stats {
+    lat.sort();
+    let pick = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    Stats { ops: lat.len(), elapsed, p50: pick(0.50), p99: pick(0.99) }
+}
+
+/// Runs `clients` workers, each calling `op(i)` for its share of `count` indices, bounded by
+/// `max`; returns per-operation latencies.
+async fn drive<F, Fut>(clients: usize, count: usize, max: Duration, op: F) -> Result<Stats>
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let deadline = start + max;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let op = op.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count || Instant::now() > deadline {
+                    break;
+                }
+                let t = Instant::now();
+                op(c, i).await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(stats(all, start.elapsed()))
+}
+
+async fn bench_api(args: &Args, clients: usize, round: usize) -> Result<Stats> {
+    let cluster = wasmkube_tests::Cluster::start().await?;
+    let mut apis = Vec::new();
+    for _ in 0..clients {
+        let client = wasmkube_tests::client_for(&cluster.kubeconfig).await?;
+        apis.push(Api::<Pod>::default_namespaced(client));
+    }
+    let apis = Arc::new(apis);
+    let s = drive(clients, args.count, Duration::from_secs(args.max_seconds), move |c, i| {
+        let apis = apis.clone();
+        async move {
+            let p: Pod = serde_json::from_value(pod(&format!("bench-{round}-{i}")))?;
+            apis[c].create(&PostParams::default(), &p).await.context("create")?;
+            Ok(())
+        }
+    })
+    .await?;
+    cluster.stop().await?;
+    Ok(s)
+}
+
+async fn bench_store(args: &Args, clients: usize) -> Result<Stats> {
+    let dir = tempfile::tempdir()?;
+    let store = wasmkube_store::Store::open(wasmkube_store::Config::new(dir.path())).await?;
+    let value = serde_json::to_string(&pod("x"))?;
+    let s = {
+        let store = store.clone();
+        drive(clients, args.count, Duration::from_secs(args.max_seconds), move |_, i| {
+            let store = store.clone();
+            let value = serde_json::value::RawValue::from_string(value.clone());
+            async move {
+                store
+                    .write(wasmkube_store::Command::Put {
+                        key: format!("/core/pods/default/bench-{i}"),
+                        value: value?,
+                        precondition: wasmkube_store::Precondition::Absent,
+                    })
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?
+    };
+    store.shutdown().await?;
+    Ok(s)
+}
+
+struct Etcd {
+    child: Child,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_etcd(bin: &str) -> Result<Etcd> {
+    let dir = tempfile::tempdir()?;
+    let port = wasmkube_tests::free_port();
+    let peer = wasmkube_tests::free_port();
+    let client_url = format!("http://127.0.0.1:{port}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new(bin)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--name", "bench", "--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("bench={peer_url}"), "--log-level", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {bin}"))?;
+    let etcd = Etcd { child, endpoint: format!("127.0.0.1:{port}"), _dir: dir };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut c) = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await
+            && c.status().await.is_ok()
+        {
+            return Ok(etcd);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "etcd did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn bench_etcd(args: &Args, clients: usize) -> Result<Option<Stats>> {
+    let etcd = match start_etcd(&args.etcd).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("etcd comparison skipped: {e:#}");
+            return Ok(None);
+        }
+    };
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(etcd_client::Client::connect([etcd.endpoint.as_str()], None).await?.kv_client());
+    }
+    let conns = Arc::new(conns);
+    let value = serde_json::to_vec(&pod("x"))?;
+    let s = drive(clients, args.count, Duration::from_secs(args.max_seconds), move |c, i| {
+        let mut kv = conns[c].clone();
+        let value = value.clone();
+        async move {
+            kv.put(format!("/registry/pods/default/bench-{i}"), value, None).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    drop(etcd);
+    Ok(Some(s))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    println!("pod-sized creates ({} per level, at most {} s per level)\n", args.count, args.max_seconds);
+    println!("| clients | API creates/s | API p50 ms | API p99 ms | store writes/s | store p99 ms | etcd puts/s | etcd p99 ms | store/etcd |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (round, &c) in args.clients.iter().enumerate() {
+        let api = bench_api(&args, c, round).await?;
+        let store = bench_store(&args, c).await?;
+        let etcd = bench_etcd(&args, c).await?;
+        let (erate, ep99, ratio) = match &etcd {
+            Some(e) => (format!("{:.0}", e.rate()), ms(e.p99), format!("{:.2}x", store.rate() / e.rate())),
+            None => ("n/a".into(), "n/a".into(), "n/a".into()),
+        };
+        println!(
+            "| {c} | {:.0} | {} | {} | {:.0} | {} | {erate} | {ep99} | {ratio} |",
+            api.rate(),
+            ms(api.p50),
+            ms(api.p99),
+            store.rate(),
+            ms(store.p99),
+        );
+        let _ = (api.ops, store.ops);
+    }
+    Ok(())
+}
