@@ -10,8 +10,8 @@ use serde_json::value::RawValue;
 openraft::declare_raft_types!(
     /// The openraft type configuration of the wasmkube store.
     pub TypeConfig:
-        D = Command,
-        R = Outcome,
+        D = Proposal,
+        R = Vec<Outcome>,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -39,11 +39,19 @@ pub enum Precondition {
     Revision(u64),
 }
 
-/// A state-machine command, one raft log entry.
+/// One raft log entry: commands proposed together (group commit) and applied in order in
+/// one transaction, each write getting its own revision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The commands, applied in order.
+    pub commands: Vec<Command>,
+}
+
+/// A state-machine command.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
     /// Write `value` (a JSON object) at `key`. The state machine sets
-    /// `metadata.resourceVersion` to the entry's log index before storing it.
+    /// `metadata.resourceVersion` to the write's revision before storing it.
     Put {
         /// Full key, e.g. `/core/pods/default/web-0`.
         key: String,
@@ -72,7 +80,7 @@ pub enum Command {
 pub enum Outcome {
     /// The write applied at `revision`.
     Written {
-        /// The revision (raft log index) of this write.
+        /// The revision of this write.
         revision: u64,
         /// The stored object (for deletes: the last value, stamped with the delete revision).
         value: Bytes,
@@ -89,8 +97,6 @@ pub enum Outcome {
         /// The new compaction point.
         revision: u64,
     },
-    /// A raft-internal entry (blank or membership) that carries no command.
-    Internal,
 }
 
 /// Why a precondition failed.

@@ -6,9 +6,10 @@
 //!                                                                        └─► change feed ─► Watch
 //! ```
 //!
-//! - Every write is a raft log entry; its log index is the global revision, which becomes the
-//!   object's `metadata.resourceVersion`. The caller is answered after the entry is durable in
-//!   the log and applied.
+//! - Every write goes through the raft log; concurrent writes are batched into one entry
+//!   (group commit). The state machine gives each write the next global revision, which
+//!   becomes the object's `metadata.resourceVersion`. The caller is answered after the entry
+//!   is durable in the log and applied.
 //! - Updates and deletes compare-and-swap on the revision ([`Precondition::Revision`]).
 //! - Lists read a consistent redb snapshot and report the revision they were read at; a list
 //!   at an older revision is rebuilt from the change history.
@@ -46,10 +47,10 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use redb::{Database, ReadableDatabase};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use codec::{Change, ChangeKind};
-pub use command::{Command, Failure, NodeId, Outcome, Precondition, TypeConfig};
+pub use command::{Command, Failure, NodeId, Outcome, Precondition, Proposal, TypeConfig};
 pub use log_store::LogStore;
 pub use network::Network;
 pub use read::{KeyValue, ListOptions, ListResult};
@@ -143,6 +144,53 @@ pub struct Store {
     db: Arc<Database>,
     feed: broadcast::Sender<Arc<Change>>,
     published: Arc<AtomicU64>,
+    proposer: mpsc::Sender<Pending>,
+}
+
+/// A command waiting to be proposed, and where its outcome goes.
+type Pending = (Command, oneshot::Sender<Result<Outcome, Error>>);
+
+/// Most commands in one raft entry.
+const MAX_BATCH: usize = 512;
+
+/// Group commit at the proposer: every command that arrives while a proposal is in flight
+/// goes into the next raft entry together, so concurrent writers share one log append, one
+/// fsync and one apply transaction.
+async fn propose(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = Vec::with_capacity(16);
+        let mut commands = Vec::with_capacity(16);
+        commands.push(first.0);
+        waiters.push(first.1);
+        while commands.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok((c, w)) => {
+                    commands.push(c);
+                    waiters.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        match raft.client_write(Proposal { commands }).await {
+            Ok(resp) => {
+                for (w, outcome) in waiters.into_iter().zip(resp.data) {
+                    let _ = w.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                let leader = match &e {
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Some(f.leader_id),
+                    _ => None,
+                };
+                for w in waiters {
+                    let _ = w.send(Err(match leader {
+                        Some(leader) => Error::NotLeader { leader },
+                        None => Error::Fatal(e.to_string().into()),
+                    }));
+                }
+            }
+        }
+    }
 }
 
 impl Store {
@@ -202,11 +250,14 @@ impl Store {
                 .await
                 .map_err(|e| Error::Fatal(Box::new(e)))?;
         }
+        let (proposer, pending) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(propose(raft.clone(), pending));
         let store = Store {
             raft,
             db,
             feed,
             published,
+            proposer,
         };
         let current = store.revision().await?;
         store.published.fetch_max(current, Ordering::Release);
@@ -218,13 +269,13 @@ impl Store {
     /// # Errors
     /// [`Error::NotLeader`] when another member leads; [`Error::Fatal`] when raft stopped.
     pub async fn write(&self, command: Command) -> Result<Outcome, Error> {
-        match self.raft.client_write(command).await {
-            Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
-                leader: f.leader_id,
-            }),
-            Err(e) => Err(Error::Fatal(Box::new(e))),
-        }
+        let (tx, rx) = oneshot::channel();
+        self.proposer
+            .send((command, tx))
+            .await
+            .map_err(|_| Error::Fatal("the store is shut down".into()))?;
+        rx.await
+            .map_err(|_| Error::Fatal("the store is shut down".into()))?
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, Error>

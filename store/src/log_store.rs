@@ -1,10 +1,16 @@
-//! [`RaftLogStorage`] on redb: every append is one durable write transaction, and the
-//! flush callback fires only after `commit()` returned.
+//! [`RaftLogStorage`] on redb with group commit.
+//!
+//! `append` puts the entries in memory (readable at once, as openraft requires) and hands them
+//! to one writer thread, which writes everything queued since its last commit in a single
+//! durable redb transaction, then fires the flush callbacks. Under load many client writes
+//! share one fsync; alone, a write costs one.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
-use std::ops::RangeBounds;
-use std::sync::Arc;
+use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -15,15 +21,104 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use crate::command::{NodeId, TypeConfig};
 use crate::tables::{LOG, RAFT_META};
 
+type Barrier = Box<dyn FnOnce(&Database) -> Result<(), redb::Error> + Send>;
+
+/// Work for the writer thread, executed in order.
+enum Job {
+    Append {
+        rows: Vec<(LogId<NodeId>, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    Run {
+        f: Barrier,
+        done: tokio::sync::oneshot::Sender<Result<(), redb::Error>>,
+    },
+}
+
+struct Shared {
+    /// Appended but not yet durable entries, by index.
+    pending: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
+    jobs: mpsc::Sender<Job>,
+}
+
 /// The raft log, stored in the shared redb database.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    shared: Arc<Shared>,
+}
+
+fn writer(db: Arc<Database>, shared: std::sync::Weak<Shared>, jobs: mpsc::Receiver<Job>) {
+    let mut queue = std::collections::VecDeque::new();
+    while let Ok(first) = jobs.recv() {
+        queue.push_back(first);
+        while let Ok(more) = jobs.try_recv() {
+            queue.push_back(more);
+        }
+        while let Some(job) = queue.pop_front() {
+            match job {
+                Job::Append { rows, callback } => {
+                    // Group this append with every append queued right behind it.
+                    let mut group = vec![(rows, callback)];
+                    while let Some(Job::Append { .. }) = queue.front() {
+                        if let Some(Job::Append { rows, callback }) = queue.pop_front() {
+                            group.push((rows, callback));
+                        }
+                    }
+                    let result = (|| -> Result<(), redb::Error> {
+                        let txn = db.begin_write()?;
+                        {
+                            let mut table = txn.open_table(LOG)?;
+                            for (rows, _) in &group {
+                                for (id, raw) in rows {
+                                    table.insert(id.index, raw.as_slice())?;
+                                }
+                            }
+                        }
+                        txn.commit()?;
+                        Ok(())
+                    })();
+                    if result.is_ok()
+                        && let Some(shared) = shared.upgrade()
+                    {
+                        let mut pending = shared.pending.lock().expect("pending lock is not poisoned");
+                        for (rows, _) in &group {
+                            for (id, _) in rows {
+                                if pending.get(&id.index).is_some_and(|e| e.log_id == *id) {
+                                    pending.remove(&id.index);
+                                }
+                            }
+                        }
+                    }
+                    for (_, callback) in group {
+                        callback.log_io_completed(match &result {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(io::Error::other(e.to_string())),
+                        });
+                    }
+                }
+                Job::Run { f, done } => {
+                    let _ = done.send(f(&db));
+                }
+            }
+        }
+    }
 }
 
 impl LogStore {
     pub(crate) fn new(db: Arc<Database>) -> Self {
-        LogStore { db }
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(BTreeMap::new()),
+            jobs: tx,
+        });
+        let weak = Arc::downgrade(&shared);
+        let wdb = db.clone();
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer(wdb, weak, rx))
+            .expect("spawn the log writer thread");
+        LogStore { db, shared }
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, redb::Error>
@@ -35,6 +130,17 @@ impl LogStore {
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .expect("redb task does not panic")
+    }
+
+    /// Runs `f` on the writer thread, after every append queued before it.
+    async fn in_order(&self, f: Barrier) -> Result<(), redb::Error> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.shared
+            .jobs
+            .send(Job::Run { f, done })
+            .map_err(|_| redb::Error::Io(io::Error::other("log writer stopped")))?;
+        wait.await
+            .map_err(|_| redb::Error::Io(io::Error::other("log writer stopped")))?
     }
 
     async fn read_meta<T: serde::de::DeserializeOwned + Send + 'static>(
@@ -91,25 +197,39 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
         let range = (range.start_bound().cloned(), range.end_bound().cloned());
-        self.blocking(move |db| {
-            let txn = db.begin_read()?;
-            let table = match txn.open_table(LOG) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
-            };
-            let mut out = Vec::new();
-            for row in table.range::<u64>(range)? {
-                let (_, raw) = row?;
-                out.push(
-                    serde_json::from_slice(raw.value())
-                        .map_err(|e| redb::Error::Corrupted(format!("raft_log entry: {e}")))?,
-                );
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(read_err)
+        // Pending first: an entry leaves `pending` only after it is in the table, so reading
+        // the table second cannot miss it.
+        let pending: Vec<Entry<TypeConfig>> = self
+            .shared
+            .pending
+            .lock()
+            .expect("pending lock is not poisoned")
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let mut out: BTreeMap<u64, Entry<TypeConfig>> = self
+            .blocking(move |db| {
+                let txn = db.begin_read()?;
+                let table = match txn.open_table(LOG) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
+                    Err(e) => return Err(e.into()),
+                };
+                let mut out = BTreeMap::new();
+                for row in table.range::<u64>(range)? {
+                    let (index, raw) = row?;
+                    let entry: Entry<TypeConfig> = serde_json::from_slice(raw.value())
+                        .map_err(|e| redb::Error::Corrupted(format!("raft_log entry: {e}")))?;
+                    out.insert(index.value(), entry);
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(read_err)?;
+        for e in pending {
+            out.insert(e.log_id.index, e);
+        }
+        Ok(out.into_values().collect())
     }
 }
 
@@ -119,7 +239,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let last_purged: Option<LogId<NodeId>> =
             self.read_meta("last_purged").await.map_err(read_err)?;
-        let last = self
+        let last_pending = self
+            .shared
+            .pending
+            .lock()
+            .expect("pending lock is not poisoned")
+            .last_key_value()
+            .map(|(_, e)| e.log_id);
+        let last_stored = self
             .blocking(|db| {
                 let txn = db.begin_read()?;
                 let table = match txn.open_table(LOG) {
@@ -136,6 +263,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .await
             .map_err(read_err)?;
+        let last = match (last_pending, last_stored) {
+            (Some(p), Some(s)) => Some(if p.index >= s.index { p } else { s }),
+            (p, s) => p.or(s),
+        };
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last.or(last_purged),
@@ -186,63 +317,56 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let rows: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| {
-                (
-                    e.get_log_id().index,
-                    serde_json::to_vec(&e).expect("log entries serialize"),
-                )
-            })
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let rows = entries
+            .iter()
+            .map(|e| (e.log_id, serde_json::to_vec(e).expect("log entries serialize")))
             .collect();
-        let result = self
-            .blocking(move |db| {
-                let txn = db.begin_write()?;
-                {
-                    let mut table = txn.open_table(LOG)?;
-                    for (index, raw) in &rows {
-                        table.insert(*index, raw.as_slice())?;
-                    }
-                }
-                txn.commit()?;
-                Ok(())
-            })
-            .await;
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(io::Error::other(e.to_string())));
-                Err(write_err(e))
+        {
+            let mut pending = self.shared.pending.lock().expect("pending lock is not poisoned");
+            for e in entries {
+                pending.insert(e.log_id.index, e);
             }
         }
+        self.shared
+            .jobs
+            .send(Job::Append { rows, callback })
+            .map_err(|_| write_err(io::Error::other("log writer stopped")))
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.blocking(move |db| {
+        self.shared
+            .pending
+            .lock()
+            .expect("pending lock is not poisoned")
+            .retain(|&i, _| i < log_id.index);
+        self.in_order(Box::new(move |db| {
             let txn = db.begin_write()?;
             txn.open_table(LOG)?
-                .retain_in(log_id.index.., |_, _| false)?;
+                .retain_in::<u64, _>((Bound::Included(log_id.index), Bound::Unbounded), |_, _| false)?;
             txn.commit()?;
             Ok(())
-        })
+        }))
         .await
         .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let raw = serde_json::to_vec(&log_id).expect("log ids serialize");
-        self.blocking(move |db| {
+        self.shared
+            .pending
+            .lock()
+            .expect("pending lock is not poisoned")
+            .retain(|&i, _| i > log_id.index);
+        self.in_order(Box::new(move |db| {
             let txn = db.begin_write()?;
             txn.open_table(RAFT_META)?
                 .insert("last_purged", raw.as_slice())?;
             txn.open_table(LOG)?
-                .retain_in(..=log_id.index, |_, _| false)?;
+                .retain_in::<u64, _>((Bound::Unbounded, Bound::Included(log_id.index)), |_, _| false)?;
             txn.commit()?;
             Ok(())
-        })
+        }))
         .await
         .map_err(write_err)
     }

@@ -9,7 +9,7 @@ use redb::ReadTransaction;
 
 use crate::Error;
 use crate::codec::{Change, ChangeKind, decode_value};
-use crate::state_machine::{read_applied, read_compacted};
+use crate::state_machine::{read_compacted, read_revision};
 use crate::tables::{CHANGES, KV, SM_META};
 
 /// One stored object.
@@ -75,7 +75,7 @@ pub(crate) struct Position {
 pub(crate) fn position(txn: &ReadTransaction) -> Result<Position, redb::Error> {
     match txn.open_table(SM_META) {
         Ok(meta) => Ok(Position {
-            revision: read_applied(&meta)?.0.map(|l| l.index).unwrap_or(0),
+            revision: read_revision(&meta)?,
             compacted: read_compacted(&meta)?,
         }),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(Position {

@@ -41,6 +41,8 @@ struct StoredSnapshot {
 /// The serialized form of a snapshot: every object with its revision.
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
+    revision: u64,
+    compacted: u64,
     objects: Vec<(String, u64, Box<RawValue>)>,
 }
 
@@ -142,12 +144,28 @@ fn check(precondition: Precondition, current: Option<u64>) -> Result<(), Failure
     }
 }
 
+/// Reads the revision counter from an open state-machine meta table.
+pub(crate) fn read_revision(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64, redb::Error> {
+    Ok(match table.get("revision")? {
+        Some(raw) => u64::from_be_bytes(
+            raw.value()
+                .try_into()
+                .map_err(|e| corrupted("revision", e))?,
+        ),
+        None => 0,
+    })
+}
+
 fn execute(
     t: &mut Tables<'_>,
-    revision: u64,
+    counter: &mut u64,
     command: Command,
     changes: &mut Vec<Change>,
 ) -> Result<Outcome, redb::Error> {
+    // A write that applies takes the next revision; a failed precondition takes none.
+    let revision = *counter + 1;
     match command {
         Command::Put {
             key,
@@ -186,6 +204,7 @@ fn execute(
             };
             t.changes.insert(revision, change.encode().as_slice())?;
             changes.push(change);
+            *counter = revision;
             Ok(Outcome::Written { revision, value })
         }
         Command::Delete { key, precondition } => {
@@ -217,10 +236,11 @@ fn execute(
             };
             t.changes.insert(revision, change.encode().as_slice())?;
             changes.push(change);
+            *counter = revision;
             Ok(Outcome::Written { revision, value })
         }
         Command::Compact { revision: upto } => {
-            let compacted = read_compacted(&t.meta)?.max(upto.min(revision));
+            let compacted = read_compacted(&t.meta)?.max(upto.min(*counter));
             t.changes.retain_in(..=compacted, |_, _| false)?;
             t.meta
                 .insert("compacted", compacted.to_be_bytes().as_slice())?;
@@ -234,7 +254,7 @@ fn execute(
 fn apply_batch(
     db: &Database,
     entries: Vec<Entry<TypeConfig>>,
-) -> Result<(Vec<Outcome>, Vec<Change>), redb::Error> {
+) -> Result<(Vec<Vec<Outcome>>, Vec<Change>, u64), redb::Error> {
     let mut txn = db.begin_write()?;
     // Durability comes from the raft log: after a crash the log replays whatever this
     // commit lost, and the next durable log append persists it anyway.
@@ -242,6 +262,7 @@ fn apply_batch(
         .expect("single-process database accepts any durability");
     let mut outcomes = Vec::with_capacity(entries.len());
     let mut changes = Vec::new();
+    let mut counter;
     {
         let mut t = Tables {
             kv: txn.open_table(KV)?,
@@ -249,19 +270,25 @@ fn apply_batch(
             meta: txn.open_table(SM_META)?,
         };
         let (mut last_applied, mut membership) = read_applied(&t.meta)?;
+        counter = read_revision(&t.meta)?;
         for entry in entries {
             last_applied = Some(entry.log_id);
             outcomes.push(match entry.payload {
-                EntryPayload::Blank => Outcome::Internal,
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
                     membership = Membership::new(Some(entry.log_id), m);
-                    Outcome::Internal
+                    Vec::new()
                 }
-                EntryPayload::Normal(command) => {
-                    execute(&mut t, entry.log_id.index, command, &mut changes)?
+                EntryPayload::Normal(proposal) => {
+                    let mut out = Vec::with_capacity(proposal.commands.len());
+                    for command in proposal.commands {
+                        out.push(execute(&mut t, &mut counter, command, &mut changes)?);
+                    }
+                    out
                 }
             });
         }
+        t.meta.insert("revision", counter.to_be_bytes().as_slice())?;
         t.meta.insert(
             "last_applied",
             serde_json::to_vec(&last_applied)
@@ -276,7 +303,7 @@ fn apply_batch(
         )?;
     }
     txn.commit()?;
-    Ok((outcomes, changes))
+    Ok((outcomes, changes, counter))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -297,14 +324,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(sm_read_err)
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Outcome>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        let last = entries.last().map(|e| e.log_id.index);
-        let (outcomes, changes) = self
+        let (outcomes, changes, revision) = self
             .blocking(move |db| apply_batch(db, entries))
             .await
             .map_err(sm_write_err)?;
@@ -312,10 +338,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // No receivers is fine: nobody is watching.
             let _ = self.feed.send(Arc::new(change));
         }
-        if let Some(last) = last {
-            // Every change up to `last` is now in the feed (see `Store::published`).
-            self.published.fetch_max(last, Ordering::Release);
-        }
+        // Every change up to `revision` is now in the feed (see `Store::published`).
+        self.published.fetch_max(revision, Ordering::Release);
         Ok(outcomes)
     }
 
@@ -361,8 +385,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .as_slice(),
                 )?;
                 // History before the snapshot is gone: watches from older revisions must relist.
-                let compacted = last.map(|l| l.index).unwrap_or(0);
-                sm.insert("compacted", compacted.to_be_bytes().as_slice())?;
+                sm.insert("revision", body.revision.to_be_bytes().as_slice())?;
+                sm.insert("compacted", body.revision.max(body.compacted).to_be_bytes().as_slice())?;
             }
             txn.commit()?;
             Ok(())
@@ -399,9 +423,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 let txn = db.begin_write()?;
                 txn.commit()?;
                 let txn = db.begin_read()?;
-                let (last_applied, membership) = match txn.open_table(SM_META) {
-                    Ok(t) => read_applied(&t)?,
-                    Err(redb::TableError::TableDoesNotExist(_)) => (None, Membership::default()),
+                let (last_applied, membership, revision, compacted) = match txn.open_table(SM_META) {
+                    Ok(t) => {
+                        let (a, m) = read_applied(&t)?;
+                        (a, m, read_revision(&t)?, read_compacted(&t)?)
+                    }
+                    Err(redb::TableError::TableDoesNotExist(_)) => (None, Membership::default(), 0, 0),
                     Err(e) => return Err(e.into()),
                 };
                 let mut objects = Vec::new();
@@ -422,7 +449,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     Err(redb::TableError::TableDoesNotExist(_)) => {}
                     Err(e) => return Err(e.into()),
                 }
-                let data = serde_json::to_vec(&SnapshotBody { objects })
+                let data = serde_json::to_vec(&SnapshotBody { revision, compacted, objects })
                     .expect("snapshot body serializes");
                 Ok((last_applied, membership, data))
             })
