@@ -59,7 +59,9 @@ impl Cluster {
     ///
     /// # Errors
     /// When it cannot start.
-    pub async fn start_with(adjust: impl FnOnce(&mut wasmkube_apiserver::Config)) -> Result<Cluster> {
+    pub async fn start_with(
+        adjust: impl FnOnce(&mut wasmkube_apiserver::Config),
+    ) -> Result<Cluster> {
         init_tracing();
         let dir = tempfile::tempdir()?;
         let mut config = wasmkube_apiserver::Config::new(dir.path());
@@ -113,7 +115,11 @@ pub fn wasmkube_bin() -> PathBuf {
         .and_then(Path::parent)
         .map(|d| d.join("wasmkube"))
         .expect("target directory");
-    assert!(bin.exists(), "{} not built; run `cargo test --workspace`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not built; run `cargo test --workspace`",
+        bin.display()
+    );
     bin
 }
 
@@ -152,7 +158,11 @@ impl Process {
             .stderr(log)
             .spawn()
             .context("spawn wasmkube")?;
-        let mut p = Process { child, addr, data_dir: data_dir.to_path_buf() };
+        let mut p = Process {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        };
         p.wait_ready(Duration::from_secs(60)).await?;
         Ok(p)
     }
@@ -269,7 +279,8 @@ pub async fn raw(
     let resp = client.send(req).await?;
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await?.to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    });
     Ok((status, value))
 }

@@ -102,7 +102,11 @@ impl ResourceInfo {
 
     /// The store key prefix of all objects of this resource (all namespaces).
     pub fn prefix(&self) -> String {
-        let group = if self.group.is_empty() { "core" } else { self.group };
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            self.group
+        };
         format!("/{group}/{}/", self.plural)
     }
 

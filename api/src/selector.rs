@@ -108,7 +108,8 @@ pub fn valid_label_key(key: &str) -> bool {
 fn valid_dns_label_like(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -153,7 +154,9 @@ fn parse_values(s: &str, whole: &str) -> Result<Vec<String>, SelectorError> {
     let values: Vec<String> = inner.split(',').map(|v| v.trim().to_string()).collect();
     for v in &values {
         if !valid_label_value(v) {
-            return Err(SelectorError(format!("{whole}: invalid label value: {v:?}")));
+            return Err(SelectorError(format!(
+                "{whole}: invalid label value: {v:?}"
+            )));
         }
     }
     Ok(values)
@@ -191,7 +194,11 @@ fn parse_requirement(raw: &str) -> Result<Requirement, SelectorError> {
         if let Some((k, v)) = r.split_once(op) {
             let n: i64 = v.trim().parse().map_err(|_| bad())?;
             let key = key_ok(k)?;
-            return Ok(if gt { Requirement::Gt(key, n) } else { Requirement::Lt(key, n) });
+            return Ok(if gt {
+                Requirement::Gt(key, n)
+            } else {
+                Requirement::Lt(key, n)
+            });
         }
     }
     let mut words = r.splitn(2, char::is_whitespace);
@@ -250,7 +257,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -280,8 +290,18 @@ mod tests {
 
     #[test]
     fn malformed_selectors_should_be_rejected() {
-        for sel in ["app=we b", "tier in frontend", "=x", "a b c", "n>x", "Bad Key=1"] {
-            assert!(sel.parse::<LabelSelector>().is_err(), "{sel} should not parse");
+        for sel in [
+            "app=we b",
+            "tier in frontend",
+            "=x",
+            "a b c",
+            "n>x",
+            "Bad Key=1",
+        ] {
+            assert!(
+                sel.parse::<LabelSelector>().is_err(),
+                "{sel} should not parse"
+            );
         }
     }
 

@@ -51,11 +51,25 @@ fn entries(obj: &Value) -> Vec<Entry> {
                 .filter_map(|e| {
                     Some(Entry {
                         manager: e.get("manager")?.as_str()?.to_string(),
-                        operation: e.get("operation").and_then(Value::as_str).unwrap_or("Update").to_string(),
-                        api_version: e.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string(),
-                        subresource: e.get("subresource").and_then(Value::as_str).map(str::to_string),
+                        operation: e
+                            .get("operation")
+                            .and_then(Value::as_str)
+                            .unwrap_or("Update")
+                            .to_string(),
+                        api_version: e
+                            .get("apiVersion")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                        subresource: e
+                            .get("subresource")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
                         time: e.get("time").and_then(Value::as_str).map(str::to_string),
-                        fields: e.get("fieldsV1").map(fieldset::from_fields_v1).unwrap_or_default(),
+                        fields: e
+                            .get("fieldsV1")
+                            .map(fieldset::from_fields_v1)
+                            .unwrap_or_default(),
                     })
                 })
                 .collect()
@@ -65,7 +79,11 @@ fn entries(obj: &Value) -> Vec<Entry> {
 
 fn store_entries(obj: &mut Value, list: &[Entry]) {
     let m = meta_mut(obj);
-    let kept: Vec<Value> = list.iter().filter(|e| !e.fields.is_empty()).map(Entry::to_json).collect();
+    let kept: Vec<Value> = list
+        .iter()
+        .filter(|e| !e.fields.is_empty())
+        .map(Entry::to_json)
+        .collect();
     if kept.is_empty() {
         m.remove("managedFields");
     } else {
@@ -92,7 +110,13 @@ impl Apiserver {
     /// Records an `Update` (or create) by the request's manager: it takes ownership of
     /// every field it changed, others lose those fields, and fields that no longer exist
     /// are dropped from every entry.
-    pub(crate) fn track_managed_fields(&self, q: &Params, operation: &str, old: Option<&Value>, new: &mut Value) {
+    pub(crate) fn track_managed_fields(
+        &self,
+        q: &Params,
+        operation: &str,
+        old: Option<&Value>,
+        new: &mut Value,
+    ) {
         if operation == "Apply" {
             return;
         }
@@ -112,7 +136,11 @@ impl Apiserver {
             })
             .cloned()
             .collect();
-        let api_version = new.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+        let api_version = new
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let mut list = entries(new);
         let mut mine = false;
         for e in &mut list {
@@ -142,7 +170,12 @@ impl Apiserver {
     }
 
     /// PATCH with `application/apply-patch+yaml`.
-    pub(crate) async fn server_side_apply(&self, t: &Target, q: &Params, body: &[u8]) -> Result<Response, ApiError> {
+    pub(crate) async fn server_side_apply(
+        &self,
+        t: &Target,
+        q: &Params,
+        body: &[u8],
+    ) -> Result<Response, ApiError> {
         let info = t.kind.info();
         let name = t.name.as_deref().expect("routed with a name");
         let manager = q
@@ -152,7 +185,9 @@ impl Apiserver {
             .ok_or_else(|| ApiError::bad_request("fieldManager is required for apply requests"))?;
         let mut applied = decode_yaml(body)?;
         if !applied.is_object() {
-            return Err(ApiError::bad_request("the apply configuration must be an object"));
+            return Err(ApiError::bad_request(
+                "the apply configuration must be an object",
+            ));
         }
         match meta_str(&applied, "name") {
             Some(n) if n != name => {
@@ -166,8 +201,14 @@ impl Apiserver {
             }
         }
         for field in ["apiVersion", "kind"] {
-            if applied.get(field).and_then(Value::as_str).is_none_or(str::is_empty) {
-                return Err(ApiError::bad_request(format!("{field} must be set in an apply configuration")));
+            if applied
+                .get(field)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "{field} must be set in an apply configuration"
+                )));
             }
         }
         let (canonical, warnings) = self.canonical(t, &applied, q)?;
@@ -179,30 +220,47 @@ impl Apiserver {
                 Ok(c) => c,
                 Err(e) if e.code == 404 => {
                     let mut obj = canonical.clone();
-                    store_entries(&mut obj, &[Entry {
-                        manager: manager.clone(),
-                        operation: "Apply".into(),
-                        api_version: api_version.clone(),
-                        subresource: None,
-                        time: None,
-                        fields: owned.clone(),
-                    }]);
+                    store_entries(
+                        &mut obj,
+                        &[Entry {
+                            manager: manager.clone(),
+                            operation: "Apply".into(),
+                            api_version: api_version.clone(),
+                            subresource: None,
+                            time: None,
+                            fields: owned.clone(),
+                        }],
+                    );
                     match self.create_object(t, q, obj, "Apply").await {
-                        Ok(created) => return Ok(respond_json(StatusCode::CREATED, &created, &warnings)),
+                        Ok(created) => {
+                            return Ok(respond_json(StatusCode::CREATED, &created, &warnings));
+                        }
                         Err(e) if e.code == 409 && e.reason == "AlreadyExists" => continue,
                         Err(e) => return Err(e),
                     }
                 }
                 Err(e) => return Err(e),
             };
-            let out = self.apply_to(t, q, &cur, &applied, &canonical, &owned, &manager).await;
+            let out = self
+                .apply_to(t, q, &cur, &applied, &canonical, &owned, &manager)
+                .await;
             match out {
-                Err(e) if e.code == 409 && e.reason == "Conflict" && e.message.contains("has been modified") => continue,
+                Err(e)
+                    if e.code == 409
+                        && e.reason == "Conflict"
+                        && e.message.contains("has been modified") =>
+                {
+                    continue;
+                }
                 Err(e) => return Err(e),
                 Ok(v) => return Ok(respond_json(StatusCode::OK, &v, &warnings)),
             }
         }
-        Err(ApiError::conflict(info, name, "too many concurrent updates; please retry"))
+        Err(ApiError::conflict(
+            info,
+            name,
+            "too many concurrent updates; please retry",
+        ))
     }
 
     #[allow(clippy::too_many_arguments, reason = "one apply step over its inputs")]
@@ -247,13 +305,26 @@ impl Apiserver {
             return Err(ApiError::apply_conflict(info, &name, &causes));
         }
         let forced: FieldSet = conflicts.into_iter().map(|(_, _, p)| p).collect();
-        let previous: FieldSet = list.iter().filter(|e| is_me(e)).flat_map(|e| e.fields.clone()).collect();
-        let others: FieldSet = list.iter().filter(|e| !is_me(e)).flat_map(|e| e.fields.clone()).collect();
+        let previous: FieldSet = list
+            .iter()
+            .filter(|e| is_me(e))
+            .flat_map(|e| e.fields.clone())
+            .collect();
+        let others: FieldSet = list
+            .iter()
+            .filter(|e| !is_me(e))
+            .flat_map(|e| e.fields.clone())
+            .collect();
         let mut merged = cur.value.clone();
         let mut patch_obj = applied.as_object().cloned().unwrap_or_default();
         patch_obj.remove("status");
         if let Some(Value::Object(m)) = patch_obj.get_mut("metadata") {
-            m.retain(|k, _| matches!(k.as_str(), "labels" | "annotations" | "finalizers" | "ownerReferences"));
+            m.retain(|k, _| {
+                matches!(
+                    k.as_str(),
+                    "labels" | "annotations" | "finalizers" | "ownerReferences"
+                )
+            });
         }
         patch::strategic_merge(&mut merged, &patch_obj, &mut Vec::new())?;
         for p in previous.difference(owned) {
@@ -278,7 +349,11 @@ impl Apiserver {
         store_entries(&mut merged, &list);
         let (obj, _) = self.canonical(t, &merged, &Params::default())?;
         let new = self.merge_for_update(t, obj, &cur.value);
-        let mut q = Params { dry_run: q.dry_run.clone(), field_manager: Some(manager.to_string()), ..Default::default() };
+        let mut q = Params {
+            dry_run: q.dry_run.clone(),
+            field_manager: Some(manager.to_string()),
+            ..Default::default()
+        };
         q.user_agent = None;
         self.commit_update_as(t, &q, cur, new, "Apply").await
     }

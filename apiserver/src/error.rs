@@ -115,8 +115,12 @@ impl ApiError {
 
     /// 404 NotFound for one object.
     pub fn not_found(info: &ResourceInfo, name: &str) -> Self {
-        ApiError::new(404, "NotFound", format!("{} \"{name}\" not found", Self::qualified(info)))
-            .with_details(json!({"name": name, "group": info.group, "kind": info.plural}))
+        ApiError::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", Self::qualified(info)),
+        )
+        .with_details(json!({"name": name, "group": info.group, "kind": info.plural}))
     }
 
     /// 404 NotFound for a path that serves nothing.
@@ -127,8 +131,12 @@ impl ApiError {
 
     /// 409 AlreadyExists.
     pub fn already_exists(info: &ResourceInfo, name: &str) -> Self {
-        ApiError::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", Self::qualified(info)))
-            .with_details(json!({"name": name, "group": info.group, "kind": info.plural}))
+        ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", Self::qualified(info)),
+        )
+        .with_details(json!({"name": name, "group": info.group, "kind": info.plural}))
     }
 
     /// 409 Conflict on a stale resourceVersion or failed precondition.
@@ -136,7 +144,10 @@ impl ApiError {
         ApiError::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", Self::qualified(info)),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                Self::qualified(info)
+            ),
         )
         .with_details(json!({"name": name, "group": info.group, "kind": info.plural}))
     }
@@ -156,8 +167,14 @@ impl ApiError {
             .iter()
             .map(|e| json!({"reason": e.reason, "message": e.message, "field": e.field}))
             .collect();
-        ApiError::new(422, "Invalid", format!("{} \"{name}\" is invalid: {joined}", info.kind))
-            .with_details(json!({"name": name, "group": info.group, "kind": info.kind, "causes": causes}))
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("{} \"{name}\" is invalid: {joined}", info.kind),
+        )
+        .with_details(
+            json!({"name": name, "group": info.group, "kind": info.kind, "causes": causes}),
+        )
     }
 
     /// 422 Invalid without field details (a JSON patch `test` that failed).
@@ -168,7 +185,10 @@ impl ApiError {
     /// 409 Conflict of server-side apply, one cause per conflicting field.
     pub fn apply_conflict(info: &ResourceInfo, name: &str, causes: &[FieldError]) -> Self {
         let n = causes.len();
-        let lines: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.message, c.field)).collect();
+        let lines: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}", c.message, c.field))
+            .collect();
         let message = if n == 1 {
             format!("Apply failed with 1 conflict: {}", lines[0])
         } else {
@@ -178,8 +198,9 @@ impl ApiError {
             .iter()
             .map(|e| json!({"reason": e.reason, "message": e.message, "field": e.field}))
             .collect();
-        ApiError::new(409, "Conflict", message)
-            .with_details(json!({"name": name, "group": info.group, "kind": info.plural, "causes": causes}))
+        ApiError::new(409, "Conflict", message).with_details(
+            json!({"name": name, "group": info.group, "kind": info.plural, "causes": causes}),
+        )
     }
 
     /// 400 BadRequest.
@@ -207,7 +228,10 @@ impl ApiError {
         ApiError::new(
             405,
             "MethodNotAllowed",
-            format!("{verb} is not supported on resources of kind \"{}\"", Self::qualified(info)),
+            format!(
+                "{verb} is not supported on resources of kind \"{}\"",
+                Self::qualified(info)
+            ),
         )
     }
 
@@ -228,12 +252,22 @@ impl ApiError {
 
     /// 415 UnsupportedMediaType.
     pub fn unsupported_media_type(content_type: &str) -> Self {
-        ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/apply-patch+yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"))
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/apply-patch+yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"
+            ),
+        )
     }
 
     /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> Self {
-        ApiError::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+        ApiError::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+        )
     }
 
     /// 503 ServiceUnavailable.
@@ -278,9 +312,9 @@ impl From<wasmkube_store::Error> for ApiError {
             wasmkube_store::Error::Compacted { compacted } => ApiError::expired(format!(
                 "The resourceVersion for the provided list is too old (oldest retained: {compacted})"
             )),
-            wasmkube_store::Error::NotLeader { leader } => {
-                ApiError::unavailable(format!("this apiserver is not the raft leader (leader: {leader:?})"))
-            }
+            wasmkube_store::Error::NotLeader { leader } => ApiError::unavailable(format!(
+                "this apiserver is not the raft leader (leader: {leader:?})"
+            )),
             other => {
                 let mut msg = other.to_string();
                 let mut src = std::error::Error::source(&other);
@@ -303,8 +337,10 @@ impl IntoResponse for ApiError {
             body,
         )
             .into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         resp
     }
 }

@@ -21,8 +21,16 @@ fn ignored(path: &[String], key: &str) -> bool {
         [] => matches!(key, "apiVersion" | "kind" | "status"),
         [m] if m == "f:metadata" => matches!(
             key,
-            "name" | "namespace" | "uid" | "resourceVersion" | "generation" | "creationTimestamp"
-                | "managedFields" | "selfLink" | "deletionTimestamp" | "deletionGracePeriodSeconds"
+            "name"
+                | "namespace"
+                | "uid"
+                | "resourceVersion"
+                | "generation"
+                | "creationTimestamp"
+                | "managedFields"
+                | "selfLink"
+                | "deletionTimestamp"
+                | "deletionGracePeriodSeconds"
                 | "generateName"
         ),
         _ => false,
@@ -30,7 +38,9 @@ fn ignored(path: &[String], key: &str) -> bool {
 }
 
 fn field_names(path: &[String]) -> Vec<String> {
-    path.iter().filter_map(|t| t.strip_prefix("f:").map(str::to_string)).collect()
+    path.iter()
+        .filter_map(|t| t.strip_prefix("f:").map(str::to_string))
+        .collect()
 }
 
 fn key_token(mk: &str, item: &Value) -> Option<String> {
@@ -110,7 +120,10 @@ pub(crate) fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value>
             cur = cur.get(f)?;
         } else if let Some(k) = token.strip_prefix("k:") {
             let key: Map<String, Value> = serde_json::from_str(k).ok()?;
-            cur = cur.as_array()?.iter().find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))?;
+            cur = cur
+                .as_array()?
+                .iter()
+                .find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))?;
         } else if let Some(v) = token.strip_prefix("v:") {
             let want: Value = serde_json::from_str(v).ok()?;
             cur = cur.as_array()?.iter().find(|item| **item == want)?;
@@ -252,9 +265,15 @@ mod tests {
         assert!(leaves.contains(&".spec.replicas".to_string()));
         assert!(leaves.contains(&".spec.template.spec.containers[name=\"web\"].image".to_string()));
         assert!(leaves.contains(&".metadata.labels.app".to_string()));
-        assert!(!leaves.iter().any(|l| l == ".metadata.name"), "identity is not managed");
+        assert!(
+            !leaves.iter().any(|l| l == ".metadata.name"),
+            "identity is not managed"
+        );
         assert_eq!(from_fields_v1(&to_fields_v1(&set)), set);
-        let image = set.iter().find(|p| display(p).ends_with("image")).expect("image path");
+        let image = set
+            .iter()
+            .find(|p| display(p).ends_with("image"))
+            .expect("image path");
         assert_eq!(value_at(&obj, image), Some(&json!("w:1")));
     }
 
@@ -262,8 +281,26 @@ mod tests {
     fn remove_should_drop_fields_and_keyed_items() {
         let mut obj = json!({"spec": {"a": 1, "containers": [{"name": "x"}, {"name": "y"}]}, "metadata": {"finalizers": ["f/1", "f/2"]}});
         remove(&mut obj, &["f:spec".into(), "f:a".into()]);
-        remove(&mut obj, &["f:spec".into(), "f:containers".into(), "k:{\"name\":\"x\"}".into(), ".".into()]);
-        remove(&mut obj, &["f:metadata".into(), "f:finalizers".into(), "v:\"f/1\"".into()]);
-        assert_eq!(obj, json!({"spec": {"containers": [{"name": "y"}]}, "metadata": {"finalizers": ["f/2"]}}));
+        remove(
+            &mut obj,
+            &[
+                "f:spec".into(),
+                "f:containers".into(),
+                "k:{\"name\":\"x\"}".into(),
+                ".".into(),
+            ],
+        );
+        remove(
+            &mut obj,
+            &[
+                "f:metadata".into(),
+                "f:finalizers".into(),
+                "v:\"f/1\"".into(),
+            ],
+        );
+        assert_eq!(
+            obj,
+            json!({"spec": {"containers": [{"name": "y"}]}, "metadata": {"finalizers": ["f/2"]}})
+        );
     }
 }

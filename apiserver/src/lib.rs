@@ -112,6 +112,7 @@ pub struct Apiserver {
 impl Apiserver {
     /// The OpenAPI documents, generated on first use.
     pub(crate) fn openapi(&self) -> &openapi::OpenApi {
-        self.openapi.get_or_init(|| openapi::OpenApi::generate(&self.registry))
+        self.openapi
+            .get_or_init(|| openapi::OpenApi::generate(&self.registry))
     }
 }

@@ -32,13 +32,17 @@ impl Selectors {
             .as_deref()
             .unwrap_or_default()
             .parse()
-            .map_err(|e: wasmkube_api::selector::SelectorError| ApiError::bad_request(e.to_string()))?;
+            .map_err(|e: wasmkube_api::selector::SelectorError| {
+                ApiError::bad_request(e.to_string())
+            })?;
         let fields: FieldSelector = q
             .field_selector
             .as_deref()
             .unwrap_or_default()
             .parse()
-            .map_err(|e: wasmkube_api::field::FieldSelectorError| ApiError::bad_request(e.to_string()))?;
+            .map_err(|e: wasmkube_api::field::FieldSelectorError| {
+                ApiError::bad_request(e.to_string())
+            })?;
         fields
             .check(t.kind.field_selectors())
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -64,8 +68,13 @@ struct Continue {
 }
 
 fn encode_continue(rv: u64, start: &str) -> String {
-    let c = Continue { v: "meta.k8s.io/v1".into(), rv, start: start.into() };
-    base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&c).expect("token serializes"))
+    let c = Continue {
+        v: "meta.k8s.io/v1".into(),
+        rv,
+        start: start.into(),
+    };
+    base64::engine::general_purpose::STANDARD
+        .encode(serde_json::to_vec(&c).expect("token serializes"))
 }
 
 fn decode_continue(token: &str) -> Result<Continue, ApiError> {
@@ -90,24 +99,38 @@ impl Apiserver {
     pub(crate) async fn page(&self, t: &Target, q: &Params) -> Result<Page, ApiError> {
         let sel = Selectors::parse(t, q)?;
         let prefix = t.kind.info().namespace_prefix(t.namespace.as_deref());
-        let limit = Params::int("limit", &q.limit)?.filter(|l| *l > 0).map(|l| l as usize);
+        let limit = Params::int("limit", &q.limit)?
+            .filter(|l| *l > 0)
+            .map(|l| l as usize);
         let (mut at, mut start) = (None, None);
         if let Some(token) = q.continue_.as_deref().filter(|c| !c.is_empty()) {
-            if q.resource_version.as_deref().is_some_and(|rv| !rv.is_empty()) {
-                return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+            if q.resource_version
+                .as_deref()
+                .is_some_and(|rv| !rv.is_empty())
+            {
+                return Err(ApiError::bad_request(
+                    "specifying resource version is not allowed when using continue",
+                ));
             }
             let c = decode_continue(token)?;
             at = Some(c.rv);
             start = Some(format!("{prefix}{}", c.start));
         } else {
-            match (q.resource_version.as_deref(), q.resource_version_match.as_deref()) {
+            match (
+                q.resource_version.as_deref(),
+                q.resource_version_match.as_deref(),
+            ) {
                 (None | Some(""), None | Some("")) => {}
                 (None | Some(""), Some(m)) => {
-                    return Err(ApiError::bad_request(format!("resourceVersionMatch \"{m}\" is forbidden unless resourceVersion is provided")));
+                    return Err(ApiError::bad_request(format!(
+                        "resourceVersionMatch \"{m}\" is forbidden unless resourceVersion is provided"
+                    )));
                 }
                 (Some("0"), None | Some("NotOlderThan")) => {}
                 (Some(rv), m) => {
-                    let rv: u64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+                    let rv: u64 = rv.parse().map_err(|_| {
+                        ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                    })?;
                     match m {
                         Some("Exact") => at = Some(rv),
                         None | Some("NotOlderThan") => self.wait_for_revision(rv).await?,
@@ -156,7 +179,12 @@ impl Apiserver {
                 if sel.is_empty() {
                     remaining = Some(page.remaining);
                 }
-                let rel = last_key.as_deref().unwrap_or_default().strip_prefix(&prefix).unwrap_or_default().to_string();
+                let rel = last_key
+                    .as_deref()
+                    .unwrap_or_default()
+                    .strip_prefix(&prefix)
+                    .unwrap_or_default()
+                    .to_string();
                 return Ok(Page {
                     items,
                     revision: revision.expect("set by the first page"),
@@ -165,7 +193,12 @@ impl Apiserver {
                 });
             }
         }
-        Ok(Page { items, revision: revision.unwrap_or(0), continue_: None, remaining })
+        Ok(Page {
+            items,
+            revision: revision.unwrap_or(0),
+            continue_: None,
+            remaining,
+        })
     }
 
     /// Waits briefly for the store to reach `rv`, as a `NotOlderThan` read requires.
@@ -176,21 +209,40 @@ impl Apiserver {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ApiError::timeout(format!("Too large resource version: {rv}, current: {}", self.store.revision().await?)));
+                return Err(ApiError::timeout(format!(
+                    "Too large resource version: {rv}, current: {}",
+                    self.store.revision().await?
+                )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// All objects matching the request's selectors, and the revision they were read at.
-    pub(crate) async fn select(&self, t: &Target, q: &Params) -> Result<(Vec<Value>, u64), ApiError> {
-        let mut q2 = Params { label_selector: q.label_selector.clone(), field_selector: q.field_selector.clone(), ..Default::default() };
+    pub(crate) async fn select(
+        &self,
+        t: &Target,
+        q: &Params,
+    ) -> Result<(Vec<Value>, u64), ApiError> {
+        let mut q2 = Params {
+            label_selector: q.label_selector.clone(),
+            field_selector: q.field_selector.clone(),
+            ..Default::default()
+        };
         q2.resource_version = None;
         let page = self.page(t, &q2).await?;
-        Ok((page.items.into_iter().map(|(v, _)| v).collect(), page.revision))
+        Ok((
+            page.items.into_iter().map(|(v, _)| v).collect(),
+            page.revision,
+        ))
     }
 
-    pub(crate) async fn list(&self, t: &Target, q: &Params, repr: Representation) -> Result<Response, ApiError> {
+    pub(crate) async fn list(
+        &self,
+        t: &Target,
+        q: &Params,
+        repr: Representation,
+    ) -> Result<Response, ApiError> {
         let info = t.kind.info();
         let page = self.page(t, q).await?;
         let mut meta = json!({"resourceVersion": page.revision.to_string()});
@@ -220,15 +272,21 @@ impl Apiserver {
             }
             Representation::Object => {
                 // Items are spliced in as stored, without re-encoding.
-                let mut out = Vec::with_capacity(256 + page.items.iter().map(|(_, b)| b.len() + 1).sum::<usize>());
-                out.extend_from_slice(format!("{{\"apiVersion\":\"{}\",\"items\":[", info.api_version()).as_bytes());
+                let mut out = Vec::with_capacity(
+                    256 + page.items.iter().map(|(_, b)| b.len() + 1).sum::<usize>(),
+                );
+                out.extend_from_slice(
+                    format!("{{\"apiVersion\":\"{}\",\"items\":[", info.api_version()).as_bytes(),
+                );
                 for (i, (_, raw)) in page.items.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
                     out.extend_from_slice(raw);
                 }
-                out.extend_from_slice(format!("],\"kind\":\"{}List\",\"metadata\":", info.kind).as_bytes());
+                out.extend_from_slice(
+                    format!("],\"kind\":\"{}List\",\"metadata\":", info.kind).as_bytes(),
+                );
                 out.extend_from_slice(&serde_json::to_vec(&meta).expect("JSON serializes"));
                 out.push(b'}');
                 Ok(respond(StatusCode::OK, out, &[]))

@@ -27,17 +27,50 @@ fn path_param(name: &str) -> Value {
 
 fn write_params() -> Vec<Value> {
     vec![
-        param("dryRun", "When present, indicates that modifications should not be persisted.", "string"),
-        param("fieldManager", "fieldManager is a name associated with the actor or entity that is making these changes.", "string"),
-        param("fieldValidation", "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields. Valid values are: Ignore, Warn (default), Strict.", "string"),
+        param(
+            "dryRun",
+            "When present, indicates that modifications should not be persisted.",
+            "string",
+        ),
+        param(
+            "fieldManager",
+            "fieldManager is a name associated with the actor or entity that is making these changes.",
+            "string",
+        ),
+        param(
+            "fieldValidation",
+            "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields. Valid values are: Ignore, Warn (default), Strict.",
+            "string",
+        ),
     ]
 }
 
 fn list_params() -> Vec<Value> {
-    ["allowWatchBookmarks", "continue", "fieldSelector", "labelSelector", "limit", "resourceVersion", "resourceVersionMatch", "sendInitialEvents", "timeoutSeconds", "watch"]
-        .iter()
-        .map(|n| param(n, "", if matches!(*n, "limit" | "timeoutSeconds") { "integer" } else { "string" }))
-        .collect()
+    [
+        "allowWatchBookmarks",
+        "continue",
+        "fieldSelector",
+        "labelSelector",
+        "limit",
+        "resourceVersion",
+        "resourceVersionMatch",
+        "sendInitialEvents",
+        "timeoutSeconds",
+        "watch",
+    ]
+    .iter()
+    .map(|n| {
+        param(
+            n,
+            "",
+            if matches!(*n, "limit" | "timeoutSeconds") {
+                "integer"
+            } else {
+                "string"
+            },
+        )
+    })
+    .collect()
 }
 
 /// Adds the patch-strategy extensions of keyed lists to a schema tree, so clients that
@@ -45,7 +78,11 @@ fn list_params() -> Vec<Value> {
 fn annotate(schemas: &mut Map<String, Value>) {
     let names: Vec<String> = schemas.keys().cloned().collect();
     for name in names {
-        let Some(props) = schemas.get_mut(&name).and_then(|s| s.get_mut("properties")).and_then(Value::as_object_mut) else {
+        let Some(props) = schemas
+            .get_mut(&name)
+            .and_then(|s| s.get_mut("properties"))
+            .and_then(Value::as_object_mut)
+        else {
             continue;
         };
         let parent = if name.ends_with(".Container") || name.ends_with(".EphemeralContainer") {
@@ -74,10 +111,15 @@ fn annotate(schemas: &mut Map<String, Value>) {
 impl OpenApi {
     /// Generates every group version's document.
     pub(crate) fn generate(reg: &Registry) -> OpenApi {
-        let mut by_gv: BTreeMap<String, Vec<&std::sync::Arc<dyn crate::registry::Kind>>> = BTreeMap::new();
+        let mut by_gv: BTreeMap<String, Vec<&std::sync::Arc<dyn crate::registry::Kind>>> =
+            BTreeMap::new();
         for k in reg.all() {
             let info = k.info();
-            let gv = if info.group.is_empty() { "api/v1".to_string() } else { format!("apis/{}/{}", info.group, info.version) };
+            let gv = if info.group.is_empty() {
+                "api/v1".to_string()
+            } else {
+                format!("apis/{}/{}", info.group, info.version)
+            };
             by_gv.entry(gv).or_default().push(k);
         }
         let mut docs = BTreeMap::new();
@@ -101,13 +143,24 @@ impl OpenApi {
                         "responses": ok(r),
                     })
                 };
-                let base = format!("/{gv}{}", if info.namespaced() { "/namespaces/{namespace}" } else { "" });
+                let base = format!(
+                    "/{gv}{}",
+                    if info.namespaced() {
+                        "/namespaces/{namespace}"
+                    } else {
+                        ""
+                    }
+                );
                 let mut common = vec![path_param("name")];
                 if info.namespaced() {
                     common.push(path_param("namespace"));
                 }
                 let mut patch_params = write_params();
-                patch_params.push(param("force", "Force is going to \"force\" Apply requests.", "boolean"));
+                patch_params.push(param(
+                    "force",
+                    "Force is going to \"force\" Apply requests.",
+                    "boolean",
+                ));
                 let mut item = json!({
                     "parameters": common,
                     "get": op("get", "read", vec![], &obj_ref),
@@ -144,7 +197,8 @@ impl OpenApi {
             let mut schemas = generator.take_definitions(true);
             for (name, info) in names {
                 if let Some(s) = schemas.get_mut(&name) {
-                    s["x-kubernetes-group-version-kind"] = json!([{"group": info.group, "version": info.version, "kind": info.kind}]);
+                    s["x-kubernetes-group-version-kind"] =
+                        json!([{"group": info.group, "version": info.version, "kind": info.kind}]);
                 }
             }
             annotate(&mut schemas);
@@ -167,7 +221,12 @@ impl OpenApi {
         let paths: Map<String, Value> = self
             .docs
             .iter()
-            .map(|(gv, (_, hash))| (gv.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={hash}")})))
+            .map(|(gv, (_, hash))| {
+                (
+                    gv.clone(),
+                    json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={hash}")}),
+                )
+            })
             .collect();
         json!({"paths": paths})
     }
@@ -186,14 +245,34 @@ mod tests {
     fn documents_should_carry_gvk_operations_and_schemas() {
         let api = OpenApi::generate(&crate::kinds::builtin());
         let index = api.index();
-        assert!(index["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().expect("url").starts_with("/openapi/v3/apis/apps/v1?hash="));
-        let doc: Value = serde_json::from_slice(api.doc("apis/apps/v1").expect("apps/v1")).expect("json");
-        let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
-        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
-        assert!(patch["parameters"].as_array().expect("params").iter().any(|p| p["name"] == "fieldValidation"));
+        assert!(
+            index["paths"]["apis/apps/v1"]["serverRelativeURL"]
+                .as_str()
+                .expect("url")
+                .starts_with("/openapi/v3/apis/apps/v1?hash=")
+        );
+        let doc: Value =
+            serde_json::from_slice(api.doc("apis/apps/v1").expect("apps/v1")).expect("json");
+        let patch =
+            &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"]["kind"],
+            "Deployment"
+        );
+        assert!(
+            patch["parameters"]
+                .as_array()
+                .expect("params")
+                .iter()
+                .any(|p| p["name"] == "fieldValidation")
+        );
         let deploy = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
-        assert_eq!(deploy["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
-        let containers = &doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+        assert_eq!(
+            deploy["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        let containers =
+            &doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
         assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
     }
 }

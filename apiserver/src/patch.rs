@@ -44,14 +44,19 @@ pub fn apply(kind: PatchType, target: &Value, body: &[u8]) -> Result<Value, ApiE
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     match kind {
         PatchType::Json => {
-            let ops: json_patch::Patch = serde_json::from_value(patch)
-                .map_err(|e| ApiError::bad_request(format!("the server rejected our request due to an error in our request: {e}")))?;
+            let ops: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the server rejected our request due to an error in our request: {e}"
+                ))
+            })?;
             let mut doc = target.clone();
             json_patch::patch(&mut doc, &ops).map_err(|e| match e.kind {
                 json_patch::PatchErrorKind::TestFailed => ApiError::unprocessable(format!(
                     "the server rejected our request due to an error in our request: {e}"
                 )),
-                _ => ApiError::bad_request(format!("the server rejected our request due to an error in our request: {e}")),
+                _ => ApiError::bad_request(format!(
+                    "the server rejected our request due to an error in our request: {e}"
+                )),
             })?;
             Ok(doc)
         }
@@ -65,24 +70,38 @@ pub fn apply(kind: PatchType, target: &Value, body: &[u8]) -> Result<Value, ApiE
         }
         PatchType::Strategic => {
             let Value::Object(p) = patch else {
-                return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
+                return Err(ApiError::bad_request(
+                    "a strategic merge patch must be a JSON object",
+                ));
             };
             let mut doc = target.clone();
             strategic_merge(&mut doc, &p, &mut Vec::new())?;
             Ok(doc)
         }
-        PatchType::Apply => Err(ApiError::internal("apply patches are handled by server-side apply")),
+        PatchType::Apply => Err(ApiError::internal(
+            "apply patches are handled by server-side apply",
+        )),
     }
 }
 
 /// The merge key of a list field, by its name and where it sits.
 pub(crate) fn merge_key(path: &[String], field: &str) -> Option<&'static str> {
     let in_container = path.iter().any(|p| {
-        matches!(p.as_str(), "containers" | "initContainers" | "ephemeralContainers")
+        matches!(
+            p.as_str(),
+            "containers" | "initContainers" | "ephemeralContainers"
+        )
     });
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "secrets" | "resourceClaims" | "containerStatuses"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "secrets"
+        | "resourceClaims"
+        | "containerStatuses"
         | "initContainerStatuses" => "name",
         "ports" if in_container => "containerPort",
         "ports" if path.last().is_some_and(|p| p == "spec") => "port",
@@ -174,7 +193,9 @@ fn merge_field(
             }
         }
         Value::Array(items) => {
-            let order = patch.get(&format!("$setElementOrder/{key}")).and_then(Value::as_array);
+            let order = patch
+                .get(&format!("$setElementOrder/{key}"))
+                .and_then(Value::as_array);
             if let Some(mk) = merge_key(parent, key) {
                 let replace = items
                     .iter()
@@ -255,33 +276,49 @@ mod tests {
         let doc = json!({"spec": {"template": {"spec": {"containers": [
             {"name": "a", "image": "a:1", "env": [{"name": "X", "value": "1"}]},
             {"name": "b", "image": "b:1"}]}}}});
-        let out = smp(doc, json!({"spec": {"template": {"spec": {"containers": [
-            {"name": "a", "image": "a:2", "env": [{"name": "Y", "value": "2"}]}]}}}}));
+        let out = smp(
+            doc,
+            json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "a", "image": "a:2", "env": [{"name": "Y", "value": "2"}]}]}}}}),
+        );
         let cs = &out["spec"]["template"]["spec"]["containers"];
         assert_eq!(cs.as_array().expect("list").len(), 2, "b is kept");
         assert_eq!(cs[0]["image"], "a:2");
-        assert_eq!(cs[0]["env"].as_array().expect("env").len(), 2, "env merges by name");
+        assert_eq!(
+            cs[0]["env"].as_array().expect("env").len(),
+            2,
+            "env merges by name"
+        );
     }
 
     #[test]
     fn strategic_patch_should_honour_directives() {
         let doc = json!({"metadata": {"finalizers": ["a", "b"], "labels": {"x": "1", "y": "2"}},
                          "spec": {"containers": [{"name": "a"}, {"name": "b"}], "ports": [{"port": 80}, {"port": 81}]}});
-        let out = smp(doc, json!({
+        let out = smp(
+            doc,
+            json!({
             "metadata": {"finalizers": ["c"], "labels": {"x": null}, "$deleteFromPrimitiveList/finalizers": ["a"]},
             "spec": {"containers": [{"name": "a", "$patch": "delete"}],
-                     "$setElementOrder/ports": [{"port": 81}, {"port": 80}], "ports": [{"port": 80, "name": "http"}]}}));
+                     "$setElementOrder/ports": [{"port": 81}, {"port": 80}], "ports": [{"port": 80, "name": "http"}]}}),
+        );
         assert_eq!(out["metadata"]["finalizers"], json!(["b", "c"]));
         assert_eq!(out["metadata"]["labels"], json!({"y": "2"}));
         assert_eq!(out["spec"]["containers"], json!([{"name": "b"}]));
-        assert_eq!(out["spec"]["ports"], json!([{"port": 81}, {"port": 80, "name": "http"}]));
+        assert_eq!(
+            out["spec"]["ports"],
+            json!([{"port": 81}, {"port": 80, "name": "http"}])
+        );
     }
 
     #[test]
     fn strategic_patch_should_replace_unkeyed_lists_and_retain_keys() {
         let doc = json!({"spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}},
                                    "args": ["a", "b"]}});
-        let out = smp(doc, json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"}, "args": ["c"]}}));
+        let out = smp(
+            doc,
+            json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"}, "args": ["c"]}}),
+        );
         assert_eq!(out["spec"]["strategy"], json!({"type": "Recreate"}));
         assert_eq!(out["spec"]["args"], json!(["c"]));
     }
@@ -289,9 +326,23 @@ mod tests {
     #[test]
     fn malformed_patches_should_be_bad_requests() {
         let doc = json!({"a": 1});
-        assert_eq!(apply(PatchType::Merge, &doc, b"{").expect_err("bad json").code, 400);
-        assert_eq!(apply(PatchType::Json, &doc, b"{\"op\":1}").expect_err("bad ops").code, 400);
-        let failed = apply(PatchType::Json, &doc, br#"[{"op":"test","path":"/a","value":2}]"#);
+        assert_eq!(
+            apply(PatchType::Merge, &doc, b"{")
+                .expect_err("bad json")
+                .code,
+            400
+        );
+        assert_eq!(
+            apply(PatchType::Json, &doc, b"{\"op\":1}")
+                .expect_err("bad ops")
+                .code,
+            400
+        );
+        let failed = apply(
+            PatchType::Json,
+            &doc,
+            br#"[{"op":"test","path":"/a","value":2}]"#,
+        );
         assert_eq!(failed.expect_err("test op fails").code, 422);
         let missing = apply(PatchType::Json, &doc, br#"[{"op":"remove","path":"/zz"}]"#);
         assert_eq!(missing.expect_err("no such path").code, 400);

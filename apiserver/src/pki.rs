@@ -44,7 +44,10 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(PkiError::Io { path: path.into(), source }),
+        Err(source) => Err(PkiError::Io {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
@@ -52,7 +55,10 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
 pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io { path: path.into(), source };
+    let io = |source| PkiError::Io {
+        path: path.into(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -109,33 +115,40 @@ impl Pki {
             }
         };
 
-        let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string(), "kubernetes".to_string(), "kubernetes.default.svc".to_string()];
+        let mut sans = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+            "kubernetes".to_string(),
+            "kubernetes.default.svc".to_string(),
+        ];
         for h in hosts {
             if !sans.contains(h) {
                 sans.push(h.clone());
             }
         }
-        let (cert_pem, key_pem) = match (read(&crt)?, read(&key)?, read(&pki.join("apiserver.sans"))?) {
-            (Some(c), Some(k), Some(s)) if s == sans.join(",") => (c, k),
-            _ => {
-                let ca_key = KeyPair::from_pem(&ca_key_pem)?;
-                // The issuer is rebuilt from the same parameters the CA was made with: its
-                // subject and key identify it, which is all a signed certificate refers to.
-                let issuer = Issuer::new(ca_params()?, ca_key);
-                let server_key = KeyPair::generate()?;
-                let mut params = CertificateParams::new(sans.clone())?;
-                let mut dn = DistinguishedName::new();
-                dn.push(DnType::CommonName, "wasmkube-apiserver");
-                params.distinguished_name = dn;
-                params.not_after = rcgen::date_time_ymd(2045, 1, 1);
-                params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-                let cert = params.signed_by(&server_key, &issuer)?;
-                write_private(&crt, &cert.pem())?;
-                write_private(&key, &server_key.serialize_pem())?;
-                write_private(&pki.join("apiserver.sans"), &sans.join(","))?;
-                (cert.pem(), server_key.serialize_pem())
-            }
-        };
+        let (cert_pem, key_pem) =
+            match (read(&crt)?, read(&key)?, read(&pki.join("apiserver.sans"))?) {
+                (Some(c), Some(k), Some(s)) if s == sans.join(",") => (c, k),
+                _ => {
+                    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+                    // The issuer is rebuilt from the same parameters the CA was made with: its
+                    // subject and key identify it, which is all a signed certificate refers to.
+                    let issuer = Issuer::new(ca_params()?, ca_key);
+                    let server_key = KeyPair::generate()?;
+                    let mut params = CertificateParams::new(sans.clone())?;
+                    let mut dn = DistinguishedName::new();
+                    dn.push(DnType::CommonName, "wasmkube-apiserver");
+                    params.distinguished_name = dn;
+                    params.not_after = rcgen::date_time_ymd(2045, 1, 1);
+                    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+                    let cert = params.signed_by(&server_key, &issuer)?;
+                    write_private(&crt, &cert.pem())?;
+                    write_private(&key, &server_key.serialize_pem())?;
+                    write_private(&pki.join("apiserver.sans"), &sans.join(","))?;
+                    (cert.pem(), server_key.serialize_pem())
+                }
+            };
 
         let admin_token = match read(&token_path)? {
             Some(t) if !t.trim().is_empty() => t.trim().to_string(),
@@ -146,7 +159,12 @@ impl Pki {
                 token
             }
         };
-        Ok(Pki { ca_pem, cert_pem, key_pem, admin_token })
+        Ok(Pki {
+            ca_pem,
+            cert_pem,
+            key_pem,
+            admin_token,
+        })
     }
 
     /// The admin kubeconfig for a server URL.
@@ -195,7 +213,13 @@ mod tests {
         assert!(a.server_config().is_ok());
         let c = Pki::load_or_create(dir.path(), &["node1.example".into()]).expect("new SAN");
         assert_eq!(a.ca_pem, c.ca_pem);
-        assert_ne!(a.cert_pem, c.cert_pem, "a new host needs a new serving certificate");
-        assert!(a.kubeconfig("https://127.0.0.1:6443").contains(&a.admin_token));
+        assert_ne!(
+            a.cert_pem, c.cert_pem,
+            "a new host needs a new serving certificate"
+        );
+        assert!(
+            a.kubeconfig("https://127.0.0.1:6443")
+                .contains(&a.admin_token)
+        );
     }
 }

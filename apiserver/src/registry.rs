@@ -125,7 +125,11 @@ fn unknown_fields(input: &Value, canonical: &Value, path: &str, out: &mut Vec<St
     match (input, canonical) {
         (Value::Object(i), Value::Object(c)) => {
             for (k, v) in i {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match c.get(k) {
                     Some(cv) => unknown_fields(v, cv, &p, out),
                     None if v.is_null() => {}

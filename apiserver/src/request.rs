@@ -43,7 +43,9 @@ pub fn parse_path(registry: &Registry, path: &str) -> Option<Target> {
     let rest = match rest {
         // `/namespaces/{ns}/{resource}...` unless the resource is a namespace subresource.
         ["namespaces", ns, resource, tail @ ..]
-            if registry.get(group, version, resource).is_some_and(|k| k.info().namespaced()) =>
+            if registry
+                .get(group, version, resource)
+                .is_some_and(|k| k.info().namespaced()) =>
         {
             namespace = Some(ns.to_string());
             let mut v = vec![*resource];
@@ -232,7 +234,9 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> 
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     if !value.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     }
     Ok(value)
 }
@@ -247,7 +251,8 @@ pub fn decode_yaml(body: &[u8]) -> Result<Value, ApiError> {
     }
     let text = std::str::from_utf8(body)
         .map_err(|e| ApiError::bad_request(format!("body is not UTF-8: {e}")))?;
-    serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+    serde_saphyr::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
 }
 
 /// What representation the client asked for.
@@ -273,12 +278,15 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Representation, ApiError> {
         let mut it = part.split(';').map(str::trim);
         let media = it.next().unwrap_or_default().to_ascii_lowercase();
         let params: Vec<&str> = it.collect();
-        let is_json = matches!(media.as_str(), "application/json" | "*/*" | "application/*" | "application/yaml");
+        let is_json = matches!(
+            media.as_str(),
+            "application/json" | "*/*" | "application/*" | "application/yaml"
+        );
         if !is_json {
             continue;
         }
         let table = params.iter().any(|p| p.eq_ignore_ascii_case("as=Table"));
-        let v1 = params.iter().any(|p| *p == "v=v1") || !params.iter().any(|p| p.starts_with("v="));
+        let v1 = params.contains(&"v=v1") || !params.iter().any(|p| p.starts_with("v="));
         if table && v1 {
             return Ok(Representation::Table);
         }
@@ -304,9 +312,19 @@ mod tests {
         let reg = crate::kinds::builtin();
         let t = parse_path(&reg, "/api/v1/namespaces/default/pods/web/status").expect("pod status");
         assert_eq!(t.kind.info().plural, "pods");
-        assert_eq!((t.namespace.as_deref(), t.name.as_deref(), t.subresource.as_deref()), (Some("default"), Some("web"), Some("status")));
+        assert_eq!(
+            (
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.subresource.as_deref()
+            ),
+            (Some("default"), Some("web"), Some("status"))
+        );
         let t = parse_path(&reg, "/api/v1/namespaces/kube-system").expect("namespace");
-        assert_eq!((t.kind.info().plural, t.name.as_deref()), ("namespaces", Some("kube-system")));
+        assert_eq!(
+            (t.kind.info().plural, t.name.as_deref()),
+            ("namespaces", Some("kube-system"))
+        );
         let t = parse_path(&reg, "/api/v1/namespaces/x/finalize").expect("finalize");
         assert_eq!(t.subresource.as_deref(), Some("finalize"));
         let t = parse_path(&reg, "/apis/apps/v1/deployments").expect("all namespaces");
@@ -314,7 +332,10 @@ mod tests {
         let t = parse_path(&reg, "/api/v1/watch/namespaces/default/pods").expect("watch path");
         assert!(t.watch_path);
         assert!(parse_path(&reg, "/apis/apps/v1/namespaces/default/widgets").is_none());
-        assert!(parse_path(&reg, "/api/v1/pods/x").is_none(), "a namespaced object needs a namespace");
+        assert!(
+            parse_path(&reg, "/api/v1/pods/x").is_none(),
+            "a namespaced object needs a namespace"
+        );
     }
 
     #[test]
@@ -324,7 +345,10 @@ mod tests {
         assert_eq!(negotiate(&h).expect("ok"), Representation::Table);
         h.insert(header::ACCEPT, "application/json".parse().expect("hdr"));
         assert_eq!(negotiate(&h).expect("ok"), Representation::Object);
-        h.insert(header::ACCEPT, "application/vnd.kubernetes.protobuf".parse().expect("hdr"));
+        h.insert(
+            header::ACCEPT,
+            "application/vnd.kubernetes.protobuf".parse().expect("hdr"),
+        );
         assert_eq!(negotiate(&h).expect_err("406").code, 406);
     }
 }

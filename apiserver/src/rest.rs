@@ -32,7 +32,10 @@ pub(crate) struct Stored {
 pub(crate) fn respond(status: StatusCode, body: Vec<u8>, warnings: &[String]) -> Response {
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     for w in warnings {
         let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
         if let Ok(v) = HeaderValue::from_str(&text) {
@@ -43,7 +46,11 @@ pub(crate) fn respond(status: StatusCode, body: Vec<u8>, warnings: &[String]) ->
 }
 
 pub(crate) fn respond_json(status: StatusCode, body: &Value, warnings: &[String]) -> Response {
-    respond(status, serde_json::to_vec(body).expect("JSON serializes"), warnings)
+    respond(
+        status,
+        serde_json::to_vec(body).expect("JSON serializes"),
+        warnings,
+    )
 }
 
 fn success_status(t: &Target, name: &str, uid: Option<&str>) -> Value {
@@ -73,7 +80,14 @@ impl DeleteOptions {
             ..Default::default()
         };
         if let Some(orphan) = q.orphan_dependents.as_deref() {
-            o.policy.get_or_insert_with(|| if orphan == "true" { "Orphan" } else { "Background" }.into());
+            o.policy.get_or_insert_with(|| {
+                if orphan == "true" {
+                    "Orphan"
+                } else {
+                    "Background"
+                }
+                .into()
+            });
         }
         if !body.iter().all(u8::is_ascii_whitespace) {
             let v: Value = serde_json::from_slice(body)
@@ -85,11 +99,15 @@ impl DeleteOptions {
                 o.policy = Some(p.to_string());
             }
             if let Some(orphan) = v.get("orphanDependents").and_then(Value::as_bool) {
-                o.policy.get_or_insert_with(|| if orphan { "Orphan" } else { "Background" }.into());
+                o.policy
+                    .get_or_insert_with(|| if orphan { "Orphan" } else { "Background" }.into());
             }
             if let Some(pre) = v.get("preconditions") {
                 o.uid = pre.get("uid").and_then(Value::as_str).map(str::to_string);
-                o.rv = pre.get("resourceVersion").and_then(Value::as_str).map(str::to_string);
+                o.rv = pre
+                    .get("resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
             }
             if let Some(d) = v.get("dryRun").and_then(Value::as_array) {
                 o.dry_run |= d.iter().any(|x| x == "All");
@@ -109,7 +127,9 @@ impl DeleteOptions {
 /// Finalizers that block deletion: `metadata.finalizers`, and for namespaces `spec.finalizers`.
 fn pending_finalizers(t: &Target, obj: &Value) -> usize {
     let spec = if t.kind.info().plural == "namespaces" && t.kind.info().group.is_empty() {
-        obj.pointer("/spec/finalizers").and_then(Value::as_array).map_or(0, Vec::len)
+        obj.pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len)
     } else {
         0
     };
@@ -149,9 +169,13 @@ impl Apiserver {
             (&Method::POST, false, None) if t.namespace.is_some() || !info.namespaced() => {
                 self.create(&t, &q, headers, body).await
             }
-            (&Method::POST, true, Some("binding")) if info.plural == "pods" => self.bind(&t, body).await,
+            (&Method::POST, true, Some("binding")) if info.plural == "pods" => {
+                self.bind(&t, body).await
+            }
             (&Method::PUT, true, None) => self.update(&t, &q, headers, body).await,
-            (&Method::PUT, true, Some("status")) if info.status => self.update(&t, &q, headers, body).await,
+            (&Method::PUT, true, Some("status")) if info.status => {
+                self.update(&t, &q, headers, body).await
+            }
             (&Method::PUT, true, Some("finalize")) if info.plural == "namespaces" => {
                 self.update(&t, &q, headers, body).await
             }
@@ -164,7 +188,9 @@ impl Apiserver {
                 self.set_scale(&t, &q, Value::Null, Some((pt, body))).await
             }
             (&Method::PATCH, true, None) => self.patch(&t, &q, headers, body).await,
-            (&Method::PATCH, true, Some("status")) if info.status => self.patch(&t, &q, headers, body).await,
+            (&Method::PATCH, true, Some("status")) if info.status => {
+                self.patch(&t, &q, headers, body).await
+            }
             (&Method::DELETE, true, None) => {
                 let opts = DeleteOptions::parse(&q, body)?;
                 let (status, body) = self.delete(&t, &opts).await?;
@@ -173,7 +199,9 @@ impl Apiserver {
             (&Method::DELETE, false, None) if t.namespace.is_some() || !info.namespaced() => {
                 self.delete_collection(&t, &q, body).await
             }
-            (_, true, Some(other)) if !matches!(other, "status" | "scale" | "binding" | "finalize") => {
+            (_, true, Some(other))
+                if !matches!(other, "status" | "scale" | "binding" | "finalize") =>
+            {
                 Err(ApiError::no_route(path))
             }
             _ => Err(ApiError::method_not_supported(info, method.as_str())),
@@ -193,7 +221,10 @@ impl Apiserver {
             .ok_or_else(|| ApiError::not_found(t.kind.info(), name))?;
         let value = serde_json::from_slice(&kv.value)
             .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
-        Ok(Stored { value, rv: kv.revision })
+        Ok(Stored {
+            value,
+            rv: kv.revision,
+        })
     }
 
     async fn get(&self, t: &Target, repr: Representation) -> Result<Response, ApiError> {
@@ -252,8 +283,11 @@ impl Apiserver {
         })?;
         let mut warnings = Vec::new();
         if !decoded.unknown.is_empty() {
-            let msgs: Vec<String> =
-                decoded.unknown.iter().map(|p| format!("unknown field \"{p}\"")).collect();
+            let msgs: Vec<String> = decoded
+                .unknown
+                .iter()
+                .map(|p| format!("unknown field \"{p}\""))
+                .collect();
             match q.field_validation()? {
                 FieldValidation::Strict => {
                     return Err(ApiError::bad_request(format!(
@@ -282,7 +316,9 @@ impl Apiserver {
                 return Err(ApiError::forbidden(
                     t.kind.info(),
                     name,
-                    &format!("unable to create new content in namespace {ns} because it is being terminated"),
+                    &format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    ),
                 ));
             }
         }
@@ -326,12 +362,19 @@ impl Apiserver {
                 }
                 m.insert("namespace".into(), json!(ns));
             }
-            if m.get("resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+            if m.get("resourceVersion")
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
+            {
                 return Err(ApiError::bad_request(
                     "resourceVersion should not be set on objects to be created",
                 ));
             }
-            let mut name = m.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let mut name = m
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             if name.is_empty()
                 && let Some(g) = m.get("generateName").and_then(Value::as_str)
                 && !g.is_empty()
@@ -372,12 +415,16 @@ impl Apiserver {
             })
             .await?
         {
-            Outcome::Written { value, .. } => serde_json::from_slice(&value)
-                .map_err(|e| ApiError::internal(e.to_string())),
-            Outcome::Failed { reason: Failure::AlreadyExists, .. } => {
-                Err(ApiError::already_exists(info, &name))
+            Outcome::Written { value, .. } => {
+                serde_json::from_slice(&value).map_err(|e| ApiError::internal(e.to_string()))
             }
-            other => Err(ApiError::internal(format!("unexpected store outcome {other:?}"))),
+            Outcome::Failed {
+                reason: Failure::AlreadyExists,
+                ..
+            } => Err(ApiError::already_exists(info, &name)),
+            other => Err(ApiError::internal(format!(
+                "unexpected store outcome {other:?}"
+            ))),
         }
     }
 
@@ -388,7 +435,15 @@ impl Apiserver {
         {
             let cm = cur.get("metadata").cloned().unwrap_or_default();
             let m = meta_mut(&mut new);
-            for field in ["uid", "creationTimestamp", "namespace", "name", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "namespace",
+                "name",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ] {
                 match cm.get(field) {
                     Some(v) => m.insert(field.into(), v.clone()),
                     None => m.remove(field),
@@ -405,7 +460,9 @@ impl Apiserver {
         match t.subresource.as_deref() {
             Some("status") => {
                 // Status writes may not touch anything else (`PrepareForUpdate` of status strategies).
-                obj.retain(|k, _| matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind"));
+                obj.retain(|k, _| {
+                    matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                });
                 for (k, v) in &cur_obj {
                     if !matches!(k.as_str(), "metadata" | "status") {
                         obj.insert(k.clone(), v.clone());
@@ -416,7 +473,10 @@ impl Apiserver {
                 // Only `spec.finalizers` comes from the request.
                 let fins = obj.get("spec").and_then(|s| s.get("finalizers")).cloned();
                 let mut merged = cur_obj.clone();
-                merged.insert("metadata".into(), obj.get("metadata").cloned().unwrap_or_default());
+                merged.insert(
+                    "metadata".into(),
+                    obj.get("metadata").cloned().unwrap_or_default(),
+                );
                 let spec = merged.entry("spec").or_insert_with(|| json!({}));
                 match fins {
                     Some(f) => spec["finalizers"] = f,
@@ -469,17 +529,30 @@ impl Apiserver {
             .admit(&mut new, Some(&cur.value))
             .map_err(|errs| ApiError::invalid(info, &name, &errs))?;
         if meta_str(&cur.value, "deletionTimestamp").is_some() {
-            let old: std::collections::HashSet<String> = object::finalizers(&cur.value).into_iter().collect();
+            let old: std::collections::HashSet<String> =
+                object::finalizers(&cur.value).into_iter().collect();
             if object::finalizers(&new).iter().any(|f| !old.contains(f)) {
-                return Err(ApiError::invalid(info, &name, &[crate::error::FieldError::forbidden(
-                    "metadata.finalizers",
-                    "no new finalizers can be added if the object is being deleted",
-                )]));
+                return Err(ApiError::invalid(
+                    info,
+                    &name,
+                    &[crate::error::FieldError::forbidden(
+                        "metadata.finalizers",
+                        "no new finalizers can be added if the object is being deleted",
+                    )],
+                ));
             }
         }
         if info.status {
-            let generation = cur.value.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-            let next = if object::spec_changed(&new, &cur.value) { generation + 1 } else { generation };
+            let generation = cur
+                .value
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            let next = if object::spec_changed(&new, &cur.value) {
+                generation + 1
+            } else {
+                generation
+            };
             meta_mut(&mut new).insert("generation".into(), json!(next));
         }
         meta_mut(&mut new).insert("resourceVersion".into(), json!(cur.rv.to_string()));
@@ -495,12 +568,19 @@ impl Apiserver {
         }
         let outcome = if finished {
             self.store
-                .write(Command::Delete { key: self.key(t, &name), precondition: Precondition::Revision(cur.rv) })
+                .write(Command::Delete {
+                    key: self.key(t, &name),
+                    precondition: Precondition::Revision(cur.rv),
+                })
                 .await?
         } else {
             let value = serde_json::value::to_raw_value(&new).expect("JSON serializes");
             self.store
-                .write(Command::Put { key: self.key(t, &name), value, precondition: Precondition::Revision(cur.rv) })
+                .write(Command::Put {
+                    key: self.key(t, &name),
+                    value,
+                    precondition: Precondition::Revision(cur.rv),
+                })
                 .await?
         };
         match outcome {
@@ -508,9 +588,14 @@ impl Apiserver {
                 serde_json::from_slice(&value).map_err(|e| ApiError::internal(e.to_string()))
             }
             Outcome::Written { .. } => Ok(new),
-            Outcome::Failed { reason: Failure::NotFound, .. } => Err(ApiError::not_found(info, &name)),
+            Outcome::Failed {
+                reason: Failure::NotFound,
+                ..
+            } => Err(ApiError::not_found(info, &name)),
             Outcome::Failed { .. } => Err(ApiError::conflict(info, &name, ApiError::MODIFIED)),
-            other => Err(ApiError::internal(format!("unexpected store outcome {other:?}"))),
+            other => Err(ApiError::internal(format!(
+                "unexpected store outcome {other:?}"
+            ))),
         }
     }
 
@@ -544,7 +629,15 @@ impl Apiserver {
         let expected = match meta_str(&obj, "resourceVersion") {
             None | Some("") => None,
             Some(s) => Some(s.parse::<u64>().map_err(|_| {
-                ApiError::invalid(info, name, &[crate::error::FieldError::invalid("metadata.resourceVersion", s, "must be a number")])
+                ApiError::invalid(
+                    info,
+                    name,
+                    &[crate::error::FieldError::invalid(
+                        "metadata.resourceVersion",
+                        s,
+                        "must be a number",
+                    )],
+                )
             })?),
         };
         loop {
@@ -581,7 +674,10 @@ impl Apiserver {
             let cur = self.load(t, name).await?;
             let patched = patch::apply(pt, &cur.value, body)?;
             let pinned = object::revision(&patched).filter(|rv| *rv != cur.rv);
-            if pinned.is_some() || (meta_str(&patched, "resourceVersion").is_some() && object::revision(&patched).is_none()) {
+            if pinned.is_some()
+                || (meta_str(&patched, "resourceVersion").is_some()
+                    && object::revision(&patched).is_none())
+            {
                 return Err(ApiError::conflict(info, name, ApiError::MODIFIED));
             }
             if meta_str(&patched, "name").is_some_and(|n| n != name) {
@@ -598,12 +694,19 @@ impl Apiserver {
                 Ok(out) => return Ok(respond_json(StatusCode::OK, &out, &warnings)),
             }
         }
-        Err(ApiError::conflict(info, name, "too many concurrent updates; please retry"))
+        Err(ApiError::conflict(
+            info,
+            name,
+            "too many concurrent updates; please retry",
+        ))
     }
 
     /// Whether a pod must be deleted gracefully: it is bound to a node and not finished.
     fn graceful_pod(&self, pod: &Value) -> bool {
-        let bound = pod.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+        let bound = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
         let finished = matches!(
             pod.pointer("/status/phase").and_then(Value::as_str),
             Some("Succeeded" | "Failed")
@@ -613,7 +716,11 @@ impl Apiserver {
 
     /// Deletes one object (`rest/delete.go` `BeforeDelete`): graceful pods and objects with
     /// finalizers get a `deletionTimestamp`; everything else goes at once.
-    pub(crate) async fn delete(&self, t: &Target, opts: &DeleteOptions) -> Result<(StatusCode, Value), ApiError> {
+    pub(crate) async fn delete(
+        &self,
+        t: &Target,
+        opts: &DeleteOptions,
+    ) -> Result<(StatusCode, Value), ApiError> {
         let info = t.kind.info();
         let name = t.name.as_deref().expect("routed with a name");
         for _ in 0..16 {
@@ -622,17 +729,25 @@ impl Apiserver {
             if let Some(want) = &opts.uid
                 && *want != uid
             {
-                return Err(ApiError::conflict(info, name, &format!(
-                    "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
-                )));
+                return Err(ApiError::conflict(
+                    info,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
+                    ),
+                ));
             }
             if let Some(want) = &opts.rv
                 && *want != cur.rv.to_string()
             {
-                return Err(ApiError::conflict(info, name, &format!(
-                    "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in meta: {}",
-                    cur.rv
-                )));
+                return Err(ApiError::conflict(
+                    info,
+                    name,
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in meta: {}",
+                        cur.rv
+                    ),
+                ));
             }
             let mut new = cur.value.clone();
             let mut fins = object::finalizers(&new);
@@ -654,7 +769,11 @@ impl Apiserver {
             let is_pod = info.plural == "pods" && info.group.is_empty();
             let grace = if is_pod {
                 opts.grace
-                    .or_else(|| cur.value.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+                    .or_else(|| {
+                        cur.value
+                            .pointer("/spec/terminationGracePeriodSeconds")
+                            .and_then(Value::as_i64)
+                    })
                     .unwrap_or(30)
                     .max(0)
             } else {
@@ -691,43 +810,82 @@ impl Apiserver {
                 let value = serde_json::value::to_raw_value(&new).expect("JSON serializes");
                 match self
                     .store
-                    .write(Command::Put { key: self.key(t, name), value, precondition: Precondition::Revision(cur.rv) })
+                    .write(Command::Put {
+                        key: self.key(t, name),
+                        value,
+                        precondition: Precondition::Revision(cur.rv),
+                    })
                     .await?
                 {
                     Outcome::Written { value, .. } => {
-                        let v = serde_json::from_slice(&value).map_err(|e| ApiError::internal(e.to_string()))?;
+                        let v = serde_json::from_slice(&value)
+                            .map_err(|e| ApiError::internal(e.to_string()))?;
                         return Ok((StatusCode::OK, v));
                     }
-                    Outcome::Failed { reason: Failure::NotFound, .. } => return Err(ApiError::not_found(info, name)),
+                    Outcome::Failed {
+                        reason: Failure::NotFound,
+                        ..
+                    } => return Err(ApiError::not_found(info, name)),
                     Outcome::Failed { .. } => continue,
-                    other => return Err(ApiError::internal(format!("unexpected store outcome {other:?}"))),
+                    other => {
+                        return Err(ApiError::internal(format!(
+                            "unexpected store outcome {other:?}"
+                        )));
+                    }
                 }
             }
             if opts.dry_run {
-                return Ok((StatusCode::OK, if is_pod { cur.value } else { success_status(t, name, Some(&uid)) }));
+                return Ok((
+                    StatusCode::OK,
+                    if is_pod {
+                        cur.value
+                    } else {
+                        success_status(t, name, Some(&uid))
+                    },
+                ));
             }
             match self
                 .store
-                .write(Command::Delete { key: self.key(t, name), precondition: Precondition::Revision(cur.rv) })
+                .write(Command::Delete {
+                    key: self.key(t, name),
+                    precondition: Precondition::Revision(cur.rv),
+                })
                 .await?
             {
                 Outcome::Written { value, .. } => {
                     let body = if is_pod {
-                        serde_json::from_slice(&value).map_err(|e| ApiError::internal(e.to_string()))?
+                        serde_json::from_slice(&value)
+                            .map_err(|e| ApiError::internal(e.to_string()))?
                     } else {
                         success_status(t, name, Some(&uid))
                     };
                     return Ok((StatusCode::OK, body));
                 }
-                Outcome::Failed { reason: Failure::NotFound, .. } => return Err(ApiError::not_found(info, name)),
+                Outcome::Failed {
+                    reason: Failure::NotFound,
+                    ..
+                } => return Err(ApiError::not_found(info, name)),
                 Outcome::Failed { .. } => continue,
-                other => return Err(ApiError::internal(format!("unexpected store outcome {other:?}"))),
+                other => {
+                    return Err(ApiError::internal(format!(
+                        "unexpected store outcome {other:?}"
+                    )));
+                }
             }
         }
-        Err(ApiError::conflict(info, name, "too many concurrent updates; please retry"))
+        Err(ApiError::conflict(
+            info,
+            name,
+            "too many concurrent updates; please retry",
+        ))
     }
 
-    async fn delete_collection(&self, t: &Target, q: &Params, body: &[u8]) -> Result<Response, ApiError> {
+    async fn delete_collection(
+        &self,
+        t: &Target,
+        q: &Params,
+        body: &[u8],
+    ) -> Result<Response, ApiError> {
         let opts = DeleteOptions::parse(q, body)?;
         let (items, rv) = self.select(t, q).await?;
         let mut out = Vec::new();
@@ -736,7 +894,9 @@ impl Apiserver {
             let mut one = t.clone();
             one.name = Some(name);
             match self.delete(&one, &opts).await {
-                Ok((_, v)) if v.get("kind").and_then(Value::as_str) == Some("Status") => out.push(item),
+                Ok((_, v)) if v.get("kind").and_then(Value::as_str) == Some("Status") => {
+                    out.push(item)
+                }
                 Ok((_, v)) => out.push(v),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
@@ -755,42 +915,75 @@ impl Apiserver {
         let name = t.name.as_deref().expect("routed with a name");
         let binding: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding Binding: {e}")))?;
-        let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let node = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if node.is_empty() {
-            return Err(ApiError::invalid(info, name, &[crate::error::FieldError::required("target.name", "")]));
+            return Err(ApiError::invalid(
+                info,
+                name,
+                &[crate::error::FieldError::required("target.name", "")],
+            ));
         }
         for _ in 0..16 {
             let cur = self.load(t, name).await?;
             if meta_str(&cur.value, "deletionTimestamp").is_some() {
-                return Err(ApiError::conflict(info, name, &format!("pod {name} is being deleted, cannot be assigned to a host")));
+                return Err(ApiError::conflict(
+                    info,
+                    name,
+                    &format!("pod {name} is being deleted, cannot be assigned to a host"),
+                ));
             }
             match cur.value.pointer("/spec/nodeName").and_then(Value::as_str) {
                 Some(n) if !n.is_empty() => {
-                    return Err(ApiError::conflict(info, name, &format!("pod {name} is already assigned to node \"{n}\"")));
+                    return Err(ApiError::conflict(
+                        info,
+                        name,
+                        &format!("pod {name} is already assigned to node \"{n}\""),
+                    ));
                 }
                 _ => {}
             }
             let mut new = cur.value.clone();
             new["spec"]["nodeName"] = json!(node);
-            let conds = new["status"]["conditions"].as_array().cloned().unwrap_or_default();
-            let mut conds: Vec<Value> = conds.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
+            let conds = new["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let mut conds: Vec<Value> = conds
+                .into_iter()
+                .filter(|c| c["type"] != "PodScheduled")
+                .collect();
             conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": object::now()}));
             new["status"]["conditions"] = json!(conds);
             let value = serde_json::value::to_raw_value(&new).expect("JSON serializes");
             match self
                 .store
-                .write(Command::Put { key: self.key(t, name), value, precondition: Precondition::Revision(cur.rv) })
+                .write(Command::Put {
+                    key: self.key(t, name),
+                    value,
+                    precondition: Precondition::Revision(cur.rv),
+                })
                 .await?
             {
                 Outcome::Written { .. } => {
                     let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
                     return Ok(respond_json(StatusCode::CREATED, &status, &[]));
                 }
-                Outcome::Failed { reason: Failure::NotFound, .. } => return Err(ApiError::not_found(info, name)),
+                Outcome::Failed {
+                    reason: Failure::NotFound,
+                    ..
+                } => return Err(ApiError::not_found(info, name)),
                 _ => continue,
             }
         }
-        Err(ApiError::conflict(info, name, "too many concurrent updates; please retry"))
+        Err(ApiError::conflict(
+            info,
+            name,
+            "too many concurrent updates; please retry",
+        ))
     }
 
     fn scale_of(&self, t: &Target, obj: &Value) -> Value {
@@ -812,8 +1005,14 @@ impl Apiserver {
     }
 
     async fn get_scale(&self, t: &Target) -> Result<Response, ApiError> {
-        let cur = self.load(t, t.name.as_deref().expect("routed with a name")).await?;
-        Ok(respond_json(StatusCode::OK, &self.scale_of(t, &cur.value), &[]))
+        let cur = self
+            .load(t, t.name.as_deref().expect("routed with a name"))
+            .await?;
+        Ok(respond_json(
+            StatusCode::OK,
+            &self.scale_of(t, &cur.value),
+            &[],
+        ))
     }
 
     async fn set_scale(
@@ -831,9 +1030,20 @@ impl Apiserver {
                 Some((pt, body)) => patch::apply(pt, &self.scale_of(t, &cur.value), body)?,
                 None => put.clone(),
             };
-            let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+            let replicas = scale
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             if replicas < 0 {
-                return Err(ApiError::invalid(info, name, &[crate::error::FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0")]));
+                return Err(ApiError::invalid(
+                    info,
+                    name,
+                    &[crate::error::FieldError::invalid(
+                        "spec.replicas",
+                        replicas,
+                        "must be greater than or equal to 0",
+                    )],
+                ));
             }
             if let Some(rv) = object::revision(&scale)
                 && rv != cur.rv
@@ -850,6 +1060,10 @@ impl Apiserver {
                 Ok(out) => return Ok(respond_json(StatusCode::OK, &self.scale_of(t, &out), &[])),
             }
         }
-        Err(ApiError::conflict(info, name, "too many concurrent updates; please retry"))
+        Err(ApiError::conflict(
+            info,
+            name,
+            "too many concurrent updates; please retry",
+        ))
     }
 }

@@ -44,8 +44,10 @@ fn router(shared: Arc<Shared>) -> Router {
 async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let public = matches!(path.as_str(), "/healthz" | "/livez" | "/readyz" | "/version")
-        || path.starts_with("/healthz/")
+    let public = matches!(
+        path.as_str(),
+        "/healthz" | "/livez" | "/readyz" | "/version"
+    ) || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/");
     if !public {
@@ -66,7 +68,15 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
                 .into_response();
         }
     };
-    let result = route(&s, &parts.method, &path, parts.uri.query(), &parts.headers, &body).await;
+    let result = route(
+        &s,
+        &parts.method,
+        &path,
+        parts.uri.query(),
+        &parts.headers,
+        &body,
+    )
+    .await;
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -97,35 +107,57 @@ async fn route(
     match (method, trimmed) {
         (&Method::GET, "/healthz" | "/livez") => Ok((StatusCode::OK, "ok").into_response()),
         (&Method::GET, "/readyz") => {
-            let ok = s.api.store.raft().metrics().borrow().current_leader.is_some();
+            let ok = s
+                .api
+                .store
+                .raft()
+                .metrics()
+                .borrow()
+                .current_leader
+                .is_some();
             if ok {
                 Ok((StatusCode::OK, "ok").into_response())
             } else {
-                Ok((StatusCode::INTERNAL_SERVER_ERROR, "[-]raft not ready: no leader\nreadyz check failed").into_response())
+                Ok((
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "[-]raft not ready: no leader\nreadyz check failed",
+                )
+                    .into_response())
             }
         }
         (&Method::GET, "/version") => get(discovery::version()),
         (&Method::GET, "/openapi/v3") => get(s.api.openapi().index()),
-        (&Method::GET, p) if p.starts_with("/openapi/v3/") => match s.api.openapi().doc(&p["/openapi/v3/".len()..]) {
-            Some(doc) => Ok(crate::rest::respond(StatusCode::OK, doc.to_vec(), &[])),
-            None => Err(ApiError::no_route(path)),
-        },
+        (&Method::GET, p) if p.starts_with("/openapi/v3/") => {
+            match s.api.openapi().doc(&p["/openapi/v3/".len()..]) {
+                Some(doc) => Ok(crate::rest::respond(StatusCode::OK, doc.to_vec(), &[])),
+                None => Err(ApiError::no_route(path)),
+            }
+        }
         (&Method::GET, "/api") => get(discovery::core_versions(&s.server)),
         (&Method::GET, "/apis") => get(discovery::group_list(&s.api.registry)),
-        (&Method::GET, "/api/v1") => get(discovery::resource_list(&s.api.registry, "", "v1").expect("core/v1 is served")),
+        (&Method::GET, "/api/v1") => {
+            get(discovery::resource_list(&s.api.registry, "", "v1").expect("core/v1 is served"))
+        }
         (&Method::GET, p) if p.starts_with("/apis/") && p.matches('/').count() == 2 => {
             let group = &p["/apis/".len()..];
-            discovery::group(&s.api.registry, group).map_or_else(|| Err(ApiError::no_route(path)), get)
+            discovery::group(&s.api.registry, group)
+                .map_or_else(|| Err(ApiError::no_route(path)), get)
         }
         (&Method::GET, p) if p.starts_with("/apis/") && p.matches('/').count() == 3 => {
             let mut it = p["/apis/".len()..].split('/');
             let (g, v) = (it.next().unwrap_or_default(), it.next().unwrap_or_default());
-            discovery::resource_list(&s.api.registry, g, v).map_or_else(|| Err(ApiError::no_route(path)), get)
+            discovery::resource_list(&s.api.registry, g, v)
+                .map_or_else(|| Err(ApiError::no_route(path)), get)
         }
         (_, p) if p.starts_with("/api/") || p.starts_with("/apis/") => {
             let mut q = Params::parse(query)?;
-            q.user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
-            s.api.handle_api(method.clone(), path, query, headers, body, q).await
+            q.user_agent = headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            s.api
+                .handle_api(method.clone(), path, query, headers, body, q)
+                .await
         }
         _ => Err(ApiError::no_route(path)),
     }
@@ -156,11 +188,24 @@ impl Running {
 
 /// Creates the namespaces every cluster starts with (kube-apiserver's bootstrap controller).
 async fn bootstrap(api: &Apiserver) -> Result<(), Error> {
-    let ns = api.registry.get("", "v1", "namespaces").expect("namespaces are served").clone();
-    let target = Target { kind: ns, namespace: None, name: None, subresource: None, watch_path: false };
+    let ns = api
+        .registry
+        .get("", "v1", "namespaces")
+        .expect("namespaces are served")
+        .clone();
+    let target = Target {
+        kind: ns,
+        namespace: None,
+        name: None,
+        subresource: None,
+        watch_path: false,
+    };
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        let q = Params { field_manager: Some("wasmkube-apiserver".into()), ..Default::default() };
+        let q = Params {
+            field_manager: Some("wasmkube-apiserver".into()),
+            ..Default::default()
+        };
         match api.create_object(&target, &q, obj, "Update").await {
             Ok(_) => tracing::info!(namespace = name, "created"),
             Err(e) if e.code == 409 => {}
@@ -193,16 +238,32 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     bootstrap(&api).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-    let server = if addr.is_ipv6() { format!("[{host}]:{}", addr.port()) } else { format!("{host}:{}", addr.port()) };
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let server = if addr.is_ipv6() {
+        format!("[{host}]:{}", addr.port())
+    } else {
+        format!("{host}:{}", addr.port())
+    };
     let kubeconfig = config.data_dir.join("kubeconfig");
     crate::pki::write_private(&kubeconfig, &pki.kubeconfig(&format!("https://{server}")))?;
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "apiserver listening");
 
-    let shared = Arc::new(Shared { api: api.clone(), token: pki.admin_token.clone(), server });
+    let shared = Arc::new(Shared {
+        api: api.clone(),
+        token: pki.admin_token.clone(),
+        server,
+    });
     let app = router(shared);
     let tracker = TaskTracker::new();
-    tracker.spawn(compaction(store.clone(), config.compaction_interval, shutdown.clone()));
+    tracker.spawn(compaction(
+        store.clone(),
+        config.compaction_interval,
+        shutdown.clone(),
+    ));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let task = tokio::spawn(async move {
         loop {
@@ -243,7 +304,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracing::info!("apiserver stopped");
         Ok(())
     });
-    Ok(Running { addr, kubeconfig, ca_pem: pki.ca_pem, token: pki.admin_token, task })
+    Ok(Running {
+        addr,
+        kubeconfig,
+        ca_pem: pki.ca_pem,
+        token: pki.admin_token,
+        task,
+    })
 }
 
 /// Compacts history older than one interval, as kube-apiserver compacts etcd every 5 minutes

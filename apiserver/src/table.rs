@@ -62,7 +62,10 @@ impl Column {
 
     /// The `Age` column.
     pub const fn age() -> Column {
-        Column::new("Age", "CreationTimestamp is a timestamp representing the server time when this object was created.")
+        Column::new(
+            "Age",
+            "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        )
     }
 
     fn to_json(&self) -> Value {
@@ -80,7 +83,11 @@ pub fn human_duration(secs: i64) -> String {
     let mins = secs / 60;
     if mins < 10 {
         let s = secs % 60;
-        return if s == 0 { format!("{mins}m") } else { format!("{mins}m{s}s") };
+        return if s == 0 {
+            format!("{mins}m")
+        } else {
+            format!("{mins}m{s}s")
+        };
     }
     if mins < 180 {
         return format!("{mins}m");
@@ -88,7 +95,11 @@ pub fn human_duration(secs: i64) -> String {
     let hours = secs / 3600;
     if hours < 8 {
         let m = mins % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
     }
     if hours < 48 {
         return format!("{hours}h");
@@ -96,7 +107,11 @@ pub fn human_duration(secs: i64) -> String {
     let days = hours / 24;
     if days < 8 {
         let h = hours % 24;
-        return if h == 0 { format!("{days}d") } else { format!("{days}d{h}h") };
+        return if h == 0 {
+            format!("{days}d")
+        } else {
+            format!("{days}d{h}h")
+        };
     }
     if days < 365 * 2 {
         return format!("{days}d");
@@ -104,7 +119,11 @@ pub fn human_duration(secs: i64) -> String {
     let years = days / 365;
     if years < 8 {
         let d = days % 365;
-        return if d == 0 { format!("{years}y") } else { format!("{years}y{d}d") };
+        return if d == 0 {
+            format!("{years}y")
+        } else {
+            format!("{years}y{d}d")
+        };
     }
     format!("{years}y")
 }

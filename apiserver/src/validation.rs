@@ -12,7 +12,8 @@ use crate::registry::NameRule;
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -37,7 +38,9 @@ pub fn check_name(rule: NameRule, name: &str) -> Option<&'static str> {
         NameRule::Subdomain if !is_dns1123_subdomain(name) => Some(SUBDOMAIN_MSG),
         NameRule::Label if !is_dns1123_label(name) => Some(LABEL_MSG),
         NameRule::Label1035 if !is_dns1035_label(name) => Some(LABEL1035_MSG),
-        NameRule::Path if name.contains('/') || name.contains('%') || name == "." || name == ".." => {
+        NameRule::Path
+            if name.contains('/') || name.contains('%') || name == "." || name == ".." =>
+        {
             Some("may not contain '/' or '%' or be '.' or '..'")
         }
         _ => None,
@@ -104,16 +107,32 @@ pub fn object_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule) -> Vec<F
     for (i, owner) in meta.owner_references.iter().flatten().enumerate() {
         let path = format!("metadata.ownerReferences[{i}]");
         if owner.api_version.is_empty() {
-            errs.push(FieldError::invalid(format!("{path}.apiVersion"), "", "version must not be empty"));
+            errs.push(FieldError::invalid(
+                format!("{path}.apiVersion"),
+                "",
+                "version must not be empty",
+            ));
         }
         if owner.kind.is_empty() {
-            errs.push(FieldError::invalid(format!("{path}.kind"), "", "kind must not be empty"));
+            errs.push(FieldError::invalid(
+                format!("{path}.kind"),
+                "",
+                "kind must not be empty",
+            ));
         }
         if owner.name.is_empty() {
-            errs.push(FieldError::invalid(format!("{path}.name"), "", "name must not be empty"));
+            errs.push(FieldError::invalid(
+                format!("{path}.name"),
+                "",
+                "name must not be empty",
+            ));
         }
         if owner.uid.is_empty() {
-            errs.push(FieldError::invalid(format!("{path}.uid"), "", "uid must not be empty"));
+            errs.push(FieldError::invalid(
+                format!("{path}.uid"),
+                "",
+                "uid must not be empty",
+            ));
         }
     }
     let controllers = meta
@@ -130,7 +149,8 @@ pub fn object_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule) -> Vec<F
         ));
     }
     for (i, f) in meta.finalizers.iter().flatten().enumerate() {
-        if !f.contains('/') && !matches!(f.as_str(), "kubernetes" | "orphan" | "foregroundDeletion") {
+        if !f.contains('/') && !matches!(f.as_str(), "kubernetes" | "orphan" | "foregroundDeletion")
+        {
             errs.push(FieldError::invalid(
                 format!("metadata.finalizers[{i}]"),
                 f,

@@ -42,9 +42,17 @@ impl Render {
                     Some(v) => v.clone(),
                     None => serde_json::from_slice(raw).unwrap_or_default(),
                 };
-                let rv = value.pointer("/metadata/resourceVersion").cloned().unwrap_or_default();
+                let rv = value
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or_default();
                 let cells = self.target.kind.row(&value);
-                let t = table(&self.target.kind.columns(), [(value, cells)], IncludeObject::Metadata, json!({"resourceVersion": rv}));
+                let t = table(
+                    &self.target.kind.columns(),
+                    [(value, cells)],
+                    IncludeObject::Metadata,
+                    json!({"resourceVersion": rv}),
+                );
                 out.extend_from_slice(&serde_json::to_vec(&t).expect("JSON serializes"));
             }
         }
@@ -66,26 +74,23 @@ impl Render {
 }
 
 fn error_event(err: &ApiError) -> Bytes {
-    let mut b = serde_json::to_vec(&json!({"type": "ERROR", "object": err.status()})).expect("JSON serializes");
+    let mut b = serde_json::to_vec(&json!({"type": "ERROR", "object": err.status()}))
+        .expect("JSON serializes");
     b.push(b'\n');
     Bytes::from(b)
 }
 
 fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {
-    let body = Body::from_stream(ReceiverStream::new(rx).map_ok());
+    let body = Body::from_stream(futures::StreamExt::map(
+        ReceiverStream::new(rx),
+        Ok::<Bytes, std::convert::Infallible>,
+    ));
     let mut resp = (StatusCode::OK, body).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
-}
-
-trait MapOk: Sized {
-    fn map_ok(self) -> futures::stream::Map<Self, fn(Bytes) -> Result<Bytes, std::convert::Infallible>>;
-}
-
-impl<S: futures::Stream<Item = Bytes>> MapOk for S {
-    fn map_ok(self) -> futures::stream::Map<Self, fn(Bytes) -> Result<Bytes, std::convert::Infallible>> {
-        futures::StreamExt::map(self, Ok)
-    }
 }
 
 impl Apiserver {
@@ -104,14 +109,21 @@ impl Apiserver {
             .filter(|s| *s > 0)
             .map_or(Duration::from_secs(1800), |s| Duration::from_secs(s as u64));
         let bookmarks = q.bookmarks();
-        let render = Render { target: t.clone(), repr };
+        let render = Render {
+            target: t.clone(),
+            repr,
+        };
         let (tx, rx) = mpsc::channel::<Bytes>(256);
 
         let rv = q.resource_version.as_deref().filter(|s| !s.is_empty());
         let send_initial = q.send_initial_events() || matches!(rv, None | Some("0"));
         let mut initial = Vec::new();
         let from = if send_initial {
-            let mut lq = Params { label_selector: q.label_selector.clone(), field_selector: q.field_selector.clone(), ..Default::default() };
+            let mut lq = Params {
+                label_selector: q.label_selector.clone(),
+                field_selector: q.field_selector.clone(),
+                ..Default::default()
+            };
             if q.send_initial_events() {
                 lq.resource_version = q.resource_version.clone();
             }
@@ -124,13 +136,20 @@ impl Apiserver {
             page.revision
         } else {
             let rv = rv.expect("checked above");
-            rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?
+            rv.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?
         };
-        let mut watch = match self.store.watch(exact_key.as_deref().unwrap_or(&prefix), from).await {
+        let mut watch = match self
+            .store
+            .watch(exact_key.as_deref().unwrap_or(&prefix), from)
+            .await
+        {
             Ok(w) => w,
             Err(wasmkube_store::Error::Compacted { compacted }) => {
-                let err = ApiError::expired(format!("too old resource version: {from} ({compacted})"));
-                tx.try_send(error_event(&err)).expect("fresh channel has room");
+                let err =
+                    ApiError::expired(format!("too old resource version: {from} ({compacted})"));
+                tx.try_send(error_event(&err))
+                    .expect("fresh channel has room");
                 return Ok(stream_response(rx));
             }
             Err(e) => return Err(e.into()),
@@ -229,7 +248,11 @@ fn convert(
     }
     let parse = |b: &[u8]| serde_json::from_slice::<Value>(b).ok();
     let new = parse(&c.value)?;
-    let old_match = c.prev.as_deref().and_then(parse).is_some_and(|p| sel.matches(&p));
+    let old_match = c
+        .prev
+        .as_deref()
+        .and_then(parse)
+        .is_some_and(|p| sel.matches(&p));
     let new_match = sel.matches(&new);
     let kind = match (c.kind, old_match, new_match) {
         (ChangeKind::Created, _, true) => "ADDED",

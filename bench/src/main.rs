@@ -59,8 +59,17 @@ impl Stats {
 
 fn stats(mut lat: Vec<Duration>, elapsed: Duration) -> Stats {
     lat.sort();
-    let pick = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
-    Stats { ops: lat.len(), elapsed, p50: pick(0.50), p99: pick(0.99) }
+    let pick = |q: f64| {
+        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Stats {
+        ops: lat.len(),
+        elapsed,
+        p50: pick(0.50),
+        p99: pick(0.99),
+    }
 }
 
 /// Runs `clients` workers, each calling `op(i)` for its share of `count` indices, bounded by
@@ -107,14 +116,22 @@ async fn bench_api(args: &Args, clients: usize, round: usize) -> Result<Stats> {
         apis.push(Api::<Pod>::default_namespaced(client));
     }
     let apis = Arc::new(apis);
-    let s = drive(clients, args.count, Duration::from_secs(args.max_seconds), move |c, i| {
-        let apis = apis.clone();
-        async move {
-            let p: Pod = serde_json::from_value(pod(&format!("bench-{round}-{i}")))?;
-            apis[c].create(&PostParams::default(), &p).await.context("create")?;
-            Ok(())
-        }
-    })
+    let s = drive(
+        clients,
+        args.count,
+        Duration::from_secs(args.max_seconds),
+        move |c, i| {
+            let apis = apis.clone();
+            async move {
+                let p: Pod = serde_json::from_value(pod(&format!("bench-{round}-{i}")))?;
+                apis[c]
+                    .create(&PostParams::default(), &p)
+                    .await
+                    .context("create")?;
+                Ok(())
+            }
+        },
+    )
     .await?;
     cluster.stop().await?;
     Ok(s)
@@ -126,20 +143,25 @@ async fn bench_store(args: &Args, clients: usize) -> Result<Stats> {
     let value = serde_json::to_string(&pod("x"))?;
     let s = {
         let store = store.clone();
-        drive(clients, args.count, Duration::from_secs(args.max_seconds), move |_, i| {
-            let store = store.clone();
-            let value = serde_json::value::RawValue::from_string(value.clone());
-            async move {
-                store
-                    .write(wasmkube_store::Command::Put {
-                        key: format!("/core/pods/default/bench-{i}"),
-                        value: value?,
-                        precondition: wasmkube_store::Precondition::Absent,
-                    })
-                    .await?;
-                Ok(())
-            }
-        })
+        drive(
+            clients,
+            args.count,
+            Duration::from_secs(args.max_seconds),
+            move |_, i| {
+                let store = store.clone();
+                let value = serde_json::value::RawValue::from_string(value.clone());
+                async move {
+                    store
+                        .write(wasmkube_store::Command::Put {
+                            key: format!("/core/pods/default/bench-{i}"),
+                            value: value?,
+                            precondition: wasmkube_store::Precondition::Absent,
+                        })
+                        .await?;
+                    Ok(())
+                }
+            },
+        )
         .await?
     };
     store.shutdown().await?;
@@ -168,14 +190,35 @@ async fn start_etcd(bin: &str) -> Result<Etcd> {
     let child = Command::new(bin)
         .arg("--data-dir")
         .arg(dir.path())
-        .args(["--name", "bench", "--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("bench={peer_url}"), "--log-level", "error"])
+        .args([
+            "--name",
+            "bench",
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("bench={peer_url}"),
+            "--log-level",
+            "error",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("start {bin}"))?;
-    let etcd = Etcd { child, endpoint: format!("127.0.0.1:{port}"), _dir: dir };
+    let etcd = Etcd {
+        child,
+        endpoint: format!("127.0.0.1:{port}"),
+        _dir: dir,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut c) = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await
@@ -198,18 +241,28 @@ async fn bench_etcd(args: &Args, clients: usize) -> Result<Option<Stats>> {
     };
     let mut conns = Vec::new();
     for _ in 0..clients {
-        conns.push(etcd_client::Client::connect([etcd.endpoint.as_str()], None).await?.kv_client());
+        conns.push(
+            etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+                .await?
+                .kv_client(),
+        );
     }
     let conns = Arc::new(conns);
     let value = serde_json::to_vec(&pod("x"))?;
-    let s = drive(clients, args.count, Duration::from_secs(args.max_seconds), move |c, i| {
-        let mut kv = conns[c].clone();
-        let value = value.clone();
-        async move {
-            kv.put(format!("/registry/pods/default/bench-{i}"), value, None).await?;
-            Ok(())
-        }
-    })
+    let s = drive(
+        clients,
+        args.count,
+        Duration::from_secs(args.max_seconds),
+        move |c, i| {
+            let mut kv = conns[c].clone();
+            let value = value.clone();
+            async move {
+                kv.put(format!("/registry/pods/default/bench-{i}"), value, None)
+                    .await?;
+                Ok(())
+            }
+        },
+    )
     .await?;
     drop(etcd);
     Ok(Some(s))
@@ -222,15 +275,24 @@ fn ms(d: Duration) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    println!("pod-sized creates ({} per level, at most {} s per level)\n", args.count, args.max_seconds);
-    println!("| clients | API creates/s | API p50 ms | API p99 ms | store writes/s | store p99 ms | etcd puts/s | etcd p99 ms | store/etcd |");
+    println!(
+        "pod-sized creates ({} per level, at most {} s per level)\n",
+        args.count, args.max_seconds
+    );
+    println!(
+        "| clients | API creates/s | API p50 ms | API p99 ms | store writes/s | store p99 ms | etcd puts/s | etcd p99 ms | store/etcd |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (round, &c) in args.clients.iter().enumerate() {
         let api = bench_api(&args, c, round).await?;
         let store = bench_store(&args, c).await?;
         let etcd = bench_etcd(&args, c).await?;
         let (erate, ep99, ratio) = match &etcd {
-            Some(e) => (format!("{:.0}", e.rate()), ms(e.p99), format!("{:.2}x", store.rate() / e.rate())),
+            Some(e) => (
+                format!("{:.0}", e.rate()),
+                ms(e.p99),
+                format!("{:.2}x", store.rate() / e.rate()),
+            ),
             None => ("n/a".into(), "n/a".into(), "n/a".into()),
         };
         println!(

@@ -13,7 +13,10 @@ pub(crate) fn encode_value(revision: u64, json: &[u8]) -> Vec<u8> {
 /// Splits a stored object into revision and JSON.
 pub(crate) fn decode_value(raw: &[u8]) -> (u64, &[u8]) {
     let (rev, json) = raw.split_at(8);
-    (u64::from_be_bytes(rev.try_into().expect("split_at(8) yields 8 bytes")), json)
+    (
+        u64::from_be_bytes(rev.try_into().expect("split_at(8) yields 8 bytes")),
+        json,
+    )
 }
 
 /// The kind of change one revision made to one key.
@@ -112,7 +115,10 @@ mod tests {
                 prev: Some(Bytes::from_static(b"{}")),
             },
         ] {
-            assert_eq!(Change::decode(change.revision, &change.encode()), Some(change));
+            assert_eq!(
+                Change::decode(change.revision, &change.encode()),
+                Some(change)
+            );
         }
     }
 

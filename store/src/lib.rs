@@ -200,8 +200,7 @@ impl Store {
     /// # Errors
     /// [`Error::Db`] when the file cannot be opened (for example, another process holds it).
     pub async fn open(config: Config) -> Result<Store, Error> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| Error::Db(redb::Error::Io(e)))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Db(redb::Error::Io(e)))?;
         let path = config.data_dir.join("store.redb");
         let db = tokio::task::spawn_blocking(move || Database::create(path))
             .await
@@ -336,7 +335,10 @@ impl Store {
                         compacted: pos.compacted,
                     });
                 }
-                Ok((read::history(txn, &p, after, pos.revision)?, pos.revision.max(after)))
+                Ok((
+                    read::history(txn, &p, after, pos.revision)?,
+                    pos.revision.max(after),
+                ))
             })
             .await?;
         Ok(Watch::new(prefix, history, seen, live))

@@ -81,7 +81,8 @@ fn writer(db: Arc<Database>, shared: std::sync::Weak<Shared>, jobs: mpsc::Receiv
                     if result.is_ok()
                         && let Some(shared) = shared.upgrade()
                     {
-                        let mut pending = shared.pending.lock().expect("pending lock is not poisoned");
+                        let mut pending =
+                            shared.pending.lock().expect("pending lock is not poisoned");
                         for (rows, _) in &group {
                             for (id, _) in rows {
                                 if pending.get(&id.index).is_some_and(|e| e.log_id == *id) {
@@ -320,10 +321,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let rows = entries
             .iter()
-            .map(|e| (e.log_id, serde_json::to_vec(e).expect("log entries serialize")))
+            .map(|e| {
+                (
+                    e.log_id,
+                    serde_json::to_vec(e).expect("log entries serialize"),
+                )
+            })
             .collect();
         {
-            let mut pending = self.shared.pending.lock().expect("pending lock is not poisoned");
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .expect("pending lock is not poisoned");
             for e in entries {
                 pending.insert(e.log_id.index, e);
             }
@@ -342,8 +352,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .retain(|&i, _| i < log_id.index);
         self.in_order(Box::new(move |db| {
             let txn = db.begin_write()?;
-            txn.open_table(LOG)?
-                .retain_in::<u64, _>((Bound::Included(log_id.index), Bound::Unbounded), |_, _| false)?;
+            txn.open_table(LOG)?.retain_in::<u64, _>(
+                (Bound::Included(log_id.index), Bound::Unbounded),
+                |_, _| false,
+            )?;
             txn.commit()?;
             Ok(())
         }))
@@ -362,8 +374,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let txn = db.begin_write()?;
             txn.open_table(RAFT_META)?
                 .insert("last_purged", raw.as_slice())?;
-            txn.open_table(LOG)?
-                .retain_in::<u64, _>((Bound::Unbounded, Bound::Included(log_id.index)), |_, _| false)?;
+            txn.open_table(LOG)?.retain_in::<u64, _>(
+                (Bound::Unbounded, Bound::Included(log_id.index)),
+                |_, _| false,
+            )?;
             txn.commit()?;
             Ok(())
         }))

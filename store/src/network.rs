@@ -2,15 +2,13 @@
 //! a multi-member transport (HTTP between apiservers) is a later issue. Until then every RPC
 //! reports the peer as unreachable, which openraft treats as a retryable network failure.
 
-use openraft::error::{
-    InstallSnapshotError, RPCError, RaftError, Unreachable,
-};
+use openraft::BasicNode;
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
-    InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 
 use crate::command::{NodeId, TypeConfig};
 

@@ -89,7 +89,9 @@ pub(crate) fn read_applied(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<(Option<LogId<NodeId>>, Membership), redb::Error> {
     let last_applied = match table.get("last_applied")? {
-        Some(raw) => serde_json::from_slice(raw.value()).map_err(|e| corrupted("last_applied", e))?,
+        Some(raw) => {
+            serde_json::from_slice(raw.value()).map_err(|e| corrupted("last_applied", e))?
+        }
         None => None,
     };
     let membership = match table.get("membership")? {
@@ -188,8 +190,7 @@ fn execute(
                     current: current.map(|c| c.0),
                 });
             };
-            t.kv
-                .insert(key.as_str(), encode_value(revision, &json).as_slice())?;
+            t.kv.insert(key.as_str(), encode_value(revision, &json).as_slice())?;
             let value = Bytes::from(json);
             let change = Change {
                 revision,
@@ -251,10 +252,15 @@ fn execute(
     }
 }
 
-fn apply_batch(
-    db: &Database,
-    entries: Vec<Entry<TypeConfig>>,
-) -> Result<(Vec<Vec<Outcome>>, Vec<Change>, u64), redb::Error> {
+/// What one apply transaction produced: outcomes per entry, the changes for the feed, and the
+/// revision counter after it.
+struct Applied {
+    outcomes: Vec<Vec<Outcome>>,
+    changes: Vec<Change>,
+    revision: u64,
+}
+
+fn apply_batch(db: &Database, entries: Vec<Entry<TypeConfig>>) -> Result<Applied, redb::Error> {
     let mut txn = db.begin_write()?;
     // Durability comes from the raft log: after a crash the log replays whatever this
     // commit lost, and the next durable log append persists it anyway.
@@ -288,7 +294,8 @@ fn apply_batch(
                 }
             });
         }
-        t.meta.insert("revision", counter.to_be_bytes().as_slice())?;
+        t.meta
+            .insert("revision", counter.to_be_bytes().as_slice())?;
         t.meta.insert(
             "last_applied",
             serde_json::to_vec(&last_applied)
@@ -303,7 +310,11 @@ fn apply_batch(
         )?;
     }
     txn.commit()?;
-    Ok((outcomes, changes, counter))
+    Ok(Applied {
+        outcomes,
+        changes,
+        revision: counter,
+    })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -330,7 +341,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        let (outcomes, changes, revision) = self
+        let Applied {
+            outcomes,
+            changes,
+            revision,
+        } = self
             .blocking(move |db| apply_batch(db, entries))
             .await
             .map_err(sm_write_err)?;
@@ -370,13 +385,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             {
                 let mut kv = txn.open_table(KV)?;
                 for (key, rev, json) in &body.objects {
-                    kv.insert(key.as_str(), encode_value(*rev, json.get().as_bytes()).as_slice())?;
+                    kv.insert(
+                        key.as_str(),
+                        encode_value(*rev, json.get().as_bytes()).as_slice(),
+                    )?;
                 }
                 let mut sm = txn.open_table(SM_META)?;
                 let last = meta_owned.last_log_id;
                 sm.insert(
                     "last_applied",
-                    serde_json::to_vec(&last).expect("log ids serialize").as_slice(),
+                    serde_json::to_vec(&last)
+                        .expect("log ids serialize")
+                        .as_slice(),
                 )?;
                 sm.insert(
                     "membership",
@@ -386,7 +406,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 )?;
                 // History before the snapshot is gone: watches from older revisions must relist.
                 sm.insert("revision", body.revision.to_be_bytes().as_slice())?;
-                sm.insert("compacted", body.revision.max(body.compacted).to_be_bytes().as_slice())?;
+                sm.insert(
+                    "compacted",
+                    body.revision.max(body.compacted).to_be_bytes().as_slice(),
+                )?;
             }
             txn.commit()?;
             Ok(())
@@ -423,12 +446,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 let txn = db.begin_write()?;
                 txn.commit()?;
                 let txn = db.begin_read()?;
-                let (last_applied, membership, revision, compacted) = match txn.open_table(SM_META) {
+                let (last_applied, membership, revision, compacted) = match txn.open_table(SM_META)
+                {
                     Ok(t) => {
                         let (a, m) = read_applied(&t)?;
                         (a, m, read_revision(&t)?, read_compacted(&t)?)
                     }
-                    Err(redb::TableError::TableDoesNotExist(_)) => (None, Membership::default(), 0, 0),
+                    Err(redb::TableError::TableDoesNotExist(_)) => {
+                        (None, Membership::default(), 0, 0)
+                    }
                     Err(e) => return Err(e.into()),
                 };
                 let mut objects = Vec::new();
@@ -442,15 +468,20 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                             objects.push((
                                 key.value().to_string(),
                                 rev,
-                                RawValue::from_string(json).map_err(|e| corrupted(key.value(), e))?,
+                                RawValue::from_string(json)
+                                    .map_err(|e| corrupted(key.value(), e))?,
                             ));
                         }
                     }
                     Err(redb::TableError::TableDoesNotExist(_)) => {}
                     Err(e) => return Err(e.into()),
                 }
-                let data = serde_json::to_vec(&SnapshotBody { revision, compacted, objects })
-                    .expect("snapshot body serializes");
+                let data = serde_json::to_vec(&SnapshotBody {
+                    revision,
+                    compacted,
+                    objects,
+                })
+                .expect("snapshot body serializes");
                 Ok((last_applied, membership, data))
             })
             .await

@@ -58,7 +58,9 @@ impl Watch {
         }
         loop {
             match self.live.recv().await {
-                Ok(change) if change.revision > self.seen && change.key.starts_with(&self.prefix) => {
+                Ok(change)
+                    if change.revision > self.seen && change.key.starts_with(&self.prefix) =>
+                {
                     return Ok(change);
                 }
                 Ok(_) => continue,
@@ -75,13 +77,19 @@ impl Watch {
         }
         loop {
             match self.live.try_recv() {
-                Ok(change) if change.revision > self.seen && change.key.starts_with(&self.prefix) => {
+                Ok(change)
+                    if change.revision > self.seen && change.key.starts_with(&self.prefix) =>
+                {
                     return Some(Ok(change));
                 }
                 Ok(_) => continue,
                 Err(broadcast::error::TryRecvError::Empty) => return None,
-                Err(broadcast::error::TryRecvError::Lagged(_)) => return Some(Err(WatchError::Lagged)),
-                Err(broadcast::error::TryRecvError::Closed) => return Some(Err(WatchError::Closed)),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    return Some(Err(WatchError::Lagged));
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    return Some(Err(WatchError::Closed));
+                }
             }
         }
     }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{apps, batch, coordination, core, discovery};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -25,7 +27,14 @@ fn api_code(e: &kube::Error) -> Option<u16> {
 
 async fn round_trip<K>(api: Api<K>, fixture: Value, deleted_at_once: bool) -> Result<()>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let kind = K::kind(&()).to_string();
     tracing::info!("--- {kind}: create");
@@ -33,50 +42,110 @@ where
     let name = obj.name_any();
     let created = api.create(&PostParams::default(), &obj).await?;
     ensure!(created.meta().uid.is_some(), "{kind}: uid set");
-    ensure!(created.meta().creation_timestamp.is_some(), "{kind}: creationTimestamp set");
+    ensure!(
+        created.meta().creation_timestamp.is_some(),
+        "{kind}: creationTimestamp set"
+    );
     let rv0: u64 = created.resource_version().unwrap_or_default().parse()?;
     ensure!(rv0 > 0, "{kind}: resourceVersion set");
 
     let mut events = api
-        .watch(&WatchParams::default().fields(&format!("metadata.name={name}")), &rv0.to_string())
+        .watch(
+            &WatchParams::default().fields(&format!("metadata.name={name}")),
+            &rv0.to_string(),
+        )
         .await?
         .boxed();
 
     tracing::info!("--- {kind}: get and list");
     let got = api.get(&name).await?;
-    ensure!(got.meta().uid == created.meta().uid, "{kind}: get returns the created object");
+    ensure!(
+        got.meta().uid == created.meta().uid,
+        "{kind}: get returns the created object"
+    );
     let list = api.list(&ListParams::default()).await?;
-    ensure!(list.items.iter().any(|o| o.name_any() == name), "{kind}: list contains it");
-    ensure!(list.metadata.resource_version.as_deref().unwrap_or_default().parse::<u64>()? >= rv0);
+    ensure!(
+        list.items.iter().any(|o| o.name_any() == name),
+        "{kind}: list contains it"
+    );
+    ensure!(
+        list.metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default()
+            .parse::<u64>()?
+            >= rv0
+    );
 
     tracing::info!("--- {kind}: replace, then a stale replace");
     let mut upd = got.clone();
-    upd.meta_mut().labels.get_or_insert_with(Default::default).insert("step".into(), "replace".into());
+    upd.meta_mut()
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("step".into(), "replace".into());
     let replaced = api.replace(&name, &PostParams::default(), &upd).await?;
-    ensure!(replaced.resource_version().unwrap_or_default().parse::<u64>()? > rv0, "{kind}: rv grows");
-    let stale = api.replace(&name, &PostParams::default(), &upd).await.expect_err("stale update");
-    ensure!(api_code(&stale) == Some(409), "{kind}: stale update is 409, got {stale:?}");
+    ensure!(
+        replaced
+            .resource_version()
+            .unwrap_or_default()
+            .parse::<u64>()?
+            > rv0,
+        "{kind}: rv grows"
+    );
+    let stale = api
+        .replace(&name, &PostParams::default(), &upd)
+        .await
+        .expect_err("stale update");
+    ensure!(
+        api_code(&stale) == Some(409),
+        "{kind}: stale update is 409, got {stale:?}"
+    );
 
     tracing::info!("--- {kind}: merge, JSON and strategic patches");
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"merge": "yes"}}}))).await?;
-    let jp: json_patch::Patch = serde_json::from_value(json!([{"op": "add", "path": "/metadata/annotations", "value": {"json": "yes"}}]))?;
-    api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(jp)).await?;
-    api.patch(&name, &PatchParams::default(), &Patch::Strategic(json!({"metadata": {"labels": {"strategic": "yes"}}}))).await?;
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"merge": "yes"}}})),
+    )
+    .await?;
+    let jp: json_patch::Patch = serde_json::from_value(
+        json!([{"op": "add", "path": "/metadata/annotations", "value": {"json": "yes"}}]),
+    )?;
+    api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(jp))
+        .await?;
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"metadata": {"labels": {"strategic": "yes"}}})),
+    )
+    .await?;
     let got = api.get(&name).await?;
     let labels = got.labels();
     for (k, v) in [("step", "replace"), ("merge", "yes"), ("strategic", "yes")] {
-        ensure!(labels.get(k).map(String::as_str) == Some(v), "{kind}: label {k} after patches: {labels:?}");
+        ensure!(
+            labels.get(k).map(String::as_str) == Some(v),
+            "{kind}: label {k} after patches: {labels:?}"
+        );
     }
-    ensure!(got.annotations().get("json").map(String::as_str) == Some("yes"), "{kind}: JSON patch applied");
+    ensure!(
+        got.annotations().get("json").map(String::as_str) == Some("yes"),
+        "{kind}: JSON patch applied"
+    );
 
     tracing::info!("--- {kind}: delete");
     api.delete(&name, &DeleteParams::default()).await?;
     if deleted_at_once {
         let gone = api.get(&name).await.expect_err("deleted");
-        ensure!(api_code(&gone) == Some(404), "{kind}: get after delete is 404");
+        ensure!(
+            api_code(&gone) == Some(404),
+            "{kind}: get after delete is 404"
+        );
     } else {
         let still = api.get(&name).await?;
-        ensure!(still.meta().deletion_timestamp.is_some(), "{kind}: deletion is pending");
+        ensure!(
+            still.meta().deletion_timestamp.is_some(),
+            "{kind}: deletion is pending"
+        );
     }
 
     tracing::info!("--- {kind}: the watch saw every step");
@@ -107,23 +176,130 @@ async fn every_kind_should_round_trip_through_kube_rs() -> Result<()> {
     let c = cluster.client.clone();
     for (kind, _, obj) in fixtures::all("rt") {
         match kind {
-            "Namespace" => round_trip(Api::<core::v1::Namespace>::all(c.clone()), obj, false).await?,
+            "Namespace" => {
+                round_trip(Api::<core::v1::Namespace>::all(c.clone()), obj, false).await?
+            }
             "Node" => round_trip(Api::<core::v1::Node>::all(c.clone()), obj, true).await?,
-            "Pod" => round_trip(Api::<core::v1::Pod>::default_namespaced(c.clone()), obj, true).await?,
-            "Service" => round_trip(Api::<core::v1::Service>::default_namespaced(c.clone()), obj, true).await?,
-            "Endpoints" => round_trip(Api::<core::v1::Endpoints>::default_namespaced(c.clone()), obj, true).await?,
-            "ConfigMap" => round_trip(Api::<core::v1::ConfigMap>::default_namespaced(c.clone()), obj, true).await?,
-            "Secret" => round_trip(Api::<core::v1::Secret>::default_namespaced(c.clone()), obj, true).await?,
-            "Event" => round_trip(Api::<core::v1::Event>::default_namespaced(c.clone()), obj, true).await?,
-            "ServiceAccount" => round_trip(Api::<core::v1::ServiceAccount>::default_namespaced(c.clone()), obj, true).await?,
-            "Deployment" => round_trip(Api::<apps::v1::Deployment>::default_namespaced(c.clone()), obj, true).await?,
-            "ReplicaSet" => round_trip(Api::<apps::v1::ReplicaSet>::default_namespaced(c.clone()), obj, true).await?,
-            "DaemonSet" => round_trip(Api::<apps::v1::DaemonSet>::default_namespaced(c.clone()), obj, true).await?,
-            "StatefulSet" => round_trip(Api::<apps::v1::StatefulSet>::default_namespaced(c.clone()), obj, true).await?,
-            "Job" => round_trip(Api::<batch::v1::Job>::default_namespaced(c.clone()), obj, true).await?,
-            "CronJob" => round_trip(Api::<batch::v1::CronJob>::default_namespaced(c.clone()), obj, true).await?,
-            "Lease" => round_trip(Api::<coordination::v1::Lease>::default_namespaced(c.clone()), obj, true).await?,
-            "EndpointSlice" => round_trip(Api::<discovery::v1::EndpointSlice>::default_namespaced(c.clone()), obj, true).await?,
+            "Pod" => {
+                round_trip(
+                    Api::<core::v1::Pod>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
+            "Service" => {
+                round_trip(
+                    Api::<core::v1::Service>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
+            "Endpoints" => {
+                round_trip(
+                    Api::<core::v1::Endpoints>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
+            "ConfigMap" => {
+                round_trip(
+                    Api::<core::v1::ConfigMap>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
+            "Secret" => {
+                round_trip(
+                    Api::<core::v1::Secret>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
+            "Event" => {
+                round_trip(
+                    Api::<core::v1::Event>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
+            "ServiceAccount" => {
+                round_trip(
+                    Api::<core::v1::ServiceAccount>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
+            "Deployment" => {
+                round_trip(
+                    Api::<apps::v1::Deployment>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
+            "ReplicaSet" => {
+                round_trip(
+                    Api::<apps::v1::ReplicaSet>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
+            "DaemonSet" => {
+                round_trip(
+                    Api::<apps::v1::DaemonSet>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
+            "StatefulSet" => {
+                round_trip(
+                    Api::<apps::v1::StatefulSet>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
+            "Job" => {
+                round_trip(
+                    Api::<batch::v1::Job>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
+            "CronJob" => {
+                round_trip(
+                    Api::<batch::v1::CronJob>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
+            "Lease" => {
+                round_trip(
+                    Api::<coordination::v1::Lease>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
+            "EndpointSlice" => {
+                round_trip(
+                    Api::<discovery::v1::EndpointSlice>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
             other => anyhow::bail!("no round trip for {other}"),
         }
     }
@@ -134,7 +310,13 @@ async fn every_kind_should_round_trip_through_kube_rs() -> Result<()> {
 async fn defaults_and_generation_should_follow_kubernetes() -> Result<()> {
     let cluster = Cluster::start().await?;
     let deploys: Api<apps::v1::Deployment> = Api::default_namespaced(cluster.client.clone());
-    let d: apps::v1::Deployment = serde_json::from_value(fixtures::all("gen").into_iter().find(|f| f.0 == "Deployment").expect("fixture").2)?;
+    let d: apps::v1::Deployment = serde_json::from_value(
+        fixtures::all("gen")
+            .into_iter()
+            .find(|f| f.0 == "Deployment")
+            .expect("fixture")
+            .2,
+    )?;
     let d = deploys.create(&PostParams::default(), &d).await?;
     let spec = d.spec.clone().expect("spec");
     ensure!(spec.replicas == Some(1));
@@ -145,23 +327,59 @@ async fn defaults_and_generation_should_follow_kubernetes() -> Result<()> {
     ensure!(pod_spec.termination_grace_period_seconds == Some(30));
     ensure!(d.metadata.generation == Some(1));
 
-    let labelled = deploys.patch("gen", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}}))).await?;
-    ensure!(labelled.metadata.generation == Some(1), "a metadata change keeps the generation");
-    let scaled = deploys.patch("gen", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}}))).await?;
-    ensure!(scaled.metadata.generation == Some(2), "a spec change bumps the generation");
-    let status = deploys
-        .patch_status("gen", &PatchParams::default(), &Patch::Merge(json!({"status": {"replicas": 3, "observedGeneration": 2}})))
+    let labelled = deploys
+        .patch(
+            "gen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
         .await?;
-    ensure!(status.metadata.generation == Some(2), "a status change keeps the generation");
+    ensure!(
+        labelled.metadata.generation == Some(1),
+        "a metadata change keeps the generation"
+    );
+    let scaled = deploys
+        .patch(
+            "gen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await?;
+    ensure!(
+        scaled.metadata.generation == Some(2),
+        "a spec change bumps the generation"
+    );
+    let status = deploys
+        .patch_status(
+            "gen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"replicas": 3, "observedGeneration": 2}})),
+        )
+        .await?;
+    ensure!(
+        status.metadata.generation == Some(2),
+        "a status change keeps the generation"
+    );
 
     let pods: Api<core::v1::Pod> = Api::default_namespaced(cluster.client.clone());
-    let p = pods.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"generateName": "web-"},
-        "spec": {"containers": [{"name": "c", "image": "x:latest"}]}}))?).await?;
+    let p = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"generateName": "web-"},
+        "spec": {"containers": [{"name": "c", "image": "x:latest"}]}}))?,
+        )
+        .await?;
     let name = p.name_any();
-    ensure!(name.starts_with("web-") && name.len() == 9, "generateName gives web-xxxxx, got {name}");
+    ensure!(
+        name.starts_with("web-") && name.len() == 9,
+        "generateName gives web-xxxxx, got {name}"
+    );
     ensure!(p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending"));
     let c = &p.spec.as_ref().expect("spec").containers[0];
-    ensure!(c.image_pull_policy.as_deref() == Some("Always"), ":latest pulls always");
+    ensure!(
+        c.image_pull_policy.as_deref() == Some("Always"),
+        ":latest pulls always"
+    );
     cluster.stop().await
 }
 
@@ -169,22 +387,49 @@ async fn defaults_and_generation_should_follow_kubernetes() -> Result<()> {
 async fn finalizers_should_delay_deletion_until_removed() -> Result<()> {
     let cluster = Cluster::start().await?;
     let cms: Api<core::v1::ConfigMap> = Api::default_namespaced(cluster.client.clone());
-    cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}))?).await?;
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}),
+        )?,
+    )
+    .await?;
     let resp = cms.delete("held", &DeleteParams::default()).await?;
     ensure!(resp.is_left(), "a held object is returned, not a Status");
     let held = cms.get("held").await?;
-    ensure!(held.metadata.deletion_timestamp.is_some(), "deletionTimestamp set");
+    ensure!(
+        held.metadata.deletion_timestamp.is_some(),
+        "deletionTimestamp set"
+    );
     let add = cms
-        .patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": ["example.com/hold", "example.com/new"]}})))
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"finalizers": ["example.com/hold", "example.com/new"]}}),
+            ),
+        )
         .await
         .expect_err("no new finalizers during deletion");
     ensure!(api_code(&add) == Some(422));
-    cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await?;
-    let gone = cms.get("held").await.expect_err("gone after the last finalizer");
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await?;
+    let gone = cms
+        .get("held")
+        .await
+        .expect_err("gone after the last finalizer");
     ensure!(api_code(&gone) == Some(404));
 
     tracing::info!("--- foreground deletion holds the owner with foregroundDeletion");
-    cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "fg"}}))?).await?;
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "fg"}}))?,
+    )
+    .await?;
     cms.delete("fg", &DeleteParams::foreground()).await?;
     let fg = cms.get("fg").await?;
     ensure!(fg.metadata.finalizers == Some(vec!["foregroundDeletion".to_string()]));

@@ -8,7 +8,10 @@ use serde_json::{Value, json};
 use wasmkube_tests::{Cluster, raw};
 
 fn status_of(v: &Value) -> (&str, &str) {
-    (v["kind"].as_str().unwrap_or_default(), v["reason"].as_str().unwrap_or_default())
+    (
+        v["kind"].as_str().unwrap_or_default(),
+        v["reason"].as_str().unwrap_or_default(),
+    )
 }
 
 #[tokio::test]
@@ -16,21 +19,58 @@ async fn invalid_objects_should_get_422_listing_each_field() -> Result<()> {
     let cluster = Cluster::start().await?;
     let body = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "Bad_Name"},
         "spec": {"restartPolicy": "Sometimes", "containers": [{"name": "a", "image": ""}, {"name": "a", "image": "x"}]}});
-    let (code, st) = raw(&cluster.client, "POST", "/api/v1/namespaces/default/pods", "application/json", "application/json", body.to_string().as_bytes()).await?;
+    let (code, st) = raw(
+        &cluster.client,
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        "application/json",
+        "application/json",
+        body.to_string().as_bytes(),
+    )
+    .await?;
     ensure!(code == 422, "got {code}: {st}");
     ensure!(status_of(&st) == ("Status", "Invalid"));
-    let fields: Vec<&str> = st["details"]["causes"].as_array().expect("causes").iter().map(|c| c["field"].as_str().unwrap_or_default()).collect();
-    for f in ["metadata.name", "spec.restartPolicy", "spec.containers[0].image", "spec.containers[1].name"] {
+    let fields: Vec<&str> = st["details"]["causes"]
+        .as_array()
+        .expect("causes")
+        .iter()
+        .map(|c| c["field"].as_str().unwrap_or_default())
+        .collect();
+    for f in [
+        "metadata.name",
+        "spec.restartPolicy",
+        "spec.containers[0].image",
+        "spec.containers[1].name",
+    ] {
         ensure!(fields.contains(&f), "cause for {f} in {fields:?}");
     }
-    ensure!(st["message"].as_str().unwrap_or_default().starts_with("Pod \"Bad_Name\" is invalid: ["));
+    ensure!(
+        st["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Pod \"Bad_Name\" is invalid: [")
+    );
     let pods: Api<core::v1::Pod> = Api::default_namespaced(cluster.client.clone());
-    ensure!(pods.list(&Default::default()).await?.items.is_empty(), "nothing was stored");
+    ensure!(
+        pods.list(&Default::default()).await?.items.is_empty(),
+        "nothing was stored"
+    );
 
     let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
         "spec": {"selector": {"matchLabels": {"app": "a"}}, "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
-    let (code, st) = raw(&cluster.client, "POST", "/apis/apps/v1/namespaces/default/deployments", "application/json", "application/json", deploy.to_string().as_bytes()).await?;
-    ensure!(code == 422 && st["details"]["causes"][0]["field"] == "spec.template.metadata.labels", "selector mismatch: {st}");
+    let (code, st) = raw(
+        &cluster.client,
+        "POST",
+        "/apis/apps/v1/namespaces/default/deployments",
+        "application/json",
+        "application/json",
+        deploy.to_string().as_bytes(),
+    )
+    .await?;
+    ensure!(
+        code == 422 && st["details"]["causes"][0]["field"] == "spec.template.metadata.labels",
+        "selector mismatch: {st}"
+    );
     cluster.stop().await
 }
 
@@ -38,45 +78,178 @@ async fn invalid_objects_should_get_422_listing_each_field() -> Result<()> {
 async fn malformed_requests_should_get_4xx_status() -> Result<()> {
     let cluster = Cluster::start().await?;
     let c = &cluster.client;
-    let cases: Vec<(&str, &str, &str, &[u8], u16, &str)> = vec![
-        ("POST", "/api/v1/namespaces/default/configmaps", "application/json", b"{not json", 400, "BadRequest"),
-        ("POST", "/api/v1/namespaces/default/configmaps", "application/json", b"[1,2]", 400, "BadRequest"),
-        ("POST", "/api/v1/namespaces/default/configmaps", "application/json", br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"data":"notamap"}"#, 400, "BadRequest"),
-        ("POST", "/api/v1/namespaces/default/configmaps", "application/json", br#"{"apiVersion":"apps/v1","kind":"ConfigMap","metadata":{"name":"x"}}"#, 400, "BadRequest"),
-        ("POST", "/api/v1/namespaces/default/configmaps?fieldValidation=Strict", "application/json", br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"bogus":1}"#, 400, "BadRequest"),
-        ("POST", "/api/v1/namespaces/default/configmaps", "application/vnd.kubernetes.protobuf", b"\x00", 415, "UnsupportedMediaType"),
-        ("POST", "/api/v1/namespaces/nope/configmaps", "application/json", br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}"#, 404, "NotFound"),
-        ("GET", "/api/v1/namespaces/default/pods?labelSelector=a%20b%20c", "application/json", b"", 400, "BadRequest"),
-        ("GET", "/api/v1/namespaces/default/pods?fieldSelector=spec.bogus%3D1", "application/json", b"", 400, "BadRequest"),
-        ("GET", "/api/v1/namespaces/default/pods?limit=abc", "application/json", b"", 400, "BadRequest"),
-        ("GET", "/api/v1/namespaces/default/pods?continue=garbage", "application/json", b"", 400, "BadRequest"),
-        ("GET", "/api/v1/namespaces/default/widgets", "application/json", b"", 404, "NotFound"),
-        ("GET", "/api/v1/namespaces/default/pods/nope", "application/json", b"", 404, "NotFound"),
-        ("POST", "/api/v1/namespaces/default/pods?dryRun=Sometimes", "application/json", br#"{}"#, 400, "BadRequest"),
+    /// method, path, content type, body, expected code, expected reason
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a [u8], u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            b"{not json",
+            400,
+            "BadRequest",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            b"[1,2]",
+            400,
+            "BadRequest",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"data":"notamap"}"#,
+            400,
+            "BadRequest",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            br#"{"apiVersion":"apps/v1","kind":"ConfigMap","metadata":{"name":"x"}}"#,
+            400,
+            "BadRequest",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+            "application/json",
+            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"bogus":1}"#,
+            400,
+            "BadRequest",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/vnd.kubernetes.protobuf",
+            b"\x00",
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/nope/configmaps",
+            "application/json",
+            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}"#,
+            404,
+            "NotFound",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/pods?labelSelector=a%20b%20c",
+            "application/json",
+            b"",
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/pods?fieldSelector=spec.bogus%3D1",
+            "application/json",
+            b"",
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/pods?limit=abc",
+            "application/json",
+            b"",
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/pods?continue=garbage",
+            "application/json",
+            b"",
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/widgets",
+            "application/json",
+            b"",
+            404,
+            "NotFound",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/pods/nope",
+            "application/json",
+            b"",
+            404,
+            "NotFound",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/pods?dryRun=Sometimes",
+            "application/json",
+            br#"{}"#,
+            400,
+            "BadRequest",
+        ),
     ];
     for (method, path, ct, body, want, reason) in cases {
         let (code, st) = raw(c, method, path, ct, "application/json", body).await?;
-        ensure!(code == want, "{method} {path}: got {code}, want {want}: {st}");
-        ensure!(status_of(&st) == ("Status", reason), "{method} {path}: {st}");
+        ensure!(
+            code == want,
+            "{method} {path}: got {code}, want {want}: {st}"
+        );
+        ensure!(
+            status_of(&st) == ("Status", reason),
+            "{method} {path}: {st}"
+        );
     }
 
     tracing::info!("--- patches that do not apply");
     let cms: Api<core::v1::ConfigMap> = Api::default_namespaced(c.clone());
-    cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "p"}, "data": {"a": "1"}}))?).await?;
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "p"}, "data": {"a": "1"}}))?,
+    )
+    .await?;
     let path = "/api/v1/namespaces/default/configmaps/p";
     for (ct, body, want) in [
         ("application/merge-patch+json", &b"{bad"[..], 400),
-        ("application/json-patch+json", br#"[{"op":"remove","path":"/nothere"}]"#, 400),
-        ("application/json-patch+json", br#"[{"op":"test","path":"/data/a","value":"2"}]"#, 422),
-        ("application/strategic-merge-patch+json", br#"{"data":{"a":{"$patch":"explode"}}}"#, 400),
-        ("application/merge-patch+json", br#"{"metadata":{"resourceVersion":"1"}}"#, 409),
+        (
+            "application/json-patch+json",
+            br#"[{"op":"remove","path":"/nothere"}]"#,
+            400,
+        ),
+        (
+            "application/json-patch+json",
+            br#"[{"op":"test","path":"/data/a","value":"2"}]"#,
+            422,
+        ),
+        (
+            "application/strategic-merge-patch+json",
+            br#"{"data":{"a":{"$patch":"explode"}}}"#,
+            400,
+        ),
+        (
+            "application/merge-patch+json",
+            br#"{"metadata":{"resourceVersion":"1"}}"#,
+            409,
+        ),
         ("text/plain", b"x", 415),
     ] {
         let (code, st) = raw(c, "PATCH", path, ct, "application/json", body).await?;
-        ensure!(code == want, "{ct} {}: got {code}: {st}", String::from_utf8_lossy(body));
+        ensure!(
+            code == want,
+            "{ct} {}: got {code}: {st}",
+            String::from_utf8_lossy(body)
+        );
         ensure!(st["kind"] == "Status");
     }
-    ensure!(cms.get("p").await?.data.expect("data")["a"] == "1", "failed patches changed nothing");
+    ensure!(
+        cms.get("p").await?.data.expect("data")["a"] == "1",
+        "failed patches changed nothing"
+    );
 
     tracing::info!("--- no token, wrong token");
     let http = reqwest_like_unauthenticated(&cluster).await?;
@@ -90,7 +263,15 @@ async fn reqwest_like_unauthenticated(cluster: &Cluster) -> Result<u16> {
     let path = cluster.dir.path().join("bad-kubeconfig");
     std::fs::write(&path, text)?;
     let client = wasmkube_tests::client_for(&path).await?;
-    let (code, st) = raw(&client, "GET", "/api/v1/namespaces", "application/json", "application/json", b"").await?;
+    let (code, st) = raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces",
+        "application/json",
+        "application/json",
+        b"",
+    )
+    .await?;
     anyhow::ensure!(st["reason"] == "Unauthorized");
     Ok(code)
 }
@@ -99,34 +280,85 @@ async fn reqwest_like_unauthenticated(cluster: &Cluster) -> Result<u16> {
 async fn immutable_fields_and_dry_run_should_be_honoured() -> Result<()> {
     let cluster = Cluster::start().await?;
     let deploys: Api<apps::v1::Deployment> = Api::default_namespaced(cluster.client.clone());
-    let d: apps::v1::Deployment = serde_json::from_value(crate::fixtures::all("imm").into_iter().find(|f| f.0 == "Deployment").expect("fixture").2)?;
+    let d: apps::v1::Deployment = serde_json::from_value(
+        crate::fixtures::all("imm")
+            .into_iter()
+            .find(|f| f.0 == "Deployment")
+            .expect("fixture")
+            .2,
+    )?;
     deploys.create(&PostParams::default(), &d).await?;
     let err = deploys
         .patch("imm", &PatchParams::default(), &Patch::Merge(json!({"spec": {"selector": {"matchLabels": {"app": "other"}}, "template": {"metadata": {"labels": {"app": "other"}}}}})))
         .await
         .expect_err("selector is immutable");
     match err {
-        kube::Error::Api(s) => ensure!(s.code == 422 && s.message.contains("spec.selector"), "{s:?}"),
+        kube::Error::Api(s) => ensure!(
+            s.code == 422 && s.message.contains("spec.selector"),
+            "{s:?}"
+        ),
         other => anyhow::bail!("unexpected {other:?}"),
     }
 
     let cms: Api<core::v1::ConfigMap> = Api::default_namespaced(cluster.client.clone());
-    let dry = PostParams { dry_run: true, ..Default::default() };
-    let out = cms.create(&dry, &serde_json::from_value(json!({"metadata": {"name": "dry"}}))?).await?;
-    ensure!(out.metadata.uid.is_some(), "dry run returns the would-be object");
-    ensure!(cms.get_opt("dry").await?.is_none(), "dry run stores nothing");
-    cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "dry"}, "data": {"a": "1"}}))?).await?;
-    let pp = PatchParams { dry_run: true, ..Default::default() };
-    let patched = cms.patch("dry", &pp, &Patch::Merge(json!({"data": {"a": "2"}}))).await?;
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let out = cms
+        .create(
+            &dry,
+            &serde_json::from_value(json!({"metadata": {"name": "dry"}}))?,
+        )
+        .await?;
+    ensure!(
+        out.metadata.uid.is_some(),
+        "dry run returns the would-be object"
+    );
+    ensure!(
+        cms.get_opt("dry").await?.is_none(),
+        "dry run stores nothing"
+    );
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "dry"}, "data": {"a": "1"}}))?,
+    )
+    .await?;
+    let pp = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let patched = cms
+        .patch("dry", &pp, &Patch::Merge(json!({"data": {"a": "2"}})))
+        .await?;
     ensure!(patched.data.as_ref().expect("data")["a"] == "2");
-    ensure!(cms.get("dry").await?.data.expect("data")["a"] == "1", "dry-run patch stores nothing");
-    let dp = kube::api::DeleteParams { dry_run: true, ..Default::default() };
+    ensure!(
+        cms.get("dry").await?.data.expect("data")["a"] == "1",
+        "dry-run patch stores nothing"
+    );
+    let dp = kube::api::DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
     cms.delete("dry", &dp).await?;
-    ensure!(cms.get_opt("dry").await?.is_some(), "dry-run delete deletes nothing");
+    ensure!(
+        cms.get_opt("dry").await?.is_some(),
+        "dry-run delete deletes nothing"
+    );
 
     tracing::info!("--- unknown fields warn by default and fail with Strict");
-    let (code, _) = raw(&cluster.client, "POST", "/api/v1/namespaces/default/configmaps", "application/json", "application/json",
-        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"lax"},"bogus":1}"#).await?;
-    ensure!(code == 201, "unknown fields are dropped with a warning by default");
+    let (code, _) = raw(
+        &cluster.client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        "application/json",
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"lax"},"bogus":1}"#,
+    )
+    .await?;
+    ensure!(
+        code == 201,
+        "unknown fields are dropped with a warning by default"
+    );
     cluster.stop().await
 }

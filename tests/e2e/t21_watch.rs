@@ -6,38 +6,76 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use serde_json::json;
 use wasmkube_tests::{Cluster, wait_for};
 
 fn cm(name: &str, label: &str) -> Result<ConfigMap> {
-    Ok(serde_json::from_value(json!({"metadata": {"name": name, "labels": {"team": label}}}))?)
+    Ok(serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": {"team": label}}}),
+    )?)
 }
 
-async fn next_event(s: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<ConfigMap>>> + Unpin)) -> Result<(String, String, String)> {
-    loop {
-        let ev = tokio::time::timeout(Duration::from_secs(10), s.try_next()).await??.ok_or_else(|| anyhow::anyhow!("watch ended"))?;
-        return Ok(match ev {
-            WatchEvent::Added(o) => ("ADDED".into(), o.name_any(), o.resource_version().unwrap_or_default()),
-            WatchEvent::Modified(o) => ("MODIFIED".into(), o.name_any(), o.resource_version().unwrap_or_default()),
-            WatchEvent::Deleted(o) => ("DELETED".into(), o.name_any(), o.resource_version().unwrap_or_default()),
-            WatchEvent::Bookmark(b) => ("BOOKMARK".into(), String::new(), b.metadata.resource_version),
-            WatchEvent::Error(e) => ("ERROR".into(), e.reason, e.code.to_string()),
-        });
-    }
+async fn next_event(
+    s: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<ConfigMap>>> + Unpin),
+) -> Result<(String, String, String)> {
+    let ev = tokio::time::timeout(Duration::from_secs(10), s.try_next())
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("watch ended"))?;
+    Ok(match ev {
+        WatchEvent::Added(o) => (
+            "ADDED".into(),
+            o.name_any(),
+            o.resource_version().unwrap_or_default(),
+        ),
+        WatchEvent::Modified(o) => (
+            "MODIFIED".into(),
+            o.name_any(),
+            o.resource_version().unwrap_or_default(),
+        ),
+        WatchEvent::Deleted(o) => (
+            "DELETED".into(),
+            o.name_any(),
+            o.resource_version().unwrap_or_default(),
+        ),
+        WatchEvent::Bookmark(b) => (
+            "BOOKMARK".into(),
+            String::new(),
+            b.metadata.resource_version,
+        ),
+        WatchEvent::Error(e) => ("ERROR".into(), e.reason, e.code.to_string()),
+    })
 }
 
 #[tokio::test]
 async fn watch_should_resume_with_the_exact_sequence_and_follow_selectors() -> Result<()> {
     let cluster = Cluster::start().await?;
     let cms: Api<ConfigMap> = Api::default_namespaced(cluster.client.clone());
-    let start = cms.list(&Default::default()).await?.metadata.resource_version.expect("rv");
+    let start = cms
+        .list(&Default::default())
+        .await?
+        .metadata
+        .resource_version
+        .expect("rv");
     let a = cms.create(&PostParams::default(), &cm("a", "red")?).await?;
-    let b = cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"data": {"x": "1"}}))).await?;
-    cms.create(&PostParams::default(), &cm("b", "blue")?).await?;
-    let moved = cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"team": "blue"}}}))).await?;
+    let b = cms
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"x": "1"}})),
+        )
+        .await?;
+    cms.create(&PostParams::default(), &cm("b", "blue")?)
+        .await?;
+    let moved = cms
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "blue"}}})),
+        )
+        .await?;
     cms.delete("b", &Default::default()).await?;
 
     tracing::info!("--- replay everything after `start`");
@@ -47,14 +85,36 @@ async fn watch_should_resume_with_the_exact_sequence_and_follow_selectors() -> R
         let (t, n, rv) = next_event(&mut all).await?;
         got.push((t, n, rv));
     }
-    let kinds: Vec<(&str, &str)> = got.iter().map(|(t, n, _)| (t.as_str(), n.as_str())).collect();
-    ensure!(kinds == [("ADDED", "a"), ("MODIFIED", "a"), ("ADDED", "b"), ("MODIFIED", "a"), ("DELETED", "b")], "{kinds:?}");
-    ensure!(got[0].2 == a.resource_version().expect("rv") && got[1].2 == b.resource_version().expect("rv"));
+    let kinds: Vec<(&str, &str)> = got
+        .iter()
+        .map(|(t, n, _)| (t.as_str(), n.as_str()))
+        .collect();
+    ensure!(
+        kinds
+            == [
+                ("ADDED", "a"),
+                ("MODIFIED", "a"),
+                ("ADDED", "b"),
+                ("MODIFIED", "a"),
+                ("DELETED", "b")
+            ],
+        "{kinds:?}"
+    );
+    ensure!(
+        got[0].2 == a.resource_version().expect("rv")
+            && got[1].2 == b.resource_version().expect("rv")
+    );
     let revs: Vec<u64> = got.iter().map(|g| g.2.parse().unwrap_or(0)).collect();
-    ensure!(revs.windows(2).all(|w| w[0] < w[1]), "strictly increasing revisions {revs:?}");
+    ensure!(
+        revs.windows(2).all(|w| w[0] < w[1]),
+        "strictly increasing revisions {revs:?}"
+    );
 
     tracing::info!("--- a selector watch sees objects leave and enter");
-    let mut red = cms.watch(&WatchParams::default().labels("team=red"), &start).await?.boxed();
+    let mut red = cms
+        .watch(&WatchParams::default().labels("team=red"), &start)
+        .await?
+        .boxed();
     let seq: Vec<String> = {
         let mut v = Vec::new();
         for _ in 0..3 {
@@ -62,8 +122,16 @@ async fn watch_should_resume_with_the_exact_sequence_and_follow_selectors() -> R
         }
         v
     };
-    ensure!(seq == ["ADDED", "MODIFIED", "DELETED"], "red watch: {seq:?}");
-    cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"team": "red"}}}))).await?;
+    ensure!(
+        seq == ["ADDED", "MODIFIED", "DELETED"],
+        "red watch: {seq:?}"
+    );
+    cms.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"team": "red"}}})),
+    )
+    .await?;
     let (t, n, _) = next_event(&mut red).await?;
     ensure!(t == "ADDED" && n == "a", "entering the selector is ADDED");
     ensure!(moved.labels()["team"] == "blue");
@@ -83,28 +151,52 @@ async fn compacted_versions_should_be_gone_and_bookmarks_should_advance() -> Res
     })
     .await?;
     let cms: Api<ConfigMap> = Api::default_namespaced(cluster.client.clone());
-    let old = cms.create(&PostParams::default(), &cm("old", "x")?).await?.resource_version().expect("rv");
+    let old = cms
+        .create(&PostParams::default(), &cm("old", "x")?)
+        .await?
+        .resource_version()
+        .expect("rv");
     tracing::info!("--- keep writing until the old revision is compacted");
     let mut i = 0;
-    wait_for("a 410 for the old revision", Duration::from_secs(30), || {
-        i += 1;
-        let cms = cms.clone();
-        let old = old.clone();
-        async move {
-            cms.patch("old", &PatchParams::default(), &Patch::Merge(json!({"data": {"i": i.to_string()}}))).await.ok()?;
-            let mut w = cms.watch(&WatchParams::default(), &old).await.ok()?.boxed();
-            match tokio::time::timeout(Duration::from_secs(2), w.try_next()).await {
-                Ok(Ok(Some(WatchEvent::Error(e)))) if e.code == 410 && e.reason == "Expired" => Some(()),
-                _ => None,
+    wait_for(
+        "a 410 for the old revision",
+        Duration::from_secs(30),
+        || {
+            i += 1;
+            let cms = cms.clone();
+            let old = old.clone();
+            async move {
+                cms.patch(
+                    "old",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"data": {"i": i.to_string()}})),
+                )
+                .await
+                .ok()?;
+                let mut w = cms.watch(&WatchParams::default(), &old).await.ok()?.boxed();
+                match tokio::time::timeout(Duration::from_secs(2), w.try_next()).await {
+                    Ok(Ok(Some(WatchEvent::Error(e))))
+                        if e.code == 410 && e.reason == "Expired" =>
+                    {
+                        Some(())
+                    }
+                    _ => None,
+                }
             }
-        }
-    })
+        },
+    )
     .await?;
 
     tracing::info!("--- bookmarks carry a current revision");
-    let now = cms.list(&Default::default()).await?.metadata.resource_version.expect("rv");
+    let now = cms
+        .list(&Default::default())
+        .await?
+        .metadata
+        .resource_version
+        .expect("rv");
     let mut w = cms.watch(&WatchParams::default(), &now).await?.boxed();
-    cms.create(&PostParams::default(), &cm("later", "x")?).await?;
+    cms.create(&PostParams::default(), &cm("later", "x")?)
+        .await?;
     let mut saw_bookmark = None;
     for _ in 0..10 {
         let (t, _, rv) = next_event(&mut w).await?;
@@ -114,7 +206,10 @@ async fn compacted_versions_should_be_gone_and_bookmarks_should_advance() -> Res
         }
     }
     let bm = saw_bookmark.ok_or_else(|| anyhow::anyhow!("no bookmark"))?;
-    ensure!(bm >= now.parse::<u64>()?, "bookmark {bm} not older than {now}");
+    ensure!(
+        bm >= now.parse::<u64>()?,
+        "bookmark {bm} not older than {now}"
+    );
     cluster.stop().await
 }
 
@@ -128,10 +223,16 @@ async fn kube_runtime_watcher_should_list_and_follow() -> Result<()> {
     let task = tokio::spawn(stream.for_each(|_| async {}));
     wait_for("the reflector to see pre", Duration::from_secs(10), || {
         let r = reader.clone();
-        async move { r.state().iter().any(|c| c.name_any() == "pre").then_some(()) }
+        async move {
+            r.state()
+                .iter()
+                .any(|c| c.name_any() == "pre")
+                .then_some(())
+        }
     })
     .await?;
-    cms.create(&PostParams::default(), &cm("post", "x")?).await?;
+    cms.create(&PostParams::default(), &cm("post", "x")?)
+        .await?;
     cms.delete("pre", &Default::default()).await?;
     wait_for("the reflector to follow", Duration::from_secs(10), || {
         let r = reader.clone();

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ListParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use wasmkube_tests::{Process, free_port};
 
@@ -22,7 +22,9 @@ async fn restart_should_keep_every_object() -> Result<()> {
     let cms: Api<ConfigMap> = Api::default_namespaced(up.client().await?);
     let mut written = BTreeMap::new();
     for i in 0..25 {
-        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("keep-{i}")}, "data": {"i": i.to_string()}}))?;
+        let cm: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": format!("keep-{i}")}, "data": {"i": i.to_string()}}),
+        )?;
         let c = cms.create(&PostParams::default(), &cm).await?;
         written.insert(c.name_any(), c.resource_version().expect("rv"));
     }
@@ -37,10 +39,25 @@ async fn restart_should_keep_every_object() -> Result<()> {
         .iter()
         .map(|c| (c.name_any(), c.resource_version().expect("rv")))
         .collect();
-    ensure!(after == written, "every object, at the same resourceVersion");
-    let next = cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "after"}}))?).await?;
-    let max = written.values().map(|v| v.parse::<u64>().unwrap_or(0)).max().unwrap_or(0);
-    ensure!(next.resource_version().expect("rv").parse::<u64>()? > max, "revisions keep growing");
+    ensure!(
+        after == written,
+        "every object, at the same resourceVersion"
+    );
+    let next = cms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "after"}}))?,
+        )
+        .await?;
+    let max = written
+        .values()
+        .map(|v| v.parse::<u64>().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    ensure!(
+        next.resource_version().expect("rv").parse::<u64>()? > max,
+        "revisions keep growing"
+    );
     Ok(())
 }
 
@@ -66,11 +83,16 @@ async fn kill_9_mid_load_should_lose_no_acknowledged_write() -> Result<()> {
                     break;
                 }
                 let name = format!("w{w}-{i}");
-                let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}, "data": {"payload": "x".repeat(512)}}))
-                    .expect("configmap");
+                let cm: ConfigMap = serde_json::from_value(
+                    json!({"metadata": {"name": name}, "data": {"payload": "x".repeat(512)}}),
+                )
+                .expect("configmap");
                 match cms.create(&PostParams::default(), &cm).await {
                     Ok(c) => {
-                        acked.lock().expect("lock").insert(name, c.resource_version().unwrap_or_default());
+                        acked
+                            .lock()
+                            .expect("lock")
+                            .insert(name, c.resource_version().unwrap_or_default());
                     }
                     Err(_) => break, // the server died under us
                 }
@@ -89,22 +111,41 @@ async fn kill_9_mid_load_should_lose_no_acknowledged_write() -> Result<()> {
         let _ = w.await;
     }
     let acked = acked.lock().expect("lock").clone();
-    tracing::info!(acknowledged = acked.len(), "--- restart and check every acknowledged object");
+    tracing::info!(
+        acknowledged = acked.len(),
+        "--- restart and check every acknowledged object"
+    );
     let up = Process::up(&data, port).await?;
     let cms: Api<ConfigMap> = Api::default_namespaced(up.client().await?);
-    let present: BTreeMap<String, ConfigMap> =
-        cms.list(&ListParams::default()).await?.items.into_iter().map(|c| (c.name_any(), c)).collect();
+    let present: BTreeMap<String, ConfigMap> = cms
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|c| (c.name_any(), c))
+        .collect();
     let mut missing = Vec::new();
     for (name, rv) in &acked {
         match present.get(name) {
             Some(c) if c.resource_version().as_deref() == Some(rv.as_str()) => {
-                ensure!(c.data.as_ref().is_some_and(|d| d["payload"].len() == 512), "{name}: data intact");
+                ensure!(
+                    c.data.as_ref().is_some_and(|d| d["payload"].len() == 512),
+                    "{name}: data intact"
+                );
             }
-            Some(c) => anyhow::bail!("{name}: resourceVersion {rv} became {:?}", c.resource_version()),
+            Some(c) => anyhow::bail!(
+                "{name}: resourceVersion {rv} became {:?}",
+                c.resource_version()
+            ),
             None => missing.push(name.clone()),
         }
     }
-    ensure!(missing.is_empty(), "{} acknowledged writes lost: {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    ensure!(
+        missing.is_empty(),
+        "{} acknowledged writes lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     ensure!(acked.len() >= 200);
     Ok(())
 }

@@ -10,12 +10,21 @@ use anyhow::{Context, Result, ensure};
 use wasmkube_tests::{Process, free_port};
 
 fn kubectl_path() -> Option<String> {
-    let out = Command::new("sh").args(["-c", "command -v kubectl"]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = Command::new("sh")
+        .args(["-c", "command -v kubectl"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<(bool, String)> {
-    let out = Command::new("kubectl").env("KUBECONFIG", kubeconfig).args(args).output().context("run kubectl")?;
+    let out = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .context("run kubectl")?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     Ok((out.status.success(), text))
@@ -62,7 +71,9 @@ data:
 async fn kubectl_should_work_end_to_end() -> Result<()> {
     wasmkube_tests::init_tracing();
     let Some(path) = kubectl_path() else {
-        println!("SKIPPED kubectl_should_work_end_to_end: kubectl is not installed on this machine");
+        println!(
+            "SKIPPED kubectl_should_work_end_to_end: kubectl is not installed on this machine"
+        );
         return Ok(());
     };
     let (_, version) = kubectl(Path::new("/dev/null"), &["version", "--client"])?;
@@ -75,19 +86,42 @@ async fn kubectl_should_work_end_to_end() -> Result<()> {
     let m = manifest.to_str().expect("utf-8 path");
 
     let (ok, out) = kubectl(&kc, &["apply", "-f", m])?;
-    ensure!(ok && out.contains("deployment.apps/web created") && out.contains("service/web created"), "apply: {out}");
+    ensure!(
+        ok && out.contains("deployment.apps/web created") && out.contains("service/web created"),
+        "apply: {out}"
+    );
     let (ok, out) = kubectl(&kc, &["apply", "-f", m])?;
-    ensure!(ok && out.contains("deployment.apps/web unchanged"), "re-apply: {out}");
+    ensure!(
+        ok && out.contains("deployment.apps/web unchanged"),
+        "re-apply: {out}"
+    );
 
     let (ok, out) = kubectl(&kc, &["get", "deployment", "web", "-o", "yaml"])?;
-    ensure!(ok && out.contains("replicas: 2") && out.contains("kubectl.kubernetes.io/last-applied-configuration"), "get -o yaml: {out}");
+    ensure!(
+        ok && out.contains("replicas: 2")
+            && out.contains("kubectl.kubernetes.io/last-applied-configuration"),
+        "get -o yaml: {out}"
+    );
     let (ok, out) = kubectl(&kc, &["get", "deploy,svc,cm"])?;
-    ensure!(ok && out.contains("deployment.apps/web") && out.contains("0/2") && out.contains("service/web") && out.contains("80/TCP"), "get: {out}");
+    ensure!(
+        ok && out.contains("deployment.apps/web")
+            && out.contains("0/2")
+            && out.contains("service/web")
+            && out.contains("80/TCP"),
+        "get: {out}"
+    );
 
     tracing::info!("--- get -w sees a change");
     let mut watch = Command::new("kubectl")
         .env("KUBECONFIG", &kc)
-        .args(["get", "configmap", "settings", "-w", "-o", "jsonpath={.data.greeting}{\"\\n\"}"])
+        .args([
+            "get",
+            "configmap",
+            "settings",
+            "-w",
+            "-o",
+            "jsonpath={.data.greeting}{\"\\n\"}",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -100,37 +134,78 @@ async fn kubectl_should_work_end_to_end() -> Result<()> {
             }
         }
     });
-    ensure!(rx.recv_timeout(Duration::from_secs(20))? == "hello", "initial state");
-    let (ok, out) = kubectl(&kc, &["patch", "configmap", "settings", "-p", r#"{"data":{"greeting":"bonjour"}}"#])?;
+    ensure!(
+        rx.recv_timeout(Duration::from_secs(20))? == "hello",
+        "initial state"
+    );
+    let (ok, out) = kubectl(
+        &kc,
+        &[
+            "patch",
+            "configmap",
+            "settings",
+            "-p",
+            r#"{"data":{"greeting":"bonjour"}}"#,
+        ],
+    )?;
     ensure!(ok, "patch: {out}");
-    ensure!(rx.recv_timeout(Duration::from_secs(20))? == "bonjour", "get -w shows the change");
+    ensure!(
+        rx.recv_timeout(Duration::from_secs(20))? == "bonjour",
+        "get -w shows the change"
+    );
     let _ = watch.kill();
     let _ = watch.wait();
 
     let (ok, out) = kubectl(&kc, &["describe", "deployment", "web"])?;
-    ensure!(ok && out.contains("Replicas:") && out.contains("2 desired") && out.contains("registry.local/web:1"), "describe: {out}");
+    ensure!(
+        ok && out.contains("Replicas:")
+            && out.contains("2 desired")
+            && out.contains("registry.local/web:1"),
+        "describe: {out}"
+    );
 
     tracing::info!("--- diff, server-side dry run and server-side apply");
     std::fs::write(&manifest, MANIFEST.replace("replicas: 2", "replicas: 3"))?;
     let (ok, out) = kubectl(&kc, &["diff", "-f", m])?;
-    ensure!(!ok && out.contains("-  replicas: 2") && out.contains("+  replicas: 3"), "diff: {out}");
+    ensure!(
+        !ok && out.contains("-  replicas: 2") && out.contains("+  replicas: 3"),
+        "diff: {out}"
+    );
     let (ok, out) = kubectl(&kc, &["apply", "-f", m, "--dry-run=server"])?;
     ensure!(ok && out.contains("(server dry run)"), "dry run: {out}");
-    let (_, out) = kubectl(&kc, &["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])?;
+    let (_, out) = kubectl(
+        &kc,
+        &["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"],
+    )?;
     ensure!(out == "2", "dry run changed nothing: {out}");
-    let (ok, out) = kubectl(&kc, &["apply", "--server-side", "--force-conflicts", "-f", m])?;
-    ensure!(ok && out.contains("serverside-applied"), "server-side apply: {out}");
-    let (_, out) = kubectl(&kc, &["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])?;
+    let (ok, out) = kubectl(
+        &kc,
+        &["apply", "--server-side", "--force-conflicts", "-f", m],
+    )?;
+    ensure!(
+        ok && out.contains("serverside-applied"),
+        "server-side apply: {out}"
+    );
+    let (_, out) = kubectl(
+        &kc,
+        &["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"],
+    )?;
     ensure!(out == "3", "server-side apply took effect: {out}");
     let (ok, out) = kubectl(&kc, &["scale", "deploy", "web", "--replicas=1"])?;
     ensure!(ok && out.contains("scaled"), "scale: {out}");
 
     tracing::info!("--- explain reads the OpenAPI schema");
     let (ok, out) = kubectl(&kc, &["explain", "deployment.spec.replicas"])?;
-    ensure!(ok && out.contains("replicas") && out.contains("integer"), "explain: {out}");
+    ensure!(
+        ok && out.contains("replicas") && out.contains("integer"),
+        "explain: {out}"
+    );
 
     let (ok, out) = kubectl(&kc, &["delete", "-f", m])?;
-    ensure!(ok && out.contains("deployment.apps \"web\" deleted"), "delete: {out}");
+    ensure!(
+        ok && out.contains("deployment.apps \"web\" deleted"),
+        "delete: {out}"
+    );
     let (ok, out) = kubectl(&kc, &["get", "deploy", "web"])?;
     ensure!(!ok && out.contains("NotFound"), "gone: {out}");
     Ok(())

@@ -2,8 +2,8 @@
 
 use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet,
-    RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy,
-    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
+    RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy, StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -35,10 +35,15 @@ fn validate_workload(
     let mut errs = Vec::new();
     match selector {
         None => errs.push(FieldError::required("spec.selector", "")),
-        Some(s) if s.match_labels.as_ref().is_none_or(|m| m.is_empty())
-            && s.match_expressions.as_ref().is_none_or(|m| m.is_empty()) =>
+        Some(s)
+            if s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+                && s.match_expressions.as_ref().is_none_or(|m| m.is_empty()) =>
         {
-            errs.push(FieldError::invalid("spec.selector", "{}", "empty selector is invalid for deployment"))
+            errs.push(FieldError::invalid(
+                "spec.selector",
+                "{}",
+                "empty selector is invalid for deployment",
+            ))
         }
         Some(_) => {}
     }
@@ -46,7 +51,11 @@ fn validate_workload(
     if let Some(r) = replicas
         && r < 0
     {
-        errs.push(FieldError::invalid("spec.replicas", r, "must be greater than or equal to 0"));
+        errs.push(FieldError::invalid(
+            "spec.replicas",
+            r,
+            "must be greater than or equal to 0",
+        ));
     }
     errs
 }
@@ -58,9 +67,16 @@ fn selector_immutable(new: Option<&LabelSelector>, old: Option<&LabelSelector>) 
 }
 
 fn containers_and_images(t: &PodTemplateSpec) -> (Value, Value) {
-    let cs = t.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
+    let cs = t
+        .spec
+        .as_ref()
+        .map(|s| s.containers.clone())
+        .unwrap_or_default();
     let names: Vec<String> = cs.iter().map(|c| c.name.clone()).collect();
-    let images: Vec<String> = cs.iter().map(|c| c.image.clone().unwrap_or_default()).collect();
+    let images: Vec<String> = cs
+        .iter()
+        .map(|c| c.image.clone().unwrap_or_default())
+        .collect();
     (json!(names.join(",")), json!(images.join(",")))
 }
 
@@ -71,14 +87,21 @@ fn selector_string(s: Option<&LabelSelector>) -> Value {
     }
 }
 
-#[allow(non_camel_case_types, reason = "DeploymentStrategy is the k8s-openapi type name")]
+#[allow(
+    non_camel_case_types,
+    reason = "DeploymentStrategy is the k8s-openapi type name"
+)]
 struct DeploymentStrategy_;
 
 impl Strategy for DeploymentStrategy_ {
     type K = Deployment;
 
     fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Deployment>().short_names(&["deploy"]).in_all().with_status().with_scale()
+        ResourceInfo::of::<Deployment>()
+            .short_names(&["deploy"])
+            .in_all()
+            .with_status()
+            .with_scale()
     }
 
     fn default(&self, d: &mut Deployment) {
@@ -86,12 +109,18 @@ impl Strategy for DeploymentStrategy_ {
         spec.replicas.get_or_insert(1);
         spec.revision_history_limit.get_or_insert(10);
         spec.progress_deadline_seconds.get_or_insert(600);
-        let strategy = spec.strategy.get_or_insert_with(DeploymentStrategy::default);
+        let strategy = spec
+            .strategy
+            .get_or_insert_with(DeploymentStrategy::default);
         strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
         if strategy.type_.as_deref() == Some("RollingUpdate") {
-            let ru = strategy.rolling_update.get_or_insert_with(RollingUpdateDeployment::default);
-            ru.max_surge.get_or_insert(IntOrString::String("25%".into()));
-            ru.max_unavailable.get_or_insert(IntOrString::String("25%".into()));
+            let ru = strategy
+                .rolling_update
+                .get_or_insert_with(RollingUpdateDeployment::default);
+            ru.max_surge
+                .get_or_insert(IntOrString::String("25%".into()));
+            ru.max_unavailable
+                .get_or_insert(IntOrString::String("25%".into()));
         }
         default_template(&mut spec.template);
     }
@@ -102,12 +131,23 @@ impl Strategy for DeploymentStrategy_ {
         if let Some(t) = spec.strategy.as_ref().and_then(|s| s.type_.as_deref())
             && !matches!(t, "RollingUpdate" | "Recreate")
         {
-            errs.push(FieldError::not_supported("spec.strategy.type", t, &["Recreate", "RollingUpdate"]));
+            errs.push(FieldError::not_supported(
+                "spec.strategy.type",
+                t,
+                &["Recreate", "RollingUpdate"],
+            ));
         }
         if spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate")
-            && spec.strategy.as_ref().and_then(|s| s.rolling_update.as_ref()).is_some()
+            && spec
+                .strategy
+                .as_ref()
+                .and_then(|s| s.rolling_update.as_ref())
+                .is_some()
         {
-            errs.push(FieldError::forbidden("spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'"));
+            errs.push(FieldError::forbidden(
+                "spec.strategy.rollingUpdate",
+                "may not be specified when strategy `type` is 'Recreate'",
+            ));
         }
         errs
     }
@@ -136,7 +176,11 @@ impl Strategy for DeploymentStrategy_ {
         let st = d.status.clone().unwrap_or_default();
         let (containers, images) = containers_and_images(&spec.template);
         vec![
-            json!(format!("{}/{}", st.ready_replicas.unwrap_or(0), spec.replicas.unwrap_or(1))),
+            json!(format!(
+                "{}/{}",
+                st.ready_replicas.unwrap_or(0),
+                spec.replicas.unwrap_or(1)
+            )),
             json!(st.updated_replicas.unwrap_or(0)),
             json!(st.available_replicas.unwrap_or(0)),
             age(d.metadata.creation_timestamp.as_ref()),
@@ -153,7 +197,11 @@ impl Strategy for ReplicaSetStrategy {
     type K = ReplicaSet;
 
     fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<ReplicaSet>().short_names(&["rs"]).in_all().with_status().with_scale()
+        ResourceInfo::of::<ReplicaSet>()
+            .short_names(&["rs"])
+            .in_all()
+            .with_status()
+            .with_scale()
     }
 
     fn default(&self, rs: &mut ReplicaSet) {
@@ -184,19 +232,34 @@ impl Strategy for ReplicaSetStrategy {
     fn columns(&self) -> Vec<Column> {
         vec![
             Column::int("Desired", "Replicas is the number of desired replicas."),
-            Column::int("Current", "Replicas is the most recently observed number of replicas."),
-            Column::int("Ready", "The number of ready replicas for this replica set."),
+            Column::int(
+                "Current",
+                "Replicas is the most recently observed number of replicas.",
+            ),
+            Column::int(
+                "Ready",
+                "The number of ready replicas for this replica set.",
+            ),
             Column::age(),
             Column::new("Containers", "Names of each container in the template.").wide(),
-            Column::new("Images", "Images referenced by each container in the template.").wide(),
-            Column::new("Selector", "Selector is a label query over pods that should match the replica count.").wide(),
+            Column::new(
+                "Images",
+                "Images referenced by each container in the template.",
+            )
+            .wide(),
+            Column::new(
+                "Selector",
+                "Selector is a label query over pods that should match the replica count.",
+            )
+            .wide(),
         ]
     }
 
     fn row(&self, rs: &ReplicaSet) -> Vec<Value> {
         let spec = rs.spec.clone().unwrap_or_default();
         let st = rs.status.clone().unwrap_or_default();
-        let (containers, images) = containers_and_images(&spec.template.clone().unwrap_or_default());
+        let (containers, images) =
+            containers_and_images(&spec.template.clone().unwrap_or_default());
         vec![
             json!(spec.replicas.unwrap_or(1)),
             json!(st.replicas),
@@ -215,16 +278,23 @@ impl Strategy for DaemonSetStrategy {
     type K = DaemonSet;
 
     fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<DaemonSet>().short_names(&["ds"]).in_all().with_status()
+        ResourceInfo::of::<DaemonSet>()
+            .short_names(&["ds"])
+            .in_all()
+            .with_status()
     }
 
     fn default(&self, ds: &mut DaemonSet) {
         let spec = ds.spec.get_or_insert_with(Default::default);
         spec.revision_history_limit.get_or_insert(10);
-        let us = spec.update_strategy.get_or_insert_with(DaemonSetUpdateStrategy::default);
+        let us = spec
+            .update_strategy
+            .get_or_insert_with(DaemonSetUpdateStrategy::default);
         us.type_.get_or_insert_with(|| "RollingUpdate".into());
         if us.type_.as_deref() == Some("RollingUpdate") {
-            let ru = us.rolling_update.get_or_insert_with(RollingUpdateDaemonSet::default);
+            let ru = us
+                .rolling_update
+                .get_or_insert_with(RollingUpdateDaemonSet::default);
             ru.max_unavailable.get_or_insert(IntOrString::Int(1));
             ru.max_surge.get_or_insert(IntOrString::Int(0));
         }
@@ -234,10 +304,18 @@ impl Strategy for DaemonSetStrategy {
     fn validate(&self, ds: &DaemonSet) -> Vec<FieldError> {
         let spec = ds.spec.clone().unwrap_or_default();
         let mut errs = validate_workload(Some(&spec.selector), &spec.template, None);
-        if let Some(p) = spec.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref())
+        if let Some(p) = spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
             && p != "Always"
         {
-            errs.push(FieldError::not_supported("spec.template.spec.restartPolicy", p, &["Always"]));
+            errs.push(FieldError::not_supported(
+                "spec.template.spec.restartPolicy",
+                p,
+                &["Always"],
+            ));
         }
         errs
     }
@@ -251,16 +329,42 @@ impl Strategy for DaemonSetStrategy {
 
     fn columns(&self) -> Vec<Column> {
         vec![
-            Column::int("Desired", "The total number of nodes that should be running the daemon pod."),
-            Column::int("Current", "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod."),
-            Column::int("Ready", "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready."),
-            Column::int("Up-to-date", "The total number of nodes that are running updated daemon pod"),
-            Column::int("Available", "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available."),
-            Column::new("Node Selector", "NodeSelector is a selector which must be true for the pod to fit on a node."),
+            Column::int(
+                "Desired",
+                "The total number of nodes that should be running the daemon pod.",
+            ),
+            Column::int(
+                "Current",
+                "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod.",
+            ),
+            Column::int(
+                "Ready",
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready.",
+            ),
+            Column::int(
+                "Up-to-date",
+                "The total number of nodes that are running updated daemon pod",
+            ),
+            Column::int(
+                "Available",
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available.",
+            ),
+            Column::new(
+                "Node Selector",
+                "NodeSelector is a selector which must be true for the pod to fit on a node.",
+            ),
             Column::age(),
             Column::new("Containers", "Names of each container in the template.").wide(),
-            Column::new("Images", "Images referenced by each container in the template.").wide(),
-            Column::new("Selector", "A label query over pods that are managed by the daemon set.").wide(),
+            Column::new(
+                "Images",
+                "Images referenced by each container in the template.",
+            )
+            .wide(),
+            Column::new(
+                "Selector",
+                "A label query over pods that are managed by the daemon set.",
+            )
+            .wide(),
         ]
     }
 
@@ -283,7 +387,11 @@ impl Strategy for DaemonSetStrategy {
             json!(st.number_ready),
             json!(st.updated_number_scheduled.unwrap_or(0)),
             json!(st.number_available.unwrap_or(0)),
-            json!(if node_selector.is_empty() { "<none>".to_string() } else { node_selector.join(",") }),
+            json!(if node_selector.is_empty() {
+                "<none>".to_string()
+            } else {
+                node_selector.join(",")
+            }),
             age(ds.metadata.creation_timestamp.as_ref()),
             containers,
             images,
@@ -298,15 +406,22 @@ impl Strategy for StatefulSetStrategy {
     type K = StatefulSet;
 
     fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<StatefulSet>().short_names(&["sts"]).in_all().with_status().with_scale()
+        ResourceInfo::of::<StatefulSet>()
+            .short_names(&["sts"])
+            .in_all()
+            .with_status()
+            .with_scale()
     }
 
     fn default(&self, ss: &mut StatefulSet) {
         let spec = ss.spec.get_or_insert_with(Default::default);
         spec.replicas.get_or_insert(1);
         spec.revision_history_limit.get_or_insert(10);
-        spec.pod_management_policy.get_or_insert_with(|| "OrderedReady".into());
-        let us = spec.update_strategy.get_or_insert_with(StatefulSetUpdateStrategy::default);
+        spec.pod_management_policy
+            .get_or_insert_with(|| "OrderedReady".into());
+        let us = spec
+            .update_strategy
+            .get_or_insert_with(StatefulSetUpdateStrategy::default);
         us.type_.get_or_insert_with(|| "RollingUpdate".into());
         if us.type_.as_deref() == Some("RollingUpdate") {
             us.rolling_update
@@ -317,7 +432,9 @@ impl Strategy for StatefulSetStrategy {
         let retention = spec
             .persistent_volume_claim_retention_policy
             .get_or_insert_with(StatefulSetPersistentVolumeClaimRetentionPolicy::default);
-        retention.when_deleted.get_or_insert_with(|| "Retain".into());
+        retention
+            .when_deleted
+            .get_or_insert_with(|| "Retain".into());
         retention.when_scaled.get_or_insert_with(|| "Retain".into());
         default_template(&mut spec.template);
     }
@@ -328,7 +445,11 @@ impl Strategy for StatefulSetStrategy {
         if let Some(p) = spec.pod_management_policy.as_deref()
             && !matches!(p, "OrderedReady" | "Parallel")
         {
-            errs.push(FieldError::not_supported("spec.podManagementPolicy", p, &["OrderedReady", "Parallel"]));
+            errs.push(FieldError::not_supported(
+                "spec.podManagementPolicy",
+                p,
+                &["OrderedReady", "Parallel"],
+            ));
         }
         errs
     }
@@ -345,10 +466,14 @@ impl Strategy for StatefulSetStrategy {
         n.update_strategy = o.update_strategy.clone();
         n.min_ready_seconds = o.min_ready_seconds;
         n.revision_history_limit = o.revision_history_limit;
-        n.persistent_volume_claim_retention_policy = o.persistent_volume_claim_retention_policy.clone();
+        n.persistent_volume_claim_retention_policy =
+            o.persistent_volume_claim_retention_policy.clone();
         n.ordinals = o.ordinals.clone();
         if &n != o {
-            return vec![FieldError::forbidden("spec", "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden")];
+            return vec![FieldError::forbidden(
+                "spec",
+                "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+            )];
         }
         Vec::new()
     }
@@ -358,7 +483,11 @@ impl Strategy for StatefulSetStrategy {
             Column::new("Ready", "Number of the pod with ready state"),
             Column::age(),
             Column::new("Containers", "Names of each container in the template.").wide(),
-            Column::new("Images", "Images referenced by each container in the template.").wide(),
+            Column::new(
+                "Images",
+                "Images referenced by each container in the template.",
+            )
+            .wide(),
         ]
     }
 
@@ -367,7 +496,11 @@ impl Strategy for StatefulSetStrategy {
         let st = ss.status.clone().unwrap_or_default();
         let (containers, images) = containers_and_images(&spec.template);
         vec![
-            json!(format!("{}/{}", st.ready_replicas.unwrap_or(0), spec.replicas.unwrap_or(1))),
+            json!(format!(
+                "{}/{}",
+                st.ready_replicas.unwrap_or(0),
+                spec.replicas.unwrap_or(1)
+            )),
             age(ss.metadata.creation_timestamp.as_ref()),
             containers,
             images,

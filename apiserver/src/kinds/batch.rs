@@ -40,9 +40,11 @@ impl Strategy for JobStrategy {
         }
         spec.parallelism.get_or_insert(1);
         spec.backoff_limit.get_or_insert(6);
-        spec.completion_mode.get_or_insert_with(|| "NonIndexed".into());
+        spec.completion_mode
+            .get_or_insert_with(|| "NonIndexed".into());
         spec.suspend.get_or_insert(false);
-        spec.pod_replacement_policy.get_or_insert_with(|| "TerminatingOrFailed".into());
+        spec.pod_replacement_policy
+            .get_or_insert_with(|| "TerminatingOrFailed".into());
         if spec.manual_selector != Some(true) && spec.selector.is_none() && !uid.is_empty() {
             // `generateSelector`: the job's pods are selected by its uid.
             spec.selector = Some(LabelSelector {
@@ -70,7 +72,12 @@ impl Strategy for JobStrategy {
     fn validate(&self, job: &Job) -> Vec<FieldError> {
         let spec = job.spec.clone().unwrap_or_default();
         let mut errs = validate_template("spec.template", &spec.template, spec.selector.as_ref());
-        match spec.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
+        match spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+        {
             Some("Never" | "OnFailure") => {}
             Some(p) => errs.push(FieldError::not_supported(
                 "spec.template.spec.restartPolicy",
@@ -87,13 +94,21 @@ impl Strategy for JobStrategy {
             if let Some(v) = v
                 && v < 0
             {
-                errs.push(FieldError::invalid(field, v, "must be greater than or equal to 0"));
+                errs.push(FieldError::invalid(
+                    field,
+                    v,
+                    "must be greater than or equal to 0",
+                ));
             }
         }
         if let Some(d) = spec.active_deadline_seconds
             && d <= 0
         {
-            errs.push(FieldError::invalid("spec.activeDeadlineSeconds", d, "must be greater than 0"));
+            errs.push(FieldError::invalid(
+                "spec.activeDeadlineSeconds",
+                d,
+                "must be greater than 0",
+            ));
         }
         errs
     }
@@ -104,8 +119,18 @@ impl Strategy for JobStrategy {
             return errs;
         };
         validation::immutable("spec.selector", &n.selector, &o.selector, &mut errs);
-        validation::immutable("spec.completions", &n.completions, &o.completions, &mut errs);
-        validation::immutable("spec.completionMode", &n.completion_mode, &o.completion_mode, &mut errs);
+        validation::immutable(
+            "spec.completions",
+            &n.completions,
+            &o.completions,
+            &mut errs,
+        );
+        validation::immutable(
+            "spec.completionMode",
+            &n.completion_mode,
+            &o.completion_mode,
+            &mut errs,
+        );
         if o.suspend != Some(true) {
             validation::immutable("spec.template", &n.template, &o.template, &mut errs);
         }
@@ -119,19 +144,35 @@ impl Strategy for JobStrategy {
     fn columns(&self) -> Vec<Column> {
         vec![
             Column::new("Status", "Status of the job."),
-            Column::new("Completions", "The desired number of successfully finished pods the job should be run with."),
+            Column::new(
+                "Completions",
+                "The desired number of successfully finished pods the job should be run with.",
+            ),
             Column::new("Duration", "Time required to complete the job."),
             Column::age(),
             Column::new("Containers", "Names of each container in the template.").wide(),
-            Column::new("Images", "Images referenced by each container in the template.").wide(),
-            Column::new("Selector", "A label query over pods that should match the pod count.").wide(),
+            Column::new(
+                "Images",
+                "Images referenced by each container in the template.",
+            )
+            .wide(),
+            Column::new(
+                "Selector",
+                "A label query over pods that should match the pod count.",
+            )
+            .wide(),
         ]
     }
 
     fn row(&self, job: &Job) -> Vec<Value> {
         let spec = job.spec.clone().unwrap_or_default();
         let st = job.status.clone().unwrap_or_default();
-        let cond = |t: &str| st.conditions.iter().flatten().any(|c| c.type_ == t && c.status == "True");
+        let cond = |t: &str| {
+            st.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == t && c.status == "True")
+        };
         let status = if cond("Complete") {
             "Complete"
         } else if cond("Failed") {
@@ -151,7 +192,11 @@ impl Strategy for JobStrategy {
             Some(c) => format!("{}/{c}", st.succeeded.unwrap_or(0)),
             None => {
                 let p = spec.parallelism.unwrap_or(1);
-                if p > 1 { format!("{}/1 of {p}", st.succeeded.unwrap_or(0)) } else { format!("{}/1", st.succeeded.unwrap_or(0)) }
+                if p > 1 {
+                    format!("{}/1 of {p}", st.succeeded.unwrap_or(0))
+                } else {
+                    format!("{}/1", st.succeeded.unwrap_or(0))
+                }
             }
         };
         let duration = match (&st.start_time, &st.completion_time) {
@@ -159,8 +204,17 @@ impl Strategy for JobStrategy {
             (Some(s), None) => human_duration(jiff::Timestamp::now().as_second() - s.0.as_second()),
             _ => String::new(),
         };
-        let cs = spec.template.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
-        let selector = match spec.selector.as_ref().map(wasmkube_api::selector::LabelSelector::from_structured) {
+        let cs = spec
+            .template
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
+        let selector = match spec
+            .selector
+            .as_ref()
+            .map(wasmkube_api::selector::LabelSelector::from_structured)
+        {
             Some(Ok(s)) => s.to_string(),
             _ => "<none>".into(),
         };
@@ -169,8 +223,18 @@ impl Strategy for JobStrategy {
             json!(completions),
             json!(duration),
             age(job.metadata.creation_timestamp.as_ref()),
-            json!(cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>().join(",")),
-            json!(cs.iter().map(|c| c.image.clone().unwrap_or_default()).collect::<Vec<_>>().join(",")),
+            json!(
+                cs.iter()
+                    .map(|c| c.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            json!(
+                cs.iter()
+                    .map(|c| c.image.clone().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             json!(selector),
         ]
     }
@@ -181,19 +245,24 @@ struct CronJobStrategy;
 /// Accepts the five-field cron syntax and the `@` macros, as `robfig/cron`'s standard parser.
 fn valid_schedule(s: &str) -> bool {
     let s = s.trim();
-    let s = s.strip_prefix("TZ=").or(s.strip_prefix("CRON_TZ=")).map_or(s, |rest| {
-        rest.split_once(' ').map_or("", |(_, r)| r)
-    });
+    let s = s
+        .strip_prefix("TZ=")
+        .or(s.strip_prefix("CRON_TZ="))
+        .map_or(s, |rest| rest.split_once(' ').map_or("", |(_, r)| r));
     if let Some(m) = s.strip_prefix('@') {
-        return matches!(m, "yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly")
-            || m.starts_with("every ");
+        return matches!(
+            m,
+            "yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly"
+        ) || m.starts_with("every ");
     }
     let fields: Vec<&str> = s.split_whitespace().collect();
     fields.len() == 5
         && fields.iter().all(|f| {
             f.split(',').all(|part| {
                 !part.is_empty()
-                    && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '/' | '-' | '?'))
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '/' | '-' | '?'))
             })
         })
 }
@@ -202,12 +271,16 @@ impl Strategy for CronJobStrategy {
     type K = CronJob;
 
     fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<CronJob>().short_names(&["cj"]).in_all().with_status()
+        ResourceInfo::of::<CronJob>()
+            .short_names(&["cj"])
+            .in_all()
+            .with_status()
     }
 
     fn default(&self, cj: &mut CronJob) {
         let spec = cj.spec.get_or_insert_with(Default::default);
-        spec.concurrency_policy.get_or_insert_with(|| "Allow".into());
+        spec.concurrency_policy
+            .get_or_insert_with(|| "Allow".into());
         spec.suspend.get_or_insert(false);
         spec.successful_jobs_history_limit.get_or_insert(3);
         spec.failed_jobs_history_limit.get_or_insert(1);
@@ -222,17 +295,34 @@ impl Strategy for CronJobStrategy {
         if spec.schedule.is_empty() {
             errs.push(FieldError::required("spec.schedule", ""));
         } else if !valid_schedule(&spec.schedule) {
-            errs.push(FieldError::invalid("spec.schedule", &spec.schedule, "unparseable cron schedule"));
+            errs.push(FieldError::invalid(
+                "spec.schedule",
+                &spec.schedule,
+                "unparseable cron schedule",
+            ));
         }
         if let Some(p) = spec.concurrency_policy.as_deref()
             && !matches!(p, "Allow" | "Forbid" | "Replace")
         {
-            errs.push(FieldError::not_supported("spec.concurrencyPolicy", p, &["Allow", "Forbid", "Replace"]));
+            errs.push(FieldError::not_supported(
+                "spec.concurrencyPolicy",
+                p,
+                &["Allow", "Forbid", "Replace"],
+            ));
         }
         match spec.job_template.spec.as_ref() {
             Some(js) => {
-                errs.extend(validate_template("spec.jobTemplate.spec.template", &js.template, None));
-                match js.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
+                errs.extend(validate_template(
+                    "spec.jobTemplate.spec.template",
+                    &js.template,
+                    None,
+                ));
+                match js
+                    .template
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.restart_policy.as_deref())
+                {
                     Some("Never" | "OnFailure") => {}
                     Some(p) => errs.push(FieldError::not_supported(
                         "spec.jobTemplate.spec.template.spec.restartPolicy",
@@ -249,15 +339,35 @@ impl Strategy for CronJobStrategy {
 
     fn columns(&self) -> Vec<Column> {
         vec![
-            Column::new("Schedule", "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron."),
-            Column::new("Timezone", "The time zone name for the given schedule, see https://en.wikipedia.org/wiki/List_of_tz_database_time_zones."),
-            Column::new("Suspend", "This flag tells the controller to suspend subsequent executions."),
+            Column::new(
+                "Schedule",
+                "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron.",
+            ),
+            Column::new(
+                "Timezone",
+                "The time zone name for the given schedule, see https://en.wikipedia.org/wiki/List_of_tz_database_time_zones.",
+            ),
+            Column::new(
+                "Suspend",
+                "This flag tells the controller to suspend subsequent executions.",
+            ),
             Column::int("Active", "A list of pointers to currently running jobs."),
-            Column::new("Last Schedule", "Information when was the last time the job was successfully scheduled."),
+            Column::new(
+                "Last Schedule",
+                "Information when was the last time the job was successfully scheduled.",
+            ),
             Column::age(),
             Column::new("Containers", "Names of each container in the template.").wide(),
-            Column::new("Images", "Images referenced by each container in the template.").wide(),
-            Column::new("Selector", "A label query over pods that should match the pod count.").wide(),
+            Column::new(
+                "Images",
+                "Images referenced by each container in the template.",
+            )
+            .wide(),
+            Column::new(
+                "Selector",
+                "A label query over pods that should match the pod count.",
+            )
+            .wide(),
         ]
     }
 
@@ -274,15 +384,31 @@ impl Strategy for CronJobStrategy {
         vec![
             json!(spec.schedule),
             json!(spec.time_zone.unwrap_or_else(|| "<none>".into())),
-            json!(spec.suspend.unwrap_or(false).to_string().replace("true", "True").replace("false", "False")),
+            json!(
+                spec.suspend
+                    .unwrap_or(false)
+                    .to_string()
+                    .replace("true", "True")
+                    .replace("false", "False")
+            ),
             json!(st.active.as_ref().map_or(0, Vec::len)),
             match &st.last_schedule_time {
                 Some(t) => age(Some(t)),
                 None => json!("<none>"),
             },
             age(cj.metadata.creation_timestamp.as_ref()),
-            json!(cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>().join(",")),
-            json!(cs.iter().map(|c| c.image.clone().unwrap_or_default()).collect::<Vec<_>>().join(",")),
+            json!(
+                cs.iter()
+                    .map(|c| c.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            json!(
+                cs.iter()
+                    .map(|c| c.image.clone().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             json!("<none>"),
         ]
     }
@@ -294,7 +420,12 @@ mod tests {
 
     #[test]
     fn schedules_should_parse_like_cron() {
-        for ok in ["*/5 * * * *", "0 0 * * MON-FRI", "@hourly", "TZ=UTC 0 3 * * *"] {
+        for ok in [
+            "*/5 * * * *",
+            "0 0 * * MON-FRI",
+            "@hourly",
+            "TZ=UTC 0 3 * * *",
+        ] {
             assert!(valid_schedule(ok), "{ok}");
         }
         for bad in ["* * *", "@sometimes", "", "a b c d e f"] {

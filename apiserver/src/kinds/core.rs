@@ -31,7 +31,11 @@ pub(super) fn register(r: &mut Registry) {
 }
 
 fn none_if_empty(s: String) -> Value {
-    if s.is_empty() { json!("<none>") } else { json!(s) }
+    if s.is_empty() {
+        json!("<none>")
+    } else {
+        json!(s)
+    }
 }
 
 struct NamespaceStrategy;
@@ -40,7 +44,9 @@ impl Strategy for NamespaceStrategy {
     type K = Namespace;
 
     fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Namespace>().short_names(&["ns"]).with_status()
+        ResourceInfo::of::<Namespace>()
+            .short_names(&["ns"])
+            .with_status()
     }
 
     fn name_rule(&self) -> NameRule {
@@ -76,7 +82,12 @@ impl Strategy for NamespaceStrategy {
 
     fn row(&self, ns: &Namespace) -> Vec<Value> {
         vec![
-            json!(ns.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default()),
+            json!(
+                ns.status
+                    .as_ref()
+                    .and_then(|s| s.phase.clone())
+                    .unwrap_or_default()
+            ),
             age(ns.metadata.creation_timestamp.as_ref()),
         ]
     }
@@ -88,7 +99,9 @@ impl Strategy for NodeStrategy {
     type K = Node;
 
     fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Node>().short_names(&["no"]).with_status()
+        ResourceInfo::of::<Node>()
+            .short_names(&["no"])
+            .with_status()
     }
 
     fn keeps_status_on_create(&self) -> bool {
@@ -109,7 +122,11 @@ impl Strategy for NodeStrategy {
             Column::new("External-IP", "List of external IPs.").wide(),
             Column::new("OS-Image", "OS Image reported by the node.").wide(),
             Column::new("Kernel-Version", "Kernel Version reported by the node.").wide(),
-            Column::new("Container-Runtime", "Container Runtime Version reported by the node.").wide(),
+            Column::new(
+                "Container-Runtime",
+                "Container Runtime Version reported by the node.",
+            )
+            .wide(),
         ]
     }
 
@@ -134,7 +151,10 @@ impl Strategy for NodeStrategy {
             .labels
             .iter()
             .flatten()
-            .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(str::to_string))
+            .filter_map(|(k, _)| {
+                k.strip_prefix("node-role.kubernetes.io/")
+                    .map(str::to_string)
+            })
             .collect();
         let info = status.node_info.clone().unwrap_or_default();
         let addr = |kind: &str| {
@@ -166,7 +186,10 @@ impl Strategy for ServiceStrategy {
     type K = Service;
 
     fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Service>().short_names(&["svc"]).in_all().with_status()
+        ResourceInfo::of::<Service>()
+            .short_names(&["svc"])
+            .in_all()
+            .with_status()
     }
 
     fn name_rule(&self) -> NameRule {
@@ -191,7 +214,10 @@ impl Strategy for ServiceStrategy {
         let mut errs = Vec::new();
         let spec = svc.spec.clone().unwrap_or_default();
         let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-        if !matches!(ty, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+        if !matches!(
+            ty,
+            "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+        ) {
             errs.push(FieldError::not_supported(
                 "spec.type",
                 ty,
@@ -217,7 +243,11 @@ impl Strategy for ServiceStrategy {
         if let Some(aff) = spec.session_affinity.as_deref()
             && !matches!(aff, "None" | "ClientIP")
         {
-            errs.push(FieldError::not_supported("spec.sessionAffinity", aff, &["ClientIP", "None"]));
+            errs.push(FieldError::not_supported(
+                "spec.sessionAffinity",
+                aff,
+                &["ClientIP", "None"],
+            ));
         }
         errs
     }
@@ -319,15 +349,23 @@ impl Strategy for EndpointsStrategy {
         } else {
             eps.join(",")
         };
-        vec![none_if_empty(shown), age(ep.metadata.creation_timestamp.as_ref())]
+        vec![
+            none_if_empty(shown),
+            age(ep.metadata.creation_timestamp.as_ref()),
+        ]
     }
 }
 
-fn valid_data_keys<'a>(path: &str, keys: impl Iterator<Item = &'a String>, errs: &mut Vec<FieldError>) {
+fn valid_data_keys<'a>(
+    path: &str,
+    keys: impl Iterator<Item = &'a String>,
+    errs: &mut Vec<FieldError>,
+) {
     for k in keys {
         let ok = !k.is_empty()
             && k.len() <= 253
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if !ok {
             errs.push(FieldError::invalid(
                 path,
@@ -350,10 +388,18 @@ impl Strategy for ConfigMapStrategy {
     fn validate(&self, cm: &ConfigMap) -> Vec<FieldError> {
         let mut errs = Vec::new();
         valid_data_keys("data", cm.data.iter().flatten().map(|(k, _)| k), &mut errs);
-        valid_data_keys("binaryData", cm.binary_data.iter().flatten().map(|(k, _)| k), &mut errs);
+        valid_data_keys(
+            "binaryData",
+            cm.binary_data.iter().flatten().map(|(k, _)| k),
+            &mut errs,
+        );
         for k in cm.data.iter().flatten().map(|(k, _)| k) {
             if cm.binary_data.as_ref().is_some_and(|b| b.contains_key(k)) {
-                errs.push(FieldError::invalid("data", k, "duplicate of key present in binaryData"));
+                errs.push(FieldError::invalid(
+                    "data",
+                    k,
+                    "duplicate of key present in binaryData",
+                ));
             }
         }
         errs
@@ -364,7 +410,10 @@ impl Strategy for ConfigMapStrategy {
         if old.immutable == Some(true) {
             validation::immutable("immutable", &new.immutable, &old.immutable, &mut errs);
             if new.data != old.data || new.binary_data != old.binary_data {
-                errs.push(FieldError::forbidden("data", "field is immutable when `immutable` is set"));
+                errs.push(FieldError::forbidden(
+                    "data",
+                    "field is immutable when `immutable` is set",
+                ));
             }
         }
         errs
@@ -375,7 +424,8 @@ impl Strategy for ConfigMapStrategy {
     }
 
     fn row(&self, cm: &ConfigMap) -> Vec<Value> {
-        let n = cm.data.as_ref().map_or(0, BTreeMap::len) + cm.binary_data.as_ref().map_or(0, BTreeMap::len);
+        let n = cm.data.as_ref().map_or(0, BTreeMap::len)
+            + cm.binary_data.as_ref().map_or(0, BTreeMap::len);
         vec![json!(n), age(cm.metadata.creation_timestamp.as_ref())]
     }
 }
@@ -418,7 +468,10 @@ impl Strategy for SecretStrategy {
         let mut errs = Vec::new();
         validation::immutable("type", &new.type_, &old.type_, &mut errs);
         if old.immutable == Some(true) && new.data != old.data {
-            errs.push(FieldError::forbidden("data", "field is immutable when `immutable` is set"));
+            errs.push(FieldError::forbidden(
+                "data",
+                "field is immutable when `immutable` is set",
+            ));
         }
         errs
     }
@@ -489,13 +542,26 @@ impl Strategy for EventStrategy {
     fn columns(&self) -> Vec<Column> {
         vec![
             Column::new("Last Seen", "Time when this Event was last observed."),
-            Column::new("Type", "Type of this event (Normal, Warning), new types could be added in the future."),
-            Column::new("Reason", "This should be a short, machine understandable string that gives the reason for the transition into the object's current status."),
+            Column::new(
+                "Type",
+                "Type of this event (Normal, Warning), new types could be added in the future.",
+            ),
+            Column::new(
+                "Reason",
+                "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+            ),
             Column::new("Object", "The object that this event is about."),
             Column::new("Subobject", "The subobject that this event is about.").wide(),
             Column::new("Source", "The component reporting this event.").wide(),
-            Column::new("Message", "A human-readable description of the status of this operation."),
-            Column::new("First Seen", "The time at which the event was first recorded.").wide(),
+            Column::new(
+                "Message",
+                "A human-readable description of the status of this operation.",
+            ),
+            Column::new(
+                "First Seen",
+                "The time at which the event was first recorded.",
+            )
+            .wide(),
             Column::int("Count", "The number of times this event has occurred.").wide(),
             Column::new("Name", "Name of the event.").wide(),
         ]
@@ -511,7 +577,11 @@ impl Strategy for EventStrategy {
             .or(ev.metadata.creation_timestamp.as_ref());
         let obj = format!(
             "{}/{}",
-            ev.involved_object.kind.clone().unwrap_or_default().to_lowercase(),
+            ev.involved_object
+                .kind
+                .clone()
+                .unwrap_or_default()
+                .to_lowercase(),
             ev.involved_object.name.clone().unwrap_or_default()
         );
         let source = ev
@@ -528,7 +598,10 @@ impl Strategy for EventStrategy {
             json!(ev.involved_object.field_path.clone().unwrap_or_default()),
             json!(source),
             json!(ev.message.clone().unwrap_or_default()),
-            age(ev.first_timestamp.as_ref().or(ev.metadata.creation_timestamp.as_ref())),
+            age(ev
+                .first_timestamp
+                .as_ref()
+                .or(ev.metadata.creation_timestamp.as_ref())),
             json!(ev.count.unwrap_or(1)),
             json!(ev.metadata.name.clone().unwrap_or_default()),
         ]
@@ -545,7 +618,13 @@ impl Strategy for ServiceAccountStrategy {
     }
 
     fn columns(&self) -> Vec<Column> {
-        vec![Column::int("Secrets", "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use."), Column::age()]
+        vec![
+            Column::int(
+                "Secrets",
+                "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
+            ),
+            Column::age(),
+        ]
     }
 
     fn row(&self, sa: &ServiceAccount) -> Vec<Value> {
@@ -555,4 +634,3 @@ impl Strategy for ServiceAccountStrategy {
         ]
     }
 }
-

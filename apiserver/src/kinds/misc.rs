@@ -30,18 +30,31 @@ impl Strategy for LeaseStrategy {
         if let Some(d) = lease.spec.as_ref().and_then(|s| s.lease_duration_seconds)
             && d <= 0
         {
-            errs.push(FieldError::invalid("spec.leaseDurationSeconds", d, "must be greater than 0"));
+            errs.push(FieldError::invalid(
+                "spec.leaseDurationSeconds",
+                d,
+                "must be greater than 0",
+            ));
         }
         errs
     }
 
     fn columns(&self) -> Vec<Column> {
-        vec![Column::new("Holder", "The holder of the lease."), Column::age()]
+        vec![
+            Column::new("Holder", "The holder of the lease."),
+            Column::age(),
+        ]
     }
 
     fn row(&self, lease: &Lease) -> Vec<Value> {
         vec![
-            json!(lease.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default()),
+            json!(
+                lease
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.holder_identity.clone())
+                    .unwrap_or_default()
+            ),
             age(lease.metadata.creation_timestamp.as_ref()),
         ]
     }
@@ -63,11 +76,18 @@ impl Strategy for EndpointSliceStrategy {
     fn validate(&self, s: &EndpointSlice) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if !matches!(s.address_type.as_str(), "IPv4" | "IPv6" | "FQDN") {
-            errs.push(FieldError::not_supported("addressType", &s.address_type, &["FQDN", "IPv4", "IPv6"]));
+            errs.push(FieldError::not_supported(
+                "addressType",
+                &s.address_type,
+                &["FQDN", "IPv4", "IPv6"],
+            ));
         }
         for (i, ep) in s.endpoints.iter().enumerate() {
             if ep.addresses.is_empty() {
-                errs.push(FieldError::required(format!("endpoints[{i}].addresses"), "must contain at least 1 address"));
+                errs.push(FieldError::required(
+                    format!("endpoints[{i}].addresses"),
+                    "must contain at least 1 address",
+                ));
             }
         }
         errs
@@ -75,7 +95,12 @@ impl Strategy for EndpointSliceStrategy {
 
     fn validate_update(&self, new: &EndpointSlice, old: &EndpointSlice) -> Vec<FieldError> {
         let mut errs = Vec::new();
-        validation::immutable("addressType", &new.address_type, &old.address_type, &mut errs);
+        validation::immutable(
+            "addressType",
+            &new.address_type,
+            &old.address_type,
+            &mut errs,
+        );
         errs
     }
 
@@ -95,7 +120,11 @@ impl Strategy for EndpointSliceStrategy {
             .flatten()
             .filter_map(|p| p.port.map(|n| n.to_string()))
             .collect();
-        let addrs: Vec<String> = s.endpoints.iter().flat_map(|e| e.addresses.clone()).collect();
+        let addrs: Vec<String> = s
+            .endpoints
+            .iter()
+            .flat_map(|e| e.addresses.clone())
+            .collect();
         let shown = if addrs.len() > 3 {
             format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
         } else {
@@ -103,8 +132,16 @@ impl Strategy for EndpointSliceStrategy {
         };
         vec![
             json!(s.address_type),
-            json!(if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") }),
-            json!(if shown.is_empty() { "<unset>".to_string() } else { shown }),
+            json!(if ports.is_empty() {
+                "<unset>".to_string()
+            } else {
+                ports.join(",")
+            }),
+            json!(if shown.is_empty() {
+                "<unset>".to_string()
+            } else {
+                shown
+            }),
             age(s.metadata.creation_timestamp.as_ref()),
         ]
     }

@@ -19,7 +19,8 @@ fn default_container(c: &mut Container) {
     }
     c.termination_message_path
         .get_or_insert_with(|| "/dev/termination-log".into());
-    c.termination_message_policy.get_or_insert_with(|| "File".into());
+    c.termination_message_policy
+        .get_or_insert_with(|| "File".into());
     for p in c.ports.iter_mut().flatten() {
         p.protocol.get_or_insert_with(|| "TCP".into());
     }
@@ -118,7 +119,10 @@ pub(crate) fn validate_pod_spec(path: &str, spec: &PodSpec) -> Vec<FieldError> {
     let mut volumes = std::collections::HashSet::new();
     for (i, v) in spec.volumes.iter().flatten().enumerate() {
         if !volumes.insert(v.name.as_str()) {
-            errs.push(FieldError::duplicate(format!("{path}.volumes[{i}].name"), &v.name));
+            errs.push(FieldError::duplicate(
+                format!("{path}.volumes[{i}].name"),
+                &v.name,
+            ));
         }
     }
     for (i, c) in spec.containers.iter().enumerate() {
@@ -177,8 +181,16 @@ fn qos_class(spec: &PodSpec) -> &'static str {
     let mut any = false;
     let mut guaranteed = true;
     for c in &spec.containers {
-        let req = c.resources.as_ref().and_then(|r| r.requests.clone()).unwrap_or_default();
-        let lim = c.resources.as_ref().and_then(|r| r.limits.clone()).unwrap_or_default();
+        let req = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.clone())
+            .unwrap_or_default();
+        let lim = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.clone())
+            .unwrap_or_default();
         if !req.is_empty() || !lim.is_empty() {
             any = true;
         }
@@ -206,7 +218,11 @@ pub(crate) fn pod_status_reason(pod: &Pod) -> String {
         .or(status.phase.clone())
         .unwrap_or_else(|| "Pending".into());
     let mut initializing = false;
-    let inits = pod.spec.as_ref().and_then(|s| s.init_containers.as_ref()).map_or(0, Vec::len);
+    let inits = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .map_or(0, Vec::len);
     for (i, cs) in status.init_container_statuses.iter().flatten().enumerate() {
         let state = cs.state.clone().unwrap_or_default();
         if let Some(t) = &state.terminated {
@@ -235,7 +251,10 @@ pub(crate) fn pod_status_reason(pod: &Pod) -> String {
             if let Some(w) = state.waiting.as_ref().and_then(|w| w.reason.clone()) {
                 reason = w;
             } else if let Some(t) = &state.terminated {
-                reason = t.reason.clone().unwrap_or_else(|| format!("ExitCode:{}", t.exit_code));
+                reason = t
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| format!("ExitCode:{}", t.exit_code));
             } else if state.running.is_some() && cs.ready {
                 has_running = true;
             }
@@ -261,7 +280,10 @@ impl Strategy for PodStrategy {
     type K = Pod;
 
     fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Pod>().short_names(&["po"]).in_all().with_status()
+        ResourceInfo::of::<Pod>()
+            .short_names(&["po"])
+            .in_all()
+            .with_status()
     }
 
     fn default(&self, pod: &mut Pod) {
@@ -269,7 +291,10 @@ impl Strategy for PodStrategy {
         default_pod_spec(spec);
         // What the ServiceAccount and Priority admission plugins add to every pod.
         if spec.service_account_name.is_none() {
-            spec.service_account_name = spec.service_account.clone().or_else(|| Some("default".into()));
+            spec.service_account_name = spec
+                .service_account
+                .clone()
+                .or_else(|| Some("default".into()));
         }
         spec.service_account = spec.service_account_name.clone();
         spec.priority.get_or_insert(0);
@@ -296,7 +321,12 @@ impl Strategy for PodStrategy {
         for (nc, oc) in n.containers.iter_mut().zip(&o.containers) {
             nc.image = oc.image.clone();
         }
-        for (nc, oc) in n.init_containers.iter_mut().flatten().zip(o.init_containers.iter().flatten()) {
+        for (nc, oc) in n
+            .init_containers
+            .iter_mut()
+            .flatten()
+            .zip(o.init_containers.iter().flatten())
+        {
             nc.image = oc.image.clone();
         }
         n.active_deadline_seconds = o.active_deadline_seconds;
@@ -327,14 +357,39 @@ impl Strategy for PodStrategy {
 
     fn columns(&self) -> Vec<Column> {
         vec![
-            Column::new("Ready", "The aggregate readiness state of this pod for accepting traffic."),
-            Column::new("Status", "The aggregate status of the containers in this pod."),
-            Column::new("Restarts", "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            Column::new(
+                "Ready",
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            Column::new(
+                "Status",
+                "The aggregate status of the containers in this pod.",
+            ),
+            Column::new(
+                "Restarts",
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            ),
             Column::age(),
-            Column::new("IP", "IP address allocated to the pod. Routable at least within the cluster.").wide(),
-            Column::new("Node", "NodeName is a request to schedule this pod onto a specific node.").wide(),
-            Column::new("Nominated Node", "nominatedNodeName is set only when this pod preempts other pods on the node.").wide(),
-            Column::new("Readiness Gates", "If specified, all readiness gates will be evaluated for pod readiness.").wide(),
+            Column::new(
+                "IP",
+                "IP address allocated to the pod. Routable at least within the cluster.",
+            )
+            .wide(),
+            Column::new(
+                "Node",
+                "NodeName is a request to schedule this pod onto a specific node.",
+            )
+            .wide(),
+            Column::new(
+                "Nominated Node",
+                "nominatedNodeName is set only when this pod preempts other pods on the node.",
+            )
+            .wide(),
+            Column::new(
+                "Readiness Gates",
+                "If specified, all readiness gates will be evaluated for pod readiness.",
+            )
+            .wide(),
         ]
     }
 
@@ -344,16 +399,21 @@ impl Strategy for PodStrategy {
         let statuses = status.container_statuses.clone().unwrap_or_default();
         let ready = statuses.iter().filter(|c| c.ready).count();
         let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
-        let gates = spec.readiness_gates.as_ref().map_or("<none>".to_string(), |g| {
-            let conds = status.conditions.clone().unwrap_or_default();
-            let true_count = g
-                .iter()
-                .filter(|gate| {
-                    conds.iter().any(|c| c.type_ == gate.condition_type && c.status == "True")
-                })
-                .count();
-            format!("{true_count}/{}", g.len())
-        });
+        let gates = spec
+            .readiness_gates
+            .as_ref()
+            .map_or("<none>".to_string(), |g| {
+                let conds = status.conditions.clone().unwrap_or_default();
+                let true_count = g
+                    .iter()
+                    .filter(|gate| {
+                        conds
+                            .iter()
+                            .any(|c| c.type_ == gate.condition_type && c.status == "True")
+                    })
+                    .count();
+                format!("{true_count}/{}", g.len())
+            });
         vec![
             json!(format!("{ready}/{}", spec.containers.len())),
             json!(pod_status_reason(pod)),
@@ -361,7 +421,11 @@ impl Strategy for PodStrategy {
             age(pod.metadata.creation_timestamp.as_ref()),
             json!(status.pod_ip.unwrap_or_else(|| "<none>".into())),
             json!(spec.node_name.unwrap_or_else(|| "<none>".into())),
-            json!(status.nominated_node_name.unwrap_or_else(|| "<none>".into())),
+            json!(
+                status
+                    .nominated_node_name
+                    .unwrap_or_else(|| "<none>".into())
+            ),
             json!(gates),
         ]
     }

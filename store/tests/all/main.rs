@@ -3,8 +3,8 @@
 
 mod mvcc;
 
-use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
+use openraft::testing::{StoreBuilder, Suite};
 use wasmkube_store::{LogStore, NodeId, StateMachine, TypeConfig};
 
 struct RedbBuilder;

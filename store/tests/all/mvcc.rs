@@ -30,7 +30,10 @@ fn rev(outcome: &Outcome) -> u64 {
 
 fn rv_of(bytes: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(bytes).expect("json");
-    v["metadata"]["resourceVersion"].as_str().expect("rv").to_string()
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string()
 }
 
 #[tokio::test]
@@ -70,7 +73,11 @@ async fn writes_should_stamp_revisions_and_compare_and_swap() {
         .expect("delete");
     let r3 = rev(&del);
     if let Outcome::Written { value, .. } = &del {
-        assert_eq!(rv_of(value), r3.to_string(), "deleted object carries the delete revision");
+        assert_eq!(
+            rv_of(value),
+            r3.to_string(),
+            "deleted object carries the delete revision"
+        );
     }
     assert!(store.get("/t/a").await.expect("get").is_none());
     store.shutdown().await.expect("shutdown");
@@ -85,7 +92,13 @@ async fn list_should_page_and_read_past_revisions() {
     }
     put(&store, "/t/other", "x", Precondition::Absent).await;
     let first = store
-        .list("/t/ns/", ListOptions { limit: Some(2), ..Default::default() })
+        .list(
+            "/t/ns/",
+            ListOptions {
+                limit: Some(2),
+                ..Default::default()
+            },
+        )
         .await
         .expect("list");
     assert_eq!(first.items.len(), 2);
@@ -96,7 +109,10 @@ async fn list_should_page_and_read_past_revisions() {
     // Change the world, then read page two at the first page's revision.
     put(&store, "/t/ns/2", "v2", Precondition::Present).await;
     store
-        .write(Command::Delete { key: "/t/ns/3".into(), precondition: Precondition::Present })
+        .write(Command::Delete {
+            key: "/t/ns/3".into(),
+            precondition: Precondition::Present,
+        })
         .await
         .expect("delete");
     put(&store, "/t/ns/9", "new", Precondition::Absent).await;
@@ -113,12 +129,21 @@ async fn list_should_page_and_read_past_revisions() {
         .expect("list at revision");
     let keys: Vec<_> = second.items.iter().map(|i| i.key.as_str()).collect();
     assert_eq!(keys, ["/t/ns/2", "/t/ns/3", "/t/ns/4"]);
-    assert!(second.items[0].value.windows(4).any(|w| w == b"\"v1\""), "old value of /t/ns/2");
+    assert!(
+        second.items[0].value.windows(4).any(|w| w == b"\"v1\""),
+        "old value of /t/ns/2"
+    );
     assert!(!second.more);
 
-    let now = store.list("/t/ns/", ListOptions::default()).await.expect("list");
+    let now = store
+        .list("/t/ns/", ListOptions::default())
+        .await
+        .expect("list");
     let keys: Vec<_> = now.items.iter().map(|i| i.key.as_str()).collect();
-    assert_eq!(keys, ["/t/ns/0", "/t/ns/1", "/t/ns/2", "/t/ns/4", "/t/ns/9"]);
+    assert_eq!(
+        keys,
+        ["/t/ns/0", "/t/ns/1", "/t/ns/2", "/t/ns/4", "/t/ns/9"]
+    );
     store.shutdown().await.expect("shutdown");
 }
 
@@ -138,12 +163,13 @@ async fn watch_should_replay_history_then_follow_and_expire_after_compaction() {
     assert_eq!((e2.revision, e2.kind), (r2, ChangeKind::Updated));
     assert!(e2.prev.is_some());
 
-    let r3 = rev(
-        &store
-            .write(Command::Delete { key: "/w/a".into(), precondition: Precondition::None })
-            .await
-            .expect("delete"),
-    );
+    let r3 = rev(&store
+        .write(Command::Delete {
+            key: "/w/a".into(),
+            precondition: Precondition::None,
+        })
+        .await
+        .expect("delete"));
     let e3 = tokio::time::timeout(Duration::from_secs(10), watch.next())
         .await
         .expect("live event in time")
@@ -157,7 +183,10 @@ async fn watch_should_replay_history_then_follow_and_expire_after_compaction() {
         Err(other) => panic!("expected Compacted, got {other:?}"),
         Ok(_) => panic!("expected Compacted, got a watch"),
     }
-    let mut from_r2 = store.watch("/w/", r2).await.expect("watch from compaction point");
+    let mut from_r2 = store
+        .watch("/w/", r2)
+        .await
+        .expect("watch from compaction point");
     assert_eq!(from_r2.next().await.expect("event").revision, r3);
     store.shutdown().await.expect("shutdown");
 }
@@ -169,17 +198,29 @@ async fn store_should_keep_every_write_across_reopen() {
     {
         let store = Store::open(Config::new(dir.path())).await.expect("open");
         for i in 0..20 {
-            revs.push(rev(&put(&store, &format!("/p/{i:02}"), "v", Precondition::Absent).await));
+            revs.push(rev(&put(
+                &store,
+                &format!("/p/{i:02}"),
+                "v",
+                Precondition::Absent,
+            )
+            .await));
         }
         store.shutdown().await.expect("shutdown");
     }
     let store = Store::open(Config::new(dir.path())).await.expect("reopen");
-    let all = store.list("/p/", ListOptions::default()).await.expect("list");
+    let all = store
+        .list("/p/", ListOptions::default())
+        .await
+        .expect("list");
     assert_eq!(all.items.len(), 20);
     for (item, r) in all.items.iter().zip(&revs) {
         assert_eq!(item.revision, *r);
     }
     let next = rev(&put(&store, "/p/new", "v", Precondition::Absent).await);
-    assert!(next > *revs.last().expect("some"), "revisions keep increasing after restart");
+    assert!(
+        next > *revs.last().expect("some"),
+        "revisions keep increasing after restart"
+    );
     store.shutdown().await.expect("shutdown");
 }
