@@ -237,6 +237,31 @@ impl OpenApi {
     }
 }
 
+/// `/openapi/v2`: a Swagger 2.0 document in gnostic's protobuf encoding, which kubectl up to
+/// 1.28 fetches (and requires to parse) before `apply`. It names the API but carries no
+/// definitions: kubectl skips client-side schema checks for kinds it cannot find and the
+/// server still validates, warning about unknown fields. kubectl 1.29 and later use the v3
+/// documents above.
+pub(crate) fn v2_protobuf() -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
+        out.push((number << 3) | 2); // length-delimited
+        out.push(u8::try_from(bytes.len()).expect("short field"));
+        out.extend_from_slice(bytes);
+    }
+    let mut info = Vec::new();
+    field(&mut info, 1, b"Kubernetes"); // Info.title
+    let version = format!(
+        "v{}.{}.0",
+        crate::discovery::KUBE_MAJOR,
+        crate::discovery::KUBE_MINOR
+    );
+    field(&mut info, 2, version.as_bytes()); // Info.version
+    let mut doc = Vec::new();
+    field(&mut doc, 1, b"2.0"); // Document.swagger
+    field(&mut doc, 2, &info); // Document.info
+    doc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -127,6 +127,16 @@ async fn route(
         }
         (&Method::GET, "/version") => get(discovery::version()),
         (&Method::GET, "/openapi/v3") => get(s.api.openapi().index()),
+        (&Method::GET, "/openapi/v2") => {
+            let mut resp = (StatusCode::OK, crate::openapi::v2_protobuf()).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static(
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                ),
+            );
+            Ok(resp)
+        }
         (&Method::GET, p) if p.starts_with("/openapi/v3/") => {
             match s.api.openapi().doc(&p["/openapi/v3/".len()..]) {
                 Some(doc) => Ok(crate::rest::respond(StatusCode::OK, doc.to_vec(), &[])),
