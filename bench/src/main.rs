@@ -275,6 +275,11 @@ fn ms(d: Duration) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    // Logs go to stderr; the table goes to stdout.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
     println!(
         "pod-sized creates ({} per level, at most {} s per level)\n",
         args.count, args.max_seconds
