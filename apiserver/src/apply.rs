@@ -112,6 +112,7 @@ impl Apiserver {
     /// are dropped from every entry.
     pub(crate) fn track_managed_fields(
         &self,
+        t: &Target,
         q: &Params,
         operation: &str,
         old: Option<&Value>,
@@ -121,7 +122,8 @@ impl Apiserver {
             return;
         }
         let manager = manager_of(q);
-        let present = fieldset::of_object(new, false);
+        let subresource = t.subresource.clone().filter(|s| s == "status");
+        let present = fieldset::of_object(new, true);
         let changed: FieldSet = present
             .iter()
             .filter(|p| {
@@ -144,7 +146,7 @@ impl Apiserver {
         let mut list = entries(new);
         let mut mine = false;
         for e in &mut list {
-            if e.manager == manager && e.operation == "Update" && e.subresource.is_none() {
+            if e.manager == manager && e.operation == "Update" && e.subresource == subresource {
                 e.fields.extend(changed.iter().cloned());
                 if !changed.is_empty() {
                     e.time = None;
@@ -161,7 +163,7 @@ impl Apiserver {
                 manager,
                 operation: "Update".into(),
                 api_version,
-                subresource: None,
+                subresource,
                 time: None,
                 fields: changed,
             });
@@ -212,13 +214,18 @@ impl Apiserver {
             }
         }
         let (canonical, warnings) = self.canonical(t, &applied, q)?;
-        let mut owned = fieldset::of_object(&applied, t.subresource.as_deref() == Some("status"));
+        let status = t.subresource.as_deref() == Some("status");
+        let mut owned = fieldset::of_object(&applied, status);
         owned.retain(|p| fieldset::value_at(&canonical, p).is_some());
+        if status {
+            // An apply to /status owns only status fields.
+            owned.retain(|p| p.first().is_some_and(|f| f == "f:status"));
+        }
         let api_version = info.api_version();
         for _ in 0..16 {
             let cur = match self.load(t, name).await {
                 Ok(c) => c,
-                Err(e) if e.code == 404 => {
+                Err(e) if e.code == 404 && !status => {
                     let mut obj = canonical.clone();
                     store_entries(
                         &mut obj,
@@ -277,7 +284,10 @@ impl Apiserver {
         let info = t.kind.info();
         let name = meta_str(&cur.value, "name").unwrap_or_default().to_string();
         let mut list = entries(&cur.value);
-        let is_me = |e: &Entry| e.manager == manager && e.operation == "Apply";
+        let subresource = t.subresource.clone().filter(|s| s == "status");
+        let is_me = |e: &Entry| {
+            e.manager == manager && e.operation == "Apply" && e.subresource == subresource
+        };
         let mut conflicts = Vec::new();
         for e in list.iter().filter(|e| !is_me(e)) {
             for p in owned.intersection(&e.fields) {
@@ -317,7 +327,11 @@ impl Apiserver {
             .collect();
         let mut merged = cur.value.clone();
         let mut patch_obj = applied.as_object().cloned().unwrap_or_default();
-        patch_obj.remove("status");
+        if subresource.is_some() {
+            patch_obj.retain(|k, _| k == "status");
+        } else {
+            patch_obj.remove("status");
+        }
         if let Some(Value::Object(m)) = patch_obj.get_mut("metadata") {
             m.retain(|k, _| {
                 matches!(
@@ -342,7 +356,7 @@ impl Apiserver {
             manager: manager.to_string(),
             operation: "Apply".into(),
             api_version: info.api_version(),
-            subresource: None,
+            subresource,
             time: None,
             fields: owned.clone(),
         });

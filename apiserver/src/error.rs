@@ -275,6 +275,13 @@ impl ApiError {
         ApiError::new(503, "ServiceUnavailable", message)
     }
 
+    /// 504 Timeout for a resourceVersion the store has not reached, with the cause client-go's
+    /// reflector looks for to relist (`ResourceVersionTooLarge`).
+    pub fn too_large_resource_version(rv: u64, current: u64) -> Self {
+        ApiError::new(504, "Timeout", format!("Too large resource version: {rv}, current: {current}"))
+            .with_details(json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}))
+    }
+
     /// 504 Timeout.
     pub fn timeout(message: impl Into<String>) -> Self {
         ApiError::new(504, "Timeout", message)

@@ -113,6 +113,7 @@ impl Apiserver {
                 ));
             }
             let c = decode_continue(token)?;
+            self.wait_for_revision(c.rv).await?;
             at = Some(c.rv);
             start = Some(format!("{prefix}{}", c.start));
         } else {
@@ -127,12 +128,20 @@ impl Apiserver {
                     )));
                 }
                 (Some("0"), None | Some("NotOlderThan")) => {}
+                (Some("0"), Some("Exact")) => {
+                    return Err(ApiError::bad_request(
+                        "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"",
+                    ));
+                }
                 (Some(rv), m) => {
                     let rv: u64 = rv.parse().map_err(|_| {
                         ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
                     })?;
                     match m {
-                        Some("Exact") => at = Some(rv),
+                        Some("Exact") => {
+                            self.wait_for_revision(rv).await?;
+                            at = Some(rv);
+                        }
                         None | Some("NotOlderThan") => self.wait_for_revision(rv).await?,
                         Some(other) => {
                             return Err(ApiError::bad_request(format!(
@@ -202,7 +211,7 @@ impl Apiserver {
     }
 
     /// Waits briefly for the store to reach `rv`, as a `NotOlderThan` read requires.
-    async fn wait_for_revision(&self, rv: u64) -> Result<(), ApiError> {
+    pub(crate) async fn wait_for_revision(&self, rv: u64) -> Result<(), ApiError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         loop {
             if self.store.revision().await? >= rv {
@@ -268,6 +277,16 @@ impl Apiserver {
                     })
                     .collect();
                 let body = table(&t.kind.columns(), rows, include, meta);
+                Ok(crate::rest::respond_json(StatusCode::OK, &body, &[]))
+            }
+            Representation::Metadata => {
+                let items: Vec<Value> = page
+                    .items
+                    .iter()
+                    .map(|(v, _)| crate::table::partial(v))
+                    .collect();
+                let body = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                                  "metadata": meta, "items": items});
                 Ok(crate::rest::respond_json(StatusCode::OK, &body, &[]))
             }
             Representation::Object => {

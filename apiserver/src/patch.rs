@@ -29,7 +29,7 @@ impl PatchType {
             "application/json-patch+json" => Ok(PatchType::Json),
             "application/merge-patch+json" => Ok(PatchType::Merge),
             "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Ok(PatchType::Apply),
+            "application/apply-patch+yaml" => Ok(PatchType::Apply),
             other => Err(ApiError::unsupported_media_type(other)),
         }
     }

@@ -262,6 +262,8 @@ pub enum Representation {
     Object,
     /// A `meta.k8s.io/v1` Table.
     Table,
+    /// `meta.k8s.io/v1` PartialObjectMetadata (and `...List`): metadata only.
+    Metadata,
 }
 
 /// Picks the representation from `Accept`, as kube-apiserver's content negotiation does for
@@ -286,9 +288,16 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Representation, ApiError> {
             continue;
         }
         let table = params.iter().any(|p| p.eq_ignore_ascii_case("as=Table"));
+        let metadata = params.iter().any(|p| {
+            p.eq_ignore_ascii_case("as=PartialObjectMetadata")
+                || p.eq_ignore_ascii_case("as=PartialObjectMetadataList")
+        });
         let v1 = params.contains(&"v=v1") || !params.iter().any(|p| p.starts_with("v="));
         if table && v1 {
             return Ok(Representation::Table);
+        }
+        if metadata && v1 {
+            return Ok(Representation::Metadata);
         }
         if !params.iter().any(|p| p.starts_with("as=")) {
             any_json = true;

@@ -185,6 +185,11 @@ impl Apiserver {
             }
             (&Method::PATCH, true, Some("scale")) if info.scale => {
                 let pt = PatchType::from_content_type(&content_type(headers))?;
+                if pt == PatchType::Apply {
+                    return Err(ApiError::unsupported_media_type(
+                        "application/apply-patch+yaml (on scale)",
+                    ));
+                }
                 self.set_scale(&t, &q, Value::Null, Some((pt, body))).await
             }
             (&Method::PATCH, true, None) => self.patch(&t, &q, headers, body).await,
@@ -232,6 +237,7 @@ impl Apiserver {
         let cur = self.load(t, name).await?;
         let body = match repr {
             Representation::Object => cur.value,
+            Representation::Metadata => crate::table::partial(&cur.value),
             Representation::Table => {
                 let cells = t.kind.row(&cur.value);
                 table(
@@ -254,6 +260,9 @@ impl Apiserver {
         q: &Params,
     ) -> Result<(Value, Vec<String>), ApiError> {
         let info = t.kind.info();
+        if !raw.is_object() {
+            return Err(ApiError::bad_request("the object must be a JSON object"));
+        }
         let mut raw = raw.clone();
         let api_version = info.api_version();
         match raw.get("apiVersion").and_then(Value::as_str) {
@@ -361,6 +370,9 @@ impl Apiserver {
                     _ => {}
                 }
                 m.insert("namespace".into(), json!(ns));
+            } else {
+                // `EnsureObjectNamespaceMatchesRequestNamespace`: cluster-scoped objects have none.
+                m.remove("namespace");
             }
             if m.get("resourceVersion")
                 .and_then(Value::as_str)
@@ -397,7 +409,7 @@ impl Apiserver {
         {
             o.remove("status");
         }
-        self.track_managed_fields(q, operation, None, &mut obj);
+        self.track_managed_fields(t, q, operation, None, &mut obj);
         t.kind
             .admit(&mut obj, None)
             .map_err(|errs| ApiError::invalid(info, &name, &errs))?;
@@ -559,7 +571,7 @@ impl Apiserver {
         if object::same_object(&new, &cur.value) {
             return Ok(cur.value.clone());
         }
-        self.track_managed_fields(q, operation, Some(&cur.value), &mut new);
+        self.track_managed_fields(t, q, operation, Some(&cur.value), &mut new);
         let finished = meta_str(&cur.value, "deletionTimestamp").is_some()
             && pending_finalizers(t, &new) == 0
             && (info.plural != "pods" || !self.graceful_pod(&new));
@@ -640,7 +652,7 @@ impl Apiserver {
                 )
             })?),
         };
-        loop {
+        for _ in 0..16 {
             let cur = self.load(t, name).await?;
             if let Some(rv) = expected
                 && rv != cur.rv
@@ -655,6 +667,11 @@ impl Apiserver {
                 Ok(out) => return Ok(respond_json(StatusCode::OK, &out, &warnings)),
             }
         }
+        Err(ApiError::conflict(
+            info,
+            name,
+            "too many concurrent updates; please retry",
+        ))
     }
 
     async fn patch(
@@ -673,6 +690,9 @@ impl Apiserver {
         for _ in 0..16 {
             let cur = self.load(t, name).await?;
             let patched = patch::apply(pt, &cur.value, body)?;
+            if !patched.is_object() {
+                return Err(ApiError::bad_request("the patch must leave a JSON object"));
+            }
             let pinned = object::revision(&patched).filter(|rv| *rv != cur.rv);
             if pinned.is_some()
                 || (meta_str(&patched, "resourceVersion").is_some()

@@ -38,7 +38,16 @@ struct Shared {
 
 /// The router: public health and version endpoints, everything else behind the bearer token.
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new().fallback(handle).with_state(shared)
+    Router::new()
+        .fallback(handle)
+        .with_state(shared)
+        // A bug must cost one request a 500 Status, not the connection and its watches.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("request handler panicked");
+                ApiError::internal("the server panicked while handling the request").into_response()
+            },
+        ))
 }
 
 async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {

@@ -138,8 +138,8 @@ pub fn age(t: Option<&Time>) -> Value {
     }
 }
 
-/// The partial object kubectl receives per row (`includeObject=Metadata`, the default).
-fn partial(obj: &Value) -> Value {
+/// `PartialObjectMetadata` of an object: what metadata-only clients and table rows receive.
+pub fn partial(obj: &Value) -> Value {
     json!({
         "kind": "PartialObjectMetadata",
         "apiVersion": "meta.k8s.io/v1",

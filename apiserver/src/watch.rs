@@ -37,6 +37,14 @@ impl Render {
         out.extend_from_slice(b"\",\"object\":");
         match self.repr {
             Representation::Object => out.extend_from_slice(raw),
+            Representation::Metadata => {
+                let value: Value = match parsed {
+                    Some(v) => v.clone(),
+                    None => serde_json::from_slice(raw).unwrap_or_default(),
+                };
+                let partial = crate::table::partial(&value);
+                out.extend_from_slice(&serde_json::to_vec(&partial).expect("JSON serializes"));
+            }
             Representation::Table => {
                 let value: Value = match parsed {
                     Some(v) => v.clone(),
@@ -136,8 +144,12 @@ impl Apiserver {
             page.revision
         } else {
             let rv = rv.expect("checked above");
-            rv.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?
+            let rv = rv
+                .parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+            // A revision the store has not reached yet: wait briefly, as the watch cache does.
+            self.wait_for_revision(rv).await?;
+            rv
         };
         let mut watch = match self
             .store
@@ -258,7 +270,17 @@ fn convert(
         (ChangeKind::Created, _, true) => "ADDED",
         (ChangeKind::Updated, true, true) => "MODIFIED",
         (ChangeKind::Updated, false, true) => "ADDED",
-        (ChangeKind::Updated, true, false) => "DELETED",
+        (ChangeKind::Updated, true, false) => {
+            // Leaving the selector: the last state that matched, at this event's revision,
+            // as kube-apiserver's watch cache reports it.
+            let mut last = c.prev.as_deref().and_then(parse)?;
+            crate::object::meta_mut(&mut last).insert(
+                "resourceVersion".into(),
+                serde_json::json!(c.revision.to_string()),
+            );
+            let raw = serde_json::to_vec(&last).expect("JSON serializes");
+            return Some(render.event("DELETED", &raw, Some(&last)));
+        }
         (ChangeKind::Deleted, true, _) => "DELETED",
         _ => return None,
     };

@@ -237,6 +237,12 @@ async fn malformed_requests_should_get_4xx_status() -> Result<()> {
             409,
         ),
         ("text/plain", b"x", 415),
+        (
+            "application/json-patch+json",
+            br#"[{"op":"replace","path":"","value":[1]}]"#,
+            400,
+        ),
+        ("application/apply-patch+cbor", b"\xa0", 415),
     ] {
         let (code, st) = raw(c, "PATCH", path, ct, "application/json", body).await?;
         ensure!(

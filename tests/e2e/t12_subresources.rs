@@ -260,3 +260,91 @@ async fn tables_should_have_kubectl_columns() -> Result<()> {
     );
     cluster.stop().await
 }
+
+#[tokio::test]
+async fn status_apply_and_metadata_only_clients_should_work() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let pods: Api<core::v1::Pod> = Api::default_namespaced(cluster.client.clone());
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(fixtures::pod("sa"))?,
+    )
+    .await?;
+    tracing::info!("--- server-side apply to /status, as a kube-rs controller does");
+    let applied = pods
+        .patch_status(
+            "sa",
+            &PatchParams::apply("wasmlet"),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sa"},
+                "status": {"phase": "Running", "podIP": "10.244.1.2"}}),
+            ),
+        )
+        .await?;
+    let status = applied.status.clone().expect("status");
+    ensure!(
+        status.phase.as_deref() == Some("Running")
+            && status.pod_ip.as_deref() == Some("10.244.1.2")
+    );
+    let entry = applied
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.manager.as_deref() == Some("wasmlet"))
+        .expect("the applier owns fields");
+    ensure!(entry.subresource.as_deref() == Some("status"), "{entry:?}");
+    let missing = pods
+        .patch_status(
+            "nope",
+            &PatchParams::apply("wasmlet"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "nope"}, "status": {"phase": "Running"}})),
+        )
+        .await
+        .expect_err("status apply does not create");
+    ensure!(
+        matches!(missing, kube::Error::Api(ref s) if s.code == 404),
+        "{missing:?}"
+    );
+
+    tracing::info!("--- metadata-only list, get and watch");
+    let meta = pods.list_metadata(&Default::default()).await?;
+    ensure!(meta.items.len() == 1 && meta.items[0].metadata.name.as_deref() == Some("sa"));
+    let one = pods.get_metadata("sa").await?;
+    ensure!(one.metadata.uid == applied.metadata.uid);
+    let (reader, writer) = kube::runtime::reflector::store();
+    let stream = kube::runtime::reflector(
+        writer,
+        kube::runtime::watcher(
+            Api::<kube::core::PartialObjectMeta<core::v1::Pod>>::default_namespaced(
+                cluster.client.clone(),
+            ),
+            kube::runtime::watcher::Config::default(),
+        ),
+    );
+    let task = tokio::spawn(futures::StreamExt::for_each(stream, |_| async {}));
+    wasmkube_tests::wait_for(
+        "the metadata reflector",
+        std::time::Duration::from_secs(10),
+        || {
+            let r = reader.clone();
+            async move { (r.state().len() == 1).then_some(()) }
+        },
+    )
+    .await?;
+    task.abort();
+
+    tracing::info!(
+        "--- cluster-scoped objects ignore a namespace in the body, as kube-apiserver does"
+    );
+    let ns: Api<core::v1::Namespace> = Api::all(cluster.client.clone());
+    let created = ns
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "clus", "namespace": "default"}}))?,
+        )
+        .await?;
+    ensure!(created.metadata.namespace.is_none());
+    cluster.stop().await
+}
