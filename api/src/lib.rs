@@ -12,6 +12,7 @@
 //! ```
 
 pub mod field;
+pub mod names;
 pub mod resource;
 pub mod selector;
 

@@ -100,18 +100,9 @@ pub fn valid_label_key(key: &str) -> bool {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
-    prefix.is_none_or(|p| !p.is_empty() && p.len() <= 253 && p.split('.').all(valid_dns_label_like))
+    prefix.is_none_or(|p| !p.is_empty() && p.len() <= 253 && crate::names::is_dns1123_subdomain(p))
         && valid_label_value(name)
         && !name.is_empty()
-}
-
-fn valid_dns_label_like(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// Validates a label value: empty, or up to 63 alphanumerics, `-`, `_`, `.`, starting and

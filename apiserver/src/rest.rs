@@ -136,7 +136,47 @@ fn pending_finalizers(t: &Target, obj: &Value) -> usize {
     object::finalizers(obj).len() + spec
 }
 
+/// A compare-and-swap write against the revision an object was read at.
+pub(crate) enum Cas<'a> {
+    /// Store this object.
+    Put(&'a Value),
+    /// Remove the object.
+    Delete,
+}
+
 impl Apiserver {
+    /// Writes `name` only if it is still at revision `rv`. `Ok(None)` means it changed in
+    /// between (the caller re-reads and retries, or answers 409); a vanished object is 404.
+    pub(crate) async fn cas(
+        &self,
+        t: &Target,
+        name: &str,
+        rv: u64,
+        op: Cas<'_>,
+    ) -> Result<Option<bytes::Bytes>, ApiError> {
+        let key = self.key(t, name);
+        let precondition = Precondition::Revision(rv);
+        let command = match op {
+            Cas::Put(obj) => Command::Put {
+                key,
+                value: serde_json::value::to_raw_value(obj).expect("JSON serializes"),
+                precondition,
+            },
+            Cas::Delete => Command::Delete { key, precondition },
+        };
+        match self.store.write(command).await? {
+            Outcome::Written { value, .. } => Ok(Some(value)),
+            Outcome::Failed {
+                reason: Failure::NotFound,
+                ..
+            } => Err(ApiError::not_found(t.kind.info(), name)),
+            Outcome::Failed { .. } => Ok(None),
+            other => Err(ApiError::internal(format!(
+                "unexpected store outcome {other:?}"
+            ))),
+        }
+    }
+
     /// Routes one API request.
     pub(crate) async fn handle_api(
         &self,
@@ -578,36 +618,17 @@ impl Apiserver {
         if dry {
             return Ok(new);
         }
-        let outcome = if finished {
-            self.store
-                .write(Command::Delete {
-                    key: self.key(t, &name),
-                    precondition: Precondition::Revision(cur.rv),
-                })
-                .await?
+        let op = if finished {
+            Cas::Delete
         } else {
-            let value = serde_json::value::to_raw_value(&new).expect("JSON serializes");
-            self.store
-                .write(Command::Put {
-                    key: self.key(t, &name),
-                    value,
-                    precondition: Precondition::Revision(cur.rv),
-                })
-                .await?
+            Cas::Put(&new)
         };
-        match outcome {
-            Outcome::Written { value, .. } if !finished => {
+        match self.cas(t, &name, cur.rv, op).await? {
+            Some(value) if !finished => {
                 serde_json::from_slice(&value).map_err(|e| ApiError::internal(e.to_string()))
             }
-            Outcome::Written { .. } => Ok(new),
-            Outcome::Failed {
-                reason: Failure::NotFound,
-                ..
-            } => Err(ApiError::not_found(info, &name)),
-            Outcome::Failed { .. } => Err(ApiError::conflict(info, &name, ApiError::MODIFIED)),
-            other => Err(ApiError::internal(format!(
-                "unexpected store outcome {other:?}"
-            ))),
+            Some(_) => Ok(new),
+            None => Err(ApiError::conflict(info, &name, ApiError::MODIFIED)),
         }
     }
 
@@ -827,31 +848,13 @@ impl Apiserver {
                 if opts.dry_run {
                     return Ok((StatusCode::OK, new));
                 }
-                let value = serde_json::value::to_raw_value(&new).expect("JSON serializes");
-                match self
-                    .store
-                    .write(Command::Put {
-                        key: self.key(t, name),
-                        value,
-                        precondition: Precondition::Revision(cur.rv),
-                    })
-                    .await?
-                {
-                    Outcome::Written { value, .. } => {
+                match self.cas(t, name, cur.rv, Cas::Put(&new)).await? {
+                    Some(value) => {
                         let v = serde_json::from_slice(&value)
                             .map_err(|e| ApiError::internal(e.to_string()))?;
                         return Ok((StatusCode::OK, v));
                     }
-                    Outcome::Failed {
-                        reason: Failure::NotFound,
-                        ..
-                    } => return Err(ApiError::not_found(info, name)),
-                    Outcome::Failed { .. } => continue,
-                    other => {
-                        return Err(ApiError::internal(format!(
-                            "unexpected store outcome {other:?}"
-                        )));
-                    }
+                    None => continue,
                 }
             }
             if opts.dry_run {
@@ -864,15 +867,8 @@ impl Apiserver {
                     },
                 ));
             }
-            match self
-                .store
-                .write(Command::Delete {
-                    key: self.key(t, name),
-                    precondition: Precondition::Revision(cur.rv),
-                })
-                .await?
-            {
-                Outcome::Written { value, .. } => {
+            match self.cas(t, name, cur.rv, Cas::Delete).await? {
+                Some(value) => {
                     let body = if is_pod {
                         serde_json::from_slice(&value)
                             .map_err(|e| ApiError::internal(e.to_string()))?
@@ -881,16 +877,7 @@ impl Apiserver {
                     };
                     return Ok((StatusCode::OK, body));
                 }
-                Outcome::Failed {
-                    reason: Failure::NotFound,
-                    ..
-                } => return Err(ApiError::not_found(info, name)),
-                Outcome::Failed { .. } => continue,
-                other => {
-                    return Err(ApiError::internal(format!(
-                        "unexpected store outcome {other:?}"
-                    )));
-                }
+                None => continue,
             }
         }
         Err(ApiError::conflict(
@@ -978,25 +965,9 @@ impl Apiserver {
                 .collect();
             conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": object::now()}));
             new["status"]["conditions"] = json!(conds);
-            let value = serde_json::value::to_raw_value(&new).expect("JSON serializes");
-            match self
-                .store
-                .write(Command::Put {
-                    key: self.key(t, name),
-                    value,
-                    precondition: Precondition::Revision(cur.rv),
-                })
-                .await?
-            {
-                Outcome::Written { .. } => {
-                    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
-                    return Ok(respond_json(StatusCode::CREATED, &status, &[]));
-                }
-                Outcome::Failed {
-                    reason: Failure::NotFound,
-                    ..
-                } => return Err(ApiError::not_found(info, name)),
-                _ => continue,
+            if self.cas(t, name, cur.rv, Cas::Put(&new)).await?.is_some() {
+                let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
+                return Ok(respond_json(StatusCode::CREATED, &status, &[]));
             }
         }
         Err(ApiError::conflict(

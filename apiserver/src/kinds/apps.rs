@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 
 use wasmkube_api::ResourceInfo;
 
-use super::pod::{default_template, validate_template};
+use super::pod::{
+    containers_and_images, containers_column, default_template, images_column, validate_template,
+};
 use crate::error::FieldError;
 use crate::registry::{Registry, Strategy};
 use crate::table::{Column, age};
@@ -64,20 +66,6 @@ fn selector_immutable(new: Option<&LabelSelector>, old: Option<&LabelSelector>) 
     let mut errs = Vec::new();
     validation::immutable("spec.selector", &new, &old, &mut errs);
     errs
-}
-
-fn containers_and_images(t: &PodTemplateSpec) -> (Value, Value) {
-    let cs = t
-        .spec
-        .as_ref()
-        .map(|s| s.containers.clone())
-        .unwrap_or_default();
-    let names: Vec<String> = cs.iter().map(|c| c.name.clone()).collect();
-    let images: Vec<String> = cs
-        .iter()
-        .map(|c| c.image.clone().unwrap_or_default())
-        .collect();
-    (json!(names.join(",")), json!(images.join(",")))
 }
 
 fn selector_string(s: Option<&LabelSelector>) -> Value {
@@ -165,8 +153,8 @@ impl Strategy for DeploymentStrategy_ {
             Column::int("Up-to-date", "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
             Column::int("Available", "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
             Column::age(),
-            Column::new("Containers", "Names of each container in the template.").wide(),
-            Column::new("Images", "Images referenced by each container in the template.").wide(),
+            containers_column(),
+            images_column(),
             Column::new("Selector", "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.").wide(),
         ]
     }
@@ -174,7 +162,7 @@ impl Strategy for DeploymentStrategy_ {
     fn row(&self, d: &Deployment) -> Vec<Value> {
         let spec = d.spec.clone().unwrap_or_default();
         let st = d.status.clone().unwrap_or_default();
-        let (containers, images) = containers_and_images(&spec.template);
+        let (containers, images) = containers_and_images(spec.template.spec.as_ref());
         vec![
             json!(format!(
                 "{}/{}",
@@ -241,12 +229,8 @@ impl Strategy for ReplicaSetStrategy {
                 "The number of ready replicas for this replica set.",
             ),
             Column::age(),
-            Column::new("Containers", "Names of each container in the template.").wide(),
-            Column::new(
-                "Images",
-                "Images referenced by each container in the template.",
-            )
-            .wide(),
+            containers_column(),
+            images_column(),
             Column::new(
                 "Selector",
                 "Selector is a label query over pods that should match the replica count.",
@@ -259,7 +243,7 @@ impl Strategy for ReplicaSetStrategy {
         let spec = rs.spec.clone().unwrap_or_default();
         let st = rs.status.clone().unwrap_or_default();
         let (containers, images) =
-            containers_and_images(&spec.template.clone().unwrap_or_default());
+            containers_and_images(spec.template.as_ref().and_then(|t| t.spec.as_ref()));
         vec![
             json!(spec.replicas.unwrap_or(1)),
             json!(st.replicas),
@@ -354,12 +338,8 @@ impl Strategy for DaemonSetStrategy {
                 "NodeSelector is a selector which must be true for the pod to fit on a node.",
             ),
             Column::age(),
-            Column::new("Containers", "Names of each container in the template.").wide(),
-            Column::new(
-                "Images",
-                "Images referenced by each container in the template.",
-            )
-            .wide(),
+            containers_column(),
+            images_column(),
             Column::new(
                 "Selector",
                 "A label query over pods that are managed by the daemon set.",
@@ -371,7 +351,7 @@ impl Strategy for DaemonSetStrategy {
     fn row(&self, ds: &DaemonSet) -> Vec<Value> {
         let spec = ds.spec.clone().unwrap_or_default();
         let st = ds.status.clone().unwrap_or_default();
-        let (containers, images) = containers_and_images(&spec.template);
+        let (containers, images) = containers_and_images(spec.template.spec.as_ref());
         let node_selector: Vec<String> = spec
             .template
             .spec
@@ -482,19 +462,15 @@ impl Strategy for StatefulSetStrategy {
         vec![
             Column::new("Ready", "Number of the pod with ready state"),
             Column::age(),
-            Column::new("Containers", "Names of each container in the template.").wide(),
-            Column::new(
-                "Images",
-                "Images referenced by each container in the template.",
-            )
-            .wide(),
+            containers_column(),
+            images_column(),
         ]
     }
 
     fn row(&self, ss: &StatefulSet) -> Vec<Value> {
         let spec = ss.spec.clone().unwrap_or_default();
         let st = ss.status.clone().unwrap_or_default();
-        let (containers, images) = containers_and_images(&spec.template);
+        let (containers, images) = containers_and_images(spec.template.spec.as_ref());
         vec![
             json!(format!(
                 "{}/{}",

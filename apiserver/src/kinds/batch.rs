@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 
 use wasmkube_api::ResourceInfo;
 
-use super::pod::{default_template, validate_template};
+use super::pod::{
+    containers_and_images, containers_column, default_template, images_column, validate_template,
+};
 use crate::error::FieldError;
 use crate::registry::{Registry, Strategy};
 use crate::table::{Column, age, human_duration};
@@ -150,12 +152,8 @@ impl Strategy for JobStrategy {
             ),
             Column::new("Duration", "Time required to complete the job."),
             Column::age(),
-            Column::new("Containers", "Names of each container in the template.").wide(),
-            Column::new(
-                "Images",
-                "Images referenced by each container in the template.",
-            )
-            .wide(),
+            containers_column(),
+            images_column(),
             Column::new(
                 "Selector",
                 "A label query over pods that should match the pod count.",
@@ -204,12 +202,7 @@ impl Strategy for JobStrategy {
             (Some(s), None) => human_duration(jiff::Timestamp::now().as_second() - s.0.as_second()),
             _ => String::new(),
         };
-        let cs = spec
-            .template
-            .spec
-            .as_ref()
-            .map(|s| s.containers.clone())
-            .unwrap_or_default();
+        let (containers, images) = containers_and_images(spec.template.spec.as_ref());
         let selector = match spec
             .selector
             .as_ref()
@@ -223,18 +216,8 @@ impl Strategy for JobStrategy {
             json!(completions),
             json!(duration),
             age(job.metadata.creation_timestamp.as_ref()),
-            json!(
-                cs.iter()
-                    .map(|c| c.name.clone())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-            json!(
-                cs.iter()
-                    .map(|c| c.image.clone().unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
+            containers,
+            images,
             json!(selector),
         ]
     }
@@ -357,12 +340,8 @@ impl Strategy for CronJobStrategy {
                 "Information when was the last time the job was successfully scheduled.",
             ),
             Column::age(),
-            Column::new("Containers", "Names of each container in the template.").wide(),
-            Column::new(
-                "Images",
-                "Images referenced by each container in the template.",
-            )
-            .wide(),
+            containers_column(),
+            images_column(),
             Column::new(
                 "Selector",
                 "A label query over pods that should match the pod count.",
@@ -374,41 +353,28 @@ impl Strategy for CronJobStrategy {
     fn row(&self, cj: &CronJob) -> Vec<Value> {
         let spec = cj.spec.clone().unwrap_or_default();
         let st = cj.status.clone().unwrap_or_default();
-        let cs = spec
-            .job_template
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .map(|s| s.containers.clone())
-            .unwrap_or_default();
+        let (containers, images) = containers_and_images(
+            spec.job_template
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref()),
+        );
         vec![
             json!(spec.schedule),
             json!(spec.time_zone.unwrap_or_else(|| "<none>".into())),
-            json!(
-                spec.suspend
-                    .unwrap_or(false)
-                    .to_string()
-                    .replace("true", "True")
-                    .replace("false", "False")
-            ),
+            json!(if spec.suspend == Some(true) {
+                "True"
+            } else {
+                "False"
+            }),
             json!(st.active.as_ref().map_or(0, Vec::len)),
             match &st.last_schedule_time {
                 Some(t) => age(Some(t)),
                 None => json!("<none>"),
             },
             age(cj.metadata.creation_timestamp.as_ref()),
-            json!(
-                cs.iter()
-                    .map(|c| c.name.clone())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-            json!(
-                cs.iter()
-                    .map(|c| c.image.clone().unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
+            containers,
+            images,
             json!("<none>"),
         ]
     }

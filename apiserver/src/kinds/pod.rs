@@ -177,6 +177,31 @@ pub(crate) fn validate_template(
     errs
 }
 
+/// The `-o wide` `Containers` column of workload kinds.
+pub(crate) fn containers_column() -> Column {
+    Column::new("Containers", "Names of each container in the template.").wide()
+}
+
+/// The `-o wide` `Images` column of workload kinds.
+pub(crate) fn images_column() -> Column {
+    Column::new(
+        "Images",
+        "Images referenced by each container in the template.",
+    )
+    .wide()
+}
+
+/// The cells of [`containers_column`] and [`images_column`] for a pod spec.
+pub(crate) fn containers_and_images(spec: Option<&PodSpec>) -> (Value, Value) {
+    let cs = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+    let names: Vec<&str> = cs.iter().map(|c| c.name.as_str()).collect();
+    let images: Vec<&str> = cs
+        .iter()
+        .map(|c| c.image.as_deref().unwrap_or_default())
+        .collect();
+    (json!(names.join(",")), json!(images.join(",")))
+}
+
 fn qos_class(spec: &PodSpec) -> &'static str {
     let mut any = false;
     let mut guaranteed = true;
