@@ -27,6 +27,7 @@ pub mod object;
 mod openapi;
 pub mod patch;
 pub mod pki;
+mod protobuf;
 pub mod registry;
 pub mod request;
 mod rest;

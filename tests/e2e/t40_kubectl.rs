@@ -201,6 +201,48 @@ async fn kubectl_should_work_end_to_end() -> Result<()> {
         "explain: {out}"
     );
 
+    tracing::info!("--- generators (kubectl 1.32+ sends these as protobuf)");
+    for args in [
+        &["create", "namespace", "team-a"][..],
+        &[
+            "-n",
+            "team-a",
+            "create",
+            "configmap",
+            "conf",
+            "--from-literal=a=1",
+        ],
+        &[
+            "-n",
+            "team-a",
+            "create",
+            "secret",
+            "generic",
+            "pw",
+            "--from-literal=pw=hunter2",
+        ],
+        &["-n", "team-a", "create", "serviceaccount", "robot"],
+    ] {
+        let (ok, out) = kubectl(&kc, args)?;
+        ensure!(ok && out.contains("created"), "kubectl {args:?}: {out}");
+    }
+    let (ok, out) = kubectl(
+        &kc,
+        &[
+            "-n",
+            "team-a",
+            "get",
+            "secret",
+            "pw",
+            "-o",
+            "jsonpath={.type} {.data.pw}",
+        ],
+    )?;
+    ensure!(
+        ok && out == "Opaque aHVudGVyMg==",
+        "secret defaults and data: {out}"
+    );
+
     let (ok, out) = kubectl(&kc, &["delete", "-f", m])?;
     ensure!(
         ok && out.contains("deployment.apps \"web\" deleted"),

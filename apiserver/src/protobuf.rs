@@ -1,0 +1,329 @@
+//! Request bodies in Kubernetes' protobuf encoding (`application/vnd.kubernetes.protobuf`),
+//! which client-go sends by default since 1.32 (so `kubectl create namespace|configmap|secret|
+//! serviceaccount` do). The envelope is `k8s\0` followed by a `runtime.Unknown` whose `raw` is
+//! the object's message; messages are decoded with the `k8s-pb` types and turned into the
+//! JSON form every other path works on.
+//!
+//! Kinds without a conversion here answer 415, naming the kinds that are supported.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use k8s_pb::api::core::v1 as core;
+use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
+use prost::Message;
+use serde_json::{Map, Value, json};
+
+use wasmkube_api::ResourceInfo;
+
+use crate::error::ApiError;
+
+/// The media type.
+pub(crate) const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
+
+const MAGIC: &[u8] = b"k8s\0";
+
+/// Kinds whose protobuf form is understood.
+const SUPPORTED: &[&str] = &["Namespace", "ConfigMap", "Secret", "ServiceAccount"];
+
+/// A JSON object built field by field, leaving out absent fields as Kubernetes' JSON does.
+/// Go's protobuf encoding always writes non-pointer fields, so an empty string or a zero
+/// number here means "unset" (`omitempty` in the JSON form); booleans of these kinds are all
+/// pointers and are kept as sent.
+#[derive(Default)]
+struct Obj(Map<String, Value>);
+
+impl Obj {
+    fn put(mut self, k: &str, v: Option<Value>) -> Self {
+        if let Some(v) = v {
+            self.0.insert(k.into(), v);
+        }
+        self
+    }
+    fn str(self, k: &str, v: &Option<String>) -> Self {
+        self.put(k, v.clone().filter(|s| !s.is_empty()).map(Value::String))
+    }
+    fn bool(self, k: &str, v: Option<bool>) -> Self {
+        self.put(k, v.map(Value::Bool))
+    }
+    fn int(self, k: &str, v: Option<i64>) -> Self {
+        self.put(k, v.filter(|n| *n != 0).map(|n| json!(n)))
+    }
+    fn strings(self, k: &str, v: &[String]) -> Self {
+        self.put(k, (!v.is_empty()).then(|| json!(v)))
+    }
+    fn map(self, k: &str, v: &BTreeMap<String, String>) -> Self {
+        self.put(k, (!v.is_empty()).then(|| json!(v)))
+    }
+    fn bytes_map(self, k: &str, v: &BTreeMap<String, Vec<u8>>) -> Self {
+        let m: Map<String, Value> = v
+            .iter()
+            .map(|(k, b)| {
+                (
+                    k.clone(),
+                    json!(base64::engine::general_purpose::STANDARD.encode(b)),
+                )
+            })
+            .collect();
+        self.put(k, (!m.is_empty()).then_some(Value::Object(m)))
+    }
+    fn list<T>(self, k: &str, v: &[T], f: fn(&T) -> Value) -> Self {
+        self.put(
+            k,
+            (!v.is_empty()).then(|| Value::Array(v.iter().map(f).collect())),
+        )
+    }
+    fn done(self) -> Value {
+        Value::Object(self.0)
+    }
+}
+
+fn time(t: &Option<meta::Time>) -> Option<Value> {
+    let t = t.as_ref()?;
+    // The zero `metav1.Time` (year 1) is "unset".
+    if t.seconds.unwrap_or(0) <= 0 {
+        return None;
+    }
+    let ts = jiff::Timestamp::new(t.seconds.unwrap_or(0), t.nanos.unwrap_or(0)).ok()?;
+    Some(json!(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()))
+}
+
+fn owner(o: &meta::OwnerReference) -> Value {
+    Obj::default()
+        .str("apiVersion", &o.api_version)
+        .str("kind", &o.kind)
+        .str("name", &o.name)
+        .str("uid", &o.uid)
+        .bool("controller", o.controller)
+        .bool("blockOwnerDeletion", o.block_owner_deletion)
+        .done()
+}
+
+fn managed(m: &meta::ManagedFieldsEntry) -> Value {
+    let fields = m
+        .fields_v1
+        .as_ref()
+        .and_then(|f| f.raw.as_deref())
+        .and_then(|raw| serde_json::from_slice(raw).ok());
+    Obj::default()
+        .str("manager", &m.manager)
+        .str("operation", &m.operation)
+        .str("apiVersion", &m.api_version)
+        .put("time", time(&m.time))
+        .str("fieldsType", &m.fields_type)
+        .put("fieldsV1", fields)
+        .str("subresource", &m.subresource)
+        .done()
+}
+
+fn object_meta(m: &Option<meta::ObjectMeta>) -> Value {
+    let Some(m) = m else {
+        return json!({});
+    };
+    Obj::default()
+        .str("name", &m.name)
+        .str("generateName", &m.generate_name)
+        .str("namespace", &m.namespace)
+        .str("uid", &m.uid)
+        .str("resourceVersion", &m.resource_version)
+        .int("generation", m.generation)
+        .put("creationTimestamp", time(&m.creation_timestamp))
+        .put("deletionTimestamp", time(&m.deletion_timestamp))
+        .int(
+            "deletionGracePeriodSeconds",
+            m.deletion_grace_period_seconds,
+        )
+        .map("labels", &m.labels)
+        .map("annotations", &m.annotations)
+        .list("ownerReferences", &m.owner_references, owner)
+        .strings("finalizers", &m.finalizers)
+        .list("managedFields", &m.managed_fields, managed)
+        .done()
+}
+
+fn object_reference(r: &core::ObjectReference) -> Value {
+    Obj::default()
+        .str("kind", &r.kind)
+        .str("namespace", &r.namespace)
+        .str("name", &r.name)
+        .str("uid", &r.uid)
+        .str("apiVersion", &r.api_version)
+        .str("resourceVersion", &r.resource_version)
+        .str("fieldPath", &r.field_path)
+        .done()
+}
+
+fn local_reference(r: &core::LocalObjectReference) -> Value {
+    Obj::default().str("name", &r.name).done()
+}
+
+fn namespace_condition(c: &core::NamespaceCondition) -> Value {
+    Obj::default()
+        .str("type", &c.r#type)
+        .str("status", &c.status)
+        .put("lastTransitionTime", time(&c.last_transition_time))
+        .str("reason", &c.reason)
+        .str("message", &c.message)
+        .done()
+}
+
+fn bad(e: prost::DecodeError) -> ApiError {
+    ApiError::bad_request(format!("error decoding protobuf body: {e}"))
+}
+
+fn to_json(kind: &str, raw: &[u8]) -> Result<Value, ApiError> {
+    Ok(match kind {
+        "Namespace" => {
+            let ns = core::Namespace::decode(raw).map_err(bad)?;
+            let spec = ns
+                .spec
+                .as_ref()
+                .map(|s| Obj::default().strings("finalizers", &s.finalizers).done());
+            let status = ns.status.as_ref().map(|s| {
+                Obj::default()
+                    .str("phase", &s.phase)
+                    .list("conditions", &s.conditions, namespace_condition)
+                    .done()
+            });
+            Obj::default()
+                .put("metadata", Some(object_meta(&ns.metadata)))
+                .put("spec", spec)
+                .put("status", status)
+                .done()
+        }
+        "ConfigMap" => {
+            let cm = core::ConfigMap::decode(raw).map_err(bad)?;
+            Obj::default()
+                .put("metadata", Some(object_meta(&cm.metadata)))
+                .bool("immutable", cm.immutable)
+                .map("data", &cm.data)
+                .bytes_map("binaryData", &cm.binary_data)
+                .done()
+        }
+        "Secret" => {
+            let s = core::Secret::decode(raw).map_err(bad)?;
+            Obj::default()
+                .put("metadata", Some(object_meta(&s.metadata)))
+                .bool("immutable", s.immutable)
+                .bytes_map("data", &s.data)
+                .map("stringData", &s.string_data)
+                .str("type", &s.r#type)
+                .done()
+        }
+        "ServiceAccount" => {
+            let sa = core::ServiceAccount::decode(raw).map_err(bad)?;
+            Obj::default()
+                .put("metadata", Some(object_meta(&sa.metadata)))
+                .list("secrets", &sa.secrets, object_reference)
+                .list("imagePullSecrets", &sa.image_pull_secrets, local_reference)
+                .bool(
+                    "automountServiceAccountToken",
+                    sa.automount_service_account_token,
+                )
+                .done()
+        }
+        _ => unreachable!("checked against SUPPORTED"),
+    })
+}
+
+/// Decodes a protobuf request body for `info`'s kind into its JSON form.
+///
+/// # Errors
+/// 400 when the bytes are not a Kubernetes protobuf object; 415 for kinds (or content
+/// encodings) this server cannot decode from protobuf.
+pub(crate) fn decode(info: &ResourceInfo, body: &[u8]) -> Result<Value, ApiError> {
+    let rest = body.strip_prefix(MAGIC).ok_or_else(|| {
+        ApiError::bad_request("protobuf body does not start with the Kubernetes magic number")
+    })?;
+    let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(rest).map_err(bad)?;
+    if unknown
+        .content_encoding
+        .as_deref()
+        .is_some_and(|e| !e.is_empty())
+    {
+        return Err(ApiError::unsupported_media_type(
+            "application/vnd.kubernetes.protobuf with a content encoding",
+        ));
+    }
+    let type_meta = unknown.type_meta.unwrap_or_default();
+    let kind = type_meta
+        .kind
+        .clone()
+        .unwrap_or_else(|| info.kind.to_string());
+    if kind != info.kind || !info.group.is_empty() || !SUPPORTED.contains(&info.kind) {
+        return Err(ApiError::unsupported_media_type(&format!(
+            "{MEDIA_TYPE} for {} (protobuf bodies are accepted for core/v1 {}; send JSON for the rest)",
+            info.kind,
+            SUPPORTED.join(", ")
+        )));
+    }
+    let mut obj = to_json(&kind, unknown.raw.as_deref().unwrap_or_default())?;
+    obj["apiVersion"] = json!(type_meta.api_version.unwrap_or_else(|| info.api_version()));
+    obj["kind"] = json!(kind);
+    Ok(obj)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(kind: &str, raw: Vec<u8>) -> Vec<u8> {
+        let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown {
+            type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
+                api_version: Some("v1".into()),
+                kind: Some(kind.into()),
+            }),
+            raw: Some(raw),
+            content_encoding: Some(String::new()),
+            content_type: Some(String::new()),
+        };
+        let mut out = MAGIC.to_vec();
+        out.extend(unknown.encode_to_vec());
+        out
+    }
+
+    #[test]
+    fn secrets_should_decode_to_their_json_form_without_go_zero_values() {
+        let secret = core::Secret {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("s".into()),
+                labels: BTreeMap::from([("a".into(), "b".into())]),
+                ..Default::default()
+            }),
+            data: BTreeMap::from([("k".into(), b"v".to_vec())]),
+            r#type: Some("Opaque".into()),
+            ..Default::default()
+        };
+        let info = ResourceInfo::of::<k8s_openapi::api::core::v1::Secret>();
+        let mut secret = secret;
+        secret.metadata.as_mut().expect("meta").generate_name = Some(String::new());
+        secret.metadata.as_mut().expect("meta").generation = Some(0);
+        secret.metadata.as_mut().expect("meta").creation_timestamp = Some(meta::Time {
+            seconds: Some(-62135596800),
+            nanos: Some(0),
+        });
+        let v = decode(&info, &envelope("Secret", secret.encode_to_vec())).expect("decodes");
+        assert_eq!(
+            v,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "labels": {"a": "b"}},
+                             "data": {"k": "dg=="}, "type": "Opaque"})
+        );
+    }
+
+    #[test]
+    fn unsupported_kinds_and_garbage_should_be_4xx() {
+        let info = ResourceInfo::of::<k8s_openapi::api::apps::v1::Deployment>();
+        assert_eq!(
+            decode(&info, &envelope("Deployment", vec![]))
+                .expect_err("415")
+                .code,
+            415
+        );
+        let info = ResourceInfo::of::<k8s_openapi::api::core::v1::ConfigMap>();
+        assert_eq!(decode(&info, b"not protobuf").expect_err("400").code, 400);
+        assert_eq!(
+            decode(&info, b"k8s\0\xff\xff\xff").expect_err("400").code,
+            400
+        );
+    }
+}
