@@ -2,9 +2,10 @@
 //! HTTPS) with 1, 16 and 64 concurrent clients, then the same write pattern against the
 //! store layer alone and against a single-member etcd (Debian's `etcd-server`), side by side.
 //!
-//! Run: `cargo run --release -p wasmkube-bench --bin bench` (see README for the numbers).
+//! Run: `cargo run --release -p wasmkube-bench --features etcd --bin bench` (see README).
 //! Everything listens on loopback; every load loop is bounded in count and time.
 
+#[cfg(feature = "etcd")]
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,12 +169,14 @@ async fn bench_store(args: &Args, clients: usize) -> Result<Stats> {
     Ok(s)
 }
 
+#[cfg(feature = "etcd")]
 struct Etcd {
     child: Child,
     endpoint: String,
     _dir: tempfile::TempDir,
 }
 
+#[cfg(feature = "etcd")]
 impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -181,6 +184,7 @@ impl Drop for Etcd {
     }
 }
 
+#[cfg(feature = "etcd")]
 async fn start_etcd(bin: &str) -> Result<Etcd> {
     let dir = tempfile::tempdir()?;
     let port = wasmkube_tests::free_port();
@@ -231,6 +235,13 @@ async fn start_etcd(bin: &str) -> Result<Etcd> {
     }
 }
 
+#[cfg(not(feature = "etcd"))]
+async fn bench_etcd(_args: &Args, _clients: usize) -> Result<Option<Stats>> {
+    eprintln!("etcd comparison skipped: build with `--features etcd` (needs protoc)");
+    Ok(None)
+}
+
+#[cfg(feature = "etcd")]
 async fn bench_etcd(args: &Args, clients: usize) -> Result<Option<Stats>> {
     let etcd = match start_etcd(&args.etcd).await {
         Ok(e) => e,
