@@ -35,6 +35,9 @@ pub struct ResourceInfo {
     pub status: bool,
     /// Whether `/scale` is served.
     pub scale: bool,
+    /// Stored as another resource (`(group, plural)`), as `events.k8s.io/v1` events are
+    /// stored as core/v1 events: one object, two API views.
+    pub stored_as: Option<(&'static str, &'static str)>,
 }
 
 impl ResourceInfo {
@@ -55,7 +58,15 @@ impl ResourceInfo {
             categories: &[],
             status: false,
             scale: false,
+            stored_as: None,
         }
+    }
+
+    /// Stores objects under another resource's keys (see [`ResourceInfo::stored_as`]).
+    #[must_use]
+    pub fn stored_with<K: Resource>(mut self) -> Self {
+        self.stored_as = Some((K::GROUP, K::URL_PATH_SEGMENT));
+        self
     }
 
     /// Adds short names.
@@ -102,12 +113,9 @@ impl ResourceInfo {
 
     /// The store key prefix of all objects of this resource (all namespaces).
     pub fn prefix(&self) -> String {
-        let group = if self.group.is_empty() {
-            "core"
-        } else {
-            self.group
-        };
-        format!("/{group}/{}/", self.plural)
+        let (group, plural) = self.stored_as.unwrap_or((self.group, self.plural));
+        let group = if group.is_empty() { "core" } else { group };
+        format!("/{group}/{plural}/")
     }
 
     /// The store key prefix of one namespace (or of all objects, for cluster-scoped kinds).
@@ -144,6 +152,13 @@ mod tests {
         let deploy = ResourceInfo::of::<Deployment>();
         assert_eq!(deploy.api_version(), "apps/v1");
         assert_eq!(deploy.key(Some("ns"), "d"), "/apps/deployments/ns/d");
+        let events = ResourceInfo::of::<k8s_openapi::api::events::v1::Event>()
+            .stored_with::<k8s_openapi::api::core::v1::Event>();
+        assert_eq!(
+            events.key(Some("ns"), "e"),
+            "/core/events/ns/e",
+            "one object, two views"
+        );
         let ns = ResourceInfo::of::<Namespace>();
         assert!(!ns.namespaced());
         assert_eq!(ns.key(None, "default"), "/core/namespaces/default");

@@ -3,6 +3,7 @@
 mod apps;
 mod batch;
 mod core;
+mod events;
 mod misc;
 pub(crate) mod pod;
 
@@ -15,6 +16,7 @@ pub fn builtin() -> Registry {
     apps::register(&mut r);
     batch::register(&mut r);
     misc::register(&mut r);
+    events::register(&mut r);
     r
 }
 

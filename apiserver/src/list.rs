@@ -172,12 +172,17 @@ impl Apiserver {
                     other => other.into(),
                 })?;
             revision.get_or_insert(page.revision);
+            let aliased = t.kind.info().stored_as.is_some();
             for kv in &page.items {
                 last_key = Some(kv.key.clone());
-                let value: Value = serde_json::from_slice(&kv.value)
-                    .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+                let value = self.decode_stored(t, &kv.value)?;
                 if sel.matches(&value) {
-                    items.push((value, kv.value.clone()));
+                    let raw = if aliased {
+                        bytes::Bytes::from(serde_json::to_vec(&value).expect("JSON serializes"))
+                    } else {
+                        kv.value.clone()
+                    };
+                    items.push((value, raw));
                 }
             }
             start = last_key.clone();

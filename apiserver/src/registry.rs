@@ -80,6 +80,17 @@ pub trait Strategy: Send + Sync + 'static {
         &[]
     }
 
+    /// Converts this kind's JSON to the stored form, for kinds stored as another kind
+    /// ([`ResourceInfo::stored_as`]).
+    fn to_storage(&self, obj: Value) -> Value {
+        obj
+    }
+
+    /// Converts the stored form back to this kind's JSON.
+    fn from_storage(&self, stored: Value) -> Value {
+        stored
+    }
+
     /// Table columns after `Name`.
     fn columns(&self) -> Vec<Column>;
 
@@ -107,6 +118,10 @@ pub trait Kind: Send + Sync {
     fn field_selectors(&self) -> &'static [&'static str];
     /// See [`Strategy::keeps_status_on_create`].
     fn keeps_status_on_create(&self) -> bool;
+    /// See [`Strategy::to_storage`].
+    fn to_storage(&self, obj: Value) -> Value;
+    /// See [`Strategy::from_storage`].
+    fn from_storage(&self, stored: Value) -> Value;
     /// Table columns, `Name` first.
     fn columns(&self) -> Vec<Column>;
     /// Adds the kind's OpenAPI schema (and those it refers to) to `generator`; returns the
@@ -195,6 +210,14 @@ impl<S: Strategy> Kind for Registered<S> {
 
     fn keeps_status_on_create(&self) -> bool {
         self.strategy.keeps_status_on_create()
+    }
+
+    fn to_storage(&self, obj: Value) -> Value {
+        self.strategy.to_storage(obj)
+    }
+
+    fn from_storage(&self, stored: Value) -> Value {
+        self.strategy.from_storage(stored)
     }
 
     fn schema(&self, generator: &mut schemars::SchemaGenerator) -> String {

@@ -153,19 +153,20 @@ impl Apiserver {
         name: &str,
         rv: u64,
         op: Cas<'_>,
-    ) -> Result<Option<bytes::Bytes>, ApiError> {
+    ) -> Result<Option<Value>, ApiError> {
         let key = self.key(t, name);
         let precondition = Precondition::Revision(rv);
         let command = match op {
             Cas::Put(obj) => Command::Put {
                 key,
-                value: serde_json::value::to_raw_value(obj).expect("JSON serializes"),
+                value: serde_json::value::to_raw_value(&t.kind.to_storage(obj.clone()))
+                    .expect("JSON serializes"),
                 precondition,
             },
             Cas::Delete => Command::Delete { key, precondition },
         };
         match self.store.write(command).await? {
-            Outcome::Written { value, .. } => Ok(Some(value)),
+            Outcome::Written { value, .. } => Ok(Some(self.decode_stored(t, &value)?)),
             Outcome::Failed {
                 reason: Failure::NotFound,
                 ..
@@ -175,6 +176,17 @@ impl Apiserver {
                 "unexpected store outcome {other:?}"
             ))),
         }
+    }
+
+    /// Parses a stored object into the target kind's form.
+    pub(crate) fn decode_stored(&self, t: &Target, raw: &[u8]) -> Result<Value, ApiError> {
+        let stored: Value = serde_json::from_slice(raw)
+            .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+        Ok(if t.kind.info().stored_as.is_some() {
+            t.kind.from_storage(stored)
+        } else {
+            stored
+        })
     }
 
     /// Routes one API request.
@@ -264,10 +276,8 @@ impl Apiserver {
             .get(&self.key(t, name))
             .await?
             .ok_or_else(|| ApiError::not_found(t.kind.info(), name))?;
-        let value = serde_json::from_slice(&kv.value)
-            .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
         Ok(Stored {
-            value,
+            value: self.decode_stored(t, &kv.value)?,
             rv: kv.revision,
         })
     }
@@ -457,7 +467,8 @@ impl Apiserver {
         if dry {
             return Ok(obj);
         }
-        let value = serde_json::value::to_raw_value(&obj).expect("JSON serializes");
+        let value =
+            serde_json::value::to_raw_value(&t.kind.to_storage(obj)).expect("JSON serializes");
         match self
             .store
             .write(Command::Put {
@@ -467,9 +478,7 @@ impl Apiserver {
             })
             .await?
         {
-            Outcome::Written { value, .. } => {
-                serde_json::from_slice(&value).map_err(|e| ApiError::internal(e.to_string()))
-            }
+            Outcome::Written { value, .. } => self.decode_stored(t, &value),
             Outcome::Failed {
                 reason: Failure::AlreadyExists,
                 ..
@@ -624,9 +633,7 @@ impl Apiserver {
             Cas::Put(&new)
         };
         match self.cas(t, &name, cur.rv, op).await? {
-            Some(value) if !finished => {
-                serde_json::from_slice(&value).map_err(|e| ApiError::internal(e.to_string()))
-            }
+            Some(value) if !finished => Ok(value),
             Some(_) => Ok(new),
             None => Err(ApiError::conflict(info, &name, ApiError::MODIFIED)),
         }
@@ -849,11 +856,7 @@ impl Apiserver {
                     return Ok((StatusCode::OK, new));
                 }
                 match self.cas(t, name, cur.rv, Cas::Put(&new)).await? {
-                    Some(value) => {
-                        let v = serde_json::from_slice(&value)
-                            .map_err(|e| ApiError::internal(e.to_string()))?;
-                        return Ok((StatusCode::OK, v));
-                    }
+                    Some(value) => return Ok((StatusCode::OK, value)),
                     None => continue,
                 }
             }
@@ -870,8 +873,7 @@ impl Apiserver {
             match self.cas(t, name, cur.rv, Cas::Delete).await? {
                 Some(value) => {
                     let body = if is_pod {
-                        serde_json::from_slice(&value)
-                            .map_err(|e| ApiError::internal(e.to_string()))?
+                        value
                     } else {
                         success_status(t, name, Some(&uid))
                     };

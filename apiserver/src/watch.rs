@@ -250,6 +250,25 @@ fn convert(
     if exact_key.is_some_and(|k| k != c.key) {
         return None;
     }
+    let kind = &render.target.kind;
+    let converted;
+    let c = if kind.info().stored_as.is_some() {
+        // Another kind's storage: show the change in this kind's form.
+        let view = |b: &[u8]| -> Option<bytes::Bytes> {
+            let v: Value = serde_json::from_slice(b).ok()?;
+            Some(bytes::Bytes::from(
+                serde_json::to_vec(&kind.from_storage(v)).ok()?,
+            ))
+        };
+        converted = wasmkube_store::Change {
+            value: view(&c.value)?,
+            prev: c.prev.as_deref().and_then(view),
+            ..c.clone()
+        };
+        &converted
+    } else {
+        c
+    };
     if sel.is_empty() {
         let kind = match c.kind {
             ChangeKind::Created => "ADDED",

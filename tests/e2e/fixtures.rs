@@ -55,6 +55,14 @@ pub(crate) fn all(name: &str) -> Vec<(&'static str, bool, Value)> {
             "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"}, "reason": "Tested", "message": "m", "type": "Normal"}),
         ),
         (
+            "events.k8s.io/Event",
+            true,
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": name},
+            "regarding": {"kind": "Pod", "name": "p", "namespace": "default"}, "reason": "Tested", "note": "m",
+            "type": "Normal", "action": "Test", "reportingController": "example.com/tester",
+            "reportingInstance": "t-1", "eventTime": "2026-01-01T00:00:00.000000Z"}),
+        ),
+        (
             "ServiceAccount",
             true,
             json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}),

@@ -228,6 +228,14 @@ async fn every_kind_should_round_trip_through_kube_rs() -> Result<()> {
                 )
                 .await?
             }
+            "events.k8s.io/Event" => {
+                round_trip(
+                    Api::<k8s_openapi::api::events::v1::Event>::default_namespaced(c.clone()),
+                    obj,
+                    true,
+                )
+                .await?
+            }
             "ServiceAccount" => {
                 round_trip(
                     Api::<core::v1::ServiceAccount>::default_namespaced(c.clone()),

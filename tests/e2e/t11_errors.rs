@@ -123,11 +123,19 @@ async fn malformed_requests_should_get_4xx_status() -> Result<()> {
         ),
         (
             "POST",
+            "/apis/apps/v1/namespaces/default/deployments",
+            "application/vnd.kubernetes.protobuf",
+            b"k8s\x00",
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            "POST",
             "/api/v1/namespaces/default/configmaps",
             "application/vnd.kubernetes.protobuf",
             b"\x00",
-            415,
-            "UnsupportedMediaType",
+            400,
+            "BadRequest",
         ),
         (
             "POST",
