@@ -87,7 +87,7 @@ pub trait Strategy: Send + Sync + 'static {
     }
 
     /// Converts the stored form back to this kind's JSON.
-    fn from_storage(&self, stored: Value) -> Value {
+    fn view_of_stored(&self, stored: Value) -> Value {
         stored
     }
 
@@ -120,8 +120,8 @@ pub trait Kind: Send + Sync {
     fn keeps_status_on_create(&self) -> bool;
     /// See [`Strategy::to_storage`].
     fn to_storage(&self, obj: Value) -> Value;
-    /// See [`Strategy::from_storage`].
-    fn from_storage(&self, stored: Value) -> Value;
+    /// See [`Strategy::view_of_stored`].
+    fn view_of_stored(&self, stored: Value) -> Value;
     /// Table columns, `Name` first.
     fn columns(&self) -> Vec<Column>;
     /// Adds the kind's OpenAPI schema (and those it refers to) to `generator`; returns the
@@ -216,8 +216,8 @@ impl<S: Strategy> Kind for Registered<S> {
         self.strategy.to_storage(obj)
     }
 
-    fn from_storage(&self, stored: Value) -> Value {
-        self.strategy.from_storage(stored)
+    fn view_of_stored(&self, stored: Value) -> Value {
+        self.strategy.view_of_stored(stored)
     }
 
     fn schema(&self, generator: &mut schemars::SchemaGenerator) -> String {

@@ -183,7 +183,7 @@ impl Apiserver {
         let stored: Value = serde_json::from_slice(raw)
             .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
         Ok(if t.kind.info().stored_as.is_some() {
-            t.kind.from_storage(stored)
+            t.kind.view_of_stored(stored)
         } else {
             stored
         })

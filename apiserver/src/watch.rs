@@ -257,7 +257,7 @@ fn convert(
         let view = |b: &[u8]| -> Option<bytes::Bytes> {
             let v: Value = serde_json::from_slice(b).ok()?;
             Some(bytes::Bytes::from(
-                serde_json::to_vec(&kind.from_storage(v)).ok()?,
+                serde_json::to_vec(&kind.view_of_stored(v)).ok()?,
             ))
         };
         converted = wasmkube_store::Change {

@@ -87,7 +87,7 @@ impl Strategy for EventV1Strategy {
         rename(obj, "v1", true)
     }
 
-    fn from_storage(&self, stored: Value) -> Value {
+    fn view_of_stored(&self, stored: Value) -> Value {
         rename(stored, "events.k8s.io/v1", false)
     }
 
@@ -152,6 +152,6 @@ mod tests {
         assert_eq!(core["involvedObject"]["name"], "p");
         assert_eq!(core["message"], "hello");
         assert_eq!(core["reportingComponent"], "wasmlet");
-        assert_eq!(EventV1Strategy.from_storage(core), v1);
+        assert_eq!(EventV1Strategy.view_of_stored(core), v1);
     }
 }
