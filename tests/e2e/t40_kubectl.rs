@@ -252,3 +252,78 @@ async fn kubectl_should_work_end_to_end() -> Result<()> {
     ensure!(!ok && out.contains("NotFound"), "gone: {out}");
     Ok(())
 }
+
+/// Every `kubectl.1.NN` installed beside the resolved `kubectl` (this machine has 1.27–1.33).
+fn kubectl_versions() -> Vec<std::path::PathBuf> {
+    let Some(path) = kubectl_path() else {
+        return Vec::new();
+    };
+    let Ok(real) = std::fs::canonicalize(&path) else {
+        return Vec::new();
+    };
+    let Some(dir) = real.parent() else {
+        return Vec::new();
+    };
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("kubectl.1."))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn every_installed_kubectl_version_should_apply_get_describe_and_delete() -> Result<()> {
+    wasmkube_tests::init_tracing();
+    let versions = kubectl_versions();
+    if versions.is_empty() {
+        println!(
+            "SKIPPED every_installed_kubectl_version...: no kubectl.1.NN binaries beside kubectl"
+        );
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let up = Process::up(&dir.path().join("data"), free_port()).await?;
+    let kc = up.kubeconfig();
+    let manifest = dir.path().join("app.yaml");
+    std::fs::write(&manifest, MANIFEST)?;
+    let m = manifest.to_str().expect("utf-8 path");
+    for bin in versions {
+        let name = bin
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let ns = name.replace("kubectl.", "v").replace('.', "-");
+        let run = |args: &[&str]| -> Result<(bool, String)> {
+            let out = Command::new(&bin)
+                .env("KUBECONFIG", &kc)
+                .args(args)
+                .output()?;
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            Ok((out.status.success(), text))
+        };
+        tracing::info!("--- {name}");
+        for args in [
+            vec!["apply", "-f", m],
+            vec!["get", "deployment", "web", "-o", "yaml"],
+            vec!["describe", "deployment", "web"],
+            vec!["create", "namespace", ns.as_str()],
+            vec!["explain", "pod.spec.containers.image"],
+            vec!["delete", "-f", m],
+        ] {
+            let (ok, out) = run(&args)?;
+            ensure!(ok, "{name} {args:?}: {out}");
+        }
+    }
+    Ok(())
+}
