@@ -263,11 +263,7 @@ impl Apiserver {
                 Ok(v) => return Ok(respond_json(StatusCode::OK, &v, &warnings)),
             }
         }
-        Err(ApiError::conflict(
-            info,
-            name,
-            "too many concurrent updates; please retry",
-        ))
+        Err(ApiError::retries_exhausted(info, name))
     }
 
     #[allow(clippy::too_many_arguments, reason = "one apply step over its inputs")]

@@ -152,6 +152,11 @@ impl ApiError {
         .with_details(json!({"name": name, "group": info.group, "kind": info.plural}))
     }
 
+    /// 409 Conflict after a read-modify-write lost the race too many times in a row.
+    pub fn retries_exhausted(info: &ResourceInfo, name: &str) -> Self {
+        ApiError::conflict(info, name, "too many concurrent updates; please retry")
+    }
+
     /// The message Kubernetes uses for a stale resourceVersion.
     pub const MODIFIED: &'static str = "the object has been modified; please apply your changes to the latest version and try again";
 

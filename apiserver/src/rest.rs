@@ -695,11 +695,7 @@ impl Apiserver {
                 Ok(out) => return Ok(respond_json(StatusCode::OK, &out, &warnings)),
             }
         }
-        Err(ApiError::conflict(
-            info,
-            name,
-            "too many concurrent updates; please retry",
-        ))
+        Err(ApiError::retries_exhausted(info, name))
     }
 
     async fn patch(
@@ -742,11 +738,7 @@ impl Apiserver {
                 Ok(out) => return Ok(respond_json(StatusCode::OK, &out, &warnings)),
             }
         }
-        Err(ApiError::conflict(
-            info,
-            name,
-            "too many concurrent updates; please retry",
-        ))
+        Err(ApiError::retries_exhausted(info, name))
     }
 
     /// Whether a pod must be deleted gracefully: it is bound to a node and not finished.
@@ -882,11 +874,7 @@ impl Apiserver {
                 None => continue,
             }
         }
-        Err(ApiError::conflict(
-            info,
-            name,
-            "too many concurrent updates; please retry",
-        ))
+        Err(ApiError::retries_exhausted(info, name))
     }
 
     async fn delete_collection(
@@ -972,11 +960,7 @@ impl Apiserver {
                 return Ok(respond_json(StatusCode::CREATED, &status, &[]));
             }
         }
-        Err(ApiError::conflict(
-            info,
-            name,
-            "too many concurrent updates; please retry",
-        ))
+        Err(ApiError::retries_exhausted(info, name))
     }
 
     fn scale_of(&self, t: &Target, obj: &Value) -> Value {
@@ -1053,10 +1037,6 @@ impl Apiserver {
                 Ok(out) => return Ok(respond_json(StatusCode::OK, &self.scale_of(t, &out), &[])),
             }
         }
-        Err(ApiError::conflict(
-            info,
-            name,
-            "too many concurrent updates; please retry",
-        ))
+        Err(ApiError::retries_exhausted(info, name))
     }
 }

@@ -20,7 +20,12 @@ fn kubectl_path() -> Option<String> {
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<(bool, String)> {
-    let out = Command::new("kubectl")
+    kubectl_as(Path::new("kubectl"), kubeconfig, args)
+}
+
+/// Runs a given kubectl binary; returns success and stdout+stderr.
+fn kubectl_as(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Result<(bool, String)> {
+    let out = Command::new(bin)
         .env("KUBECONFIG", kubeconfig)
         .args(args)
         .output()
@@ -78,12 +83,9 @@ async fn kubectl_should_work_end_to_end() -> Result<()> {
     };
     let (_, version) = kubectl(Path::new("/dev/null"), &["version", "--client"])?;
     tracing::info!(%path, version = %version.lines().next().unwrap_or_default(), "--- using kubectl");
-    let dir = tempfile::tempdir()?;
-    let up = Process::up(&dir.path().join("data"), free_port()).await?;
+    let (_dir, up, m) = up_with_manifest().await?;
     let kc = up.kubeconfig();
-    let manifest = dir.path().join("app.yaml");
-    std::fs::write(&manifest, MANIFEST)?;
-    let m = manifest.to_str().expect("utf-8 path");
+    let m = m.as_str();
 
     let (ok, out) = kubectl(&kc, &["apply", "-f", m])?;
     ensure!(
@@ -165,7 +167,7 @@ async fn kubectl_should_work_end_to_end() -> Result<()> {
     );
 
     tracing::info!("--- diff, server-side dry run and server-side apply");
-    std::fs::write(&manifest, MANIFEST.replace("replicas: 2", "replicas: 3"))?;
+    std::fs::write(m, MANIFEST.replace("replicas: 2", "replicas: 3"))?;
     let (ok, out) = kubectl(&kc, &["diff", "-f", m])?;
     ensure!(
         !ok && out.contains("-  replicas: 2") && out.contains("+  replicas: 3"),
@@ -253,6 +255,16 @@ async fn kubectl_should_work_end_to_end() -> Result<()> {
     Ok(())
 }
 
+/// `wasmkube up` in a temp dir with [`MANIFEST`] written beside it.
+async fn up_with_manifest() -> Result<(tempfile::TempDir, Process, String)> {
+    let dir = tempfile::tempdir()?;
+    let up = Process::up(&dir.path().join("data"), free_port()).await?;
+    let manifest = dir.path().join("app.yaml");
+    std::fs::write(&manifest, MANIFEST)?;
+    let m = manifest.to_str().expect("utf-8 path").to_string();
+    Ok((dir, up, m))
+}
+
 /// Every `kubectl.1.NN` installed beside the resolved `kubectl` (this machine has 1.27–1.33).
 fn kubectl_versions() -> Vec<std::path::PathBuf> {
     let Some(path) = kubectl_path() else {
@@ -290,12 +302,9 @@ async fn every_installed_kubectl_version_should_apply_get_describe_and_delete() 
         );
         return Ok(());
     }
-    let dir = tempfile::tempdir()?;
-    let up = Process::up(&dir.path().join("data"), free_port()).await?;
+    let (_dir, up, m) = up_with_manifest().await?;
     let kc = up.kubeconfig();
-    let manifest = dir.path().join("app.yaml");
-    std::fs::write(&manifest, MANIFEST)?;
-    let m = manifest.to_str().expect("utf-8 path");
+    let m = m.as_str();
     for bin in versions {
         let name = bin
             .file_name()
@@ -303,15 +312,6 @@ async fn every_installed_kubectl_version_should_apply_get_describe_and_delete() 
             .unwrap_or_default()
             .to_string();
         let ns = name.replace("kubectl.", "v").replace('.', "-");
-        let run = |args: &[&str]| -> Result<(bool, String)> {
-            let out = Command::new(&bin)
-                .env("KUBECONFIG", &kc)
-                .args(args)
-                .output()?;
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&out.stderr));
-            Ok((out.status.success(), text))
-        };
         tracing::info!("--- {name}");
         for args in [
             vec!["apply", "-f", m],
@@ -321,7 +321,7 @@ async fn every_installed_kubectl_version_should_apply_get_describe_and_delete() 
             vec!["explain", "pod.spec.containers.image"],
             vec!["delete", "-f", m],
         ] {
-            let (ok, out) = run(&args)?;
+            let (ok, out) = kubectl_as(&bin, &kc, &args)?;
             ensure!(ok, "{name} {args:?}: {out}");
         }
     }
