@@ -18,13 +18,25 @@ use wasmkube_api::ResourceInfo;
 
 use crate::error::ApiError;
 
+mod workloads;
+
 /// The media type.
 pub(crate) const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
 
 const MAGIC: &[u8] = b"k8s\0";
 
 /// Kinds whose protobuf form is understood.
-const SUPPORTED: &[&str] = &["Namespace", "ConfigMap", "Secret", "ServiceAccount"];
+const SUPPORTED: &[&str] = &[
+    "Namespace",
+    "ConfigMap",
+    "Secret",
+    "ServiceAccount",
+    "Service",
+    "Pod",
+    "Deployment",
+    "Job",
+    "CronJob",
+];
 
 /// A JSON object built field by field, leaving out absent fields as Kubernetes' JSON does.
 /// Go's protobuf encoding always writes non-pointer fields, so an empty string or a zero
@@ -116,7 +128,7 @@ fn managed(m: &meta::ManagedFieldsEntry) -> Value {
         .done()
 }
 
-fn object_meta(m: &Option<meta::ObjectMeta>) -> Value {
+pub(crate) fn object_meta(m: &Option<meta::ObjectMeta>) -> Value {
     let Some(m) = m else {
         return json!({});
     };
@@ -167,7 +179,7 @@ fn namespace_condition(c: &core::NamespaceCondition) -> Value {
         .done()
 }
 
-fn bad(e: prost::DecodeError) -> ApiError {
+pub(crate) fn bad(e: prost::DecodeError) -> ApiError {
     ApiError::bad_request(format!("error decoding protobuf body: {e}"))
 }
 
@@ -222,7 +234,7 @@ fn to_json(kind: &str, raw: &[u8]) -> Result<Value, ApiError> {
                 )
                 .done()
         }
-        _ => unreachable!("checked against SUPPORTED"),
+        other => workloads::to_json(other, raw).expect("checked against SUPPORTED")?,
     })
 }
 
@@ -231,7 +243,11 @@ fn to_json(kind: &str, raw: &[u8]) -> Result<Value, ApiError> {
 /// # Errors
 /// 400 when the bytes are not a Kubernetes protobuf object; 415 for kinds (or content
 /// encodings) this server cannot decode from protobuf.
-pub(crate) fn decode(info: &ResourceInfo, body: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn decode(
+    info: &ResourceInfo,
+    status_write: bool,
+    body: &[u8],
+) -> Result<Value, ApiError> {
     let rest = body.strip_prefix(MAGIC).ok_or_else(|| {
         ApiError::bad_request("protobuf body does not start with the Kubernetes magic number")
     })?;
@@ -250,15 +266,25 @@ pub(crate) fn decode(info: &ResourceInfo, body: &[u8]) -> Result<Value, ApiError
         .kind
         .clone()
         .unwrap_or_else(|| info.kind.to_string());
-    if kind != info.kind || !info.group.is_empty() || !SUPPORTED.contains(&info.kind) {
+    let api_version = type_meta
+        .api_version
+        .clone()
+        .unwrap_or_else(|| info.api_version());
+    if kind != info.kind || api_version != info.api_version() || !SUPPORTED.contains(&info.kind) {
         return Err(ApiError::unsupported_media_type(&format!(
-            "{MEDIA_TYPE} for {} (protobuf bodies are accepted for core/v1 {}; send JSON for the rest)",
+            "{MEDIA_TYPE} for {} (protobuf bodies are accepted for {}; send JSON for the rest)",
             info.kind,
             SUPPORTED.join(", ")
         )));
     }
+    if status_write && kind != "Namespace" {
+        // The workload converters do not read `status`; a status write would lose it.
+        return Err(ApiError::unsupported_media_type(&format!(
+            "{MEDIA_TYPE} for {kind} status (send JSON)"
+        )));
+    }
     let mut obj = to_json(&kind, unknown.raw.as_deref().unwrap_or_default())?;
-    obj["apiVersion"] = json!(type_meta.api_version.unwrap_or_else(|| info.api_version()));
+    obj["apiVersion"] = json!(api_version);
     obj["kind"] = json!(kind);
     Ok(obj)
 }
@@ -302,7 +328,7 @@ mod tests {
             seconds: Some(-62135596800),
             nanos: Some(0),
         });
-        let v = decode(&info, &envelope("Secret", secret.encode_to_vec())).expect("decodes");
+        let v = decode(&info, false, &envelope("Secret", secret.encode_to_vec())).expect("decodes");
         assert_eq!(
             v,
             json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "labels": {"a": "b"}},
@@ -310,19 +336,107 @@ mod tests {
         );
     }
 
+    fn envelope_as(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
+        let mut e = envelope(kind, raw);
+        let unknown =
+            k8s_pb::apimachinery::pkg::runtime::Unknown::decode(&e[4..]).expect("own envelope");
+        let mut unknown = unknown;
+        unknown.type_meta.as_mut().expect("type meta").api_version = Some(api_version.into());
+        e.truncate(4);
+        e.extend(unknown.encode_to_vec());
+        e
+    }
+
+    #[test]
+    fn deployments_should_decode_and_unread_fields_should_be_refused() {
+        use k8s_pb::api::apps::v1 as apps;
+        let container = core::Container {
+            name: Some("web".into()),
+            image: Some("registry.local/web:1".into()),
+            stdin: Some(false),
+            resources: Some(core::ResourceRequirements::default()),
+            ..Default::default()
+        };
+        let mut d = apps::Deployment {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("web".into()),
+                ..Default::default()
+            }),
+            spec: Some(apps::DeploymentSpec {
+                replicas: Some(0),
+                paused: Some(false),
+                template: Some(core::PodTemplateSpec {
+                    metadata: None,
+                    spec: Some(core::PodSpec {
+                        containers: vec![container],
+                        host_network: Some(false),
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+            status: Some(apps::DeploymentStatus {
+                replicas: Some(0),
+                ..Default::default()
+            }),
+        };
+        let info = ResourceInfo::of::<k8s_openapi::api::apps::v1::Deployment>();
+        let v = decode(
+            &info,
+            false,
+            &envelope_as("apps/v1", "Deployment", d.encode_to_vec()),
+        )
+        .expect("decodes");
+        assert_eq!(v["spec"]["replicas"], 0, "a pointer zero is kept");
+        assert!(
+            v["spec"].get("paused").is_none(),
+            "a non-pointer false is unset"
+        );
+        assert_eq!(
+            v["spec"]["template"]["spec"]["containers"][0]["image"],
+            "registry.local/web:1"
+        );
+        assert!(v.get("status").is_none());
+
+        tracing::debug!("a liveness probe is not converted yet: refused, not dropped");
+        let spec = d
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.as_mut())
+            .and_then(|t| t.spec.as_mut())
+            .expect("spec");
+        spec.containers[0].liveness_probe = Some(core::Probe {
+            period_seconds: Some(5),
+            ..Default::default()
+        });
+        let err = decode(
+            &info,
+            false,
+            &envelope_as("apps/v1", "Deployment", d.encode_to_vec()),
+        )
+        .expect_err("415");
+        assert_eq!(err.code, 415);
+        assert!(err.message.contains("Container"), "{}", err.message);
+    }
+
     #[test]
     fn unsupported_kinds_and_garbage_should_be_4xx() {
         let info = ResourceInfo::of::<k8s_openapi::api::apps::v1::Deployment>();
         assert_eq!(
-            decode(&info, &envelope("Deployment", vec![]))
+            decode(&info, false, &envelope("Deployment", vec![]))
                 .expect_err("415")
                 .code,
             415
         );
         let info = ResourceInfo::of::<k8s_openapi::api::core::v1::ConfigMap>();
-        assert_eq!(decode(&info, b"not protobuf").expect_err("400").code, 400);
         assert_eq!(
-            decode(&info, b"k8s\0\xff\xff\xff").expect_err("400").code,
+            decode(&info, false, b"not protobuf").expect_err("400").code,
+            400
+        );
+        assert_eq!(
+            decode(&info, false, b"k8s\0\xff\xff\xff")
+                .expect_err("400")
+                .code,
             400
         );
     }

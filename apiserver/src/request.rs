@@ -220,14 +220,14 @@ pub fn content_type(headers: &HeaderMap) -> String {
 ///
 /// # Errors
 /// 400 on malformed input; 415 on an unsupported media type.
-pub fn decode_body(
-    info: &wasmkube_api::ResourceInfo,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Value, ApiError> {
+pub fn decode_body(target: &Target, headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let ct = content_type(headers);
     let value: Value = match ct.as_str() {
-        crate::protobuf::MEDIA_TYPE => crate::protobuf::decode(info, body)?,
+        crate::protobuf::MEDIA_TYPE => crate::protobuf::decode(
+            target.kind.info(),
+            target.subresource.as_deref() == Some("status"),
+            body,
+        )?,
         "application/json" | "" | "*/*" => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}")))?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => {

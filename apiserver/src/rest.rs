@@ -232,7 +232,7 @@ impl Apiserver {
                 self.update(&t, &q, headers, body).await
             }
             (&Method::PUT, true, Some("scale")) if info.scale => {
-                let scale = decode_body(t.kind.info(), headers, body)?;
+                let scale = decode_body(&t, headers, body)?;
                 self.set_scale(&t, &q, scale, None).await
             }
             (&Method::PATCH, true, Some("scale")) if info.scale => {
@@ -391,7 +391,7 @@ impl Apiserver {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Response, ApiError> {
-        let raw = decode_body(t.kind.info(), headers, body)?;
+        let raw = decode_body(t, headers, body)?;
         let (obj, warnings) = self.canonical(t, &raw, q)?;
         let created = self.create_object(t, q, obj, "Update").await?;
         Ok(respond_json(StatusCode::CREATED, &created, &warnings))
@@ -648,7 +648,7 @@ impl Apiserver {
     ) -> Result<Response, ApiError> {
         let info = t.kind.info();
         let name = t.name.as_deref().expect("routed with a name");
-        let raw = decode_body(t.kind.info(), headers, body)?;
+        let raw = decode_body(t, headers, body)?;
         let (obj, warnings) = self.canonical(t, &raw, q)?;
         match meta_str(&obj, "name") {
             Some(n) if n != name => {

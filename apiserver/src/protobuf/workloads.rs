@@ -1,0 +1,583 @@
+//! Protobuf → JSON for the workload kinds (Pod, Deployment, Job, CronJob) and Service.
+//!
+//! Each converter takes its message by value, moves out every field it converts, and then
+//! requires the rest to be empty: a field this server does not convert yet (an affinity, a
+//! probe, a CSI volume, ...) makes the request fail with 415 instead of being dropped.
+//! Go writes non-pointer fields even when zero, so those read as unset when zero; pointer
+//! fields (`replicas`, `suspend`, ...) keep an explicit zero.
+
+use std::collections::BTreeMap;
+
+use k8s_pb::api::apps::v1 as apps;
+use k8s_pb::api::batch::v1 as batch;
+use k8s_pb::api::core::v1 as core;
+use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
+use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
+use prost::Message;
+use serde_json::{Map, Value, json};
+
+use crate::error::ApiError;
+
+type R = Result<Value, ApiError>;
+
+/// Fails when a message still carries fields after conversion took what it understands.
+fn rest<M: Message>(m: &M, what: &str) -> Result<(), ApiError> {
+    if m.encoded_len() == 0 {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media_type(&format!(
+            "{} with {what} fields this server cannot read from protobuf yet (send JSON)",
+            super::MEDIA_TYPE
+        )))
+    }
+}
+
+#[derive(Default)]
+struct Out(Map<String, Value>);
+
+impl Out {
+    fn v(&mut self, k: &str, v: Option<Value>) {
+        if let Some(v) = v {
+            self.0.insert(k.into(), v);
+        }
+    }
+    /// A string; empty is unset.
+    fn s(&mut self, k: &str, v: Option<String>) {
+        self.v(k, v.filter(|s| !s.is_empty()).map(Value::String));
+    }
+    /// A non-pointer integer; zero is unset.
+    fn i(&mut self, k: &str, v: Option<i64>) {
+        self.v(k, v.filter(|n| *n != 0).map(|n| json!(n)));
+    }
+    /// A pointer integer; zero is a value.
+    fn pi(&mut self, k: &str, v: Option<i64>) {
+        self.v(k, v.map(|n| json!(n)));
+    }
+    /// A non-pointer boolean; false is unset.
+    fn b(&mut self, k: &str, v: Option<bool>) {
+        self.v(k, v.filter(|b| *b).map(Value::Bool));
+    }
+    /// A pointer boolean; false is a value.
+    fn pb(&mut self, k: &str, v: Option<bool>) {
+        self.v(k, v.map(Value::Bool));
+    }
+    fn strs(&mut self, k: &str, v: Vec<String>) {
+        self.v(k, (!v.is_empty()).then(|| json!(v)));
+    }
+    fn map(&mut self, k: &str, v: BTreeMap<String, String>) {
+        self.v(k, (!v.is_empty()).then(|| json!(v)));
+    }
+    fn list<T>(&mut self, k: &str, v: Vec<T>, f: fn(T) -> R) -> Result<(), ApiError> {
+        if !v.is_empty() {
+            let items = v.into_iter().map(f).collect::<Result<Vec<_>, _>>()?;
+            self.0.insert(k.into(), Value::Array(items));
+        }
+        Ok(())
+    }
+    fn msg<T>(&mut self, k: &str, v: Option<T>, f: fn(T) -> R) -> Result<(), ApiError> {
+        if let Some(v) = v {
+            let value = f(v)?;
+            // An empty nested object (a Go non-pointer struct left zero) is unset.
+            if value.as_object().is_none_or(|o| !o.is_empty()) {
+                self.0.insert(k.into(), value);
+            }
+        }
+        Ok(())
+    }
+    fn done(self) -> Value {
+        Value::Object(self.0)
+    }
+}
+
+fn i32s(v: Option<i32>) -> Option<i64> {
+    v.map(i64::from)
+}
+
+fn quantity(q: k8s_pb::apimachinery::pkg::api::resource::Quantity) -> Value {
+    json!(q.string.unwrap_or_default())
+}
+
+fn quantities(
+    m: BTreeMap<String, k8s_pb::apimachinery::pkg::api::resource::Quantity>,
+) -> Option<Value> {
+    (!m.is_empty()).then(|| Value::Object(m.into_iter().map(|(k, q)| (k, quantity(q))).collect()))
+}
+
+fn int_or_string(v: IntOrString) -> R {
+    Ok(match v.r#type {
+        Some(1) => json!(v.str_val.unwrap_or_default()),
+        _ => json!(v.int_val.unwrap_or_default()),
+    })
+}
+
+fn meta(m: meta::ObjectMeta) -> R {
+    Ok(super::object_meta(&Some(m)))
+}
+
+fn label_selector(mut s: meta::LabelSelector) -> R {
+    let mut o = Out::default();
+    o.map("matchLabels", std::mem::take(&mut s.match_labels));
+    o.list(
+        "matchExpressions",
+        std::mem::take(&mut s.match_expressions),
+        |mut r| {
+            let mut o = Out::default();
+            o.s("key", r.key.take());
+            o.s("operator", r.operator.take());
+            o.strs("values", std::mem::take(&mut r.values));
+            rest(&r, "LabelSelectorRequirement")?;
+            Ok(o.done())
+        },
+    )?;
+    rest(&s, "LabelSelector")?;
+    Ok(o.done())
+}
+
+fn local_ref(o: &mut Out, r: Option<core::LocalObjectReference>) {
+    if let Some(r) = r {
+        o.s("name", r.name);
+    }
+}
+
+fn env_var(mut e: core::EnvVar) -> R {
+    let mut o = Out::default();
+    o.s("name", e.name.take());
+    o.s("value", e.value.take());
+    o.msg("valueFrom", e.value_from.take(), |mut s| {
+        let mut o = Out::default();
+        o.msg("fieldRef", s.field_ref.take(), |mut f| {
+            let mut o = Out::default();
+            o.s("apiVersion", f.api_version.take());
+            o.s("fieldPath", f.field_path.take());
+            rest(&f, "ObjectFieldSelector")?;
+            Ok(o.done())
+        })?;
+        o.msg("resourceFieldRef", s.resource_field_ref.take(), |mut f| {
+            let mut o = Out::default();
+            o.s("containerName", f.container_name.take());
+            o.s("resource", f.resource.take());
+            o.v(
+                "divisor",
+                f.divisor
+                    .take()
+                    .map(quantity)
+                    .filter(|q| q != "" && q != "0"),
+            );
+            rest(&f, "ResourceFieldSelector")?;
+            Ok(o.done())
+        })?;
+        o.msg("configMapKeyRef", s.config_map_key_ref.take(), |mut k| {
+            let mut o = Out::default();
+            local_ref(&mut o, k.local_object_reference.take());
+            o.s("key", k.key.take());
+            o.pb("optional", k.optional.take());
+            rest(&k, "ConfigMapKeySelector")?;
+            Ok(o.done())
+        })?;
+        o.msg("secretKeyRef", s.secret_key_ref.take(), |mut k| {
+            let mut o = Out::default();
+            local_ref(&mut o, k.local_object_reference.take());
+            o.s("key", k.key.take());
+            o.pb("optional", k.optional.take());
+            rest(&k, "SecretKeySelector")?;
+            Ok(o.done())
+        })?;
+        rest(&s, "EnvVarSource")?;
+        Ok(o.done())
+    })?;
+    rest(&e, "EnvVar")?;
+    Ok(o.done())
+}
+
+fn env_from(mut e: core::EnvFromSource) -> R {
+    let mut o = Out::default();
+    o.s("prefix", e.prefix.take());
+    o.msg("configMapRef", e.config_map_ref.take(), |mut r| {
+        let mut o = Out::default();
+        local_ref(&mut o, r.local_object_reference.take());
+        o.pb("optional", r.optional.take());
+        rest(&r, "ConfigMapEnvSource")?;
+        Ok(o.done())
+    })?;
+    o.msg("secretRef", e.secret_ref.take(), |mut r| {
+        let mut o = Out::default();
+        local_ref(&mut o, r.local_object_reference.take());
+        o.pb("optional", r.optional.take());
+        rest(&r, "SecretEnvSource")?;
+        Ok(o.done())
+    })?;
+    rest(&e, "EnvFromSource")?;
+    Ok(o.done())
+}
+
+fn container(mut c: core::Container) -> R {
+    let mut o = Out::default();
+    o.s("name", c.name.take());
+    o.s("image", c.image.take());
+    o.strs("command", std::mem::take(&mut c.command));
+    o.strs("args", std::mem::take(&mut c.args));
+    o.s("workingDir", c.working_dir.take());
+    o.list("ports", std::mem::take(&mut c.ports), |mut p| {
+        let mut o = Out::default();
+        o.s("name", p.name.take());
+        o.i("hostPort", i32s(p.host_port.take()));
+        o.pi("containerPort", i32s(p.container_port.take()));
+        o.s("protocol", p.protocol.take());
+        o.s("hostIP", p.host_ip.take());
+        rest(&p, "ContainerPort")?;
+        Ok(o.done())
+    })?;
+    o.list("envFrom", std::mem::take(&mut c.env_from), env_from)?;
+    o.list("env", std::mem::take(&mut c.env), env_var)?;
+    o.msg("resources", c.resources.take(), |mut r| {
+        let mut o = Out::default();
+        o.v("limits", quantities(std::mem::take(&mut r.limits)));
+        o.v("requests", quantities(std::mem::take(&mut r.requests)));
+        rest(&r, "ResourceRequirements")?;
+        Ok(o.done())
+    })?;
+    o.s("restartPolicy", c.restart_policy.take());
+    o.list(
+        "volumeMounts",
+        std::mem::take(&mut c.volume_mounts),
+        |mut m| {
+            let mut o = Out::default();
+            o.s("name", m.name.take());
+            o.b("readOnly", m.read_only.take());
+            o.s("recursiveReadOnly", m.recursive_read_only.take());
+            o.s("mountPath", m.mount_path.take());
+            o.s("subPath", m.sub_path.take());
+            o.s("mountPropagation", m.mount_propagation.take());
+            o.s("subPathExpr", m.sub_path_expr.take());
+            rest(&m, "VolumeMount")?;
+            Ok(o.done())
+        },
+    )?;
+    o.s("terminationMessagePath", c.termination_message_path.take());
+    o.s(
+        "terminationMessagePolicy",
+        c.termination_message_policy.take(),
+    );
+    o.s("imagePullPolicy", c.image_pull_policy.take());
+    o.b("stdin", c.stdin.take());
+    o.b("stdinOnce", c.stdin_once.take());
+    o.b("tty", c.tty.take());
+    rest(&c, "Container")?;
+    Ok(o.done())
+}
+
+fn key_to_path(mut k: core::KeyToPath) -> R {
+    let mut o = Out::default();
+    o.s("key", k.key.take());
+    o.s("path", k.path.take());
+    o.pi("mode", i32s(k.mode.take()));
+    rest(&k, "KeyToPath")?;
+    Ok(o.done())
+}
+
+fn volume(mut v: core::Volume) -> R {
+    let mut o = Out::default();
+    o.s("name", v.name.take());
+    if let Some(mut s) = v.volume_source.take() {
+        // VolumeSource is inlined into Volume in the JSON form.
+        if let Some(mut e) = s.empty_dir.take() {
+            // `emptyDir: {}` is meaningful: the key stays even when the object is empty.
+            let mut d = Out::default();
+            d.s("medium", e.medium.take());
+            d.v("sizeLimit", e.size_limit.take().map(quantity));
+            rest(&e, "EmptyDirVolumeSource")?;
+            o.v("emptyDir", Some(d.done()));
+        }
+        o.msg("configMap", s.config_map.take(), |mut c| {
+            let mut o = Out::default();
+            local_ref(&mut o, c.local_object_reference.take());
+            o.list("items", std::mem::take(&mut c.items), key_to_path)?;
+            o.pi("defaultMode", i32s(c.default_mode.take()));
+            o.pb("optional", c.optional.take());
+            rest(&c, "ConfigMapVolumeSource")?;
+            Ok(o.done())
+        })?;
+        o.msg("secret", s.secret.take(), |mut c| {
+            let mut o = Out::default();
+            o.s("secretName", c.secret_name.take());
+            o.list("items", std::mem::take(&mut c.items), key_to_path)?;
+            o.pi("defaultMode", i32s(c.default_mode.take()));
+            o.pb("optional", c.optional.take());
+            rest(&c, "SecretVolumeSource")?;
+            Ok(o.done())
+        })?;
+        o.msg("hostPath", s.host_path.take(), |mut h| {
+            let mut o = Out::default();
+            o.s("path", h.path.take());
+            o.v("type", h.r#type.take().map(Value::String));
+            rest(&h, "HostPathVolumeSource")?;
+            Ok(o.done())
+        })?;
+        o.msg(
+            "persistentVolumeClaim",
+            s.persistent_volume_claim.take(),
+            |mut p| {
+                let mut o = Out::default();
+                o.s("claimName", p.claim_name.take());
+                o.b("readOnly", p.read_only.take());
+                rest(&p, "PersistentVolumeClaimVolumeSource")?;
+                Ok(o.done())
+            },
+        )?;
+        rest(&s, "VolumeSource")?;
+    }
+    rest(&v, "Volume")?;
+    Ok(o.done())
+}
+
+fn toleration(mut t: core::Toleration) -> R {
+    let mut o = Out::default();
+    o.s("key", t.key.take());
+    o.s("operator", t.operator.take());
+    o.s("value", t.value.take());
+    o.s("effect", t.effect.take());
+    o.pi("tolerationSeconds", t.toleration_seconds.take());
+    rest(&t, "Toleration")?;
+    Ok(o.done())
+}
+
+fn pod_spec(mut s: core::PodSpec) -> R {
+    let mut o = Out::default();
+    o.list("volumes", std::mem::take(&mut s.volumes), volume)?;
+    o.list(
+        "initContainers",
+        std::mem::take(&mut s.init_containers),
+        container,
+    )?;
+    o.list("containers", std::mem::take(&mut s.containers), container)?;
+    o.s("restartPolicy", s.restart_policy.take());
+    o.pi(
+        "terminationGracePeriodSeconds",
+        s.termination_grace_period_seconds.take(),
+    );
+    o.pi("activeDeadlineSeconds", s.active_deadline_seconds.take());
+    o.s("dnsPolicy", s.dns_policy.take());
+    o.map("nodeSelector", std::mem::take(&mut s.node_selector));
+    o.s("serviceAccountName", s.service_account_name.take());
+    o.s("serviceAccount", s.service_account.take());
+    o.pb(
+        "automountServiceAccountToken",
+        s.automount_service_account_token.take(),
+    );
+    o.s("nodeName", s.node_name.take());
+    o.b("hostNetwork", s.host_network.take());
+    o.b("hostPID", s.host_pid.take());
+    o.b("hostIPC", s.host_ipc.take());
+    o.pb("shareProcessNamespace", s.share_process_namespace.take());
+    if let Some(sc) = s.security_context.take() {
+        // Only the empty PodSecurityContext (what every defaulted pod carries) is understood.
+        rest(&sc, "PodSecurityContext")?;
+        o.v("securityContext", Some(json!({})));
+    }
+    o.list(
+        "imagePullSecrets",
+        std::mem::take(&mut s.image_pull_secrets),
+        |mut r| {
+            let mut o = Out::default();
+            o.s("name", r.name.take());
+            rest(&r, "LocalObjectReference")?;
+            Ok(o.done())
+        },
+    )?;
+    o.s("hostname", s.hostname.take());
+    o.s("subdomain", s.subdomain.take());
+    o.s("schedulerName", s.scheduler_name.take());
+    o.list(
+        "tolerations",
+        std::mem::take(&mut s.tolerations),
+        toleration,
+    )?;
+    o.s("priorityClassName", s.priority_class_name.take());
+    o.pi("priority", i32s(s.priority.take()));
+    o.s("runtimeClassName", s.runtime_class_name.take());
+    o.pb("enableServiceLinks", s.enable_service_links.take());
+    o.s("preemptionPolicy", s.preemption_policy.take());
+    o.v("overhead", quantities(std::mem::take(&mut s.overhead)));
+    o.pb("setHostnameAsFQDN", s.set_hostname_as_fqdn.take());
+    o.pb("hostUsers", s.host_users.take());
+    o.s("hostnameOverride", s.hostname_override.take());
+    rest(&s, "PodSpec")?;
+    Ok(o.done())
+}
+
+fn pod_template(mut t: core::PodTemplateSpec) -> R {
+    let mut o = Out::default();
+    o.msg("metadata", t.metadata.take(), meta)?;
+    o.msg("spec", t.spec.take(), pod_spec)?;
+    rest(&t, "PodTemplateSpec")?;
+    Ok(o.done())
+}
+
+fn job_spec(mut s: batch::JobSpec) -> R {
+    let mut o = Out::default();
+    o.pi("parallelism", i32s(s.parallelism.take()));
+    o.pi("completions", i32s(s.completions.take()));
+    o.pi("activeDeadlineSeconds", s.active_deadline_seconds.take());
+    o.pi("backoffLimit", i32s(s.backoff_limit.take()));
+    o.pi(
+        "backoffLimitPerIndex",
+        i32s(s.backoff_limit_per_index.take()),
+    );
+    o.pi("maxFailedIndexes", i32s(s.max_failed_indexes.take()));
+    o.msg("selector", s.selector.take(), label_selector)?;
+    o.pb("manualSelector", s.manual_selector.take());
+    o.msg("template", s.template.take(), pod_template)?;
+    o.pi(
+        "ttlSecondsAfterFinished",
+        i32s(s.ttl_seconds_after_finished.take()),
+    );
+    o.s("completionMode", s.completion_mode.take());
+    o.pb("suspend", s.suspend.take());
+    o.s("podReplacementPolicy", s.pod_replacement_policy.take());
+    o.s("managedBy", s.managed_by.take());
+    rest(&s, "JobSpec")?;
+    Ok(o.done())
+}
+
+fn service_spec(mut s: core::ServiceSpec) -> R {
+    let mut o = Out::default();
+    o.list("ports", std::mem::take(&mut s.ports), |mut p| {
+        let mut o = Out::default();
+        o.s("name", p.name.take());
+        o.s("protocol", p.protocol.take());
+        o.s("appProtocol", p.app_protocol.take());
+        o.pi("port", i32s(p.port.take()));
+        o.msg("targetPort", p.target_port.take(), int_or_string)?;
+        o.i("nodePort", i32s(p.node_port.take()));
+        rest(&p, "ServicePort")?;
+        Ok(o.done())
+    })?;
+    o.map("selector", std::mem::take(&mut s.selector));
+    o.s("clusterIP", s.cluster_ip.take());
+    o.strs("clusterIPs", std::mem::take(&mut s.cluster_ips));
+    o.s("type", s.r#type.take());
+    o.strs("externalIPs", std::mem::take(&mut s.external_ips));
+    o.s("sessionAffinity", s.session_affinity.take());
+    o.s("loadBalancerIP", s.load_balancer_ip.take());
+    o.strs(
+        "loadBalancerSourceRanges",
+        std::mem::take(&mut s.load_balancer_source_ranges),
+    );
+    o.s("externalName", s.external_name.take());
+    o.s("externalTrafficPolicy", s.external_traffic_policy.take());
+    o.i("healthCheckNodePort", i32s(s.health_check_node_port.take()));
+    o.b(
+        "publishNotReadyAddresses",
+        s.publish_not_ready_addresses.take(),
+    );
+    o.strs("ipFamilies", std::mem::take(&mut s.ip_families));
+    o.s("ipFamilyPolicy", s.ip_family_policy.take());
+    o.pb(
+        "allocateLoadBalancerNodePorts",
+        s.allocate_load_balancer_node_ports.take(),
+    );
+    o.s("loadBalancerClass", s.load_balancer_class.take());
+    o.s("internalTrafficPolicy", s.internal_traffic_policy.take());
+    o.s("trafficDistribution", s.traffic_distribution.take());
+    rest(&s, "ServiceSpec")?;
+    Ok(o.done())
+}
+
+fn decode<M: Message + Default>(raw: &[u8]) -> Result<M, ApiError> {
+    M::decode(raw).map_err(super::bad)
+}
+
+/// The JSON form of a workload or Service message; `status` is not read (the server sets
+/// it on create and keeps its own on main-resource updates).
+pub(super) fn to_json(kind: &str, raw: &[u8]) -> Option<R> {
+    let conv = || -> R {
+        let mut o = Out::default();
+        match kind {
+            "Pod" => {
+                let mut p: core::Pod = decode(raw)?;
+                o.msg("metadata", p.metadata.take(), meta)?;
+                o.msg("spec", p.spec.take(), pod_spec)?;
+            }
+            "Service" => {
+                let mut s: core::Service = decode(raw)?;
+                o.msg("metadata", s.metadata.take(), meta)?;
+                o.msg("spec", s.spec.take(), service_spec)?;
+            }
+            "Deployment" => {
+                let mut d: apps::Deployment = decode(raw)?;
+                o.msg("metadata", d.metadata.take(), meta)?;
+                o.msg("spec", d.spec.take(), |mut s| {
+                    let mut o = Out::default();
+                    o.pi("replicas", i32s(s.replicas.take()));
+                    o.msg("selector", s.selector.take(), label_selector)?;
+                    o.msg("template", s.template.take(), pod_template)?;
+                    o.msg("strategy", s.strategy.take(), |mut st| {
+                        let mut o = Out::default();
+                        o.s("type", st.r#type.take());
+                        o.msg("rollingUpdate", st.rolling_update.take(), |mut ru| {
+                            let mut o = Out::default();
+                            o.msg("maxUnavailable", ru.max_unavailable.take(), int_or_string)?;
+                            o.msg("maxSurge", ru.max_surge.take(), int_or_string)?;
+                            rest(&ru, "RollingUpdateDeployment")?;
+                            Ok(o.done())
+                        })?;
+                        rest(&st, "DeploymentStrategy")?;
+                        Ok(o.done())
+                    })?;
+                    o.i("minReadySeconds", i32s(s.min_ready_seconds.take()));
+                    o.pi(
+                        "revisionHistoryLimit",
+                        i32s(s.revision_history_limit.take()),
+                    );
+                    o.b("paused", s.paused.take());
+                    o.pi(
+                        "progressDeadlineSeconds",
+                        i32s(s.progress_deadline_seconds.take()),
+                    );
+                    rest(&s, "DeploymentSpec")?;
+                    Ok(o.done())
+                })?;
+            }
+            "Job" => {
+                let mut j: batch::Job = decode(raw)?;
+                o.msg("metadata", j.metadata.take(), meta)?;
+                o.msg("spec", j.spec.take(), job_spec)?;
+            }
+            "CronJob" => {
+                let mut c: batch::CronJob = decode(raw)?;
+                o.msg("metadata", c.metadata.take(), meta)?;
+                o.msg("spec", c.spec.take(), |mut s| {
+                    let mut o = Out::default();
+                    o.s("schedule", s.schedule.take());
+                    o.s("timeZone", s.time_zone.take());
+                    o.pi(
+                        "startingDeadlineSeconds",
+                        s.starting_deadline_seconds.take(),
+                    );
+                    o.s("concurrencyPolicy", s.concurrency_policy.take());
+                    o.pb("suspend", s.suspend.take());
+                    o.msg("jobTemplate", s.job_template.take(), |mut t| {
+                        let mut o = Out::default();
+                        o.msg("metadata", t.metadata.take(), meta)?;
+                        o.msg("spec", t.spec.take(), job_spec)?;
+                        rest(&t, "JobTemplateSpec")?;
+                        Ok(o.done())
+                    })?;
+                    o.pi(
+                        "successfulJobsHistoryLimit",
+                        i32s(s.successful_jobs_history_limit.take()),
+                    );
+                    o.pi(
+                        "failedJobsHistoryLimit",
+                        i32s(s.failed_jobs_history_limit.take()),
+                    );
+                    rest(&s, "CronJobSpec")?;
+                    Ok(o.done())
+                })?;
+            }
+            _ => unreachable!("only called for the kinds above"),
+        }
+        Ok(o.done())
+    };
+    matches!(kind, "Pod" | "Service" | "Deployment" | "Job" | "CronJob").then(conv)
+}
