@@ -369,6 +369,22 @@ async fn defaults_and_generation_should_follow_kubernetes() -> Result<()> {
         "a status change keeps the generation"
     );
 
+    let services: Api<core::v1::Service> = Api::default_namespaced(cluster.client.clone());
+    let svc = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "tp"},
+            "spec": {"ports": [{"port": 80, "targetPort": 0}]}}))?,
+        )
+        .await?;
+    let port = &svc.spec.expect("spec").ports.expect("ports")[0];
+    ensure!(
+        port.target_port
+            == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80)),
+        "a zero targetPort defaults to the port: {port:?}"
+    );
+    ensure!(port.protocol.as_deref() == Some("TCP"));
+
     let pods: Api<core::v1::Pod> = Api::default_namespaced(cluster.client.clone());
     let p = pods
         .create(

@@ -206,7 +206,14 @@ impl Strategy for ServiceStrategy {
         }
         for p in spec.ports.iter_mut().flatten() {
             p.protocol.get_or_insert_with(|| "TCP".into());
-            p.target_port.get_or_insert(IntOrString::Int(p.port));
+            // `SetDefaults_Service`: an unset, zero or empty targetPort is the port.
+            match &p.target_port {
+                None | Some(IntOrString::Int(0)) => p.target_port = Some(IntOrString::Int(p.port)),
+                Some(IntOrString::String(s)) if s.is_empty() => {
+                    p.target_port = Some(IntOrString::Int(p.port))
+                }
+                _ => {}
+            }
         }
     }
 

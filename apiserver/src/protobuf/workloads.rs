@@ -45,6 +45,10 @@ impl Out {
     fn s(&mut self, k: &str, v: Option<String>) {
         self.v(k, v.filter(|s| !s.is_empty()).map(Value::String));
     }
+    /// A pointer string; an explicit empty string is a value (validation judges it).
+    fn ps(&mut self, k: &str, v: Option<String>) {
+        self.v(k, v.map(Value::String));
+    }
     /// A non-pointer integer; zero is unset.
     fn i(&mut self, k: &str, v: Option<i64>) {
         self.v(k, v.filter(|n| *n != 0).map(|n| json!(n)));
@@ -236,7 +240,7 @@ fn container(mut c: core::Container) -> R {
         rest(&r, "ResourceRequirements")?;
         Ok(o.done())
     })?;
-    o.s("restartPolicy", c.restart_policy.take());
+    o.ps("restartPolicy", c.restart_policy.take());
     o.list(
         "volumeMounts",
         std::mem::take(&mut c.volume_mounts),
@@ -244,10 +248,10 @@ fn container(mut c: core::Container) -> R {
             let mut o = Out::default();
             o.s("name", m.name.take());
             o.b("readOnly", m.read_only.take());
-            o.s("recursiveReadOnly", m.recursive_read_only.take());
+            o.ps("recursiveReadOnly", m.recursive_read_only.take());
             o.s("mountPath", m.mount_path.take());
             o.s("subPath", m.sub_path.take());
-            o.s("mountPropagation", m.mount_propagation.take());
+            o.ps("mountPropagation", m.mount_propagation.take());
             o.s("subPathExpr", m.sub_path_expr.take());
             rest(&m, "VolumeMount")?;
             Ok(o.done())
@@ -394,13 +398,13 @@ fn pod_spec(mut s: core::PodSpec) -> R {
     )?;
     o.s("priorityClassName", s.priority_class_name.take());
     o.pi("priority", i32s(s.priority.take()));
-    o.s("runtimeClassName", s.runtime_class_name.take());
+    o.ps("runtimeClassName", s.runtime_class_name.take());
     o.pb("enableServiceLinks", s.enable_service_links.take());
-    o.s("preemptionPolicy", s.preemption_policy.take());
+    o.ps("preemptionPolicy", s.preemption_policy.take());
     o.v("overhead", quantities(std::mem::take(&mut s.overhead)));
     o.pb("setHostnameAsFQDN", s.set_hostname_as_fqdn.take());
     o.pb("hostUsers", s.host_users.take());
-    o.s("hostnameOverride", s.hostname_override.take());
+    o.ps("hostnameOverride", s.hostname_override.take());
     rest(&s, "PodSpec")?;
     Ok(o.done())
 }
@@ -431,10 +435,10 @@ fn job_spec(mut s: batch::JobSpec) -> R {
         "ttlSecondsAfterFinished",
         i32s(s.ttl_seconds_after_finished.take()),
     );
-    o.s("completionMode", s.completion_mode.take());
+    o.ps("completionMode", s.completion_mode.take());
     o.pb("suspend", s.suspend.take());
-    o.s("podReplacementPolicy", s.pod_replacement_policy.take());
-    o.s("managedBy", s.managed_by.take());
+    o.ps("podReplacementPolicy", s.pod_replacement_policy.take());
+    o.ps("managedBy", s.managed_by.take());
     rest(&s, "JobSpec")?;
     Ok(o.done())
 }
@@ -445,9 +449,13 @@ fn service_spec(mut s: core::ServiceSpec) -> R {
         let mut o = Out::default();
         o.s("name", p.name.take());
         o.s("protocol", p.protocol.take());
-        o.s("appProtocol", p.app_protocol.take());
+        o.ps("appProtocol", p.app_protocol.take());
         o.pi("port", i32s(p.port.take()));
-        o.msg("targetPort", p.target_port.take(), int_or_string)?;
+        // Go always sends `targetPort` (a non-pointer IntOrString); its zero means unset.
+        let target = p.target_port.take().filter(|t| {
+            !(t.int_val.unwrap_or(0) == 0 && t.str_val.as_deref().unwrap_or("").is_empty())
+        });
+        o.msg("targetPort", target, int_or_string)?;
         o.i("nodePort", i32s(p.node_port.take()));
         rest(&p, "ServicePort")?;
         Ok(o.done())
@@ -471,14 +479,14 @@ fn service_spec(mut s: core::ServiceSpec) -> R {
         s.publish_not_ready_addresses.take(),
     );
     o.strs("ipFamilies", std::mem::take(&mut s.ip_families));
-    o.s("ipFamilyPolicy", s.ip_family_policy.take());
+    o.ps("ipFamilyPolicy", s.ip_family_policy.take());
     o.pb(
         "allocateLoadBalancerNodePorts",
         s.allocate_load_balancer_node_ports.take(),
     );
-    o.s("loadBalancerClass", s.load_balancer_class.take());
-    o.s("internalTrafficPolicy", s.internal_traffic_policy.take());
-    o.s("trafficDistribution", s.traffic_distribution.take());
+    o.ps("loadBalancerClass", s.load_balancer_class.take());
+    o.ps("internalTrafficPolicy", s.internal_traffic_policy.take());
+    o.ps("trafficDistribution", s.traffic_distribution.take());
     rest(&s, "ServiceSpec")?;
     Ok(o.done())
 }
@@ -549,7 +557,7 @@ pub(super) fn to_json(kind: &str, raw: &[u8]) -> Option<R> {
                 o.msg("spec", c.spec.take(), |mut s| {
                     let mut o = Out::default();
                     o.s("schedule", s.schedule.take());
-                    o.s("timeZone", s.time_zone.take());
+                    o.ps("timeZone", s.time_zone.take());
                     o.pi(
                         "startingDeadlineSeconds",
                         s.starting_deadline_seconds.take(),
