@@ -376,3 +376,81 @@ async fn immutable_fields_and_dry_run_should_be_honoured() -> Result<()> {
     );
     cluster.stop().await
 }
+
+#[tokio::test]
+async fn deletecollection_health_and_owner_references_should_behave() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let cms: Api<core::v1::ConfigMap> = Api::default_namespaced(cluster.client.clone());
+    for (name, team) in [("a", "x"), ("b", "x"), ("c", "y")] {
+        cms.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name, "labels": {"team": team}}}))?,
+        )
+        .await?;
+    }
+    tracing::info!("--- deletecollection honours dryRun and the selector");
+    let lp = kube::api::ListParams::default().labels("team=x");
+    let dry = kube::api::DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    cms.delete_collection(&dry, &lp).await?;
+    ensure!(
+        cms.list(&Default::default()).await?.items.len() == 3,
+        "dry run deletes nothing"
+    );
+    cms.delete_collection(&Default::default(), &lp).await?;
+    let left: Vec<String> = cms
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    ensure!(
+        left == ["c"],
+        "only the selected objects are gone: {left:?}"
+    );
+
+    tracing::info!("--- health endpoints answer without credentials");
+    for path in ["/healthz", "/livez", "/readyz", "/version"] {
+        let (code, _) = raw(
+            &cluster.client,
+            "GET",
+            path,
+            "application/json",
+            "application/json",
+            b"",
+        )
+        .await?;
+        ensure!(code == 200, "{path}: {code}");
+    }
+
+    tracing::info!("--- owner references are validated");
+    let (code, st) = raw(
+        &cluster.client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        "application/json",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owned", "ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "", "controller": true},
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "d", "uid": "u2", "controller": true}]}})
+        .to_string()
+        .as_bytes(),
+    )
+    .await?;
+    ensure!(code == 422, "{st}");
+    let fields: Vec<&str> = st["details"]["causes"]
+        .as_array()
+        .expect("causes")
+        .iter()
+        .filter_map(|c| c["field"].as_str())
+        .collect();
+    ensure!(
+        fields.contains(&"metadata.ownerReferences[0].uid")
+            && fields.contains(&"metadata.ownerReferences"),
+        "{fields:?}"
+    );
+    cluster.stop().await
+}
