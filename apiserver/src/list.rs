@@ -217,18 +217,17 @@ impl Apiserver {
 
     /// Waits briefly for the store to reach `rv`, as a `NotOlderThan` read requires.
     pub(crate) async fn wait_for_revision(&self, rv: u64) -> Result<(), ApiError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        loop {
-            if self.store.revision().await? >= rv {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ApiError::timeout(format!(
-                    "Too large resource version: {rv}, current: {}",
-                    self.store.revision().await?
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if self
+            .store
+            .wait_for_revision(rv, Duration::from_secs(3))
+            .await
+        {
+            Ok(())
+        } else {
+            Err(ApiError::too_large_resource_version(
+                rv,
+                self.store.published(),
+            ))
         }
     }
 

@@ -88,33 +88,19 @@ pub fn object_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule) -> Vec<F
     }
     for (i, owner) in meta.owner_references.iter().flatten().enumerate() {
         let path = format!("metadata.ownerReferences[{i}]");
-        if owner.api_version.is_empty() {
-            errs.push(FieldError::invalid(
-                format!("{path}.apiVersion"),
-                "",
-                "version must not be empty",
-            ));
-        }
-        if owner.kind.is_empty() {
-            errs.push(FieldError::invalid(
-                format!("{path}.kind"),
-                "",
-                "kind must not be empty",
-            ));
-        }
-        if owner.name.is_empty() {
-            errs.push(FieldError::invalid(
-                format!("{path}.name"),
-                "",
-                "name must not be empty",
-            ));
-        }
-        if owner.uid.is_empty() {
-            errs.push(FieldError::invalid(
-                format!("{path}.uid"),
-                "",
-                "uid must not be empty",
-            ));
+        for (field, value, what) in [
+            ("apiVersion", &owner.api_version, "version"),
+            ("kind", &owner.kind, "kind"),
+            ("name", &owner.name, "name"),
+            ("uid", &owner.uid, "uid"),
+        ] {
+            if value.is_empty() {
+                errs.push(FieldError::invalid(
+                    format!("{path}.{field}"),
+                    "",
+                    &format!("{what} must not be empty"),
+                ));
+            }
         }
     }
     let controllers = meta

@@ -41,13 +41,12 @@ mod watch;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use redb::{Database, ReadableDatabase};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch as notify};
 
 pub use codec::{Change, ChangeKind};
 pub use command::{Command, Failure, NodeId, Outcome, Precondition, Proposal, TypeConfig};
@@ -133,7 +132,7 @@ pub fn open_storage(path: &std::path::Path) -> Result<(LogStore, StateMachine), 
     let (feed, _) = broadcast::channel(16);
     Ok((
         LogStore::new(db.clone()),
-        StateMachine::new(db, feed, Default::default()),
+        StateMachine::new(db, feed, Arc::new(notify::Sender::new(0))),
     ))
 }
 
@@ -143,7 +142,7 @@ pub struct Store {
     raft: Raft<TypeConfig>,
     db: Arc<Database>,
     feed: broadcast::Sender<Arc<Change>>,
-    published: Arc<AtomicU64>,
+    published: Arc<notify::Sender<u64>>,
     proposer: mpsc::Sender<Pending>,
 }
 
@@ -208,7 +207,7 @@ impl Store {
         let db = Arc::new(db);
         let (feed, _) = broadcast::channel(config.feed_capacity);
         let log = LogStore::new(db.clone());
-        let published = Arc::new(AtomicU64::new(0));
+        let published = Arc::new(notify::Sender::new(0));
         let sm = StateMachine::new(db.clone(), feed.clone(), published.clone());
         let raft_config = openraft::Config {
             cluster_name: "wasmkube".into(),
@@ -259,7 +258,7 @@ impl Store {
             proposer,
         };
         let current = store.revision().await?;
-        store.published.fetch_max(current, Ordering::Release);
+        store.published.send_modify(|p| *p = (*p).max(current));
         Ok(store)
     }
 
@@ -367,7 +366,19 @@ impl Store {
     /// that drained its feed after reading this has seen every change at or below it, so
     /// it may report this revision in a bookmark.
     pub fn published(&self) -> u64 {
-        self.published.load(Ordering::Acquire)
+        *self.published.borrow()
+    }
+
+    /// Waits until the store has applied and published `revision`, for at most `timeout`.
+    /// Returns whether it got there.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only observes.
+    pub async fn wait_for_revision(&self, revision: u64, timeout: Duration) -> bool {
+        let mut rx = self.published.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The raft handle, for metrics and membership.

@@ -3,7 +3,6 @@
 //! publishes the changes to the watch feed after the transaction commits.
 
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -15,7 +14,7 @@ use openraft::{
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::codec::{Change, ChangeKind, decode_value, encode_value};
 use crate::command::{Command, Failure, NodeId, Outcome, Precondition, TypeConfig};
@@ -29,7 +28,7 @@ pub struct StateMachine {
     db: Arc<Database>,
     feed: broadcast::Sender<Arc<Change>>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
-    published: Arc<AtomicU64>,
+    published: Arc<watch::Sender<u64>>,
 }
 
 #[derive(Clone)]
@@ -50,7 +49,7 @@ impl StateMachine {
     pub(crate) fn new(
         db: Arc<Database>,
         feed: broadcast::Sender<Arc<Change>>,
-        published: Arc<AtomicU64>,
+        published: Arc<watch::Sender<u64>>,
     ) -> Self {
         StateMachine {
             db,
@@ -354,7 +353,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let _ = self.feed.send(Arc::new(change));
         }
         // Every change up to `revision` is now in the feed (see `Store::published`).
-        self.published.fetch_max(revision, Ordering::Release);
+        self.published.send_if_modified(|p| {
+            let newer = revision > *p;
+            *p = (*p).max(revision);
+            newer
+        });
         Ok(outcomes)
     }
 

@@ -224,3 +224,35 @@ async fn store_should_keep_every_write_across_reopen() {
     );
     store.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn waiting_for_a_revision_should_end_when_it_is_published() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(Config::new(dir.path())).await.expect("open");
+    let now = store.revision().await.expect("rev");
+    assert!(
+        store
+            .wait_for_revision(now, Duration::from_millis(10))
+            .await
+    );
+    assert!(
+        !store
+            .wait_for_revision(now + 1, Duration::from_millis(50))
+            .await,
+        "not there yet"
+    );
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .wait_for_revision(now + 1, Duration::from_secs(10))
+                .await
+        })
+    };
+    put(&store, "/r/a", "1", Precondition::Absent).await;
+    assert!(
+        waiter.await.expect("join"),
+        "a write publishes the next revision"
+    );
+    store.shutdown().await.expect("shutdown");
+}
