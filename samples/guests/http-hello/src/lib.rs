@@ -1,0 +1,42 @@
+//! A `wasi:http/proxy` component: the wasmlet instantiates it once per request.
+//! Answers every request with a greeting naming the method and path.
+
+use wasi::http::types::{
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+struct Hello;
+
+wasi::http::proxy::export!(Hello);
+
+impl wasi::exports::http::incoming_handler::Guest for Hello {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_else(|| "/".to_owned());
+        let method = match request.method() {
+            Method::Get => "GET".to_owned(),
+            Method::Head => "HEAD".to_owned(),
+            Method::Post => "POST".to_owned(),
+            Method::Put => "PUT".to_owned(),
+            Method::Delete => "DELETE".to_owned(),
+            Method::Patch => "PATCH".to_owned(),
+            Method::Options => "OPTIONS".to_owned(),
+            Method::Connect => "CONNECT".to_owned(),
+            Method::Trace => "TRACE".to_owned(),
+            Method::Other(m) => m,
+        };
+        let text = format!("Hello from wasmkube! {method} {path}\n");
+
+        let headers = Fields::from_list(&[(
+            "content-type".to_owned(),
+            b"text/plain; charset=utf-8".to_vec(),
+        )])
+        .expect("static header is valid");
+        let response = OutgoingResponse::new(headers);
+        let body = response.body().expect("body is taken once");
+        ResponseOutparam::set(out, Ok(response));
+        let stream = body.write().expect("stream is taken once");
+        stream.blocking_write_and_flush(text.as_bytes()).expect("client is reading");
+        drop(stream);
+        OutgoingBody::finish(body, None).expect("body finishes once");
+    }
+}

@@ -1,0 +1,100 @@
+//! A tiny busybox for pods: each argument group (separated by `--`) is one command, run in order.
+//!
+//! ```text
+//! toolbox env -- cat /etc/config/greeting -- ls /data -- write /data/x hello -- sleep 500
+//! ```
+//!
+//! Commands: `env`, `args`, `pwd`, `cat FILE..`, `ls DIR`, `write FILE TEXT..`, `append FILE TEXT..`,
+//! `sleep MS`, `exit CODE`, `panic MSG..`, `produce FILE` (append a numbered line every 200 ms,
+//! forever), `consume FILE` (print the file's new lines as they arrive, forever), `forever`
+//! (idle forever). Used by the two-container sample and the end-to-end tests.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for group in args.split(|a| a == "--") {
+        let Some((cmd, rest)) = group.split_first() else { continue };
+        if let Err(e) = run(cmd, rest) {
+            eprintln!("toolbox {cmd}: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run(cmd: &str, rest: &[String]) -> std::io::Result<()> {
+    match cmd {
+        "env" => {
+            let mut vars: Vec<(String, String)> = std::env::vars().collect();
+            vars.sort();
+            for (k, v) in vars {
+                println!("{k}={v}");
+            }
+        }
+        "args" => println!("{}", std::env::args().collect::<Vec<_>>().join(" ")),
+        "pwd" => println!("{}", std::env::current_dir()?.display()),
+        "cat" => {
+            for f in rest {
+                print!("{}", std::fs::read_to_string(f)?);
+            }
+            println!();
+        }
+        "ls" => {
+            let dir = rest.first().map(String::as_str).unwrap_or(".");
+            let mut names: Vec<String> = std::fs::read_dir(dir)?
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<_, _>>()?;
+            names.sort();
+            println!("{}", names.join(" "));
+        }
+        "write" | "append" => {
+            let (file, text) = rest.split_first().ok_or_else(|| usage("FILE TEXT"))?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(cmd == "append")
+                .truncate(cmd == "write")
+                .open(file)?;
+            writeln!(f, "{}", text.join(" "))?;
+        }
+        "sleep" => std::thread::sleep(Duration::from_millis(number(rest)?)),
+        "exit" => std::process::exit(number(rest)? as i32),
+        "panic" => panic!("{}", rest.join(" ")),
+        "produce" => {
+            let file = rest.first().ok_or_else(|| usage("FILE"))?;
+            for n in 1.. {
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(file)?;
+                writeln!(f, "message {n}")?;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        "consume" => {
+            let file = rest.first().ok_or_else(|| usage("FILE"))?;
+            let mut offset = 0u64;
+            loop {
+                if let Ok(mut f) = std::fs::File::open(file) {
+                    f.seek(SeekFrom::Start(offset))?;
+                    let mut new = String::new();
+                    offset += f.read_to_string(&mut new)? as u64;
+                    print!("{new}");
+                    std::io::stdout().flush()?;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        "forever" => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        other => return Err(usage(&format!("unknown command {other:?}"))),
+    }
+    Ok(())
+}
+
+fn number(rest: &[String]) -> std::io::Result<u64> {
+    rest.first().and_then(|n| n.parse().ok()).ok_or_else(|| usage("NUMBER"))
+}
+
+fn usage(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("expected {what}"))
+}

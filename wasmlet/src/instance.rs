@@ -1,0 +1,658 @@
+//! One container instance: a wasmtime `Store` whose WASI context is built from the PodSpec,
+//! starting from deny-everything, with the container's limits and log files attached.
+//!
+//! A `wasi:cli/command` runs to its exit; a `wasi:http/proxy` gets a fresh instance per request
+//! (pre-instantiated, from the engine's pool) for as long as the container is up.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::limits::{CpuQuota, MemoryLimit};
+use crate::logs::LogFile;
+
+/// Everything a container instance needs, resolved from the PodSpec (pure data).
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// `argv`, `argv[0]` included.
+    pub argv: Vec<String>,
+    /// The environment, in PodSpec order (later entries win, as in Kubernetes).
+    pub env: Vec<(String, String)>,
+    /// Directories preopened for the guest.
+    pub mounts: Vec<Mount>,
+    /// The guest's initial working directory.
+    pub working_dir: Option<String>,
+    /// `resources.limits.memory` in bytes.
+    pub memory_limit: Option<usize>,
+    /// `resources.limits.cpu` in millicores.
+    pub cpu_limit_millis: Option<u64>,
+}
+
+/// A host directory the guest sees at `guest_path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Where the data lives on the node.
+    pub host_path: std::path::PathBuf,
+    /// Where the guest finds it.
+    pub guest_path: String,
+    /// Mounted read-only (configMap, secret, downwardAPI, or `readOnly: true`).
+    pub read_only: bool,
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest returned or called `exit`.
+    Code(i32),
+    /// The guest trapped (the message names the trap and where).
+    Trapped(String),
+    /// The guest exceeded its memory limit.
+    OomKilled(String),
+    /// The wasmlet stopped it (pod deletion, container replaced).
+    Killed,
+}
+
+impl Exit {
+    /// The exit code Kubernetes would show: traps are an abort (134, SIGABRT), OOM kills and
+    /// kills are SIGKILL (137).
+    pub fn code(&self) -> i32 {
+        match self {
+            Exit::Code(c) => *c,
+            Exit::Trapped(_) => 134,
+            Exit::OomKilled(_) | Exit::Killed => 137,
+        }
+    }
+}
+
+/// A failure of the wasmlet, not of the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("cannot mount {guest_path}")]
+    Mount {
+        guest_path: String,
+        #[source]
+        source: wasmtime::Error,
+    },
+    #[error("cannot instantiate")]
+    Instantiate(#[source] wasmtime::Error),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The store data of a container instance.
+pub struct ContainerState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: DenyOutgoing,
+    memory: MemoryLimit,
+    cpu: CpuAccount,
+}
+
+impl WasiView for ContainerState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for ContainerState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outgoing HTTP is off until the pod network (and its policy) decides where requests may go.
+struct DenyOutgoing;
+
+impl WasiHttpHooks for DenyOutgoing {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied.into()) })
+    }
+}
+
+/// Per-instance CPU bookkeeping for the epoch callback.
+struct CpuAccount {
+    resumed: Instant,
+    quota: Option<Arc<Mutex<CpuQuota>>>,
+}
+
+/// Ticks between yields for a container without a CPU limit: bounded slices keep a spinning
+/// guest from holding a worker thread, so other pods and the wasmlet itself keep running.
+const UNLIMITED_SLICE_TICKS: u64 = 10;
+
+fn new_store(
+    engine: &wasmtime::Engine,
+    launch: &Launch,
+    log: &Arc<LogFile>,
+    quota: Option<Arc<Mutex<CpuQuota>>>,
+) -> Result<Store<ContainerState>, InstanceError> {
+    let mut wasi = WasiCtx::builder();
+    wasi.args(&launch.argv)
+        .envs(&launch.env)
+        .stdout(log.stdout())
+        .stderr(log.stderr());
+    if let Some(dir) = &launch.working_dir {
+        wasi.initial_cwd(dir);
+    }
+    for m in &launch.mounts {
+        let perms = if m.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        wasi.preopened_dir(&m.host_path, &m.guest_path, perms)
+            .map_err(|source| InstanceError::Mount {
+                guest_path: m.guest_path.clone(),
+                source,
+            })?;
+    }
+    let limited = quota.is_some();
+    let state = ContainerState {
+        wasi: wasi.build(),
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        hooks: DenyOutgoing,
+        memory: MemoryLimit::new(launch.memory_limit),
+        cpu: CpuAccount {
+            resumed: Instant::now(),
+            quota,
+        },
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.memory);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |mut ctx| {
+        let cpu = &mut ctx.data_mut().cpu;
+        let now = Instant::now();
+        let ran = now.saturating_duration_since(cpu.resumed);
+        cpu.resumed = now;
+        let sleep = cpu
+            .quota
+            .as_ref()
+            .and_then(|q| q.lock().expect("cpu quota lock").charge(ran, now));
+        Ok(match sleep {
+            Some(d) => UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(d))),
+            None if limited => UpdateDeadline::Yield(1),
+            None => UpdateDeadline::Yield(UNLIMITED_SLICE_TICKS),
+        })
+    });
+    Ok(store)
+}
+
+fn cpu_quota(launch: &Launch) -> Option<Arc<Mutex<CpuQuota>>> {
+    launch
+        .cpu_limit_millis
+        .map(|m| Arc::new(Mutex::new(CpuQuota::new(m, Instant::now()))))
+}
+
+/// Runs a command container to its end, or until `kill` fires.
+///
+/// # Errors
+/// [`InstanceError`] when the wasmlet could not set the instance up; anything the guest does
+/// is an [`Exit`].
+///
+/// # Cancel safety
+/// Dropping the future drops the instance (that is how a kill works).
+pub async fn run_command(
+    pre: &CommandPre<ContainerState>,
+    launch: &Launch,
+    log: &Arc<LogFile>,
+    kill: &CancellationToken,
+) -> Result<Exit, InstanceError> {
+    let mut store = new_store(pre.engine(), launch, log, cpu_quota(launch))?;
+    let run = async {
+        let command = pre.instantiate_async(&mut store).await;
+        match command {
+            Ok(command) => Ok(command.wasi_cli_run().call_run(&mut store).await),
+            Err(e) => Err(e),
+        }
+    };
+    let result = tokio::select! {
+        r = run => r,
+        () = kill.cancelled() => return Ok(Exit::Killed),
+    };
+    let exit = match result {
+        Ok(Ok(Ok(()))) => Exit::Code(0),
+        Ok(Ok(Err(()))) => Exit::Code(1),
+        Ok(Err(e)) | Err(e) => guest_failure(&e, store.data().memory.oom_killed()),
+    };
+    if let Exit::Trapped(msg) | Exit::OomKilled(msg) = &exit {
+        log.note(msg);
+    }
+    Ok(exit)
+}
+
+/// Classifies an error out of the guest: exit, OOM kill, or trap.
+fn guest_failure(e: &wasmtime::Error, oom: bool) -> Exit {
+    if let Some(exit) = e.downcast_ref::<I32Exit>() {
+        return Exit::Code(exit.0);
+    }
+    if oom {
+        return Exit::OomKilled(format!("{e:#}"));
+    }
+    let msg = match e.downcast_ref::<Trap>() {
+        Some(trap) => format!("wasm trap: {trap}"),
+        None => format!("{e:#}"),
+    };
+    // The full error carries the guest backtrace; keep the whole thing for the log.
+    let detail = format!("{e:?}");
+    Exit::Trapped(if detail.len() > msg.len() {
+        format!("{msg}\n{detail}")
+    } else {
+        msg
+    })
+}
+
+type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Serves a `wasi:http/proxy` container on `listener` until `stop` fires; in-flight requests
+/// then get `grace` to finish.
+///
+/// Returns the first instance failure that should end the container (an OOM kill), or
+/// `Ok(Exit::Killed)` once stopped.
+///
+/// # Errors
+/// [`InstanceError`] when the wasmlet could not serve.
+pub async fn serve_http(
+    pre: ProxyPre<ContainerState>,
+    launch: Arc<Launch>,
+    log: Arc<LogFile>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    grace: Duration,
+) -> Result<Exit, InstanceError> {
+    let quota = cpu_quota(&launch);
+    let tracker = tokio_util::task::TaskTracker::new();
+    let connections = CancellationToken::new();
+    loop {
+        let (stream, _peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let (pre, launch, log, quota) = (
+            pre.clone(),
+            Arc::clone(&launch),
+            Arc::clone(&log),
+            quota.clone(),
+        );
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let (pre, launch, log, quota) = (
+                pre.clone(),
+                Arc::clone(&launch),
+                Arc::clone(&log),
+                quota.clone(),
+            );
+            async move {
+                Ok::<_, std::convert::Infallible>(handle(&pre, &launch, &log, quota, req).await)
+            }
+        });
+        let done = connections.clone();
+        tracker.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = done.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracker.close();
+    connections.cancel();
+    let _ = tokio::time::timeout(grace, tracker.wait()).await;
+    Ok(Exit::Killed)
+}
+
+async fn handle(
+    pre: &ProxyPre<ContainerState>,
+    launch: &Launch,
+    log: &Arc<LogFile>,
+    quota: Option<Arc<Mutex<CpuQuota>>>,
+    req: hyper::Request<Incoming>,
+) -> hyper::Response<ResponseBody> {
+    let mut store = match new_store(pre.engine(), launch, log, quota) {
+        Ok(s) => s,
+        Err(e) => return plain(500, &format!("{e:#}")),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let prepared = (|| -> wasmtime::Result<_> {
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)?;
+        let out = store.data_mut().http().new_response_outparam(tx)?;
+        Ok((req, out))
+    })();
+    let (req, out) = match prepared {
+        Ok(p) => p,
+        Err(e) => return plain(500, &format!("{e:#}")),
+    };
+    let pre = pre.clone();
+    let log_task = Arc::clone(log);
+    // The guest may keep streaming the body after it has set the response, so it runs on.
+    let task = tokio::spawn(async move {
+        let result = match pre.instantiate_async(&mut store).await {
+            Ok(proxy) => {
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            let exit = guest_failure(&e, store.data().memory.oom_killed());
+            if let Exit::Trapped(msg) | Exit::OomKilled(msg) = &exit {
+                log_task.note(msg);
+            }
+        }
+    });
+    match rx.await {
+        Ok(Ok(resp)) => resp.map(|body| {
+            body.map_err(|code| std::io::Error::other(format!("{code:?}")))
+                .boxed_unsync()
+        }),
+        Ok(Err(code)) => plain(500, &format!("the handler failed: {code:?}")),
+        Err(_) => {
+            let _ = task.await;
+            plain(500, "the handler ended without sending a response")
+        }
+    }
+}
+
+fn plain(status: u16, text: &str) -> hyper::Response<ResponseBody> {
+    let body = http_body_util::Full::new(Bytes::from(format!("{text}\n")))
+        .map_err(|e| match e {})
+        .boxed_unsync();
+    hyper::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::{LogOptions, Rotation, read_records, render};
+    use crate::runtime::{Prepared, Runtime, RuntimeConfig};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        logs: std::path::PathBuf,
+        rt: Arc<Runtime>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = Runtime::new(&RuntimeConfig {
+            cache_dir: dir.path().join("cache"),
+            max_instances: 16,
+            max_memory_bytes: 128 << 20,
+        })
+        .expect("runtime");
+        Fixture {
+            logs: dir.path().join("logs"),
+            _dir: dir,
+            rt,
+        }
+    }
+
+    impl Fixture {
+        async fn command(&self, sample: &str) -> CommandPre<ContainerState> {
+            let wasm = wasmkube_samples::guest(sample).expect("sample");
+            match self
+                .rt
+                .prepare(sample, || Ok(wasm.to_vec()))
+                .await
+                .expect("prepare")
+            {
+                Prepared::Command(pre) => pre,
+                Prepared::Http(_) => panic!("{sample} is a command"),
+            }
+        }
+
+        async fn run(&self, sample: &str, launch: Launch) -> (Exit, String) {
+            static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let dir = self.logs.join(format!(
+                "{sample}-{}",
+                RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            let pre = self.command(sample).await;
+            let log = LogFile::create(&dir, 0, Rotation::default()).expect("log");
+            let exit = run_command(&pre, &launch, &log, &CancellationToken::new())
+                .await
+                .expect("run");
+            log.close();
+            let out = render(
+                &read_records(&dir, 0).expect("records"),
+                &LogOptions::default(),
+            );
+            (exit, String::from_utf8(out).expect("utf8"))
+        }
+    }
+
+    fn argv(args: &[&str]) -> Launch {
+        Launch {
+            argv: args.iter().map(|a| (*a).to_owned()).collect(),
+            ..Launch::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_prints_and_exits_zero() {
+        let f = fixture();
+        let mut launch = argv(&["hello", "a", "b"]);
+        launch.env.push(("GREETING_TARGET".into(), "tests".into()));
+        let (exit, out) = f.run("hello", launch).await;
+        assert_eq!(exit, Exit::Code(0));
+        assert_eq!(out, "Hello, tests!\nargs: a b\n");
+    }
+
+    #[tokio::test]
+    async fn exit_codes_traps_and_oom_kills_are_told_apart() {
+        let f = fixture();
+        // wasip2's `wasi:cli/exit` carries only ok/err, so every failing status reads as 1.
+        let (exit, _) = f.run("toolbox", argv(&["toolbox", "exit", "3"])).await;
+        assert_eq!(exit, Exit::Code(1));
+        let (exit, out) = f
+            .run("toolbox", argv(&["toolbox", "panic", "kaboom"]))
+            .await;
+        assert!(
+            matches!(&exit, Exit::Trapped(m) if m.contains("unreachable")),
+            "{exit:?}"
+        );
+        assert!(
+            out.contains("kaboom"),
+            "the panic message is in the log: {out}"
+        );
+        let mut hog = argv(&["memhog"]);
+        hog.memory_limit = Some(16 << 20);
+        let (exit, out) = f.run("memhog", hog).await;
+        assert!(matches!(exit, Exit::OomKilled(_)), "{exit:?}");
+        assert!(out.contains("holding 4 MiB"), "{out}");
+        assert!(
+            out.contains("memory limit of 16777216 bytes exceeded"),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn volumes_are_preopened_and_read_only_ones_refuse_writes() {
+        let f = fixture();
+        let rw = tempfile::tempdir().expect("tempdir");
+        let ro = tempfile::tempdir().expect("tempdir");
+        std::fs::write(ro.path().join("key"), "value").expect("write");
+        let mut launch = argv(&[
+            "toolbox",
+            "cat",
+            "/config/key",
+            "--",
+            "write",
+            "/data/out",
+            "written",
+            "--",
+            "write",
+            "/config/key",
+            "nope",
+        ]);
+        launch.mounts = vec![
+            Mount {
+                host_path: rw.path().into(),
+                guest_path: "/data".into(),
+                read_only: false,
+            },
+            Mount {
+                host_path: ro.path().into(),
+                guest_path: "/config".into(),
+                read_only: true,
+            },
+        ];
+        let (exit, out) = f.run("toolbox", launch).await;
+        assert_eq!(
+            std::fs::read_to_string(rw.path().join("out")).expect("written"),
+            "written\n"
+        );
+        assert!(out.starts_with("value\n"), "{out}");
+        assert!(
+            out.contains("toolbox write: Operation not permitted"),
+            "{out}"
+        );
+        assert_eq!(exit, Exit::Code(1), "writing a read-only mount fails");
+        assert_eq!(
+            std::fs::read_to_string(ro.path().join("key")).expect("intact"),
+            "value"
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_of_the_host_is_visible() {
+        let f = fixture();
+        let (exit, out) = f.run("toolbox", argv(&["toolbox", "ls", "/"])).await;
+        assert_eq!(exit, Exit::Code(1));
+        assert!(
+            out.contains("toolbox ls: No such file or directory"),
+            "{out}"
+        );
+        let (_, out) = f.run("toolbox", argv(&["toolbox", "env"])).await;
+        assert_eq!(out.trim(), "", "no ambient environment");
+    }
+
+    #[tokio::test]
+    async fn a_kill_stops_a_spinning_guest_promptly() {
+        let f = fixture();
+        let pre = f.command("cpuspin").await;
+        let log = LogFile::create(&f.logs.join("spin"), 0, Rotation::default()).expect("log");
+        let kill = CancellationToken::new();
+        let launch = argv(&["cpuspin"]);
+        let run = tokio::spawn({
+            let (kill, log) = (kill.clone(), Arc::clone(&log));
+            async move { run_command(&pre, &launch, &log, &kill).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let asked = std::time::Instant::now();
+        kill.cancel();
+        let exit = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("stops")
+            .expect("join");
+        assert_eq!(exit.expect("ran"), Exit::Killed);
+        assert!(
+            asked.elapsed() < Duration::from_millis(500),
+            "took {:?}",
+            asked.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn http_requests_get_a_fresh_instance_each() {
+        let f = fixture();
+        let wasm = wasmkube_samples::guest("http-hello").expect("sample");
+        let Prepared::Http(pre) =
+            f.rt.prepare("http", || Ok(wasm.to_vec()))
+                .await
+                .expect("prepare")
+        else {
+            panic!("http-hello is a proxy");
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let log = LogFile::create(&f.logs.join("http"), 0, Rotation::default()).expect("log");
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve_http(
+            pre,
+            Arc::new(argv(&["http"])),
+            log,
+            listener,
+            stop.clone(),
+            Duration::from_secs(1),
+        ));
+        for path in ["/one", "/two?x=1"] {
+            let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            tokio::io::AsyncWriteExt::write_all(&mut conn, req.as_bytes())
+                .await
+                .expect("send");
+            let mut resp = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut resp)
+                .await
+                .expect("read");
+            assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+            assert!(
+                resp.contains(&format!("Hello from wasmkube! GET {path}")),
+                "{resp}"
+            );
+        }
+        stop.cancel();
+        assert_eq!(server.await.expect("join").expect("served"), Exit::Killed);
+    }
+}
