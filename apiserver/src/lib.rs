@@ -24,6 +24,7 @@ mod fieldset;
 pub mod kinds;
 mod list;
 pub mod object;
+mod oci;
 mod openapi;
 pub mod patch;
 pub mod pki;

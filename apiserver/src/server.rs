@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use wasmkube_store::Store;
 
 use crate::error::ApiError;
+use crate::oci::OciRegistry;
 use crate::pki::Pki;
 use crate::request::{Params, Target};
 use crate::rest::respond_json;
@@ -34,6 +35,7 @@ struct Shared {
     api: Arc<Apiserver>,
     token: String,
     server: String,
+    oci: OciRegistry,
 }
 
 /// The router: public health and version endpoints, everything else behind the bearer token.
@@ -59,16 +61,30 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     ) || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/");
-    if !public {
-        let ok = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), s.token.as_bytes()));
-        if !ok {
-            return ApiError::unauthorized().into_response();
+    if !public && !authenticated(&parts.headers, &s.token) {
+        if OciRegistry::serves(&path) {
+            // Registry clients (docker, oras, oci-client) expect a challenge.
+            let mut resp = ApiError::unauthorized().into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"wasmkube\""),
+            );
+            return resp;
         }
+        return ApiError::unauthorized().into_response();
+    }
+    if OciRegistry::serves(&path) {
+        // Blobs stream: they are not subject to the API's request-size limit.
+        return s
+            .oci
+            .handle(
+                &parts.method,
+                &path,
+                parts.uri.query(),
+                &parts.headers,
+                body,
+            )
+            .await;
     }
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
@@ -97,6 +113,33 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     };
     tracing::debug!(method = %parts.method, %path, status = resp.status().as_u16(), "request");
     resp
+}
+
+/// A bearer token, or (for registry clients) HTTP basic auth with the token as the password.
+fn authenticated(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    if let Some(t) = value.strip_prefix("Bearer ") {
+        return constant_time_eq(t.trim().as_bytes(), token.as_bytes());
+    }
+    value
+        .strip_prefix("Basic ")
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|pair| {
+            pair.split_once(':')
+                .map(|(_, password)| password.to_owned())
+        })
+        .is_some_and(|password| constant_time_eq(password.as_bytes(), token.as_bytes()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -275,6 +318,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         api: api.clone(),
         token: pki.admin_token.clone(),
         server,
+        oci: OciRegistry::new(&config.data_dir)?,
     });
     let app = router(shared);
     let tracker = TaskTracker::new();

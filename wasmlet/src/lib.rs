@@ -12,3 +12,4 @@ pub mod instance;
 pub mod limits;
 pub mod logs;
 pub mod runtime;
+pub mod worker;

@@ -1,0 +1,1029 @@
+//! The pod worker's state machine: what Kubernetes' kubelet decides for one pod, as pure data.
+//!
+//! [`PodWorker::step`] takes an event (an image became ready, a container exited, a back-off
+//! elapsed, the pod was deleted) and returns the effects to carry out (pull, start, kill,
+//! wait, report an event). The driver in [`crate::pod`] does the IO; everything here is
+//! testable without wasmtime or an API server.
+//!
+//! Lifecycle, as the kubelet has it: init containers run one at a time, in order, each to a
+//! successful exit; then all app containers start. Containers restart per `restartPolicy`
+//! with the kubelet's crash back-off (first restart at once, then 10 s doubling to 5 min,
+//! forgotten after 10 minutes of running). Deletion kills everything, then the pod is removed.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use crate::instance::Exit;
+
+/// How soon after a failed pull the status shows `ImagePullBackOff`.
+const PULL_BACKOFF_VISIBLE: Duration = Duration::from_secs(1);
+
+/// `restartPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Restart whenever a container ends.
+    Always,
+    /// Restart when a container fails.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+impl RestartPolicy {
+    /// Parses the PodSpec field (the API server has defaulted it to `Always`).
+    pub fn parse(s: Option<&str>) -> Self {
+        match s {
+            Some("OnFailure") => Self::OnFailure,
+            Some("Never") => Self::Never,
+            _ => Self::Always,
+        }
+    }
+
+    fn restarts(self, exit_code: i32) -> bool {
+        match self {
+            Self::Always => true,
+            Self::OnFailure => exit_code != 0,
+            Self::Never => false,
+        }
+    }
+}
+
+/// The crash/pull back-off schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first delay (kubelet: 10 s).
+    pub initial: Duration,
+    /// The cap (kubelet: 5 min).
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// A run at least this long forgets the back-off (kubelet: twice the cap).
+    fn reset_after(self) -> Duration {
+        self.max * 2
+    }
+}
+
+/// How a container ended, as the status reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terminated {
+    /// Exit code (traps 134, kills 137).
+    pub exit_code: i32,
+    /// `Completed`, `Error`, `OOMKilled`.
+    pub reason: String,
+    /// The trap or OOM message, if any.
+    pub message: Option<String>,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Timestamp,
+}
+
+/// A container's state in the pod status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Not running: `ContainerCreating`, `PodInitializing`, `ErrImagePull`, `ImagePullBackOff`,
+    /// `CrashLoopBackOff`, `CreateContainerError`.
+    Waiting {
+        /// Kubernetes' reason string.
+        reason: &'static str,
+        /// Details.
+        message: Option<String>,
+    },
+    /// Running since `started_at`.
+    Running {
+        /// When the instance started.
+        started_at: Timestamp,
+    },
+    /// Ended and not restarting (or not yet).
+    Terminated(Terminated),
+}
+
+/// One container of the pod.
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// Its name in the PodSpec.
+    pub name: String,
+    /// An init container.
+    pub init: bool,
+    /// Current state.
+    pub state: State,
+    /// The previous instance's end (`lastState`).
+    pub last: Option<Terminated>,
+    /// Restarts so far.
+    pub restart_count: u32,
+    /// Whether it is ready (running; probes come later).
+    pub ready: bool,
+    /// The resolved image (digest) once pulled.
+    pub image_id: Option<String>,
+    /// Current crash back-off delay (none: restart at once).
+    crash_delay: Option<Duration>,
+    /// Current image-pull back-off delay.
+    pull_delay: Option<Duration>,
+    /// Whether an image is ready to run.
+    pulled: bool,
+    /// Waiting for a back-off timer (a start is due when it fires).
+    backing_off: bool,
+}
+
+impl Container {
+    fn new(name: String, init: bool, first: bool) -> Self {
+        let reason = if init || first {
+            "ContainerCreating"
+        } else {
+            "PodInitializing"
+        };
+        Self {
+            name,
+            init,
+            state: State::Waiting {
+                reason,
+                message: None,
+            },
+            last: None,
+            restart_count: 0,
+            ready: false,
+            image_id: None,
+            crash_delay: None,
+            pull_delay: None,
+            pulled: false,
+            backing_off: false,
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        matches!(self.state, State::Running { .. })
+    }
+}
+
+/// Where the pod is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Running init container `n`.
+    Init(usize),
+    /// App containers started.
+    Main,
+    /// Deleted: stopping containers.
+    Terminating,
+    /// Everything has stopped after deletion; the pod can be removed.
+    Gone,
+}
+
+/// An input to the state machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PodEvent {
+    /// The worker was created: begin.
+    Begin,
+    /// A container's image is ready (`Ok(image_id)`) or failed to pull or compile.
+    ImageReady {
+        /// Index into [`PodWorker::containers`].
+        container: usize,
+        /// Digest, or the reason and message of the failure.
+        result: Result<String, ImageFailure>,
+    },
+    /// An instance has started.
+    Started {
+        /// Which container.
+        container: usize,
+        /// When.
+        at: Timestamp,
+    },
+    /// An instance ended.
+    Exited {
+        /// Which container.
+        container: usize,
+        /// How.
+        exit: Exit,
+        /// When.
+        at: Timestamp,
+    },
+    /// A failed pull is now waiting out its back-off (`ErrImagePull` becomes `ImagePullBackOff`).
+    PullBackOff {
+        /// Which container.
+        container: usize,
+    },
+    /// A container's back-off has elapsed: retry.
+    BackoffOver {
+        /// Which container.
+        container: usize,
+    },
+    /// The pod was deleted.
+    Delete,
+}
+
+/// Why an image could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFailure {
+    /// `ErrImagePull` (retried with back-off) or `CreateContainerError` (not a runnable wasm).
+    pub reason: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Event type (`Normal` / `Warning`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Informational.
+    Normal,
+    /// Something failed.
+    Warning,
+}
+
+/// Something for the driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Pull and prepare the container's image.
+    Pull {
+        /// Which container.
+        container: usize,
+    },
+    /// Start an instance.
+    Start {
+        /// Which container.
+        container: usize,
+    },
+    /// Stop an instance (deletion).
+    Kill {
+        /// Which container.
+        container: usize,
+    },
+    /// Deliver `event` after `delay`.
+    After {
+        /// How long.
+        delay: Duration,
+        /// What to deliver.
+        event: PodEvent,
+    },
+    /// Record a Kubernetes Event on the pod.
+    Event {
+        /// Normal or Warning.
+        kind: EventType,
+        /// `Pulled`, `Created`, `Started`, `Killing`, `BackOff`, `Failed`, ...
+        reason: &'static str,
+        /// Human-readable text.
+        message: String,
+    },
+    /// Everything stopped after deletion: remove the pod from the API.
+    Remove,
+}
+
+/// The state of one pod on this node.
+#[derive(Debug, Clone)]
+pub struct PodWorker {
+    /// Init containers first, then app containers, in PodSpec order.
+    pub containers: Vec<Container>,
+    /// Lifecycle stage.
+    pub stage: Stage,
+    /// `restartPolicy`.
+    pub restart_policy: RestartPolicy,
+    /// Crash and pull back-off schedule.
+    pub backoff: Backoff,
+    /// When the pod's first container started being set up (`status.startTime`).
+    pub start_time: Option<Timestamp>,
+    initialized: bool,
+}
+
+/// `phase` as Kubernetes computes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Not all containers have started.
+    Pending,
+    /// At least one container runs or will be restarted.
+    Running,
+    /// All containers ended successfully and won't restart.
+    Succeeded,
+    /// All containers ended, at least one failed, and none will restart.
+    Failed,
+}
+
+impl Phase {
+    /// The API string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+impl PodWorker {
+    /// A worker for a pod with these init and app container names.
+    pub fn new(
+        init: &[String],
+        app: &[String],
+        restart_policy: RestartPolicy,
+        backoff: Backoff,
+    ) -> Self {
+        let containers = init
+            .iter()
+            .map(|n| Container::new(n.clone(), true, true))
+            .chain(
+                app.iter()
+                    .map(|n| Container::new(n.clone(), false, init.is_empty())),
+            )
+            .collect();
+        Self {
+            containers,
+            stage: Stage::Init(0),
+            restart_policy,
+            backoff,
+            start_time: None,
+            initialized: false,
+        }
+    }
+
+    fn inits(&self) -> usize {
+        self.containers.iter().filter(|c| c.init).count()
+    }
+
+    fn apps(&self) -> std::ops::Range<usize> {
+        self.inits()..self.containers.len()
+    }
+
+    /// Whether all init containers have completed.
+    pub fn initialized(&self) -> bool {
+        self.initialized
+    }
+
+    /// Whether every app container is ready.
+    pub fn containers_ready(&self) -> bool {
+        self.apps().all(|i| self.containers[i].ready)
+    }
+
+    /// Feeds one event; returns what to do.
+    pub fn step(&mut self, event: PodEvent, now: Timestamp) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        match event {
+            PodEvent::Begin => {
+                self.start_time.get_or_insert(now);
+                self.enter_stage(&mut fx);
+            }
+            PodEvent::ImageReady { container, result } => {
+                self.image_ready(container, result, &mut fx)
+            }
+            PodEvent::Started { container, at } => {
+                if self.stage == Stage::Terminating || self.stage == Stage::Gone {
+                    fx.push(Effect::Kill { container });
+                }
+                let c = &mut self.containers[container];
+                c.state = State::Running { started_at: at };
+                c.ready = !c.init;
+                let name = c.name.clone();
+                fx.push(Effect::Event {
+                    kind: EventType::Normal,
+                    reason: "Started",
+                    message: format!("Started container {name}"),
+                });
+            }
+            PodEvent::Exited {
+                container,
+                exit,
+                at,
+            } => self.exited(container, exit, at, &mut fx),
+            PodEvent::PullBackOff { container } => {
+                let c = &mut self.containers[container];
+                if c.backing_off
+                    && let State::Waiting { reason, message } = &mut c.state
+                    && *reason == "ErrImagePull"
+                {
+                    *reason = "ImagePullBackOff";
+                    let image_message = message.take().unwrap_or_default();
+                    *message = Some(format!("Back-off pulling image: {image_message}"));
+                    fx.push(Effect::Event {
+                        kind: EventType::Normal,
+                        reason: "BackOff",
+                        message: format!("Back-off pulling image for container {}", c.name),
+                    });
+                }
+            }
+            PodEvent::BackoffOver { container } => {
+                let c = &mut self.containers[container];
+                if !c.backing_off || matches!(self.stage, Stage::Terminating | Stage::Gone) {
+                    return fx;
+                }
+                c.backing_off = false;
+                if c.pulled {
+                    fx.push(Effect::Start { container });
+                } else {
+                    fx.push(Effect::Pull { container });
+                }
+            }
+            PodEvent::Delete => {
+                if matches!(self.stage, Stage::Terminating | Stage::Gone) {
+                    return fx;
+                }
+                self.stage = Stage::Terminating;
+                for (i, c) in self.containers.iter_mut().enumerate() {
+                    c.backing_off = false;
+                    if c.is_running() {
+                        fx.push(Effect::Event {
+                            kind: EventType::Normal,
+                            reason: "Killing",
+                            message: format!("Stopping container {}", c.name),
+                        });
+                        fx.push(Effect::Kill { container: i });
+                    }
+                }
+                self.maybe_gone(&mut fx);
+            }
+        }
+        fx
+    }
+
+    fn enter_stage(&mut self, fx: &mut Vec<Effect>) {
+        let first = match self.stage {
+            Stage::Init(n) if n < self.inits() => n..n + 1,
+            Stage::Init(_) => {
+                self.stage = Stage::Main;
+                self.initialized = true;
+                self.apps()
+            }
+            _ => return,
+        };
+        for i in first {
+            fx.push(Effect::Pull { container: i });
+        }
+    }
+
+    fn image_ready(
+        &mut self,
+        i: usize,
+        result: Result<String, ImageFailure>,
+        fx: &mut Vec<Effect>,
+    ) {
+        if matches!(self.stage, Stage::Terminating | Stage::Gone) {
+            return;
+        }
+        let backoff = self.backoff;
+        let c = &mut self.containers[i];
+        match result {
+            Ok(image_id) => {
+                c.pulled = true;
+                c.pull_delay = None;
+                c.image_id = Some(image_id);
+                if let State::Waiting { reason, .. } = &mut c.state
+                    && matches!(*reason, "ErrImagePull" | "ImagePullBackOff")
+                {
+                    *reason = "ContainerCreating";
+                }
+                fx.push(Effect::Event {
+                    kind: EventType::Normal,
+                    reason: "Created",
+                    message: format!("Created container {}", c.name),
+                });
+                fx.push(Effect::Start { container: i });
+            }
+            Err(failure) => {
+                let delay = next_delay(c.pull_delay, backoff);
+                c.pull_delay = Some(delay);
+                c.backing_off = true;
+                c.state = State::Waiting {
+                    reason: failure.reason,
+                    message: Some(failure.message.clone()),
+                };
+                fx.push(Effect::Event {
+                    kind: EventType::Warning,
+                    reason: "Failed",
+                    message: failure.message,
+                });
+                if failure.reason == "ErrImagePull" {
+                    // The kubelet's next sync finds the image in back-off.
+                    fx.push(Effect::After {
+                        delay: PULL_BACKOFF_VISIBLE.min(delay),
+                        event: PodEvent::PullBackOff { container: i },
+                    });
+                }
+                fx.push(Effect::After {
+                    delay,
+                    event: PodEvent::BackoffOver { container: i },
+                });
+            }
+        }
+    }
+
+    fn exited(&mut self, i: usize, exit: Exit, at: Timestamp, fx: &mut Vec<Effect>) {
+        let started_at = match &self.containers[i].state {
+            State::Running { started_at } => *started_at,
+            _ => at,
+        };
+        let (reason, message) = match &exit {
+            Exit::Code(0) => ("Completed", None),
+            Exit::Code(_) | Exit::Killed => ("Error", None),
+            Exit::Trapped(m) => ("Error", Some(m.clone())),
+            Exit::OomKilled(m) => ("OOMKilled", Some(m.clone())),
+        };
+        let term = Terminated {
+            exit_code: exit.code(),
+            reason: reason.to_owned(),
+            message,
+            started_at,
+            finished_at: at,
+        };
+        let backoff = self.backoff;
+        let terminating = matches!(self.stage, Stage::Terminating | Stage::Gone);
+        let c = &mut self.containers[i];
+        c.ready = false;
+        c.state = State::Terminated(term.clone());
+        if terminating {
+            self.maybe_gone(fx);
+            return;
+        }
+        let failed = term.exit_code != 0;
+        if let Exit::Trapped(m) | Exit::OomKilled(m) = &exit {
+            fx.push(Effect::Event {
+                kind: EventType::Warning,
+                reason: "Failed",
+                message: format!(
+                    "Container {} {}: {}",
+                    c.name,
+                    if reason == "OOMKilled" {
+                        "was OOM-killed"
+                    } else {
+                        "trapped"
+                    },
+                    first_line(m)
+                ),
+            });
+        }
+        if c.init {
+            if !failed {
+                if let Stage::Init(n) = self.stage {
+                    self.stage = Stage::Init(n + 1);
+                }
+                self.enter_stage(fx);
+                return;
+            }
+            // A failed init container restarts unless the pod never restarts anything.
+            if self.restart_policy == RestartPolicy::Never {
+                return;
+            }
+        } else if !self.restart_policy.restarts(term.exit_code) {
+            return;
+        }
+        // Restart, after the crash back-off if it is in force.
+        let ran = at.duration_since(started_at).unsigned_abs();
+        if ran >= backoff.reset_after() {
+            c.crash_delay = None;
+        }
+        c.last = Some(term);
+        c.restart_count += 1;
+        match c.crash_delay {
+            None => {
+                c.crash_delay = Some(backoff.initial);
+                c.state = State::Waiting {
+                    reason: "ContainerCreating",
+                    message: None,
+                };
+                fx.push(Effect::Start { container: i });
+            }
+            Some(delay) => {
+                c.crash_delay = Some(next_delay(Some(delay), backoff));
+                c.backing_off = true;
+                let message = format!(
+                    "back-off {} restarting failed container={} pod",
+                    fmt_secs(delay),
+                    c.name
+                );
+                c.state = State::Waiting {
+                    reason: "CrashLoopBackOff",
+                    message: Some(message.clone()),
+                };
+                fx.push(Effect::Event {
+                    kind: EventType::Warning,
+                    reason: "BackOff",
+                    message: format!("Back-off restarting failed container {}", c.name),
+                });
+                fx.push(Effect::After {
+                    delay,
+                    event: PodEvent::BackoffOver { container: i },
+                });
+            }
+        }
+    }
+
+    fn maybe_gone(&mut self, fx: &mut Vec<Effect>) {
+        if self.stage == Stage::Terminating && !self.containers.iter().any(Container::is_running) {
+            self.stage = Stage::Gone;
+            fx.push(Effect::Remove);
+        }
+    }
+
+    /// The pod phase (kubelet `getPhase`).
+    pub fn phase(&self) -> Phase {
+        let init_failed_for_good = self.restart_policy == RestartPolicy::Never
+            && self
+                .containers
+                .iter()
+                .any(|c| c.init && matches!(&c.state, State::Terminated(t) if t.exit_code != 0));
+        if init_failed_for_good {
+            return Phase::Failed;
+        }
+        if matches!(self.stage, Stage::Init(_)) {
+            return Phase::Pending;
+        }
+        let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+        for i in self.apps() {
+            let c = &self.containers[i];
+            match &c.state {
+                State::Running { .. } => running += 1,
+                State::Terminated(t) => {
+                    stopped += 1;
+                    if t.exit_code == 0 {
+                        succeeded += 1;
+                    }
+                }
+                State::Waiting { .. } if c.last.is_some() => stopped += 1,
+                State::Waiting { .. } => waiting += 1,
+            }
+        }
+        if waiting > 0 {
+            return Phase::Pending;
+        }
+        if running > 0 {
+            return Phase::Running;
+        }
+        if stopped == 0 {
+            return Phase::Pending;
+        }
+        let restarting = self.apps().any(|i| {
+            self.containers[i].backing_off
+                || matches!(self.containers[i].state, State::Waiting { .. })
+        });
+        if self.restart_policy == RestartPolicy::Always || restarting {
+            return Phase::Running;
+        }
+        if stopped == succeeded {
+            Phase::Succeeded
+        } else {
+            Phase::Failed
+        }
+    }
+}
+
+fn next_delay(current: Option<Duration>, backoff: Backoff) -> Duration {
+    match current {
+        None => backoff.initial,
+        Some(d) => (d * 2).min(backoff.max),
+    }
+}
+
+fn fmt_secs(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 && s % 60 == 0 {
+        format!("{}m0s", s / 60)
+    } else if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).expect("valid")
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn worker(init: &[&str], app: &[&str], policy: RestartPolicy) -> PodWorker {
+        PodWorker::new(&names(init), &names(app), policy, Backoff::default())
+    }
+
+    fn starts(fx: &[Effect]) -> Vec<usize> {
+        fx.iter()
+            .filter_map(|e| {
+                if let Effect::Start { container } = e {
+                    Some(*container)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn pulls(fx: &[Effect]) -> Vec<usize> {
+        fx.iter()
+            .filter_map(|e| {
+                if let Effect::Pull { container } = e {
+                    Some(*container)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn timer(fx: &[Effect]) -> Option<Duration> {
+        fx.iter().find_map(|e| match e {
+            Effect::After {
+                delay,
+                event: PodEvent::BackoffOver { .. },
+            } => Some(*delay),
+            _ => None,
+        })
+    }
+
+    fn pulled(w: &mut PodWorker, i: usize) -> Vec<Effect> {
+        w.step(
+            PodEvent::ImageReady {
+                container: i,
+                result: Ok(format!("sha256:{i}")),
+            },
+            ts(0),
+        )
+    }
+
+    fn run(w: &mut PodWorker, i: usize, from: i64, to: i64, exit: Exit) -> Vec<Effect> {
+        w.step(
+            PodEvent::Started {
+                container: i,
+                at: ts(from),
+            },
+            ts(from),
+        );
+        w.step(
+            PodEvent::Exited {
+                container: i,
+                exit,
+                at: ts(to),
+            },
+            ts(to),
+        )
+    }
+
+    #[test]
+    fn init_containers_run_in_order_before_the_app_containers() {
+        let mut w = worker(&["a", "b"], &["main", "side"], RestartPolicy::Always);
+        assert_eq!(pulls(&w.step(PodEvent::Begin, ts(0))), vec![0]);
+        assert_eq!(w.phase(), Phase::Pending);
+        assert_eq!(starts(&pulled(&mut w, 0)), vec![0]);
+        assert_eq!(
+            pulls(&run(&mut w, 0, 0, 1, Exit::Code(0))),
+            vec![1],
+            "then the second init"
+        );
+        assert!(!w.initialized());
+        assert_eq!(starts(&pulled(&mut w, 1)), vec![1]);
+        assert_eq!(
+            pulls(&run(&mut w, 1, 1, 2, Exit::Code(0))),
+            vec![2, 3],
+            "then all app containers"
+        );
+        assert!(w.initialized());
+        pulled(&mut w, 2);
+        pulled(&mut w, 3);
+        w.step(
+            PodEvent::Started {
+                container: 2,
+                at: ts(3),
+            },
+            ts(3),
+        );
+        assert_eq!(
+            w.phase(),
+            Phase::Pending,
+            "one app container is still waiting"
+        );
+        w.step(
+            PodEvent::Started {
+                container: 3,
+                at: ts(3),
+            },
+            ts(3),
+        );
+        assert_eq!(w.phase(), Phase::Running);
+        assert!(w.containers_ready());
+    }
+
+    #[test]
+    fn a_failed_init_container_fails_a_never_restarting_pod() {
+        let mut w = worker(&["setup"], &["main"], RestartPolicy::Never);
+        w.step(PodEvent::Begin, ts(0));
+        pulled(&mut w, 0);
+        let fx = run(&mut w, 0, 0, 1, Exit::Code(1));
+        assert!(pulls(&fx).is_empty() && starts(&fx).is_empty());
+        assert_eq!(w.phase(), Phase::Failed);
+    }
+
+    #[test]
+    fn a_job_style_pod_succeeds_or_fails_with_its_containers() {
+        let mut w = worker(&[], &["a", "b"], RestartPolicy::Never);
+        w.step(PodEvent::Begin, ts(0));
+        pulled(&mut w, 0);
+        pulled(&mut w, 1);
+        run(&mut w, 0, 0, 1, Exit::Code(0));
+        w.step(
+            PodEvent::Started {
+                container: 1,
+                at: ts(0),
+            },
+            ts(0),
+        );
+        assert_eq!(w.phase(), Phase::Running);
+        run(&mut w, 1, 0, 2, Exit::Code(0));
+        assert_eq!(w.phase(), Phase::Succeeded);
+        let State::Terminated(t) = &w.containers[1].state else {
+            panic!("terminated")
+        };
+        assert_eq!((t.exit_code, t.reason.as_str()), (0, "Completed"));
+
+        let mut w = worker(&[], &["a"], RestartPolicy::Never);
+        w.step(PodEvent::Begin, ts(0));
+        pulled(&mut w, 0);
+        run(&mut w, 0, 0, 1, Exit::OomKilled("limit".into()));
+        assert_eq!(w.phase(), Phase::Failed);
+        let State::Terminated(t) = &w.containers[0].state else {
+            panic!("terminated")
+        };
+        assert_eq!((t.exit_code, t.reason.as_str()), (137, "OOMKilled"));
+    }
+
+    #[test]
+    fn crashes_restart_at_once_then_with_doubling_backoff_up_to_the_cap() {
+        let mut w = worker(&[], &["crash"], RestartPolicy::Always);
+        w.step(PodEvent::Begin, ts(0));
+        pulled(&mut w, 0);
+        let fx = run(&mut w, 0, 0, 1, Exit::Code(1));
+        assert_eq!(starts(&fx), vec![0], "the first restart is immediate");
+        assert_eq!(w.containers[0].restart_count, 1);
+        let mut delays = Vec::new();
+        let mut t = 1;
+        for _ in 0..7 {
+            let fx = run(&mut w, 0, t, t + 1, Exit::Code(1));
+            t += 1;
+            assert!(starts(&fx).is_empty());
+            let delay = timer(&fx).expect("back-off timer");
+            delays.push(delay.as_secs());
+            assert!(matches!(
+                w.containers[0].state,
+                State::Waiting {
+                    reason: "CrashLoopBackOff",
+                    ..
+                }
+            ));
+            assert_eq!(w.phase(), Phase::Running, "a crash-looping pod is Running");
+            assert_eq!(
+                starts(&w.step(PodEvent::BackoffOver { container: 0 }, ts(t))),
+                vec![0]
+            );
+        }
+        assert_eq!(delays, vec![10, 20, 40, 80, 160, 300, 300]);
+        let last = w.containers[0].last.as_ref().expect("lastState");
+        assert_eq!(last.exit_code, 1);
+        assert_eq!(w.containers[0].restart_count, 8);
+    }
+
+    #[test]
+    fn ten_minutes_of_running_forgets_the_backoff() {
+        let mut w = worker(&[], &["c"], RestartPolicy::Always);
+        w.step(PodEvent::Begin, ts(0));
+        pulled(&mut w, 0);
+        run(&mut w, 0, 0, 1, Exit::Code(1));
+        let fx = run(&mut w, 0, 1, 2, Exit::Code(1));
+        assert_eq!(timer(&fx), Some(Duration::from_secs(10)));
+        w.step(PodEvent::BackoffOver { container: 0 }, ts(12));
+        let fx = run(&mut w, 0, 12, 12 + 601, Exit::Code(1));
+        assert_eq!(starts(&fx), vec![0], "restarted at once after a long run");
+    }
+
+    #[test]
+    fn on_failure_restarts_only_failures() {
+        let mut w = worker(&[], &["c"], RestartPolicy::OnFailure);
+        w.step(PodEvent::Begin, ts(0));
+        pulled(&mut w, 0);
+        assert_eq!(
+            starts(&run(&mut w, 0, 0, 1, Exit::Trapped("boom".into()))),
+            vec![0]
+        );
+        assert!(starts(&run(&mut w, 0, 1, 2, Exit::Code(0))).is_empty());
+        assert_eq!(w.phase(), Phase::Succeeded);
+    }
+
+    #[test]
+    fn pull_failures_back_off_and_show_image_pull_backoff() {
+        let mut w = worker(&[], &["c"], RestartPolicy::Always);
+        w.step(PodEvent::Begin, ts(0));
+        let failure = ImageFailure {
+            reason: "ErrImagePull",
+            message: "manifest unknown".into(),
+        };
+        let fx = w.step(
+            PodEvent::ImageReady {
+                container: 0,
+                result: Err(failure.clone()),
+            },
+            ts(0),
+        );
+        assert!(matches!(
+            w.containers[0].state,
+            State::Waiting {
+                reason: "ErrImagePull",
+                ..
+            }
+        ));
+        assert_eq!(timer(&fx), Some(Duration::from_secs(10)));
+        w.step(PodEvent::PullBackOff { container: 0 }, ts(1));
+        assert!(matches!(
+            w.containers[0].state,
+            State::Waiting {
+                reason: "ImagePullBackOff",
+                ..
+            }
+        ));
+        assert_eq!(
+            pulls(&w.step(PodEvent::BackoffOver { container: 0 }, ts(10))),
+            vec![0]
+        );
+        let fx = w.step(
+            PodEvent::ImageReady {
+                container: 0,
+                result: Err(failure),
+            },
+            ts(10),
+        );
+        assert_eq!(
+            timer(&fx),
+            Some(Duration::from_secs(20)),
+            "pull back-off doubles too"
+        );
+        assert_eq!(w.phase(), Phase::Pending);
+    }
+
+    #[test]
+    fn deletion_kills_running_containers_then_removes_the_pod() {
+        let mut w = worker(&[], &["a", "b"], RestartPolicy::Always);
+        w.step(PodEvent::Begin, ts(0));
+        pulled(&mut w, 0);
+        pulled(&mut w, 1);
+        w.step(
+            PodEvent::Started {
+                container: 0,
+                at: ts(1),
+            },
+            ts(1),
+        );
+        w.step(
+            PodEvent::Started {
+                container: 1,
+                at: ts(1),
+            },
+            ts(1),
+        );
+        let fx = w.step(PodEvent::Delete, ts(2));
+        let kills: Vec<_> = fx
+            .iter()
+            .filter(|e| matches!(e, Effect::Kill { .. }))
+            .collect();
+        assert_eq!(kills.len(), 2);
+        assert!(!fx.contains(&Effect::Remove));
+        let fx = w.step(
+            PodEvent::Exited {
+                container: 0,
+                exit: Exit::Killed,
+                at: ts(2),
+            },
+            ts(2),
+        );
+        assert!(starts(&fx).is_empty(), "no restarts while terminating");
+        let fx = w.step(
+            PodEvent::Exited {
+                container: 1,
+                exit: Exit::Killed,
+                at: ts(2),
+            },
+            ts(2),
+        );
+        assert_eq!(fx, vec![Effect::Remove]);
+        assert_eq!(w.stage, Stage::Gone);
+    }
+
+    #[test]
+    fn deleting_a_pod_with_nothing_running_removes_it_at_once() {
+        let mut w = worker(&[], &["a"], RestartPolicy::Always);
+        w.step(PodEvent::Begin, ts(0));
+        assert_eq!(w.step(PodEvent::Delete, ts(1)), vec![Effect::Remove]);
+        // A pull finishing late starts nothing.
+        assert!(pulled(&mut w, 0).is_empty());
+    }
+}
