@@ -8,6 +8,7 @@
 //!     └──────── Node, Lease, pod status, events ◄┘
 //! ```
 
+pub mod images;
 pub mod instance;
 pub mod limits;
 pub mod logs;
