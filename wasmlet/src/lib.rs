@@ -13,4 +13,5 @@ pub mod instance;
 pub mod limits;
 pub mod logs;
 pub mod runtime;
+pub mod spec;
 pub mod worker;

@@ -1,0 +1,733 @@
+//! From a PodSpec to what an instance needs: argv, environment (`env`, `envFrom`, `valueFrom`
+//! with ConfigMaps, Secrets, `fieldRef` and `resourceFieldRef`), volumes materialised as
+//! directories on the node, and limits. Kubernetes' rules throughout: later env entries win,
+//! `$(VAR)` references expand (`$$` escapes), configMap/secret/downwardAPI volumes are
+//! read-only.
+//!
+//! ConfigMaps and Secrets are read through the API; everything else is pure.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, ObjectFieldSelector, Pod,
+    ResourceFieldSelector, Secret, Volume,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::Api;
+
+use crate::instance::{Launch, Mount};
+
+/// Why a container cannot be configured (`CreateContainerConfigError`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Reads ConfigMaps and Secrets of the pod's namespace, once each.
+pub struct Sources {
+    configmaps: Api<ConfigMap>,
+    secrets: Api<Secret>,
+    cm_cache: HashMap<String, Option<BTreeMap<String, Vec<u8>>>>,
+    secret_cache: HashMap<String, Option<BTreeMap<String, Vec<u8>>>>,
+}
+
+impl Sources {
+    /// Sources in `namespace`.
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
+        Self {
+            configmaps: Api::namespaced(client.clone(), namespace),
+            secrets: Api::namespaced(client, namespace),
+            cm_cache: HashMap::new(),
+            secret_cache: HashMap::new(),
+        }
+    }
+
+    async fn configmap(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<&BTreeMap<String, Vec<u8>>>, ConfigError> {
+        if !self.cm_cache.contains_key(name) {
+            let cm = self
+                .configmaps
+                .get_opt(name)
+                .await
+                .map_err(|e| ConfigError(format!("reading configmap {name:?}: {e}")))?;
+            let data = cm.map(|cm| {
+                let mut all: BTreeMap<String, Vec<u8>> = cm
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
+                all.extend(
+                    cm.binary_data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0)),
+                );
+                all
+            });
+            self.cm_cache.insert(name.to_owned(), data);
+        }
+        Ok(self.cm_cache[name].as_ref())
+    }
+
+    async fn secret(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<&BTreeMap<String, Vec<u8>>>, ConfigError> {
+        if !self.secret_cache.contains_key(name) {
+            let s = self
+                .secrets
+                .get_opt(name)
+                .await
+                .map_err(|e| ConfigError(format!("reading secret {name:?}: {e}")))?;
+            let data = s.map(|s| {
+                let mut all: BTreeMap<String, Vec<u8>> = s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                all.extend(
+                    s.string_data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes())),
+                );
+                all
+            });
+            self.secret_cache.insert(name.to_owned(), data);
+        }
+        Ok(self.secret_cache[name].as_ref())
+    }
+}
+
+/// The node-side facts `fieldRef` can name.
+#[derive(Debug, Clone, Default)]
+pub struct PodFacts {
+    /// `status.hostIP`.
+    pub host_ip: String,
+    /// `status.podIP`.
+    pub pod_ip: String,
+    /// `spec.nodeName`.
+    pub node_name: String,
+}
+
+/// Resolves the launch description of `container` of `pod`.
+///
+/// # Errors
+/// [`ConfigError`] for a missing (non-optional) ConfigMap, Secret or key, a bad field path,
+/// or a volume mount naming no volume.
+pub async fn launch(
+    pod: &Pod,
+    container: &Container,
+    volumes: &HashMap<String, (PathBuf, bool)>,
+    facts: &PodFacts,
+    sources: &mut Sources,
+) -> Result<Launch, ConfigError> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+        env.retain(|(key, _)| *key != k);
+        env.push((k, v));
+    };
+    for from in container.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        let (data, optional, what) = if let Some(r) = &from.config_map_ref {
+            (
+                sources.configmap(&r.name).await?.cloned(),
+                r.optional.unwrap_or(false),
+                format!("configmap {:?}", r.name),
+            )
+        } else if let Some(r) = &from.secret_ref {
+            (
+                sources.secret(&r.name).await?.cloned(),
+                r.optional.unwrap_or(false),
+                format!("secret {:?}", r.name),
+            )
+        } else {
+            continue;
+        };
+        match data {
+            Some(data) => {
+                for (k, v) in data {
+                    set(
+                        &mut env,
+                        format!("{prefix}{k}"),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    );
+                }
+            }
+            None if optional => {}
+            None => return Err(ConfigError(format!("{what} not found"))),
+        }
+    }
+    for var in container.env.iter().flatten() {
+        let value = match (&var.value, &var.value_from) {
+            (_, Some(from)) => {
+                if let Some(r) = &from.config_map_key_ref {
+                    let data = sources.configmap(&r.name).await?;
+                    match (
+                        data.and_then(|d| d.get(&r.key)),
+                        r.optional.unwrap_or(false),
+                    ) {
+                        (Some(v), _) => Some(String::from_utf8_lossy(v).into_owned()),
+                        (None, true) => None,
+                        (None, false) if data.is_none() => {
+                            return Err(ConfigError(format!("configmap {:?} not found", r.name)));
+                        }
+                        (None, false) => {
+                            return Err(ConfigError(format!(
+                                "couldn't find key {} in ConfigMap {}/{}",
+                                r.key,
+                                ns(pod),
+                                r.name
+                            )));
+                        }
+                    }
+                } else if let Some(r) = &from.secret_key_ref {
+                    let data = sources.secret(&r.name).await?;
+                    match (
+                        data.and_then(|d| d.get(&r.key)),
+                        r.optional.unwrap_or(false),
+                    ) {
+                        (Some(v), _) => Some(String::from_utf8_lossy(v).into_owned()),
+                        (None, true) => None,
+                        (None, false) if data.is_none() => {
+                            return Err(ConfigError(format!("secret {:?} not found", r.name)));
+                        }
+                        (None, false) => {
+                            return Err(ConfigError(format!(
+                                "couldn't find key {} in Secret {}/{}",
+                                r.key,
+                                ns(pod),
+                                r.name
+                            )));
+                        }
+                    }
+                } else if let Some(f) = &from.field_ref {
+                    Some(field_value(pod, f, facts)?)
+                } else if let Some(r) = &from.resource_field_ref {
+                    Some(resource_value(pod, Some(container), r)?)
+                } else {
+                    None
+                }
+            }
+            (Some(v), None) => Some(expand(v, &env)),
+            (None, None) => Some(String::new()),
+        };
+        if let Some(v) = value {
+            set(&mut env, var.name.clone(), v);
+        }
+    }
+
+    let mut argv: Vec<String> = match &container.command {
+        Some(cmd) if !cmd.is_empty() => cmd.iter().map(|a| expand(a, &env)).collect(),
+        _ => vec![container.name.clone()],
+    };
+    argv.extend(container.args.iter().flatten().map(|a| expand(a, &env)));
+
+    let mut mounts = Vec::new();
+    for m in container.volume_mounts.iter().flatten() {
+        let (dir, always_ro) = volumes.get(&m.name).ok_or_else(|| {
+            ConfigError(format!(
+                "volume mount {:?} names no volume of the pod",
+                m.name
+            ))
+        })?;
+        let host_path = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) => {
+                if sub.split('/').any(|c| c == "..") || sub.starts_with('/') {
+                    return Err(ConfigError(format!(
+                        "subPath {sub:?} must be a relative path without '..'"
+                    )));
+                }
+                let p = dir.join(sub);
+                std::fs::create_dir_all(&p)
+                    .map_err(|e| ConfigError(format!("subPath {sub:?}: {e}")))?;
+                p
+            }
+            None => dir.clone(),
+        };
+        mounts.push(Mount {
+            host_path,
+            guest_path: m.mount_path.clone(),
+            read_only: *always_ro || m.read_only.unwrap_or(false),
+        });
+    }
+
+    let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
+    Ok(Launch {
+        argv,
+        env,
+        mounts,
+        working_dir: container.working_dir.clone(),
+        memory_limit: limits
+            .and_then(|l| l.get("memory"))
+            .and_then(|q| bytes(q))
+            .map(|b| b as usize),
+        cpu_limit_millis: limits.and_then(|l| l.get("cpu")).and_then(millicores),
+    })
+}
+
+fn ns(pod: &Pod) -> &str {
+    pod.metadata.namespace.as_deref().unwrap_or("default")
+}
+
+/// Expands `$(NAME)` from `env`; `$$` is a literal `$`; unknown references stay as written.
+pub fn expand(s: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(inner) = tail.strip_prefix("$(")
+            && let Some(end) = inner.find(')')
+        {
+            let name = &inner[..end];
+            match env.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&tail[..end + 3]),
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The value of a `fieldRef` (the paths the downward API supports).
+pub fn field_value(
+    pod: &Pod,
+    f: &ObjectFieldSelector,
+    facts: &PodFacts,
+) -> Result<String, ConfigError> {
+    let meta = &pod.metadata;
+    let path = f.field_path.as_str();
+    let keyed = |prefix: &str, map: &Option<BTreeMap<String, String>>| -> Option<String> {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        Some(
+            map.as_ref()
+                .and_then(|m| m.get(key))
+                .cloned()
+                .unwrap_or_default(),
+        )
+    };
+    let value = match path {
+        "metadata.name" => meta.name.clone().unwrap_or_default(),
+        "metadata.namespace" => ns(pod).to_owned(),
+        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+        "metadata.labels" => render_map(&meta.labels),
+        "metadata.annotations" => render_map(&meta.annotations),
+        "spec.nodeName" => facts.node_name.clone(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        "status.hostIP" | "status.hostIPs" => facts.host_ip.clone(),
+        "status.podIP" | "status.podIPs" => facts.pod_ip.clone(),
+        _ => match keyed("metadata.labels['", &meta.labels)
+            .or_else(|| keyed("metadata.annotations['", &meta.annotations))
+        {
+            Some(v) => v,
+            None => {
+                return Err(ConfigError(format!(
+                    "unsupported fieldRef fieldPath {path:?}"
+                )));
+            }
+        },
+    };
+    Ok(value)
+}
+
+/// `key="value"` lines, sorted, as the downward API writes label and annotation files.
+fn render_map(map: &Option<BTreeMap<String, String>>) -> String {
+    map.iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The value of a `resourceFieldRef`, divided by its divisor and rounded up, as Kubernetes does.
+/// An unset limit reads as the node's allocatable, which the wasmlet does not know here; it
+/// reads as 0 (no limit).
+pub fn resource_value(
+    pod: &Pod,
+    container: Option<&Container>,
+    r: &ResourceFieldSelector,
+) -> Result<String, ConfigError> {
+    let spec = pod.spec.as_ref();
+    let target = match (&r.container_name, container) {
+        (Some(name), _) if !name.is_empty() => spec
+            .and_then(|s| s.containers.iter().find(|c| &c.name == name))
+            .ok_or_else(|| {
+                ConfigError(format!("resourceFieldRef names unknown container {name:?}"))
+            })?,
+        (_, Some(c)) => c,
+        _ => {
+            return Err(ConfigError(
+                "resourceFieldRef needs a containerName here".into(),
+            ));
+        }
+    };
+    let (section, resource) = r
+        .resource
+        .split_once('.')
+        .ok_or_else(|| ConfigError(format!("unsupported resource {:?}", r.resource)))?;
+    let resources = target.resources.as_ref();
+    let q = match section {
+        "limits" => resources.and_then(|x| x.limits.as_ref()),
+        "requests" => resources.and_then(|x| x.requests.as_ref()),
+        _ => {
+            return Err(ConfigError(format!(
+                "unsupported resource {:?}",
+                r.resource
+            )));
+        }
+    }
+    .and_then(|m| m.get(resource));
+    let Some(q) = q else { return Ok("0".into()) };
+    let value = match resource {
+        "cpu" => {
+            let divisor = r
+                .divisor
+                .as_ref()
+                .and_then(millicores)
+                .unwrap_or(1000)
+                .max(1);
+            millicores(q).unwrap_or(0).div_ceil(divisor)
+        }
+        "memory" | "ephemeral-storage" => {
+            let divisor = r.divisor.as_ref().and_then(bytes).unwrap_or(1).max(1);
+            bytes(q).unwrap_or(0).div_ceil(divisor)
+        }
+        other => return Err(ConfigError(format!("unsupported resource {other:?}"))),
+    };
+    Ok(value.to_string())
+}
+
+/// A quantity in bytes (`64Mi`, `1G`, `1e6`, `500k`).
+pub fn bytes(q: &Quantity) -> Option<u64> {
+    let (n, scale) = parse_quantity(&q.0)?;
+    let v = n * scale;
+    (v >= 0.0).then(|| v.ceil() as u64)
+}
+
+/// A CPU quantity in millicores (`500m`, `1`, `0.25`).
+pub fn millicores(q: &Quantity) -> Option<u64> {
+    let (n, scale) = parse_quantity(&q.0)?;
+    let v = n * scale * 1000.0;
+    (v >= 0.0).then(|| v.ceil() as u64)
+}
+
+fn parse_quantity(s: &str) -> Option<(f64, f64)> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let scale = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        _ => return None,
+    };
+    Some((num.parse().ok()?, scale))
+}
+
+/// Materialises the pod's volumes under `dir` (`<kind>/<name>`); returns, per volume name, its
+/// directory and whether Kubernetes mounts it read-only.
+///
+/// # Errors
+/// [`ConfigError`] for a missing ConfigMap/Secret (non-optional), a missing hostPath, or a
+/// volume type the wasmlet does not provide.
+pub async fn volumes(
+    pod: &Pod,
+    dir: &Path,
+    facts: &PodFacts,
+    sources: &mut Sources,
+) -> Result<HashMap<String, (PathBuf, bool)>, ConfigError> {
+    let mut out = HashMap::new();
+    let io = |what: &str, e: std::io::Error| ConfigError(format!("{what}: {e}"));
+    for v in pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let entry = if v.empty_dir.is_some() {
+            let d = dir.join("empty-dir").join(&v.name);
+            std::fs::create_dir_all(&d).map_err(|e| io(&v.name, e))?;
+            (d, false)
+        } else if let Some(h) = &v.host_path {
+            let p = PathBuf::from(&h.path);
+            match h.type_.as_deref() {
+                Some("DirectoryOrCreate") => {
+                    std::fs::create_dir_all(&p).map_err(|e| io(&h.path, e))?
+                }
+                _ if p.is_dir() => {}
+                _ => {
+                    return Err(ConfigError(format!(
+                        "hostPath type check failed: {} is not a directory",
+                        h.path
+                    )));
+                }
+            }
+            (p, false)
+        } else if v.config_map.is_some()
+            || v.secret.is_some()
+            || v.downward_api.is_some()
+            || v.projected.is_some()
+        {
+            let d = dir.join("projected").join(&v.name);
+            // Rebuilt from scratch so deleted keys disappear.
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).map_err(|e| io(&v.name, e))?;
+            project(pod, v, &d, facts, sources).await?;
+            (d, true)
+        } else {
+            return Err(ConfigError(format!(
+                "volume {:?}: only emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes are supported",
+                v.name
+            )));
+        };
+        out.insert(v.name.clone(), entry);
+    }
+    Ok(out)
+}
+
+async fn project(
+    pod: &Pod,
+    v: &Volume,
+    d: &Path,
+    facts: &PodFacts,
+    sources: &mut Sources,
+) -> Result<(), ConfigError> {
+    if let Some(cm) = &v.config_map {
+        let data = sources.configmap(&cm.name).await?.cloned();
+        write_keys(
+            d,
+            data,
+            &cm.items,
+            cm.optional.unwrap_or(false),
+            &format!("configmap {:?}", cm.name),
+        )?;
+    }
+    if let Some(s) = &v.secret {
+        let name = s.secret_name.clone().unwrap_or_default();
+        let data = sources.secret(&name).await?.cloned();
+        write_keys(
+            d,
+            data,
+            &s.items,
+            s.optional.unwrap_or(false),
+            &format!("secret {name:?}"),
+        )?;
+    }
+    if let Some(api) = &v.downward_api {
+        write_downward(pod, d, api.items.iter().flatten(), facts)?;
+    }
+    for source in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+        if let Some(cm) = &source.config_map {
+            let data = sources.configmap(&cm.name).await?.cloned();
+            write_keys(
+                d,
+                data,
+                &cm.items,
+                cm.optional.unwrap_or(false),
+                &format!("configmap {:?}", cm.name),
+            )?;
+        }
+        if let Some(s) = &source.secret {
+            let data = sources.secret(&s.name).await?.cloned();
+            write_keys(
+                d,
+                data,
+                &s.items,
+                s.optional.unwrap_or(false),
+                &format!("secret {:?}", s.name),
+            )?;
+        }
+        if let Some(api) = &source.downward_api {
+            write_downward(pod, d, api.items.iter().flatten(), facts)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_keys(
+    d: &Path,
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    items: &Option<Vec<KeyToPath>>,
+    optional: bool,
+    what: &str,
+) -> Result<(), ConfigError> {
+    let Some(data) = data else {
+        return if optional {
+            Ok(())
+        } else {
+            Err(ConfigError(format!("{what} not found")))
+        };
+    };
+    match items {
+        Some(items) => {
+            for item in items {
+                match data.get(&item.key) {
+                    Some(v) => write_file(d, &item.path, v)?,
+                    None if optional => {}
+                    None => return Err(ConfigError(format!("{what} has no key {:?}", item.key))),
+                }
+            }
+        }
+        None => {
+            for (k, v) in &data {
+                write_file(d, k, v)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_downward<'a>(
+    pod: &Pod,
+    d: &Path,
+    items: impl Iterator<Item = &'a DownwardAPIVolumeFile>,
+    facts: &PodFacts,
+) -> Result<(), ConfigError> {
+    for item in items {
+        let value = if let Some(f) = &item.field_ref {
+            field_value(pod, f, facts)?
+        } else if let Some(r) = &item.resource_field_ref {
+            resource_value(pod, None, r)?
+        } else {
+            continue;
+        };
+        write_file(d, &item.path, value.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn write_file(d: &Path, rel: &str, bytes: &[u8]) -> Result<(), ConfigError> {
+    if rel.is_empty() || rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
+        return Err(ConfigError(format!(
+            "volume file path {rel:?} must be relative without '..'"
+        )));
+    }
+    let path = d.join(rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ConfigError(format!("{rel}: {e}")))?;
+    }
+    std::fs::write(&path, bytes).map_err(|e| ConfigError(format!("{rel}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn references_expand_and_escape_like_kubernetes() {
+        let e = env(&[("A", "1"), ("B", "two")]);
+        assert_eq!(expand("$(A)-$(B)", &e), "1-two");
+        assert_eq!(expand("$$(A) costs $5", &e), "$(A) costs $5");
+        assert_eq!(expand("$(MISSING) stays", &e), "$(MISSING) stays");
+        assert_eq!(expand("unterminated $(A", &e), "unterminated $(A");
+    }
+
+    #[test]
+    fn quantities_convert_to_bytes_and_millicores() {
+        assert_eq!(bytes(&Quantity("64Mi".into())), Some(64 << 20));
+        assert_eq!(bytes(&Quantity("1G".into())), Some(1_000_000_000));
+        assert_eq!(bytes(&Quantity("1e3".into())), Some(1000));
+        assert_eq!(millicores(&Quantity("500m".into())), Some(500));
+        assert_eq!(millicores(&Quantity("1.5".into())), Some(1500));
+        assert_eq!(bytes(&Quantity("12 apples".into())), None);
+    }
+
+    #[test]
+    fn field_refs_read_pod_metadata_and_node_facts() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "x"}},
+            "spec": {"containers": [], "serviceAccountName": "sa"}
+        }))
+        .expect("pod");
+        let facts = PodFacts {
+            host_ip: "127.0.0.1".into(),
+            pod_ip: "127.77.0.2".into(),
+            node_name: "n1".into(),
+        };
+        let get = |p: &str| {
+            field_value(
+                &pod,
+                &ObjectFieldSelector {
+                    field_path: p.into(),
+                    api_version: None,
+                },
+                &facts,
+            )
+        };
+        assert_eq!(get("metadata.name").as_deref(), Ok("p"));
+        assert_eq!(get("metadata.namespace").as_deref(), Ok("ns"));
+        assert_eq!(get("metadata.labels['app']").as_deref(), Ok("x"));
+        assert_eq!(get("metadata.labels").as_deref(), Ok("app=\"x\""));
+        assert_eq!(get("spec.nodeName").as_deref(), Ok("n1"));
+        assert_eq!(get("status.podIP").as_deref(), Ok("127.77.0.2"));
+        assert_eq!(get("spec.serviceAccountName").as_deref(), Ok("sa"));
+        assert!(get("spec.containers").is_err());
+    }
+
+    #[test]
+    fn resource_field_refs_divide_and_round_up() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "resources": {"limits": {"memory": "64Mi", "cpu": "250m"}}}]}
+        }))
+        .expect("pod");
+        let c = &pod.spec.as_ref().expect("spec").containers[0];
+        let sel = |res: &str, div: Option<&str>| ResourceFieldSelector {
+            resource: res.into(),
+            divisor: div.map(|d| Quantity(d.into())),
+            container_name: None,
+        };
+        assert_eq!(
+            resource_value(&pod, Some(c), &sel("limits.memory", Some("1Mi"))).as_deref(),
+            Ok("64")
+        );
+        assert_eq!(
+            resource_value(&pod, Some(c), &sel("limits.cpu", None)).as_deref(),
+            Ok("1")
+        );
+        assert_eq!(
+            resource_value(&pod, Some(c), &sel("limits.cpu", Some("1m"))).as_deref(),
+            Ok("250")
+        );
+        assert_eq!(
+            resource_value(&pod, Some(c), &sel("requests.cpu", None)).as_deref(),
+            Ok("0")
+        );
+    }
+}
