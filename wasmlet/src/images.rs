@@ -206,6 +206,20 @@ impl Images {
             .join(digest.trim_start_matches("sha256:"))
     }
 
+    /// Every stored image, as the Node's `status.images` lists them.
+    pub fn list(&self) -> Vec<k8s_openapi::api::core::v1::ContainerImage> {
+        let refs = self.refs.lock().expect("refs lock");
+        let mut list: Vec<_> = refs
+            .values()
+            .map(|i| k8s_openapi::api::core::v1::ContainerImage {
+                names: Some(vec![i.image_id.clone(), i.reference.clone()]),
+                size_bytes: i64::try_from(i.size).ok(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.names.cmp(&b.names));
+        list
+    }
+
     /// The stored image for `image`, if any.
     pub fn stored(&self, image: &str) -> Option<Image> {
         let reference = self.registries.qualify(image);

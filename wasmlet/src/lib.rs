@@ -3,15 +3,280 @@
 //! with wasmtime.
 //!
 //! ```text
-//! apiserver ──watch pods (spec.nodeName=me)──► pod workers ──► wasmtime Store per container
-//!     ▲                                          │
-//!     └──────── Node, Lease, pod status, events ◄┘
+//! apiserver ──watch pods (spec.nodeName=me)──► pod drivers (worker state machine)
+//!     ▲                                            │ pull (oci-client) → compile (cache) →
+//!     │                                            ▼ wasmtime Store per container instance
+//!     └──── Node, Lease, pod status, Events ◄──────┘
+//!     └──── pods/log ──► wasmlet HTTPS /containerLogs
+//! ```
+//!
+//! Like every wasmkube component it talks to the cluster only through the Kubernetes API
+//! (kube-rs), so it can join any wasmkube API server:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wasmkube_wasmlet::Error> {
+//! let config = wasmkube_wasmlet::Config::new("node-1", "/var/lib/wasmkube-node")
+//!     .kubeconfig("/var/lib/wasmkube/kubeconfig");
+//! wasmkube_wasmlet::run(config, tokio_util::sync::CancellationToken::new()).await
+//! # }
 //! ```
 
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ContainerImage, Pod};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod events;
 pub mod images;
 pub mod instance;
 pub mod limits;
 pub mod logs;
+pub mod node;
+pub mod pod;
 pub mod runtime;
+pub mod server;
 pub mod spec;
+pub mod status;
 pub mod worker;
+
+use crate::images::{ClusterRegistry, Images, Registries};
+use crate::node::NodeFacts;
+use crate::pod::{IpPool, LogIndex, NodeCtx};
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::worker::Backoff;
+
+/// How to run a wasmlet.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The Node's name.
+    pub node_name: String,
+    /// Where images, compiled code, pod volumes and logs live.
+    pub data_dir: PathBuf,
+    /// The kubeconfig to reach the API server (none: `KUBECONFIG` or `~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
+    /// The wasmlet's HTTPS endpoint (logs); port 0 picks one.
+    pub listen: SocketAddr,
+    /// The node address reported as `InternalIP` (none: the listen address, or 127.0.0.1).
+    pub address: Option<String>,
+    /// The loopback range pod IPs come from (each pod gets its own 127.x.y.z).
+    pub pod_range: (Ipv4Addr, u8),
+    /// `pods` capacity; also sizes the engine's instance pool.
+    pub max_pods: u32,
+    /// The largest memory one instance may have (a limit above it is capped).
+    pub max_instance_memory: usize,
+    /// Crash and image-pull back-off (Kubernetes: 10 s doubling to 5 min).
+    pub backoff: Backoff,
+    /// Log rotation per container.
+    pub rotation: logs::Rotation,
+    /// Registries reached over plain HTTP (`host:port`).
+    pub insecure_registries: Vec<String>,
+}
+
+impl Config {
+    /// Defaults for node `node_name` storing its data in `data_dir`.
+    pub fn new(node_name: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            data_dir: data_dir.into(),
+            kubeconfig: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 10250)),
+            address: None,
+            pod_range: (Ipv4Addr::new(127, 77, 0, 0), 16),
+            max_pods: 10_000,
+            max_instance_memory: 512 << 20,
+            backoff: Backoff::default(),
+            rotation: logs::Rotation::default(),
+            insecure_registries: Vec::new(),
+        }
+    }
+
+    /// Use this kubeconfig.
+    #[must_use]
+    pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kubeconfig = Some(path.into());
+        self
+    }
+}
+
+/// Why the wasmlet could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot load the kubeconfig")]
+    Kubeconfig(#[source] kube::Error),
+    #[error("cannot read the kubeconfig")]
+    KubeconfigFile(#[source] kube::config::KubeconfigError),
+    #[error("cannot start the engine")]
+    Engine(#[source] wasmtime::Error),
+    #[error("cannot register the node")]
+    Register(#[source] kube::Error),
+    #[error("i/o")]
+    Io(#[from] std::io::Error),
+}
+
+async fn client_config(config: &Config) -> Result<kube::Config, Error> {
+    match &config.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(Error::KubeconfigFile)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(Error::KubeconfigFile)
+        }
+        None => kube::Config::infer().await.map_err(|e| Error::Kubeconfig(kube::Error::InferConfig(e))),
+    }
+}
+
+/// The registries a client configuration implies: the API server's `/v2/` for names without a
+/// host, trusting the cluster CA, presenting the same token.
+pub fn registries_for(kc: &kube::Config, insecure: Vec<String>) -> Registries {
+    use secrecy::ExposeSecret;
+    let host = kc.cluster_url.authority().map(|a| a.to_string()).unwrap_or_default();
+    let token = kc.auth_info.token.as_ref().map(|t| t.expose_secret().to_owned()).unwrap_or_default();
+    let ca_pem = kc
+        .root_cert
+        .iter()
+        .flatten()
+        .map(|der| {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ascii")).collect();
+            format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+        })
+        .collect::<String>()
+        .into_bytes();
+    Registries { cluster: Some(ClusterRegistry { host, token, ca_pem }), insecure }
+}
+
+/// Runs the wasmlet until `shutdown`: registers the node, keeps its lease, runs its pods.
+///
+/// # Errors
+/// [`Error`] when it cannot start; once running it retries API failures instead.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let kc = client_config(&config).await?;
+    let token = {
+        use secrecy::ExposeSecret;
+        kc.auth_info.token.as_ref().map(|t| t.expose_secret().to_owned()).unwrap_or_default()
+    };
+    let registries = registries_for(&kc, config.insecure_registries.clone());
+    let client = Client::try_from(kc).map_err(Error::Kubeconfig)?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let images = Arc::new(Images::open(&config.data_dir.join("images"), registries)?);
+    let runtime = Runtime::new(&RuntimeConfig {
+        cache_dir: config.data_dir.join("compiled"),
+        max_instances: config.max_pods.saturating_add(1000),
+        max_memory_bytes: config.max_instance_memory,
+    })
+    .map_err(Error::Engine)?;
+
+    let address = config.address.clone().unwrap_or_else(|| {
+        if config.listen.ip().is_unspecified() { "127.0.0.1".into() } else { config.listen.ip().to_string() }
+    });
+    let logs = Arc::new(LogIndex::default());
+    let (addr, server) =
+        server::start(config.listen, vec![address.clone(), config.node_name.clone()], Arc::clone(&logs), token, shutdown.clone()).await?;
+    let facts = NodeFacts { name: config.node_name.clone(), address: address.clone(), port: addr.port(), max_pods: config.max_pods };
+    let image_list = {
+        let images = Arc::clone(&images);
+        move || -> Vec<ContainerImage> { images.list() }
+    };
+    let node_uid = node::register(&client, &facts, image_list()).await.map_err(Error::Register)?;
+    tracing::info!(node = %config.node_name, %addr, "wasmlet registered");
+
+    let tasks = TaskTracker::new();
+    tasks.spawn(node::heartbeat(client.clone(), config.node_name.clone(), node_uid, shutdown.clone()));
+    tasks.spawn(node::report_status(client.clone(), facts, image_list, shutdown.clone()));
+    let (recorder, recorder_task) = events::Recorder::start(client.clone(), &config.node_name, shutdown.clone());
+    let ctx = Arc::new(NodeCtx {
+        client: client.clone(),
+        node_name: config.node_name.clone(),
+        host_ip: address,
+        runtime,
+        images,
+        recorder,
+        pods_dir: config.data_dir.join("pods"),
+        backoff: config.backoff,
+        rotation: config.rotation,
+        ips: Mutex::new(IpPool::new(config.pod_range.0, config.pod_range.1)),
+        logs,
+    });
+    let drivers = TaskTracker::new();
+    let shutdown_pods = CancellationToken::new();
+    watch_pods(&ctx, &drivers, &shutdown, &shutdown_pods).await;
+
+    // Shutting down: stop every instance (the pods stay bound; a restarted wasmlet runs them).
+    shutdown_pods.cancel();
+    drivers.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drivers.wait()).await;
+    tasks.close();
+    tasks.wait().await;
+    let _ = recorder_task.await;
+    let _ = server.await;
+    Ok(())
+}
+
+/// Watches the pods bound to this node and keeps one driver per pod.
+async fn watch_pods(ctx: &Arc<NodeCtx>, drivers: &TaskTracker, shutdown: &CancellationToken, stop_pods: &CancellationToken) {
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
+    let mut stream = watcher::watcher(pods, cfg).default_backoff().boxed();
+    let mut running: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
+    let mut relisted: HashSet<String> = HashSet::new();
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => break,
+            e = stream.next() => match e { Some(e) => e, None => break },
+        };
+        let apply = |pod: Pod, running: &mut HashMap<String, watch::Sender<Option<Arc<Pod>>>>| {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let pod = Arc::new(pod);
+            match running.get(&uid) {
+                Some(tx) if !tx.is_closed() => {
+                    let _ = tx.send(Some(pod));
+                }
+                _ => {
+                    let (tx, rx) = watch::channel(Some(pod));
+                    running.insert(uid, tx);
+                    let (ctx, stop) = (Arc::clone(ctx), stop_pods.clone());
+                    drivers.spawn(async move {
+                        tokio::select! {
+                            () = pod::run(ctx, rx) => {}
+                            () = stop.cancelled() => {}
+                        }
+                    });
+                }
+            }
+        };
+        match event {
+            Ok(Event::Apply(pod)) => apply(pod, &mut running),
+            Ok(Event::Delete(pod)) => {
+                if let Some(tx) = pod.metadata.uid.as_ref().and_then(|u| running.remove(u)) {
+                    let _ = tx.send(None);
+                }
+            }
+            Ok(Event::Init) => relisted.clear(),
+            Ok(Event::InitApply(pod)) => {
+                relisted.insert(pod.metadata.uid.clone().unwrap_or_default());
+                apply(pod, &mut running);
+            }
+            Ok(Event::InitDone) => {
+                // Pods that vanished while the watch was down are gone from the API.
+                running.retain(|uid, tx| {
+                    let keep = relisted.contains(uid);
+                    if !keep {
+                        let _ = tx.send(None);
+                    }
+                    keep
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "pod watch failed; retrying"),
+        }
+    }
+}

@@ -266,6 +266,8 @@ pub enum Effect {
     },
     /// Record a Kubernetes Event on the pod.
     Event {
+        /// The container it is about, if any.
+        container: Option<usize>,
         /// Normal or Warning.
         kind: EventType,
         /// `Pulled`, `Created`, `Started`, `Killing`, `BackOff`, `Failed`, ...
@@ -382,6 +384,7 @@ impl PodWorker {
                 c.ready = !c.init;
                 let name = c.name.clone();
                 fx.push(Effect::Event {
+                    container: Some(container),
                     kind: EventType::Normal,
                     reason: "Started",
                     message: format!("Started container {name}"),
@@ -402,6 +405,7 @@ impl PodWorker {
                     let image_message = message.take().unwrap_or_default();
                     *message = Some(format!("Back-off pulling image: {image_message}"));
                     fx.push(Effect::Event {
+                        container: Some(container),
                         kind: EventType::Normal,
                         reason: "BackOff",
                         message: format!("Back-off pulling image for container {}", c.name),
@@ -429,6 +433,7 @@ impl PodWorker {
                     c.backing_off = false;
                     if c.is_running() {
                         fx.push(Effect::Event {
+                            container: Some(i),
                             kind: EventType::Normal,
                             reason: "Killing",
                             message: format!("Stopping container {}", c.name),
@@ -479,6 +484,7 @@ impl PodWorker {
                     *reason = "ContainerCreating";
                 }
                 fx.push(Effect::Event {
+                    container: Some(i),
                     kind: EventType::Normal,
                     reason: "Created",
                     message: format!("Created container {}", c.name),
@@ -494,6 +500,7 @@ impl PodWorker {
                     message: Some(failure.message.clone()),
                 };
                 fx.push(Effect::Event {
+                    container: Some(i),
                     kind: EventType::Warning,
                     reason: "Failed",
                     message: failure.message,
@@ -543,6 +550,7 @@ impl PodWorker {
         let failed = term.exit_code != 0;
         if let Exit::Trapped(m) | Exit::OomKilled(m) = &exit {
             fx.push(Effect::Event {
+                container: Some(i),
                 kind: EventType::Warning,
                 reason: "Failed",
                 message: format!(
@@ -601,6 +609,7 @@ impl PodWorker {
                     message: Some(message.clone()),
                 };
                 fx.push(Effect::Event {
+                    container: Some(i),
                     kind: EventType::Warning,
                     reason: "BackOff",
                     message: format!("Back-off restarting failed container {}", c.name),

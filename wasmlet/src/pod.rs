@@ -1,0 +1,442 @@
+//! The pod driver: runs one [`PodWorker`] against the world. It feeds the worker events
+//! (pod updates from the watch, images becoming ready, instances starting and ending, timers)
+//! and carries out the effects it returns: pulling and compiling, starting and killing
+//! instances, recording events, reporting status, and finally removing the pod.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Api, Client};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::events::Recorder;
+use crate::images::{Fetched, Images, PullPolicy};
+use crate::instance::{Exit, Launch, run_command, serve_http};
+use crate::logs::{LogFile, Rotation};
+use crate::runtime::{Prepared, Runtime};
+use crate::spec::{PodFacts, Sources};
+use crate::status::{Addresses, pod_status};
+use crate::worker::{Backoff, Effect, EventType, ImageFailure, PodEvent, PodWorker, RestartPolicy, Stage};
+
+/// What every pod driver of the node shares.
+pub struct NodeCtx {
+    /// The API client.
+    pub client: Client,
+    /// This node's name.
+    pub node_name: String,
+    /// This node's address (`status.hostIP`).
+    pub host_ip: String,
+    /// The engine.
+    pub runtime: Arc<Runtime>,
+    /// The image store.
+    pub images: Arc<Images>,
+    /// The event recorder.
+    pub recorder: Recorder,
+    /// `<data dir>/pods`.
+    pub pods_dir: PathBuf,
+    /// Crash and pull back-off.
+    pub backoff: Backoff,
+    /// Log rotation.
+    pub rotation: Rotation,
+    /// Pod addresses.
+    pub ips: Mutex<IpPool>,
+    /// Live log files, for `follow`.
+    pub logs: Arc<LogIndex>,
+}
+
+/// Pod IPs handed out from a loopback range: each pod gets its own 127.x.y.z, so two pods can
+/// listen on the same port and nothing leaves the machine.
+#[derive(Debug)]
+pub struct IpPool {
+    base: u32,
+    size: u32,
+    next: u32,
+    used: std::collections::HashSet<u32>,
+}
+
+impl IpPool {
+    /// The pool of `base/prefix`, which must be inside 127.0.0.0/8.
+    pub fn new(base: std::net::Ipv4Addr, prefix: u8) -> Self {
+        let size = 1u32 << (32 - u32::from(prefix.clamp(8, 30)));
+        Self { base: u32::from(base) & !(size - 1), size, next: 2, used: Default::default() }
+    }
+
+    /// A free address, if any.
+    pub fn allocate(&mut self) -> Option<std::net::Ipv4Addr> {
+        for _ in 0..self.size {
+            let offset = self.next;
+            self.next = if self.next + 2 >= self.size { 2 } else { self.next + 1 };
+            if self.used.insert(offset) {
+                return Some(std::net::Ipv4Addr::from(self.base + offset));
+            }
+        }
+        None
+    }
+
+    /// Returns an address to the pool.
+    pub fn release(&mut self, ip: std::net::Ipv4Addr) {
+        self.used.remove(&u32::from(ip).wrapping_sub(self.base));
+    }
+}
+
+/// Where each pod's logs are, keyed by (namespace, name).
+#[derive(Default)]
+pub struct LogIndex {
+    pods: Mutex<HashMap<(String, String), PodLogs>>,
+}
+
+/// One pod's log directories and live files.
+#[derive(Clone, Default)]
+pub struct PodLogs {
+    /// `<pods dir>/<ns>_<name>_<uid>`.
+    pub dir: PathBuf,
+    /// Container name → (current restart index, its live log file while running).
+    pub containers: HashMap<String, (u32, Option<Arc<LogFile>>)>,
+}
+
+impl LogIndex {
+    /// The logs of a pod, if it runs here.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<PodLogs> {
+        self.pods.lock().expect("log index lock").get(&(namespace.to_owned(), name.to_owned())).cloned()
+    }
+
+    fn update(&self, key: &(String, String), f: impl FnOnce(&mut PodLogs)) {
+        f(self.pods.lock().expect("log index lock").entry(key.clone()).or_default());
+    }
+
+    fn remove(&self, key: &(String, String)) {
+        self.pods.lock().expect("log index lock").remove(key);
+    }
+}
+
+/// Messages into the driver loop.
+enum Internal {
+    Event(PodEvent),
+    Prepared { container: usize, result: Result<(Prepared, Launch, String), ImageFailure> },
+}
+
+/// Runs the pod until it has been removed from the API (or vanished from it). `updates`
+/// carries the latest pod object; `None` means the pod is gone from the API.
+pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>>>) {
+    let Some(mut pod) = updates.borrow_and_update().clone() else { return };
+    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let key = (ns.clone(), name.clone());
+    let dir = ctx.pods_dir.join(format!("{ns}_{name}_{uid}"));
+    let spec = pod.spec.clone().unwrap_or_default();
+    let containers: Vec<Container> = spec.init_containers.iter().flatten().chain(spec.containers.iter()).cloned().collect();
+    let init: Vec<String> = spec.init_containers.iter().flatten().map(|c| c.name.clone()).collect();
+    let app: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
+    let mut worker = PodWorker::new(&init, &app, RestartPolicy::parse(spec.restart_policy.as_deref()), ctx.backoff);
+    ctx.logs.update(&key, |l| l.dir = dir.clone());
+
+    // A pod that finished before this wasmlet started is not run again.
+    let finished = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
+    let ip = if finished { None } else { ctx.ips.lock().expect("ip pool lock").allocate() };
+    let addrs = Addresses { host_ip: ctx.host_ip.clone(), pod_ip: ip.map(|i| i.to_string()).unwrap_or_default() };
+    let facts = PodFacts { host_ip: addrs.host_ip.clone(), pod_ip: addrs.pod_ip.clone(), node_name: ctx.node_name.clone() };
+
+    let tasks = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Internal>();
+    let (status_tx, status_rx) = watch::channel::<Option<PodStatus>>(None);
+    tasks.spawn(write_status(ctx.client.clone(), ns.clone(), name.clone(), status_rx, cancel.clone()));
+
+    let mut prepared: Vec<Option<(Prepared, Launch)>> = vec![None; containers.len()];
+    let mut kills: Vec<Option<CancellationToken>> = vec![None; containers.len()];
+    let mut volumes: Option<HashMap<String, (PathBuf, bool)>> = None;
+    let mut gone_from_api = false;
+    let mut pending = if finished { Vec::new() } else { vec![PodEvent::Begin] };
+    let mut last_status: Option<PodStatus> = None;
+
+    loop {
+        for event in pending.drain(..) {
+            let effects = worker.step(event, Timestamp::now());
+            for effect in effects {
+                match effect {
+                    Effect::Pull { container } => {
+                        let vols = match &volumes {
+                            Some(v) => Ok(v.clone()),
+                            None => {
+                                let mut sources = Sources::new(ctx.client.clone(), &ns);
+                                crate::spec::volumes(&pod, &dir.join("volumes"), &facts, &mut sources).await
+                            }
+                        };
+                        if let Ok(v) = &vols {
+                            volumes = Some(v.clone());
+                        }
+                        tasks.spawn(prepare(Arc::clone(&ctx), Arc::clone(&pod), containers[container].clone(), container, vols, facts.clone(), tx.clone()));
+                    }
+                    Effect::Start { container } => {
+                        let Some((pre, launch)) = prepared[container].clone() else { continue };
+                        let kill = CancellationToken::new();
+                        kills[container] = Some(kill.clone());
+                        let restart = worker.containers[container].restart_count;
+                        let log_dir = dir.join(&containers[container].name);
+                        let log = match LogFile::create(&log_dir, restart, ctx.rotation) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                let exit = Exit::Trapped(format!("cannot create the log file: {e}"));
+                                let _ = tx.send(Internal::Event(PodEvent::Exited { container, exit, at: Timestamp::now() }));
+                                continue;
+                            }
+                        };
+                        let cname = containers[container].name.clone();
+                        ctx.logs.update(&key, |l| {
+                            l.containers.insert(cname, (restart, Some(Arc::clone(&log))));
+                        });
+                        let port = http_port(&containers[container]);
+                        let grace = grace_period(&pod);
+                        tasks.spawn(instance(pre, launch, log, ip, port, grace, container, kill, tx.clone()));
+                    }
+                    Effect::Kill { container } => {
+                        if let Some(k) = kills[container].take() {
+                            k.cancel();
+                        }
+                    }
+                    Effect::After { delay, event } => {
+                        let (tx, cancel) = (tx.clone(), cancel.clone());
+                        tasks.spawn(async move {
+                            tokio::select! {
+                                () = cancel.cancelled() => {}
+                                () = tokio::time::sleep(delay) => { let _ = tx.send(Internal::Event(event)); }
+                            }
+                        });
+                    }
+                    Effect::Event { container, kind, reason, message } => {
+                        let c = container.map(|i| containers[i].name.as_str());
+                        ctx.recorder.pod(&pod, c, kind, reason, message);
+                    }
+                    Effect::Remove => {}
+                }
+            }
+        }
+        if !finished && worker.stage != Stage::Gone {
+            let status = pod_status(&pod, &worker, &addrs, Timestamp::now());
+            if last_status.as_ref() != Some(&status) {
+                last_status = Some(status.clone());
+                let _ = status_tx.send(Some(status));
+            }
+        }
+        let deleting = pod.metadata.deletion_timestamp.is_some() || gone_from_api;
+        if worker.stage == Stage::Gone || (finished && deleting) {
+            break;
+        }
+        tokio::select! {
+            changed = updates.changed() => {
+                let latest = if changed.is_ok() { updates.borrow_and_update().clone() } else { None };
+                match latest {
+                    Some(p) => {
+                        let deleted = p.metadata.deletion_timestamp.is_some();
+                        pod = p;
+                        if deleted {
+                            pending.push(PodEvent::Delete);
+                        }
+                    }
+                    None => {
+                        gone_from_api = true;
+                        pending.push(PodEvent::Delete);
+                    }
+                }
+            }
+            Some(msg) = rx.recv() => match msg {
+                Internal::Event(e) => {
+                    if let PodEvent::Exited { container, .. } = &e {
+                        kills[*container] = None;
+                        let cname = containers[*container].name.clone();
+                        ctx.logs.update(&key, |l| {
+                            if let Some(entry) = l.containers.get_mut(&cname) {
+                                entry.1 = None;
+                            }
+                        });
+                    }
+                    pending.push(e);
+                }
+                Internal::Prepared { container, result } => {
+                    let result = result.map(|(pre, launch, image_id)| {
+                        prepared[container] = Some((pre, launch));
+                        image_id
+                    });
+                    pending.push(PodEvent::ImageReady { container, result });
+                }
+            },
+        }
+    }
+
+    // Everything has stopped: say goodbye to the API, then clean up.
+    cancel.cancel();
+    for k in kills.iter().flatten() {
+        k.cancel();
+    }
+    if !gone_from_api {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+            ..Default::default()
+        };
+        match pods.delete(&name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => tracing::warn!(pod = %name, namespace = %ns, error = %e, "could not remove the pod"),
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
+    if let Some(ip) = ip {
+        ctx.ips.lock().expect("ip pool lock").release(ip);
+    }
+    ctx.logs.remove(&key);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The port a `wasi:http/proxy` container is served on: its first TCP `containerPort`, else 8080.
+fn http_port(c: &Container) -> u16 {
+    c.ports
+        .iter()
+        .flatten()
+        .find(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .unwrap_or(8080)
+}
+
+fn grace_period(pod: &Pod) -> Duration {
+    let secs = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30);
+    Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+/// Pulls the image, compiles it, and resolves the container's configuration.
+async fn prepare(
+    ctx: Arc<NodeCtx>,
+    pod: Arc<Pod>,
+    c: Container,
+    container: usize,
+    volumes: Result<HashMap<String, (PathBuf, bool)>, crate::spec::ConfigError>,
+    facts: PodFacts,
+    tx: mpsc::UnboundedSender<Internal>,
+) {
+    let result = async {
+        let config_error = |e: crate::spec::ConfigError| ImageFailure { reason: "CreateContainerConfigError", message: e.0 };
+        let volumes = volumes.map_err(config_error)?;
+        let image = c.image.clone().unwrap_or_default();
+        let policy = PullPolicy::parse(c.image_pull_policy.as_deref(), &image);
+        if policy != PullPolicy::IfNotPresent || ctx.images.stored(&image).is_none() {
+            ctx.recorder.pod(&pod, Some(&c.name), EventType::Normal, "Pulling", format!("Pulling image {image:?}"));
+        }
+        let (stored, fetched) = ctx.images.ensure(&image, policy).await.map_err(|e| ImageFailure { reason: "ErrImagePull", message: e.to_string() })?;
+        let message = match fetched {
+            Fetched::Present => format!("Container image {image:?} already present on machine"),
+            Fetched::Pulled(took) => {
+                format!("Successfully pulled image {image:?} in {took:?}. Image size: {} bytes.", stored.size)
+            }
+        };
+        ctx.recorder.pod(&pod, Some(&c.name), EventType::Normal, "Pulled", message);
+        let path = ctx.images.layer_path(&stored.layer_digest);
+        let prepared = ctx
+            .runtime
+            .prepare(&stored.layer_digest, move || std::fs::read(path))
+            .await
+            .map_err(|e| ImageFailure { reason: "CreateContainerError", message: format!("image {image:?}: {e}") })?;
+        let mut sources = Sources::new(ctx.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let launch = crate::spec::launch(&pod, &c, &volumes, &facts, &mut sources).await.map_err(config_error)?;
+        Ok((prepared, launch, stored.image_id))
+    }
+    .await;
+    let _ = tx.send(Internal::Prepared { container, result });
+}
+
+/// Runs one container instance: a command to its exit, or an HTTP proxy until killed.
+#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+async fn instance(
+    pre: Prepared,
+    launch: Launch,
+    log: Arc<LogFile>,
+    ip: Option<std::net::Ipv4Addr>,
+    port: u16,
+    grace: Duration,
+    container: usize,
+    kill: CancellationToken,
+    tx: mpsc::UnboundedSender<Internal>,
+) {
+    let started = |at| Internal::Event(PodEvent::Started { container, at });
+    let exit = match pre {
+        Prepared::Command(pre) => {
+            let _ = tx.send(started(Timestamp::now()));
+            match run_command(&pre, &launch, &log, &kill).await {
+                Ok(exit) => exit,
+                Err(e) => Exit::Trapped(format!("{e:#}")),
+            }
+        }
+        Prepared::Http(pre) => {
+            let addr = SocketAddr::new(IpAddr::V4(ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST)), port);
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let _ = tx.send(started(Timestamp::now()));
+                    log.note(&format!("serving wasi:http on http://{addr}/"));
+                    match serve_http(pre, Arc::new(launch), Arc::clone(&log), listener, kill, grace).await {
+                        Ok(exit) => exit,
+                        Err(e) => Exit::Trapped(format!("{e:#}")),
+                    }
+                }
+                Err(e) => Exit::Trapped(format!("cannot listen on {addr}: {e}")),
+            }
+        }
+    };
+    log.close();
+    let _ = tx.send(Internal::Event(PodEvent::Exited { container, exit, at: Timestamp::now() }));
+}
+
+/// Posts the latest status whenever it changes (coalescing bursts).
+async fn write_status(
+    client: Client,
+    ns: String,
+    name: String,
+    mut rx: watch::Receiver<Option<PodStatus>>,
+    cancel: CancellationToken,
+) {
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+        let Some(status) = rx.borrow_and_update().clone() else { continue };
+        let patch = json!({"status": status});
+        if let Err(e) = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match e {
+                kube::Error::Api(s) if s.code == 404 => return,
+                e => tracing::warn!(pod = %name, namespace = %ns, error = %e, "pod status update failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_ips_are_unique_and_reused_after_release() {
+        let mut pool = IpPool::new("127.77.0.0".parse().expect("ip"), 29);
+        let got: Vec<_> = std::iter::from_fn(|| pool.allocate()).collect();
+        assert_eq!(got.len(), 5, "a /29 has 6 usable offsets after .0/.1, one kept back: {got:?}");
+        assert_eq!(got[0].to_string(), "127.77.0.2");
+        pool.release(got[2]);
+        assert_eq!(pool.allocate(), Some(got[2]));
+        assert_eq!(pool.allocate(), None);
+    }
+}

@@ -1,0 +1,198 @@
+//! The wasmlet's own HTTPS endpoint (the kubelet's port 10250): the API server reaches it for
+//! `pods/log`, as kube-apiserver reaches the kubelet's `/containerLogs`.
+//!
+//! It serves a self-signed certificate (kube-apiserver does not verify kubelet serving
+//! certificates unless configured to) and accepts only the bearer token the wasmlet itself
+//! was given, so only holders of the cluster credentials can read logs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::logs::{LogFile, LogOptions, parse_record, read_records, render};
+use crate::pod::LogIndex;
+
+struct Shared {
+    logs: Arc<LogIndex>,
+    token: String,
+}
+
+/// The query parameters of `pods/log`, as the API server forwards them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LogQuery {
+    follow: Option<bool>,
+    previous: Option<bool>,
+    tail_lines: Option<u64>,
+    since_seconds: Option<i64>,
+    since_time: Option<String>,
+    timestamps: Option<bool>,
+    limit_bytes: Option<u64>,
+}
+
+/// Binds the endpoint; returns its address and the serving task.
+///
+/// # Errors
+/// When the address cannot be bound or the certificate cannot be made.
+pub async fn start(
+    listen: SocketAddr,
+    hosts: Vec<String>,
+    logs: Arc<LogIndex>,
+    token: String,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
+    let cert = rcgen::generate_simple_self_signed(hosts).map_err(std::io::Error::other)?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .map_err(std::io::Error::other)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .with_state(Arc::new(Shared { logs, token }));
+    let task = tokio::spawn(async move {
+        let tracker = TaskTracker::new();
+        loop {
+            let (tcp, _) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+            };
+            let (acceptor, app, shutdown) = (acceptor.clone(), app.clone(), shutdown.clone());
+            tracker.spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let conn = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+                    .into_owned();
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    () = shutdown.cancelled() => {}
+                }
+            });
+        }
+        tracker.close();
+    });
+    Ok((addr, task))
+}
+
+fn text(status: StatusCode, msg: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg).into_response()
+}
+
+async fn container_logs(
+    State(s): State<Arc<Shared>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<LogQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t.trim() == s.token);
+    if !authorized {
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    }
+    let Some(logs) = s.logs.get(&namespace, &pod) else {
+        return text(StatusCode::NOT_FOUND, format!("pod {namespace}/{pod} is not running on this node"));
+    };
+    let Some((current, live)) = logs.containers.get(&container).cloned() else {
+        return text(StatusCode::BAD_REQUEST, format!("container {container:?} in pod {pod:?} has not started"));
+    };
+    let previous = q.previous.unwrap_or(false);
+    let instance = if previous {
+        match current.checked_sub(1) {
+            Some(n) => n,
+            None => return text(StatusCode::BAD_REQUEST, format!("previous terminated container {container:?} in pod {pod:?} not found")),
+        }
+    } else {
+        current
+    };
+    let dir = logs.dir.join(&container);
+    let since = match (&q.since_time, q.since_seconds) {
+        (Some(t), _) => t.parse().ok(),
+        (None, Some(secs)) => jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(secs)).ok(),
+        _ => None,
+    };
+    let opts = LogOptions { timestamps: q.timestamps.unwrap_or(false), tail_lines: q.tail_lines, since, limit_bytes: q.limit_bytes };
+    // Read what is there now; remember how far, so a follow continues exactly from it.
+    let file = crate::logs::instance_path(&dir, instance);
+    let offset = std::fs::metadata(&file).map_or(0, |m| m.len());
+    let records = match read_records(&dir, instance) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::NOT_FOUND, format!("no logs for container {container:?}: {e}")),
+    };
+    let head = render(&records, &opts);
+    let follow = q.follow.unwrap_or(false) && !previous;
+    let body = match (follow, live) {
+        (true, Some(log)) => {
+            let tail = follow_from(log, offset, opts);
+            Body::from_stream(futures::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(tail))
+        }
+        _ => Body::from(head),
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(body)
+        .expect("static headers are valid")
+}
+
+/// New log lines from `offset` on, until the instance exits.
+fn follow_from(
+    log: Arc<LogFile>,
+    offset: u64,
+    opts: LogOptions,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send {
+    let opts = LogOptions { tail_lines: None, ..opts };
+    let progress = log.subscribe();
+    futures::stream::unfold((progress, offset, false), move |(mut progress, mut offset, mut done)| {
+        let (log, opts) = (Arc::clone(&log), opts.clone());
+        async move {
+            loop {
+                if done {
+                    return None;
+                }
+                let closed = progress.borrow_and_update().1;
+                let bytes = std::fs::read(log.path()).unwrap_or_default();
+                // The file rotated underneath us: continue from the new file's start.
+                if (bytes.len() as u64) < offset {
+                    offset = 0;
+                }
+                let new = &bytes[usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len())..];
+                let complete = new.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+                offset += complete as u64;
+                let records: Vec<_> = new[..complete].split(|&b| b == b'\n').filter_map(parse_record).collect();
+                done = closed;
+                if !records.is_empty() {
+                    return Some((Ok(render(&records, &opts)), (progress, offset, done)));
+                }
+                if closed || progress.changed().await.is_err() {
+                    done = true;
+                }
+            }
+        }
+    })
+}
