@@ -115,6 +115,7 @@ pub(crate) fn resource_list(reg: &Registry, group: &str, version: &str) -> Optio
         }
         if info.plural == "pods" && group.is_empty() {
             resources.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]}));
+            resources.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
         }
         if info.plural == "namespaces" && group.is_empty() {
             resources.push(json!({"name": "namespaces/finalize", "singularName": "", "namespaced": false, "kind": "Namespace", "verbs": ["update"]}));

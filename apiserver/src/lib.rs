@@ -28,6 +28,7 @@ mod oci;
 mod openapi;
 pub mod patch;
 pub mod pki;
+mod podlog;
 mod protobuf;
 pub mod registry;
 pub mod request;

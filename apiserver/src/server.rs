@@ -211,6 +211,10 @@ async fn route(
             discovery::resource_list(&s.api.registry, g, v)
                 .map_or_else(|| Err(ApiError::no_route(path)), get)
         }
+        (&Method::GET, p) if pod_log_path(p).is_some() => {
+            let (ns, name) = pod_log_path(p).expect("checked by the guard");
+            crate::podlog::pod_log(&s.api, &s.token, ns, name, query).await
+        }
         (_, p) if p.starts_with("/api/") || p.starts_with("/apis/") => {
             let mut q = Params::parse(query)?;
             q.user_agent = headers
@@ -223,6 +227,14 @@ async fn route(
         }
         _ => Err(ApiError::no_route(path)),
     }
+}
+
+/// `(namespace, name)` of a `pods/log` path.
+fn pod_log_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?.strip_suffix("/log")?;
+    let (ns, rest) = rest.split_once('/')?;
+    let name = rest.strip_prefix("pods/")?;
+    (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then_some((ns, name))
 }
 
 /// A started API server.
