@@ -46,21 +46,35 @@ pub(crate) async fn pod_log(
 ) -> Result<Response, ApiError> {
     let params: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default())
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
-    let param = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let param = |k: &str| {
+        params
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
     for (k, v) in &params {
         if !PARAMS.contains(&k.as_str()) {
             continue;
         }
         let numeric = matches!(k.as_str(), "sinceSeconds" | "tailLines" | "limitBytes");
-        if numeric && v.parse::<i64>().map_or(true, |n| n < 0 || (k == "sinceSeconds" && n == 0)) {
-            return Err(ApiError::bad_request(format!("invalid {k} {v:?}: must be a positive integer")));
+        if numeric
+            && v.parse::<i64>()
+                .map_or(true, |n| n < 0 || (k == "sinceSeconds" && n == 0))
+        {
+            return Err(ApiError::bad_request(format!(
+                "invalid {k} {v:?}: must be a positive integer"
+            )));
         }
         if k == "sinceTime" && v.parse::<jiff::Timestamp>().is_err() {
-            return Err(ApiError::bad_request(format!("invalid sinceTime {v:?}: must be RFC3339")));
+            return Err(ApiError::bad_request(format!(
+                "invalid sinceTime {v:?}: must be RFC3339"
+            )));
         }
     }
     if param("sinceSeconds").is_some() && param("sinceTime").is_some() {
-        return Err(ApiError::bad_request("at most one of sinceTime or sinceSeconds may be specified"));
+        return Err(ApiError::bad_request(
+            "at most one of sinceTime or sinceSeconds may be specified",
+        ));
     }
 
     let info = ResourceInfo::of::<Pod>();
@@ -70,27 +84,51 @@ pub(crate) async fn pod_log(
         .await
         .map_err(|e| ApiError::internal(format!("reading the pod: {e}")))?
         .ok_or_else(|| ApiError::not_found(&info, name))?;
-    let pod: Pod = serde_json::from_slice(&stored.value).map_err(|e| ApiError::internal(format!("stored pod: {e}")))?;
+    let pod: Pod = serde_json::from_slice(&stored.value)
+        .map_err(|e| ApiError::internal(format!("stored pod: {e}")))?;
     let spec = pod.spec.clone().unwrap_or_default();
     let app: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
-    let init: Vec<&str> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+    let init: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
     let container = match param("container").filter(|c| !c.is_empty()) {
         Some(c) if app.contains(&c) || init.contains(&c) => c.to_owned(),
-        Some(c) => return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
         None if app.len() == 1 => app[0].to_owned(),
         None => {
-            let mut msg = format!("a container name must be specified for pod {name}, choose one of: [{}]", app.join(" "));
+            let mut msg = format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                app.join(" ")
+            );
             if !init.is_empty() {
-                msg.push_str(&format!(" or one of the init containers: [{}]", init.join(" ")));
+                msg.push_str(&format!(
+                    " or one of the init containers: [{}]",
+                    init.join(" ")
+                ));
             }
             return Err(ApiError::bad_request(msg));
         }
     };
-    let node_name = spec.node_name.clone().filter(|n| !n.is_empty()).ok_or_else(|| {
-        ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-    })?;
+    let node_name = spec
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
+        })?;
     let current = pod.status.as_ref().and_then(|s| {
-        let mut all = s.container_statuses.iter().flatten().chain(s.init_container_statuses.iter().flatten());
+        let mut all = s
+            .container_statuses
+            .iter()
+            .flatten()
+            .chain(s.init_container_statuses.iter().flatten());
         all.find(|cs| cs.name == container).cloned()
     });
     let previous = param("previous") == Some("true");
@@ -123,7 +161,9 @@ pub(crate) async fn pod_log(
         .await
         .map_err(|e| ApiError::internal(format!("reading the node: {e}")))?
         .and_then(|kv| serde_json::from_slice(&kv.value).ok())
-        .ok_or_else(|| ApiError::internal(format!("node {node_name} of pod {name} is not registered")))?;
+        .ok_or_else(|| {
+            ApiError::internal(format!("node {node_name} of pod {name} is not registered"))
+        })?;
     let status = node.status.unwrap_or_default();
     let address = status
         .addresses
@@ -132,23 +172,39 @@ pub(crate) async fn pod_log(
         .find(|a| a.type_ == "InternalIP")
         .map(|a| a.address.clone())
         .ok_or_else(|| ApiError::internal(format!("node {node_name} has no InternalIP address")))?;
-    let port = status.daemon_endpoints.and_then(|d| d.kubelet_endpoint).map_or(10250, |k| k.port);
+    let port = status
+        .daemon_endpoints
+        .and_then(|d| d.kubelet_endpoint)
+        .map_or(10250, |k| k.port);
 
     let mut forward: Vec<(&str, &str)> = params
         .iter()
-        .filter(|(k, _)| PARAMS.contains(&k.as_str()) && k != "container" && k != "pretty" && k != "insecureSkipTLSVerifyBackend")
+        .filter(|(k, _)| {
+            PARAMS.contains(&k.as_str())
+                && k != "container"
+                && k != "pretty"
+                && k != "insecureSkipTLSVerifyBackend"
+        })
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     forward.sort_unstable();
     let query = serde_urlencoded::to_string(&forward).expect("string pairs encode");
-    let host = if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") };
+    let host = if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    };
     let path = format!("/containerLogs/{namespace}/{name}/{container}?{query}");
     fetch(&host, &path, token).await
 }
 
 async fn fetch(host: &str, path: &str, token: &str) -> Result<Response, ApiError> {
-    let unreachable = |e: &dyn std::fmt::Display| ApiError::internal(format!("Get \"https://{host}{path}\": {e}"));
-    let tcp = tokio::net::TcpStream::connect(host).await.map_err(|e| unreachable(&e))?;
+    let unreachable = |e: &dyn std::fmt::Display| {
+        ApiError::internal(format!("Get \"https://{host}{path}\": {e}"))
+    };
+    let tcp = tokio::net::TcpStream::connect(host)
+        .await
+        .map_err(|e| unreachable(&e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -156,25 +212,39 @@ async fn fetch(host: &str, path: &str, token: &str) -> Result<Response, ApiError
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NodeCertificate(provider)))
         .with_no_client_auth();
-    let server_name = ServerName::try_from(host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(['[', ']']).to_owned())
-        .map_err(|e| unreachable(&e))?;
+    let server_name = ServerName::try_from(
+        host.rsplit_once(':')
+            .map_or(host, |(h, _)| h)
+            .trim_matches(['[', ']'])
+            .to_owned(),
+    )
+    .map_err(|e| unreachable(&e))?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(server_name, tcp)
         .await
         .map_err(|e| unreachable(&e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .map_err(|e| unreachable(&e))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| unreachable(&e))?;
     tokio::spawn(conn);
     let req = http::Request::get(path)
         .header(header::HOST, host)
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .expect("a well-formed request");
-    let resp = sender.send_request(req).await.map_err(|e| unreachable(&e))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| unreachable(&e))?;
     let status = resp.status();
     if status != StatusCode::OK {
-        let text = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let text = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let msg = String::from_utf8_lossy(&text).trim().to_owned();
         return Err(match status {
             StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => ApiError::bad_request(msg),
@@ -211,7 +281,12 @@ impl ServerCertVerifier for NodeCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -220,7 +295,12 @@ impl ServerCertVerifier for NodeCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

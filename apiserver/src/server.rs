@@ -231,7 +231,9 @@ async fn route(
 
 /// `(namespace, name)` of a `pods/log` path.
 fn pod_log_path(path: &str) -> Option<(&str, &str)> {
-    let rest = path.strip_prefix("/api/v1/namespaces/")?.strip_suffix("/log")?;
+    let rest = path
+        .strip_prefix("/api/v1/namespaces/")?
+        .strip_suffix("/log")?;
     let (ns, rest) = rest.split_once('/')?;
     let name = rest.strip_prefix("pods/")?;
     (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then_some((ns, name))

@@ -2,13 +2,15 @@
 //!
 //! `wasmkube up` runs every component in one process; each component also runs alone.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+
+mod demo;
 
 #[derive(Parser)]
 #[command(name = "wasmkube", version, about = "Kubernetes for WebAssembly")]
@@ -19,10 +21,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the whole cluster (every component) in this process.
-    Up(ServerArgs),
+    /// Run the whole cluster (every component, and a wasmlet for this node) in this process.
+    Up(UpArgs),
     /// Run the API server alone.
     Apiserver(ServerArgs),
+    /// Run a wasmlet (the node agent) that joins a cluster.
+    Wasmlet(WasmletArgs),
+    /// Work with images in a registry.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Push a .wasm file as a wasm OCI artifact (to the cluster's registry unless NAME has a host).
+    Push(PushArgs),
 }
 
 #[derive(Args)]
@@ -49,6 +64,166 @@ impl ServerArgs {
         c.compaction_interval = Duration::from_secs(self.compaction_interval.max(1));
         c
     }
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// The local wasmlet's HTTPS endpoint (logs); port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    node_listen: SocketAddr,
+    /// Do not run a wasmlet in this process (a control plane only).
+    #[arg(long)]
+    no_wasmlet: bool,
+    /// Push the sample programs into the cluster registry and run their manifests.
+    #[arg(long)]
+    demo: bool,
+}
+
+/// Flags shared by `up` and `wasmlet`.
+#[derive(Args)]
+struct NodeArgs {
+    /// The Node's name (default: this machine's host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The loopback range pod IPs come from.
+    #[arg(long, default_value = "127.77.0.0/16")]
+    pod_range: String,
+    /// Pods this node accepts; also sizes the engine's instance pool.
+    #[arg(long, default_value_t = 10_000)]
+    max_pods: u32,
+    /// Registries reached over plain HTTP (host:port), repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+}
+
+impl NodeArgs {
+    fn config(
+        &self,
+        data_dir: &Path,
+        listen: SocketAddr,
+    ) -> anyhow::Result<wasmkube_wasmlet::Config> {
+        let mut c = wasmkube_wasmlet::Config::new(
+            self.node_name.clone().unwrap_or_else(host_name),
+            data_dir,
+        );
+        c.listen = listen;
+        c.pod_range = parse_range(&self.pod_range)?;
+        c.max_pods = self.max_pods.max(1);
+        c.insecure_registries = self.insecure_registries.clone();
+        Ok(c)
+    }
+}
+
+#[derive(Args)]
+struct WasmletArgs {
+    /// The kubeconfig to reach the API server with (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Directory for images, compiled code, pod volumes and logs.
+    #[arg(long, env = "WASMKUBE_NODE_DIR", default_value = "./wasmkube-node")]
+    data_dir: PathBuf,
+    /// The wasmlet's HTTPS endpoint (logs).
+    #[arg(long, default_value = "127.0.0.1:10250")]
+    listen: SocketAddr,
+    /// The address reported as the node's InternalIP (default: the listen address).
+    #[arg(long)]
+    address: Option<String>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Args)]
+struct PushArgs {
+    /// The .wasm file (a component or a wasip1 module).
+    file: PathBuf,
+    /// Where to push it: NAME:TAG for the cluster registry, or HOST/NAME:TAG.
+    image: String,
+    /// The kubeconfig that locates the cluster (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Registries reached over plain HTTP (host:port), repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+}
+
+/// This machine's host name as a node name (DNS-1123), like the kubelet's default.
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let name = name.trim_matches(['-', '.']).to_owned();
+    if name.is_empty() {
+        "wasmkube-node".to_owned()
+    } else {
+        name
+    }
+}
+
+fn parse_range(s: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+    let (ip, prefix) = s
+        .split_once('/')
+        .context("--pod-range must look like 127.77.0.0/16")?;
+    let ip: Ipv4Addr = ip.parse().context("--pod-range address")?;
+    let prefix: u8 = prefix.parse().context("--pod-range prefix length")?;
+    anyhow::ensure!(
+        ip.is_loopback(),
+        "--pod-range must be inside 127.0.0.0/8 (pod IPs are loopback addresses)"
+    );
+    anyhow::ensure!(
+        (8..=30).contains(&prefix),
+        "--pod-range prefix length must be between 8 and 30"
+    );
+    Ok((ip, prefix))
+}
+
+async fn client_config(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).context("reading the kubeconfig")?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding the cluster (set --kubeconfig or KUBECONFIG)")?,
+    })
+}
+
+async fn push(args: PushArgs) -> anyhow::Result<()> {
+    let wasm =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    anyhow::ensure!(
+        wasm.starts_with(b"\0asm"),
+        "{} is not a WebAssembly binary",
+        args.file.display()
+    );
+    let kc = client_config(args.kubeconfig.as_deref()).await?;
+    let registries = wasmkube_wasmlet::registries_for(&kc, args.insecure_registries);
+    let target = registries.qualify(&args.image);
+    eprint!(
+        "pushing {} ({:.1} KiB) to {target} … ",
+        args.file.display(),
+        wasm.len() as f64 / 1024.0
+    );
+    let started = std::time::Instant::now();
+    let url = wasmkube_wasmlet::images::push(&registries, &args.image, wasm).await?;
+    eprintln!("done in {:.0?}", started.elapsed());
+    println!("{url}");
+    Ok(())
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM.
@@ -78,14 +253,55 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
     match cli.command {
-        Command::Up(args) | Command::Apiserver(args) => {
+        Command::Apiserver(args) => {
             let running = wasmkube_apiserver::start(args.config(), shutdown)
+                .await
+                .context("starting the API server")?;
+            println!("wasmkube API server: https://{}", running.addr);
+            println!("export KUBECONFIG={}", running.kubeconfig.display());
+            running.wait().await.context("API server")?;
+        }
+        Command::Up(args) => {
+            let running = wasmkube_apiserver::start(args.server.config(), shutdown.clone())
                 .await
                 .context("starting the API server")?;
             println!("wasmkube is up: API server https://{}", running.addr);
             println!("export KUBECONFIG={}", running.kubeconfig.display());
+            let wasmlet = if args.no_wasmlet {
+                None
+            } else {
+                let config = args
+                    .node
+                    .config(&args.server.data_dir.join("node"), args.node_listen)?
+                    .kubeconfig(&running.kubeconfig);
+                let node = config.node_name.clone();
+                let token = shutdown.clone();
+                let task = tokio::spawn(async move { wasmkube_wasmlet::run(config, token).await });
+                if args.demo {
+                    demo::run(&running.kubeconfig, &node)
+                        .await
+                        .context("deploying the samples")?;
+                }
+                Some(task)
+            };
             running.wait().await.context("API server")?;
+            if let Some(task) = wasmlet {
+                task.await.context("wasmlet task")?.context("wasmlet")?;
+            }
         }
+        Command::Wasmlet(args) => {
+            let mut config = args.node.config(&args.data_dir, args.listen)?;
+            config.kubeconfig = args
+                .kubeconfig
+                .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from));
+            config.address = args.address;
+            wasmkube_wasmlet::run(config, shutdown)
+                .await
+                .context("wasmlet")?;
+        }
+        Command::Image {
+            command: ImageCommand::Push(args),
+        } => push(args).await?,
     }
     Ok(())
 }

@@ -22,7 +22,11 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts the writer task; it ends when `shutdown` fires.
-    pub fn start(client: Client, node: &str, shutdown: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        client: Client,
+        node: &str,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
         let task = tokio::spawn(async move {
             loop {
@@ -30,21 +34,42 @@ impl Recorder {
                     () = shutdown.cancelled() => break,
                     e = rx.recv() => match e { Some(e) => e, None => break },
                 };
-                let ns = event.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                let ns = event
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
                 let api: Api<Event> = Api::namespaced(client.clone(), &ns);
                 if let Err(e) = api.create(&PostParams::default(), &event).await {
                     tracing::debug!(error = %e, "could not record an event");
                 }
             }
         });
-        (Self { tx, node: node.to_owned() }, task)
+        (
+            Self {
+                tx,
+                node: node.to_owned(),
+            },
+            task,
+        )
     }
 
     /// Records `reason`/`message` about `pod` (optionally about one of its containers).
-    pub fn pod(&self, pod: &Pod, container: Option<&str>, kind: EventType, reason: &str, message: String) {
+    pub fn pod(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: EventType,
+        reason: &str,
+        message: String,
+    ) {
         let now = jiff::Timestamp::now();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let event = Event {
             metadata: ObjectMeta {
                 name: Some(format!("{name}.{:x}", now.as_nanosecond())),
@@ -64,7 +89,11 @@ impl Recorder {
                         .as_ref()
                         .and_then(|s| s.init_containers.as_ref())
                         .is_some_and(|ics| ics.iter().any(|ic| ic.name == c));
-                    if init { format!("spec.initContainers{{{c}}}") } else { format!("spec.containers{{{c}}}") }
+                    if init {
+                        format!("spec.initContainers{{{c}}}")
+                    } else {
+                        format!("spec.containers{{{c}}}")
+                    }
                 }),
                 ..Default::default()
             },
@@ -74,7 +103,10 @@ impl Recorder {
                 EventType::Normal => "Normal".into(),
                 EventType::Warning => "Warning".into(),
             }),
-            source: Some(EventSource { component: Some("kubelet".into()), host: Some(self.node.clone()) }),
+            source: Some(EventSource {
+                component: Some("kubelet".into()),
+                host: Some(self.node.clone()),
+            }),
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),
             event_time: Some(MicroTime(now)),

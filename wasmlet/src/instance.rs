@@ -266,7 +266,11 @@ fn guest_failure(e: &wasmtime::Error, oom: bool) -> Exit {
         return Exit::Code(exit.0);
     }
     if oom {
-        return Exit::OomKilled(format!("{e:#}"));
+        let why = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<crate::limits::OutOfMemory>())
+            .map(ToString::to_string);
+        return Exit::OomKilled(why.unwrap_or_else(|| format!("{e:#}")));
     }
     let msg = match e.downcast_ref::<Trap>() {
         Some(trap) => format!("wasm trap: {trap}"),

@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ContainerImage, Pod};
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -130,7 +130,9 @@ async fn client_config(config: &Config) -> Result<kube::Config, Error> {
                 .await
                 .map_err(Error::KubeconfigFile)
         }
-        None => kube::Config::infer().await.map_err(|e| Error::Kubeconfig(kube::Error::InferConfig(e))),
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::Kubeconfig(kube::Error::InferConfig(e))),
     }
 }
 
@@ -138,8 +140,17 @@ async fn client_config(config: &Config) -> Result<kube::Config, Error> {
 /// host, trusting the cluster CA, presenting the same token.
 pub fn registries_for(kc: &kube::Config, insecure: Vec<String>) -> Registries {
     use secrecy::ExposeSecret;
-    let host = kc.cluster_url.authority().map(|a| a.to_string()).unwrap_or_default();
-    let token = kc.auth_info.token.as_ref().map(|t| t.expose_secret().to_owned()).unwrap_or_default();
+    let host = kc
+        .cluster_url
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let token = kc
+        .auth_info
+        .token
+        .as_ref()
+        .map(|t| t.expose_secret().to_owned())
+        .unwrap_or_default();
     let ca_pem = kc
         .root_cert
         .iter()
@@ -147,12 +158,26 @@ pub fn registries_for(kc: &kube::Config, insecure: Vec<String>) -> Registries {
         .map(|der| {
             use base64::Engine as _;
             let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-            let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ascii")).collect();
-            format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).expect("base64 is ascii"))
+                .collect();
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                lines.join("\n")
+            )
         })
         .collect::<String>()
         .into_bytes();
-    Registries { cluster: Some(ClusterRegistry { host, token, ca_pem }), insecure }
+    Registries {
+        cluster: Some(ClusterRegistry {
+            host,
+            token,
+            ca_pem,
+        }),
+        insecure,
+    }
 }
 
 /// Runs the wasmlet until `shutdown`: registers the node, keeps its lease, runs its pods.
@@ -163,7 +188,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let kc = client_config(&config).await?;
     let token = {
         use secrecy::ExposeSecret;
-        kc.auth_info.token.as_ref().map(|t| t.expose_secret().to_owned()).unwrap_or_default()
+        kc.auth_info
+            .token
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned())
+            .unwrap_or_default()
     };
     let registries = registries_for(&kc, config.insecure_registries.clone());
     let client = Client::try_from(kc).map_err(Error::Kubeconfig)?;
@@ -177,23 +206,51 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     .map_err(Error::Engine)?;
 
     let address = config.address.clone().unwrap_or_else(|| {
-        if config.listen.ip().is_unspecified() { "127.0.0.1".into() } else { config.listen.ip().to_string() }
+        if config.listen.ip().is_unspecified() {
+            "127.0.0.1".into()
+        } else {
+            config.listen.ip().to_string()
+        }
     });
     let logs = Arc::new(LogIndex::default());
-    let (addr, server) =
-        server::start(config.listen, vec![address.clone(), config.node_name.clone()], Arc::clone(&logs), token, shutdown.clone()).await?;
-    let facts = NodeFacts { name: config.node_name.clone(), address: address.clone(), port: addr.port(), max_pods: config.max_pods };
+    let (addr, server) = server::start(
+        config.listen,
+        vec![address.clone(), config.node_name.clone()],
+        Arc::clone(&logs),
+        token,
+        shutdown.clone(),
+    )
+    .await?;
+    let facts = NodeFacts {
+        name: config.node_name.clone(),
+        address: address.clone(),
+        port: addr.port(),
+        max_pods: config.max_pods,
+    };
     let image_list = {
         let images = Arc::clone(&images);
         move || -> Vec<ContainerImage> { images.list() }
     };
-    let node_uid = node::register(&client, &facts, image_list()).await.map_err(Error::Register)?;
+    let node_uid = node::register(&client, &facts, image_list())
+        .await
+        .map_err(Error::Register)?;
     tracing::info!(node = %config.node_name, %addr, "wasmlet registered");
 
     let tasks = TaskTracker::new();
-    tasks.spawn(node::heartbeat(client.clone(), config.node_name.clone(), node_uid, shutdown.clone()));
-    tasks.spawn(node::report_status(client.clone(), facts, image_list, shutdown.clone()));
-    let (recorder, recorder_task) = events::Recorder::start(client.clone(), &config.node_name, shutdown.clone());
+    tasks.spawn(node::heartbeat(
+        client.clone(),
+        config.node_name.clone(),
+        node_uid,
+        shutdown.clone(),
+    ));
+    tasks.spawn(node::report_status(
+        client.clone(),
+        facts,
+        image_list,
+        shutdown.clone(),
+    ));
+    let (recorder, recorder_task) =
+        events::Recorder::start(client.clone(), &config.node_name, shutdown.clone());
     let ctx = Arc::new(NodeCtx {
         client: client.clone(),
         node_name: config.node_name.clone(),
@@ -223,7 +280,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 }
 
 /// Watches the pods bound to this node and keeps one driver per pod.
-async fn watch_pods(ctx: &Arc<NodeCtx>, drivers: &TaskTracker, shutdown: &CancellationToken, stop_pods: &CancellationToken) {
+async fn watch_pods(
+    ctx: &Arc<NodeCtx>,
+    drivers: &TaskTracker,
+    shutdown: &CancellationToken,
+    stop_pods: &CancellationToken,
+) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
     let mut stream = watcher::watcher(pods, cfg).default_backoff().boxed();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo,
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
+    NodeStatus, NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -48,18 +49,27 @@ fn meminfo(field: &str) -> Option<u64> {
 }
 
 fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Builds the node's status (pure apart from reading /proc).
-pub fn node_status(facts: &NodeFacts, images: Vec<ContainerImage>, previous: Option<&NodeStatus>) -> NodeStatus {
+pub fn node_status(
+    facts: &NodeFacts,
+    images: Vec<ContainerImage>,
+    previous: Option<&NodeStatus>,
+) -> NodeStatus {
     let now = Time(jiff::Timestamp::now());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let memory = meminfo("MemTotal:").unwrap_or(0);
     let available = meminfo("MemAvailable:").unwrap_or(u64::MAX);
     let resources: BTreeMap<String, Quantity> = [
         ("cpu".to_owned(), Quantity(cpus.to_string())),
-        ("memory".to_owned(), Quantity(format!("{}Ki", memory / 1024))),
+        (
+            "memory".to_owned(),
+            Quantity(format!("{}Ki", memory / 1024)),
+        ),
         ("pods".to_owned(), Quantity(facts.max_pods.to_string())),
         ("ephemeral-storage".to_owned(), Quantity("0".into())),
     ]
@@ -85,11 +95,19 @@ pub fn node_status(facts: &NodeFacts, images: Vec<ContainerImage>, previous: Opt
         capacity: Some(resources.clone()),
         allocatable: Some(resources),
         addresses: Some(vec![
-            NodeAddress { type_: "InternalIP".into(), address: facts.address.clone() },
-            NodeAddress { type_: "Hostname".into(), address: facts.name.clone() },
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: facts.address.clone(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: facts.name.clone(),
+            },
         ]),
         daemon_endpoints: Some(NodeDaemonEndpoints {
-            kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(facts.port) }),
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(facts.port),
+            }),
         }),
         node_info: Some(NodeSystemInfo {
             architecture: "wasm32".into(),
@@ -108,12 +126,35 @@ pub fn node_status(facts: &NodeFacts, images: Vec<ContainerImage>, previous: Opt
             condition(
                 "MemoryPressure",
                 pressure,
-                if pressure { "KubeletHasInsufficientMemory" } else { "KubeletHasSufficientMemory" },
-                if pressure { "wasmlet has insufficient memory available" } else { "wasmlet has sufficient memory available" },
+                if pressure {
+                    "KubeletHasInsufficientMemory"
+                } else {
+                    "KubeletHasSufficientMemory"
+                },
+                if pressure {
+                    "wasmlet has insufficient memory available"
+                } else {
+                    "wasmlet has sufficient memory available"
+                },
             ),
-            condition("DiskPressure", false, "KubeletHasNoDiskPressure", "wasmlet has no disk pressure"),
-            condition("PIDPressure", false, "KubeletHasSufficientPID", "wasmlet has sufficient PID available"),
-            condition("Ready", true, "KubeletReady", "wasmlet is posting ready status"),
+            condition(
+                "DiskPressure",
+                false,
+                "KubeletHasNoDiskPressure",
+                "wasmlet has no disk pressure",
+            ),
+            condition(
+                "PIDPressure",
+                false,
+                "KubeletHasSufficientPID",
+                "wasmlet has sufficient PID available",
+            ),
+            condition(
+                "Ready",
+                true,
+                "KubeletReady",
+                "wasmlet is posting ready status",
+            ),
         ]),
         images: Some(images),
         ..Default::default()
@@ -138,13 +179,23 @@ fn labels(name: &str) -> BTreeMap<String, String> {
 ///
 /// # Errors
 /// When the API server refuses.
-pub async fn register(client: &Client, facts: &NodeFacts, images: Vec<ContainerImage>) -> Result<String, kube::Error> {
+pub async fn register(
+    client: &Client,
+    facts: &NodeFacts,
+    images: Vec<ContainerImage>,
+) -> Result<String, kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = Node {
         metadata: ObjectMeta {
             name: Some(facts.name.clone()),
             labels: Some(labels(&facts.name)),
-            annotations: Some([("wasmkube.dev/wasi-worlds".to_owned(), SUPPORTED_WORLDS.join(","))].into()),
+            annotations: Some(
+                [(
+                    "wasmkube.dev/wasi-worlds".to_owned(),
+                    SUPPORTED_WORLDS.join(","),
+                )]
+                .into(),
+            ),
             ..Default::default()
         },
         ..Default::default()
@@ -153,19 +204,30 @@ pub async fn register(client: &Client, facts: &NodeFacts, images: Vec<ContainerI
         Ok(n) => n,
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let patch = json!({"metadata": {"labels": labels(&facts.name)}});
-            nodes.patch(&facts.name, &PatchParams::default(), &Patch::Merge(&patch)).await?
+            nodes
+                .patch(&facts.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?
         }
         Err(e) => return Err(e),
     };
     let status = node_status(facts, images, existing.status.as_ref());
     nodes
-        .patch_status(&facts.name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
+        .patch_status(
+            &facts.name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": status})),
+        )
         .await?;
     Ok(existing.metadata.uid.unwrap_or_default())
 }
 
 /// Renews the node's Lease every [`LEASE_RENEW`] until `shutdown`.
-pub async fn heartbeat(client: Client, name: String, node_uid: String, shutdown: CancellationToken) {
+pub async fn heartbeat(
+    client: Client,
+    name: String,
+    node_uid: String,
+    shutdown: CancellationToken,
+) {
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     loop {
         if let Err(e) = renew(&leases, &name, &node_uid).await {
@@ -229,10 +291,17 @@ pub async fn report_status(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(STATUS_UPDATE) => {}
         }
-        let previous = nodes.get_status(&facts.name).await.ok().and_then(|n| n.status);
+        let previous = nodes
+            .get_status(&facts.name)
+            .await
+            .ok()
+            .and_then(|n| n.status);
         let status = node_status(&facts, images(), previous.as_ref());
         let patch = json!({"status": status});
-        if let Err(e) = nodes.patch_status(&facts.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        if let Err(e) = nodes
+            .patch_status(&facts.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             tracing::warn!(error = %e, node = %facts.name, "node status update failed");
         }
     }

@@ -25,7 +25,9 @@ use crate::logs::{LogFile, Rotation};
 use crate::runtime::{Prepared, Runtime};
 use crate::spec::{PodFacts, Sources};
 use crate::status::{Addresses, pod_status};
-use crate::worker::{Backoff, Effect, EventType, ImageFailure, PodEvent, PodWorker, RestartPolicy, Stage};
+use crate::worker::{
+    Backoff, Effect, EventType, ImageFailure, PodEvent, PodWorker, RestartPolicy, Stage,
+};
 
 /// What every pod driver of the node shares.
 pub struct NodeCtx {
@@ -67,14 +69,23 @@ impl IpPool {
     /// The pool of `base/prefix`, which must be inside 127.0.0.0/8.
     pub fn new(base: std::net::Ipv4Addr, prefix: u8) -> Self {
         let size = 1u32 << (32 - u32::from(prefix.clamp(8, 30)));
-        Self { base: u32::from(base) & !(size - 1), size, next: 2, used: Default::default() }
+        Self {
+            base: u32::from(base) & !(size - 1),
+            size,
+            next: 2,
+            used: Default::default(),
+        }
     }
 
     /// A free address, if any.
     pub fn allocate(&mut self) -> Option<std::net::Ipv4Addr> {
         for _ in 0..self.size {
             let offset = self.next;
-            self.next = if self.next + 2 >= self.size { 2 } else { self.next + 1 };
+            self.next = if self.next + 2 >= self.size {
+                2
+            } else {
+                self.next + 1
+            };
             if self.used.insert(offset) {
                 return Some(std::net::Ipv4Addr::from(self.base + offset));
             }
@@ -106,11 +117,20 @@ pub struct PodLogs {
 impl LogIndex {
     /// The logs of a pod, if it runs here.
     pub fn get(&self, namespace: &str, name: &str) -> Option<PodLogs> {
-        self.pods.lock().expect("log index lock").get(&(namespace.to_owned(), name.to_owned())).cloned()
+        self.pods
+            .lock()
+            .expect("log index lock")
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
 
     fn update(&self, key: &(String, String), f: impl FnOnce(&mut PodLogs)) {
-        f(self.pods.lock().expect("log index lock").entry(key.clone()).or_default());
+        f(self
+            .pods
+            .lock()
+            .expect("log index lock")
+            .entry(key.clone())
+            .or_default());
     }
 
     fn remove(&self, key: &(String, String)) {
@@ -121,42 +141,92 @@ impl LogIndex {
 /// Messages into the driver loop.
 enum Internal {
     Event(PodEvent),
-    Prepared { container: usize, result: Result<(Prepared, Launch, String), ImageFailure> },
+    Prepared {
+        container: usize,
+        result: Result<(Prepared, Launch, String), ImageFailure>,
+    },
 }
 
 /// Runs the pod until it has been removed from the API (or vanished from it). `updates`
 /// carries the latest pod object; `None` means the pod is gone from the API.
 pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>>>) {
-    let Some(mut pod) = updates.borrow_and_update().clone() else { return };
-    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let Some(mut pod) = updates.borrow_and_update().clone() else {
+        return;
+    };
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = pod.metadata.name.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let key = (ns.clone(), name.clone());
     let dir = ctx.pods_dir.join(format!("{ns}_{name}_{uid}"));
     let spec = pod.spec.clone().unwrap_or_default();
-    let containers: Vec<Container> = spec.init_containers.iter().flatten().chain(spec.containers.iter()).cloned().collect();
-    let init: Vec<String> = spec.init_containers.iter().flatten().map(|c| c.name.clone()).collect();
+    let containers: Vec<Container> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .cloned()
+        .collect();
+    let init: Vec<String> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.clone())
+        .collect();
     let app: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
-    let mut worker = PodWorker::new(&init, &app, RestartPolicy::parse(spec.restart_policy.as_deref()), ctx.backoff);
+    let mut worker = PodWorker::new(
+        &init,
+        &app,
+        RestartPolicy::parse(spec.restart_policy.as_deref()),
+        ctx.backoff,
+    );
     ctx.logs.update(&key, |l| l.dir = dir.clone());
 
     // A pod that finished before this wasmlet started is not run again.
-    let finished = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
-    let ip = if finished { None } else { ctx.ips.lock().expect("ip pool lock").allocate() };
-    let addrs = Addresses { host_ip: ctx.host_ip.clone(), pod_ip: ip.map(|i| i.to_string()).unwrap_or_default() };
-    let facts = PodFacts { host_ip: addrs.host_ip.clone(), pod_ip: addrs.pod_ip.clone(), node_name: ctx.node_name.clone() };
+    let finished = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed");
+    let ip = if finished {
+        None
+    } else {
+        ctx.ips.lock().expect("ip pool lock").allocate()
+    };
+    let addrs = Addresses {
+        host_ip: ctx.host_ip.clone(),
+        pod_ip: ip.map(|i| i.to_string()).unwrap_or_default(),
+    };
+    let facts = PodFacts {
+        host_ip: addrs.host_ip.clone(),
+        pod_ip: addrs.pod_ip.clone(),
+        node_name: ctx.node_name.clone(),
+    };
 
     let tasks = TaskTracker::new();
     let cancel = CancellationToken::new();
     let (tx, mut rx) = mpsc::unbounded_channel::<Internal>();
     let (status_tx, status_rx) = watch::channel::<Option<PodStatus>>(None);
-    tasks.spawn(write_status(ctx.client.clone(), ns.clone(), name.clone(), status_rx, cancel.clone()));
+    tasks.spawn(write_status(
+        ctx.client.clone(),
+        ns.clone(),
+        name.clone(),
+        status_rx,
+        cancel.clone(),
+    ));
 
     let mut prepared: Vec<Option<(Prepared, Launch)>> = vec![None; containers.len()];
     let mut kills: Vec<Option<CancellationToken>> = vec![None; containers.len()];
     let mut volumes: Option<HashMap<String, (PathBuf, bool)>> = None;
     let mut gone_from_api = false;
-    let mut pending = if finished { Vec::new() } else { vec![PodEvent::Begin] };
+    let mut pending = if finished {
+        Vec::new()
+    } else {
+        vec![PodEvent::Begin]
+    };
     let mut last_status: Option<PodStatus> = None;
 
     loop {
@@ -169,16 +239,32 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
                             Some(v) => Ok(v.clone()),
                             None => {
                                 let mut sources = Sources::new(ctx.client.clone(), &ns);
-                                crate::spec::volumes(&pod, &dir.join("volumes"), &facts, &mut sources).await
+                                crate::spec::volumes(
+                                    &pod,
+                                    &dir.join("volumes"),
+                                    &facts,
+                                    &mut sources,
+                                )
+                                .await
                             }
                         };
                         if let Ok(v) = &vols {
                             volumes = Some(v.clone());
                         }
-                        tasks.spawn(prepare(Arc::clone(&ctx), Arc::clone(&pod), containers[container].clone(), container, vols, facts.clone(), tx.clone()));
+                        tasks.spawn(prepare(
+                            Arc::clone(&ctx),
+                            Arc::clone(&pod),
+                            containers[container].clone(),
+                            container,
+                            vols,
+                            facts.clone(),
+                            tx.clone(),
+                        ));
                     }
                     Effect::Start { container } => {
-                        let Some((pre, launch)) = prepared[container].clone() else { continue };
+                        let Some((pre, launch)) = prepared[container].clone() else {
+                            continue;
+                        };
                         let kill = CancellationToken::new();
                         kills[container] = Some(kill.clone());
                         let restart = worker.containers[container].restart_count;
@@ -186,18 +272,34 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
                         let log = match LogFile::create(&log_dir, restart, ctx.rotation) {
                             Ok(l) => l,
                             Err(e) => {
-                                let exit = Exit::Trapped(format!("cannot create the log file: {e}"));
-                                let _ = tx.send(Internal::Event(PodEvent::Exited { container, exit, at: Timestamp::now() }));
+                                let exit =
+                                    Exit::Trapped(format!("cannot create the log file: {e}"));
+                                let _ = tx.send(Internal::Event(PodEvent::Exited {
+                                    container,
+                                    exit,
+                                    at: Timestamp::now(),
+                                }));
                                 continue;
                             }
                         };
                         let cname = containers[container].name.clone();
                         ctx.logs.update(&key, |l| {
-                            l.containers.insert(cname, (restart, Some(Arc::clone(&log))));
+                            l.containers
+                                .insert(cname, (restart, Some(Arc::clone(&log))));
                         });
                         let port = http_port(&containers[container]);
                         let grace = grace_period(&pod);
-                        tasks.spawn(instance(pre, launch, log, ip, port, grace, container, kill, tx.clone()));
+                        tasks.spawn(instance(
+                            pre,
+                            launch,
+                            log,
+                            ip,
+                            port,
+                            grace,
+                            container,
+                            kill,
+                            tx.clone(),
+                        ));
                     }
                     Effect::Kill { container } => {
                         if let Some(k) = kills[container].take() {
@@ -213,7 +315,12 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
                             }
                         });
                     }
-                    Effect::Event { container, kind, reason, message } => {
+                    Effect::Event {
+                        container,
+                        kind,
+                        reason,
+                        message,
+                    } => {
                         let c = container.map(|i| containers[i].name.as_str());
                         ctx.recorder.pod(&pod, c, kind, reason, message);
                     }
@@ -282,13 +389,18 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
         let params = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            }),
             ..Default::default()
         };
         match pods.delete(&name, &params).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => tracing::warn!(pod = %name, namespace = %ns, error = %e, "could not remove the pod"),
+            Err(e) => {
+                tracing::warn!(pod = %name, namespace = %ns, error = %e, "could not remove the pod")
+            }
         }
     }
     tasks.close();
@@ -314,7 +426,11 @@ fn grace_period(pod: &Pod) -> Duration {
     let secs = pod
         .metadata
         .deletion_grace_period_seconds
-        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
         .unwrap_or(30);
     Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
@@ -330,29 +446,57 @@ async fn prepare(
     tx: mpsc::UnboundedSender<Internal>,
 ) {
     let result = async {
-        let config_error = |e: crate::spec::ConfigError| ImageFailure { reason: "CreateContainerConfigError", message: e.0 };
+        let config_error = |e: crate::spec::ConfigError| ImageFailure {
+            reason: "CreateContainerConfigError",
+            message: e.0,
+        };
         let volumes = volumes.map_err(config_error)?;
         let image = c.image.clone().unwrap_or_default();
         let policy = PullPolicy::parse(c.image_pull_policy.as_deref(), &image);
         if policy != PullPolicy::IfNotPresent || ctx.images.stored(&image).is_none() {
-            ctx.recorder.pod(&pod, Some(&c.name), EventType::Normal, "Pulling", format!("Pulling image {image:?}"));
+            ctx.recorder.pod(
+                &pod,
+                Some(&c.name),
+                EventType::Normal,
+                "Pulling",
+                format!("Pulling image {image:?}"),
+            );
         }
-        let (stored, fetched) = ctx.images.ensure(&image, policy).await.map_err(|e| ImageFailure { reason: "ErrImagePull", message: e.to_string() })?;
+        let (stored, fetched) =
+            ctx.images
+                .ensure(&image, policy)
+                .await
+                .map_err(|e| ImageFailure {
+                    reason: "ErrImagePull",
+                    message: e.to_string(),
+                })?;
         let message = match fetched {
             Fetched::Present => format!("Container image {image:?} already present on machine"),
             Fetched::Pulled(took) => {
-                format!("Successfully pulled image {image:?} in {took:?}. Image size: {} bytes.", stored.size)
+                format!(
+                    "Successfully pulled image {image:?} in {took:?}. Image size: {} bytes.",
+                    stored.size
+                )
             }
         };
-        ctx.recorder.pod(&pod, Some(&c.name), EventType::Normal, "Pulled", message);
+        ctx.recorder
+            .pod(&pod, Some(&c.name), EventType::Normal, "Pulled", message);
         let path = ctx.images.layer_path(&stored.layer_digest);
         let prepared = ctx
             .runtime
             .prepare(&stored.layer_digest, move || std::fs::read(path))
             .await
-            .map_err(|e| ImageFailure { reason: "CreateContainerError", message: format!("image {image:?}: {e}") })?;
-        let mut sources = Sources::new(ctx.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
-        let launch = crate::spec::launch(&pod, &c, &volumes, &facts, &mut sources).await.map_err(config_error)?;
+            .map_err(|e| ImageFailure {
+                reason: "CreateContainerError",
+                message: format!("image {image:?}: {e}"),
+            })?;
+        let mut sources = Sources::new(
+            ctx.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let launch = crate::spec::launch(&pod, &c, &volumes, &facts, &mut sources)
+            .await
+            .map_err(config_error)?;
         Ok((prepared, launch, stored.image_id))
     }
     .await;
@@ -360,7 +504,10 @@ async fn prepare(
 }
 
 /// Runs one container instance: a command to its exit, or an HTTP proxy until killed.
-#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
 async fn instance(
     pre: Prepared,
     launch: Launch,
@@ -382,12 +529,24 @@ async fn instance(
             }
         }
         Prepared::Http(pre) => {
-            let addr = SocketAddr::new(IpAddr::V4(ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST)), port);
+            let addr = SocketAddr::new(
+                IpAddr::V4(ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST)),
+                port,
+            );
             match tokio::net::TcpListener::bind(addr).await {
                 Ok(listener) => {
                     let _ = tx.send(started(Timestamp::now()));
                     log.note(&format!("serving wasi:http on http://{addr}/"));
-                    match serve_http(pre, Arc::new(launch), Arc::clone(&log), listener, kill, grace).await {
+                    match serve_http(
+                        pre,
+                        Arc::new(launch),
+                        Arc::clone(&log),
+                        listener,
+                        kill,
+                        grace,
+                    )
+                    .await
+                    {
                         Ok(exit) => exit,
                         Err(e) => Exit::Trapped(format!("{e:#}")),
                     }
@@ -397,7 +556,11 @@ async fn instance(
         }
     };
     log.close();
-    let _ = tx.send(Internal::Event(PodEvent::Exited { container, exit, at: Timestamp::now() }));
+    let _ = tx.send(Internal::Event(PodEvent::Exited {
+        container,
+        exit,
+        at: Timestamp::now(),
+    }));
 }
 
 /// Posts the latest status whenever it changes (coalescing bursts).
@@ -414,12 +577,19 @@ async fn write_status(
             () = cancel.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
         }
-        let Some(status) = rx.borrow_and_update().clone() else { continue };
+        let Some(status) = rx.borrow_and_update().clone() else {
+            continue;
+        };
         let patch = json!({"status": status});
-        if let Err(e) = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        if let Err(e) = pods
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             match e {
                 kube::Error::Api(s) if s.code == 404 => return,
-                e => tracing::warn!(pod = %name, namespace = %ns, error = %e, "pod status update failed"),
+                e => {
+                    tracing::warn!(pod = %name, namespace = %ns, error = %e, "pod status update failed")
+                }
             }
         }
     }
@@ -433,7 +603,11 @@ mod tests {
     fn pod_ips_are_unique_and_reused_after_release() {
         let mut pool = IpPool::new("127.77.0.0".parse().expect("ip"), 29);
         let got: Vec<_> = std::iter::from_fn(|| pool.allocate()).collect();
-        assert_eq!(got.len(), 5, "a /29 has 6 usable offsets after .0/.1, one kept back: {got:?}");
+        assert_eq!(
+            got.len(),
+            5,
+            "a /29 has 6 usable offsets after .0/.1, one kept back: {got:?}"
+        );
         assert_eq!(got[0].to_string(), "127.77.0.2");
         pool.release(got[2]);
         assert_eq!(pool.allocate(), Some(got[2]));

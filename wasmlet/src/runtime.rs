@@ -213,7 +213,7 @@ impl Runtime {
             .precompile_component(&component_bytes)
             .map_err(|e| PrepareError::Compile(format!("{e:#}")))?;
         // Write-then-rename so a crash never leaves a half-written artifact under the real name.
-        let tmp = path.with_extension("tmp");
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id() ^ rand_suffix()));
         if let Err(e) = std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, &path))
         {
             tracing::warn!(path = %path.display(), error = %e, "could not cache the compiled artifact");
@@ -245,6 +245,13 @@ impl Runtime {
         }
         Err(PrepareError::NoEntryPoint(exports.join(", ")))
     }
+}
+
+/// A per-call suffix so concurrent compiles of one image never share a temporary file.
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9)
 }
 
 /// A component as is; a wasip1 core module wrapped with the preview1 command adapter, so both

@@ -70,7 +70,10 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs),
+        )
         .with_state(Arc::new(Shared { logs, token }));
     let task = tokio::spawn(async move {
         let tracker = TaskTracker::new();
@@ -81,7 +84,9 @@ pub async fn start(
             };
             let (acceptor, app, shutdown) = (acceptor.clone(), app.clone(), shutdown.clone());
             tracker.spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let conn = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
                     .into_owned();
@@ -98,7 +103,12 @@ pub async fn start(
 }
 
 fn text(status: StatusCode, msg: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg,
+    )
+        .into_response()
 }
 
 async fn container_logs(
@@ -116,16 +126,27 @@ async fn container_logs(
         return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
     }
     let Some(logs) = s.logs.get(&namespace, &pod) else {
-        return text(StatusCode::NOT_FOUND, format!("pod {namespace}/{pod} is not running on this node"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} is not running on this node"),
+        );
     };
     let Some((current, live)) = logs.containers.get(&container).cloned() else {
-        return text(StatusCode::BAD_REQUEST, format!("container {container:?} in pod {pod:?} has not started"));
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container:?} in pod {pod:?} has not started"),
+        );
     };
     let previous = q.previous.unwrap_or(false);
     let instance = if previous {
         match current.checked_sub(1) {
             Some(n) => n,
-            None => return text(StatusCode::BAD_REQUEST, format!("previous terminated container {container:?} in pod {pod:?} not found")),
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("previous terminated container {container:?} in pod {pod:?} not found"),
+                );
+            }
         }
     } else {
         current
@@ -133,23 +154,37 @@ async fn container_logs(
     let dir = logs.dir.join(&container);
     let since = match (&q.since_time, q.since_seconds) {
         (Some(t), _) => t.parse().ok(),
-        (None, Some(secs)) => jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(secs)).ok(),
+        (None, Some(secs)) => jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_secs(secs))
+            .ok(),
         _ => None,
     };
-    let opts = LogOptions { timestamps: q.timestamps.unwrap_or(false), tail_lines: q.tail_lines, since, limit_bytes: q.limit_bytes };
+    let opts = LogOptions {
+        timestamps: q.timestamps.unwrap_or(false),
+        tail_lines: q.tail_lines,
+        since,
+        limit_bytes: q.limit_bytes,
+    };
     // Read what is there now; remember how far, so a follow continues exactly from it.
     let file = crate::logs::instance_path(&dir, instance);
     let offset = std::fs::metadata(&file).map_or(0, |m| m.len());
     let records = match read_records(&dir, instance) {
         Ok(r) => r,
-        Err(e) => return text(StatusCode::NOT_FOUND, format!("no logs for container {container:?}: {e}")),
+        Err(e) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no logs for container {container:?}: {e}"),
+            );
+        }
     };
     let head = render(&records, &opts);
     let follow = q.follow.unwrap_or(false) && !previous;
     let body = match (follow, live) {
         (true, Some(log)) => {
             let tail = follow_from(log, offset, opts);
-            Body::from_stream(futures::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(tail))
+            Body::from_stream(
+                futures::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(tail),
+            )
         }
         _ => Body::from(head),
     };
@@ -166,33 +201,44 @@ fn follow_from(
     offset: u64,
     opts: LogOptions,
 ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send {
-    let opts = LogOptions { tail_lines: None, ..opts };
+    let opts = LogOptions {
+        tail_lines: None,
+        ..opts
+    };
     let progress = log.subscribe();
-    futures::stream::unfold((progress, offset, false), move |(mut progress, mut offset, mut done)| {
-        let (log, opts) = (Arc::clone(&log), opts.clone());
-        async move {
-            loop {
-                if done {
-                    return None;
-                }
-                let closed = progress.borrow_and_update().1;
-                let bytes = std::fs::read(log.path()).unwrap_or_default();
-                // The file rotated underneath us: continue from the new file's start.
-                if (bytes.len() as u64) < offset {
-                    offset = 0;
-                }
-                let new = &bytes[usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len())..];
-                let complete = new.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-                offset += complete as u64;
-                let records: Vec<_> = new[..complete].split(|&b| b == b'\n').filter_map(parse_record).collect();
-                done = closed;
-                if !records.is_empty() {
-                    return Some((Ok(render(&records, &opts)), (progress, offset, done)));
-                }
-                if closed || progress.changed().await.is_err() {
-                    done = true;
+    futures::stream::unfold(
+        (progress, offset, false),
+        move |(mut progress, mut offset, mut done)| {
+            let (log, opts) = (Arc::clone(&log), opts.clone());
+            async move {
+                loop {
+                    if done {
+                        return None;
+                    }
+                    let closed = progress.borrow_and_update().1;
+                    let bytes = std::fs::read(log.path()).unwrap_or_default();
+                    // The file rotated underneath us: continue from the new file's start.
+                    if (bytes.len() as u64) < offset {
+                        offset = 0;
+                    }
+                    let new = &bytes[usize::try_from(offset)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len())..];
+                    let complete = new.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+                    offset += complete as u64;
+                    let records: Vec<_> = new[..complete]
+                        .split(|&b| b == b'\n')
+                        .filter_map(parse_record)
+                        .collect();
+                    done = closed;
+                    if !records.is_empty() {
+                        return Some((Ok(render(&records, &opts)), (progress, offset, done)));
+                    }
+                    if closed || progress.changed().await.is_err() {
+                        done = true;
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }

@@ -1,11 +1,11 @@
 //! The pod status as the kubelet reports it, computed from the worker's state (pure).
 
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, HostIP,
-    Pod, PodCondition, PodIP, PodStatus,
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use jiff::Timestamp;
 
 use crate::worker::{PodWorker, State, Terminated};
 
@@ -24,7 +24,12 @@ pub fn pod_status(pod: &Pod, worker: &PodWorker, addrs: &Addresses, now: Timesta
     let spec = pod.spec.as_ref();
     let image_of = |name: &str| {
         spec.into_iter()
-            .flat_map(|s| s.init_containers.iter().flatten().chain(s.containers.iter()))
+            .flat_map(|s| {
+                s.init_containers
+                    .iter()
+                    .flatten()
+                    .chain(s.containers.iter())
+            })
             .find(|c| c.name == name)
             .and_then(|c| c.image.clone())
             .unwrap_or_default()
@@ -45,7 +50,15 @@ pub fn pod_status(pod: &Pod, worker: &PodWorker, addrs: &Addresses, now: Timesta
                 started: Some(matches!(c.state, State::Running { .. })),
                 restart_count: i32::try_from(c.restart_count).unwrap_or(i32::MAX),
                 state: Some(state(&c.state)),
-                last_state: Some(c.last.as_ref().map(|t| ContainerState { terminated: Some(terminated(t)), ..Default::default() }).unwrap_or_default()),
+                last_state: Some(
+                    c.last
+                        .as_ref()
+                        .map(|t| ContainerState {
+                            terminated: Some(terminated(t)),
+                            ..Default::default()
+                        })
+                        .unwrap_or_default(),
+                ),
                 ..Default::default()
             })
             .collect()
@@ -67,23 +80,40 @@ pub fn pod_status(pod: &Pod, worker: &PodWorker, addrs: &Addresses, now: Timesta
         }
     };
     let phase = worker.phase();
-    let done = matches!(phase, crate::worker::Phase::Succeeded | crate::worker::Phase::Failed);
+    let done = matches!(
+        phase,
+        crate::worker::Phase::Succeeded | crate::worker::Phase::Failed
+    );
     let ready = worker.containers_ready() && !done;
-    let not_ready_reason = if done { "PodCompleted" } else { "ContainersNotReady" };
+    let not_ready_reason = if done {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
     let init_statuses = statuses(true);
     PodStatus {
         phase: Some(phase.as_str().to_owned()),
         conditions: Some(vec![
             condition("PodReadyToStartContainers", true, None),
-            condition("Initialized", worker.initialized(), Some("ContainersNotInitialized")),
+            condition(
+                "Initialized",
+                worker.initialized(),
+                Some("ContainersNotInitialized"),
+            ),
             condition("Ready", ready, Some(not_ready_reason)),
             condition("ContainersReady", ready, Some(not_ready_reason)),
             condition("PodScheduled", true, None),
         ]),
         host_ip: Some(addrs.host_ip.clone()),
-        host_ips: Some(vec![HostIP { ip: addrs.host_ip.clone() }]),
+        host_ips: Some(vec![HostIP {
+            ip: addrs.host_ip.clone(),
+        }]),
         pod_ip: (!addrs.pod_ip.is_empty()).then(|| addrs.pod_ip.clone()),
-        pod_ips: (!addrs.pod_ip.is_empty()).then(|| vec![PodIP { ip: addrs.pod_ip.clone() }]),
+        pod_ips: (!addrs.pod_ip.is_empty()).then(|| {
+            vec![PodIP {
+                ip: addrs.pod_ip.clone(),
+            }]
+        }),
         start_time: worker.start_time.map(Time),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         container_statuses: Some(statuses(false)),
@@ -95,14 +125,22 @@ pub fn pod_status(pod: &Pod, worker: &PodWorker, addrs: &Addresses, now: Timesta
 fn state(s: &State) -> ContainerState {
     match s {
         State::Waiting { reason, message } => ContainerState {
-            waiting: Some(ContainerStateWaiting { reason: Some((*reason).to_owned()), message: message.clone() }),
+            waiting: Some(ContainerStateWaiting {
+                reason: Some((*reason).to_owned()),
+                message: message.clone(),
+            }),
             ..Default::default()
         },
         State::Running { started_at } => ContainerState {
-            running: Some(ContainerStateRunning { started_at: Some(Time(*started_at)) }),
+            running: Some(ContainerStateRunning {
+                started_at: Some(Time(*started_at)),
+            }),
             ..Default::default()
         },
-        State::Terminated(t) => ContainerState { terminated: Some(terminated(t)), ..Default::default() },
+        State::Terminated(t) => ContainerState {
+            terminated: Some(terminated(t)),
+            ..Default::default()
+        },
     }
 }
 
@@ -133,28 +171,76 @@ mod tests {
         let mut w = PodWorker::new(&[], &["c".into()], RestartPolicy::Never, Backoff::default());
         let t0 = Timestamp::from_second(1_700_000_000).expect("ts");
         w.step(PodEvent::Begin, t0);
-        w.step(PodEvent::ImageReady { container: 0, result: Ok("reg/hello@sha256:1".into()) }, t0);
-        w.step(PodEvent::Started { container: 0, at: t0 }, t0);
-        let running = pod_status(&pod, &w, &Addresses { host_ip: "127.0.0.1".into(), pod_ip: "127.77.0.2".into() }, t0);
+        w.step(
+            PodEvent::ImageReady {
+                container: 0,
+                result: Ok("reg/hello@sha256:1".into()),
+            },
+            t0,
+        );
+        w.step(
+            PodEvent::Started {
+                container: 0,
+                at: t0,
+            },
+            t0,
+        );
+        let running = pod_status(
+            &pod,
+            &w,
+            &Addresses {
+                host_ip: "127.0.0.1".into(),
+                pod_ip: "127.77.0.2".into(),
+            },
+            t0,
+        );
         assert_eq!(running.phase.as_deref(), Some("Running"));
-        let ready = running.conditions.as_ref().expect("conditions").iter().find(|c| c.type_ == "Ready").cloned().expect("Ready");
+        let ready = running
+            .conditions
+            .as_ref()
+            .expect("conditions")
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .cloned()
+            .expect("Ready");
         assert_eq!(ready.status, "True");
 
         let mut pod = pod;
         pod.status = Some(running);
-        w.step(PodEvent::Exited { container: 0, exit: Exit::Code(0), at: t0 }, t0);
+        w.step(
+            PodEvent::Exited {
+                container: 0,
+                exit: Exit::Code(0),
+                at: t0,
+            },
+            t0,
+        );
         let later = Timestamp::from_second(1_700_000_100).expect("ts");
         let s = pod_status(&pod, &w, &Addresses::default(), later);
         assert_eq!(s.phase.as_deref(), Some("Succeeded"));
         let cs = &s.container_statuses.as_ref().expect("statuses")[0];
-        let t = cs.state.as_ref().and_then(|s| s.terminated.as_ref()).expect("terminated");
+        let t = cs
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .expect("terminated");
         assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
         assert_eq!(cs.image_id, "reg/hello@sha256:1");
         let conds = s.conditions.expect("conditions");
         let ready = conds.iter().find(|c| c.type_ == "Ready").expect("Ready");
-        assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("False", Some("PodCompleted")));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_deref()),
+            ("False", Some("PodCompleted"))
+        );
         assert_eq!(ready.last_transition_time, Some(Time(later)), "flipped now");
-        let init = conds.iter().find(|c| c.type_ == "Initialized").expect("Initialized");
-        assert_eq!(init.last_transition_time, Some(Time(t0)), "unchanged conditions keep their time");
+        let init = conds
+            .iter()
+            .find(|c| c.type_ == "Initialized")
+            .expect("Initialized");
+        assert_eq!(
+            init.last_transition_time,
+            Some(Time(t0)),
+            "unchanged conditions keep their time"
+        );
     }
 }

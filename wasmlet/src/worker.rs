@@ -419,6 +419,8 @@ impl PodWorker {
                 }
                 c.backing_off = false;
                 if c.pulled {
+                    // `restartCount` counts instances started after the first.
+                    c.restart_count += 1;
                     fx.push(Effect::Start { container });
                 } else {
                     fx.push(Effect::Pull { container });
@@ -586,9 +588,9 @@ impl PodWorker {
             c.crash_delay = None;
         }
         c.last = Some(term);
-        c.restart_count += 1;
         match c.crash_delay {
             None => {
+                c.restart_count += 1;
                 c.crash_delay = Some(backoff.initial);
                 c.state = State::Waiting {
                     reason: "ContainerCreating",

@@ -1,0 +1,72 @@
+//! `wasmkube up --demo`: push the sample programs into the cluster registry and run their
+//! manifests, then say what to try.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+/// Pushes every sample as `NAME:v1` and creates the sample pods on `node`.
+pub(crate) async fn run(kubeconfig: &Path, node: &str) -> anyhow::Result<()> {
+    let kc = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig)?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    let registries = wasmkube_wasmlet::registries_for(&kc, Vec::new());
+    for guest in wasmkube_samples::GUESTS {
+        let image = format!("{}:v1", guest.name);
+        wasmkube_wasmlet::images::push(&registries, &image, guest.wasm.to_vec())
+            .await
+            .with_context(|| format!("pushing {image}"))?;
+        eprintln!(
+            "pushed {image} ({:.1} KiB)",
+            guest.wasm.len() as f64 / 1024.0
+        );
+    }
+    let client = Client::try_from(kc)?;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    for (file, yaml) in wasmkube_samples::MANIFESTS {
+        let mut pod: Pod =
+            serde_saphyr::from_str(yaml).with_context(|| format!("parsing {file}"))?;
+        // Until the scheduler runs, samples are bound to this node directly.
+        pod.spec.get_or_insert_with(Default::default).node_name = Some(node.to_owned());
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => eprintln!(
+                "created pod/{}",
+                pod.metadata.name.as_deref().unwrap_or_default()
+            ),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {file}")),
+        }
+    }
+    // Give the HTTP sample a moment to come up so the printed URL works at once.
+    let ip = wait_for_ip(&pods, "http-hello").await;
+    println!();
+    println!("Samples deployed. Try:");
+    println!("  kubectl get pods -o wide");
+    println!("  kubectl logs hello");
+    println!("  kubectl logs -f cpuspin");
+    println!("  kubectl logs shared-volume -c consumer -f");
+    println!("  kubectl describe pod memhog         # OOMKilled");
+    println!("  kubectl get pod crashloop -w        # CrashLoopBackOff");
+    if let Some(ip) = ip {
+        println!("  curl http://{ip}:8080/hello        # the wasi:http sample");
+    }
+    Ok(())
+}
+
+async fn wait_for_ip(pods: &Api<Pod>, name: &str) -> Option<String> {
+    for _ in 0..50 {
+        if let Ok(p) = pods.get(name).await
+            && let Some(ip) = p.status.and_then(|s| s.pod_ip)
+        {
+            return Some(ip);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
