@@ -82,6 +82,8 @@ enum Route<'a> {
     Upload(&'a str, &'a str),
 }
 
+type MakeRoute<'a> = fn(&'a str, &'a str) -> Route<'a>;
+
 fn parse_route<'a>(path: &'a str) -> Option<Route<'a>> {
     let rest = path.strip_prefix("/v2")?;
     if rest.is_empty() || rest == "/" {
@@ -100,7 +102,7 @@ fn parse_route<'a>(path: &'a str) -> Option<Route<'a>> {
     {
         return valid_name(name).then_some(Route::Uploads(name));
     }
-    let makers: [(&str, fn(&'a str, &'a str) -> Route<'a>); 3] = [
+    let makers: [(&str, MakeRoute<'a>); 3] = [
         ("/blobs/uploads/", Route::Upload),
         ("/manifests/", Route::Manifest),
         ("/blobs/", Route::Blob),

@@ -95,7 +95,6 @@ impl Recorder {
                         format!("spec.containers{{{c}}}")
                     }
                 }),
-                ..Default::default()
             },
             reason: Some(reason.to_owned()),
             message: Some(message),

@@ -264,7 +264,7 @@ pub async fn launch(
         working_dir: container.working_dir.clone(),
         memory_limit: limits
             .and_then(|l| l.get("memory"))
-            .and_then(|q| bytes(q))
+            .and_then(bytes)
             .map(|b| b as usize),
         cpu_limit_millis: limits.and_then(|l| l.get("cpu")).and_then(millicores),
     })

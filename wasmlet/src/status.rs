@@ -70,7 +70,7 @@ pub fn pod_status(pod: &Pod, worker: &PodWorker, addrs: &Addresses, now: Timesta
             .and_then(|cs| cs.iter().find(|c| c.type_ == type_))
             .filter(|c| c.status == status)
             .and_then(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| Time(now));
+            .unwrap_or(Time(now));
         PodCondition {
             type_: type_.to_owned(),
             status: status.to_owned(),
