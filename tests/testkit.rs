@@ -100,6 +100,135 @@ impl Drop for Cluster {
     }
 }
 
+/// A wasmlet running inside the test process, joined to a [`Cluster`].
+pub struct Node {
+    /// The Node's name.
+    pub name: String,
+    /// Its data directory.
+    pub dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), wasmkube_wasmlet::Error>>>,
+}
+
+impl Node {
+    /// Stops the wasmlet (its instances end; the pods stay bound).
+    ///
+    /// # Errors
+    /// When the wasmlet failed.
+    pub async fn stop(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A pod-IP range no other test is likely to use: 127.R.S.0/24 with random R, S.
+pub fn random_pod_range() -> (std::net::Ipv4Addr, u8) {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (
+        std::net::Ipv4Addr::new(
+            127,
+            rng.random_range(100..=250),
+            rng.random_range(0..=255),
+            0,
+        ),
+        24,
+    )
+}
+
+impl Cluster {
+    /// Starts a wasmlet named `name` with test-friendly settings: a small pool, its own pod
+    /// range, and a short crash back-off (1 s doubling to 4 s).
+    ///
+    /// # Errors
+    /// When it does not register and become Ready in time.
+    pub async fn start_node(&self, name: &str) -> Result<Node> {
+        self.start_node_with(name, |_| {}).await
+    }
+
+    /// Like [`start_node`](Self::start_node), after letting the caller adjust the config.
+    ///
+    /// # Errors
+    /// When it does not register and become Ready in time.
+    pub async fn start_node_with(
+        &self,
+        name: &str,
+        adjust: impl FnOnce(&mut wasmkube_wasmlet::Config),
+    ) -> Result<Node> {
+        let dir = tempfile::tempdir()?;
+        let mut config =
+            wasmkube_wasmlet::Config::new(name, dir.path()).kubeconfig(&self.kubeconfig);
+        config.listen = "127.0.0.1:0".parse().expect("loopback address");
+        config.pod_range = random_pod_range();
+        config.max_pods = 64;
+        config.max_instance_memory = 128 << 20;
+        config.backoff = wasmkube_wasmlet::worker::Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(4),
+        };
+        adjust(&mut config);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(wasmkube_wasmlet::run(config, shutdown.clone()));
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
+            kube::Api::all(self.client.clone());
+        wait_for(
+            &format!("node {name} Ready"),
+            Duration::from_secs(30),
+            || async {
+                let node = nodes.get_opt(name).await.ok().flatten()?;
+                let ready = node
+                    .status?
+                    .conditions?
+                    .into_iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                ready.then_some(())
+            },
+        )
+        .await?;
+        Ok(Node {
+            name: name.to_owned(),
+            dir,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
+    /// Pushes the sample guest `sample` to the cluster registry as `sample:v1`; returns that
+    /// image name.
+    ///
+    /// # Errors
+    /// When the push fails.
+    pub async fn push_sample(&self, sample: &str) -> Result<String> {
+        let wasm =
+            wasmkube_samples::guest(sample).with_context(|| format!("no sample {sample}"))?;
+        let image = format!("{sample}:v1");
+        self.push(&image, wasm.to_vec()).await?;
+        Ok(image)
+    }
+
+    /// Pushes `bytes` to the cluster registry as `image`.
+    ///
+    /// # Errors
+    /// When the push fails.
+    pub async fn push(&self, image: &str, bytes: Vec<u8>) -> Result<()> {
+        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        let registries = wasmkube_wasmlet::registries_for(&config, Vec::new());
+        wasmkube_wasmlet::images::push(&registries, image, bytes).await?;
+        Ok(())
+    }
+}
+
 /// The `wasmkube` binary built by this workspace (or `$WASMKUBE_BIN`).
 ///
 /// # Panics

@@ -12,3 +12,4 @@ mod t20_lists;
 mod t21_watch;
 mod t30_durability;
 mod t40_kubectl;
+mod t50_wasmlet;

@@ -200,7 +200,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let images = Arc::new(Images::open(&config.data_dir.join("images"), registries)?);
     let runtime = Runtime::new(&RuntimeConfig {
         cache_dir: config.data_dir.join("compiled"),
-        max_instances: config.max_pods.saturating_add(1000),
+        // Long-running containers plus headroom for per-request HTTP instances.
+        max_instances: config
+            .max_pods
+            .saturating_add(config.max_pods / 10)
+            .saturating_add(16),
         max_memory_bytes: config.max_instance_memory,
     })
     .map_err(Error::Engine)?;
