@@ -278,10 +278,17 @@ impl Process {
     pub async fn up(data_dir: &Path, port: u16) -> Result<Process> {
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(data_dir.with_extension("log"))?;
+        let (net, prefix) = random_pod_range();
         let child = Command::new(wasmkube_bin())
             .args(["up", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &addr])
+            .args([
+                "--pod-range",
+                &format!("{net}/{prefix}"),
+                "--max-pods",
+                "256",
+            ])
             .env("WASMKUBE_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)

@@ -13,3 +13,4 @@ mod t21_watch;
 mod t30_durability;
 mod t40_kubectl;
 mod t50_wasmlet;
+mod t51_images;

@@ -1,0 +1,226 @@
+//! Images from registries: Debian's `docker-registry` (distribution) started on loopback, and
+//! the cluster's own registry through the real binary's `wasmkube image push`.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{LogParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use wasmkube_tests::{Cluster, Process, free_port, wait_for};
+use wasmkube_wasmlet::images::Registries;
+
+const SLOW: Duration = Duration::from_secs(60);
+
+/// A `docker-registry` child process serving on a loopback port, removed on drop.
+struct DebianRegistry {
+    child: std::process::Child,
+    host: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for DebianRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts Debian's registry, or says why not: absent outside CI is a skip, absent in CI a failure.
+async fn debian_registry() -> Result<Option<DebianRegistry>> {
+    let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(bin) = bin else {
+        anyhow::ensure!(
+            std::env::var_os("CI").is_none(),
+            "docker-registry is not installed (apt-get install docker-registry)"
+        );
+        eprintln!(
+            "docker-registry not installed; skipping the external-registry test (apt-get install docker-registry)"
+        );
+        return Ok(None);
+    };
+    let dir = tempfile::tempdir()?;
+    let host = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+            dir.path().join("data").display()
+        ),
+    )?;
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let registry = DebianRegistry {
+        child,
+        host: host.clone(),
+        _dir: dir,
+    };
+    wait_for(
+        "docker-registry to listen",
+        Duration::from_secs(30),
+        || async { tokio::net::TcpStream::connect(&host).await.ok().map(|_| ()) },
+    )
+    .await?;
+    Ok(Some(registry))
+}
+
+async fn run_pod(
+    client: &Client,
+    node: &str,
+    name: &str,
+    image: &str,
+    policy: &str,
+) -> Result<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name}, "spec": {
+        "nodeName": node, "restartPolicy": "Never",
+        "containers": [{"name": "c", "image": image, "imagePullPolicy": policy, "args": ["env"]}]}}))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    wait_for(&format!("{name} Succeeded"), SLOW, || async {
+        let p = pods.get(name).await.ok()?;
+        (p.status?.phase? == "Succeeded").then_some(())
+    })
+    .await?;
+    Ok(pods.logs(name, &LogParams::default()).await?)
+}
+
+#[tokio::test]
+async fn pods_pull_from_a_debian_registry_honouring_the_pull_policy() -> Result<()> {
+    let Some(registry) = debian_registry().await? else {
+        return Ok(());
+    };
+    let cluster = Cluster::start().await?;
+    let host = registry.host.clone();
+    let node = cluster
+        .start_node_with("n1", |c| c.insecure_registries = vec![host.clone()])
+        .await?;
+    let external = Registries {
+        cluster: None,
+        insecure: vec![registry.host.clone()],
+    };
+    let image = format!("{}/samples/app:v1", registry.host);
+    let hello = wasmkube_samples::guest("hello").context("sample")?;
+    wasmkube_wasmlet::images::push(&external, &image, hello.to_vec()).await?;
+    assert_eq!(
+        run_pod(&cluster.client, &node.name, "first", &image, "IfNotPresent").await?,
+        "Hello, wasmkube!\nargs: env\n"
+    );
+
+    // Retag v1 to different content: IfNotPresent keeps the stored image, Always fetches anew.
+    let toolbox = wasmkube_samples::guest("toolbox").context("sample")?;
+    wasmkube_wasmlet::images::push(&external, &image, toolbox.to_vec()).await?;
+    assert_eq!(
+        run_pod(
+            &cluster.client,
+            &node.name,
+            "cached",
+            &image,
+            "IfNotPresent"
+        )
+        .await?,
+        "Hello, wasmkube!\nargs: env\n"
+    );
+    let fresh = run_pod(&cluster.client, &node.name, "fresh", &image, "Always").await?;
+    assert_eq!(
+        fresh.trim(),
+        "",
+        "the toolbox's `env` prints the (empty) environment: {fresh:?}"
+    );
+    node.stop().await
+}
+
+#[tokio::test]
+async fn the_binary_pushes_to_the_cluster_registry_and_its_wasmlet_runs_the_image() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let up = Process::up(&data, free_port()).await?;
+    let client = up.client().await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = wait_for("the up's own node", SLOW, || async {
+        nodes
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()?
+            .metadata
+            .name
+    })
+    .await?;
+
+    let file = dir.path().join("hello.wasm");
+    std::fs::write(&file, wasmkube_samples::guest("hello").context("sample")?)?;
+    let out = Command::new(wasmkube_tests::wasmkube_bin())
+        .args(["image", "push"])
+        .arg(&file)
+        .arg("demo/hello:v2")
+        .arg("--kubeconfig")
+        .arg(up.kubeconfig())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8_lossy(&out.stdout);
+    assert!(url.contains("/v2/demo/hello/manifests/sha256:"), "{url}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("done in"),
+        "progress is shown"
+    );
+
+    let refused = Command::new(wasmkube_tests::wasmkube_bin())
+        .args(["image", "push", "/etc/hostname", "x:v1", "--kubeconfig"])
+        .arg(up.kubeconfig())
+        .output()?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not a WebAssembly binary"));
+
+    let logs = run_pod(
+        &client,
+        &node,
+        "from-cluster-registry",
+        "demo/hello:v2",
+        "IfNotPresent",
+    )
+    .await?;
+    assert_eq!(logs, "Hello, wasmkube!\nargs: env\n");
+    match which_kubectl() {
+        Some(kubectl) => {
+            let out = Command::new(kubectl)
+                .args(["logs", "from-cluster-registry", "--kubeconfig"])
+                .arg(up.kubeconfig())
+                .output()?;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "Hello, wasmkube!\nargs: env\n"
+            );
+        }
+        None => eprintln!("kubectl not installed; checked logs with kube-rs only"),
+    }
+    Ok(())
+}
+
+fn which_kubectl() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join("kubectl"))
+        .find(|p| p.exists())
+}
