@@ -285,6 +285,23 @@ fn guest_failure(e: &wasmtime::Error, oom: bool) -> Exit {
     })
 }
 
+/// Creates a store and instantiates the proxy without running a request: what every request
+/// pays before its handler starts.
+///
+/// # Errors
+/// When the instance cannot be created.
+pub async fn instantiate_proxy(
+    pre: &ProxyPre<ContainerState>,
+    launch: &Launch,
+    log: &Arc<LogFile>,
+) -> Result<(), InstanceError> {
+    let mut store = new_store(pre.engine(), launch, log, None)?;
+    pre.instantiate_async(&mut store)
+        .await
+        .map_err(InstanceError::Instantiate)?;
+    Ok(())
+}
+
 type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// Serves a `wasi:http/proxy` container on `listener` until `stop` fires; in-flight requests
@@ -317,6 +334,8 @@ pub async fn serve_http(
                 }
             },
         };
+        // Responses go out as headers then body: without NODELAY, delayed ACKs add 40 ms.
+        let _ = stream.set_nodelay(true);
         let (pre, launch, log, quota) = (
             pre.clone(),
             Arc::clone(&launch),
