@@ -224,3 +224,75 @@ fn which_kubectl() -> Option<std::path::PathBuf> {
         .map(|d| std::path::Path::new(d).join("kubectl"))
         .find(|p| p.exists())
 }
+
+#[tokio::test]
+async fn a_standalone_wasmlet_process_joins_the_cluster_and_serves_logs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let up = Process::up(&data, free_port()).await?;
+    let client = up.client().await?;
+    let (net, prefix) = wasmkube_tests::random_pod_range();
+    let mut wasmlet = KillOnDrop(
+        Command::new(wasmkube_tests::wasmkube_bin())
+            .args([
+                "wasmlet",
+                "--node-name",
+                "edge-1",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-pods",
+                "32",
+            ])
+            .args(["--pod-range", &format!("{net}/{prefix}")])
+            .arg("--kubeconfig")
+            .arg(up.kubeconfig())
+            .arg("--data-dir")
+            .arg(dir.path().join("edge"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("edge.log"))?)
+            .spawn()?,
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_for("node edge-1 Ready", SLOW, || async {
+        let n = nodes.get_opt("edge-1").await.ok().flatten()?;
+        n.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await?;
+    let file = dir.path().join("hello.wasm");
+    std::fs::write(&file, wasmkube_samples::guest("hello").context("sample")?)?;
+    let pushed = Command::new(wasmkube_tests::wasmkube_bin())
+        .args(["image", "push"])
+        .arg(&file)
+        .arg("hello:v1")
+        .env("KUBECONFIG", up.kubeconfig())
+        .output()?;
+    assert!(
+        pushed.status.success(),
+        "push with $KUBECONFIG: {}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    // The pod's logs travel apiserver → this separate wasmlet process → back.
+    assert_eq!(
+        run_pod(&client, "edge-1", "on-edge", "hello:v1", "IfNotPresent").await?,
+        "Hello, wasmkube!\nargs: env\n"
+    );
+    assert!(
+        wasmlet.0.try_wait()?.is_none(),
+        "the wasmlet is still running"
+    );
+    Ok(())
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
