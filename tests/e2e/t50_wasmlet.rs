@@ -604,6 +604,37 @@ async fn an_http_pod_serves_each_request_on_its_pod_ip() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_tcp_server_listens_on_its_pod_ip_and_two_pods_share_a_port() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let node = cluster.start_node("n1").await?;
+    let image = cluster.push_sample("tcp-echo").await?;
+    let mut ips = Vec::new();
+    for name in ["echo-a", "echo-b"] {
+        let pods = create_pod(&cluster.client, &node.name, name, json!({"containers": [
+            {"name": "echo", "image": image, "env": [{"name": "PORT", "value": "7000"}], "ports": [{"containerPort": 7000}]}]})).await?;
+        let pod = wait_pod(&pods, name, "Running", |p| phase(p) == "Running").await?;
+        ips.push(
+            pod.status
+                .and_then(|s| s.pod_ip)
+                .context("podIP")?
+                .parse::<std::net::Ipv4Addr>()?,
+        );
+    }
+    assert_ne!(ips[0], ips[1]);
+    for ip in ips {
+        let mut conn = wait_for("the echo server to listen", SLOW, || async {
+            tokio::net::TcpStream::connect((ip, 7000)).await.ok()
+        })
+        .await?;
+        tokio::io::AsyncWriteExt::write_all(&mut conn, format!("hi {ip}").as_bytes()).await?;
+        let mut buf = vec![0u8; format!("hi {ip}").len()];
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut buf).await?;
+        assert_eq!(String::from_utf8(buf)?, format!("hi {ip}"));
+    }
+    node.stop().await
+}
+
+#[tokio::test]
 async fn logs_follow_two_containers_sharing_an_empty_dir() -> Result<()> {
     let cluster = Cluster::start().await?;
     let node = cluster.start_node("n1").await?;

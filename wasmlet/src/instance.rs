@@ -25,6 +25,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use crate::limits::{CpuQuota, MemoryLimit};
 use crate::logs::LogFile;
+use crate::podnet::{PodNet, PodNetView};
 
 /// Everything a container instance needs, resolved from the PodSpec (pure data).
 #[derive(Debug, Clone, Default)]
@@ -41,6 +42,8 @@ pub struct Launch {
     pub memory_limit: Option<usize>,
     /// `resources.limits.cpu` in millicores.
     pub cpu_limit_millis: Option<u64>,
+    /// The pod IP its sockets live on (none: no sockets at all).
+    pub pod_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// A host directory the guest sees at `guest_path`.
@@ -106,6 +109,13 @@ pub struct ContainerState {
     hooks: DenyOutgoing,
     memory: MemoryLimit,
     cpu: CpuAccount,
+    net: Option<PodNet>,
+}
+
+impl PodNetView for ContainerState {
+    fn pod_net(&self) -> Option<PodNet> {
+        self.net
+    }
 }
 
 impl WasiView for ContainerState {
@@ -172,6 +182,12 @@ fn new_store(
     if let Some(dir) = &launch.working_dir {
         wasi.initial_cwd(dir);
     }
+    if launch.pod_ip.is_some() {
+        // The pod network rewrites every address first; this second guard sees the result and
+        // lets nothing but loopback through.
+        wasi.allow_tcp(true)
+            .socket_addr_check(|addr, _use| Box::pin(async move { addr.ip().is_loopback() }));
+    }
     for m in &launch.mounts {
         let perms = if m.read_only {
             FsPerms::ReadOnly
@@ -195,6 +211,7 @@ fn new_store(
             resumed: Instant::now(),
             quota,
         },
+        net: launch.pod_ip.map(|ip| PodNet { ip }),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.memory);
@@ -634,6 +651,75 @@ mod tests {
             "took {:?}",
             asked.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn sockets_live_on_the_pod_ip_and_reach_only_loopback() {
+        let f = fixture();
+        let server_ip = std::net::Ipv4Addr::new(127, 91, (std::process::id() % 250) as u8, 2);
+        let client_ip = std::net::Ipv4Addr::new(127, 91, (std::process::id() % 250) as u8, 3);
+        let pre = f.command("tcp-echo").await;
+        let log = LogFile::create(&f.logs.join("echo"), 0, Rotation::default()).expect("log");
+        let kill = CancellationToken::new();
+        let mut launch = argv(&["echo"]);
+        launch.env.push(("PORT".into(), "7000".into()));
+        launch.pod_ip = Some(server_ip);
+        let server = tokio::spawn({
+            let (kill, log) = (kill.clone(), Arc::clone(&log));
+            async move { run_command(&pre, &launch, &log, &kill).await }
+        });
+        // The guest bound 0.0.0.0:7000; it is reachable on its pod IP.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut conn = loop {
+            match tokio::net::TcpStream::connect((server_ip, 7000)).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "echo never listened: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        tokio::io::AsyncWriteExt::write_all(&mut conn, b"ping")
+            .await
+            .expect("send");
+        let mut buf = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut buf)
+            .await
+            .expect("echo");
+        assert_eq!(&buf, b"ping");
+        drop(conn);
+
+        // Another pod reaches it by pod IP; an address outside the node is refused in the wasmlet.
+        let mut client = argv(&[
+            "toolbox",
+            "connect",
+            &format!("{server_ip}:7000"),
+            "hello",
+            "pod",
+        ]);
+        client.pod_ip = Some(client_ip);
+        let (exit, out) = f.run("toolbox", client.clone()).await;
+        assert_eq!((exit, out.as_str()), (Exit::Code(0), "hello pod\n"));
+        client.argv = ["toolbox", "connect", "10.0.0.1:80", "x"]
+            .map(String::from)
+            .to_vec();
+        let (exit, out) = f.run("toolbox", client).await;
+        assert_eq!(exit, Exit::Code(1));
+        assert!(out.contains("toolbox connect: Permission denied"), "{out}");
+
+        // Without a pod IP there are no sockets at all.
+        let (_, out) = f
+            .run(
+                "toolbox",
+                argv(&["toolbox", "connect", &format!("{server_ip}:7000"), "x"]),
+            )
+            .await;
+        assert!(out.contains("toolbox connect:"), "{out}");
+        kill.cancel();
+        assert_eq!(server.await.expect("join").expect("ran"), Exit::Killed);
     }
 
     #[tokio::test]

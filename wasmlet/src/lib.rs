@@ -42,6 +42,7 @@ pub mod limits;
 pub mod logs;
 pub mod node;
 pub mod pod;
+pub mod podnet;
 pub mod runtime;
 pub mod server;
 pub mod spec;

@@ -494,9 +494,10 @@ async fn prepare(
             ctx.client.clone(),
             pod.metadata.namespace.as_deref().unwrap_or("default"),
         );
-        let launch = crate::spec::launch(&pod, &c, &volumes, &facts, &mut sources)
+        let mut launch = crate::spec::launch(&pod, &c, &volumes, &facts, &mut sources)
             .await
             .map_err(config_error)?;
+        launch.pod_ip = facts.pod_ip.parse().ok();
         Ok((prepared, launch, stored.image_id))
     }
     .await;

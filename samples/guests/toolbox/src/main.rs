@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Commands: `env`, `args`, `pwd`, `cat FILE..`, `ls DIR`, `write FILE TEXT..`, `append FILE TEXT..`,
-//! `sleep MS`, `exit CODE`, `panic MSG..`, `produce FILE` (append a numbered line every 200 ms,
+//! `sleep MS`, `exit CODE`, `panic MSG..`, `connect HOST:PORT TEXT..` (send, print the reply), `produce FILE` (append a numbered line every 200 ms,
 //! forever), `consume FILE` (print the file's new lines as they arrive, forever), `forever`
 //! (idle forever). Used by the two-container sample and the end-to-end tests.
 
@@ -82,6 +82,16 @@ fn run(cmd: &str, rest: &[String]) -> std::io::Result<()> {
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
+        }
+        "connect" => {
+            // connect HOST:PORT TEXT..: send the text, close the write side, print the reply.
+            let (addr, text) = rest.split_first().ok_or_else(|| usage("HOST:PORT TEXT"))?;
+            let mut conn = std::net::TcpStream::connect(addr.as_str())?;
+            conn.write_all(text.join(" ").as_bytes())?;
+            conn.shutdown(std::net::Shutdown::Write)?;
+            let mut reply = String::new();
+            conn.read_to_string(&mut reply)?;
+            println!("{reply}");
         }
         "forever" => loop {
             std::thread::sleep(Duration::from_secs(3600));
