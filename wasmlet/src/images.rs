@@ -171,6 +171,8 @@ pub struct Images {
     registries: Registries,
     client: Client,
     refs: Mutex<HashMap<String, Image>>,
+    /// One pull per reference at a time; the others then find it stored.
+    pulling: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Images {
@@ -191,6 +193,7 @@ impl Images {
             client: registries.client(),
             registries,
             refs: Mutex::new(refs),
+            pulling: Mutex::new(HashMap::new()),
         })
     }
 
@@ -245,6 +248,14 @@ impl Images {
         let reference: Reference = qualified.parse().map_err(|e: oci_client::ParseError| {
             PullError::InvalidReference(image.to_owned(), e.to_string())
         })?;
+        let gate = std::sync::Arc::clone(
+            self.pulling
+                .lock()
+                .expect("pulling lock")
+                .entry(qualified.clone())
+                .or_default(),
+        );
+        let _turn = gate.lock().await;
         let stored = self.stored(image);
         match (policy, stored) {
             (PullPolicy::Never, None) => return Err(PullError::NeverPull(image.to_owned())),

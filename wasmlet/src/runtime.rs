@@ -79,6 +79,9 @@ pub struct Runtime {
     linker: Linker<ContainerState>,
     cache_dir: PathBuf,
     prepared: Mutex<HashMap<String, Prepared>>,
+    /// One compile per digest at a time: the first pods of a new image wait for one compile
+    /// instead of each compiling it.
+    compiling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     max_memory_bytes: usize,
 }
 
@@ -134,6 +137,7 @@ impl Runtime {
             linker,
             cache_dir,
             prepared: Mutex::new(HashMap::new()),
+            compiling: Mutex::new(HashMap::new()),
             max_memory_bytes: config.max_memory_bytes,
         }))
     }
@@ -168,6 +172,17 @@ impl Runtime {
         digest: &str,
         bytes: impl FnOnce() -> std::io::Result<Vec<u8>> + Send + 'static,
     ) -> Result<Prepared, PrepareError> {
+        if let Some(p) = self.prepared.lock().expect("prepared map lock").get(digest) {
+            return Ok(p.clone());
+        }
+        let gate = Arc::clone(
+            self.compiling
+                .lock()
+                .expect("compiling map lock")
+                .entry(digest.to_owned())
+                .or_default(),
+        );
+        let _turn = gate.lock().await;
         if let Some(p) = self.prepared.lock().expect("prepared map lock").get(digest) {
             return Ok(p.clone());
         }
@@ -337,6 +352,34 @@ mod tests {
             .await
             .expect("loaded from the cache");
         assert!(matches!(p, Prepared::Command(_)));
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_pods_of_an_image_share_one_compile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = runtime(dir.path());
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let hello = wasmkube_samples::guest("hello").expect("sample");
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (rt, reads) = (Arc::clone(&rt), Arc::clone(&reads));
+                tokio::spawn(async move {
+                    rt.prepare("sha256:same", move || {
+                        reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Ok(hello.to_vec())
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(matches!(t.await.expect("join"), Ok(Prepared::Command(_))));
+        }
+        assert_eq!(
+            reads.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "compiled once"
+        );
     }
 
     #[tokio::test]
