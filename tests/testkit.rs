@@ -111,6 +111,53 @@ pub struct Node {
 }
 
 impl Node {
+    /// Starts an in-process wasmlet named `name` against the cluster of `kubeconfig` with
+    /// test-friendly settings (see [`Cluster::start_node`]), adjusted by `adjust`.
+    ///
+    /// # Errors
+    /// When it does not register and become Ready in time.
+    pub async fn start(
+        kubeconfig: &Path,
+        client: &kube::Client,
+        name: &str,
+        adjust: impl FnOnce(&mut wasmkube_wasmlet::Config),
+    ) -> Result<Node> {
+        let dir = tempfile::tempdir()?;
+        let mut config = wasmkube_wasmlet::Config::new(name, dir.path()).kubeconfig(kubeconfig);
+        config.listen = "127.0.0.1:0".parse().expect("loopback address");
+        config.pod_range = random_pod_range();
+        config.max_pods = 64;
+        config.max_instance_memory = 128 << 20;
+        config.backoff = wasmkube_wasmlet::worker::Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(4),
+        };
+        adjust(&mut config);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(wasmkube_wasmlet::run(config, shutdown.clone()));
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+        wait_for(
+            &format!("node {name} Ready"),
+            Duration::from_secs(30),
+            || async {
+                let node = nodes.get_opt(name).await.ok().flatten()?;
+                let ready = node
+                    .status?
+                    .conditions?
+                    .into_iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                ready.then_some(())
+            },
+        )
+        .await?;
+        Ok(Node {
+            name: name.to_owned(),
+            dir,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
     /// Stops the wasmlet (its instances end; the pods stay bound).
     ///
     /// # Errors
@@ -164,42 +211,7 @@ impl Cluster {
         name: &str,
         adjust: impl FnOnce(&mut wasmkube_wasmlet::Config),
     ) -> Result<Node> {
-        let dir = tempfile::tempdir()?;
-        let mut config =
-            wasmkube_wasmlet::Config::new(name, dir.path()).kubeconfig(&self.kubeconfig);
-        config.listen = "127.0.0.1:0".parse().expect("loopback address");
-        config.pod_range = random_pod_range();
-        config.max_pods = 64;
-        config.max_instance_memory = 128 << 20;
-        config.backoff = wasmkube_wasmlet::worker::Backoff {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(4),
-        };
-        adjust(&mut config);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(wasmkube_wasmlet::run(config, shutdown.clone()));
-        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
-            kube::Api::all(self.client.clone());
-        wait_for(
-            &format!("node {name} Ready"),
-            Duration::from_secs(30),
-            || async {
-                let node = nodes.get_opt(name).await.ok().flatten()?;
-                let ready = node
-                    .status?
-                    .conditions?
-                    .into_iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                ready.then_some(())
-            },
-        )
-        .await?;
-        Ok(Node {
-            name: name.to_owned(),
-            dir,
-            shutdown,
-            task: Some(task),
-        })
+        Node::start(&self.kubeconfig, &self.client, name, adjust).await
     }
 
     /// Pushes the sample guest `sample` to the cluster registry as `sample:v1`; returns that
@@ -238,18 +250,21 @@ pub fn wasmkube_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/e2e-<hash> → target/<profile>/wasmkube
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("wasmkube"))
-        .expect("target directory");
-    assert!(
-        bin.exists(),
-        "{} not built; run `cargo test --workspace`",
-        bin.display()
-    );
-    bin
+    // target/<profile>/deps/e2e-<hash> (tests) or target/<profile>/pods (benchmarks)
+    let dir = exe.parent().expect("executable directory");
+    let bin = [
+        dir.parent().map(|d| d.join("wasmkube")),
+        Some(dir.join("wasmkube")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.exists());
+    bin.unwrap_or_else(|| {
+        panic!(
+            "the wasmkube binary is not built next to {}; run `cargo test --workspace` (or `cargo build [--release] -p wasmkube`)",
+            exe.display()
+        )
+    })
 }
 
 /// A free loopback port (bound and released).
@@ -276,6 +291,14 @@ impl Process {
     /// # Errors
     /// When it exits or does not become ready within 60 s.
     pub async fn up(data_dir: &Path, port: u16) -> Result<Process> {
+        Self::up_with(data_dir, port, &[]).await
+    }
+
+    /// [`up`](Self::up) with extra flags (e.g. `--no-wasmlet`).
+    ///
+    /// # Errors
+    /// When it exits or does not become ready within 60 s.
+    pub async fn up_with(data_dir: &Path, port: u16, extra: &[&str]) -> Result<Process> {
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(data_dir.with_extension("log"))?;
         let (net, prefix) = random_pod_range();
@@ -289,6 +312,7 @@ impl Process {
                 "--max-pods",
                 "256",
             ])
+            .args(extra)
             .env("WASMKUBE_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)

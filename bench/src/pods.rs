@@ -253,13 +253,25 @@ async fn main() -> Result<()> {
         pct(reqs, 0.99)
     );
 
-    let cluster = wasmkube_tests::Cluster::start().await?;
+    // The API server runs as its own process (`wasmkube up --no-wasmlet`), so this process's
+    // memory is the wasmlet's (plus the benchmark's client).
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let server =
+        wasmkube_tests::Process::up_with(&data, wasmkube_tests::free_port(), &["--no-wasmlet"])
+            .await?;
+    let client = server.client().await?;
     let max_pods = u32::try_from(args.density_pods.max(args.latency_pods) + 64)?;
-    let node = cluster
-        .start_node_with("bench", |c| c.max_pods = max_pods)
-        .await?;
+    let node = wasmkube_tests::Node::start(&server.kubeconfig(), &client, "bench", |c| {
+        c.max_pods = max_pods
+    })
+    .await?;
+    let cluster = Pusher {
+        kubeconfig: server.kubeconfig(),
+    };
     let image = cluster.push_sample("toolbox").await?;
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     // Warm up: the first pod pulls and compiles the image; every later one starts from the cache.
     latency(&pods, &node.name, &image, "warm", 1, max).await?;
     let lat = latency(&pods, &node.name, &image, "lat", args.latency_pods, max).await?;
@@ -282,15 +294,43 @@ async fn main() -> Result<()> {
         )
         .await?;
         let after = rss_bytes();
+        let apiserver = pid_rss(server.child.id());
         println!(
-            "density: {up}/{} idle pods Running in {took:.1?}; process RSS {:.0} MiB → {:.0} MiB, {:.1} KiB per pod (API server, store and wasmlet together)",
+            "density: {up}/{} idle pods Running in {took:.1?}; wasmlet RSS {:.0} MiB → {:.0} MiB = {:.1} KiB per pod; API server process RSS {:.0} MiB",
             args.density_pods,
             before as f64 / 1048576.0,
             after as f64 / 1048576.0,
-            after.saturating_sub(before) as f64 / 1024.0 / up.max(1) as f64
+            after.saturating_sub(before) as f64 / 1024.0 / up.max(1) as f64,
+            apiserver as f64 / 1048576.0
         );
     }
     node.stop().await?;
-    cluster.stop().await?;
+    drop(server);
     Ok(())
+}
+
+/// Pushes sample images to the cluster registry of a kubeconfig.
+struct Pusher {
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Pusher {
+    async fn push_sample(&self, sample: &str) -> Result<String> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        let registries = wasmkube_wasmlet::registries_for(&config, Vec::new());
+        let image = format!("{sample}:v1");
+        let wasm = wasmkube_samples::guest(sample).context("sample")?;
+        wasmkube_wasmlet::images::push(&registries, &image, wasm.to_vec()).await?;
+        Ok(image)
+    }
+}
+
+fn pid_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }

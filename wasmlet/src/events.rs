@@ -116,7 +116,13 @@ impl Recorder {
             ..Default::default()
         };
         if self.tx.try_send(event).is_err() {
-            tracing::warn!(reason, "event queue full; dropping an event");
+            // Like the kubelet's recorder under load, shed events rather than block; say so
+            // at exponentially spaced counts, not once per event.
+            static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(reason, dropped = n, "event queue full; dropping events");
+            }
         }
     }
 }
