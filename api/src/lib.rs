@@ -13,6 +13,7 @@
 
 pub mod field;
 pub mod names;
+pub mod quantity;
 pub mod resource;
 pub mod selector;
 

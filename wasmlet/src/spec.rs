@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Api;
 
 use crate::instance::{Launch, Mount};
+use wasmkube_api::quantity::{bytes, millicores};
 
 /// Why a container cannot be configured (`CreateContainerConfigError`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -415,44 +416,6 @@ pub fn resource_value(
     Ok(value.to_string())
 }
 
-/// A quantity in bytes (`64Mi`, `1G`, `1e6`, `500k`).
-pub fn bytes(q: &Quantity) -> Option<u64> {
-    let (n, scale) = parse_quantity(&q.0)?;
-    let v = n * scale;
-    (v >= 0.0).then(|| v.ceil() as u64)
-}
-
-/// A CPU quantity in millicores (`500m`, `1`, `0.25`).
-pub fn millicores(q: &Quantity) -> Option<u64> {
-    let (n, scale) = parse_quantity(&q.0)?;
-    let v = n * scale * 1000.0;
-    (v >= 0.0).then(|| v.ceil() as u64)
-}
-
-fn parse_quantity(s: &str) -> Option<(f64, f64)> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
-        .unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let scale = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        _ => return None,
-    };
-    Some((num.parse().ok()?, scale))
-}
-
 /// Materialises the pod's volumes under `dir` (`<kind>/<name>`); returns, per volume name, its
 /// directory and whether Kubernetes mounts it read-only.
 ///
@@ -657,16 +620,6 @@ mod tests {
         assert_eq!(expand("$$(A) costs $5", &e), "$(A) costs $5");
         assert_eq!(expand("$(MISSING) stays", &e), "$(MISSING) stays");
         assert_eq!(expand("unterminated $(A", &e), "unterminated $(A");
-    }
-
-    #[test]
-    fn quantities_convert_to_bytes_and_millicores() {
-        assert_eq!(bytes(&Quantity("64Mi".into())), Some(64 << 20));
-        assert_eq!(bytes(&Quantity("1G".into())), Some(1_000_000_000));
-        assert_eq!(bytes(&Quantity("1e3".into())), Some(1000));
-        assert_eq!(millicores(&Quantity("500m".into())), Some(500));
-        assert_eq!(millicores(&Quantity("1.5".into())), Some(1500));
-        assert_eq!(bytes(&Quantity("12 apples".into())), None);
     }
 
     #[test]
