@@ -177,6 +177,15 @@ impl Drop for Node {
     }
 }
 
+/// A component running in the test process; dropping this stops it.
+pub struct Background(CancellationToken);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 /// A pod-IP range no other test is likely to use: 127.R.S.0/24 with random R, S.
 pub fn random_pod_range() -> (std::net::Ipv4Addr, u8) {
     use rand::Rng;
@@ -212,6 +221,18 @@ impl Cluster {
         adjust: impl FnOnce(&mut wasmkube_wasmlet::Config),
     ) -> Result<Node> {
         Node::start(&self.kubeconfig, &self.client, name, adjust).await
+    }
+
+    /// Starts the scheduler in this process; it stops when the returned guard drops.
+    pub fn start_scheduler(&self) -> Background {
+        let shutdown = CancellationToken::new();
+        let config = wasmkube_sched::Config::new();
+        tokio::spawn(wasmkube_sched::run_with_client(
+            config,
+            self.client.clone(),
+            shutdown.clone(),
+        ));
+        Background(shutdown)
     }
 
     /// Pushes the sample guest `sample` to the cluster registry as `sample:v1`; returns that

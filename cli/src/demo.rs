@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use kube::{Api, Client};
 
-/// Pushes every sample as `NAME:v1` and creates the sample pods on `node`.
-pub(crate) async fn run(kubeconfig: &Path, node: &str) -> anyhow::Result<()> {
+/// Pushes every sample as `NAME:v1` and creates the sample pods (the scheduler places them).
+pub(crate) async fn run(kubeconfig: &Path) -> anyhow::Result<()> {
     let kc = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::read_from(kubeconfig)?,
         &kube::config::KubeConfigOptions::default(),
@@ -30,10 +30,7 @@ pub(crate) async fn run(kubeconfig: &Path, node: &str) -> anyhow::Result<()> {
     let client = Client::try_from(kc)?;
     let pods: Api<Pod> = Api::namespaced(client, "default");
     for (file, yaml) in wasmkube_samples::MANIFESTS {
-        let mut pod: Pod =
-            serde_saphyr::from_str(yaml).with_context(|| format!("parsing {file}"))?;
-        // Until the scheduler runs, samples are bound to this node directly.
-        pod.spec.get_or_insert_with(Default::default).node_name = Some(node.to_owned());
+        let pod: Pod = serde_saphyr::from_str(yaml).with_context(|| format!("parsing {file}"))?;
         match pods.create(&PostParams::default(), &pod).await {
             Ok(_) => eprintln!(
                 "created pod/{}",

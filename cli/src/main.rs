@@ -27,6 +27,8 @@ enum Command {
     Apiserver(ServerArgs),
     /// Run a wasmlet (the node agent) that joins a cluster.
     Wasmlet(WasmletArgs),
+    /// Run the scheduler alone.
+    Scheduler(SchedulerArgs),
     /// Work with images in a registry.
     Image {
         #[command(subcommand)]
@@ -98,6 +100,9 @@ struct NodeArgs {
     /// Registries reached over plain HTTP (host:port), repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Extra Node labels, key=value[,key=value...] (like the kubelet's --node-labels).
+    #[arg(long, value_delimiter = ',')]
+    node_labels: Vec<String>,
 }
 
 impl NodeArgs {
@@ -114,6 +119,12 @@ impl NodeArgs {
         c.pod_range = parse_range(&self.pod_range)?;
         c.max_pods = self.max_pods.max(1);
         c.insecure_registries = self.insecure_registries.clone();
+        for pair in &self.node_labels {
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("--node-labels: {pair:?} is not key=value"))?;
+            c.node_labels.insert(k.to_owned(), v.to_owned());
+        }
         Ok(c)
     }
 }
@@ -134,6 +145,19 @@ struct WasmletArgs {
     address: Option<String>,
     #[command(flatten)]
     node: NodeArgs,
+}
+
+#[derive(Args)]
+struct SchedulerArgs {
+    /// The kubeconfig to reach the API server with (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Schedule pods whose spec.schedulerName is this.
+    #[arg(long, default_value = "default-scheduler")]
+    scheduler_name: String,
+    /// Score this percentage of feasible nodes (default: adaptive, as kube-scheduler).
+    #[arg(long)]
+    percentage_of_nodes_to_score: Option<u32>,
 }
 
 #[derive(Args)]
@@ -267,6 +291,10 @@ async fn main() -> anyhow::Result<()> {
                 .context("starting the API server")?;
             println!("wasmkube is up: API server https://{}", running.addr);
             println!("export KUBECONFIG={}", running.kubeconfig.display());
+            let scheduler = tokio::spawn(wasmkube_sched::run(
+                wasmkube_sched::Config::new().kubeconfig(&running.kubeconfig),
+                shutdown.clone(),
+            ));
             let wasmlet = if args.no_wasmlet {
                 None
             } else {
@@ -274,17 +302,20 @@ async fn main() -> anyhow::Result<()> {
                     .node
                     .config(&args.server.data_dir.join("node"), args.node_listen)?
                     .kubeconfig(&running.kubeconfig);
-                let node = config.node_name.clone();
                 let token = shutdown.clone();
                 let task = tokio::spawn(async move { wasmkube_wasmlet::run(config, token).await });
                 if args.demo {
-                    demo::run(&running.kubeconfig, &node)
+                    demo::run(&running.kubeconfig)
                         .await
                         .context("deploying the samples")?;
                 }
                 Some(task)
             };
             running.wait().await.context("API server")?;
+            scheduler
+                .await
+                .context("scheduler task")?
+                .context("scheduler")?;
             if let Some(task) = wasmlet {
                 task.await.context("wasmlet task")?.context("wasmlet")?;
             }
@@ -298,6 +329,15 @@ async fn main() -> anyhow::Result<()> {
             wasmkube_wasmlet::run(config, shutdown)
                 .await
                 .context("wasmlet")?;
+        }
+        Command::Scheduler(args) => {
+            let mut config = wasmkube_sched::Config::new();
+            config.kubeconfig = args.kubeconfig;
+            config.scheduler_name = args.scheduler_name;
+            config.percentage_of_nodes_to_score = args.percentage_of_nodes_to_score;
+            wasmkube_sched::run(config, shutdown)
+                .await
+                .context("scheduler")?;
         }
         Command::Image {
             command: ImageCommand::Push(args),

@@ -14,3 +14,4 @@ mod t30_durability;
 mod t40_kubectl;
 mod t50_wasmlet;
 mod t51_images;
+mod t60_scheduler;

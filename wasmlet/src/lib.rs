@@ -80,6 +80,8 @@ pub struct Config {
     pub rotation: logs::Rotation,
     /// Registries reached over plain HTTP (`host:port`).
     pub insecure_registries: Vec<String>,
+    /// Extra labels for the Node (kubelet's `--node-labels`).
+    pub node_labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Config {
@@ -97,6 +99,7 @@ impl Config {
             backoff: Backoff::default(),
             rotation: logs::Rotation::default(),
             insecure_registries: Vec::new(),
+            node_labels: Default::default(),
         }
     }
 
@@ -231,6 +234,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         address: address.clone(),
         port: addr.port(),
         max_pods: config.max_pods,
+        labels: config.node_labels.clone(),
     };
     let image_list = {
         let images = Arc::clone(&images);

@@ -39,6 +39,8 @@ pub struct NodeFacts {
     pub port: u16,
     /// `pods` capacity.
     pub max_pods: u32,
+    /// Extra labels (`--node-labels`).
+    pub labels: BTreeMap<String, String>,
 }
 
 fn meminfo(field: &str) -> Option<u64> {
@@ -161,17 +163,21 @@ pub fn node_status(
     }
 }
 
-fn labels(name: &str) -> BTreeMap<String, String> {
-    [
-        ("kubernetes.io/os", "wasi"),
-        ("kubernetes.io/arch", "wasm32"),
-        ("beta.kubernetes.io/os", "wasi"),
-        ("beta.kubernetes.io/arch", "wasm32"),
-        ("kubernetes.io/hostname", name),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
+fn labels(facts: &NodeFacts) -> BTreeMap<String, String> {
+    let name = facts.name.as_str();
+    let mut labels: BTreeMap<String, String> = facts.labels.clone();
+    labels.extend(
+        [
+            ("kubernetes.io/os", "wasi"),
+            ("kubernetes.io/arch", "wasm32"),
+            ("beta.kubernetes.io/os", "wasi"),
+            ("beta.kubernetes.io/arch", "wasm32"),
+            ("kubernetes.io/hostname", name),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    labels
 }
 
 /// Registers the node (or takes over an existing Node object of the same name) and posts its
@@ -188,7 +194,7 @@ pub async fn register(
     let node = Node {
         metadata: ObjectMeta {
             name: Some(facts.name.clone()),
-            labels: Some(labels(&facts.name)),
+            labels: Some(labels(facts)),
             annotations: Some(
                 [(
                     "wasmkube.dev/wasi-worlds".to_owned(),
@@ -203,7 +209,7 @@ pub async fn register(
     let existing = match nodes.create(&PostParams::default(), &node).await {
         Ok(n) => n,
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            let patch = json!({"metadata": {"labels": labels(&facts.name)}});
+            let patch = json!({"metadata": {"labels": labels(facts)}});
             nodes
                 .patch(&facts.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?

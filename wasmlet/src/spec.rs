@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, ObjectFieldSelector, Pod,
     ResourceFieldSelector, Secret, Volume,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Api;
 
 use crate::instance::{Launch, Mount};
@@ -664,7 +663,7 @@ mod tests {
         let c = &pod.spec.as_ref().expect("spec").containers[0];
         let sel = |res: &str, div: Option<&str>| ResourceFieldSelector {
             resource: res.into(),
-            divisor: div.map(|d| Quantity(d.into())),
+            divisor: div.map(|d| k8s_openapi::apimachinery::pkg::api::resource::Quantity(d.into())),
             container_name: None,
         };
         assert_eq!(

@@ -1,0 +1,142 @@
+//! The scheduler end to end: real wasmlets register nodes, pods without a node get one, and
+//! an unschedulable pod is explained in kube-scheduler's words until a fitting node appears.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use serde_json::json;
+use wasmkube_tests::{Cluster, wait_for};
+
+const SLOW: Duration = Duration::from_secs(60);
+
+fn pod(name: &str, spec: serde_json::Value) -> Result<Pod> {
+    Ok(serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": {"app": "sched"}}, "spec": spec}),
+    )?)
+}
+
+#[tokio::test]
+async fn pods_without_a_node_are_bound_spread_and_run() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let a = cluster.start_node("node-a").await?;
+    let b = cluster.start_node("node-b").await?;
+    let image = cluster.push_sample("hello").await?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    for i in 0..4 {
+        let spec = json!({"restartPolicy": "Never", "containers": [{"name": "c", "image": image,
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]});
+        pods.create(&PostParams::default(), &pod(&format!("p{i}"), spec)?)
+            .await?;
+    }
+    let placed = wait_for("all four pods to succeed", SLOW, || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=sched"))
+            .await
+            .ok()?;
+        let done = list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+            .count();
+        (done == 4).then(|| {
+            list.items
+                .iter()
+                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                .collect::<Vec<_>>()
+        })
+    })
+    .await?;
+    let nodes: BTreeSet<&str> = placed.iter().map(String::as_str).collect();
+    assert_eq!(
+        nodes,
+        BTreeSet::from(["node-a", "node-b"]),
+        "least-allocated spreads the pods: {placed:?}"
+    );
+
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
+    let scheduled = wait_for("a Scheduled event", SLOW, || async {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=p0"))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("Scheduled"))
+    })
+    .await?;
+    let message = scheduled.message.unwrap_or_default();
+    assert!(
+        message.starts_with("Successfully assigned default/p0 to node-"),
+        "{message}"
+    );
+    a.stop().await?;
+    b.stop().await
+}
+
+#[tokio::test]
+async fn an_unschedulable_pod_is_explained_then_placed_when_a_node_fits() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let a = cluster.start_node("small-1").await?;
+    let b = cluster.start_node("small-2").await?;
+    let image = cluster.push_sample("hello").await?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let spec = json!({"restartPolicy": "Never", "nodeSelector": {"size": "big"}, "containers": [{"name": "c", "image": image}]});
+    pods.create(&PostParams::default(), &pod("picky", spec)?)
+        .await?;
+
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
+    let failed = wait_for("a FailedScheduling event", SLOW, || async {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=picky"))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+    })
+    .await?;
+    assert_eq!(
+        failed.message.as_deref(),
+        Some("0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector.")
+    );
+    assert_eq!(failed.type_.as_deref(), Some("Warning"));
+    let pending = pods.get("picky").await?;
+    let cond = pending
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .context("PodScheduled")?;
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_deref()),
+        ("False", Some("Unschedulable"))
+    );
+
+    // A node with room (the right label) joins: the pod is placed there without any retry loop
+    // of ours — the node event requeues it.
+    let big = cluster
+        .start_node_with("big-1", |c| {
+            c.node_labels.insert("size".into(), "big".into());
+        })
+        .await?;
+    let done = wait_for("picky to run on big-1", SLOW, || async {
+        let p = pods.get("picky").await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(p)
+    })
+    .await?;
+    assert_eq!(
+        done.spec.and_then(|s| s.node_name).as_deref(),
+        Some("big-1")
+    );
+    for n in [a, b, big] {
+        n.stop().await?;
+    }
+    Ok(())
+}
