@@ -235,6 +235,16 @@ impl Cluster {
         Background(shutdown)
     }
 
+    /// Starts the controller manager in this process; it stops when the guard drops.
+    pub fn start_controllers(&self) -> Background {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wasmkube_controllers::run_with_client(
+            self.client.clone(),
+            shutdown.clone(),
+        ));
+        Background(shutdown)
+    }
+
     /// Pushes the sample guest `sample` to the cluster registry as `sample:v1`; returns that
     /// image name.
     ///

@@ -29,6 +29,8 @@ enum Command {
     Wasmlet(WasmletArgs),
     /// Run the scheduler alone.
     Scheduler(SchedulerArgs),
+    /// Run the controller manager alone.
+    ControllerManager(ControllerArgs),
     /// Work with images in a registry.
     Image {
         #[command(subcommand)]
@@ -80,6 +82,12 @@ struct UpArgs {
     /// Do not run a wasmlet in this process (a control plane only).
     #[arg(long)]
     no_wasmlet: bool,
+    /// Do not run the scheduler in this process.
+    #[arg(long)]
+    no_scheduler: bool,
+    /// Do not run the controller manager in this process.
+    #[arg(long)]
+    no_controllers: bool,
     /// Push the sample programs into the cluster registry and run their manifests.
     #[arg(long)]
     demo: bool,
@@ -158,6 +166,13 @@ struct SchedulerArgs {
     /// Score this percentage of feasible nodes (default: adaptive, as kube-scheduler).
     #[arg(long)]
     percentage_of_nodes_to_score: Option<u32>,
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// The kubeconfig to reach the API server with (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -291,10 +306,18 @@ async fn main() -> anyhow::Result<()> {
                 .context("starting the API server")?;
             println!("wasmkube is up: API server https://{}", running.addr);
             println!("export KUBECONFIG={}", running.kubeconfig.display());
-            let scheduler = tokio::spawn(wasmkube_sched::run(
-                wasmkube_sched::Config::new().kubeconfig(&running.kubeconfig),
-                shutdown.clone(),
-            ));
+            let scheduler = (!args.no_scheduler).then(|| {
+                tokio::spawn(wasmkube_sched::run(
+                    wasmkube_sched::Config::new().kubeconfig(&running.kubeconfig),
+                    shutdown.clone(),
+                ))
+            });
+            let controllers = (!args.no_controllers).then(|| {
+                tokio::spawn(wasmkube_controllers::run(
+                    wasmkube_controllers::Config::new().kubeconfig(&running.kubeconfig),
+                    shutdown.clone(),
+                ))
+            });
             let wasmlet = if args.no_wasmlet {
                 None
             } else {
@@ -312,10 +335,14 @@ async fn main() -> anyhow::Result<()> {
                 Some(task)
             };
             running.wait().await.context("API server")?;
-            scheduler
-                .await
-                .context("scheduler task")?
-                .context("scheduler")?;
+            if let Some(task) = scheduler {
+                task.await.context("scheduler task")?.context("scheduler")?;
+            }
+            if let Some(task) = controllers {
+                task.await
+                    .context("controller manager task")?
+                    .context("controller manager")?;
+            }
             if let Some(task) = wasmlet {
                 task.await.context("wasmlet task")?.context("wasmlet")?;
             }
@@ -338,6 +365,14 @@ async fn main() -> anyhow::Result<()> {
             wasmkube_sched::run(config, shutdown)
                 .await
                 .context("scheduler")?;
+        }
+        Command::ControllerManager(args) => {
+            let config = wasmkube_controllers::Config {
+                kubeconfig: args.kubeconfig,
+            };
+            wasmkube_controllers::run(config, shutdown)
+                .await
+                .context("controller manager")?;
         }
         Command::Image {
             command: ImageCommand::Push(args),

@@ -11,7 +11,14 @@ fn help_should_list_every_component() {
         .expect("run wasmkube");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for sub in ["up", "apiserver", "wasmlet", "scheduler", "image"] {
+    for sub in [
+        "up",
+        "apiserver",
+        "wasmlet",
+        "scheduler",
+        "controller-manager",
+        "image",
+    ] {
         assert!(text.contains(sub), "--help mentions {sub}: {text}");
     }
 }

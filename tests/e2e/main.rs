@@ -15,3 +15,4 @@ mod t40_kubectl;
 mod t50_wasmlet;
 mod t51_images;
 mod t60_scheduler;
+mod t61_controllers;

@@ -1,0 +1,84 @@
+//! The controller manager: the control loops that keep the cluster at its desired state, each
+//! an out-of-tree client of the API server built on kube-runtime's `Controller` (watch,
+//! reflector, reconcile, requeue) — like kube-controller-manager.
+//!
+//! | controller | keeps |
+//! |---|---|
+//! | [`replicaset`] | `spec.replicas` pods per ReplicaSet (adopt, release, expectations) |
+//! | [`namespace`] | Terminating namespaces emptied and finalized; a `default` ServiceAccount per namespace |
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wasmkube_controllers::Error> {
+//! let config = wasmkube_controllers::Config::new().kubeconfig("/var/lib/wasmkube/kubeconfig");
+//! wasmkube_controllers::run(config, tokio_util::sync::CancellationToken::new()).await
+//! # }
+//! ```
+
+use std::path::PathBuf;
+
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+
+pub mod expectations;
+pub mod namespace;
+pub mod replicaset;
+
+/// How to run the controller manager.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// The kubeconfig to reach the API server (none: `KUBECONFIG` or `~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Config {
+    /// Defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Use this kubeconfig.
+    #[must_use]
+    pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kubeconfig = Some(path.into());
+        self
+    }
+}
+
+/// Why the controller manager could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot load the kubeconfig")]
+    Kubeconfig(#[source] kube::config::KubeconfigError),
+    #[error("cannot infer the cluster configuration")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("cannot build the client")]
+    Client(#[source] kube::Error),
+}
+
+/// Runs every controller until `shutdown`.
+///
+/// # Errors
+/// [`Error`] when the cluster cannot be reached at start.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let kc = match &config.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(Error::Kubeconfig)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(Error::Kubeconfig)?
+        }
+        None => kube::Config::infer().await.map_err(Error::Infer)?,
+    };
+    let client = Client::try_from(kc).map_err(Error::Client)?;
+    run_with_client(client, shutdown).await;
+    Ok(())
+}
+
+/// Runs every controller with an existing client until `shutdown`.
+pub async fn run_with_client(client: Client, shutdown: CancellationToken) {
+    tracing::info!("controller manager started");
+    tokio::join!(
+        replicaset::run(client.clone(), shutdown.clone()),
+        namespace::run(client, shutdown),
+    );
+}

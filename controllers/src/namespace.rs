@@ -1,0 +1,156 @@
+//! Namespace lifecycle (the namespace controller and the service-account controller):
+//! a deleted namespace — `Terminating`, holding the `kubernetes` finalizer — has its content
+//! deleted, kind by kind as discovery lists them, and is then finalized (the API server removes
+//! it once no finalizer is left); every live namespace has a `default` ServiceAccount.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::discovery::{Discovery, Scope, verbs};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+/// The finalizer the API server puts on every namespace.
+pub const FINALIZER: &str = "kubernetes";
+
+/// What the reconciler needs.
+pub struct Ctx {
+    /// The API client.
+    pub client: Client,
+}
+
+/// Reconcile errors (retried with back-off).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("API request failed")]
+    Api(#[from] kube::Error),
+}
+
+/// Every namespaced resource that can be listed and deleted, from discovery.
+async fn namespaced_resources(client: &Client) -> Result<Vec<ApiResource>, kube::Error> {
+    let discovery = Discovery::new(client.clone()).run().await?;
+    let mut out = Vec::new();
+    for group in discovery.groups() {
+        for (ar, caps) in group.recommended_resources() {
+            if caps.scope == Scope::Namespaced
+                && caps.supports_operation(verbs::LIST)
+                && caps.supports_operation(verbs::DELETE)
+                && ar.plural != "events"
+            {
+                out.push(ar);
+            }
+        }
+    }
+    // Events go last, so what the deletions record is cleaned up too.
+    for group in discovery.groups() {
+        for (ar, caps) in group.recommended_resources() {
+            if caps.scope == Scope::Namespaced && ar.plural == "events" {
+                out.push(ar);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes what is in a Terminating namespace; finalizes it once empty. Ensures the `default`
+/// ServiceAccount of a live one.
+///
+/// # Errors
+/// API failures (retried with back-off).
+pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let name = ns.name_any();
+    if ns.metadata.deletion_timestamp.is_none() {
+        let sas: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &name);
+        if sas.get_opt("default").await?.is_none() {
+            let sa = ServiceAccount {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("default".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            match sas.create(&PostParams::default(), &sa).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 403 || s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        return Ok(Action::await_change());
+    }
+    let finalizers = ns
+        .spec
+        .as_ref()
+        .and_then(|s| s.finalizers.clone())
+        .unwrap_or_default();
+    if !finalizers.iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let mut remaining = 0usize;
+    for ar in namespaced_resources(&ctx.client).await? {
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &name, &ar);
+        let items = match api.list(&ListParams::default()).await {
+            Ok(l) => l.items,
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 405 => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if items.is_empty() {
+            continue;
+        }
+        remaining += items.len();
+        match api
+            .delete_collection(&DeleteParams::background(), &ListParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 405 => {
+                for item in items {
+                    let _ = api
+                        .delete(&item.name_any(), &DeleteParams::background())
+                        .await;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if remaining > 0 {
+        // Graceful deletions (pods on nodes) take a moment; look again.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let mut finalized = (*ns).clone();
+    finalized
+        .spec
+        .get_or_insert_with(Default::default)
+        .finalizers = Some(finalizers.into_iter().filter(|f| f != FINALIZER).collect());
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    match api
+        .replace_subresource("finalize", &name, &PostParams::default(), &finalized)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Action::await_change())
+}
+
+fn error_policy(_ns: Arc<Namespace>, error: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!(%error, "namespace reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Runs the namespace controller until `shutdown`.
+pub async fn run(client: Client, shutdown: CancellationToken) {
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+    });
+    Controller::new(Api::<Namespace>::all(client), watcher::Config::default())
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}

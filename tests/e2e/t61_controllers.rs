@@ -1,0 +1,187 @@
+//! The controller manager end to end, with the scheduler and real wasmlets: ReplicaSets keep
+//! their replicas (replacement, scaling, adoption), namespaces are emptied and removed, and
+//! every namespace gets its default ServiceAccount.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use wasmkube_tests::{Cluster, wait_for};
+
+const SLOW: Duration = Duration::from_secs(60);
+
+async fn running_owned(pods: &Api<Pod>, uid: &str) -> Vec<Pod> {
+    let list = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    list.into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|r| r.uid == uid && r.controller == Some(true))
+        })
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_replica_set_keeps_its_replicas_replaces_scales_and_adopts() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let _ctrl = cluster.start_controllers();
+    let a = cluster.start_node("node-a").await?;
+    let b = cluster.start_node("node-b").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let template = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": image, "args": ["forever"]}]}});
+
+    // An orphan that matches is adopted instead of a new pod being made for it.
+    let orphan: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "orphan", "labels": {"app": "web"}}, "spec": template["spec"]}),
+    )?;
+    pods.create(&PostParams::default(), &orphan).await?;
+    let rs: ReplicaSet = serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": template}}))?;
+    let uid = sets
+        .create(&PostParams::default(), &rs)
+        .await?
+        .metadata
+        .uid
+        .unwrap_or_default();
+    let three = wait_for("3 running replicas", SLOW, || async {
+        let owned = running_owned(&pods, &uid).await;
+        (owned.len() == 3).then_some(owned)
+    })
+    .await?;
+    assert!(
+        three.iter().any(|p| p.name_any() == "orphan"),
+        "the orphan was adopted"
+    );
+    wait_for("status readyReplicas 3", SLOW, || async {
+        let s = sets.get("web").await.ok()?.status?;
+        (s.ready_replicas == Some(3) && s.replicas == 3 && s.observed_generation == Some(1))
+            .then_some(())
+    })
+    .await?;
+
+    // A deleted pod is replaced.
+    let victim = three
+        .iter()
+        .find(|p| p.name_any() != "orphan")
+        .map(ResourceExt::name_any)
+        .unwrap_or_default();
+    pods.delete(&victim, &DeleteParams::default()).await?;
+    wait_for("a replacement", SLOW, || async {
+        let owned = running_owned(&pods, &uid).await;
+        (owned.len() == 3 && owned.iter().all(|p| p.name_any() != victim)).then_some(())
+    })
+    .await?;
+
+    // Scale up through the scale subresource (what `kubectl scale` uses), then down.
+    sets.patch_scale(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"replicas": 5}})),
+    )
+    .await?;
+    wait_for("5 replicas", SLOW, || async {
+        (running_owned(&pods, &uid).await.len() == 5).then_some(())
+    })
+    .await?;
+    sets.patch_scale(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"replicas": 1}})),
+    )
+    .await?;
+    wait_for("1 replica and no pod left terminating", SLOW, || async {
+        let all = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .ok()?
+            .items;
+        (all.len() == 1 && running_owned(&pods, &uid).await.len() == 1).then_some(())
+    })
+    .await?;
+    let status = wait_for("status replicas 1", SLOW, || async {
+        let s = sets.get("web").await.ok()?.status?;
+        (s.replicas == 1).then_some(s)
+    })
+    .await?;
+    assert_eq!(
+        status.observed_generation,
+        Some(3),
+        "two scale changes bumped the generation"
+    );
+    a.stop().await?;
+    b.stop().await
+}
+
+#[tokio::test]
+async fn a_deleted_namespace_is_emptied_then_removed_and_new_ones_get_a_service_account()
+-> Result<()> {
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let _ctrl = cluster.start_controllers();
+    let node = cluster.start_node("n1").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    let namespaces: Api<Namespace> = Api::all(c.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "doomed"}}))?,
+        )
+        .await?;
+    let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), "doomed");
+    wait_for("the default ServiceAccount", SLOW, || async {
+        sas.get_opt("default").await.ok().flatten()
+    })
+    .await?;
+
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "doomed");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "cfg"}, "data": {"k": "v"}}))?,
+    )
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "doomed");
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": image, "args": ["forever"]}]}}))?,
+    )
+    .await?;
+    wait_for("the pod to run", SLOW, || async {
+        (pods.get("p").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await?;
+
+    namespaces
+        .delete("doomed", &DeleteParams::default())
+        .await?;
+    let ns = namespaces.get("doomed").await?;
+    assert_eq!(
+        ns.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+    wait_for("the namespace to be gone", SLOW, || async {
+        matches!(namespaces.get_opt("doomed").await, Ok(None)).then_some(())
+    })
+    .await?;
+    assert!(cms.get_opt("cfg").await?.is_none());
+    assert!(
+        pods.get_opt("p").await?.is_none(),
+        "the pod was stopped and removed by its wasmlet"
+    );
+    node.stop().await
+}
