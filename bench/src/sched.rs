@@ -136,7 +136,7 @@ async fn main() -> Result<()> {
         let server = wasmkube_tests::Process::up_with(
             &data,
             wasmkube_tests::free_port(),
-            &["--no-wasmlet", "--no-scheduler"],
+            &["--no-wasmlet", "--no-scheduler", "--no-controllers"],
         )
         .await?;
         let client = server.client().await?;

@@ -4,6 +4,7 @@
 //!
 //! | controller | keeps |
 //! |---|---|
+//! | [`deployment`] | one ReplicaSet per template, rolled (RollingUpdate / Recreate), revisions, status |
 //! | [`replicaset`] | `spec.replicas` pods per ReplicaSet (adopt, release, expectations) |
 //! | [`namespace`] | Terminating namespaces emptied and finalized; a `default` ServiceAccount per namespace |
 //!
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
+pub mod deployment;
 pub mod expectations;
 pub mod namespace;
 pub mod replicaset;
@@ -78,6 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 pub async fn run_with_client(client: Client, shutdown: CancellationToken) {
     tracing::info!("controller manager started");
     tokio::join!(
+        deployment::run(client.clone(), shutdown.clone()),
         replicaset::run(client.clone(), shutdown.clone()),
         namespace::run(client, shutdown),
     );

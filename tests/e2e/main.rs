@@ -16,3 +16,4 @@ mod t50_wasmlet;
 mod t51_images;
 mod t60_scheduler;
 mod t61_controllers;
+mod t62_deployments;

@@ -1,0 +1,247 @@
+//! Deployments end to end: a rolling update that respects maxSurge/maxUnavailable, the status
+//! `kubectl rollout status` waits on, and `kubectl rollout undo` (or the same patch from
+//! kube-rs when kubectl is absent) restoring the previous template.
+
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use wasmkube_tests::{Cluster, wait_for};
+
+const SLOW: Duration = Duration::from_secs(90);
+
+fn kubectl() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join("kubectl"))
+        .find(|p| p.exists())
+}
+
+fn image_of(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers[0].image.clone())
+        .unwrap_or_default()
+}
+
+async fn rolled_out(deploys: &Api<Deployment>, image: &str) -> Result<Deployment> {
+    wait_for(&format!("the rollout to {image}"), SLOW, || async {
+        let d = deploys.get("web").await.ok()?;
+        let s = d.status.clone()?;
+        let done = s.observed_generation >= d.metadata.generation
+            && s.updated_replicas == Some(3)
+            && s.replicas == Some(3)
+            && s.available_replicas == Some(3)
+            && image_of(&d) == image;
+        done.then_some(d)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_deployment_rolls_out_within_its_budget_and_rolls_back() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let _ctrl = cluster.start_controllers();
+    let a = cluster.start_node("node-a").await?;
+    let b = cluster.start_node("node-b").await?;
+    let v1 = cluster.push_sample("toolbox").await?;
+    let v2 = "toolbox:v2".to_owned();
+    cluster
+        .push(
+            &v2,
+            wasmkube_samples::guest("toolbox")
+                .context("sample")?
+                .to_vec(),
+        )
+        .await?;
+    let c = &cluster.client;
+    let deploys: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {
+        "replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": v1, "args": ["forever"]}]}}}}))?;
+    deploys.create(&PostParams::default(), &d).await?;
+    let first = rolled_out(&deploys, &v1).await?;
+    assert_eq!(
+        first
+            .annotations()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("1")
+    );
+    let conds = first.status.and_then(|s| s.conditions).unwrap_or_default();
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "True"),
+        "{conds:?}"
+    );
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_ == "Progressing"
+                && c.reason.as_deref() == Some("NewReplicaSetAvailable")),
+        "{conds:?}"
+    );
+    if let Some(k) = kubectl() {
+        let out = Command::new(&k)
+            .args([
+                "rollout",
+                "status",
+                "deployment/web",
+                "--timeout=60s",
+                "--kubeconfig",
+            ])
+            .arg(&cluster.kubeconfig)
+            .output()
+            .await?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("successfully rolled out"));
+    } else {
+        eprintln!("kubectl not installed; checked the rollout through the API only");
+    }
+
+    // Roll to v2, watching the ReplicaSets: never more than replicas+maxSurge pods asked for,
+    // never fewer than replicas-maxUnavailable available.
+    deploys.patch("web", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": v2, "args": ["forever"]}]}}}}))).await?;
+    let started = Instant::now();
+    let (mut max_total, mut min_available) = (0, i32::MAX);
+    loop {
+        anyhow::ensure!(started.elapsed() < SLOW, "the rollout to v2 did not finish");
+        let list = sets
+            .list(&ListParams::default().labels("app=web"))
+            .await?
+            .items;
+        let total: i32 = list
+            .iter()
+            .map(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0))
+            .sum();
+        let available: i32 = list
+            .iter()
+            .map(|rs| {
+                rs.status
+                    .as_ref()
+                    .and_then(|s| s.available_replicas)
+                    .unwrap_or(0)
+            })
+            .sum();
+        max_total = max_total.max(total);
+        min_available = min_available.min(available);
+        let d = deploys.get("web").await?;
+        let s = d.status.clone().unwrap_or_default();
+        if s.observed_generation >= d.metadata.generation
+            && s.updated_replicas == Some(3)
+            && s.replicas == Some(3)
+            && s.available_replicas == Some(3)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        max_total <= 4,
+        "maxSurge 1: at most 4 pods asked for, saw {max_total}"
+    );
+    assert!(
+        min_available >= 3,
+        "maxUnavailable 0: never under 3 available, saw {min_available}"
+    );
+    let second = deploys.get("web").await?;
+    assert_eq!(
+        second
+            .annotations()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("2")
+    );
+    let list = sets
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items;
+    assert_eq!(list.len(), 2, "one ReplicaSet per template");
+
+    // Undo: what `kubectl rollout undo` does — put the previous ReplicaSet's template back.
+    match kubectl() {
+        Some(k) => {
+            let out = Command::new(&k)
+                .args(["rollout", "undo", "deployment/web", "--kubeconfig"])
+                .arg(&cluster.kubeconfig)
+                .output()
+                .await?;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        None => {
+            let old = list
+                .iter()
+                .find(|rs| {
+                    rs.annotations()
+                        .get("deployment.kubernetes.io/revision")
+                        .map(String::as_str)
+                        == Some("1")
+                })
+                .context("revision 1")?;
+            let mut template = serde_json::to_value(
+                old.spec
+                    .as_ref()
+                    .and_then(|s| s.template.clone())
+                    .context("template")?,
+            )?;
+            template["metadata"]["labels"]
+                .as_object_mut()
+                .context("labels")?
+                .remove("pod-template-hash");
+            let patch: json_patch::Patch = serde_json::from_value(
+                json!([{"op": "replace", "path": "/spec/template", "value": template}]),
+            )?;
+            deploys
+                .patch("web", &PatchParams::default(), &Patch::<()>::Json(patch))
+                .await?;
+        }
+    }
+    let third = rolled_out(&deploys, &v1).await?;
+    assert_eq!(
+        third
+            .annotations()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("3")
+    );
+    let list = sets
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items;
+    assert_eq!(
+        list.len(),
+        2,
+        "the old ReplicaSet came back instead of a new one"
+    );
+    let revived = list
+        .iter()
+        .find(|rs| rs.spec.as_ref().and_then(|s| s.replicas) == Some(3))
+        .context("the active set")?;
+    assert_eq!(
+        revived
+            .annotations()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("3")
+    );
+    a.stop().await?;
+    b.stop().await
+}
