@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`deployment`] | one ReplicaSet per template, rolled (RollingUpdate / Recreate), revisions, status |
 //! | [`replicaset`] | `spec.replicas` pods per ReplicaSet (adopt, release, expectations) |
+//! | [`gc`] | dependents of deleted owners collected (background, foreground, orphan) |
 //! | [`namespace`] | Terminating namespaces emptied and finalized; a `default` ServiceAccount per namespace |
 //!
 //! ```no_run
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod deployment;
 pub mod expectations;
+pub mod gc;
 pub mod namespace;
 pub mod replicaset;
 
@@ -82,6 +84,7 @@ pub async fn run_with_client(client: Client, shutdown: CancellationToken) {
     tokio::join!(
         deployment::run(client.clone(), shutdown.clone()),
         replicaset::run(client.clone(), shutdown.clone()),
+        gc::run(client.clone(), shutdown.clone()),
         namespace::run(client, shutdown),
     );
 }

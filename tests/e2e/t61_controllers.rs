@@ -185,3 +185,123 @@ async fn a_deleted_namespace_is_emptied_then_removed_and_new_ones_get_a_service_
     );
     node.stop().await
 }
+
+#[tokio::test]
+async fn deleting_owners_collects_dependents_in_the_background_foreground_or_orphans_them()
+-> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::PropagationPolicy;
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let _ctrl = cluster.start_controllers();
+    let node = cluster.start_node("n1").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let deploys: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let template = |app: &str| json!({"metadata": {"labels": {"app": app}}, "spec": {"containers": [{"name": "c", "image": image, "args": ["forever"]}]}});
+    let running = |app: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("app={app}")))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            list.into_iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .count()
+        }
+    };
+
+    // Background (kubectl's default): the Deployment goes at once, then its ReplicaSet and pods.
+    deploys.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "bg"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "bg"}}, "template": template("bg")}}))?).await?;
+    wait_for("2 running bg pods", SLOW, || async {
+        (running("bg").await == 2).then_some(())
+    })
+    .await?;
+    deploys.delete("bg", &DeleteParams::background()).await?;
+    wait_for(
+        "the bg ReplicaSet and pods to be collected",
+        SLOW,
+        || async {
+            let rs = sets
+                .list(&ListParams::default().labels("app=bg"))
+                .await
+                .ok()?
+                .items;
+            let ps = pods
+                .list(&ListParams::default().labels("app=bg"))
+                .await
+                .ok()?
+                .items;
+            (rs.is_empty() && ps.is_empty()).then_some(())
+        },
+    )
+    .await?;
+
+    // Orphan: the ReplicaSet goes, its pod stays, without the owner reference.
+    sets.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "keep"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "keep"}}, "template": template("keep")}}))?).await?;
+    wait_for("the keep pod", SLOW, || async {
+        (running("keep").await == 1).then_some(())
+    })
+    .await?;
+    sets.delete(
+        "keep",
+        &DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Orphan),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let orphan = wait_for("the ReplicaSet gone, the pod orphaned", SLOW, || async {
+        sets.get_opt("keep").await.ok()?.is_none().then_some(())?;
+        let p = pods
+            .list(&ListParams::default().labels("app=keep"))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()?;
+        p.metadata
+            .owner_references
+            .as_ref()
+            .is_none_or(Vec::is_empty)
+            .then_some(p)
+    })
+    .await?;
+    assert!(
+        orphan.metadata.deletion_timestamp.is_none(),
+        "the orphaned pod keeps running"
+    );
+
+    // Foreground: the ReplicaSet waits (deletionTimestamp + finalizer) until its pod is gone.
+    sets.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "fg"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "fg"}}, "template": template("fg")}}))?).await?;
+    wait_for("the fg pod", SLOW, || async {
+        (running("fg").await == 1).then_some(())
+    })
+    .await?;
+    sets.delete("fg", &DeleteParams::foreground()).await?;
+    let waiting = sets.get("fg").await?;
+    assert!(waiting.metadata.deletion_timestamp.is_some());
+    assert!(
+        waiting
+            .finalizers()
+            .iter()
+            .any(|f| f == "foregroundDeletion")
+    );
+    wait_for("the fg pod and then its ReplicaSet to go", SLOW, || async {
+        let ps = pods
+            .list(&ListParams::default().labels("app=fg"))
+            .await
+            .ok()?
+            .items;
+        (ps.is_empty() && sets.get_opt("fg").await.ok()?.is_none()).then_some(())
+    })
+    .await?;
+    node.stop().await
+}
