@@ -333,6 +333,9 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Erro
     let spec = d.spec.clone().unwrap_or_default();
     let desired = spec.replicas.unwrap_or(1);
     let sets_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+    if ctx.sets.wait_until_ready().await.is_err() {
+        return Ok(Action::await_change());
+    }
     let mut owned: Vec<ReplicaSet> = ctx
         .sets
         .state()
@@ -658,33 +661,25 @@ fn error_policy(_d: Arc<Deployment>, error: &Error, _ctx: Arc<Ctx>) -> Action {
 /// Runs the Deployment controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
     let (reader, writer) = reflector::store();
-    let rs_api: Api<ReplicaSet> = Api::all(client.clone());
-    let feed = reflector::reflector(
+    let sets = reflector::reflector(
         writer,
-        watcher::watcher(rs_api.clone(), watcher::Config::default()),
+        watcher::watcher(
+            Api::<ReplicaSet>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
-    .touched_objects()
-    .for_each(|_| futures::future::ready(()));
+    .touched_objects();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        sets: reader.clone(),
+        sets: reader,
     });
-    let controller = async move {
-        if reader.wait_until_ready().await.is_err() {
-            return;
-        }
-        Controller::new(Api::<Deployment>::all(client), watcher::Config::default())
-            .owns(rs_api, watcher::Config::default())
-            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|_| futures::future::ready(()))
-            .await;
-    };
-    tokio::select! {
-        () = controller => {}
-        () = feed => {}
-    }
+    Controller::new(Api::<Deployment>::all(client), watcher::Config::default())
+        .owns_stream(sets)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }
 
 #[cfg(test)]

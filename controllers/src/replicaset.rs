@@ -330,34 +330,23 @@ fn error_policy(_rs: Arc<ReplicaSet>, error: &Error, _ctx: Arc<Ctx>) -> Action {
 /// Runs the ReplicaSet controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
     let (reader, writer) = reflector::store();
-    let pod_api: Api<Pod> = Api::all(client.clone());
-    let pod_feed = reflector::reflector(
+    let pods = reflector::reflector(
         writer,
-        watcher::watcher(pod_api.clone(), watcher::Config::default()),
+        watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
     )
     .default_backoff()
-    .touched_objects()
-    .for_each(|_| futures::future::ready(()));
+    .touched_objects();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        pods: reader.clone(),
+        pods: reader,
         expectations: Expectations::default(),
     });
-    let controller = async move {
-        if reader.wait_until_ready().await.is_err() {
-            return;
-        }
-        Controller::new(Api::<ReplicaSet>::all(client), watcher::Config::default())
-            .owns(pod_api, watcher::Config::default())
-            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|_| futures::future::ready(()))
-            .await;
-    };
-    tokio::select! {
-        () = controller => {}
-        () = pod_feed => {}
-    }
+    Controller::new(Api::<ReplicaSet>::all(client), watcher::Config::default())
+        .owns_stream(pods)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }
 
 #[cfg(test)]
