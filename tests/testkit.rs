@@ -128,6 +128,9 @@ impl Node {
         config.pod_range = random_pod_range();
         config.max_pods = 64;
         config.max_instance_memory = 128 << 20;
+        // Renew the lease (and check the node status) every second, so node-failure tests can
+        // use a grace period of a few seconds.
+        config.lease_duration = Duration::from_secs(4);
         config.backoff = wasmkube_wasmlet::worker::Backoff {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(4),
@@ -237,11 +240,22 @@ impl Cluster {
 
     /// Starts the controller manager in this process; it stops when the guard drops.
     pub fn start_controllers(&self) -> Background {
+        self.start_controllers_with(|_| {})
+    }
+
+    /// Like [`start_controllers`](Self::start_controllers), after adjusting the config.
+    pub fn start_controllers_with(
+        &self,
+        adjust: impl FnOnce(&mut wasmkube_controllers::Config),
+    ) -> Background {
         let shutdown = CancellationToken::new();
-        tokio::spawn(wasmkube_controllers::run_with_client(
-            self.client.clone(),
-            shutdown.clone(),
-        ));
+        let mut config = wasmkube_controllers::Config::default();
+        adjust(&mut config);
+        let client = self.client.clone();
+        let token = shutdown.clone();
+        tokio::spawn(
+            async move { wasmkube_controllers::run_with_client(client, &config, token).await },
+        );
         Background(shutdown)
     }
 

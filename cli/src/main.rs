@@ -111,6 +111,9 @@ struct NodeArgs {
     /// Extra Node labels, key=value[,key=value...] (like the kubelet's --node-labels).
     #[arg(long, value_delimiter = ',')]
     node_labels: Vec<String>,
+    /// The node Lease's duration in seconds; it is renewed every quarter of it.
+    #[arg(long, default_value_t = 40)]
+    node_lease_duration_seconds: u64,
 }
 
 impl NodeArgs {
@@ -127,6 +130,7 @@ impl NodeArgs {
         c.pod_range = parse_range(&self.pod_range)?;
         c.max_pods = self.max_pods.max(1);
         c.insecure_registries = self.insecure_registries.clone();
+        c.lease_duration = Duration::from_secs(self.node_lease_duration_seconds.max(4));
         for pair in &self.node_labels {
             let (k, v) = pair
                 .split_once('=')
@@ -173,6 +177,15 @@ struct ControllerArgs {
     /// The kubeconfig to reach the API server with (default: $KUBECONFIG, ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Seconds a node may be silent before it is marked Unknown.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period: u64,
+    /// Seconds pods without their own toleration stay on an unreachable or not-ready node.
+    #[arg(long, default_value_t = 300)]
+    default_unreachable_toleration_seconds: u64,
+    /// Nodes per second whose pods may start being evicted.
+    #[arg(long, default_value_t = 0.1)]
+    node_eviction_rate: f64,
 }
 
 #[derive(Args)]
@@ -369,6 +382,14 @@ async fn main() -> anyhow::Result<()> {
         Command::ControllerManager(args) => {
             let config = wasmkube_controllers::Config {
                 kubeconfig: args.kubeconfig,
+                node_timers: wasmkube_controllers::nodelifecycle::Timers {
+                    grace_period: Duration::from_secs(args.node_monitor_grace_period),
+                    default_toleration: Duration::from_secs(
+                        args.default_unreachable_toleration_seconds,
+                    ),
+                    eviction_rate: args.node_eviction_rate,
+                    ..Default::default()
+                },
             };
             wasmkube_controllers::run(config, shutdown)
                 .await

@@ -7,6 +7,7 @@
 //! | [`deployment`] | one ReplicaSet per template, rolled (RollingUpdate / Recreate), revisions, status |
 //! | [`replicaset`] | `spec.replicas` pods per ReplicaSet (adopt, release, expectations) |
 //! | [`gc`] | dependents of deleted owners collected (background, foreground, orphan) |
+//! | [`nodelifecycle`] | silent nodes marked Unknown and tainted; their pods evicted, rate-limited |
 //! | [`namespace`] | Terminating namespaces emptied and finalized; a `default` ServiceAccount per namespace |
 //!
 //! ```no_run
@@ -25,6 +26,7 @@ pub mod deployment;
 pub mod expectations;
 pub mod gc;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod replicaset;
 
 /// How to run the controller manager.
@@ -32,6 +34,8 @@ pub mod replicaset;
 pub struct Config {
     /// The kubeconfig to reach the API server (none: `KUBECONFIG` or `~/.kube/config`).
     pub kubeconfig: Option<PathBuf>,
+    /// Timers of the node lifecycle controller.
+    pub node_timers: nodelifecycle::Timers,
 }
 
 impl Config {
@@ -74,14 +78,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         None => kube::Config::infer().await.map_err(Error::Infer)?,
     };
     let client = Client::try_from(kc).map_err(Error::Client)?;
-    run_with_client(client, shutdown).await;
+    run_with_client(client, &config, shutdown).await;
     Ok(())
 }
 
 /// Runs every controller with an existing client until `shutdown`.
-pub async fn run_with_client(client: Client, shutdown: CancellationToken) {
+pub async fn run_with_client(client: Client, config: &Config, shutdown: CancellationToken) {
     tracing::info!("controller manager started");
     tokio::join!(
+        nodelifecycle::run(client.clone(), config.node_timers, shutdown.clone()),
         deployment::run(client.clone(), shutdown.clone()),
         replicaset::run(client.clone(), shutdown.clone()),
         gc::run(client.clone(), shutdown.clone()),

@@ -305,3 +305,94 @@ async fn deleting_owners_collects_dependents_in_the_background_foreground_or_orp
     .await?;
     node.stop().await
 }
+
+#[tokio::test]
+async fn a_silent_node_goes_unknown_and_its_pods_come_back_on_the_others() -> Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let _ctrl = cluster.start_controllers_with(|c| {
+        c.node_timers = wasmkube_controllers::nodelifecycle::Timers {
+            monitor_period: Duration::from_millis(300),
+            grace_period: Duration::from_secs(3),
+            default_toleration: Duration::from_secs(1),
+            eviction_rate: 10.0,
+        };
+    });
+    let doomed = cluster.start_node("doomed").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    sets.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": image, "args": ["forever"]}]}}}}))?).await?;
+    let on = |node: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=web"))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            list.into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .count()
+        }
+    };
+    wait_for("both pods on the first node", SLOW, || async {
+        (on("doomed").await == 2).then_some(())
+    })
+    .await?;
+    let survivor = cluster.start_node("survivor").await?;
+
+    // The wasmlet goes away: no more lease renewals.
+    doomed.stop().await?;
+    let nodes: Api<Node> = Api::all(c.clone());
+    let node = wait_for("the node to go Unknown and be tainted", SLOW, || async {
+        let n = nodes.get("doomed").await.ok()?;
+        let unknown = n
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "Unknown");
+        let tainted = n
+            .spec
+            .as_ref()?
+            .taints
+            .as_ref()?
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute");
+        (unknown && tainted).then_some(n)
+    })
+    .await?;
+    let reason = node
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .and_then(|c| c.reason);
+    assert_eq!(reason.as_deref(), Some("NodeStatusUnknown"));
+    let back = wait_for("the pods to come back on the survivor", SLOW, || async {
+        (on("survivor").await == 2).then_some(())
+    })
+    .await;
+    if back.is_err() {
+        for p in pods.list(&ListParams::default()).await?.items {
+            eprintln!(
+                "POD {} node={:?} del={:?} phase={:?}",
+                p.name_any(),
+                p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                p.metadata.deletion_timestamp,
+                p.status.as_ref().and_then(|s| s.phase.clone())
+            );
+        }
+    }
+    back?;
+    survivor.stop().await
+}

@@ -82,6 +82,9 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     /// Extra labels for the Node (kubelet's `--node-labels`).
     pub node_labels: std::collections::BTreeMap<String, String>,
+    /// The Lease's duration (kubelet's `--node-lease-duration-seconds`, 40 s); it is renewed,
+    /// and the node status checked, every quarter of it.
+    pub lease_duration: std::time::Duration,
 }
 
 impl Config {
@@ -100,6 +103,7 @@ impl Config {
             rotation: logs::Rotation::default(),
             insecure_registries: Vec::new(),
             node_labels: Default::default(),
+            lease_duration: node::LEASE_DURATION,
         }
     }
 
@@ -247,6 +251,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 
     let tasks = TaskTracker::new();
     tasks.spawn(node::heartbeat(
+        config.lease_duration,
         client.clone(),
         config.node_name.clone(),
         node_uid,
@@ -255,6 +260,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     tasks.spawn(node::report_status(
         client.clone(),
         facts,
+        config.lease_duration / 4,
         image_list,
         shutdown.clone(),
     ));

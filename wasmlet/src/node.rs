@@ -18,11 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::runtime::SUPPORTED_WORLDS;
 
-/// Lease duration (kubelet default 40 s); it is renewed every quarter of that.
-pub const LEASE_DURATION_SECONDS: i32 = 40;
-/// How often the lease is renewed.
-pub const LEASE_RENEW: Duration = Duration::from_secs(10);
-/// How often the node status is posted.
+/// Default lease duration (kubelet: 40 s); the lease is renewed every quarter of it, and the
+/// node status is checked as often.
+pub const LEASE_DURATION: Duration = Duration::from_secs(40);
+/// How often the node status is posted when nothing changed.
 pub const STATUS_UPDATE: Duration = Duration::from_secs(60);
 /// Below this much available memory the node reports MemoryPressure (kubelet's
 /// `memory.available<100Mi` hard eviction threshold).
@@ -227,8 +226,9 @@ pub async fn register(
     Ok(existing.metadata.uid.unwrap_or_default())
 }
 
-/// Renews the node's Lease every [`LEASE_RENEW`] until `shutdown`.
+/// Renews the node's Lease every quarter of `duration` until `shutdown`.
 pub async fn heartbeat(
+    duration: Duration,
     client: Client,
     name: String,
     node_uid: String,
@@ -236,24 +236,30 @@ pub async fn heartbeat(
 ) {
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     loop {
-        if let Err(e) = renew(&leases, &name, &node_uid).await {
+        if let Err(e) = renew(&leases, &name, &node_uid, duration).await {
             tracing::warn!(error = %e, node = %name, "lease renewal failed");
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(LEASE_RENEW) => {}
+            () = tokio::time::sleep(duration / 4) => {}
         }
     }
 }
 
-async fn renew(leases: &Api<Lease>, name: &str, node_uid: &str) -> Result<(), kube::Error> {
+async fn renew(
+    leases: &Api<Lease>,
+    name: &str,
+    node_uid: &str,
+    duration: Duration,
+) -> Result<(), kube::Error> {
+    let seconds = i32::try_from(duration.as_secs()).unwrap_or(i32::MAX);
     let now = MicroTime(jiff::Timestamp::now());
     match leases.get_opt(name).await? {
         Some(mut lease) => {
             let spec = lease.spec.get_or_insert_with(Default::default);
             spec.renew_time = Some(now);
             spec.holder_identity = Some(name.to_owned());
-            spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
+            spec.lease_duration_seconds = Some(seconds);
             leases.replace(name, &PostParams::default(), &lease).await?;
         }
         None => {
@@ -272,7 +278,7 @@ async fn renew(leases: &Api<Lease>, name: &str, node_uid: &str) -> Result<(), ku
                 },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(name.to_owned()),
-                    lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+                    lease_duration_seconds: Some(seconds),
                     renew_time: Some(now.clone()),
                     acquire_time: Some(now),
                     ..Default::default()
@@ -284,24 +290,35 @@ async fn renew(leases: &Api<Lease>, name: &str, node_uid: &str) -> Result<(), ku
     Ok(())
 }
 
-/// Posts the node status every [`STATUS_UPDATE`] until `shutdown`.
+/// Checks the node status every `check` and posts it when someone else changed it (the node
+/// lifecycle controller marking it Unknown) or every [`STATUS_UPDATE`], until `shutdown`.
 pub async fn report_status(
     client: Client,
     facts: NodeFacts,
+    check: Duration,
     images: impl Fn() -> Vec<ContainerImage> + Send,
     shutdown: CancellationToken,
 ) {
     let nodes: Api<Node> = Api::all(client);
+    let mut posted = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(STATUS_UPDATE) => {}
+            () = tokio::time::sleep(check) => {}
         }
         let previous = nodes
             .get_status(&facts.name)
             .await
             .ok()
             .and_then(|n| n.status);
+        let ready = previous
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if ready && posted.elapsed() < STATUS_UPDATE {
+            continue;
+        }
+        posted = tokio::time::Instant::now();
         let status = node_status(&facts, images(), previous.as_ref());
         let patch = json!({"status": status});
         if let Err(e) = nodes
