@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -106,14 +106,15 @@ async fn an_unschedulable_pod_is_explained_then_placed_when_a_node_fits() -> Res
         Some("0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector.")
     );
     assert_eq!(failed.type_.as_deref(), Some("Warning"));
-    let pending = pods.get("picky").await?;
-    let cond = pending
-        .status
-        .and_then(|s| s.conditions)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|c| c.type_ == "PodScheduled")
-        .context("PodScheduled")?;
+    let cond = wait_for("PodScheduled=False on the pod", SLOW, || async {
+        let pending = pods.get("picky").await.ok()?;
+        pending
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled")
+    })
+    .await?;
     assert_eq!(
         (cond.status.as_str(), cond.reason.as_deref()),
         ("False", Some("Unschedulable"))
