@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`deployment`] | one ReplicaSet per template, rolled (RollingUpdate / Recreate), revisions, status |
 //! | [`replicaset`] | `spec.replicas` pods per ReplicaSet (adopt, release, expectations) |
+//! | [`job`] | pods run to `completions` within `parallelism`, back-off limit, deadline, TTL |
 //! | [`gc`] | dependents of deleted owners collected (background, foreground, orphan) |
 //! | [`nodelifecycle`] | silent nodes marked Unknown and tainted; their pods evicted, rate-limited |
 //! | [`namespace`] | Terminating namespaces emptied and finalized; a `default` ServiceAccount per namespace |
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub mod deployment;
 pub mod expectations;
 pub mod gc;
+pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -90,6 +92,7 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
         deployment::run(client.clone(), shutdown.clone()),
         replicaset::run(client.clone(), shutdown.clone()),
         gc::run(client.clone(), shutdown.clone()),
+        job::run(client.clone(), shutdown.clone()),
         namespace::run(client, shutdown),
     );
 }

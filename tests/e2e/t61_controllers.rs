@@ -396,3 +396,111 @@ async fn a_silent_node_goes_unknown_and_its_pods_come_back_on_the_others() -> Re
     back?;
     survivor.stop().await
 }
+
+#[tokio::test]
+async fn jobs_complete_fail_at_the_backoff_limit_and_expire_after_their_ttl() -> Result<()> {
+    use k8s_openapi::api::batch::v1::Job;
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let _ctrl = cluster.start_controllers();
+    let node = cluster.start_node("n1").await?;
+    let hello = cluster.push_sample("hello").await?;
+    let toolbox = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let job = |name: &str,
+               image: &str,
+               args: serde_json::Value,
+               extra: serde_json::Value|
+     -> Result<Job> {
+        let mut spec = json!({"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": image, "args": args}]}}});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        Ok(serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": spec}),
+        )?)
+    };
+    let condition = |name: &'static str, type_: &'static str| {
+        let jobs = jobs.clone();
+        async move {
+            let j = jobs.get_opt(name).await.ok()??;
+            let cond = j
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == "True")?
+                .clone();
+            Some((j, cond))
+        }
+    };
+
+    jobs.create(
+        &PostParams::default(),
+        &job(
+            "three",
+            &hello,
+            json!([]),
+            json!({"completions": 3, "parallelism": 2}),
+        )?,
+    )
+    .await?;
+    let (done, _) = wait_for("job three Complete", SLOW, || {
+        condition("three", "Complete")
+    })
+    .await?;
+    let status = done.status.unwrap_or_default();
+    assert_eq!((status.succeeded, status.active), (Some(3), Some(0)));
+    assert!(status.completion_time.is_some() && status.start_time.is_some());
+    let ran = pods
+        .list(&ListParams::default().labels("batch.kubernetes.io/job-name=three"))
+        .await?
+        .items;
+    assert_eq!(ran.len(), 3, "exactly the completions, no duplicates");
+
+    jobs.create(
+        &PostParams::default(),
+        &job(
+            "broken",
+            &toolbox,
+            json!(["exit", "1"]),
+            json!({"backoffLimit": 0}),
+        )?,
+    )
+    .await?;
+    let (_, failed) = wait_for("job broken Failed", SLOW, || condition("broken", "Failed")).await?;
+    assert_eq!(failed.reason.as_deref(), Some("BackoffLimitExceeded"));
+
+    jobs.create(
+        &PostParams::default(),
+        &job(
+            "brief",
+            &hello,
+            json!([]),
+            json!({"ttlSecondsAfterFinished": 1}),
+        )?,
+    )
+    .await?;
+    wait_for("job brief Complete", SLOW, || {
+        condition("brief", "Complete")
+    })
+    .await?;
+    wait_for(
+        "job brief and its pod to be gone after the TTL",
+        SLOW,
+        || async {
+            let gone = jobs.get_opt("brief").await.ok()?.is_none();
+            let left = pods
+                .list(&ListParams::default().labels("batch.kubernetes.io/job-name=brief"))
+                .await
+                .ok()?
+                .items;
+            (gone && left.is_empty()).then_some(())
+        },
+    )
+    .await?;
+    node.stop().await
+}
