@@ -4,6 +4,7 @@
 //!
 //! | controller | keeps |
 //! |---|---|
+//! | [`daemonset`] | one pod per eligible node, rolled node by node |
 //! | [`deployment`] | one ReplicaSet per template, rolled (RollingUpdate / Recreate), revisions, status |
 //! | [`replicaset`] | `spec.replicas` pods per ReplicaSet (adopt, release, expectations) |
 //! | [`job`] | pods run to `completions` within `parallelism`, back-off limit, deadline, TTL |
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
+pub mod daemonset;
 pub mod deployment;
 pub mod expectations;
 pub mod gc;
@@ -93,6 +95,7 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
         replicaset::run(client.clone(), shutdown.clone()),
         gc::run(client.clone(), shutdown.clone()),
         job::run(client.clone(), shutdown.clone()),
+        daemonset::run(client.clone(), shutdown.clone()),
         namespace::run(client, shutdown),
     );
 }

@@ -504,3 +504,51 @@ async fn jobs_complete_fail_at_the_backoff_limit_and_expire_after_their_ttl() ->
     .await?;
     node.stop().await
 }
+
+#[tokio::test]
+async fn a_daemon_set_follows_nodes_as_they_join() -> Result<()> {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use std::collections::BTreeSet;
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let _ctrl = cluster.start_controllers();
+    let first = cluster.start_node("first").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    let sets: Api<DaemonSet> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    sets.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+        "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "c", "image": image, "args": ["forever"]}]}}}}))?).await?;
+    let placed = || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=agent"))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            list.into_iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .filter_map(|p| p.spec?.node_name)
+                .collect::<Vec<_>>()
+        }
+    };
+    wait_for("a daemon on the first node", SLOW, || async {
+        (placed().await == ["first"]).then_some(())
+    })
+    .await?;
+    let second = cluster.start_node("second").await?;
+    wait_for("a daemon on each node", SLOW, || async {
+        let on = placed().await;
+        (on.len() == 2 && on.iter().collect::<BTreeSet<_>>().len() == 2).then_some(())
+    })
+    .await?;
+    wait_for("status: 2 desired, 2 ready", SLOW, || async {
+        let s = sets.get("agent").await.ok()?.status?;
+        (s.desired_number_scheduled == 2 && s.number_ready == 2).then_some(())
+    })
+    .await?;
+    first.stop().await?;
+    second.stop().await
+}
