@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`daemonset`] | one pod per eligible node, rolled node by node |
 //! | [`deployment`] | one ReplicaSet per template, rolled (RollingUpdate / Recreate), revisions, status |
+//! | [`statefulset`] | ordinal pods started in order, per-pod claims, rolled top-down |
 //! | [`replicaset`] | `spec.replicas` pods per ReplicaSet (adopt, release, expectations) |
 //! | [`job`] | pods run to `completions` within `parallelism`, back-off limit, deadline, TTL |
 //! | [`gc`] | dependents of deleted owners collected (background, foreground, orphan) |
@@ -32,6 +33,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod statefulset;
 
 /// How to run the controller manager.
 #[derive(Debug, Clone, Default)]
@@ -96,6 +98,7 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
         gc::run(client.clone(), shutdown.clone()),
         job::run(client.clone(), shutdown.clone()),
         daemonset::run(client.clone(), shutdown.clone()),
+        statefulset::run(client.clone(), shutdown.clone()),
         namespace::run(client, shutdown),
     );
 }

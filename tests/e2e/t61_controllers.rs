@@ -552,3 +552,79 @@ async fn a_daemon_set_follows_nodes_as_they_join() -> Result<()> {
     first.stop().await?;
     second.stop().await
 }
+
+#[tokio::test]
+async fn stateful_set_ordinals_come_up_in_order_and_keep_their_storage() -> Result<()> {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use kube::api::LogParams;
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let _ctrl = cluster.start_controllers();
+    let node = cluster.start_node("n1").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    let sets: Api<StatefulSet> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    sets.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "db"},
+        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+        "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}}}],
+        "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "c", "image": image,
+            "args": ["append", "/data/boots", "boot", "--", "cat", "/data/boots", "--", "forever"],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}}}}))?).await?;
+    let ready_at = |p: &Pod| -> Option<jiff::Timestamp> {
+        p.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "Ready" && c.status == "True")?
+            .last_transition_time
+            .as_ref()
+            .map(|t| t.0)
+    };
+    let all = wait_for("db-0, db-1 and db-2 ready", SLOW, || async {
+        let mut out = Vec::new();
+        for i in 0..3 {
+            let p = pods.get_opt(&format!("db-{i}")).await.ok()??;
+            ready_at(&p)?;
+            out.push(p);
+        }
+        Some(out)
+    })
+    .await?;
+    for pair in all.windows(2) {
+        let created = pair[1]
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or_default();
+        let previous_ready = ready_at(&pair[0]).unwrap_or_default();
+        // Timestamps have one-second resolution: created no earlier than the second the previous became ready.
+        assert!(
+            created.as_second() >= previous_ready.as_second(),
+            "{} created before {} was ready",
+            pair[1].name_any(),
+            pair[0].name_any()
+        );
+    }
+    let spec = all[1].spec.clone().unwrap_or_default();
+    assert_eq!(
+        (spec.hostname.as_deref(), spec.subdomain.as_deref()),
+        (Some("db-1"), Some("db"))
+    );
+
+    // db-0 is replaced under the same name and finds what its predecessor wrote.
+    let old_uid = all[0].metadata.uid.clone();
+    pods.delete("db-0", &DeleteParams::default()).await?;
+    wait_for("a new db-0 that saw the old data", SLOW, || async {
+        let p = pods.get_opt("db-0").await.ok()??;
+        if p.metadata.uid == old_uid || ready_at(&p).is_none() {
+            return None;
+        }
+        let out = pods.logs("db-0", &LogParams::default()).await.ok()?;
+        (out.matches("boot").count() == 2).then_some(())
+    })
+    .await?;
+    node.stop().await
+}

@@ -274,6 +274,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         images,
         recorder,
         pods_dir: config.data_dir.join("pods"),
+        claims_dir: config.data_dir.join("claims"),
         backoff: config.backoff,
         rotation: config.rotation,
         ips: Mutex::new(IpPool::new(config.pod_range.0, config.pod_range.1)),

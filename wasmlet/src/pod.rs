@@ -45,6 +45,8 @@ pub struct NodeCtx {
     pub recorder: Recorder,
     /// `<data dir>/pods`.
     pub pods_dir: PathBuf,
+    /// `<data dir>/claims`: persistent per-claim directories (outlive pods).
+    pub claims_dir: PathBuf,
     /// Crash and pull back-off.
     pub backoff: Backoff,
     /// Log rotation.
@@ -242,6 +244,7 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
                                 crate::spec::volumes(
                                     &pod,
                                     &dir.join("volumes"),
+                                    &ctx.claims_dir.join(&ns),
                                     &facts,
                                     &mut sources,
                                 )

@@ -424,6 +424,7 @@ pub fn resource_value(
 pub async fn volumes(
     pod: &Pod,
     dir: &Path,
+    claims: &Path,
     facts: &PodFacts,
     sources: &mut Sources,
 ) -> Result<HashMap<String, (PathBuf, bool)>, ConfigError> {
@@ -440,6 +441,20 @@ pub async fn volumes(
             let d = dir.join("empty-dir").join(&v.name);
             std::fs::create_dir_all(&d).map_err(|e| io(&v.name, e))?;
             (d, false)
+        } else if let Some(c) = &v.persistent_volume_claim {
+            // A claim is a directory on the node that outlives the pod (StatefulSet storage).
+            if c.claim_name.is_empty()
+                || c.claim_name.contains('/')
+                || c.claim_name.starts_with('.')
+            {
+                return Err(ConfigError(format!(
+                    "volume {:?}: invalid claimName {:?}",
+                    v.name, c.claim_name
+                )));
+            }
+            let d = claims.join(&c.claim_name);
+            std::fs::create_dir_all(&d).map_err(|e| io(&v.name, e))?;
+            (d, c.read_only.unwrap_or(false))
         } else if let Some(h) = &v.host_path {
             let p = PathBuf::from(&h.path);
             match h.type_.as_deref() {
@@ -468,7 +483,7 @@ pub async fn volumes(
             (d, true)
         } else {
             return Err(ConfigError(format!(
-                "volume {:?}: only emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes are supported",
+                "volume {:?}: only emptyDir, hostPath, configMap, secret, downwardAPI, projected and persistentVolumeClaim volumes are supported",
                 v.name
             )));
         };

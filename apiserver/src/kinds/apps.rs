@@ -421,7 +421,22 @@ impl Strategy for StatefulSetStrategy {
 
     fn validate(&self, ss: &StatefulSet) -> Vec<FieldError> {
         let spec = ss.spec.clone().unwrap_or_default();
-        let mut errs = validate_workload(Some(&spec.selector), &spec.template, spec.replicas);
+        // Containers may mount the claims of volumeClaimTemplates by name.
+        let mut template = spec.template.clone();
+        if let Some(pod) = template.spec.as_mut() {
+            for claim in spec.volume_claim_templates.iter().flatten() {
+                let name = claim.metadata.name.clone().unwrap_or_default();
+                let volumes = pod.volumes.get_or_insert_with(Vec::new);
+                if !volumes.iter().any(|v| v.name == name) {
+                    volumes.push(k8s_openapi::api::core::v1::Volume {
+                        name,
+                        persistent_volume_claim: Some(Default::default()),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let mut errs = validate_workload(Some(&spec.selector), &template, spec.replicas);
         if let Some(p) = spec.pod_management_policy.as_deref()
             && !matches!(p, "OrderedReady" | "Parallel")
         {
