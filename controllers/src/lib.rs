@@ -4,6 +4,7 @@
 //!
 //! | controller | keeps |
 //! |---|---|
+//! | [`cronjob`] | a Job per scheduled time, concurrency policy, history limits |
 //! | [`daemonset`] | one pod per eligible node, rolled node by node |
 //! | [`deployment`] | one ReplicaSet per template, rolled (RollingUpdate / Recreate), revisions, status |
 //! | [`statefulset`] | ordinal pods started in order, per-pod claims, rolled top-down |
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod expectations;
@@ -99,6 +101,7 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
         job::run(client.clone(), shutdown.clone()),
         daemonset::run(client.clone(), shutdown.clone()),
         statefulset::run(client.clone(), shutdown.clone()),
+        cronjob::run(client.clone(), shutdown.clone()),
         namespace::run(client, shutdown),
     );
 }

@@ -628,3 +628,53 @@ async fn stateful_set_ordinals_come_up_in_order_and_keep_their_storage() -> Resu
     .await?;
     node.stop().await
 }
+
+#[tokio::test]
+async fn a_cron_job_starts_a_job_at_the_next_minute() -> Result<()> {
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let _ctrl = cluster.start_controllers();
+    let node = cluster.start_node("n1").await?;
+    let hello = cluster.push_sample("hello").await?;
+    let c = &cluster.client;
+    let crons: Api<CronJob> = Api::namespaced(c.clone(), "default");
+    let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    crons.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "tick"},
+        "spec": {"schedule": "* * * * *", "concurrencyPolicy": "Forbid",
+        "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": hello}]}}}}}}))?).await?;
+    // The first run is at the next minute boundary: up to a minute away.
+    let job = wait_for(
+        "a Job of the CronJob to complete",
+        Duration::from_secs(120),
+        || async {
+            let list = jobs.list(&ListParams::default()).await.ok()?.items;
+            list.into_iter().find(|j| {
+                j.name_any().starts_with("tick-")
+                    && j.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c.type_ == "Complete" && c.status == "True")
+                        })
+            })
+        },
+    )
+    .await?;
+    assert!(
+        job.annotations()
+            .contains_key("batch.kubernetes.io/cronjob-scheduled-timestamp")
+    );
+    assert!(
+        job.owner_references()
+            .iter()
+            .any(|r| r.kind == "CronJob" && r.name == "tick")
+    );
+    wait_for("lastScheduleTime and lastSuccessfulTime", SLOW, || async {
+        let s = crons.get("tick").await.ok()?.status?;
+        (s.last_schedule_time.is_some() && s.last_successful_time.is_some()).then_some(())
+    })
+    .await?;
+    node.stop().await
+}

@@ -1,0 +1,330 @@
+//! The CronJob controller (`cronjob_controllerv2.go`): a Job per scheduled time (standard
+//! five-field cron, `@hourly`-style macros, optional `timeZone`), named
+//! `<cronjob>-<minutes since the epoch>` so a time is never run twice; `concurrencyPolicy`
+//! (Allow, Forbid, Replace), `startingDeadlineSeconds`, `suspend`, and the
+//! successful/failed history limits. Cron parsing is the `croner` crate's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use croner::Cron;
+use futures::StreamExt;
+use jiff::{Timestamp, Zoned};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// The annotation with the time a Job was scheduled for.
+pub const SCHEDULED: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
+
+/// What the reconciler needs.
+pub struct Ctx {
+    /// The API client.
+    pub client: Client,
+    /// Every Job.
+    pub jobs: Store<Job>,
+}
+
+/// Reconcile errors (retried with back-off).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("API request failed")]
+    Api(#[from] kube::Error),
+}
+
+/// Parses a schedule in `tz` (IANA name; UTC when absent).
+///
+/// # Errors
+/// A message naming what is wrong with the schedule or time zone.
+pub fn parse(schedule: &str, tz: Option<&str>) -> Result<(Cron, jiff::tz::TimeZone), String> {
+    let cron: Cron = schedule
+        .parse()
+        .map_err(|e| format!("unparseable schedule {schedule:?}: {e}"))?;
+    let zone = match tz {
+        Some(name) => {
+            jiff::tz::TimeZone::get(name).map_err(|e| format!("unknown time zone {name:?}: {e}"))?
+        }
+        None => jiff::tz::TimeZone::UTC,
+    };
+    Ok((cron, zone))
+}
+
+/// The latest scheduled time in `(after, now]`, and the next one after `now`.
+pub fn schedule_times(
+    cron: &Cron,
+    tz: &jiff::tz::TimeZone,
+    after: Timestamp,
+    now: Timestamp,
+) -> (Option<Timestamp>, Option<Timestamp>) {
+    let now_z = Zoned::new(now, tz.clone());
+    let latest = cron
+        .find_previous_occurrence(&now_z, true)
+        .ok()
+        .map(|z| z.timestamp())
+        .filter(|t| *t > after);
+    let next = cron
+        .find_next_occurrence(&now_z, false)
+        .ok()
+        .map(|z| z.timestamp());
+    (latest, next)
+}
+
+fn job_finished(job: &Job) -> Option<bool> {
+    let conds = job.status.as_ref()?.conditions.as_ref()?;
+    if conds
+        .iter()
+        .any(|c| c.type_ == "Complete" && c.status == "True")
+    {
+        return Some(true);
+    }
+    conds
+        .iter()
+        .any(|c| c.type_ == "Failed" && c.status == "True")
+        .then_some(false)
+}
+
+/// Makes the world match one CronJob.
+///
+/// # Errors
+/// API failures (retried with back-off).
+pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if cj.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    if ctx.jobs.wait_until_ready().await.is_err() {
+        return Ok(Action::await_change());
+    }
+    let ns = cj.namespace().unwrap_or_else(|| "default".into());
+    let uid = cj.metadata.uid.clone().unwrap_or_default();
+    let spec = cj.spec.clone().unwrap_or_default();
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut owned: Vec<Arc<Job>> = ctx
+        .jobs
+        .state()
+        .into_iter()
+        .filter(|j| j.namespace().as_deref() == Some(&ns))
+        .filter(|j| {
+            j.owner_references()
+                .iter()
+                .any(|r| r.uid == uid && r.controller == Some(true))
+        })
+        .collect();
+    owned.sort_by_key(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let active: Vec<&Arc<Job>> = owned
+        .iter()
+        .filter(|j| job_finished(j).is_none() && j.metadata.deletion_timestamp.is_none())
+        .collect();
+
+    let (cron, tz) = match parse(&spec.schedule, spec.time_zone.as_deref()) {
+        Ok(p) => p,
+        Err(message) => {
+            tracing::warn!(cronjob = %cj.name_any(), %message, "invalid schedule");
+            return Ok(Action::await_change());
+        }
+    };
+    let now = Timestamp::now();
+    let after = cj
+        .status
+        .as_ref()
+        .and_then(|s| s.last_schedule_time.as_ref())
+        .or(cj.metadata.creation_timestamp.as_ref())
+        .map_or(now, |t| t.0);
+    let (due, next) = schedule_times(&cron, &tz, after, now);
+    let mut last_schedule = cj
+        .status
+        .as_ref()
+        .and_then(|s| s.last_schedule_time.clone());
+    if let Some(at) = due
+        && !spec.suspend.unwrap_or(false)
+    {
+        let too_late = spec
+            .starting_deadline_seconds
+            .is_some_and(|d| now.duration_since(at).as_secs() > d);
+        let policy = spec.concurrency_policy.as_deref().unwrap_or("Allow");
+        let blocked = policy == "Forbid" && !active.is_empty();
+        if !too_late && !blocked {
+            if policy == "Replace" {
+                for j in &active {
+                    let _ = jobs_api
+                        .delete(&j.name_any(), &DeleteParams::background())
+                        .await;
+                }
+            }
+            let template = spec.job_template.clone();
+            let meta = template.metadata.unwrap_or_default();
+            let job = Job {
+                metadata: ObjectMeta {
+                    name: Some(format!("{}-{}", cj.name_any(), at.as_second() / 60)),
+                    namespace: Some(ns.clone()),
+                    labels: meta.labels,
+                    annotations: Some(
+                        meta.annotations
+                            .unwrap_or_default()
+                            .into_iter()
+                            .chain([(SCHEDULED.to_owned(), at.to_string())])
+                            .collect(),
+                    ),
+                    owner_references: Some(vec![OwnerReference {
+                        api_version: "batch/v1".into(),
+                        kind: "CronJob".into(),
+                        name: cj.name_any(),
+                        uid: uid.clone(),
+                        controller: Some(true),
+                        block_owner_deletion: Some(true),
+                    }]),
+                    ..Default::default()
+                },
+                spec: template.spec,
+                status: None,
+            };
+            match jobs_api.create(&PostParams::default(), &job).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // A skipped or late time still counts as handled.
+        last_schedule = Some(Time(at));
+    }
+
+    // History limits: oldest finished jobs beyond the limits go.
+    let keep_ok = usize::try_from(spec.successful_jobs_history_limit.unwrap_or(3)).unwrap_or(3);
+    let keep_failed = usize::try_from(spec.failed_jobs_history_limit.unwrap_or(1)).unwrap_or(1);
+    for (succeeded, keep) in [(true, keep_ok), (false, keep_failed)] {
+        let done: Vec<&Arc<Job>> = owned
+            .iter()
+            .filter(|j| job_finished(j) == Some(succeeded))
+            .collect();
+        if done.len() > keep {
+            for j in &done[..done.len() - keep] {
+                let _ = jobs_api
+                    .delete(&j.name_any(), &DeleteParams::background())
+                    .await;
+            }
+        }
+    }
+
+    let last_successful = owned
+        .iter()
+        .filter(|j| job_finished(j) == Some(true))
+        .filter_map(|j| j.status.as_ref()?.completion_time.clone())
+        .max_by_key(|t| t.0)
+        .or_else(|| {
+            cj.status
+                .as_ref()
+                .and_then(|s| s.last_successful_time.clone())
+        });
+    let status = CronJobStatus {
+        active: (!active.is_empty()).then(|| {
+            active
+                .iter()
+                .map(|j| ObjectReference {
+                    api_version: Some("batch/v1".into()),
+                    kind: Some("Job".into()),
+                    name: Some(j.name_any()),
+                    namespace: Some(ns.clone()),
+                    uid: j.metadata.uid.clone(),
+                    resource_version: j.metadata.resource_version.clone(),
+                    field_path: None,
+                })
+                .collect()
+        }),
+        last_schedule_time: last_schedule,
+        last_successful_time: last_successful,
+    };
+    if cj.status.as_ref() != Some(&status) {
+        let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch_status(
+            &cj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": status})),
+        )
+        .await?;
+    }
+    let wait = next.map_or(Duration::from_secs(60), |t| {
+        t.duration_since(Timestamp::now()).unsigned_abs()
+    });
+    Ok(Action::requeue(
+        wait.max(Duration::from_millis(100)) + Duration::from_millis(50),
+    ))
+}
+
+fn error_policy(_cj: Arc<CronJob>, error: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!(%error, "cronjob reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Runs the CronJob controller until `shutdown`.
+pub async fn run(client: Client, shutdown: CancellationToken) {
+    let (reader, writer) = reflector::store();
+    let jobs = reflector::reflector(
+        writer,
+        watcher::watcher(Api::<Job>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        jobs: reader,
+    });
+    Controller::new(Api::<CronJob>::all(client), watcher::Config::default())
+        .owns_stream(jobs)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    #[test]
+    fn the_latest_due_time_and_the_next_one() {
+        let (cron, tz) = parse("*/15 * * * *", None).expect("schedule");
+        let (due, next) = schedule_times(
+            &cron,
+            &tz,
+            ts("2026-01-01T00:00:00Z"),
+            ts("2026-01-01T00:31:10Z"),
+        );
+        assert_eq!(
+            due,
+            Some(ts("2026-01-01T00:30:00Z")),
+            "only the latest missed time runs"
+        );
+        assert_eq!(next, Some(ts("2026-01-01T00:45:00Z")));
+        let (due, _) = schedule_times(
+            &cron,
+            &tz,
+            ts("2026-01-01T00:30:00Z"),
+            ts("2026-01-01T00:31:10Z"),
+        );
+        assert_eq!(due, None, "already handled");
+    }
+
+    #[test]
+    fn macros_and_time_zones_parse_and_garbage_does_not() {
+        let (cron, tz) = parse("@daily", Some("Europe/Berlin")).expect("schedule");
+        let (_, next) = schedule_times(
+            &cron,
+            &tz,
+            ts("2026-01-01T00:00:00Z"),
+            ts("2026-01-01T12:00:00Z"),
+        );
+        assert_eq!(next, Some(ts("2026-01-01T23:00:00Z")), "midnight in Berlin");
+        assert!(parse("every tuesday", None).is_err());
+        assert!(parse("* * * * *", Some("Mars/Olympus")).is_err());
+    }
+}
