@@ -10,6 +10,7 @@
 //! | [`statefulset`] | ordinal pods started in order, per-pod claims, rolled top-down |
 //! | [`replicaset`] | `spec.replicas` pods per ReplicaSet (adopt, release, expectations) |
 //! | [`job`] | pods run to `completions` within `parallelism`, back-off limit, deadline, TTL |
+//! | [`endpoints`] | Endpoints and EndpointSlices from Services' selectors and pod readiness |
 //! | [`gc`] | dependents of deleted owners collected (background, foreground, orphan) |
 //! | [`nodelifecycle`] | silent nodes marked Unknown and tainted; their pods evicted, rate-limited |
 //! | [`namespace`] | Terminating namespaces emptied and finalized; a `default` ServiceAccount per namespace |
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod expectations;
 pub mod gc;
 pub mod job;
@@ -102,6 +104,7 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
         daemonset::run(client.clone(), shutdown.clone()),
         statefulset::run(client.clone(), shutdown.clone()),
         cronjob::run(client.clone(), shutdown.clone()),
+        endpoints::run(client.clone(), shutdown.clone()),
         namespace::run(client, shutdown),
     );
 }

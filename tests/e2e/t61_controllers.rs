@@ -678,3 +678,68 @@ async fn a_cron_job_starts_a_job_at_the_next_minute() -> Result<()> {
     .await?;
     node.stop().await
 }
+
+#[tokio::test]
+async fn endpoints_and_slices_follow_the_pods_a_service_selects() -> Result<()> {
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let _ctrl = cluster.start_controllers();
+    let node = cluster.start_node("n1").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    let services: Api<Service> = Api::namespaced(c.clone(), "default");
+    services.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}}))?).await?;
+    let sets: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    sets.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": image, "args": ["forever"],
+            "ports": [{"name": "http", "containerPort": 8080}]}]}}}}))?).await?;
+    let endpoints: Api<Endpoints> = Api::namespaced(c.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(c.clone(), "default");
+    let ready_ips = || {
+        let endpoints = endpoints.clone();
+        async move {
+            let ep = endpoints.get_opt("web").await.ok()??;
+            let subset = ep.subsets?.into_iter().next()?;
+            let port = subset.ports?.first()?.port;
+            Some((subset.addresses.unwrap_or_default().len(), port))
+        }
+    };
+    assert_eq!(
+        wait_for("2 ready endpoints on port 8080", SLOW, || async {
+            ready_ips().await.filter(|(n, _)| *n == 2)
+        })
+        .await?,
+        (2, 8080)
+    );
+    let slice = wait_for("an EndpointSlice with 2 ready endpoints", SLOW, || async {
+        let list = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+            .await
+            .ok()?
+            .items;
+        let s = list.into_iter().next()?;
+        (s.endpoints
+            .iter()
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .count()
+            == 2)
+            .then_some(s)
+    })
+    .await?;
+    assert_eq!(slice.address_type, "IPv4");
+    sets.patch_scale(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"replicas": 1}})),
+    )
+    .await?;
+    wait_for("1 endpoint after scaling down", SLOW, || async {
+        ready_ips().await.filter(|(n, _)| *n == 1)
+    })
+    .await?;
+    node.stop().await
+}

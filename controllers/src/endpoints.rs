@@ -1,0 +1,362 @@
+//! The Endpoints and EndpointSlice controllers: for every Service with a selector, the pods it
+//! selects — ready ones as `addresses`, the others as `notReadyAddresses` — with the Service's
+//! ports resolved against the pods (`targetPort` by number or by container-port name). The
+//! networking layer reads these to route Service traffic and answer DNS.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
+};
+use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+/// The field manager the controller applies with.
+const MANAGER: &str = "endpoint-controller";
+/// The label tying a slice to its Service.
+pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
+
+/// What the reconciler needs.
+pub struct Ctx {
+    /// The API client.
+    pub client: Client,
+    /// Every pod.
+    pub pods: Store<Pod>,
+}
+
+/// Reconcile errors (retried with back-off).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("API request failed")]
+    Api(#[from] kube::Error),
+    #[error("serializing")]
+    Json(#[from] serde_json::Error),
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The pod port a Service port targets: a number, or a container port found by name.
+pub fn target_port(target: Option<&IntOrString>, port: i32, pod: &Pod) -> Option<i32> {
+    match target {
+        None => Some(port),
+        Some(IntOrString::Int(n)) => Some(*n),
+        Some(IntOrString::String(name)) => pod
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .map(|p| p.container_port),
+    }
+}
+
+/// The Endpoints subsets for a Service and the pods it selects (pure).
+pub fn subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
+    let spec = svc.spec.clone().unwrap_or_default();
+    // Pods are grouped by the resolved port set, as the Kubernetes controller does.
+    let mut groups: BTreeMap<
+        Vec<(Option<String>, i32, String)>,
+        (Vec<EndpointAddress>, Vec<EndpointAddress>),
+    > = BTreeMap::new();
+    for p in pods {
+        let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+            continue;
+        };
+        let ports: Option<Vec<(Option<String>, i32, String)>> = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|sp| {
+                target_port(sp.target_port.as_ref(), sp.port, p).map(|tp| {
+                    (
+                        sp.name.clone(),
+                        tp,
+                        sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    )
+                })
+            })
+            .collect();
+        let Some(ports) = ports else { continue };
+        let address = EndpointAddress {
+            ip,
+            hostname: p
+                .spec
+                .as_ref()
+                .and_then(|s| s.hostname.clone())
+                .filter(|_| {
+                    p.spec.as_ref().and_then(|s| s.subdomain.as_deref())
+                        == svc.metadata.name.as_deref()
+                }),
+            node_name: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            target_ref: Some(ObjectReference {
+                kind: Some("Pod".into()),
+                name: p.metadata.name.clone(),
+                namespace: p.metadata.namespace.clone(),
+                uid: p.metadata.uid.clone(),
+                ..Default::default()
+            }),
+        };
+        let entry = groups.entry(ports).or_default();
+        if ready(p) {
+            entry.0.push(address)
+        } else {
+            entry.1.push(address)
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(ports, (mut ready, mut not_ready))| {
+            ready.sort_by(|a, b| a.ip.cmp(&b.ip));
+            not_ready.sort_by(|a, b| a.ip.cmp(&b.ip));
+            EndpointSubset {
+                addresses: (!ready.is_empty()).then_some(ready),
+                not_ready_addresses: (!not_ready.is_empty()).then_some(not_ready),
+                ports: Some(
+                    ports
+                        .into_iter()
+                        .map(|(name, port, protocol)| EndpointPort {
+                            name,
+                            port,
+                            protocol: Some(protocol),
+                            app_protocol: None,
+                        })
+                        .collect(),
+                ),
+            }
+        })
+        .collect()
+}
+
+fn owner(svc: &Service) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".into(),
+        kind: "Service".into(),
+        name: svc.name_any(),
+        uid: svc.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Keeps one Service's Endpoints and EndpointSlice current.
+///
+/// # Errors
+/// API failures (retried with back-off).
+pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let Some(selector) = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .filter(|s| !s.is_empty())
+    else {
+        // Without a selector the endpoints are the user's to manage.
+        return Ok(Action::await_change());
+    };
+    if svc.metadata.deletion_timestamp.is_some() || ctx.pods.wait_until_ready().await.is_err() {
+        return Ok(Action::await_change());
+    }
+    let ns = svc.namespace().unwrap_or_else(|| "default".into());
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(&ns) && p.metadata.deletion_timestamp.is_none()
+        })
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .filter(|p| selector.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
+        .collect();
+    let name = svc.name_any();
+    let subsets = subsets(&svc, &pods);
+    let endpoints = Endpoints {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            labels: svc.metadata.labels.clone(),
+            ..Default::default()
+        },
+        subsets: Some(subsets.clone()),
+    };
+    let params = PatchParams::apply(MANAGER).force();
+    let mut ep_json = serde_json::to_value(&endpoints)?;
+    ep_json["apiVersion"] = "v1".into();
+    ep_json["kind"] = "Endpoints".into();
+    Api::<Endpoints>::namespaced(ctx.client.clone(), &ns)
+        .patch(&name, &params, &Patch::Apply(&ep_json))
+        .await?;
+
+    let slice_endpoints: Vec<Endpoint> = subsets
+        .iter()
+        .flat_map(|s| {
+            let r = s.addresses.iter().flatten().map(|a| (a, true));
+            let n = s.not_ready_addresses.iter().flatten().map(|a| (a, false));
+            r.chain(n).collect::<Vec<_>>()
+        })
+        .map(|(a, ok)| Endpoint {
+            addresses: vec![a.ip.clone()],
+            conditions: Some(EndpointConditions {
+                ready: Some(ok),
+                serving: Some(ok),
+                terminating: Some(false),
+            }),
+            hostname: a.hostname.clone(),
+            node_name: a.node_name.clone(),
+            target_ref: a.target_ref.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let slice_ports: Vec<SlicePort> = subsets
+        .first()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| SlicePort {
+            name: p.name,
+            port: Some(p.port),
+            protocol: p.protocol,
+            app_protocol: None,
+        })
+        .collect();
+    let mut labels = svc.metadata.labels.clone().unwrap_or_default();
+    labels.insert(SERVICE_NAME.into(), name.clone());
+    labels.insert(
+        "endpointslice.kubernetes.io/managed-by".into(),
+        "endpointslice-controller.k8s.io".into(),
+    );
+    let slice_name = format!(
+        "{name}-{}",
+        svc.metadata
+            .uid
+            .as_deref()
+            .unwrap_or("0")
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(5)
+            .collect::<String>()
+    );
+    let slice = EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(slice_name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![owner(&svc)]),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: slice_endpoints,
+        ports: Some(slice_ports),
+    };
+    let mut slice_json = serde_json::to_value(&slice)?;
+    slice_json["apiVersion"] = "discovery.k8s.io/v1".into();
+    slice_json["kind"] = "EndpointSlice".into();
+    Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
+        .patch(&slice_name, &params, &Patch::Apply(&slice_json))
+        .await?;
+    Ok(Action::await_change())
+}
+
+fn error_policy(_svc: Arc<Service>, error: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!(%error, "endpoints reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Runs the Endpoints/EndpointSlice controller until `shutdown`.
+pub async fn run(client: Client, shutdown: CancellationToken) {
+    let (reader, writer) = reflector::store();
+    let pods = reflector::reflector(
+        writer,
+        watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        pods: reader,
+    });
+    let controller = Controller::new(Api::<Service>::all(client), watcher::Config::default());
+    let services = controller.store();
+    // A pod change concerns every Service of its namespace (it may have joined or left one).
+    controller
+        .watches_stream(pods, move |pod| {
+            let ns = pod.namespace();
+            services
+                .state()
+                .iter()
+                .filter(|s| s.namespace() == ns)
+                .map(|s| ObjectRef::from_obj(&**s))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, ip: &str, is_ready: bool) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
+                "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if is_ready { "True" } else { "False" }}]}}))
+            .expect("pod"),
+        )
+    }
+
+    #[test]
+    fn ready_and_not_ready_pods_with_named_target_ports() {
+        let svc: Service = serde_json::from_value(
+            json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"},
+            "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}}),
+        )
+        .expect("svc");
+        let s = subsets(
+            &svc,
+            &[
+                pod("b", "127.77.0.3", true),
+                pod("a", "127.77.0.2", true),
+                pod("c", "127.77.0.4", false),
+            ],
+        );
+        assert_eq!(s.len(), 1);
+        let ips: Vec<&str> = s[0]
+            .addresses
+            .iter()
+            .flatten()
+            .map(|a| a.ip.as_str())
+            .collect();
+        assert_eq!(ips, ["127.77.0.2", "127.77.0.3"]);
+        assert_eq!(s[0].not_ready_addresses.as_ref().map(Vec::len), Some(1));
+        assert_eq!(
+            s[0].ports.as_ref().expect("ports")[0].port,
+            8080,
+            "named targetPort resolved"
+        );
+    }
+}
