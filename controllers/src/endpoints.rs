@@ -68,19 +68,20 @@ pub fn target_port(target: Option<&IntOrString>, port: i32, pod: &Pod) -> Option
     }
 }
 
+/// A Service port resolved against a pod: (name, port, protocol).
+type ResolvedPort = (Option<String>, i32, String);
+
 /// The Endpoints subsets for a Service and the pods it selects (pure).
 pub fn subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
     let spec = svc.spec.clone().unwrap_or_default();
     // Pods are grouped by the resolved port set, as the Kubernetes controller does.
-    let mut groups: BTreeMap<
-        Vec<(Option<String>, i32, String)>,
-        (Vec<EndpointAddress>, Vec<EndpointAddress>),
-    > = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<ResolvedPort>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
+        BTreeMap::new();
     for p in pods {
         let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
             continue;
         };
-        let ports: Option<Vec<(Option<String>, i32, String)>> = spec
+        let ports: Option<Vec<ResolvedPort>> = spec
             .ports
             .iter()
             .flatten()
