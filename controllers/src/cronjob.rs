@@ -8,15 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use croner::Cron;
-use futures::StreamExt;
 use jiff::{Timestamp, Zoned};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -256,30 +254,20 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error>
     ))
 }
 
-fn error_policy(_cj: Arc<CronJob>, error: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(%error, "cronjob reconcile failed");
-    Action::requeue(Duration::from_secs(2))
-}
-
 /// Runs the CronJob controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (reader, writer) = reflector::store();
-    let jobs = reflector::reflector(
-        writer,
-        watcher::watcher(Api::<Job>::all(client.clone()), watcher::Config::default()),
+    let ctx_client = client.clone();
+    crate::run_owning::<CronJob, Job, _, _, _>(
+        client,
+        "cronjob",
+        move |store| Ctx {
+            client: ctx_client,
+            jobs: store,
+        },
+        reconcile,
+        shutdown,
     )
-    .default_backoff()
-    .touched_objects();
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        jobs: reader,
-    });
-    Controller::new(Api::<CronJob>::all(client), watcher::Config::default())
-        .owns_stream(jobs)
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    .await;
 }
 
 #[cfg(test)]

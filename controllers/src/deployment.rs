@@ -12,14 +12,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -653,33 +651,20 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Erro
     }
 }
 
-fn error_policy(_d: Arc<Deployment>, error: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(%error, "deployment reconcile failed");
-    Action::requeue(Duration::from_secs(2))
-}
-
 /// Runs the Deployment controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (reader, writer) = reflector::store();
-    let sets = reflector::reflector(
-        writer,
-        watcher::watcher(
-            Api::<ReplicaSet>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+    let ctx_client = client.clone();
+    crate::run_owning::<Deployment, ReplicaSet, _, _, _>(
+        client,
+        "deployment",
+        move |store| Ctx {
+            client: ctx_client,
+            sets: store,
+        },
+        reconcile,
+        shutdown,
     )
-    .default_backoff()
-    .touched_objects();
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        sets: reader,
-    });
-    Controller::new(Api::<Deployment>::all(client), watcher::Config::default())
-        .owns_stream(sets)
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    .await;
 }
 
 #[cfg(test)]

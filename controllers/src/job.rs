@@ -8,15 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -429,31 +427,21 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
-fn error_policy(_job: Arc<Job>, error: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(%error, "job reconcile failed");
-    Action::requeue(Duration::from_secs(2))
-}
-
 /// Runs the Job controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (reader, writer) = reflector::store();
-    let pods = reflector::reflector(
-        writer,
-        watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+    let ctx_client = client.clone();
+    crate::run_owning::<Job, Pod, _, _, _>(
+        client,
+        "job",
+        move |store| Ctx {
+            client: ctx_client,
+            pods: store,
+            expectations: Expectations::default(),
+        },
+        reconcile,
+        shutdown,
     )
-    .default_backoff()
-    .touched_objects();
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        pods: reader,
-        expectations: Expectations::default(),
-    });
-    Controller::new(Api::<Job>::all(client), watcher::Config::default())
-        .owns_stream(pods)
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    .await;
 }
 
 #[cfg(test)]

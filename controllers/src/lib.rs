@@ -22,9 +22,17 @@
 //! # }
 //! ```
 
+use std::fmt::Debug;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use kube::Client;
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 pub mod cronjob;
@@ -107,4 +115,43 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
         endpoints::run(client.clone(), shutdown.clone()),
         namespace::run(client, shutdown),
     );
+}
+
+/// Runs a kube-runtime `Controller` over `K`, triggered by `K` and by the `Child` objects of a
+/// reflector whose store the reconciler reads — so a trigger never arrives before the cache
+/// holds the change that caused it. Failed reconciles are logged and retried after 2 s.
+pub(crate) async fn run_owning<K, Child, C, E, Fut>(
+    client: Client,
+    name: &'static str,
+    make_ctx: impl FnOnce(Store<Child>) -> C,
+    reconcile: impl FnMut(Arc<K>, Arc<C>) -> Fut,
+    shutdown: CancellationToken,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    Child: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    C: Send + Sync + 'static,
+    E: std::error::Error + Send + 'static,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let children = reflector::reflector(
+        writer,
+        watcher::watcher(
+            Api::<Child>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let ctx = Arc::new(make_ctx(reader));
+    let error_policy = move |_obj: Arc<K>, error: &E, _ctx: Arc<C>| {
+        tracing::warn!(controller = name, %error, "reconcile failed");
+        Action::requeue(Duration::from_secs(2))
+    };
+    Controller::new(Api::<K>::all(client), watcher::Config::default())
+        .owns_stream(children)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }

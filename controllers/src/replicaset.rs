@@ -7,14 +7,12 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -322,31 +320,21 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
     Ok(Action::await_change())
 }
 
-fn error_policy(_rs: Arc<ReplicaSet>, error: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(%error, "replicaset reconcile failed");
-    Action::requeue(Duration::from_secs(2))
-}
-
 /// Runs the ReplicaSet controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (reader, writer) = reflector::store();
-    let pods = reflector::reflector(
-        writer,
-        watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+    let ctx_client = client.clone();
+    crate::run_owning::<ReplicaSet, Pod, _, _, _>(
+        client,
+        "replicaset",
+        move |store| Ctx {
+            client: ctx_client,
+            pods: store,
+            expectations: Expectations::default(),
+        },
+        reconcile,
+        shutdown,
     )
-    .default_backoff()
-    .touched_objects();
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        pods: reader,
-        expectations: Expectations::default(),
-    });
-    Controller::new(Api::<ReplicaSet>::all(client), watcher::Config::default())
-        .owns_stream(pods)
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    .await;
 }
 
 #[cfg(test)]

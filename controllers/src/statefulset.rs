@@ -9,16 +9,13 @@
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Pod, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -316,30 +313,20 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
     Ok(Action::await_change())
 }
 
-fn error_policy(_set: Arc<StatefulSet>, error: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(%error, "statefulset reconcile failed");
-    Action::requeue(Duration::from_secs(2))
-}
-
 /// Runs the StatefulSet controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (reader, writer) = reflector::store();
-    let pods = reflector::reflector(
-        writer,
-        watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+    let ctx_client = client.clone();
+    crate::run_owning::<StatefulSet, Pod, _, _, _>(
+        client,
+        "statefulset",
+        move |store| Ctx {
+            client: ctx_client,
+            pods: store,
+        },
+        reconcile,
+        shutdown,
     )
-    .default_backoff()
-    .touched_objects();
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        pods: reader,
-    });
-    Controller::new(Api::<StatefulSet>::all(client), watcher::Config::default())
-        .owns_stream(pods)
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    .await;
 }
 
 #[cfg(test)]

@@ -167,44 +167,10 @@ pub async fn launch(
             (_, Some(from)) => {
                 if let Some(r) = &from.config_map_key_ref {
                     let data = sources.configmap(&r.name).await?;
-                    match (
-                        data.and_then(|d| d.get(&r.key)),
-                        r.optional.unwrap_or(false),
-                    ) {
-                        (Some(v), _) => Some(String::from_utf8_lossy(v).into_owned()),
-                        (None, true) => None,
-                        (None, false) if data.is_none() => {
-                            return Err(ConfigError(format!("configmap {:?} not found", r.name)));
-                        }
-                        (None, false) => {
-                            return Err(ConfigError(format!(
-                                "couldn't find key {} in ConfigMap {}/{}",
-                                r.key,
-                                ns(pod),
-                                r.name
-                            )));
-                        }
-                    }
+                    key_value(data, &r.key, &r.name, r.optional, "ConfigMap", ns(pod))?
                 } else if let Some(r) = &from.secret_key_ref {
                     let data = sources.secret(&r.name).await?;
-                    match (
-                        data.and_then(|d| d.get(&r.key)),
-                        r.optional.unwrap_or(false),
-                    ) {
-                        (Some(v), _) => Some(String::from_utf8_lossy(v).into_owned()),
-                        (None, true) => None,
-                        (None, false) if data.is_none() => {
-                            return Err(ConfigError(format!("secret {:?} not found", r.name)));
-                        }
-                        (None, false) => {
-                            return Err(ConfigError(format!(
-                                "couldn't find key {} in Secret {}/{}",
-                                r.key,
-                                ns(pod),
-                                r.name
-                            )));
-                        }
-                    }
+                    key_value(data, &r.key, &r.name, r.optional, "Secret", ns(pod))?
                 } else if let Some(f) = &from.field_ref {
                     Some(field_value(pod, f, facts)?)
                 } else if let Some(r) = &from.resource_field_ref {
@@ -269,6 +235,29 @@ pub async fn launch(
         cpu_limit_millis: limits.and_then(|l| l.get("cpu")).and_then(millicores),
         pod_ip: None,
     })
+}
+
+/// One key of a ConfigMap's or Secret's data for `valueFrom` (Kubernetes' messages when it is
+/// missing; `None` when missing and optional).
+fn key_value(
+    data: Option<&BTreeMap<String, Vec<u8>>>,
+    key: &str,
+    name: &str,
+    optional: Option<bool>,
+    kind: &str,
+    namespace: &str,
+) -> Result<Option<String>, ConfigError> {
+    match (data.and_then(|d| d.get(key)), optional.unwrap_or(false)) {
+        (Some(v), _) => Ok(Some(String::from_utf8_lossy(v).into_owned())),
+        (None, true) => Ok(None),
+        (None, false) if data.is_none() => Err(ConfigError(format!(
+            "{} {name:?} not found",
+            kind.to_ascii_lowercase()
+        ))),
+        (None, false) => Err(ConfigError(format!(
+            "couldn't find key {key} in {kind} {namespace}/{name}"
+        ))),
+    }
 }
 
 fn ns(pod: &Pod) -> &str {
