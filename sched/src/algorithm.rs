@@ -143,6 +143,10 @@ impl Profile {
         let total = nodes.len();
         let want = feasible_nodes_to_find(total, self.percentage_of_nodes_to_score);
         let class = EquivalenceCache::class_of(pod);
+        // Rules about other pods need a cluster-wide snapshot and are never cached per node.
+        let interpod = (crate::plugins::interpod::involves_other_pods(pod)
+            || nodes.iter().any(|n| n.anti_affinity_pods > 0))
+        .then(|| crate::plugins::interpod::InterPod::prepare(pod, nodes));
         let mut feasible: Vec<&NodeInfo> = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut evaluated = 0;
@@ -160,6 +164,10 @@ impl Profile {
                     cache.entries.insert(key, (node.generation, s.clone()));
                     s
                 }
+            };
+            let status = match (&interpod, status.is_success()) {
+                (Some(ctx), true) => ctx.filter(node),
+                _ => status,
             };
             if status.is_success() {
                 feasible.push(node);

@@ -110,6 +110,20 @@ impl PodInfo {
             .unwrap_or_default()
     }
 
+    /// Whether the pod has required pod anti-affinity terms.
+    pub fn has_required_anti_affinity(&self) -> bool {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .and_then(|p| {
+                p.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .is_some_and(|t| !t.is_empty())
+    }
+
     /// `spec.priority` (0 when unset).
     pub fn priority(&self) -> i32 {
         self.pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
@@ -129,10 +143,12 @@ pub struct NodeInfo {
     pub used_ports: BTreeSet<(String, i32)>,
     /// Image names present on the node (`status.images[].names`).
     pub images: BTreeSet<String>,
-    /// Keys (`ns/name`) of the pods on it.
-    pub pods: BTreeSet<String>,
+    /// The pods on it, by key (`ns/name`).
+    pub pods: BTreeMap<String, PodInfo>,
     /// Bumped on every change, for caches keyed by node state.
     pub generation: u64,
+    /// How many of its pods have required pod anti-affinity (which may reject any newcomer).
+    pub anti_affinity_pods: usize,
 }
 
 impl NodeInfo {
@@ -144,8 +160,9 @@ impl NodeInfo {
             requested: Resources::default(),
             used_ports: BTreeSet::new(),
             images: BTreeSet::new(),
-            pods: BTreeSet::new(),
+            pods: BTreeMap::new(),
             generation: 0,
+            anti_affinity_pods: 0,
         };
         info.set_node(node);
         info
@@ -175,7 +192,8 @@ impl NodeInfo {
 
     /// Accounts for `pod` placed here.
     pub fn add_pod(&mut self, pod: &PodInfo) {
-        if self.pods.insert(pod.key()) {
+        if self.pods.insert(pod.key(), pod.clone()).is_none() {
+            self.anti_affinity_pods += usize::from(pod.has_required_anti_affinity());
             self.requested.add(pod.requests);
             self.used_ports.extend(pod.host_ports.iter().cloned());
             self.generation += 1;
@@ -184,7 +202,8 @@ impl NodeInfo {
 
     /// Removes `pod` from the accounting.
     pub fn remove_pod(&mut self, pod: &PodInfo) {
-        if self.pods.remove(&pod.key()) {
+        if self.pods.remove(&pod.key()).is_some() {
+            self.anti_affinity_pods -= usize::from(pod.has_required_anti_affinity());
             self.requested.sub(pod.requests);
             for p in &pod.host_ports {
                 self.used_ports.remove(p);

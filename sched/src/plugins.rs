@@ -2,6 +2,7 @@
 
 pub mod affinity;
 pub mod images;
+pub mod interpod;
 pub mod node;
 pub mod ports;
 pub mod resources;

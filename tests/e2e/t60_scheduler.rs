@@ -141,3 +141,79 @@ async fn an_unschedulable_pod_is_explained_then_placed_when_a_node_fits() -> Res
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn required_anti_affinity_keeps_replicas_on_different_nodes() -> Result<()> {
+    use std::collections::BTreeSet;
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let a = cluster.start_node("node-a").await?;
+    let b = cluster.start_node("node-b").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let spec = json!({"containers": [{"name": "c", "image": image, "args": ["forever"]}],
+        "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "sched"}}, "topologyKey": "kubernetes.io/hostname"}]}}});
+    for i in 0..3 {
+        pods.create(
+            &PostParams::default(),
+            &pod(&format!("spread-{i}"), spec.clone())?,
+        )
+        .await?;
+    }
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
+    let failed = wait_for(
+        "a FailedScheduling event for the third replica",
+        SLOW,
+        || async {
+            let list = events
+                .list(&ListParams::default().fields("reason=FailedScheduling"))
+                .await
+                .ok()?;
+            list.items.into_iter().find(|e| {
+                e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("anti-affinity"))
+            })
+        },
+    )
+    .await?;
+    assert_eq!(
+        failed.message.as_deref(),
+        Some("0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules.")
+    );
+    let placed = || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=sched"))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            list.into_iter()
+                .filter_map(|p| p.spec?.node_name)
+                .collect::<Vec<_>>()
+        }
+    };
+    let two = wait_for("two replicas placed", SLOW, || async {
+        let p = placed().await;
+        (p.len() == 2).then_some(p)
+    })
+    .await?;
+    assert_eq!(
+        two.iter().collect::<BTreeSet<_>>().len(),
+        2,
+        "on different nodes: {two:?}"
+    );
+    let c = cluster.start_node("node-c").await?;
+    let three = wait_for("the third replica on the new node", SLOW, || async {
+        let p = placed().await;
+        (p.len() == 3).then_some(p)
+    })
+    .await?;
+    assert!(three.iter().any(|n| n == "node-c"), "{three:?}");
+    for n in [a, b, c] {
+        n.stop().await?;
+    }
+    Ok(())
+}
