@@ -4,7 +4,7 @@ mod apps;
 mod batch;
 mod core;
 mod events;
-mod misc;
+pub(crate) mod misc;
 pub(crate) mod pod;
 
 use crate::registry::Registry;

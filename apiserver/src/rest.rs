@@ -361,6 +361,80 @@ impl Apiserver {
         Ok((decoded.object, warnings))
     }
 
+    /// The Priority admission plugin: a pod's `priority` (and `preemptionPolicy`) come from its
+    /// `priorityClassName`, or the global-default class, or 0; a priority given directly that
+    /// disagrees is refused.
+    async fn admit_priority(
+        &self,
+        t: &Target,
+        name: &str,
+        obj: &mut Value,
+    ) -> Result<(), ApiError> {
+        use k8s_openapi::api::scheduling::v1::PriorityClass;
+        let info = wasmkube_api::ResourceInfo::of::<PriorityClass>();
+        let class_name = obj
+            .pointer("/spec/priorityClassName")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let (class, value, policy) = if class_name.is_empty() {
+            let all = self.store.list(&info.prefix(), Default::default()).await?;
+            let default = all
+                .items
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<PriorityClass>(&kv.value).ok())
+                .find(|pc| pc.global_default == Some(true));
+            match default {
+                Some(pc) => (
+                    pc.metadata.name.clone(),
+                    pc.value,
+                    pc.preemption_policy.clone(),
+                ),
+                None => (None, 0, None),
+            }
+        } else if let Some((_, v)) = crate::kinds::misc::SYSTEM_PRIORITY_CLASSES
+            .iter()
+            .find(|(n, _)| *n == class_name)
+        {
+            (None, *v, None)
+        } else {
+            let Some(kv) = self.store.get(&info.key(None, &class_name)).await? else {
+                return Err(ApiError::forbidden(
+                    t.kind.info(),
+                    name,
+                    &format!("no PriorityClass with name {class_name} was found"),
+                ));
+            };
+            let pc: PriorityClass = serde_json::from_slice(&kv.value)
+                .map_err(|e| ApiError::internal(format!("stored PriorityClass: {e}")))?;
+            (None, pc.value, pc.preemption_policy)
+        };
+        let spec = obj
+            .get_mut("spec")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| ApiError::bad_request("a pod needs a spec"))?;
+        if let Some(given) = spec.get("priority").and_then(Value::as_i64)
+            && given != i64::from(value)
+        {
+            return Err(ApiError::forbidden(
+                t.kind.info(),
+                name,
+                &format!(
+                    "the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+                ),
+            ));
+        }
+        spec.insert("priority".into(), json!(value));
+        spec.insert(
+            "preemptionPolicy".into(),
+            json!(policy.unwrap_or_else(|| "PreemptLowerPriority".into())),
+        );
+        if let Some(c) = class {
+            spec.insert("priorityClassName".into(), json!(c));
+        }
+        Ok(())
+    }
+
     async fn check_namespace(&self, t: &Target, name: &str) -> Result<(), ApiError> {
         let Some(ns) = t.namespace.as_deref() else {
             return Ok(());
@@ -464,6 +538,9 @@ impl Apiserver {
             .admit(&mut obj, None)
             .map_err(|errs| ApiError::invalid(info, &name, &errs))?;
         self.check_namespace(t, &name).await?;
+        if info.plural == "pods" && info.group.is_empty() {
+            self.admit_priority(t, &name, &mut obj).await?;
+        }
         if dry {
             return Ok(obj);
         }

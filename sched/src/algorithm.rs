@@ -128,6 +128,67 @@ impl Profile {
         Status::Success
     }
 
+    /// Preemption (kube-scheduler's DefaultPreemption): a node where removing lower-priority
+    /// pods lets `pod` fit, and the fewest, lowest-priority victims there — victims are given a
+    /// reprieve, highest priority first, whenever the pod still fits with them. Among nodes,
+    /// the lowest highest-victim priority wins, then the fewest victims.
+    pub fn select_victims(
+        &self,
+        pod: &PodInfo,
+        nodes: &[&NodeInfo],
+    ) -> Option<(String, Vec<PodInfo>)> {
+        let never = pod
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.preemption_policy.as_deref())
+            == Some("Never");
+        if never {
+            return None;
+        }
+        let priority = pod.priority();
+        let mut best: Option<((i32, usize), String, Vec<PodInfo>)> = None;
+        for node in nodes {
+            let mut lower: Vec<PodInfo> = node
+                .pods
+                .values()
+                .filter(|p| p.priority() < priority)
+                .cloned()
+                .collect();
+            if lower.is_empty() {
+                continue;
+            }
+            let mut sim = (*node).clone();
+            for v in &lower {
+                sim.remove_pod(v);
+            }
+            if !self.run_filters(pod, &sim).is_success() {
+                continue;
+            }
+            lower.sort_by_key(|p| std::cmp::Reverse(p.priority()));
+            let mut victims = Vec::new();
+            for v in lower {
+                sim.add_pod(&v);
+                if !self.run_filters(pod, &sim).is_success() {
+                    sim.remove_pod(&v);
+                    victims.push(v);
+                }
+            }
+            let key = (
+                victims
+                    .iter()
+                    .map(PodInfo::priority)
+                    .max()
+                    .unwrap_or(i32::MIN),
+                victims.len(),
+            );
+            if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
+                best = Some((key, node.name().to_owned(), victims));
+            }
+        }
+        best.map(|(_, node, victims)| (node, victims))
+    }
+
     /// Decides where `pod` goes among `nodes`, starting the search at `start` (rotated by the
     /// caller so large clusters are sampled fairly).
     ///
@@ -273,6 +334,50 @@ mod tests {
             .expect("fits");
         assert_eq!(d.node, "idle");
         assert_eq!((d.evaluated, d.feasible), (2, 2));
+    }
+
+    #[test]
+    fn preemption_picks_the_fewest_lowest_priority_victims() {
+        let asking = |name: &str, cpu: &str, priority: i32| {
+            let mut p = pod(
+                json!({"priority": priority, "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": cpu}}}]}),
+            );
+            p.pod.metadata.name = Some(name.into());
+            p
+        };
+        let mut a = node(
+            "a",
+            json!({"status": {"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"}}}),
+        );
+        a.add_pod(&asking("batch-1", "1", 10));
+        a.add_pod(&asking("batch-2", "1", 10));
+        let mut b = node(
+            "b",
+            json!({"status": {"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"}}}),
+        );
+        b.add_pod(&asking("prod-1", "1", 1000));
+        b.add_pod(&asking("batch-3", "1", 5));
+        let urgent = asking("urgent", "1", 500);
+        let profile = Profile::default_profile();
+        assert!(
+            profile
+                .schedule(&urgent, &[&a, &b], 0, &mut EquivalenceCache::default())
+                .is_err()
+        );
+        let (node, victims) = profile
+            .select_victims(&urgent, &[&a, &b])
+            .expect("something can be preempted");
+        assert_eq!(
+            node, "b",
+            "one victim of priority 5 beats one of priority 10"
+        );
+        assert_eq!(
+            victims.iter().map(PodInfo::key).collect::<Vec<_>>(),
+            ["default/batch-3"]
+        );
+        let mut never = urgent.clone();
+        never.pod.spec.as_mut().expect("spec").preemption_policy = Some("Never".into());
+        assert!(profile.select_victims(&never, &[&a, &b]).is_none());
     }
 
     #[test]

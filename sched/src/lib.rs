@@ -243,6 +243,9 @@ impl Scheduler {
                 let message = fit.to_string();
                 tracing::debug!(pod = %key, %message, "unschedulable");
                 self.report_unschedulable(&pod, message);
+                if let Some((node, victims)) = self.profile.select_victims(&pod, &nodes) {
+                    self.preempt(&pod, &node, victims);
+                }
             }
         }
     }
@@ -273,6 +276,44 @@ impl Scheduler {
                 );
             }
         }
+    }
+
+    /// Evicts `victims` so `pod` fits on `node` once they are gone; the pod waits for that with
+    /// `status.nominatedNodeName` set (Borg: prod preempts batch).
+    fn preempt(&self, pod: &PodInfo, node: &str, victims: Vec<PodInfo>) {
+        tracing::info!(pod = %pod.key(), %node, victims = victims.len(), "preempting lower-priority pods");
+        for v in victims {
+            let note = format!("Preempted by pod {} on node {node}", pod.key());
+            self.event(&v, EventType::Normal, "Preempted", "Preempting", note);
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                let pods: Api<Pod> = Api::namespaced(
+                    client,
+                    v.pod.metadata.namespace.as_deref().unwrap_or("default"),
+                );
+                let name = v.pod.metadata.name.clone().unwrap_or_default();
+                if let Err(e) = pods.delete(&name, &Default::default()).await {
+                    tracing::debug!(error = %e, "could not delete a preemption victim");
+                }
+            });
+        }
+        let (client, ns, name, node) = (
+            self.client.clone(),
+            pod.pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            pod.pod.metadata.name.clone().unwrap_or_default(),
+            node.to_owned(),
+        );
+        tokio::spawn(async move {
+            let pods: Api<Pod> = Api::namespaced(client, &ns);
+            let status = json!({"status": {"nominatedNodeName": node}});
+            let _ = pods
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await;
+        });
     }
 
     fn report_unschedulable(&self, pod: &PodInfo, message: String) {

@@ -217,3 +217,84 @@ async fn required_anti_affinity_keeps_replicas_on_different_nodes() -> Result<()
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_high_priority_pod_preempts_a_lower_priority_one() -> Result<()> {
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let node = cluster.start_node("only").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let classes: Api<PriorityClass> = Api::all(cluster.client.clone());
+    for (name, value) in [("batch", 10), ("prod", 1000)] {
+        classes
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name}, "value": value}))?,
+            )
+            .await?;
+    }
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    // Allocatable cpu is the machine's core count; ask for most of it.
+    let cores = std::thread::available_parallelism()?.get();
+    let big = format!("{}m", cores * 1000 - 300);
+    let spec = |class: &str| {
+        json!({"priorityClassName": class, "containers": [{"name": "c", "image": image, "args": ["forever"],
+        "resources": {"requests": {"cpu": big}}}]})
+    };
+    pods.create(&PostParams::default(), &pod("low", spec("batch"))?)
+        .await?;
+    let low = wait_for("the batch pod to run", SLOW, || async {
+        let p = pods.get("low").await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p)
+    })
+    .await?;
+    assert_eq!(
+        low.spec.as_ref().and_then(|s| s.priority),
+        Some(10),
+        "priority comes from the class"
+    );
+
+    pods.create(&PostParams::default(), &pod("high", spec("prod"))?)
+        .await?;
+    let high = wait_for(
+        "the prod pod to run in the batch pod's place",
+        SLOW,
+        || async {
+            let p = pods.get("high").await.ok()?;
+            (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p)
+        },
+    )
+    .await?;
+    assert_eq!(
+        high.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("only")
+    );
+    assert!(pods.get_opt("low").await?.is_none(), "the victim is gone");
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
+    let preempted = events
+        .list(&ListParams::default().fields("involvedObject.name=low"))
+        .await?
+        .items;
+    assert!(
+        preempted
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Preempted")),
+        "{preempted:?}"
+    );
+
+    let bogus = pods
+        .create(
+            &PostParams::default(),
+            &pod("bogus", spec("no-such-class"))?,
+        )
+        .await
+        .expect_err("unknown class");
+    assert!(
+        bogus
+            .to_string()
+            .contains("no PriorityClass with name no-such-class was found"),
+        "{bogus}"
+    );
+    node.stop().await
+}

@@ -1,7 +1,9 @@
-//! coordination.k8s.io/v1 Lease and discovery.k8s.io/v1 EndpointSlice.
+//! coordination.k8s.io/v1 Lease, discovery.k8s.io/v1 EndpointSlice and scheduling.k8s.io/v1
+//! PriorityClass.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use serde_json::{Value, json};
 
 use wasmkube_api::ResourceInfo;
@@ -14,6 +16,105 @@ use crate::validation;
 pub(super) fn register(r: &mut Registry) {
     r.register(LeaseStrategy);
     r.register(EndpointSliceStrategy);
+    r.register(PriorityClassStrategy);
+}
+
+/// The highest value a user-defined PriorityClass may have (higher ones are the system's).
+pub(crate) const HIGHEST_USER_PRIORITY: i32 = 1_000_000_000;
+
+/// The built-in classes Kubernetes creates at start-up, and their values.
+pub(crate) const SYSTEM_PRIORITY_CLASSES: &[(&str, i32)] = &[
+    ("system-node-critical", 2_000_001_000),
+    ("system-cluster-critical", 2_000_000_000),
+];
+
+struct PriorityClassStrategy;
+
+impl Strategy for PriorityClassStrategy {
+    type K = PriorityClass;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<PriorityClass>()
+    }
+
+    fn default(&self, pc: &mut PriorityClass) {
+        pc.preemption_policy
+            .get_or_insert_with(|| "PreemptLowerPriority".into());
+    }
+
+    fn validate(&self, pc: &PriorityClass) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let name = pc.metadata.name.as_deref().unwrap_or_default();
+        if name.starts_with("system-") && !SYSTEM_PRIORITY_CLASSES.iter().any(|(n, _)| *n == name) {
+            errs.push(FieldError::forbidden(
+                "metadata.name",
+                "priority class names with 'system-' prefix are reserved",
+            ));
+        }
+        if pc.value > HIGHEST_USER_PRIORITY && !name.starts_with("system-") {
+            errs.push(FieldError::forbidden(
+                "value",
+                &format!(
+                    "maximum allowed value of a user defined priority is {HIGHEST_USER_PRIORITY}"
+                ),
+            ));
+        }
+        if let Some(p) = pc.preemption_policy.as_deref()
+            && !matches!(p, "PreemptLowerPriority" | "Never")
+        {
+            errs.push(FieldError::not_supported(
+                "preemptionPolicy",
+                p,
+                &["Never", "PreemptLowerPriority"],
+            ));
+        }
+        errs
+    }
+
+    fn validate_update(&self, new: &PriorityClass, old: &PriorityClass) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if new.value != old.value {
+            errs.push(FieldError::forbidden(
+                "value",
+                "may not be changed in an update.",
+            ));
+        }
+        if new.preemption_policy != old.preemption_policy {
+            errs.push(FieldError::invalid(
+                "preemptionPolicy",
+                new.preemption_policy.clone().unwrap_or_default(),
+                "field is immutable",
+            ));
+        }
+        errs
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::new(
+                "Value",
+                "Value is the integer value of this priority class.",
+            ),
+            Column::new(
+                "Global-Default",
+                "GlobalDefault specifies whether this PriorityClass should be considered as the default priority.",
+            ),
+            Column::age(),
+            Column::new(
+                "PreemptionPolicy",
+                "PreemptionPolicy is the Policy for preempting pods with lower priority.",
+            ),
+        ]
+    }
+
+    fn row(&self, pc: &PriorityClass) -> Vec<Value> {
+        vec![
+            json!(pc.value),
+            json!(pc.global_default.unwrap_or(false)),
+            age(pc.metadata.creation_timestamp.as_ref()),
+            json!(pc.preemption_policy.clone().unwrap_or_default()),
+        ]
+    }
 }
 
 struct LeaseStrategy;

@@ -314,7 +314,8 @@ impl Strategy for PodStrategy {
     fn default(&self, pod: &mut Pod) {
         let spec = pod.spec.get_or_insert_with(Default::default);
         default_pod_spec(spec);
-        // What the ServiceAccount and Priority admission plugins add to every pod.
+        // What the ServiceAccount admission plugin adds to every pod (Priority admission runs
+        // at create, where PriorityClasses can be read).
         if spec.service_account_name.is_none() {
             spec.service_account_name = spec
                 .service_account
@@ -322,7 +323,6 @@ impl Strategy for PodStrategy {
                 .or_else(|| Some("default".into()));
         }
         spec.service_account = spec.service_account_name.clone();
-        spec.priority.get_or_insert(0);
         let qos = qos_class(spec);
         let status = pod.status.get_or_insert_with(PodStatus::default);
         status.phase.get_or_insert_with(|| "Pending".into());
