@@ -88,6 +88,8 @@ struct UpArgs {
     /// Do not run the controller manager in this process.
     #[arg(long)]
     no_controllers: bool,
+    #[command(flatten)]
+    timers: NodeTimerArgs,
     /// Push the sample programs into the cluster registry and run their manifests.
     #[arg(long)]
     demo: bool,
@@ -177,6 +179,13 @@ struct ControllerArgs {
     /// The kubeconfig to reach the API server with (default: $KUBECONFIG, ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    timers: NodeTimerArgs,
+}
+
+/// The node lifecycle controller's timers (kube-controller-manager's flags).
+#[derive(Args)]
+struct NodeTimerArgs {
     /// Seconds a node may be silent before it is marked Unknown.
     #[arg(long, default_value_t = 40)]
     node_monitor_grace_period: u64,
@@ -186,6 +195,18 @@ struct ControllerArgs {
     /// Nodes per second whose pods may start being evicted.
     #[arg(long, default_value_t = 0.1)]
     node_eviction_rate: f64,
+}
+
+impl NodeTimerArgs {
+    fn timers(&self) -> wasmkube_controllers::nodelifecycle::Timers {
+        wasmkube_controllers::nodelifecycle::Timers {
+            grace_period: Duration::from_secs(self.node_monitor_grace_period.max(1)),
+            default_toleration: Duration::from_secs(self.default_unreachable_toleration_seconds),
+            eviction_rate: self.node_eviction_rate,
+            monitor_period: Duration::from_secs(self.node_monitor_grace_period.clamp(1, 40) / 8)
+                .max(Duration::from_millis(500)),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -327,7 +348,10 @@ async fn main() -> anyhow::Result<()> {
             });
             let controllers = (!args.no_controllers).then(|| {
                 tokio::spawn(wasmkube_controllers::run(
-                    wasmkube_controllers::Config::new().kubeconfig(&running.kubeconfig),
+                    wasmkube_controllers::Config {
+                        kubeconfig: Some(running.kubeconfig.clone()),
+                        node_timers: args.timers.timers(),
+                    },
                     shutdown.clone(),
                 ))
             });
@@ -382,14 +406,7 @@ async fn main() -> anyhow::Result<()> {
         Command::ControllerManager(args) => {
             let config = wasmkube_controllers::Config {
                 kubeconfig: args.kubeconfig,
-                node_timers: wasmkube_controllers::nodelifecycle::Timers {
-                    grace_period: Duration::from_secs(args.node_monitor_grace_period),
-                    default_toleration: Duration::from_secs(
-                        args.default_unreachable_toleration_seconds,
-                    ),
-                    eviction_rate: args.node_eviction_rate,
-                    ..Default::default()
-                },
+                node_timers: args.timers.timers(),
             };
             wasmkube_controllers::run(config, shutdown)
                 .await

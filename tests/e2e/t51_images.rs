@@ -296,3 +296,127 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test]
+async fn a_killed_wasmlet_process_makes_its_node_unknown_and_its_pods_move() -> Result<()> {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let fast = [
+        "--node-monitor-grace-period",
+        "3",
+        "--default-unreachable-toleration-seconds",
+        "1",
+        "--node-eviction-rate",
+        "10",
+        "--node-lease-duration-seconds",
+        "4",
+    ];
+    let up = Process::up_with(&data, free_port(), &fast).await?;
+    let client = up.client().await?;
+    let (net, prefix) = wasmkube_tests::random_pod_range();
+    let mut edge = KillOnDrop(
+        Command::new(wasmkube_tests::wasmkube_bin())
+            .args([
+                "wasmlet",
+                "--node-name",
+                "edge-1",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-pods",
+                "32",
+                "--node-labels",
+                "role=edge",
+            ])
+            .args([
+                "--node-lease-duration-seconds",
+                "4",
+                "--pod-range",
+                &format!("{net}/{prefix}"),
+            ])
+            .arg("--kubeconfig")
+            .arg(up.kubeconfig())
+            .arg("--data-dir")
+            .arg(dir.path().join("edge"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("edge.log"))?)
+            .spawn()?,
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    let home = wait_for("both nodes Ready", SLOW, || async {
+        let list = nodes.list(&Default::default()).await.ok()?.items;
+        let ready = |n: &Node| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        };
+        (list.len() == 2 && list.iter().all(ready)).then(|| {
+            list.into_iter()
+                .find_map(|n| n.metadata.name.filter(|n| n != "edge-1"))
+        })?
+    })
+    .await?;
+    let file = dir.path().join("toolbox.wasm");
+    std::fs::write(&file, wasmkube_samples::guest("toolbox").context("sample")?)?;
+    let pushed = Command::new(wasmkube_tests::wasmkube_bin())
+        .args(["image", "push"])
+        .arg(&file)
+        .arg("toolbox:v1")
+        .arg("--kubeconfig")
+        .arg(up.kubeconfig())
+        .output()?;
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    sets.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+            "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "preference": {"matchExpressions": [{"key": "role", "operator": "In", "values": ["edge"]}]}}]}},
+            "containers": [{"name": "c", "image": "toolbox:v1", "args": ["forever"]}]}}}}))?).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let running_on = |node: String| {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&Default::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            list.into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())
+                })
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .count()
+        }
+    };
+    wait_for("both replicas on the edge node", SLOW, || async {
+        (running_on("edge-1".into()).await == 2).then_some(())
+    })
+    .await?;
+
+    // kill -9 the wasmlet: the node goes silent; its pods come back on the other node.
+    edge.0.kill()?;
+    let _ = edge.0.wait();
+    wait_for("edge-1 Unknown", SLOW, || async {
+        let n = nodes.get("edge-1").await.ok()?;
+        n.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "Unknown")
+            .then_some(())
+    })
+    .await?;
+    wait_for("the replicas running on the other node", SLOW, || async {
+        (running_on(home.clone()).await == 2).then_some(())
+    })
+    .await?;
+    Ok(())
+}
