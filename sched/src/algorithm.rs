@@ -72,6 +72,7 @@ pub fn feasible_nodes_to_find(total: usize, percentage: Option<u32>) -> usize {
 #[derive(Debug, Default)]
 pub struct EquivalenceCache {
     entries: HashMap<(u64, String), (u64, Status)>,
+    scores: HashMap<(u64, String), (u64, i64)>,
 }
 
 impl EquivalenceCache {
@@ -90,11 +91,13 @@ impl EquivalenceCache {
     /// plugin set change).
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.scores.clear();
     }
 
     /// Forgets a removed node.
     pub fn forget_node(&mut self, node: &str) {
         self.entries.retain(|(_, n), _| n != node);
+        self.scores.retain(|(_, n), _| n != node);
     }
 }
 
@@ -251,10 +254,24 @@ impl Profile {
             let score: i64 = if feasible.len() == 1 {
                 0
             } else {
-                self.scores
-                    .iter()
-                    .map(|s| s.weight() * s.score(pod, node))
-                    .sum()
+                // Plugin scores depend only on the pod's class and the node: cached per node
+                // generation like the filters (Borg's score caching).
+                let key = (class, node.name().to_owned());
+                let cached = cache
+                    .scores
+                    .get(&key)
+                    .filter(|(g, _)| *g == node.generation)
+                    .map(|(_, s)| *s);
+                let plugins = cached.unwrap_or_else(|| {
+                    let s: i64 = self
+                        .scores
+                        .iter()
+                        .map(|s| s.weight() * s.score(pod, node))
+                        .sum();
+                    cache.scores.insert(key, (node.generation, s));
+                    s
+                });
+                plugins + interpod.as_ref().map_or(0, |ctx| 2 * ctx.score(node))
             };
             match best {
                 Some((_, b)) if score < b => {}
@@ -378,6 +395,28 @@ mod tests {
         let mut never = urgent.clone();
         never.pod.spec.as_mut().expect("spec").preemption_policy = Some("Never".into());
         assert!(profile.select_victims(&never, &[&a, &b]).is_none());
+    }
+
+    #[test]
+    fn preferred_anti_affinity_steers_the_choice() {
+        let mut a = node("a", json!({}));
+        let b = node("b", json!({}));
+        let mut existing = pod(json!({}));
+        existing.pod.metadata.name = Some("web-1".into());
+        existing.pod.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());
+        a.add_pod(&existing);
+        let mut incoming = pod(
+            json!({"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}}]}}}),
+        );
+        incoming.pod.metadata.name = Some("web-2".into());
+        let mut cache = EquivalenceCache::default();
+        for _ in 0..5 {
+            let d = Profile::default_profile()
+                .schedule(&incoming, &[&a, &b], 0, &mut cache)
+                .expect("fits");
+            assert_eq!(d.node, "b", "away from the existing replica, every time");
+        }
     }
 
     #[test]
