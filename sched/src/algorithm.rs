@@ -71,8 +71,8 @@ pub fn feasible_nodes_to_find(total: usize, percentage: Option<u32>) -> usize {
 /// Filter results per (equivalence class, node), valid while the node's generation holds.
 #[derive(Debug, Default)]
 pub struct EquivalenceCache {
-    entries: HashMap<(u64, String), (u64, Status)>,
-    scores: HashMap<(u64, String), (u64, i64)>,
+    entries: HashMap<(u64, u64), (u64, Status)>,
+    scores: HashMap<(u64, u64), (u64, i64)>,
 }
 
 impl EquivalenceCache {
@@ -96,8 +96,9 @@ impl EquivalenceCache {
 
     /// Forgets a removed node.
     pub fn forget_node(&mut self, node: &str) {
-        self.entries.retain(|(_, n), _| n != node);
-        self.scores.retain(|(_, n), _| n != node);
+        let id = crate::framework::node_id(node);
+        self.entries.retain(|(_, n), _| *n != id);
+        self.scores.retain(|(_, n), _| *n != id);
     }
 }
 
@@ -220,7 +221,7 @@ impl Profile {
             }
             let node = nodes[(start + i) % total];
             evaluated += 1;
-            let key = (class, node.name().to_owned());
+            let key = (class, node.id);
             let status = match cache.entries.get(&key) {
                 Some((generation, status)) if *generation == node.generation => status.clone(),
                 _ => {
@@ -256,7 +257,7 @@ impl Profile {
             } else {
                 // Plugin scores depend only on the pod's class and the node: cached per node
                 // generation like the filters (Borg's score caching).
-                let key = (class, node.name().to_owned());
+                let key = (class, node.id);
                 let cached = cache
                     .scores
                     .get(&key)

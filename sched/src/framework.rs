@@ -149,6 +149,8 @@ pub struct NodeInfo {
     pub generation: u64,
     /// How many of its pods have required pod anti-affinity (which may reject any newcomer).
     pub anti_affinity_pods: usize,
+    /// A hash of the node's name, for cache keys that must not allocate.
+    pub id: u64,
 }
 
 impl NodeInfo {
@@ -163,6 +165,7 @@ impl NodeInfo {
             pods: BTreeMap::new(),
             generation: 0,
             anti_affinity_pods: 0,
+            id: 0,
         };
         info.set_node(node);
         info
@@ -187,6 +190,7 @@ impl NodeInfo {
             .flat_map(|i| i.names.unwrap_or_default())
             .collect();
         self.node = node;
+        self.id = node_id(self.name());
         self.generation += 1;
     }
 
@@ -240,6 +244,12 @@ impl NodeInfo {
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     }
+}
+
+/// The cache id of a node name.
+pub fn node_id(name: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(name)
 }
 
 /// What a plugin says about a pod on a node (kube-scheduler's `framework.Status`).
