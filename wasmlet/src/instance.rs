@@ -638,7 +638,18 @@ mod tests {
             let (kill, log) = (kill.clone(), Arc::clone(&log));
             async move { run_command(&pre, &launch, &log, &kill).await }
         });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Kill it mid-computation: once it has reported a second of work.
+        let mut progress = log.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !std::fs::read_to_string(log.path()).is_ok_and(|t| t.contains("rate ")) {
+                progress
+                    .changed()
+                    .await
+                    .expect("the log stays open while the guest runs");
+            }
+        })
+        .await
+        .expect("the spinner reports its rate");
         let asked = std::time::Instant::now();
         kill.cancel();
         let exit = tokio::time::timeout(Duration::from_secs(5), run)
