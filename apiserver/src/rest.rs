@@ -1041,9 +1041,16 @@ impl Apiserver {
     }
 
     fn scale_of(&self, t: &Target, obj: &Value) -> Value {
-        let sel = obj
-            .pointer("/spec/selector")
-            .and_then(|s| serde_json::from_value(s.clone()).ok())
+        let raw = obj.pointer("/spec/selector").cloned().unwrap_or_default();
+        // ReplicationControllers select with a plain map; the apps kinds with a LabelSelector.
+        let structured =
+            if raw.get("matchLabels").is_some() || raw.get("matchExpressions").is_some() {
+                raw
+            } else {
+                json!({"matchLabels": raw})
+            };
+        let sel = serde_json::from_value(structured)
+            .ok()
             .and_then(|s| wasmkube_api::selector::LabelSelector::from_structured(&s).ok())
             .map(|s| s.to_string())
             .unwrap_or_default();

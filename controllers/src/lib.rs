@@ -8,6 +8,7 @@
 //! | [`daemonset`] | one pod per eligible node, rolled node by node |
 //! | [`deployment`] | one ReplicaSet per template, rolled (RollingUpdate / Recreate), revisions, status |
 //! | [`statefulset`] | ordinal pods started in order, per-pod claims, rolled top-down |
+//! | [`replicationcontroller`] | the same for ReplicationControllers |
 //! | [`replicaset`] | `spec.replicas` pods per ReplicaSet (adopt, release, expectations) |
 //! | [`job`] | pods run to `completions` within `parallelism`, back-off limit, deadline, TTL |
 //! | [`endpoints`] | Endpoints and EndpointSlices from Services' selectors and pod readiness |
@@ -45,6 +46,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod replicationcontroller;
 pub mod statefulset;
 
 /// How to run the controller manager.
@@ -107,6 +109,7 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
         nodelifecycle::run(client.clone(), config.node_timers, shutdown.clone()),
         deployment::run(client.clone(), shutdown.clone()),
         replicaset::run(client.clone(), shutdown.clone()),
+        replicationcontroller::run(client.clone(), shutdown.clone()),
         gc::run(client.clone(), shutdown.clone()),
         job::run(client.clone(), shutdown.clone()),
         daemonset::run(client.clone(), shutdown.clone()),

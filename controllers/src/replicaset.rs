@@ -127,7 +127,7 @@ pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
 }
 
 /// A new pod from the ReplicaSet's template.
-pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
+pub fn pod_from_template(rs: &ReplicaSet, owner: &OwnerReference) -> Pod {
     let template = rs
         .spec
         .as_ref()
@@ -141,7 +141,7 @@ pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
             labels: tmeta.labels,
             annotations: tmeta.annotations,
             finalizers: tmeta.finalizers,
-            owner_references: Some(vec![controller_ref(rs)]),
+            owner_references: Some(vec![owner.clone()]),
             ..Default::default()
         },
         spec: template.spec,
@@ -178,16 +178,21 @@ pub fn status_for(rs: &ReplicaSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> R
     }
 }
 
-/// Makes the world match one ReplicaSet.
+/// Makes the pods match one ReplicaSet (or a ReplicationController seen as one), owning them
+/// with `owner`; returns what to do next and the status to report, when computed.
 ///
 /// # Errors
 /// API failures (retried by the controller with back-off).
-pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+pub(crate) async fn sync(
+    rs: &ReplicaSet,
+    owner: &OwnerReference,
+    ctx: &Ctx,
+) -> Result<(Action, Option<ReplicaSetStatus>), Error> {
     let ns = rs.namespace().unwrap_or_else(|| "default".into());
     let uid = rs.metadata.uid.clone().unwrap_or_default();
     if rs.metadata.deletion_timestamp.is_some() {
         ctx.expectations.forget(&uid);
-        return Ok(Action::await_change());
+        return Ok((Action::await_change(), None));
     }
     let in_ns: Vec<Arc<Pod>> = ctx
         .pods
@@ -203,7 +208,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
     if !ctx.expectations.satisfied(&uid, present) {
         // The cache has not caught up with our last creates/deletes; their watch events will
         // trigger us again.
-        return Ok(Action::requeue(Duration::from_secs(2)));
+        return Ok((Action::requeue(Duration::from_secs(2)), None));
     }
     let spec = rs.spec.clone().unwrap_or_default();
     let selector = LabelSelector::from_structured(&spec.selector)
@@ -237,7 +242,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
             }
             None if matches && is_active(p) => {
                 let mut refs = p.owner_references().to_vec();
-                refs.push(controller_ref(&rs));
+                refs.push(owner.clone());
                 let patch = json!({"metadata": {"ownerReferences": refs, "uid": p.metadata.uid}});
                 match pods
                     .patch(
@@ -260,7 +265,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
 
     if active.len() < want {
         let n = (want - active.len()).min(BURST);
-        let template = pod_from_template(&rs);
+        let template = pod_from_template(rs, owner);
         let pp = PostParams::default();
         let creates = (0..n).map(|_| pods.create(&pp, &template));
         let results = futures::future::join_all(creates).await;
@@ -300,8 +305,29 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
     }
 
     let now = jiff::Timestamp::now();
-    let status = status_for(&rs, &active, now);
-    if rs.status.as_ref() != Some(&status) {
+    let status = status_for(rs, &active, now);
+    // Pods that are ready but not yet available need another look when minReadySeconds pass.
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let action = if min_ready > 0 && status.ready_replicas != status.available_replicas {
+        Action::requeue(Duration::from_secs(
+            u64::try_from(min_ready).unwrap_or(1).max(1),
+        ))
+    } else {
+        Action::await_change()
+    };
+    Ok((action, Some(status)))
+}
+
+/// Makes the world match one ReplicaSet.
+///
+/// # Errors
+/// API failures (retried by the controller with back-off).
+pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let (action, status) = sync(&rs, &controller_ref(&rs), &ctx).await?;
+    if let Some(status) = status
+        && rs.status.as_ref() != Some(&status)
+    {
+        let ns = rs.namespace().unwrap_or_else(|| "default".into());
         let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
         api.patch_status(
             &rs.name_any(),
@@ -310,14 +336,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
         )
         .await?;
     }
-    // Pods that are ready but not yet available need another look when minReadySeconds pass.
-    let min_ready = spec.min_ready_seconds.unwrap_or(0);
-    if min_ready > 0 && status.ready_replicas != status.available_replicas {
-        return Ok(Action::requeue(Duration::from_secs(
-            u64::try_from(min_ready).unwrap_or(1).max(1),
-        )));
-    }
-    Ok(Action::await_change())
+    Ok(action)
 }
 
 /// Runs the ReplicaSet controller until `shutdown`.
@@ -400,7 +419,7 @@ mod tests {
                      "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}
         }))
         .expect("rs");
-        let p = pod_from_template(&rs);
+        let p = pod_from_template(&rs, &controller_ref(&rs));
         assert_eq!(p.metadata.generate_name.as_deref(), Some("web-abc-"));
         assert_eq!(p.metadata.namespace.as_deref(), Some("ns"));
         let owner = &p.metadata.owner_references.as_ref().expect("owner")[0];

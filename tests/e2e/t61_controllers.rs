@@ -743,3 +743,59 @@ async fn endpoints_and_slices_follow_the_pods_a_service_selects() -> Result<()> 
     .await?;
     node.stop().await
 }
+
+#[tokio::test]
+async fn a_replication_controller_keeps_and_scales_its_pods() -> Result<()> {
+    use k8s_openapi::api::core::v1::ReplicationController;
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let _ctrl = cluster.start_controllers();
+    let node = cluster.start_node("n1").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    let rcs: Api<ReplicationController> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    rcs.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "legacy"},
+        "spec": {"replicas": 2, "selector": {"app": "legacy"},
+        "template": {"metadata": {"labels": {"app": "legacy"}}, "spec": {"containers": [{"name": "c", "image": image, "args": ["forever"]}]}}}}))?).await?;
+    let owned = || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=legacy"))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            list.into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| {
+                    p.owner_references()
+                        .iter()
+                        .any(|r| r.kind == "ReplicationController" && r.name == "legacy")
+                })
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .count()
+        }
+    };
+    wait_for("2 pods owned by the controller", SLOW, || async {
+        (owned().await == 2).then_some(())
+    })
+    .await?;
+    let scale = rcs.get_scale("legacy").await?;
+    assert_eq!(
+        scale.status.and_then(|s| s.selector).as_deref(),
+        Some("app=legacy")
+    );
+    rcs.patch_scale(
+        "legacy",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"replicas": 1}})),
+    )
+    .await?;
+    wait_for("1 pod and status replicas 1", SLOW, || async {
+        let s = rcs.get("legacy").await.ok()?.status?;
+        (owned().await == 1 && s.replicas == 1 && s.ready_replicas == Some(1)).then_some(())
+    })
+    .await?;
+    node.stop().await
+}

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, Namespace, NamespaceSpec, NamespaceStatus, Node, Secret, Service,
-    ServiceAccount,
+    ConfigMap, Endpoints, Event, Namespace, NamespaceSpec, NamespaceStatus, Node,
+    ReplicationController, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -28,6 +28,7 @@ pub(super) fn register(r: &mut Registry) {
     r.register(SecretStrategy);
     r.register(EventStrategy);
     r.register(ServiceAccountStrategy);
+    r.register(ReplicationControllerStrategy);
 }
 
 fn none_if_empty(s: String) -> Value {
@@ -638,6 +639,94 @@ impl Strategy for ServiceAccountStrategy {
         vec![
             json!(sa.secrets.as_ref().map_or(0, Vec::len)),
             age(sa.metadata.creation_timestamp.as_ref()),
+        ]
+    }
+}
+
+/// core/v1 ReplicationController: ReplicaSet's predecessor, with a plain-map selector.
+struct ReplicationControllerStrategy;
+
+impl Strategy for ReplicationControllerStrategy {
+    type K = ReplicationController;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<ReplicationController>()
+            .short_names(&["rc"])
+            .in_all()
+            .with_status()
+            .with_scale()
+    }
+
+    fn default(&self, rc: &mut ReplicationController) {
+        let spec = rc.spec.get_or_insert_with(Default::default);
+        spec.replicas.get_or_insert(1);
+        // An empty selector defaults to the template's labels, as Kubernetes does.
+        if spec.selector.as_ref().is_none_or(BTreeMap::is_empty) {
+            spec.selector = spec
+                .template
+                .as_ref()
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.labels.clone());
+        }
+        if let Some(t) = spec.template.as_mut() {
+            super::pod::default_template(t);
+        }
+    }
+
+    fn validate(&self, rc: &ReplicationController) -> Vec<FieldError> {
+        let spec = rc.spec.clone().unwrap_or_default();
+        let mut errs = Vec::new();
+        let selector = spec.selector.clone().unwrap_or_default();
+        if selector.is_empty() {
+            errs.push(FieldError::required("spec.selector", ""));
+        }
+        match &spec.template {
+            Some(t) => {
+                let structured = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                    match_labels: Some(selector),
+                    match_expressions: None,
+                };
+                errs.extend(super::pod::validate_template(
+                    "spec.template",
+                    t,
+                    Some(&structured),
+                ));
+            }
+            None => errs.push(FieldError::required("spec.template", "")),
+        }
+        if spec.replicas.is_some_and(|r| r < 0) {
+            errs.push(FieldError::invalid(
+                "spec.replicas",
+                spec.replicas.unwrap_or(0),
+                "must be greater than or equal to 0",
+            ));
+        }
+        errs
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::int("Desired", "Replicas is the number of desired replicas."),
+            Column::int(
+                "Current",
+                "Replicas is the most recently observed number of replicas.",
+            ),
+            Column::int(
+                "Ready",
+                "The number of ready replicas for this replication controller.",
+            ),
+            Column::age(),
+        ]
+    }
+
+    fn row(&self, rc: &ReplicationController) -> Vec<Value> {
+        let spec = rc.spec.clone().unwrap_or_default();
+        let st = rc.status.clone().unwrap_or_default();
+        vec![
+            json!(spec.replicas.unwrap_or(1)),
+            json!(st.replicas),
+            json!(st.ready_replicas.unwrap_or(0)),
+            age(rc.metadata.creation_timestamp.as_ref()),
         ]
     }
 }
