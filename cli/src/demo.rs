@@ -57,13 +57,11 @@ pub(crate) async fn run(kubeconfig: &Path) -> anyhow::Result<()> {
 }
 
 async fn wait_for_ip(pods: &Api<Pod>, name: &str) -> Option<String> {
-    for _ in 0..50 {
-        if let Ok(p) = pods.get(name).await
-            && let Some(ip) = p.status.and_then(|s| s.pod_ip)
-        {
-            return Some(ip);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
+    let has_ip = |p: Option<&Pod>| p.and_then(|p| p.status.as_ref()?.pod_ip.as_ref()).is_some();
+    let wait = kube::runtime::wait::await_condition(pods.clone(), name, has_ip);
+    let pod = tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .ok()?
+        .ok()??;
+    pod.status?.pod_ip
 }

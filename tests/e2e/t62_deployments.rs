@@ -2,12 +2,15 @@
 //! `kubectl rollout status` waits on, and `kubectl rollout undo` (or the same patch from
 //! kube-rs when kubectl is absent) restoring the previous template.
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
 use tokio::process::Command;
 
 use anyhow::{Context, Result};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use wasmkube_tests::{Cluster, wait_for};
@@ -42,6 +45,23 @@ async fn rolled_out(deploys: &Api<Deployment>, image: &str) -> Result<Deployment
         done.then_some(d)
     })
     .await
+}
+
+enum Change {
+    Set(watcher::Event<ReplicaSet>),
+    Deploy(watcher::Event<Deployment>),
+}
+
+/// The next change, or an error when the watches end or go quiet for too long.
+async fn next(
+    changes: &mut futures::stream::BoxStream<'static, Result<Change, watcher::Error>>,
+) -> Result<Change> {
+    match tokio::time::timeout(SLOW, changes.try_next()).await {
+        Ok(Ok(Some(c))) => Ok(c),
+        Ok(Ok(None)) => anyhow::bail!("the watches ended"),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => anyhow::bail!("no change for {SLOW:?}"),
+    }
 }
 
 #[tokio::test]
@@ -114,22 +134,59 @@ async fn a_deployment_rolls_out_within_its_budget_and_rolls_back() -> Result<()>
     }
 
     // Roll to v2, watching the ReplicaSets: never more than replicas+maxSurge pods asked for,
-    // never fewer than replicas-maxUnavailable available.
+    // never fewer than replicas-maxUnavailable available, at any change the watch reports.
+    let set_changes = watcher::watcher(sets.clone(), watcher::Config::default().labels("app=web"))
+        .map(|e| e.map(Change::Set));
+    let deploy_changes = watcher::watcher(
+        deploys.clone(),
+        watcher::Config::default().fields("metadata.name=web"),
+    )
+    .map(|e| e.map(Change::Deploy));
+    let mut changes = futures::stream::select(set_changes, deploy_changes).boxed();
+    // Both watches have listed before the template changes, so nothing is missed.
+    let mut listed = 0;
+    let mut current: BTreeMap<String, ReplicaSet> = BTreeMap::new();
+    while listed < 2 {
+        match next(&mut changes).await? {
+            Change::Set(watcher::Event::InitApply(rs)) => {
+                current.insert(rs.name_any(), rs);
+            }
+            Change::Set(watcher::Event::InitDone) | Change::Deploy(watcher::Event::InitDone) => {
+                listed += 1
+            }
+            _ => {}
+        }
+    }
     deploys.patch("web", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": v2, "args": ["forever"]}]}}}}))).await?;
-    let started = Instant::now();
     let (mut max_total, mut min_available) = (0, i32::MAX);
     loop {
-        anyhow::ensure!(started.elapsed() < SLOW, "the rollout to v2 did not finish");
-        let list = sets
-            .list(&ListParams::default().labels("app=web"))
-            .await?
-            .items;
-        let total: i32 = list
-            .iter()
+        match next(&mut changes).await? {
+            Change::Set(watcher::Event::Apply(rs) | watcher::Event::InitApply(rs)) => {
+                current.insert(rs.name_any(), rs);
+            }
+            Change::Set(watcher::Event::Delete(rs)) => {
+                current.remove(&rs.name_any());
+            }
+            Change::Deploy(watcher::Event::Apply(d)) => {
+                let s = d.status.clone().unwrap_or_default();
+                let done = s.observed_generation >= d.metadata.generation
+                    && s.updated_replicas == Some(3)
+                    && s.replicas == Some(3)
+                    && s.available_replicas == Some(3)
+                    && image_of(&d) == v2;
+                if done {
+                    break;
+                }
+                continue;
+            }
+            _ => continue,
+        }
+        let total: i32 = current
+            .values()
             .map(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0))
             .sum();
-        let available: i32 = list
-            .iter()
+        let available: i32 = current
+            .values()
             .map(|rs| {
                 rs.status
                     .as_ref()
@@ -139,16 +196,6 @@ async fn a_deployment_rolls_out_within_its_budget_and_rolls_back() -> Result<()>
             .sum();
         max_total = max_total.max(total);
         min_available = min_available.min(available);
-        let d = deploys.get("web").await?;
-        let s = d.status.clone().unwrap_or_default();
-        if s.observed_generation >= d.metadata.generation
-            && s.updated_replicas == Some(3)
-            && s.replicas == Some(3)
-            && s.available_replicas == Some(3)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(
         max_total <= 4,

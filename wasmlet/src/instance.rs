@@ -521,6 +521,21 @@ mod tests {
         }
     }
 
+    /// Waits (on the log's change notifications, at most 10 s) until the log contains `needle`.
+    async fn wait_for_log(log: &LogFile, needle: &str) {
+        let mut progress = log.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !std::fs::read_to_string(log.path()).is_ok_and(|t| t.contains(needle)) {
+                progress
+                    .changed()
+                    .await
+                    .expect("the log stays open while the guest runs");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the guest never logged {needle:?}"));
+    }
+
     fn argv(args: &[&str]) -> Launch {
         Launch {
             argv: args.iter().map(|a| (*a).to_owned()).collect(),
@@ -639,17 +654,7 @@ mod tests {
             async move { run_command(&pre, &launch, &log, &kill).await }
         });
         // Kill it mid-computation: once it has reported a second of work.
-        let mut progress = log.subscribe();
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !std::fs::read_to_string(log.path()).is_ok_and(|t| t.contains("rate ")) {
-                progress
-                    .changed()
-                    .await
-                    .expect("the log stays open while the guest runs");
-            }
-        })
-        .await
-        .expect("the spinner reports its rate");
+        wait_for_log(&log, "rate ").await;
         let asked = std::time::Instant::now();
         kill.cancel();
         let exit = tokio::time::timeout(Duration::from_secs(5), run)
@@ -679,20 +684,11 @@ mod tests {
             let (kill, log) = (kill.clone(), Arc::clone(&log));
             async move { run_command(&pre, &launch, &log, &kill).await }
         });
-        // The guest bound 0.0.0.0:7000; it is reachable on its pod IP.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let mut conn = loop {
-            match tokio::net::TcpStream::connect((server_ip, 7000)).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    assert!(
-                        std::time::Instant::now() < deadline,
-                        "echo never listened: {e}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
+        // The guest bound 0.0.0.0:7000 (it says so); it is reachable on its pod IP.
+        wait_for_log(&log, "echo listening on").await;
+        let mut conn = tokio::net::TcpStream::connect((server_ip, 7000))
+            .await
+            .expect("connect to the pod IP");
         tokio::io::AsyncWriteExt::write_all(&mut conn, b"ping")
             .await
             .expect("send");
