@@ -23,12 +23,34 @@ use wasmkube_api::quantity::{bytes, millicores};
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+/// The data of a ConfigMap or Secret, keys to bytes.
+type Data = BTreeMap<String, Vec<u8>>;
+
+/// Binary entries, then string entries on top (a Secret's `stringData` wins over its `data`;
+/// a ConfigMap's `data` and `binaryData` never share a key).
+fn merged(
+    binary: Option<BTreeMap<String, k8s_openapi::ByteString>>,
+    strings: Option<BTreeMap<String, String>>,
+) -> Data {
+    let mut all: Data = binary
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    all.extend(
+        strings
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes())),
+    );
+    all
+}
+
 /// Reads ConfigMaps and Secrets of the pod's namespace, once each.
 pub struct Sources {
     configmaps: Api<ConfigMap>,
     secrets: Api<Secret>,
-    cm_cache: HashMap<String, Option<BTreeMap<String, Vec<u8>>>>,
-    secret_cache: HashMap<String, Option<BTreeMap<String, Vec<u8>>>>,
+    cache: HashMap<(&'static str, String), Option<Data>>,
 }
 
 impl Sources {
@@ -37,69 +59,45 @@ impl Sources {
         Self {
             configmaps: Api::namespaced(client.clone(), namespace),
             secrets: Api::namespaced(client, namespace),
-            cm_cache: HashMap::new(),
-            secret_cache: HashMap::new(),
+            cache: HashMap::new(),
         }
     }
 
-    async fn configmap(
+    async fn lookup<K>(
         &mut self,
+        kind: &'static str,
+        api: Api<K>,
         name: &str,
-    ) -> Result<Option<&BTreeMap<String, Vec<u8>>>, ConfigError> {
-        if !self.cm_cache.contains_key(name) {
-            let cm = self
-                .configmaps
+        data: fn(K) -> Data,
+    ) -> Result<Option<&Data>, ConfigError>
+    where
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let key = (kind, name.to_owned());
+        if !self.cache.contains_key(&key) {
+            let obj = api
                 .get_opt(name)
                 .await
-                .map_err(|e| ConfigError(format!("reading configmap {name:?}: {e}")))?;
-            let data = cm.map(|cm| {
-                let mut all: BTreeMap<String, Vec<u8>> = cm
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect();
-                all.extend(
-                    cm.binary_data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0)),
-                );
-                all
-            });
-            self.cm_cache.insert(name.to_owned(), data);
+                .map_err(|e| ConfigError(format!("reading {kind} {name:?}: {e}")))?;
+            self.cache.insert(key.clone(), obj.map(data));
         }
-        Ok(self.cm_cache[name].as_ref())
+        Ok(self.cache[&key].as_ref())
     }
 
-    async fn secret(
-        &mut self,
-        name: &str,
-    ) -> Result<Option<&BTreeMap<String, Vec<u8>>>, ConfigError> {
-        if !self.secret_cache.contains_key(name) {
-            let s = self
-                .secrets
-                .get_opt(name)
-                .await
-                .map_err(|e| ConfigError(format!("reading secret {name:?}: {e}")))?;
-            let data = s.map(|s| {
-                let mut all: BTreeMap<String, Vec<u8>> = s
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect();
-                all.extend(
-                    s.string_data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.into_bytes())),
-                );
-                all
-            });
-            self.secret_cache.insert(name.to_owned(), data);
-        }
-        Ok(self.secret_cache[name].as_ref())
+    async fn configmap(&mut self, name: &str) -> Result<Option<&Data>, ConfigError> {
+        let api = self.configmaps.clone();
+        self.lookup("configmap", api, name, |cm: ConfigMap| {
+            merged(cm.binary_data, cm.data)
+        })
+        .await
+    }
+
+    async fn secret(&mut self, name: &str) -> Result<Option<&Data>, ConfigError> {
+        let api = self.secrets.clone();
+        self.lookup("secret", api, name, |s: Secret| {
+            merged(s.data, s.string_data)
+        })
+        .await
     }
 }
 
