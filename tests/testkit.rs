@@ -44,6 +44,7 @@ pub struct Cluster {
     pub token: String,
     shutdown: CancellationToken,
     running: Option<wasmkube_apiserver::Running>,
+    control_plane: Vec<Background>,
 }
 
 impl Cluster {
@@ -78,6 +79,7 @@ impl Cluster {
             client,
             shutdown,
             running: Some(running),
+            control_plane: Vec::new(),
         })
     }
 
@@ -224,6 +226,17 @@ impl Cluster {
         adjust: impl FnOnce(&mut wasmkube_wasmlet::Config),
     ) -> Result<Node> {
         Node::start(&self.kubeconfig, &self.client, name, adjust).await
+    }
+
+    /// Starts an API server with the scheduler and the controller manager beside it (they stop
+    /// with the cluster).
+    ///
+    /// # Errors
+    /// When it cannot start.
+    pub async fn start_with_control_plane() -> Result<Cluster> {
+        let mut cluster = Self::start().await?;
+        cluster.control_plane = vec![cluster.start_scheduler(), cluster.start_controllers()];
+        Ok(cluster)
     }
 
     /// Starts the scheduler in this process; it stops when the returned guard drops.

@@ -33,9 +33,7 @@ async fn running_owned(pods: &Api<Pod>, uid: &str) -> Vec<Pod> {
 
 #[tokio::test]
 async fn a_replica_set_keeps_its_replicas_replaces_scales_and_adopts() -> Result<()> {
-    let cluster = Cluster::start().await?;
-    let _sched = cluster.start_scheduler();
-    let _ctrl = cluster.start_controllers();
+    let cluster = Cluster::start_with_control_plane().await?;
     let a = cluster.start_node("node-a").await?;
     let b = cluster.start_node("node-b").await?;
     let image = cluster.push_sample("toolbox").await?;
@@ -129,9 +127,7 @@ async fn a_replica_set_keeps_its_replicas_replaces_scales_and_adopts() -> Result
 #[tokio::test]
 async fn a_deleted_namespace_is_emptied_then_removed_and_new_ones_get_a_service_account()
 -> Result<()> {
-    let cluster = Cluster::start().await?;
-    let _sched = cluster.start_scheduler();
-    let _ctrl = cluster.start_controllers();
+    let cluster = Cluster::start_with_control_plane().await?;
     let node = cluster.start_node("n1").await?;
     let image = cluster.push_sample("toolbox").await?;
     let c = &cluster.client;
@@ -191,9 +187,7 @@ async fn deleting_owners_collects_dependents_in_the_background_foreground_or_orp
 -> Result<()> {
     use k8s_openapi::api::apps::v1::Deployment;
     use kube::api::PropagationPolicy;
-    let cluster = Cluster::start().await?;
-    let _sched = cluster.start_scheduler();
-    let _ctrl = cluster.start_controllers();
+    let cluster = Cluster::start_with_control_plane().await?;
     let node = cluster.start_node("n1").await?;
     let image = cluster.push_sample("toolbox").await?;
     let c = &cluster.client;
@@ -400,9 +394,7 @@ async fn a_silent_node_goes_unknown_and_its_pods_come_back_on_the_others() -> Re
 #[tokio::test]
 async fn jobs_complete_fail_at_the_backoff_limit_and_expire_after_their_ttl() -> Result<()> {
     use k8s_openapi::api::batch::v1::Job;
-    let cluster = Cluster::start().await?;
-    let _sched = cluster.start_scheduler();
-    let _ctrl = cluster.start_controllers();
+    let cluster = Cluster::start_with_control_plane().await?;
     let node = cluster.start_node("n1").await?;
     let hello = cluster.push_sample("hello").await?;
     let toolbox = cluster.push_sample("toolbox").await?;
@@ -509,9 +501,7 @@ async fn jobs_complete_fail_at_the_backoff_limit_and_expire_after_their_ttl() ->
 async fn a_daemon_set_follows_nodes_as_they_join() -> Result<()> {
     use k8s_openapi::api::apps::v1::DaemonSet;
     use std::collections::BTreeSet;
-    let cluster = Cluster::start().await?;
-    let _sched = cluster.start_scheduler();
-    let _ctrl = cluster.start_controllers();
+    let cluster = Cluster::start_with_control_plane().await?;
     let first = cluster.start_node("first").await?;
     let image = cluster.push_sample("toolbox").await?;
     let c = &cluster.client;
@@ -557,9 +547,7 @@ async fn a_daemon_set_follows_nodes_as_they_join() -> Result<()> {
 async fn stateful_set_ordinals_come_up_in_order_and_keep_their_storage() -> Result<()> {
     use k8s_openapi::api::apps::v1::StatefulSet;
     use kube::api::LogParams;
-    let cluster = Cluster::start().await?;
-    let _sched = cluster.start_scheduler();
-    let _ctrl = cluster.start_controllers();
+    let cluster = Cluster::start_with_control_plane().await?;
     let node = cluster.start_node("n1").await?;
     let image = cluster.push_sample("toolbox").await?;
     let c = &cluster.client;
@@ -632,9 +620,7 @@ async fn stateful_set_ordinals_come_up_in_order_and_keep_their_storage() -> Resu
 #[tokio::test]
 async fn a_cron_job_starts_a_job_at_the_next_minute() -> Result<()> {
     use k8s_openapi::api::batch::v1::{CronJob, Job};
-    let cluster = Cluster::start().await?;
-    let _sched = cluster.start_scheduler();
-    let _ctrl = cluster.start_controllers();
+    let cluster = Cluster::start_with_control_plane().await?;
     let node = cluster.start_node("n1").await?;
     let hello = cluster.push_sample("hello").await?;
     let c = &cluster.client;
@@ -683,9 +669,7 @@ async fn a_cron_job_starts_a_job_at_the_next_minute() -> Result<()> {
 async fn endpoints_and_slices_follow_the_pods_a_service_selects() -> Result<()> {
     use k8s_openapi::api::core::v1::{Endpoints, Service};
     use k8s_openapi::api::discovery::v1::EndpointSlice;
-    let cluster = Cluster::start().await?;
-    let _sched = cluster.start_scheduler();
-    let _ctrl = cluster.start_controllers();
+    let cluster = Cluster::start_with_control_plane().await?;
     let node = cluster.start_node("n1").await?;
     let image = cluster.push_sample("toolbox").await?;
     let c = &cluster.client;
@@ -747,9 +731,7 @@ async fn endpoints_and_slices_follow_the_pods_a_service_selects() -> Result<()> 
 #[tokio::test]
 async fn a_replication_controller_keeps_and_scales_its_pods() -> Result<()> {
     use k8s_openapi::api::core::v1::ReplicationController;
-    let cluster = Cluster::start().await?;
-    let _sched = cluster.start_scheduler();
-    let _ctrl = cluster.start_controllers();
+    let cluster = Cluster::start_with_control_plane().await?;
     let node = cluster.start_node("n1").await?;
     let image = cluster.push_sample("toolbox").await?;
     let c = &cluster.client;

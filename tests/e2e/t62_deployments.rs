@@ -66,9 +66,7 @@ async fn next(
 
 #[tokio::test]
 async fn a_deployment_rolls_out_within_its_budget_and_rolls_back() -> Result<()> {
-    let cluster = Cluster::start().await?;
-    let _sched = cluster.start_scheduler();
-    let _ctrl = cluster.start_controllers();
+    let cluster = Cluster::start_with_control_plane().await?;
     let a = cluster.start_node("node-a").await?;
     let b = cluster.start_node("node-b").await?;
     let v1 = cluster.push_sample("toolbox").await?;
