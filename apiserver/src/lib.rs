@@ -17,6 +17,7 @@
 //! # }
 //! ```
 
+mod alloc;
 mod apply;
 mod discovery;
 pub mod error;
@@ -44,6 +45,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use alloc::Network;
 pub use error::{ApiError, FieldError};
 pub use server::{Running, start};
 
@@ -63,6 +65,8 @@ pub struct Config {
     pub compaction_interval: Duration,
     /// How often watches with `allowWatchBookmarks` get a bookmark.
     pub bookmark_interval: Duration,
+    /// Service, node-port and pod address ranges.
+    pub network: Network,
 }
 
 impl Config {
@@ -74,6 +78,7 @@ impl Config {
             extra_sans: Vec::new(),
             compaction_interval: Duration::from_secs(300),
             bookmark_interval: Duration::from_secs(30),
+            network: Network::default(),
         }
     }
 }
@@ -110,6 +115,7 @@ pub struct Apiserver {
     pub(crate) shutdown: CancellationToken,
     pub(crate) bookmark_interval: Duration,
     pub(crate) openapi: std::sync::OnceLock<openapi::OpenApi>,
+    pub(crate) alloc: alloc::Allocator,
 }
 
 impl Apiserver {

@@ -163,7 +163,12 @@ impl Apiserver {
                     .expect("JSON serializes"),
                 precondition,
             },
-            Cas::Delete => Command::Delete { key, precondition },
+            Cas::Delete => {
+                if t.kind.info().group.is_empty() {
+                    self.alloc.removed(t.kind.info().plural);
+                }
+                Command::Delete { key, precondition }
+            }
         };
         match self.store.write(command).await? {
             Outcome::Written { value, .. } => Ok(Some(self.decode_stored(t, &value)?)),
@@ -435,6 +440,51 @@ impl Apiserver {
         Ok(())
     }
 
+    /// Address allocation for Services and Nodes ([`crate::alloc`]); the returned lock is held
+    /// until the object is written.
+    async fn allocate(
+        &self,
+        t: &Target,
+        obj: &mut Value,
+        old: Option<&Value>,
+        dry: bool,
+    ) -> Result<crate::alloc::Held<'_>, ApiError> {
+        use crate::alloc::Held;
+        use k8s_openapi::api::core::v1::{Node, Service};
+        let info = t.kind.info();
+        if !info.group.is_empty() || t.subresource.is_some() {
+            return Ok(Held::None);
+        }
+        fn typed<K: serde::de::DeserializeOwned>(v: &Value) -> Result<K, ApiError> {
+            serde_json::from_value(v.clone())
+                .map_err(|e| ApiError::internal(format!("admitted object: {e}")))
+        }
+        let held = match info.plural {
+            "services" => {
+                let mut svc: Service = typed(obj)?;
+                let old = old.map(typed::<Service>).transpose()?;
+                let held = self
+                    .alloc
+                    .admit_service(&self.store, &mut svc, old.as_ref(), dry)
+                    .await?;
+                *obj = serde_json::to_value(&svc).expect("typed objects serialize");
+                held
+            }
+            "nodes" => {
+                let mut node: Node = typed(obj)?;
+                let old = old.map(typed::<Node>).transpose()?;
+                let held = self
+                    .alloc
+                    .admit_node(&self.store, &mut node, old.as_ref(), dry)
+                    .await?;
+                *obj = serde_json::to_value(&node).expect("typed objects serialize");
+                held
+            }
+            _ => Held::None,
+        };
+        Ok(held)
+    }
+
     async fn check_namespace(&self, t: &Target, name: &str) -> Result<(), ApiError> {
         let Some(ns) = t.namespace.as_deref() else {
             return Ok(());
@@ -541,6 +591,7 @@ impl Apiserver {
         if info.plural == "pods" && info.group.is_empty() {
             self.admit_priority(t, &name, &mut obj).await?;
         }
+        let _allocated = self.allocate(t, &mut obj, None, dry).await?;
         if dry {
             return Ok(obj);
         }
@@ -666,6 +717,7 @@ impl Apiserver {
         t.kind
             .admit(&mut new, Some(&cur.value))
             .map_err(|errs| ApiError::invalid(info, &name, &errs))?;
+        let _allocated = self.allocate(t, &mut new, Some(&cur.value), dry).await?;
         if meta_str(&cur.value, "deletionTimestamp").is_some() {
             let old: std::collections::HashSet<String> =
                 object::finalizers(&cur.value).into_iter().collect();

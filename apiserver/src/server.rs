@@ -310,6 +310,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown: shutdown.clone(),
         bookmark_interval: config.bookmark_interval,
         openapi: Default::default(),
+        alloc: crate::alloc::Allocator::new(config.network.clone()),
     });
     bootstrap(&api).await?;
     let listener = TcpListener::bind(config.listen).await?;

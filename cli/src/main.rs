@@ -58,15 +58,43 @@ struct ServerArgs {
     /// Seconds between history compactions.
     #[arg(long, default_value_t = 300)]
     compaction_interval: u64,
+    /// Where Service cluster IPs come from (virtual addresses; never routed off the node).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: ipnet::Ipv4Net,
+    /// Where each node's pod range (spec.podCIDR) comes from (virtual addresses).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: ipnet::Ipv4Net,
+    /// The prefix length of one node's pod range.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// The range nodePorts come from, FIRST-LAST.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
 }
 
 impl ServerArgs {
-    fn config(&self) -> wasmkube_apiserver::Config {
+    fn config(&self) -> anyhow::Result<wasmkube_apiserver::Config> {
         let mut c = wasmkube_apiserver::Config::new(&self.data_dir);
         c.listen = self.listen;
         c.extra_sans = self.tls_san.clone();
         c.compaction_interval = Duration::from_secs(self.compaction_interval.max(1));
-        c
+        let (first, last) = self
+            .service_node_port_range
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+            .filter(|(a, b)| a < b)
+            .context("--service-node-port-range must look like 30000-32767")?;
+        anyhow::ensure!(
+            (self.cluster_cidr.prefix_len()..=30).contains(&self.node_cidr_mask_size),
+            "--node-cidr-mask-size must be between the --cluster-cidr prefix and 30"
+        );
+        c.network = wasmkube_apiserver::Network {
+            service_cidr: self.service_cluster_ip_range.trunc(),
+            cluster_cidr: self.cluster_cidr.trunc(),
+            node_cidr_mask: self.node_cidr_mask_size,
+            node_ports: first..=last,
+        };
+        Ok(c)
     }
 }
 
@@ -327,7 +355,7 @@ async fn main() -> anyhow::Result<()> {
     on_signal(shutdown.clone());
     match cli.command {
         Command::Apiserver(args) => {
-            let running = wasmkube_apiserver::start(args.config(), shutdown)
+            let running = wasmkube_apiserver::start(args.config()?, shutdown)
                 .await
                 .context("starting the API server")?;
             println!("wasmkube API server: https://{}", running.addr);
@@ -335,7 +363,7 @@ async fn main() -> anyhow::Result<()> {
             running.wait().await.context("API server")?;
         }
         Command::Up(args) => {
-            let running = wasmkube_apiserver::start(args.server.config(), shutdown.clone())
+            let running = wasmkube_apiserver::start(args.server.config()?, shutdown.clone())
                 .await
                 .context("starting the API server")?;
             println!("wasmkube is up: API server https://{}", running.addr);

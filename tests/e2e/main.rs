@@ -17,3 +17,4 @@ mod t51_images;
 mod t60_scheduler;
 mod t61_controllers;
 mod t62_deployments;
+mod t70_network;
