@@ -16,5 +16,6 @@ pub mod names;
 pub mod quantity;
 pub mod resource;
 pub mod selector;
+pub mod services;
 
 pub use resource::{ResourceInfo, Scope};

@@ -1,0 +1,540 @@
+//! What Services resolve to: an index of Services and their EndpointSlices, kept up to date
+//! from watch events, answering the questions kube-proxy and cluster DNS ask — which Service
+//! port owns `clusterIP:port` or a node port, which endpoints back it, which pod has a hostname.
+//!
+//! Pure data: the wasmlet's service proxy and the DNS server each feed one from their own
+//! watches.
+//!
+//! ```
+//! use wasmkube_api::services::{Protocol, ServiceIndex};
+//! let mut index = ServiceIndex::default();
+//! index.apply_service(&serde_json::from_value(serde_json::json!({
+//!     "metadata": {"name": "web", "namespace": "default"},
+//!     "spec": {"clusterIP": "10.96.1.1", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+//! })).unwrap());
+//! index.apply_slice(&serde_json::from_value(serde_json::json!({
+//!     "metadata": {"name": "web-1", "namespace": "default",
+//!                  "labels": {"kubernetes.io/service-name": "web"}},
+//!     "addressType": "IPv4",
+//!     "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true}}],
+//!     "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+//! })).unwrap());
+//! let (svc, port) = index.by_cluster_ip("10.96.1.1".parse().unwrap(), 80, Protocol::Tcp).unwrap();
+//! let backends: Vec<_> = index.backends(&svc.namespace, &svc.name, port).collect();
+//! assert_eq!(backends[0].addr.to_string(), "10.244.0.5:8080");
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// A transport protocol of a Service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// `TCP` (the default).
+    Tcp,
+    /// `UDP`.
+    Udp,
+    /// `SCTP`.
+    Sctp,
+}
+
+impl Protocol {
+    /// Parses a Kubernetes protocol name (absent means TCP).
+    pub fn parse(s: Option<&str>) -> Protocol {
+        match s {
+            Some("UDP") => Protocol::Udp,
+            Some("SCTP") => Protocol::Sctp,
+            _ => Protocol::Tcp,
+        }
+    }
+
+    /// The lowercase name used in SRV records (`_tcp`).
+    pub fn srv_label(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+/// What a Service's `clusterIP` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterIp {
+    /// A virtual IP that load-balances.
+    Ip(Ipv4Addr),
+    /// `None`: a headless Service; DNS answers with the endpoints.
+    Headless,
+    /// Not allocated (ExternalName, or not yet).
+    Unset,
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// The port's name (empty for a single unnamed port).
+    pub name: String,
+    /// The port on the cluster IP.
+    pub port: u16,
+    /// The transport.
+    pub protocol: Protocol,
+    /// The node port, for NodePort and LoadBalancer Services.
+    pub node_port: Option<u16>,
+}
+
+/// What the proxy and DNS need of one Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// The namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+    /// The cluster IP.
+    pub cluster_ip: ClusterIp,
+    /// `spec.externalName` of an ExternalName Service.
+    pub external_name: Option<String>,
+    /// The ports.
+    pub ports: Vec<ServicePort>,
+    /// `sessionAffinity: ClientIP` with its timeout in seconds.
+    pub affinity_seconds: Option<u32>,
+}
+
+/// One endpoint address of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The pod IP.
+    pub ip: Ipv4Addr,
+    /// Ready to receive new connections (absent counts as ready).
+    pub ready: bool,
+    /// The hostname (StatefulSet pods with a matching subdomain).
+    pub hostname: Option<String>,
+    /// The node the endpoint is on.
+    pub node_name: Option<String>,
+}
+
+/// An endpoint with the port a Service port resolved to on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend<'a> {
+    /// Pod IP and target port.
+    pub addr: SocketAddrV4,
+    /// The endpoint.
+    pub endpoint: &'a Endpoint,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Slice {
+    service: String,
+    endpoints: Vec<Endpoint>,
+    /// Port name → (port, protocol).
+    ports: Vec<(String, u16, Protocol)>,
+}
+
+type Key = (String, String);
+type PortKey = (Ipv4Addr, u16, Protocol);
+
+/// Services and EndpointSlices by name, with the lookups the data path needs.
+#[derive(Debug, Default)]
+pub struct ServiceIndex {
+    services: HashMap<Key, ServiceEntry>,
+    /// (namespace, slice name) → slice.
+    slices: HashMap<Key, Slice>,
+    /// (namespace, service) → its slice names, in order.
+    slices_of: HashMap<Key, BTreeMap<String, ()>>,
+    by_cluster_ip: HashMap<PortKey, Key>,
+    by_node_port: HashMap<(u16, Protocol), Key>,
+}
+
+fn key(ns: &str, name: &str) -> Key {
+    (ns.to_owned(), name.to_owned())
+}
+
+impl ServiceEntry {
+    /// Reads what matters of a Service object.
+    pub fn from_service(svc: &Service) -> ServiceEntry {
+        let spec = svc.spec.clone().unwrap_or_default();
+        let cluster_ip = match spec.cluster_ip.as_deref() {
+            Some("None") => ClusterIp::Headless,
+            Some(s) => s.parse().map_or(ClusterIp::Unset, ClusterIp::Ip),
+            None => ClusterIp::Unset,
+        };
+        let affinity_seconds = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(10_800)
+        });
+        ServiceEntry {
+            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+            cluster_ip,
+            external_name: spec
+                .external_name
+                .filter(|_| spec.type_.as_deref() == Some("ExternalName")),
+            ports: spec
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    Some(ServicePort {
+                        name: p.name.clone().unwrap_or_default(),
+                        port: u16::try_from(p.port).ok()?,
+                        protocol: Protocol::parse(p.protocol.as_deref()),
+                        node_port: p.node_port.and_then(|n| u16::try_from(n).ok()),
+                    })
+                })
+                .collect(),
+            affinity_seconds,
+        }
+    }
+}
+
+impl ServiceIndex {
+    /// Adds or replaces a Service.
+    pub fn apply_service(&mut self, svc: &Service) {
+        let entry = ServiceEntry::from_service(svc);
+        let k = key(&entry.namespace, &entry.name);
+        self.unindex(&k);
+        if let ClusterIp::Ip(ip) = entry.cluster_ip {
+            for p in &entry.ports {
+                self.by_cluster_ip
+                    .insert((ip, p.port, p.protocol), k.clone());
+            }
+        }
+        for p in &entry.ports {
+            if let Some(n) = p.node_port {
+                self.by_node_port.insert((n, p.protocol), k.clone());
+            }
+        }
+        self.services.insert(k, entry);
+    }
+
+    /// Removes a Service.
+    pub fn delete_service(&mut self, namespace: &str, name: &str) {
+        let k = key(namespace, name);
+        self.unindex(&k);
+        self.services.remove(&k);
+    }
+
+    fn unindex(&mut self, k: &Key) {
+        if let Some(old) = self.services.get(k) {
+            if let ClusterIp::Ip(ip) = old.cluster_ip {
+                for p in &old.ports {
+                    let pk = (ip, p.port, p.protocol);
+                    if self.by_cluster_ip.get(&pk) == Some(k) {
+                        self.by_cluster_ip.remove(&pk);
+                    }
+                }
+            }
+            for p in &old.ports {
+                if let Some(n) = p.node_port
+                    && self.by_node_port.get(&(n, p.protocol)) == Some(k)
+                {
+                    self.by_node_port.remove(&(n, p.protocol));
+                }
+            }
+        }
+    }
+
+    /// Adds or replaces an EndpointSlice (IPv4 slices labelled with their Service).
+    pub fn apply_slice(&mut self, slice: &EndpointSlice) {
+        let ns = slice.metadata.namespace.clone().unwrap_or_default();
+        let name = slice.metadata.name.clone().unwrap_or_default();
+        self.delete_slice(&ns, &name);
+        let Some(service) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .cloned()
+        else {
+            return;
+        };
+        if slice.address_type != "IPv4" {
+            return;
+        }
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .flat_map(|e| {
+                let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                e.addresses.iter().filter_map(move |a| {
+                    Some(Endpoint {
+                        ip: a.parse().ok()?,
+                        ready,
+                        hostname: e.hostname.clone(),
+                        node_name: e.node_name.clone(),
+                    })
+                })
+            })
+            .collect();
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p.name.clone().unwrap_or_default(),
+                    u16::try_from(p.port?).ok()?,
+                    Protocol::parse(p.protocol.as_deref()),
+                ))
+            })
+            .collect();
+        self.slices_of
+            .entry(key(&ns, &service))
+            .or_default()
+            .insert(name.clone(), ());
+        self.slices.insert(
+            (ns, name),
+            Slice {
+                service,
+                endpoints,
+                ports,
+            },
+        );
+    }
+
+    /// Removes an EndpointSlice.
+    pub fn delete_slice(&mut self, namespace: &str, name: &str) {
+        if let Some(old) = self.slices.remove(&key(namespace, name)) {
+            let sk = key(namespace, &old.service);
+            if let Some(names) = self.slices_of.get_mut(&sk) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.slices_of.remove(&sk);
+                }
+            }
+        }
+    }
+
+    /// Forgets everything (before a re-list).
+    pub fn clear(&mut self) {
+        *self = ServiceIndex::default();
+    }
+
+    /// A Service by namespace and name.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&ServiceEntry> {
+        self.services.get(&key(namespace, name))
+    }
+
+    /// Whether any Service lives in `namespace`.
+    pub fn has_namespace(&self, namespace: &str) -> bool {
+        self.services.keys().any(|(ns, _)| ns == namespace)
+    }
+
+    /// The Service port answering on `clusterIP:port`.
+    pub fn by_cluster_ip(
+        &self,
+        ip: Ipv4Addr,
+        port: u16,
+        protocol: Protocol,
+    ) -> Option<(&ServiceEntry, &ServicePort)> {
+        let svc = self
+            .services
+            .get(self.by_cluster_ip.get(&(ip, port, protocol))?)?;
+        let p = svc
+            .ports
+            .iter()
+            .find(|p| p.port == port && p.protocol == protocol)?;
+        Some((svc, p))
+    }
+
+    /// Whether `ip` is some Service's cluster IP.
+    pub fn is_cluster_ip(&self, ip: Ipv4Addr) -> bool {
+        self.services
+            .values()
+            .any(|s| s.cluster_ip == ClusterIp::Ip(ip))
+    }
+
+    /// The Service port behind a node port.
+    pub fn by_node_port(
+        &self,
+        port: u16,
+        protocol: Protocol,
+    ) -> Option<(&ServiceEntry, &ServicePort)> {
+        let svc = self
+            .services
+            .get(self.by_node_port.get(&(port, protocol))?)?;
+        let p = svc
+            .ports
+            .iter()
+            .find(|p| p.node_port == Some(port) && p.protocol == protocol)?;
+        Some((svc, p))
+    }
+
+    /// Every node port in use, with its protocol.
+    pub fn node_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
+        self.by_node_port.keys().copied()
+    }
+
+    /// Every endpoint of a Service (all slices, ready or not).
+    pub fn endpoints<'a>(
+        &'a self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        self.slices_of_service(namespace, name)
+            .flat_map(|s| s.endpoints.iter())
+    }
+
+    /// The endpoints of one Service port with the target port each resolved to, in a stable
+    /// order (ready or not; callers choose).
+    pub fn backends<'a>(
+        &'a self,
+        namespace: &str,
+        name: &str,
+        port: &'a ServicePort,
+    ) -> impl Iterator<Item = Backend<'a>> + 'a {
+        self.slices_of_service(namespace, name).flat_map(move |s| {
+            let target = s
+                .ports
+                .iter()
+                .find(|(n, _, proto)| *n == port.name && *proto == port.protocol)
+                .map(|(_, p, _)| *p);
+            s.endpoints.iter().filter_map(move |e| {
+                Some(Backend {
+                    addr: SocketAddrV4::new(e.ip, target?),
+                    endpoint: e,
+                })
+            })
+        })
+    }
+
+    /// The named ports of a Service's endpoints: (name, port, protocol), for SRV records.
+    pub fn endpoint_ports<'a>(
+        &'a self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Iterator<Item = (&'a str, u16, Protocol)> + 'a {
+        self.slices_of_service(namespace, name)
+            .flat_map(|s| s.ports.iter().map(|(n, p, proto)| (n.as_str(), *p, *proto)))
+    }
+
+    fn slices_of_service<'a>(
+        &'a self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Iterator<Item = &'a Slice> + 'a {
+        let ns = namespace.to_owned();
+        self.slices_of
+            .get(&key(namespace, name))
+            .into_iter()
+            .flat_map(|names| names.keys())
+            .filter_map(move |n| self.slices.get(&(ns.clone(), n.clone())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).expect("service")
+    }
+
+    fn slice(
+        name: &str,
+        service: &str,
+        eps: serde_json::Value,
+        ports: serde_json::Value,
+    ) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns", "labels": {SERVICE_NAME_LABEL: service}},
+            "addressType": "IPv4", "endpoints": eps, "ports": ports,
+        }))
+        .expect("slice")
+    }
+
+    #[test]
+    fn services_resolve_to_backends_across_slices() {
+        let mut idx = ServiceIndex::default();
+        idx.apply_service(&svc(json!({
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"clusterIP": "10.96.1.1", "type": "NodePort", "sessionAffinity": "ClientIP",
+                     "ports": [{"name": "http", "port": 80, "nodePort": 30080}]},
+        })));
+        idx.apply_slice(&slice(
+            "web-a",
+            "web",
+            json!([{"addresses": ["10.244.0.5"], "conditions": {"ready": true}},
+                   {"addresses": ["10.244.0.6"], "conditions": {"ready": false}}]),
+            json!([{"name": "http", "port": 8080}]),
+        ));
+        idx.apply_slice(&slice(
+            "web-b",
+            "web",
+            json!([{"addresses": ["10.244.1.5"]}]),
+            json!([{"name": "http", "port": 9090}]),
+        ));
+        let (s, p) = idx
+            .by_cluster_ip(Ipv4Addr::new(10, 96, 1, 1), 80, Protocol::Tcp)
+            .expect("service port");
+        assert_eq!(s.affinity_seconds, Some(10_800));
+        let all: Vec<String> = idx
+            .backends("ns", "web", p)
+            .map(|b| format!("{}/{}", b.addr, b.endpoint.ready))
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "10.244.0.5:8080/true",
+                "10.244.0.6:8080/false",
+                "10.244.1.5:9090/true"
+            ]
+        );
+        assert!(idx.by_node_port(30080, Protocol::Tcp).is_some());
+        assert!(
+            idx.by_cluster_ip(Ipv4Addr::new(10, 96, 1, 1), 81, Protocol::Tcp)
+                .is_none()
+        );
+
+        // A changed Service drops its old node port; a deleted slice drops its endpoints.
+        idx.apply_service(&svc(json!({
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"clusterIP": "10.96.1.1", "ports": [{"name": "http", "port": 80}]},
+        })));
+        assert!(idx.by_node_port(30080, Protocol::Tcp).is_none());
+        idx.delete_slice("ns", "web-a");
+        let (_, p) = idx
+            .by_cluster_ip(Ipv4Addr::new(10, 96, 1, 1), 80, Protocol::Tcp)
+            .expect("service port");
+        assert_eq!(idx.backends("ns", "web", p).count(), 1);
+        idx.delete_service("ns", "web");
+        assert!(
+            idx.by_cluster_ip(Ipv4Addr::new(10, 96, 1, 1), 80, Protocol::Tcp)
+                .is_none()
+        );
+        assert!(!idx.is_cluster_ip(Ipv4Addr::new(10, 96, 1, 1)));
+    }
+
+    #[test]
+    fn headless_and_external_name_services() {
+        let mut idx = ServiceIndex::default();
+        idx.apply_service(&svc(json!({
+            "metadata": {"name": "db", "namespace": "ns"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 5432}]},
+        })));
+        idx.apply_service(&svc(json!({
+            "metadata": {"name": "ext", "namespace": "ns"},
+            "spec": {"type": "ExternalName", "externalName": "example.org"},
+        })));
+        assert_eq!(
+            idx.service("ns", "db").map(|s| s.cluster_ip),
+            Some(ClusterIp::Headless)
+        );
+        assert_eq!(
+            idx.service("ns", "ext")
+                .and_then(|s| s.external_name.as_deref()),
+            Some("example.org")
+        );
+        assert!(idx.has_namespace("ns") && !idx.has_namespace("other"));
+    }
+}
