@@ -88,6 +88,25 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
 }
 
+/// A reference to a Service port, by number or name (an Ingress backend's `port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortRef {
+    /// `port.number`.
+    Number(u16),
+    /// `port.name`.
+    Name(String),
+}
+
+impl PortRef {
+    /// Whether `p` is the port referred to.
+    pub fn matches(&self, p: &ServicePort) -> bool {
+        match self {
+            PortRef::Number(n) => p.port == *n,
+            PortRef::Name(name) => p.name == *name,
+        }
+    }
+}
+
 /// What the proxy and DNS need of one Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceEntry {

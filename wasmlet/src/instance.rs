@@ -25,7 +25,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use crate::limits::{CpuQuota, MemoryLimit};
 use crate::logs::LogFile;
-use crate::podnet::{PodNet, PodNetView};
+use crate::podnet::{PodAddress, PodNet, PodNetView, PodSocketsView};
 
 /// Everything a container instance needs, resolved from the PodSpec (pure data).
 #[derive(Debug, Clone, Default)]
@@ -42,8 +42,8 @@ pub struct Launch {
     pub memory_limit: Option<usize>,
     /// `resources.limits.cpu` in millicores.
     pub cpu_limit_millis: Option<u64>,
-    /// The pod IP its sockets live on (none: no sockets at all).
-    pub pod_ip: Option<std::net::Ipv4Addr>,
+    /// The pod address its sockets live on (none: no sockets at all).
+    pub pod_net: Option<PodAddress>,
 }
 
 /// A host directory the guest sees at `guest_path`.
@@ -113,8 +113,14 @@ pub struct ContainerState {
 }
 
 impl PodNetView for ContainerState {
-    fn pod_net(&self) -> Option<PodNet> {
-        self.net
+    fn pod_sockets(&mut self) -> PodSocketsView<'_> {
+        PodSocketsView {
+            inner: wasmtime_wasi::sockets::WasiSocketsCtxView {
+                ctx: self.wasi.sockets(),
+                table: &mut self.table,
+            },
+            pod: self.net.as_mut(),
+        }
     }
 }
 
@@ -182,7 +188,7 @@ fn new_store(
     if let Some(dir) = &launch.working_dir {
         wasi.initial_cwd(dir);
     }
-    if launch.pod_ip.is_some() {
+    if launch.pod_net.is_some() {
         // The pod network rewrites every address first; this second guard sees the result and
         // lets nothing but loopback through.
         wasi.allow_tcp(true)
@@ -211,7 +217,7 @@ fn new_store(
             resumed: Instant::now(),
             quota,
         },
-        net: launch.pod_ip.map(|ip| PodNet { ip }),
+        net: launch.pod_net.clone().map(PodNet::new),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.memory);
@@ -672,21 +678,36 @@ mod tests {
     #[tokio::test]
     async fn sockets_live_on_the_pod_ip_and_reach_only_loopback() {
         let f = fixture();
-        let server_ip = std::net::Ipv4Addr::new(127, 91, (std::process::id() % 250) as u8, 2);
-        let client_ip = std::net::Ipv4Addr::new(127, 91, (std::process::id() % 250) as u8, 3);
+        let third = (std::process::id() % 250) as u8;
+        let net = Arc::new(crate::network::NodeNet::new(
+            ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 91, third, 0), 24).expect("cidr"),
+            Some("10.244.0.0/24".parse().expect("cidr")),
+            std::net::Ipv4Addr::LOCALHOST,
+            String::new(),
+        ));
+        let address = |k| {
+            let (ip, backing) = net.add_pod(k);
+            PodAddress {
+                ip,
+                backing,
+                net: Arc::clone(&net),
+            }
+        };
+        let (server, client_addr) = (address(2), address(3));
+        let (server_ip, server_backing) = (server.ip, server.backing);
         let pre = f.command("tcp-echo").await;
         let log = LogFile::create(&f.logs.join("echo"), 0, Rotation::default()).expect("log");
         let kill = CancellationToken::new();
         let mut launch = argv(&["echo"]);
         launch.env.push(("PORT".into(), "7000".into()));
-        launch.pod_ip = Some(server_ip);
+        launch.pod_net = Some(server);
         let server = tokio::spawn({
             let (kill, log) = (kill.clone(), Arc::clone(&log));
             async move { run_command(&pre, &launch, &log, &kill).await }
         });
-        // The guest bound 0.0.0.0:7000 (it says so); it is reachable on its pod IP.
+        // The guest bound 0.0.0.0:7000 (it says so); it is reachable on its pod address.
         wait_for_log(&log, "echo listening on").await;
-        let mut conn = tokio::net::TcpStream::connect((server_ip, 7000))
+        let mut conn = tokio::net::TcpStream::connect((server_backing, 7000))
             .await
             .expect("connect to the pod IP");
         tokio::io::AsyncWriteExt::write_all(&mut conn, b"ping")
@@ -707,7 +728,7 @@ mod tests {
             "hello",
             "pod",
         ]);
-        client.pod_ip = Some(client_ip);
+        client.pod_net = Some(client_addr);
         let (exit, out) = f.run("toolbox", client.clone()).await;
         assert_eq!((exit, out.as_str()), (Exit::Code(0), "hello pod\n"));
         client.argv = ["toolbox", "connect", "10.0.0.1:80", "x"]

@@ -40,13 +40,16 @@ pub mod images;
 pub mod instance;
 pub mod limits;
 pub mod logs;
+pub mod network;
 pub mod node;
 pub mod pod;
 pub mod podnet;
+pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod spec;
 pub mod status;
+pub mod tunnel;
 pub mod worker;
 
 use crate::images::{ClusterRegistry, Images, Registries};
@@ -68,8 +71,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The node address reported as `InternalIP` (none: the listen address, or 127.0.0.1).
     pub address: Option<String>,
-    /// The loopback range pod IPs come from (each pod gets its own 127.x.y.z).
+    /// The loopback range behind pod IPs (each pod's virtual IP from the node's `podCIDR` is
+    /// backed by its own 127.x.y.z; `.1` is the node's relay address).
     pub pod_range: (Ipv4Addr, u8),
+    /// The node-to-node tunnel's port on the node address (0 picks one).
+    pub tunnel_port: u16,
+    /// Reach peers whose node address is not loopback (multi-host clusters).
+    pub remote_peers: bool,
     /// `pods` capacity; also sizes the engine's instance pool.
     pub max_pods: u32,
     /// The largest memory one instance may have (a limit above it is capped).
@@ -97,6 +105,8 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 10250)),
             address: None,
             pod_range: (Ipv4Addr::new(127, 77, 0, 0), 16),
+            tunnel_port: 0,
+            remote_peers: false,
             max_pods: 10_000,
             max_instance_memory: 512 << 20,
             backoff: Backoff::default(),
@@ -229,27 +239,59 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         config.listen,
         vec![address.clone(), config.node_name.clone()],
         Arc::clone(&logs),
-        token,
+        token.clone(),
         shutdown.clone(),
     )
     .await?;
+    let node_ip: Ipv4Addr = address.parse().unwrap_or(Ipv4Addr::LOCALHOST);
+    let tunnel = tokio::net::TcpListener::bind((node_ip, config.tunnel_port)).await?;
     let facts = NodeFacts {
         name: config.node_name.clone(),
         address: address.clone(),
         port: addr.port(),
         max_pods: config.max_pods,
         labels: config.node_labels.clone(),
+        tunnel_port: tunnel.local_addr()?.port(),
     };
     let image_list = {
         let images = Arc::clone(&images);
         move || -> Vec<ContainerImage> { images.list() }
     };
-    let node_uid = node::register(&client, &facts, image_list())
+    let node = node::register(&client, &facts, image_list())
         .await
         .map_err(Error::Register)?;
-    tracing::info!(node = %config.node_name, %addr, "wasmlet registered");
+    let node_uid = node.metadata.uid.clone().unwrap_or_default();
+    let pod_cidr = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.as_deref())
+        .and_then(|c| c.parse().ok());
+    let backing = ipnet::Ipv4Net::new(config.pod_range.0, config.pod_range.1.clamp(8, 30))
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        .trunc();
+    let net = Arc::new(network::NodeNet::new(backing, pod_cidr, node_ip, token.clone()));
+    if u64::from(net.capacity()) < u64::from(config.max_pods) {
+        tracing::info!(
+            pod_cidr = ?pod_cidr,
+            addresses = net.capacity(),
+            max_pods = config.max_pods,
+            "the pod range is smaller than max-pods; pods beyond it run without a network"
+        );
+    }
+    let relay = tokio::net::TcpListener::bind((net.relay_ip(), 0)).await?;
+    net.set_relay(relay.local_addr()?);
+    tracing::info!(node = %config.node_name, %addr, pod_cidr = ?pod_cidr, "wasmlet registered");
 
     let tasks = TaskTracker::new();
+    tasks.spawn(tunnel::serve(Arc::clone(&net), tunnel, shutdown.clone()));
+    tasks.spawn(Arc::clone(&net).run_relay(relay, shutdown.clone()));
+    tasks.spawn(proxy::run(
+        Arc::clone(&net),
+        client.clone(),
+        config.node_name.clone(),
+        config.remote_peers,
+        shutdown.clone(),
+    ));
     tasks.spawn(node::heartbeat(
         config.lease_duration,
         client.clone(),
@@ -277,7 +319,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         claims_dir: config.data_dir.join("claims"),
         backoff: config.backoff,
         rotation: config.rotation,
-        ips: Mutex::new(IpPool::new(config.pod_range.0, config.pod_range.1)),
+        ips: Mutex::new(IpPool::new(net.capacity())),
+        net,
         logs,
     });
     let drivers = TaskTracker::new();

@@ -40,6 +40,22 @@ pub struct NodeFacts {
     pub max_pods: u32,
     /// Extra labels (`--node-labels`).
     pub labels: BTreeMap<String, String>,
+    /// The node-to-node tunnel's port.
+    pub tunnel_port: u16,
+}
+
+fn annotations(facts: &NodeFacts) -> BTreeMap<String, String> {
+    [
+        (
+            "wasmkube.dev/wasi-worlds".to_owned(),
+            SUPPORTED_WORLDS.join(","),
+        ),
+        (
+            crate::tunnel::PORT_ANNOTATION.to_owned(),
+            facts.tunnel_port.to_string(),
+        ),
+    ]
+    .into()
 }
 
 fn meminfo(field: &str) -> Option<u64> {
@@ -180,7 +196,7 @@ fn labels(facts: &NodeFacts) -> BTreeMap<String, String> {
 }
 
 /// Registers the node (or takes over an existing Node object of the same name) and posts its
-/// first status. Returns the Node's uid.
+/// first status. Returns the Node as registered (uid, pod range).
 ///
 /// # Errors
 /// When the API server refuses.
@@ -188,19 +204,13 @@ pub async fn register(
     client: &Client,
     facts: &NodeFacts,
     images: Vec<ContainerImage>,
-) -> Result<String, kube::Error> {
+) -> Result<Node, kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = Node {
         metadata: ObjectMeta {
             name: Some(facts.name.clone()),
             labels: Some(labels(facts)),
-            annotations: Some(
-                [(
-                    "wasmkube.dev/wasi-worlds".to_owned(),
-                    SUPPORTED_WORLDS.join(","),
-                )]
-                .into(),
-            ),
+            annotations: Some(annotations(facts)),
             ..Default::default()
         },
         ..Default::default()
@@ -208,7 +218,7 @@ pub async fn register(
     let existing = match nodes.create(&PostParams::default(), &node).await {
         Ok(n) => n,
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            let patch = json!({"metadata": {"labels": labels(facts)}});
+            let patch = json!({"metadata": {"labels": labels(facts), "annotations": annotations(facts)}});
             nodes
                 .patch(&facts.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?
@@ -223,7 +233,7 @@ pub async fn register(
             &Patch::Merge(&json!({"status": status})),
         )
         .await?;
-    Ok(existing.metadata.uid.unwrap_or_default())
+    Ok(existing)
 }
 
 /// Renews the node's Lease every quarter of `duration` until `shutdown`.

@@ -22,6 +22,8 @@ use crate::events::Recorder;
 use crate::images::{Fetched, Images, PullPolicy};
 use crate::instance::{Exit, Launch, run_command, serve_http};
 use crate::logs::{LogFile, Rotation};
+use crate::network::NodeNet;
+use crate::podnet::PodAddress;
 use crate::runtime::{Prepared, Runtime};
 use crate::spec::{PodFacts, Sources};
 use crate::status::{Addresses, pod_status};
@@ -51,53 +53,48 @@ pub struct NodeCtx {
     pub backoff: Backoff,
     /// Log rotation.
     pub rotation: Rotation,
-    /// Pod addresses.
+    /// Pod address offsets.
     pub ips: Mutex<IpPool>,
+    /// The node's pod network.
+    pub net: Arc<NodeNet>,
     /// Live log files, for `follow`.
     pub logs: Arc<LogIndex>,
 }
 
-/// Pod IPs handed out from a loopback range: each pod gets its own 127.x.y.z, so two pods can
-/// listen on the same port and nothing leaves the machine.
+/// Pod address offsets: offset `k` is the `k`-th address of the node's pod CIDR and of its
+/// loopback range alike (`.0` and `.1` are the network and the node's own relay address).
 #[derive(Debug)]
 pub struct IpPool {
-    base: u32,
-    size: u32,
+    capacity: u32,
     next: u32,
     used: std::collections::HashSet<u32>,
 }
 
 impl IpPool {
-    /// The pool of `base/prefix`, which must be inside 127.0.0.0/8.
-    pub fn new(base: std::net::Ipv4Addr, prefix: u8) -> Self {
-        let size = 1u32 << (32 - u32::from(prefix.clamp(8, 30)));
+    /// A pool of `capacity` offsets, from 2.
+    pub fn new(capacity: u32) -> Self {
         Self {
-            base: u32::from(base) & !(size - 1),
-            size,
-            next: 2,
+            capacity,
+            next: 0,
             used: Default::default(),
         }
     }
 
-    /// A free address, if any.
-    pub fn allocate(&mut self) -> Option<std::net::Ipv4Addr> {
-        for _ in 0..self.size {
-            let offset = self.next;
-            self.next = if self.next + 2 >= self.size {
-                2
-            } else {
-                self.next + 1
-            };
+    /// A free offset, if any.
+    pub fn allocate(&mut self) -> Option<u32> {
+        for _ in 0..self.capacity {
+            let offset = 2 + self.next;
+            self.next = (self.next + 1) % self.capacity.max(1);
             if self.used.insert(offset) {
-                return Some(std::net::Ipv4Addr::from(self.base + offset));
+                return Some(offset);
             }
         }
         None
     }
 
-    /// Returns an address to the pool.
-    pub fn release(&mut self, ip: std::net::Ipv4Addr) {
-        self.used.remove(&u32::from(ip).wrapping_sub(self.base));
+    /// Returns an offset to the pool.
+    pub fn release(&mut self, offset: u32) {
+        self.used.remove(&offset);
     }
 }
 
@@ -193,14 +190,32 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .is_some_and(|p| p == "Succeeded" || p == "Failed");
-    let ip = if finished {
+    let host_network = spec.host_network == Some(true);
+    let offset = if finished || host_network {
         None
     } else {
         ctx.ips.lock().expect("ip pool lock").allocate()
     };
+    let address = match offset {
+        Some(k) => {
+            let (ip, backing) = ctx.net.add_pod(k);
+            Some(PodAddress {
+                ip,
+                backing,
+                net: Arc::clone(&ctx.net),
+            })
+        }
+        // `hostNetwork` pods use the node's address.
+        None if host_network && !finished => Some(PodAddress {
+            ip: ctx.net.node_ip,
+            backing: ctx.net.node_ip,
+            net: Arc::clone(&ctx.net),
+        }),
+        None => None,
+    };
     let addrs = Addresses {
         host_ip: ctx.host_ip.clone(),
-        pod_ip: ip.map(|i| i.to_string()).unwrap_or_default(),
+        pod_ip: address.as_ref().map(|a| a.ip.to_string()).unwrap_or_default(),
     };
     let facts = PodFacts {
         host_ip: addrs.host_ip.clone(),
@@ -261,6 +276,7 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
                             container,
                             vols,
                             facts.clone(),
+                            address.clone(),
                             tx.clone(),
                         ));
                     }
@@ -296,7 +312,7 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
                             pre,
                             launch,
                             log,
-                            ip,
+                            address.as_ref().map(|a| a.backing),
                             port,
                             grace,
                             container,
@@ -408,8 +424,9 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
     }
     tasks.close();
     tasks.wait().await;
-    if let Some(ip) = ip {
-        ctx.ips.lock().expect("ip pool lock").release(ip);
+    if let (Some(k), Some(a)) = (offset, &address) {
+        ctx.net.remove_pod(a.ip);
+        ctx.ips.lock().expect("ip pool lock").release(k);
     }
     ctx.logs.remove(&key);
     let _ = std::fs::remove_dir_all(&dir);
@@ -439,6 +456,7 @@ fn grace_period(pod: &Pod) -> Duration {
 }
 
 /// Pulls the image, compiles it, and resolves the container's configuration.
+#[expect(clippy::too_many_arguments, reason = "one spawned task's inputs")]
 async fn prepare(
     ctx: Arc<NodeCtx>,
     pod: Arc<Pod>,
@@ -446,6 +464,7 @@ async fn prepare(
     container: usize,
     volumes: Result<HashMap<String, (PathBuf, bool)>, crate::spec::ConfigError>,
     facts: PodFacts,
+    address: Option<PodAddress>,
     tx: mpsc::UnboundedSender<Internal>,
 ) {
     let result = async {
@@ -500,7 +519,7 @@ async fn prepare(
         let mut launch = crate::spec::launch(&pod, &c, &volumes, &facts, &mut sources)
             .await
             .map_err(config_error)?;
-        launch.pod_ip = facts.pod_ip.parse().ok();
+        launch.pod_net = address;
         Ok((prepared, launch, stored.image_id))
     }
     .await;
@@ -605,14 +624,9 @@ mod tests {
 
     #[test]
     fn pod_ips_are_unique_and_reused_after_release() {
-        let mut pool = IpPool::new("127.77.0.0".parse().expect("ip"), 29);
+        let mut pool = IpPool::new(5);
         let got: Vec<_> = std::iter::from_fn(|| pool.allocate()).collect();
-        assert_eq!(
-            got.len(),
-            5,
-            "a /29 has 6 usable offsets after .0/.1, one kept back: {got:?}"
-        );
-        assert_eq!(got[0].to_string(), "127.77.0.2");
+        assert_eq!(got, [2, 3, 4, 5, 6]);
         pool.release(got[2]);
         assert_eq!(pool.allocate(), Some(got[2]));
         assert_eq!(pool.allocate(), None);

@@ -231,7 +231,7 @@ pub async fn launch(
             .and_then(bytes)
             .map(|b| b as usize),
         cpu_limit_millis: limits.and_then(|l| l.get("cpu")).and_then(millicores),
-        pod_ip: None,
+        pod_net: None,
     })
 }
 

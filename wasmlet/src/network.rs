@@ -1,0 +1,658 @@
+//! The node's side of the pod network: which virtual address is which pod, where Service IPs
+//! lead, how to reach pods on other nodes.
+//!
+//! Pod and Service IPs are virtual: a pod's IP comes from the node's `podCIDR` (`10.244.N.k`)
+//! and is backed by a loopback address from the node's pod range (`127.x.y.k`); Service IPs
+//! exist only in the [`ServiceIndex`]. Every connection a pod (or the node, for NodePorts and
+//! Ingress) makes is routed here before any socket is touched:
+//!
+//! ```text
+//! dest ── own pod IP ───────────────► this pod's loopback address
+//!      ── Service IP:port ── pick a ready endpoint (round robin / ClientIP) ──┐
+//!      ── pod IP on this node ──────► its loopback address   ◄───────────────┤
+//!      ── pod IP in a peer's podCIDR ► tunnel to that node's wasmlet ◄───────┘
+//!      ── anything else ────────────► refused, nothing is sent
+//! ```
+//!
+//! Connection tracking tables let the pod sockets report virtual addresses: a guest sees its
+//! own pod IP as its local address, the Service IP it dialled as its peer, and the calling
+//! pod's IP on accepted connections, even when the bytes went through the relay or a tunnel.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use tokio::net::{TcpSocket, TcpStream};
+use wasmkube_api::services::{Protocol, ServiceIndex};
+
+/// Why a connection was not made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The address maps to nothing in the cluster (and outbound traffic is off).
+    Denied,
+    /// The address is a pod or Service, but nothing may take the connection (no ready
+    /// endpoints, or a localhost-only listener).
+    Refused,
+}
+
+/// Where a connection to a virtual address goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A pod on this node, at its loopback address.
+    Local(SocketAddrV4),
+    /// A pod on another node, through that node's tunnel.
+    Remote {
+        /// The other node's tunnel endpoint.
+        tunnel: SocketAddr,
+        /// The pod's virtual address.
+        pod: SocketAddrV4,
+    },
+}
+
+/// Another node's pod range and tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The node.
+    pub node: String,
+    /// Its `podCIDR`.
+    pub cidr: Ipv4Net,
+    /// Its tunnel endpoint (node address and tunnel port).
+    pub tunnel: SocketAddr,
+}
+
+/// A Service port: (namespace, name, port name).
+pub type PortKey = (String, String, String);
+
+/// The pod network of this node.
+pub struct NodeNet {
+    /// The node's pod range, when the API server gave it one; without one, pod IPs are the
+    /// loopback addresses themselves.
+    pod_cidr: Option<Ipv4Net>,
+    /// The node's loopback pod range.
+    backing: Ipv4Net,
+    /// The node address (NodePorts and hostPorts listen here; `hostNetwork` pods use it).
+    pub node_ip: Ipv4Addr,
+    /// The cluster token, for tunnels.
+    pub token: String,
+    /// The relay listener's address (for guest connections to other nodes).
+    relay: OnceLock<SocketAddr>,
+    /// The tunnel listener's port.
+    pub tunnel_port: OnceLock<u16>,
+    /// Virtual pod IP → loopback address, for pods on this node.
+    local: RwLock<HashMap<Ipv4Addr, Ipv4Addr>>,
+    /// Loopback address → virtual pod IP.
+    reverse: RwLock<HashMap<Ipv4Addr, Ipv4Addr>>,
+    /// Services and endpoints.
+    pub services: RwLock<ServiceIndex>,
+    round_robin: Mutex<HashMap<PortKey, usize>>,
+    affinity: Mutex<HashMap<(PortKey, Ipv4Addr), (SocketAddrV4, Instant)>>,
+    /// Other nodes.
+    peers: RwLock<Vec<Peer>>,
+    /// Loopback addresses of listeners bound to `127.0.0.1` (reachable from their pod only).
+    local_only: Mutex<HashSet<SocketAddrV4>>,
+    /// Accepted-side conntrack: the real peer a pod sees → the virtual peer it should see.
+    inbound: Mutex<HashMap<SocketAddr, SocketAddrV4>>,
+    /// Relay conntrack: a guest socket's real local address → (virtual source, destination).
+    outbound: Mutex<HashMap<SocketAddr, (SocketAddrV4, SocketAddrV4)>>,
+    /// Counts connections routed, for tests and metrics.
+    pub routed: AtomicUsize,
+}
+
+impl NodeNet {
+    /// The network of a node with pod range `backing` (loopback) and `pod_cidr` (virtual).
+    pub fn new(
+        backing: Ipv4Net,
+        pod_cidr: Option<Ipv4Net>,
+        node_ip: Ipv4Addr,
+        token: String,
+    ) -> Self {
+        NodeNet {
+            pod_cidr,
+            backing,
+            node_ip,
+            token,
+            relay: OnceLock::new(),
+            tunnel_port: OnceLock::new(),
+            local: RwLock::default(),
+            reverse: RwLock::default(),
+            services: RwLock::default(),
+            round_robin: Mutex::default(),
+            affinity: Mutex::default(),
+            peers: RwLock::default(),
+            local_only: Mutex::default(),
+            inbound: Mutex::default(),
+            outbound: Mutex::default(),
+            routed: AtomicUsize::new(0),
+        }
+    }
+
+    /// The node's loopback address for traffic it originates (range base + 1).
+    pub fn relay_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.backing.network()) + 1)
+    }
+
+    /// How many pod addresses this node has (offsets `2..size-1` of both ranges).
+    pub fn capacity(&self) -> u32 {
+        let size = |n: &Ipv4Net| 1u32 << (32 - u32::from(n.prefix_len()));
+        let backing = size(&self.backing);
+        self.pod_cidr
+            .map_or(backing, |c| backing.min(size(&c)))
+            .saturating_sub(3)
+    }
+
+    /// The virtual and loopback addresses of pod offset `k`, registered as this node's.
+    pub fn add_pod(&self, offset: u32) -> (Ipv4Addr, Ipv4Addr) {
+        let backing = Ipv4Addr::from(u32::from(self.backing.network()) + offset);
+        let virt = self
+            .pod_cidr
+            .map_or(backing, |c| Ipv4Addr::from(u32::from(c.network()) + offset));
+        self.local.write().expect("net lock").insert(virt, backing);
+        self.reverse.write().expect("net lock").insert(backing, virt);
+        (virt, backing)
+    }
+
+    /// Forgets a pod's addresses.
+    pub fn remove_pod(&self, virt: Ipv4Addr) {
+        if let Some(b) = self.local.write().expect("net lock").remove(&virt) {
+            self.reverse.write().expect("net lock").remove(&b);
+        }
+    }
+
+    /// The peers (other nodes) now known.
+    pub fn set_peers(&self, peers: Vec<Peer>) {
+        *self.peers.write().expect("net lock") = peers;
+    }
+
+    /// The relay listener's address, once it runs.
+    pub fn set_relay(&self, addr: SocketAddr) {
+        let _ = self.relay.set(addr);
+    }
+
+    /// The relay listener's address.
+    pub fn relay(&self) -> Option<SocketAddr> {
+        self.relay.get().copied()
+    }
+
+    /// The virtual address a real (loopback) one stands for, as a pod should see it.
+    pub fn virtual_of(&self, real: SocketAddr) -> SocketAddr {
+        if let Some(v) = self.inbound.lock().expect("net lock").get(&real) {
+            return SocketAddr::V4(*v);
+        }
+        let SocketAddr::V4(v4) = real else {
+            return real;
+        };
+        if *v4.ip() == self.relay_ip() {
+            // Node-originated traffic (NodePort, Ingress) appears to come from the node.
+            return SocketAddr::new(IpAddr::V4(self.node_ip), v4.port());
+        }
+        match self.reverse.read().expect("net lock").get(v4.ip()) {
+            Some(v) => SocketAddr::new(IpAddr::V4(*v), v4.port()),
+            None => real,
+        }
+    }
+
+    /// Whether `ip` is a pod on this node (virtual address).
+    pub fn is_local_pod(&self, ip: Ipv4Addr) -> bool {
+        self.local.read().expect("net lock").contains_key(&ip)
+    }
+
+    /// Marks a listener on `backing` as bound to localhost (or clears the mark).
+    pub fn set_local_only(&self, backing: SocketAddrV4, on: bool) {
+        let mut set = self.local_only.lock().expect("net lock");
+        if on {
+            set.insert(backing);
+        } else {
+            set.remove(&backing);
+        }
+    }
+
+    /// Routes a connection from the pod with virtual IP `from` (or from the node, `None`)
+    /// to `dest`.
+    ///
+    /// # Errors
+    /// [`Refused`] when the destination is not reachable.
+    pub fn route(&self, from: Option<Ipv4Addr>, dest: SocketAddrV4) -> Result<Route, Refused> {
+        let target = self.resolve_service(from, dest)?.unwrap_or(dest);
+        self.routed.fetch_add(1, Ordering::Relaxed);
+        self.route_pod(from, target)
+    }
+
+    /// A Service IP:port becomes one of its ready endpoints; `Ok(None)` if `dest` is no
+    /// Service.
+    fn resolve_service(
+        &self,
+        from: Option<Ipv4Addr>,
+        dest: SocketAddrV4,
+    ) -> Result<Option<SocketAddrV4>, Refused> {
+        let index = self.services.read().expect("net lock");
+        let Some((svc, port)) = index.by_cluster_ip(*dest.ip(), dest.port(), Protocol::Tcp) else {
+            if index.is_cluster_ip(*dest.ip()) {
+                return Err(Refused::Refused);
+            }
+            return Ok(None);
+        };
+        self.balance(&index, svc, port, from.unwrap_or(self.node_ip))
+            .map(Some)
+    }
+
+    /// The endpoint a connection to node port `port` from `client` goes to.
+    ///
+    /// # Errors
+    /// [`Refused::Refused`] when the port is not (or no longer) a Service's, or it has no
+    /// ready endpoint.
+    pub fn resolve_node_port(&self, port: u16, client: Ipv4Addr) -> Result<SocketAddrV4, Refused> {
+        let index = self.services.read().expect("net lock");
+        let (svc, sp) = index
+            .by_node_port(port, Protocol::Tcp)
+            .ok_or(Refused::Refused)?;
+        self.balance(&index, svc, sp, client)
+    }
+
+    /// The endpoint a connection to Service `namespace/name` port `port` (by name or number)
+    /// goes to, for the Ingress.
+    ///
+    /// # Errors
+    /// [`Refused::Refused`] when there is no such Service port or no ready endpoint.
+    pub fn resolve_service_port(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: &wasmkube_api::services::PortRef,
+        client: Ipv4Addr,
+    ) -> Result<SocketAddrV4, Refused> {
+        let index = self.services.read().expect("net lock");
+        let svc = index.service(namespace, name).ok_or(Refused::Refused)?;
+        let sp = svc
+            .ports
+            .iter()
+            .find(|p| port.matches(p))
+            .ok_or(Refused::Refused)?;
+        self.balance(&index, svc, sp, client)
+    }
+
+    fn balance(
+        &self,
+        index: &ServiceIndex,
+        svc: &wasmkube_api::services::ServiceEntry,
+        port: &wasmkube_api::services::ServicePort,
+        client: Ipv4Addr,
+    ) -> Result<SocketAddrV4, Refused> {
+        let ready: Vec<SocketAddrV4> = index
+            .backends(&svc.namespace, &svc.name, port)
+            .filter(|b| b.endpoint.ready)
+            .map(|b| b.addr)
+            .collect();
+        self.pick(
+            (svc.namespace.clone(), svc.name.clone(), port.name.clone()),
+            svc.affinity_seconds,
+            client,
+            &ready,
+        )
+        .ok_or(Refused::Refused)
+    }
+
+    /// Chooses a backend of a Service port: the client's sticky one while it lives and is
+    /// ready (`sessionAffinity: ClientIP`), else the next in round-robin order.
+    pub fn pick(
+        &self,
+        key: PortKey,
+        affinity_seconds: Option<u32>,
+        client: Ipv4Addr,
+        ready: &[SocketAddrV4],
+    ) -> Option<SocketAddrV4> {
+        if ready.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        if let Some(secs) = affinity_seconds {
+            let mut sticky = self.affinity.lock().expect("net lock");
+            let k = (key.clone(), client);
+            if let Some((addr, at)) = sticky.get(&k)
+                && now.duration_since(*at) < Duration::from_secs(u64::from(secs))
+                && ready.contains(addr)
+            {
+                let addr = *addr;
+                sticky.insert(k, (addr, now));
+                return Some(addr);
+            }
+            let chosen = self.next_round_robin(key, ready);
+            sticky.insert(k, (chosen, now));
+            return Some(chosen);
+        }
+        Some(self.next_round_robin(key, ready))
+    }
+
+    fn next_round_robin(&self, key: PortKey, ready: &[SocketAddrV4]) -> SocketAddrV4 {
+        let mut rr = self.round_robin.lock().expect("net lock");
+        let n = rr.entry(key).or_insert(0);
+        let chosen = ready[*n % ready.len()];
+        *n = n.wrapping_add(1);
+        chosen
+    }
+
+    /// Routes to a pod IP.
+    fn route_pod(&self, from: Option<Ipv4Addr>, dest: SocketAddrV4) -> Result<Route, Refused> {
+        if let Some(backing) = self.local.read().expect("net lock").get(dest.ip()) {
+            let real = SocketAddrV4::new(*backing, dest.port());
+            if from != Some(*dest.ip()) && self.local_only.lock().expect("net lock").contains(&real)
+            {
+                return Err(Refused::Refused);
+            }
+            return Ok(Route::Local(real));
+        }
+        let peers = self.peers.read().expect("net lock");
+        if let Some(p) = peers.iter().find(|p| p.cidr.contains(dest.ip())) {
+            return Ok(Route::Remote {
+                tunnel: p.tunnel,
+                pod: dest,
+            });
+        }
+        Err(Refused::Denied)
+    }
+
+    /// Records that a guest socket bound at `local` is being relayed to `dest`.
+    pub fn track_outbound(&self, local: SocketAddr, from: SocketAddrV4, dest: SocketAddrV4) {
+        self.outbound
+            .lock()
+            .expect("net lock")
+            .insert(local, (from, dest));
+    }
+
+    fn take_outbound(&self, local: SocketAddr) -> Option<(SocketAddrV4, SocketAddrV4)> {
+        self.outbound.lock().expect("net lock").remove(&local)
+    }
+
+    /// Opens a connection from the pod `from` (virtual, `None` for the node) to the virtual
+    /// address `dest`, the way the node does it for NodePorts, Ingress and outgoing HTTP.
+    ///
+    /// # Errors
+    /// When the route is refused or the connection fails.
+    pub async fn dial(
+        self: &Arc<Self>,
+        from: Option<Ipv4Addr>,
+        dest: SocketAddrV4,
+    ) -> std::io::Result<Conn> {
+        let route = self.route(from, dest).map_err(refused)?;
+        self.dial_route(from, route).await
+    }
+
+    /// Opens a routed connection.
+    ///
+    /// # Errors
+    /// When the connection fails.
+    pub async fn dial_route(
+        self: &Arc<Self>,
+        from: Option<Ipv4Addr>,
+        route: Route,
+    ) -> std::io::Result<Conn> {
+        match route {
+            Route::Local(real) => {
+                let source = from
+                    .and_then(|f| self.local.read().expect("net lock").get(&f).copied())
+                    .unwrap_or_else(|| self.relay_ip());
+                let socket = TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+                let stream = socket.connect(SocketAddr::V4(real)).await?;
+                stream.set_nodelay(true)?;
+                Ok(Conn::Tcp(stream))
+            }
+            Route::Remote { tunnel, pod } => {
+                let from = SocketAddrV4::new(from.unwrap_or(self.node_ip), 0);
+                crate::tunnel::open(tunnel, &self.token, from, pod)
+                    .await
+                    .map(Conn::Tcp)
+            }
+        }
+    }
+
+    /// Serves the tunnel's far end: connects to a local pod for a peer, so that the pod sees
+    /// the caller's virtual address.
+    ///
+    /// # Errors
+    /// When `dest` is not a pod here, or the connection fails.
+    pub async fn accept_tunnel(
+        self: &Arc<Self>,
+        from: SocketAddrV4,
+        dest: SocketAddrV4,
+    ) -> std::io::Result<TrackedStream> {
+        let Route::Local(real) = self.route_pod(None, dest).map_err(refused)? else {
+            return Err(refused(Refused::Denied));
+        };
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(IpAddr::V4(self.relay_ip()), 0))?;
+        let local = socket.local_addr()?;
+        self.inbound
+            .lock()
+            .expect("net lock")
+            .insert(local, from);
+        let tracked = Tracked {
+            net: Arc::clone(self),
+            local,
+        };
+        let stream = socket.connect(SocketAddr::V4(real)).await?;
+        stream.set_nodelay(true)?;
+        Ok(Tracked::with(tracked, stream))
+    }
+
+    /// Runs the relay: guest connections to pods on other nodes arrive here (their socket was
+    /// pointed at the relay by the pod network) and are carried through a tunnel.
+    pub async fn run_relay(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let (mut conn, peer) = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+            };
+            let Some((from, dest)) = self.take_outbound(peer) else {
+                continue;
+            };
+            let net = Arc::clone(&self);
+            tokio::spawn(async move {
+                let from_ip = Some(*from.ip());
+                match net.dial(from_ip, dest).await {
+                    Ok(Conn::Tcp(mut far)) => {
+                        let _ = tokio::io::copy_bidirectional(&mut conn, &mut far).await;
+                    }
+                    Err(e) => tracing::debug!(%dest, error = %e, "relay: no route"),
+                }
+            });
+        }
+    }
+}
+
+/// Serves a node listener (NodePort, hostPort): each connection goes where `target` says for
+/// its client address, until `stop`.
+pub async fn forward<F>(
+    net: Arc<NodeNet>,
+    listener: tokio::net::TcpListener,
+    target: F,
+    stop: tokio_util::sync::CancellationToken,
+) where
+    F: Fn(&NodeNet, Ipv4Addr) -> Result<SocketAddrV4, Refused> + Send + Sync + 'static,
+{
+    let target = Arc::new(target);
+    loop {
+        let (mut conn, peer) = tokio::select! {
+            () = stop.cancelled() => return,
+            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+        };
+        let client = match peer.ip() {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(_) => net.node_ip,
+        };
+        let (net, target) = (Arc::clone(&net), Arc::clone(&target));
+        tokio::spawn(async move {
+            let _ = conn.set_nodelay(true);
+            let dest = match target(&net, client) {
+                Ok(d) => d,
+                Err(_) => return,
+            };
+            if let Ok(far) = net.dial(None, dest).await {
+                let mut far = far.into_stream();
+                let _ = tokio::io::copy_bidirectional(&mut conn, &mut far).await;
+            }
+        });
+    }
+}
+
+/// A connection the node opened.
+pub enum Conn {
+    /// A TCP stream (to a local pod, or a tunnel).
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    /// The stream.
+    pub fn into_stream(self) -> TcpStream {
+        match self {
+            Conn::Tcp(s) => s,
+        }
+    }
+}
+
+/// A tunnelled connection whose conntrack entry goes away with it.
+pub struct Tracked {
+    net: Arc<NodeNet>,
+    local: SocketAddr,
+}
+
+impl Tracked {
+    fn with(self, stream: TcpStream) -> TrackedStream {
+        TrackedStream {
+            stream,
+            _entry: self,
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.net
+            .inbound
+            .lock()
+            .expect("net lock")
+            .remove(&self.local);
+    }
+}
+
+/// A stream with its conntrack entry.
+pub struct TrackedStream {
+    /// The stream.
+    pub stream: TcpStream,
+    _entry: Tracked,
+}
+
+fn refused(r: Refused) -> std::io::Error {
+    match r {
+        Refused::Denied => std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "address is outside the cluster",
+        ),
+        Refused::Refused => std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "no ready endpoint or listener",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn net() -> NodeNet {
+        NodeNet::new(
+            "127.50.0.0/24".parse().expect("cidr"),
+            Some("10.244.3.0/24".parse().expect("cidr")),
+            Ipv4Addr::LOCALHOST,
+            String::new(),
+        )
+    }
+
+    #[test]
+    fn pods_services_and_peers_route() {
+        let n = net();
+        let (a, a_back) = n.add_pod(5);
+        assert_eq!(a, Ipv4Addr::new(10, 244, 3, 5));
+        assert_eq!(a_back, Ipv4Addr::new(127, 50, 0, 5));
+        n.set_peers(vec![Peer {
+            node: "other".into(),
+            cidr: "10.244.4.0/24".parse().expect("cidr"),
+            tunnel: "127.51.0.1:9999".parse().expect("addr"),
+        }]);
+        {
+            let mut idx = n.services.write().expect("lock");
+            idx.apply_service(
+                &serde_json::from_value(json!({
+                    "metadata": {"name": "web", "namespace": "d"},
+                    "spec": {"clusterIP": "10.96.1.1", "ports": [{"port": 80}]},
+                }))
+                .expect("svc"),
+            );
+            idx.apply_slice(
+                &serde_json::from_value(json!({
+                    "metadata": {"name": "web-1", "namespace": "d",
+                                 "labels": {"kubernetes.io/service-name": "web"}},
+                    "addressType": "IPv4",
+                    "endpoints": [{"addresses": ["10.244.3.5"]}, {"addresses": ["10.244.4.9"]},
+                                  {"addresses": ["10.244.3.6"], "conditions": {"ready": false}}],
+                    "ports": [{"port": 8080}],
+                }))
+                .expect("slice"),
+            );
+        }
+        let to = |s: &str| s.parse::<SocketAddrV4>().expect("addr");
+        assert_eq!(
+            n.route(None, to("10.244.3.5:80")),
+            Ok(Route::Local(to("127.50.0.5:80")))
+        );
+        assert!(matches!(
+            n.route(None, to("10.244.4.2:80")),
+            Ok(Route::Remote { .. })
+        ));
+        assert_eq!(n.route(None, to("10.0.0.1:80")), Err(Refused::Denied));
+        assert_eq!(n.route(None, to("8.8.8.8:53")), Err(Refused::Denied));
+        assert_eq!(n.route(None, to("10.96.1.1:81")), Err(Refused::Refused));
+        // Round robin over the two ready endpoints; the not-ready one gets nothing.
+        let picks: HashSet<String> = (0..4)
+            .map(|_| format!("{:?}", n.route(None, to("10.96.1.1:80"))))
+            .collect();
+        assert_eq!(picks.len(), 2, "{picks:?}");
+        // A localhost-only listener is reachable from its own pod only.
+        n.set_local_only(to("127.50.0.5:9090"), true);
+        assert_eq!(n.route(None, to("10.244.3.5:9090")), Err(Refused::Refused));
+        assert!(n.route(Some(a), to("10.244.3.5:9090")).is_ok());
+        assert_eq!(
+            n.virtual_of("127.50.0.5:4000".parse().expect("addr")),
+            "10.244.3.5:4000".parse::<SocketAddr>().expect("addr")
+        );
+    }
+
+    #[test]
+    fn client_ip_affinity_sticks() {
+        let n = net();
+        let ready = [
+            "10.244.3.5:1".parse().expect("a"),
+            "10.244.3.6:1".parse().expect("a"),
+        ];
+        let key = || ("d".to_string(), "s".to_string(), String::new());
+        let first = n.pick(key(), Some(60), Ipv4Addr::new(10, 244, 3, 9), &ready);
+        for _ in 0..5 {
+            assert_eq!(
+                n.pick(key(), Some(60), Ipv4Addr::new(10, 244, 3, 9), &ready),
+                first
+            );
+        }
+        // Without affinity, the same client is spread.
+        let spread: HashSet<_> = (0..4)
+            .map(|_| n.pick(key(), None, Ipv4Addr::new(10, 244, 3, 9), &ready))
+            .collect();
+        assert_eq!(spread.len(), 2);
+    }
+}
