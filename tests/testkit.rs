@@ -108,6 +108,10 @@ pub struct Node {
     pub name: String,
     /// Its data directory.
     pub dir: tempfile::TempDir,
+    /// The loopback range behind its pod IPs.
+    pub pod_range: (std::net::Ipv4Addr, u8),
+    /// Its node address (the range's `.1`): NodePorts and hostPorts listen here.
+    pub address: std::net::Ipv4Addr,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<Result<(), wasmkube_wasmlet::Error>>>,
 }
@@ -126,8 +130,10 @@ impl Node {
     ) -> Result<Node> {
         let dir = tempfile::tempdir()?;
         let mut config = wasmkube_wasmlet::Config::new(name, dir.path()).kubeconfig(kubeconfig);
-        config.listen = "127.0.0.1:0".parse().expect("loopback address");
         config.pod_range = random_pod_range();
+        // Each node has its own loopback address, so NodePorts of parallel tests do not clash.
+        let address = std::net::Ipv4Addr::from(u32::from(config.pod_range.0) + 1);
+        config.listen = std::net::SocketAddr::from((address, 0));
         config.max_pods = 64;
         config.max_instance_memory = 128 << 20;
         // Renew the lease (and check the node status) every second, so node-failure tests can
@@ -138,6 +144,11 @@ impl Node {
             max: Duration::from_secs(4),
         };
         adjust(&mut config);
+        let pod_range = config.pod_range;
+        let address = match config.listen.ip() {
+            std::net::IpAddr::V4(v4) => v4,
+            std::net::IpAddr::V6(_) => address,
+        };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(wasmkube_wasmlet::run(config, shutdown.clone()));
         let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
@@ -158,9 +169,37 @@ impl Node {
         Ok(Node {
             name: name.to_owned(),
             dir,
+            pod_range,
+            address,
             shutdown,
             task: Some(task),
         })
+    }
+
+    /// The loopback address behind a pod IP of this node, so the test (the host) can reach a pod
+    /// directly, as a node-local tool would. Pod IPs are virtual; this never returns anything
+    /// but loopback.
+    ///
+    /// # Errors
+    /// When the node has no pod range or the IP is not in it.
+    pub async fn backing(
+        &self,
+        client: &kube::Client,
+        pod_ip: std::net::Ipv4Addr,
+        port: u16,
+    ) -> Result<std::net::SocketAddr> {
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+        let node = nodes.get(&self.name).await?;
+        let cidr: ipnet::Ipv4Net = node
+            .spec
+            .and_then(|s| s.pod_cidr)
+            .context("the node has a podCIDR")?
+            .parse()?;
+        anyhow::ensure!(cidr.contains(&pod_ip), "{pod_ip} is not in {cidr}");
+        let offset = u32::from(pod_ip) - u32::from(cidr.network());
+        let real = std::net::Ipv4Addr::from(u32::from(self.pod_range.0) + offset);
+        anyhow::ensure!(real.is_loopback(), "{real} is not loopback");
+        Ok(std::net::SocketAddr::from((real, port)))
     }
 
     /// Stops the wasmlet (its instances end; the pods stay bound).

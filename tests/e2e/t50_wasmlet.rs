@@ -149,7 +149,7 @@ async fn the_node_registers_with_wasm_labels_capacity_and_a_lease() -> Result<()
             .addresses
             .unwrap_or_default()
             .iter()
-            .any(|a| a.type_ == "InternalIP" && a.address == "127.0.0.1")
+            .any(|a| a.type_ == "InternalIP" && a.address == node.address.to_string())
     );
 
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "kube-node-lease");
@@ -199,7 +199,7 @@ async fn a_job_style_pod_runs_to_completion_with_events_and_logs() -> Result<()>
     assert!(
         status.start_time.is_some()
             && status.pod_ip.is_some()
-            && status.host_ip.as_deref() == Some("127.0.0.1")
+            && status.host_ip == Some(node.address.to_string())
     );
     assert_eq!(
         logs(&pods, "hello", &LogParams::default()).await?,
@@ -598,9 +598,13 @@ async fn an_http_pod_serves_each_request_on_its_pod_ip() -> Result<()> {
         .and_then(|s| s.pod_ip)
         .context("podIP")?
         .parse()?;
-    assert!(ip.is_loopback(), "pod IPs are loopback addresses: {ip}");
+    assert!(
+        "10.244.0.0/16".parse::<ipnet::Ipv4Net>()?.contains(&ip),
+        "pod IPs come from the node's podCIDR: {ip}"
+    );
+    let addr = node.backing(&cluster.client, ip, 8080).await?;
     for path in ["/a", "/b?c=d"] {
-        let mut conn = tokio::net::TcpStream::connect((ip, 8080)).await?;
+        let mut conn = tokio::net::TcpStream::connect(addr).await?;
         let req = format!("GET {path} HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n");
         tokio::io::AsyncWriteExt::write_all(&mut conn, req.as_bytes()).await?;
         let mut resp = String::new();
@@ -633,8 +637,9 @@ async fn a_tcp_server_listens_on_its_pod_ip_and_two_pods_share_a_port() -> Resul
     }
     assert_ne!(ips[0], ips[1]);
     for ip in ips {
+        let addr = node.backing(&cluster.client, ip, 7000).await?;
         let mut conn = wait_for("the echo server to listen", SLOW, || async {
-            tokio::net::TcpStream::connect((ip, 7000)).await.ok()
+            tokio::net::TcpStream::connect(addr).await.ok()
         })
         .await?;
         tokio::io::AsyncWriteExt::write_all(&mut conn, format!("hi {ip}").as_bytes()).await?;

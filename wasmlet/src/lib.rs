@@ -269,7 +269,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let backing = ipnet::Ipv4Net::new(config.pod_range.0, config.pod_range.1.clamp(8, 30))
         .map_err(|e| Error::Io(std::io::Error::other(e)))?
         .trunc();
-    let net = Arc::new(network::NodeNet::new(backing, pod_cidr, node_ip, token.clone()));
+    let net = Arc::new(network::NodeNet::new(
+        backing,
+        pod_cidr,
+        node_ip,
+        token.clone(),
+    ));
     if u64::from(net.capacity()) < u64::from(config.max_pods) {
         tracing::info!(
             pod_cidr = ?pod_cidr,

@@ -150,7 +150,10 @@ impl NodeNet {
             .pod_cidr
             .map_or(backing, |c| Ipv4Addr::from(u32::from(c.network()) + offset));
         self.local.write().expect("net lock").insert(virt, backing);
-        self.reverse.write().expect("net lock").insert(backing, virt);
+        self.reverse
+            .write()
+            .expect("net lock")
+            .insert(backing, virt);
         (virt, backing)
     }
 
@@ -424,10 +427,7 @@ impl NodeNet {
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(IpAddr::V4(self.relay_ip()), 0))?;
         let local = socket.local_addr()?;
-        self.inbound
-            .lock()
-            .expect("net lock")
-            .insert(local, from);
+        self.inbound.lock().expect("net lock").insert(local, from);
         let tracked = Tracked {
             net: Arc::clone(self),
             local,

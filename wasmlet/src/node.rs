@@ -218,7 +218,8 @@ pub async fn register(
     let existing = match nodes.create(&PostParams::default(), &node).await {
         Ok(n) => n,
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            let patch = json!({"metadata": {"labels": labels(facts), "annotations": annotations(facts)}});
+            let patch =
+                json!({"metadata": {"labels": labels(facts), "annotations": annotations(facts)}});
             nodes
                 .patch(&facts.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?

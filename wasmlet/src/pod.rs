@@ -215,7 +215,10 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
     };
     let addrs = Addresses {
         host_ip: ctx.host_ip.clone(),
-        pod_ip: address.as_ref().map(|a| a.ip.to_string()).unwrap_or_default(),
+        pod_ip: address
+            .as_ref()
+            .map(|a| a.ip.to_string())
+            .unwrap_or_default(),
     };
     let facts = PodFacts {
         host_ip: addrs.host_ip.clone(),

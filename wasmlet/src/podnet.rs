@@ -245,7 +245,10 @@ impl tcp::HostTcpSocket for PodSocketsView<'_> {
                 // Through the relay: it finds the destination by this socket's address.
                 let local: SocketAddr = self.inner.local_address(borrow(&this))?.into();
                 let pod = self.pod()?;
-                let relay = pod.net.relay().ok_or_else(|| denied(ErrorCode::AccessDenied))?;
+                let relay = pod
+                    .net
+                    .relay()
+                    .ok_or_else(|| denied(ErrorCode::AccessDenied))?;
                 let from = SocketAddrV4::new(pod.ip, local.port());
                 pod.net.track_outbound(local, from, dest);
                 relay

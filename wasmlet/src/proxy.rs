@@ -31,7 +31,8 @@ pub async fn run(
 ) {
     let node_ports = Arc::new(NodePorts::default());
     let sync = {
-        let (net, node_ports, shutdown) = (Arc::clone(&net), Arc::clone(&node_ports), shutdown.clone());
+        let (net, node_ports, shutdown) =
+            (Arc::clone(&net), Arc::clone(&node_ports), shutdown.clone());
         move || node_ports.sync(&net, &shutdown)
     };
     let services = follow(
@@ -54,7 +55,13 @@ pub async fn run(
         || {},
         shutdown.clone(),
     );
-    let peers = follow_peers(Arc::clone(&net), client, node_name, remote_peers, shutdown.clone());
+    let peers = follow_peers(
+        Arc::clone(&net),
+        client,
+        node_name,
+        remote_peers,
+        shutdown.clone(),
+    );
     tokio::join!(services, slices, peers);
     node_ports.close();
 }

@@ -67,7 +67,9 @@ pub async fn open(
             "refused by the peer node",
         )),
         Some(why) => Err(std::io::Error::other(format!("tunnel: {why}"))),
-        None => Err(std::io::Error::other(format!("tunnel: bad reply {reply:?}"))),
+        None => Err(std::io::Error::other(format!(
+            "tunnel: bad reply {reply:?}"
+        ))),
     }
 }
 

@@ -1,0 +1,105 @@
+//! Feeds a [`ServiceIndex`] from watches of Services and EndpointSlices. Shared by the DNS
+//! server and the wasmlet's service proxy, which both answer from the same index.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use wasmkube_api::services::ServiceIndex;
+
+/// Keeps `index` equal to the cluster's Services and EndpointSlices until `shutdown`; calls
+/// `changed` after every change.
+pub async fn services(
+    client: Client,
+    index: Arc<RwLock<ServiceIndex>>,
+    changed: impl Fn() + Send + Sync + Clone + 'static,
+    shutdown: CancellationToken,
+) {
+    let svcs = fold(
+        Api::<Service>::all(client.clone()),
+        Arc::clone(&index),
+        |idx: &mut ServiceIndex, s: &Service| idx.apply_service(s),
+        |idx: &mut ServiceIndex, s: &Service| {
+            idx.delete_service(&s.namespace().unwrap_or_default(), &s.name_any());
+        },
+        changed.clone(),
+        shutdown.clone(),
+    );
+    let slices = fold(
+        Api::<EndpointSlice>::all(client),
+        index,
+        |idx: &mut ServiceIndex, s: &EndpointSlice| idx.apply_slice(s),
+        |idx: &mut ServiceIndex, s: &EndpointSlice| {
+            idx.delete_slice(&s.namespace().unwrap_or_default(), &s.name_any());
+        },
+        changed,
+        shutdown,
+    );
+    tokio::join!(svcs, slices);
+}
+
+/// Folds the watch events of one kind into a shared state; a re-list replaces what that kind
+/// contributed.
+pub async fn fold<K, S, A, D, C>(
+    api: Api<K>,
+    state: Arc<RwLock<S>>,
+    apply: A,
+    delete: D,
+    changed: C,
+    shutdown: CancellationToken,
+) where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    A: Fn(&mut S, &K),
+    D: Fn(&mut S, &K),
+    C: Fn(),
+{
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut relist: Option<Vec<K>> = None;
+    let mut known: HashMap<(String, String), K> = HashMap::new();
+    let key = |k: &K| (k.namespace().unwrap_or_default(), k.name_any());
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => return,
+            e = stream.next() => match e { Some(e) => e, None => return },
+        };
+        {
+            let mut s = state.write().expect("index lock");
+            match event {
+                Ok(Event::Apply(o)) => {
+                    apply(&mut s, &o);
+                    known.insert(key(&o), o);
+                }
+                Ok(Event::Delete(o)) => {
+                    delete(&mut s, &o);
+                    known.remove(&key(&o));
+                }
+                Ok(Event::Init) => relist = Some(Vec::new()),
+                Ok(Event::InitApply(o)) => relist.get_or_insert_with(Vec::new).push(o),
+                Ok(Event::InitDone) => {
+                    for old in known.values() {
+                        delete(&mut s, old);
+                    }
+                    known.clear();
+                    for o in relist.take().unwrap_or_default() {
+                        apply(&mut s, &o);
+                        known.insert(key(&o), o);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch failed; retrying");
+                    continue;
+                }
+            }
+        }
+        changed();
+    }
+}
