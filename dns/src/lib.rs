@@ -99,7 +99,7 @@ struct Handler {
 
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: hickory_proto::runtime::Time>(
+    async fn handle_request<R: ResponseHandler, T: hickory_server::net::runtime::Time>(
         &self,
         request: &Request,
         mut response: R,
@@ -120,8 +120,9 @@ impl RequestHandler for Handler {
         let answer = {
             let services = self.services.read().expect("index lock");
             let pods = self.pods.read().expect("pods lock");
+            let name: hickory_proto::rr::Name = query.name().into();
             self.zone
-                .answer(&services, &pods, query.name().into(), query.query_type())
+                .answer(&services, &pods, &name, query.query_type())
         };
         meta.authoritative = true;
         let soa: Vec<Record> = vec![self.zone.soa(self.serial.load(Ordering::Relaxed))];
@@ -163,9 +164,13 @@ async fn send<'a, R: ResponseHandler>(
         Ok(info) => info,
         Err(e) => {
             tracing::debug!(error = %e, "cannot send a DNS response");
-            let mut m = Metadata::new(0, MessageType::Response, OpCode::Query);
-            m.response_code = ResponseCode::ServFail;
-            m.into()
+            let mut metadata = Metadata::new(0, MessageType::Response, OpCode::Query);
+            metadata.response_code = ResponseCode::ServFail;
+            hickory_proto::op::Header {
+                metadata,
+                counts: Default::default(),
+            }
+            .into()
         }
     }
 }

@@ -21,10 +21,11 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::limits::{CpuQuota, MemoryLimit};
 use crate::logs::LogFile;
+use crate::names::PodHttp;
 use crate::podnet::{PodAddress, PodNet, PodNetView, PodSocketsView};
 
 /// Everything a container instance needs, resolved from the PodSpec (pure data).
@@ -106,7 +107,7 @@ pub struct ContainerState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    hooks: DenyOutgoing,
+    hooks: PodHttp,
     memory: MemoryLimit,
     cpu: CpuAccount,
     net: Option<PodNet>,
@@ -140,27 +141,6 @@ impl WasiHttpView for ContainerState {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
-    }
-}
-
-/// Outgoing HTTP is off until the pod network (and its policy) decides where requests may go.
-struct DenyOutgoing;
-
-impl WasiHttpHooks for DenyOutgoing {
-    fn send_request(
-        &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = wasmtime_wasi_http::Result<(
-                    http::Response<wasmtime_wasi_http::WasiBody>,
-                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                )>,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 
@@ -211,7 +191,9 @@ fn new_store(
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
-        hooks: DenyOutgoing,
+        hooks: PodHttp {
+            pod: launch.pod_net.clone(),
+        },
         memory: MemoryLimit::new(launch.memory_limit),
         cpu: CpuAccount {
             resumed: Instant::now(),
@@ -691,6 +673,7 @@ mod tests {
                 ip,
                 backing,
                 net: Arc::clone(&net),
+                namespace: "default".into(),
             }
         };
         let (server, client_addr) = (address(2), address(3));

@@ -40,6 +40,7 @@ pub mod images;
 pub mod instance;
 pub mod limits;
 pub mod logs;
+pub mod names;
 pub mod network;
 pub mod node;
 pub mod pod;
@@ -78,6 +79,10 @@ pub struct Config {
     pub tunnel_port: u16,
     /// Reach peers whose node address is not loopback (multi-host clusters).
     pub remote_peers: bool,
+    /// The cluster DNS server guests' names are resolved with (kubelet's `--cluster-dns`).
+    pub cluster_dns: Option<SocketAddr>,
+    /// The cluster domain (kubelet's `--cluster-domain`).
+    pub cluster_domain: String,
     /// `pods` capacity; also sizes the engine's instance pool.
     pub max_pods: u32,
     /// The largest memory one instance may have (a limit above it is capped).
@@ -107,6 +112,8 @@ impl Config {
             pod_range: (Ipv4Addr::new(127, 77, 0, 0), 16),
             tunnel_port: 0,
             remote_peers: false,
+            cluster_dns: None,
+            cluster_domain: "cluster.local".into(),
             max_pods: 10_000,
             max_instance_memory: 512 << 20,
             backoff: Backoff::default(),
@@ -269,12 +276,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let backing = ipnet::Ipv4Net::new(config.pod_range.0, config.pod_range.1.clamp(8, 30))
         .map_err(|e| Error::Io(std::io::Error::other(e)))?
         .trunc();
-    let net = Arc::new(network::NodeNet::new(
-        backing,
-        pod_cidr,
-        node_ip,
-        token.clone(),
-    ));
+    let net = Arc::new(
+        network::NodeNet::new(backing, pod_cidr, node_ip, token.clone()).with_names(
+            names::Names::new(config.cluster_dns, &config.cluster_domain),
+        ),
+    );
     if u64::from(net.capacity()) < u64::from(config.max_pods) {
         tracing::info!(
             pod_cidr = ?pod_cidr,

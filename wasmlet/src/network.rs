@@ -86,7 +86,9 @@ pub struct NodeNet {
     /// Loopback address → virtual pod IP.
     reverse: RwLock<HashMap<Ipv4Addr, Ipv4Addr>>,
     /// Services and endpoints.
-    pub services: RwLock<ServiceIndex>,
+    pub services: Arc<RwLock<ServiceIndex>>,
+    /// Name resolution for pods.
+    pub names: crate::names::Names,
     round_robin: Mutex<HashMap<PortKey, usize>>,
     affinity: Mutex<HashMap<(PortKey, Ipv4Addr), (SocketAddrV4, Instant)>>,
     /// Other nodes.
@@ -118,7 +120,8 @@ impl NodeNet {
             tunnel_port: OnceLock::new(),
             local: RwLock::default(),
             reverse: RwLock::default(),
-            services: RwLock::default(),
+            services: Arc::default(),
+            names: crate::names::Names::new(None, "cluster.local"),
             round_robin: Mutex::default(),
             affinity: Mutex::default(),
             peers: RwLock::default(),
@@ -127,6 +130,13 @@ impl NodeNet {
             outbound: Mutex::default(),
             routed: AtomicUsize::new(0),
         }
+    }
+
+    /// Resolves pod names with `names`.
+    #[must_use]
+    pub fn with_names(mut self, names: crate::names::Names) -> Self {
+        self.names = names;
+        self
     }
 
     /// The node's loopback address for traffic it originates (range base + 1).

@@ -203,6 +203,7 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
                 ip,
                 backing,
                 net: Arc::clone(&ctx.net),
+                namespace: ns.clone(),
             })
         }
         // `hostNetwork` pods use the node's address.
@@ -210,6 +211,7 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
             ip: ctx.net.node_ip,
             backing: ctx.net.node_ip,
             net: Arc::clone(&ctx.net),
+            namespace: ns.clone(),
         }),
         None => None,
     };

@@ -42,6 +42,8 @@ pub struct PodAddress {
     pub backing: Ipv4Addr,
     /// The node's network.
     pub net: Arc<NodeNet>,
+    /// The pod's namespace (its DNS search path).
+    pub namespace: String,
 }
 
 impl std::fmt::Debug for PodAddress {
@@ -58,6 +60,8 @@ pub struct PodNet {
     pub backing: Ipv4Addr,
     /// The node's network.
     pub net: Arc<NodeNet>,
+    /// The pod's namespace.
+    pub namespace: String,
     sockets: HashMap<u32, SockInfo>,
 }
 
@@ -77,6 +81,7 @@ impl PodNet {
             ip: addr.ip,
             backing: addr.backing,
             net: addr.net,
+            namespace: addr.namespace,
             sockets: HashMap::new(),
         }
     }
@@ -470,7 +475,12 @@ mod tests {
         ));
         let (ip, backing) = net.add_pod(5);
         net.add_pod(9);
-        PodNet::new(PodAddress { ip, backing, net })
+        PodNet::new(PodAddress {
+            ip,
+            backing,
+            net,
+            namespace: "default".into(),
+        })
     }
 
     #[test]

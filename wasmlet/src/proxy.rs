@@ -10,13 +10,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::watcher::{self, Event};
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, reflector};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use wasmkube_api::services::{Protocol, ServiceIndex};
+use wasmkube_api::services::Protocol;
 
 use crate::network::{NodeNet, Peer, forward};
 
@@ -35,24 +34,10 @@ pub async fn run(
             (Arc::clone(&net), Arc::clone(&node_ports), shutdown.clone());
         move || node_ports.sync(&net, &shutdown)
     };
-    let services = follow(
-        Api::<Service>::all(client.clone()),
-        Arc::clone(&net),
-        |idx: &mut ServiceIndex, s: &Service| idx.apply_service(s),
-        |idx: &mut ServiceIndex, s: &Service| {
-            idx.delete_service(&s.namespace().unwrap_or_default(), &s.name_any());
-        },
-        sync.clone(),
-        shutdown.clone(),
-    );
-    let slices = follow(
-        Api::<EndpointSlice>::all(client.clone()),
-        Arc::clone(&net),
-        |idx: &mut ServiceIndex, s: &EndpointSlice| idx.apply_slice(s),
-        |idx: &mut ServiceIndex, s: &EndpointSlice| {
-            idx.delete_slice(&s.namespace().unwrap_or_default(), &s.name_any());
-        },
-        || {},
+    let services = wasmkube_dns::watch::services(
+        client.clone(),
+        Arc::clone(&net.services),
+        sync,
         shutdown.clone(),
     );
     let peers = follow_peers(
@@ -62,68 +47,8 @@ pub async fn run(
         remote_peers,
         shutdown.clone(),
     );
-    tokio::join!(services, slices, peers);
+    tokio::join!(services, peers);
     node_ports.close();
-}
-
-/// Folds the watch events of one kind into the index; a re-list replaces what that kind
-/// contributed.
-async fn follow<K, A, D, C>(
-    api: Api<K>,
-    net: Arc<NodeNet>,
-    apply: A,
-    delete: D,
-    changed: C,
-    shutdown: CancellationToken,
-) where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    A: Fn(&mut ServiceIndex, &K),
-    D: Fn(&mut ServiceIndex, &K),
-    C: Fn(),
-{
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let mut relist: Option<Vec<K>> = None;
-    let mut known: HashMap<(String, String), K> = HashMap::new();
-    let key = |k: &K| (k.namespace().unwrap_or_default(), k.name_any());
-    loop {
-        let event = tokio::select! {
-            () = shutdown.cancelled() => return,
-            e = stream.next() => match e { Some(e) => e, None => return },
-        };
-        {
-            let mut idx = net.services.write().expect("net lock");
-            match event {
-                Ok(Event::Apply(o)) => {
-                    apply(&mut idx, &o);
-                    known.insert(key(&o), o);
-                }
-                Ok(Event::Delete(o)) => {
-                    delete(&mut idx, &o);
-                    known.remove(&key(&o));
-                }
-                Ok(Event::Init) => relist = Some(Vec::new()),
-                Ok(Event::InitApply(o)) => relist.get_or_insert_with(Vec::new).push(o),
-                Ok(Event::InitDone) => {
-                    for old in known.values() {
-                        delete(&mut idx, old);
-                    }
-                    known.clear();
-                    for o in relist.take().unwrap_or_default() {
-                        apply(&mut idx, &o);
-                        known.insert(key(&o), o);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "service proxy watch failed; retrying");
-                    continue;
-                }
-            }
-        }
-        changed();
-    }
 }
 
 /// Keeps the peer list (other nodes' pod ranges and tunnels) from the Node objects.

@@ -114,6 +114,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         crate::podnet::add_to_linker(&mut linker)?;
+        crate::names::add_to_linker(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
 
         let mut hasher = DefaultHasher::new();
