@@ -11,6 +11,7 @@ const ARTIFACTS: &[(&str, &str, &str)] = &[
     ("hello", "wasm32-wasip1", "hello-p1"),
     ("toolbox", "wasm32-wasip2", "toolbox"),
     ("http_hello", "wasm32-wasip2", "http-hello"),
+    ("http_frontend", "wasm32-wasip2", "http-frontend"),
     ("tcp-echo", "wasm32-wasip2", "tcp-echo"),
     ("crashloop", "wasm32-wasip2", "crashloop"),
     ("memhog", "wasm32-wasip2", "memhog"),

@@ -278,6 +278,22 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Starts the cluster DNS in this process on a free loopback port; it stops when the guard
+    /// drops.
+    ///
+    /// # Errors
+    /// When it cannot start.
+    pub async fn start_dns(&self) -> Result<(std::net::SocketAddr, Background)> {
+        let shutdown = CancellationToken::new();
+        let mut config = wasmkube_dns::Config::new();
+        config.listen = "127.0.0.1:0".parse().expect("loopback address");
+        let running =
+            wasmkube_dns::start_with_client(self.client.clone(), &config, shutdown.clone()).await?;
+        let addr = running.addr;
+        tokio::spawn(running.wait());
+        Ok((addr, Background(shutdown)))
+    }
+
     /// Starts the scheduler in this process; it stops when the returned guard drops.
     pub fn start_scheduler(&self) -> Background {
         let shutdown = CancellationToken::new();

@@ -31,6 +31,8 @@ enum Command {
     Scheduler(SchedulerArgs),
     /// Run the controller manager alone.
     ControllerManager(ControllerArgs),
+    /// Run the cluster DNS server alone.
+    Dns(DnsArgs),
     /// Work with images in a registry.
     Image {
         #[command(subcommand)]
@@ -116,6 +118,12 @@ struct UpArgs {
     /// Do not run the controller manager in this process.
     #[arg(long)]
     no_controllers: bool,
+    /// Where the cluster DNS answers (UDP and TCP); the local wasmlet resolves pod names there.
+    #[arg(long, default_value = "127.0.0.1:10053")]
+    dns_listen: SocketAddr,
+    /// Do not run the cluster DNS in this process.
+    #[arg(long)]
+    no_dns: bool,
     #[command(flatten)]
     timers: NodeTimerArgs,
     /// Push the sample programs into the cluster registry and run their manifests.
@@ -144,6 +152,18 @@ struct NodeArgs {
     /// The node Lease's duration in seconds; it is renewed every quarter of it.
     #[arg(long, default_value_t = 40)]
     node_lease_duration_seconds: u64,
+    /// The cluster DNS server pods' names are resolved with (`up` uses its own).
+    #[arg(long)]
+    cluster_dns: Option<SocketAddr>,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The node-to-node tunnel's port on the node address (0 picks one).
+    #[arg(long, default_value_t = 0)]
+    tunnel_port: u16,
+    /// Tunnel to peers whose node address is not loopback (multi-host clusters).
+    #[arg(long)]
+    remote_peers: bool,
 }
 
 impl NodeArgs {
@@ -161,6 +181,10 @@ impl NodeArgs {
         c.max_pods = self.max_pods.max(1);
         c.insecure_registries = self.insecure_registries.clone();
         c.lease_duration = Duration::from_secs(self.node_lease_duration_seconds.max(4));
+        c.cluster_dns = self.cluster_dns;
+        c.cluster_domain = self.cluster_domain.clone();
+        c.tunnel_port = self.tunnel_port;
+        c.remote_peers = self.remote_peers;
         for pair in &self.node_labels {
             let (k, v) = pair
                 .split_once('=')
@@ -200,6 +224,19 @@ struct SchedulerArgs {
     /// Score this percentage of feasible nodes (default: adaptive, as kube-scheduler).
     #[arg(long)]
     percentage_of_nodes_to_score: Option<u32>,
+}
+
+#[derive(Args)]
+struct DnsArgs {
+    /// The kubeconfig to reach the API server with (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Where to answer (UDP and TCP).
+    #[arg(long, default_value = "127.0.0.1:10053")]
+    listen: SocketAddr,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 #[derive(Args)]
@@ -383,13 +420,33 @@ async fn main() -> anyhow::Result<()> {
                     shutdown.clone(),
                 ))
             });
+            let dns = if args.no_dns {
+                None
+            } else {
+                let mut config = wasmkube_dns::Config::new().kubeconfig(&running.kubeconfig);
+                config.listen = args.dns_listen;
+                config.domain = args.node.cluster_domain.clone();
+                let dns = wasmkube_dns::start(&config, shutdown.clone())
+                    .await
+                    .context("starting the cluster DNS")?;
+                println!(
+                    "cluster DNS: dig @{} -p {} SERVICE.NAMESPACE.svc.{}",
+                    dns.addr.ip(),
+                    dns.addr.port(),
+                    config.domain
+                );
+                Some(dns)
+            };
             let wasmlet = if args.no_wasmlet {
                 None
             } else {
-                let config = args
+                let mut config = args
                     .node
                     .config(&args.server.data_dir.join("node"), args.node_listen)?
                     .kubeconfig(&running.kubeconfig);
+                if config.cluster_dns.is_none() {
+                    config.cluster_dns = dns.as_ref().map(|d| d.addr);
+                }
                 let token = shutdown.clone();
                 let task = tokio::spawn(async move { wasmkube_wasmlet::run(config, token).await });
                 if args.demo {
@@ -411,6 +468,9 @@ async fn main() -> anyhow::Result<()> {
             if let Some(task) = wasmlet {
                 task.await.context("wasmlet task")?.context("wasmlet")?;
             }
+            if let Some(dns) = dns {
+                dns.wait().await;
+            }
         }
         Command::Wasmlet(args) => {
             let mut config = args.node.config(&args.data_dir, args.listen)?;
@@ -421,6 +481,17 @@ async fn main() -> anyhow::Result<()> {
             wasmkube_wasmlet::run(config, shutdown)
                 .await
                 .context("wasmlet")?;
+        }
+        Command::Dns(args) => {
+            let mut config = wasmkube_dns::Config::new();
+            config.kubeconfig = args
+                .kubeconfig
+                .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from));
+            config.listen = args.listen;
+            config.domain = args.cluster_domain;
+            wasmkube_dns::run(config, shutdown)
+                .await
+                .context("cluster DNS")?;
         }
         Command::Scheduler(args) => {
             let mut config = wasmkube_sched::Config::new();

@@ -209,16 +209,24 @@ async fn client_for(config: &Config) -> Result<Client, Error> {
 /// # Errors
 /// When it cannot reach the cluster or open its sockets.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let client = client_for(&config).await?;
-    start(client, &config, shutdown).await?.wait().await;
+    start(&config, shutdown).await?.wait().await;
     Ok(())
+}
+
+/// Starts the DNS server with the configured kubeconfig; returns once it listens.
+///
+/// # Errors
+/// When it cannot reach the cluster or open its sockets.
+pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Running, Error> {
+    let client = client_for(config).await?;
+    start_with_client(client, config, shutdown).await
 }
 
 /// Starts the DNS server with `client`; returns once it listens.
 ///
 /// # Errors
 /// When the domain is invalid or the sockets cannot be opened.
-pub async fn start(
+pub async fn start_with_client(
     client: Client,
     config: &Config,
     shutdown: CancellationToken,

@@ -34,6 +34,7 @@ guests!(
     "hello-p1",
     "toolbox",
     "http-hello",
+    "http-frontend",
     "tcp-echo",
     "crashloop",
     "memhog",

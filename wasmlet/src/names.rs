@@ -323,10 +323,8 @@ async fn send(
         }
         Ok(Ok(s)) => s.into_stream(),
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     let driver = tokio::spawn(conn);
     // Origin-form on the wire; the Host header keeps the name the guest used.
     *request.uri_mut() = http::Uri::builder()

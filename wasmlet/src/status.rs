@@ -84,26 +84,58 @@ pub fn pod_status(pod: &Pod, worker: &PodWorker, addrs: &Addresses, now: Timesta
         phase,
         crate::worker::Phase::Succeeded | crate::worker::Phase::Failed
     );
-    let ready = worker.containers_ready() && !done;
+    let containers_ready = worker.containers_ready() && !done;
+    // Readiness gates: conditions other components set; the pod is Ready only when all are True.
+    let gates_ready = spec
+        .and_then(|s| s.readiness_gates.as_ref())
+        .into_iter()
+        .flatten()
+        .all(|g| {
+            previous
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == g.condition_type && c.status == "True")
+        });
+    let ready = containers_ready && gates_ready;
     let not_ready_reason = if done {
         "PodCompleted"
+    } else if containers_ready {
+        "ReadinessGatesNotReady"
     } else {
         "ContainersNotReady"
     };
     let init_statuses = statuses(true);
+    let mut conditions = vec![
+        condition("PodReadyToStartContainers", true, None),
+        condition(
+            "Initialized",
+            worker.initialized(),
+            Some("ContainersNotInitialized"),
+        ),
+        condition("Ready", ready, Some(not_ready_reason)),
+        condition(
+            "ContainersReady",
+            containers_ready,
+            Some(if done {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            }),
+        ),
+        condition("PodScheduled", true, None),
+    ];
+    // Conditions owned by others (readiness gates, DisruptionTarget, ...) are kept.
+    let ours: Vec<String> = conditions.iter().map(|c| c.type_.clone()).collect();
+    conditions.extend(
+        previous
+            .into_iter()
+            .flatten()
+            .filter(|c| !ours.contains(&c.type_))
+            .cloned(),
+    );
     PodStatus {
         phase: Some(phase.as_str().to_owned()),
-        conditions: Some(vec![
-            condition("PodReadyToStartContainers", true, None),
-            condition(
-                "Initialized",
-                worker.initialized(),
-                Some("ContainersNotInitialized"),
-            ),
-            condition("Ready", ready, Some(not_ready_reason)),
-            condition("ContainersReady", ready, Some(not_ready_reason)),
-            condition("PodScheduled", true, None),
-        ]),
+        conditions: Some(conditions),
         host_ip: Some(addrs.host_ip.clone()),
         host_ips: Some(vec![HostIP {
             ip: addrs.host_ip.clone(),

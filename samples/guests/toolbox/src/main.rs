@@ -7,7 +7,10 @@
 //! Commands: `env`, `args`, `pwd`, `cat FILE..`, `ls DIR`, `write FILE TEXT..`, `append FILE TEXT..`,
 //! `sleep MS`, `exit CODE`, `panic MSG..`, `connect HOST:PORT TEXT..` (send, print the reply), `produce FILE` (append a numbered line every 200 ms,
 //! forever), `consume FILE` (print the file's new lines as they arrive, forever), `forever`
-//! (idle forever). Used by the two-container sample and the end-to-end tests.
+//! (idle forever), `serve PORT [ADDR]` (answer every connection with one line naming the local
+//! and peer addresses, forever), `poll HOST:PORT MS` (connect every MS milliseconds and print
+//! the reply, forever), `connect-n N HOST:PORT` (connect N times, print each first line).
+//! Used by the multi-container samples and the end-to-end tests.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
@@ -93,12 +96,53 @@ fn run(cmd: &str, rest: &[String]) -> std::io::Result<()> {
             conn.read_to_string(&mut reply)?;
             println!("{reply}");
         }
+        "serve" => {
+            let port = rest.first().ok_or_else(|| usage("PORT [ADDR]"))?;
+            let addr = rest.get(1).map(String::as_str).unwrap_or("0.0.0.0");
+            let listener = std::net::TcpListener::bind(format!("{addr}:{port}"))?;
+            println!("serving on {}", listener.local_addr()?);
+            std::io::stdout().flush()?;
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                let local = conn.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                let _ = writeln!(conn, "local={local} peer={peer}");
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        "poll" => {
+            let (addr, rest) = rest.split_first().ok_or_else(|| usage("HOST:PORT MS"))?;
+            let every = Duration::from_millis(number(rest)?);
+            loop {
+                match first_line(addr) {
+                    Ok(line) => println!("{addr}: {line}"),
+                    Err(e) => println!("{addr}: error: {e}"),
+                }
+                std::io::stdout().flush()?;
+                std::thread::sleep(every);
+            }
+        }
+        "connect-n" => {
+            let n = number(rest)?;
+            let addr = rest.get(1).ok_or_else(|| usage("N HOST:PORT"))?;
+            for _ in 0..n {
+                println!("{}", first_line(addr)?);
+            }
+        }
         "forever" => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
         other => return Err(usage(&format!("unknown command {other:?}"))),
     }
     Ok(())
+}
+
+/// Connects and returns the first line the server sends.
+fn first_line(addr: &str) -> std::io::Result<String> {
+    let mut conn = std::net::TcpStream::connect(addr)?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    Ok(reply.lines().next().unwrap_or_default().to_owned())
 }
 
 fn number(rest: &[String]) -> std::io::Result<u64> {
