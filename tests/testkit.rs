@@ -424,6 +424,11 @@ impl Process {
                 &format!("{net}/{prefix}"),
                 "--max-pods",
                 "256",
+                // Free ports, so parallel tests' clusters do not clash.
+                "--dns-listen",
+                "127.0.0.1:0",
+                "--ingress-listen",
+                "127.0.0.1:0",
             ])
             .args(extra)
             .env("WASMKUBE_LOG", "info,openraft=warn")

@@ -5,6 +5,7 @@ mod batch;
 mod core;
 mod events;
 pub(crate) mod misc;
+mod networking;
 pub(crate) mod pod;
 
 use crate::registry::Registry;
@@ -16,6 +17,7 @@ pub fn builtin() -> Registry {
     apps::register(&mut r);
     batch::register(&mut r);
     misc::register(&mut r);
+    networking::register(&mut r);
     events::register(&mut r);
     r
 }

@@ -124,6 +124,9 @@ struct UpArgs {
     /// Do not run the cluster DNS in this process.
     #[arg(long)]
     no_dns: bool,
+    /// Do not serve Ingresses on this node (by default they are served on 127.0.0.1:8080).
+    #[arg(long)]
+    no_ingress: bool,
     #[command(flatten)]
     timers: NodeTimerArgs,
     /// Push the sample programs into the cluster registry and run their manifests.
@@ -164,6 +167,9 @@ struct NodeArgs {
     /// Tunnel to peers whose node address is not loopback (multi-host clusters).
     #[arg(long)]
     remote_peers: bool,
+    /// Serve Ingresses (class `wasmkube`) on this address (`up`: 127.0.0.1:8080).
+    #[arg(long)]
+    ingress_listen: Option<SocketAddr>,
 }
 
 impl NodeArgs {
@@ -185,6 +191,7 @@ impl NodeArgs {
         c.cluster_domain = self.cluster_domain.clone();
         c.tunnel_port = self.tunnel_port;
         c.remote_peers = self.remote_peers;
+        c.ingress_listen = self.ingress_listen;
         for pair in &self.node_labels {
             let (k, v) = pair
                 .split_once('=')
@@ -446,6 +453,9 @@ async fn main() -> anyhow::Result<()> {
                     .kubeconfig(&running.kubeconfig);
                 if config.cluster_dns.is_none() {
                     config.cluster_dns = dns.as_ref().map(|d| d.addr);
+                }
+                if config.ingress_listen.is_none() && !args.no_ingress {
+                    config.ingress_listen = Some(SocketAddr::from(([127, 0, 0, 1], 8080)));
                 }
                 let token = shutdown.clone();
                 let task = tokio::spawn(async move { wasmkube_wasmlet::run(config, token).await });

@@ -1,7 +1,7 @@
 //! Pod networking: address allocation in the API server (cluster IPs, node ports, node pod
 //! ranges), and traffic between wasm pods through the wasmlet's network namespace.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -726,5 +726,170 @@ async fn cluster_dns_answers_every_record_kind_and_follows_changes() -> Result<(
         phase == "Succeeded" && locals(&log) == [format!("{db0}:5432"), format!("{db0}:5432")],
         "{phase}: {log}"
     );
+    net.cluster.stop().await
+}
+
+// ---- from the host: NodePort, hostPort, Ingress ------------------------------------------------
+
+/// A plain HTTP/1.1 GET (what curl does): (status, body).
+async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut resp = Vec::new();
+    conn.read_to_end(&mut resp).await?;
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let status: u16 = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    // Chunked bodies: keep only the text lines.
+    let body = if resp
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body.lines()
+            .filter(|l| !l.is_empty() && u64::from_str_radix(l.trim(), 16).is_err())
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        body
+    };
+    Ok((status, body))
+}
+
+#[tokio::test]
+async fn node_ports_host_ports_and_ingress_reach_wasm_pods_from_the_host() -> Result<()> {
+    let cluster = Cluster::start_with_control_plane().await?;
+    let (dns, _dns) = cluster.start_dns().await?;
+    let node = cluster
+        .start_node_with("n1", |c| {
+            c.cluster_dns = Some(dns);
+            c.ingress_listen = Some(SocketAddr::new(c.listen.ip(), 0));
+        })
+        .await?;
+    let net = Net {
+        cluster,
+        dns,
+        nodes: Vec::new(),
+        _dns,
+    };
+    let hello = net.cluster.push_sample("http-hello").await?;
+    let frontend = net.cluster.push_sample("http-frontend").await?;
+    let host_port = wasmkube_tests::free_port();
+    for i in 0..3 {
+        net.pod(
+            &format!("backend-{i}"),
+            json!({"app": "backend"}),
+            json!({"containers": [{"name": "http", "image": hello,
+                                   "ports": [{"name": "http", "containerPort": 8080}]}]}),
+        )
+        .await?;
+    }
+    net.pod(
+        "frontend",
+        json!({"app": "frontend"}),
+        json!({"containers": [{"name": "http", "image": frontend,
+                               "ports": [{"containerPort": 8080, "hostPort": host_port}]}]}),
+    )
+    .await?;
+    let svcs: Api<Service> = Api::default_namespaced(net.cluster.client.clone());
+    let pp = PostParams::default();
+    svcs.create(
+        &pp,
+        &service(
+            "backend",
+            json!({"selector": {"app": "backend"}, "ports": [{"port": 80, "targetPort": "http"}]}),
+        )?,
+    )
+    .await?;
+    let fe = svcs
+        .create(
+            &pp,
+            &service(
+                "frontend",
+                json!({"type": "NodePort", "selector": {"app": "frontend"}, "ports": [{"port": 80, "targetPort": 8080}]}),
+            )?,
+        )
+        .await?;
+    let node_port = fe
+        .spec
+        .and_then(|s| s.ports)
+        .and_then(|p| p[0].node_port)
+        .context("nodePort")?;
+    net.ready_endpoints("backend", 3).await?;
+    net.ready_endpoints("frontend", 1).await?;
+    let want = "frontend -> backend (200): Hello from wasmkube! GET /from-frontend";
+
+    // NodePort on the node address, from the host.
+    let via_node_port = SocketAddr::new(node.address.into(), u16::try_from(node_port)?);
+    let (status, body) = wait_for("the NodePort to answer", SLOW, || async {
+        http_get(via_node_port, "x", "/")
+            .await
+            .ok()
+            .filter(|(s, _)| *s == 200)
+    })
+    .await?;
+    ensure!(
+        status == 200 && body.starts_with(want),
+        "NodePort: {status} {body:?}"
+    );
+    // hostPort.
+    let (status, body) =
+        http_get(SocketAddr::new(node.address.into(), host_port), "x", "/").await?;
+    ensure!(
+        status == 200 && body.starts_with(want),
+        "hostPort: {status} {body:?}"
+    );
+
+    // Ingress: host and path rules in front of both Services.
+    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> =
+        Api::default_namespaced(net.cluster.client.clone());
+    ingresses
+        .create(
+            &pp,
+            &serde_json::from_value(json!({
+                "metadata": {"name": "front-door"},
+                "spec": {"ingressClassName": "wasmkube", "rules": [{"host": "fn.example", "http": {"paths": [
+                    {"path": "/hello", "pathType": "Prefix",
+                     "backend": {"service": {"name": "backend", "port": {"number": 80}}}},
+                    {"path": "/", "pathType": "Prefix",
+                     "backend": {"service": {"name": "frontend", "port": {"number": 80}}}},
+                ]}}]},
+            }))?,
+        )
+        .await?;
+    let ingress_addr = wait_for("the Ingress status to carry the listener", SLOW, || async {
+        let ing = ingresses.get("front-door").await.ok()?;
+        let lb = ing.status?.load_balancer?.ingress?.into_iter().next()?;
+        let port = u16::try_from(lb.ports?.first()?.port).ok()?;
+        Some(SocketAddr::new(lb.ip?.parse().ok()?, port))
+    })
+    .await?;
+    ensure!(ingress_addr.ip() == std::net::IpAddr::V4(node.address));
+    let (status, body) = wait_for("the Ingress to route", SLOW, || async {
+        http_get(ingress_addr, "fn.example", "/hello/world")
+            .await
+            .ok()
+            .filter(|(s, _)| *s == 200)
+    })
+    .await?;
+    ensure!(
+        status == 200 && body.starts_with("Hello from wasmkube! GET /hello/world"),
+        "{body:?}"
+    );
+    let (status, body) = http_get(ingress_addr, "fn.example", "/").await?;
+    ensure!(status == 200 && body.starts_with(want), "{status} {body:?}");
+    let (status, _) = http_get(ingress_addr, "elsewhere.example", "/hello").await?;
+    ensure!(status == 404, "no rule for the host: {status}");
+    node.stop().await?;
     net.cluster.stop().await
 }

@@ -37,6 +37,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod events;
 pub mod images;
+pub mod ingress;
 pub mod instance;
 pub mod limits;
 pub mod logs;
@@ -83,6 +84,8 @@ pub struct Config {
     pub cluster_dns: Option<SocketAddr>,
     /// The cluster domain (kubelet's `--cluster-domain`).
     pub cluster_domain: String,
+    /// Where the Ingress listener serves HTTP (none: no Ingress on this node).
+    pub ingress_listen: Option<SocketAddr>,
     /// `pods` capacity; also sizes the engine's instance pool.
     pub max_pods: u32,
     /// The largest memory one instance may have (a limit above it is capped).
@@ -114,6 +117,7 @@ impl Config {
             remote_peers: false,
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
+            ingress_listen: None,
             max_pods: 10_000,
             max_instance_memory: 512 << 20,
             backoff: Backoff::default(),
@@ -296,6 +300,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let tasks = TaskTracker::new();
     tasks.spawn(tunnel::serve(Arc::clone(&net), tunnel, shutdown.clone()));
     tasks.spawn(Arc::clone(&net).run_relay(relay, shutdown.clone()));
+    if let Some(addr) = config.ingress_listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(addr = %listener.local_addr()?, "ingress listening");
+                tasks.spawn(ingress::run(
+                    Arc::clone(&net),
+                    client.clone(),
+                    listener,
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => tracing::warn!(%addr, error = %e, "cannot open the ingress listener"),
+        }
+    }
     tasks.spawn(proxy::run(
         Arc::clone(&net),
         client.clone(),

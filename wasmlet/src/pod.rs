@@ -240,6 +240,12 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
         cancel.clone(),
     ));
 
+    if let Some(a) = &address
+        && !host_network
+    {
+        open_host_ports(&ctx, &pod, a, &tasks, &cancel);
+    }
+
     let mut prepared: Vec<Option<(Prepared, Launch)>> = vec![None; containers.len()];
     let mut kills: Vec<Option<CancellationToken>> = vec![None; containers.len()];
     let mut volumes: Option<HashMap<String, (PathBuf, bool)>> = None;
@@ -435,6 +441,55 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
     }
     ctx.logs.remove(&key);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Opens a listener on the node address for every `hostPort`, forwarding to the pod, until
+/// `cancel` (the pod's end). A port already taken is reported as a warning event.
+fn open_host_ports(
+    ctx: &Arc<NodeCtx>,
+    pod: &Arc<Pod>,
+    address: &PodAddress,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let ports = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"));
+    for p in ports {
+        let (Some(host), Ok(target)) = (
+            p.host_port.and_then(|h| u16::try_from(h).ok()),
+            u16::try_from(p.container_port),
+        ) else {
+            continue;
+        };
+        let listen = SocketAddr::new(IpAddr::V4(ctx.net.node_ip), host);
+        let listener = match std::net::TcpListener::bind(listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+        {
+            Ok(l) => l,
+            Err(e) => {
+                ctx.recorder.pod(
+                    pod,
+                    None,
+                    EventType::Warning,
+                    "FailedHostPort",
+                    format!("cannot listen on hostPort {listen}: {e}"),
+                );
+                continue;
+            }
+        };
+        let dest = std::net::SocketAddrV4::new(address.ip, target);
+        tasks.spawn(crate::network::forward(
+            Arc::clone(&ctx.net),
+            listener,
+            move |_: &NodeNet, _| Ok(dest),
+            cancel.clone(),
+        ));
+    }
 }
 
 /// The port a `wasi:http/proxy` container is served on: its first TCP `containerPort`, else 8080.
