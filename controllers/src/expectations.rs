@@ -47,6 +47,19 @@ impl Expectations {
         f(p);
     }
 
+    /// A deletion that failed will not be observed (Kubernetes' `DeletionObserved` on error):
+    /// stop waiting for it.
+    pub fn deletion_failed(&self, owner: &str, name: &str) {
+        if let Some(p) = self
+            .owners
+            .lock()
+            .expect("expectations lock")
+            .get_mut(owner)
+        {
+            p.deletions.remove(name);
+        }
+    }
+
     /// Whether the cache has caught up with everything `owner` did: every created name is
     /// `present`, every deleted one is not. Settled names are forgotten.
     pub fn satisfied(&self, owner: &str, present: impl Fn(&str) -> bool) -> bool {

@@ -298,8 +298,14 @@ pub(crate) async fn sync(
             };
             match pods.delete(&v.name_any(), &params).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                Err(e) => return Err(e.into()),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(pod = %v.name_any(), error = %e, "deleting a surplus pod failed");
+                    ctx.expectations.deletion_failed(&uid, &v.name_any());
+                    if !matches!(&e, kube::Error::Api(s) if s.code == 409) {
+                        return Err(e.into());
+                    }
+                }
             }
         }
     }

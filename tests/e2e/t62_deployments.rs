@@ -64,6 +64,57 @@ async fn next(
     }
 }
 
+/// Prints the Deployment, its ReplicaSets and pods, for a stalled rollout.
+async fn dump(c: &kube::Client) {
+    let deploys: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c.clone(), "default");
+    if let Ok(d) = deploys.get("web").await {
+        eprintln!(
+            "deployment: gen {:?} status {:?}",
+            d.metadata.generation, d.status
+        );
+    }
+    for rs in sets
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        eprintln!(
+            "rs {}: replicas {:?} status {:?}",
+            rs.name_any(),
+            rs.spec.as_ref().and_then(|s| s.replicas),
+            rs.status
+        );
+    }
+    for p in pods
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        eprintln!(
+            "pod {} owner {:?} deleting {:?} node {:?} phase {:?} conditions {:?}",
+            p.name_any(),
+            p.metadata
+                .owner_references
+                .as_ref()
+                .map(|o| o[0].name.clone()),
+            p.metadata.deletion_timestamp,
+            p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            p.status.as_ref().and_then(|s| s.phase.clone()),
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .map(|c| c
+                    .iter()
+                    .map(|c| format!("{}={}", c.type_, c.status))
+                    .collect::<Vec<_>>())
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_deployment_rolls_out_within_its_budget_and_rolls_back() -> Result<()> {
     let cluster = Cluster::start_with_control_plane().await?;
@@ -158,7 +209,14 @@ async fn a_deployment_rolls_out_within_its_budget_and_rolls_back() -> Result<()>
     deploys.patch("web", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": v2, "args": ["forever"]}]}}}}))).await?;
     let (mut max_total, mut min_available) = (0, i32::MAX);
     loop {
-        match next(&mut changes).await? {
+        let change = match next(&mut changes).await {
+            Ok(c) => c,
+            Err(e) => {
+                dump(c).await;
+                return Err(e);
+            }
+        };
+        match change {
             Change::Set(watcher::Event::Apply(rs) | watcher::Event::InitApply(rs)) => {
                 current.insert(rs.name_any(), rs);
             }
