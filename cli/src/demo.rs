@@ -5,7 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::PostParams;
 use kube::{Api, Client};
 
@@ -28,7 +31,7 @@ pub(crate) async fn run(kubeconfig: &Path) -> anyhow::Result<()> {
         );
     }
     let client = Client::try_from(kc)?;
-    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     for (file, yaml) in wasmkube_samples::MANIFESTS {
         let pod: Pod = serde_saphyr::from_str(yaml).with_context(|| format!("parsing {file}"))?;
         match pods.create(&PostParams::default(), &pod).await {
@@ -40,28 +43,80 @@ pub(crate) async fn run(kubeconfig: &Path) -> anyhow::Result<()> {
             Err(e) => return Err(e).with_context(|| format!("creating {file}")),
         }
     }
-    // Give the HTTP sample a moment to come up so the printed URL works at once.
-    let ip = wait_for_ip(&pods, "http-hello").await;
+    let (file, yaml) = wasmkube_samples::MULTI_TIER;
+    for doc in yaml.split("\n---\n") {
+        let obj: serde_json::Value =
+            serde_saphyr::from_str(doc).with_context(|| format!("parsing {file}"))?;
+        let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let created = match kind.as_str() {
+            "Deployment" => create::<Deployment>(&client, obj).await,
+            "Service" => create::<Service>(&client, obj).await,
+            "Ingress" => create::<Ingress>(&client, obj).await,
+            "Pod" => create::<Pod>(&client, obj).await,
+            other => anyhow::bail!("{file}: unexpected kind {other}"),
+        };
+        created.with_context(|| format!("creating {kind}/{name} from {file}"))?;
+        eprintln!("created {}/{name}", kind.to_lowercase());
+    }
+    let ready = wait_for_frontend(&client).await;
     println!();
     println!("Samples deployed. Try:");
-    println!("  kubectl get pods -o wide");
+    println!("  kubectl get pods,svc,ingress -o wide");
     println!("  kubectl logs hello");
     println!("  kubectl logs -f cpuspin");
     println!("  kubectl logs shared-volume -c consumer -f");
+    println!("  kubectl logs duo -c sidecar            # two containers over localhost");
     println!("  kubectl describe pod memhog         # OOMKilled");
     println!("  kubectl get pod crashloop -w        # CrashLoopBackOff");
-    if let Some(ip) = ip {
-        println!("  curl http://{ip}:8080/hello        # the wasi:http sample");
+    println!("  curl http://127.0.0.1:30080/        # NodePort: frontend -> backend by DNS name");
+    println!("  curl http://127.0.0.1:8080/hello    # Ingress: one port, many wasi:http functions");
+    if !ready {
+        println!("  (the frontend is still starting; the URLs answer in a moment)");
     }
     Ok(())
 }
 
-async fn wait_for_ip(pods: &Api<Pod>, name: &str) -> Option<String> {
-    let has_ip = |p: Option<&Pod>| p.and_then(|p| p.status.as_ref()?.pod_ip.as_ref()).is_some();
-    let wait = kube::runtime::wait::await_condition(pods.clone(), name, has_ip);
-    let pod = tokio::time::timeout(Duration::from_secs(5), wait)
-        .await
-        .ok()?
-        .ok()??;
-    pod.status?.pod_ip
+async fn create<K>(client: &Client, obj: serde_json::Value) -> anyhow::Result<()>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), "default");
+    let typed: K = serde_json::from_value(obj)?;
+    match api.create(&PostParams::default(), &typed).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits (briefly) until the frontend Service has a ready endpoint, so the URLs work at once.
+async fn wait_for_frontend(client: &Client) -> bool {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::runtime::WatchStreamExt;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let cfg =
+        kube::runtime::watcher::Config::default().labels("kubernetes.io/service-name=frontend");
+    let mut ready = kube::runtime::watcher(slices, cfg)
+        .applied_objects()
+        .try_filter(|s| {
+            let ok = s
+                .endpoints
+                .iter()
+                .any(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true));
+            futures::future::ready(ok)
+        })
+        .boxed();
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), ready.try_next()).await,
+        Ok(Ok(Some(_)))
+    )
 }

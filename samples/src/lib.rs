@@ -46,6 +46,12 @@ pub fn guest(name: &str) -> Option<&'static [u8]> {
     GUESTS.iter().find(|g| g.name == name).map(|g| g.wasm)
 }
 
+/// The multi-tier sample (several documents: Deployments, Services, an Ingress, a Pod).
+pub const MULTI_TIER: (&str, &str) = (
+    "multi-tier.yaml",
+    include_str!("../manifests/multi-tier.yaml"),
+);
+
 /// The sample manifests, by file name (YAML, one Pod each).
 pub const MANIFESTS: &[(&str, &str)] = &[
     ("hello.yaml", include_str!("../manifests/hello.yaml")),

@@ -893,3 +893,42 @@ async fn node_ports_host_ports_and_ingress_reach_wasm_pods_from_the_host() -> Re
     node.stop().await?;
     net.cluster.stop().await
 }
+
+#[tokio::test]
+async fn the_demo_serves_the_multi_tier_sample_through_node_port_and_ingress() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut up = wasmkube_tests::Process::up_with(
+        &dir.path().join("data"),
+        wasmkube_tests::free_port(),
+        &["--demo"],
+    )
+    .await?;
+    let client = up.client().await?;
+    let want = "frontend -> backend (200): Hello from wasmkube! GET /from-frontend";
+    let node_port: SocketAddr = "127.0.0.1:30080".parse()?;
+    let (_, body) = wait_for("the demo's NodePort to answer", SLOW, || async {
+        http_get(node_port, "localhost", "/")
+            .await
+            .ok()
+            .filter(|(s, _)| *s == 200)
+    })
+    .await?;
+    ensure!(body.starts_with(want), "{body:?}");
+    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> =
+        Api::default_namespaced(client.clone());
+    let ingress_addr = wait_for("the demo Ingress status", SLOW, || async {
+        let ing = ingresses.get("front-door").await.ok()?;
+        let lb = ing.status?.load_balancer?.ingress?.into_iter().next()?;
+        let port = u16::try_from(lb.ports?.first()?.port).ok()?;
+        Some(SocketAddr::new(lb.ip?.parse().ok()?, port))
+    })
+    .await?;
+    let (status, body) = http_get(ingress_addr, "localhost", "/hello/demo").await?;
+    ensure!(
+        status == 200 && body.starts_with("Hello from wasmkube! GET /hello/demo"),
+        "{status} {body:?}"
+    );
+    let (status, body) = http_get(ingress_addr, "localhost", "/").await?;
+    ensure!(status == 200 && body.starts_with(want), "{status} {body:?}");
+    up.terminate().await
+}
