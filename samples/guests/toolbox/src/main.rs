@@ -9,7 +9,8 @@
 //! forever), `consume FILE` (print the file's new lines as they arrive, forever), `forever`
 //! (idle forever), `serve PORT [ADDR]` (answer every connection with one line naming the local
 //! and peer addresses, forever), `poll HOST:PORT MS` (connect every MS milliseconds and print
-//! the reply, forever), `connect-n N HOST:PORT` (connect N times, print each first line).
+//! the reply, forever), `connect-n N HOST:PORT [quiet]` (connect N times, print each first line; the time taken goes
+//! to stderr).
 //! Used by the multi-container samples and the end-to-end tests.
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -124,10 +125,16 @@ fn run(cmd: &str, rest: &[String]) -> std::io::Result<()> {
         }
         "connect-n" => {
             let n = number(rest)?;
-            let addr = rest.get(1).ok_or_else(|| usage("N HOST:PORT"))?;
+            let addr = rest.get(1).ok_or_else(|| usage("N HOST:PORT [quiet]"))?;
+            let quiet = rest.get(2).is_some_and(|q| q == "quiet");
+            let started = std::time::Instant::now();
             for _ in 0..n {
-                println!("{}", first_line(addr)?);
+                let line = first_line(addr)?;
+                if !quiet {
+                    println!("{line}");
+                }
             }
+            eprintln!("connect-n: {n} connections in {} us", started.elapsed().as_micros());
         }
         "forever" => loop {
             std::thread::sleep(Duration::from_secs(3600));
