@@ -16,7 +16,7 @@ use k8s_openapi::api::discovery::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 const MANAGER: &str = "endpoint-controller";
 /// The label tying a slice to its Service.
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// The label naming the controller that manages a slice, and our value for it.
+const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+const MANAGER_VALUE: &str = "endpointslice-controller.k8s.io";
 
 /// What the reconciler needs.
 pub struct Ctx {
@@ -209,45 +212,10 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
         .patch(&name, &params, &Patch::Apply(&ep_json))
         .await?;
 
-    let slice_endpoints: Vec<Endpoint> = subsets
-        .iter()
-        .flat_map(|s| {
-            let r = s.addresses.iter().flatten().map(|a| (a, true));
-            let n = s.not_ready_addresses.iter().flatten().map(|a| (a, false));
-            r.chain(n).collect::<Vec<_>>()
-        })
-        .map(|(a, ok)| Endpoint {
-            addresses: vec![a.ip.clone()],
-            conditions: Some(EndpointConditions {
-                ready: Some(ok),
-                serving: Some(ok),
-                terminating: Some(false),
-            }),
-            hostname: a.hostname.clone(),
-            node_name: a.node_name.clone(),
-            target_ref: a.target_ref.clone(),
-            ..Default::default()
-        })
-        .collect();
-    let slice_ports: Vec<SlicePort> = subsets
-        .first()
-        .and_then(|s| s.ports.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| SlicePort {
-            name: p.name,
-            port: Some(p.port),
-            protocol: p.protocol,
-            app_protocol: None,
-        })
-        .collect();
     let mut labels = svc.metadata.labels.clone().unwrap_or_default();
     labels.insert(SERVICE_NAME.into(), name.clone());
-    labels.insert(
-        "endpointslice.kubernetes.io/managed-by".into(),
-        "endpointslice-controller.k8s.io".into(),
-    );
-    let slice_name = format!(
+    labels.insert(MANAGED_BY.into(), MANAGER_VALUE.into());
+    let base = format!(
         "{name}-{}",
         svc.metadata
             .uid
@@ -258,24 +226,84 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
             .take(5)
             .collect::<String>()
     );
-    let slice = EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(slice_name.clone()),
-            namespace: Some(ns.clone()),
-            labels: Some(labels),
-            owner_references: Some(vec![owner(&svc)]),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: slice_endpoints,
-        ports: Some(slice_ports),
-    };
-    let mut slice_json = serde_json::to_value(&slice)?;
-    slice_json["apiVersion"] = "discovery.k8s.io/v1".into();
-    slice_json["kind"] = "EndpointSlice".into();
-    Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
-        .patch(&slice_name, &params, &Patch::Apply(&slice_json))
-        .await?;
+    // One slice per set of resolved ports (pods whose named ports differ get their own), as
+    // the EndpointSlice controller groups them; an empty Service keeps one empty slice.
+    let groups: Vec<&EndpointSubset> = subsets.iter().collect();
+    let count = groups.len().max(1);
+    let slices_api = Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns);
+    let mut wanted = Vec::new();
+    for i in 0..count {
+        let slice_name = if i == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{i}")
+        };
+        let subset = groups.get(i);
+        let slice_endpoints: Vec<Endpoint> = subset
+            .into_iter()
+            .flat_map(|s| {
+                let r = s.addresses.iter().flatten().map(|a| (a, true));
+                let n = s.not_ready_addresses.iter().flatten().map(|a| (a, false));
+                r.chain(n).collect::<Vec<_>>()
+            })
+            .map(|(a, ok)| Endpoint {
+                addresses: vec![a.ip.clone()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(ok),
+                    serving: Some(ok),
+                    terminating: Some(false),
+                }),
+                hostname: a.hostname.clone(),
+                node_name: a.node_name.clone(),
+                target_ref: a.target_ref.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let slice_ports: Vec<SlicePort> = subset
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| SlicePort {
+                name: p.name,
+                port: Some(p.port),
+                protocol: p.protocol,
+                app_protocol: None,
+            })
+            .collect();
+        let slice = EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(slice_name.clone()),
+                namespace: Some(ns.clone()),
+                labels: Some(labels.clone()),
+                owner_references: Some(vec![owner(&svc)]),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: slice_endpoints,
+            ports: Some(slice_ports),
+        };
+        let mut slice_json = serde_json::to_value(&slice)?;
+        slice_json["apiVersion"] = "discovery.k8s.io/v1".into();
+        slice_json["kind"] = "EndpointSlice".into();
+        slices_api
+            .patch(&slice_name, &params, &Patch::Apply(&slice_json))
+            .await?;
+        wanted.push(slice_name);
+    }
+    // Slices of port sets that are gone.
+    let lp = ListParams::default().labels(&format!(
+        "{SERVICE_NAME}={name},{MANAGED_BY}={MANAGER_VALUE}"
+    ));
+    for old in slices_api.list(&lp).await?.items {
+        let old_name = old.name_any();
+        if !wanted.contains(&old_name) {
+            match slices_api.delete(&old_name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     Ok(Action::await_change())
 }
 

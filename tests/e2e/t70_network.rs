@@ -315,15 +315,18 @@ async fn pods_reach_services_by_ip_and_name_with_balancing_and_readiness() -> Re
     let image = net.cluster.push_sample("toolbox").await?;
     let svcs: Api<Service> = Api::default_namespaced(net.cluster.client.clone());
     let pp = PostParams::default();
-    // Three backends on the same port, behind a named targetPort, with a readiness gate.
+    // Three backends behind a named targetPort, with a readiness gate: two on the same port,
+    // the third names another port "http" (so it lands in its own EndpointSlice).
+    let port_of = |i: usize| if i == 2 { 8081 } else { 8080 };
     for i in 0..3 {
+        let port = port_of(i);
         net.pod(
             &format!("backend-{i}"),
             json!({"app": "backend"}),
             json!({
                 "readinessGates": [{"conditionType": "wasmkube.test/ready"}],
-                "containers": [{"name": "main", "image": image, "args": ["serve", "8080"],
-                                "ports": [{"name": "http", "containerPort": 8080}]}],
+                "containers": [{"name": "main", "image": image, "args": ["serve", port.to_string()],
+                                "ports": [{"name": "http", "containerPort": port}]}],
             }),
         )
         .await?;
@@ -369,6 +372,19 @@ async fn pods_reach_services_by_ip_and_name_with_balancing_and_readiness() -> Re
     .await?;
     net.ready_endpoints("backend", 3).await?;
     net.ready_endpoints("backend-h", 3).await?;
+    let slices: Api<EndpointSlice> = Api::default_namespaced(net.cluster.client.clone());
+    let of_backend = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=backend"))
+        .await?
+        .items;
+    ensure!(
+        of_backend.len() == 2,
+        "one slice per resolved port set: {:?}",
+        of_backend
+            .iter()
+            .map(|s| (s.metadata.name.clone(), s.ports.clone()))
+            .collect::<Vec<_>>()
+    );
 
     let b0 = ip_of(&backends[0]);
     let (phase, log) = net
@@ -393,7 +409,8 @@ async fn pods_reach_services_by_ip_and_name_with_balancing_and_readiness() -> Re
     first.dedup();
     let mut expected: Vec<String> = backends
         .iter()
-        .map(|p| format!("{}:8080", ip_of(p)))
+        .enumerate()
+        .map(|(i, p)| format!("{}:{}", ip_of(p), port_of(i)))
         .collect();
     expected.sort();
     ensure!(first == expected, "spread over {expected:?}: {log}");
