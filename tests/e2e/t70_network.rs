@@ -370,8 +370,18 @@ async fn pods_reach_services_by_ip_and_name_with_balancing_and_readiness() -> Re
         )?,
     )
     .await?;
+    svcs.create(
+        &pp,
+        &service(
+            "sticky",
+            json!({"selector": {"app": "backend"}, "sessionAffinity": "ClientIP",
+                   "ports": [{"port": 80, "targetPort": "http"}]}),
+        )?,
+    )
+    .await?;
     net.ready_endpoints("backend", 3).await?;
     net.ready_endpoints("backend-h", 3).await?;
+    net.ready_endpoints("sticky", 3).await?;
     let slices: Api<EndpointSlice> = Api::default_namespaced(net.cluster.client.clone());
     let of_backend = slices
         .list(&ListParams::default().labels("kubernetes.io/service-name=backend"))
@@ -395,14 +405,19 @@ async fn pods_reach_services_by_ip_and_name_with_balancing_and_readiness() -> Re
                 "connect-n", "1", "backend.default.svc.cluster.local:80", "--",
                 "connect-n", "1", &format!("{cluster_ip}:80"), "--",
                 "connect-n", "1", "backend-h:8080", "--",
-                "connect-n", "1", &format!("{b0}:8080"),
+                "connect-n", "1", &format!("{b0}:8080"), "--",
+                "connect-n", "4", "sticky:80",
             ])]}),
         )
         .await?;
     ensure!(phase == "Succeeded", "client: {phase}\n{log}");
     let client_ip = ip_of(&net.pods().get("client").await?);
     let got = locals(&log);
-    ensure!(got.len() == 10, "{log}");
+    ensure!(got.len() == 14, "{log}");
+    ensure!(
+        got[10..].iter().all(|l| *l == got[10]),
+        "sessionAffinity ClientIP keeps one client on one backend: {log}"
+    );
     // Round robin over three ready backends: each answers twice out of six.
     let mut first: Vec<String> = got[..6].to_vec();
     first.sort();
