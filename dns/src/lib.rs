@@ -222,6 +222,26 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Runni
     start_with_client(client, config, shutdown).await
 }
 
+/// Binds UDP and TCP on the same port; port 0 picks one free for both (retrying when the TCP
+/// side of the port UDP got is taken).
+async fn bind(
+    listen: SocketAddr,
+) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener, SocketAddr), Error> {
+    let mut attempts = 0;
+    loop {
+        let udp = tokio::net::UdpSocket::bind(listen).await?;
+        let addr = udp.local_addr()?;
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((udp, tcp, addr)),
+            Err(e) if listen.port() == 0 && attempts < 16 => {
+                attempts += 1;
+                tracing::debug!(%addr, error = %e, "TCP side taken; picking another port");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Starts the DNS server with `client`; returns once it listens.
 ///
 /// # Errors
@@ -232,10 +252,7 @@ pub async fn start_with_client(
     shutdown: CancellationToken,
 ) -> Result<Running, Error> {
     let zone = Zone::new(&config.domain).map_err(Error::Domain)?;
-    let udp = tokio::net::UdpSocket::bind(config.listen).await?;
-    let addr = udp.local_addr()?;
-    // The TCP listener shares the port UDP got (port 0 picks one for both).
-    let tcp = tokio::net::TcpListener::bind(addr).await?;
+    let (udp, tcp, addr) = bind(config.listen).await?;
     let services = Arc::new(RwLock::new(ServiceIndex::default()));
     let pods = Arc::new(RwLock::new(PodIps::default()));
     let serial = Arc::new(AtomicU32::new(1));

@@ -201,7 +201,10 @@ struct Shared {
     pool: Pool,
 }
 
-type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, hyper::Error>;
+type Body = http_body_util::combinators::UnsyncBoxBody<
+    bytes::Bytes,
+    Box<dyn std::error::Error + Send + Sync>,
+>;
 
 fn text(status: StatusCode, msg: &str) -> Response<Body> {
     let mut r = Response::new(
@@ -268,6 +271,14 @@ async fn handle(shared: Arc<Shared>, client: IpAddr, mut req: Request<Incoming>)
         .unwrap_or_default();
     *req.uri_mut() = origin;
     *req.version_mut() = http::Version::HTTP_11;
+    // A wasi:http pod on this node: instantiate it for the request right here.
+    if let Ok(route) = shared.net.route(None, dest)
+        && let Some(handler) = shared.net.http_handler(&route)
+    {
+        return handler(req)
+            .await
+            .map(|b| b.map_err(Into::into).boxed_unsync());
+    }
     let sender = match shared.pool.take(dest) {
         Some(s) => s,
         None => match connect(&shared.net, dest).await {
@@ -282,7 +293,7 @@ async fn handle(shared: Arc<Shared>, client: IpAddr, mut req: Request<Incoming>)
     match sender.send_request(req).await {
         Ok(resp) => {
             shared.pool.put(dest, sender);
-            resp.map(BodyExt::boxed_unsync)
+            resp.map(|b| b.map_err(Into::into).boxed_unsync())
         }
         Err(e) => {
             tracing::debug!(%dest, error = %e, "ingress: upstream request failed");

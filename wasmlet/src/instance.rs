@@ -328,6 +328,29 @@ pub async fn serve_http(
     let quota = cpu_quota(&launch);
     let tracker = tokio_util::task::TaskTracker::new();
     let connections = CancellationToken::new();
+    // The node's Ingress calls local wasi:http pods in-process, skipping a second HTTP hop.
+    let registered = match (&launch.pod_net, listener.local_addr()) {
+        (Some(pod), Ok(SocketAddr::V4(addr))) => {
+            let (pre, launch2, log, quota) = (
+                pre.clone(),
+                Arc::clone(&launch),
+                Arc::clone(&log),
+                quota.clone(),
+            );
+            let handler: crate::network::HttpHandler = Arc::new(move |req| {
+                let (pre, launch, log, quota) = (
+                    pre.clone(),
+                    Arc::clone(&launch2),
+                    Arc::clone(&log),
+                    quota.clone(),
+                );
+                Box::pin(async move { handle(&pre, &launch, &log, quota, req).await })
+            });
+            pod.net.set_http_handler(addr, Some(handler));
+            Some((Arc::clone(&pod.net), addr))
+        }
+        _ => None,
+    };
     loop {
         let (stream, _peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -372,6 +395,9 @@ pub async fn serve_http(
                 }
             }
         });
+    }
+    if let Some((net, addr)) = registered {
+        net.set_http_handler(addr, None);
     }
     drop(listener);
     tracker.close();

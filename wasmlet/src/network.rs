@@ -63,6 +63,19 @@ pub struct Peer {
     pub tunnel: SocketAddr,
 }
 
+/// A response body from an in-process HTTP handler.
+pub type HttpBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::io::Error>;
+
+/// A `wasi:http` pod's handler, callable in-process (the Ingress uses it instead of a second
+/// HTTP hop when the endpoint is on this node).
+pub type HttpHandler = Arc<
+    dyn Fn(
+            hyper::Request<hyper::body::Incoming>,
+        ) -> std::pin::Pin<Box<dyn Future<Output = hyper::Response<HttpBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A Service port: (namespace, name, port name).
 pub type PortKey = (String, String, String);
 
@@ -101,6 +114,8 @@ pub struct NodeNet {
     outbound: Mutex<HashMap<SocketAddr, (SocketAddrV4, SocketAddrV4)>>,
     /// Counts connections routed, for tests and metrics.
     pub routed: AtomicUsize,
+    /// In-process handlers of `wasi:http` pods, by their loopback listen address.
+    http: RwLock<HashMap<SocketAddrV4, HttpHandler>>,
 }
 
 impl NodeNet {
@@ -129,6 +144,7 @@ impl NodeNet {
             inbound: Mutex::default(),
             outbound: Mutex::default(),
             routed: AtomicUsize::new(0),
+            http: RwLock::default(),
         }
     }
 
@@ -210,6 +226,24 @@ impl NodeNet {
     /// Whether `ip` is a pod on this node (virtual address).
     pub fn is_local_pod(&self, ip: Ipv4Addr) -> bool {
         self.local.read().expect("net lock").contains_key(&ip)
+    }
+
+    /// Registers (or with `None` removes) the in-process handler of a `wasi:http` pod
+    /// listening on `backing`.
+    pub fn set_http_handler(&self, backing: SocketAddrV4, handler: Option<HttpHandler>) {
+        let mut all = self.http.write().expect("net lock");
+        match handler {
+            Some(h) => all.insert(backing, h),
+            None => all.remove(&backing),
+        };
+    }
+
+    /// The in-process handler for a routed destination, if it is a local `wasi:http` pod.
+    pub fn http_handler(&self, route: &Route) -> Option<HttpHandler> {
+        match route {
+            Route::Local(real) => self.http.read().expect("net lock").get(real).cloned(),
+            Route::Remote { .. } => None,
+        }
     }
 
     /// Marks a listener on `backing` as bound to localhost (or clears the mark).
