@@ -258,13 +258,21 @@ async fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data)?;
-    let server =
-        wasmkube_tests::Process::up_with(&data, wasmkube_tests::free_port(), &["--no-wasmlet"])
-            .await?;
+    // One node with a /16 pod range, so every pod of the density run gets a pod IP.
+    let server = wasmkube_tests::Process::up_with(
+        &data,
+        wasmkube_tests::free_port(),
+        &["--no-wasmlet", "--node-cidr-mask-size", "16"],
+    )
+    .await?;
     let client = server.client().await?;
     let max_pods = u32::try_from(args.density_pods.max(args.latency_pods) + 64)?;
     let node = wasmkube_tests::Node::start(&server.kubeconfig(), &client, "bench", |c| {
-        c.max_pods = max_pods
+        c.max_pods = max_pods;
+        c.pod_range = (
+            std::net::Ipv4Addr::new(127, c.pod_range.0.octets()[1], 0, 0),
+            16,
+        );
     })
     .await?;
     let cluster = Pusher {
