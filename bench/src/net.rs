@@ -149,6 +149,8 @@ async fn wasmtime_serve(
     let addr: SocketAddr = format!("127.0.0.1:{}", wasmkube_tests::free_port()).parse()?;
     let child = tokio::process::Command::new(bin)
         .arg("serve")
+        // The component imports wasi:cli (environment, stdio), which `serve` adds with -S cli.
+        .args(["-S", "cli"])
         .arg("--addr")
         .arg(addr.to_string())
         .arg(&file)
