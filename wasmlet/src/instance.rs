@@ -309,6 +309,18 @@ pub async fn instantiate_proxy(
 
 type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
+/// Removes a pod's in-process HTTP handler when serving stops (however it stops).
+struct HandlerRegistration {
+    net: Arc<crate::network::NodeNet>,
+    addr: std::net::SocketAddrV4,
+}
+
+impl Drop for HandlerRegistration {
+    fn drop(&mut self) {
+        self.net.set_http_handler(self.addr, None);
+    }
+}
+
 /// Serves a `wasi:http/proxy` container on `listener` until `stop` fires; in-flight requests
 /// then get `grace` to finish.
 ///
@@ -347,7 +359,10 @@ pub async fn serve_http(
                 Box::pin(async move { handle(&pre, &launch, &log, quota, req).await })
             });
             pod.net.set_http_handler(addr, Some(handler));
-            Some((Arc::clone(&pod.net), addr))
+            Some(HandlerRegistration {
+                net: Arc::clone(&pod.net),
+                addr,
+            })
         }
         _ => None,
     };
@@ -396,9 +411,7 @@ pub async fn serve_http(
             }
         });
     }
-    if let Some((net, addr)) = registered {
-        net.set_http_handler(addr, None);
-    }
+    drop(registered);
     drop(listener);
     tracker.close();
     connections.cancel();

@@ -118,6 +118,18 @@ impl PodNet {
     }
 }
 
+impl Drop for PodNet {
+    /// An instance that ends (or is killed) drops its store without dropping each socket:
+    /// its localhost-only listeners are gone with it.
+    fn drop(&mut self) {
+        for info in self.sockets.values() {
+            if let Some(addr) = info.listening {
+                self.net.set_local_only(addr, false);
+            }
+        }
+    }
+}
+
 /// The linker marker for the wrapped interfaces.
 pub struct PodSockets;
 
@@ -528,5 +540,33 @@ mod tests {
                 "{outside}"
             );
         }
+    }
+
+    #[test]
+    fn a_dropped_instance_takes_its_localhost_only_marks_with_it() {
+        let mut p = pod();
+        let listener: SocketAddrV4 = "127.77.0.5:9000".parse().expect("addr");
+        p.net.set_local_only(listener, true);
+        p.sockets.insert(
+            1,
+            SockInfo {
+                local_only: true,
+                peer: None,
+                listening: Some(listener),
+            },
+        );
+        let net = Arc::clone(&p.net);
+        let from_other = || {
+            net.route(
+                Some(Ipv4Addr::new(10, 244, 0, 9)),
+                "10.244.0.5:9000".parse().expect("addr"),
+            )
+        };
+        assert_eq!(from_other(), Err(Refused::Refused));
+        drop(p);
+        assert!(
+            from_other().is_ok(),
+            "a restarted container may listen on 0.0.0.0:9000"
+        );
     }
 }
