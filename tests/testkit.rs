@@ -388,6 +388,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The `kubectl` on `PATH`, if any.
+pub fn kubectl() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join("kubectl"))
+        .find(|p| p.is_file())
+}
+
 /// `wasmkube up` as a child process.
 pub struct Process {
     /// The child.

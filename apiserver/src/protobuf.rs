@@ -36,6 +36,8 @@ const SUPPORTED: &[&str] = &[
     "Deployment",
     "Job",
     "CronJob",
+    "Ingress",
+    "IngressClass",
 ];
 
 /// A JSON object built field by field, leaving out absent fields as Kubernetes' JSON does.
@@ -345,6 +347,57 @@ mod tests {
         e.truncate(4);
         e.extend(unknown.encode_to_vec());
         e
+    }
+
+    #[test]
+    fn ingresses_should_decode_as_kubectl_create_ingress_sends_them() {
+        use k8s_pb::api::networking::v1 as net;
+        let backend = net::IngressBackend {
+            service: Some(net::IngressServiceBackend {
+                name: Some("web".into()),
+                port: Some(net::ServiceBackendPort {
+                    name: Some(String::new()),
+                    number: Some(80),
+                }),
+            }),
+            resource: None,
+        };
+        let ing = net::Ingress {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("web".into()),
+                ..Default::default()
+            }),
+            spec: Some(net::IngressSpec {
+                ingress_class_name: Some("wasmkube".into()),
+                rules: vec![net::IngressRule {
+                    host: Some(String::new()),
+                    ingress_rule_value: Some(net::IngressRuleValue {
+                        http: Some(net::HttpIngressRuleValue {
+                            paths: vec![net::HttpIngressPath {
+                                path: Some("/".into()),
+                                path_type: Some("Prefix".into()),
+                                backend: Some(backend),
+                            }],
+                        }),
+                    }),
+                }],
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let info = ResourceInfo::of::<k8s_openapi::api::networking::v1::Ingress>();
+        let got = decode(
+            &info,
+            false,
+            &envelope_as("networking.k8s.io/v1", "Ingress", ing.encode_to_vec()),
+        )
+        .expect("decodes");
+        assert_eq!(
+            got["spec"],
+            json!({"ingressClassName": "wasmkube", "rules": [{"http": {"paths": [
+                {"path": "/", "pathType": "Prefix",
+                 "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]})
+        );
     }
 
     #[test]

@@ -17,14 +17,6 @@ use wasmkube_tests::{Cluster, wait_for};
 
 const SLOW: Duration = Duration::from_secs(90);
 
-fn kubectl() -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join("kubectl"))
-        .find(|p| p.exists())
-}
-
 fn image_of(d: &Deployment) -> String {
     d.spec
         .as_ref()
@@ -160,7 +152,7 @@ async fn a_deployment_rolls_out_within_its_budget_and_rolls_back() -> Result<()>
                 && c.reason.as_deref() == Some("NewReplicaSetAvailable")),
         "{conds:?}"
     );
-    if let Some(k) = kubectl() {
+    if let Some(k) = wasmkube_tests::kubectl() {
         let out = Command::new(&k)
             .args([
                 "rollout",
@@ -276,7 +268,7 @@ async fn a_deployment_rolls_out_within_its_budget_and_rolls_back() -> Result<()>
     assert_eq!(list.len(), 2, "one ReplicaSet per template");
 
     // Undo: what `kubectl rollout undo` does — put the previous ReplicaSet's template back.
-    match kubectl() {
+    match wasmkube_tests::kubectl() {
         Some(k) => {
             let out = Command::new(&k)
                 .args(["rollout", "undo", "deployment/web", "--kubeconfig"])

@@ -965,3 +965,134 @@ async fn the_demo_serves_the_multi_tier_sample_through_node_port_and_ingress() -
     ensure!(status == 200 && body.starts_with(want), "{status} {body:?}");
     up.terminate().await
 }
+
+#[tokio::test]
+async fn kubectl_exposes_a_deployment_and_routes_an_ingress() -> Result<()> {
+    let Some(kubectl) = wasmkube_tests::kubectl() else {
+        eprintln!(
+            "SKIPPED: kubectl is not installed; the API paths are covered by the kube-rs tests"
+        );
+        return Ok(());
+    };
+    let cluster = Cluster::start_with_control_plane().await?;
+    let (dns, _dns) = cluster.start_dns().await?;
+    let node = cluster
+        .start_node_with("n1", |c| {
+            c.cluster_dns = Some(dns);
+            c.ingress_listen = Some(SocketAddr::new(c.listen.ip(), 0));
+        })
+        .await?;
+    let image = cluster.push_sample("http-hello").await?;
+    let run = |args: Vec<String>| {
+        let (kubectl, kubeconfig) = (kubectl.clone(), cluster.kubeconfig.clone());
+        async move {
+            let out = tokio::process::Command::new(&kubectl)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(&args)
+                .output()
+                .await?;
+            ensure!(
+                out.status.success(),
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    run(s(&[
+        "create",
+        "deployment",
+        "web",
+        &format!("--image={image}"),
+        "--port=8080",
+        "--replicas=2",
+    ]))
+    .await?;
+    run(s(&[
+        "expose",
+        "deployment",
+        "web",
+        "--type=NodePort",
+        "--port=80",
+        "--target-port=8080",
+    ]))
+    .await?;
+    let ip = run(s(&[
+        "get",
+        "service",
+        "web",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]))
+    .await?;
+    ensure!(
+        "10.96.0.0/12"
+            .parse::<ipnet::Ipv4Net>()?
+            .contains(&ip.parse::<std::net::Ipv4Addr>()?),
+        "clusterIP {ip}"
+    );
+    let port = run(s(&[
+        "get",
+        "service",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]))
+    .await?;
+    run(s(&[
+        "create",
+        "ingress",
+        "web",
+        "--class=wasmkube",
+        "--rule=/*=web:80",
+    ]))
+    .await?;
+    let table = run(s(&["get", "service,ingress", "-o", "wide"])).await?;
+    ensure!(
+        table.contains(&ip)
+            && table.contains(&format!("80:{port}/TCP"))
+            && table.contains("wasmkube"),
+        "{table}"
+    );
+    let node_port = SocketAddr::new(node.address.into(), port.trim().parse()?);
+    let (_, body) = wait_for(
+        "the exposed deployment to answer on its NodePort",
+        SLOW,
+        || async {
+            http_get(node_port, "x", "/k")
+                .await
+                .ok()
+                .filter(|(s, _)| *s == 200)
+        },
+    )
+    .await?;
+    ensure!(body.starts_with("Hello from wasmkube! GET /k"), "{body:?}");
+    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> =
+        Api::default_namespaced(cluster.client.clone());
+    let ingress_addr = wait_for("the Ingress status", SLOW, || async {
+        let lb = ingresses
+            .get("web")
+            .await
+            .ok()?
+            .status?
+            .load_balancer?
+            .ingress?
+            .into_iter()
+            .next()?;
+        Some(SocketAddr::new(
+            lb.ip?.parse().ok()?,
+            u16::try_from(lb.ports?.first()?.port).ok()?,
+        ))
+    })
+    .await?;
+    let (status, body) = http_get(ingress_addr, "any.host", "/via/ingress").await?;
+    ensure!(
+        status == 200 && body.starts_with("Hello from wasmkube! GET /via/ingress"),
+        "{status} {body:?}"
+    );
+    node.stop().await?;
+    cluster.stop().await
+}

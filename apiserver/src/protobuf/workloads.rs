@@ -1,4 +1,5 @@
-//! Protobuf → JSON for the workload kinds (Pod, Deployment, Job, CronJob) and Service.
+//! Protobuf → JSON for the workload kinds (Pod, Deployment, Job, CronJob), Service, Ingress
+//! and IngressClass.
 //!
 //! Each converter takes its message by value, moves out every field it converts, and then
 //! requires the rest to be empty: a field this server does not convert yet (an affinity, a
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use k8s_pb::api::apps::v1 as apps;
 use k8s_pb::api::batch::v1 as batch;
 use k8s_pb::api::core::v1 as core;
+use k8s_pb::api::networking::v1 as networking;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
 use prost::Message;
@@ -491,6 +493,70 @@ fn service_spec(mut s: core::ServiceSpec) -> R {
     Ok(o.done())
 }
 
+fn ingress_backend(mut b: networking::IngressBackend) -> R {
+    let mut o = Out::default();
+    o.msg("service", b.service.take(), |mut s| {
+        let mut o = Out::default();
+        o.s("name", s.name.take());
+        o.msg("port", s.port.take(), |mut p| {
+            let mut o = Out::default();
+            o.s("name", p.name.take());
+            o.i("number", i32s(p.number.take()));
+            rest(&p, "ServiceBackendPort")?;
+            Ok(o.done())
+        })?;
+        rest(&s, "IngressServiceBackend")?;
+        Ok(o.done())
+    })?;
+    o.msg("resource", b.resource.take(), |mut r| {
+        let mut o = Out::default();
+        o.ps("apiGroup", r.api_group.take());
+        o.s("kind", r.kind.take());
+        o.s("name", r.name.take());
+        rest(&r, "TypedLocalObjectReference")?;
+        Ok(o.done())
+    })?;
+    rest(&b, "IngressBackend")?;
+    Ok(o.done())
+}
+
+fn ingress_spec(mut s: networking::IngressSpec) -> R {
+    let mut o = Out::default();
+    o.ps("ingressClassName", s.ingress_class_name.take());
+    o.msg("defaultBackend", s.default_backend.take(), ingress_backend)?;
+    o.list("tls", std::mem::take(&mut s.tls), |mut t| {
+        let mut o = Out::default();
+        o.strs("hosts", std::mem::take(&mut t.hosts));
+        o.s("secretName", t.secret_name.take());
+        rest(&t, "IngressTLS")?;
+        Ok(o.done())
+    })?;
+    o.list("rules", std::mem::take(&mut s.rules), |mut r| {
+        let mut o = Out::default();
+        o.s("host", r.host.take());
+        if let Some(mut value) = r.ingress_rule_value.take() {
+            o.msg("http", value.http.take(), |mut h| {
+                let mut o = Out::default();
+                o.list("paths", std::mem::take(&mut h.paths), |mut p| {
+                    let mut o = Out::default();
+                    o.s("path", p.path.take());
+                    o.ps("pathType", p.path_type.take());
+                    o.msg("backend", p.backend.take(), ingress_backend)?;
+                    rest(&p, "HTTPIngressPath")?;
+                    Ok(o.done())
+                })?;
+                rest(&h, "HTTPIngressRuleValue")?;
+                Ok(o.done())
+            })?;
+            rest(&value, "IngressRuleValue")?;
+        }
+        rest(&r, "IngressRule")?;
+        Ok(o.done())
+    })?;
+    rest(&s, "IngressSpec")?;
+    Ok(o.done())
+}
+
 fn decode<M: Message + Default>(raw: &[u8]) -> Result<M, ApiError> {
     M::decode(raw).map_err(super::bad)
 }
@@ -505,6 +571,31 @@ pub(super) fn to_json(kind: &str, raw: &[u8]) -> Option<R> {
                 let mut p: core::Pod = decode(raw)?;
                 o.msg("metadata", p.metadata.take(), meta)?;
                 o.msg("spec", p.spec.take(), pod_spec)?;
+            }
+            "Ingress" => {
+                let mut i: networking::Ingress = decode(raw)?;
+                o.msg("metadata", i.metadata.take(), meta)?;
+                o.msg("spec", i.spec.take(), ingress_spec)?;
+            }
+            "IngressClass" => {
+                let mut c: networking::IngressClass = decode(raw)?;
+                o.msg("metadata", c.metadata.take(), meta)?;
+                o.msg("spec", c.spec.take(), |mut s| {
+                    let mut o = Out::default();
+                    o.s("controller", s.controller.take());
+                    o.msg("parameters", s.parameters.take(), |mut p| {
+                        let mut o = Out::default();
+                        o.ps("apiGroup", p.a_pi_group.take());
+                        o.s("kind", p.kind.take());
+                        o.s("name", p.name.take());
+                        o.ps("scope", p.scope.take());
+                        o.ps("namespace", p.namespace.take());
+                        rest(&p, "IngressClassParametersReference")?;
+                        Ok(o.done())
+                    })?;
+                    rest(&s, "IngressClassSpec")?;
+                    Ok(o.done())
+                })?;
             }
             "Service" => {
                 let mut s: core::Service = decode(raw)?;
@@ -587,5 +678,9 @@ pub(super) fn to_json(kind: &str, raw: &[u8]) -> Option<R> {
         }
         Ok(o.done())
     };
-    matches!(kind, "Pod" | "Service" | "Deployment" | "Job" | "CronJob").then(conv)
+    matches!(
+        kind,
+        "Pod" | "Service" | "Deployment" | "Job" | "CronJob" | "Ingress" | "IngressClass"
+    )
+    .then(conv)
 }
