@@ -923,6 +923,35 @@ async fn node_ports_host_ports_and_ingress_reach_wasm_pods_from_the_host() -> Re
     ensure!(status == 200 && body.starts_with(want), "{status} {body:?}");
     let (status, _) = http_get(ingress_addr, "elsewhere.example", "/hello").await?;
     ensure!(status == 404, "no rule for the host: {status}");
+
+    // A hostNetwork pod binds on the node's address itself.
+    let toolbox_image = net.cluster.push_sample("toolbox").await?;
+    let port = wasmkube_tests::free_port();
+    net.pod(
+        "on-host",
+        json!({}),
+        json!({"hostNetwork": true, "containers": [toolbox(&toolbox_image, &["serve", &port.to_string()])]}),
+    )
+    .await?;
+    let on_host = net.running("on-host").await?;
+    ensure!(
+        ip_of(&on_host) == node.address.to_string(),
+        "hostNetwork pod IP is the node's"
+    );
+    let addr = SocketAddr::new(node.address.into(), port);
+    let line = wait_for(
+        "the hostNetwork pod to listen on the node address",
+        SLOW,
+        || async {
+            use tokio::io::AsyncReadExt;
+            let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let mut s = String::new();
+            conn.read_to_string(&mut s).await.ok()?;
+            Some(s)
+        },
+    )
+    .await?;
+    ensure!(line.contains(&format!("local={addr}")), "{line}");
     node.stop().await?;
     net.cluster.stop().await
 }
