@@ -388,6 +388,67 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits until Service `service` (namespace `default`) has exactly `ready` ready endpoints
+/// across its EndpointSlices.
+///
+/// # Errors
+/// When that does not happen within a minute.
+pub async fn wait_ready_endpoints(
+    client: &kube::Client,
+    service: &str,
+    ready: usize,
+) -> Result<()> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let slices: kube::Api<EndpointSlice> = kube::Api::default_namespaced(client.clone());
+    let lp =
+        kube::api::ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+    wait_for(
+        &format!("{ready} ready endpoints of {service}"),
+        Duration::from_secs(60),
+        || async {
+            let list = slices.list(&lp).await.ok()?;
+            let n = list
+                .items
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+                .count();
+            (n == ready).then_some(())
+        },
+    )
+    .await
+}
+
+/// Waits until Ingress `name` (namespace `default`) reports an address and port in its status.
+///
+/// # Errors
+/// When that does not happen within a minute.
+pub async fn wait_ingress_address(
+    client: &kube::Client,
+    name: &str,
+) -> Result<std::net::SocketAddr> {
+    use k8s_openapi::api::networking::v1::Ingress;
+    let ingresses: kube::Api<Ingress> = kube::Api::default_namespaced(client.clone());
+    wait_for(
+        &format!("the address of Ingress {name}"),
+        Duration::from_secs(60),
+        || async {
+            let lb = ingresses
+                .get(name)
+                .await
+                .ok()?
+                .status?
+                .load_balancer?
+                .ingress?
+                .into_iter()
+                .next()?;
+            let port = u16::try_from(lb.ports?.first()?.port).ok()?;
+            Some(std::net::SocketAddr::new(lb.ip?.parse().ok()?, port))
+        },
+    )
+    .await
+}
+
 /// The `kubectl` on `PATH`, if any.
 pub fn kubectl() -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)

@@ -20,9 +20,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, ListParams, LogParams, PostParams};
+use kube::api::{Api, LogParams, PostParams};
 use serde_json::json;
 use wasmkube_tests::{Cluster, wait_for};
 
@@ -168,26 +167,6 @@ async fn wasmtime_serve(
     Ok((child, addr, dir))
 }
 
-async fn ready_endpoints(client: &kube::Client, service: &str, n: usize) -> Result<()> {
-    let slices: Api<EndpointSlice> = Api::default_namespaced(client.clone());
-    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
-    wait_for(
-        &format!("{n} endpoints of {service}"),
-        Duration::from_secs(60),
-        || async {
-            let list = slices.list(&lp).await.ok()?;
-            let ready = list
-                .items
-                .iter()
-                .flat_map(|s| s.endpoints.iter())
-                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
-                .count();
-            (ready == n).then_some(())
-        },
-    )
-    .await
-}
-
 async fn create<K>(client: &kube::Client, v: serde_json::Value) -> Result<()>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -243,7 +222,7 @@ async fn main() -> Result<()> {
     .await?;
     create::<Ingress>(&client, json!({"metadata": {"name": "hello"}, "spec": {"rules": [{"http": {"paths": [
         {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "hello", "port": {"number": 80}}}}]}}]}})).await?;
-    ready_endpoints(&client, "hello", 1).await?;
+    wasmkube_tests::wait_ready_endpoints(&client, "hello", 1).await?;
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
     let pod_ip: std::net::Ipv4Addr = pods
         .get("hello")
@@ -262,21 +241,7 @@ async fn main() -> Result<()> {
         .and_then(|p| p[0].node_port)
         .context("nodePort")?;
     let node_port = SocketAddr::new(n1.address.into(), u16::try_from(node_port)?);
-    let ingresses: Api<Ingress> = Api::default_namespaced(client.clone());
-    let ingress = wait_for("the Ingress address", Duration::from_secs(60), || async {
-        let lb = ingresses
-            .get("hello")
-            .await
-            .ok()?
-            .status?
-            .load_balancer?
-            .ingress?
-            .into_iter()
-            .next()?;
-        let port = u16::try_from(lb.ports?.first()?.port).ok()?;
-        Some(SocketAddr::new(lb.ip?.parse().ok()?, port))
-    })
-    .await?;
+    let ingress = wasmkube_tests::wait_ingress_address(&client, "hello").await?;
     let mut rows = Vec::new();
     // Warm up each path (compiled code, pooled upstream connections), then measure.
     for (name, addr) in [
@@ -333,7 +298,7 @@ async fn main() -> Result<()> {
         "selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": 9000}]}}),
     )
     .await?;
-    ready_endpoints(&client, "echo", 3).await?;
+    wasmkube_tests::wait_ready_endpoints(&client, "echo", 3).await?;
     println!(
         "\nConnections: toolbox connect-n -> Service echo (3 pods, round robin), timed in the guest"
     );

@@ -270,23 +270,7 @@ impl Net {
 
     /// Waits until the Service's EndpointSlices list `ready` ready endpoints.
     async fn ready_endpoints(&self, service: &str, ready: usize) -> Result<()> {
-        let slices: Api<EndpointSlice> = Api::default_namespaced(self.cluster.client.clone());
-        let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
-        wait_for(
-            &format!("{ready} ready endpoints of {service}"),
-            SLOW,
-            || async {
-                let list = slices.list(&lp).await.ok()?;
-                let n: usize = list
-                    .items
-                    .iter()
-                    .flat_map(|s| s.endpoints.iter())
-                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
-                    .count();
-                (n == ready).then_some(())
-            },
-        )
-        .await
+        wasmkube_tests::wait_ready_endpoints(&self.cluster.client, service, ready).await
     }
 }
 
@@ -900,13 +884,8 @@ async fn node_ports_host_ports_and_ingress_reach_wasm_pods_from_the_host() -> Re
             }))?,
         )
         .await?;
-    let ingress_addr = wait_for("the Ingress status to carry the listener", SLOW, || async {
-        let ing = ingresses.get("front-door").await.ok()?;
-        let lb = ing.status?.load_balancer?.ingress?.into_iter().next()?;
-        let port = u16::try_from(lb.ports?.first()?.port).ok()?;
-        Some(SocketAddr::new(lb.ip?.parse().ok()?, port))
-    })
-    .await?;
+    let ingress_addr =
+        wasmkube_tests::wait_ingress_address(&net.cluster.client, "front-door").await?;
     ensure!(ingress_addr.ip() == std::net::IpAddr::V4(node.address));
     let (status, body) = wait_for("the Ingress to route", SLOW, || async {
         http_get(ingress_addr, "fn.example", "/hello/world")
@@ -976,15 +955,7 @@ async fn the_demo_serves_the_multi_tier_sample_through_node_port_and_ingress() -
     })
     .await?;
     ensure!(body.starts_with(want), "{body:?}");
-    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> =
-        Api::default_namespaced(client.clone());
-    let ingress_addr = wait_for("the demo Ingress status", SLOW, || async {
-        let ing = ingresses.get("front-door").await.ok()?;
-        let lb = ing.status?.load_balancer?.ingress?.into_iter().next()?;
-        let port = u16::try_from(lb.ports?.first()?.port).ok()?;
-        Some(SocketAddr::new(lb.ip?.parse().ok()?, port))
-    })
-    .await?;
+    let ingress_addr = wasmkube_tests::wait_ingress_address(&client, "front-door").await?;
     let (status, body) = http_get(ingress_addr, "localhost", "/hello/demo").await?;
     ensure!(
         status == 200 && body.starts_with("Hello from wasmkube! GET /hello/demo"),
@@ -1099,24 +1070,7 @@ async fn kubectl_exposes_a_deployment_and_routes_an_ingress() -> Result<()> {
     )
     .await?;
     ensure!(body.starts_with("Hello from wasmkube! GET /k"), "{body:?}");
-    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> =
-        Api::default_namespaced(cluster.client.clone());
-    let ingress_addr = wait_for("the Ingress status", SLOW, || async {
-        let lb = ingresses
-            .get("web")
-            .await
-            .ok()?
-            .status?
-            .load_balancer?
-            .ingress?
-            .into_iter()
-            .next()?;
-        Some(SocketAddr::new(
-            lb.ip?.parse().ok()?,
-            u16::try_from(lb.ports?.first()?.port).ok()?,
-        ))
-    })
-    .await?;
+    let ingress_addr = wasmkube_tests::wait_ingress_address(&cluster.client, "web").await?;
     let (status, body) = http_get(ingress_addr, "any.host", "/via/ingress").await?;
     ensure!(
         status == 200 && body.starts_with("Hello from wasmkube! GET /via/ingress"),
