@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -154,17 +155,26 @@ struct CpuAccount {
 /// guest from holding a worker thread, so other pods and the wasmlet itself keep running.
 const UNLIMITED_SLICE_TICKS: u64 = 10;
 
+/// Where an instance's stdout and stderr go.
+enum Output<'a> {
+    /// The container's log (CRI format, per stream).
+    Log(&'a Arc<LogFile>),
+    /// Memory, both streams together (an exec probe's output).
+    Capture(MemoryOutputPipe),
+}
+
 fn new_store(
     engine: &wasmtime::Engine,
     launch: &Launch,
-    log: &Arc<LogFile>,
+    output: Output<'_>,
     quota: Option<Arc<Mutex<CpuQuota>>>,
 ) -> Result<Store<ContainerState>, InstanceError> {
     let mut wasi = WasiCtx::builder();
-    wasi.args(&launch.argv)
-        .envs(&launch.env)
-        .stdout(log.stdout())
-        .stderr(log.stderr());
+    wasi.args(&launch.argv).envs(&launch.env);
+    match output {
+        Output::Log(log) => wasi.stdout(log.stdout()).stderr(log.stderr()),
+        Output::Capture(pipe) => wasi.stdout(pipe.clone()).stderr(pipe),
+    };
     if let Some(dir) = &launch.working_dir {
         wasi.initial_cwd(dir);
     }
@@ -242,7 +252,7 @@ pub async fn run_command(
     log: &Arc<LogFile>,
     kill: &CancellationToken,
 ) -> Result<Exit, InstanceError> {
-    let mut store = new_store(pre.engine(), launch, log, cpu_quota(launch))?;
+    let mut store = new_store(pre.engine(), launch, Output::Log(log), cpu_quota(launch))?;
     let run = async {
         let command = pre.instantiate_async(&mut store).await;
         match command {
@@ -263,6 +273,44 @@ pub async fn run_command(
         log.note(msg);
     }
     Ok(exit)
+}
+
+/// How much of an exec probe's output is kept (the kubelet keeps 10 KiB); a guest writing
+/// more than [`EXEC_OUTPUT_CAPACITY`] traps, which fails the probe.
+pub const EXEC_OUTPUT_KEPT: usize = 10 * 1024;
+const EXEC_OUTPUT_CAPACITY: usize = 64 * 1024;
+
+/// Runs the container's command component once more with `launch` (an exec probe: the probe's
+/// command as `argv`, the container's environment, mounts, limits and pod network), within
+/// `timeout`. Returns how it ended (`None`: timed out) and what it wrote to stdout and stderr.
+///
+/// # Errors
+/// [`InstanceError`] when the instance could not be set up.
+pub async fn run_exec(
+    pre: &CommandPre<ContainerState>,
+    launch: &Launch,
+    timeout: Duration,
+) -> Result<(Option<Exit>, String), InstanceError> {
+    let pipe = MemoryOutputPipe::new(EXEC_OUTPUT_CAPACITY);
+    let mut store = new_store(
+        pre.engine(),
+        launch,
+        Output::Capture(pipe.clone()),
+        cpu_quota(launch),
+    )?;
+    let run = async {
+        let command = pre.instantiate_async(&mut store).await?;
+        command.wasi_cli_run().call_run(&mut store).await
+    };
+    let exit = match tokio::time::timeout(timeout, run).await {
+        Err(_) => None,
+        Ok(Ok(Ok(()))) => Some(Exit::Code(0)),
+        Ok(Ok(Err(()))) => Some(Exit::Code(1)),
+        Ok(Err(e)) => Some(guest_failure(&e, store.data().memory.oom_killed())),
+    };
+    let out = pipe.contents();
+    let kept = &out[..out.len().min(EXEC_OUTPUT_KEPT)];
+    Ok((exit, String::from_utf8_lossy(kept).into_owned()))
 }
 
 /// Classifies an error out of the guest: exit, OOM kill, or trap.
@@ -300,7 +348,7 @@ pub async fn instantiate_proxy(
     launch: &Launch,
     log: &Arc<LogFile>,
 ) -> Result<(), InstanceError> {
-    let mut store = new_store(pre.engine(), launch, log, None)?;
+    let mut store = new_store(pre.engine(), launch, Output::Log(log), None)?;
     pre.instantiate_async(&mut store)
         .await
         .map_err(InstanceError::Instantiate)?;
@@ -426,7 +474,7 @@ async fn handle(
     quota: Option<Arc<Mutex<CpuQuota>>>,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
-    let mut store = match new_store(pre.engine(), launch, log, quota) {
+    let mut store = match new_store(pre.engine(), launch, Output::Log(log), quota) {
         Ok(s) => s,
         Err(e) => return plain(500, &format!("{e:#}")),
     };

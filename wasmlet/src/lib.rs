@@ -46,6 +46,7 @@ pub mod network;
 pub mod node;
 pub mod pod;
 pub mod podnet;
+pub mod probe;
 pub mod proxy;
 pub mod runtime;
 pub mod server;

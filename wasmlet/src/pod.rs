@@ -24,11 +24,12 @@ use crate::instance::{Exit, Launch, run_command, serve_http};
 use crate::logs::{LogFile, Rotation};
 use crate::network::NodeNet;
 use crate::podnet::PodAddress;
+use crate::probe::{ContainerProbes, ProbeKind, Prober};
 use crate::runtime::{Prepared, Runtime};
 use crate::spec::{PodFacts, Sources};
 use crate::status::{Addresses, pod_status};
 use crate::worker::{
-    Backoff, Effect, EventType, ImageFailure, PodEvent, PodWorker, RestartPolicy, Stage,
+    Backoff, Effect, EventType, ImageFailure, PodEvent, PodWorker, Probes, RestartPolicy, Stage,
 };
 
 /// What every pod driver of the node shares.
@@ -182,6 +183,25 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
         RestartPolicy::parse(spec.restart_policy.as_deref()),
         ctx.backoff,
     );
+    let probes: Vec<ContainerProbes> = containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if i < init.len() {
+                return ContainerProbes::default();
+            }
+            let p = ContainerProbes::of(c);
+            worker.set_probes(
+                i,
+                Probes {
+                    startup: p.startup.is_some(),
+                    liveness: p.liveness.is_some(),
+                    readiness: p.readiness.is_some(),
+                },
+            );
+            p
+        })
+        .collect();
     ctx.logs.update(&key, |l| l.dir = dir.clone());
 
     // A pod that finished before this wasmlet started is not run again.
@@ -248,6 +268,7 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
 
     let mut prepared: Vec<Option<(Prepared, Launch)>> = vec![None; containers.len()];
     let mut kills: Vec<Option<CancellationToken>> = vec![None; containers.len()];
+    let mut probing: Vec<Option<CancellationToken>> = vec![None; containers.len()];
     let mut volumes: Option<HashMap<String, (PathBuf, bool)>> = None;
     let mut gone_from_api = false;
     let mut pending = if finished {
@@ -334,6 +355,42 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
                     Effect::Kill { container } => {
                         if let Some(k) = kills[container].take() {
                             k.cancel();
+                        }
+                    }
+                    Effect::Probe {
+                        container,
+                        instance,
+                    } => {
+                        let Some(a) = &address else { continue };
+                        let stop = cancel.child_token();
+                        if let Some(old) = probing[container].replace(stop.clone()) {
+                            old.cancel();
+                        }
+                        let prober = Prober {
+                            net: Arc::clone(&ctx.net),
+                            pod_ip: a.ip,
+                            host_network,
+                            exec: prepared[container].clone(),
+                        };
+                        let report = Arc::new(ProbeReport {
+                            tx: tx.clone(),
+                            recorder: ctx.recorder.clone(),
+                            pod: Arc::clone(&pod),
+                            name: containers[container].name.clone(),
+                            container,
+                            instance,
+                        });
+                        let probes = probes[container].clone();
+                        tasks.spawn(async move {
+                            tokio::select! {
+                                () = stop.cancelled() => {}
+                                () = crate::probe::run(prober, probes, report) => {}
+                            }
+                        });
+                    }
+                    Effect::StopProbes { container } => {
+                        if let Some(stop) = probing[container].take() {
+                            stop.cancel();
                         }
                     }
                     Effect::After { delay, event } => {
@@ -441,6 +498,37 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
     }
     ctx.logs.remove(&key);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Probe results into the pod's loop; each failed attempt is an `Unhealthy` event.
+struct ProbeReport {
+    tx: mpsc::UnboundedSender<Internal>,
+    recorder: Recorder,
+    pod: Arc<Pod>,
+    name: String,
+    container: usize,
+    instance: u32,
+}
+
+impl crate::probe::Report for ProbeReport {
+    fn result(&self, kind: ProbeKind, healthy: bool) {
+        let _ = self.tx.send(Internal::Event(PodEvent::Probe {
+            container: self.container,
+            instance: self.instance,
+            kind,
+            healthy,
+        }));
+    }
+
+    fn failed(&self, kind: ProbeKind, message: &str) {
+        self.recorder.pod(
+            &self.pod,
+            Some(&self.name),
+            EventType::Warning,
+            "Unhealthy",
+            format!("{} probe failed: {message}", kind.name()),
+        );
+    }
 }
 
 /// Opens a listener on the node address for every `hostPort`, forwarding to the pod, until

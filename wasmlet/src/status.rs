@@ -47,7 +47,7 @@ pub fn pod_status(pod: &Pod, worker: &PodWorker, addrs: &Addresses, now: Timesta
                 container_id: matches!(c.state, State::Running { .. } | State::Terminated(_))
                     .then(|| format!("wasm://{uid}/{}/{}", c.name, c.restart_count)),
                 ready: c.ready,
-                started: Some(matches!(c.state, State::Running { .. })),
+                started: Some(c.started && matches!(c.state, State::Running { .. })),
                 restart_count: i32::try_from(c.restart_count).unwrap_or(i32::MAX),
                 state: Some(state(&c.state)),
                 last_state: Some(
@@ -64,6 +64,14 @@ pub fn pod_status(pod: &Pod, worker: &PodWorker, addrs: &Addresses, now: Timesta
             .collect()
     };
     let previous = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    // The kubelet names the containers that hold the pod back.
+    let unready: Vec<&str> = worker
+        .containers
+        .iter()
+        .filter(|c| !c.init && !c.ready)
+        .map(|c| c.name.as_str())
+        .collect();
+    let unready_message = format!("containers with unready status: [{}]", unready.join(" "));
     let condition = |type_: &str, ok: bool, reason: Option<&str>| {
         let status = if ok { "True" } else { "False" };
         let since = previous
@@ -76,6 +84,8 @@ pub fn pod_status(pod: &Pod, worker: &PodWorker, addrs: &Addresses, now: Timesta
             status: status.to_owned(),
             last_transition_time: Some(since),
             reason: (!ok).then(|| reason.map(str::to_owned)).flatten(),
+            message: (!ok && reason == Some("ContainersNotReady") && !unready.is_empty())
+                .then(|| unready_message.clone()),
             ..Default::default()
         }
     };

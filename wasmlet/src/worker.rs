@@ -15,6 +15,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::instance::Exit;
+use crate::probe::ProbeKind;
 
 /// How soon after a failed pull the status shows `ImagePullBackOff`.
 const PULL_BACKOFF_VISIBLE: Duration = Duration::from_secs(1);
@@ -122,8 +123,14 @@ pub struct Container {
     pub last: Option<Terminated>,
     /// Restarts so far.
     pub restart_count: u32,
-    /// Whether it is ready (running; probes come later).
+    /// Whether it is ready: running, started, and its readiness probe (if any) succeeded.
     pub ready: bool,
+    /// Whether it has started: running and its startup probe (if any) succeeded.
+    pub started: bool,
+    /// Which probes it has.
+    pub probes: Probes,
+    /// The instance probe results belong to (its `restart_count` when it started).
+    instance: u32,
     /// The resolved image (digest) once pulled.
     pub image_id: Option<String>,
     /// Current crash back-off delay (none: restart at once).
@@ -153,6 +160,9 @@ impl Container {
             last: None,
             restart_count: 0,
             ready: false,
+            started: false,
+            probes: Probes::default(),
+            instance: 0,
             image_id: None,
             crash_delay: None,
             pull_delay: None,
@@ -163,6 +173,23 @@ impl Container {
 
     fn is_running(&self) -> bool {
         matches!(self.state, State::Running { .. })
+    }
+}
+
+/// Which probes a container has (the prober runs them; the worker acts on their results).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Probes {
+    /// `startupProbe`.
+    pub startup: bool,
+    /// `livenessProbe`.
+    pub liveness: bool,
+    /// `readinessProbe`.
+    pub readiness: bool,
+}
+
+impl Probes {
+    fn any(self) -> bool {
+        self.startup || self.liveness || self.readiness
     }
 }
 
@@ -217,6 +244,17 @@ pub enum PodEvent {
         /// Which container.
         container: usize,
     },
+    /// A probe's result changed (after its thresholds).
+    Probe {
+        /// Which container.
+        container: usize,
+        /// The instance probed (its `restart_count` when it started); older results are void.
+        instance: u32,
+        /// Which probe.
+        kind: ProbeKind,
+        /// Its new result.
+        healthy: bool,
+    },
     /// The pod was deleted.
     Delete,
 }
@@ -252,8 +290,20 @@ pub enum Effect {
         /// Which container.
         container: usize,
     },
-    /// Stop an instance (deletion).
+    /// Stop an instance (deletion, a failed liveness or startup probe).
     Kill {
+        /// Which container.
+        container: usize,
+    },
+    /// Start probing a container instance.
+    Probe {
+        /// Which container.
+        container: usize,
+        /// The instance (its `restart_count`), echoed in its results.
+        instance: u32,
+    },
+    /// Stop probing a container (its instance ended).
+    StopProbes {
         /// Which container.
         container: usize,
     },
@@ -346,6 +396,11 @@ impl PodWorker {
         }
     }
 
+    /// Tells the worker which probes container `i` has.
+    pub fn set_probes(&mut self, i: usize, probes: Probes) {
+        self.containers[i].probes = probes;
+    }
+
     fn inits(&self) -> usize {
         self.containers.iter().filter(|c| c.init).count()
     }
@@ -381,7 +436,9 @@ impl PodWorker {
                 }
                 let c = &mut self.containers[container];
                 c.state = State::Running { started_at: at };
-                c.ready = !c.init;
+                c.instance = c.restart_count;
+                c.started = !c.probes.startup;
+                c.ready = !c.init && c.started && !c.probes.readiness;
                 let name = c.name.clone();
                 fx.push(Effect::Event {
                     container: Some(container),
@@ -389,6 +446,12 @@ impl PodWorker {
                     reason: "Started",
                     message: format!("Started container {name}"),
                 });
+                if !c.init && c.probes.any() {
+                    fx.push(Effect::Probe {
+                        container,
+                        instance: c.instance,
+                    });
+                }
             }
             PodEvent::Exited {
                 container,
@@ -426,6 +489,12 @@ impl PodWorker {
                     fx.push(Effect::Pull { container });
                 }
             }
+            PodEvent::Probe {
+                container,
+                instance,
+                kind,
+                healthy,
+            } => self.probed(container, instance, kind, healthy, &mut fx),
             PodEvent::Delete => {
                 if matches!(self.stage, Stage::Terminating | Stage::Gone) {
                     return fx;
@@ -544,6 +613,10 @@ impl PodWorker {
         let terminating = matches!(self.stage, Stage::Terminating | Stage::Gone);
         let c = &mut self.containers[i];
         c.ready = false;
+        c.started = false;
+        if c.probes.any() {
+            fx.push(Effect::StopProbes { container: i });
+        }
         c.state = State::Terminated(term.clone());
         if terminating {
             self.maybe_gone(fx);
@@ -620,6 +693,53 @@ impl PodWorker {
                     delay,
                     event: PodEvent::BackoffOver { container: i },
                 });
+            }
+        }
+    }
+
+    /// Acts on a probe result, as the kubelet's sync does: readiness sets `ready`, a startup
+    /// success lets the other probes run, a liveness or startup failure kills the instance
+    /// (which then restarts per `restartPolicy`, with the crash back-off).
+    fn probed(
+        &mut self,
+        i: usize,
+        instance: u32,
+        kind: ProbeKind,
+        healthy: bool,
+        fx: &mut Vec<Effect>,
+    ) {
+        if matches!(self.stage, Stage::Terminating | Stage::Gone) {
+            return;
+        }
+        let c = &mut self.containers[i];
+        if c.instance != instance || !c.is_running() {
+            return;
+        }
+        match (kind, healthy) {
+            (ProbeKind::Startup, true) => {
+                c.started = true;
+                c.ready = !c.probes.readiness;
+            }
+            (ProbeKind::Readiness, ready) => c.ready = c.started && ready,
+            (ProbeKind::Liveness, true) => {}
+            (ProbeKind::Startup | ProbeKind::Liveness, false) => {
+                c.ready = false;
+                let which = if kind == ProbeKind::Startup {
+                    "startup"
+                } else {
+                    "liveness"
+                };
+                fx.push(Effect::Event {
+                    container: Some(i),
+                    kind: EventType::Normal,
+                    reason: "Killing",
+                    message: format!(
+                        "Container {} failed {which} probe, will be restarted",
+                        c.name
+                    ),
+                });
+                fx.push(Effect::StopProbes { container: i });
+                fx.push(Effect::Kill { container: i });
             }
         }
     }
@@ -1036,5 +1156,162 @@ mod tests {
         assert_eq!(w.step(PodEvent::Delete, ts(1)), vec![Effect::Remove]);
         // A pull finishing late starts nothing.
         assert!(pulled(&mut w, 0).is_empty());
+    }
+
+    fn probe(w: &mut PodWorker, instance: u32, kind: ProbeKind, healthy: bool) -> Vec<Effect> {
+        w.step(
+            PodEvent::Probe {
+                container: 0,
+                instance,
+                kind,
+                healthy,
+            },
+            ts(5),
+        )
+    }
+
+    fn started(w: &mut PodWorker, at: i64) -> Vec<Effect> {
+        w.step(
+            PodEvent::Started {
+                container: 0,
+                at: ts(at),
+            },
+            ts(at),
+        )
+    }
+
+    #[test]
+    fn readiness_and_startup_probes_decide_ready() {
+        let mut w = worker(&[], &["web"], RestartPolicy::Always);
+        w.set_probes(
+            0,
+            Probes {
+                startup: true,
+                liveness: true,
+                readiness: true,
+            },
+        );
+        w.step(PodEvent::Begin, ts(0));
+        pulled(&mut w, 0);
+        let fx = started(&mut w, 1);
+        assert!(fx.contains(&Effect::Probe {
+            container: 0,
+            instance: 0
+        }));
+        assert!(!w.containers[0].started && !w.containers_ready());
+        probe(&mut w, 0, ProbeKind::Readiness, true);
+        assert!(!w.containers_ready(), "readiness counts only once started");
+        probe(&mut w, 0, ProbeKind::Startup, true);
+        assert!(w.containers[0].started);
+        assert!(
+            !w.containers_ready(),
+            "still waiting for a readiness success"
+        );
+        probe(&mut w, 0, ProbeKind::Readiness, true);
+        assert!(w.containers_ready());
+        probe(&mut w, 0, ProbeKind::Readiness, false);
+        assert!(!w.containers_ready());
+        assert_eq!(w.phase(), Phase::Running, "not ready is still running");
+    }
+
+    #[test]
+    fn a_container_without_readiness_probe_is_ready_once_started() {
+        let mut w = worker(&[], &["web"], RestartPolicy::Always);
+        w.set_probes(
+            0,
+            Probes {
+                liveness: true,
+                ..Probes::default()
+            },
+        );
+        w.step(PodEvent::Begin, ts(0));
+        pulled(&mut w, 0);
+        started(&mut w, 1);
+        assert!(w.containers_ready() && w.containers[0].started);
+    }
+
+    #[test]
+    fn a_failed_liveness_probe_kills_and_restarts_with_back_off() {
+        let mut w = worker(&[], &["web"], RestartPolicy::Always);
+        w.set_probes(
+            0,
+            Probes {
+                liveness: true,
+                ..Probes::default()
+            },
+        );
+        w.step(PodEvent::Begin, ts(0));
+        pulled(&mut w, 0);
+        started(&mut w, 1);
+        let fx = probe(&mut w, 0, ProbeKind::Liveness, false);
+        assert!(fx.contains(&Effect::Kill { container: 0 }));
+        assert!(fx.iter().any(
+            |e| matches!(e, Effect::Event { reason: "Killing", message, .. }
+            if message == "Container web failed liveness probe, will be restarted")
+        ));
+        let fx = w.step(
+            PodEvent::Exited {
+                container: 0,
+                exit: Exit::Killed,
+                at: ts(6),
+            },
+            ts(6),
+        );
+        assert!(fx.contains(&Effect::StopProbes { container: 0 }));
+        assert_eq!(starts(&fx), vec![0], "the first restart is immediate");
+        let last = w.containers[0].last.clone().expect("lastState");
+        assert_eq!((last.exit_code, last.reason.as_str()), (137, "Error"));
+        assert_eq!(w.containers[0].restart_count, 1);
+        // A late result from the killed instance changes nothing.
+        started(&mut w, 7);
+        assert!(probe(&mut w, 0, ProbeKind::Liveness, false).is_empty());
+        // The next failure waits out the crash back-off.
+        probe(&mut w, 1, ProbeKind::Liveness, false);
+        let fx = w.step(
+            PodEvent::Exited {
+                container: 0,
+                exit: Exit::Killed,
+                at: ts(8),
+            },
+            ts(8),
+        );
+        assert_eq!(timer(&fx), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_failed_startup_probe_kills_and_probes_stop_on_deletion() {
+        let mut w = worker(&[], &["web"], RestartPolicy::Never);
+        w.set_probes(
+            0,
+            Probes {
+                startup: true,
+                ..Probes::default()
+            },
+        );
+        w.step(PodEvent::Begin, ts(0));
+        pulled(&mut w, 0);
+        started(&mut w, 1);
+        let fx = probe(&mut w, 0, ProbeKind::Startup, false);
+        assert!(fx.iter().any(
+            |e| matches!(e, Effect::Event { reason: "Killing", message, .. }
+            if message.contains("failed startup probe"))
+        ));
+        run(&mut w, 0, 1, 2, Exit::Killed);
+        assert_eq!(w.phase(), Phase::Failed, "restartPolicy Never: no restart");
+
+        let mut w = worker(&[], &["web"], RestartPolicy::Always);
+        w.set_probes(
+            0,
+            Probes {
+                readiness: true,
+                ..Probes::default()
+            },
+        );
+        w.step(PodEvent::Begin, ts(0));
+        pulled(&mut w, 0);
+        started(&mut w, 1);
+        w.step(PodEvent::Delete, ts(2));
+        assert!(probe(&mut w, 0, ProbeKind::Readiness, true).is_empty());
+        assert!(!w.containers_ready());
     }
 }
