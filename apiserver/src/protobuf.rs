@@ -38,6 +38,7 @@ const SUPPORTED: &[&str] = &[
     "CronJob",
     "Ingress",
     "IngressClass",
+    "PriorityClass",
 ];
 
 /// A JSON object built field by field, leaving out absent fields as Kubernetes' JSON does.
@@ -234,6 +235,19 @@ fn to_json(kind: &str, raw: &[u8]) -> Result<Value, ApiError> {
                     "automountServiceAccountToken",
                     sa.automount_service_account_token,
                 )
+                .done()
+        }
+        "PriorityClass" => {
+            let pc = k8s_pb::api::scheduling::v1::PriorityClass::decode(raw).map_err(bad)?;
+            Obj::default()
+                .put("metadata", Some(object_meta(&pc.metadata)))
+                .put("value", pc.value.map(|v| json!(v)))
+                .put(
+                    "globalDefault",
+                    pc.global_default.filter(|g| *g).map(Value::Bool),
+                )
+                .str("description", &pc.description)
+                .put("preemptionPolicy", pc.preemption_policy.map(Value::String))
                 .done()
         }
         other => workloads::to_json(other, raw).expect("checked against SUPPORTED")?,
@@ -451,7 +465,6 @@ mod tests {
         );
         assert!(v.get("status").is_none());
 
-        tracing::debug!("a liveness probe is not converted yet: refused, not dropped");
         let spec = d
             .spec
             .as_mut()
@@ -459,7 +472,43 @@ mod tests {
             .and_then(|t| t.spec.as_mut())
             .expect("spec");
         spec.containers[0].liveness_probe = Some(core::Probe {
+            handler: Some(core::ProbeHandler {
+                http_get: Some(core::HttpGetAction {
+                    path: Some("/healthz".into()),
+                    port: Some(k8s_pb::apimachinery::pkg::util::intstr::IntOrString {
+                        r#type: Some(1),
+                        int_val: Some(0),
+                        str_val: Some("http".into()),
+                    }),
+                    host: Some(String::new()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             period_seconds: Some(5),
+            timeout_seconds: Some(0),
+            ..Default::default()
+        });
+        let v = decode(
+            &info,
+            false,
+            &envelope_as("apps/v1", "Deployment", d.encode_to_vec()),
+        )
+        .expect("decodes");
+        assert_eq!(
+            v["spec"]["template"]["spec"]["containers"][0]["livenessProbe"],
+            json!({"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5})
+        );
+
+        tracing::debug!("a lifecycle hook is not converted yet: refused, not dropped");
+        let spec = d
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.as_mut())
+            .and_then(|t| t.spec.as_mut())
+            .expect("spec");
+        spec.containers[0].lifecycle = Some(core::Lifecycle {
+            stop_signal: Some("SIGTERM".into()),
             ..Default::default()
         });
         let err = decode(

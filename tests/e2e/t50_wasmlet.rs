@@ -15,7 +15,7 @@ use wasmkube_tests::{Cluster, wait_for};
 
 const SLOW: Duration = Duration::from_secs(60);
 
-async fn create_pod(
+pub(crate) async fn create_pod(
     client: &Client,
     node: &str,
     name: &str,
@@ -29,7 +29,7 @@ async fn create_pod(
     Ok(pods)
 }
 
-async fn wait_pod(
+pub(crate) async fn wait_pod(
     pods: &Api<Pod>,
     name: &str,
     what: &str,
@@ -42,14 +42,14 @@ async fn wait_pod(
     .await
 }
 
-fn phase(pod: &Pod) -> &str {
+pub(crate) fn phase(pod: &Pod) -> &str {
     pod.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or_default()
 }
 
-fn status_of<'a>(pod: &'a Pod, container: &str) -> Option<&'a ContainerStatus> {
+pub(crate) fn status_of<'a>(pod: &'a Pod, container: &str) -> Option<&'a ContainerStatus> {
     pod.status
         .as_ref()?
         .container_statuses
@@ -68,13 +68,13 @@ fn waiting_reason(pod: &Pod, container: &str) -> Option<String> {
         .clone()
 }
 
-async fn events(client: &Client, pod: &str) -> Vec<Event> {
+pub(crate) async fn events(client: &Client, pod: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(client.clone(), "default");
     let lp = ListParams::default().fields(&format!("involvedObject.name={pod}"));
     api.list(&lp).await.map(|l| l.items).unwrap_or_default()
 }
 
-async fn wait_event(client: &Client, pod: &str, reason: &str) -> Result<Event> {
+pub(crate) async fn wait_event(client: &Client, pod: &str, reason: &str) -> Result<Event> {
     wait_for(&format!("a {reason} event on {pod}"), SLOW, || async {
         events(client, pod)
             .await
@@ -717,4 +717,24 @@ async fn logs_follow_two_containers_sharing_an_empty_dir() -> Result<()> {
         .expect_err("two containers");
     assert!(err.to_string().contains("a container name must be specified for pod shared-volume, choose one of: [producer consumer]"), "{err}");
     node.stop().await
+}
+
+/// Waits for a `reason` event on `pod` whose `count` has reached `count`.
+pub(crate) async fn wait_for_event_count(
+    client: &Client,
+    pod: &str,
+    reason: &str,
+    count: i32,
+) -> Result<Event> {
+    wait_for(
+        &format!("a {reason} event on {pod} counted {count}"),
+        SLOW,
+        || async {
+            events(client, pod)
+                .await
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason) && e.count.unwrap_or(0) >= count)
+        },
+    )
+    .await
 }

@@ -1,6 +1,7 @@
 //! Pods, and the pod-template defaulting and validation shared with the workload kinds.
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, PodTemplateSpec, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
 use wasmkube_api::ResourceInfo;
@@ -24,6 +25,160 @@ fn default_container(c: &mut Container) {
     for p in c.ports.iter_mut().flatten() {
         p.protocol.get_or_insert_with(|| "TCP".into());
     }
+    for probe in [
+        &mut c.liveness_probe,
+        &mut c.readiness_probe,
+        &mut c.startup_probe,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        default_probe(probe);
+    }
+}
+
+/// `SetDefaults_Probe` and `SetDefaults_HTTPGetAction`: zero or unset takes the default.
+fn default_probe(p: &mut Probe) {
+    for (field, default) in [
+        (&mut p.timeout_seconds, 1),
+        (&mut p.period_seconds, 10),
+        (&mut p.success_threshold, 1),
+        (&mut p.failure_threshold, 3),
+    ] {
+        if field.is_none_or(|v| v == 0) {
+            *field = Some(default);
+        }
+    }
+    if let Some(h) = p.http_get.as_mut() {
+        if h.path.as_deref().is_none_or(str::is_empty) {
+            h.path = Some("/".into());
+        }
+        h.scheme.get_or_insert_with(|| "HTTP".into());
+    }
+}
+
+/// A port given by number or by name (`IANA_SVC_NAME`).
+fn validate_port_num_or_name(field: String, port: &IntOrString, errs: &mut Vec<FieldError>) {
+    match port {
+        IntOrString::Int(n) if !(1..=65535).contains(n) => errs.push(FieldError::invalid(
+            field,
+            n,
+            "must be between 1 and 65535, inclusive",
+        )),
+        IntOrString::Int(_) => {}
+        IntOrString::String(name) => {
+            let ok = (1..=15).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && name.bytes().any(|b| b.is_ascii_lowercase())
+                && !name.starts_with('-')
+                && !name.ends_with('-')
+                && !name.contains("--");
+            if !ok {
+                errs.push(FieldError::invalid(
+                    field,
+                    format!("{name:?}"),
+                    "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-), at most 15 characters, with at least one letter",
+                ));
+            }
+        }
+    }
+}
+
+/// `validateProbe` with the per-kind rules of `validateLivenessProbe` and friends.
+fn validate_probe(path: &str, kind: &str, p: &Probe, errs: &mut Vec<FieldError>) {
+    let handlers = [
+        p.exec.is_some(),
+        p.http_get.is_some(),
+        p.tcp_socket.is_some(),
+        p.grpc.is_some(),
+    ]
+    .into_iter()
+    .filter(|h| *h)
+    .count();
+    match handlers {
+        0 => errs.push(FieldError::required(
+            path.to_owned(),
+            "must specify a handler type",
+        )),
+        1 => {}
+        _ => errs.push(FieldError::forbidden(
+            path.to_owned(),
+            "may not specify more than 1 handler type",
+        )),
+    }
+    for (name, v) in [
+        ("initialDelaySeconds", p.initial_delay_seconds),
+        ("timeoutSeconds", p.timeout_seconds),
+        ("periodSeconds", p.period_seconds),
+        ("successThreshold", p.success_threshold),
+        ("failureThreshold", p.failure_threshold),
+    ] {
+        if let Some(v) = v
+            && v < 0
+        {
+            errs.push(FieldError::invalid(
+                format!("{path}.{name}"),
+                v,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if kind != "readinessProbe"
+        && let Some(n) = p.success_threshold
+        && n != 1
+    {
+        errs.push(FieldError::invalid(
+            format!("{path}.successThreshold"),
+            n,
+            "must be 1",
+        ));
+    }
+    if let Some(g) = p.termination_grace_period_seconds {
+        if kind == "readinessProbe" {
+            errs.push(FieldError::invalid(
+                format!("{path}.terminationGracePeriodSeconds"),
+                g,
+                "must not be set for readinessProbes",
+            ));
+        } else if g <= 0 {
+            errs.push(FieldError::invalid(
+                format!("{path}.terminationGracePeriodSeconds"),
+                g,
+                "must be greater than 0",
+            ));
+        }
+    }
+    if let Some(e) = &p.exec
+        && e.command.as_ref().is_none_or(Vec::is_empty)
+    {
+        errs.push(FieldError::required(format!("{path}.exec.command"), ""));
+    }
+    if let Some(h) = &p.http_get {
+        validate_port_num_or_name(format!("{path}.httpGet.port"), &h.port, errs);
+        if let Some(scheme) = h.scheme.as_deref()
+            && !matches!(scheme, "HTTP" | "HTTPS")
+        {
+            errs.push(FieldError::not_supported(
+                format!("{path}.httpGet.scheme"),
+                scheme,
+                &["HTTP", "HTTPS"],
+            ));
+        }
+    }
+    if let Some(t) = &p.tcp_socket {
+        validate_port_num_or_name(format!("{path}.tcpSocket.port"), &t.port, errs);
+    }
+    if let Some(g) = &p.grpc
+        && !(1..=65535).contains(&g.port)
+    {
+        errs.push(FieldError::invalid(
+            format!("{path}.grpc.port"),
+            g.port,
+            "must be between 1 and 65535, inclusive",
+        ));
+    }
 }
 
 /// `SetDefaults_PodSpec` and the container defaults.
@@ -43,9 +198,31 @@ pub(crate) fn default_pod_spec(spec: &mut PodSpec) {
     }
 }
 
-fn validate_containers(path: &str, containers: &[Container], errs: &mut Vec<FieldError>) {
+fn validate_containers(
+    path: &str,
+    containers: &[Container],
+    init: bool,
+    errs: &mut Vec<FieldError>,
+) {
     validation::unique_labels(path, containers.iter().map(|c| c.name.as_str()), errs);
     for (i, c) in containers.iter().enumerate() {
+        for (kind, probe) in [
+            ("livenessProbe", &c.liveness_probe),
+            ("readinessProbe", &c.readiness_probe),
+            ("startupProbe", &c.startup_probe),
+        ] {
+            let Some(probe) = probe else { continue };
+            let field = format!("{path}[{i}].{kind}");
+            if init {
+                // Sidecars (init containers with restartPolicy: Always) are not run yet.
+                errs.push(FieldError::forbidden(
+                    field,
+                    "may not be set for init containers without restartPolicy=Always",
+                ));
+            } else {
+                validate_probe(&field, kind, probe, errs);
+            }
+        }
         if c.image.as_deref().unwrap_or_default().trim().is_empty() {
             errs.push(FieldError::required(format!("{path}[{i}].image"), ""));
         }
@@ -85,9 +262,14 @@ pub(crate) fn validate_pod_spec(path: &str, spec: &PodSpec) -> Vec<FieldError> {
     if spec.containers.is_empty() {
         errs.push(FieldError::required(format!("{path}.containers"), ""));
     }
-    validate_containers(&format!("{path}.containers"), &spec.containers, &mut errs);
+    validate_containers(
+        &format!("{path}.containers"),
+        &spec.containers,
+        false,
+        &mut errs,
+    );
     if let Some(init) = &spec.init_containers {
-        validate_containers(&format!("{path}.initContainers"), init, &mut errs);
+        validate_containers(&format!("{path}.initContainers"), init, true, &mut errs);
     }
     if let Some(policy) = spec.restart_policy.as_deref()
         && !matches!(policy, "Always" | "OnFailure" | "Never")
@@ -453,5 +635,68 @@ impl Strategy for PodStrategy {
             ),
             json!(gates),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(containers: Value) -> PodSpec {
+        serde_json::from_value(json!({ "containers": containers })).expect("a pod spec")
+    }
+
+    #[test]
+    fn probes_take_the_kubernetes_defaults() {
+        let mut s = spec(json!([{"name": "c", "image": "i",
+            "readinessProbe": {"httpGet": {"port": 80}, "periodSeconds": 0}}]));
+        default_pod_spec(&mut s);
+        let p = s.containers[0].readiness_probe.clone().expect("probe");
+        assert_eq!(
+            (
+                p.timeout_seconds,
+                p.period_seconds,
+                p.success_threshold,
+                p.failure_threshold
+            ),
+            (Some(1), Some(10), Some(1), Some(3))
+        );
+        let h = p.http_get.expect("httpGet");
+        assert_eq!(
+            (h.path.as_deref(), h.scheme.as_deref()),
+            (Some("/"), Some("HTTP"))
+        );
+    }
+
+    #[test]
+    fn bad_probes_name_each_field() {
+        let s: PodSpec = serde_json::from_value(json!({
+            "initContainers": [{"name": "init", "image": "i", "readinessProbe": {"exec": {"command": ["x"]}}}],
+            "containers": [{"name": "c", "image": "i",
+                "livenessProbe": {"httpGet": {"port": 0, "scheme": "FTP"}, "successThreshold": 2},
+                "readinessProbe": {"tcpSocket": {"port": "Not_A_Name"}, "exec": {"command": []}, "periodSeconds": -1},
+                "startupProbe": {}}]
+        }))
+        .expect("a pod spec");
+        let errs = validate_pod_spec("spec", &s);
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        for want in [
+            "spec.initContainers[0].readinessProbe",
+            "spec.containers[0].livenessProbe.successThreshold",
+            "spec.containers[0].livenessProbe.httpGet.port",
+            "spec.containers[0].livenessProbe.httpGet.scheme",
+            "spec.containers[0].readinessProbe",
+            "spec.containers[0].readinessProbe.periodSeconds",
+            "spec.containers[0].readinessProbe.exec.command",
+            "spec.containers[0].readinessProbe.tcpSocket.port",
+            "spec.containers[0].startupProbe",
+        ] {
+            assert!(fields.contains(&want), "{want} missing from {fields:?}");
+        }
+        let good = spec(json!([{"name": "c", "image": "i",
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"port": "http"}},
+            "livenessProbe": {"tcpSocket": {"port": 8080}, "terminationGracePeriodSeconds": 5}}]));
+        assert!(validate_pod_spec("spec", &good).is_empty());
     }
 }

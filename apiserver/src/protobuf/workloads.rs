@@ -265,10 +265,72 @@ fn container(mut c: core::Container) -> R {
         c.termination_message_policy.take(),
     );
     o.s("imagePullPolicy", c.image_pull_policy.take());
+    o.msg("livenessProbe", c.liveness_probe.take(), probe)?;
+    o.msg("readinessProbe", c.readiness_probe.take(), probe)?;
+    o.msg("startupProbe", c.startup_probe.take(), probe)?;
     o.b("stdin", c.stdin.take());
     o.b("stdinOnce", c.stdin_once.take());
     o.b("tty", c.tty.take());
     rest(&c, "Container")?;
+    Ok(o.done())
+}
+
+/// A probe: the handler is inlined in the JSON form.
+fn probe(mut p: core::Probe) -> R {
+    let mut o = Out::default();
+    if let Some(mut h) = p.handler.take() {
+        o.msg("exec", h.exec.take(), |mut e| {
+            let mut o = Out::default();
+            o.strs("command", std::mem::take(&mut e.command));
+            rest(&e, "ExecAction")?;
+            Ok(o.done())
+        })?;
+        o.msg("httpGet", h.http_get.take(), |mut g| {
+            let mut o = Out::default();
+            o.s("path", g.path.take());
+            o.msg("port", g.port.take(), int_or_string)?;
+            o.s("host", g.host.take());
+            o.s("scheme", g.scheme.take());
+            o.list(
+                "httpHeaders",
+                std::mem::take(&mut g.http_headers),
+                |mut h| {
+                    let mut o = Out::default();
+                    o.s("name", h.name.take());
+                    o.ps("value", h.value.take());
+                    rest(&h, "HTTPHeader")?;
+                    Ok(o.done())
+                },
+            )?;
+            rest(&g, "HTTPGetAction")?;
+            Ok(o.done())
+        })?;
+        o.msg("tcpSocket", h.tcp_socket.take(), |mut t| {
+            let mut o = Out::default();
+            o.msg("port", t.port.take(), int_or_string)?;
+            o.s("host", t.host.take());
+            rest(&t, "TCPSocketAction")?;
+            Ok(o.done())
+        })?;
+        o.msg("grpc", h.grpc.take(), |mut g| {
+            let mut o = Out::default();
+            o.pi("port", i32s(g.port.take()));
+            o.ps("service", g.service.take());
+            rest(&g, "GRPCAction")?;
+            Ok(o.done())
+        })?;
+        rest(&h, "ProbeHandler")?;
+    }
+    o.i("initialDelaySeconds", i32s(p.initial_delay_seconds.take()));
+    o.i("timeoutSeconds", i32s(p.timeout_seconds.take()));
+    o.i("periodSeconds", i32s(p.period_seconds.take()));
+    o.i("successThreshold", i32s(p.success_threshold.take()));
+    o.i("failureThreshold", i32s(p.failure_threshold.take()));
+    o.pi(
+        "terminationGracePeriodSeconds",
+        p.termination_grace_period_seconds.take(),
+    );
+    rest(&p, "Probe")?;
     Ok(o.done())
 }
 

@@ -10,7 +10,8 @@
 //! (idle forever), `serve PORT [ADDR]` (answer every connection with one line naming the local
 //! and peer addresses, forever), `poll HOST:PORT MS` (connect every MS milliseconds and print
 //! the reply, forever), `connect-n N HOST:PORT [quiet]` (connect N times, print each first line; the time taken goes
-//! to stderr).
+//! to stderr), `httpd PORT DIR` (a tiny HTTP/1.1 server: `GET /x` answers 200 with the file
+//! `DIR/x`, 404 when there is none; for probes whose health a test flips by writing files).
 //! Used by the multi-container samples and the end-to-end tests.
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -136,12 +137,56 @@ fn run(cmd: &str, rest: &[String]) -> std::io::Result<()> {
             }
             eprintln!("connect-n: {n} connections in {} us", started.elapsed().as_micros());
         }
+        "httpd" => {
+            let (port, dir) = match rest {
+                [port, dir, ..] => (port, dir),
+                _ => return Err(usage("PORT DIR")),
+            };
+            let listener = std::net::TcpListener::bind(format!("0.0.0.0:{port}"))?;
+            println!("httpd on {} serving {dir}", listener.local_addr()?);
+            std::io::stdout().flush()?;
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let _ = http_answer(conn, dir);
+            }
+        }
         "forever" => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
         other => return Err(usage(&format!("unknown command {other:?}"))),
     }
     Ok(())
+}
+
+/// Answers one HTTP request on `conn` from the files under `dir`, then closes.
+fn http_answer(mut conn: std::net::TcpStream, dir: &str) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+        if conn.read(&mut byte)? == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let path = head.split_whitespace().nth(1).unwrap_or("/");
+    let path = path.split('?').next().unwrap_or("/").trim_start_matches('/');
+    let file = if path.is_empty() || path.contains("..") {
+        None
+    } else {
+        std::fs::read(format!("{dir}/{path}")).ok()
+    };
+    let (status, body) = match file {
+        Some(body) => ("200 OK", body),
+        None => ("404 Not Found", format!("no {path}\n").into_bytes()),
+    };
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )?;
+    conn.write_all(&body)?;
+    conn.flush()
 }
 
 /// Connects and returns the first line the server sends.
