@@ -263,6 +263,13 @@ async fn kubectl_should_work_end_to_end() -> Result<()> {
             "api",
             "--tcp=80:8080",
         ],
+        &[
+            "create",
+            "priorityclass",
+            "team-a-high",
+            "--value=1000",
+            "--description=team a",
+        ],
     ] {
         let (ok, out) = kubectl(&kc, args)?;
         ensure!(ok && out.contains("created"), "kubectl {args:?}: {out}");
