@@ -29,6 +29,7 @@ mod oci;
 mod openapi;
 pub mod patch;
 pub mod pki;
+mod podexec;
 mod podlog;
 mod protobuf;
 pub mod registry;

@@ -77,52 +77,8 @@ pub(crate) async fn pod_log(
         ));
     }
 
-    let info = ResourceInfo::of::<Pod>();
-    let stored = api
-        .store
-        .get(&info.key(Some(namespace), name))
-        .await
-        .map_err(|e| ApiError::internal(format!("reading the pod: {e}")))?
-        .ok_or_else(|| ApiError::not_found(&info, name))?;
-    let pod: Pod = serde_json::from_slice(&stored.value)
-        .map_err(|e| ApiError::internal(format!("stored pod: {e}")))?;
-    let spec = pod.spec.clone().unwrap_or_default();
-    let app: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
-    let init: Vec<&str> = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .map(|c| c.name.as_str())
-        .collect();
-    let container = match param("container").filter(|c| !c.is_empty()) {
-        Some(c) if app.contains(&c) || init.contains(&c) => c.to_owned(),
-        Some(c) => {
-            return Err(ApiError::bad_request(format!(
-                "container {c} is not valid for pod {name}"
-            )));
-        }
-        None if app.len() == 1 => app[0].to_owned(),
-        None => {
-            let mut msg = format!(
-                "a container name must be specified for pod {name}, choose one of: [{}]",
-                app.join(" ")
-            );
-            if !init.is_empty() {
-                msg.push_str(&format!(
-                    " or one of the init containers: [{}]",
-                    init.join(" ")
-                ));
-            }
-            return Err(ApiError::bad_request(msg));
-        }
-    };
-    let node_name = spec
-        .node_name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-        })?;
+    let (pod, container, node_name) =
+        pod_container(api, namespace, name, param("container")).await?;
     let current = pod.status.as_ref().and_then(|s| {
         let mut all = s
             .container_statuses
@@ -154,28 +110,7 @@ pub(crate) async fn pod_log(
         )));
     }
 
-    let node_info = ResourceInfo::of::<Node>();
-    let node: Node = api
-        .store
-        .get(&node_info.key(None, &node_name))
-        .await
-        .map_err(|e| ApiError::internal(format!("reading the node: {e}")))?
-        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
-        .ok_or_else(|| {
-            ApiError::internal(format!("node {node_name} of pod {name} is not registered"))
-        })?;
-    let status = node.status.unwrap_or_default();
-    let address = status
-        .addresses
-        .iter()
-        .flatten()
-        .find(|a| a.type_ == "InternalIP")
-        .map(|a| a.address.clone())
-        .ok_or_else(|| ApiError::internal(format!("node {node_name} has no InternalIP address")))?;
-    let port = status
-        .daemon_endpoints
-        .and_then(|d| d.kubelet_endpoint)
-        .map_or(10250, |k| k.port);
+    let host = node_endpoint(api, &node_name, name).await?;
 
     let mut forward: Vec<(&str, &str)> = params
         .iter()
@@ -189,16 +124,110 @@ pub(crate) async fn pod_log(
         .collect();
     forward.sort_unstable();
     let query = serde_urlencoded::to_string(&forward).expect("string pairs encode");
-    let host = if address.contains(':') {
-        format!("[{address}]:{port}")
-    } else {
-        format!("{address}:{port}")
-    };
     let path = format!("/containerLogs/{namespace}/{name}/{container}?{query}");
     fetch(&host, &path, token).await
 }
 
-async fn fetch(host: &str, path: &str, token: &str) -> Result<Response, ApiError> {
+/// The pod, the container a `pods/log|exec` request is about (the only one when not named),
+/// and the pod's node.
+///
+/// # Errors
+/// 404 for an unknown pod; 400 for an unknown or unnamed container or an unscheduled pod.
+pub(crate) async fn pod_container(
+    api: &Apiserver,
+    namespace: &str,
+    name: &str,
+    container: Option<&str>,
+) -> Result<(Pod, String, String), ApiError> {
+    let info = ResourceInfo::of::<Pod>();
+    let stored = api
+        .store
+        .get(&info.key(Some(namespace), name))
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the pod: {e}")))?
+        .ok_or_else(|| ApiError::not_found(&info, name))?;
+    let pod: Pod = serde_json::from_slice(&stored.value)
+        .map_err(|e| ApiError::internal(format!("stored pod: {e}")))?;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let app: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    let init: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    let container = match container.filter(|c| !c.is_empty()) {
+        Some(c) if app.contains(&c) || init.contains(&c) => c.to_owned(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
+        None if app.len() == 1 => app[0].to_owned(),
+        None => {
+            let mut msg = format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                app.join(" ")
+            );
+            if !init.is_empty() {
+                msg.push_str(&format!(
+                    " or one of the init containers: [{}]",
+                    init.join(" ")
+                ));
+            }
+            return Err(ApiError::bad_request(msg));
+        }
+    };
+    let node_name = spec
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
+        })?;
+    Ok((pod, container, node_name))
+}
+
+/// `host:port` of the node's endpoint (its `InternalIP` and `kubeletEndpoint` port).
+pub(crate) async fn node_endpoint(
+    api: &Apiserver,
+    node_name: &str,
+    pod: &str,
+) -> Result<String, ApiError> {
+    let node_info = ResourceInfo::of::<Node>();
+    let node: Node = api
+        .store
+        .get(&node_info.key(None, node_name))
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the node: {e}")))?
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+        .ok_or_else(|| {
+            ApiError::internal(format!("node {node_name} of pod {pod} is not registered"))
+        })?;
+    let status = node.status.unwrap_or_default();
+    let address = status
+        .addresses
+        .iter()
+        .flatten()
+        .find(|a| a.type_ == "InternalIP")
+        .map(|a| a.address.clone())
+        .ok_or_else(|| ApiError::internal(format!("node {node_name} has no InternalIP address")))?;
+    let port = status
+        .daemon_endpoints
+        .and_then(|d| d.kubelet_endpoint)
+        .map_or(10250, |k| k.port);
+    Ok(if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    })
+}
+
+/// A TLS connection to a node's endpoint.
+pub(crate) async fn connect_node(
+    host: &str,
+    path: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ApiError> {
     let unreachable = |e: &dyn std::fmt::Display| {
         ApiError::internal(format!("Get \"https://{host}{path}\": {e}"))
     };
@@ -219,10 +248,17 @@ async fn fetch(host: &str, path: &str, token: &str) -> Result<Response, ApiError
             .to_owned(),
     )
     .map_err(|e| unreachable(&e))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(server_name, tcp)
         .await
-        .map_err(|e| unreachable(&e))?;
+        .map_err(|e| unreachable(&e))
+}
+
+async fn fetch(host: &str, path: &str, token: &str) -> Result<Response, ApiError> {
+    let unreachable = |e: &dyn std::fmt::Display| {
+        ApiError::internal(format!("Get \"https://{host}{path}\": {e}"))
+    };
+    let tls = connect_node(host, path).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
@@ -237,25 +273,30 @@ async fn fetch(host: &str, path: &str, token: &str) -> Result<Response, ApiError
         .send_request(req)
         .await
         .map_err(|e| unreachable(&e))?;
-    let status = resp.status();
-    if status != StatusCode::OK {
-        let text = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let msg = String::from_utf8_lossy(&text).trim().to_owned();
-        return Err(match status {
-            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => ApiError::bad_request(msg),
-            _ => ApiError::internal(format!("the node answered {status}: {msg}")),
-        });
+    if resp.status() != StatusCode::OK {
+        return Err(node_error(resp).await);
     }
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Body::new(resp.into_body()))
         .expect("static headers are valid"))
+}
+
+/// The error a node's non-success answer becomes.
+pub(crate) async fn node_error(resp: http::Response<hyper::body::Incoming>) -> ApiError {
+    let status = resp.status();
+    let text = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let msg = String::from_utf8_lossy(&text).trim().to_owned();
+    match status {
+        StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => ApiError::bad_request(msg),
+        _ => ApiError::internal(format!("the node answered {status}: {msg}")),
+    }
 }
 
 /// Accepts the node's self-signed serving certificate (kube-apiserver's default without

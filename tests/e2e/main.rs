@@ -15,6 +15,7 @@ mod t40_kubectl;
 mod t50_wasmlet;
 mod t51_images;
 mod t52_probes;
+mod t53_exec;
 mod t60_scheduler;
 mod t61_controllers;
 mod t62_deployments;

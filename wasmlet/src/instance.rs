@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxView, WasiView};
@@ -155,12 +156,17 @@ struct CpuAccount {
 /// guest from holding a worker thread, so other pods and the wasmlet itself keep running.
 const UNLIMITED_SLICE_TICKS: u64 = 10;
 
+/// How much an exec session's guest may write ahead of the caller.
+const SESSION_BUDGET: usize = 16 * 1024;
+
 /// Where an instance's stdout and stderr go.
 enum Output<'a> {
     /// The container's log (CRI format, per stream).
     Log(&'a Arc<LogFile>),
     /// Memory, both streams together (an exec probe's output).
     Capture(MemoryOutputPipe),
+    /// An exec session's streams, stdin included.
+    Session(SessionIo),
 }
 
 fn new_store(
@@ -174,6 +180,13 @@ fn new_store(
     match output {
         Output::Log(log) => wasi.stdout(log.stdout()).stderr(log.stderr()),
         Output::Capture(pipe) => wasi.stdout(pipe.clone()).stderr(pipe),
+        Output::Session(io) => {
+            if let Some(stdin) = io.stdin {
+                wasi.stdin(AsyncStdinStream::new(stdin));
+            }
+            wasi.stdout(AsyncStdoutStream::new(SESSION_BUDGET, io.stdout))
+                .stderr(AsyncStdoutStream::new(SESSION_BUDGET, io.stderr))
+        }
     };
     if let Some(dir) = &launch.working_dir {
         wasi.initial_cwd(dir);
@@ -252,27 +265,60 @@ pub async fn run_command(
     log: &Arc<LogFile>,
     kill: &CancellationToken,
 ) -> Result<Exit, InstanceError> {
-    let mut store = new_store(pre.engine(), launch, Output::Log(log), cpu_quota(launch))?;
+    let exit = run_to_exit(pre, launch, Output::Log(log), kill).await?;
+    if let Exit::Trapped(msg) | Exit::OomKilled(msg) = &exit {
+        log.note(msg);
+    }
+    Ok(exit)
+}
+
+/// Instantiates and runs `wasi:cli/run` until the guest ends or `kill` fires.
+async fn run_to_exit(
+    pre: &CommandPre<ContainerState>,
+    launch: &Launch,
+    output: Output<'_>,
+    kill: &CancellationToken,
+) -> Result<Exit, InstanceError> {
+    let mut store = new_store(pre.engine(), launch, output, cpu_quota(launch))?;
     let run = async {
-        let command = pre.instantiate_async(&mut store).await;
-        match command {
-            Ok(command) => Ok(command.wasi_cli_run().call_run(&mut store).await),
-            Err(e) => Err(e),
-        }
+        let command = pre.instantiate_async(&mut store).await?;
+        command.wasi_cli_run().call_run(&mut store).await
     };
     let result = tokio::select! {
         r = run => r,
         () = kill.cancelled() => return Ok(Exit::Killed),
     };
-    let exit = match result {
-        Ok(Ok(Ok(()))) => Exit::Code(0),
-        Ok(Ok(Err(()))) => Exit::Code(1),
-        Ok(Err(e)) | Err(e) => guest_failure(&e, store.data().memory.oom_killed()),
-    };
-    if let Exit::Trapped(msg) | Exit::OomKilled(msg) = &exit {
-        log.note(msg);
-    }
-    Ok(exit)
+    Ok(match result {
+        Ok(Ok(())) => Exit::Code(0),
+        Ok(Err(())) => Exit::Code(1),
+        Err(e) => guest_failure(&e, store.data().memory.oom_killed()),
+    })
+}
+
+/// The standard streams of an exec session, wired to the caller: the guest reads `stdin`
+/// (none: empty) and writes `stdout` and `stderr`; the other ends are the session's.
+pub struct SessionIo {
+    /// The guest's end of stdin.
+    pub stdin: Option<tokio::io::DuplexStream>,
+    /// The guest's end of stdout.
+    pub stdout: tokio::io::DuplexStream,
+    /// The guest's end of stderr.
+    pub stderr: tokio::io::DuplexStream,
+}
+
+/// Runs the container's command component once more with `launch` (`kubectl exec`: the
+/// command as `argv`, the container's environment, mounts, limits and pod network) with its
+/// standard streams wired to `io`, until it ends or `kill` fires.
+///
+/// # Errors
+/// [`InstanceError`] when the instance could not be set up.
+pub async fn run_session(
+    pre: &CommandPre<ContainerState>,
+    launch: &Launch,
+    io: SessionIo,
+    kill: &CancellationToken,
+) -> Result<Exit, InstanceError> {
+    run_to_exit(pre, launch, Output::Session(io), kill).await
 }
 
 /// How much of an exec probe's output is kept (the kubelet keeps 10 KiB); a guest writing
@@ -292,21 +338,11 @@ pub async fn run_exec(
     timeout: Duration,
 ) -> Result<(Option<Exit>, String), InstanceError> {
     let pipe = MemoryOutputPipe::new(EXEC_OUTPUT_CAPACITY);
-    let mut store = new_store(
-        pre.engine(),
-        launch,
-        Output::Capture(pipe.clone()),
-        cpu_quota(launch),
-    )?;
-    let run = async {
-        let command = pre.instantiate_async(&mut store).await?;
-        command.wasi_cli_run().call_run(&mut store).await
-    };
+    let never = CancellationToken::new();
+    let run = run_to_exit(pre, launch, Output::Capture(pipe.clone()), &never);
     let exit = match tokio::time::timeout(timeout, run).await {
         Err(_) => None,
-        Ok(Ok(Ok(()))) => Some(Exit::Code(0)),
-        Ok(Ok(Err(()))) => Some(Exit::Code(1)),
-        Ok(Err(e)) => Some(guest_failure(&e, store.data().memory.oom_killed())),
+        Ok(exit) => Some(exit?),
     };
     let out = pipe.contents();
     let kept = &out[..out.len().min(EXEC_OUTPUT_KEPT)];

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod events;
+pub mod exec;
 pub mod images;
 pub mod ingress;
 pub mod instance;

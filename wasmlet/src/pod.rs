@@ -99,7 +99,8 @@ impl IpPool {
     }
 }
 
-/// Where each pod's logs are, keyed by (namespace, name).
+/// Where each pod's logs are, and its running containers, keyed by (namespace, name): what
+/// the node's endpoint serves (`pods/log`, `pods/exec`).
 #[derive(Default)]
 pub struct LogIndex {
     pods: Mutex<HashMap<(String, String), PodLogs>>,
@@ -112,6 +113,8 @@ pub struct PodLogs {
     pub dir: PathBuf,
     /// Container name → (current restart index, its live log file while running).
     pub containers: HashMap<String, (u32, Option<Arc<LogFile>>)>,
+    /// Container name → its prepared image and launch while an instance runs (for exec).
+    pub running: HashMap<String, (Prepared, Launch)>,
 }
 
 impl LogIndex {
@@ -334,7 +337,9 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
                             }
                         };
                         let cname = containers[container].name.clone();
+                        let (pre2, launch2) = (pre.clone(), launch.clone());
                         ctx.logs.update(&key, |l| {
+                            l.running.insert(cname.clone(), (pre2, launch2));
                             l.containers
                                 .insert(cname, (restart, Some(Arc::clone(&log))));
                         });
@@ -449,6 +454,7 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
                         kills[*container] = None;
                         let cname = containers[*container].name.clone();
                         ctx.logs.update(&key, |l| {
+                            l.running.remove(&cname);
                             if let Some(entry) = l.containers.get_mut(&cname) {
                                 entry.1 = None;
                             }

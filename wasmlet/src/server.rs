@@ -1,5 +1,6 @@
 //! The wasmlet's own HTTPS endpoint (the kubelet's port 10250): the API server reaches it for
-//! `pods/log`, as kube-apiserver reaches the kubelet's `/containerLogs`.
+//! `pods/log`, as kube-apiserver reaches the kubelet's `/containerLogs`, and for `pods/exec`
+//! (`/exec`, a WebSocket the API server splices to the client's).
 //!
 //! It serves a self-signed certificate (kube-apiserver does not verify kubelet serving
 //! certificates unless configured to) and accepts only the bearer token the wasmlet itself
@@ -10,7 +11,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -74,6 +76,7 @@ pub async fn start(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
+        .route("/exec/{namespace}/{pod}/{container}", get(exec))
         .with_state(Arc::new(Shared { logs, token }));
     let task = tokio::spawn(async move {
         let tracker = TaskTracker::new();
@@ -88,7 +91,10 @@ pub async fn start(
                     return;
                 };
                 let conn = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(tls),
+                        TowerToHyperService::new(app),
+                    )
                     .into_owned();
                 tokio::pin!(conn);
                 tokio::select! {
@@ -111,18 +117,58 @@ fn text(status: StatusCode, msg: String) -> Response {
         .into_response()
 }
 
+/// Only the wasmlet's own token (the cluster's) is accepted.
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t.trim() == token)
+}
+
+async fn exec(
+    State(s): State<Arc<Shared>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !authorized(&headers, &s.token) {
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    }
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
+    let req = crate::exec::ExecRequest::from_pairs(&pairs);
+    let ws = ws.protocols(crate::exec::PROTOCOLS);
+    if ws.selected_protocol().is_none() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "exec needs one of the WebSocket protocols {}",
+                crate::exec::PROTOCOLS.join(", ")
+            ),
+        );
+    }
+    let target = s
+        .logs
+        .get(&namespace, &pod)
+        .and_then(|p| p.running.get(&container).cloned());
+    if target.is_none() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container:?} in pod {pod:?} is not running"),
+        );
+    }
+    ws.on_upgrade(move |socket| crate::exec::serve(socket, req, target))
+}
+
 async fn container_logs(
     State(s): State<Arc<Shared>>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     Query(q): Query<LogQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t.trim() == s.token);
-    if !authorized {
+    if !authorized(&headers, &s.token) {
         return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
     }
     let Some(logs) = s.logs.get(&namespace, &pod) else {

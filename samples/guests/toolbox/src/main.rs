@@ -4,7 +4,7 @@
 //! toolbox env -- cat /etc/config/greeting -- ls /data -- write /data/x hello -- sleep 500
 //! ```
 //!
-//! Commands: `env`, `args`, `pwd`, `cat FILE..`, `ls DIR`, `write FILE TEXT..`, `append FILE TEXT..`,
+//! Commands: `env`, `args`, `pwd`, `cat FILE..` (`-`: stdin), `ls DIR`, `write FILE TEXT..`, `append FILE TEXT..`,
 //! `sleep MS`, `exit CODE`, `panic MSG..`, `connect HOST:PORT TEXT..` (send, print the reply), `produce FILE` (append a numbered line every 200 ms,
 //! forever), `consume FILE` (print the file's new lines as they arrive, forever), `forever`
 //! (idle forever), `serve PORT [ADDR]` (answer every connection with one line naming the local
@@ -41,7 +41,14 @@ fn run(cmd: &str, rest: &[String]) -> std::io::Result<()> {
         "pwd" => println!("{}", std::env::current_dir()?.display()),
         "cat" => {
             for f in rest {
-                print!("{}", std::fs::read_to_string(f)?);
+                if f == "-" {
+                    // Standard input (`kubectl exec -i`), to its end.
+                    let mut text = String::new();
+                    std::io::stdin().read_to_string(&mut text)?;
+                    print!("{text}");
+                } else {
+                    print!("{}", std::fs::read_to_string(f)?);
+                }
             }
             println!();
         }
