@@ -128,6 +128,38 @@ pub(crate) async fn pod_log(
     fetch(&host, &path, token).await
 }
 
+/// The pod `namespace/name`.
+///
+/// # Errors
+/// 404 when there is none.
+pub(crate) async fn load_pod(
+    api: &Apiserver,
+    namespace: &str,
+    name: &str,
+) -> Result<Pod, ApiError> {
+    let info = ResourceInfo::of::<Pod>();
+    let stored = api
+        .store
+        .get(&info.key(Some(namespace), name))
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the pod: {e}")))?
+        .ok_or_else(|| ApiError::not_found(&info, name))?;
+    serde_json::from_slice(&stored.value)
+        .map_err(|e| ApiError::internal(format!("stored pod: {e}")))
+}
+
+/// The pod's node.
+///
+/// # Errors
+/// 400 for a pod not scheduled yet.
+pub(crate) fn node_of(pod: &Pod, name: &str) -> Result<String, ApiError> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))
+}
+
 /// The pod, the container a `pods/log|exec` request is about (the only one when not named),
 /// and the pod's node.
 ///
@@ -139,15 +171,7 @@ pub(crate) async fn pod_container(
     name: &str,
     container: Option<&str>,
 ) -> Result<(Pod, String, String), ApiError> {
-    let info = ResourceInfo::of::<Pod>();
-    let stored = api
-        .store
-        .get(&info.key(Some(namespace), name))
-        .await
-        .map_err(|e| ApiError::internal(format!("reading the pod: {e}")))?
-        .ok_or_else(|| ApiError::not_found(&info, name))?;
-    let pod: Pod = serde_json::from_slice(&stored.value)
-        .map_err(|e| ApiError::internal(format!("stored pod: {e}")))?;
+    let pod = load_pod(api, namespace, name).await?;
     let spec = pod.spec.clone().unwrap_or_default();
     let app: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
     let init: Vec<&str> = spec
@@ -178,13 +202,7 @@ pub(crate) async fn pod_container(
             return Err(ApiError::bad_request(msg));
         }
     };
-    let node_name = spec
-        .node_name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-        })?;
+    let node_name = node_of(&pod, name)?;
     Ok((pod, container, node_name))
 }
 

@@ -86,13 +86,13 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             )
             .await;
     }
-    if let Some((ns, name)) = crate::podexec::exec_path(&path)
+    if let Some((ns, name, stream)) = crate::podstream::stream_path(&path)
         && matches!(parts.method, Method::GET | Method::POST)
     {
         // Streams: the request is upgraded, not read.
         let (ns, name) = (ns.to_owned(), name.to_owned());
         let req = Request::from_parts(parts, body);
-        return crate::podexec::pod_exec(&s.api, &s.token, &ns, &name, req)
+        return crate::podstream::serve(&s.api, &s.token, &ns, &name, stream, req)
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }

@@ -16,6 +16,7 @@ mod t50_wasmlet;
 mod t51_images;
 mod t52_probes;
 mod t53_exec;
+mod t54_portforward;
 mod t60_scheduler;
 mod t61_controllers;
 mod t62_deployments;

@@ -426,6 +426,24 @@ impl NodeNet {
         self.dial_route(from, route).await
     }
 
+    /// Connects from the node to `dest` — a pod or Service IP through the pod network, or the
+    /// node's own address (where `hostNetwork` pods listen) directly — as the kubelet reaches
+    /// pods for probes and port forwarding.
+    ///
+    /// # Errors
+    /// When the route is refused or the connection fails.
+    pub async fn dial_from_node(
+        self: &Arc<Self>,
+        dest: SocketAddrV4,
+    ) -> std::io::Result<TcpStream> {
+        if *dest.ip() == self.node_ip {
+            let stream = TcpStream::connect(SocketAddr::V4(dest)).await?;
+            stream.set_nodelay(true)?;
+            return Ok(stream);
+        }
+        self.dial(None, dest).await.map(Conn::into_stream)
+    }
+
     /// Opens a routed connection.
     ///
     /// # Errors

@@ -115,6 +115,8 @@ pub struct PodLogs {
     pub containers: HashMap<String, (u32, Option<Arc<LogFile>>)>,
     /// Container name → its prepared image and launch while an instance runs (for exec).
     pub running: HashMap<String, (Prepared, Launch)>,
+    /// Where port forwarding connects (none before the pod has an address).
+    pub forward: Option<crate::portforward::Target>,
 }
 
 impl LogIndex {
@@ -238,6 +240,14 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
         }),
         None => None,
     };
+    if let Some(a) = &address {
+        let target = crate::portforward::Target {
+            net: Arc::clone(&ctx.net),
+            pod_ip: a.ip,
+            pod: format!("{ns}/{name}"),
+        };
+        ctx.logs.update(&key, |l| l.forward = Some(target));
+    }
     let addrs = Addresses {
         host_ip: ctx.host_ip.clone(),
         pod_ip: address
@@ -374,7 +384,6 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
                         let prober = Prober {
                             net: Arc::clone(&ctx.net),
                             pod_ip: a.ip,
-                            host_network,
                             exec: prepared[container].clone(),
                         };
                         let report = Arc::new(ProbeReport {

@@ -14,7 +14,7 @@
 //! once more with the probe's command as its arguments, with the container's environment,
 //! mounts and pod network: WASI has no processes to exec into.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -296,8 +296,6 @@ pub struct Prober {
     pub net: Arc<NodeNet>,
     /// The pod IP (virtual; for `hostNetwork` pods the node address).
     pub pod_ip: Ipv4Addr,
-    /// A `hostNetwork` pod: its ports are on the node address itself.
-    pub host_network: bool,
     /// The container's prepared image and launch, for exec probes.
     pub exec: Option<(Prepared, Launch)>,
 }
@@ -311,15 +309,7 @@ impl Prober {
             })?,
         };
         let dest = SocketAddrV4::new(ip, port);
-        let dialled = if self.host_network && ip == self.pod_ip {
-            // The node's own address: nothing to route.
-            TcpStream::connect(SocketAddr::V4(dest)).await
-        } else {
-            self.net
-                .dial(None, dest)
-                .await
-                .map(crate::network::Conn::into_stream)
-        };
+        let dialled = self.net.dial_from_node(dest).await;
         dialled.map_err(|e| format!("dial tcp {dest}: connect: {}", describe(&e)))
     }
 

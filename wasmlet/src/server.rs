@@ -77,6 +77,10 @@ pub async fn start(
             get(container_logs),
         )
         .route("/exec/{namespace}/{pod}/{container}", get(exec))
+        .route(
+            "/portForward/{namespace}/{pod}",
+            axum::routing::any(port_forward),
+        )
         .with_state(Arc::new(Shared { logs, token }));
     let task = tokio::spawn(async move {
         let tracker = TaskTracker::new();
@@ -160,6 +164,103 @@ async fn exec(
         );
     }
     ws.on_upgrade(move |socket| crate::exec::serve(socket, req, target))
+}
+
+/// `pods/portforward`: a WebSocket (SPDY tunnelled, or kube-rs's channels) or a plain SPDY/3.1
+/// upgrade.
+async fn port_forward(
+    State(s): State<Arc<Shared>>,
+    Path((namespace, pod)): Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Response {
+    use crate::portforward::{
+        CHANNEL_PROTOCOLS, SPDY_OVER_WEBSOCKET, STREAM_PROTOCOL, serve_channels, serve_spdy,
+        websocket_bytes,
+    };
+    use axum::extract::FromRequestParts;
+    if !authorized(req.headers(), &s.token) {
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    }
+    let Some(target) = s.logs.get(&namespace, &pod).and_then(|p| p.forward) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} has no address on this node"),
+        );
+    };
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if upgrade == "websocket" {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(req.uri().query().unwrap_or_default()).unwrap_or_default();
+        let ports: Vec<u16> = pairs
+            .iter()
+            .filter(|(k, _)| k == "ports")
+            .flat_map(|(_, v)| v.split(','))
+            .filter_map(|p| p.trim().parse().ok())
+            .collect();
+        let (mut parts, _) = req.into_parts();
+        let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(ws) => ws,
+            Err(e) => return e.into_response(),
+        };
+        let ws = ws.protocols(std::iter::once(SPDY_OVER_WEBSOCKET).chain(CHANNEL_PROTOCOLS));
+        let selected = ws
+            .selected_protocol()
+            .and_then(|p| p.to_str().ok())
+            .map(str::to_owned);
+        return match selected.as_deref() {
+            Some(SPDY_OVER_WEBSOCKET) => {
+                ws.on_upgrade(move |socket| serve_spdy(websocket_bytes(socket), target))
+            }
+            Some(_) if !ports.is_empty() => {
+                ws.on_upgrade(move |socket| serve_channels(socket, ports, target))
+            }
+            Some(_) => text(
+                StatusCode::BAD_REQUEST,
+                "port forwarding over WebSocket channels needs the ports parameter".into(),
+            ),
+            None => text(
+                StatusCode::BAD_REQUEST,
+                format!("port forwarding needs the {SPDY_OVER_WEBSOCKET} WebSocket protocol"),
+            ),
+        };
+    }
+    let offers_ours = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|p| p.trim() == STREAM_PROTOCOL));
+    if upgrade != "spdy/3.1" || !offers_ours {
+        let mut resp = text(
+            StatusCode::FORBIDDEN,
+            "port forwarding needs a SPDY/3.1 upgrade with portforward.k8s.io, or a WebSocket"
+                .into(),
+        );
+        resp.headers_mut().insert(
+            "x-accepted-stream-protocol-versions",
+            header::HeaderValue::from_static(STREAM_PROTOCOL),
+        );
+        return resp;
+    }
+    let mut req = req;
+    let upgraded = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(io) = upgraded.await {
+            serve_spdy(TokioIo::new(io), target).await;
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header("x-stream-protocol-version", STREAM_PROTOCOL)
+        .body(Body::empty())
+        .expect("static headers are valid")
 }
 
 async fn container_logs(
