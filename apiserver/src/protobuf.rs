@@ -39,6 +39,11 @@ const SUPPORTED: &[&str] = &[
     "Ingress",
     "IngressClass",
     "PriorityClass",
+    "ReplicaSet",
+    "DaemonSet",
+    "StatefulSet",
+    "Lease",
+    "Event",
 ];
 
 /// A JSON object built field by field, leaving out absent fields as Kubernetes' JSON does.
@@ -101,6 +106,35 @@ fn time(t: &Option<meta::Time>) -> Option<Value> {
     }
     let ts = jiff::Timestamp::new(t.seconds.unwrap_or(0), t.nanos.unwrap_or(0)).ok()?;
     Some(json!(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()))
+}
+
+/// `metav1.MicroTime`: RFC 3339 with microseconds; the zero value is unset.
+fn micro_time(t: &Option<meta::MicroTime>) -> Option<Value> {
+    let t = t.as_ref()?;
+    if t.seconds.unwrap_or(0) <= 0 {
+        return None;
+    }
+    let ts = jiff::Timestamp::new(t.seconds.unwrap_or(0), t.nanos.unwrap_or(0)).ok()?;
+    Some(json!(ts.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()))
+}
+
+fn event_source(s: &core::EventSource) -> Value {
+    Obj::default()
+        .str("component", &s.component)
+        .str("host", &s.host)
+        .done()
+}
+
+fn event_series(count: Option<i32>, last: &Option<meta::MicroTime>) -> Value {
+    Obj::default()
+        .int("count", count.map(i64::from))
+        .put("lastObservedTime", micro_time(last))
+        .done()
+}
+
+/// An object that is set when present and not empty.
+fn some_object(v: Value) -> Option<Value> {
+    v.as_object().is_some_and(|o| !o.is_empty()).then_some(v)
 }
 
 fn owner(o: &meta::OwnerReference) -> Value {
@@ -186,8 +220,113 @@ pub(crate) fn bad(e: prost::DecodeError) -> ApiError {
     ApiError::bad_request(format!("error decoding protobuf body: {e}"))
 }
 
-fn to_json(kind: &str, raw: &[u8]) -> Result<Value, ApiError> {
+fn to_json(api_version: &str, kind: &str, raw: &[u8]) -> Result<Value, ApiError> {
     Ok(match kind {
+        "Lease" => {
+            let l = k8s_pb::api::coordination::v1::Lease::decode(raw).map_err(bad)?;
+            let spec = l.spec.as_ref().map(|s| {
+                Obj::default()
+                    .put(
+                        "holderIdentity",
+                        s.holder_identity.clone().map(Value::String),
+                    )
+                    .put(
+                        "leaseDurationSeconds",
+                        s.lease_duration_seconds.map(|n| json!(n)),
+                    )
+                    .put("acquireTime", micro_time(&s.acquire_time))
+                    .put("renewTime", micro_time(&s.renew_time))
+                    .put("leaseTransitions", s.lease_transitions.map(|n| json!(n)))
+                    .put("strategy", s.strategy.clone().map(Value::String))
+                    .put(
+                        "preferredHolder",
+                        s.preferred_holder.clone().map(Value::String),
+                    )
+                    .done()
+            });
+            Obj::default()
+                .put("metadata", Some(object_meta(&l.metadata)))
+                .put("spec", spec)
+                .done()
+        }
+        "Event" if api_version == "events.k8s.io/v1" => {
+            let e = k8s_pb::api::events::v1::Event::decode(raw).map_err(bad)?;
+            Obj::default()
+                .put("metadata", Some(object_meta(&e.metadata)))
+                .put("eventTime", micro_time(&e.event_time))
+                .put(
+                    "series",
+                    e.series
+                        .as_ref()
+                        .map(|s| event_series(s.count, &s.last_observed_time)),
+                )
+                .str("reportingController", &e.reporting_controller)
+                .str("reportingInstance", &e.reporting_instance)
+                .str("action", &e.action)
+                .str("reason", &e.reason)
+                .put(
+                    "regarding",
+                    e.regarding
+                        .as_ref()
+                        .map(object_reference)
+                        .and_then(some_object),
+                )
+                .put("related", e.related.as_ref().map(object_reference))
+                .str("note", &e.note)
+                .str("type", &e.r#type)
+                .put(
+                    "deprecatedSource",
+                    e.deprecated_source
+                        .as_ref()
+                        .map(event_source)
+                        .and_then(some_object),
+                )
+                .put(
+                    "deprecatedFirstTimestamp",
+                    time(&e.deprecated_first_timestamp),
+                )
+                .put(
+                    "deprecatedLastTimestamp",
+                    time(&e.deprecated_last_timestamp),
+                )
+                .int("deprecatedCount", e.deprecated_count.map(i64::from))
+                .done()
+        }
+        "Event" => {
+            let e = core::Event::decode(raw).map_err(bad)?;
+            Obj::default()
+                .put("metadata", Some(object_meta(&e.metadata)))
+                .put(
+                    "involvedObject",
+                    Some(
+                        e.involved_object
+                            .as_ref()
+                            .map_or_else(|| json!({}), object_reference),
+                    ),
+                )
+                .str("reason", &e.reason)
+                .str("message", &e.message)
+                .put(
+                    "source",
+                    e.source.as_ref().map(event_source).and_then(some_object),
+                )
+                .put("firstTimestamp", time(&e.first_timestamp))
+                .put("lastTimestamp", time(&e.last_timestamp))
+                .int("count", e.count.map(i64::from))
+                .str("type", &e.r#type)
+                .put("eventTime", micro_time(&e.event_time))
+                .put(
+                    "series",
+                    e.series
+                        .as_ref()
+                        .map(|s| event_series(s.count, &s.last_observed_time)),
+                )
+                .str("action", &e.action)
+                .put("related", e.related.as_ref().map(object_reference))
+                .str("reportingComponent", &e.reporting_component)
+                .str("reportingInstance", &e.reporting_instance)
+                .done()
+        }
         "Namespace" => {
             let ns = core::Namespace::decode(raw).map_err(bad)?;
             let spec = ns
@@ -299,7 +438,11 @@ pub(crate) fn decode(
             "{MEDIA_TYPE} for {kind} status (send JSON)"
         )));
     }
-    let mut obj = to_json(&kind, unknown.raw.as_deref().unwrap_or_default())?;
+    let mut obj = to_json(
+        &api_version,
+        &kind,
+        unknown.raw.as_deref().unwrap_or_default(),
+    )?;
     obj["apiVersion"] = json!(api_version);
     obj["kind"] = json!(kind);
     Ok(obj)
@@ -361,6 +504,167 @@ mod tests {
         e.truncate(4);
         e.extend(unknown.encode_to_vec());
         e
+    }
+
+    #[test]
+    fn leases_and_events_decode_as_client_go_controllers_send_them() {
+        use k8s_pb::api::coordination::v1 as coordination;
+        let micro = |s: i64| {
+            Some(meta::MicroTime {
+                seconds: Some(s),
+                nanos: Some(123_000),
+            })
+        };
+        let lease = coordination::Lease {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("leader".into()),
+                namespace: Some("kube-system".into()),
+                ..Default::default()
+            }),
+            spec: Some(coordination::LeaseSpec {
+                holder_identity: Some("me".into()),
+                lease_duration_seconds: Some(15),
+                acquire_time: micro(1_700_000_000),
+                renew_time: micro(1_700_000_010),
+                lease_transitions: Some(0),
+                ..Default::default()
+            }),
+        };
+        let info = ResourceInfo::of::<k8s_openapi::api::coordination::v1::Lease>();
+        let v = decode(
+            &info,
+            false,
+            &envelope_as("coordination.k8s.io/v1", "Lease", lease.encode_to_vec()),
+        )
+        .expect("decodes");
+        assert_eq!(
+            v["spec"],
+            json!({"holderIdentity": "me", "leaseDurationSeconds": 15,
+                   "acquireTime": "2023-11-14T22:13:20.000123Z",
+                   "renewTime": "2023-11-14T22:13:30.000123Z", "leaseTransitions": 0})
+        );
+        serde_json::from_value::<k8s_openapi::api::coordination::v1::Lease>(v).expect("a Lease");
+
+        let event = core::Event {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("web.1".into()),
+                ..Default::default()
+            }),
+            involved_object: Some(core::ObjectReference {
+                kind: Some("Pod".into()),
+                name: Some("web".into()),
+                ..Default::default()
+            }),
+            reason: Some("Started".into()),
+            message: Some("Started container".into()),
+            source: Some(core::EventSource {
+                component: Some("my-controller".into()),
+                host: Some(String::new()),
+            }),
+            count: Some(1),
+            r#type: Some("Normal".into()),
+            event_time: Some(meta::MicroTime {
+                seconds: Some(0),
+                nanos: Some(0),
+            }),
+            ..Default::default()
+        };
+        let info = ResourceInfo::of::<k8s_openapi::api::core::v1::Event>();
+        let v = decode(&info, false, &envelope("Event", event.encode_to_vec())).expect("decodes");
+        assert_eq!(v["involvedObject"], json!({"kind": "Pod", "name": "web"}));
+        assert_eq!(v["source"], json!({"component": "my-controller"}));
+        assert!(v.get("eventTime").is_none(), "the zero MicroTime is unset");
+
+        let new = k8s_pb::api::events::v1::Event {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("web.2".into()),
+                ..Default::default()
+            }),
+            event_time: micro(1_700_000_000),
+            reporting_controller: Some("my-controller".into()),
+            reporting_instance: Some("my-controller-1".into()),
+            action: Some("Scheduling".into()),
+            reason: Some("Scheduled".into()),
+            regarding: event.involved_object.clone(),
+            note: Some("placed".into()),
+            r#type: Some("Normal".into()),
+            ..Default::default()
+        };
+        let info = ResourceInfo::of::<k8s_openapi::api::events::v1::Event>();
+        let v = decode(
+            &info,
+            false,
+            &envelope_as("events.k8s.io/v1", "Event", new.encode_to_vec()),
+        )
+        .expect("decodes");
+        assert_eq!(v["apiVersion"], "events.k8s.io/v1");
+        assert_eq!(v["regarding"]["name"], "web");
+        assert_eq!(v["note"], "placed");
+        serde_json::from_value::<k8s_openapi::api::events::v1::Event>(v).expect("an Event");
+    }
+
+    #[test]
+    fn stateful_sets_decode_with_their_claim_templates() {
+        use k8s_pb::api::apps::v1 as apps;
+        let set = apps::StatefulSet {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("db".into()),
+                ..Default::default()
+            }),
+            spec: Some(apps::StatefulSetSpec {
+                replicas: Some(0),
+                service_name: Some("db".into()),
+                min_ready_seconds: Some(0),
+                template: Some(core::PodTemplateSpec {
+                    metadata: None,
+                    spec: Some(core::PodSpec {
+                        containers: vec![core::Container {
+                            name: Some("db".into()),
+                            image: Some("db:1".into()),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                }),
+                volume_claim_templates: vec![core::PersistentVolumeClaim {
+                    metadata: Some(meta::ObjectMeta {
+                        name: Some("data".into()),
+                        ..Default::default()
+                    }),
+                    spec: Some(core::PersistentVolumeClaimSpec {
+                        access_modes: vec!["ReadWriteOnce".into()],
+                        resources: Some(core::VolumeResourceRequirements {
+                            requests: BTreeMap::from([(
+                                "storage".into(),
+                                k8s_pb::apimachinery::pkg::api::resource::Quantity {
+                                    string: Some("1Gi".into()),
+                                },
+                            )]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    status: Some(Default::default()),
+                }],
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let info = ResourceInfo::of::<k8s_openapi::api::apps::v1::StatefulSet>();
+        let v = decode(
+            &info,
+            false,
+            &envelope_as("apps/v1", "StatefulSet", set.encode_to_vec()),
+        )
+        .expect("decodes");
+        assert_eq!(v["spec"]["replicas"], 0, "a pointer zero is kept");
+        assert!(v["spec"].get("minReadySeconds").is_none());
+        assert_eq!(
+            v["spec"]["volumeClaimTemplates"][0]["spec"],
+            json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}})
+        );
+        serde_json::from_value::<k8s_openapi::api::apps::v1::StatefulSet>(v)
+            .expect("a StatefulSet");
     }
 
     #[test]

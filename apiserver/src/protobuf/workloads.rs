@@ -619,6 +619,85 @@ fn ingress_spec(mut s: networking::IngressSpec) -> R {
     Ok(o.done())
 }
 
+fn stateful_set_spec(mut s: apps::StatefulSetSpec) -> R {
+    let mut o = Out::default();
+    o.pi("replicas", i32s(s.replicas.take()));
+    o.msg("selector", s.selector.take(), label_selector)?;
+    o.msg("template", s.template.take(), pod_template)?;
+    o.list(
+        "volumeClaimTemplates",
+        std::mem::take(&mut s.volume_claim_templates),
+        |mut c| {
+            let mut o = Out::default();
+            o.msg("metadata", c.metadata.take(), meta)?;
+            o.msg("spec", c.spec.take(), |mut s| {
+                let mut o = Out::default();
+                o.strs("accessModes", std::mem::take(&mut s.access_modes));
+                o.msg("selector", s.selector.take(), label_selector)?;
+                o.msg("resources", s.resources.take(), |mut r| {
+                    let mut o = Out::default();
+                    o.v("limits", quantities(std::mem::take(&mut r.limits)));
+                    o.v("requests", quantities(std::mem::take(&mut r.requests)));
+                    rest(&r, "VolumeResourceRequirements")?;
+                    Ok(o.done())
+                })?;
+                o.s("volumeName", s.volume_name.take());
+                o.ps("storageClassName", s.storage_class_name.take());
+                o.ps("volumeMode", s.volume_mode.take());
+                o.ps(
+                    "volumeAttributesClassName",
+                    s.volume_attributes_class_name.take(),
+                );
+                rest(&s, "PersistentVolumeClaimSpec")?;
+                Ok(o.done())
+            })?;
+            // The claim's status is the server's to set.
+            c.status = None;
+            rest(&c, "PersistentVolumeClaim")?;
+            Ok(o.done())
+        },
+    )?;
+    o.s("serviceName", s.service_name.take());
+    o.s("podManagementPolicy", s.pod_management_policy.take());
+    o.msg("updateStrategy", s.update_strategy.take(), |mut st| {
+        let mut o = Out::default();
+        o.s("type", st.r#type.take());
+        o.msg("rollingUpdate", st.rolling_update.take(), |mut ru| {
+            let mut o = Out::default();
+            o.pi("partition", i32s(ru.partition.take()));
+            o.msg("maxUnavailable", ru.max_unavailable.take(), int_or_string)?;
+            rest(&ru, "RollingUpdateStatefulSetStrategy")?;
+            Ok(o.done())
+        })?;
+        rest(&st, "StatefulSetUpdateStrategy")?;
+        Ok(o.done())
+    })?;
+    o.pi(
+        "revisionHistoryLimit",
+        i32s(s.revision_history_limit.take()),
+    );
+    o.i("minReadySeconds", i32s(s.min_ready_seconds.take()));
+    o.msg(
+        "persistentVolumeClaimRetentionPolicy",
+        s.persistent_volume_claim_retention_policy.take(),
+        |mut p| {
+            let mut o = Out::default();
+            o.s("whenDeleted", p.when_deleted.take());
+            o.s("whenScaled", p.when_scaled.take());
+            rest(&p, "StatefulSetPersistentVolumeClaimRetentionPolicy")?;
+            Ok(o.done())
+        },
+    )?;
+    o.msg("ordinals", s.ordinals.take(), |mut ord| {
+        let mut o = Out::default();
+        o.i("start", i32s(ord.start.take()));
+        rest(&ord, "StatefulSetOrdinals")?;
+        Ok(o.done())
+    })?;
+    rest(&s, "StatefulSetSpec")?;
+    Ok(o.done())
+}
+
 fn decode<M: Message + Default>(raw: &[u8]) -> Result<M, ApiError> {
     M::decode(raw).map_err(super::bad)
 }
@@ -663,6 +742,53 @@ pub(super) fn to_json(kind: &str, raw: &[u8]) -> Option<R> {
                 let mut s: core::Service = decode(raw)?;
                 o.msg("metadata", s.metadata.take(), meta)?;
                 o.msg("spec", s.spec.take(), service_spec)?;
+            }
+            "ReplicaSet" => {
+                let mut r: apps::ReplicaSet = decode(raw)?;
+                o.msg("metadata", r.metadata.take(), meta)?;
+                o.msg("spec", r.spec.take(), |mut s| {
+                    let mut o = Out::default();
+                    o.pi("replicas", i32s(s.replicas.take()));
+                    o.i("minReadySeconds", i32s(s.min_ready_seconds.take()));
+                    o.msg("selector", s.selector.take(), label_selector)?;
+                    o.msg("template", s.template.take(), pod_template)?;
+                    rest(&s, "ReplicaSetSpec")?;
+                    Ok(o.done())
+                })?;
+            }
+            "DaemonSet" => {
+                let mut d: apps::DaemonSet = decode(raw)?;
+                o.msg("metadata", d.metadata.take(), meta)?;
+                o.msg("spec", d.spec.take(), |mut s| {
+                    let mut o = Out::default();
+                    o.msg("selector", s.selector.take(), label_selector)?;
+                    o.msg("template", s.template.take(), pod_template)?;
+                    o.msg("updateStrategy", s.update_strategy.take(), |mut st| {
+                        let mut o = Out::default();
+                        o.s("type", st.r#type.take());
+                        o.msg("rollingUpdate", st.rolling_update.take(), |mut ru| {
+                            let mut o = Out::default();
+                            o.msg("maxUnavailable", ru.max_unavailable.take(), int_or_string)?;
+                            o.msg("maxSurge", ru.max_surge.take(), int_or_string)?;
+                            rest(&ru, "RollingUpdateDaemonSet")?;
+                            Ok(o.done())
+                        })?;
+                        rest(&st, "DaemonSetUpdateStrategy")?;
+                        Ok(o.done())
+                    })?;
+                    o.i("minReadySeconds", i32s(s.min_ready_seconds.take()));
+                    o.pi(
+                        "revisionHistoryLimit",
+                        i32s(s.revision_history_limit.take()),
+                    );
+                    rest(&s, "DaemonSetSpec")?;
+                    Ok(o.done())
+                })?;
+            }
+            "StatefulSet" => {
+                let mut d: apps::StatefulSet = decode(raw)?;
+                o.msg("metadata", d.metadata.take(), meta)?;
+                o.msg("spec", d.spec.take(), stateful_set_spec)?;
             }
             "Deployment" => {
                 let mut d: apps::Deployment = decode(raw)?;
@@ -742,7 +868,16 @@ pub(super) fn to_json(kind: &str, raw: &[u8]) -> Option<R> {
     };
     matches!(
         kind,
-        "Pod" | "Service" | "Deployment" | "Job" | "CronJob" | "Ingress" | "IngressClass"
+        "Pod"
+            | "Service"
+            | "Deployment"
+            | "ReplicaSet"
+            | "DaemonSet"
+            | "StatefulSet"
+            | "Job"
+            | "CronJob"
+            | "Ingress"
+            | "IngressClass"
     )
     .then(conv)
 }
