@@ -31,6 +31,7 @@ pub mod patch;
 pub mod pki;
 mod podlog;
 mod podstream;
+mod priority;
 mod protobuf;
 pub mod registry;
 pub mod request;
@@ -42,6 +43,7 @@ mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -117,6 +119,7 @@ pub struct Apiserver {
     pub(crate) bookmark_interval: Duration,
     pub(crate) openapi: std::sync::OnceLock<openapi::OpenApi>,
     pub(crate) alloc: alloc::Allocator,
+    pub(crate) priority: Arc<priority::PriorityClasses>,
 }
 
 impl Apiserver {

@@ -383,12 +383,17 @@ impl Apiserver {
             .unwrap_or_default()
             .to_owned();
         let (class, value, policy) = if class_name.is_empty() {
-            let all = self.store.list(&info.prefix(), Default::default()).await?;
-            let default = all
-                .items
-                .iter()
-                .filter_map(|kv| serde_json::from_slice::<PriorityClass>(&kv.value).ok())
-                .find(|pc| pc.global_default == Some(true));
+            let default = match self.priority.global_default() {
+                Some(cached) => cached,
+                None => {
+                    let all = self.store.list(&info.prefix(), Default::default()).await?;
+                    all.items
+                        .iter()
+                        .filter_map(|kv| serde_json::from_slice::<PriorityClass>(&kv.value).ok())
+                        .filter(|pc| pc.global_default == Some(true))
+                        .min_by_key(|pc| pc.value)
+                }
+            };
             match default {
                 Some(pc) => (
                     pc.metadata.name.clone(),
@@ -402,6 +407,8 @@ impl Apiserver {
             .find(|(n, _)| *n == class_name)
         {
             (None, *v, None)
+        } else if let Some(pc) = self.priority.get(&class_name) {
+            (None, pc.value, pc.preemption_policy)
         } else {
             let Some(kv) = self.store.get(&info.key(None, &class_name)).await? else {
                 return Err(ApiError::forbidden(

@@ -321,7 +321,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         bookmark_interval: config.bookmark_interval,
         openapi: Default::default(),
         alloc: crate::alloc::Allocator::new(config.network.clone()),
+        priority: Default::default(),
     });
+    Arc::clone(&api.priority).run(store.clone(), shutdown.clone());
     bootstrap(&api).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;

@@ -298,3 +298,65 @@ async fn a_high_priority_pod_preempts_a_lower_priority_one() -> Result<()> {
     );
     node.stop().await
 }
+
+#[tokio::test]
+async fn priority_admission_follows_priority_classes_as_they_change() -> Result<()> {
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    let cluster = Cluster::start().await?;
+    let classes: Api<PriorityClass> = Api::all(cluster.client.clone());
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let spec = json!({"containers": [{"name": "c", "image": "x:1"}]});
+    // What admission gives a new pod (a dry run: admitted, not stored).
+    let admitted = |spec: serde_json::Value| {
+        let (pods, dry_run) = (pods.clone(), dry_run.clone());
+        async move {
+            let p = pods.create(&dry_run, &pod("probe", spec)?).await?;
+            let s = p.spec.unwrap_or_default();
+            Ok::<_, anyhow::Error>((s.priority, s.priority_class_name))
+        }
+    };
+    assert_eq!(admitted(spec.clone()).await?, (Some(0), None));
+
+    classes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "everyday"}, "value": 7, "globalDefault": true}),
+            )?,
+        )
+        .await?;
+    wait_for("the new global default to apply", SLOW, || async {
+        (admitted(spec.clone()).await.ok()? == (Some(7), Some("everyday".into()))).then_some(())
+    })
+    .await?;
+    // A class created just now is found by name at once.
+    classes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "fresh"}, "value": 42}))?,
+        )
+        .await?;
+    let named =
+        json!({"priorityClassName": "fresh", "containers": [{"name": "c", "image": "x:1"}]});
+    assert_eq!(admitted(named).await?, (Some(42), Some("fresh".into())));
+    let missing =
+        json!({"priorityClassName": "nope", "containers": [{"name": "c", "image": "x:1"}]});
+    let err = admitted(missing)
+        .await
+        .expect_err("an unknown class is refused");
+    assert!(
+        format!("{err:#}").contains("no PriorityClass with name nope"),
+        "{err:#}"
+    );
+
+    classes.delete("everyday", &Default::default()).await?;
+    wait_for("the deleted default to stop applying", SLOW, || async {
+        (admitted(spec.clone()).await.ok()? == (Some(0), None)).then_some(())
+    })
+    .await?;
+    Ok(())
+}
