@@ -123,7 +123,7 @@ async fn malformed_requests_should_get_4xx_status() -> Result<()> {
         ),
         (
             "POST",
-            "/apis/apps/v1/namespaces/default/daemonsets",
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
             "application/vnd.kubernetes.protobuf",
             b"k8s\x00",
             415,
