@@ -24,6 +24,7 @@ fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
     watch(&guests);
 
+    ensure_targets(&["wasm32-wasip2", "wasm32-wasip1"]);
     let target_dir = out.join("guests-target");
     cargo(
         &guests,
@@ -47,6 +48,58 @@ fn main() {
     }
 }
 
+/// The wasm targets' standard libraries must be installed. rustup installs the targets listed in
+/// `rust-toolchain.toml` only when it installs the toolchain itself, so a machine whose toolchain
+/// was already there has none of them: add them through rustup when it is the toolchain manager,
+/// and otherwise stop with the exact command to run.
+fn ensure_targets(targets: &[&str]) {
+    let missing: Vec<&str> = targets
+        .iter()
+        .copied()
+        .filter(|t| !target_installed(t))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    println!(
+        "cargo:warning=adding the Rust targets the sample guests need: rustup target add {}",
+        missing.join(" ")
+    );
+    let mut cmd = Command::new("rustup");
+    cmd.arg("target").arg("add").args(&missing);
+    // rustup's proxies set RUSTUP_TOOLCHAIN for the toolchain this build runs on; add to that one.
+    if let Some(toolchain) = std::env::var_os("RUSTUP_TOOLCHAIN") {
+        cmd.arg("--toolchain").arg(toolchain);
+    }
+    let added = cmd.status().map(|s| s.success()).unwrap_or(false);
+    let still: Vec<&str> = missing
+        .iter()
+        .copied()
+        .filter(|t| !target_installed(t))
+        .collect();
+    assert!(
+        added && still.is_empty(),
+        "the sample guests need the Rust targets {still:?}, which are not installed and could not be \
+         added through rustup; run `rustup target add {}` (or install their standard libraries \
+         for this toolchain) and build again",
+        missing.join(" ")
+    );
+}
+
+/// Whether the toolchain building this crate has the standard library for `target`.
+fn target_installed(target: &str) -> bool {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let Ok(out) = Command::new(rustc).args(["--print", "sysroot"]).output() else {
+        return false;
+    };
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    sysroot
+        .join("lib/rustlib")
+        .join(target)
+        .join("lib")
+        .is_dir()
+}
+
 fn cargo(guests: &Path, target_dir: &Path, args: &[&str]) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -67,8 +120,8 @@ fn cargo(guests: &Path, target_dir: &Path, args: &[&str]) {
     let status = cmd.status().expect("run cargo for the guest programs");
     assert!(
         status.success(),
-        "building the sample guests failed ({status}); is the wasm32-wasip2/wasip1 target installed? \
-         (rust-toolchain.toml lists them; `rustup target add wasm32-wasip2 wasm32-wasip1`)"
+        "building the sample guests in {} failed ({status}); the compiler's messages are above",
+        guests.display()
     );
 }
 

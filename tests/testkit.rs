@@ -345,9 +345,8 @@ impl Cluster {
     /// # Errors
     /// When the push fails.
     pub async fn push(&self, image: &str, bytes: Vec<u8>) -> Result<()> {
-        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
         let config =
-            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+            wasmkube_client::load(&wasmkube_client::Source::kubeconfig(&self.kubeconfig)).await?;
         let registries = wasmkube_wasmlet::registries_for(&config, Vec::new());
         wasmkube_wasmlet::images::push(&registries, image, bytes).await?;
         Ok(())

@@ -213,7 +213,7 @@ impl Apiserver {
                 )));
             }
         }
-        let (canonical, warnings) = self.canonical(t, &applied, q)?;
+        let (canonical, warnings) = self.canonical(t, &applied, &[], q)?;
         let status = t.subresource.as_deref() == Some("status");
         let mut owned = fieldset::of_object(&applied, status);
         owned.retain(|p| fieldset::value_at(&canonical, p).is_some());
@@ -357,7 +357,7 @@ impl Apiserver {
             fields: owned.clone(),
         });
         store_entries(&mut merged, &list);
-        let (obj, _) = self.canonical(t, &merged, &Params::default())?;
+        let (obj, _) = self.canonical(t, &merged, &[], &Params::default())?;
         let new = self.merge_for_update(t, obj, &cur.value);
         let mut q = Params {
             dry_run: q.dry_run.clone(),

@@ -3,7 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use wasmkube_api::ResourceInfo;
 
@@ -64,6 +64,15 @@ impl FieldError {
         }
     }
 
+    /// A value is longer than `max` bytes.
+    pub fn too_long(field: impl Into<String>, max: usize) -> Self {
+        FieldError {
+            reason: "FieldValueTooLong",
+            field: field.into(),
+            message: format!("Too long: may not be more than {max} bytes"),
+        }
+    }
+
     /// A list has two entries with the same key.
     pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
         FieldError {
@@ -87,7 +96,116 @@ pub struct ApiError {
     pub reason: &'static str,
     /// Human message.
     pub message: String,
-    details: Option<serde_json::Value>,
+    details: Option<Box<Details>>,
+}
+
+/// `metav1.StatusDetails`, its fields in kube-apiserver's order, empty ones left out.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Details {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    group: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    kind: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    uid: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    causes: Vec<Cause>,
+    #[serde(skip_serializing_if = "is_zero")]
+    retry_after_seconds: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Details {
+    /// The object a status is about: `kind` is the resource (plural), as kube-apiserver says.
+    pub fn of(info: &ResourceInfo, name: &str) -> Self {
+        Details {
+            name: name.to_owned(),
+            group: info.group.to_owned(),
+            kind: info.plural.to_owned(),
+            ..Details::default()
+        }
+    }
+
+    /// With the object's UID.
+    #[must_use]
+    pub fn uid(mut self, uid: &str) -> Self {
+        self.uid = uid.to_owned();
+        self
+    }
+}
+
+/// `metav1.StatusCause`.
+#[derive(Debug, Clone, Serialize)]
+struct Cause {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    field: String,
+}
+
+impl From<&FieldError> for Cause {
+    fn from(e: &FieldError) -> Self {
+        Cause {
+            reason: e.reason,
+            message: e.message.clone(),
+            field: e.field.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct EmptyMeta {}
+
+/// `metav1.Status` as kube-apiserver encodes it: `kind, apiVersion, metadata, status, message,
+/// reason, details, code`, empty fields left out (clients compare error bodies byte for byte).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusBody<'a> {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: EmptyMeta,
+    status: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a Details>,
+    #[serde(skip_serializing_if = "is_zero_code")]
+    code: u16,
+}
+
+fn is_zero_code(n: &u16) -> bool {
+    *n == 0
+}
+
+/// The `Status` of a success (a delete that does not return the object), with its trailing
+/// newline.
+pub fn success(details: &Details) -> Vec<u8> {
+    encode(&StatusBody {
+        kind: "Status",
+        api_version: "v1",
+        metadata: EmptyMeta {},
+        status: "Success",
+        message: "",
+        reason: "",
+        details: Some(details),
+        code: 0,
+    })
+}
+
+fn encode(status: &StatusBody<'_>) -> Vec<u8> {
+    let mut body = serde_json::to_vec(status).expect("a Status serializes");
+    body.push(b'\n');
+    body
 }
 
 impl ApiError {
@@ -100,8 +218,13 @@ impl ApiError {
         }
     }
 
-    fn with_details(mut self, details: serde_json::Value) -> Self {
-        self.details = Some(details);
+    fn with_details(mut self, details: Details) -> Self {
+        self.details = Some(Box::new(details));
+        self
+    }
+
+    fn with_causes(mut self, causes: Vec<Cause>) -> Self {
+        self.details.get_or_insert_with(Box::default).causes = causes;
         self
     }
 
@@ -120,13 +243,21 @@ impl ApiError {
             "NotFound",
             format!("{} \"{name}\" not found", Self::qualified(info)),
         )
-        .with_details(json!({"name": name, "group": info.group, "kind": info.plural}))
+        .with_details(Details::of(info, name))
     }
 
     /// 404 NotFound for a path that serves nothing.
     pub fn no_route(path: &str) -> Self {
-        ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({path})"))
-            .with_details(json!({"causes": [{"reason": "UnexpectedServerResponse", "message": "404 page not found"}]}))
+        ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
+        .with_causes(vec![Cause {
+            reason: "UnexpectedServerResponse",
+            message: "404 page not found".into(),
+            field: String::new(),
+        }])
     }
 
     /// 409 AlreadyExists.
@@ -136,7 +267,7 @@ impl ApiError {
             "AlreadyExists",
             format!("{} \"{name}\" already exists", Self::qualified(info)),
         )
-        .with_details(json!({"name": name, "group": info.group, "kind": info.plural}))
+        .with_details(Details::of(info, name))
     }
 
     /// 409 Conflict on a stale resourceVersion or failed precondition.
@@ -149,7 +280,7 @@ impl ApiError {
                 Self::qualified(info)
             ),
         )
-        .with_details(json!({"name": name, "group": info.group, "kind": info.plural}))
+        .with_details(Details::of(info, name))
     }
 
     /// 409 Conflict after a read-modify-write lost the race too many times in a row.
@@ -160,26 +291,44 @@ impl ApiError {
     /// The message Kubernetes uses for a stale resourceVersion.
     pub const MODIFIED: &'static str = "the object has been modified; please apply your changes to the latest version and try again";
 
+    /// 422 Invalid of request options (`CreateOptions`, `PatchOptions`, ... in `meta.k8s.io`),
+    /// as kube-apiserver answers options that fail validation.
+    pub fn invalid_options(kind: &'static str, errors: &[FieldError]) -> Self {
+        Self::invalid_kind("meta.k8s.io", kind, "", errors)
+    }
+
     /// 422 Invalid listing each bad field.
     pub fn invalid(info: &ResourceInfo, name: &str, errors: &[FieldError]) -> Self {
+        Self::invalid_kind(info.group, info.kind, name, errors)
+    }
+
+    /// `errors.NewInvalid`: the message names the group-qualified kind.
+    fn invalid_kind(group: &str, kind: &str, name: &str, errors: &[FieldError]) -> Self {
         let bodies: Vec<String> = errors.iter().map(FieldError::body).collect();
         let joined = if bodies.len() == 1 {
             bodies[0].clone()
         } else {
             format!("[{}]", bodies.join(", "))
         };
-        let causes: Vec<_> = errors
-            .iter()
-            .map(|e| json!({"reason": e.reason, "message": e.message, "field": e.field}))
-            .collect();
+        let qualified = if group.is_empty() {
+            kind.to_owned()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let details = Details {
+            // Invalid names the kind, not the resource.
+            name: name.to_owned(),
+            group: group.to_owned(),
+            kind: kind.to_owned(),
+            ..Details::default()
+        };
         ApiError::new(
             422,
             "Invalid",
-            format!("{} \"{name}\" is invalid: {joined}", info.kind),
+            format!("{qualified} \"{name}\" is invalid: {joined}"),
         )
-        .with_details(
-            json!({"name": name, "group": info.group, "kind": info.kind, "causes": causes}),
-        )
+        .with_details(details)
+        .with_causes(errors.iter().map(Cause::from).collect())
     }
 
     /// 422 Invalid without field details (a JSON patch `test` that failed).
@@ -199,13 +348,9 @@ impl ApiError {
         } else {
             format!("Apply failed with {n} conflicts: {}", lines.join("\n"))
         };
-        let causes: Vec<_> = causes
-            .iter()
-            .map(|e| json!({"reason": e.reason, "message": e.message, "field": e.field}))
-            .collect();
-        ApiError::new(409, "Conflict", message).with_details(
-            json!({"name": name, "group": info.group, "kind": info.plural, "causes": causes}),
-        )
+        ApiError::new(409, "Conflict", message)
+            .with_details(Details::of(info, name))
+            .with_causes(causes.iter().map(Cause::from).collect())
     }
 
     /// 400 BadRequest.
@@ -225,7 +370,7 @@ impl ApiError {
             "Forbidden",
             format!("{} \"{name}\" is forbidden: {why}", Self::qualified(info)),
         )
-        .with_details(json!({"name": name, "group": info.group, "kind": info.plural}))
+        .with_details(Details::of(info, name))
     }
 
     /// 405 MethodNotAllowed.
@@ -283,8 +428,20 @@ impl ApiError {
     /// 504 Timeout for a resourceVersion the store has not reached, with the cause client-go's
     /// reflector looks for to relist (`ResourceVersionTooLarge`).
     pub fn too_large_resource_version(rv: u64, current: u64) -> Self {
-        ApiError::new(504, "Timeout", format!("Too large resource version: {rv}, current: {current}"))
-            .with_details(json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}))
+        ApiError::new(
+            504,
+            "Timeout",
+            format!("Too large resource version: {rv}, current: {current}"),
+        )
+        .with_details(Details {
+            retry_after_seconds: 1,
+            ..Details::default()
+        })
+        .with_causes(vec![Cause {
+            reason: "ResourceVersionTooLarge",
+            message: "Too large resource version".into(),
+            field: String::new(),
+        }])
     }
 
     /// 504 Timeout.
@@ -292,21 +449,23 @@ impl ApiError {
         ApiError::new(504, "Timeout", message)
     }
 
-    /// The `Status` object.
+    /// The `Status` body, encoded as kube-apiserver does, with its trailing newline.
+    pub fn status_body(&self) -> Vec<u8> {
+        encode(&StatusBody {
+            kind: "Status",
+            api_version: "v1",
+            metadata: EmptyMeta {},
+            status: "Failure",
+            message: &self.message,
+            reason: self.reason,
+            details: self.details.as_deref(),
+            code: self.code,
+        })
+    }
+
+    /// The `Status` object as JSON.
     pub fn status(&self) -> serde_json::Value {
-        let mut status = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        });
-        if let Some(details) = &self.details {
-            status["details"] = details.clone();
-        }
-        status
+        serde_json::from_slice(&self.status_body()).expect("a Status is JSON")
     }
 }
 
@@ -343,7 +502,7 @@ impl From<wasmkube_store::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&self.status()).expect("status serializes");
+        let body = self.status_body();
         let mut resp = (
             StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             body,

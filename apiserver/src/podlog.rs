@@ -3,16 +3,12 @@
 //! to the kubelet. Like kube-apiserver's default, the node's serving certificate is not
 //! verified; the request carries the cluster token, which the wasmlet checks.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use wasmkube_api::resource::ResourceInfo;
 
 use crate::Apiserver;
@@ -252,13 +248,6 @@ pub(crate) async fn connect_node(
     let tcp = tokio::net::TcpStream::connect(host)
         .await
         .map_err(|e| unreachable(&e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| unreachable(&e))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NodeCertificate(provider)))
-        .with_no_client_auth();
     let server_name = ServerName::try_from(
         host.rsplit_once(':')
             .map_or(host, |(h, _)| h)
@@ -266,7 +255,9 @@ pub(crate) async fn connect_node(
             .to_owned(),
     )
     .map_err(|e| unreachable(&e))?;
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    // The node's self-signed serving certificate is accepted, as kube-apiserver does without
+    // `--kubelet-certificate-authority`.
+    wasmkube_client::tls::insecure_connector()
         .connect(server_name, tcp)
         .await
         .map_err(|e| unreachable(&e))
@@ -314,55 +305,5 @@ pub(crate) async fn node_error(resp: http::Response<hyper::body::Incoming>) -> A
     match status {
         StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => ApiError::bad_request(msg),
         _ => ApiError::internal(format!("the node answered {status}: {msg}")),
-    }
-}
-
-/// Accepts the node's self-signed serving certificate (kube-apiserver's default without
-/// `--kubelet-certificate-authority`) while still checking the handshake signatures.
-#[derive(Debug)]
-struct NodeCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for NodeCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

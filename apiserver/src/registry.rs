@@ -62,6 +62,12 @@ pub trait Strategy: Send + Sync + 'static {
         false
     }
 
+    /// Whether a delete answers with the deleted object rather than a success `Status`
+    /// (kube-apiserver's `ReturnDeletedObject`: pods and services).
+    fn returns_deleted_object(&self) -> bool {
+        false
+    }
+
     /// Kubernetes' defaulting (`SetDefaults_*`), on create and update.
     fn default(&self, _obj: &mut Self::K) {}
 
@@ -118,6 +124,8 @@ pub trait Kind: Send + Sync {
     fn field_selectors(&self) -> &'static [&'static str];
     /// See [`Strategy::keeps_status_on_create`].
     fn keeps_status_on_create(&self) -> bool;
+    /// See [`Strategy::returns_deleted_object`].
+    fn returns_deleted_object(&self) -> bool;
     /// See [`Strategy::to_storage`].
     fn to_storage(&self, obj: Value) -> Value;
     /// See [`Strategy::view_of_stored`].
@@ -210,6 +218,10 @@ impl<S: Strategy> Kind for Registered<S> {
 
     fn keeps_status_on_create(&self) -> bool {
         self.strategy.keeps_status_on_create()
+    }
+
+    fn returns_deleted_object(&self) -> bool {
+        self.strategy.returns_deleted_object()
     }
 
     fn to_storage(&self, obj: Value) -> Value {

@@ -176,6 +176,50 @@ impl Params {
         }
     }
 
+    /// Validates the options of a write as kube-apiserver does before reading the body
+    /// (`ValidateCreateOptions`, `ValidateUpdateOptions`, `ValidatePatchOptions`): `dryRun`,
+    /// `fieldManager` and `fieldValidation`. `kind` is the options kind named in the error.
+    ///
+    /// # Errors
+    /// 422 Invalid naming each bad option.
+    pub fn validate_write(&self, kind: &'static str) -> Result<(), ApiError> {
+        use crate::error::FieldError;
+        let mut errs = Vec::new();
+        if let Some(manager) = self.field_manager.as_deref() {
+            if manager.len() > FIELD_MANAGER_MAX_LEN {
+                errs.push(FieldError::too_long("fieldManager", FIELD_MANAGER_MAX_LEN));
+            }
+            for (i, c) in manager.char_indices() {
+                if c.is_control() {
+                    errs.push(FieldError::invalid(
+                        "fieldManager",
+                        manager,
+                        &format!("invalid character U+{:04X} (at position {i})", u32::from(c)),
+                    ));
+                }
+            }
+        }
+        if let Some(d) = self.dry_run.as_deref()
+            && d != "All"
+        {
+            errs.push(FieldError::not_supported("dryRun", d, &["All"]));
+        }
+        if let Some(v) = self.field_validation.as_deref()
+            && !matches!(v, "" | "Ignore" | "Warn" | "Strict")
+        {
+            errs.push(FieldError::not_supported(
+                "fieldValidation",
+                v,
+                &["", "Ignore", "Strict", "Warn"],
+            ));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid_options(kind, &errs))
+        }
+    }
+
     /// `fieldValidation`: Ignore, Warn (default) or Strict.
     ///
     /// # Errors
@@ -192,6 +236,9 @@ impl Params {
     }
 }
 
+/// The longest `fieldManager` (`metav1validation.FieldManagerMaxLength`).
+const FIELD_MANAGER_MAX_LEN: usize = 128;
+
 /// What to do with fields the schema does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldValidation {
@@ -203,32 +250,60 @@ pub enum FieldValidation {
     Strict,
 }
 
-/// The media type of a request body.
-pub fn content_type(headers: &HeaderMap) -> String {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
+/// The media type of a request body, lower-cased without parameters; `application/json` when
+/// the header is absent (as kube-apiserver assumes).
+///
+/// # Errors
+/// 415 when the header is not a media type (`mime.ParseMediaType` fails in kube-apiserver).
+pub fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok("application/json".into());
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::unsupported_media_type("(not text)"))?;
+    let mut parts = text.split(';');
+    let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+*'%`|~".contains(&b))
+    };
+    let well_formed = media
+        .split_once('/')
+        .is_some_and(|(kind, sub)| token(kind) && token(sub))
+        && parts.all(|p| {
+            let p = p.trim();
+            p.is_empty() || p.split_once('=').is_some_and(|(k, _)| token(k.trim()))
+        });
+    if !well_formed {
+        return Err(ApiError::unsupported_media_type(text));
+    }
+    Ok(media)
+}
+
+/// A request body parsed into a JSON object.
+pub struct Body {
+    /// The object.
+    pub object: Value,
+    /// Paths of keys given more than once (the last one wins, as in kube-apiserver; Strict
+    /// field validation refuses them).
+    pub duplicates: Vec<String>,
 }
 
 /// Parses a JSON or YAML body into a JSON object.
 ///
 /// # Errors
 /// 400 on malformed input; 415 on an unsupported media type.
-pub fn decode_body(target: &Target, headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
-    let ct = content_type(headers);
+pub fn decode_body(target: &Target, headers: &HeaderMap, body: &[u8]) -> Result<Body, ApiError> {
+    let ct = content_type(headers)?;
     let value: Value = match ct.as_str() {
         crate::protobuf::MEDIA_TYPE => crate::protobuf::decode(
             target.kind.info(),
             target.subresource.as_deref() == Some("status"),
             body,
         )?,
-        "application/json" | "" | "*/*" => serde_json::from_slice(body)
+        "application/json" | "*/*" => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}")))?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => {
             let text = std::str::from_utf8(body)
@@ -243,7 +318,98 @@ pub fn decode_body(target: &Target, headers: &HeaderMap, body: &[u8]) -> Result<
             "the request body must be a JSON object",
         ));
     }
-    Ok(value)
+    let duplicates = if matches!(ct.as_str(), "application/json" | "*/*") {
+        duplicate_fields(body)
+    } else {
+        Vec::new()
+    };
+    Ok(Body {
+        object: value,
+        duplicates,
+    })
+}
+
+/// The paths (`metadata.labels.app`, `spec.containers[0].name`) of object keys that appear
+/// twice in a JSON document; `serde_json::Value` keeps only the last.
+pub fn duplicate_fields(json: &[u8]) -> Vec<String> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    struct Scan<'a> {
+        path: String,
+        out: &'a mut Vec<String>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Scan<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Scan<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            while seq
+                .next_element_seed(Scan {
+                    path: format!("{}[{i}]", self.path),
+                    out: &mut *self.out,
+                })?
+                .is_some()
+            {
+                i += 1;
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let path = if self.path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{}.{key}", self.path)
+                };
+                if !seen.insert(key) {
+                    self.out.push(path.clone());
+                }
+                map.next_value_seed(Scan {
+                    path,
+                    out: &mut *self.out,
+                })?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut out = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let _ = Scan {
+        path: String::new(),
+        out: &mut out,
+    }
+    .deserialize(&mut de);
+    out
 }
 
 /// Parses YAML or JSON text (apply patches are YAML, JSON being a subset).
@@ -350,6 +516,67 @@ mod tests {
             parse_path(&reg, "/api/v1/pods/x").is_none(),
             "a namespaced object needs a namespace"
         );
+    }
+
+    #[test]
+    fn duplicate_keys_should_be_named_by_path() {
+        let body = br#"{"metadata":{"name":"a","labels":{"x":"1","x":"2"}},"data":{},"data":{"k":"v"},"list":[{"n":1,"n":2}]}"#;
+        assert_eq!(
+            duplicate_fields(body),
+            ["metadata.labels.x", "data", "list[0].n"]
+        );
+        assert!(duplicate_fields(br#"{"a":{"b":1},"c":{"b":2}}"#).is_empty());
+    }
+
+    #[test]
+    fn content_types_should_be_media_types() {
+        let ct = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, v.parse().expect("header"));
+            content_type(&h)
+        };
+        assert_eq!(
+            content_type(&HeaderMap::new()).expect("absent"),
+            "application/json"
+        );
+        assert_eq!(
+            ct("Application/JSON; charset=utf-8").expect("ok"),
+            "application/json"
+        );
+        assert_eq!(
+            ct("application/apply-patch+yaml").expect("ok"),
+            "application/apply-patch+yaml"
+        );
+        for bad in [";;;==;", "", "json", "application/", "a/b; =x", "a b/c"] {
+            assert_eq!(ct(bad).expect_err(bad).code, 415, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn write_options_should_be_validated_like_kube_apiserver() {
+        let q = Params::parse(Some("fieldValidation=Bogus")).expect("parse");
+        let e = q.validate_write("CreateOptions").expect_err("bogus");
+        assert_eq!((e.code, e.reason), (422, "Invalid"));
+        assert!(e.message.starts_with("CreateOptions.meta.k8s.io \"\" is invalid: fieldValidation: Unsupported value: \"Bogus\""), "{}", e.message);
+        let long = format!("fieldManager={}", "m".repeat(129));
+        let e = Params::parse(Some(&long))
+            .expect("parse")
+            .validate_write("PatchOptions")
+            .expect_err("long");
+        assert!(
+            e.message
+                .contains("fieldManager: Too long: may not be more than 128 bytes"),
+            "{}",
+            e.message
+        );
+        let ok = format!(
+            "fieldManager={}&fieldValidation=Strict&dryRun=All",
+            "m".repeat(128)
+        );
+        Params::parse(Some(&ok))
+            .expect("parse")
+            .validate_write("UpdateOptions")
+            .expect("valid");
     }
 
     #[test]

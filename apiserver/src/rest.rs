@@ -53,12 +53,22 @@ pub(crate) fn respond_json(status: StatusCode, body: &Value, warnings: &[String]
     )
 }
 
-fn success_status(t: &Target, name: &str, uid: Option<&str>) -> Value {
-    let info = t.kind.info();
-    json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-        "details": {"name": name, "group": info.group, "kind": info.plural, "uid": uid},
-    })
+/// What a delete answers: the object (still there with a `deletionTimestamp`, or as it was for
+/// kinds that return the deleted object), or a success `Status`.
+pub(crate) enum Deleted {
+    /// The object.
+    Object(Value),
+    /// A success `Status` about it.
+    Status(crate::error::Details),
+}
+
+impl Deleted {
+    fn into_response(self) -> Response {
+        match self {
+            Deleted::Object(v) => respond_json(StatusCode::OK, &v, &[]),
+            Deleted::Status(d) => respond(StatusCode::OK, crate::error::success(&d), &[]),
+        }
+    }
 }
 
 /// The delete options of a request: body (`DeleteOptions`) and query combined.
@@ -209,6 +219,15 @@ impl Apiserver {
             return Err(ApiError::no_route(path));
         };
         let repr = negotiate(headers)?;
+        let options = match method {
+            Method::POST => Some("CreateOptions"),
+            Method::PUT => Some("UpdateOptions"),
+            Method::PATCH => Some("PatchOptions"),
+            _ => None,
+        };
+        if let Some(kind) = options {
+            q.validate_write(kind)?;
+        }
         let info = t.kind.info();
         let sub = t.subresource.as_deref();
         let named = t.name.is_some();
@@ -237,11 +256,11 @@ impl Apiserver {
                 self.update(&t, &q, headers, body).await
             }
             (&Method::PUT, true, Some("scale")) if info.scale => {
-                let scale = decode_body(&t, headers, body)?;
+                let scale = decode_body(&t, headers, body)?.object;
                 self.set_scale(&t, &q, scale, None).await
             }
             (&Method::PATCH, true, Some("scale")) if info.scale => {
-                let pt = PatchType::from_content_type(&content_type(headers))?;
+                let pt = PatchType::from_content_type(&content_type(headers)?)?;
                 if pt == PatchType::Apply {
                     return Err(ApiError::unsupported_media_type(
                         "application/apply-patch+yaml (on scale)",
@@ -255,8 +274,7 @@ impl Apiserver {
             }
             (&Method::DELETE, true, None) => {
                 let opts = DeleteOptions::parse(&q, body)?;
-                let (status, body) = self.delete(&t, &opts).await?;
-                Ok(respond_json(status, &body, &[]))
+                Ok(self.delete(&t, &opts).await?.into_response())
             }
             (&Method::DELETE, false, None) if t.namespace.is_some() || !info.namespaced() => {
                 self.delete_collection(&t, &q, body).await
@@ -306,12 +324,13 @@ impl Apiserver {
         Ok(respond_json(StatusCode::OK, &body, &[]))
     }
 
-    /// Checks `apiVersion`/`kind`, decodes through the typed model and handles unknown
-    /// fields per `fieldValidation`.
+    /// Checks `apiVersion`/`kind`, decodes through the typed model and handles unknown and
+    /// `duplicate` fields per `fieldValidation`.
     pub(crate) fn canonical(
         &self,
         t: &Target,
         raw: &Value,
+        duplicates: &[String],
         q: &Params,
     ) -> Result<(Value, Vec<String>), ApiError> {
         let info = t.kind.info();
@@ -346,11 +365,16 @@ impl Apiserver {
             ))
         })?;
         let mut warnings = Vec::new();
-        if !decoded.unknown.is_empty() {
-            let msgs: Vec<String> = decoded
-                .unknown
+        if !decoded.unknown.is_empty() || !duplicates.is_empty() {
+            let msgs: Vec<String> = duplicates
                 .iter()
-                .map(|p| format!("unknown field \"{p}\""))
+                .map(|p| format!("duplicate field \"{p}\""))
+                .chain(
+                    decoded
+                        .unknown
+                        .iter()
+                        .map(|p| format!("unknown field \"{p}\"")),
+                )
                 .collect();
             match q.field_validation()? {
                 FieldValidation::Strict => {
@@ -523,7 +547,7 @@ impl Apiserver {
         body: &[u8],
     ) -> Result<Response, ApiError> {
         let raw = decode_body(t, headers, body)?;
-        let (obj, warnings) = self.canonical(t, &raw, q)?;
+        let (obj, warnings) = self.canonical(t, &raw.object, &raw.duplicates, q)?;
         let created = self.create_object(t, q, obj, "Update").await?;
         Ok(respond_json(StatusCode::CREATED, &created, &warnings))
     }
@@ -785,7 +809,7 @@ impl Apiserver {
         let info = t.kind.info();
         let name = t.name.as_deref().expect("routed with a name");
         let raw = decode_body(t, headers, body)?;
-        let (obj, warnings) = self.canonical(t, &raw, q)?;
+        let (obj, warnings) = self.canonical(t, &raw.object, &raw.duplicates, q)?;
         match meta_str(&obj, "name") {
             Some(n) if n != name => {
                 return Err(ApiError::bad_request(format!(
@@ -841,7 +865,7 @@ impl Apiserver {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Response, ApiError> {
-        let pt = PatchType::from_content_type(&content_type(headers))?;
+        let pt = PatchType::from_content_type(&content_type(headers)?)?;
         if pt == PatchType::Apply {
             return self.server_side_apply(t, q, body).await;
         }
@@ -866,7 +890,7 @@ impl Apiserver {
                     meta_str(&patched, "name").unwrap_or_default()
                 )));
             }
-            let (obj, warnings) = self.canonical(t, &patched, q)?;
+            let (obj, warnings) = self.canonical(t, &patched, &[], q)?;
             let new = self.merge_for_update(t, obj, &cur.value);
             match self.commit_update(t, q, &cur, new).await {
                 Err(e) if e.code == 409 && e.reason == "Conflict" => continue,
@@ -896,7 +920,7 @@ impl Apiserver {
         &self,
         t: &Target,
         opts: &DeleteOptions,
-    ) -> Result<(StatusCode, Value), ApiError> {
+    ) -> Result<Deleted, ApiError> {
         let info = t.kind.info();
         let name = t.name.as_deref().expect("routed with a name");
         for _ in 0..16 {
@@ -961,7 +985,7 @@ impl Apiserver {
             if blocked || graceful {
                 if deleting && !graceful && object::finalizers(&cur.value) == fins {
                     // Already being deleted and nothing to change.
-                    return Ok((StatusCode::OK, cur.value));
+                    return Ok(Deleted::Object(cur.value));
                 }
                 let m = meta_mut(&mut new);
                 if !deleting || graceful {
@@ -981,32 +1005,26 @@ impl Apiserver {
                     new["status"]["phase"] = json!("Terminating");
                 }
                 if opts.dry_run {
-                    return Ok((StatusCode::OK, new));
+                    return Ok(Deleted::Object(new));
                 }
                 match self.cas(t, name, cur.rv, Cas::Put(&new)).await? {
-                    Some(value) => return Ok((StatusCode::OK, value)),
+                    Some(value) => return Ok(Deleted::Object(value)),
                     None => continue,
                 }
             }
+            // kube-apiserver's `ReturnDeletedObject`: some kinds answer with the deleted object.
+            let answer = |value: Value| {
+                if t.kind.returns_deleted_object() {
+                    Deleted::Object(value)
+                } else {
+                    Deleted::Status(crate::error::Details::of(info, name).uid(&uid))
+                }
+            };
             if opts.dry_run {
-                return Ok((
-                    StatusCode::OK,
-                    if is_pod {
-                        cur.value
-                    } else {
-                        success_status(t, name, Some(&uid))
-                    },
-                ));
+                return Ok(answer(cur.value));
             }
             match self.cas(t, name, cur.rv, Cas::Delete).await? {
-                Some(value) => {
-                    let body = if is_pod {
-                        value
-                    } else {
-                        success_status(t, name, Some(&uid))
-                    };
-                    return Ok((StatusCode::OK, body));
-                }
+                Some(value) => return Ok(answer(value)),
                 None => continue,
             }
         }
@@ -1027,10 +1045,8 @@ impl Apiserver {
             let mut one = t.clone();
             one.name = Some(name);
             match self.delete(&one, &opts).await {
-                Ok((_, v)) if v.get("kind").and_then(Value::as_str) == Some("Status") => {
-                    out.push(item)
-                }
-                Ok((_, v)) => out.push(v),
+                Ok(Deleted::Status(_)) => out.push(item),
+                Ok(Deleted::Object(v)) => out.push(v),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }

@@ -82,9 +82,11 @@ impl Render {
 }
 
 fn error_event(err: &ApiError) -> Bytes {
-    let mut b = serde_json::to_vec(&json!({"type": "ERROR", "object": err.status()}))
-        .expect("JSON serializes");
-    b.push(b'\n');
+    let status = err.status_body();
+    let mut b = Vec::with_capacity(status.len() + 28);
+    b.extend_from_slice(br#"{"type":"ERROR","object":"#);
+    b.extend_from_slice(status.trim_ascii_end());
+    b.extend_from_slice(b"}\n");
     Bytes::from(b)
 }
 

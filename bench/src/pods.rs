@@ -324,8 +324,8 @@ struct Pusher {
 
 impl Pusher {
     async fn push_sample(&self, sample: &str) -> Result<String> {
-        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        let config =
+            wasmkube_client::load(&wasmkube_client::Source::kubeconfig(&self.kubeconfig)).await?;
         let registries = wasmkube_wasmlet::registries_for(&config, Vec::new());
         let image = format!("{sample}:v1");
         let wasm = wasmkube_samples::guest(sample).context("sample")?;

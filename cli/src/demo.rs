@@ -14,12 +14,8 @@ use kube::{Api, Client};
 
 /// Pushes every sample as `NAME:v1` and creates the sample pods (the scheduler places them).
 pub(crate) async fn run(kubeconfig: &Path) -> anyhow::Result<()> {
-    let kc = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(kubeconfig)?,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await?;
-    let registries = wasmkube_wasmlet::registries_for(&kc, Vec::new());
+    let conn = wasmkube_client::connect(&wasmkube_client::Source::kubeconfig(kubeconfig)).await?;
+    let registries = wasmkube_wasmlet::registries_for(&conn.config, Vec::new());
     for guest in wasmkube_samples::GUESTS {
         let image = format!("{}:v1", guest.name);
         wasmkube_wasmlet::images::push(&registries, &image, guest.wasm.to_vec())
@@ -30,7 +26,7 @@ pub(crate) async fn run(kubeconfig: &Path) -> anyhow::Result<()> {
             guest.wasm.len() as f64 / 1024.0
         );
     }
-    let client = Client::try_from(kc)?;
+    let client = conn.client;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     for (file, yaml) in wasmkube_samples::MANIFESTS {
         let pod: Pod = serde_saphyr::from_str(yaml).with_context(|| format!("parsing {file}"))?;

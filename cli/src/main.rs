@@ -335,17 +335,13 @@ fn parse_range(s: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
     Ok((ip, prefix))
 }
 
-async fn client_config(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Config> {
-    Ok(match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).context("reading the kubeconfig")?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("finding the cluster (set --kubeconfig or KUBECONFIG)")?,
-    })
+/// Where a subcommand finds the cluster: `--kubeconfig`, else `KUBECONFIG`, `~/.kube/config`
+/// or the in-cluster configuration.
+fn source(kubeconfig: Option<PathBuf>) -> wasmkube_client::Source {
+    kubeconfig.map_or_else(
+        wasmkube_client::Source::infer,
+        wasmkube_client::Source::kubeconfig,
+    )
 }
 
 async fn push(args: PushArgs) -> anyhow::Result<()> {
@@ -356,7 +352,9 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
         "{} is not a WebAssembly binary",
         args.file.display()
     );
-    let kc = client_config(args.kubeconfig.as_deref()).await?;
+    let kc = wasmkube_client::load(&source(args.kubeconfig))
+        .await
+        .context("finding the cluster (set --kubeconfig or KUBECONFIG)")?;
     let registries = wasmkube_wasmlet::registries_for(&kc, args.insecure_registries);
     let target = registries.qualify(&args.image);
     eprint!(
@@ -393,6 +391,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a terminal: `up 2> file` and journald get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let shutdown = CancellationToken::new();
@@ -421,7 +421,7 @@ async fn main() -> anyhow::Result<()> {
             let controllers = (!args.no_controllers).then(|| {
                 tokio::spawn(wasmkube_controllers::run(
                     wasmkube_controllers::Config {
-                        kubeconfig: Some(running.kubeconfig.clone()),
+                        api: wasmkube_client::Source::kubeconfig(&running.kubeconfig),
                         node_timers: args.timers.timers(),
                     },
                     shutdown.clone(),
@@ -484,9 +484,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Wasmlet(args) => {
             let mut config = args.node.config(&args.data_dir, args.listen)?;
-            config.kubeconfig = args
-                .kubeconfig
-                .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from));
+            config.api = source(args.kubeconfig);
             config.address = args.address;
             wasmkube_wasmlet::run(config, shutdown)
                 .await
@@ -494,9 +492,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Dns(args) => {
             let mut config = wasmkube_dns::Config::new();
-            config.kubeconfig = args
-                .kubeconfig
-                .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from));
+            config.api = source(args.kubeconfig);
             config.listen = args.listen;
             config.domain = args.cluster_domain;
             wasmkube_dns::run(config, shutdown)
@@ -505,7 +501,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Scheduler(args) => {
             let mut config = wasmkube_sched::Config::new();
-            config.kubeconfig = args.kubeconfig;
+            config.api = source(args.kubeconfig);
             config.scheduler_name = args.scheduler_name;
             config.percentage_of_nodes_to_score = args.percentage_of_nodes_to_score;
             wasmkube_sched::run(config, shutdown)
@@ -514,7 +510,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::ControllerManager(args) => {
             let config = wasmkube_controllers::Config {
-                kubeconfig: args.kubeconfig,
+                api: source(args.kubeconfig),
                 node_timers: args.timers.timers(),
             };
             wasmkube_controllers::run(config, shutdown)

@@ -52,8 +52,8 @@ pub mod statefulset;
 /// How to run the controller manager.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
-    /// The kubeconfig to reach the API server (none: `KUBECONFIG` or `~/.kube/config`).
-    pub kubeconfig: Option<PathBuf>,
+    /// Where to reach the API servers.
+    pub api: wasmkube_client::Source,
     /// Timers of the node lifecycle controller.
     pub node_timers: nodelifecycle::Timers,
 }
@@ -67,7 +67,7 @@ impl Config {
     /// Use this kubeconfig.
     #[must_use]
     pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
-        self.kubeconfig = Some(path.into());
+        self.api = wasmkube_client::Source::kubeconfig(path);
         self
     }
 }
@@ -75,12 +75,9 @@ impl Config {
 /// Why the controller manager could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot load the kubeconfig")]
-    Kubeconfig(#[source] kube::config::KubeconfigError),
-    #[error("cannot infer the cluster configuration")]
-    Infer(#[source] kube::config::InferConfigError),
-    #[error("cannot build the client")]
-    Client(#[source] kube::Error),
+    /// The API servers cannot be reached (no configuration).
+    #[error("cannot reach the API server")]
+    Client(#[from] wasmkube_client::Error),
 }
 
 /// Runs every controller until `shutdown`.
@@ -88,16 +85,7 @@ pub enum Error {
 /// # Errors
 /// [`Error`] when the cluster cannot be reached at start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let kc = match &config.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(Error::Kubeconfig)?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(Error::Kubeconfig)?
-        }
-        None => kube::Config::infer().await.map_err(Error::Infer)?,
-    };
-    let client = Client::try_from(kc).map_err(Error::Client)?;
+    let client = wasmkube_client::connect(&config.api).await?.client;
     run_with_client(client, &config, shutdown).await;
     Ok(())
 }

@@ -16,7 +16,6 @@
 //! # }
 //! ```
 
-pub mod watch;
 pub mod zone;
 
 use std::net::{IpAddr, SocketAddr};
@@ -34,14 +33,15 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use wasmkube_api::services::ServiceIndex;
+use wasmkube_client::watch;
 
 use crate::zone::{Answer, PodIps, Zone};
 
 /// How to run the DNS server.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The kubeconfig to reach the API server (none: `KUBECONFIG` or `~/.kube/config`).
-    pub kubeconfig: Option<PathBuf>,
+    /// Where to reach the API servers.
+    pub api: wasmkube_client::Source,
     /// Where to answer (UDP and TCP); loopback by default.
     pub listen: SocketAddr,
     /// The cluster domain.
@@ -52,7 +52,7 @@ impl Config {
     /// Defaults: `127.0.0.1:10053`, `cluster.local`.
     pub fn new() -> Self {
         Config {
-            kubeconfig: None,
+            api: wasmkube_client::Source::infer(),
             listen: SocketAddr::from(([127, 0, 0, 1], 10053)),
             domain: "cluster.local".into(),
         }
@@ -61,7 +61,7 @@ impl Config {
     /// Use this kubeconfig.
     #[must_use]
     pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
-        self.kubeconfig = Some(path.into());
+        self.api = wasmkube_client::Source::kubeconfig(path);
         self
     }
 }
@@ -75,12 +75,9 @@ impl Default for Config {
 /// Why the DNS server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No usable kubeconfig.
-    #[error("cannot load the kubeconfig")]
-    Kubeconfig(#[source] kube::Error),
-    /// A kubeconfig file could not be read.
-    #[error("cannot read the kubeconfig")]
-    KubeconfigFile(#[source] kube::config::KubeconfigError),
+    /// The API servers cannot be reached (no configuration).
+    #[error("cannot reach the API server")]
+    Client(#[from] wasmkube_client::Error),
     /// The cluster domain is not a DNS name.
     #[error("bad cluster domain")]
     Domain(#[source] hickory_proto::ProtoError),
@@ -189,21 +186,6 @@ impl Running {
     }
 }
 
-async fn client_for(config: &Config) -> Result<Client, Error> {
-    let kc = match &config.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(Error::KubeconfigFile)?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(Error::KubeconfigFile)?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::Kubeconfig(kube::Error::InferConfig(e)))?,
-    };
-    Client::try_from(kc).map_err(Error::Kubeconfig)
-}
-
 /// Runs the DNS server until `shutdown`.
 ///
 /// # Errors
@@ -218,7 +200,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 /// # Errors
 /// When it cannot reach the cluster or open its sockets.
 pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Running, Error> {
-    let client = client_for(config).await?;
+    let client = wasmkube_client::connect(&config.api).await?.client;
     start_with_client(client, config, shutdown).await
 }
 

@@ -46,8 +46,8 @@ use crate::queue::SchedulingQueue;
 /// How to run the scheduler.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The kubeconfig to reach the API server (none: `KUBECONFIG` or `~/.kube/config`).
-    pub kubeconfig: Option<PathBuf>,
+    /// Where to reach the API servers.
+    pub api: wasmkube_client::Source,
     /// Pods with this `spec.schedulerName` are ours.
     pub scheduler_name: String,
     /// A fixed `percentageOfNodesToScore` (none: adaptive, as kube-scheduler).
@@ -58,7 +58,7 @@ impl Config {
     /// The default scheduler.
     pub fn new() -> Self {
         Self {
-            kubeconfig: None,
+            api: wasmkube_client::Source::infer(),
             scheduler_name: "default-scheduler".into(),
             percentage_of_nodes_to_score: None,
         }
@@ -67,7 +67,7 @@ impl Config {
     /// Use this kubeconfig.
     #[must_use]
     pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
-        self.kubeconfig = Some(path.into());
+        self.api = wasmkube_client::Source::kubeconfig(path);
         self
     }
 }
@@ -81,29 +81,9 @@ impl Default for Config {
 /// Why the scheduler could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot load the kubeconfig")]
-    Kubeconfig(#[source] kube::config::KubeconfigError),
-    #[error("cannot infer the cluster configuration")]
-    Infer(#[source] kube::config::InferConfigError),
-    #[error("cannot build the client")]
-    Client(#[source] kube::Error),
-}
-
-/// Builds a client from an optional kubeconfig path (else `KUBECONFIG` / `~/.kube/config`).
-///
-/// # Errors
-/// When the configuration cannot be read.
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Error> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(Error::Kubeconfig)?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(Error::Kubeconfig)?
-        }
-        None => kube::Config::infer().await.map_err(Error::Infer)?,
-    };
-    Client::try_from(config).map_err(Error::Client)
+    /// The API servers cannot be reached (no configuration).
+    #[error("cannot reach the API server")]
+    Client(#[from] wasmkube_client::Error),
 }
 
 /// Nodes and the pods placed on them (bound or assumed).
@@ -388,7 +368,7 @@ async fn bind(client: &Client, pod: &PodInfo, node: &str) -> Result<(), kube::Er
 /// # Errors
 /// [`Error`] when it cannot reach the cluster at start.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let client = client(cfg.kubeconfig.as_deref()).await?;
+    let client = wasmkube_client::connect(&cfg.api).await?.client;
     run_with_client(cfg, client, shutdown).await;
     Ok(())
 }

@@ -78,6 +78,17 @@ async fn invalid_objects_should_get_422_listing_each_field() -> Result<()> {
 async fn malformed_requests_should_get_4xx_status() -> Result<()> {
     let cluster = Cluster::start().await?;
     let c = &cluster.client;
+    let long_manager = format!(
+        "/api/v1/namespaces/default/configmaps?fieldManager={}",
+        "m".repeat(129)
+    );
+    let big = "x".repeat(1024 * 1024 + 1);
+    let big_configmap =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}, "data": {"k": big}})
+            .to_string();
+    let big_secret =
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "big"}, "stringData": {"k": big}})
+            .to_string();
     /// method, path, content type, body, expected code, expected reason
     type Case<'a> = (&'a str, &'a str, &'a str, &'a [u8], u16, &'a str);
     let cases: Vec<Case> = vec![
@@ -198,8 +209,57 @@ async fn malformed_requests_should_get_4xx_status() -> Result<()> {
             "/api/v1/namespaces/default/pods?dryRun=Sometimes",
             "application/json",
             br#"{}"#,
+            422,
+            "Invalid",
+        ),
+        // Options are validated even when the body is clean (`ValidateCreateOptions`).
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps?fieldValidation=Bogus",
+            "application/json",
+            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"clean"}}"#,
+            422,
+            "Invalid",
+        ),
+        (
+            "POST",
+            long_manager.as_str(),
+            "application/json",
+            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"clean"}}"#,
+            422,
+            "Invalid",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            ";;;==;",
+            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"clean"}}"#,
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+            "application/json",
+            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"dup"},"data":{"a":"1","a":"2"}}"#,
             400,
             "BadRequest",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            big_configmap.as_bytes(),
+            422,
+            "Invalid",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/secrets",
+            "application/json",
+            big_secret.as_bytes(),
+            422,
+            "Invalid",
         ),
     ];
     for (method, path, ct, body, want, reason) in cases {
@@ -213,6 +273,11 @@ async fn malformed_requests_should_get_4xx_status() -> Result<()> {
             "{method} {path}: {st}"
         );
     }
+
+    ensure!(
+        cms_named(c, &["clean", "dup", "big"]).await?.is_empty(),
+        "refused creates stored nothing"
+    );
 
     tracing::info!("--- patches that do not apply");
     let cms: Api<core::v1::ConfigMap> = Api::default_namespaced(c.clone());
@@ -268,6 +333,89 @@ async fn malformed_requests_should_get_4xx_status() -> Result<()> {
     tracing::info!("--- no token, wrong token");
     let http = reqwest_like_unauthenticated(&cluster).await?;
     ensure!(http == 401, "no token is 401, got {http}");
+    cluster.stop().await
+}
+
+/// Which of `names` exist as ConfigMaps in `default`.
+async fn cms_named(c: &kube::Client, names: &[&str]) -> Result<Vec<String>> {
+    let cms: Api<core::v1::ConfigMap> = Api::default_namespaced(c.clone());
+    let mut found = Vec::new();
+    for n in names {
+        if cms.get_opt(n).await?.is_some() {
+            found.push((*n).to_owned());
+        }
+    }
+    Ok(found)
+}
+
+#[tokio::test]
+async fn error_status_bodies_should_be_encoded_as_kube_apiserver_does() -> Result<()> {
+    use http_body_util::BodyExt;
+    let cluster = Cluster::start().await?;
+    let get = |path: &str| {
+        http::Request::get(path)
+            .header("accept", "application/json")
+            .body(kube::client::Body::empty())
+            .expect("request")
+    };
+    let resp = cluster
+        .client
+        .send(get("/api/v1/namespaces/default/pods/nope"))
+        .await?;
+    ensure!(resp.status() == 404);
+    let body = resp.into_body().collect().await?.to_bytes();
+    // Field order kind, apiVersion, metadata, status, message, reason, details, code; the empty
+    // group left out; a trailing newline (clients compare these bytes).
+    let want = "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"pods \\\"nope\\\" not found\",\"reason\":\"NotFound\",\"details\":{\"name\":\"nope\",\"kind\":\"pods\"},\"code\":404}\n";
+    ensure!(
+        body == want.as_bytes(),
+        "got {:?}\nwant {want:?}",
+        String::from_utf8_lossy(&body)
+    );
+
+    tracing::info!("--- deleting a Service answers the Service; a ConfigMap a success Status");
+    let svcs: Api<core::v1::Service> = Api::default_namespaced(cluster.client.clone());
+    svcs.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "gone"}, "spec": {"ports": [{"port": 80}]}}),
+        )?,
+    )
+    .await?;
+    let (code, deleted) = raw(
+        &cluster.client,
+        "DELETE",
+        "/api/v1/namespaces/default/services/gone",
+        "application/json",
+        "application/json",
+        b"",
+    )
+    .await?;
+    ensure!(
+        code == 200 && deleted["kind"] == "Service" && deleted["metadata"]["name"] == "gone",
+        "DELETE of a Service returns the deleted Service: {deleted}"
+    );
+    let cms: Api<core::v1::ConfigMap> = Api::default_namespaced(cluster.client.clone());
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "gone"}}))?,
+    )
+    .await?;
+    let resp = cluster
+        .client
+        .send(
+            http::Request::delete("/api/v1/namespaces/default/configmaps/gone")
+                .body(kube::client::Body::empty())
+                .expect("request"),
+        )
+        .await?;
+    let body = resp.into_body().collect().await?.to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    ensure!(
+        text.starts_with(r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success","details":{"name":"gone","kind":"configmaps","uid":""#)
+            && text.ends_with("\"}}\n"),
+        "a success Status without code or empty fields: {text}"
+    );
     cluster.stop().await
 }
 

@@ -30,6 +30,16 @@ async fn restart_should_keep_every_object() -> Result<()> {
     }
     tracing::info!("--- SIGTERM shuts down cleanly");
     up.terminate().await?;
+    // stderr went to a file, not a terminal: plain text, no colour codes.
+    let log = std::fs::read_to_string(data.with_extension("log"))?;
+    ensure!(
+        log.contains("shutting down"),
+        "the log file has the server's lines"
+    );
+    ensure!(
+        !log.contains('\x1b'),
+        "log lines written to a file carry no ANSI escape codes"
+    );
     let up = Process::up(&data, port).await?;
     let cms: Api<ConfigMap> = Api::default_namespaced(up.client().await?);
     let after: BTreeMap<String, String> = cms

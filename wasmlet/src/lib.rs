@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ContainerImage, Pod};
+use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -71,8 +71,8 @@ pub struct Config {
     pub node_name: String,
     /// Where images, compiled code, pod volumes and logs live.
     pub data_dir: PathBuf,
-    /// The kubeconfig to reach the API server (none: `KUBECONFIG` or `~/.kube/config`).
-    pub kubeconfig: Option<PathBuf>,
+    /// Where to reach the API servers.
+    pub api: wasmkube_client::Source,
     /// The wasmlet's HTTPS endpoint (logs); port 0 picks one.
     pub listen: SocketAddr,
     /// The node address reported as `InternalIP` (none: the listen address, or 127.0.0.1).
@@ -113,7 +113,7 @@ impl Config {
         Self {
             node_name: node_name.into(),
             data_dir: data_dir.into(),
-            kubeconfig: None,
+            api: wasmkube_client::Source::infer(),
             listen: SocketAddr::from(([127, 0, 0, 1], 10250)),
             address: None,
             pod_range: (Ipv4Addr::new(127, 77, 0, 0), 16),
@@ -135,7 +135,7 @@ impl Config {
     /// Use this kubeconfig.
     #[must_use]
     pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
-        self.kubeconfig = Some(path.into());
+        self.api = wasmkube_client::Source::kubeconfig(path);
         self
     }
 }
@@ -143,30 +143,14 @@ impl Config {
 /// Why the wasmlet could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot load the kubeconfig")]
-    Kubeconfig(#[source] kube::Error),
-    #[error("cannot read the kubeconfig")]
-    KubeconfigFile(#[source] kube::config::KubeconfigError),
+    #[error("cannot reach the API server")]
+    Client(#[from] wasmkube_client::Error),
     #[error("cannot start the engine")]
     Engine(#[source] wasmtime::Error),
     #[error("cannot register the node")]
     Register(#[source] kube::Error),
     #[error("i/o")]
     Io(#[from] std::io::Error),
-}
-
-async fn client_config(config: &Config) -> Result<kube::Config, Error> {
-    match &config.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(Error::KubeconfigFile)?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(Error::KubeconfigFile)
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::Kubeconfig(kube::Error::InferConfig(e))),
-    }
 }
 
 /// The registries a client configuration implies: the API server's `/v2/` for names without a
@@ -218,7 +202,8 @@ pub fn registries_for(kc: &kube::Config, insecure: Vec<String>) -> Registries {
 /// # Errors
 /// [`Error`] when it cannot start; once running it retries API failures instead.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let kc = client_config(&config).await?;
+    let conn = wasmkube_client::connect(&config.api).await?;
+    let kc = &conn.config;
     let token = {
         use secrecy::ExposeSecret;
         kc.auth_info
@@ -227,8 +212,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             .map(|t| t.expose_secret().to_owned())
             .unwrap_or_default()
     };
-    let registries = registries_for(&kc, config.insecure_registries.clone());
-    let client = Client::try_from(kc).map_err(Error::Kubeconfig)?;
+    let registries = registries_for(kc, config.insecure_registries.clone());
+    let client = conn.client;
     std::fs::create_dir_all(&config.data_dir)?;
     let images = Arc::new(Images::open(&config.data_dir.join("images"), registries)?);
     let runtime = Runtime::new(&RuntimeConfig {

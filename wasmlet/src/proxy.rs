@@ -34,7 +34,7 @@ pub async fn run(
             (Arc::clone(&net), Arc::clone(&node_ports), shutdown.clone());
         move || node_ports.sync(&net, &shutdown)
     };
-    let services = wasmkube_dns::watch::services(
+    let services = wasmkube_client::watch::services(
         client.clone(),
         Arc::clone(&net.services),
         sync,

@@ -193,6 +193,10 @@ impl Strategy for ServiceStrategy {
             .with_status()
     }
 
+    fn returns_deleted_object(&self) -> bool {
+        true
+    }
+
     fn name_rule(&self) -> NameRule {
         NameRule::Label1035
     }
@@ -384,6 +388,9 @@ fn valid_data_keys<'a>(
     }
 }
 
+/// The most data a ConfigMap or Secret may hold (`corev1.MaxSecretSize`, 1 MiB).
+const MAX_DATA_SIZE: usize = 1024 * 1024;
+
 struct ConfigMapStrategy;
 
 impl Strategy for ConfigMapStrategy {
@@ -401,6 +408,21 @@ impl Strategy for ConfigMapStrategy {
             cm.binary_data.iter().flatten().map(|(k, _)| k),
             &mut errs,
         );
+        let size: usize = cm
+            .data
+            .iter()
+            .flatten()
+            .map(|(_, v)| v.len())
+            .sum::<usize>()
+            + cm.binary_data
+                .iter()
+                .flatten()
+                .map(|(_, v)| v.0.len())
+                .sum::<usize>();
+        if size > MAX_DATA_SIZE {
+            // The whole object's data, so no field path (`ValidateConfigMap`).
+            errs.push(FieldError::too_long("", MAX_DATA_SIZE));
+        }
         for k in cm.data.iter().flatten().map(|(k, _)| k) {
             if cm.binary_data.as_ref().is_some_and(|b| b.contains_key(k)) {
                 errs.push(FieldError::invalid(
@@ -462,12 +484,8 @@ impl Strategy for SecretStrategy {
         let mut errs = Vec::new();
         valid_data_keys("data", s.data.iter().flatten().map(|(k, _)| k), &mut errs);
         let size: usize = s.data.iter().flatten().map(|(_, v)| v.0.len()).sum();
-        if size > 1024 * 1024 {
-            errs.push(FieldError {
-                reason: "FieldValueTooLong",
-                field: "data".into(),
-                message: "Too long: must have at most 1048576 bytes".into(),
-            });
+        if size > MAX_DATA_SIZE {
+            errs.push(FieldError::too_long("data", MAX_DATA_SIZE));
         }
         errs
     }

@@ -493,6 +493,10 @@ impl Strategy for PodStrategy {
             .with_status()
     }
 
+    fn returns_deleted_object(&self) -> bool {
+        true
+    }
+
     fn default(&self, pod: &mut Pod) {
         let spec = pod.spec.get_or_insert_with(Default::default);
         default_pod_spec(spec);

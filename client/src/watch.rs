@@ -1,5 +1,6 @@
-//! Feeds a [`ServiceIndex`] from watches of Services and EndpointSlices. Shared by the DNS
-//! server and the wasmlet's service proxy, which both answer from the same index.
+//! Watch helpers shared by the components: [`fold`] keeps any state equal to the objects of one
+//! kind, and [`services`] feeds a [`ServiceIndex`] from Services and EndpointSlices. The DNS
+//! server and the wasmlet's service proxy both answer from that index.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

@@ -1,0 +1,252 @@
+//! One client over several API servers of the same cluster. Each server gets kube-rs's own
+//! stack (base URI, credentials, TLS); requests go to the server that last answered, and move
+//! to the next one when it refuses the connection. Only requests that never reached a server
+//! are re-sent, so nothing is applied twice; a broken watch ends and its watcher re-lists,
+//! which then goes to a live server.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use http::{Request, Response, Uri};
+use kube::client::retry::RetryPolicy;
+use kube::client::{Body, ClientBuilder};
+use tower::BoxError;
+use tower::buffer::BufferLayer;
+use tower::retry::RetryLayer;
+
+use crate::source::Error;
+
+/// The API servers a [`kube::Client`] from [`crate::connect`] fails over between.
+#[derive(Clone)]
+pub struct Servers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The configuration every server's client is built from (its URL replaced).
+    config: kube::Config,
+    clients: RwLock<Vec<(Uri, kube::Client)>>,
+    /// The server requests go to first: the one that answered last.
+    preferred: AtomicUsize,
+}
+
+/// One server's client: kube-rs's default stack with its 429/503/504 retry policy (honouring
+/// `Retry-After`) in front.
+fn server_client(config: &kube::Config, url: Uri) -> Result<kube::Client, Error> {
+    let mut config = config.clone();
+    config.cluster_url = url;
+    let builder = ClientBuilder::try_from(config).map_err(Error::Client)?;
+    Ok(builder
+        .with_layer(&BufferLayer::new(1024))
+        .with_layer(&RetryLayer::new(RetryPolicy::server_retry()))
+        .build())
+}
+
+impl Servers {
+    /// Clients for `urls` (the first is preferred), sharing `config`'s credentials and CA.
+    pub(crate) fn new(config: &kube::Config, urls: Vec<Uri>) -> Result<Servers, Error> {
+        let clients = urls
+            .into_iter()
+            .map(|u| Ok((u.clone(), server_client(config, u)?)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Servers {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                clients: RwLock::new(clients),
+                preferred: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// A client sending through these servers.
+    pub(crate) fn client(&self, default_namespace: &str) -> kube::Client {
+        kube::Client::new(
+            Failover {
+                inner: Arc::clone(&self.inner),
+            },
+            default_namespace,
+        )
+    }
+
+    /// The servers' URLs, in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.inner
+            .clients
+            .read()
+            .expect("servers lock")
+            .iter()
+            .map(|(u, _)| u.to_string())
+            .collect()
+    }
+
+    /// The server requests currently go to first.
+    pub fn preferred(&self) -> String {
+        let clients = self.inner.clients.read().expect("servers lock");
+        let i = self.inner.preferred.load(Ordering::Relaxed) % clients.len().max(1);
+        clients
+            .get(i)
+            .map(|(u, _)| u.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the list (say, from the `default/kubernetes` Endpoints); servers already known
+    /// keep their connections.
+    ///
+    /// # Errors
+    /// When a new server's client cannot be built; the list is then unchanged.
+    pub fn set(&self, urls: &[Uri]) -> Result<(), Error> {
+        if urls.is_empty() {
+            return Ok(());
+        }
+        let current = self.inner.clients.read().expect("servers lock").clone();
+        let mut next = Vec::with_capacity(urls.len());
+        for u in urls {
+            match current.iter().find(|(c, _)| c == u) {
+                Some(known) => next.push(known.clone()),
+                None => next.push((u.clone(), server_client(&self.inner.config, u.clone())?)),
+            }
+        }
+        *self.inner.clients.write().expect("servers lock") = next;
+        self.inner.preferred.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Whether a request failed before any server saw it: the connection was refused or could not
+/// be made, so sending it elsewhere cannot apply it twice.
+fn never_sent(err: &kube::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(legacy) = e.downcast_ref::<hyper_util::client::legacy::Error>()
+            && legacy.is_connect()
+        {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::HostUnreachable
+            )
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn try_clone(req: &Request<Body>) -> Option<Request<Body>> {
+    let body = req.body().try_clone()?;
+    let mut copy = Request::builder()
+        .method(req.method().clone())
+        .uri(req.uri().clone())
+        .version(req.version())
+        .body(body)
+        .ok()?;
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    Some(copy)
+}
+
+#[derive(Clone)]
+struct Failover {
+    inner: Arc<Inner>,
+}
+
+impl tower::Service<Request<Body>> for Failover {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let clients = inner.clients.read().expect("servers lock").clone();
+            let n = clients.len();
+            let start = inner.preferred.load(Ordering::Relaxed);
+            let mut next = Some(req);
+            for attempt in 0..n {
+                let Some(req) = next.take() else { break };
+                let i = (start + attempt) % n;
+                let (url, client) = &clients[i];
+                let spare = (attempt + 1 < n).then(|| try_clone(&req)).flatten();
+                match client.send(req).await {
+                    Err(e) if spare.is_some() && never_sent(&e) => {
+                        tracing::warn!(server = %url, error = %e, "API server unreachable, trying the next");
+                        next = spare;
+                    }
+                    Err(e) => return Err(e.into()),
+                    Ok(resp) => {
+                        inner.preferred.store(i, Ordering::Relaxed);
+                        return Ok(resp);
+                    }
+                }
+            }
+            Err("no API server configured".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A plain-HTTP "API server" that answers every request with `/version`'s shape.
+    async fn version_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    let body = r#"{"major":"1","minor":"33","gitVersion":"v1.33.0"}"#;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_refused_server_should_fail_over_to_the_next_and_stay_there() {
+        // A port nothing listens on: bound, then released.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let (live, _server) = version_server().await;
+        let config = kube::Config::new(format!("http://{dead}").parse().expect("url"));
+        let urls = vec![
+            format!("http://{dead}").parse().expect("url"),
+            format!("http://{live}").parse().expect("url"),
+        ];
+        let servers = Servers::new(&config, urls).expect("servers");
+        let client = servers.client("default");
+        let v = client
+            .apiserver_version()
+            .await
+            .expect("answered by the live server");
+        assert_eq!(v.git_version, "v1.33.0");
+        assert_eq!(servers.preferred(), format!("http://{live}/"));
+
+        tracing::info!("--- with only the dead server, the error comes back");
+        servers
+            .set(&[format!("http://{dead}").parse().expect("url")])
+            .expect("set");
+        let err = client.apiserver_version().await.expect_err("refused");
+        assert!(never_sent(&err), "a refused connection: {err:?}");
+    }
+}
