@@ -87,6 +87,17 @@ impl Cluster {
     ///
     /// # Errors
     /// When the store did not close cleanly.
+    /// The API server's kinds (register one to serve it at once).
+    ///
+    /// # Panics
+    /// After [`Cluster::stop`].
+    pub fn registry(&self) -> &wasmkube_apiserver::registry::Registry {
+        self.running
+            .as_ref()
+            .expect("the API server runs")
+            .registry()
+    }
+
     pub async fn stop(mut self) -> Result<()> {
         self.shutdown.cancel();
         if let Some(r) = self.running.take() {

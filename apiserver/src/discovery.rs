@@ -113,14 +113,8 @@ pub(crate) fn resource_list(reg: &Registry, group: &str, version: &str) -> Optio
         if info.scale {
             resources.push(json!({"name": format!("{}/scale", info.plural), "singularName": "", "namespaced": info.namespaced(), "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
         }
-        if info.plural == "pods" && group.is_empty() {
-            resources.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]}));
-            resources.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
-            resources.push(json!({"name": "pods/exec", "singularName": "", "namespaced": true, "kind": "PodExecOptions", "verbs": ["create", "get"]}));
-            resources.push(json!({"name": "pods/portforward", "singularName": "", "namespaced": true, "kind": "PodPortForwardOptions", "verbs": ["create", "get"]}));
-        }
-        if info.plural == "namespaces" && group.is_empty() {
-            resources.push(json!({"name": "namespaces/finalize", "singularName": "", "namespaced": false, "kind": "Namespace", "verbs": ["update"]}));
+        for sub in k.subresources() {
+            resources.push(json!({"name": format!("{}/{}", info.plural, sub.name), "singularName": "", "namespaced": info.namespaced(), "kind": sub.kind, "verbs": sub.verbs}));
         }
     }
     if resources.is_empty() {

@@ -97,6 +97,8 @@ pub struct ApiError {
     /// Human message.
     pub message: String,
     details: Option<Box<Details>>,
+    /// What went wrong below this layer, for the server's log only (never sent to clients).
+    cause: Option<String>,
 }
 
 /// `metav1.StatusDetails`, its fields in kube-apiserver's order, empty ones left out.
@@ -215,6 +217,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            cause: None,
         }
     }
 
@@ -373,6 +376,44 @@ impl ApiError {
         .with_details(Details::of(info, name))
     }
 
+    /// 403 Forbidden by the authorizer, in kube-apiserver's words.
+    pub fn forbidden_request(user: &str, attrs: &crate::auth::Attributes) -> Self {
+        let message = if attrs.is_resource_request() {
+            let resource = if attrs.subresource.is_empty() {
+                attrs.resource.clone()
+            } else {
+                format!("{}/{}", attrs.resource, attrs.subresource)
+            };
+            let scope = if attrs.namespace.is_empty() {
+                "at the cluster scope".to_owned()
+            } else {
+                format!("in the namespace \"{}\"", attrs.namespace)
+            };
+            format!(
+                "{}{} is forbidden: User \"{user}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
+                attrs.resource,
+                if attrs.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" \"{}\"", attrs.name)
+                },
+                attrs.verb,
+                attrs.group,
+            )
+        } else {
+            format!(
+                "forbidden: User \"{user}\" cannot {} path \"{}\"",
+                attrs.verb, attrs.path
+            )
+        };
+        ApiError::new(403, "Forbidden", message).with_details(Details {
+            name: attrs.name.clone(),
+            group: attrs.group.clone(),
+            kind: attrs.resource.clone(),
+            ..Details::default()
+        })
+    }
+
     /// 405 MethodNotAllowed.
     pub fn method_not_supported(info: &ResourceInfo, verb: &str) -> Self {
         ApiError::new(
@@ -418,6 +459,35 @@ impl ApiError {
             "InternalError",
             format!("Internal error occurred: {}", message.into()),
         )
+    }
+
+    /// 500 InternalError whose `cause` (an error chain) goes to the log, not to the client.
+    pub fn internal_with_cause(message: impl Into<String>, cause: &dyn std::error::Error) -> Self {
+        let mut chain = cause.to_string();
+        let mut src = cause.source();
+        while let Some(s) = src {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            src = s.source();
+        }
+        let mut e = ApiError::internal(message);
+        e.cause = Some(chain);
+        e
+    }
+
+    /// The cause to log with a 5xx, if one was recorded.
+    pub fn cause(&self) -> Option<&str> {
+        self.cause.as_deref()
+    }
+
+    /// The error as a client sees it after the server logged it under `request_id`: a 500
+    /// says only which request failed, so the client can quote it and the log has the rest.
+    #[must_use]
+    pub fn for_client(mut self, request_id: &str) -> Self {
+        if self.code == 500 {
+            self.message = format!("{} (request {request_id})", self.message);
+        }
+        self
     }
 
     /// 503 ServiceUnavailable.
@@ -486,16 +556,7 @@ impl From<wasmkube_store::Error> for ApiError {
             wasmkube_store::Error::NotLeader { leader } => ApiError::unavailable(format!(
                 "this apiserver is not the raft leader (leader: {leader:?})"
             )),
-            other => {
-                let mut msg = other.to_string();
-                let mut src = std::error::Error::source(&other);
-                while let Some(s) = src {
-                    msg.push_str(": ");
-                    msg.push_str(&s.to_string());
-                    src = s.source();
-                }
-                ApiError::internal(msg)
-            }
+            other => ApiError::internal_with_cause("the store failed", &other),
         }
     }
 }

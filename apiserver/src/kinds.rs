@@ -12,13 +12,13 @@ use crate::registry::Registry;
 
 /// Every kind wasmkube serves.
 pub fn builtin() -> Registry {
-    let mut r = Registry::default();
-    core::register(&mut r);
-    apps::register(&mut r);
-    batch::register(&mut r);
-    misc::register(&mut r);
-    networking::register(&mut r);
-    events::register(&mut r);
+    let r = Registry::default();
+    core::register(&r);
+    apps::register(&r);
+    batch::register(&r);
+    misc::register(&r);
+    networking::register(&r);
+    events::register(&r);
     r
 }
 

@@ -17,8 +17,9 @@
 //! # }
 //! ```
 
-mod alloc;
+mod admission;
 mod apply;
+pub mod auth;
 mod discovery;
 pub mod error;
 mod fieldset;
@@ -31,7 +32,6 @@ pub mod patch;
 pub mod pki;
 mod podlog;
 mod podstream;
-mod priority;
 mod protobuf;
 pub mod registry;
 pub mod request;
@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use alloc::Network;
+pub use admission::alloc::Network;
 pub use error::{ApiError, FieldError};
 pub use server::{Running, start};
 
@@ -117,15 +117,23 @@ pub struct Apiserver {
     pub(crate) registry: Registry,
     pub(crate) shutdown: CancellationToken,
     pub(crate) bookmark_interval: Duration,
-    pub(crate) openapi: std::sync::OnceLock<openapi::OpenApi>,
-    pub(crate) alloc: alloc::Allocator,
-    pub(crate) priority: Arc<priority::PriorityClasses>,
+    pub(crate) openapi: std::sync::Mutex<Option<(u64, Arc<openapi::OpenApi>)>>,
+    /// The admission plugins every write passes.
+    pub(crate) admission: admission::Chain,
 }
 
 impl Apiserver {
-    /// The OpenAPI documents, generated on first use.
-    pub(crate) fn openapi(&self) -> &openapi::OpenApi {
-        self.openapi
-            .get_or_init(|| openapi::OpenApi::generate(&self.registry))
+    /// The OpenAPI documents, generated on first use and again after the registry changed.
+    pub(crate) fn openapi(&self) -> Arc<openapi::OpenApi> {
+        let generation = self.registry.generation();
+        let mut cached = self.openapi.lock().expect("openapi lock");
+        match &*cached {
+            Some((g, doc)) if *g == generation => Arc::clone(doc),
+            _ => {
+                let doc = Arc::new(openapi::OpenApi::generate(&self.registry));
+                *cached = Some((generation, Arc::clone(&doc)));
+                doc
+            }
+        }
     }
 }

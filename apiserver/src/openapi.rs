@@ -111,7 +111,7 @@ fn annotate(schemas: &mut Map<String, Value>) {
 impl OpenApi {
     /// Generates every group version's document.
     pub(crate) fn generate(reg: &Registry) -> OpenApi {
-        let mut by_gv: BTreeMap<String, Vec<&std::sync::Arc<dyn crate::registry::Kind>>> =
+        let mut by_gv: BTreeMap<String, Vec<std::sync::Arc<dyn crate::registry::Kind>>> =
             BTreeMap::new();
         for k in reg.all() {
             let info = k.info();

@@ -68,6 +68,34 @@ pub trait Strategy: Send + Sync + 'static {
         false
     }
 
+    /// Subresources beyond `status` and `scale` (pods' `binding`, `log`, `exec`,
+    /// `portforward`; namespaces' `finalize`), for discovery and routing.
+    fn subresources(&self) -> &'static [Subresource] {
+        &[]
+    }
+
+    /// Finalizers the kind keeps outside `metadata.finalizers` that also block deletion
+    /// (namespaces' `spec.finalizers`).
+    fn spec_finalizers(&self, _obj: &Value) -> usize {
+        0
+    }
+
+    /// The grace period a delete gives the object, `requested` being the client's; 0 deletes
+    /// at once (kube-apiserver's `RESTGracefulDeleteStrategy.CheckGracefulDelete`).
+    fn delete_grace(&self, _obj: &Value, _requested: Option<i64>) -> i64 {
+        0
+    }
+
+    /// Whether an update that removes the last finalizer of an object being deleted removes
+    /// it (`ShouldDeleteDuringUpdate`); a pod still running waits for its node.
+    fn delete_during_update(&self, _obj: &Value) -> bool {
+        true
+    }
+
+    /// Changes an object being marked for deletion (`BeforeDelete`): a namespace turns
+    /// `Terminating`.
+    fn prepare_for_delete(&self, _obj: &mut Value) {}
+
     /// Kubernetes' defaulting (`SetDefaults_*`), on create and update.
     fn default(&self, _obj: &mut Self::K) {}
 
@@ -104,6 +132,17 @@ pub trait Strategy: Send + Sync + 'static {
     fn row(&self, obj: &Self::K) -> Vec<Value>;
 }
 
+/// A subresource a kind serves beyond `status` and `scale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subresource {
+    /// Its name in the path (`binding`).
+    pub name: &'static str,
+    /// The kind it accepts or returns (`Binding`).
+    pub kind: &'static str,
+    /// Its verbs, for discovery.
+    pub verbs: &'static [&'static str],
+}
+
 /// The result of decoding a request body into a kind.
 pub struct Decoded {
     /// The object, as the typed model serializes it.
@@ -126,6 +165,20 @@ pub trait Kind: Send + Sync {
     fn keeps_status_on_create(&self) -> bool;
     /// See [`Strategy::returns_deleted_object`].
     fn returns_deleted_object(&self) -> bool;
+    /// See [`Strategy::subresources`].
+    fn subresources(&self) -> &'static [Subresource];
+    /// Whether the kind serves subresource `name` beyond `status` and `scale`.
+    fn serves(&self, name: &str) -> bool {
+        self.subresources().iter().any(|s| s.name == name)
+    }
+    /// See [`Strategy::spec_finalizers`].
+    fn spec_finalizers(&self, obj: &Value) -> usize;
+    /// See [`Strategy::delete_grace`].
+    fn delete_grace(&self, obj: &Value, requested: Option<i64>) -> i64;
+    /// See [`Strategy::delete_during_update`].
+    fn delete_during_update(&self, obj: &Value) -> bool;
+    /// See [`Strategy::prepare_for_delete`].
+    fn prepare_for_delete(&self, obj: &mut Value);
     /// See [`Strategy::to_storage`].
     fn to_storage(&self, obj: Value) -> Value;
     /// See [`Strategy::view_of_stored`].
@@ -224,6 +277,26 @@ impl<S: Strategy> Kind for Registered<S> {
         self.strategy.returns_deleted_object()
     }
 
+    fn subresources(&self) -> &'static [Subresource] {
+        self.strategy.subresources()
+    }
+
+    fn spec_finalizers(&self, obj: &Value) -> usize {
+        self.strategy.spec_finalizers(obj)
+    }
+
+    fn delete_grace(&self, obj: &Value, requested: Option<i64>) -> i64 {
+        self.strategy.delete_grace(obj, requested)
+    }
+
+    fn delete_during_update(&self, obj: &Value) -> bool {
+        self.strategy.delete_during_update(obj)
+    }
+
+    fn prepare_for_delete(&self, obj: &mut Value) {
+        self.strategy.prepare_for_delete(obj);
+    }
+
     fn to_storage(&self, obj: Value) -> Value {
         self.strategy.to_storage(obj)
     }
@@ -254,43 +327,74 @@ impl<S: Strategy> Kind for Registered<S> {
     }
 }
 
-/// All served kinds, looked up by URL or by kind.
-#[derive(Clone, Default)]
+/// All served kinds, looked up by URL or by kind. Kinds can be added while the server runs
+/// (a CustomResourceDefinition's, say): readers take a snapshot, writers replace it, so a
+/// request sees one consistent set and never waits for a registration.
+#[derive(Default)]
 pub struct Registry {
-    kinds: Vec<Arc<dyn Kind>>,
+    kinds: std::sync::RwLock<Arc<Kinds>>,
+}
+
+#[derive(Default, Clone)]
+struct Kinds {
+    all: Vec<Arc<dyn Kind>>,
     by_resource: HashMap<(String, String, String), usize>,
+    generation: u64,
 }
 
 impl Registry {
-    /// Registers a kind.
-    pub fn register<S: Strategy>(&mut self, strategy: S) {
+    fn snapshot(&self) -> Arc<Kinds> {
+        Arc::clone(&self.kinds.read().expect("registry lock"))
+    }
+
+    /// Registers a kind; registering a resource again replaces it.
+    pub fn register<S: Strategy>(&self, strategy: S) {
         let info = strategy.info();
         let key = (
             info.group.to_string(),
             info.version.to_string(),
             info.plural.to_string(),
         );
-        self.by_resource.insert(key, self.kinds.len());
-        self.kinds.push(Arc::new(Registered { strategy, info }));
+        let kind: Arc<dyn Kind> = Arc::new(Registered { strategy, info });
+        let mut guard = self.kinds.write().expect("registry lock");
+        let mut next = Kinds::clone(&guard);
+        match next.by_resource.get(&key) {
+            Some(&i) => next.all[i] = kind,
+            None => {
+                next.by_resource.insert(key, next.all.len());
+                next.all.push(kind);
+            }
+        }
+        next.generation += 1;
+        *guard = Arc::new(next);
     }
 
     /// The kind served at `/{group}/{version}/{plural}`.
-    pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<dyn Kind>> {
-        self.by_resource
+    pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<Arc<dyn Kind>> {
+        let kinds = self.snapshot();
+        kinds
+            .by_resource
             .get(&(group.to_string(), version.to_string(), plural.to_string()))
-            .map(|&i| &self.kinds[i])
+            .map(|&i| Arc::clone(&kinds.all[i]))
     }
 
     /// Every kind, in registration order.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Kind>> {
-        self.kinds.iter()
+    pub fn all(&self) -> Vec<Arc<dyn Kind>> {
+        self.snapshot().all.clone()
     }
 
     /// The kind of a `kind` in a group.
-    pub fn by_kind(&self, group: &str, kind: &str) -> Option<&Arc<dyn Kind>> {
-        self.kinds
+    pub fn by_kind(&self, group: &str, kind: &str) -> Option<Arc<dyn Kind>> {
+        self.snapshot()
+            .all
             .iter()
             .find(|k| k.info().group == group && k.info().kind == kind)
+            .cloned()
+    }
+
+    /// Changes with every registration (caches of derived documents compare it).
+    pub fn generation(&self) -> u64 {
+        self.snapshot().generation
     }
 }
 

@@ -60,7 +60,7 @@ pub fn parse_path(registry: &Registry, path: &str) -> Option<Target> {
         [resource, name, sub] => (*resource, Some(*name), Some(*sub)),
         _ => return None,
     };
-    let kind = registry.get(group, version, resource)?.clone();
+    let kind = registry.get(group, version, resource)?;
     if kind.info().namespaced() != namespace.is_some() && !(namespace.is_none() && name.is_none()) {
         // A namespaced kind named without a namespace, or a cluster kind inside one.
         return None;

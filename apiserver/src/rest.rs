@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use wasmkube_store::{Command, Failure, Outcome, Precondition};
 
 use crate::Apiserver;
+use crate::admission::{Operation, Request as AdmissionRequest};
 use crate::error::ApiError;
 use crate::object::{self, meta_mut, meta_str};
 use crate::patch::{self, PatchType};
@@ -134,16 +135,9 @@ impl DeleteOptions {
     }
 }
 
-/// Finalizers that block deletion: `metadata.finalizers`, and for namespaces `spec.finalizers`.
+/// Finalizers that block deletion: `metadata.finalizers`, and those the kind keeps elsewhere.
 fn pending_finalizers(t: &Target, obj: &Value) -> usize {
-    let spec = if t.kind.info().plural == "namespaces" && t.kind.info().group.is_empty() {
-        obj.pointer("/spec/finalizers")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len)
-    } else {
-        0
-    };
-    object::finalizers(obj).len() + spec
+    object::finalizers(obj).len() + t.kind.spec_finalizers(obj)
 }
 
 /// A compare-and-swap write against the revision an object was read at.
@@ -173,15 +167,21 @@ impl Apiserver {
                     .expect("JSON serializes"),
                 precondition,
             },
-            Cas::Delete => {
-                if t.kind.info().group.is_empty() {
-                    self.alloc.removed(t.kind.info().plural);
-                }
-                Command::Delete { key, precondition }
-            }
+            Cas::Delete => Command::Delete { key, precondition },
         };
+        let deleting = matches!(op, Cas::Delete);
         match self.store.write(command).await? {
-            Outcome::Written { value, .. } => Ok(Some(self.decode_stored(t, &value)?)),
+            Outcome::Written { value, .. } => {
+                if deleting {
+                    // Whatever request removed it, the object itself is gone.
+                    let req = AdmissionRequest {
+                        subresource: None,
+                        ..self.admission_request(t, Operation::Delete, name, None, false)
+                    };
+                    self.admission.released(&req);
+                }
+                Ok(Some(self.decode_stored(t, &value)?))
+            }
             Outcome::Failed {
                 reason: Failure::NotFound,
                 ..
@@ -245,14 +245,14 @@ impl Apiserver {
             (&Method::POST, false, None) if t.namespace.is_some() || !info.namespaced() => {
                 self.create(&t, &q, headers, body).await
             }
-            (&Method::POST, true, Some("binding")) if info.plural == "pods" => {
+            (&Method::POST, true, Some("binding")) if t.kind.serves("binding") => {
                 self.bind(&t, body).await
             }
             (&Method::PUT, true, None) => self.update(&t, &q, headers, body).await,
             (&Method::PUT, true, Some("status")) if info.status => {
                 self.update(&t, &q, headers, body).await
             }
-            (&Method::PUT, true, Some("finalize")) if info.plural == "namespaces" => {
+            (&Method::PUT, true, Some("finalize")) if t.kind.serves("finalize") => {
                 self.update(&t, &q, headers, body).await
             }
             (&Method::PUT, true, Some("scale")) if info.scale => {
@@ -285,6 +285,26 @@ impl Apiserver {
                 Err(ApiError::no_route(path))
             }
             _ => Err(ApiError::method_not_supported(info, method.as_str())),
+        }
+    }
+
+    /// What the admission plugins see of a request on `t`.
+    pub(crate) fn admission_request<'a>(
+        &self,
+        t: &'a Target,
+        operation: Operation,
+        name: &'a str,
+        old: Option<&'a Value>,
+        dry_run: bool,
+    ) -> AdmissionRequest<'a> {
+        AdmissionRequest {
+            operation,
+            info: t.kind.info(),
+            namespace: t.namespace.as_deref(),
+            name,
+            subresource: t.subresource.as_deref(),
+            old,
+            dry_run,
         }
     }
 
@@ -390,155 +410,6 @@ impl Apiserver {
         Ok((decoded.object, warnings))
     }
 
-    /// The Priority admission plugin: a pod's `priority` (and `preemptionPolicy`) come from its
-    /// `priorityClassName`, or the global-default class, or 0; a priority given directly that
-    /// disagrees is refused.
-    async fn admit_priority(
-        &self,
-        t: &Target,
-        name: &str,
-        obj: &mut Value,
-    ) -> Result<(), ApiError> {
-        use k8s_openapi::api::scheduling::v1::PriorityClass;
-        let info = wasmkube_api::ResourceInfo::of::<PriorityClass>();
-        let class_name = obj
-            .pointer("/spec/priorityClassName")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let (class, value, policy) = if class_name.is_empty() {
-            let default = match self.priority.global_default() {
-                Some(cached) => cached,
-                None => {
-                    let all = self.store.list(&info.prefix(), Default::default()).await?;
-                    all.items
-                        .iter()
-                        .filter_map(|kv| serde_json::from_slice::<PriorityClass>(&kv.value).ok())
-                        .filter(|pc| pc.global_default == Some(true))
-                        .min_by_key(|pc| pc.value)
-                }
-            };
-            match default {
-                Some(pc) => (
-                    pc.metadata.name.clone(),
-                    pc.value,
-                    pc.preemption_policy.clone(),
-                ),
-                None => (None, 0, None),
-            }
-        } else if let Some((_, v)) = crate::kinds::misc::SYSTEM_PRIORITY_CLASSES
-            .iter()
-            .find(|(n, _)| *n == class_name)
-        {
-            (None, *v, None)
-        } else if let Some(pc) = self.priority.get(&class_name) {
-            (None, pc.value, pc.preemption_policy)
-        } else {
-            let Some(kv) = self.store.get(&info.key(None, &class_name)).await? else {
-                return Err(ApiError::forbidden(
-                    t.kind.info(),
-                    name,
-                    &format!("no PriorityClass with name {class_name} was found"),
-                ));
-            };
-            let pc: PriorityClass = serde_json::from_slice(&kv.value)
-                .map_err(|e| ApiError::internal(format!("stored PriorityClass: {e}")))?;
-            (None, pc.value, pc.preemption_policy)
-        };
-        let spec = obj
-            .get_mut("spec")
-            .and_then(Value::as_object_mut)
-            .ok_or_else(|| ApiError::bad_request("a pod needs a spec"))?;
-        if let Some(given) = spec.get("priority").and_then(Value::as_i64)
-            && given != i64::from(value)
-        {
-            return Err(ApiError::forbidden(
-                t.kind.info(),
-                name,
-                &format!(
-                    "the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
-                ),
-            ));
-        }
-        spec.insert("priority".into(), json!(value));
-        spec.insert(
-            "preemptionPolicy".into(),
-            json!(policy.unwrap_or_else(|| "PreemptLowerPriority".into())),
-        );
-        if let Some(c) = class {
-            spec.insert("priorityClassName".into(), json!(c));
-        }
-        Ok(())
-    }
-
-    /// Address allocation for Services and Nodes ([`crate::alloc`]); the returned lock is held
-    /// until the object is written.
-    async fn allocate(
-        &self,
-        t: &Target,
-        obj: &mut Value,
-        old: Option<&Value>,
-        dry: bool,
-    ) -> Result<crate::alloc::Held<'_>, ApiError> {
-        use crate::alloc::Held;
-        use k8s_openapi::api::core::v1::{Node, Service};
-        let info = t.kind.info();
-        if !info.group.is_empty() || t.subresource.is_some() {
-            return Ok(Held::None);
-        }
-        fn typed<K: serde::de::DeserializeOwned>(v: &Value) -> Result<K, ApiError> {
-            serde_json::from_value(v.clone())
-                .map_err(|e| ApiError::internal(format!("admitted object: {e}")))
-        }
-        let held = match info.plural {
-            "services" => {
-                let mut svc: Service = typed(obj)?;
-                let old = old.map(typed::<Service>).transpose()?;
-                let held = self
-                    .alloc
-                    .admit_service(&self.store, &mut svc, old.as_ref(), dry)
-                    .await?;
-                *obj = serde_json::to_value(&svc).expect("typed objects serialize");
-                held
-            }
-            "nodes" => {
-                let mut node: Node = typed(obj)?;
-                let old = old.map(typed::<Node>).transpose()?;
-                let held = self
-                    .alloc
-                    .admit_node(&self.store, &mut node, old.as_ref(), dry)
-                    .await?;
-                *obj = serde_json::to_value(&node).expect("typed objects serialize");
-                held
-            }
-            _ => Held::None,
-        };
-        Ok(held)
-    }
-
-    async fn check_namespace(&self, t: &Target, name: &str) -> Result<(), ApiError> {
-        let Some(ns) = t.namespace.as_deref() else {
-            return Ok(());
-        };
-        let ns_info = crate::kinds::namespace_info();
-        let Some(kv) = self.store.get(&ns_info.key(None, ns)).await? else {
-            return Err(ApiError::not_found(&ns_info, ns));
-        };
-        if kv.value.windows(13).any(|w| w == b"\"Terminating\"") {
-            let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-            if v.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
-                return Err(ApiError::forbidden(
-                    t.kind.info(),
-                    name,
-                    &format!(
-                        "unable to create new content in namespace {ns} because it is being terminated"
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     async fn create(
         &self,
         t: &Target,
@@ -615,14 +486,13 @@ impl Apiserver {
             o.remove("status");
         }
         self.track_managed_fields(t, q, operation, None, &mut obj);
+        let req = self.admission_request(t, Operation::Create, &name, None, dry);
+        self.admission.mutate(&req, &mut obj).await?;
         t.kind
             .admit(&mut obj, None)
             .map_err(|errs| ApiError::invalid(info, &name, &errs))?;
-        self.check_namespace(t, &name).await?;
-        if info.plural == "pods" && info.group.is_empty() {
-            self.admit_priority(t, &name, &mut obj).await?;
-        }
-        let _allocated = self.allocate(t, &mut obj, None, dry).await?;
+        self.admission.validate(&req, Some(&obj)).await?;
+        let _reserved = self.admission.reserve(&req, &mut obj).await?;
         if dry {
             return Ok(obj);
         }
@@ -745,10 +615,13 @@ impl Apiserver {
         let info = t.kind.info();
         let name = meta_str(&cur.value, "name").unwrap_or_default().to_string();
         let dry = q.dry_run()?;
+        let req = self.admission_request(t, Operation::Update, &name, Some(&cur.value), dry);
+        self.admission.mutate(&req, &mut new).await?;
         t.kind
             .admit(&mut new, Some(&cur.value))
             .map_err(|errs| ApiError::invalid(info, &name, &errs))?;
-        let _allocated = self.allocate(t, &mut new, Some(&cur.value), dry).await?;
+        self.admission.validate(&req, Some(&new)).await?;
+        let _reserved = self.admission.reserve(&req, &mut new).await?;
         if meta_str(&cur.value, "deletionTimestamp").is_some() {
             let old: std::collections::HashSet<String> =
                 object::finalizers(&cur.value).into_iter().collect();
@@ -783,7 +656,7 @@ impl Apiserver {
         self.track_managed_fields(t, q, operation, Some(&cur.value), &mut new);
         let finished = meta_str(&cur.value, "deletionTimestamp").is_some()
             && pending_finalizers(t, &new) == 0
-            && (info.plural != "pods" || !self.graceful_pod(&new));
+            && t.kind.delete_during_update(&new);
         if dry {
             return Ok(new);
         }
@@ -901,19 +774,6 @@ impl Apiserver {
         Err(ApiError::retries_exhausted(info, name))
     }
 
-    /// Whether a pod must be deleted gracefully: it is bound to a node and not finished.
-    fn graceful_pod(&self, pod: &Value) -> bool {
-        let bound = pod
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .is_some_and(|n| !n.is_empty());
-        let finished = matches!(
-            pod.pointer("/status/phase").and_then(Value::as_str),
-            Some("Succeeded" | "Failed")
-        );
-        bound && !finished
-    }
-
     /// Deletes one object (`rest/delete.go` `BeforeDelete`): graceful pods and objects with
     /// finalizers get a `deletionTimestamp`; everything else goes at once.
     pub(crate) async fn delete(
@@ -925,6 +785,9 @@ impl Apiserver {
         let name = t.name.as_deref().expect("routed with a name");
         for _ in 0..16 {
             let cur = self.load(t, name).await?;
+            let req =
+                self.admission_request(t, Operation::Delete, name, Some(&cur.value), opts.dry_run);
+            self.admission.validate(&req, None).await?;
             let uid = meta_str(&cur.value, "uid").unwrap_or_default().to_string();
             if let Some(want) = &opts.uid
                 && *want != uid
@@ -966,20 +829,8 @@ impl Apiserver {
                 }
                 _ => {}
             }
-            let is_pod = info.plural == "pods" && info.group.is_empty();
-            let grace = if is_pod {
-                opts.grace
-                    .or_else(|| {
-                        cur.value
-                            .pointer("/spec/terminationGracePeriodSeconds")
-                            .and_then(Value::as_i64)
-                    })
-                    .unwrap_or(30)
-                    .max(0)
-            } else {
-                0
-            };
-            let graceful = is_pod && grace > 0 && self.graceful_pod(&cur.value);
+            let grace = t.kind.delete_grace(&cur.value, opts.grace);
+            let graceful = grace > 0;
             let deleting = meta_str(&cur.value, "deletionTimestamp").is_some();
             let blocked = !fins.is_empty() || pending_finalizers(t, &cur.value) > fins.len();
             if blocked || graceful {
@@ -1001,9 +852,7 @@ impl Apiserver {
                 } else {
                     m.insert("finalizers".into(), json!(fins));
                 }
-                if info.plural == "namespaces" && info.group.is_empty() {
-                    new["status"]["phase"] = json!("Terminating");
-                }
+                t.kind.prepare_for_delete(&mut new);
                 if opts.dry_run {
                     return Ok(Deleted::Object(new));
                 }

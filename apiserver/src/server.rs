@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use wasmkube_store::Store;
 
+use crate::auth::{AllowAuthenticated, Attributes, Authenticator, Authorizer};
 use crate::error::ApiError;
 use crate::oci::OciRegistry;
 use crate::pki::Pki;
@@ -33,6 +34,10 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 
 struct Shared {
     api: Arc<Apiserver>,
+    /// Who is asking (the admin token today).
+    authn: Box<dyn Authenticator>,
+    /// Whether they may.
+    authz: Box<dyn Authorizer>,
     token: String,
     server: String,
     oci: OciRegistry,
@@ -61,8 +66,9 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     ) || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/");
-    if !public && !authenticated(&parts.headers, &s.token) {
-        if OciRegistry::serves(&path) {
+    let user = s.authn.authenticate(&parts.headers);
+    if OciRegistry::serves(&path) {
+        if user.is_none() && !registry_basic_auth(&parts.headers, &s.token) {
             // Registry clients (docker, oras, oci-client) expect a challenge.
             let mut resp = ApiError::unauthorized().into_response();
             resp.headers_mut().insert(
@@ -71,7 +77,14 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             );
             return resp;
         }
-        return ApiError::unauthorized().into_response();
+    } else if !public {
+        let Some(user) = user else {
+            return ApiError::unauthorized().into_response();
+        };
+        let attrs = Attributes::of(&parts.method, &path, is_watch(parts.uri.query()));
+        if let Err(e) = s.authz.authorize(&user, &attrs) {
+            return e.into_response();
+        }
     }
     if OciRegistry::serves(&path) {
         // Blobs stream: they are not subject to the API's request-size limit.
@@ -114,31 +127,30 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     .await;
     let resp = match result {
         Ok(r) => r,
-        Err(e) => {
-            if e.code >= 500 && e.code != 504 {
-                tracing::error!(method = %parts.method, %path, error = %e, "request failed");
+        Err(e) if e.code >= 500 && e.code != 504 => {
+            // The client learns which request failed; the log has why.
+            let id = uuid::Uuid::new_v4().to_string();
+            tracing::error!(request = %id, method = %parts.method, %path, error = %e, cause = e.cause().unwrap_or_default(), "request failed");
+            let mut resp = e.for_client(&id).into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+                resp.headers_mut().insert("audit-id", v);
             }
-            e.into_response()
+            resp
         }
+        Err(e) => e.into_response(),
     };
     tracing::debug!(method = %parts.method, %path, status = resp.status().as_u16(), "request");
     resp
 }
 
-/// A bearer token, or (for registry clients) HTTP basic auth with the token as the password.
-fn authenticated(headers: &axum::http::HeaderMap, token: &str) -> bool {
+/// Registry clients (docker, oras) send the token as the password of HTTP basic auth; only the
+/// registry's paths accept it.
+fn registry_basic_auth(headers: &axum::http::HeaderMap, token: &str) -> bool {
     use base64::Engine as _;
-    let Some(value) = headers
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    if let Some(t) = value.strip_prefix("Bearer ") {
-        return constant_time_eq(t.trim().as_bytes(), token.as_bytes());
-    }
-    value
-        .strip_prefix("Basic ")
+        .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| {
             base64::engine::general_purpose::STANDARD
                 .decode(b.trim())
@@ -149,11 +161,17 @@ fn authenticated(headers: &axum::http::HeaderMap, token: &str) -> bool {
             pair.split_once(':')
                 .map(|(_, password)| password.to_owned())
         })
-        .is_some_and(|password| constant_time_eq(password.as_bytes(), token.as_bytes()))
+        .is_some_and(|password| {
+            crate::auth::constant_time_eq(password.as_bytes(), token.as_bytes())
+        })
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether the query asks for a watch (`watch=true`, `watch=1`).
+fn is_watch(query: Option<&str>) -> bool {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .any(|kv| matches!(kv, "watch" | "watch=true" | "watch=1"))
 }
 
 async fn route(
@@ -259,10 +277,17 @@ pub struct Running {
     pub ca_pem: String,
     /// The admin bearer token.
     pub token: String,
+    api: Arc<Apiserver>,
     task: JoinHandle<Result<(), Error>>,
 }
 
 impl Running {
+    /// The kinds the server serves; a kind registered here is served at once (discovery,
+    /// OpenAPI, every verb), as a CustomResourceDefinition's kind is.
+    pub fn registry(&self) -> &crate::registry::Registry {
+        &self.api.registry
+    }
+
     /// Waits until the server has shut down.
     ///
     /// # Errors
@@ -301,6 +326,24 @@ async fn bootstrap(api: &Apiserver) -> Result<(), Error> {
     Ok(())
 }
 
+/// The request handlers' state over an opened store, with the default namespaces created.
+async fn open(
+    config: &Config,
+    store: Store,
+    shutdown: &CancellationToken,
+) -> Result<Arc<Apiserver>, Error> {
+    let api = Arc::new(Apiserver {
+        admission: crate::admission::Chain::standard(&store, config.network.clone(), shutdown),
+        store,
+        registry: kinds::builtin(),
+        shutdown: shutdown.clone(),
+        bookmark_interval: config.bookmark_interval,
+        openapi: Default::default(),
+    });
+    bootstrap(&api).await?;
+    Ok(api)
+}
+
 /// Starts the API server: credentials, store, default namespaces, listener, kubeconfig.
 ///
 /// # Errors
@@ -314,17 +357,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let pki = Pki::load_or_create(&config.data_dir, &hosts)?;
     let tls = Arc::new(pki.server_config()?);
     let store = Store::open(wasmkube_store::Config::new(&config.data_dir)).await?;
-    let api = Arc::new(Apiserver {
-        store: store.clone(),
-        registry: kinds::builtin(),
-        shutdown: shutdown.clone(),
-        bookmark_interval: config.bookmark_interval,
-        openapi: Default::default(),
-        alloc: crate::alloc::Allocator::new(config.network.clone()),
-        priority: Default::default(),
-    });
-    Arc::clone(&api.priority).run(store.clone(), shutdown.clone());
-    bootstrap(&api).await?;
+    let api = open(&config, store.clone(), &shutdown).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let host = if addr.ip().is_unspecified() {
@@ -341,8 +374,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     crate::pki::write_private(&kubeconfig, &pki.kubeconfig(&format!("https://{server}")))?;
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "apiserver listening");
 
+    let shared_api = Arc::clone(&api);
     let shared = Arc::new(Shared {
         api: api.clone(),
+        authn: Box::new(crate::auth::AdminToken::new(pki.admin_token.clone())),
+        authz: Box::new(AllowAuthenticated),
         token: pki.admin_token.clone(),
         server,
         oci: OciRegistry::new(&config.data_dir)?,
@@ -399,6 +435,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         kubeconfig,
         ca_pem: pki.ca_pem,
         token: pki.admin_token,
+        api: shared_api,
         task,
     })
 }
@@ -422,5 +459,233 @@ async fn compaction(store: Store, every: std::time::Duration, shutdown: Cancella
             Ok(r) => previous = Some(r),
             Err(e) => tracing::warn!(error = %e, "reading revision failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The request pipeline through the router, one request at a time (`oneshot`): each stage
+    //! refuses what it should, with the `Status` a client expects.
+
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    const TOKEN: &str = "test-token";
+
+    async fn pipeline(
+        authz: Box<dyn Authorizer>,
+    ) -> (Router, tempfile::TempDir, CancellationToken) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = Config::new(dir.path());
+        let shutdown = CancellationToken::new();
+        let store = Store::open(wasmkube_store::Config::new(dir.path()))
+            .await
+            .expect("store");
+        let api = open(&config, store, &shutdown).await.expect("apiserver");
+        let shared = Arc::new(Shared {
+            api,
+            authn: Box::new(crate::auth::AdminToken::new(TOKEN)),
+            authz,
+            token: TOKEN.into(),
+            server: "127.0.0.1:6443".into(),
+            oci: OciRegistry::new(dir.path()).expect("registry"),
+        });
+        (router(shared), dir, shutdown)
+    }
+
+    async fn send(
+        app: &Router,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let body = if body.is_null() {
+            Body::empty()
+        } else {
+            Body::from(body.to_string())
+        };
+        let resp = app
+            .clone()
+            .oneshot(req.body(body).expect("request"))
+            .await
+            .expect("infallible");
+        let code = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        (code, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    fn admin() -> Option<&'static str> {
+        Some("Bearer test-token")
+    }
+
+    #[tokio::test]
+    async fn requests_without_a_valid_credential_should_get_401() {
+        let (app, _dir, stop) = pipeline(Box::new(AllowAuthenticated)).await;
+        let path = "/api/v1/namespaces/default/configmaps";
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("Bearer  test-token"),
+            // `anyone:test-token`: no basic authentication on the API.
+            Some("Basic YW55b25lOnRlc3QtdG9rZW4="),
+        ] {
+            let (code, st) = send(&app, "GET", path, auth, serde_json::Value::Null).await;
+            assert_eq!(
+                (code, st["reason"].as_str()),
+                (401, Some("Unauthorized")),
+                "{auth:?}"
+            );
+        }
+        let (code, _) = send(
+            &app,
+            "GET",
+            path,
+            Some("bearer test-token"),
+            serde_json::Value::Null,
+        )
+        .await;
+        assert_eq!(code, 200, "the scheme is case-insensitive");
+        let (code, _) = send(&app, "GET", "/healthz", None, serde_json::Value::Null).await;
+        assert_eq!(code, 200, "health needs no credential");
+        stop.cancel();
+    }
+
+    /// Lets everything but writes to ConfigMaps.
+    struct NoConfigMapWrites;
+
+    impl Authorizer for NoConfigMapWrites {
+        fn authorize(
+            &self,
+            user: &crate::auth::UserInfo,
+            attrs: &Attributes,
+        ) -> Result<(), ApiError> {
+            if attrs.resource == "configmaps" && attrs.verb != "get" && attrs.verb != "list" {
+                return Err(ApiError::forbidden_request(&user.name, attrs));
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_authorizer_should_see_the_verb_and_refuse_with_403() {
+        let (app, _dir, stop) = pipeline(Box::new(NoConfigMapWrites)).await;
+        let cm =
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        let (code, st) = send(
+            &app,
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            admin(),
+            cm,
+        )
+        .await;
+        assert_eq!(code, 403);
+        assert_eq!(
+            st["message"],
+            "configmaps is forbidden: User \"system:admin\" cannot create resource \"configmaps\" in API group \"\" in the namespace \"default\""
+        );
+        let (code, _) = send(
+            &app,
+            "GET",
+            "/api/v1/namespaces/default/configmaps",
+            admin(),
+            serde_json::Value::Null,
+        )
+        .await;
+        assert_eq!(code, 200);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn admission_and_strategy_should_refuse_in_order() {
+        let (app, _dir, stop) = pipeline(Box::new(AllowAuthenticated)).await;
+        let cm =
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        let (code, st) = send(
+            &app,
+            "POST",
+            "/api/v1/namespaces/nowhere/configmaps",
+            admin(),
+            cm,
+        )
+        .await;
+        assert_eq!(
+            (code, st["reason"].as_str()),
+            (404, Some("NotFound")),
+            "NamespaceLifecycle: {st}"
+        );
+
+        let (code, st) = send(
+            &app,
+            "DELETE",
+            "/api/v1/namespaces/default",
+            admin(),
+            serde_json::Value::Null,
+        )
+        .await;
+        assert_eq!(code, 403, "{st}");
+        assert_eq!(
+            st["message"],
+            "namespaces \"default\" is forbidden: this namespace may not be deleted"
+        );
+
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"priorityClassName": "missing", "containers": [{"name": "c", "image": "i"}]}});
+        let (code, st) = send(
+            &app,
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            admin(),
+            pod,
+        )
+        .await;
+        assert_eq!(
+            code, 403,
+            "Priority refuses an unknown class before validation: {st}"
+        );
+
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}});
+        let (code, st) = send(
+            &app,
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            admin(),
+            pod,
+        )
+        .await;
+        assert_eq!(
+            (code, st["reason"].as_str()),
+            (422, Some("Invalid")),
+            "the strategy validates: {st}"
+        );
+        assert_eq!(st["details"]["causes"][0]["field"], "spec.containers");
+
+        let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}});
+        let (code, st) = send(
+            &app,
+            "POST",
+            "/api/v1/namespaces/default/services",
+            admin(),
+            svc,
+        )
+        .await;
+        assert_eq!(code, 201, "{st}");
+        assert!(
+            st["spec"]["clusterIP"]
+                .as_str()
+                .is_some_and(|ip| ip.starts_with("10.96.")),
+            "a cluster IP was reserved: {st}"
+        );
+        stop.cancel();
     }
 }

@@ -8,6 +8,7 @@ mod t10_crud;
 mod t11_errors;
 mod t12_subresources;
 mod t13_apply;
+mod t14_runtime_kinds;
 mod t20_lists;
 mod t21_watch;
 mod t30_durability;

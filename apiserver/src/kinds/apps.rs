@@ -20,7 +20,7 @@ use crate::registry::{Registry, Strategy};
 use crate::table::{Column, age};
 use crate::validation;
 
-pub(super) fn register(r: &mut Registry) {
+pub(super) fn register(r: &Registry) {
     r.register(DeploymentStrategy_);
     r.register(ReplicaSetStrategy);
     r.register(DaemonSetStrategy);

@@ -16,7 +16,7 @@ use crate::registry::{Registry, Strategy};
 use crate::table::{Column, age, human_duration};
 use crate::validation;
 
-pub(super) fn register(r: &mut Registry) {
+pub(super) fn register(r: &Registry) {
     r.register(JobStrategy);
     r.register(CronJobStrategy);
 }

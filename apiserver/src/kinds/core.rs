@@ -14,11 +14,11 @@ use wasmkube_api::ResourceInfo;
 
 use super::pod::PodStrategy;
 use crate::error::FieldError;
-use crate::registry::{NameRule, Registry, Strategy};
+use crate::registry::{NameRule, Registry, Strategy, Subresource};
 use crate::table::{Column, age};
 use crate::validation;
 
-pub(super) fn register(r: &mut Registry) {
+pub(super) fn register(r: &Registry) {
     r.register(NamespaceStrategy);
     r.register(NodeStrategy);
     r.register(PodStrategy);
@@ -52,6 +52,24 @@ impl Strategy for NamespaceStrategy {
 
     fn name_rule(&self) -> NameRule {
         NameRule::Label
+    }
+
+    fn subresources(&self) -> &'static [Subresource] {
+        &[Subresource {
+            name: "finalize",
+            kind: "Namespace",
+            verbs: &["update"],
+        }]
+    }
+
+    fn spec_finalizers(&self, ns: &Value) -> usize {
+        ns.pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len)
+    }
+
+    fn prepare_for_delete(&self, ns: &mut Value) {
+        ns["status"]["phase"] = json!("Terminating");
     }
 
     fn default(&self, ns: &mut Namespace) {

@@ -40,7 +40,7 @@ fn rename(obj: Value, api_version: &str, forward: bool) -> Value {
     Value::Object(out)
 }
 
-pub(super) fn register(r: &mut Registry) {
+pub(super) fn register(r: &Registry) {
     r.register(EventV1Strategy);
 }
 

@@ -13,7 +13,7 @@ use crate::registry::{NameRule, Registry, Strategy};
 use crate::table::{Column, age};
 use crate::validation;
 
-pub(super) fn register(r: &mut Registry) {
+pub(super) fn register(r: &Registry) {
     r.register(LeaseStrategy);
     r.register(EndpointSliceStrategy);
     r.register(PriorityClassStrategy);

@@ -9,7 +9,7 @@ use crate::error::FieldError;
 use crate::registry::{NameRule, Registry, Strategy};
 use crate::table::{Column, age};
 
-pub(super) fn register(r: &mut Registry) {
+pub(super) fn register(r: &Registry) {
     r.register(IngressStrategy);
     r.register(IngressClassStrategy);
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use wasmkube_api::ResourceInfo;
 
 use crate::error::FieldError;
-use crate::registry::Strategy;
+use crate::registry::{Strategy, Subresource};
 use crate::table::{Column, age};
 use crate::validation;
 
@@ -483,6 +483,19 @@ pub(crate) fn pod_status_reason(pod: &Pod) -> String {
 /// Pods.
 pub(crate) struct PodStrategy;
 
+/// Whether a pod is bound to a node and not finished: its deletion waits for the node.
+fn running_on_a_node(pod: &Value) -> bool {
+    let bound = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    bound && !finished
+}
+
 impl Strategy for PodStrategy {
     type K = Pod;
 
@@ -495,6 +508,50 @@ impl Strategy for PodStrategy {
 
     fn returns_deleted_object(&self) -> bool {
         true
+    }
+
+    fn subresources(&self) -> &'static [Subresource] {
+        &[
+            Subresource {
+                name: "binding",
+                kind: "Binding",
+                verbs: &["create"],
+            },
+            Subresource {
+                name: "log",
+                kind: "Pod",
+                verbs: &["get"],
+            },
+            Subresource {
+                name: "exec",
+                kind: "PodExecOptions",
+                verbs: &["create", "get"],
+            },
+            Subresource {
+                name: "portforward",
+                kind: "PodPortForwardOptions",
+                verbs: &["create", "get"],
+            },
+        ]
+    }
+
+    /// A pod bound to a node and not finished gets its grace period (the client's, else
+    /// `terminationGracePeriodSeconds`, else 30 s) so the node can stop it; others go at once.
+    fn delete_grace(&self, pod: &Value, requested: Option<i64>) -> i64 {
+        if !running_on_a_node(pod) {
+            return 0;
+        }
+        requested
+            .or_else(|| {
+                pod.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30)
+            .max(0)
+    }
+
+    fn delete_during_update(&self, pod: &Value) -> bool {
+        !running_on_a_node(pod)
     }
 
     fn default(&self, pod: &mut Pod) {

@@ -12,6 +12,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ipnet::Ipv4Net;
@@ -20,6 +21,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use wasmkube_api::ResourceInfo;
 use wasmkube_store::Store;
 
+use super::{Operation, Request, Reservation, Reserve};
 use crate::error::{ApiError, FieldError};
 
 /// The cluster's address plan.
@@ -142,16 +144,6 @@ impl Allocator {
             nodes: Mutex::default(),
             services_stale: AtomicBool::new(false),
             nodes_stale: AtomicBool::new(false),
-        }
-    }
-
-    /// Called when an object of `plural` is removed from the store: what it held is free again,
-    /// which the next allocation learns by re-reading.
-    pub(crate) fn removed(&self, plural: &str) {
-        match plural {
-            "services" => self.services_stale.store(true, Ordering::Release),
-            "nodes" => self.nodes_stale.store(true, Ordering::Release),
-            _ => {}
         }
     }
 
@@ -501,6 +493,109 @@ impl Allocator {
             }
         }
         Ok(used)
+    }
+}
+
+/// A typed copy of an admitted object (the strategy has already decoded it once).
+fn typed<K: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<K, ApiError> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| ApiError::internal_with_cause("an admitted object does not decode", &e))
+}
+
+/// Reserves a Service's cluster IPs and node ports (kube-apiserver's Service REST allocators).
+pub(crate) struct ServiceAddresses {
+    store: Store,
+    alloc: Arc<Allocator>,
+}
+
+impl ServiceAddresses {
+    pub(crate) fn new(store: Store, alloc: Arc<Allocator>) -> Self {
+        ServiceAddresses { store, alloc }
+    }
+}
+
+#[async_trait::async_trait]
+impl Reserve for ServiceAddresses {
+    fn handles(&self, req: &Request<'_>) -> bool {
+        req.is::<Service>()
+    }
+
+    async fn reserve<'a>(
+        &'a self,
+        req: &Request<'_>,
+        obj: &mut serde_json::Value,
+    ) -> Result<Option<Reservation<'a>>, ApiError> {
+        if req.operation == Operation::Delete {
+            return Ok(None);
+        }
+        let mut svc: Service = typed(obj)?;
+        let old = req.old.map(typed::<Service>).transpose()?;
+        let held = self
+            .alloc
+            .admit_service(&self.store, &mut svc, old.as_ref(), req.dry_run)
+            .await?;
+        *obj = serde_json::to_value(&svc).expect("typed objects serialize");
+        Ok(held.into_reservation())
+    }
+
+    fn released(&self, req: &Request<'_>) {
+        if req.operation == Operation::Delete {
+            // The next allocation re-reads what is in use.
+            self.alloc.services_stale.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Gives a node without a pod range the next free one of the cluster's pod network
+/// (kube-controller-manager's node IPAM, done at admission here).
+pub(crate) struct NodeCidr {
+    store: Store,
+    alloc: Arc<Allocator>,
+}
+
+impl NodeCidr {
+    pub(crate) fn new(store: Store, alloc: Arc<Allocator>) -> Self {
+        NodeCidr { store, alloc }
+    }
+}
+
+#[async_trait::async_trait]
+impl Reserve for NodeCidr {
+    fn handles(&self, req: &Request<'_>) -> bool {
+        req.is::<Node>()
+    }
+
+    async fn reserve<'a>(
+        &'a self,
+        req: &Request<'_>,
+        obj: &mut serde_json::Value,
+    ) -> Result<Option<Reservation<'a>>, ApiError> {
+        if req.operation == Operation::Delete {
+            return Ok(None);
+        }
+        let mut node: Node = typed(obj)?;
+        let old = req.old.map(typed::<Node>).transpose()?;
+        let held = self
+            .alloc
+            .admit_node(&self.store, &mut node, old.as_ref(), req.dry_run)
+            .await?;
+        *obj = serde_json::to_value(&node).expect("typed objects serialize");
+        Ok(held.into_reservation())
+    }
+
+    fn released(&self, req: &Request<'_>) {
+        if req.operation == Operation::Delete {
+            self.alloc.nodes_stale.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl<'a> Held<'a> {
+    fn into_reservation(self) -> Option<Reservation<'a>> {
+        match self {
+            Held::None => None,
+            held => Some(Reservation::new(held)),
+        }
     }
 }
 

@@ -1,0 +1,234 @@
+//! The first two stages of every request: who is asking ([`Authenticator`]) and whether they
+//! may ([`Authorizer`]), as kube-apiserver's `authentication.Request` and `authorizer.Authorizer`.
+//! Today one credential exists, the admin token, and an authenticated caller may do anything
+//! ([`AllowAuthenticated`]); RBAC plugs in as another [`Authorizer`] without touching handlers.
+
+use axum::http::{HeaderMap, Method, header};
+
+use crate::error::ApiError;
+
+/// An authenticated caller (`user.Info`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    /// The user name (`system:admin`, `system:node:NAME`, ...).
+    pub name: String,
+    /// Its groups (`system:masters`, `system:authenticated`, ...).
+    pub groups: Vec<String>,
+}
+
+/// Finds the caller of a request.
+pub trait Authenticator: Send + Sync {
+    /// The caller, or `None` when the request carries no credential this authenticator knows.
+    fn authenticate(&self, headers: &HeaderMap) -> Option<UserInfo>;
+}
+
+/// The bearer token of a request, parsed as kube-apiserver's bearer-token authenticator does:
+/// the scheme is case-insensitive, and the token is the single word after one space.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let mut parts = value.splitn(3, ' ');
+    let scheme = parts.next()?;
+    let token = parts.next()?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The cluster admin's static token (kube-apiserver's `--token-auth-file` with one line).
+pub struct AdminToken {
+    token: String,
+}
+
+impl AdminToken {
+    /// Accepts `token`.
+    pub fn new(token: impl Into<String>) -> Self {
+        AdminToken {
+            token: token.into(),
+        }
+    }
+}
+
+impl Authenticator for AdminToken {
+    fn authenticate(&self, headers: &HeaderMap) -> Option<UserInfo> {
+        let token = bearer_token(headers)?;
+        constant_time_eq(token.as_bytes(), self.token.as_bytes()).then(|| UserInfo {
+            name: "system:admin".into(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+        })
+    }
+}
+
+/// Compares secrets without an early exit.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What a request asks to do (`authorizer.Attributes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attributes {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, `deletecollection`, or
+    /// the HTTP method in lower case for non-resource requests.
+    pub verb: String,
+    /// The API group (empty for core), for resource requests.
+    pub group: String,
+    /// The resource (plural), empty for non-resource requests.
+    pub resource: String,
+    /// The subresource (`status`, `log`, ...).
+    pub subresource: String,
+    /// The namespace, when the request names one.
+    pub namespace: String,
+    /// The object name, when the request names one.
+    pub name: String,
+    /// The request path.
+    pub path: String,
+}
+
+impl Attributes {
+    /// The attributes of a request, resolved from its method, path and query as kube-apiserver's
+    /// `RequestInfoFactory` does.
+    pub fn of(method: &Method, path: &str, watch: bool) -> Attributes {
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let mut a = Attributes {
+            verb: method.as_str().to_ascii_lowercase(),
+            group: String::new(),
+            resource: String::new(),
+            subresource: String::new(),
+            namespace: String::new(),
+            name: String::new(),
+            path: path.to_owned(),
+        };
+        let rest = match segs.as_slice() {
+            ["api", _version, rest @ ..] if !rest.is_empty() => rest,
+            ["apis", group, _version, rest @ ..] if !rest.is_empty() => {
+                a.group = (*group).to_owned();
+                rest
+            }
+            _ => return a,
+        };
+        let (watch_path, rest) = match rest {
+            ["watch", rest @ ..] => (true, rest),
+            _ => (false, rest),
+        };
+        let rest = match rest {
+            // A namespace's own subresources stay on the namespace.
+            ["namespaces", _, "status" | "finalize"] => rest,
+            ["namespaces", ns, tail @ ..] if !tail.is_empty() => {
+                a.namespace = (*ns).to_owned();
+                tail
+            }
+            ["namespaces", ns] => {
+                a.namespace = (*ns).to_owned();
+                rest
+            }
+            _ => rest,
+        };
+        a.resource = rest.first().copied().unwrap_or_default().to_owned();
+        a.name = rest.get(1).copied().unwrap_or_default().to_owned();
+        a.subresource = rest.get(2).copied().unwrap_or_default().to_owned();
+        let named = !a.name.is_empty();
+        a.verb = match *method {
+            Method::GET | Method::HEAD if watch || watch_path => "watch",
+            Method::GET | Method::HEAD if named => "get",
+            Method::GET | Method::HEAD => "list",
+            Method::POST => "create",
+            Method::PUT => "update",
+            Method::PATCH => "patch",
+            Method::DELETE if named => "delete",
+            Method::DELETE => "deletecollection",
+            _ => return a,
+        }
+        .to_owned();
+        a
+    }
+
+    /// Whether this is a request for an API resource (not `/healthz`, `/version`, ...).
+    pub fn is_resource_request(&self) -> bool {
+        !self.resource.is_empty()
+    }
+}
+
+/// Decides whether a caller may do what a request asks.
+pub trait Authorizer: Send + Sync {
+    /// `Ok` to go on; a 403 `Status` otherwise.
+    ///
+    /// # Errors
+    /// [`ApiError::forbidden_request`] (403) when the caller may not.
+    fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> Result<(), ApiError>;
+}
+
+/// Every authenticated caller may do everything: the authorizer while the admin token is the
+/// only credential (RBAC comes later).
+pub struct AllowAuthenticated;
+
+impl Authorizer for AllowAuthenticated {
+    fn authorize(&self, _user: &UserInfo, _attrs: &Attributes) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, value.parse().expect("header"));
+        h
+    }
+
+    #[test]
+    fn bearer_tokens_should_be_parsed_as_kube_apiserver_does() {
+        let admin = AdminToken::new("s3cret");
+        assert!(admin.authenticate(&auth("Bearer s3cret")).is_some());
+        assert!(
+            admin.authenticate(&auth("bearer s3cret")).is_some(),
+            "scheme is case-insensitive"
+        );
+        assert!(
+            admin.authenticate(&auth("Bearer  s3cret")).is_none(),
+            "two spaces: empty token"
+        );
+        assert!(admin.authenticate(&auth("Bearer s3cre")).is_none());
+        assert!(
+            admin
+                .authenticate(&auth("Basic YW55b25lOnMzY3JldA=="))
+                .is_none(),
+            "no basic auth"
+        );
+        assert!(admin.authenticate(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn attributes_should_name_verb_resource_and_object() {
+        let a = Attributes::of(
+            &Method::GET,
+            "/api/v1/namespaces/default/pods/web/log",
+            false,
+        );
+        assert_eq!(
+            (
+                a.verb.as_str(),
+                a.resource.as_str(),
+                a.name.as_str(),
+                a.subresource.as_str(),
+                a.namespace.as_str()
+            ),
+            ("get", "pods", "web", "log", "default")
+        );
+        let a = Attributes::of(&Method::GET, "/apis/apps/v1/deployments", true);
+        assert_eq!((a.verb.as_str(), a.group.as_str()), ("watch", "apps"));
+        let a = Attributes::of(&Method::DELETE, "/api/v1/namespaces/x/configmaps", false);
+        assert_eq!(a.verb, "deletecollection");
+        let a = Attributes::of(&Method::DELETE, "/api/v1/namespaces/x", false);
+        assert_eq!(
+            (a.verb.as_str(), a.resource.as_str(), a.name.as_str()),
+            ("delete", "namespaces", "x")
+        );
+        let a = Attributes::of(&Method::PUT, "/api/v1/namespaces/x/finalize", false);
+        assert_eq!(
+            (a.resource.as_str(), a.name.as_str(), a.subresource.as_str()),
+            ("namespaces", "x", "finalize")
+        );
+        let a = Attributes::of(&Method::GET, "/healthz", false);
+        assert!(!a.is_resource_request());
+        assert_eq!(a.verb, "get");
+    }
+}
