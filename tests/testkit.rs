@@ -150,7 +150,7 @@ impl Node {
         // Renew the lease (and check the node status) every second, so node-failure tests can
         // use a grace period of a few seconds.
         config.lease_duration = Duration::from_secs(4);
-        config.backoff = wasmkube_wasmlet::worker::Backoff {
+        config.backoff = wasmkube_wasmlet::Backoff {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(4),
         };

@@ -20,8 +20,8 @@ use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use wasmkube_wasmlet::instance::{Launch, serve_http};
 use wasmkube_wasmlet::logs::{LogFile, Rotation};
+use wasmkube_wasmlet::runtime::instance::{Launch, serve_http};
 use wasmkube_wasmlet::runtime::{Prepared, Runtime, RuntimeConfig};
 
 #[derive(Parser)]
@@ -132,7 +132,7 @@ async fn http(requests: usize, max: Duration) -> Result<(Vec<Duration>, Vec<Dura
     });
     for _ in 0..requests.min(2000) {
         let t = Instant::now();
-        wasmkube_wasmlet::instance::instantiate_proxy(&pre, &launch, &log).await?;
+        wasmkube_wasmlet::runtime::instance::instantiate_proxy(&pre, &launch, &log).await?;
         inst.push(t.elapsed());
     }
 

@@ -35,34 +35,20 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub mod events;
-pub mod exec;
-pub mod images;
-pub mod ingress;
-pub mod instance;
-pub mod limits;
-pub mod logs;
-pub mod names;
-pub mod network;
-pub mod node;
-pub mod pod;
-pub mod podnet;
-pub mod portforward;
-pub mod probe;
-pub mod proxy;
+mod net;
+mod node;
+mod pod;
 pub mod runtime;
-pub mod server;
-pub mod spdy;
-pub mod spec;
-pub mod status;
-pub mod tunnel;
-pub mod worker;
+mod streaming;
 
-use crate::images::{ClusterRegistry, Images, Registries};
+pub use pod::worker::Backoff;
+pub use runtime::images;
+pub use streaming::logs;
+
 use crate::node::NodeFacts;
 use crate::pod::{IpPool, LogIndex, NodeCtx};
+use crate::runtime::images::{ClusterRegistry, Images, Registries};
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::worker::Backoff;
 
 /// How to run a wasmlet.
 #[derive(Debug, Clone)]
@@ -235,7 +221,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         }
     });
     let logs = Arc::new(LogIndex::default());
-    let (addr, server) = server::start(
+    let (addr, server) = streaming::server::start(
         config.listen,
         vec![address.clone(), config.node_name.clone()],
         Arc::clone(&logs),
@@ -270,8 +256,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         .map_err(|e| Error::Io(std::io::Error::other(e)))?
         .trunc();
     let net = Arc::new(
-        network::NodeNet::new(backing, pod_cidr, node_ip, token.clone()).with_names(
-            names::Names::new(config.cluster_dns, &config.cluster_domain),
+        net::NodeNet::new(backing, pod_cidr, node_ip, token.clone()).with_names(
+            net::names::Names::new(config.cluster_dns, &config.cluster_domain),
         ),
     );
     if u64::from(net.capacity()) < u64::from(config.max_pods) {
@@ -287,13 +273,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     tracing::info!(node = %config.node_name, %addr, pod_cidr = ?pod_cidr, "wasmlet registered");
 
     let tasks = TaskTracker::new();
-    tasks.spawn(tunnel::serve(Arc::clone(&net), tunnel, shutdown.clone()));
+    tasks.spawn(net::tunnel::serve(
+        Arc::clone(&net),
+        tunnel,
+        shutdown.clone(),
+    ));
     tasks.spawn(Arc::clone(&net).run_relay(relay, shutdown.clone()));
     if let Some(addr) = config.ingress_listen {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
                 tracing::info!(addr = %listener.local_addr()?, "ingress listening");
-                tasks.spawn(ingress::run(
+                tasks.spawn(net::ingress::run(
                     Arc::clone(&net),
                     client.clone(),
                     listener,
@@ -303,7 +293,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             Err(e) => tracing::warn!(%addr, error = %e, "cannot open the ingress listener"),
         }
     }
-    tasks.spawn(proxy::run(
+    tasks.spawn(net::proxy::run(
         Arc::clone(&net),
         client.clone(),
         config.node_name.clone(),
@@ -325,7 +315,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         shutdown.clone(),
     ));
     let (recorder, recorder_task) =
-        events::Recorder::start(client.clone(), &config.node_name, shutdown.clone());
+        pod::events::Recorder::start(client.clone(), &config.node_name, shutdown.clone());
     let ctx = Arc::new(NodeCtx {
         client: client.clone(),
         node_name: config.node_name.clone(),

@@ -20,16 +20,16 @@ use crate::runtime::SUPPORTED_WORLDS;
 
 /// Default lease duration (kubelet: 40 s); the lease is renewed every quarter of it, and the
 /// node status is checked as often.
-pub const LEASE_DURATION: Duration = Duration::from_secs(40);
+pub(crate) const LEASE_DURATION: Duration = Duration::from_secs(40);
 /// How often the node status is posted when nothing changed.
-pub const STATUS_UPDATE: Duration = Duration::from_secs(60);
+pub(crate) const STATUS_UPDATE: Duration = Duration::from_secs(60);
 /// Below this much available memory the node reports MemoryPressure (kubelet's
 /// `memory.available<100Mi` hard eviction threshold).
 const MEMORY_PRESSURE_BYTES: u64 = 100 << 20;
 
 /// The facts the Node object is built from.
 #[derive(Debug, Clone)]
-pub struct NodeFacts {
+pub(crate) struct NodeFacts {
     /// The node's name.
     pub name: String,
     /// Its address (`InternalIP`).
@@ -51,7 +51,7 @@ fn annotations(facts: &NodeFacts) -> BTreeMap<String, String> {
             SUPPORTED_WORLDS.join(","),
         ),
         (
-            crate::tunnel::PORT_ANNOTATION.to_owned(),
+            crate::net::tunnel::PORT_ANNOTATION.to_owned(),
             facts.tunnel_port.to_string(),
         ),
     ]
@@ -72,7 +72,7 @@ fn read_trimmed(path: &str) -> String {
 }
 
 /// Builds the node's status (pure apart from reading /proc).
-pub fn node_status(
+pub(crate) fn node_status(
     facts: &NodeFacts,
     images: Vec<ContainerImage>,
     previous: Option<&NodeStatus>,
@@ -200,7 +200,7 @@ fn labels(facts: &NodeFacts) -> BTreeMap<String, String> {
 ///
 /// # Errors
 /// When the API server refuses.
-pub async fn register(
+pub(crate) async fn register(
     client: &Client,
     facts: &NodeFacts,
     images: Vec<ContainerImage>,
@@ -238,7 +238,7 @@ pub async fn register(
 }
 
 /// Renews the node's Lease every quarter of `duration` until `shutdown`.
-pub async fn heartbeat(
+pub(crate) async fn heartbeat(
     duration: Duration,
     client: Client,
     name: String,
@@ -303,7 +303,7 @@ async fn renew(
 
 /// Checks the node status every `check` and posts it when someone else changed it (the node
 /// lifecycle controller marking it Unknown) or every [`STATUS_UPDATE`], until `shutdown`.
-pub async fn report_status(
+pub(crate) async fn report_status(
     client: Client,
     facts: NodeFacts,
     check: Duration,

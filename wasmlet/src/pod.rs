@@ -3,6 +3,12 @@
 //! and carries out the effects it returns: pulling and compiling, starting and killing
 //! instances, recording events, reporting status, and finally removing the pod.
 
+pub(crate) mod events;
+pub(crate) mod probe;
+pub(crate) mod spec;
+pub(crate) mod status;
+pub(crate) mod worker;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -18,22 +24,22 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::events::Recorder;
-use crate::images::{Fetched, Images, PullPolicy};
-use crate::instance::{Exit, Launch, run_command, serve_http};
-use crate::logs::{LogFile, Rotation};
-use crate::network::NodeNet;
-use crate::podnet::PodAddress;
-use crate::probe::{ContainerProbes, ProbeKind, Prober};
-use crate::runtime::{Prepared, Runtime};
-use crate::spec::{PodFacts, Sources};
-use crate::status::{Addresses, pod_status};
-use crate::worker::{
+use crate::net::NodeNet;
+use crate::net::podnet::PodAddress;
+use crate::pod::events::Recorder;
+use crate::pod::probe::{ContainerProbes, ProbeKind, Prober};
+use crate::pod::spec::{PodFacts, Sources};
+use crate::pod::status::{Addresses, pod_status};
+use crate::pod::worker::{
     Backoff, Effect, EventType, ImageFailure, PodEvent, PodWorker, Probes, RestartPolicy, Stage,
 };
+use crate::runtime::images::{Fetched, Images, PullPolicy};
+use crate::runtime::instance::{Exit, Launch, run_command, serve_http};
+use crate::runtime::{Prepared, Runtime};
+use crate::streaming::logs::{LogFile, Rotation};
 
 /// What every pod driver of the node shares.
-pub struct NodeCtx {
+pub(crate) struct NodeCtx {
     /// The API client.
     pub client: Client,
     /// This node's name.
@@ -65,7 +71,7 @@ pub struct NodeCtx {
 /// Pod address offsets: offset `k` is the `k`-th address of the node's pod CIDR and of its
 /// loopback range alike (`.0` and `.1` are the network and the node's own relay address).
 #[derive(Debug)]
-pub struct IpPool {
+pub(crate) struct IpPool {
     capacity: u32,
     next: u32,
     used: std::collections::HashSet<u32>,
@@ -73,7 +79,7 @@ pub struct IpPool {
 
 impl IpPool {
     /// A pool of `capacity` offsets, from 2.
-    pub fn new(capacity: u32) -> Self {
+    pub(crate) fn new(capacity: u32) -> Self {
         Self {
             capacity,
             next: 0,
@@ -82,7 +88,7 @@ impl IpPool {
     }
 
     /// A free offset, if any.
-    pub fn allocate(&mut self) -> Option<u32> {
+    pub(crate) fn allocate(&mut self) -> Option<u32> {
         for _ in 0..self.capacity {
             let offset = 2 + self.next;
             self.next = (self.next + 1) % self.capacity.max(1);
@@ -94,7 +100,7 @@ impl IpPool {
     }
 
     /// Returns an offset to the pool.
-    pub fn release(&mut self, offset: u32) {
+    pub(crate) fn release(&mut self, offset: u32) {
         self.used.remove(&offset);
     }
 }
@@ -102,13 +108,13 @@ impl IpPool {
 /// Where each pod's logs are, and its running containers, keyed by (namespace, name): what
 /// the node's endpoint serves (`pods/log`, `pods/exec`).
 #[derive(Default)]
-pub struct LogIndex {
+pub(crate) struct LogIndex {
     pods: Mutex<HashMap<(String, String), PodLogs>>,
 }
 
 /// One pod's log directories and live files.
 #[derive(Clone, Default)]
-pub struct PodLogs {
+pub(crate) struct PodLogs {
     /// `<pods dir>/<ns>_<name>_<uid>`.
     pub dir: PathBuf,
     /// Container name → (current restart index, its live log file while running).
@@ -116,12 +122,12 @@ pub struct PodLogs {
     /// Container name → its prepared image and launch while an instance runs (for exec).
     pub running: HashMap<String, (Prepared, Launch)>,
     /// Where port forwarding connects (none before the pod has an address).
-    pub forward: Option<crate::portforward::Target>,
+    pub forward: Option<crate::streaming::portforward::Target>,
 }
 
 impl LogIndex {
     /// The logs of a pod, if it runs here.
-    pub fn get(&self, namespace: &str, name: &str) -> Option<PodLogs> {
+    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<PodLogs> {
         self.pods
             .lock()
             .expect("log index lock")
@@ -154,7 +160,7 @@ enum Internal {
 
 /// Runs the pod until it has been removed from the API (or vanished from it). `updates`
 /// carries the latest pod object; `None` means the pod is gone from the API.
-pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>>>) {
+pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>>>) {
     let Some(mut pod) = updates.borrow_and_update().clone() else {
         return;
     };
@@ -241,7 +247,7 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
         None => None,
     };
     if let Some(a) = &address {
-        let target = crate::portforward::Target {
+        let target = crate::streaming::portforward::Target {
             net: Arc::clone(&ctx.net),
             pod_ip: a.ip,
             pod: format!("{ns}/{name}"),
@@ -301,7 +307,7 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
                             Some(v) => Ok(v.clone()),
                             None => {
                                 let mut sources = Sources::new(ctx.client.clone(), &ns);
-                                crate::spec::volumes(
+                                crate::pod::spec::volumes(
                                     &pod,
                                     &dir.join("volumes"),
                                     &ctx.claims_dir.join(&ns),
@@ -398,7 +404,7 @@ pub async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>
                         tasks.spawn(async move {
                             tokio::select! {
                                 () = stop.cancelled() => {}
-                                () = crate::probe::run(prober, probes, report) => {}
+                                () = crate::pod::probe::run(prober, probes, report) => {}
                             }
                         });
                     }
@@ -525,7 +531,7 @@ struct ProbeReport {
     instance: u32,
 }
 
-impl crate::probe::Report for ProbeReport {
+impl crate::pod::probe::Report for ProbeReport {
     fn result(&self, kind: ProbeKind, healthy: bool) {
         let _ = self.tx.send(Internal::Event(PodEvent::Probe {
             container: self.container,
@@ -586,7 +592,7 @@ fn open_host_ports(
             }
         };
         let dest = std::net::SocketAddrV4::new(address.ip, target);
-        tasks.spawn(crate::network::forward(
+        tasks.spawn(crate::net::forward(
             Arc::clone(&ctx.net),
             listener,
             move |_: &NodeNet, _| Ok(dest),
@@ -625,13 +631,13 @@ async fn prepare(
     pod: Arc<Pod>,
     c: Container,
     container: usize,
-    volumes: Result<HashMap<String, (PathBuf, bool)>, crate::spec::ConfigError>,
+    volumes: Result<HashMap<String, (PathBuf, bool)>, crate::pod::spec::ConfigError>,
     facts: PodFacts,
     address: Option<PodAddress>,
     tx: mpsc::UnboundedSender<Internal>,
 ) {
     let result = async {
-        let config_error = |e: crate::spec::ConfigError| ImageFailure {
+        let config_error = |e: crate::pod::spec::ConfigError| ImageFailure {
             reason: "CreateContainerConfigError",
             message: e.0,
         };
@@ -679,7 +685,7 @@ async fn prepare(
             ctx.client.clone(),
             pod.metadata.namespace.as_deref().unwrap_or("default"),
         );
-        let mut launch = crate::spec::launch(&pod, &c, &volumes, &facts, &mut sources)
+        let mut launch = crate::pod::spec::launch(&pod, &c, &volumes, &facts, &mut sources)
             .await
             .map_err(config_error)?;
         launch.pod_net = address;

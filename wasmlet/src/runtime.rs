@@ -6,6 +6,10 @@
 //! is held pre-linked ([`InstancePre`](wasmtime::component::InstancePre)) so starting a
 //! container is just `Store::new` + instantiate.
 
+pub mod images;
+pub mod instance;
+pub(crate) mod limits;
+
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -17,7 +21,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::instance::ContainerState;
+use crate::runtime::instance::ContainerState;
 
 /// How often the engine's epoch advances: the unit of CPU accounting and of preemption.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -113,8 +117,8 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        crate::podnet::add_to_linker(&mut linker)?;
-        crate::names::add_to_linker(&mut linker)?;
+        crate::net::podnet::add_to_linker(&mut linker)?;
+        crate::net::names::add_to_linker(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
 
         let mut hasher = DefaultHasher::new();

@@ -25,9 +25,9 @@ const FLAG_FIN: u8 = 0x01;
 const MAX_FRAME: usize = 1 << 20;
 
 /// `RST_STREAM` status: protocol error.
-pub const PROTOCOL_ERROR: u32 = 1;
+pub(crate) const PROTOCOL_ERROR: u32 = 1;
 /// `RST_STREAM` status: cancel.
-pub const CANCEL: u32 = 5;
+pub(crate) const CANCEL: u32 = 5;
 
 /// The words of the SPDY/3 header-compression dictionary (SPDY/3 draft, section 2.6.10.1),
 /// each written with a 32-bit big-endian length, followed by [`DICTIONARY_TAIL`] as is.
@@ -110,7 +110,7 @@ const DICTIONARY_TAIL: &str = concat!(
 );
 
 /// The SPDY/3 header dictionary's bytes.
-pub fn dictionary() -> Vec<u8> {
+pub(crate) fn dictionary() -> Vec<u8> {
     let mut d = Vec::with_capacity(1423);
     for w in DICTIONARY_WORDS {
         d.extend_from_slice(&u32::try_from(w.len()).unwrap_or(0).to_be_bytes());
@@ -122,7 +122,7 @@ pub fn dictionary() -> Vec<u8> {
 
 /// A frame the server acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
+pub(crate) enum Frame {
     /// A new stream from the client, with its (lower-cased) headers.
     SynStream {
         /// Stream id.
@@ -158,7 +158,7 @@ pub enum Frame {
 
 /// Why a session cannot go on.
 #[derive(Debug, thiserror::Error)]
-pub enum SpdyError {
+pub(crate) enum SpdyError {
     /// Not SPDY/3 or not well formed.
     #[error("spdy protocol error: {0}")]
     Protocol(String),
@@ -169,7 +169,7 @@ fn protocol(msg: impl Into<String>) -> SpdyError {
 }
 
 /// One side's framing state: the two header-compression streams.
-pub struct Codec {
+pub(crate) struct Codec {
     inflate: Decompress,
     deflate: Compress,
     dictionary: Vec<u8>,
@@ -183,7 +183,7 @@ impl Default for Codec {
 
 impl Codec {
     /// A fresh session's codec.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dictionary = dictionary();
         let mut deflate = Compress::new(Compression::default(), true);
         deflate
@@ -200,7 +200,7 @@ impl Codec {
     ///
     /// # Errors
     /// [`SpdyError`] when the bytes are not SPDY/3.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, SpdyError> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, SpdyError> {
         if buf.len() < 8 {
             return Ok(None);
         }
@@ -314,7 +314,7 @@ impl Codec {
     }
 
     /// A SYN_REPLY (no headers) accepting `stream`.
-    pub fn syn_reply(&mut self, stream: u32) -> Vec<u8> {
+    pub(crate) fn syn_reply(&mut self, stream: u32) -> Vec<u8> {
         // An empty header block: a zero count.
         let mut block = Vec::with_capacity(64);
         self.deflate
@@ -338,7 +338,7 @@ fn control(kind: u16, flags: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// A DATA frame.
-pub fn data(stream: u32, fin: bool, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn data(stream: u32, fin: bool, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(8 + payload.len());
     f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
     f.push(if fin { FLAG_FIN } else { 0 });
@@ -349,19 +349,19 @@ pub fn data(stream: u32, fin: bool, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A RST_STREAM frame.
-pub fn rst_stream(stream: u32, status: u32) -> Vec<u8> {
+pub(crate) fn rst_stream(stream: u32, status: u32) -> Vec<u8> {
     let mut body = stream.to_be_bytes().to_vec();
     body.extend_from_slice(&status.to_be_bytes());
     control(RST_STREAM, 0, &body)
 }
 
 /// A PING frame.
-pub fn ping(id: u32) -> Vec<u8> {
+pub(crate) fn ping(id: u32) -> Vec<u8> {
     control(PING, 0, &id.to_be_bytes())
 }
 
 /// A GOAWAY frame (status OK).
-pub fn goaway(last_stream: u32) -> Vec<u8> {
+pub(crate) fn goaway(last_stream: u32) -> Vec<u8> {
     let mut body = last_stream.to_be_bytes().to_vec();
     body.extend_from_slice(&0u32.to_be_bytes());
     control(GOAWAY, 0, &body)

@@ -33,17 +33,17 @@ use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use wasmkube_api::services::PortRef;
 
-use crate::network::{NodeNet, Refused};
+use crate::net::{NodeNet, Refused};
 
 /// The IngressClass this listener serves.
-pub const CLASS: &str = "wasmkube";
+pub(crate) const CLASS: &str = "wasmkube";
 /// Its controller name.
-pub const CONTROLLER: &str = "wasmkube.dev/ingress";
+pub(crate) const CONTROLLER: &str = "wasmkube.dev/ingress";
 const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     /// The Service's namespace.
     pub namespace: String,
     /// The Service.
@@ -62,7 +62,7 @@ struct Route {
 
 /// The routes of every served Ingress.
 #[derive(Debug, Default)]
-pub struct Routes {
+pub(crate) struct Routes {
     routes: Vec<Route>,
     default: Option<Target>,
 }
@@ -105,7 +105,7 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 impl Routes {
     /// The routes of `ingresses` (already filtered to the served class), oldest first.
-    pub fn build(ingresses: &[Arc<Ingress>]) -> Routes {
+    pub(crate) fn build(ingresses: &[Arc<Ingress>]) -> Routes {
         let mut sorted: Vec<&Arc<Ingress>> = ingresses.iter().collect();
         sorted.sort_by_key(|i| {
             (
@@ -139,7 +139,7 @@ impl Routes {
     }
 
     /// The backend for `host` (no port) and `path`.
-    pub fn route(&self, host: &str, path: &str) -> Option<&Target> {
+    pub(crate) fn route(&self, host: &str, path: &str) -> Option<&Target> {
         let host = host.to_ascii_lowercase();
         // Exact hosts, then wildcards, then rules without a host.
         let rank = |r: &Route| match r.host.as_deref() {
@@ -314,7 +314,7 @@ async fn connect(net: &Arc<NodeNet>, dest: SocketAddrV4) -> std::io::Result<Send
 }
 
 /// Serves Ingresses on `listener` until `shutdown`, keeping routes and Ingress status current.
-pub async fn run(
+pub(crate) async fn run(
     net: Arc<NodeNet>,
     client: Client,
     listener: tokio::net::TcpListener,

@@ -3,7 +3,7 @@
 //! `PODIP:port`, nothing on the host).
 //!
 //! Three framings, as the kubelet serves them:
-//! - SPDY/3.1 ([`crate::spdy`]): per forwarded connection the client opens an `error` and a
+//! - SPDY/3.1 ([`crate::streaming::spdy`]): per forwarded connection the client opens an `error` and a
 //!   `data` stream (headers `streamtype`, `port`, `requestid`); data flows as DATA frames, a
 //!   failure is text on the error stream. kubectl up to 1.30 speaks it right after an HTTP
 //!   upgrade; kubectl 1.31+ tunnels the same bytes through a WebSocket
@@ -23,22 +23,22 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::network::NodeNet;
-use crate::spdy::{self, Codec, Frame};
+use crate::net::NodeNet;
+use crate::streaming::spdy::{self, Codec, Frame};
 
 /// The WebSocket subprotocol kubectl 1.31+ tunnels SPDY in.
-pub const SPDY_OVER_WEBSOCKET: &str = "SPDY/3.1+portforward.k8s.io";
+pub(crate) const SPDY_OVER_WEBSOCKET: &str = "SPDY/3.1+portforward.k8s.io";
 /// The stream protocol negotiated by a plain SPDY upgrade.
-pub const STREAM_PROTOCOL: &str = "portforward.k8s.io";
+pub(crate) const STREAM_PROTOCOL: &str = "portforward.k8s.io";
 /// The channel protocols kube-rs offers.
-pub const CHANNEL_PROTOCOLS: [&str; 2] = ["v4.channel.k8s.io", "portforward.k8s.io"];
+pub(crate) const CHANNEL_PROTOCOLS: [&str; 2] = ["v4.channel.k8s.io", "portforward.k8s.io"];
 
 /// How much is read from a pod connection per frame.
 const CHUNK: usize = 32 * 1024;
 
 /// The pod connections go to.
 #[derive(Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// The node's pod network.
     pub net: Arc<NodeNet>,
     /// The pod's IP (the node's address for `hostNetwork` pods).
@@ -68,7 +68,7 @@ struct Pair {
 }
 
 /// Serves a SPDY/3.1 port-forward session on `io` until the client goes away.
-pub async fn serve_spdy<T>(io: T, target: Target)
+pub(crate) async fn serve_spdy<T>(io: T, target: Target)
 where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -244,7 +244,7 @@ async fn forward_stream(
 
 /// Turns a WebSocket whose binary messages carry a byte stream (SPDY tunnelled by kubectl
 /// 1.31+) into that byte stream.
-pub fn websocket_bytes(ws: WebSocket) -> tokio::io::DuplexStream {
+pub(crate) fn websocket_bytes(ws: WebSocket) -> tokio::io::DuplexStream {
     let (ours, theirs) = tokio::io::duplex(CHUNK * 2);
     let (mut rd, mut wr) = tokio::io::split(theirs);
     let (mut tx, mut rx) = ws.split();
@@ -282,7 +282,7 @@ pub fn websocket_bytes(ws: WebSocket) -> tokio::io::DuplexStream {
 }
 
 /// Serves the WebSocket channel protocol (kube-rs) for `ports`: one pod connection per port.
-pub async fn serve_channels(ws: WebSocket, ports: Vec<u16>, target: Target) {
+pub(crate) async fn serve_channels(ws: WebSocket, ports: Vec<u16>, target: Target) {
     let (mut tx, mut rx) = ws.split();
     let (out, mut frames) = mpsc::unbounded_channel::<Message>();
     let mut to_pod: Vec<Option<mpsc::UnboundedSender<Bytes>>> = Vec::new();

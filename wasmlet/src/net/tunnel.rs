@@ -19,10 +19,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::network::NodeNet;
+use crate::net::NodeNet;
 
 /// The annotation carrying a node's tunnel port.
-pub const PORT_ANNOTATION: &str = "wasmkube.dev/tunnel-port";
+pub(crate) const PORT_ANNOTATION: &str = "wasmkube.dev/tunnel-port";
 
 const MAGIC: &str = "WASMKUBE-TUNNEL/1";
 const MAX_LINE: usize = 512;
@@ -49,7 +49,7 @@ async fn read_line(s: &mut TcpStream) -> std::io::Result<String> {
 ///
 /// # Errors
 /// When the peer cannot be reached or refuses.
-pub async fn open(
+pub(crate) async fn open(
     tunnel: SocketAddr,
     token: &str,
     from: SocketAddrV4,
@@ -74,7 +74,7 @@ pub async fn open(
 }
 
 /// Serves tunnels into this node's pods until `shutdown`.
-pub async fn serve(net: Arc<NodeNet>, listener: TcpListener, shutdown: CancellationToken) {
+pub(crate) async fn serve(net: Arc<NodeNet>, listener: TcpListener, shutdown: CancellationToken) {
     loop {
         let (conn, _) = tokio::select! {
             () = shutdown.cancelled() => return,

@@ -16,7 +16,7 @@ use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::EventType;
+use crate::pod::worker::EventType;
 
 /// Events queued beyond this are dropped (and counted in the log), never blocking a worker.
 const QUEUE: usize = 1024;
@@ -79,14 +79,14 @@ impl Recent {
 
 /// Records events on pods.
 #[derive(Clone)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     tx: mpsc::Sender<Event>,
     node: String,
 }
 
 impl Recorder {
     /// Starts the writer task; it ends when `shutdown` fires.
-    pub fn start(
+    pub(crate) fn start(
         client: Client,
         node: &str,
         shutdown: CancellationToken,
@@ -136,7 +136,7 @@ impl Recorder {
     }
 
     /// Records `reason`/`message` about `pod` (optionally about one of its containers).
-    pub fn pod(
+    pub(crate) fn pod(
         &self,
         pod: &Pod,
         container: Option<&str>,

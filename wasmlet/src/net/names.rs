@@ -5,7 +5,7 @@
 //!   `ndots:5`), never the host's resolver; names outside the cluster domain are refused by the
 //!   cluster DNS, so they do not resolve.
 //! - `wasi:http` outgoing requests resolve their host the same way and are dialled through the
-//!   pod network ([`crate::network::NodeNet::dial`]), so `http://backend/` reaches a Service's
+//!   pod network ([`crate::net::NodeNet::dial`]), so `http://backend/` reaches a Service's
 //!   endpoint, on this node or another, and nothing else.
 
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddress, Networ
 use wasmtime_wasi_http::{Error as HttpError, WasiBody, WasiHttpHooks};
 use wasmtime_wasi_io::poll::{DynPollable, Pollable, subscribe};
 
-use crate::podnet::{PodAddress, PodNetView};
+use crate::net::podnet::{PodAddress, PodNetView};
 
 /// Why a name did not resolve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl Names {
 }
 
 /// A name lookup in flight or done, as the guest's `resolve-address-stream`.
-pub struct Lookup {
+pub(crate) struct Lookup {
     pending: Option<tokio::task::JoinHandle<Result<Vec<IpAddr>, NameError>>>,
     done: Option<Result<std::vec::IntoIter<IpAddr>, ErrorCode>>,
 }
@@ -172,7 +172,9 @@ const IP_NAME_LOOKUP: &str = "wasi:sockets/ip-name-lookup@0.2.12";
 ///
 /// # Errors
 /// When linking fails.
-pub fn add_to_linker<T: PodNetView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker<T: PodNetView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let mut inst = linker.instance(IP_NAME_LOOKUP)?;
     inst.resource(
@@ -236,7 +238,7 @@ pub fn add_to_linker<T: PodNetView + 'static>(linker: &mut Linker<T>) -> wasmtim
 }
 
 /// Outgoing `wasi:http` requests of a pod, routed through the pod network.
-pub struct PodHttp {
+pub(crate) struct PodHttp {
     /// The pod's address (none: no network, every request is denied).
     pub pod: Option<PodAddress>,
 }

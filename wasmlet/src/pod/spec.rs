@@ -15,13 +15,13 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::Api;
 
-use crate::instance::{Launch, Mount};
+use crate::runtime::instance::{Launch, Mount};
 use wasmkube_api::quantity::{bytes, millicores};
 
 /// Why a container cannot be configured (`CreateContainerConfigError`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct ConfigError(pub String);
+pub(crate) struct ConfigError(pub String);
 
 /// The data of a ConfigMap or Secret, keys to bytes.
 type Data = BTreeMap<String, Vec<u8>>;
@@ -47,7 +47,7 @@ fn merged(
 }
 
 /// Reads ConfigMaps and Secrets of the pod's namespace, once each.
-pub struct Sources {
+pub(crate) struct Sources {
     configmaps: Api<ConfigMap>,
     secrets: Api<Secret>,
     cache: HashMap<(&'static str, String), Option<Data>>,
@@ -55,7 +55,7 @@ pub struct Sources {
 
 impl Sources {
     /// Sources in `namespace`.
-    pub fn new(client: kube::Client, namespace: &str) -> Self {
+    pub(crate) fn new(client: kube::Client, namespace: &str) -> Self {
         Self {
             configmaps: Api::namespaced(client.clone(), namespace),
             secrets: Api::namespaced(client, namespace),
@@ -103,7 +103,7 @@ impl Sources {
 
 /// The node-side facts `fieldRef` can name.
 #[derive(Debug, Clone, Default)]
-pub struct PodFacts {
+pub(crate) struct PodFacts {
     /// `status.hostIP`.
     pub host_ip: String,
     /// `status.podIP`.
@@ -117,7 +117,7 @@ pub struct PodFacts {
 /// # Errors
 /// [`ConfigError`] for a missing (non-optional) ConfigMap, Secret or key, a bad field path,
 /// or a volume mount naming no volume.
-pub async fn launch(
+pub(crate) async fn launch(
     pod: &Pod,
     container: &Container,
     volumes: &HashMap<String, (PathBuf, bool)>,
@@ -263,7 +263,7 @@ fn ns(pod: &Pod) -> &str {
 }
 
 /// Expands `$(NAME)` from `env`; `$$` is a literal `$`; unknown references stay as written.
-pub fn expand(s: &str, env: &[(String, String)]) -> String {
+pub(crate) fn expand(s: &str, env: &[(String, String)]) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(at) = rest.find('$') {
@@ -291,7 +291,7 @@ pub fn expand(s: &str, env: &[(String, String)]) -> String {
 }
 
 /// The value of a `fieldRef` (the paths the downward API supports).
-pub fn field_value(
+pub(crate) fn field_value(
     pod: &Pod,
     f: &ObjectFieldSelector,
     facts: &PodFacts,
@@ -347,7 +347,7 @@ fn render_map(map: &Option<BTreeMap<String, String>>) -> String {
 /// The value of a `resourceFieldRef`, divided by its divisor and rounded up, as Kubernetes does.
 /// An unset limit reads as the node's allocatable, which the wasmlet does not know here; it
 /// reads as 0 (no limit).
-pub fn resource_value(
+pub(crate) fn resource_value(
     pod: &Pod,
     container: Option<&Container>,
     r: &ResourceFieldSelector,
@@ -408,7 +408,7 @@ pub fn resource_value(
 /// # Errors
 /// [`ConfigError`] for a missing ConfigMap/Secret (non-optional), a missing hostPath, or a
 /// volume type the wasmlet does not provide.
-pub async fn volumes(
+pub(crate) async fn volumes(
     pod: &Pod,
     dir: &Path,
     claims: &Path,

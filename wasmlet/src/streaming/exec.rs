@@ -21,12 +21,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::instance::{Exit, Launch, SessionIo, run_session};
 use crate::runtime::Prepared;
+use crate::runtime::instance::{Exit, Launch, SessionIo, run_session};
 
 /// The subprotocols served, preferred first: kubectl offers only v5; kube-rs offers v5 and
 /// v4 (v4 has no way to close stdin).
-pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+pub(crate) const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
@@ -40,7 +40,7 @@ const CHUNK: usize = 32 * 1024;
 
 /// What the caller asked for (`PodExecOptions`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecRequest {
+pub(crate) struct ExecRequest {
     /// `command` (repeated), the new instance's `argv`.
     pub command: Vec<String>,
     /// `stdin`.
@@ -55,7 +55,7 @@ pub struct ExecRequest {
 
 impl ExecRequest {
     /// Reads the query string's pairs.
-    pub fn from_pairs(pairs: &[(String, String)]) -> Self {
+    pub(crate) fn from_pairs(pairs: &[(String, String)]) -> Self {
         let flag = |k: &str| {
             pairs
                 .iter()
@@ -77,7 +77,7 @@ impl ExecRequest {
 
 /// The `metav1.Status` that ends a session: kubectl turns `NonZeroExitCode` into its own exit
 /// code and anything else into an error message.
-pub fn final_status(exit: Result<&Exit, &str>, command: &[String]) -> Value {
+pub(crate) fn final_status(exit: Result<&Exit, &str>, command: &[String]) -> Value {
     match exit {
         Ok(Exit::Code(0)) => json!({"metadata": {}, "status": "Success"}),
         Ok(exit) => {
@@ -117,7 +117,7 @@ fn frame(channel: u8, data: &[u8]) -> Message {
 
 /// Runs one exec session on an upgraded socket, for the container whose running instance was
 /// prepared as `prepared`/`launch`.
-pub async fn serve(ws: WebSocket, req: ExecRequest, target: Option<(Prepared, Launch)>) {
+pub(crate) async fn serve(ws: WebSocket, req: ExecRequest, target: Option<(Prepared, Launch)>) {
     let (mut tx, mut rx) = ws.split();
     // Real servers open with an empty frame on the first stream the client expects.
     let first = if req.stdout {

@@ -25,16 +25,16 @@ use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::net::TcpStream;
 
-use crate::instance::{Exit, Launch};
-use crate::network::NodeNet;
+use crate::net::NodeNet;
 use crate::runtime::Prepared;
+use crate::runtime::instance::{Exit, Launch};
 
 /// The kubelet's probe user agent (the minor version of the API it speaks).
 const USER_AGENT: &str = "kube-probe/1.33";
 
 /// Which probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeKind {
+pub(crate) enum ProbeKind {
     /// `startupProbe`: gates the others; failing kills the container.
     Startup,
     /// `livenessProbe`: failing kills the container.
@@ -45,7 +45,7 @@ pub enum ProbeKind {
 
 impl ProbeKind {
     /// As the kubelet's events name it.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ProbeKind::Startup => "Startup",
             ProbeKind::Liveness => "Liveness",
@@ -56,7 +56,7 @@ impl ProbeKind {
 
 /// What a probe does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// `httpGet`: a 2xx or 3xx status is success.
     Http {
         /// `host` (default: the pod IP).
@@ -95,7 +95,7 @@ pub enum Action {
 
 /// One probe of a container, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeSpec {
+pub(crate) struct ProbeSpec {
     /// What it does.
     pub action: Action,
     /// `initialDelaySeconds`.
@@ -151,7 +151,7 @@ fn non_empty(s: Option<&String>) -> Option<String> {
 
 impl ProbeSpec {
     /// Resolves `probe` of container `c`.
-    pub fn new(probe: &Probe, c: &Container) -> Self {
+    pub(crate) fn new(probe: &Probe, c: &Container) -> Self {
         let action = if let Some(h) = &probe.http_get {
             match port(&h.port, c) {
                 Ok(port) => {
@@ -216,7 +216,7 @@ impl ProbeSpec {
 
 /// A container's probes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ContainerProbes {
+pub(crate) struct ContainerProbes {
     /// `startupProbe`.
     pub startup: Option<ProbeSpec>,
     /// `livenessProbe`.
@@ -227,7 +227,7 @@ pub struct ContainerProbes {
 
 impl ContainerProbes {
     /// The probes of `c` (init containers have none: the API server refuses them there).
-    pub fn of(c: &Container) -> Self {
+    pub(crate) fn of(c: &Container) -> Self {
         let spec = |p: &Option<Probe>| p.as_ref().map(|p| ProbeSpec::new(p, c));
         Self {
             startup: spec(&c.startup_probe),
@@ -235,16 +235,11 @@ impl ContainerProbes {
             readiness: spec(&c.readiness_probe),
         }
     }
-
-    /// Whether there is anything to run.
-    pub fn any(&self) -> bool {
-        self.startup.is_some() || self.liveness.is_some() || self.readiness.is_some()
-    }
 }
 
 /// The kubelet's result rule for one probe of one container instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Threshold {
+pub(crate) struct Threshold {
     success_threshold: u32,
     failure_threshold: u32,
     last: Option<bool>,
@@ -254,7 +249,7 @@ pub struct Threshold {
 
 impl Threshold {
     /// A fresh instance: readiness starts failed, liveness healthy, startup undecided.
-    pub fn new(kind: ProbeKind, spec: &ProbeSpec) -> Self {
+    pub(crate) fn new(kind: ProbeKind, spec: &ProbeSpec) -> Self {
         Self {
             success_threshold: spec.success_threshold,
             failure_threshold: spec.failure_threshold,
@@ -269,7 +264,7 @@ impl Threshold {
     }
 
     /// Takes one outcome; returns the new result when it changes.
-    pub fn observe(&mut self, ok: bool) -> Option<bool> {
+    pub(crate) fn observe(&mut self, ok: bool) -> Option<bool> {
         if self.last == Some(ok) {
             self.run = self.run.saturating_add(1);
         } else {
@@ -291,7 +286,7 @@ impl Threshold {
 
 /// Where a pod's probes go and what they run.
 #[derive(Clone)]
-pub struct Prober {
+pub(crate) struct Prober {
     /// The node's pod network.
     pub net: Arc<NodeNet>,
     /// The pod IP (virtual; for `hostNetwork` pods the node address).
@@ -317,7 +312,7 @@ impl Prober {
     ///
     /// # Errors
     /// The failure, in the kubelet's words where it has them.
-    pub async fn check(&self, action: &Action, timeout: Duration) -> Result<(), String> {
+    pub(crate) async fn check(&self, action: &Action, timeout: Duration) -> Result<(), String> {
         match action {
             Action::Invalid(why) => Err(why.clone()),
             Action::Tcp { host, port } => {
@@ -471,7 +466,7 @@ impl Prober {
             argv: command.to_vec(),
             ..launch.clone()
         };
-        match crate::instance::run_exec(pre, &launch, timeout).await {
+        match crate::runtime::instance::run_exec(pre, &launch, timeout).await {
             Err(e) => Err(format!("{e:#}")),
             Ok((None, _)) => Err(format!("command {command:?} timed out")),
             Ok((Some(Exit::Code(0)), _)) => Ok(()),
@@ -570,7 +565,7 @@ fn server_name(host: &str) -> rustls::pki_types::ServerName<'static> {
 }
 
 /// What the probes of one container instance report.
-pub trait Report: Send + Sync {
+pub(crate) trait Report: Send + Sync {
     /// A probe's result changed (after its thresholds).
     fn result(&self, kind: ProbeKind, healthy: bool);
     /// One probe attempt failed (the kubelet's `Unhealthy` event).
@@ -580,7 +575,7 @@ pub trait Report: Send + Sync {
 /// Runs one container instance's probes until they are done or the future is dropped: the
 /// startup probe until it succeeds (or fails for good), then liveness (until it fails) and
 /// readiness side by side.
-pub async fn run(prober: Prober, probes: ContainerProbes, report: Arc<dyn Report>) {
+pub(crate) async fn run(prober: Prober, probes: ContainerProbes, report: Arc<dyn Report>) {
     if let Some(spec) = &probes.startup
         && !probe_loop(&prober, ProbeKind::Startup, spec, &*report).await
     {

@@ -25,10 +25,10 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::limits::{CpuQuota, MemoryLimit};
-use crate::logs::LogFile;
-use crate::names::PodHttp;
-use crate::podnet::{PodAddress, PodNet, PodNetView, PodSocketsView};
+use crate::net::names::PodHttp;
+use crate::net::podnet::{PodAddress, PodNet, PodNetView, PodSocketsView};
+use crate::runtime::limits::{CpuQuota, MemoryLimit};
+use crate::streaming::logs::LogFile;
 
 /// Everything a container instance needs, resolved from the PodSpec (pure data).
 #[derive(Debug, Clone, Default)]
@@ -357,7 +357,7 @@ fn guest_failure(e: &wasmtime::Error, oom: bool) -> Exit {
     if oom {
         let why = e
             .chain()
-            .find_map(|c| c.downcast_ref::<crate::limits::OutOfMemory>())
+            .find_map(|c| c.downcast_ref::<crate::runtime::limits::OutOfMemory>())
             .map(ToString::to_string);
         return Exit::OomKilled(why.unwrap_or_else(|| format!("{e:#}")));
     }
@@ -395,7 +395,7 @@ type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// Removes a pod's in-process HTTP handler when serving stops (however it stops).
 struct HandlerRegistration {
-    net: Arc<crate::network::NodeNet>,
+    net: Arc<crate::net::NodeNet>,
     addr: std::net::SocketAddrV4,
 }
 
@@ -433,7 +433,7 @@ pub async fn serve_http(
                 Arc::clone(&log),
                 quota.clone(),
             );
-            let handler: crate::network::HttpHandler = Arc::new(move |req| {
+            let handler: crate::net::HttpHandler = Arc::new(move |req| {
                 let (pre, launch, log, quota) = (
                     pre.clone(),
                     Arc::clone(&launch2),
@@ -574,8 +574,8 @@ fn plain(status: u16, text: &str) -> hyper::Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logs::{LogOptions, Rotation, read_records, render};
     use crate::runtime::{Prepared, Runtime, RuntimeConfig};
+    use crate::streaming::logs::{LogOptions, Rotation, read_records, render};
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -784,7 +784,7 @@ mod tests {
     async fn sockets_live_on_the_pod_ip_and_reach_only_loopback() {
         let f = fixture();
         let third = (std::process::id() % 250) as u8;
-        let net = Arc::new(crate::network::NodeNet::new(
+        let net = Arc::new(crate::net::NodeNet::new(
             ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 91, third, 0), 24).expect("cidr"),
             Some("10.244.0.0/24".parse().expect("cidr")),
             std::net::Ipv4Addr::LOCALHOST,

@@ -25,8 +25,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::logs::{LogFile, LogOptions, parse_record, read_records, render};
 use crate::pod::LogIndex;
+use crate::streaming::logs::{LogFile, LogOptions, parse_record, read_records, render};
 
 struct Shared {
     logs: Arc<LogIndex>,
@@ -50,7 +50,7 @@ struct LogQuery {
 ///
 /// # Errors
 /// When the address cannot be bound or the certificate cannot be made.
-pub async fn start(
+pub(crate) async fn start(
     listen: SocketAddr,
     hosts: Vec<String>,
     logs: Arc<LogIndex>,
@@ -142,14 +142,14 @@ async fn exec(
     }
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
-    let req = crate::exec::ExecRequest::from_pairs(&pairs);
-    let ws = ws.protocols(crate::exec::PROTOCOLS);
+    let req = crate::streaming::exec::ExecRequest::from_pairs(&pairs);
+    let ws = ws.protocols(crate::streaming::exec::PROTOCOLS);
     if ws.selected_protocol().is_none() {
         return text(
             StatusCode::BAD_REQUEST,
             format!(
                 "exec needs one of the WebSocket protocols {}",
-                crate::exec::PROTOCOLS.join(", ")
+                crate::streaming::exec::PROTOCOLS.join(", ")
             ),
         );
     }
@@ -163,7 +163,7 @@ async fn exec(
             format!("container {container:?} in pod {pod:?} is not running"),
         );
     }
-    ws.on_upgrade(move |socket| crate::exec::serve(socket, req, target))
+    ws.on_upgrade(move |socket| crate::streaming::exec::serve(socket, req, target))
 }
 
 /// `pods/portforward`: a WebSocket (SPDY tunnelled, or kube-rs's channels) or a plain SPDY/3.1
@@ -173,7 +173,7 @@ async fn port_forward(
     Path((namespace, pod)): Path<(String, String)>,
     req: axum::extract::Request,
 ) -> Response {
-    use crate::portforward::{
+    use crate::streaming::portforward::{
         CHANNEL_PROTOCOLS, SPDY_OVER_WEBSOCKET, STREAM_PROTOCOL, serve_channels, serve_spdy,
         websocket_bytes,
     };
@@ -313,7 +313,7 @@ async fn container_logs(
         limit_bytes: q.limit_bytes,
     };
     // Read what is there now; remember how far, so a follow continues exactly from it.
-    let file = crate::logs::instance_path(&dir, instance);
+    let file = crate::streaming::logs::instance_path(&dir, instance);
     let offset = std::fs::metadata(&file).map_or(0, |m| m.len());
     let records = match read_records(&dir, instance) {
         Ok(r) => r,

@@ -1,5 +1,5 @@
 //! The pod's network namespace: `wasi:sockets/tcp` wrapped so a guest's sockets live on its
-//! pod IP and reach only what the pod network routes ([`crate::network`]).
+//! pod IP and reach only what the pod network routes ([`crate::net`]).
 //!
 //! Every TCP call goes to wasmtime-wasi's own implementation (`WasiSocketsCtxView`) except:
 //! - `start-bind`: `0.0.0.0`, `127.0.0.1` and the pod IP all become the pod's loopback address,
@@ -31,7 +31,7 @@ use wasmtime_wasi::p2::{
 };
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
 
-use crate::network::{NodeNet, Refused, Route};
+use crate::net::{NodeNet, Refused, Route};
 
 /// A pod's addresses: its virtual IP, the loopback address behind it, and the node network.
 #[derive(Clone)]
@@ -53,7 +53,7 @@ impl std::fmt::Debug for PodAddress {
 }
 
 /// A pod's addresses and socket bookkeeping, one per container instance.
-pub struct PodNet {
+pub(crate) struct PodNet {
     /// The pod IP (virtual).
     pub ip: Ipv4Addr,
     /// The loopback address that backs it.
@@ -76,7 +76,7 @@ struct SockInfo {
 
 impl PodNet {
     /// The network of a pod at `addr`.
-    pub fn new(addr: PodAddress) -> Self {
+    pub(crate) fn new(addr: PodAddress) -> Self {
         PodNet {
             ip: addr.ip,
             backing: addr.backing,
@@ -87,7 +87,10 @@ impl PodNet {
     }
 
     /// Where a guest's bind really goes, and whether it is localhost-only.
-    pub fn bind_address(&self, requested: SocketAddr) -> Result<(SocketAddr, bool), ErrorCode> {
+    pub(crate) fn bind_address(
+        &self,
+        requested: SocketAddr,
+    ) -> Result<(SocketAddr, bool), ErrorCode> {
         match requested.ip() {
             IpAddr::V4(v4) if v4.is_unspecified() || v4 == self.ip => Ok((
                 SocketAddr::new(IpAddr::V4(self.backing), requested.port()),
@@ -102,7 +105,7 @@ impl PodNet {
     }
 
     /// Where a guest's connect really goes.
-    pub fn connect_route(&self, requested: SocketAddr) -> Result<Route, ErrorCode> {
+    pub(crate) fn connect_route(&self, requested: SocketAddr) -> Result<Route, ErrorCode> {
         let SocketAddr::V4(v4) = requested else {
             return Err(ErrorCode::AccessDenied);
         };
@@ -131,14 +134,14 @@ impl Drop for PodNet {
 }
 
 /// The linker marker for the wrapped interfaces.
-pub struct PodSockets;
+pub(crate) struct PodSockets;
 
 impl HasData for PodSockets {
     type Data<'a> = PodSocketsView<'a>;
 }
 
 /// The stock socket context plus this pod's network.
-pub struct PodSocketsView<'a> {
+pub(crate) struct PodSocketsView<'a> {
     /// The stock implementation.
     pub inner: WasiSocketsCtxView<'a>,
     /// The pod's network (none: no sockets).
@@ -146,7 +149,7 @@ pub struct PodSocketsView<'a> {
 }
 
 /// Store data that has a pod network.
-pub trait PodNetView: Send {
+pub(crate) trait PodNetView: Send {
     /// The stock sockets and the pod network, borrowed together.
     fn pod_sockets(&mut self) -> PodSocketsView<'_>;
 }
@@ -155,7 +158,9 @@ pub trait PodNetView: Send {
 ///
 /// # Errors
 /// When linking fails.
-pub fn add_to_linker<T: PodNetView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker<T: PodNetView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     fn view<T: PodNetView>(state: &mut T) -> PodSocketsView<'_> {
         state.pod_sockets()

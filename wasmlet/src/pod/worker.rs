@@ -14,15 +14,15 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::instance::Exit;
-use crate::probe::ProbeKind;
+use crate::pod::probe::ProbeKind;
+use crate::runtime::instance::Exit;
 
 /// How soon after a failed pull the status shows `ImagePullBackOff`.
 const PULL_BACKOFF_VISIBLE: Duration = Duration::from_secs(1);
 
 /// `restartPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartPolicy {
+pub(crate) enum RestartPolicy {
     /// Restart whenever a container ends.
     Always,
     /// Restart when a container fails.
@@ -33,7 +33,7 @@ pub enum RestartPolicy {
 
 impl RestartPolicy {
     /// Parses the PodSpec field (the API server has defaulted it to `Always`).
-    pub fn parse(s: Option<&str>) -> Self {
+    pub(crate) fn parse(s: Option<&str>) -> Self {
         match s {
             Some("OnFailure") => Self::OnFailure,
             Some("Never") => Self::Never,
@@ -77,7 +77,7 @@ impl Backoff {
 
 /// How a container ended, as the status reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Terminated {
+pub(crate) struct Terminated {
     /// Exit code (traps 134, kills 137).
     pub exit_code: i32,
     /// `Completed`, `Error`, `OOMKilled`.
@@ -92,7 +92,7 @@ pub struct Terminated {
 
 /// A container's state in the pod status.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// Not running: `ContainerCreating`, `PodInitializing`, `ErrImagePull`, `ImagePullBackOff`,
     /// `CrashLoopBackOff`, `CreateContainerError`.
     Waiting {
@@ -112,7 +112,7 @@ pub enum State {
 
 /// One container of the pod.
 #[derive(Debug, Clone)]
-pub struct Container {
+pub(crate) struct Container {
     /// Its name in the PodSpec.
     pub name: String,
     /// An init container.
@@ -178,7 +178,7 @@ impl Container {
 
 /// Which probes a container has (the prober runs them; the worker acts on their results).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Probes {
+pub(crate) struct Probes {
     /// `startupProbe`.
     pub startup: bool,
     /// `livenessProbe`.
@@ -195,7 +195,7 @@ impl Probes {
 
 /// Where the pod is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub(crate) enum Stage {
     /// Running init container `n`.
     Init(usize),
     /// App containers started.
@@ -208,7 +208,7 @@ pub enum Stage {
 
 /// An input to the state machine.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PodEvent {
+pub(crate) enum PodEvent {
     /// The worker was created: begin.
     Begin,
     /// A container's image is ready (`Ok(image_id)`) or failed to pull or compile.
@@ -261,7 +261,7 @@ pub enum PodEvent {
 
 /// Why an image could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageFailure {
+pub(crate) struct ImageFailure {
     /// `ErrImagePull` (retried with back-off) or `CreateContainerError` (not a runnable wasm).
     pub reason: &'static str,
     /// What went wrong.
@@ -270,7 +270,7 @@ pub struct ImageFailure {
 
 /// Event type (`Normal` / `Warning`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
+pub(crate) enum EventType {
     /// Informational.
     Normal,
     /// Something failed.
@@ -279,7 +279,7 @@ pub enum EventType {
 
 /// Something for the driver to do.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// Pull and prepare the container's image.
     Pull {
         /// Which container.
@@ -331,7 +331,7 @@ pub enum Effect {
 
 /// The state of one pod on this node.
 #[derive(Debug, Clone)]
-pub struct PodWorker {
+pub(crate) struct PodWorker {
     /// Init containers first, then app containers, in PodSpec order.
     pub containers: Vec<Container>,
     /// Lifecycle stage.
@@ -347,7 +347,7 @@ pub struct PodWorker {
 
 /// `phase` as Kubernetes computes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Not all containers have started.
     Pending,
     /// At least one container runs or will be restarted.
@@ -360,7 +360,7 @@ pub enum Phase {
 
 impl Phase {
     /// The API string.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Phase::Pending => "Pending",
             Phase::Running => "Running",
@@ -372,7 +372,7 @@ impl Phase {
 
 impl PodWorker {
     /// A worker for a pod with these init and app container names.
-    pub fn new(
+    pub(crate) fn new(
         init: &[String],
         app: &[String],
         restart_policy: RestartPolicy,
@@ -397,7 +397,7 @@ impl PodWorker {
     }
 
     /// Tells the worker which probes container `i` has.
-    pub fn set_probes(&mut self, i: usize, probes: Probes) {
+    pub(crate) fn set_probes(&mut self, i: usize, probes: Probes) {
         self.containers[i].probes = probes;
     }
 
@@ -410,17 +410,17 @@ impl PodWorker {
     }
 
     /// Whether all init containers have completed.
-    pub fn initialized(&self) -> bool {
+    pub(crate) fn initialized(&self) -> bool {
         self.initialized
     }
 
     /// Whether every app container is ready.
-    pub fn containers_ready(&self) -> bool {
+    pub(crate) fn containers_ready(&self) -> bool {
         self.apps().all(|i| self.containers[i].ready)
     }
 
     /// Feeds one event; returns what to do.
-    pub fn step(&mut self, event: PodEvent, now: Timestamp) -> Vec<Effect> {
+    pub(crate) fn step(&mut self, event: PodEvent, now: Timestamp) -> Vec<Effect> {
         let mut fx = Vec::new();
         match event {
             PodEvent::Begin => {
@@ -752,7 +752,7 @@ impl PodWorker {
     }
 
     /// The pod phase (kubelet `getPhase`).
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         let init_failed_for_good = self.restart_policy == RestartPolicy::Never
             && self
                 .containers

@@ -7,11 +7,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::worker::{PodWorker, State, Terminated};
+use crate::pod::worker::{PodWorker, State, Terminated};
 
 /// Node-level facts the status carries.
 #[derive(Debug, Clone, Default)]
-pub struct Addresses {
+pub(crate) struct Addresses {
     /// `status.hostIP`.
     pub host_ip: String,
     /// `status.podIP` (empty: none yet).
@@ -20,7 +20,12 @@ pub struct Addresses {
 
 /// The status to report for `pod` given the worker state. Condition transition times are kept
 /// from `pod`'s current status unless the condition flips.
-pub fn pod_status(pod: &Pod, worker: &PodWorker, addrs: &Addresses, now: Timestamp) -> PodStatus {
+pub(crate) fn pod_status(
+    pod: &Pod,
+    worker: &PodWorker,
+    addrs: &Addresses,
+    now: Timestamp,
+) -> PodStatus {
     let spec = pod.spec.as_ref();
     let image_of = |name: &str| {
         spec.into_iter()
@@ -92,7 +97,7 @@ pub fn pod_status(pod: &Pod, worker: &PodWorker, addrs: &Addresses, now: Timesta
     let phase = worker.phase();
     let done = matches!(
         phase,
-        crate::worker::Phase::Succeeded | crate::worker::Phase::Failed
+        crate::pod::worker::Phase::Succeeded | crate::pod::worker::Phase::Failed
     );
     let containers_ready = worker.containers_ready() && !done;
     // Readiness gates: conditions other components set; the pod is Ready only when all are True.
@@ -200,8 +205,8 @@ fn terminated(t: &Terminated) -> ContainerStateTerminated {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::instance::Exit;
-    use crate::worker::{Backoff, PodEvent, RestartPolicy};
+    use crate::pod::worker::{Backoff, PodEvent, RestartPolicy};
+    use crate::runtime::instance::Exit;
 
     #[test]
     fn a_completed_pod_reports_succeeded_with_terminated_containers() {

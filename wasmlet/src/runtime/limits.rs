@@ -16,7 +16,7 @@ const TABLE_ELEMENT_BYTES: usize = 16;
 /// Kubernetes' OOM killer ends the process rather than failing `malloc`, so exceeding the limit
 /// traps the instance at the growing instruction and marks it [`oom_killed`](Self::oom_killed).
 #[derive(Debug, Default)]
-pub struct MemoryLimit {
+pub(crate) struct MemoryLimit {
     limit: Option<usize>,
     used: usize,
     oom_killed: bool,
@@ -25,7 +25,7 @@ pub struct MemoryLimit {
 /// The trap raised when an instance exceeds its memory limit.
 #[derive(Debug, thiserror::Error)]
 #[error("memory limit of {limit} bytes exceeded (wanted {wanted} bytes)")]
-pub struct OutOfMemory {
+pub(crate) struct OutOfMemory {
     /// The container's `resources.limits.memory`.
     pub limit: usize,
     /// What the instance would have held after growing.
@@ -34,7 +34,7 @@ pub struct OutOfMemory {
 
 impl MemoryLimit {
     /// A budget of `limit` bytes (none: bounded only by the engine's per-memory maximum).
-    pub fn new(limit: Option<usize>) -> Self {
+    pub(crate) fn new(limit: Option<usize>) -> Self {
         Self {
             limit,
             ..Self::default()
@@ -42,12 +42,16 @@ impl MemoryLimit {
     }
 
     /// Whether the instance was stopped for exceeding its limit.
-    pub fn oom_killed(&self) -> bool {
+    pub(crate) fn oom_killed(&self) -> bool {
         self.oom_killed
     }
 
     /// Bytes currently held by memories and tables.
-    pub fn used(&self) -> usize {
+    #[allow(
+        dead_code,
+        reason = "read by tests; the resource metrics will report it"
+    )]
+    pub(crate) fn used(&self) -> usize {
         self.used
     }
 
@@ -108,7 +112,7 @@ impl ResourceLimiter for MemoryLimit {
 }
 
 /// The CFS period: a CPU limit of `m` millicores allows `m/1000` of each period.
-pub const CPU_PERIOD: Duration = Duration::from_millis(100);
+pub(crate) const CPU_PERIOD: Duration = Duration::from_millis(100);
 
 /// CPU quota accounting for one container (shared by all of its instances).
 ///
@@ -117,7 +121,7 @@ pub const CPU_PERIOD: Duration = Duration::from_millis(100);
 /// running (blocked in a host call, or waiting for a worker thread), so a charge is capped at
 /// [`MAX_CHARGE`]. When the period's quota is spent the instance sleeps to the period's end.
 #[derive(Debug)]
-pub struct CpuQuota {
+pub(crate) struct CpuQuota {
     quota: Duration,
     period_start: Instant,
     used: Duration,
@@ -125,11 +129,11 @@ pub struct CpuQuota {
 }
 
 /// The most one tick callback can charge.
-pub const MAX_CHARGE: Duration = Duration::from_millis(2);
+pub(crate) const MAX_CHARGE: Duration = Duration::from_millis(2);
 
 impl CpuQuota {
     /// A quota of `millicores` thousandths of a core.
-    pub fn new(millicores: u64, now: Instant) -> Self {
+    pub(crate) fn new(millicores: u64, now: Instant) -> Self {
         let quota = CPU_PERIOD.mul_f64(millicores as f64 / 1000.0);
         Self {
             quota,
@@ -140,7 +144,7 @@ impl CpuQuota {
     }
 
     /// Charges `ran` (capped) at `now`; returns how long the instance must sleep, if at all.
-    pub fn charge(&mut self, ran: Duration, now: Instant) -> Option<Duration> {
+    pub(crate) fn charge(&mut self, ran: Duration, now: Instant) -> Option<Duration> {
         if now >= self.period_start + CPU_PERIOD {
             self.period_start = now;
             self.used = Duration::ZERO;
@@ -158,7 +162,11 @@ impl CpuQuota {
     }
 
     /// Total time spent throttled (for `nr_throttled`-style reporting).
-    pub fn throttled(&self) -> Duration {
+    #[allow(
+        dead_code,
+        reason = "read by tests; the resource metrics will report it"
+    )]
+    pub(crate) fn throttled(&self) -> Duration {
         self.throttled
     }
 }

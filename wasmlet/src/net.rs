@@ -18,6 +18,12 @@
 //! own pod IP as its local address, the Service IP it dialled as its peer, and the calling
 //! pod's IP on accepted connections, even when the bytes went through the relay or a tunnel.
 
+pub(crate) mod ingress;
+pub(crate) mod names;
+pub(crate) mod podnet;
+pub(crate) mod proxy;
+pub(crate) mod tunnel;
+
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,11 +70,11 @@ pub struct Peer {
 }
 
 /// A response body from an in-process HTTP handler.
-pub type HttpBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::io::Error>;
+pub(crate) type HttpBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::io::Error>;
 
 /// A `wasi:http` pod's handler, callable in-process (the Ingress uses it instead of a second
 /// HTTP hop when the endpoint is on this node).
-pub type HttpHandler = Arc<
+pub(crate) type HttpHandler = Arc<
     dyn Fn(
             hyper::Request<hyper::body::Incoming>,
         ) -> std::pin::Pin<Box<dyn Future<Output = hyper::Response<HttpBody>> + Send>>
@@ -77,7 +83,7 @@ pub type HttpHandler = Arc<
 >;
 
 /// A Service port: (namespace, name, port name).
-pub type PortKey = (String, String, String);
+pub(crate) type PortKey = (String, String, String);
 
 /// The pod network of this node.
 pub struct NodeNet {
@@ -101,7 +107,7 @@ pub struct NodeNet {
     /// Services and endpoints.
     pub services: Arc<RwLock<ServiceIndex>>,
     /// Name resolution for pods.
-    pub names: crate::names::Names,
+    pub names: crate::net::names::Names,
     round_robin: Mutex<HashMap<PortKey, usize>>,
     affinity: Mutex<HashMap<(PortKey, Ipv4Addr), (SocketAddrV4, Instant)>>,
     /// Other nodes.
@@ -136,7 +142,7 @@ impl NodeNet {
             local: RwLock::default(),
             reverse: RwLock::default(),
             services: Arc::default(),
-            names: crate::names::Names::new(None, "cluster.local"),
+            names: crate::net::names::Names::new(None, "cluster.local"),
             round_robin: Mutex::default(),
             affinity: Mutex::default(),
             peers: RwLock::default(),
@@ -150,7 +156,7 @@ impl NodeNet {
 
     /// Resolves pod names with `names`.
     #[must_use]
-    pub fn with_names(mut self, names: crate::names::Names) -> Self {
+    pub fn with_names(mut self, names: crate::net::names::Names) -> Self {
         self.names = names;
         self
     }
@@ -466,7 +472,7 @@ impl NodeNet {
             }
             Route::Remote { tunnel, pod } => {
                 let from = SocketAddrV4::new(from.unwrap_or(self.node_ip), 0);
-                crate::tunnel::open(tunnel, &self.token, from, pod)
+                crate::net::tunnel::open(tunnel, &self.token, from, pod)
                     .await
                     .map(Conn::Tcp)
             }
@@ -530,7 +536,7 @@ impl NodeNet {
 
 /// Serves a node listener (NodePort, hostPort): each connection goes where `target` says for
 /// its client address, until `stop`.
-pub async fn forward<F>(
+pub(crate) async fn forward<F>(
     net: Arc<NodeNet>,
     listener: tokio::net::TcpListener,
     target: F,
@@ -579,7 +585,7 @@ impl Conn {
 }
 
 /// A tunnelled connection whose conntrack entry goes away with it.
-pub struct Tracked {
+pub(crate) struct Tracked {
     net: Arc<NodeNet>,
     local: SocketAddr,
 }

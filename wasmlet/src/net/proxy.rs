@@ -17,11 +17,11 @@ use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use wasmkube_api::services::Protocol;
 
-use crate::network::{NodeNet, Peer, forward};
+use crate::net::{NodeNet, Peer, forward};
 
 /// Runs the proxy's watches until `shutdown`. Peers on non-loopback addresses are used only
 /// when `remote_peers` is set.
-pub async fn run(
+pub(crate) async fn run(
     net: Arc<NodeNet>,
     client: Client,
     node_name: String,
@@ -87,7 +87,7 @@ async fn follow_peers(
 }
 
 /// A node's pod range and tunnel, if it advertises both.
-pub fn peer_of(n: &Node) -> Option<Peer> {
+pub(crate) fn peer_of(n: &Node) -> Option<Peer> {
     let cidr = n.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()?;
     let ip: IpAddr = n
         .status
@@ -103,7 +103,7 @@ pub fn peer_of(n: &Node) -> Option<Peer> {
         .metadata
         .annotations
         .as_ref()?
-        .get(crate::tunnel::PORT_ANNOTATION)?
+        .get(crate::net::tunnel::PORT_ANNOTATION)?
         .parse()
         .ok()?;
     Some(Peer {
