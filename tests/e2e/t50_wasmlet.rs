@@ -615,6 +615,63 @@ async fn an_http_pod_serves_each_request_on_its_pod_ip() -> Result<()> {
             "{resp}"
         );
     }
+
+    tracing::info!("--- two containers of one pod on one port: the node fails the second start");
+    let port = json!([{"containerPort": 8080}]);
+    create_pod(
+        &cluster.client,
+        &node.name,
+        "clash",
+        json!({"containers": [
+            {"name": "a", "image": image, "ports": port},
+            {"name": "b", "image": image, "ports": port}]}),
+    )
+    .await?;
+    let pod = wait_pod(&pods, "clash", "one container RunContainerError", |p| {
+        ["a", "b"]
+            .iter()
+            .any(|c| waiting_reason(p, c).as_deref() == Some("RunContainerError"))
+    })
+    .await?;
+    let (failed, other) = if waiting_reason(&pod, "a").as_deref() == Some("RunContainerError") {
+        ("a", "b")
+    } else {
+        ("b", "a")
+    };
+    let waiting = status_of(&pod, failed)
+        .and_then(|c| c.state.clone())
+        .and_then(|s| s.waiting)
+        .context("waiting")?;
+    assert!(
+        waiting
+            .message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("cannot listen on") && m.contains(":8080")),
+        "the node's reason, not a guest trap: {waiting:?}"
+    );
+    let running = status_of(&pod, other).and_then(|c| c.state.clone());
+    assert!(
+        running.is_some_and(|s| s.running.is_some()),
+        "the other container serves"
+    );
+    assert_eq!(
+        status_of(&pod, failed).map(|c| c.restart_count),
+        Some(0),
+        "a start the node failed is not a restart"
+    );
+    let event = wait_for("the Failed event", SLOW, || async {
+        events(&cluster.client, "clash")
+            .await
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("Failed")
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with("Error: cannot listen on"))
+            })
+    })
+    .await?;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
     node.stop().await
 }
 

@@ -46,7 +46,7 @@ pub use runtime::images;
 pub use streaming::logs;
 
 use crate::node::NodeFacts;
-use crate::pod::{IpPool, LogIndex, NodeCtx};
+use crate::pod::{IpPool, NodeCtx, PodRegistry};
 use crate::runtime::images::{ClusterRegistry, Images, Registries};
 use crate::runtime::{Runtime, RuntimeConfig};
 
@@ -220,11 +220,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             config.listen.ip().to_string()
         }
     });
-    let logs = Arc::new(LogIndex::default());
+    let pods = Arc::new(PodRegistry::default());
     let (addr, server) = streaming::server::start(
         config.listen,
         vec![address.clone(), config.node_name.clone()],
-        Arc::clone(&logs),
+        Arc::clone(&pods),
         token.clone(),
         shutdown.clone(),
     )
@@ -329,7 +329,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         rotation: config.rotation,
         ips: Mutex::new(IpPool::new(net.capacity())),
         net,
-        logs,
+        pods,
     });
     let drivers = TaskTracker::new();
     let shutdown_pods = CancellationToken::new();

@@ -9,7 +9,7 @@ pub(crate) mod spec;
 pub(crate) mod status;
 pub(crate) mod worker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client};
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OnceCell, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,7 +34,7 @@ use crate::pod::worker::{
     Backoff, Effect, EventType, ImageFailure, PodEvent, PodWorker, Probes, RestartPolicy, Stage,
 };
 use crate::runtime::images::{Fetched, Images, PullPolicy};
-use crate::runtime::instance::{Exit, Launch, run_command, serve_http};
+use crate::runtime::instance::{InstanceError, Launch, run_command, serve_http};
 use crate::runtime::{Prepared, Runtime};
 use crate::streaming::logs::{LogFile, Rotation};
 
@@ -65,7 +65,7 @@ pub(crate) struct NodeCtx {
     /// The node's pod network.
     pub net: Arc<NodeNet>,
     /// Live log files, for `follow`.
-    pub logs: Arc<LogIndex>,
+    pub pods: Arc<PodRegistry>,
 }
 
 /// Pod address offsets: offset `k` is the `k`-th address of the node's pod CIDR and of its
@@ -105,16 +105,17 @@ impl IpPool {
     }
 }
 
-/// Where each pod's logs are, and its running containers, keyed by (namespace, name): what
-/// the node's endpoint serves (`pods/log`, `pods/exec`).
+/// The pods this node runs, keyed by (namespace, name): where each one's logs are, its
+/// running instances and its address; what the node's endpoint serves (`pods/log`,
+/// `pods/exec`, `pods/portforward`).
 #[derive(Default)]
-pub(crate) struct LogIndex {
-    pods: Mutex<HashMap<(String, String), PodLogs>>,
+pub(crate) struct PodRegistry {
+    pods: Mutex<HashMap<(String, String), PodEntry>>,
 }
 
-/// One pod's log directories and live files.
+/// One pod on this node: its log directories and live files, running instances, address.
 #[derive(Clone, Default)]
-pub(crate) struct PodLogs {
+pub(crate) struct PodEntry {
     /// `<pods dir>/<ns>_<name>_<uid>`.
     pub dir: PathBuf,
     /// Container name → (current restart index, its live log file while running).
@@ -125,27 +126,27 @@ pub(crate) struct PodLogs {
     pub forward: Option<crate::streaming::portforward::Target>,
 }
 
-impl LogIndex {
+impl PodRegistry {
     /// The logs of a pod, if it runs here.
-    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<PodLogs> {
+    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<PodEntry> {
         self.pods
             .lock()
-            .expect("log index lock")
+            .expect("pod registry lock")
             .get(&(namespace.to_owned(), name.to_owned()))
             .cloned()
     }
 
-    fn update(&self, key: &(String, String), f: impl FnOnce(&mut PodLogs)) {
+    fn update(&self, key: &(String, String), f: impl FnOnce(&mut PodEntry)) {
         f(self
             .pods
             .lock()
-            .expect("log index lock")
+            .expect("pod registry lock")
             .entry(key.clone())
             .or_default());
     }
 
     fn remove(&self, key: &(String, String)) {
-        self.pods.lock().expect("log index lock").remove(key);
+        self.pods.lock().expect("pod registry lock").remove(key);
     }
 }
 
@@ -157,6 +158,10 @@ enum Internal {
         result: Result<(Prepared, Launch, String), ImageFailure>,
     },
 }
+
+/// How many events from a pod's tasks (pulls, instances, timers, probes) wait for its loop;
+/// when full, senders wait for room (nothing is dropped), which the loop makes by draining.
+const EVENTS: usize = 64;
 
 /// Runs the pod until it has been removed from the API (or vanished from it). `updates`
 /// carries the latest pod object; `None` means the pod is gone from the API.
@@ -213,7 +218,7 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
             p
         })
         .collect();
-    ctx.logs.update(&key, |l| l.dir = dir.clone());
+    ctx.pods.update(&key, |l| l.dir = dir.clone());
 
     // A pod that finished before this wasmlet started is not run again.
     let finished = pod
@@ -252,7 +257,7 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
             pod_ip: a.ip,
             pod: format!("{ns}/{name}"),
         };
-        ctx.logs.update(&key, |l| l.forward = Some(target));
+        ctx.pods.update(&key, |l| l.forward = Some(target));
     }
     let addrs = Addresses {
         host_ip: ctx.host_ip.clone(),
@@ -269,7 +274,7 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
 
     let tasks = TaskTracker::new();
     let cancel = CancellationToken::new();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Internal>();
+    let (tx, mut rx) = mpsc::channel::<Internal>(EVENTS);
     let (status_tx, status_rx) = watch::channel::<Option<PodStatus>>(None);
     tasks.spawn(write_status(
         ctx.client.clone(),
@@ -288,44 +293,33 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
     let mut prepared: Vec<Option<(Prepared, Launch)>> = vec![None; containers.len()];
     let mut kills: Vec<Option<CancellationToken>> = vec![None; containers.len()];
     let mut probing: Vec<Option<CancellationToken>> = vec![None; containers.len()];
-    let mut volumes: Option<HashMap<String, (PathBuf, bool)>> = None;
+    // Written once, by the first container that needs them (a task, not the loop).
+    let volumes: Arc<OnceCell<Volumes>> = Arc::default();
     let mut gone_from_api = false;
-    let mut pending = if finished {
-        Vec::new()
-    } else {
-        vec![PodEvent::Begin]
-    };
+    let mut removed = false;
+    let mut pending = VecDeque::new();
+    if !finished {
+        pending.push_back(PodEvent::Begin);
+    }
     let mut last_status: Option<PodStatus> = None;
 
     loop {
-        for event in pending.drain(..) {
+        while let Some(event) = pending.pop_front() {
             let effects = worker.step(event, Timestamp::now());
             for effect in effects {
                 match effect {
                     Effect::Pull { container } => {
-                        let vols = match &volumes {
-                            Some(v) => Ok(v.clone()),
-                            None => {
-                                let mut sources = Sources::new(ctx.client.clone(), &ns);
-                                crate::pod::spec::volumes(
-                                    &pod,
-                                    &dir.join("volumes"),
-                                    &ctx.claims_dir.join(&ns),
-                                    &facts,
-                                    &mut sources,
-                                )
-                                .await
-                            }
+                        let volumes = VolumeSource {
+                            cell: Arc::clone(&volumes),
+                            dir: dir.join("volumes"),
+                            claims: ctx.claims_dir.join(&ns),
                         };
-                        if let Ok(v) = &vols {
-                            volumes = Some(v.clone());
-                        }
                         tasks.spawn(prepare(
                             Arc::clone(&ctx),
                             Arc::clone(&pod),
                             containers[container].clone(),
                             container,
-                            vols,
+                            volumes,
                             facts.clone(),
                             address.clone(),
                             tx.clone(),
@@ -342,19 +336,18 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                         let log = match LogFile::create(&log_dir, restart, ctx.rotation) {
                             Ok(l) => l,
                             Err(e) => {
-                                let exit =
-                                    Exit::Trapped(format!("cannot create the log file: {e}"));
-                                let _ = tx.send(Internal::Event(PodEvent::Exited {
+                                kills[container] = None;
+                                pending.push_back(PodEvent::StartFailed {
                                     container,
-                                    exit,
-                                    at: Timestamp::now(),
-                                }));
+                                    reason: "CreateContainerError",
+                                    message: format!("cannot create the log file: {e}"),
+                                });
                                 continue;
                             }
                         };
                         let cname = containers[container].name.clone();
                         let (pre2, launch2) = (pre.clone(), launch.clone());
-                        ctx.logs.update(&key, |l| {
+                        ctx.pods.update(&key, |l| {
                             l.running.insert(cname.clone(), (pre2, launch2));
                             l.containers
                                 .insert(cname, (restart, Some(Arc::clone(&log))));
@@ -418,7 +411,7 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                         tasks.spawn(async move {
                             tokio::select! {
                                 () = cancel.cancelled() => {}
-                                () = tokio::time::sleep(delay) => { let _ = tx.send(Internal::Event(event)); }
+                                () = tokio::time::sleep(delay) => { let _ = tx.send(Internal::Event(event)).await; }
                             }
                         });
                     }
@@ -431,7 +424,9 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                         let c = container.map(|i| containers[i].name.as_str());
                         ctx.recorder.pod(&pod, c, kind, reason, message);
                     }
-                    Effect::Remove => {}
+                    // Every container has stopped: leave the loop, say goodbye to the API
+                    // and clean up.
+                    Effect::Remove => removed = true,
                 }
             }
         }
@@ -443,7 +438,7 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
             }
         }
         let deleting = pod.metadata.deletion_timestamp.is_some() || gone_from_api;
-        if worker.stage == Stage::Gone || (finished && deleting) {
+        if removed || (finished && deleting) {
             break;
         }
         tokio::select! {
@@ -454,35 +449,35 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                         let deleted = p.metadata.deletion_timestamp.is_some();
                         pod = p;
                         if deleted {
-                            pending.push(PodEvent::Delete);
+                            pending.push_back(PodEvent::Delete);
                         }
                     }
                     None => {
                         gone_from_api = true;
-                        pending.push(PodEvent::Delete);
+                        pending.push_back(PodEvent::Delete);
                     }
                 }
             }
             Some(msg) = rx.recv() => match msg {
                 Internal::Event(e) => {
-                    if let PodEvent::Exited { container, .. } = &e {
+                    if let PodEvent::Exited { container, .. } | PodEvent::StartFailed { container, .. } = &e {
                         kills[*container] = None;
                         let cname = containers[*container].name.clone();
-                        ctx.logs.update(&key, |l| {
+                        ctx.pods.update(&key, |l| {
                             l.running.remove(&cname);
                             if let Some(entry) = l.containers.get_mut(&cname) {
                                 entry.1 = None;
                             }
                         });
                     }
-                    pending.push(e);
+                    pending.push_back(e);
                 }
                 Internal::Prepared { container, result } => {
                     let result = result.map(|(pre, launch, image_id)| {
                         prepared[container] = Some((pre, launch));
                         image_id
                     });
-                    pending.push(PodEvent::ImageReady { container, result });
+                    pending.push_back(PodEvent::ImageReady { container, result });
                 }
             },
         }
@@ -517,13 +512,13 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
         ctx.net.remove_pod(a.ip);
         ctx.ips.lock().expect("ip pool lock").release(k);
     }
-    ctx.logs.remove(&key);
+    ctx.pods.remove(&key);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Probe results into the pod's loop; each failed attempt is an `Unhealthy` event.
 struct ProbeReport {
-    tx: mpsc::UnboundedSender<Internal>,
+    tx: mpsc::Sender<Internal>,
     recorder: Recorder,
     pod: Arc<Pod>,
     name: String,
@@ -533,12 +528,17 @@ struct ProbeReport {
 
 impl crate::pod::probe::Report for ProbeReport {
     fn result(&self, kind: ProbeKind, healthy: bool) {
-        let _ = self.tx.send(Internal::Event(PodEvent::Probe {
+        let event = Internal::Event(PodEvent::Probe {
             container: self.container,
             instance: self.instance,
             kind,
             healthy,
-        }));
+        });
+        // A result change is never dropped: with the queue full it waits for room.
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.tx.try_send(event) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move { tx.send(event).await });
+        }
     }
 
     fn failed(&self, kind: ProbeKind, message: &str) {
@@ -631,17 +631,21 @@ async fn prepare(
     pod: Arc<Pod>,
     c: Container,
     container: usize,
-    volumes: Result<HashMap<String, (PathBuf, bool)>, crate::pod::spec::ConfigError>,
+    volumes: VolumeSource,
     facts: PodFacts,
     address: Option<PodAddress>,
-    tx: mpsc::UnboundedSender<Internal>,
+    tx: mpsc::Sender<Internal>,
 ) {
     let result = async {
         let config_error = |e: crate::pod::spec::ConfigError| ImageFailure {
             reason: "CreateContainerConfigError",
             message: e.0,
         };
-        let volumes = volumes.map_err(config_error)?;
+        let volumes = volumes
+            .get(&ctx, &pod, &facts)
+            .await
+            .clone()
+            .map_err(config_error)?;
         let image = c.image.clone().unwrap_or_default();
         let policy = PullPolicy::parse(c.image_pull_policy.as_deref(), &image);
         if policy != PullPolicy::IfNotPresent || ctx.images.stored(&image).is_none() {
@@ -692,7 +696,7 @@ async fn prepare(
         Ok((prepared, launch, stored.image_id))
     }
     .await;
-    let _ = tx.send(Internal::Prepared { container, result });
+    let _ = tx.send(Internal::Prepared { container, result }).await;
 }
 
 /// Runs one container instance: a command to its exit, or an HTTP proxy until killed.
@@ -709,16 +713,21 @@ async fn instance(
     grace: Duration,
     container: usize,
     kill: CancellationToken,
-    tx: mpsc::UnboundedSender<Internal>,
+    tx: mpsc::Sender<Internal>,
 ) {
     let started = |at| Internal::Event(PodEvent::Started { container, at });
-    let exit = match pre {
+    // A failure on the node's side (sandbox, mounts, listener) is not the guest's exit.
+    let host_failure = |message: String| {
+        Internal::Event(PodEvent::StartFailed {
+            container,
+            reason: "RunContainerError",
+            message,
+        })
+    };
+    let ended = match pre {
         Prepared::Command(pre) => {
-            let _ = tx.send(started(Timestamp::now()));
-            match run_command(&pre, &launch, &log, &kill).await {
-                Ok(exit) => exit,
-                Err(e) => Exit::Trapped(format!("{e:#}")),
-            }
+            let _ = tx.send(started(Timestamp::now())).await;
+            run_command(&pre, &launch, &log, &kill).await
         }
         Prepared::Http(pre) => {
             let addr = SocketAddr::new(
@@ -727,9 +736,9 @@ async fn instance(
             );
             match tokio::net::TcpListener::bind(addr).await {
                 Ok(listener) => {
-                    let _ = tx.send(started(Timestamp::now()));
+                    let _ = tx.send(started(Timestamp::now())).await;
                     log.note(&format!("serving wasi:http on http://{addr}/"));
-                    match serve_http(
+                    serve_http(
                         pre,
                         Arc::new(launch),
                         Arc::clone(&log),
@@ -738,21 +747,60 @@ async fn instance(
                         grace,
                     )
                     .await
-                    {
-                        Ok(exit) => exit,
-                        Err(e) => Exit::Trapped(format!("{e:#}")),
-                    }
                 }
-                Err(e) => Exit::Trapped(format!("cannot listen on {addr}: {e}")),
+                Err(e) => Err(InstanceError::Listen { addr, source: e }),
             }
         }
     };
     log.close();
-    let _ = tx.send(Internal::Event(PodEvent::Exited {
-        container,
-        exit,
-        at: Timestamp::now(),
-    }));
+    let report = match ended {
+        Ok(exit) => Internal::Event(PodEvent::Exited {
+            container,
+            exit,
+            at: Timestamp::now(),
+        }),
+        Err(e) => {
+            let message = error_chain(&e);
+            log.note(&message);
+            host_failure(message)
+        }
+    };
+    let _ = tx.send(report).await;
+}
+
+/// An error and its causes on one line (`cannot listen on 10.244.0.5:80: address in use`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// The pod's volumes, prepared by the first container task that needs them and shared by
+/// the rest (they read ConfigMaps and Secrets through the API, so never in the pod's loop).
+struct VolumeSource {
+    cell: Arc<OnceCell<Volumes>>,
+    dir: PathBuf,
+    claims: PathBuf,
+}
+
+/// Volume name → (host directory, read-only), or why they could not be prepared.
+type Volumes = Result<HashMap<String, (PathBuf, bool)>, crate::pod::spec::ConfigError>;
+
+impl VolumeSource {
+    async fn get(&self, ctx: &NodeCtx, pod: &Pod, facts: &PodFacts) -> &Volumes {
+        self.cell
+            .get_or_init(|| async {
+                let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+                let mut sources = Sources::new(ctx.client.clone(), ns);
+                crate::pod::spec::volumes(pod, &self.dir, &self.claims, facts, &mut sources).await
+            })
+            .await
+    }
 }
 
 /// Posts the latest status whenever it changes (coalescing bursts).

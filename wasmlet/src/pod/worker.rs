@@ -141,6 +141,8 @@ pub(crate) struct Container {
     pulled: bool,
     /// Waiting for a back-off timer (a start is due when it fires).
     backing_off: bool,
+    /// The last start failed on the host's side: the retry is not a restart.
+    start_failed: bool,
 }
 
 impl Container {
@@ -165,6 +167,7 @@ impl Container {
             instance: 0,
             image_id: None,
             crash_delay: None,
+            start_failed: false,
             pull_delay: None,
             pulled: false,
             backing_off: false,
@@ -254,6 +257,16 @@ pub(crate) enum PodEvent {
         kind: ProbeKind,
         /// Its new result.
         healthy: bool,
+    },
+    /// The node could not start an instance (its log file, sandbox or listener failed): the
+    /// guest never ran. Retried with the crash back-off.
+    StartFailed {
+        /// Which container.
+        container: usize,
+        /// `CreateContainerError` (nothing was created) or `RunContainerError`.
+        reason: &'static str,
+        /// What failed.
+        message: String,
     },
     /// The pod was deleted.
     Delete,
@@ -458,6 +471,11 @@ impl PodWorker {
                 exit,
                 at,
             } => self.exited(container, exit, at, &mut fx),
+            PodEvent::StartFailed {
+                container,
+                reason,
+                message,
+            } => self.start_failed(container, reason, message, &mut fx),
             PodEvent::PullBackOff { container } => {
                 let c = &mut self.containers[container];
                 if c.backing_off
@@ -482,8 +500,11 @@ impl PodWorker {
                 }
                 c.backing_off = false;
                 if c.pulled {
-                    // `restartCount` counts instances started after the first.
-                    c.restart_count += 1;
+                    // `restartCount` counts instances started after the first; a start that
+                    // failed on the node's side started nothing.
+                    if !std::mem::take(&mut c.start_failed) {
+                        c.restart_count += 1;
+                    }
                     fx.push(Effect::Start { container });
                 } else {
                     fx.push(Effect::Pull { container });
@@ -695,6 +716,47 @@ impl PodWorker {
                 });
             }
         }
+    }
+
+    /// The node failed to start an instance: the container waits with the kubelet's reason
+    /// and message, a `Failed` event says why, and the start is retried after the back-off.
+    fn start_failed(
+        &mut self,
+        i: usize,
+        reason: &'static str,
+        message: String,
+        fx: &mut Vec<Effect>,
+    ) {
+        let backoff = self.backoff;
+        let terminating = matches!(self.stage, Stage::Terminating | Stage::Gone);
+        let c = &mut self.containers[i];
+        c.ready = false;
+        c.started = false;
+        if c.probes.any() {
+            fx.push(Effect::StopProbes { container: i });
+        }
+        c.state = State::Waiting {
+            reason,
+            message: Some(message.clone()),
+        };
+        if terminating {
+            self.maybe_gone(fx);
+            return;
+        }
+        let delay = next_delay(c.crash_delay, backoff);
+        c.crash_delay = Some(delay);
+        c.backing_off = true;
+        c.start_failed = true;
+        fx.push(Effect::Event {
+            container: Some(i),
+            kind: EventType::Warning,
+            reason: "Failed",
+            message: format!("Error: {message}"),
+        });
+        fx.push(Effect::After {
+            delay,
+            event: PodEvent::BackoffOver { container: i },
+        });
     }
 
     /// Acts on a probe result, as the kubelet's sync does: readiness sets `ready`, a startup
@@ -1313,5 +1375,48 @@ mod tests {
         w.step(PodEvent::Delete, ts(2));
         assert!(probe(&mut w, 0, ProbeKind::Readiness, true).is_empty());
         assert!(!w.containers_ready());
+    }
+
+    #[test]
+    fn a_host_side_start_failure_should_wait_with_its_reason_and_retry_without_a_restart() {
+        let mut w = PodWorker::new(
+            &[],
+            &["app".into()],
+            RestartPolicy::Always,
+            Backoff::default(),
+        );
+        w.step(PodEvent::Begin, ts(0));
+        let fx = w.step(
+            PodEvent::ImageReady {
+                container: 0,
+                result: Ok("sha256:x".into()),
+            },
+            ts(0),
+        );
+        assert!(fx.contains(&Effect::Start { container: 0 }));
+        let fx = w.step(
+            PodEvent::StartFailed {
+                container: 0,
+                reason: "RunContainerError",
+                message: "cannot listen on 10.0.0.1:80".into(),
+            },
+            ts(1),
+        );
+        assert_eq!(
+            w.containers[0].state,
+            State::Waiting {
+                reason: "RunContainerError",
+                message: Some("cannot listen on 10.0.0.1:80".into())
+            }
+        );
+        assert!(fx.iter().any(|e| matches!(e, Effect::Event { reason: "Failed", message, .. } if message == "Error: cannot listen on 10.0.0.1:80")));
+        assert!(fx.contains(&Effect::After {
+            delay: Backoff::default().initial,
+            event: PodEvent::BackoffOver { container: 0 }
+        }));
+        assert_eq!(w.phase(), Phase::Pending);
+        let fx = w.step(PodEvent::BackoffOver { container: 0 }, ts(11));
+        assert_eq!(fx, vec![Effect::Start { container: 0 }]);
+        assert_eq!(w.containers[0].restart_count, 0, "nothing had started");
     }
 }

@@ -25,11 +25,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::pod::LogIndex;
+use crate::pod::PodRegistry;
 use crate::streaming::logs::{LogFile, LogOptions, parse_record, read_records, render};
 
 struct Shared {
-    logs: Arc<LogIndex>,
+    pods: Arc<PodRegistry>,
     token: String,
 }
 
@@ -53,7 +53,7 @@ struct LogQuery {
 pub(crate) async fn start(
     listen: SocketAddr,
     hosts: Vec<String>,
-    logs: Arc<LogIndex>,
+    pods: Arc<PodRegistry>,
     token: String,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
@@ -81,7 +81,7 @@ pub(crate) async fn start(
             "/portForward/{namespace}/{pod}",
             axum::routing::any(port_forward),
         )
-        .with_state(Arc::new(Shared { logs, token }));
+        .with_state(Arc::new(Shared { pods, token }));
     let task = tokio::spawn(async move {
         let tracker = TaskTracker::new();
         loop {
@@ -154,7 +154,7 @@ async fn exec(
         );
     }
     let target = s
-        .logs
+        .pods
         .get(&namespace, &pod)
         .and_then(|p| p.running.get(&container).cloned());
     if target.is_none() {
@@ -181,7 +181,7 @@ async fn port_forward(
     if !authorized(req.headers(), &s.token) {
         return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
     }
-    let Some(target) = s.logs.get(&namespace, &pod).and_then(|p| p.forward) else {
+    let Some(target) = s.pods.get(&namespace, &pod).and_then(|p| p.forward) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("pod {namespace}/{pod} has no address on this node"),
@@ -272,7 +272,7 @@ async fn container_logs(
     if !authorized(&headers, &s.token) {
         return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
     }
-    let Some(logs) = s.logs.get(&namespace, &pod) else {
+    let Some(logs) = s.pods.get(&namespace, &pod) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("pod {namespace}/{pod} is not running on this node"),
