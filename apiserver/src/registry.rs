@@ -156,7 +156,10 @@ pub trait Kind: Send + Sync {
     /// Identity.
     fn info(&self) -> &ResourceInfo;
     /// Decodes a JSON object through the typed model.
-    fn decode(&self, raw: &Value) -> Result<Decoded, String>;
+    ///
+    /// # Errors
+    /// When the JSON does not fit the kind's schema (a type mismatch, say).
+    fn decode(&self, raw: &Value) -> Result<Decoded, serde_json::Error>;
     /// Defaults and validates a new or updated object in place.
     fn admit(&self, obj: &mut Value, old: Option<&Value>) -> Result<(), Vec<FieldError>>;
     /// Supported field selector paths.
@@ -223,8 +226,8 @@ fn unknown_fields(input: &Value, canonical: &Value, path: &str, out: &mut Vec<St
 }
 
 impl<S: Strategy> Registered<S> {
-    fn typed(&self, obj: &Value) -> Result<S::K, String> {
-        serde_json::from_value(obj.clone()).map_err(|e| e.to_string())
+    fn typed(&self, obj: &Value) -> Result<S::K, serde_json::Error> {
+        serde_json::from_value(obj.clone())
     }
 }
 
@@ -233,9 +236,9 @@ impl<S: Strategy> Kind for Registered<S> {
         &self.info
     }
 
-    fn decode(&self, raw: &Value) -> Result<Decoded, String> {
-        let typed: S::K = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
-        let object = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    fn decode(&self, raw: &Value) -> Result<Decoded, serde_json::Error> {
+        let typed: S::K = serde_json::from_value(raw.clone())?;
+        let object = serde_json::to_value(&typed)?;
         let mut unknown = Vec::new();
         unknown_fields(raw, &object, "", &mut unknown);
         Ok(Decoded { object, unknown })
@@ -244,7 +247,7 @@ impl<S: Strategy> Kind for Registered<S> {
     fn admit(&self, obj: &mut Value, old: Option<&Value>) -> Result<(), Vec<FieldError>> {
         let mut typed = self
             .typed(obj)
-            .map_err(|e| vec![FieldError::invalid("", "object", &e)])?;
+            .map_err(|e| vec![FieldError::invalid("", "object", &e.to_string())])?;
         self.strategy.default(&mut typed);
         let mut errors = validation::object_meta(
             typed.metadata(),
@@ -255,7 +258,7 @@ impl<S: Strategy> Kind for Registered<S> {
         if let Some(old) = old {
             let old_typed = self
                 .typed(old)
-                .map_err(|e| vec![FieldError::invalid("", "object", &e)])?;
+                .map_err(|e| vec![FieldError::invalid("", "object", &e.to_string())])?;
             errors.extend(self.strategy.validate_update(&typed, &old_typed));
         }
         if !errors.is_empty() {

@@ -149,7 +149,8 @@ struct Scheduler {
     queue: SchedulingQueue,
     equivalence: EquivalenceCache,
     next_start: usize,
-    binds: mpsc::UnboundedSender<(PodInfo, String, Result<(), kube::Error>)>,
+    /// Bind results from the bind tasks; when full, a bind task waits (the loop drains it).
+    binds: mpsc::Sender<(PodInfo, String, Result<(), kube::Error>)>,
 }
 
 impl Scheduler {
@@ -215,7 +216,7 @@ impl Scheduler {
                 let (client, tx) = (self.client.clone(), self.binds.clone());
                 tokio::spawn(async move {
                     let result = bind(&client, &pod, &decision.node).await;
-                    let _ = tx.send((pod, decision.node, result));
+                    let _ = tx.send((pod, decision.node, result)).await;
                 });
             }
             Err(fit) => {
@@ -373,13 +374,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     Ok(())
 }
 
+/// Bind results waiting for the scheduling loop.
+const BINDS_IN_FLIGHT: usize = 1024;
+
 /// Runs the scheduler with an existing client until `shutdown`.
 pub async fn run_with_client(cfg: Config, client: Client, shutdown: CancellationToken) {
     let reporter = Reporter {
         controller: cfg.scheduler_name.clone(),
         instance: Some(format!("{}-{}", cfg.scheduler_name, std::process::id())),
     };
-    let (tx, mut binds) = mpsc::unbounded_channel();
+    let (tx, mut binds) = mpsc::channel(BINDS_IN_FLIGHT);
     let mut profile = Profile::default_profile();
     profile.percentage_of_nodes_to_score = cfg.percentage_of_nodes_to_score;
     let mut s = Scheduler {

@@ -114,6 +114,39 @@ async fn exec_runs_commands_in_a_running_container_with_its_volumes_and_streams(
     assert_eq!(out, "line one\nline two\n\n");
     assert_eq!(status.status.as_deref(), Some("Success"));
 
+    // More stdin than the session queues (64 chunks): the session waits for the guest to read,
+    // and every byte arrives in order.
+    let mut p = pods
+        .exec(
+            "box",
+            ["/toolbox", "cat", "-"],
+            &AttachParams::default()
+                .container("main")
+                .stdin(true)
+                .stderr(false),
+        )
+        .await?;
+    let mut stdin = p.stdin().context("stdin")?;
+    let chunk: String = (0..1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut sent = String::new();
+    for i in 0..400 {
+        let line = format!("{i:04} {chunk}\n");
+        stdin.write_all(line.as_bytes()).await?;
+        sent.push_str(&line);
+    }
+    stdin.shutdown().await?;
+    drop(stdin);
+    let (out, _, status) = finish(p).await?;
+    assert_eq!(status.status.as_deref(), Some("Success"));
+    assert!(
+        out.starts_with(&sent),
+        "all {} bytes of stdin came back in order ({} came)",
+        sent.len(),
+        out.len()
+    );
+
     // A failing command: stderr, and the exit code in the status as kubectl reads it.
     let p = pods
         .exec("box", ["/toolbox", "cat", "/nope"], &stdout)

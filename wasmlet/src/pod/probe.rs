@@ -18,6 +18,24 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Why one probe attempt failed, in the kubelet's words: the message of the `Unhealthy`
+/// event (`Get "http://10.244.0.5:8080/": dial tcp ...: connect: connection refused`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct ProbeFailure(pub(crate) String);
+
+impl ProbeFailure {
+    fn of(e: impl std::fmt::Display) -> Self {
+        ProbeFailure(e.to_string())
+    }
+}
+
+impl From<&str> for ProbeFailure {
+    fn from(s: &str) -> Self {
+        ProbeFailure(s.to_owned())
+    }
+}
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -90,7 +108,7 @@ pub(crate) enum Action {
         command: Vec<String>,
     },
     /// A probe that cannot run (a named port the container does not have); always fails.
-    Invalid(String),
+    Invalid(ProbeFailure),
 }
 
 /// One probe of a container, resolved.
@@ -126,12 +144,12 @@ fn count(v: Option<i32>, default: u32) -> u32 {
 }
 
 /// A probe's port: a number, or the name of one of the container's ports.
-fn port(p: &IntOrString, c: &Container) -> Result<u16, String> {
+fn port(p: &IntOrString, c: &Container) -> Result<u16, ProbeFailure> {
     match p {
         IntOrString::Int(n) => u16::try_from(*n)
             .ok()
             .filter(|n| *n > 0)
-            .ok_or_else(|| format!("invalid port number: {n}")),
+            .ok_or_else(|| ProbeFailure(format!("invalid port number: {n}"))),
         IntOrString::String(name) => match name.parse::<u16>() {
             Ok(n) if n > 0 => Ok(n),
             _ => c
@@ -140,7 +158,7 @@ fn port(p: &IntOrString, c: &Container) -> Result<u16, String> {
                 .flatten()
                 .find(|cp| cp.name.as_deref() == Some(name.as_str()))
                 .and_then(|cp| u16::try_from(cp.container_port).ok())
-                .ok_or_else(|| format!("couldn't find port: {name} in {}", c.name)),
+                .ok_or_else(|| ProbeFailure(format!("couldn't find port: {name} in {}", c.name))),
         },
     }
 }
@@ -189,7 +207,7 @@ impl ProbeSpec {
                     port,
                     service: g.service.clone().unwrap_or_default(),
                 },
-                None => Action::Invalid(format!("invalid port number: {}", g.port)),
+                None => Action::Invalid(ProbeFailure(format!("invalid port number: {}", g.port))),
             }
         } else if let Some(e) = &probe.exec {
             Action::Exec {
@@ -296,30 +314,38 @@ pub(crate) struct Prober {
 }
 
 impl Prober {
-    async fn connect(&self, host: Option<&str>, port: u16) -> Result<TcpStream, String> {
+    async fn connect(&self, host: Option<&str>, port: u16) -> Result<TcpStream, ProbeFailure> {
         let ip = match host {
             None => self.pod_ip,
             Some(h) => h.parse::<Ipv4Addr>().map_err(|_| {
-                format!("dial tcp {h}:{port}: probe hosts must be IPv4 addresses on wasmkube")
+                ProbeFailure(format!(
+                    "dial tcp {h}:{port}: probe hosts must be IPv4 addresses on wasmkube"
+                ))
             })?,
         };
         let dest = SocketAddrV4::new(ip, port);
         let dialled = self.net.dial_from_node(dest).await;
-        dialled.map_err(|e| format!("dial tcp {dest}: connect: {}", describe(&e)))
+        dialled.map_err(|e| ProbeFailure(format!("dial tcp {dest}: connect: {}", describe(&e))))
     }
 
     /// Runs `action` once within `timeout`.
     ///
     /// # Errors
     /// The failure, in the kubelet's words where it has them.
-    pub(crate) async fn check(&self, action: &Action, timeout: Duration) -> Result<(), String> {
+    pub(crate) async fn check(
+        &self,
+        action: &Action,
+        timeout: Duration,
+    ) -> Result<(), ProbeFailure> {
         match action {
             Action::Invalid(why) => Err(why.clone()),
             Action::Tcp { host, port } => {
                 let host_shown = host.clone().unwrap_or_else(|| self.pod_ip.to_string());
                 match tokio::time::timeout(timeout, self.connect(host.as_deref(), *port)).await {
                     Ok(conn) => conn.map(drop),
-                    Err(_) => Err(format!("dial tcp {host_shown}:{port}: i/o timeout")),
+                    Err(_) => Err(ProbeFailure(format!(
+                        "dial tcp {host_shown}:{port}: i/o timeout"
+                    ))),
                 }
             }
             Action::Http {
@@ -336,27 +362,31 @@ impl Prober {
                 );
                 let get = self.http_get(host.as_deref(), *port, &host_shown, path, *https, headers);
                 match tokio::time::timeout(timeout, get).await {
-                    Err(_) => Err(format!(
+                    Err(_) => Err(ProbeFailure(format!(
                         "Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
-                    )),
-                    Ok(Err(e)) => Err(format!("Get \"{url}\": {e}")),
+                    ))),
+                    Ok(Err(e)) => Err(ProbeFailure(format!("Get \"{url}\": {e}"))),
                     Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
-                    Ok(Ok(code)) => Err(format!("HTTP probe failed with statuscode: {code}")),
+                    Ok(Ok(code)) => Err(ProbeFailure(format!(
+                        "HTTP probe failed with statuscode: {code}"
+                    ))),
                 }
             }
             Action::Grpc { port, service } => {
                 let target = format!("{}:{port}", self.pod_ip);
                 match tokio::time::timeout(timeout, self.grpc_check(*port, service)).await {
-                    Err(_) => Err(format!(
+                    Err(_) => Err(ProbeFailure(format!(
                         "timeout: health rpc did not complete within {}s",
                         timeout.as_secs()
-                    )),
-                    Ok(Err(e)) => Err(format!("failed to connect service {target:?}: {e}")),
+                    ))),
+                    Ok(Err(e)) => Err(ProbeFailure(format!(
+                        "failed to connect service {target:?}: {e}"
+                    ))),
                     Ok(Ok(1)) => Ok(()),
-                    Ok(Ok(status)) => Err(format!(
+                    Ok(Ok(status)) => Err(ProbeFailure(format!(
                         "service unhealthy (responded with {:?})",
                         grpc_status_name(status)
-                    )),
+                    ))),
                 }
             }
             Action::Exec { command } => self.exec(command, timeout).await,
@@ -371,7 +401,7 @@ impl Prober {
         path: &str,
         https: bool,
         headers: &[(String, String)],
-    ) -> Result<u16, String> {
+    ) -> Result<u16, ProbeFailure> {
         let stream = self.connect(host, port).await?;
         let mut req = http::Request::get(path);
         let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
@@ -389,13 +419,13 @@ impl Prober {
         }
         let req = req
             .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("invalid request: {e}"))?;
+            .map_err(|e| ProbeFailure(format!("invalid request: {e}")))?;
         let status = if https {
             // HTTPS probes do not verify the certificate (the kubelet's `InsecureSkipVerify`).
             let tls = wasmkube_client::tls::insecure_connector()
                 .connect(server_name(host_shown), stream)
                 .await
-                .map_err(|e| format!("tls: {e}"))?;
+                .map_err(|e| ProbeFailure(format!("tls: {e}")))?;
             send_http1(TokioIo::new(tls), req).await?
         } else {
             send_http1(TokioIo::new(stream), req).await?
@@ -404,12 +434,12 @@ impl Prober {
     }
 
     /// Calls `grpc.health.v1.Health/Check` over h2c and returns the serving status.
-    async fn grpc_check(&self, port: u16, service: &str) -> Result<u64, String> {
+    async fn grpc_check(&self, port: u16, service: &str) -> Result<u64, ProbeFailure> {
         let stream = self.connect(None, port).await?;
         let (mut sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(ProbeFailure::of)?;
         tokio::spawn(conn);
         // HealthCheckRequest { string service = 1; }, length-prefixed as gRPC frames it.
         let mut msg = Vec::new();
@@ -429,21 +459,17 @@ impl Prober {
         .header("te", "trailers")
         .header(http::header::USER_AGENT, USER_AGENT)
         .body(Full::new(Bytes::from(frame)))
-        .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        .map_err(ProbeFailure::of)?;
+        let resp = sender.send_request(req).await.map_err(ProbeFailure::of)?;
         let header_status = resp.headers().get("grpc-status").cloned();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
+        let body = resp.into_body().collect().await.map_err(ProbeFailure::of)?;
         let grpc_status = body
             .trailers()
             .and_then(|t| t.get("grpc-status").cloned())
             .or(header_status);
         match grpc_status.as_ref().and_then(|s| s.to_str().ok()) {
             Some("0") => {}
-            Some(code) => return Err(format!("rpc error: code = {code}")),
+            Some(code) => return Err(ProbeFailure(format!("rpc error: code = {code}"))),
             None => return Err("rpc error: no grpc-status".into()),
         }
         let bytes = body.to_bytes();
@@ -452,7 +478,7 @@ impl Prober {
         Ok(read_status_field(msg).unwrap_or(0))
     }
 
-    async fn exec(&self, command: &[String], timeout: Duration) -> Result<(), String> {
+    async fn exec(&self, command: &[String], timeout: Duration) -> Result<(), ProbeFailure> {
         let Some((prepared, launch)) = &self.exec else {
             return Err("exec: the container is not running".into());
         };
@@ -467,30 +493,30 @@ impl Prober {
             ..launch.clone()
         };
         match crate::runtime::instance::run_exec(pre, &launch, timeout).await {
-            Err(e) => Err(format!("{e:#}")),
-            Ok((None, _)) => Err(format!("command {command:?} timed out")),
+            Err(e) => Err(ProbeFailure(format!("{e:#}"))),
+            Ok((None, _)) => Err(ProbeFailure(format!("command {command:?} timed out"))),
             Ok((Some(Exit::Code(0)), _)) => Ok(()),
-            Ok((Some(exit), output)) if output.trim().is_empty() => Err(format!(
+            Ok((Some(exit), output)) if output.trim().is_empty() => Err(ProbeFailure(format!(
                 "command {command:?} exited with {}",
                 match exit {
                     Exit::Trapped(m) | Exit::OomKilled(m) => m,
                     other => other.code().to_string(),
                 }
-            )),
-            Ok((Some(_), output)) => Err(output),
+            ))),
+            Ok((Some(_), output)) => Err(ProbeFailure(output)),
         }
     }
 }
 
-async fn send_http1<I>(io: I, req: http::Request<Empty<Bytes>>) -> Result<u16, String>
+async fn send_http1<I>(io: I, req: http::Request<Empty<Bytes>>) -> Result<u16, ProbeFailure>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(ProbeFailure::of)?;
     tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(ProbeFailure::of)?;
     Ok(resp.status().as_u16())
 }
 
@@ -611,7 +637,7 @@ async fn probe_loop(
         ticks.tick().await;
         let outcome = prober.check(&spec.action, spec.timeout).await;
         if let Err(message) = &outcome {
-            report.failed(kind, message);
+            report.failed(kind, &message.0);
         }
         if let Some(healthy) = threshold.observe(outcome.is_ok()) {
             report.result(kind, healthy);
@@ -630,7 +656,7 @@ mod tests {
 
     fn spec(success: u32, failure: u32) -> ProbeSpec {
         ProbeSpec {
-            action: Action::Invalid(String::new()),
+            action: Action::Invalid(ProbeFailure(String::new())),
             initial_delay: Duration::ZERO,
             period: Duration::from_secs(1),
             timeout: Duration::from_secs(1),

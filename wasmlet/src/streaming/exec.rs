@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::runtime::Prepared;
 use crate::runtime::instance::{Exit, Launch, SessionIo, run_session};
 
+/// Stdin chunks waiting for the guest to read them.
+const STDIN_QUEUE: usize = 64;
+
 /// The subprotocols served, preferred first: kubectl offers only v5; kube-rs offers v5 and
 /// v4 (v4 has no way to close stdin).
 pub(crate) const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -176,7 +179,10 @@ pub(crate) async fn serve(ws: WebSocket, req: ExecRequest, target: Option<(Prepa
         });
     }
     // Stdin is written by its own task so a guest that does not read cannot stall the socket.
-    let (stdin_tx, mut stdin_rx) = mpsc::unbounded_channel::<Option<Bytes>>();
+    // Its queue is bounded: when the guest is that far behind, the session stops reading the
+    // client (TCP slows it) but keeps forwarding stdout and stderr, so nothing deadlocks.
+    let (stdin_tx, mut stdin_rx) = mpsc::channel::<Option<Bytes>>(STDIN_QUEUE);
+    let mut held: Option<Option<Bytes>> = None;
     tokio::spawn(async move {
         while let Some(Some(data)) = stdin_rx.recv().await {
             if our_in.write_all(&data).await.is_err() {
@@ -196,13 +202,24 @@ pub(crate) async fn serve(ws: WebSocket, req: ExecRequest, target: Option<(Prepa
             break;
         }
         tokio::select! {
-            msg = rx.next() => match msg {
+            permit = stdin_tx.reserve(), if held.is_some() => {
+                if let Ok(permit) = permit {
+                    permit.send(held.take().expect("guarded"));
+                } else {
+                    held = None;
+                }
+            }
+            msg = rx.next(), if held.is_none() => match msg {
                 Some(Ok(Message::Binary(data))) => match data.first() {
                     Some(&STDIN) if req.stdin => {
-                        let _ = stdin_tx.send(Some(data.slice(1..)));
+                        if let Err(mpsc::error::TrySendError::Full(data)) = stdin_tx.try_send(Some(data.slice(1..))) {
+                            held = Some(data);
+                        }
                     }
                     Some(&CLOSE) if data.get(1) == Some(&STDIN) => {
-                        let _ = stdin_tx.send(None);
+                        if let Err(mpsc::error::TrySendError::Full(eof)) = stdin_tx.try_send(None) {
+                            held = Some(eof);
+                        }
                     }
                     // Resize (no terminal here) and anything unknown.
                     Some(&RESIZE) | Some(_) | None => {}

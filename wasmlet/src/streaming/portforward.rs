@@ -67,13 +67,18 @@ struct Pair {
     error: Option<u32>,
 }
 
+/// Frames queued towards the client, and chunks towards one pod connection. When full the
+/// sender waits: a slow client slows the pod connections' readers, and a pod that does not
+/// read holds up its session (no frame is dropped; SPDY here has no flow control).
+const FRAMES: usize = 64;
+
 /// Serves a SPDY/3.1 port-forward session on `io` until the client goes away.
 pub(crate) async fn serve_spdy<T>(io: T, target: Target)
 where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(io);
-    let (out, mut frames) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (out, mut frames) = mpsc::channel::<Vec<u8>>(FRAMES);
     let done = CancellationToken::new();
     let writer = {
         let done = done.clone();
@@ -90,8 +95,7 @@ where
     let mut buf = BytesMut::with_capacity(CHUNK * 2);
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     // Data streams: where the client's bytes for the pod go (`None`: the client's FIN).
-    let mut to_pod: HashMap<u32, (mpsc::UnboundedSender<Option<Bytes>>, CancellationToken)> =
-        HashMap::new();
+    let mut to_pod: HashMap<u32, (mpsc::Sender<Option<Bytes>>, CancellationToken)> = HashMap::new();
     let mut last_stream = 0;
     'session: loop {
         loop {
@@ -101,7 +105,7 @@ where
                         stream, headers, ..
                     } => {
                         last_stream = last_stream.max(stream);
-                        let _ = out.send(codec.syn_reply(stream));
+                        let _ = out.send(codec.syn_reply(stream)).await;
                         let header = |k: &str| {
                             headers
                                 .iter()
@@ -121,7 +125,7 @@ where
                                     str::to_owned,
                                 );
                                 let error = pairs.remove(&id).and_then(|p| p.error);
-                                let (tx, rx) = mpsc::unbounded_channel();
+                                let (tx, rx) = mpsc::channel(FRAMES);
                                 let cancel = done.child_token();
                                 to_pod.insert(stream, (tx, cancel.clone()));
                                 tokio::spawn(forward_stream(
@@ -135,17 +139,19 @@ where
                                 ));
                             }
                             _ => {
-                                let _ = out.send(spdy::rst_stream(stream, spdy::PROTOCOL_ERROR));
+                                let _ = out
+                                    .send(spdy::rst_stream(stream, spdy::PROTOCOL_ERROR))
+                                    .await;
                             }
                         }
                     }
                     Frame::Data { stream, fin, data } => {
                         if let Some((tx, _)) = to_pod.get(&stream) {
                             if !data.is_empty() {
-                                let _ = tx.send(Some(data));
+                                let _ = tx.send(Some(data)).await;
                             }
                             if fin {
-                                let _ = tx.send(None);
+                                let _ = tx.send(None).await;
                             }
                         }
                     }
@@ -155,7 +161,7 @@ where
                         }
                     }
                     Frame::Ping(id) => {
-                        let _ = out.send(spdy::ping(id));
+                        let _ = out.send(spdy::ping(id)).await;
                     }
                     Frame::GoAway => break 'session,
                     Frame::Ignored => {}
@@ -175,7 +181,7 @@ where
             },
         }
     }
-    let _ = out.send(spdy::goaway(last_stream));
+    let _ = out.send(spdy::goaway(last_stream)).await;
     done.cancel();
     drop(out);
     let _ = writer.await;
@@ -188,24 +194,27 @@ async fn forward_stream(
     port: Option<u16>,
     data: u32,
     error: Option<u32>,
-    mut from_client: mpsc::UnboundedReceiver<Option<Bytes>>,
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    mut from_client: mpsc::Receiver<Option<Bytes>>,
+    out: mpsc::Sender<Vec<u8>>,
     cancel: CancellationToken,
 ) {
     let fail = |message: String| {
-        if let Some(e) = error {
-            let _ = out.send(spdy::data(e, true, message.as_bytes()));
+        let out = out.clone();
+        async move {
+            if let Some(e) = error {
+                let _ = out.send(spdy::data(e, true, message.as_bytes())).await;
+            }
+            let _ = out.send(spdy::rst_stream(data, spdy::CANCEL)).await;
         }
-        let _ = out.send(spdy::rst_stream(data, spdy::CANCEL));
     };
     let Some(port) = port else {
-        fail("a port-forward stream without a valid port header".into());
+        fail("a port-forward stream without a valid port header".into()).await;
         return;
     };
     let conn = match target.connect(port).await {
         Ok(c) => c,
         Err(message) => {
-            fail(message);
+            fail(message).await;
             return;
         }
     };
@@ -224,16 +233,16 @@ async fn forward_stream(
             match pod_rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if out.send(spdy::data(data, false, &buf[..n])).is_err() {
+                    if out.send(spdy::data(data, false, &buf[..n])).await.is_err() {
                         return;
                     }
                 }
             }
         }
         // The pod closed: so do both streams.
-        let _ = out.send(spdy::data(data, true, &[]));
+        let _ = out.send(spdy::data(data, true, &[])).await;
         if let Some(e) = error {
-            let _ = out.send(spdy::data(e, true, &[]));
+            let _ = out.send(spdy::data(e, true, &[])).await;
         }
     };
     tokio::select! {
@@ -284,17 +293,17 @@ pub(crate) fn websocket_bytes(ws: WebSocket) -> tokio::io::DuplexStream {
 /// Serves the WebSocket channel protocol (kube-rs) for `ports`: one pod connection per port.
 pub(crate) async fn serve_channels(ws: WebSocket, ports: Vec<u16>, target: Target) {
     let (mut tx, mut rx) = ws.split();
-    let (out, mut frames) = mpsc::unbounded_channel::<Message>();
-    let mut to_pod: Vec<Option<mpsc::UnboundedSender<Bytes>>> = Vec::new();
+    let (out, mut frames) = mpsc::channel::<Message>(FRAMES);
+    let mut to_pod: Vec<Option<mpsc::Sender<Bytes>>> = Vec::new();
     let done = CancellationToken::new();
     for (i, port) in ports.iter().enumerate() {
         let (data_ch, err_ch) = channels(i);
         for ch in [data_ch, err_ch] {
             let mut init = vec![ch];
             init.extend_from_slice(&port.to_le_bytes());
-            let _ = out.send(Message::Binary(Bytes::from(init)));
+            let _ = out.send(Message::Binary(Bytes::from(init))).await;
         }
-        let (ptx, prx) = mpsc::unbounded_channel();
+        let (ptx, prx) = mpsc::channel(FRAMES);
         to_pod.push(Some(ptx));
         tokio::spawn(forward_channel(
             target.clone(),
@@ -327,7 +336,7 @@ pub(crate) async fn serve_channels(ws: WebSocket, ports: Vec<u16>, target: Targe
                 if ch % 2 == 0
                     && let Some(Some(tx)) = to_pod.get(ch / 2)
                 {
-                    let _ = tx.send(b.slice(1..));
+                    let _ = tx.send(b.slice(1..)).await;
                 }
             }
             Message::Close(_) => break,
@@ -349,8 +358,8 @@ async fn forward_channel(
     target: Target,
     port: u16,
     data_ch: u8,
-    mut from_client: mpsc::UnboundedReceiver<Bytes>,
-    out: mpsc::UnboundedSender<Message>,
+    mut from_client: mpsc::Receiver<Bytes>,
+    out: mpsc::Sender<Message>,
     cancel: CancellationToken,
 ) {
     let framed = |ch: u8, bytes: &[u8]| {
@@ -362,7 +371,7 @@ async fn forward_channel(
     let conn = match target.connect(port).await {
         Ok(c) => c,
         Err(message) => {
-            let _ = out.send(framed(data_ch + 1, message.as_bytes()));
+            let _ = out.send(framed(data_ch + 1, message.as_bytes())).await;
             return;
         }
     };
@@ -378,7 +387,7 @@ async fn forward_channel(
     let from_pod = async {
         let mut buf = vec![0u8; CHUNK];
         while let Ok(n) = pod_rd.read(&mut buf).await {
-            if n == 0 || out.send(framed(data_ch, &buf[..n])).is_err() {
+            if n == 0 || out.send(framed(data_ch, &buf[..n])).await.is_err() {
                 break;
             }
         }
