@@ -19,3 +19,16 @@ pub mod selector;
 pub mod services;
 
 pub use resource::{ResourceInfo, Scope};
+
+/// An error and its causes on one line (`cannot listen on 10.244.0.5:80: address in use`),
+/// for logs and messages that must say everything (each layer's `Display` says only its own).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

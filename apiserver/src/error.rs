@@ -463,15 +463,8 @@ impl ApiError {
 
     /// 500 InternalError whose `cause` (an error chain) goes to the log, not to the client.
     pub fn internal_with_cause(message: impl Into<String>, cause: &dyn std::error::Error) -> Self {
-        let mut chain = cause.to_string();
-        let mut src = cause.source();
-        while let Some(s) = src {
-            chain.push_str(": ");
-            chain.push_str(&s.to_string());
-            src = s.source();
-        }
         let mut e = ApiError::internal(message);
-        e.cause = Some(chain);
+        e.cause = Some(wasmkube_api::error_chain(cause));
         e
     }
 

@@ -760,24 +760,12 @@ async fn instance(
             at: Timestamp::now(),
         }),
         Err(e) => {
-            let message = error_chain(&e);
+            let message = wasmkube_api::error_chain(&e);
             log.note(&message);
             host_failure(message)
         }
     };
     let _ = tx.send(report).await;
-}
-
-/// An error and its causes on one line (`cannot listen on 10.244.0.5:80: address in use`).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The pod's volumes, prepared by the first container task that needs them and shared by
