@@ -204,74 +204,9 @@ async fn kubectl_should_work_end_to_end() -> Result<()> {
     );
 
     tracing::info!("--- generators (kubectl 1.32+ sends these as protobuf)");
-    for args in [
-        &["create", "namespace", "team-a"][..],
-        &[
-            "-n",
-            "team-a",
-            "create",
-            "configmap",
-            "conf",
-            "--from-literal=a=1",
-        ],
-        &[
-            "-n",
-            "team-a",
-            "create",
-            "secret",
-            "generic",
-            "pw",
-            "--from-literal=pw=hunter2",
-        ],
-        &["-n", "team-a", "create", "serviceaccount", "robot"],
-        &[
-            "-n",
-            "team-a",
-            "create",
-            "deployment",
-            "api",
-            "--image=registry.local/api:1",
-            "--replicas=2",
-            "--port=8080",
-        ],
-        &[
-            "-n",
-            "team-a",
-            "create",
-            "job",
-            "once",
-            "--image=registry.local/job:1",
-            "--",
-            "run",
-            "--fast",
-        ],
-        &[
-            "-n",
-            "team-a",
-            "create",
-            "cronjob",
-            "tick",
-            "--image=registry.local/job:1",
-            "--schedule=*/5 * * * *",
-        ],
-        &[
-            "-n",
-            "team-a",
-            "create",
-            "service",
-            "clusterip",
-            "api",
-            "--tcp=80:8080",
-        ],
-        &[
-            "create",
-            "priorityclass",
-            "team-a-high",
-            "--value=1000",
-            "--description=team a",
-        ],
-    ] {
-        let (ok, out) = kubectl(&kc, args)?;
+    for args in generators("team-a") {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out) = kubectl(&kc, &args)?;
         ensure!(ok && out.contains("created"), "kubectl {args:?}: {out}");
     }
     let (ok, out) = kubectl(
@@ -289,6 +224,23 @@ async fn kubectl_should_work_end_to_end() -> Result<()> {
     ensure!(
         ok && out == "Opaque aHVudGVyMg==",
         "secret defaults and data: {out}"
+    );
+    let (ok, out) = kubectl(
+        &kc,
+        &[
+            "-n",
+            "team-a",
+            "get",
+            "svc",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.spec.type} {end}",
+        ],
+    )?;
+    ensure!(
+        ok && out.contains("edge=NodePort")
+            && out.contains("lb=LoadBalancer")
+            && out.contains("ext=ExternalName"),
+        "service generators: {out}"
     );
 
     let (ok, out) = kubectl(&kc, &["delete", "-f", m])?;
@@ -309,6 +261,87 @@ async fn up_with_manifest() -> Result<(tempfile::TempDir, Process, String)> {
     std::fs::write(&manifest, MANIFEST)?;
     let m = manifest.to_str().expect("utf-8 path").to_string();
     Ok((dir, up, m))
+}
+
+/// Every `kubectl create` generator for a kind wasmkube serves, into namespace `ns` (created
+/// first; the PriorityClass is named after it).
+fn generators(ns: &str) -> Vec<Vec<String>> {
+    let high = format!("{ns}-high");
+    let cmds: Vec<Vec<&str>> = vec![
+        vec!["create", "namespace", ns],
+        vec!["create", "configmap", "conf", "--from-literal=a=1"],
+        vec![
+            "create",
+            "secret",
+            "generic",
+            "pw",
+            "--from-literal=pw=hunter2",
+        ],
+        vec![
+            "create",
+            "secret",
+            "docker-registry",
+            "pull",
+            "--docker-server=registry.local",
+            "--docker-username=u",
+            "--docker-password=p",
+        ],
+        vec!["create", "serviceaccount", "robot"],
+        vec![
+            "create",
+            "deployment",
+            "api",
+            "--image=registry.local/api:1",
+            "--replicas=2",
+            "--port=8080",
+        ],
+        vec![
+            "create",
+            "job",
+            "once",
+            "--image=registry.local/job:1",
+            "--",
+            "run",
+            "--fast",
+        ],
+        vec![
+            "create",
+            "cronjob",
+            "tick",
+            "--image=registry.local/job:1",
+            "--schedule=*/5 * * * *",
+        ],
+        vec!["create", "service", "clusterip", "api", "--tcp=80:8080"],
+        vec!["create", "service", "nodeport", "edge", "--tcp=80:8080"],
+        vec!["create", "service", "loadbalancer", "lb", "--tcp=443:8443"],
+        vec![
+            "create",
+            "service",
+            "externalname",
+            "ext",
+            "--external-name=example.invalid",
+        ],
+        vec!["create", "ingress", "web", "--rule=web.example/*=api:80"],
+        vec![
+            "create",
+            "priorityclass",
+            high.as_str(),
+            "--value=1000",
+            "--description=generated",
+        ],
+    ];
+    cmds.into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut args: Vec<String> = Vec::new();
+            // The namespace itself and the cluster-scoped PriorityClass take no `-n`.
+            if i != 0 && c[1] != "priorityclass" {
+                args.extend(["-n".to_owned(), ns.to_owned()]);
+            }
+            args.extend(c.into_iter().map(str::to_owned));
+            args
+        })
+        .collect()
 }
 
 /// Every `kubectl.1.NN` installed beside the resolved `kubectl` (this machine has 1.27–1.33).
@@ -363,12 +396,17 @@ async fn every_installed_kubectl_version_should_apply_get_describe_and_delete() 
             vec!["apply", "-f", m],
             vec!["get", "deployment", "web", "-o", "yaml"],
             vec!["describe", "deployment", "web"],
-            vec!["create", "namespace", ns.as_str()],
             vec!["explain", "pod.spec.containers.image"],
             vec!["delete", "-f", m],
         ] {
             let (ok, out) = kubectl_as(&bin, &kc, &args)?;
             ensure!(ok, "{name} {args:?}: {out}");
+        }
+        // Every generator of a served kind (JSON before 1.32, protobuf from 1.32 on).
+        for args in generators(&ns) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (ok, out) = kubectl_as(&bin, &kc, &args)?;
+            ensure!(ok && out.contains("created"), "{name} {args:?}: {out}");
         }
     }
     Ok(())
