@@ -2,6 +2,7 @@
 
 mod apps;
 mod batch;
+mod config;
 mod core;
 mod events;
 pub(crate) mod misc;

@@ -5,21 +5,27 @@
 
 pub(crate) mod events;
 pub(crate) mod probe;
+mod registry;
 pub(crate) mod spec;
 pub(crate) mod status;
+mod tasks;
 pub(crate) mod worker;
 
-use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+pub(crate) use registry::{IpPool, PodRegistry};
+
+use tasks::{
+    ProbeReport, VolumeSource, Volumes, grace_period, http_port, instance, open_host_ports,
+    prepare, write_status,
+};
+
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, Preconditions};
 use kube::{Api, Client};
-use serde_json::json;
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,14 +33,14 @@ use tokio_util::task::TaskTracker;
 use crate::net::NodeNet;
 use crate::net::podnet::PodAddress;
 use crate::pod::events::Recorder;
-use crate::pod::probe::{ContainerProbes, ProbeKind, Prober};
-use crate::pod::spec::{PodFacts, Sources};
+use crate::pod::probe::{ContainerProbes, Prober};
+use crate::pod::spec::PodFacts;
 use crate::pod::status::{Addresses, pod_status};
 use crate::pod::worker::{
-    Backoff, Effect, EventType, ImageFailure, PodEvent, PodWorker, Probes, RestartPolicy, Stage,
+    Backoff, Effect, ImageFailure, PodEvent, PodWorker, Probes, RestartPolicy, Stage,
 };
-use crate::runtime::images::{Fetched, Images, PullPolicy};
-use crate::runtime::instance::{InstanceError, Launch, run_command, serve_http};
+use crate::runtime::images::Images;
+use crate::runtime::instance::Launch;
 use crate::runtime::{Prepared, Runtime};
 use crate::streaming::logs::{LogFile, Rotation};
 
@@ -66,88 +72,6 @@ pub(crate) struct NodeCtx {
     pub net: Arc<NodeNet>,
     /// Live log files, for `follow`.
     pub pods: Arc<PodRegistry>,
-}
-
-/// Pod address offsets: offset `k` is the `k`-th address of the node's pod CIDR and of its
-/// loopback range alike (`.0` and `.1` are the network and the node's own relay address).
-#[derive(Debug)]
-pub(crate) struct IpPool {
-    capacity: u32,
-    next: u32,
-    used: std::collections::HashSet<u32>,
-}
-
-impl IpPool {
-    /// A pool of `capacity` offsets, from 2.
-    pub(crate) fn new(capacity: u32) -> Self {
-        Self {
-            capacity,
-            next: 0,
-            used: Default::default(),
-        }
-    }
-
-    /// A free offset, if any.
-    pub(crate) fn allocate(&mut self) -> Option<u32> {
-        for _ in 0..self.capacity {
-            let offset = 2 + self.next;
-            self.next = (self.next + 1) % self.capacity.max(1);
-            if self.used.insert(offset) {
-                return Some(offset);
-            }
-        }
-        None
-    }
-
-    /// Returns an offset to the pool.
-    pub(crate) fn release(&mut self, offset: u32) {
-        self.used.remove(&offset);
-    }
-}
-
-/// The pods this node runs, keyed by (namespace, name): where each one's logs are, its
-/// running instances and its address; what the node's endpoint serves (`pods/log`,
-/// `pods/exec`, `pods/portforward`).
-#[derive(Default)]
-pub(crate) struct PodRegistry {
-    pods: Mutex<HashMap<(String, String), PodEntry>>,
-}
-
-/// One pod on this node: its log directories and live files, running instances, address.
-#[derive(Clone, Default)]
-pub(crate) struct PodEntry {
-    /// `<pods dir>/<ns>_<name>_<uid>`.
-    pub dir: PathBuf,
-    /// Container name → (current restart index, its live log file while running).
-    pub containers: HashMap<String, (u32, Option<Arc<LogFile>>)>,
-    /// Container name → its prepared image and launch while an instance runs (for exec).
-    pub running: HashMap<String, (Prepared, Launch)>,
-    /// Where port forwarding connects (none before the pod has an address).
-    pub forward: Option<crate::streaming::portforward::Target>,
-}
-
-impl PodRegistry {
-    /// The logs of a pod, if it runs here.
-    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<PodEntry> {
-        self.pods
-            .lock()
-            .expect("pod registry lock")
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .cloned()
-    }
-
-    fn update(&self, key: &(String, String), f: impl FnOnce(&mut PodEntry)) {
-        f(self
-            .pods
-            .lock()
-            .expect("pod registry lock")
-            .entry(key.clone())
-            .or_default());
-    }
-
-    fn remove(&self, key: &(String, String)) {
-        self.pods.lock().expect("pod registry lock").remove(key);
-    }
 }
 
 /// Messages into the driver loop.
@@ -514,326 +438,4 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
     }
     ctx.pods.remove(&key);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Probe results into the pod's loop; each failed attempt is an `Unhealthy` event.
-struct ProbeReport {
-    tx: mpsc::Sender<Internal>,
-    recorder: Recorder,
-    pod: Arc<Pod>,
-    name: String,
-    container: usize,
-    instance: u32,
-}
-
-impl crate::pod::probe::Report for ProbeReport {
-    fn result(&self, kind: ProbeKind, healthy: bool) {
-        let event = Internal::Event(PodEvent::Probe {
-            container: self.container,
-            instance: self.instance,
-            kind,
-            healthy,
-        });
-        // A result change is never dropped: with the queue full it waits for room.
-        if let Err(mpsc::error::TrySendError::Full(event)) = self.tx.try_send(event) {
-            let tx = self.tx.clone();
-            tokio::spawn(async move { tx.send(event).await });
-        }
-    }
-
-    fn failed(&self, kind: ProbeKind, message: &str) {
-        self.recorder.pod(
-            &self.pod,
-            Some(&self.name),
-            EventType::Warning,
-            "Unhealthy",
-            format!("{} probe failed: {message}", kind.name()),
-        );
-    }
-}
-
-/// Opens a listener on the node address for every `hostPort`, forwarding to the pod, until
-/// `cancel` (the pod's end). A port already taken is reported as a warning event.
-fn open_host_ports(
-    ctx: &Arc<NodeCtx>,
-    pod: &Arc<Pod>,
-    address: &PodAddress,
-    tasks: &TaskTracker,
-    cancel: &CancellationToken,
-) {
-    let ports = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"));
-    for p in ports {
-        let (Some(host), Ok(target)) = (
-            p.host_port.and_then(|h| u16::try_from(h).ok()),
-            u16::try_from(p.container_port),
-        ) else {
-            continue;
-        };
-        let listen = SocketAddr::new(IpAddr::V4(ctx.net.node_ip), host);
-        let listener = match std::net::TcpListener::bind(listen)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .and_then(tokio::net::TcpListener::from_std)
-        {
-            Ok(l) => l,
-            Err(e) => {
-                ctx.recorder.pod(
-                    pod,
-                    None,
-                    EventType::Warning,
-                    "FailedHostPort",
-                    format!("cannot listen on hostPort {listen}: {e}"),
-                );
-                continue;
-            }
-        };
-        let dest = std::net::SocketAddrV4::new(address.ip, target);
-        tasks.spawn(crate::net::forward(
-            Arc::clone(&ctx.net),
-            listener,
-            move |_: &NodeNet, _| Ok(dest),
-            cancel.clone(),
-        ));
-    }
-}
-
-/// The port a `wasi:http/proxy` container is served on: its first TCP `containerPort`, else 8080.
-fn http_port(c: &Container) -> u16 {
-    c.ports
-        .iter()
-        .flatten()
-        .find(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
-        .and_then(|p| u16::try_from(p.container_port).ok())
-        .unwrap_or(8080)
-}
-
-fn grace_period(pod: &Pod) -> Duration {
-    let secs = pod
-        .metadata
-        .deletion_grace_period_seconds
-        .or_else(|| {
-            pod.spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds)
-        })
-        .unwrap_or(30);
-    Duration::from_secs(u64::try_from(secs).unwrap_or(0))
-}
-
-/// Pulls the image, compiles it, and resolves the container's configuration.
-#[expect(clippy::too_many_arguments, reason = "one spawned task's inputs")]
-async fn prepare(
-    ctx: Arc<NodeCtx>,
-    pod: Arc<Pod>,
-    c: Container,
-    container: usize,
-    volumes: VolumeSource,
-    facts: PodFacts,
-    address: Option<PodAddress>,
-    tx: mpsc::Sender<Internal>,
-) {
-    let result = async {
-        let config_error = |e: crate::pod::spec::ConfigError| ImageFailure {
-            reason: "CreateContainerConfigError",
-            message: e.0,
-        };
-        let volumes = volumes
-            .get(&ctx, &pod, &facts)
-            .await
-            .clone()
-            .map_err(config_error)?;
-        let image = c.image.clone().unwrap_or_default();
-        let policy = PullPolicy::parse(c.image_pull_policy.as_deref(), &image);
-        if policy != PullPolicy::IfNotPresent || ctx.images.stored(&image).is_none() {
-            ctx.recorder.pod(
-                &pod,
-                Some(&c.name),
-                EventType::Normal,
-                "Pulling",
-                format!("Pulling image {image:?}"),
-            );
-        }
-        let (stored, fetched) =
-            ctx.images
-                .ensure(&image, policy)
-                .await
-                .map_err(|e| ImageFailure {
-                    reason: "ErrImagePull",
-                    message: e.to_string(),
-                })?;
-        let message = match fetched {
-            Fetched::Present => format!("Container image {image:?} already present on machine"),
-            Fetched::Pulled(took) => {
-                format!(
-                    "Successfully pulled image {image:?} in {took:?}. Image size: {} bytes.",
-                    stored.size
-                )
-            }
-        };
-        ctx.recorder
-            .pod(&pod, Some(&c.name), EventType::Normal, "Pulled", message);
-        let path = ctx.images.layer_path(&stored.layer_digest);
-        let prepared = ctx
-            .runtime
-            .prepare(&stored.layer_digest, move || std::fs::read(path))
-            .await
-            .map_err(|e| ImageFailure {
-                reason: "CreateContainerError",
-                message: format!("image {image:?}: {e}"),
-            })?;
-        let mut sources = Sources::new(
-            ctx.client.clone(),
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-        );
-        let mut launch = crate::pod::spec::launch(&pod, &c, &volumes, &facts, &mut sources)
-            .await
-            .map_err(config_error)?;
-        launch.pod_net = address;
-        Ok((prepared, launch, stored.image_id))
-    }
-    .await;
-    let _ = tx.send(Internal::Prepared { container, result }).await;
-}
-
-/// Runs one container instance: a command to its exit, or an HTTP proxy until killed.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename them"
-)]
-async fn instance(
-    pre: Prepared,
-    launch: Launch,
-    log: Arc<LogFile>,
-    ip: Option<std::net::Ipv4Addr>,
-    port: u16,
-    grace: Duration,
-    container: usize,
-    kill: CancellationToken,
-    tx: mpsc::Sender<Internal>,
-) {
-    let started = |at| Internal::Event(PodEvent::Started { container, at });
-    // A failure on the node's side (sandbox, mounts, listener) is not the guest's exit.
-    let host_failure = |message: String| {
-        Internal::Event(PodEvent::StartFailed {
-            container,
-            reason: "RunContainerError",
-            message,
-        })
-    };
-    let ended = match pre {
-        Prepared::Command(pre) => {
-            let _ = tx.send(started(Timestamp::now())).await;
-            run_command(&pre, &launch, &log, &kill).await
-        }
-        Prepared::Http(pre) => {
-            let addr = SocketAddr::new(
-                IpAddr::V4(ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST)),
-                port,
-            );
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(listener) => {
-                    let _ = tx.send(started(Timestamp::now())).await;
-                    log.note(&format!("serving wasi:http on http://{addr}/"));
-                    serve_http(
-                        pre,
-                        Arc::new(launch),
-                        Arc::clone(&log),
-                        listener,
-                        kill,
-                        grace,
-                    )
-                    .await
-                }
-                Err(e) => Err(InstanceError::Listen { addr, source: e }),
-            }
-        }
-    };
-    log.close();
-    let report = match ended {
-        Ok(exit) => Internal::Event(PodEvent::Exited {
-            container,
-            exit,
-            at: Timestamp::now(),
-        }),
-        Err(e) => {
-            let message = wasmkube_api::error_chain(&e);
-            log.note(&message);
-            host_failure(message)
-        }
-    };
-    let _ = tx.send(report).await;
-}
-
-/// The pod's volumes, prepared by the first container task that needs them and shared by
-/// the rest (they read ConfigMaps and Secrets through the API, so never in the pod's loop).
-struct VolumeSource {
-    cell: Arc<OnceCell<Volumes>>,
-    dir: PathBuf,
-    claims: PathBuf,
-}
-
-/// Volume name → (host directory, read-only), or why they could not be prepared.
-type Volumes = Result<HashMap<String, (PathBuf, bool)>, crate::pod::spec::ConfigError>;
-
-impl VolumeSource {
-    async fn get(&self, ctx: &NodeCtx, pod: &Pod, facts: &PodFacts) -> &Volumes {
-        self.cell
-            .get_or_init(|| async {
-                let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-                let mut sources = Sources::new(ctx.client.clone(), ns);
-                crate::pod::spec::volumes(pod, &self.dir, &self.claims, facts, &mut sources).await
-            })
-            .await
-    }
-}
-
-/// Posts the latest status whenever it changes (coalescing bursts).
-async fn write_status(
-    client: Client,
-    ns: String,
-    name: String,
-    mut rx: watch::Receiver<Option<PodStatus>>,
-    cancel: CancellationToken,
-) {
-    let pods: Api<Pod> = Api::namespaced(client, &ns);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            changed = rx.changed() => if changed.is_err() { return },
-        }
-        let Some(status) = rx.borrow_and_update().clone() else {
-            continue;
-        };
-        let patch = json!({"status": status});
-        if let Err(e) = pods
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            match e {
-                kube::Error::Api(s) if s.code == 404 => return,
-                e => {
-                    tracing::warn!(pod = %name, namespace = %ns, error = %e, "pod status update failed")
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pod_ips_are_unique_and_reused_after_release() {
-        let mut pool = IpPool::new(5);
-        let got: Vec<_> = std::iter::from_fn(|| pool.allocate()).collect();
-        assert_eq!(got, [2, 3, 4, 5, 6]);
-        pool.release(got[2]);
-        assert_eq!(pool.allocate(), Some(got[2]));
-        assert_eq!(pool.allocate(), None);
-    }
 }

@@ -1,0 +1,107 @@
+//! What the node keeps about the pods it runs: the pool of pod addresses and the
+//! [`PodRegistry`] its HTTPS endpoint serves logs, exec and port-forward from.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::runtime::Prepared;
+use crate::runtime::instance::Launch;
+use crate::streaming::logs::LogFile;
+
+/// Pod address offsets: offset `k` is the `k`-th address of the node's pod CIDR and of its
+/// loopback range alike (`.0` and `.1` are the network and the node's own relay address).
+#[derive(Debug)]
+pub(crate) struct IpPool {
+    capacity: u32,
+    next: u32,
+    used: std::collections::HashSet<u32>,
+}
+
+impl IpPool {
+    /// A pool of `capacity` offsets, from 2.
+    pub(crate) fn new(capacity: u32) -> Self {
+        Self {
+            capacity,
+            next: 0,
+            used: Default::default(),
+        }
+    }
+
+    /// A free offset, if any.
+    pub(crate) fn allocate(&mut self) -> Option<u32> {
+        for _ in 0..self.capacity {
+            let offset = 2 + self.next;
+            self.next = (self.next + 1) % self.capacity.max(1);
+            if self.used.insert(offset) {
+                return Some(offset);
+            }
+        }
+        None
+    }
+
+    /// Returns an offset to the pool.
+    pub(crate) fn release(&mut self, offset: u32) {
+        self.used.remove(&offset);
+    }
+}
+
+/// The pods this node runs, keyed by (namespace, name): where each one's logs are, its
+/// running instances and its address; what the node's endpoint serves (`pods/log`,
+/// `pods/exec`, `pods/portforward`).
+#[derive(Default)]
+pub(crate) struct PodRegistry {
+    pods: Mutex<HashMap<(String, String), PodEntry>>,
+}
+
+/// One pod on this node: its log directories and live files, running instances, address.
+#[derive(Clone, Default)]
+pub(crate) struct PodEntry {
+    /// `<pods dir>/<ns>_<name>_<uid>`.
+    pub dir: PathBuf,
+    /// Container name → (current restart index, its live log file while running).
+    pub containers: HashMap<String, (u32, Option<Arc<LogFile>>)>,
+    /// Container name → its prepared image and launch while an instance runs (for exec).
+    pub running: HashMap<String, (Prepared, Launch)>,
+    /// Where port forwarding connects (none before the pod has an address).
+    pub forward: Option<crate::streaming::portforward::Target>,
+}
+
+impl PodRegistry {
+    /// The logs of a pod, if it runs here.
+    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<PodEntry> {
+        self.pods
+            .lock()
+            .expect("pod registry lock")
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    pub(crate) fn update(&self, key: &(String, String), f: impl FnOnce(&mut PodEntry)) {
+        f(self
+            .pods
+            .lock()
+            .expect("pod registry lock")
+            .entry(key.clone())
+            .or_default());
+    }
+
+    pub(crate) fn remove(&self, key: &(String, String)) {
+        self.pods.lock().expect("pod registry lock").remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_ips_are_unique_and_reused_after_release() {
+        let mut pool = IpPool::new(5);
+        let got: Vec<_> = std::iter::from_fn(|| pool.allocate()).collect();
+        assert_eq!(got, [2, 3, 4, 5, 6]);
+        pool.release(got[2]);
+        assert_eq!(pool.allocate(), Some(got[2]));
+        assert_eq!(pool.allocate(), None);
+    }
+}
