@@ -20,6 +20,21 @@ pub mod services;
 
 pub use resource::{ResourceInfo, Scope};
 
+/// The token of an `Authorization` header value, parsed as kube-apiserver's bearer-token
+/// authenticator does: the scheme is case-insensitive and the token is the one word after a
+/// single space (`Bearer  x`, with two spaces, carries an empty token: none).
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let mut parts = authorization.splitn(3, ' ');
+    let scheme = parts.next()?;
+    let token = parts.next()?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// An error and its causes on one line (`cannot listen on 10.244.0.5:80: address in use`),
 /// for logs and messages that must say everything (each layer's `Display` says only its own).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

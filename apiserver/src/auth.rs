@@ -22,14 +22,9 @@ pub trait Authenticator: Send + Sync {
     fn authenticate(&self, headers: &HeaderMap) -> Option<UserInfo>;
 }
 
-/// The bearer token of a request, parsed as kube-apiserver's bearer-token authenticator does:
-/// the scheme is case-insensitive, and the token is the single word after one space.
+/// The bearer token of a request ([`wasmkube_api::bearer_token`]).
 pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let mut parts = value.splitn(3, ' ');
-    let scheme = parts.next()?;
-    let token = parts.next()?;
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    wasmkube_api::bearer_token(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 /// The cluster admin's static token (kube-apiserver's `--token-auth-file` with one line).
@@ -49,16 +44,11 @@ impl AdminToken {
 impl Authenticator for AdminToken {
     fn authenticate(&self, headers: &HeaderMap) -> Option<UserInfo> {
         let token = bearer_token(headers)?;
-        constant_time_eq(token.as_bytes(), self.token.as_bytes()).then(|| UserInfo {
+        wasmkube_api::secrets_equal(token.as_bytes(), self.token.as_bytes()).then(|| UserInfo {
             name: "system:admin".into(),
             groups: vec!["system:masters".into(), "system:authenticated".into()],
         })
     }
-}
-
-/// Compares secrets without an early exit.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What a request asks to do (`authorizer.Attributes`).

@@ -161,9 +161,7 @@ fn registry_basic_auth(headers: &axum::http::HeaderMap, token: &str) -> bool {
             pair.split_once(':')
                 .map(|(_, password)| password.to_owned())
         })
-        .is_some_and(|password| {
-            crate::auth::constant_time_eq(password.as_bytes(), token.as_bytes())
-        })
+        .is_some_and(|password| wasmkube_api::secrets_equal(password.as_bytes(), token.as_bytes()))
 }
 
 /// Whether the query asks for a watch (`watch=true`, `watch=1`).

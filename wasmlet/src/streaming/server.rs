@@ -121,13 +121,13 @@ fn text(status: StatusCode, msg: String) -> Response {
         .into_response()
 }
 
-/// Only the wasmlet's own token (the cluster's) is accepted.
+/// Only the wasmlet's own token (the cluster's) is accepted, parsed as the API server does.
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t.trim() == token)
+        .and_then(wasmkube_api::bearer_token)
+        .is_some_and(|t| wasmkube_api::secrets_equal(t.as_bytes(), token.as_bytes()))
 }
 
 async fn exec(
@@ -388,4 +388,25 @@ fn follow_from(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, auth.parse().expect("header"));
+        h
+    }
+
+    #[test]
+    fn only_the_cluster_token_in_one_bearer_word_is_accepted() {
+        assert!(authorized(&with("Bearer s3cret"), "s3cret"));
+        assert!(authorized(&with("bearer s3cret"), "s3cret"));
+        assert!(!authorized(&with("Bearer  s3cret"), "s3cret"), "two spaces");
+        assert!(!authorized(&with("Bearer s3cre"), "s3cret"));
+        assert!(!authorized(&with("Basic czNjcmV0"), "s3cret"));
+        assert!(!authorized(&HeaderMap::new(), "s3cret"));
+    }
 }
