@@ -3,9 +3,13 @@
 //! client of this API, as kube-controller-manager is of kube-apiserver.
 //!
 //! ```text
-//! HTTPS (rustls, bearer token) ─► router ─► discovery | object verbs | list | watch
-//!                                             └─► strategy (default, validate) ─► store
+//! HTTPS (rustls) ─► authenticate ─► authorize ─► router ─► discovery | object verbs | list | watch
+//!   object verbs ─► mutating admission ─► strategy (default, validate) ─► validating admission
+//!                ─► reserve (addresses) ─► store (compare-and-swap)
 //! ```
+//!
+//! The kinds live in a [`registry::Registry`] that can gain a kind while the server runs
+//! ([`Running::registry`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wasmkube_apiserver::Error> {
