@@ -291,18 +291,14 @@ pub struct Body {
     pub duplicates: Vec<String>,
 }
 
-/// Parses a JSON or YAML body into a JSON object.
+/// Parses a JSON, YAML or protobuf body into a JSON object.
 ///
 /// # Errors
 /// 400 on malformed input; 415 on an unsupported media type.
-pub fn decode_body(target: &Target, headers: &HeaderMap, body: &[u8]) -> Result<Body, ApiError> {
+pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Body, ApiError> {
     let ct = content_type(headers)?;
     let value: Value = match ct.as_str() {
-        crate::protobuf::MEDIA_TYPE => crate::protobuf::decode(
-            target.kind.info(),
-            target.subresource.as_deref() == Some("status"),
-            body,
-        )?,
+        crate::protobuf::MEDIA_TYPE => crate::protobuf::decode(body)?,
         "application/json" | "*/*" => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}")))?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => {
@@ -441,7 +437,7 @@ pub enum Representation {
 /// the forms wasmkube serves.
 ///
 /// # Errors
-/// 406 when only unsupported media types (protobuf, CBOR) are acceptable.
+/// 406 when only unsupported media types (CBOR, say) are acceptable.
 pub fn negotiate(headers: &HeaderMap) -> Result<Representation, ApiError> {
     let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
         return Ok(Representation::Object);
@@ -453,7 +449,11 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Representation, ApiError> {
         let params: Vec<&str> = it.collect();
         let is_json = matches!(
             media.as_str(),
-            "application/json" | "*/*" | "application/*" | "application/yaml"
+            "application/json"
+                | "*/*"
+                | "application/*"
+                | "application/yaml"
+                | crate::protobuf::MEDIA_TYPE
         );
         if !is_json {
             continue;
@@ -590,6 +590,8 @@ mod tests {
             header::ACCEPT,
             "application/vnd.kubernetes.protobuf".parse().expect("hdr"),
         );
+        assert_eq!(negotiate(&h).expect("ok"), Representation::Object);
+        h.insert(header::ACCEPT, "application/cbor".parse().expect("hdr"));
         assert_eq!(negotiate(&h).expect_err("406").code, 406);
     }
 }

@@ -165,7 +165,7 @@ impl Apiserver {
                 self.create(&t, &q, headers, body).await
             }
             (&Method::POST, true, Some("binding")) if t.kind.serves("binding") => {
-                self.bind(&t, body).await
+                self.bind(&t, headers, body).await
             }
             (&Method::PUT, true, None) => self.update(&t, &q, headers, body).await,
             (&Method::PUT, true, Some("status")) if info.status => {
@@ -175,7 +175,7 @@ impl Apiserver {
                 self.update(&t, &q, headers, body).await
             }
             (&Method::PUT, true, Some("scale")) if info.scale => {
-                let scale = decode_body(&t, headers, body)?.object;
+                let scale = decode_body(headers, body)?.object;
                 self.set_scale(&t, &q, scale, None).await
             }
             (&Method::PATCH, true, Some("scale")) if info.scale => {
@@ -192,11 +192,11 @@ impl Apiserver {
                 self.patch(&t, &q, headers, body).await
             }
             (&Method::DELETE, true, None) => {
-                let opts = DeleteOptions::parse(&q, body)?;
+                let opts = DeleteOptions::parse(&q, headers, body)?;
                 Ok(self.delete(&t, &opts).await?.into_response())
             }
             (&Method::DELETE, false, None) if t.namespace.is_some() || !info.namespaced() => {
-                self.delete_collection(&t, &q, body).await
+                self.delete_collection(&t, &q, headers, body).await
             }
             (_, true, Some(other))
                 if !matches!(other, "status" | "scale" | "binding" | "finalize") =>

@@ -139,6 +139,12 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         }
         Err(e) => e.into_response(),
     };
+    // The encode stage: clients that ask for protobuf first get it.
+    let resp = if is_watch(parts.uri.query()) {
+        resp
+    } else {
+        crate::protobuf::encode_response(&parts.headers, resp).await
+    };
     tracing::debug!(method = %parts.method, %path, status = resp.status().as_u16(), "request");
     resp
 }

@@ -137,8 +137,8 @@ async fn malformed_requests_should_get_4xx_status() -> Result<()> {
             "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
             "application/vnd.kubernetes.protobuf",
             b"k8s\x00",
-            415,
-            "UnsupportedMediaType",
+            400,
+            "BadRequest",
         ),
         (
             "POST",

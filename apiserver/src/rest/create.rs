@@ -88,7 +88,7 @@ impl Apiserver {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Response, ApiError> {
-        let raw = decode_body(t, headers, body)?;
+        let raw = decode_body(headers, body)?;
         let (obj, warnings) = self.canonical(t, &raw.object, &raw.duplicates, q)?;
         let created = self.create_object(t, q, obj, "Update").await?;
         Ok(respond_json(StatusCode::CREATED, &created, &warnings))

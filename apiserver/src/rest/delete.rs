@@ -1,7 +1,7 @@
 //! Delete and delete-collection (`rest/delete.go`): preconditions, propagation policy,
 //! finalizers and graceful deletion decide between marking the object and removing it.
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
@@ -10,7 +10,7 @@ use crate::Apiserver;
 use crate::admission::Operation;
 use crate::error::ApiError;
 use crate::object::{self, meta_mut, meta_str};
-use crate::request::{Params, Target};
+use crate::request::{Params, Target, decode_body};
 
 /// What a delete answers: the object (still there with a `deletionTimestamp`, or as it was for
 /// kinds that return the deleted object), or a success `Status`.
@@ -41,7 +41,11 @@ pub(crate) struct DeleteOptions {
 }
 
 impl DeleteOptions {
-    pub(crate) fn parse(q: &Params, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    pub(crate) fn parse(
+        q: &Params,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<DeleteOptions, ApiError> {
         let mut o = DeleteOptions {
             grace: Params::int("gracePeriodSeconds", &q.grace_period_seconds)?,
             dry_run: q.dry_run()?,
@@ -59,8 +63,7 @@ impl DeleteOptions {
             });
         }
         if !body.iter().all(u8::is_ascii_whitespace) {
-            let v: Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+            let v = decode_body(headers, body)?.object;
             if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
                 o.grace = Some(g);
             }
@@ -209,9 +212,10 @@ impl Apiserver {
         &self,
         t: &Target,
         q: &Params,
+        headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Response, ApiError> {
-        let opts = DeleteOptions::parse(q, body)?;
+        let opts = DeleteOptions::parse(q, headers, body)?;
         let (items, rv) = self.select(t, q).await?;
         let mut out = Vec::new();
         for item in items {

@@ -1,7 +1,7 @@
 //! The `binding` and `scale` subresources (status and finalize are updates of the object,
 //! in [`super::update`]).
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
@@ -10,14 +10,18 @@ use crate::Apiserver;
 use crate::error::ApiError;
 use crate::object::{self, meta_str};
 use crate::patch::{self, PatchType};
-use crate::request::{Params, Target};
+use crate::request::{Params, Target, decode_body};
 
 impl Apiserver {
-    pub(super) async fn bind(&self, t: &Target, body: &[u8]) -> Result<Response, ApiError> {
+    pub(super) async fn bind(
+        &self,
+        t: &Target,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Response, ApiError> {
         let info = t.kind.info();
         let name = t.name.as_deref().expect("routed with a name");
-        let binding: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding Binding: {e}")))?;
+        let binding = decode_body(headers, body)?.object;
         let node = binding
             .pointer("/target/name")
             .and_then(Value::as_str)

@@ -179,7 +179,7 @@ impl Apiserver {
     ) -> Result<Response, ApiError> {
         let info = t.kind.info();
         let name = t.name.as_deref().expect("routed with a name");
-        let raw = decode_body(t, headers, body)?;
+        let raw = decode_body(headers, body)?;
         let (obj, warnings) = self.canonical(t, &raw.object, &raw.duplicates, q)?;
         match meta_str(&obj, "name") {
             Some(n) if n != name => {
