@@ -441,6 +441,16 @@ impl ApiError {
         ApiError::new(413, "RequestEntityTooLarge", message)
     }
 
+    /// 431: the path and headers together are over `limit` bytes. Kubernetes has no reason
+    /// for it; the `Status` leaves `reason` out.
+    pub fn header_too_large(limit: usize) -> Self {
+        ApiError::new(
+            431,
+            "",
+            format!("request header fields too large (limit {limit} bytes)"),
+        )
+    }
+
     /// 415 UnsupportedMediaType.
     pub fn unsupported_media_type(content_type: &str) -> Self {
         ApiError::new(

@@ -32,6 +32,12 @@ use crate::{Apiserver, Config, Error, discovery, kinds};
 /// capped there, with room for patches and apply configurations).
 const MAX_BODY: usize = 3 * 1024 * 1024;
 
+/// The most a request's path and headers may take, as kube-apiserver (Go's `MaxHeaderBytes`).
+/// Requests over it get a 431 `Status` from [`handle`]; the connection's buffer is larger
+/// ([`HEAD_BUFFER`]) so that they reach it instead of being cut off by hyper with no body.
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
+const HEAD_BUFFER: usize = 4 * MAX_HEADER_BYTES;
+
 struct Shared {
     api: Arc<Apiserver>,
     /// Who is asking (the admin token today).
@@ -59,6 +65,15 @@ fn router(shared: Arc<Shared>) -> Router {
 
 async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    let head = parts.uri.to_string().len()
+        + parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head > MAX_HEADER_BYTES {
+        return ApiError::header_too_large(MAX_HEADER_BYTES).into_response();
+    }
     let path = parts.uri.path().to_string();
     let public = matches!(
         path.as_str(),
@@ -416,7 +431,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                     return;
                 };
                 let svc = TowerToHyperService::new(app);
-                let builder = auto::Builder::new(TokioExecutor::new());
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder.http1().max_buf_size(HEAD_BUFFER);
+                builder
+                    .http2()
+                    .max_header_list_size(u32::try_from(HEAD_BUFFER).unwrap_or(u32::MAX));
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
                 tokio::pin!(conn);
                 tokio::select! {
@@ -561,6 +580,38 @@ mod tests {
         assert_eq!(code, 200, "the scheme is case-insensitive");
         let (code, _) = send(&app, "GET", "/healthz", None, serde_json::Value::Null).await;
         assert_eq!(code, 200, "health needs no credential");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn headers_over_a_mebibyte_should_get_a_431_status() {
+        let (app, _dir, stop) = pipeline(Box::new(AllowAuthenticated)).await;
+        let req = |size: usize| {
+            Request::builder()
+                .uri("/api/v1/namespaces/default/configmaps")
+                .header(header::AUTHORIZATION, "Bearer test-token")
+                .header("x-big", "a".repeat(size))
+                .body(Body::empty())
+                .expect("request")
+        };
+        let resp = app
+            .clone()
+            .oneshot(req(MAX_HEADER_BYTES))
+            .await
+            .expect("infallible");
+        assert_eq!(resp.status().as_u16(), 431);
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let st: serde_json::Value = serde_json::from_slice(&bytes).expect("a Status");
+        assert_eq!(
+            (st["kind"].as_str(), st["code"].as_u64()),
+            (Some("Status"), Some(431))
+        );
+        let resp = app
+            .clone()
+            .oneshot(req(64 * 1024))
+            .await
+            .expect("infallible");
+        assert_eq!(resp.status().as_u16(), 200, "large but within the limit");
         stop.cancel();
     }
 

@@ -373,6 +373,36 @@ async fn error_status_bodies_should_be_encoded_as_kube_apiserver_does() -> Resul
         String::from_utf8_lossy(&body)
     );
 
+    tracing::info!("--- headers over 1 MiB get a Status, not a bare connection error");
+    let big = http::Request::get("/api/v1/namespaces/default/configmaps")
+        .header("accept", "application/json")
+        .header("x-big", "a".repeat(1024 * 1024 + 10))
+        .body(kube::client::Body::empty())?;
+    let resp = cluster.client.send(big).await?;
+    ensure!(resp.status() == 431, "status {}", resp.status());
+    let st: Value = serde_json::from_slice(&resp.into_body().collect().await?.to_bytes())?;
+    ensure!(st["kind"] == "Status" && st["code"] == 431, "{st}");
+
+    tracing::info!("--- a client that asks for protobuf first gets it, errors included");
+    let resp = cluster
+        .client
+        .send(
+            http::Request::get("/api/v1/namespaces/default/pods/nope")
+                .header(
+                    "accept",
+                    "application/vnd.kubernetes.protobuf, application/json",
+                )
+                .body(kube::client::Body::empty())?,
+        )
+        .await?;
+    ensure!(resp.status() == 404);
+    ensure!(
+        resp.headers().get("content-type").map(|v| v.as_bytes())
+            == Some(b"application/vnd.kubernetes.protobuf".as_slice())
+    );
+    let body = resp.into_body().collect().await?.to_bytes();
+    ensure!(body.starts_with(b"k8s\0"), "the protobuf envelope");
+
     tracing::info!("--- deleting a Service answers the Service; a ConfigMap a success Status");
     let svcs: Api<core::v1::Service> = Api::default_namespaced(cluster.client.clone());
     svcs.create(
