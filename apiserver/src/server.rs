@@ -65,7 +65,7 @@ fn router(shared: Arc<Shared>) -> Router {
 
 async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let head = parts.uri.to_string().len()
+    let head = parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
         + parts
             .headers
             .iter()

@@ -36,7 +36,7 @@ pub(super) fn message(
             continue;
         }
         let name = special::proto_name(desc, key);
-        let Some(field) = desc.get_field_by_name(&name) else {
+        let Some(field) = desc.get_field_by_name(name) else {
             if let Some((_, keys)) = inline
                 .iter_mut()
                 .find(|(f, _)| f.kind().as_message().is_some_and(|m| knows(m, key)))
@@ -64,7 +64,7 @@ pub(super) fn message(
 
 /// Whether a JSON key names a field of `desc` or of a struct embedded in it.
 fn knows(desc: &MessageDescriptor, key: &str) -> bool {
-    desc.get_field_by_name(&special::proto_name(desc, key))
+    desc.get_field_by_name(special::proto_name(desc, key))
         .is_some()
         || desc.fields().any(|f| {
             to_json::is_inline(desc, f.name())

@@ -67,78 +67,65 @@ impl Special {
     }
 }
 
-/// Fields whose protobuf name is their Go name, not their JSON name: (message, proto, JSON).
+/// Fields whose protobuf name is not their JSON name: (message, proto, JSON). Kubernetes'
+/// protobuf names are the JSON names, except where that is not an identifier (JSON schema's
+/// `$ref`, `x-kubernetes-*`) or the generator took the Go name.
 const RENAMED: &[(&str, &str, &str)] = &[
     ("IngressClassParametersReference", "aPIGroup", "apiGroup"),
     ("BoundObjectReference", "uID", "uid"),
+    ("JSONSchemaProps", "schema", "$schema"),
+    ("JSONSchemaProps", "ref", "$ref"),
+    (
+        "JSONSchemaProps",
+        "xKubernetesPreserveUnknownFields",
+        "x-kubernetes-preserve-unknown-fields",
+    ),
+    (
+        "JSONSchemaProps",
+        "xKubernetesEmbeddedResource",
+        "x-kubernetes-embedded-resource",
+    ),
+    (
+        "JSONSchemaProps",
+        "xKubernetesIntOrString",
+        "x-kubernetes-int-or-string",
+    ),
+    (
+        "JSONSchemaProps",
+        "xKubernetesListMapKeys",
+        "x-kubernetes-list-map-keys",
+    ),
+    (
+        "JSONSchemaProps",
+        "xKubernetesListType",
+        "x-kubernetes-list-type",
+    ),
+    (
+        "JSONSchemaProps",
+        "xKubernetesMapType",
+        "x-kubernetes-map-type",
+    ),
+    (
+        "JSONSchemaProps",
+        "xKubernetesValidations",
+        "x-kubernetes-validations",
+    ),
 ];
 
-/// The JSON name of a field. Kubernetes' protobuf field names are the JSON names, except where
-/// the JSON name is not an identifier (JSON schema's `$ref`, `x-kubernetes-*`).
-pub(super) fn json_name<'a>(
-    message: &MessageDescriptor,
-    proto: &'a str,
-) -> std::borrow::Cow<'a, str> {
-    if let Some((_, _, json)) = RENAMED
+/// The JSON name of a protobuf field.
+pub(super) fn json_name<'a>(message: &MessageDescriptor, proto: &'a str) -> &'a str {
+    RENAMED
         .iter()
         .find(|(m, p, _)| *m == message.name() && *p == proto)
-    {
-        return (*json).into();
-    }
-    if message.name() != "JSONSchemaProps" {
-        return proto.into();
-    }
-    match proto {
-        "schema" => "$schema".into(),
-        "ref" => "$ref".into(),
-        _ => match proto.strip_prefix("xKubernetes") {
-            Some(rest) => {
-                let mut s = String::from("x-kubernetes");
-                for c in rest.chars() {
-                    if c.is_ascii_uppercase() {
-                        s.push('-');
-                    }
-                    s.push(c.to_ascii_lowercase());
-                }
-                s.into()
-            }
-            None => proto.into(),
-        },
-    }
+        .map_or(proto, |(_, _, json)| json)
 }
 
 /// The protobuf field name of a JSON key (the inverse of [`json_name`]).
-pub(super) fn proto_name<'a>(
-    message: &MessageDescriptor,
-    json: &'a str,
-) -> std::borrow::Cow<'a, str> {
-    if let Some((_, proto, _)) = RENAMED
+pub(super) fn proto_name<'a>(message: &MessageDescriptor, json: &'a str) -> &'a str {
+    RENAMED
         .iter()
         .find(|(m, _, j)| *m == message.name() && *j == json)
-    {
-        return (*proto).into();
-    }
-    if message.name() != "JSONSchemaProps" {
-        return json.into();
-    }
-    match json {
-        "$schema" => "schema".into(),
-        "$ref" => "ref".into(),
-        _ => match json.strip_prefix("x-kubernetes-") {
-            Some(rest) => {
-                let mut s = String::from("xKubernetes");
-                for word in rest.split('-') {
-                    let mut c = word.chars();
-                    if let Some(first) = c.next() {
-                        s.push(first.to_ascii_uppercase());
-                        s.extend(c);
-                    }
-                }
-                s.into()
-            }
-            None => json.into(),
-        },
-    }
+        .map_or(json, |(_, proto, _)| proto)
 }
 
 /// Go's zero `time.Time` (year 1), which client-go sends for unset non-pointer times.

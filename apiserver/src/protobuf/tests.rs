@@ -63,7 +63,7 @@ fn fill(desc: &MessageDescriptor, stack: &mut Vec<String>) -> Value {
         if to_json::is_inline(desc, f.name()) {
             inline.push(v);
         } else {
-            obj.insert(special::json_name(desc, f.name()).into_owned(), v);
+            obj.insert(special::json_name(desc, f.name()).to_string(), v);
         }
     }
     for v in inline {

@@ -77,7 +77,7 @@ pub(super) fn message(m: &DynamicMessage) -> Result<Option<Value>, Error> {
         match field_value(&desc, &field, value)? {
             Some(Value::Object(inner)) if is_inline(&desc, field.name()) => obj.extend(inner),
             Some(v) => {
-                obj.insert(special::json_name(&desc, field.name()).into_owned(), v);
+                obj.insert(special::json_name(&desc, field.name()).to_string(), v);
             }
             None => {}
         }
