@@ -451,6 +451,26 @@ impl ApiError {
         )
     }
 
+    /// 431 from hyper's own limits: more headers than it parses, or a head over its buffer.
+    pub fn too_many_headers(max_headers: usize, max_bytes: usize) -> Self {
+        ApiError::new(
+            431,
+            "",
+            format!(
+                "request header fields too large (at most {max_headers} headers and {max_bytes} bytes in all)"
+            ),
+        )
+    }
+
+    /// 414: a request URI longer than `limit` bytes. Kubernetes has no reason for it.
+    pub fn uri_too_long(limit: usize) -> Self {
+        ApiError::new(
+            414,
+            "",
+            format!("request URI too long (limit {limit} bytes)"),
+        )
+    }
+
     /// 415 UnsupportedMediaType.
     pub fn unsupported_media_type(content_type: &str) -> Self {
         ApiError::new(

@@ -24,6 +24,7 @@
 mod admission;
 mod apply;
 pub mod auth;
+mod conn;
 mod discovery;
 pub mod error;
 mod fieldset;

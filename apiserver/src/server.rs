@@ -431,12 +431,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                     return;
                 };
                 let svc = TowerToHyperService::new(app);
+                // hyper's own refusals (too many headers, URI too long, bad request line)
+                // get a Status body too.
+                let io = crate::conn::StatusOnParseError::new(tls, MAX_HEADER_BYTES);
                 let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder.http1().max_buf_size(HEAD_BUFFER);
+                builder
+                    .http1()
+                    .max_buf_size(HEAD_BUFFER)
+                    .max_headers(crate::conn::MAX_HEADERS);
                 builder
                     .http2()
                     .max_header_list_size(u32::try_from(HEAD_BUFFER).unwrap_or(u32::MAX));
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
                 tokio::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => {}

@@ -1,7 +1,9 @@
 //! Bad input gets a Kubernetes `Status` with a 4xx code naming what is wrong — never a 5xx —
 //! and leaves nothing behind.
 
-use anyhow::{Result, ensure};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::{apps, core};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -383,6 +385,34 @@ async fn error_status_bodies_should_be_encoded_as_kube_apiserver_does() -> Resul
     let st: Value = serde_json::from_slice(&resp.into_body().collect().await?.to_bytes())?;
     ensure!(st["kind"] == "Status" && st["code"] == 431, "{st}");
 
+    tracing::info!("--- what hyper refuses before any handler runs gets a Status too");
+    let many: String = (0..2000).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let long_name = "n".repeat(100_000);
+    for (request, want) in [
+        (format!("GET /api HTTP/1.1\r\nhost: a\r\n{many}\r\n"), 431),
+        (
+            format!("GET /api/v1/namespaces/default/pods/{long_name} HTTP/1.1\r\nhost: a\r\n\r\n"),
+            414,
+        ),
+        (
+            "GET /api/v1/\x01 HTTP/1.1\r\nhost: a\r\n\r\n".to_string(),
+            400,
+        ),
+        (
+            "POST /api/v1/namespaces HTTP/1.1\r\nhost: a\r\ncontent-length: -1\r\n\r\n".to_string(),
+            400,
+        ),
+    ] {
+        let answer = raw_tls(cluster.addr, request.as_bytes()).await?;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        ensure!(
+            head.starts_with(&format!("HTTP/1.1 {want} ")),
+            "want {want}, got {head}"
+        );
+        let st: Value = serde_json::from_str(body).with_context(|| format!("body {body:?}"))?;
+        ensure!(st["kind"] == "Status" && st["code"] == want, "{st}");
+    }
+
     tracing::info!("--- a client that asks for protobuf first gets it, errors included");
     let resp = cluster
         .client
@@ -631,4 +661,20 @@ async fn deletecollection_health_and_owner_references_should_behave() -> Result<
         "{fields:?}"
     );
     cluster.stop().await
+}
+
+/// Sends `request` as raw bytes over TLS (no HTTP library in between) and reads the whole
+/// answer until the server closes the connection.
+async fn raw_tls(addr: std::net::SocketAddr, request: &[u8]) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost")?;
+    let mut tls = wasmkube_client::tls::insecure_connector()
+        .connect(name, tcp)
+        .await?;
+    tls.write_all(request).await?;
+    let mut out = Vec::new();
+    // The server may close before reading all of a refused request: what it wrote still counts.
+    let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut out)).await;
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
