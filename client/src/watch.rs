@@ -1,6 +1,7 @@
-//! Watch helpers shared by the components: [`fold`] keeps any state equal to the objects of one
-//! kind, and [`services`] feeds a [`ServiceIndex`] from Services and EndpointSlices. The DNS
-//! server and the wasmlet's service proxy both answer from that index.
+//! Watch helpers shared by the components: [`watcher`] is the watch every component's caches
+//! are fed from, [`fold`] keeps any state equal to the objects of one kind, and [`services`]
+//! feeds a [`ServiceIndex`] from Services and EndpointSlices. The DNS server and the wasmlet's
+//! service proxy both answer from that index.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -13,6 +14,19 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use wasmkube_api::services::ServiceIndex;
+
+/// kube-runtime's watcher, with each object's `metadata.managedFields` dropped on arrival, as
+/// kube-controller-manager's informers trim them: no component reads them, and in a cache they
+/// are most of an object's memory (a pod's field sets decode to a tree of maps).
+pub fn watcher<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    watcher::watcher(api, config).modify(|o| o.managed_fields_mut().clear())
+}
 
 /// Keeps `index` equal to the cluster's Services and EndpointSlices until `shutdown`; calls
 /// `changed` after every change.
@@ -61,7 +75,7 @@ pub async fn fold<K, S, A, D, C>(
     D: Fn(&mut S, &K),
     C: Fn(),
 {
-    let mut stream = watcher::watcher(api, watcher::Config::default())
+    let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
     let mut relist: Option<Vec<K>> = None;

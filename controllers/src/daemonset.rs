@@ -379,13 +379,19 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     let (nodes, nw) = reflector::store();
     let pod_stream = reflector::reflector(
         pw,
-        watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+        wasmkube_client::watch::watcher(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .touched_objects();
     let node_stream = reflector::reflector(
         nw,
-        watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+        wasmkube_client::watch::watcher(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .touched_objects();

@@ -317,7 +317,10 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     let (reader, writer) = reflector::store();
     let pods = reflector::reflector(
         writer,
-        watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+        wasmkube_client::watch::watcher(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .touched_objects();

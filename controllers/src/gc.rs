@@ -296,7 +296,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), ar);
         let ar = ar.clone();
         streams.push(
-            watcher::watcher(api, watcher::Config::default())
+            wasmkube_client::watch::watcher(api, watcher::Config::default())
                 .default_backoff()
                 .map(move |e| (ar.clone(), e))
                 .boxed(),

@@ -127,7 +127,7 @@ pub(crate) async fn run_owning<K, Child, C, E, Fut>(
     let (reader, writer) = reflector::store();
     let children = reflector::reflector(
         writer,
-        watcher::watcher(
+        wasmkube_client::watch::watcher(
             Api::<Child>::all(client.clone()),
             watcher::Config::default(),
         ),

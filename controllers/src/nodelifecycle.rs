@@ -296,13 +296,16 @@ pub async fn run(client: Client, timers: Timers, shutdown: CancellationToken) {
     let feeds = futures::future::join3(
         reflector::reflector(
             nw,
-            watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+            wasmkube_client::watch::watcher(
+                Api::<Node>::all(client.clone()),
+                watcher::Config::default(),
+            ),
         )
         .default_backoff()
         .for_each(|_| async {}),
         reflector::reflector(
             lw,
-            watcher::watcher(
+            wasmkube_client::watch::watcher(
                 Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
                 watcher::Config::default(),
             ),
@@ -311,7 +314,10 @@ pub async fn run(client: Client, timers: Timers, shutdown: CancellationToken) {
         .for_each(|_| async {}),
         reflector::reflector(
             pw,
-            watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+            wasmkube_client::watch::watcher(
+                Api::<Pod>::all(client.clone()),
+                watcher::Config::default(),
+            ),
         )
         .default_backoff()
         .for_each(|_| async {}),

@@ -397,12 +397,16 @@ pub async fn run_with_client(cfg: Config, client: Client, shutdown: Cancellation
         next_start: 0,
         binds: tx,
     };
-    let mut pods = watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let mut nodes = watcher::watcher(Api::<Node>::all(client), watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    let mut pods = wasmkube_client::watch::watcher(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .boxed();
+    let mut nodes =
+        wasmkube_client::watch::watcher(Api::<Node>::all(client), watcher::Config::default())
+            .default_backoff()
+            .boxed();
     let (mut pods_synced, mut nodes_synced) = (false, false);
     tracing::info!(scheduler = %s.cfg.scheduler_name, "scheduler started");
     loop {

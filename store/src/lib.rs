@@ -56,6 +56,9 @@ pub use read::{KeyValue, ListOptions, ListResult};
 pub use state_machine::StateMachine;
 pub use watch::{Watch, WatchError};
 
+/// [`Config::cache_bytes`] unless set.
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// How to open a store.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -67,6 +70,10 @@ pub struct Config {
     pub advertise: String,
     /// How many changes the watch feed buffers before slow watchers are told to relist.
     pub feed_capacity: usize,
+    /// Memory redb may use to cache pages of `store.redb` (redb's own default is 1 GiB, which
+    /// a busy server fills: every revision of every object passes through it). The operating
+    /// system's page cache still holds the file.
+    pub cache_bytes: usize,
 }
 
 impl Config {
@@ -77,6 +84,7 @@ impl Config {
             node_id: 1,
             advertise: "127.0.0.1:0".into(),
             feed_capacity: 16 * 1024,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -201,9 +209,12 @@ impl Store {
     pub async fn open(config: Config) -> Result<Store, Error> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Db(redb::Error::Io(e)))?;
         let path = config.data_dir.join("store.redb");
-        let db = tokio::task::spawn_blocking(move || Database::create(path))
-            .await
-            .expect("open does not panic")?;
+        let cache = config.cache_bytes;
+        let db = tokio::task::spawn_blocking(move || {
+            Database::builder().set_cache_size(cache).create(path)
+        })
+        .await
+        .expect("open does not panic")?;
         let db = Arc::new(db);
         let (feed, _) = broadcast::channel(config.feed_capacity);
         let log = LogStore::new(db.clone());

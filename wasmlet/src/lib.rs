@@ -355,7 +355,9 @@ async fn watch_pods(
 ) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
-    let mut stream = watcher::watcher(pods, cfg).default_backoff().boxed();
+    let mut stream = wasmkube_client::watch::watcher(pods, cfg)
+        .default_backoff()
+        .boxed();
     let mut running: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
     let mut relisted: HashSet<String> = HashSet::new();
     loop {

@@ -355,7 +355,13 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
             }
         }
         if !finished && worker.stage != Stage::Gone {
-            let status = pod_status(&pod, &worker, &addrs, Timestamp::now());
+            let status = pod_status(
+                &pod,
+                last_status.as_ref(),
+                &worker,
+                &addrs,
+                Timestamp::now(),
+            );
             if last_status.as_ref() != Some(&status) {
                 last_status = Some(status.clone());
                 let _ = status_tx.send(Some(status));

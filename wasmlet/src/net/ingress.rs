@@ -419,7 +419,7 @@ async fn follow(shared: Arc<Shared>, client: Client, port: u16, shutdown: Cancel
     let (classes, class_writer) = reflector::store::<IngressClass>();
     let ing_stream = reflector::reflector(
         ing_writer,
-        watcher::watcher(
+        wasmkube_client::watch::watcher(
             Api::<Ingress>::all(client.clone()),
             watcher::Config::default(),
         ),
@@ -428,7 +428,7 @@ async fn follow(shared: Arc<Shared>, client: Client, port: u16, shutdown: Cancel
     .map(|_| ());
     let class_stream = reflector::reflector(
         class_writer,
-        watcher::watcher(
+        wasmkube_client::watch::watcher(
             Api::<IngressClass>::all(client.clone()),
             watcher::Config::default(),
         ),

@@ -62,7 +62,7 @@ async fn follow_peers(
     let (reader, writer) = reflector::store::<Node>();
     let mut stream = reflector::reflector(
         writer,
-        watcher::watcher(Api::<Node>::all(client), watcher::Config::default()),
+        wasmkube_client::watch::watcher(Api::<Node>::all(client), watcher::Config::default()),
     )
     .default_backoff()
     .boxed();

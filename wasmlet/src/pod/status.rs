@@ -18,10 +18,15 @@ pub(crate) struct Addresses {
     pub pod_ip: String,
 }
 
-/// The status to report for `pod` given the worker state. Condition transition times are kept
-/// from `pod`'s current status unless the condition flips.
+/// The status to report for `pod` given the worker state. A condition keeps its transition
+/// time unless it flips. The time comes from `reported`, the status this wasmlet last reported
+/// for the pod, and only for a condition it has not reported yet from `pod`'s status in the
+/// API (after a wasmlet restart). The kubelet's status manager does the same with its own cache:
+/// the API's copy may be an echo of an older write, and taking times from it made two writes
+/// in flight answer each other's echoes for ever.
 pub(crate) fn pod_status(
     pod: &Pod,
+    reported: Option<&PodStatus>,
     worker: &PodWorker,
     addrs: &Addresses,
     now: Timestamp,
@@ -79,8 +84,11 @@ pub(crate) fn pod_status(
     let unready_message = format!("containers with unready status: [{}]", unready.join(" "));
     let condition = |type_: &str, ok: bool, reason: Option<&str>| {
         let status = if ok { "True" } else { "False" };
-        let since = previous
-            .and_then(|cs| cs.iter().find(|c| c.type_ == type_))
+        let known = |cs: Option<&Vec<PodCondition>>| {
+            cs.and_then(|cs| cs.iter().find(|c| c.type_ == type_).cloned())
+        };
+        let since = known(reported.and_then(|s| s.conditions.as_ref()))
+            .or_else(|| known(previous))
             .filter(|c| c.status == status)
             .and_then(|c| c.last_transition_time.clone())
             .unwrap_or(Time(now));
@@ -234,6 +242,7 @@ mod tests {
         );
         let running = pod_status(
             &pod,
+            None,
             &w,
             &Addresses {
                 host_ip: "127.0.0.1".into(),
@@ -263,7 +272,7 @@ mod tests {
             t0,
         );
         let later = Timestamp::from_second(1_700_000_100).expect("ts");
-        let s = pod_status(&pod, &w, &Addresses::default(), later);
+        let s = pod_status(&pod, None, &w, &Addresses::default(), later);
         assert_eq!(s.phase.as_deref(), Some("Succeeded"));
         let cs = &s.container_statuses.as_ref().expect("statuses")[0];
         let t = cs
@@ -289,5 +298,62 @@ mod tests {
             Some(Time(t0)),
             "unchanged conditions keep their time"
         );
+    }
+
+    #[test]
+    fn transition_times_should_follow_what_this_wasmlet_reported_not_stale_echoes() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "uid": "u1"},
+            "spec": {"containers": [{"name": "c", "image": "hello:v1"}]}
+        }))
+        .expect("pod");
+        let mut w = PodWorker::new(
+            &[],
+            &["c".into()],
+            RestartPolicy::Always,
+            Backoff::default(),
+        );
+        let t0 = Timestamp::from_second(1_700_000_000).expect("ts");
+        w.step(PodEvent::Begin, t0);
+        let waiting = pod_status(&pod, None, &w, &Addresses::default(), t0);
+        let ready_of = |s: &PodStatus| {
+            s.conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| (c.status.clone(), c.last_transition_time.clone()))
+                .expect("Ready")
+        };
+        assert_eq!(ready_of(&waiting).0, "False");
+        w.step(
+            PodEvent::ImageReady {
+                container: 0,
+                result: Ok("reg/hello@sha256:1".into()),
+            },
+            t0,
+        );
+        let t1 = Timestamp::from_second(1_700_000_010).expect("ts");
+        w.step(
+            PodEvent::Started {
+                container: 0,
+                at: t1,
+            },
+            t1,
+        );
+        // The API still shows the older, not-ready status (the echo of an earlier write).
+        pod.status = Some(waiting.clone());
+        let ready = pod_status(&pod, Some(&waiting), &w, &Addresses::default(), t1);
+        assert_eq!(ready_of(&ready), ("True".into(), Some(Time(t1))));
+        // Later echoes, stale or fresh, do not move the time this wasmlet reported.
+        let t2 = Timestamp::from_second(1_700_000_020).expect("ts");
+        for echo in [waiting.clone(), ready.clone(), waiting] {
+            pod.status = Some(echo);
+            let again = pod_status(&pod, Some(&ready), &w, &Addresses::default(), t2);
+            assert_eq!(again, ready, "a fixed point: nothing new to write");
+        }
+        // A wasmlet that restarts keeps the API's times.
+        pod.status = Some(ready.clone());
+        let restarted = pod_status(&pod, None, &w, &Addresses::default(), t2);
+        assert_eq!(ready_of(&restarted), ("True".into(), Some(Time(t1))));
     }
 }
