@@ -14,22 +14,12 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::expectations::Expectations;
-
 /// What the reconciler needs.
-pub struct Ctx {
-    /// The API client.
-    pub client: Client,
-    /// Every pod, from a reflector.
-    pub pods: Store<Pod>,
-    /// Pending creates per Job uid.
-    pub expectations: Expectations,
-}
+pub type Ctx = crate::PodOwnerCtx;
 
 /// Reconcile errors (retried with back-off).
 #[derive(Debug, thiserror::Error)]
@@ -429,19 +419,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 
 /// Runs the Job controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let ctx_client = client.clone();
-    crate::run_owning::<Job, Pod, _, _, _>(
-        client,
-        "job",
-        move |store| Ctx {
-            client: ctx_client,
-            pods: store,
-            expectations: Expectations::default(),
-        },
-        reconcile,
-        shutdown,
-    )
-    .await;
+    crate::run_pod_owner::<Job, _, _>(client, "job", reconcile, shutdown).await;
 }
 
 #[cfg(test)]

@@ -108,6 +108,42 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
     );
 }
 
+/// What a controller of pods (ReplicaSet, ReplicationController, Job) reconciles with.
+pub struct PodOwnerCtx {
+    /// The API client.
+    pub client: Client,
+    /// Every pod, from a reflector.
+    pub pods: Store<k8s_openapi::api::core::v1::Pod>,
+    /// Pending pod creates/deletes per owner uid.
+    pub expectations: expectations::Expectations,
+}
+
+/// Runs a controller of pods over `K` with a [`PodOwnerCtx`] until `shutdown`.
+pub(crate) async fn run_pod_owner<K, E, Fut>(
+    client: Client,
+    name: &'static str,
+    reconcile: impl FnMut(Arc<K>, Arc<PodOwnerCtx>) -> Fut,
+    shutdown: CancellationToken,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    E: std::error::Error + Send + 'static,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+{
+    let ctx_client = client.clone();
+    run_owning::<K, k8s_openapi::api::core::v1::Pod, _, _, _>(
+        client,
+        name,
+        move |pods| PodOwnerCtx {
+            client: ctx_client,
+            pods,
+            expectations: expectations::Expectations::default(),
+        },
+        reconcile,
+        shutdown,
+    )
+    .await;
+}
+
 /// Runs a kube-runtime `Controller` over `K`, triggered by `K` and by the `Child` objects of a
 /// reflector whose store the reconciler reads — so a trigger never arrives before the cache
 /// holds the change that caused it. Failed reconciles are logged and retried after 2 s.

@@ -12,26 +12,16 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use wasmkube_api::selector::LabelSelector;
 
-use crate::expectations::Expectations;
-
 /// Pods created or deleted per reconcile at most (Kubernetes' `burstReplicas`).
 const BURST: usize = 500;
 
 /// What the reconciler needs.
-pub struct Ctx {
-    /// The API client.
-    pub client: Client,
-    /// Every pod, from a reflector.
-    pub pods: Store<Pod>,
-    /// Pending creates/deletes per ReplicaSet uid.
-    pub expectations: Expectations,
-}
+pub type Ctx = crate::PodOwnerCtx;
 
 /// Reconcile errors (retried with back-off).
 #[derive(Debug, thiserror::Error)]
@@ -347,19 +337,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
 
 /// Runs the ReplicaSet controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let ctx_client = client.clone();
-    crate::run_owning::<ReplicaSet, Pod, _, _, _>(
-        client,
-        "replicaset",
-        move |store| Ctx {
-            client: ctx_client,
-            pods: store,
-            expectations: Expectations::default(),
-        },
-        reconcile,
-        shutdown,
-    )
-    .await;
+    crate::run_pod_owner::<ReplicaSet, _, _>(client, "replicaset", reconcile, shutdown).await;
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+use k8s_openapi::api::core::v1::ReplicationController;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -13,7 +13,6 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::expectations::Expectations;
 use crate::replicaset::{Ctx, Error, sync};
 
 /// The ReplicationController seen as a ReplicaSet.
@@ -86,15 +85,9 @@ pub async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Ctx>) -> Result<
 
 /// Runs the ReplicationController controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let ctx_client = client.clone();
-    crate::run_owning::<ReplicationController, Pod, _, _, _>(
+    crate::run_pod_owner::<ReplicationController, _, _>(
         client,
         "replicationcontroller",
-        move |store| Ctx {
-            client: ctx_client,
-            pods: store,
-            expectations: Expectations::default(),
-        },
         reconcile,
         shutdown,
     )

@@ -127,10 +127,7 @@ impl LogStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .expect("redb task does not panic")
+        crate::state_machine::blocking(&self.db, f).await
     }
 
     /// Runs `f` on the writer thread, after every append queued before it.

@@ -64,11 +64,20 @@ impl StateMachine {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .expect("redb task does not panic")
+        blocking(&self.db, f).await
     }
+}
+
+/// Runs `f` on the database on tokio's blocking pool (redb's calls block on disk).
+pub(crate) async fn blocking<T, F>(db: &Arc<Database>, f: F) -> Result<T, redb::Error>
+where
+    T: Send + 'static,
+    F: FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
+{
+    let db = Arc::clone(db);
+    tokio::task::spawn_blocking(move || f(&db))
+        .await
+        .expect("redb task does not panic")
 }
 
 fn sm_read_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<NodeId> {
@@ -104,12 +113,16 @@ pub(crate) fn read_applied(
 pub(crate) fn read_compacted(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<u64, redb::Error> {
-    Ok(match table.get("compacted")? {
-        Some(raw) => u64::from_be_bytes(
-            raw.value()
-                .try_into()
-                .map_err(|e| corrupted("compacted", e))?,
-        ),
+    read_counter(table, "compacted")
+}
+
+/// Reads a big-endian counter (0 when absent) from an open state-machine meta table.
+fn read_counter(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &'static str,
+) -> Result<u64, redb::Error> {
+    Ok(match table.get(key)? {
+        Some(raw) => u64::from_be_bytes(raw.value().try_into().map_err(|e| corrupted(key, e))?),
         None => 0,
     })
 }
@@ -133,6 +146,25 @@ struct Tables<'t> {
     meta: Table<'t, &'static str, &'static [u8]>,
 }
 
+/// The object at `key` (revision, JSON) if `precondition` holds for it, else the failed outcome.
+fn current(
+    t: &Tables<'_>,
+    key: &str,
+    precondition: Precondition,
+) -> Result<Result<Option<(u64, Bytes)>, Outcome>, redb::Error> {
+    let current = t.kv.get(key)?.map(|raw| {
+        let (rev, json) = decode_value(raw.value());
+        (rev, Bytes::copy_from_slice(json))
+    });
+    Ok(match check(precondition, current.as_ref().map(|c| c.0)) {
+        Ok(()) => Ok(current),
+        Err(reason) => Err(Outcome::Failed {
+            reason,
+            current: current.map(|c| c.0),
+        }),
+    })
+}
+
 fn check(precondition: Precondition, current: Option<u64>) -> Result<(), Failure> {
     match (precondition, current) {
         (Precondition::None, _) => Ok(()),
@@ -149,14 +181,7 @@ fn check(precondition: Precondition, current: Option<u64>) -> Result<(), Failure
 pub(crate) fn read_revision(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<u64, redb::Error> {
-    Ok(match table.get("revision")? {
-        Some(raw) => u64::from_be_bytes(
-            raw.value()
-                .try_into()
-                .map_err(|e| corrupted("revision", e))?,
-        ),
-        None => 0,
-    })
+    read_counter(table, "revision")
 }
 
 fn execute(
@@ -173,16 +198,10 @@ fn execute(
             value,
             precondition,
         } => {
-            let current = t.kv.get(key.as_str())?.map(|raw| {
-                let (rev, json) = decode_value(raw.value());
-                (rev, Bytes::copy_from_slice(json))
-            });
-            if let Err(reason) = check(precondition, current.as_ref().map(|c| c.0)) {
-                return Ok(Outcome::Failed {
-                    reason,
-                    current: current.map(|c| c.0),
-                });
-            }
+            let current = match current(t, &key, precondition)? {
+                Ok(current) => current,
+                Err(failed) => return Ok(failed),
+            };
             let Some(json) = stamp(value.get().as_bytes(), revision) else {
                 return Ok(Outcome::Failed {
                     reason: Failure::Malformed,
@@ -208,16 +227,10 @@ fn execute(
             Ok(Outcome::Written { revision, value })
         }
         Command::Delete { key, precondition } => {
-            let current = t.kv.get(key.as_str())?.map(|raw| {
-                let (rev, json) = decode_value(raw.value());
-                (rev, Bytes::copy_from_slice(json))
-            });
-            if let Err(reason) = check(precondition, current.as_ref().map(|c| c.0)) {
-                return Ok(Outcome::Failed {
-                    reason,
-                    current: current.map(|c| c.0),
-                });
-            }
+            let current = match current(t, &key, precondition)? {
+                Ok(current) => current,
+                Err(failed) => return Ok(failed),
+            };
             let Some((_, prev)) = current else {
                 return Ok(Outcome::Failed {
                     reason: Failure::NotFound,

@@ -189,20 +189,23 @@ async fn liveness_and_startup_probes_restart_a_container() -> Result<()> {
         .as_ref()
         .and_then(|s| s.pod_ip.clone())
         .context("podIP")?;
-    let messages: Vec<String> = events(c, "nostart")
-        .await
-        .into_iter()
-        .filter_map(|e| e.message)
-        .collect();
     let want = format!(
         "Startup probe failed: Get \"http://{ip}:9999/up\": dial tcp {ip}:9999: connect: connection refused"
     );
-    assert!(messages.contains(&want), "{want:?} in {messages:?}");
-    assert!(
-        messages
-            .iter()
-            .any(|m| m == "Container web failed startup probe, will be restarted"),
-        "{messages:?}"
-    );
+    let killed = "Container web failed startup probe, will be restarted";
+    // Events are posted in the background: wait for both rather than read once.
+    wasmkube_tests::wait_for(
+        "the startup probe's events",
+        std::time::Duration::from_secs(30),
+        || async {
+            let messages: Vec<String> = events(c, "nostart")
+                .await
+                .into_iter()
+                .filter_map(|e| e.message)
+                .collect();
+            (messages.contains(&want) && messages.iter().any(|m| m == killed)).then_some(())
+        },
+    )
+    .await?;
     node.stop().await
 }
