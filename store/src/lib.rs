@@ -57,7 +57,7 @@ pub use state_machine::StateMachine;
 pub use watch::{Watch, WatchError};
 
 /// [`Config::cache_bytes`] unless set.
-pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// How to open a store.
 #[derive(Debug, Clone)]
