@@ -31,11 +31,7 @@ pub struct Ctx {
 }
 
 /// Reconcile errors (retried with back-off).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("API request failed")]
-    Api(#[from] kube::Error),
-}
+pub type Error = crate::ReconcileError;
 
 /// Parses a schedule in `tz` (IANA name; UTC when absent).
 ///

@@ -41,11 +41,7 @@ pub struct Ctx {
 }
 
 /// Reconcile errors (retried with back-off).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("API request failed")]
-    Api(#[from] kube::Error),
-}
+pub type Error = crate::ReconcileError;
 
 /// Tolerations every DaemonSet pod gets (Kubernetes adds these so daemons survive node trouble).
 fn daemon_tolerations() -> Vec<Toleration> {
@@ -368,11 +364,6 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
     Ok(Action::await_change())
 }
 
-fn error_policy(_ds: Arc<DaemonSet>, error: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(%error, "daemonset reconcile failed");
-    Action::requeue(Duration::from_secs(2))
-}
-
 /// Runs the DaemonSet controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
     let (pods, pw) = reflector::store();
@@ -413,7 +404,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, crate::retry_later("daemonset"), ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
 }

@@ -36,11 +36,7 @@ pub struct Ctx {
 }
 
 /// Reconcile errors (retried with back-off).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("API request failed")]
-    Api(#[from] kube::Error),
-}
+pub type Error = crate::ReconcileError;
 
 /// FNV-1a (32-bit), as Kubernetes hashes pod templates.
 fn fnv32a(bytes: &[u8]) -> u32 {

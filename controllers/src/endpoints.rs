@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
@@ -40,13 +39,7 @@ pub struct Ctx {
 }
 
 /// Reconcile errors (retried with back-off).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("API request failed")]
-    Api(#[from] kube::Error),
-    #[error("serializing")]
-    Json(#[from] serde_json::Error),
-}
+pub type Error = crate::ReconcileError;
 
 fn ready(p: &Pod) -> bool {
     p.status
@@ -307,11 +300,6 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
     Ok(Action::await_change())
 }
 
-fn error_policy(_svc: Arc<Service>, error: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(%error, "endpoints reconcile failed");
-    Action::requeue(Duration::from_secs(2))
-}
-
 /// Runs the Endpoints/EndpointSlice controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
     let (reader, writer) = reflector::store();
@@ -342,7 +330,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, crate::retry_later("endpoints"), ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
 }

@@ -22,11 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub type Ctx = crate::PodOwnerCtx;
 
 /// Reconcile errors (retried with back-off).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("API request failed")]
-    Api(#[from] kube::Error),
-}
+pub type Error = crate::ReconcileError;
 
 /// Counts of a Job's pods.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

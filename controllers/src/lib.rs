@@ -108,6 +108,30 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
     );
 }
 
+/// Why a reconcile failed (it is retried with back-off).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// An API request failed.
+    #[error("API request failed")]
+    Api(#[from] kube::Error),
+    /// An object could not be serialized.
+    #[error("serializing")]
+    Json(#[from] serde_json::Error),
+    /// A label selector is not valid.
+    #[error("invalid selector: {0}")]
+    Selector(String),
+}
+
+/// Every controller's error policy: log the failure and reconcile again after 2 s.
+pub(crate) fn retry_later<K, E: std::fmt::Display, C>(
+    controller: &'static str,
+) -> impl Fn(Arc<K>, &E, Arc<C>) -> Action {
+    move |_obj, error, _ctx| {
+        tracing::warn!(controller, %error, "reconcile failed");
+        Action::requeue(Duration::from_secs(2))
+    }
+}
+
 /// What a controller of pods (ReplicaSet, ReplicationController, Job) reconciles with.
 pub struct PodOwnerCtx {
     /// The API client.
@@ -171,14 +195,10 @@ pub(crate) async fn run_owning<K, Child, C, E, Fut>(
     .default_backoff()
     .touched_objects();
     let ctx = Arc::new(make_ctx(reader));
-    let error_policy = move |_obj: Arc<K>, error: &E, _ctx: Arc<C>| {
-        tracing::warn!(controller = name, %error, "reconcile failed");
-        Action::requeue(Duration::from_secs(2))
-    };
     Controller::new(Api::<K>::all(client), watcher::Config::default())
         .owns_stream(children)
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, retry_later(name), ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
 }

@@ -138,11 +138,6 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Erro
     Ok(Action::await_change())
 }
 
-fn error_policy(_ns: Arc<Namespace>, error: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(%error, "namespace reconcile failed");
-    Action::requeue(Duration::from_secs(2))
-}
-
 /// Runs the namespace controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
     let ctx = Arc::new(Ctx {
@@ -150,7 +145,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     });
     Controller::new(Api::<Namespace>::all(client), watcher::Config::default())
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, crate::retry_later("namespace"), ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
 }

@@ -24,13 +24,7 @@ const BURST: usize = 500;
 pub type Ctx = crate::PodOwnerCtx;
 
 /// Reconcile errors (retried with back-off).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("API request failed")]
-    Api(#[from] kube::Error),
-    #[error("invalid selector: {0}")]
-    Selector(String),
-}
+pub type Error = crate::ReconcileError;
 
 /// The controller reference a ReplicaSet puts on its pods.
 pub fn controller_ref(rs: &ReplicaSet) -> OwnerReference {

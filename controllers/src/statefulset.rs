@@ -32,11 +32,7 @@ pub struct Ctx {
 }
 
 /// Reconcile errors (retried with back-off).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("API request failed")]
-    Api(#[from] kube::Error),
-}
+pub type Error = crate::ReconcileError;
 
 /// The template revision.
 pub fn revision(set: &StatefulSet) -> String {
