@@ -17,8 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -366,26 +366,8 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
 
 /// Runs the DaemonSet controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (pods, pw) = reflector::store();
-    let (nodes, nw) = reflector::store();
-    let pod_stream = reflector::reflector(
-        pw,
-        wasmkube_client::watch::watcher(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    let node_stream = reflector::reflector(
-        nw,
-        wasmkube_client::watch::watcher(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (pods, pod_stream) = crate::cache_all::<Pod>(&client);
+    let (nodes, node_stream) = crate::cache_all::<Node>(&client);
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         pods,

@@ -122,6 +122,27 @@ pub enum ReconcileError {
     Selector(String),
 }
 
+/// A cache of every `K` in the cluster, and the stream that fills it. The stream yields each
+/// object it touches once the cache holds the change, and must be polled.
+pub(crate) fn cache_all<K>(
+    client: &Client,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        wasmkube_client::watch::watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    (reader, stream)
+}
+
 /// Every controller's error policy: log the failure and reconcile again after 2 s.
 pub(crate) fn retry_later<K, E: std::fmt::Display, C>(
     controller: &'static str,
@@ -184,16 +205,7 @@ pub(crate) async fn run_owning<K, Child, C, E, Fut>(
     E: std::error::Error + Send + 'static,
     Fut: Future<Output = Result<Action, E>> + Send + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let children = reflector::reflector(
-        writer,
-        wasmkube_client::watch::watcher(
-            Api::<Child>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (reader, children) = cache_all::<Child>(&client);
     let ctx = Arc::new(make_ctx(reader));
     Controller::new(Api::<K>::all(client), watcher::Config::default())
         .owns_stream(children)
