@@ -278,23 +278,7 @@ impl Scheduler {
                 }
             });
         }
-        let (client, ns, name, node) = (
-            self.client.clone(),
-            pod.pod
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            pod.pod.metadata.name.clone().unwrap_or_default(),
-            node.to_owned(),
-        );
-        tokio::spawn(async move {
-            let pods: Api<Pod> = Api::namespaced(client, &ns);
-            let status = json!({"status": {"nominatedNodeName": node}});
-            let _ = pods
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-                .await;
-        });
+        self.patch_status(pod, json!({"status": {"nominatedNodeName": node}}));
     }
 
     fn report_unschedulable(&self, pod: &PodInfo, message: String) {
@@ -306,21 +290,21 @@ impl Scheduler {
             message.clone(),
         );
         // PodScheduled=False with the reason, as kubectl describe shows it.
-        let (client, ns, name) = (
-            self.client.clone(),
-            pod.pod
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            pod.pod.metadata.name.clone().unwrap_or_default(),
-        );
-        tokio::spawn(async move {
-            let pods: Api<Pod> = Api::namespaced(client, &ns);
-            let status = json!({"status": {"conditions": [{
+        self.patch_status(
+            pod,
+            json!({"status": {"conditions": [{
                 "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
                 "lastTransitionTime": jiff::Timestamp::now().to_string(),
-            }]}});
+            }]}}),
+        );
+    }
+
+    /// Merge-patches `pod`'s status in the background (the next decision does not wait).
+    fn patch_status(&self, pod: &PodInfo, status: serde_json::Value) {
+        let ns = pod.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let name = pod.pod.metadata.name.clone().unwrap_or_default();
+        tokio::spawn(async move {
             let _ = pods
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
                 .await;
