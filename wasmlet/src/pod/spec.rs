@@ -486,53 +486,48 @@ async fn project(
     facts: &PodFacts,
     sources: &mut Sources,
 ) -> Result<(), ConfigError> {
-    if let Some(cm) = &v.config_map {
-        let data = sources.configmap(&cm.name).await?.cloned();
-        write_keys(
-            d,
-            data,
-            &cm.items,
-            cm.optional.unwrap_or(false),
-            &format!("configmap {:?}", cm.name),
-        )?;
-    }
-    if let Some(s) = &v.secret {
-        let name = s.secret_name.clone().unwrap_or_default();
-        let data = sources.secret(&name).await?.cloned();
-        write_keys(
-            d,
-            data,
-            &s.items,
-            s.optional.unwrap_or(false),
-            &format!("secret {name:?}"),
-        )?;
-    }
-    if let Some(api) = &v.downward_api {
-        write_downward(pod, d, api.items.iter().flatten(), facts)?;
-    }
-    for source in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
-        if let Some(cm) = &source.config_map {
-            let data = sources.configmap(&cm.name).await?.cloned();
-            write_keys(
-                d,
-                data,
-                &cm.items,
-                cm.optional.unwrap_or(false),
-                &format!("configmap {:?}", cm.name),
-            )?;
-        }
-        if let Some(s) = &source.secret {
-            let data = sources.secret(&s.name).await?.cloned();
-            write_keys(
-                d,
-                data,
+    // A volume's own source, or each of a projected volume's.
+    let own = (
+        v.config_map
+            .as_ref()
+            .map(|c| (c.name.as_str(), &c.items, c.optional)),
+        v.secret.as_ref().map(|s| {
+            (
+                s.secret_name.as_deref().unwrap_or_default(),
                 &s.items,
-                s.optional.unwrap_or(false),
-                &format!("secret {:?}", s.name),
-            )?;
+                s.optional,
+            )
+        }),
+        v.downward_api.as_ref().map(|a| &a.items),
+    );
+    let projected = v
+        .projected
+        .iter()
+        .flat_map(|p| p.sources.iter().flatten())
+        .map(|p| {
+            (
+                p.config_map
+                    .as_ref()
+                    .map(|c| (c.name.as_str(), &c.items, c.optional)),
+                p.secret
+                    .as_ref()
+                    .map(|s| (s.name.as_str(), &s.items, s.optional)),
+                p.downward_api.as_ref().map(|a| &a.items),
+            )
+        });
+    for (config_map, secret, downward) in std::iter::once(own).chain(projected) {
+        if let Some((name, items, optional)) = config_map {
+            let data = sources.configmap(name).await?.cloned();
+            let what = format!("configmap {name:?}");
+            write_keys(d, data, items, optional.unwrap_or(false), &what)?;
         }
-        if let Some(api) = &source.downward_api {
-            write_downward(pod, d, api.items.iter().flatten(), facts)?;
+        if let Some((name, items, optional)) = secret {
+            let data = sources.secret(name).await?.cloned();
+            let what = format!("secret {name:?}");
+            write_keys(d, data, items, optional.unwrap_or(false), &what)?;
+        }
+        if let Some(items) = downward {
+            write_downward(pod, d, items.iter().flatten(), facts)?;
         }
     }
     Ok(())
