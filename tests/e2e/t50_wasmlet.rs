@@ -256,11 +256,17 @@ async fn env_config_maps_secrets_and_volumes_reach_the_guest() -> Result<()> {
             {"name": "cfg", "configMap": {"name": "settings"}},
             {"name": "sec", "secret": {"secretName": "creds"}},
             {"name": "info", "downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
-            {"name": "scratch", "emptyDir": {}}
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "proj", "projected": {"sources": [
+                {"configMap": {"name": "settings", "items": [{"key": "greeting", "path": "g"}]}},
+                {"secret": {"name": "creds", "items": [{"key": "password", "path": "p"}]}},
+                {"downwardAPI": {"items": [{"path": "n", "fieldRef": {"fieldPath": "metadata.name"}}]}}
+            ]}}
         ],
         "containers": [{
             "name": "tool", "image": image,
             "args": ["env", "--", "cat", "/etc/cfg/greeting", "/etc/sec/password", "/etc/info/name", "--",
+                     "cat", "/etc/proj/n", "/etc/proj/g", "/etc/proj/p", "--",
                      "write", "/scratch/f", "$(GREETING)", "--", "cat", "/scratch/f", "--", "write", "/etc/cfg/x", "no"],
             "env": [
                 {"name": "PLAIN", "value": "value-$(POD_NAME)"},
@@ -278,7 +284,8 @@ async fn env_config_maps_secrets_and_volumes_reach_the_guest() -> Result<()> {
                 {"name": "cfg", "mountPath": "/etc/cfg"},
                 {"name": "sec", "mountPath": "/etc/sec"},
                 {"name": "info", "mountPath": "/etc/info"},
-                {"name": "scratch", "mountPath": "/scratch"}
+                {"name": "scratch", "mountPath": "/scratch"},
+                {"name": "proj", "mountPath": "/etc/proj"}
             ]
         }]
     });
@@ -305,6 +312,10 @@ async fn env_config_maps_secrets_and_volumes_reach_the_guest() -> Result<()> {
     assert!(
         out.contains("hi theres3crettool\n"),
         "file contents in:\n{out}"
+    );
+    assert!(
+        out.contains("toolhi theres3cret\n"),
+        "a projected volume's three sources in:\n{out}"
     );
     assert!(
         out.contains("hi there\n\ntoolbox write: Operation not permitted"),
