@@ -704,16 +704,8 @@ impl PodWorker {
                     reason: "CrashLoopBackOff",
                     message: Some(message.clone()),
                 };
-                fx.push(Effect::Event {
-                    container: Some(i),
-                    kind: EventType::Warning,
-                    reason: "BackOff",
-                    message: format!("Back-off restarting failed container {}", c.name),
-                });
-                fx.push(Effect::After {
-                    delay,
-                    event: PodEvent::BackoffOver { container: i },
-                });
+                let message = format!("Back-off restarting failed container {}", c.name);
+                warn_and_retry(fx, i, "BackOff", message, delay);
             }
         }
     }
@@ -747,16 +739,7 @@ impl PodWorker {
         c.crash_delay = Some(delay);
         c.backing_off = true;
         c.start_failed = true;
-        fx.push(Effect::Event {
-            container: Some(i),
-            kind: EventType::Warning,
-            reason: "Failed",
-            message: format!("Error: {message}"),
-        });
-        fx.push(Effect::After {
-            delay,
-            event: PodEvent::BackoffOver { container: i },
-        });
+        warn_and_retry(fx, i, "Failed", format!("Error: {message}"), delay);
     }
 
     /// Acts on a probe result, as the kubelet's sync does: readiness sets `ready`, a startup
@@ -885,6 +868,26 @@ fn fmt_secs(d: Duration) -> String {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
+}
+
+/// A warning event about container `i`, and its start again after `delay`.
+fn warn_and_retry(
+    fx: &mut Vec<Effect>,
+    i: usize,
+    reason: &'static str,
+    message: String,
+    delay: std::time::Duration,
+) {
+    fx.push(Effect::Event {
+        container: Some(i),
+        kind: EventType::Warning,
+        reason,
+        message,
+    });
+    fx.push(Effect::After {
+        delay,
+        event: PodEvent::BackoffOver { container: i },
+    });
 }
 
 #[cfg(test)]
