@@ -40,35 +40,42 @@ impl<IO> StatusOnParseError<IO> {
         }
     }
 
-    /// The response to write instead of `head`, when `head` is one of hyper's own answers.
-    fn replacement(&self, head: &[u8]) -> Option<Vec<u8>> {
-        let rest = head.strip_prefix(b"HTTP/1.1 ")?;
-        if !head.ends_with(b"\r\n\r\n") || !contains(head, b"\r\ncontent-length: 0\r\n") {
-            return None;
-        }
-        let error = match rest.get(..4)? {
-            b"400 " => ApiError::bad_request(
+    /// The response to write instead of `head`, built only once [`refusal`] recognised it.
+    fn replacement(&self, head: &[u8], code: u16) -> Vec<u8> {
+        let error = match code {
+            414 => ApiError::uri_too_long(MAX_URI),
+            431 => ApiError::too_many_headers(MAX_HEADERS, self.max_header_bytes),
+            _ => ApiError::bad_request(
                 "the request could not be parsed: malformed request line, header or Content-Length",
             ),
-            b"414 " => ApiError::uri_too_long(MAX_URI),
-            b"431 " => ApiError::too_many_headers(MAX_HEADERS, self.max_header_bytes),
-            _ => return None,
         };
         let body = error.status_body();
-        let head = std::str::from_utf8(head).ok()?;
-        let mut out = String::with_capacity(head.len() + 96);
-        for line in head.trim_end().split("\r\n") {
-            if !line.starts_with("content-length:") {
-                out.push_str(line);
-                out.push_str("\r\n");
+        let mut out = Vec::with_capacity(head.len() + 96 + body.len());
+        // hyper's head lines (status line, date) without its `content-length: 0`.
+        for line in head.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if !line.is_empty() && !line.starts_with(b"content-length:") {
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\r\n");
             }
         }
-        out.push_str("content-type: application/json\r\nconnection: close\r\n");
-        out.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
-        let mut out = out.into_bytes();
+        out.extend_from_slice(b"content-type: application/json\r\nconnection: close\r\n");
+        out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
         out.extend_from_slice(&body);
-        Some(out)
+        out
     }
+}
+
+/// The status code of `buf` when it is one of hyper's own bodiless parse-error answers. Runs
+/// for every write, so it looks at the status code before scanning anything.
+fn refusal(buf: &[u8]) -> Option<u16> {
+    let code = match buf.strip_prefix(b"HTTP/1.1 ")?.get(..4)? {
+        b"400 " => 400,
+        b"414 " => 414,
+        b"431 " => 431,
+        _ => return None,
+    };
+    (buf.ends_with(b"\r\n\r\n") && contains(buf, b"\r\ncontent-length: 0\r\n")).then_some(code)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -91,8 +98,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for StatusOnParseError<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.replacing.is_none() {
-            self.replacing = self.replacement(buf).map(|r| (r, 0));
+        if self.replacing.is_none()
+            && let Some(code) = refusal(buf)
+        {
+            self.replacing = Some((self.replacement(buf, code), 0));
         }
         let this = &mut *self;
         let Some((bytes, done)) = &mut this.replacing else {
@@ -117,7 +126,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for StatusOnParseError<IO> {
     ) -> Poll<io::Result<usize>> {
         let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
         if let (Some(only), None) = (nonempty.next(), nonempty.next())
-            && (self.replacing.is_some() || self.replacement(only).is_some())
+            && (self.replacing.is_some() || refusal(only).is_some())
         {
             return self.poll_write(cx, only);
         }

@@ -56,6 +56,18 @@ pub use read::{KeyValue, ListOptions, ListResult};
 pub use state_machine::StateMachine;
 pub use watch::{Watch, WatchError};
 
+/// Runs `f` on the database on tokio's blocking pool (redb's calls block on disk).
+pub(crate) async fn blocking<T, F>(db: &Arc<Database>, f: F) -> Result<T, redb::Error>
+where
+    T: Send + 'static,
+    F: FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
+{
+    let db = Arc::clone(db);
+    tokio::task::spawn_blocking(move || f(&db))
+        .await
+        .expect("redb task does not panic")
+}
+
 /// [`Config::cache_bytes`] unless set.
 pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 

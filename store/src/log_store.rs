@@ -127,7 +127,7 @@ impl LogStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
     {
-        crate::state_machine::blocking(&self.db, f).await
+        crate::blocking(&self.db, f).await
     }
 
     /// Runs `f` on the writer thread, after every append queued before it.

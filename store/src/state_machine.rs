@@ -64,20 +64,8 @@ impl StateMachine {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
     {
-        blocking(&self.db, f).await
+        crate::blocking(&self.db, f).await
     }
-}
-
-/// Runs `f` on the database on tokio's blocking pool (redb's calls block on disk).
-pub(crate) async fn blocking<T, F>(db: &Arc<Database>, f: F) -> Result<T, redb::Error>
-where
-    T: Send + 'static,
-    F: FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
-{
-    let db = Arc::clone(db);
-    tokio::task::spawn_blocking(move || f(&db))
-        .await
-        .expect("redb task does not panic")
 }
 
 fn sm_read_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<NodeId> {

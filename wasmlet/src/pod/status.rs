@@ -84,11 +84,8 @@ pub(crate) fn pod_status(
     let unready_message = format!("containers with unready status: [{}]", unready.join(" "));
     let condition = |type_: &str, ok: bool, reason: Option<&str>| {
         let status = if ok { "True" } else { "False" };
-        let known = |cs: Option<&Vec<PodCondition>>| {
-            cs.and_then(|cs| cs.iter().find(|c| c.type_ == type_).cloned())
-        };
-        let since = known(reported.and_then(|s| s.conditions.as_ref()))
-            .or_else(|| known(previous))
+        let since = find(reported.and_then(|s| s.conditions.as_ref()), type_)
+            .or_else(|| find(previous, type_))
             .filter(|c| c.status == status)
             .and_then(|c| c.last_transition_time.clone())
             .unwrap_or(Time(now));
@@ -175,6 +172,11 @@ pub(crate) fn pod_status(
         qos_class: pod.status.as_ref().and_then(|s| s.qos_class.clone()),
         ..Default::default()
     }
+}
+
+/// The condition of `type_` among `conditions`.
+fn find<'a>(conditions: Option<&'a Vec<PodCondition>>, type_: &str) -> Option<&'a PodCondition> {
+    conditions?.iter().find(|c| c.type_ == type_)
 }
 
 fn state(s: &State) -> ContainerState {
