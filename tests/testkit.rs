@@ -140,7 +140,10 @@ impl Node {
         adjust: impl FnOnce(&mut wasmkube_wasmlet::Config),
     ) -> Result<Node> {
         let dir = tempfile::tempdir()?;
-        let mut config = wasmkube_wasmlet::Config::new(name, dir.path()).kubeconfig(kubeconfig);
+        let mut config = wasmkube_wasmlet::Config {
+            api: wasmkube_client::Source::kubeconfig(kubeconfig),
+            ..wasmkube_wasmlet::Config::new(name, dir.path())
+        };
         config.pod_range = random_pod_range();
         // Each node has its own loopback address, so NodePorts of parallel tests do not clash.
         let address = std::net::Ipv4Addr::from(u32::from(config.pod_range.0) + 1);

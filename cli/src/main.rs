@@ -412,16 +412,20 @@ async fn main() -> anyhow::Result<()> {
                 .context("starting the API server")?;
             println!("wasmkube is up: API server https://{}", running.addr);
             println!("export KUBECONFIG={}", running.kubeconfig.display());
+            let api = || wasmkube_client::Source::kubeconfig(&running.kubeconfig);
             let scheduler = (!args.no_scheduler).then(|| {
                 tokio::spawn(wasmkube_sched::run(
-                    wasmkube_sched::Config::new().kubeconfig(&running.kubeconfig),
+                    wasmkube_sched::Config {
+                        api: api(),
+                        ..Default::default()
+                    },
                     shutdown.clone(),
                 ))
             });
             let controllers = (!args.no_controllers).then(|| {
                 tokio::spawn(wasmkube_controllers::run(
                     wasmkube_controllers::Config {
-                        api: wasmkube_client::Source::kubeconfig(&running.kubeconfig),
+                        api: api(),
                         node_timers: args.timers.timers(),
                     },
                     shutdown.clone(),
@@ -430,9 +434,11 @@ async fn main() -> anyhow::Result<()> {
             let dns = if args.no_dns {
                 None
             } else {
-                let mut config = wasmkube_dns::Config::new().kubeconfig(&running.kubeconfig);
-                config.listen = args.dns_listen;
-                config.domain = args.node.cluster_domain.clone();
+                let config = wasmkube_dns::Config {
+                    api: api(),
+                    listen: args.dns_listen,
+                    domain: args.node.cluster_domain.clone(),
+                };
                 let dns = wasmkube_dns::start(&config, shutdown.clone())
                     .await
                     .context("starting the cluster DNS")?;
@@ -449,8 +455,8 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 let mut config = args
                     .node
-                    .config(&args.server.data_dir.join("node"), args.node_listen)?
-                    .kubeconfig(&running.kubeconfig);
+                    .config(&args.server.data_dir.join("node"), args.node_listen)?;
+                config.api = api();
                 if config.cluster_dns.is_none() {
                     config.cluster_dns = dns.as_ref().map(|d| d.addr);
                 }

@@ -18,13 +18,15 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wasmkube_controllers::Error> {
-//! let config = wasmkube_controllers::Config::new().kubeconfig("/var/lib/wasmkube/kubeconfig");
+//! let config = wasmkube_controllers::Config {
+//!     api: wasmkube_client::Source::kubeconfig("/var/lib/wasmkube/kubeconfig"),
+//!     ..Default::default()
+//! };
 //! wasmkube_controllers::run(config, tokio_util::sync::CancellationToken::new()).await
 //! # }
 //! ```
 
 use std::fmt::Debug;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,22 +65,10 @@ impl Config {
     pub fn new() -> Self {
         Self::default()
     }
-
-    /// Use this kubeconfig.
-    #[must_use]
-    pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
-        self.api = wasmkube_client::Source::kubeconfig(path);
-        self
-    }
 }
 
-/// Why the controller manager could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The API servers cannot be reached (no configuration).
-    #[error("cannot reach the API server")]
-    Client(#[from] wasmkube_client::Error),
-}
+/// Why it could not run: the API servers cannot be reached (no configuration).
+pub use wasmkube_client::Error;
 
 /// Runs every controller until `shutdown`.
 ///

@@ -11,7 +11,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wasmkube_dns::Error> {
-//! let config = wasmkube_dns::Config::new().kubeconfig("/var/lib/wasmkube/kubeconfig");
+//! let config = wasmkube_dns::Config {
+//!     api: wasmkube_client::Source::kubeconfig("/var/lib/wasmkube/kubeconfig"),
+//!     ..Default::default()
+//! };
 //! wasmkube_dns::run(config, tokio_util::sync::CancellationToken::new()).await
 //! # }
 //! ```
@@ -19,7 +22,6 @@
 pub mod zone;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -56,13 +58,6 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 10053)),
             domain: "cluster.local".into(),
         }
-    }
-
-    /// Use this kubeconfig.
-    #[must_use]
-    pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
-        self.api = wasmkube_client::Source::kubeconfig(path);
-        self
     }
 }
 

@@ -14,13 +14,15 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wasmkube_sched::Error> {
-//! let config = wasmkube_sched::Config::new().kubeconfig("/var/lib/wasmkube/kubeconfig");
+//! let config = wasmkube_sched::Config {
+//!     api: wasmkube_client::Source::kubeconfig("/var/lib/wasmkube/kubeconfig"),
+//!     ..Default::default()
+//! };
 //! wasmkube_sched::run(config, tokio_util::sync::CancellationToken::new()).await
 //! # }
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -63,13 +65,6 @@ impl Config {
             percentage_of_nodes_to_score: None,
         }
     }
-
-    /// Use this kubeconfig.
-    #[must_use]
-    pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
-        self.api = wasmkube_client::Source::kubeconfig(path);
-        self
-    }
 }
 
 impl Default for Config {
@@ -78,13 +73,8 @@ impl Default for Config {
     }
 }
 
-/// Why the scheduler could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The API servers cannot be reached (no configuration).
-    #[error("cannot reach the API server")]
-    Client(#[from] wasmkube_client::Error),
-}
+/// Why it could not run: the API servers cannot be reached (no configuration).
+pub use wasmkube_client::Error;
 
 /// Nodes and the pods placed on them (bound or assumed).
 #[derive(Default)]

@@ -15,8 +15,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wasmkube_wasmlet::Error> {
-//! let config = wasmkube_wasmlet::Config::new("node-1", "/var/lib/wasmkube-node")
-//!     .kubeconfig("/var/lib/wasmkube/kubeconfig");
+//! let config = wasmkube_wasmlet::Config {
+//!     api: wasmkube_client::Source::kubeconfig("/var/lib/wasmkube/kubeconfig"),
+//!     ..wasmkube_wasmlet::Config::new("node-1", "/var/lib/wasmkube-node")
+//! };
 //! wasmkube_wasmlet::run(config, tokio_util::sync::CancellationToken::new()).await
 //! # }
 //! ```
@@ -116,13 +118,6 @@ impl Config {
             node_labels: Default::default(),
             lease_duration: node::LEASE_DURATION,
         }
-    }
-
-    /// Use this kubeconfig.
-    #[must_use]
-    pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
-        self.api = wasmkube_client::Source::kubeconfig(path);
-        self
     }
 }
 

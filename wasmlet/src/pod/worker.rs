@@ -177,6 +177,15 @@ impl Container {
     fn is_running(&self) -> bool {
         matches!(self.state, State::Running { .. })
     }
+
+    /// Container `i`'s instance is gone: not ready, not started, no more probes.
+    fn instance_ended(&mut self, i: usize, fx: &mut Vec<Effect>) {
+        self.ready = false;
+        self.started = false;
+        if self.probes.any() {
+            fx.push(Effect::StopProbes { container: i });
+        }
+    }
 }
 
 /// Which probes a container has (the prober runs them; the worker acts on their results).
@@ -342,6 +351,28 @@ pub(crate) enum Effect {
     Remove,
 }
 
+impl Effect {
+    /// A Normal event about container `i`.
+    fn normal(i: usize, reason: &'static str, message: String) -> Self {
+        Self::Event {
+            container: Some(i),
+            kind: EventType::Normal,
+            reason,
+            message,
+        }
+    }
+
+    /// A Warning event about container `i`.
+    fn warning(i: usize, reason: &'static str, message: String) -> Self {
+        Self::Event {
+            container: Some(i),
+            kind: EventType::Warning,
+            reason,
+            message,
+        }
+    }
+}
+
 /// The state of one pod on this node.
 #[derive(Debug, Clone)]
 pub(crate) struct PodWorker {
@@ -414,6 +445,11 @@ impl PodWorker {
         self.containers[i].probes = probes;
     }
 
+    /// Deleted: the pod is stopping or gone.
+    fn stopping(&self) -> bool {
+        matches!(self.stage, Stage::Terminating | Stage::Gone)
+    }
+
     fn inits(&self) -> usize {
         self.containers.iter().filter(|c| c.init).count()
     }
@@ -453,12 +489,11 @@ impl PodWorker {
                 c.started = !c.probes.startup;
                 c.ready = !c.init && c.started && !c.probes.readiness;
                 let name = c.name.clone();
-                fx.push(Effect::Event {
-                    container: Some(container),
-                    kind: EventType::Normal,
-                    reason: "Started",
-                    message: format!("Started container {name}"),
-                });
+                fx.push(Effect::normal(
+                    container,
+                    "Started",
+                    format!("Started container {name}"),
+                ));
                 if !c.init && c.probes.any() {
                     fx.push(Effect::Probe {
                         container,
@@ -485,17 +520,17 @@ impl PodWorker {
                     *reason = "ImagePullBackOff";
                     let image_message = message.take().unwrap_or_default();
                     *message = Some(format!("Back-off pulling image: {image_message}"));
-                    fx.push(Effect::Event {
-                        container: Some(container),
-                        kind: EventType::Normal,
-                        reason: "BackOff",
-                        message: format!("Back-off pulling image for container {}", c.name),
-                    });
+                    fx.push(Effect::normal(
+                        container,
+                        "BackOff",
+                        format!("Back-off pulling image for container {}", c.name),
+                    ));
                 }
             }
             PodEvent::BackoffOver { container } => {
+                let stopping = self.stopping();
                 let c = &mut self.containers[container];
-                if !c.backing_off || matches!(self.stage, Stage::Terminating | Stage::Gone) {
+                if !c.backing_off || stopping {
                     return fx;
                 }
                 c.backing_off = false;
@@ -517,19 +552,18 @@ impl PodWorker {
                 healthy,
             } => self.probed(container, instance, kind, healthy, &mut fx),
             PodEvent::Delete => {
-                if matches!(self.stage, Stage::Terminating | Stage::Gone) {
+                if self.stopping() {
                     return fx;
                 }
                 self.stage = Stage::Terminating;
                 for (i, c) in self.containers.iter_mut().enumerate() {
                     c.backing_off = false;
                     if c.is_running() {
-                        fx.push(Effect::Event {
-                            container: Some(i),
-                            kind: EventType::Normal,
-                            reason: "Killing",
-                            message: format!("Stopping container {}", c.name),
-                        });
+                        fx.push(Effect::normal(
+                            i,
+                            "Killing",
+                            format!("Stopping container {}", c.name),
+                        ));
                         fx.push(Effect::Kill { container: i });
                     }
                 }
@@ -560,7 +594,7 @@ impl PodWorker {
         result: Result<String, ImageFailure>,
         fx: &mut Vec<Effect>,
     ) {
-        if matches!(self.stage, Stage::Terminating | Stage::Gone) {
+        if self.stopping() {
             return;
         }
         let backoff = self.backoff;
@@ -575,12 +609,11 @@ impl PodWorker {
                 {
                     *reason = "ContainerCreating";
                 }
-                fx.push(Effect::Event {
-                    container: Some(i),
-                    kind: EventType::Normal,
-                    reason: "Created",
-                    message: format!("Created container {}", c.name),
-                });
+                fx.push(Effect::normal(
+                    i,
+                    "Created",
+                    format!("Created container {}", c.name),
+                ));
                 fx.push(Effect::Start { container: i });
             }
             Err(failure) => {
@@ -591,12 +624,7 @@ impl PodWorker {
                     reason: failure.reason,
                     message: Some(failure.message.clone()),
                 };
-                fx.push(Effect::Event {
-                    container: Some(i),
-                    kind: EventType::Warning,
-                    reason: "Failed",
-                    message: failure.message,
-                });
+                fx.push(Effect::warning(i, "Failed", failure.message));
                 if failure.reason == "ErrImagePull" {
                     // The kubelet's next sync finds the image in back-off.
                     fx.push(Effect::After {
@@ -631,13 +659,9 @@ impl PodWorker {
             finished_at: at,
         };
         let backoff = self.backoff;
-        let terminating = matches!(self.stage, Stage::Terminating | Stage::Gone);
+        let terminating = self.stopping();
         let c = &mut self.containers[i];
-        c.ready = false;
-        c.started = false;
-        if c.probes.any() {
-            fx.push(Effect::StopProbes { container: i });
-        }
+        c.instance_ended(i, fx);
         c.state = State::Terminated(term.clone());
         if terminating {
             self.maybe_gone(fx);
@@ -645,11 +669,10 @@ impl PodWorker {
         }
         let failed = term.exit_code != 0;
         if let Exit::Trapped(m) | Exit::OomKilled(m) = &exit {
-            fx.push(Effect::Event {
-                container: Some(i),
-                kind: EventType::Warning,
-                reason: "Failed",
-                message: format!(
+            fx.push(Effect::warning(
+                i,
+                "Failed",
+                format!(
                     "Container {} {}: {}",
                     c.name,
                     if reason == "OOMKilled" {
@@ -659,7 +682,7 @@ impl PodWorker {
                     },
                     first_line(m)
                 ),
-            });
+            ));
         }
         if c.init {
             if !failed {
@@ -720,13 +743,9 @@ impl PodWorker {
         fx: &mut Vec<Effect>,
     ) {
         let backoff = self.backoff;
-        let terminating = matches!(self.stage, Stage::Terminating | Stage::Gone);
+        let terminating = self.stopping();
         let c = &mut self.containers[i];
-        c.ready = false;
-        c.started = false;
-        if c.probes.any() {
-            fx.push(Effect::StopProbes { container: i });
-        }
+        c.instance_ended(i, fx);
         c.state = State::Waiting {
             reason,
             message: Some(message.clone()),
@@ -753,7 +772,7 @@ impl PodWorker {
         healthy: bool,
         fx: &mut Vec<Effect>,
     ) {
-        if matches!(self.stage, Stage::Terminating | Stage::Gone) {
+        if self.stopping() {
             return;
         }
         let c = &mut self.containers[i];
@@ -774,15 +793,14 @@ impl PodWorker {
                 } else {
                     "liveness"
                 };
-                fx.push(Effect::Event {
-                    container: Some(i),
-                    kind: EventType::Normal,
-                    reason: "Killing",
-                    message: format!(
+                fx.push(Effect::normal(
+                    i,
+                    "Killing",
+                    format!(
                         "Container {} failed {which} probe, will be restarted",
                         c.name
                     ),
-                });
+                ));
                 fx.push(Effect::StopProbes { container: i });
                 fx.push(Effect::Kill { container: i });
             }
@@ -878,12 +896,7 @@ fn warn_and_retry(
     message: String,
     delay: std::time::Duration,
 ) {
-    fx.push(Effect::Event {
-        container: Some(i),
-        kind: EventType::Warning,
-        reason,
-        message,
-    });
+    fx.push(Effect::warning(i, reason, message));
     fx.push(Effect::After {
         delay,
         event: PodEvent::BackoffOver { container: i },
@@ -906,28 +919,24 @@ mod tests {
         PodWorker::new(&names(init), &names(app), policy, Backoff::default())
     }
 
+    /// The containers the effects start.
     fn starts(fx: &[Effect]) -> Vec<usize> {
-        fx.iter()
-            .filter_map(|e| {
-                if let Effect::Start { container } = e {
-                    Some(*container)
-                } else {
-                    None
-                }
-            })
-            .collect()
+        containers(fx, |e| match e {
+            Effect::Start { container } => Some(*container),
+            _ => None,
+        })
     }
 
+    /// The containers whose images the effects pull.
     fn pulls(fx: &[Effect]) -> Vec<usize> {
-        fx.iter()
-            .filter_map(|e| {
-                if let Effect::Pull { container } = e {
-                    Some(*container)
-                } else {
-                    None
-                }
-            })
-            .collect()
+        containers(fx, |e| match e {
+            Effect::Pull { container } => Some(*container),
+            _ => None,
+        })
+    }
+
+    fn containers(fx: &[Effect], pick: impl Fn(&Effect) -> Option<usize>) -> Vec<usize> {
+        fx.iter().filter_map(pick).collect()
     }
 
     fn timer(fx: &[Effect]) -> Option<Duration> {
@@ -940,6 +949,16 @@ mod tests {
         })
     }
 
+    /// A pod of these app containers, begun, with every image pulled.
+    fn pulled_worker(app: &[&str], policy: RestartPolicy) -> PodWorker {
+        let mut w = worker(&[], app, policy);
+        w.step(PodEvent::Begin, ts(0));
+        for i in 0..app.len() {
+            pulled(&mut w, i);
+        }
+        w
+    }
+
     fn pulled(w: &mut PodWorker, i: usize) -> Vec<Effect> {
         w.step(
             PodEvent::ImageReady {
@@ -950,22 +969,9 @@ mod tests {
         )
     }
 
-    fn run(w: &mut PodWorker, i: usize, from: i64, to: i64, exit: Exit) -> Vec<Effect> {
-        w.step(
-            PodEvent::Started {
-                container: i,
-                at: ts(from),
-            },
-            ts(from),
-        );
-        w.step(
-            PodEvent::Exited {
-                container: i,
-                exit,
-                at: ts(to),
-            },
-            ts(to),
-        )
+    fn run(w: &mut PodWorker, i: usize, from: i64, to: i64, how: Exit) -> Vec<Effect> {
+        start(w, i, from);
+        exit(w, i, how, to)
     }
 
     #[test]
@@ -989,25 +995,13 @@ mod tests {
         assert!(w.initialized());
         pulled(&mut w, 2);
         pulled(&mut w, 3);
-        w.step(
-            PodEvent::Started {
-                container: 2,
-                at: ts(3),
-            },
-            ts(3),
-        );
+        start(&mut w, 2, 3);
         assert_eq!(
             w.phase(),
             Phase::Pending,
             "one app container is still waiting"
         );
-        w.step(
-            PodEvent::Started {
-                container: 3,
-                at: ts(3),
-            },
-            ts(3),
-        );
+        start(&mut w, 3, 3);
         assert_eq!(w.phase(), Phase::Running);
         assert!(w.containers_ready());
     }
@@ -1024,18 +1018,9 @@ mod tests {
 
     #[test]
     fn a_job_style_pod_succeeds_or_fails_with_its_containers() {
-        let mut w = worker(&[], &["a", "b"], RestartPolicy::Never);
-        w.step(PodEvent::Begin, ts(0));
-        pulled(&mut w, 0);
-        pulled(&mut w, 1);
+        let mut w = pulled_worker(&["a", "b"], RestartPolicy::Never);
         run(&mut w, 0, 0, 1, Exit::Code(0));
-        w.step(
-            PodEvent::Started {
-                container: 1,
-                at: ts(0),
-            },
-            ts(0),
-        );
+        start(&mut w, 1, 0);
         assert_eq!(w.phase(), Phase::Running);
         run(&mut w, 1, 0, 2, Exit::Code(0));
         assert_eq!(w.phase(), Phase::Succeeded);
@@ -1044,9 +1029,7 @@ mod tests {
         };
         assert_eq!((t.exit_code, t.reason.as_str()), (0, "Completed"));
 
-        let mut w = worker(&[], &["a"], RestartPolicy::Never);
-        w.step(PodEvent::Begin, ts(0));
-        pulled(&mut w, 0);
+        let mut w = pulled_worker(&["a"], RestartPolicy::Never);
         run(&mut w, 0, 0, 1, Exit::OomKilled("limit".into()));
         assert_eq!(w.phase(), Phase::Failed);
         let State::Terminated(t) = &w.containers[0].state else {
@@ -1057,9 +1040,7 @@ mod tests {
 
     #[test]
     fn crashes_restart_at_once_then_with_doubling_backoff_up_to_the_cap() {
-        let mut w = worker(&[], &["crash"], RestartPolicy::Always);
-        w.step(PodEvent::Begin, ts(0));
-        pulled(&mut w, 0);
+        let mut w = pulled_worker(&["crash"], RestartPolicy::Always);
         let fx = run(&mut w, 0, 0, 1, Exit::Code(1));
         assert_eq!(starts(&fx), vec![0], "the first restart is immediate");
         assert_eq!(w.containers[0].restart_count, 1);
@@ -1092,9 +1073,7 @@ mod tests {
 
     #[test]
     fn ten_minutes_of_running_forgets_the_backoff() {
-        let mut w = worker(&[], &["c"], RestartPolicy::Always);
-        w.step(PodEvent::Begin, ts(0));
-        pulled(&mut w, 0);
+        let mut w = pulled_worker(&["c"], RestartPolicy::Always);
         run(&mut w, 0, 0, 1, Exit::Code(1));
         let fx = run(&mut w, 0, 1, 2, Exit::Code(1));
         assert_eq!(timer(&fx), Some(Duration::from_secs(10)));
@@ -1105,9 +1084,7 @@ mod tests {
 
     #[test]
     fn on_failure_restarts_only_failures() {
-        let mut w = worker(&[], &["c"], RestartPolicy::OnFailure);
-        w.step(PodEvent::Begin, ts(0));
-        pulled(&mut w, 0);
+        let mut w = pulled_worker(&["c"], RestartPolicy::OnFailure);
         assert_eq!(
             starts(&run(&mut w, 0, 0, 1, Exit::Trapped("boom".into()))),
             vec![0]
@@ -1168,24 +1145,9 @@ mod tests {
 
     #[test]
     fn deletion_kills_running_containers_then_removes_the_pod() {
-        let mut w = worker(&[], &["a", "b"], RestartPolicy::Always);
-        w.step(PodEvent::Begin, ts(0));
-        pulled(&mut w, 0);
-        pulled(&mut w, 1);
-        w.step(
-            PodEvent::Started {
-                container: 0,
-                at: ts(1),
-            },
-            ts(1),
-        );
-        w.step(
-            PodEvent::Started {
-                container: 1,
-                at: ts(1),
-            },
-            ts(1),
-        );
+        let mut w = pulled_worker(&["a", "b"], RestartPolicy::Always);
+        start(&mut w, 0, 1);
+        start(&mut w, 1, 1);
         let fx = w.step(PodEvent::Delete, ts(2));
         let kills: Vec<_> = fx
             .iter()
@@ -1193,23 +1155,9 @@ mod tests {
             .collect();
         assert_eq!(kills.len(), 2);
         assert!(!fx.contains(&Effect::Remove));
-        let fx = w.step(
-            PodEvent::Exited {
-                container: 0,
-                exit: Exit::Killed,
-                at: ts(2),
-            },
-            ts(2),
-        );
+        let fx = exit(&mut w, 0, Exit::Killed, 2);
         assert!(starts(&fx).is_empty(), "no restarts while terminating");
-        let fx = w.step(
-            PodEvent::Exited {
-                container: 1,
-                exit: Exit::Killed,
-                at: ts(2),
-            },
-            ts(2),
-        );
+        let fx = exit(&mut w, 1, Exit::Killed, 2);
         assert_eq!(fx, vec![Effect::Remove]);
         assert_eq!(w.stage, Stage::Gone);
     }
@@ -1236,29 +1184,58 @@ mod tests {
     }
 
     fn started(w: &mut PodWorker, at: i64) -> Vec<Effect> {
+        start(w, 0, at)
+    }
+
+    fn start(w: &mut PodWorker, container: usize, at: i64) -> Vec<Effect> {
         w.step(
             PodEvent::Started {
-                container: 0,
+                container,
                 at: ts(at),
             },
             ts(at),
         )
     }
 
-    #[test]
-    fn readiness_and_startup_probes_decide_ready() {
-        let mut w = worker(&[], &["web"], RestartPolicy::Always);
+    fn exit(w: &mut PodWorker, container: usize, exit: Exit, at: i64) -> Vec<Effect> {
+        w.step(
+            PodEvent::Exited {
+                container,
+                exit,
+                at: ts(at),
+            },
+            ts(at),
+        )
+    }
+
+    /// A one-container pod with these probes, pulled and started at second 1; the effects of
+    /// the start.
+    fn probed(policy: RestartPolicy, kinds: &[ProbeKind]) -> (PodWorker, Vec<Effect>) {
+        let mut w = worker(&[], &["web"], policy);
         w.set_probes(
             0,
             Probes {
-                startup: true,
-                liveness: true,
-                readiness: true,
+                startup: kinds.contains(&ProbeKind::Startup),
+                liveness: kinds.contains(&ProbeKind::Liveness),
+                readiness: kinds.contains(&ProbeKind::Readiness),
             },
         );
         w.step(PodEvent::Begin, ts(0));
         pulled(&mut w, 0);
         let fx = started(&mut w, 1);
+        (w, fx)
+    }
+
+    #[test]
+    fn readiness_and_startup_probes_decide_ready() {
+        let (mut w, fx) = probed(
+            RestartPolicy::Always,
+            &[
+                ProbeKind::Startup,
+                ProbeKind::Liveness,
+                ProbeKind::Readiness,
+            ],
+        );
         assert!(fx.contains(&Effect::Probe {
             container: 0,
             instance: 0
@@ -1281,47 +1258,20 @@ mod tests {
 
     #[test]
     fn a_container_without_readiness_probe_is_ready_once_started() {
-        let mut w = worker(&[], &["web"], RestartPolicy::Always);
-        w.set_probes(
-            0,
-            Probes {
-                liveness: true,
-                ..Probes::default()
-            },
-        );
-        w.step(PodEvent::Begin, ts(0));
-        pulled(&mut w, 0);
-        started(&mut w, 1);
+        let (w, _) = probed(RestartPolicy::Always, &[ProbeKind::Liveness]);
         assert!(w.containers_ready() && w.containers[0].started);
     }
 
     #[test]
     fn a_failed_liveness_probe_kills_and_restarts_with_back_off() {
-        let mut w = worker(&[], &["web"], RestartPolicy::Always);
-        w.set_probes(
-            0,
-            Probes {
-                liveness: true,
-                ..Probes::default()
-            },
-        );
-        w.step(PodEvent::Begin, ts(0));
-        pulled(&mut w, 0);
-        started(&mut w, 1);
+        let (mut w, _) = probed(RestartPolicy::Always, &[ProbeKind::Liveness]);
         let fx = probe(&mut w, 0, ProbeKind::Liveness, false);
         assert!(fx.contains(&Effect::Kill { container: 0 }));
         assert!(fx.iter().any(
             |e| matches!(e, Effect::Event { reason: "Killing", message, .. }
             if message == "Container web failed liveness probe, will be restarted")
         ));
-        let fx = w.step(
-            PodEvent::Exited {
-                container: 0,
-                exit: Exit::Killed,
-                at: ts(6),
-            },
-            ts(6),
-        );
+        let fx = exit(&mut w, 0, Exit::Killed, 6);
         assert!(fx.contains(&Effect::StopProbes { container: 0 }));
         assert_eq!(starts(&fx), vec![0], "the first restart is immediate");
         let last = w.containers[0].last.clone().expect("lastState");
@@ -1332,30 +1282,13 @@ mod tests {
         assert!(probe(&mut w, 0, ProbeKind::Liveness, false).is_empty());
         // The next failure waits out the crash back-off.
         probe(&mut w, 1, ProbeKind::Liveness, false);
-        let fx = w.step(
-            PodEvent::Exited {
-                container: 0,
-                exit: Exit::Killed,
-                at: ts(8),
-            },
-            ts(8),
-        );
+        let fx = exit(&mut w, 0, Exit::Killed, 8);
         assert_eq!(timer(&fx), Some(Duration::from_secs(10)));
     }
 
     #[test]
     fn a_failed_startup_probe_kills_and_probes_stop_on_deletion() {
-        let mut w = worker(&[], &["web"], RestartPolicy::Never);
-        w.set_probes(
-            0,
-            Probes {
-                startup: true,
-                ..Probes::default()
-            },
-        );
-        w.step(PodEvent::Begin, ts(0));
-        pulled(&mut w, 0);
-        started(&mut w, 1);
+        let (mut w, _) = probed(RestartPolicy::Never, &[ProbeKind::Startup]);
         let fx = probe(&mut w, 0, ProbeKind::Startup, false);
         assert!(fx.iter().any(
             |e| matches!(e, Effect::Event { reason: "Killing", message, .. }
@@ -1364,17 +1297,7 @@ mod tests {
         run(&mut w, 0, 1, 2, Exit::Killed);
         assert_eq!(w.phase(), Phase::Failed, "restartPolicy Never: no restart");
 
-        let mut w = worker(&[], &["web"], RestartPolicy::Always);
-        w.set_probes(
-            0,
-            Probes {
-                readiness: true,
-                ..Probes::default()
-            },
-        );
-        w.step(PodEvent::Begin, ts(0));
-        pulled(&mut w, 0);
-        started(&mut w, 1);
+        let (mut w, _) = probed(RestartPolicy::Always, &[ProbeKind::Readiness]);
         w.step(PodEvent::Delete, ts(2));
         assert!(probe(&mut w, 0, ProbeKind::Readiness, true).is_empty());
         assert!(!w.containers_ready());
