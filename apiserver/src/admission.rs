@@ -115,15 +115,10 @@ impl Chain {
     ) -> Chain {
         let classes = Arc::new(priority::PriorityClasses::default());
         Arc::clone(&classes).run(store.clone(), shutdown.clone());
-        let allocator = Arc::new(alloc::Allocator::new(network));
         Chain::default()
             .mutating(priority::Priority::new(store.clone(), classes))
             .validating(lifecycle::NamespaceLifecycle::new(store.clone()))
-            .reserving(alloc::ServiceAddresses::new(
-                store.clone(),
-                Arc::clone(&allocator),
-            ))
-            .reserving(alloc::NodeCidr::new(store.clone(), allocator))
+            .reserving(alloc::AddressPools::new(store.clone(), network))
     }
 
     /// Adds a mutating plugin after the others.

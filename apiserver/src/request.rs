@@ -282,6 +282,43 @@ pub fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(media)
 }
 
+/// A routed write request as its handler sees it: the target it names, its query, and its
+/// body as received (decoded by the handler, once, for the media type the client sent).
+pub(crate) struct Call<'a> {
+    /// The kind, namespace, name and subresource named by the path.
+    pub t: Target,
+    /// The query parameters.
+    pub q: Params,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+}
+
+impl<'a> Call<'a> {
+    pub(crate) fn new(t: Target, q: Params, headers: &'a HeaderMap, body: &'a [u8]) -> Self {
+        Call {
+            t,
+            q,
+            headers,
+            body,
+        }
+    }
+
+    /// The body parsed into a JSON object.
+    pub(crate) fn decode(&self) -> Result<Body, ApiError> {
+        decode_body(self.headers, self.body)
+    }
+
+    /// The body's bytes as received.
+    pub(crate) fn bytes(&self) -> &'a [u8] {
+        self.body
+    }
+
+    /// How a PATCH body is to be applied, from its `Content-Type`.
+    pub(crate) fn patch_type(&self) -> Result<crate::patch::PatchType, ApiError> {
+        crate::patch::PatchType::from_content_type(&content_type(self.headers)?)
+    }
+}
+
 /// A request body parsed into a JSON object.
 pub struct Body {
     /// The object.

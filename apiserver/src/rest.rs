@@ -23,9 +23,7 @@ use crate::Apiserver;
 use crate::admission::{Operation, Request as AdmissionRequest};
 use crate::error::ApiError;
 use crate::patch::PatchType;
-use crate::request::{
-    Params, Representation, Target, content_type, decode_body, negotiate, parse_path,
-};
+use crate::request::{Call, Params, Representation, Target, negotiate, parse_path};
 use crate::table::{IncludeObject, table};
 
 /// An object read from the store.
@@ -147,56 +145,53 @@ impl Apiserver {
         if let Some(kind) = options {
             q.validate_write(kind)?;
         }
+        let call = Call::new(t, q, headers, body);
+        let (t, q) = (&call.t, &call.q);
         let info = t.kind.info();
         let sub = t.subresource.as_deref();
         let named = t.name.is_some();
         match (&method, named, sub) {
             (&Method::GET, false, None) if q.is_watch() || t.watch_path => {
-                self.watch(&t, &q, repr, None).await
+                self.watch(t, q, repr, None).await
             }
             (&Method::GET, true, None) if t.watch_path || q.is_watch() => {
-                let name = t.name.clone();
-                self.watch(&t, &q, repr, name.as_deref()).await
+                self.watch(t, q, repr, t.name.as_deref()).await
             }
-            (&Method::GET, false, None) => self.list(&t, &q, repr).await,
-            (&Method::GET, true, None | Some("status")) => self.get(&t, repr).await,
-            (&Method::GET, true, Some("scale")) if info.scale => self.get_scale(&t).await,
+            (&Method::GET, false, None) => self.list(t, q, repr).await,
+            (&Method::GET, true, None | Some("status")) => self.get(t, repr).await,
+            (&Method::GET, true, Some("scale")) if info.scale => self.get_scale(t).await,
             (&Method::POST, false, None) if t.namespace.is_some() || !info.namespaced() => {
-                self.create(&t, &q, headers, body).await
+                self.create(&call).await
             }
             (&Method::POST, true, Some("binding")) if t.kind.serves("binding") => {
-                self.bind(&t, headers, body).await
+                self.bind(&call).await
             }
-            (&Method::PUT, true, None) => self.update(&t, &q, headers, body).await,
-            (&Method::PUT, true, Some("status")) if info.status => {
-                self.update(&t, &q, headers, body).await
-            }
+            (&Method::PUT, true, None) => self.update(&call).await,
+            (&Method::PUT, true, Some("status")) if info.status => self.update(&call).await,
             (&Method::PUT, true, Some("finalize")) if t.kind.serves("finalize") => {
-                self.update(&t, &q, headers, body).await
+                self.update(&call).await
             }
             (&Method::PUT, true, Some("scale")) if info.scale => {
-                let scale = decode_body(headers, body)?.object;
-                self.set_scale(&t, &q, scale, None).await
+                let scale = call.decode()?.object;
+                self.set_scale(t, q, scale, None).await
             }
             (&Method::PATCH, true, Some("scale")) if info.scale => {
-                let pt = PatchType::from_content_type(&content_type(headers)?)?;
+                let pt = call.patch_type()?;
                 if pt == PatchType::Apply {
                     return Err(ApiError::unsupported_media_type(
                         "application/apply-patch+yaml (on scale)",
                     ));
                 }
-                self.set_scale(&t, &q, Value::Null, Some((pt, body))).await
+                self.set_scale(t, q, Value::Null, Some((pt, body))).await
             }
-            (&Method::PATCH, true, None) => self.patch(&t, &q, headers, body).await,
-            (&Method::PATCH, true, Some("status")) if info.status => {
-                self.patch(&t, &q, headers, body).await
-            }
+            (&Method::PATCH, true, None) => self.patch(&call).await,
+            (&Method::PATCH, true, Some("status")) if info.status => self.patch(&call).await,
             (&Method::DELETE, true, None) => {
-                let opts = DeleteOptions::parse(&q, headers, body)?;
-                Ok(self.delete(&t, &opts).await?.into_response())
+                let opts = DeleteOptions::parse(&call)?;
+                Ok(self.delete(t, &opts).await?.into_response())
             }
             (&Method::DELETE, false, None) if t.namespace.is_some() || !info.namespaced() => {
-                self.delete_collection(&t, &q, headers, body).await
+                self.delete_collection(&call).await
             }
             (_, true, Some(other))
                 if !matches!(other, "status" | "scale" | "binding" | "finalize") =>

@@ -499,6 +499,7 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use http_body_util::BodyExt;
+    use serde_json::Value;
     use tower::ServiceExt;
 
     const TOKEN: &str = "test-token";
@@ -557,6 +558,15 @@ mod tests {
         Some("Bearer test-token")
     }
 
+    async fn as_admin(
+        app: &Router,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        send(app, method, path, admin(), body).await
+    }
+
     #[tokio::test]
     async fn requests_without_a_valid_credential_should_get_401() {
         let (app, _dir, stop) = pipeline(Box::new(AllowAuthenticated)).await;
@@ -568,7 +578,7 @@ mod tests {
             // `anyone:test-token`: no basic authentication on the API.
             Some("Basic YW55b25lOnRlc3QtdG9rZW4="),
         ] {
-            let (code, st) = send(&app, "GET", path, auth, serde_json::Value::Null).await;
+            let (code, st) = send(&app, "GET", path, auth, Value::Null).await;
             assert_eq!(
                 (code, st["reason"].as_str()),
                 (401, Some("Unauthorized")),
@@ -584,7 +594,7 @@ mod tests {
         )
         .await;
         assert_eq!(code, 200, "the scheme is case-insensitive");
-        let (code, _) = send(&app, "GET", "/healthz", None, serde_json::Value::Null).await;
+        let (code, _) = send(&app, "GET", "/healthz", None, Value::Null).await;
         assert_eq!(code, 200, "health needs no credential");
         stop.cancel();
     }
@@ -642,25 +652,17 @@ mod tests {
         let (app, _dir, stop) = pipeline(Box::new(NoConfigMapWrites)).await;
         let cm =
             serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
-        let (code, st) = send(
-            &app,
-            "POST",
-            "/api/v1/namespaces/default/configmaps",
-            admin(),
-            cm,
-        )
-        .await;
+        let (code, st) = as_admin(&app, "POST", "/api/v1/namespaces/default/configmaps", cm).await;
         assert_eq!(code, 403);
         assert_eq!(
             st["message"],
             "configmaps is forbidden: User \"system:admin\" cannot create resource \"configmaps\" in API group \"\" in the namespace \"default\""
         );
-        let (code, _) = send(
+        let (code, _) = as_admin(
             &app,
             "GET",
             "/api/v1/namespaces/default/configmaps",
-            admin(),
-            serde_json::Value::Null,
+            Value::Null,
         )
         .await;
         assert_eq!(code, 200);
@@ -672,28 +674,14 @@ mod tests {
         let (app, _dir, stop) = pipeline(Box::new(AllowAuthenticated)).await;
         let cm =
             serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
-        let (code, st) = send(
-            &app,
-            "POST",
-            "/api/v1/namespaces/nowhere/configmaps",
-            admin(),
-            cm,
-        )
-        .await;
+        let (code, st) = as_admin(&app, "POST", "/api/v1/namespaces/nowhere/configmaps", cm).await;
         assert_eq!(
             (code, st["reason"].as_str()),
             (404, Some("NotFound")),
             "NamespaceLifecycle: {st}"
         );
 
-        let (code, st) = send(
-            &app,
-            "DELETE",
-            "/api/v1/namespaces/default",
-            admin(),
-            serde_json::Value::Null,
-        )
-        .await;
+        let (code, st) = as_admin(&app, "DELETE", "/api/v1/namespaces/default", Value::Null).await;
         assert_eq!(code, 403, "{st}");
         assert_eq!(
             st["message"],
@@ -702,28 +690,14 @@ mod tests {
 
         let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
             "spec": {"priorityClassName": "missing", "containers": [{"name": "c", "image": "i"}]}});
-        let (code, st) = send(
-            &app,
-            "POST",
-            "/api/v1/namespaces/default/pods",
-            admin(),
-            pod,
-        )
-        .await;
+        let (code, st) = as_admin(&app, "POST", "/api/v1/namespaces/default/pods", pod).await;
         assert_eq!(
             code, 403,
             "Priority refuses an unknown class before validation: {st}"
         );
 
         let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}});
-        let (code, st) = send(
-            &app,
-            "POST",
-            "/api/v1/namespaces/default/pods",
-            admin(),
-            pod,
-        )
-        .await;
+        let (code, st) = as_admin(&app, "POST", "/api/v1/namespaces/default/pods", pod).await;
         assert_eq!(
             (code, st["reason"].as_str()),
             (422, Some("Invalid")),
@@ -732,14 +706,7 @@ mod tests {
         assert_eq!(st["details"]["causes"][0]["field"], "spec.containers");
 
         let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}});
-        let (code, st) = send(
-            &app,
-            "POST",
-            "/api/v1/namespaces/default/services",
-            admin(),
-            svc,
-        )
-        .await;
+        let (code, st) = as_admin(&app, "POST", "/api/v1/namespaces/default/services", svc).await;
         assert_eq!(code, 201, "{st}");
         assert!(
             st["spec"]["clusterIP"]

@@ -12,7 +12,6 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ipnet::Ipv4Net;
@@ -502,22 +501,28 @@ fn typed<K: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<K, Api
         .map_err(|e| ApiError::internal_with_cause("an admitted object does not decode", &e))
 }
 
-/// Reserves a Service's cluster IPs and node ports (kube-apiserver's Service REST allocators).
-pub(crate) struct ServiceAddresses {
+/// Reserves what Services and Nodes take from the cluster's address pools: a Service's
+/// cluster IPs and node ports (kube-apiserver's Service REST allocators), and the next free pod
+/// range of the cluster network for a node without one (kube-controller-manager's node IPAM,
+/// done at admission here).
+pub(crate) struct AddressPools {
     store: Store,
-    alloc: Arc<Allocator>,
+    alloc: Allocator,
 }
 
-impl ServiceAddresses {
-    pub(crate) fn new(store: Store, alloc: Arc<Allocator>) -> Self {
-        ServiceAddresses { store, alloc }
+impl AddressPools {
+    pub(crate) fn new(store: Store, network: Network) -> Self {
+        AddressPools {
+            store,
+            alloc: Allocator::new(network),
+        }
     }
 }
 
 #[async_trait::async_trait]
-impl Reserve for ServiceAddresses {
+impl Reserve for AddressPools {
     fn handles(&self, req: &Request<'_>) -> bool {
-        req.is::<Service>()
+        req.is::<Service>() || req.is::<Node>()
     }
 
     async fn reserve<'a>(
@@ -528,66 +533,48 @@ impl Reserve for ServiceAddresses {
         if req.operation == Operation::Delete {
             return Ok(None);
         }
-        let mut svc: Service = typed(obj)?;
-        let old = req.old.map(typed::<Service>).transpose()?;
-        let held = self
-            .alloc
-            .admit_service(&self.store, &mut svc, old.as_ref(), req.dry_run)
-            .await?;
-        *obj = serde_json::to_value(&svc).expect("typed objects serialize");
+        let (alloc, store, dry_run) = (&self.alloc, &self.store, req.dry_run);
+        let held = if req.is::<Service>() {
+            retyped(obj, req.old, async |svc: &mut Service, old| {
+                alloc.admit_service(store, svc, old, dry_run).await
+            })
+            .await?
+        } else {
+            retyped(obj, req.old, async |node: &mut Node, old| {
+                alloc.admit_node(store, node, old, dry_run).await
+            })
+            .await?
+        };
         Ok(held.into_reservation())
     }
 
     fn released(&self, req: &Request<'_>) {
         if req.operation == Operation::Delete {
             // The next allocation re-reads what is in use.
-            self.alloc.services_stale.store(true, Ordering::Release);
+            let stale = if req.is::<Service>() {
+                &self.alloc.services_stale
+            } else {
+                &self.alloc.nodes_stale
+            };
+            stale.store(true, Ordering::Release);
         }
     }
 }
 
-/// Gives a node without a pod range the next free one of the cluster's pod network
-/// (kube-controller-manager's node IPAM, done at admission here).
-pub(crate) struct NodeCidr {
-    store: Store,
-    alloc: Arc<Allocator>,
-}
-
-impl NodeCidr {
-    pub(crate) fn new(store: Store, alloc: Arc<Allocator>) -> Self {
-        NodeCidr { store, alloc }
-    }
-}
-
-#[async_trait::async_trait]
-impl Reserve for NodeCidr {
-    fn handles(&self, req: &Request<'_>) -> bool {
-        req.is::<Node>()
-    }
-
-    async fn reserve<'a>(
-        &'a self,
-        req: &Request<'_>,
-        obj: &mut serde_json::Value,
-    ) -> Result<Option<Reservation<'a>>, ApiError> {
-        if req.operation == Operation::Delete {
-            return Ok(None);
-        }
-        let mut node: Node = typed(obj)?;
-        let old = req.old.map(typed::<Node>).transpose()?;
-        let held = self
-            .alloc
-            .admit_node(&self.store, &mut node, old.as_ref(), req.dry_run)
-            .await?;
-        *obj = serde_json::to_value(&node).expect("typed objects serialize");
-        Ok(held.into_reservation())
-    }
-
-    fn released(&self, req: &Request<'_>) {
-        if req.operation == Operation::Delete {
-            self.alloc.nodes_stale.store(true, Ordering::Release);
-        }
-    }
+/// Runs `admit` on `obj` (and its old version) as a `K`, and writes what it changed back.
+async fn retyped<'a, K>(
+    obj: &mut serde_json::Value,
+    old: Option<&serde_json::Value>,
+    admit: impl AsyncFnOnce(&mut K, Option<&K>) -> Result<Held<'a>, ApiError>,
+) -> Result<Held<'a>, ApiError>
+where
+    K: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut new: K = typed(obj)?;
+    let old = old.map(typed::<K>).transpose()?;
+    let held = admit(&mut new, old.as_ref()).await?;
+    *obj = serde_json::to_value(&new).expect("typed objects serialize");
+    Ok(held)
 }
 
 impl<'a> Held<'a> {

@@ -1,7 +1,7 @@
 //! Create (`rest/create.go`): decode once, server-set metadata, admission and the kind's
 //! strategy, then a write that must find no object.
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
@@ -12,7 +12,7 @@ use crate::Apiserver;
 use crate::admission::Operation;
 use crate::error::ApiError;
 use crate::object::{self, meta_mut};
-use crate::request::{FieldValidation, Params, Target, decode_body};
+use crate::request::{Call, FieldValidation, Params, Target};
 
 impl Apiserver {
     /// Checks `apiVersion`/`kind`, decodes through the typed model and handles unknown and
@@ -81,14 +81,9 @@ impl Apiserver {
         Ok((decoded.object, warnings))
     }
 
-    pub(super) async fn create(
-        &self,
-        t: &Target,
-        q: &Params,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<Response, ApiError> {
-        let raw = decode_body(headers, body)?;
+    pub(super) async fn create(&self, call: &Call<'_>) -> Result<Response, ApiError> {
+        let (t, q) = (&call.t, &call.q);
+        let raw = call.decode()?;
         let (obj, warnings) = self.canonical(t, &raw.object, &raw.duplicates, q)?;
         let created = self.create_object(t, q, obj, "Update").await?;
         Ok(respond_json(StatusCode::CREATED, &created, &warnings))

@@ -1,7 +1,7 @@
 //! Delete and delete-collection (`rest/delete.go`): preconditions, propagation policy,
 //! finalizers and graceful deletion decide between marking the object and removing it.
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
@@ -10,7 +10,7 @@ use crate::Apiserver;
 use crate::admission::Operation;
 use crate::error::ApiError;
 use crate::object::{self, meta_mut, meta_str};
-use crate::request::{Params, Target, decode_body};
+use crate::request::{Call, Params, Target};
 
 /// What a delete answers: the object (still there with a `deletionTimestamp`, or as it was for
 /// kinds that return the deleted object), or a success `Status`.
@@ -41,11 +41,8 @@ pub(crate) struct DeleteOptions {
 }
 
 impl DeleteOptions {
-    pub(crate) fn parse(
-        q: &Params,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<DeleteOptions, ApiError> {
+    pub(crate) fn parse(call: &Call<'_>) -> Result<DeleteOptions, ApiError> {
+        let q = &call.q;
         let mut o = DeleteOptions {
             grace: Params::int("gracePeriodSeconds", &q.grace_period_seconds)?,
             dry_run: q.dry_run()?,
@@ -62,8 +59,8 @@ impl DeleteOptions {
                 .into()
             });
         }
-        if !body.iter().all(u8::is_ascii_whitespace) {
-            let v = decode_body(headers, body)?.object;
+        if !call.bytes().iter().all(u8::is_ascii_whitespace) {
+            let v = call.decode()?.object;
             if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
                 o.grace = Some(g);
             }
@@ -208,14 +205,9 @@ impl Apiserver {
         Err(ApiError::retries_exhausted(info, name))
     }
 
-    pub(super) async fn delete_collection(
-        &self,
-        t: &Target,
-        q: &Params,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<Response, ApiError> {
-        let opts = DeleteOptions::parse(q, headers, body)?;
+    pub(super) async fn delete_collection(&self, call: &Call<'_>) -> Result<Response, ApiError> {
+        let (t, q) = (&call.t, &call.q);
+        let opts = DeleteOptions::parse(call)?;
         let (items, rv) = self.select(t, q).await?;
         let mut out = Vec::new();
         for item in items {

@@ -1,7 +1,7 @@
 //! The `binding` and `scale` subresources (status and finalize are updates of the object,
 //! in [`super::update`]).
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
@@ -10,18 +10,14 @@ use crate::Apiserver;
 use crate::error::ApiError;
 use crate::object::{self, meta_str};
 use crate::patch::{self, PatchType};
-use crate::request::{Params, Target, decode_body};
+use crate::request::{Call, Params, Target};
 
 impl Apiserver {
-    pub(super) async fn bind(
-        &self,
-        t: &Target,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<Response, ApiError> {
+    pub(super) async fn bind(&self, call: &Call<'_>) -> Result<Response, ApiError> {
+        let t = &call.t;
         let info = t.kind.info();
         let name = t.name.as_deref().expect("routed with a name");
-        let binding = decode_body(headers, body)?.object;
+        let binding = call.decode()?.object;
         let node = binding
             .pointer("/target/name")
             .and_then(Value::as_str)

@@ -2,7 +2,7 @@
 //! owns, admission and the kind's strategy, then a compare-and-swap write; an update that
 //! removes the last finalizer of an object being deleted deletes it.
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
@@ -13,7 +13,7 @@ use crate::admission::Operation;
 use crate::error::ApiError;
 use crate::object::{self, meta_mut, meta_str};
 use crate::patch::{self, PatchType};
-use crate::request::{Params, Target, content_type, decode_body};
+use crate::request::{Call, Params, Target};
 
 impl Apiserver {
     /// Builds the object an update writes: the client's object with server-owned metadata
@@ -170,16 +170,11 @@ impl Apiserver {
         }
     }
 
-    pub(super) async fn update(
-        &self,
-        t: &Target,
-        q: &Params,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<Response, ApiError> {
+    pub(super) async fn update(&self, call: &Call<'_>) -> Result<Response, ApiError> {
+        let (t, q) = (&call.t, &call.q);
         let info = t.kind.info();
         let name = t.name.as_deref().expect("routed with a name");
-        let raw = decode_body(headers, body)?;
+        let raw = call.decode()?;
         let (obj, warnings) = self.canonical(t, &raw.object, &raw.duplicates, q)?;
         match meta_str(&obj, "name") {
             Some(n) if n != name => {
@@ -229,22 +224,17 @@ impl Apiserver {
         Err(ApiError::retries_exhausted(info, name))
     }
 
-    pub(super) async fn patch(
-        &self,
-        t: &Target,
-        q: &Params,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<Response, ApiError> {
-        let pt = PatchType::from_content_type(&content_type(headers)?)?;
+    pub(super) async fn patch(&self, call: &Call<'_>) -> Result<Response, ApiError> {
+        let (t, q) = (&call.t, &call.q);
+        let pt = call.patch_type()?;
         if pt == PatchType::Apply {
-            return self.server_side_apply(t, q, body).await;
+            return self.server_side_apply(t, q, call.bytes()).await;
         }
         let info = t.kind.info();
         let name = t.name.as_deref().expect("routed with a name");
         for _ in 0..16 {
             let cur = self.load(t, name).await?;
-            let patched = patch::apply(pt, &cur.value, body)?;
+            let patched = patch::apply(pt, &cur.value, call.bytes())?;
             if !patched.is_object() {
                 return Err(ApiError::bad_request("the patch must leave a JSON object"));
             }
