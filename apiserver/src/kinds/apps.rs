@@ -12,13 +12,20 @@ use serde_json::{Value, json};
 
 use wasmkube_api::ResourceInfo;
 
-use super::pod::{
-    containers_and_images, containers_column, default_template, images_column, validate_template,
-};
+use super::pod::{WorkloadColumns, default_template, validate_template};
 use crate::error::FieldError;
 use crate::registry::{Registry, Strategy};
-use crate::table::{Column, age};
+use crate::table::Column;
 use crate::validation;
+
+const DEPLOYMENT_COLUMNS: WorkloadColumns = WorkloadColumns::with_selector(
+    "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
+);
+const REPLICASET_COLUMNS: WorkloadColumns = WorkloadColumns::with_selector(
+    "Selector is a label query over pods that should match the replica count.",
+);
+const DAEMONSET_COLUMNS: WorkloadColumns =
+    WorkloadColumns::with_selector("A label query over pods that are managed by the daemon set.");
 
 pub(super) fn register(r: &Registry) {
     r.register(DeploymentStrategy_);
@@ -66,13 +73,6 @@ fn selector_immutable(new: Option<&LabelSelector>, old: Option<&LabelSelector>) 
     let mut errs = Vec::new();
     validation::immutable("spec.selector", &new, &old, &mut errs);
     errs
-}
-
-fn selector_string(s: Option<&LabelSelector>) -> Value {
-    match s.map(wasmkube_api::selector::LabelSelector::from_structured) {
-        Some(Ok(sel)) if !sel.is_empty() => json!(sel.to_string()),
-        _ => json!("<none>"),
-    }
 }
 
 #[allow(
@@ -148,34 +148,30 @@ impl Strategy for DeploymentStrategy_ {
     }
 
     fn columns(&self) -> Vec<Column> {
-        vec![
+        DEPLOYMENT_COLUMNS.columns(vec![
             Column::new("Ready", "Number of the pod with ready state"),
             Column::int("Up-to-date", "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
             Column::int("Available", "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
-            Column::age(),
-            containers_column(),
-            images_column(),
-            Column::new("Selector", "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.").wide(),
-        ]
+        ])
     }
 
     fn row(&self, d: &Deployment) -> Vec<Value> {
         let spec = d.spec.clone().unwrap_or_default();
         let st = d.status.clone().unwrap_or_default();
-        let (containers, images) = containers_and_images(spec.template.spec.as_ref());
-        vec![
-            json!(format!(
-                "{}/{}",
-                st.ready_replicas.unwrap_or(0),
-                spec.replicas.unwrap_or(1)
-            )),
-            json!(st.updated_replicas.unwrap_or(0)),
-            json!(st.available_replicas.unwrap_or(0)),
-            age(d.metadata.creation_timestamp.as_ref()),
-            containers,
-            images,
-            selector_string(Some(&spec.selector)),
-        ]
+        DEPLOYMENT_COLUMNS.row(
+            vec![
+                json!(format!(
+                    "{}/{}",
+                    st.ready_replicas.unwrap_or(0),
+                    spec.replicas.unwrap_or(1)
+                )),
+                json!(st.updated_replicas.unwrap_or(0)),
+                json!(st.available_replicas.unwrap_or(0)),
+            ],
+            &d.metadata,
+            spec.template.spec.as_ref(),
+            Some(&spec.selector),
+        )
     }
 }
 
@@ -218,7 +214,7 @@ impl Strategy for ReplicaSetStrategy {
     }
 
     fn columns(&self) -> Vec<Column> {
-        vec![
+        REPLICASET_COLUMNS.columns(vec![
             Column::int("Desired", "Replicas is the number of desired replicas."),
             Column::int(
                 "Current",
@@ -228,31 +224,22 @@ impl Strategy for ReplicaSetStrategy {
                 "Ready",
                 "The number of ready replicas for this replica set.",
             ),
-            Column::age(),
-            containers_column(),
-            images_column(),
-            Column::new(
-                "Selector",
-                "Selector is a label query over pods that should match the replica count.",
-            )
-            .wide(),
-        ]
+        ])
     }
 
     fn row(&self, rs: &ReplicaSet) -> Vec<Value> {
         let spec = rs.spec.clone().unwrap_or_default();
         let st = rs.status.clone().unwrap_or_default();
-        let (containers, images) =
-            containers_and_images(spec.template.as_ref().and_then(|t| t.spec.as_ref()));
-        vec![
-            json!(spec.replicas.unwrap_or(1)),
-            json!(st.replicas),
-            json!(st.ready_replicas.unwrap_or(0)),
-            age(rs.metadata.creation_timestamp.as_ref()),
-            containers,
-            images,
-            selector_string(Some(&spec.selector)),
-        ]
+        REPLICASET_COLUMNS.row(
+            vec![
+                json!(spec.replicas.unwrap_or(1)),
+                json!(st.replicas),
+                json!(st.ready_replicas.unwrap_or(0)),
+            ],
+            &rs.metadata,
+            spec.template.as_ref().and_then(|t| t.spec.as_ref()),
+            Some(&spec.selector),
+        )
     }
 }
 
@@ -312,7 +299,7 @@ impl Strategy for DaemonSetStrategy {
     }
 
     fn columns(&self) -> Vec<Column> {
-        vec![
+        DAEMONSET_COLUMNS.columns(vec![
             Column::int(
                 "Desired",
                 "The total number of nodes that should be running the daemon pod.",
@@ -337,21 +324,12 @@ impl Strategy for DaemonSetStrategy {
                 "Node Selector",
                 "NodeSelector is a selector which must be true for the pod to fit on a node.",
             ),
-            Column::age(),
-            containers_column(),
-            images_column(),
-            Column::new(
-                "Selector",
-                "A label query over pods that are managed by the daemon set.",
-            )
-            .wide(),
-        ]
+        ])
     }
 
     fn row(&self, ds: &DaemonSet) -> Vec<Value> {
         let spec = ds.spec.clone().unwrap_or_default();
         let st = ds.status.clone().unwrap_or_default();
-        let (containers, images) = containers_and_images(spec.template.spec.as_ref());
         let node_selector: Vec<String> = spec
             .template
             .spec
@@ -361,22 +339,23 @@ impl Strategy for DaemonSetStrategy {
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        vec![
-            json!(st.desired_number_scheduled),
-            json!(st.current_number_scheduled),
-            json!(st.number_ready),
-            json!(st.updated_number_scheduled.unwrap_or(0)),
-            json!(st.number_available.unwrap_or(0)),
-            json!(if node_selector.is_empty() {
-                "<none>".to_string()
-            } else {
-                node_selector.join(",")
-            }),
-            age(ds.metadata.creation_timestamp.as_ref()),
-            containers,
-            images,
-            selector_string(Some(&spec.selector)),
-        ]
+        DAEMONSET_COLUMNS.row(
+            vec![
+                json!(st.desired_number_scheduled),
+                json!(st.current_number_scheduled),
+                json!(st.number_ready),
+                json!(st.updated_number_scheduled.unwrap_or(0)),
+                json!(st.number_available.unwrap_or(0)),
+                json!(if node_selector.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    node_selector.join(",")
+                }),
+            ],
+            &ds.metadata,
+            spec.template.spec.as_ref(),
+            Some(&spec.selector),
+        )
     }
 }
 
@@ -474,27 +453,24 @@ impl Strategy for StatefulSetStrategy {
     }
 
     fn columns(&self) -> Vec<Column> {
-        vec![
-            Column::new("Ready", "Number of the pod with ready state"),
-            Column::age(),
-            containers_column(),
-            images_column(),
-        ]
+        WorkloadColumns::NO_SELECTOR.columns(vec![Column::new(
+            "Ready",
+            "Number of the pod with ready state",
+        )])
     }
 
     fn row(&self, ss: &StatefulSet) -> Vec<Value> {
         let spec = ss.spec.clone().unwrap_or_default();
         let st = ss.status.clone().unwrap_or_default();
-        let (containers, images) = containers_and_images(spec.template.spec.as_ref());
-        vec![
-            json!(format!(
+        WorkloadColumns::NO_SELECTOR.row(
+            vec![json!(format!(
                 "{}/{}",
                 st.ready_replicas.unwrap_or(0),
                 spec.replicas.unwrap_or(1)
-            )),
-            age(ss.metadata.creation_timestamp.as_ref()),
-            containers,
-            images,
-        ]
+            ))],
+            &ss.metadata,
+            spec.template.spec.as_ref(),
+            None,
+        )
     }
 }

@@ -8,13 +8,15 @@ use serde_json::{Value, json};
 
 use wasmkube_api::ResourceInfo;
 
-use super::pod::{
-    containers_and_images, containers_column, default_template, images_column, validate_template,
-};
+use super::pod::{WorkloadColumns, default_template, validate_template};
 use crate::error::FieldError;
 use crate::registry::{Registry, Strategy};
 use crate::table::{Column, age, human_duration};
 use crate::validation;
+
+/// Jobs and CronJobs end their tables alike (a CronJob's selector is always `<none>`).
+const JOB_COLUMNS: WorkloadColumns =
+    WorkloadColumns::with_selector("A label query over pods that should match the pod count.");
 
 pub(super) fn register(r: &Registry) {
     r.register(JobStrategy);
@@ -144,22 +146,14 @@ impl Strategy for JobStrategy {
     }
 
     fn columns(&self) -> Vec<Column> {
-        vec![
+        JOB_COLUMNS.columns(vec![
             Column::new("Status", "Status of the job."),
             Column::new(
                 "Completions",
                 "The desired number of successfully finished pods the job should be run with.",
             ),
             Column::new("Duration", "Time required to complete the job."),
-            Column::age(),
-            containers_column(),
-            images_column(),
-            Column::new(
-                "Selector",
-                "A label query over pods that should match the pod count.",
-            )
-            .wide(),
-        ]
+        ])
     }
 
     fn row(&self, job: &Job) -> Vec<Value> {
@@ -202,24 +196,12 @@ impl Strategy for JobStrategy {
             (Some(s), None) => human_duration(jiff::Timestamp::now().as_second() - s.0.as_second()),
             _ => String::new(),
         };
-        let (containers, images) = containers_and_images(spec.template.spec.as_ref());
-        let selector = match spec
-            .selector
-            .as_ref()
-            .map(wasmkube_api::selector::LabelSelector::from_structured)
-        {
-            Some(Ok(s)) => s.to_string(),
-            _ => "<none>".into(),
-        };
-        vec![
-            json!(status),
-            json!(completions),
-            json!(duration),
-            age(job.metadata.creation_timestamp.as_ref()),
-            containers,
-            images,
-            json!(selector),
-        ]
+        JOB_COLUMNS.row(
+            vec![json!(status), json!(completions), json!(duration)],
+            &job.metadata,
+            spec.template.spec.as_ref(),
+            spec.selector.as_ref(),
+        )
     }
 }
 
@@ -321,7 +303,7 @@ impl Strategy for CronJobStrategy {
     }
 
     fn columns(&self) -> Vec<Column> {
-        vec![
+        JOB_COLUMNS.columns(vec![
             Column::new(
                 "Schedule",
                 "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron.",
@@ -339,44 +321,34 @@ impl Strategy for CronJobStrategy {
                 "Last Schedule",
                 "Information when was the last time the job was successfully scheduled.",
             ),
-            Column::age(),
-            containers_column(),
-            images_column(),
-            Column::new(
-                "Selector",
-                "A label query over pods that should match the pod count.",
-            )
-            .wide(),
-        ]
+        ])
     }
 
     fn row(&self, cj: &CronJob) -> Vec<Value> {
         let spec = cj.spec.clone().unwrap_or_default();
         let st = cj.status.clone().unwrap_or_default();
-        let (containers, images) = containers_and_images(
+        JOB_COLUMNS.row(
+            vec![
+                json!(spec.schedule),
+                json!(spec.time_zone.unwrap_or_else(|| "<none>".into())),
+                json!(if spec.suspend == Some(true) {
+                    "True"
+                } else {
+                    "False"
+                }),
+                json!(st.active.as_ref().map_or(0, Vec::len)),
+                match &st.last_schedule_time {
+                    Some(t) => age(Some(t)),
+                    None => json!("<none>"),
+                },
+            ],
+            &cj.metadata,
             spec.job_template
                 .spec
                 .as_ref()
                 .and_then(|s| s.template.spec.as_ref()),
-        );
-        vec![
-            json!(spec.schedule),
-            json!(spec.time_zone.unwrap_or_else(|| "<none>".into())),
-            json!(if spec.suspend == Some(true) {
-                "True"
-            } else {
-                "False"
-            }),
-            json!(st.active.as_ref().map_or(0, Vec::len)),
-            match &st.last_schedule_time {
-                Some(t) => age(Some(t)),
-                None => json!("<none>"),
-            },
-            age(cj.metadata.creation_timestamp.as_ref()),
-            containers,
-            images,
-            json!("<none>"),
-        ]
+            None,
+        )
     }
 }
 

@@ -1,10 +1,12 @@
 //! Pods, and the pod-template defaulting and validation shared with the workload kinds.
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, PodTemplateSpec, Probe};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
 use wasmkube_api::ResourceInfo;
+use wasmkube_api::selector::LabelSelector as ApiSelector;
 
 use crate::error::FieldError;
 use crate::registry::{Strategy, Subresource};
@@ -359,29 +361,69 @@ pub(crate) fn validate_template(
     errs
 }
 
-/// The `-o wide` `Containers` column of workload kinds.
-pub(crate) fn containers_column() -> Column {
-    Column::new("Containers", "Names of each container in the template.").wide()
+/// The columns that end every workload kind's table: `Age`, then the pod template's
+/// `Containers` and `Images`, then, for kinds with one, the `Selector` (all three `-o wide`).
+pub(crate) struct WorkloadColumns {
+    /// The `Selector` column's description, when the kind's table has one.
+    selector: Option<&'static str>,
 }
 
-/// The `-o wide` `Images` column of workload kinds.
-pub(crate) fn images_column() -> Column {
-    Column::new(
-        "Images",
-        "Images referenced by each container in the template.",
-    )
-    .wide()
-}
+impl WorkloadColumns {
+    /// With a `Selector` column described thus.
+    pub(crate) const fn with_selector(description: &'static str) -> Self {
+        WorkloadColumns {
+            selector: Some(description),
+        }
+    }
 
-/// The cells of [`containers_column`] and [`images_column`] for a pod spec.
-pub(crate) fn containers_and_images(spec: Option<&PodSpec>) -> (Value, Value) {
-    let cs = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
-    let names: Vec<&str> = cs.iter().map(|c| c.name.as_str()).collect();
-    let images: Vec<&str> = cs
-        .iter()
-        .map(|c| c.image.as_deref().unwrap_or_default())
-        .collect();
-    (json!(names.join(",")), json!(images.join(",")))
+    /// Without a `Selector` column.
+    pub(crate) const NO_SELECTOR: WorkloadColumns = WorkloadColumns { selector: None };
+
+    /// `head`, then these columns.
+    pub(crate) fn columns(&self, mut head: Vec<Column>) -> Vec<Column> {
+        head.push(Column::age());
+        head.push(Column::new("Containers", "Names of each container in the template.").wide());
+        head.push(
+            Column::new(
+                "Images",
+                "Images referenced by each container in the template.",
+            )
+            .wide(),
+        );
+        if let Some(description) = self.selector {
+            head.push(Column::new("Selector", description).wide());
+        }
+        head
+    }
+
+    /// `head`, then these cells for an object created as `meta` says, with this pod template
+    /// and selector.
+    pub(crate) fn row(
+        &self,
+        mut head: Vec<Value>,
+        meta: &ObjectMeta,
+        template: Option<&PodSpec>,
+        selector: Option<&LabelSelector>,
+    ) -> Vec<Value> {
+        let cs = template
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default();
+        let names: Vec<&str> = cs.iter().map(|c| c.name.as_str()).collect();
+        let images: Vec<&str> = cs
+            .iter()
+            .map(|c| c.image.as_deref().unwrap_or_default())
+            .collect();
+        head.push(age(meta.creation_timestamp.as_ref()));
+        head.push(json!(names.join(",")));
+        head.push(json!(images.join(",")));
+        if self.selector.is_some() {
+            head.push(match selector.map(ApiSelector::from_structured) {
+                Some(Ok(sel)) if !sel.is_empty() => json!(sel.to_string()),
+                _ => json!("<none>"),
+            });
+        }
+        head
+    }
 }
 
 fn qos_class(spec: &PodSpec) -> &'static str {
@@ -705,6 +747,29 @@ mod tests {
 
     fn spec(containers: Value) -> PodSpec {
         serde_json::from_value(json!({ "containers": containers })).expect("a pod spec")
+    }
+
+    #[test]
+    fn workload_tables_should_end_with_a_cell_for_every_column() {
+        let template =
+            spec(json!([{"name": "a", "image": "x.wasm"}, {"name": "b", "image": "y.wasm"}]));
+        let selector: LabelSelector =
+            serde_json::from_value(json!({"matchLabels": {"app": "web"}})).expect("a selector");
+        let meta = ObjectMeta::default();
+        let with = WorkloadColumns::with_selector("pods");
+        let cols = with.columns(vec![Column::new("Ready", "")]);
+        let row = with.row(vec![json!("1/1")], &meta, Some(&template), Some(&selector));
+        assert_eq!(cols.len(), row.len());
+        assert_eq!(
+            row[2..],
+            [json!("a,b"), json!("x.wasm,y.wasm"), json!("app=web")]
+        );
+        let empty = with.row(vec![], &meta, None, None);
+        assert_eq!(empty[1..], [json!(""), json!(""), json!("<none>")]);
+        let without = WorkloadColumns::NO_SELECTOR;
+        let cols = without.columns(vec![]);
+        assert_eq!(cols.len(), 3);
+        assert_eq!(without.row(vec![], &meta, Some(&template), None).len(), 3);
     }
 
     #[test]
