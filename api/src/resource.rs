@@ -76,6 +76,16 @@ impl ResourceInfo {
         self
     }
 
+    /// A workload that scales (Deployment, ReplicaSet, StatefulSet, ReplicationController):
+    /// these short names, in the `all` category, with `/status` and `/scale`.
+    pub fn scalable<K: Resource>(short_names: &'static [&'static str]) -> ResourceInfo {
+        ResourceInfo::of::<K>()
+            .short_names(short_names)
+            .in_all()
+            .with_status()
+            .with_scale()
+    }
+
     /// Puts the kind in the `all` category.
     #[must_use]
     pub fn in_all(mut self) -> Self {

@@ -85,11 +85,7 @@ impl Strategy for DeploymentStrategy_ {
     type K = Deployment;
 
     fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Deployment>()
-            .short_names(&["deploy"])
-            .in_all()
-            .with_status()
-            .with_scale()
+        ResourceInfo::scalable::<Deployment>(&["deploy"])
     }
 
     fn default(&self, d: &mut Deployment) {
@@ -181,11 +177,7 @@ impl Strategy for ReplicaSetStrategy {
     type K = ReplicaSet;
 
     fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<ReplicaSet>()
-            .short_names(&["rs"])
-            .in_all()
-            .with_status()
-            .with_scale()
+        ResourceInfo::scalable::<ReplicaSet>(&["rs"])
     }
 
     fn default(&self, rs: &mut ReplicaSet) {
@@ -365,11 +357,7 @@ impl Strategy for StatefulSetStrategy {
     type K = StatefulSet;
 
     fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<StatefulSet>()
-            .short_names(&["sts"])
-            .in_all()
-            .with_status()
-            .with_scale()
+        ResourceInfo::scalable::<StatefulSet>(&["sts"])
     }
 
     fn default(&self, ss: &mut StatefulSet) {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{Value, json};
 
@@ -17,6 +18,33 @@ use crate::validation;
 /// Jobs and CronJobs end their tables alike (a CronJob's selector is always `<none>`).
 const JOB_COLUMNS: WorkloadColumns =
     WorkloadColumns::with_selector("A label query over pods that should match the pod count.");
+
+/// A Job's pod template: valid as any template, and restarted only `Never` or `OnFailure`
+/// (which must be given when `restart_policy_required`).
+fn validate_job_template(
+    path: &str,
+    template: &PodTemplateSpec,
+    selector: Option<&LabelSelector>,
+    restart_policy_required: bool,
+) -> Vec<FieldError> {
+    let mut errs = validate_template(path, template, selector);
+    let field = format!("{path}.spec.restartPolicy");
+    match template
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+    {
+        Some("Never" | "OnFailure") => {}
+        Some(p) => errs.push(FieldError::not_supported(
+            field.clone(),
+            p,
+            &["OnFailure", "Never"],
+        )),
+        None if restart_policy_required => errs.push(FieldError::required(field, "")),
+        None => {}
+    }
+    errs
+}
 
 pub(super) fn register(r: &Registry) {
     r.register(JobStrategy);
@@ -75,21 +103,12 @@ impl Strategy for JobStrategy {
 
     fn validate(&self, job: &Job) -> Vec<FieldError> {
         let spec = job.spec.clone().unwrap_or_default();
-        let mut errs = validate_template("spec.template", &spec.template, spec.selector.as_ref());
-        match spec
-            .template
-            .spec
-            .as_ref()
-            .and_then(|s| s.restart_policy.as_deref())
-        {
-            Some("Never" | "OnFailure") => {}
-            Some(p) => errs.push(FieldError::not_supported(
-                "spec.template.spec.restartPolicy",
-                p,
-                &["OnFailure", "Never"],
-            )),
-            None => errs.push(FieldError::required("spec.template.spec.restartPolicy", "")),
-        }
+        let mut errs = validate_job_template(
+            "spec.template",
+            &spec.template,
+            spec.selector.as_ref(),
+            true,
+        );
         for (field, v) in [
             ("spec.parallelism", spec.parallelism),
             ("spec.completions", spec.completions),
@@ -277,25 +296,12 @@ impl Strategy for CronJobStrategy {
         }
         match spec.job_template.spec.as_ref() {
             Some(js) => {
-                errs.extend(validate_template(
+                errs.extend(validate_job_template(
                     "spec.jobTemplate.spec.template",
                     &js.template,
                     None,
+                    false,
                 ));
-                match js
-                    .template
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.restart_policy.as_deref())
-                {
-                    Some("Never" | "OnFailure") => {}
-                    Some(p) => errs.push(FieldError::not_supported(
-                        "spec.jobTemplate.spec.template.spec.restartPolicy",
-                        p,
-                        &["OnFailure", "Never"],
-                    )),
-                    None => {}
-                }
             }
             None => errs.push(FieldError::required("spec.jobTemplate.spec", "")),
         }

@@ -502,11 +502,7 @@ impl Strategy for ReplicationControllerStrategy {
     type K = ReplicationController;
 
     fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<ReplicationController>()
-            .short_names(&["rc"])
-            .in_all()
-            .with_status()
-            .with_scale()
+        ResourceInfo::scalable::<ReplicationController>(&["rc"])
     }
 
     fn default(&self, rc: &mut ReplicationController) {
