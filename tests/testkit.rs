@@ -488,6 +488,16 @@ impl Process {
         Self::up_with(data_dir, port, &[]).await
     }
 
+    /// [`up_with`](Self::up_with) on a free port with its data in `dir/data`.
+    ///
+    /// # Errors
+    /// When it exits or does not become ready within 60 s.
+    pub async fn up_in(dir: &Path, extra: &[&str]) -> Result<Process> {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data)?;
+        Self::up_with(&data, free_port(), extra).await
+    }
+
     /// [`up`](Self::up) with extra flags (e.g. `--no-wasmlet`).
     ///
     /// # Errors

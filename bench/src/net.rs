@@ -21,8 +21,9 @@ use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, LogParams, PostParams};
+use kube::api::{Api, LogParams};
 use serde_json::json;
+use wasmkube_client::create_from_json;
 use wasmkube_tests::{Cluster, wait_for};
 
 #[derive(Parser)]
@@ -167,21 +168,6 @@ async fn wasmtime_serve(
     Ok((child, addr, dir))
 }
 
-async fn create<K>(client: &kube::Client, v: serde_json::Value) -> Result<()>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::Serialize
-        + serde::de::DeserializeOwned,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::default_namespaced(client.clone());
-    api.create(&PostParams::default(), &serde_json::from_value(v)?)
-        .await?;
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -212,15 +198,16 @@ async fn main() -> Result<()> {
     let toolbox = cluster.push_sample("toolbox").await?;
 
     // ---- 1. HTTP ------------------------------------------------------------------------------
-    create::<Pod>(&client, json!({"metadata": {"name": "hello", "labels": {"app": "hello"}},
+    create_from_json::<Pod>(&client, "default", json!({"metadata": {"name": "hello", "labels": {"app": "hello"}},
         "spec": {"nodeName": "n1", "containers": [{"name": "http", "image": hello, "ports": [{"containerPort": 8080}]}]}})).await?;
-    create::<Service>(
+    create_from_json::<Service>(
         &client,
+        "default",
         json!({"metadata": {"name": "hello"}, "spec": {"type": "NodePort",
         "selector": {"app": "hello"}, "ports": [{"port": 80, "targetPort": 8080}]}}),
     )
     .await?;
-    create::<Ingress>(&client, json!({"metadata": {"name": "hello"}, "spec": {"rules": [{"http": {"paths": [
+    create_from_json::<Ingress>(&client, "default", json!({"metadata": {"name": "hello"}, "spec": {"rules": [{"http": {"paths": [
         {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "hello", "port": {"number": 80}}}}]}}]}})).await?;
     wasmkube_tests::wait_ready_endpoints(&client, "hello", 1).await?;
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
@@ -289,11 +276,12 @@ async fn main() -> Result<()> {
 
     // ---- 2. connections pod -> Service -> pod ---------------------------------------------------
     for i in 0..3 {
-        create::<Pod>(&client, json!({"metadata": {"name": format!("echo-{i}"), "labels": {"app": "echo"}},
+        create_from_json::<Pod>(&client, "default", json!({"metadata": {"name": format!("echo-{i}"), "labels": {"app": "echo"}},
             "spec": {"nodeName": "n1", "containers": [{"name": "main", "image": toolbox, "args": ["serve", "9000"]}]}})).await?;
     }
-    create::<Service>(
+    create_from_json::<Service>(
         &client,
+        "default",
         json!({"metadata": {"name": "echo"}, "spec": {
         "selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": 9000}]}}),
     )
@@ -306,8 +294,9 @@ async fn main() -> Result<()> {
     println!("|---|---|---|---|");
     for (node, label) in [("n1", "same node"), ("n2", "other node (tunnel)")] {
         let name = format!("client-{node}");
-        create::<Pod>(
+        create_from_json::<Pod>(
             &client,
+            "default",
             json!({"metadata": {"name": name}, "spec": {"nodeName": node, "restartPolicy": "Never",
             "containers": [{"name": "main", "image": toolbox,
                 "args": ["connect-n", args.tcp_connections.to_string(), "echo:80", "quiet"]}]}}),
@@ -341,8 +330,9 @@ async fn main() -> Result<()> {
 
     // ---- 3. DNS queries/s ------------------------------------------------------------------------
     for i in 0..50 {
-        create::<Service>(
+        create_from_json::<Service>(
             &client,
+            "default",
             json!({"metadata": {"name": format!("svc-{i}")}, "spec": {
             "selector": {"app": "none"}, "ports": [{"port": 80}]}}),
         )

@@ -256,12 +256,9 @@ async fn main() -> Result<()> {
     // The API server runs as its own process (`wasmkube up --no-wasmlet`), so this process's
     // memory is the wasmlet's (plus the benchmark's client).
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data)?;
     // One node with a /16 pod range, so every pod of the density run gets a pod IP.
-    let server = wasmkube_tests::Process::up_with(
-        &data,
-        wasmkube_tests::free_port(),
+    let server = wasmkube_tests::Process::up_in(
+        dir.path(),
         &["--no-wasmlet", "--node-cidr-mask-size", "16"],
     )
     .await?;

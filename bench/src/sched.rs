@@ -131,11 +131,8 @@ async fn main() -> Result<()> {
         let decide_rate = decide(n, args.pods.min(2000));
 
         let dir = tempfile::tempdir()?;
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data)?;
-        let server = wasmkube_tests::Process::up_with(
-            &data,
-            wasmkube_tests::free_port(),
+        let server = wasmkube_tests::Process::up_in(
+            dir.path(),
             &["--no-wasmlet", "--no-scheduler", "--no-controllers"],
         )
         .await?;

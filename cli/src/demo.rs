@@ -76,6 +76,7 @@ pub(crate) async fn run(kubeconfig: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates a sample object; one left from an earlier demo is kept as it is.
 async fn create<K>(client: &Client, obj: serde_json::Value) -> anyhow::Result<()>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -85,9 +86,7 @@ where
         + serde::de::DeserializeOwned,
     K::DynamicType: Default,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), "default");
-    let typed: K = serde_json::from_value(obj)?;
-    match api.create(&PostParams::default(), &typed).await {
+    match wasmkube_client::create_from_json::<K>(client, "default", obj).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(e.into()),

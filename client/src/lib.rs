@@ -23,3 +23,26 @@ pub mod watch;
 
 pub use failover::Servers;
 pub use source::{Connection, Error, Source, connect, load};
+
+/// Creates a namespaced `K` from its JSON manifest in `namespace`, and returns it as stored.
+///
+/// # Errors
+/// The API server's refusal (409 when it exists), or [`kube::Error::SerdeError`] when the
+/// manifest is not a `K`.
+pub async fn create_from_json<K>(
+    client: &kube::Client,
+    namespace: &str,
+    manifest: serde_json::Value,
+) -> Result<K, kube::Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let api: kube::Api<K> = kube::Api::namespaced(client.clone(), namespace);
+    let obj: K = serde_json::from_value(manifest).map_err(kube::Error::SerdeError)?;
+    api.create(&kube::api::PostParams::default(), &obj).await
+}
