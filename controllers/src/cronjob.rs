@@ -12,11 +12,10 @@ use jiff::{Timestamp, Zoned};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 /// The annotation with the time a Job was scheduled for.
@@ -99,17 +98,7 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error>
     let uid = cj.metadata.uid.clone().unwrap_or_default();
     let spec = cj.spec.clone().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut owned: Vec<Arc<Job>> = ctx
-        .jobs
-        .state()
-        .into_iter()
-        .filter(|j| j.namespace().as_deref() == Some(&ns))
-        .filter(|j| {
-            j.owner_references()
-                .iter()
-                .any(|r| r.uid == uid && r.controller == Some(true))
-        })
-        .collect();
+    let mut owned: Vec<Arc<Job>> = crate::controlled_by(&ctx.jobs, &ns, &uid).collect();
     owned.sort_by_key(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0));
     let active: Vec<&Arc<Job>> = owned
         .iter()
@@ -233,15 +222,7 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error>
         last_schedule_time: last_schedule,
         last_successful_time: last_successful,
     };
-    if cj.status.as_ref() != Some(&status) {
-        let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &cj.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": status})),
-        )
-        .await?;
-    }
+    crate::write_status(&ctx.client, &*cj, cj.status.as_ref(), &status).await?;
     let wait = next.map_or(Duration::from_secs(60), |t| {
         t.duration_since(Timestamp::now()).unsigned_abs()
     });

@@ -15,7 +15,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -188,18 +188,8 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
     }
     let ns = ds.namespace().unwrap_or_else(|| "default".into());
     let uid = ds.metadata.uid.clone().unwrap_or_default();
-    let owned: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(&ns) && p.metadata.deletion_timestamp.is_none()
-        })
-        .filter(|p| {
-            p.owner_references()
-                .iter()
-                .any(|r| r.uid == uid && r.controller == Some(true))
-        })
+    let owned: Vec<Arc<Pod>> = crate::controlled_by(&ctx.pods, &ns, &uid)
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
             !matches!(
                 p.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -207,12 +197,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
             )
         })
         .collect();
-    let present = |name: &str| {
-        owned
-            .iter()
-            .any(|p| p.metadata.name.as_deref() == Some(name))
-    };
-    if !ctx.expectations.satisfied(&uid, present) {
+    if !ctx.expectations.satisfied_by(&uid, &owned) {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
     let rev = revision(&ds);
@@ -352,15 +337,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
         collision_count: None,
         conditions: None,
     };
-    if ds.status.as_ref() != Some(&status) {
-        let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &ds.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": status})),
-        )
-        .await?;
-    }
+    crate::write_status(&ctx.client, &*ds, ds.status.as_ref(), &status).await?;
     Ok(Action::await_change())
 }
 

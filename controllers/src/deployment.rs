@@ -330,16 +330,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Erro
     if ctx.sets.wait_until_ready().await.is_err() {
         return Ok(Action::await_change());
     }
-    let mut owned: Vec<ReplicaSet> = ctx
-        .sets
-        .state()
-        .into_iter()
-        .filter(|rs| rs.namespace().as_deref() == Some(&ns))
-        .filter(|rs| {
-            rs.owner_references()
-                .iter()
-                .any(|r| r.uid == uid && r.controller == Some(true))
-        })
+    let mut owned: Vec<ReplicaSet> = crate::controlled_by(&ctx.sets, &ns, &uid)
         .map(|rs| (*rs).clone())
         .collect();
     owned.sort_by_key(|rs| {

@@ -77,6 +77,13 @@ impl Expectations {
         done
     }
 
+    /// [`satisfied`](Self::satisfied), where present means named among `seen`.
+    pub fn satisfied_by<K: kube::Resource>(&self, owner: &str, seen: &[std::sync::Arc<K>]) -> bool {
+        self.satisfied(owner, |name| {
+            seen.iter().any(|o| o.meta().name.as_deref() == Some(name))
+        })
+    }
+
     /// Forgets an owner (it was deleted).
     pub fn forget(&self, owner: &str) {
         self.owners.lock().expect("expectations lock").remove(owner);

@@ -12,10 +12,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Client, ResourceExt};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 /// What the reconciler needs.
@@ -202,23 +201,8 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if ctx.pods.wait_until_ready().await.is_err() {
         return Ok(Action::await_change());
     }
-    let owned: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(&ns))
-        .filter(|p| {
-            p.owner_references()
-                .iter()
-                .any(|r| r.uid == uid && r.controller == Some(true))
-        })
-        .collect();
-    let present = |name: &str| {
-        owned
-            .iter()
-            .any(|p| p.metadata.name.as_deref() == Some(name))
-    };
-    if !ctx.expectations.satisfied(&uid, present) {
+    let owned: Vec<Arc<Pod>> = crate::controlled_by(&ctx.pods, &ns, &uid).collect();
+    if !ctx.expectations.satisfied_by(&uid, &owned) {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
     let on_failure = spec
@@ -391,14 +375,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         ),
         ..Default::default()
     };
-    if job.status.as_ref() != Some(&status) {
-        jobs.patch_status(
-            &job.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": status})),
-        )
-        .await?;
-    }
+    crate::write_status(&ctx.client, &*job, job.status.as_ref(), &status).await?;
     if let Some(d) = spec.active_deadline_seconds
         && !finishing
     {

@@ -134,6 +134,59 @@ where
 }
 
 /// Every controller's error policy: log the failure and reconcile again after 2 s.
+/// The objects in `cache`, in namespace `ns`, whose controller is the object with `uid`.
+pub(crate) fn controlled_by<'a, K>(
+    cache: &Store<K>,
+    ns: &'a str,
+    uid: &'a str,
+) -> impl Iterator<Item = Arc<K>> + 'a
+where
+    K: Resource + Clone + 'a,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    cache
+        .state()
+        .into_iter()
+        .filter(move |o| o.meta().namespace.as_deref() == Some(ns))
+        .filter(move |o| {
+            o.meta()
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|r| r.uid == uid && r.controller == Some(true))
+        })
+}
+
+/// Writes `status` to `obj`'s status subresource (a merge patch), unless `current` already
+/// equals it.
+pub(crate) async fn write_status<K, S>(
+    client: &Client,
+    obj: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    K::DynamicType: Default,
+    S: PartialEq + serde::Serialize,
+{
+    if current == Some(status) {
+        return Ok(());
+    }
+    let meta = obj.meta();
+    let api: Api<K> = Api::namespaced(
+        client.clone(),
+        meta.namespace.as_deref().unwrap_or("default"),
+    );
+    api.patch_status(
+        meta.name.as_deref().unwrap_or_default(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&serde_json::json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
 pub(crate) fn retry_later<K, E: std::fmt::Display, C>(
     controller: &'static str,
 ) -> impl Fn(Arc<K>, &E, Arc<C>) -> Action {

@@ -314,17 +314,8 @@ pub(crate) async fn sync(
 /// API failures (retried by the controller with back-off).
 pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let (action, status) = sync(&rs, &controller_ref(&rs), &ctx).await?;
-    if let Some(status) = status
-        && rs.status.as_ref() != Some(&status)
-    {
-        let ns = rs.namespace().unwrap_or_else(|| "default".into());
-        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &rs.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": status})),
-        )
-        .await?;
+    if let Some(status) = status {
+        crate::write_status(&ctx.client, &*rs, rs.status.as_ref(), &status).await?;
     }
     Ok(action)
 }

@@ -13,11 +13,10 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Pod, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 /// The label carrying a pod's template revision.
@@ -203,17 +202,7 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
     let replicas = spec.replicas.unwrap_or(1);
     let rev = revision(&set);
     let prefix = format!("{}-", set.name_any());
-    let owned: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(&ns))
-        .filter(|p| {
-            p.owner_references()
-                .iter()
-                .any(|r| r.uid == uid && r.controller == Some(true))
-        })
-        .collect();
+    let owned: Vec<Arc<Pod>> = crate::controlled_by(&ctx.pods, &ns, &uid).collect();
     let mut by_ordinal: BTreeMap<i32, Arc<Pod>> = BTreeMap::new();
     for p in &owned {
         if let Some(i) = p
@@ -297,15 +286,7 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
         collision_count: Some(0),
         conditions: None,
     };
-    if set.status.as_ref() != Some(&status) {
-        let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &set.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": status})),
-        )
-        .await?;
-    }
+    crate::write_status(&ctx.client, &*set, set.status.as_ref(), &status).await?;
     Ok(Action::await_change())
 }
 
@@ -328,6 +309,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn pods(states: &[(i32, bool)]) -> BTreeMap<i32, (bool, bool, bool, bool)> {
         states
