@@ -604,6 +604,19 @@ impl Drop for Process {
     }
 }
 
+/// The next item of a watch stream within `left`; `None` when the stream ends or fails, or time
+/// runs out.
+pub async fn next_within<T, E>(
+    events: &mut (impl futures::Stream<Item = std::result::Result<T, E>> + Unpin),
+    left: Duration,
+) -> Option<T> {
+    use futures::StreamExt as _;
+    match tokio::time::timeout(left, events.next()).await {
+        Ok(Some(Ok(item))) => Some(item),
+        _ => None,
+    }
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout`.
 ///
 /// # Errors

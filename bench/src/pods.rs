@@ -216,11 +216,8 @@ async fn density(
     let mut events =
         watcher::watcher(pods.clone(), watcher::Config::default().labels("app=bench")).boxed();
     while running.values().filter(|r| **r).count() < n && started.elapsed() < max {
-        let remaining = max.saturating_sub(started.elapsed());
-        let Ok(Some(ev)) = tokio::time::timeout(remaining, events.try_next())
-            .await
-            .unwrap_or(Ok(None))
-        else {
+        let left = max.saturating_sub(started.elapsed());
+        let Some(ev) = wasmkube_tests::next_within(&mut events, left).await else {
             break;
         };
         if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev

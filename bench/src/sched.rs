@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -190,11 +190,8 @@ async fn main() -> Result<()> {
         .context("creating pods")?;
         let mut bound: HashSet<String> = HashSet::new();
         while bound.len() < args.pods && started.elapsed() < max {
-            let remaining = max.saturating_sub(started.elapsed());
-            let Ok(Some(ev)) = tokio::time::timeout(remaining, events.try_next())
-                .await
-                .unwrap_or(Ok(None))
-            else {
+            let left = max.saturating_sub(started.elapsed());
+            let Some(ev) = wasmkube_tests::next_within(&mut events, left).await else {
                 break;
             };
             if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev
