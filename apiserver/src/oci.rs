@@ -47,6 +47,11 @@ impl OciError {
         }
     }
 
+    /// `DIGEST_INVALID` (400).
+    fn digest_invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", message)
+    }
+
     fn io(e: std::io::Error) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -142,6 +147,12 @@ fn valid_tag(tag: &str) -> bool {
 }
 
 /// The hex part of a `sha256:` digest, if well-formed.
+/// The hex of a `sha256:` digest, or `DIGEST_INVALID`.
+fn sha256_hex(digest: &str) -> Result<&str> {
+    digest_hex(digest)
+        .ok_or_else(|| OciError::digest_invalid(format!("{digest} is not a sha256 digest")))
+}
+
 fn digest_hex(digest: &str) -> Option<&str> {
     let hex = digest.strip_prefix("sha256:")?;
     (hex.len() == 64
@@ -296,13 +307,7 @@ impl OciRegistry {
                 format!("blob {digest} unknown"),
             )
         };
-        let hex = digest_hex(digest).ok_or_else(|| {
-            OciError::new(
-                StatusCode::BAD_REQUEST,
-                "DIGEST_INVALID",
-                format!("{digest} is not a sha256 digest"),
-            )
-        })?;
+        let hex = sha256_hex(digest)?;
         let path = self.blob_path(hex);
         let len = tokio::fs::metadata(&path)
             .await
@@ -359,13 +364,8 @@ impl OciRegistry {
         body: Body,
     ) -> Result<Response> {
         let path = self.existing_upload(id)?;
-        let digest = digest.ok_or_else(|| {
-            OciError::new(
-                StatusCode::BAD_REQUEST,
-                "DIGEST_INVALID",
-                "the digest query parameter is required",
-            )
-        })?;
+        let digest = digest
+            .ok_or_else(|| OciError::digest_invalid("the digest query parameter is required"))?;
         append(&path, body).await?;
         self.commit_upload(name, &path, digest).await
     }
@@ -396,22 +396,14 @@ impl OciRegistry {
     }
 
     async fn commit_upload(&self, name: &str, upload: &Path, digest: &str) -> Result<Response> {
-        let hex = digest_hex(digest).ok_or_else(|| {
-            OciError::new(
-                StatusCode::BAD_REQUEST,
-                "DIGEST_INVALID",
-                format!("{digest} is not a sha256 digest"),
-            )
-        })?;
+        let hex = sha256_hex(digest)?;
         let bytes = tokio::fs::read(upload).await.map_err(OciError::io)?;
         let actual = sha256_digest(&bytes);
         if actual != digest {
             let _ = tokio::fs::remove_file(upload).await;
-            return Err(OciError::new(
-                StatusCode::BAD_REQUEST,
-                "DIGEST_INVALID",
-                format!("content digest {actual} does not match {digest}"),
-            ));
+            return Err(OciError::digest_invalid(format!(
+                "content digest {actual} does not match {digest}"
+            )));
         }
         tokio::fs::rename(upload, self.blob_path(hex))
             .await

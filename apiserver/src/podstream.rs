@@ -64,7 +64,7 @@ fn upgrade_of(req: &Request) -> Option<String> {
 /// Serves a streaming subresource of `namespace/name`.
 ///
 /// # Errors
-/// A Kubernetes `Status` (see [`exec`] and [`port_forward`]).
+/// A Kubernetes `Status` (see [`PodStream::exec`] and [`PodStream::port_forward`]).
 pub(crate) async fn serve(
     api: &Apiserver,
     token: &str,
@@ -73,95 +73,102 @@ pub(crate) async fn serve(
     stream: Stream,
     req: Request,
 ) -> Result<Response, ApiError> {
-    match stream {
-        Stream::Exec => exec(api, token, namespace, name, req).await,
-        Stream::PortForward => port_forward(api, token, namespace, name, req).await,
-    }
-}
-
-/// `pods/exec`.
-///
-/// # Errors
-/// 404 for an unknown pod; 400 for a missing command, a bad container, a finished pod or a
-/// container that is not running, or a request that is no WebSocket.
-async fn exec(
-    api: &Apiserver,
-    token: &str,
-    namespace: &str,
-    name: &str,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let query = req.uri().query().unwrap_or_default().to_owned();
-    let params: Vec<(String, String)> = serde_urlencoded::from_str(&query)
-        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
-    let container = params
-        .iter()
-        .find(|(k, _)| k == "container")
-        .map(|(_, v)| v.as_str());
-    if !params.iter().any(|(k, _)| k == "command") {
-        return Err(ApiError::bad_request(
-            "you must specify at least one command for the container",
-        ));
-    }
-    let (pod, container, node_name) = pod_container(api, namespace, name, container).await?;
-    check_running(&pod, name, &container)?;
-    if upgrade_of(&req).as_deref() != Some("websocket") {
-        return Err(ApiError::bad_request(
-            "wasmkube streams exec over WebSockets (v5.channel.k8s.io, the default of kubectl 1.30 and later); SPDY upgrades are not supported",
-        ));
-    }
-    let host = node_endpoint(api, &node_name, name).await?;
-    let forward: Vec<(&str, &str)> = params
-        .iter()
-        .filter(|(k, _)| {
-            matches!(
-                k.as_str(),
-                "command" | "stdin" | "stdout" | "stderr" | "tty"
-            )
-        })
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let path = format!(
-        "/exec/{namespace}/{name}/{container}?{}",
-        serde_urlencoded::to_string(&forward).expect("string pairs encode")
-    );
-    splice(&host, &path, token, req).await
-}
-
-/// `pods/portforward`.
-///
-/// # Errors
-/// 404 for an unknown pod; 400 for a pod that is not running or a request that is no upgrade.
-async fn port_forward(
-    api: &Apiserver,
-    token: &str,
-    namespace: &str,
-    name: &str,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let pod = load_pod(api, namespace, name).await?;
-    let node_name = node_of(&pod, name)?;
-    let phase = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("Pending");
-    if phase != "Running" {
-        return Err(ApiError::bad_request(format!(
-            "unable to forward ports: pod {name} is not running (phase {phase})"
-        )));
-    }
-    if !matches!(upgrade_of(&req).as_deref(), Some("websocket" | "spdy/3.1")) {
-        return Err(ApiError::bad_request(
-            "port forwarding needs a WebSocket or SPDY/3.1 upgrade",
-        ));
-    }
-    let host = node_endpoint(api, &node_name, name).await?;
-    let path = match req.uri().query() {
-        Some(q) => format!("/portForward/{namespace}/{name}?{q}"),
-        None => format!("/portForward/{namespace}/{name}"),
+    let pod = PodStream {
+        api,
+        token,
+        namespace,
+        name,
     };
-    splice(&host, &path, token, req).await
+    match stream {
+        Stream::Exec => pod.exec(req).await,
+        Stream::PortForward => pod.port_forward(req).await,
+    }
+}
+
+/// A stream asked of one pod, with the credential that reaches its node.
+#[derive(Clone, Copy)]
+struct PodStream<'a> {
+    api: &'a Apiserver,
+    token: &'a str,
+    namespace: &'a str,
+    name: &'a str,
+}
+
+impl PodStream<'_> {
+    /// `pods/exec`.
+    ///
+    /// # Errors
+    /// 404 for an unknown pod; 400 for a missing command, a bad container, a finished pod or a
+    /// container that is not running, or a request that is no WebSocket.
+    async fn exec(self, req: Request) -> Result<Response, ApiError> {
+        let (api, token, namespace, name) = (self.api, self.token, self.namespace, self.name);
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let params: Vec<(String, String)> = serde_urlencoded::from_str(&query)
+            .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+        let container = params
+            .iter()
+            .find(|(k, _)| k == "container")
+            .map(|(_, v)| v.as_str());
+        if !params.iter().any(|(k, _)| k == "command") {
+            return Err(ApiError::bad_request(
+                "you must specify at least one command for the container",
+            ));
+        }
+        let (pod, container, node_name) = pod_container(api, namespace, name, container).await?;
+        check_running(&pod, name, &container)?;
+        if upgrade_of(&req).as_deref() != Some("websocket") {
+            return Err(ApiError::bad_request(
+                "wasmkube streams exec over WebSockets (v5.channel.k8s.io, the default of kubectl 1.30 and later); SPDY upgrades are not supported",
+            ));
+        }
+        let host = node_endpoint(api, &node_name, name).await?;
+        let forward: Vec<(&str, &str)> = params
+            .iter()
+            .filter(|(k, _)| {
+                matches!(
+                    k.as_str(),
+                    "command" | "stdin" | "stdout" | "stderr" | "tty"
+                )
+            })
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let path = format!(
+            "/exec/{namespace}/{name}/{container}?{}",
+            serde_urlencoded::to_string(&forward).expect("string pairs encode")
+        );
+        splice(&host, &path, token, req).await
+    }
+
+    /// `pods/portforward`.
+    ///
+    /// # Errors
+    /// 404 for an unknown pod; 400 for a pod that is not running or a request that is no upgrade.
+    async fn port_forward(self, req: Request) -> Result<Response, ApiError> {
+        let (api, token, namespace, name) = (self.api, self.token, self.namespace, self.name);
+        let pod = load_pod(api, namespace, name).await?;
+        let node_name = node_of(&pod, name)?;
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or("Pending");
+        if phase != "Running" {
+            return Err(ApiError::bad_request(format!(
+                "unable to forward ports: pod {name} is not running (phase {phase})"
+            )));
+        }
+        if !matches!(upgrade_of(&req).as_deref(), Some("websocket" | "spdy/3.1")) {
+            return Err(ApiError::bad_request(
+                "port forwarding needs a WebSocket or SPDY/3.1 upgrade",
+            ));
+        }
+        let host = node_endpoint(api, &node_name, name).await?;
+        let path = match req.uri().query() {
+            Some(q) => format!("/portForward/{namespace}/{name}?{q}"),
+            None => format!("/portForward/{namespace}/{name}"),
+        };
+        splice(&host, &path, token, req).await
+    }
 }
 
 /// Replays the client's upgrade request to the node's `path`, answers the client with the

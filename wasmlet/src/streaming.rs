@@ -11,3 +11,18 @@ pub mod logs;
 pub(crate) mod portforward;
 pub(crate) mod server;
 pub(crate) mod spdy;
+
+/// Closes a WebSocket normally (1000), ignoring a peer that has gone.
+pub(crate) async fn close_normally<S>(tx: &mut S)
+where
+    S: futures::Sink<axum::extract::ws::Message> + Unpin,
+{
+    use futures::SinkExt as _;
+    let frame = axum::extract::ws::CloseFrame {
+        code: 1000,
+        reason: "".into(),
+    };
+    let _ = tx
+        .send(axum::extract::ws::Message::Close(Some(frame)))
+        .await;
+}

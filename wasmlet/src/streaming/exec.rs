@@ -13,7 +13,7 @@
 //! sends `[255, 0]` at the end of its stdin). When the command ends, its output is flushed,
 //! one `metav1.Status` goes on channel 3, and the socket closes with code 1000.
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -263,12 +263,7 @@ where
 {
     let body = serde_json::to_vec(status).expect("a status serializes");
     let _ = tx.send(frame(STATUS, &body)).await;
-    let _ = tx
-        .send(Message::Close(Some(CloseFrame {
-            code: 1000,
-            reason: "".into(),
-        })))
-        .await;
+    super::close_normally(tx).await;
 }
 
 #[cfg(test)]

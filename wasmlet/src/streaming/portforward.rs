@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -280,12 +280,7 @@ pub(crate) fn websocket_bytes(ws: WebSocket) -> tokio::io::DuplexStream {
                 }
             }
         }
-        let _ = tx
-            .send(Message::Close(Some(CloseFrame {
-                code: 1000,
-                reason: "".into(),
-            })))
-            .await;
+        super::close_normally(&mut tx).await;
     });
     ours
 }
@@ -322,12 +317,7 @@ pub(crate) async fn serve_channels(ws: WebSocket, ports: Vec<u16>, target: Targe
             }
         }
         // Every port's connection has ended.
-        let _ = tx
-            .send(Message::Close(Some(CloseFrame {
-                code: 1000,
-                reason: "".into(),
-            })))
-            .await;
+        super::close_normally(&mut tx).await;
     });
     while let Some(Ok(msg)) = rx.next().await {
         match msg {
