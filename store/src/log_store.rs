@@ -131,6 +131,34 @@ impl LogStore {
     }
 
     /// Runs `f` on the writer thread, after every append queued before it.
+    /// Removes the log entries from `from` to `to`, pending and written, in order with the
+    /// writes before; a purge records its `last_purged` log id in the same transaction.
+    async fn remove(
+        &self,
+        from: Bound<u64>,
+        to: Bound<u64>,
+        last_purged: Option<Vec<u8>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.shared
+            .pending
+            .lock()
+            .expect("pending lock is not poisoned")
+            .retain(|i, _| !(from, to).contains(i));
+        self.in_order(Box::new(move |db| {
+            let txn = db.begin_write()?;
+            if let Some(raw) = last_purged {
+                txn.open_table(RAFT_META)?
+                    .insert("last_purged", raw.as_slice())?;
+            }
+            txn.open_table(LOG)?
+                .retain_in::<u64, _>((from, to), |_, _| false)?;
+            txn.commit()?;
+            Ok(())
+        }))
+        .await
+        .map_err(write_err)
+    }
+
     async fn in_order(&self, f: Barrier) -> Result<(), redb::Error> {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.shared
@@ -342,43 +370,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.shared
-            .pending
-            .lock()
-            .expect("pending lock is not poisoned")
-            .retain(|&i, _| i < log_id.index);
-        self.in_order(Box::new(move |db| {
-            let txn = db.begin_write()?;
-            txn.open_table(LOG)?.retain_in::<u64, _>(
-                (Bound::Included(log_id.index), Bound::Unbounded),
-                |_, _| false,
-            )?;
-            txn.commit()?;
-            Ok(())
-        }))
-        .await
-        .map_err(write_err)
+        self.remove(Bound::Included(log_id.index), Bound::Unbounded, None)
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let raw = serde_json::to_vec(&log_id).expect("log ids serialize");
-        self.shared
-            .pending
-            .lock()
-            .expect("pending lock is not poisoned")
-            .retain(|&i, _| i > log_id.index);
-        self.in_order(Box::new(move |db| {
-            let txn = db.begin_write()?;
-            txn.open_table(RAFT_META)?
-                .insert("last_purged", raw.as_slice())?;
-            txn.open_table(LOG)?.retain_in::<u64, _>(
-                (Bound::Unbounded, Bound::Included(log_id.index)),
-                |_, _| false,
-            )?;
-            txn.commit()?;
-            Ok(())
-        }))
-        .await
-        .map_err(write_err)
+        self.remove(Bound::Unbounded, Bound::Included(log_id.index), Some(raw))
+            .await
     }
 }
