@@ -8,7 +8,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{PodAffinityTerm, TopologySpreadConstraint};
+use k8s_openapi::api::core::v1::{
+    PodAffinityTerm, TopologySpreadConstraint, WeightedPodAffinityTerm,
+};
 use wasmkube_api::selector::LabelSelector;
 
 use crate::framework::{MAX_SCORE, NodeInfo, PodInfo, Status};
@@ -67,45 +69,33 @@ fn terms(
         .as_ref()
         .and_then(|s| s.affinity.clone())
         .unwrap_or_default();
-    let required_affinity = a
-        .pod_affinity
-        .as_ref()
-        .and_then(|p| {
-            p.required_during_scheduling_ignored_during_execution
-                .clone()
-        })
-        .unwrap_or_default();
-    let required_anti = a
-        .pod_anti_affinity
-        .as_ref()
-        .and_then(|p| {
-            p.required_during_scheduling_ignored_during_execution
-                .clone()
-        })
-        .unwrap_or_default();
-    let mut preferred: Vec<(i32, PodAffinityTerm)> = a
-        .pod_affinity
-        .as_ref()
-        .and_then(|p| {
-            p.preferred_during_scheduling_ignored_during_execution
-                .clone()
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .map(|w| (w.weight, w.pod_affinity_term))
-        .collect();
-    preferred.extend(
-        a.pod_anti_affinity
-            .as_ref()
-            .and_then(|p| {
-                p.preferred_during_scheduling_ignored_during_execution
-                    .clone()
-            })
+    let (affinity, anti) = (
+        a.pod_affinity.unwrap_or_default(),
+        a.pod_anti_affinity.unwrap_or_default(),
+    );
+    let weighted = |terms: Option<Vec<WeightedPodAffinityTerm>>, sign: i32| {
+        terms
             .unwrap_or_default()
             .into_iter()
-            .map(|w| (-w.weight, w.pod_affinity_term)),
-    );
-    (required_affinity, required_anti, preferred)
+            .map(move |w| (sign * w.weight, w.pod_affinity_term))
+    };
+    let preferred = weighted(
+        affinity.preferred_during_scheduling_ignored_during_execution,
+        1,
+    )
+    .chain(weighted(
+        anti.preferred_during_scheduling_ignored_during_execution,
+        -1,
+    ))
+    .collect();
+    (
+        affinity
+            .required_during_scheduling_ignored_during_execution
+            .unwrap_or_default(),
+        anti.required_during_scheduling_ignored_during_execution
+            .unwrap_or_default(),
+        preferred,
+    )
 }
 
 /// Counts per topology domain, taken once per scheduling cycle.
