@@ -27,22 +27,15 @@ pub(crate) struct Selectors {
 
 impl Selectors {
     pub(crate) fn parse(t: &Target, q: &Params) -> Result<Selectors, ApiError> {
-        let labels: LabelSelector = q
-            .label_selector
-            .as_deref()
-            .unwrap_or_default()
-            .parse()
-            .map_err(|e: wasmkube_api::selector::SelectorError| {
-                ApiError::bad_request(e.to_string())
-            })?;
-        let fields: FieldSelector = q
-            .field_selector
-            .as_deref()
-            .unwrap_or_default()
-            .parse()
-            .map_err(|e: wasmkube_api::field::FieldSelectorError| {
-                ApiError::bad_request(e.to_string())
-            })?;
+        fn parse<S: std::str::FromStr<Err: std::fmt::Display>>(
+            text: Option<&str>,
+        ) -> Result<S, ApiError> {
+            text.unwrap_or_default()
+                .parse()
+                .map_err(|e: S::Err| ApiError::bad_request(e.to_string()))
+        }
+        let labels: LabelSelector = parse(q.label_selector.as_deref())?;
+        let fields: FieldSelector = parse(q.field_selector.as_deref())?;
         fields
             .check(t.kind.field_selectors())
             .map_err(|e| ApiError::bad_request(e.to_string()))?;

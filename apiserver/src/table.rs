@@ -76,56 +76,28 @@ impl Column {
 
 /// Formats a duration as kubectl does (`translateTimestampSince`): `5s`, `3m20s`, `4h`, `12d`.
 pub fn human_duration(secs: i64) -> String {
+    // `{big}{unit}` with the remainder in the next unit down, when there is one.
+    let two = |big: i64, unit: &str, small: i64, small_unit: &str| {
+        if small == 0 {
+            format!("{big}{unit}")
+        } else {
+            format!("{big}{unit}{small}{small_unit}")
+        }
+    };
     let secs = secs.max(0);
-    if secs < 120 {
-        return format!("{secs}s");
+    let (mins, hours) = (secs / 60, secs / 3600);
+    let (days, years) = (hours / 24, hours / 24 / 365);
+    match () {
+        () if secs < 120 => format!("{secs}s"),
+        () if mins < 10 => two(mins, "m", secs % 60, "s"),
+        () if mins < 180 => format!("{mins}m"),
+        () if hours < 8 => two(hours, "h", mins % 60, "m"),
+        () if hours < 48 => format!("{hours}h"),
+        () if days < 8 => two(days, "d", hours % 24, "h"),
+        () if days < 365 * 2 => format!("{days}d"),
+        () if years < 8 => two(years, "y", days % 365, "d"),
+        () => format!("{years}y"),
     }
-    let mins = secs / 60;
-    if mins < 10 {
-        let s = secs % 60;
-        return if s == 0 {
-            format!("{mins}m")
-        } else {
-            format!("{mins}m{s}s")
-        };
-    }
-    if mins < 180 {
-        return format!("{mins}m");
-    }
-    let hours = secs / 3600;
-    if hours < 8 {
-        let m = mins % 60;
-        return if m == 0 {
-            format!("{hours}h")
-        } else {
-            format!("{hours}h{m}m")
-        };
-    }
-    if hours < 48 {
-        return format!("{hours}h");
-    }
-    let days = hours / 24;
-    if days < 8 {
-        let h = hours % 24;
-        return if h == 0 {
-            format!("{days}d")
-        } else {
-            format!("{days}d{h}h")
-        };
-    }
-    if days < 365 * 2 {
-        return format!("{days}d");
-    }
-    let years = days / 365;
-    if years < 8 {
-        let d = days % 365;
-        return if d == 0 {
-            format!("{years}y")
-        } else {
-            format!("{years}y{d}d")
-        };
-    }
-    format!("{years}y")
 }
 
 /// `<unknown>` or the age of a timestamp.
@@ -199,7 +171,10 @@ mod tests {
             (3 * 3600 + 60, "3h1m"),
             (10 * 3600, "10h"),
             (3 * 86400, "3d"),
+            (53 * 3600, "2d5h"),
             (30 * 86400, "30d"),
+            ((3 * 365 + 10) * 86400, "3y10d"),
+            (9 * 365 * 86400, "9y"),
         ] {
             assert_eq!(human_duration(secs), want);
         }

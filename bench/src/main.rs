@@ -1,6 +1,7 @@
 //! `bench`: pod-sized creates per second through the Kubernetes API (kube-rs clients over
-//! HTTPS) with 1, 16 and 64 concurrent clients, then the same write pattern against the
-//! store layer alone and against a single-member etcd (Debian's `etcd-server`), side by side.
+//! HTTPS to `wasmkube up` in its own process) with 1, 16 and 64 concurrent clients, then the
+//! same write pattern against the store layer alone and against a single-member etcd
+//! (Debian's `etcd-server`), side by side.
 //!
 //! Run: `cargo run --release -p wasmkube-bench --features etcd --bin bench` (see README).
 //! Everything listens on loopback; every load loop is bounded in count and time.
@@ -109,11 +110,21 @@ where
     Ok(stats(all, start.elapsed()))
 }
 
+/// The API server alone, in its own process (`wasmkube up` without the other components),
+/// as a user's client sees it.
+const API_ONLY: &[&str] = &[
+    "--no-wasmlet",
+    "--no-scheduler",
+    "--no-controllers",
+    "--no-dns",
+];
+
 async fn bench_api(args: &Args, clients: usize, round: usize) -> Result<Stats> {
-    let cluster = wasmkube_tests::Cluster::start().await?;
+    let dir = tempfile::tempdir()?;
+    let server = wasmkube_tests::Process::up_in(dir.path(), API_ONLY).await?;
     let mut apis = Vec::new();
     for _ in 0..clients {
-        let client = wasmkube_tests::client_for(&cluster.kubeconfig).await?;
+        let client = wasmkube_tests::client_for(&server.kubeconfig()).await?;
         apis.push(Api::<Pod>::default_namespaced(client));
     }
     let apis = Arc::new(apis);
@@ -134,7 +145,7 @@ async fn bench_api(args: &Args, clients: usize, round: usize) -> Result<Stats> {
         },
     )
     .await?;
-    cluster.stop().await?;
+    drop(server);
     Ok(s)
 }
 

@@ -497,19 +497,21 @@ async fn main() -> anyhow::Result<()> {
                 .context("wasmlet")?;
         }
         Command::Dns(args) => {
-            let mut config = wasmkube_dns::Config::new();
-            config.api = source(args.kubeconfig);
-            config.listen = args.listen;
-            config.domain = args.cluster_domain;
+            let config = wasmkube_dns::Config {
+                api: source(args.kubeconfig),
+                listen: args.listen,
+                domain: args.cluster_domain,
+            };
             wasmkube_dns::run(config, shutdown)
                 .await
                 .context("cluster DNS")?;
         }
         Command::Scheduler(args) => {
-            let mut config = wasmkube_sched::Config::new();
-            config.api = source(args.kubeconfig);
-            config.scheduler_name = args.scheduler_name;
-            config.percentage_of_nodes_to_score = args.percentage_of_nodes_to_score;
+            let config = wasmkube_sched::Config {
+                api: source(args.kubeconfig),
+                scheduler_name: args.scheduler_name,
+                percentage_of_nodes_to_score: args.percentage_of_nodes_to_score,
+            };
             wasmkube_sched::run(config, shutdown)
                 .await
                 .context("scheduler")?;
