@@ -37,16 +37,21 @@ impl Filter for NodeUnschedulable {
             .as_ref()
             .and_then(|s| s.unschedulable)
             .unwrap_or(false);
-        let taint = Taint {
-            key: "node.kubernetes.io/unschedulable".into(),
-            effect: "NoSchedule".into(),
-            ..Default::default()
-        };
-        if cordoned && !tolerates(pod.tolerations(), &taint) {
+        if cordoned && !tolerates_no_schedule(pod, "node.kubernetes.io/unschedulable") {
             return Status::unresolvable("node(s) were unschedulable");
         }
         Status::Success
     }
+}
+
+/// Whether the pod tolerates the `NoSchedule` taint `key` that Kubernetes puts on such nodes.
+fn tolerates_no_schedule(pod: &PodInfo, key: &str) -> bool {
+    let taint = Taint {
+        key: key.into(),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    };
+    tolerates(pod.tolerations(), &taint)
 }
 
 /// A node that is not Ready takes no pods unless they tolerate `node.kubernetes.io/not-ready`
@@ -59,12 +64,7 @@ impl Filter for NodeReady {
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Status {
-        let taint = Taint {
-            key: "node.kubernetes.io/not-ready".into(),
-            effect: "NoSchedule".into(),
-            ..Default::default()
-        };
-        if !node.ready() && !tolerates(pod.tolerations(), &taint) {
+        if !node.ready() && !tolerates_no_schedule(pod, "node.kubernetes.io/not-ready") {
             return Status::unresolvable(
                 "node(s) had untolerated taint {node.kubernetes.io/not-ready: }",
             );
