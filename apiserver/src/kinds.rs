@@ -8,6 +8,7 @@ mod events;
 pub(crate) mod misc;
 mod networking;
 pub(crate) mod pod;
+mod template;
 
 use crate::registry::Registry;
 

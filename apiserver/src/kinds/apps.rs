@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use wasmkube_api::ResourceInfo;
 
-use super::pod::{WorkloadColumns, default_template, validate_template};
+use super::template::{WorkloadColumns, default_template, validate_template};
 use crate::error::FieldError;
 use crate::registry::{Registry, Strategy};
 use crate::table::Column;

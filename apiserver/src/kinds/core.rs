@@ -517,7 +517,7 @@ impl Strategy for ReplicationControllerStrategy {
                 .and_then(|m| m.labels.clone());
         }
         if let Some(t) = spec.template.as_mut() {
-            super::pod::default_template(t);
+            super::template::default_template(t);
         }
     }
 
@@ -534,7 +534,7 @@ impl Strategy for ReplicationControllerStrategy {
                     match_labels: Some(selector),
                     match_expressions: None,
                 };
-                errs.extend(super::pod::validate_template(
+                errs.extend(super::template::validate_template(
                     "spec.template",
                     t,
                     Some(&structured),
