@@ -1,5 +1,5 @@
 //! Watch helpers shared by the components: [`watcher`] is the watch every component's caches
-//! are fed from, [`fold`] keeps any state equal to the objects of one kind, and [`services`]
+//! are fed from, [`reflect`] caches one kind, [`fold`] keeps any state equal to the objects of one kind, and [`services`]
 //! feeds a [`ServiceIndex`] from Services and EndpointSlices. The DNS server and the wasmlet's
 //! service proxy both answer from that index.
 
@@ -10,6 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,26 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
     watcher::watcher(api, config).modify(|o| o.managed_fields_mut().clear())
+}
+
+/// A cache of the objects `api` reaches, and the event stream that fills it (must be polled;
+/// it retries with kube-runtime's default back-off). Each event is yielded once the cache holds
+/// it, including the end of every relist (`InitDone`), so a consumer that recomputes from the
+/// cache on each event never acts on a stale relist.
+pub fn reflect<K>(
+    api: Api<K>,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    K: Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let events =
+        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    (reader, events)
 }
 
 /// Keeps `index` equal to the cluster's Services and EndpointSlices until `shutdown`; calls

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -123,14 +123,8 @@ pub(crate) fn cache_all<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        wasmkube_client::watch::watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    (reader, stream)
+    let (reader, events) = wasmkube_client::watch::reflect(Api::<K>::all(client.clone()));
+    (reader, events.touched_objects())
 }
 
 /// Every controller's error policy: log the failure and reconcile again after 2 s.

@@ -19,8 +19,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -290,37 +289,15 @@ impl Monitor {
 
 /// Runs the node lifecycle controller until `shutdown`.
 pub async fn run(client: Client, timers: Timers, shutdown: CancellationToken) {
-    let (nodes, nw) = reflector::store();
-    let (leases, lw) = reflector::store();
-    let (pods, pw) = reflector::store();
+    use wasmkube_client::watch::reflect;
+    let (nodes, node_events) = reflect(Api::<Node>::all(client.clone()));
+    let (leases, lease_events) =
+        reflect(Api::<Lease>::namespaced(client.clone(), "kube-node-lease"));
+    let (pods, pod_events) = reflect(Api::<Pod>::all(client.clone()));
     let feeds = futures::future::join3(
-        reflector::reflector(
-            nw,
-            wasmkube_client::watch::watcher(
-                Api::<Node>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .for_each(|_| async {}),
-        reflector::reflector(
-            lw,
-            wasmkube_client::watch::watcher(
-                Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .for_each(|_| async {}),
-        reflector::reflector(
-            pw,
-            wasmkube_client::watch::watcher(
-                Api::<Pod>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .for_each(|_| async {}),
+        node_events.for_each(|_| async {}),
+        lease_events.for_each(|_| async {}),
+        pod_events.for_each(|_| async {}),
     );
     let mut monitor = Monitor {
         client,

@@ -27,11 +27,11 @@ use k8s_openapi::api::networking::v1::{
     IngressLoadBalancerStatus, IngressPortStatus,
 };
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
-use kube::runtime::{WatchStreamExt, reflector};
+
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use wasmkube_api::services::PortRef;
+use wasmkube_client::watch::reflect;
 
 use crate::net::{NodeNet, Refused};
 
@@ -415,26 +415,9 @@ fn ours(ing: &Ingress, classes: &[Arc<IngressClass>]) -> bool {
 }
 
 async fn follow(shared: Arc<Shared>, client: Client, port: u16, shutdown: CancellationToken) {
-    let (ingresses, ing_writer) = reflector::store::<Ingress>();
-    let (classes, class_writer) = reflector::store::<IngressClass>();
-    let ing_stream = reflector::reflector(
-        ing_writer,
-        wasmkube_client::watch::watcher(
-            Api::<Ingress>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .map(|_| ());
-    let class_stream = reflector::reflector(
-        class_writer,
-        wasmkube_client::watch::watcher(
-            Api::<IngressClass>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .map(|_| ());
+    let (ingresses, ing_events) = reflect(Api::<Ingress>::all(client.clone()));
+    let (classes, class_events) = reflect(Api::<IngressClass>::all(client.clone()));
+    let (ing_stream, class_stream) = (ing_events.map(|_| ()), class_events.map(|_| ()));
     let mut changes = futures::stream::select(ing_stream, class_stream).boxed();
     let address = shared.net.node_ip.to_string();
     loop {

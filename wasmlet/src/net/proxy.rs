@@ -11,8 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::runtime::watcher;
-use kube::runtime::{WatchStreamExt, reflector};
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use wasmkube_api::services::Protocol;
@@ -59,13 +57,8 @@ async fn follow_peers(
     remote_peers: bool,
     shutdown: CancellationToken,
 ) {
-    let (reader, writer) = reflector::store::<Node>();
-    let mut stream = reflector::reflector(
-        writer,
-        wasmkube_client::watch::watcher(Api::<Node>::all(client), watcher::Config::default()),
-    )
-    .default_backoff()
-    .boxed();
+    let (reader, events) = wasmkube_client::watch::reflect(Api::<Node>::all(client));
+    let mut stream = events.boxed();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
