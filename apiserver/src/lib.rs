@@ -60,6 +60,9 @@ pub use server::{Running, start};
 use registry::Registry;
 use wasmkube_store::Store;
 
+/// [`Config::store_cache_bytes`] unless set.
+pub const DEFAULT_STORE_CACHE_BYTES: usize = wasmkube_store::DEFAULT_CACHE_BYTES;
+
 /// How to run the API server.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -75,6 +78,8 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// Service, node-port and pod address ranges.
     pub network: Network,
+    /// Memory the store's redb may use to cache pages (see [`wasmkube_store::Config`]).
+    pub store_cache_bytes: usize,
 }
 
 impl Config {
@@ -87,6 +92,7 @@ impl Config {
             compaction_interval: Duration::from_secs(300),
             bookmark_interval: Duration::from_secs(30),
             network: Network::default(),
+            store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
         }
     }
 }

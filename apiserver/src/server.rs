@@ -375,7 +375,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     }
     let pki = Pki::load_or_create(&config.data_dir, &hosts)?;
     let tls = Arc::new(pki.server_config()?);
-    let store = Store::open(wasmkube_store::Config::new(&config.data_dir)).await?;
+    let store = Store::open(wasmkube_store::Config {
+        cache_bytes: config.store_cache_bytes,
+        ..wasmkube_store::Config::new(&config.data_dir)
+    })
+    .await?;
     let api = open(&config, store.clone(), &shutdown).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;

@@ -72,6 +72,10 @@ struct ServerArgs {
     /// The range nodePorts come from, FIRST-LAST.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    /// MiB of memory the store may use to cache its file's pages (redb's page cache; the
+    /// operating system still caches the file).
+    #[arg(long, default_value_t = wasmkube_apiserver::DEFAULT_STORE_CACHE_BYTES >> 20)]
+    store_cache_mib: usize,
 }
 
 impl ServerArgs {
@@ -80,6 +84,7 @@ impl ServerArgs {
         c.listen = self.listen;
         c.extra_sans = self.tls_san.clone();
         c.compaction_interval = Duration::from_secs(self.compaction_interval.max(1));
+        c.store_cache_bytes = self.store_cache_mib << 20;
         let (first, last) = self
             .service_node_port_range
             .split_once('-')
