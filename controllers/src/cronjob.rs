@@ -11,7 +11,7 @@ use croner::Cron;
 use jiff::{Timestamp, Zoned};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
@@ -154,14 +154,7 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error>
                             .chain([(SCHEDULED.to_owned(), at.to_string())])
                             .collect(),
                     ),
-                    owner_references: Some(vec![OwnerReference {
-                        api_version: "batch/v1".into(),
-                        kind: "CronJob".into(),
-                        name: cj.name_any(),
-                        uid: uid.clone(),
-                        controller: Some(true),
-                        block_owner_deletion: Some(true),
-                    }]),
+                    owner_references: Some(vec![crate::controller_ref(&*cj)]),
                     ..Default::default()
                 },
                 spec: template.spec,

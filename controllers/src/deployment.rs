@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -227,17 +227,6 @@ fn revision(meta: &ObjectMeta) -> i64 {
         .unwrap_or(0)
 }
 
-fn owner_ref(d: &Deployment) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "Deployment".into(),
-        name: d.name_any(),
-        uid: d.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 /// The ReplicaSet for the Deployment's current template.
 pub fn new_replica_set(d: &Deployment, hash: &str, revision: i64) -> ReplicaSet {
     let spec = d.spec.clone().unwrap_or_default();
@@ -267,7 +256,7 @@ pub fn new_replica_set(d: &Deployment, hash: &str, revision: i64) -> ReplicaSet 
                 REVISION.to_owned(),
                 revision.to_string(),
             )])),
-            owner_references: Some(vec![owner_ref(d)]),
+            owner_references: Some(vec![crate::controller_ref(d)]),
             ..Default::default()
         },
         spec: Some(k8s_openapi::api::apps::v1::ReplicaSetSpec {
@@ -735,7 +724,7 @@ mod tests {
     #[test]
     fn template_hashes_are_stable_and_change_with_the_template() {
         let d = |image: &str| -> Deployment {
-            serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}},
+            serde_json::from_value(json!({"metadata": {"name": "web", "uid": "u1"}, "spec": {"selector": {"matchLabels": {"app": "web"}},
                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": image}]}}}}))
             .expect("deployment")
         };
@@ -748,6 +737,11 @@ mod tests {
         );
         let rs = new_replica_set(&d("a:1"), "abc", 4);
         assert_eq!(rs.metadata.name.as_deref(), Some("web-abc"));
+        let owner = &rs.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("Deployment", "u1", Some(true))
+        );
         assert_eq!(rs.labels().get(HASH_LABEL).map(String::as_str), Some("abc"));
         assert_eq!(revision(&rs.metadata), 4);
         assert!(same_template(&rs, &d("a:1")) && !same_template(&rs, &d("a:2")));

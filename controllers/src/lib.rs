@@ -128,6 +128,19 @@ where
 }
 
 /// Every controller's error policy: log the failure and reconcile again after 2 s.
+/// The controller reference `owner` puts on what it creates (kube-rs's `controller_owner_ref`,
+/// with `controller` and `blockOwnerDeletion` set).
+///
+/// # Panics
+/// When `owner` has no name or uid, which every object read from the API has.
+pub(crate) fn controller_ref<K: Resource<DynamicType = ()>>(
+    owner: &K,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+    owner
+        .controller_owner_ref(&())
+        .expect("objects from the API have a name and a uid")
+}
+
 /// The objects in `cache`, in namespace `ns`, whose controller is the object with `uid`.
 pub(crate) fn controlled_by<'a, K>(
     cache: &Store<K>,

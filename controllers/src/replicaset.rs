@@ -28,14 +28,7 @@ pub type Error = crate::ReconcileError;
 
 /// The controller reference a ReplicaSet puts on its pods.
 pub fn controller_ref(rs: &ReplicaSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
-        name: rs.name_any(),
-        uid: rs.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
+    crate::controller_ref(rs)
 }
 
 fn controller_uid(meta: &ObjectMeta) -> Option<&str> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::ReplicationController;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Client, ResourceExt};
@@ -48,14 +48,7 @@ pub fn as_replica_set(rc: &ReplicationController) -> ReplicaSet {
 /// API failures (retried with back-off).
 pub async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let rs = as_replica_set(&rc);
-    let owner = OwnerReference {
-        api_version: "v1".into(),
-        kind: "ReplicationController".into(),
-        name: rc.name_any(),
-        uid: rc.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    };
+    let owner = crate::controller_ref(&*rc);
     let (action, status) = sync(&rs, &owner, &ctx).await?;
     if let Some(status) = status {
         let mut current = rs.status.clone().unwrap_or_default();
