@@ -226,18 +226,8 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error>
 
 /// Runs the CronJob controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let ctx_client = client.clone();
-    crate::run_owning::<CronJob, Job, _, _, _>(
-        client,
-        "cronjob",
-        move |store| Ctx {
-            client: ctx_client,
-            jobs: store,
-        },
-        reconcile,
-        shutdown,
-    )
-    .await;
+    let ctx = |client, jobs| Ctx { client, jobs };
+    crate::run_owning::<CronJob, Job, _, _, _>(client, "cronjob", ctx, reconcile, shutdown).await;
 }
 
 #[cfg(test)]

@@ -629,14 +629,11 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Erro
 
 /// Runs the Deployment controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let ctx_client = client.clone();
+    let ctx = |client, sets| Ctx { client, sets };
     crate::run_owning::<Deployment, ReplicaSet, _, _, _>(
         client,
         "deployment",
-        move |store| Ctx {
-            client: ctx_client,
-            sets: store,
-        },
+        ctx,
         reconcile,
         shutdown,
     )

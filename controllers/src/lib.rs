@@ -224,28 +224,25 @@ pub(crate) async fn run_pod_owner<K, E, Fut>(
     E: std::error::Error + Send + 'static,
     Fut: Future<Output = Result<Action, E>> + Send + 'static,
 {
-    let ctx_client = client.clone();
-    run_owning::<K, k8s_openapi::api::core::v1::Pod, _, _, _>(
+    let ctx = |client, pods| PodOwnerCtx {
         client,
-        name,
-        move |pods| PodOwnerCtx {
-            client: ctx_client,
-            pods,
-            expectations: expectations::Expectations::default(),
-        },
-        reconcile,
-        shutdown,
+        pods,
+        expectations: expectations::Expectations::default(),
+    };
+    run_owning::<K, k8s_openapi::api::core::v1::Pod, _, _, _>(
+        client, name, ctx, reconcile, shutdown,
     )
     .await;
 }
 
-/// Runs a kube-runtime `Controller` over `K`, triggered by `K` and by the `Child` objects of a
-/// reflector whose store the reconciler reads — so a trigger never arrives before the cache
+/// Runs a kube-runtime `Controller` over `K` with the context `make_ctx` builds from the client
+/// and the cache of `Child` objects, triggered by `K` and by the `Child` objects of that
+/// reflector — so a trigger never arrives before the cache
 /// holds the change that caused it. Failed reconciles are logged and retried after 2 s.
 pub(crate) async fn run_owning<K, Child, C, E, Fut>(
     client: Client,
     name: &'static str,
-    make_ctx: impl FnOnce(Store<Child>) -> C,
+    make_ctx: impl FnOnce(Client, Store<Child>) -> C,
     reconcile: impl FnMut(Arc<K>, Arc<C>) -> Fut,
     shutdown: CancellationToken,
 ) where
@@ -256,7 +253,7 @@ pub(crate) async fn run_owning<K, Child, C, E, Fut>(
     Fut: Future<Output = Result<Action, E>> + Send + 'static,
 {
     let (reader, children) = cache_all::<Child>(&client);
-    let ctx = Arc::new(make_ctx(reader));
+    let ctx = Arc::new(make_ctx(client.clone(), reader));
     Controller::new(Api::<K>::all(client), watcher::Config::default())
         .owns_stream(children)
         .graceful_shutdown_on(shutdown.cancelled_owned())

@@ -285,18 +285,9 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
 
 /// Runs the StatefulSet controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
-    let ctx_client = client.clone();
-    crate::run_owning::<StatefulSet, Pod, _, _, _>(
-        client,
-        "statefulset",
-        move |store| Ctx {
-            client: ctx_client,
-            pods: store,
-        },
-        reconcile,
-        shutdown,
-    )
-    .await;
+    let ctx = |client, pods| Ctx { client, pods };
+    crate::run_owning::<StatefulSet, Pod, _, _, _>(client, "statefulset", ctx, reconcile, shutdown)
+        .await;
 }
 
 #[cfg(test)]
