@@ -32,7 +32,7 @@
 mod codec;
 mod command;
 mod log_store;
-mod network;
+pub mod network;
 mod read;
 mod state_machine;
 mod tables;
@@ -72,7 +72,7 @@ where
 pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// How to open a store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Directory holding `store.redb`.
     pub data_dir: PathBuf,
@@ -86,6 +86,13 @@ pub struct Config {
     /// a busy server fills: every revision of every object passes through it). The operating
     /// system's page cache still holds the file.
     pub cache_bytes: usize,
+    /// The members of a new multi-member group, id to peer address (`host:port` of their
+    /// [`network::router`] listeners), this member among them. Empty: a group of this member
+    /// alone. Ignored when the store already holds a group.
+    pub initial_members: BTreeMap<NodeId, String>,
+    /// TLS towards the other members (the cluster CA, this member's client certificate);
+    /// plain HTTP without it.
+    pub peer_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Config {
@@ -97,6 +104,8 @@ impl Config {
             advertise: "127.0.0.1:0".into(),
             feed_capacity: 16 * 1024,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            initial_members: BTreeMap::new(),
+            peer_tls: None,
         }
     }
 }
@@ -244,32 +253,23 @@ impl Store {
         }
         .validate()
         .map_err(|e| Error::Fatal(Box::new(e)))?;
-        let raft = Raft::new(config.node_id, Arc::new(raft_config), Network, log, sm)
+        let network = Network::new(config.peer_tls.clone());
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| Error::Fatal(Box::new(e)))?;
-        let members = BTreeMap::from([(
-            config.node_id,
-            BasicNode {
-                addr: config.advertise.clone(),
-            },
-        )]);
+        let single = config.initial_members.is_empty();
+        let members: BTreeMap<NodeId, BasicNode> = if single {
+            BTreeMap::from([(config.node_id, config.advertise.clone())])
+        } else {
+            config.initial_members.clone()
+        }
+        .into_iter()
+        .map(|(id, addr)| (id, BasicNode { addr }))
+        .collect();
         match raft.initialize(members).await {
             Ok(()) => {}
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {} // restart
             Err(e) => return Err(Error::Fatal(Box::new(e))),
-        }
-        raft.wait(Some(Duration::from_secs(30)))
-            .current_leader(config.node_id, "single member becomes leader")
-            .await
-            .map_err(|e| Error::Fatal(Box::new(e)))?;
-        // The leader's first entry of its term commits everything before it; wait until
-        // it is applied so reads after `open` see every acknowledged write.
-        let last = raft.metrics().borrow().last_log_index;
-        if let Some(index) = last {
-            raft.wait(Some(Duration::from_secs(60)))
-                .applied_index_at_least(Some(index), "replay the log")
-                .await
-                .map_err(|e| Error::Fatal(Box::new(e)))?;
         }
         let (proposer, pending) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(propose(raft.clone(), pending));
@@ -282,7 +282,39 @@ impl Store {
         };
         let current = store.revision().await?;
         store.published.send_modify(|p| *p = (*p).max(current));
+        if single {
+            store.ready(Duration::from_secs(60)).await?;
+        }
         Ok(store)
+    }
+
+    /// Waits until the group has a leader and this member has applied every entry it held
+    /// when it started, so reads see every write acknowledged before. [`Store::open`] does
+    /// this itself for a member alone; a member of a larger group first serves its
+    /// [`network::router`], then waits here.
+    ///
+    /// # Errors
+    /// [`Error::Fatal`] when that does not happen within `timeout`.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), Error> {
+        let fatal = |e| Error::Fatal(Box::new(e));
+        let metrics = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await
+            .map_err(fatal)?;
+        // The leader's first entry of its term commits everything before it; wait until
+        // it is applied so reads after `open` see every acknowledged write.
+        if let Some(index) = metrics.last_log_index {
+            self.raft
+                .wait(Some(timeout))
+                .applied_index_at_least(Some(index), "replay the log")
+                .await
+                .map_err(fatal)?;
+        }
+        let current = self.revision().await?;
+        self.published.send_modify(|p| *p = (*p).max(current));
+        Ok(())
     }
 
     /// Proposes a command and waits until it is durable and applied.

@@ -1,70 +1,251 @@
-//! Raft transport. `wasmkube up` runs a single-member group, which never sends a raft RPC;
-//! a multi-member transport (HTTP between apiservers) is a later issue. Until then every RPC
-//! reports the peer as unreachable, which openraft treats as a retryable network failure.
+//! Raft transport: openraft's three RPCs (append entries, vote, install snapshot) as JSON
+//! bodies POSTed to the peer's listener, over HTTPS with mutual TLS when the caller gives a
+//! TLS client configuration (the cluster's servers always do), plain HTTP otherwise (tests on
+//! loopback). Both ends live here: [`Network`] calls, [`router`] answers.
+//!
+//! ```text
+//! leader ── POST /raft/append | /raft/vote | /raft/snapshot ──► member's peer listener ─► Raft
+//!        ◄──────────── 200 JSON Result<response, RaftError> ─────────
+//! ```
+//!
+//! A member that cannot be reached is `Unreachable` (openraft backs off); an answer that is not
+//! the protocol is a `Network` error; a refusal raft itself sends back is a `RemoteError`.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::routing::post;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use openraft::BasicNode;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::Raft;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::command::{NodeId, TypeConfig};
 
-/// Creates [`PeerClient`]s.
-#[derive(Debug, Clone, Default)]
-pub struct Network;
+/// The path of append-entries requests on a peer listener.
+pub const APPEND: &str = "/raft/append";
+/// The path of vote requests.
+pub const VOTE: &str = "/raft/vote";
+/// The path of install-snapshot requests.
+pub const SNAPSHOT: &str = "/raft/snapshot";
 
-/// A connection to one peer.
+type Http = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Creates [`PeerClient`]s; one connection pool is shared by all of them.
+#[derive(Clone)]
+pub struct Network {
+    http: Http,
+    scheme: &'static str,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("scheme", &self.scheme)
+            .finish()
+    }
+}
+
+impl Network {
+    /// HTTPS with this client configuration (the cluster CA as root, this member's certificate
+    /// as client certificate), or plain HTTP without one.
+    pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(2)));
+        let (connector, scheme) = match tls {
+            Some(tls) => (
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config((*tls).clone())
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(http),
+                "https",
+            ),
+            None => (
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(
+                        rustls::ClientConfig::builder_with_provider(Arc::new(
+                            rustls::crypto::ring::default_provider(),
+                        ))
+                        .with_safe_default_protocol_versions()
+                        .expect("ring supports the default versions")
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                    )
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http),
+                "http",
+            ),
+        };
+        Network {
+            http: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+            scheme,
+        }
+    }
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network::new(None)
+    }
+}
+
+/// Calls to one peer, at the address its membership entry names (`host:port`).
 #[derive(Debug)]
 pub struct PeerClient {
     target: NodeId,
+    base: String,
+    network: Network,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient {
-        PeerClient { target }
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            target,
+            base: format!("{}://{}", self.scheme, node.addr),
+            network: self.clone(),
+        }
     }
 }
 
 impl PeerClient {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        let err = std::io::Error::other(format!(
-            "no raft transport to node {}: multi-member groups are not supported yet",
-            self.target
-        ));
-        RPCError::Unreachable(Unreachable::new(&err))
+    /// POSTs `body` to `path` and decodes the peer's `Result`.
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        body: &Req,
+        action: RPCTypes,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let bytes =
+            serde_json::to_vec(body).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let request = http::Request::post(format!("{}{path}", self.base))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let ttl = option.hard_ttl();
+        let timeout = || {
+            RPCError::Timeout(Timeout {
+                action,
+                id: 0,
+                target: self.target,
+                timeout: ttl,
+            })
+        };
+        let response = tokio::time::timeout(ttl, self.network.http.request(request))
+            .await
+            .map_err(|_| timeout())?
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let status = response.status();
+        let body = tokio::time::timeout(ttl, response.into_body().collect())
+            .await
+            .map_err(|_| timeout())?
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
+            .to_bytes();
+        if !status.is_success() {
+            let err = std::io::Error::other(format!(
+                "peer {} answered {status}: {}",
+                self.target,
+                String::from_utf8_lossy(&body)
+            ));
+            return Err(RPCError::Network(NetworkError::new(&err)));
+        }
+        let answer: Result<Resp, RaftError<NodeId, E>> =
+            serde_json::from_slice(&body).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        self.call(APPEND, &rpc, RPCTypes::AppendEntries, &option)
+            .await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        Err(self.unreachable())
+        self.call(SNAPSHOT, &rpc, RPCTypes::InstallSnapshot, &option)
+            .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        self.call(VOTE, &rpc, RPCTypes::Vote, &option).await
     }
 }
+
+/// The peer listener's routes: each RPC handed to `raft`, its `Result` answered as JSON.
+pub fn router(raft: Raft<TypeConfig>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            APPEND,
+            post(
+                |State(raft): State<Raft<TypeConfig>>,
+                 Json(rpc): Json<AppendEntriesRequest<TypeConfig>>| async move {
+                    Json(raft.append_entries(rpc).await)
+                },
+            ),
+        )
+        .route(
+            VOTE,
+            post(
+                |State(raft): State<Raft<TypeConfig>>, Json(rpc): Json<VoteRequest<NodeId>>| async move {
+                    Json(raft.vote(rpc).await)
+                },
+            ),
+        )
+        .route(
+            SNAPSHOT,
+            post(
+                |State(raft): State<Raft<TypeConfig>>,
+                 Json(rpc): Json<InstallSnapshotRequest<TypeConfig>>| async move {
+                    Json(raft.install_snapshot(rpc).await)
+                },
+            ),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(raft)
+}
+
+/// The largest RPC body a member accepts: a full batch of entries, or a snapshot chunk as JSON.
+const MAX_BODY: usize = 256 << 20;

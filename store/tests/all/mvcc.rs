@@ -5,7 +5,7 @@ use wasmkube_store::{
     ChangeKind, Command, Config, Error, Failure, ListOptions, Outcome, Precondition, Store,
 };
 
-fn obj(name: &str, data: &str) -> Box<serde_json::value::RawValue> {
+pub(crate) fn obj(name: &str, data: &str) -> Box<serde_json::value::RawValue> {
     serde_json::value::to_raw_value(&json!({"metadata": {"name": name}, "data": data}))
         .expect("raw json")
 }
@@ -21,7 +21,7 @@ async fn put(store: &Store, key: &str, data: &str, pre: Precondition) -> Outcome
         .expect("write")
 }
 
-fn rev(outcome: &Outcome) -> u64 {
+pub(crate) fn rev(outcome: &Outcome) -> u64 {
     match outcome {
         Outcome::Written { revision, .. } => *revision,
         other => panic!("expected a write, got {other:?}"),
