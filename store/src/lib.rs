@@ -168,7 +168,9 @@ pub fn open_storage(path: &std::path::Path) -> Result<(LogStore, StateMachine), 
 /// An open store: a raft member plus direct read access to its state machine.
 #[derive(Clone)]
 pub struct Store {
+    id: NodeId,
     raft: Raft<TypeConfig>,
+    network: Network,
     db: Arc<Database>,
     feed: broadcast::Sender<Arc<Change>>,
     published: Arc<notify::Sender<u64>>,
@@ -177,6 +179,9 @@ pub struct Store {
 
 /// A command waiting to be proposed, and where its outcome goes.
 type Pending = (Command, oneshot::Sender<Result<Outcome, Error>>);
+
+/// How long a member waits to apply a write it forwarded to the leader.
+const FORWARD_APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Most commands in one raft entry.
 const MAX_BATCH: usize = 512;
@@ -254,9 +259,15 @@ impl Store {
         .validate()
         .map_err(|e| Error::Fatal(Box::new(e)))?;
         let network = Network::new(config.peer_tls.clone());
-        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
-            .await
-            .map_err(|e| Error::Fatal(Box::new(e)))?;
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network.clone(),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| Error::Fatal(Box::new(e)))?;
         let single = config.initial_members.is_empty();
         let members: BTreeMap<NodeId, BasicNode> = if single {
             BTreeMap::from([(config.node_id, config.advertise.clone())])
@@ -274,7 +285,9 @@ impl Store {
         let (proposer, pending) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(propose(raft.clone(), pending));
         let store = Store {
+            id: config.node_id,
             raft,
+            network,
             db,
             feed,
             published,
@@ -317,11 +330,67 @@ impl Store {
         Ok(())
     }
 
-    /// Proposes a command and waits until it is durable and applied.
+    /// Proposes a command through the leader and waits until it is durable and applied there:
+    /// a follower forwards it to the leader over the raft transport (and again to a new
+    /// leader, a few times, when leadership moves meanwhile).
+    ///
+    /// # Errors
+    /// [`Error::NotLeader`] when no leader takes it; [`Error::Fatal`] when raft stopped.
+    pub async fn write(&self, command: Command) -> Result<Outcome, Error> {
+        // (The metrics guard must not live across an await: raft's core would block on it.)
+        let current = self.raft.metrics().borrow().current_leader;
+        let mut leader = match current {
+            Some(l) if l != self.id => l,
+            _ => return self.write_here(command).await,
+        };
+        for _ in 0..3 {
+            match self.forward(leader, &command).await {
+                Err(Error::NotLeader { leader: Some(next) }) if next != leader => {
+                    if next == self.id {
+                        return self.write_here(command).await;
+                    }
+                    leader = next;
+                }
+                other => return other,
+            }
+        }
+        Err(Error::NotLeader {
+            leader: Some(leader),
+        })
+    }
+
+    /// Sends `command` to member `leader` to be written there.
+    async fn forward(&self, leader: NodeId, command: &Command) -> Result<Outcome, Error> {
+        let addr = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+        };
+        let Some(addr) = addr else {
+            return Err(Error::NotLeader { leader: None });
+        };
+        let outcome = self.network.forward(&addr, command).await?;
+        // Read-your-writes on this member too: answer once it has applied the write.
+        if let Outcome::Written { revision, .. } | Outcome::Compacted { revision } = &outcome
+            && !self
+                .wait_for_revision(*revision, FORWARD_APPLY_TIMEOUT)
+                .await
+        {
+            return Err(Error::Fatal(
+                format!("revision {revision} was written but not applied here in time").into(),
+            ));
+        }
+        Ok(outcome)
+    }
+
+    /// Proposes a command on this member, which must lead.
     ///
     /// # Errors
     /// [`Error::NotLeader`] when another member leads; [`Error::Fatal`] when raft stopped.
-    pub async fn write(&self, command: Command) -> Result<Outcome, Error> {
+    pub(crate) async fn write_here(&self, command: Command) -> Result<Outcome, Error> {
         let (tx, rx) = oneshot::channel();
         self.proposer
             .send((command, tx))
@@ -434,6 +503,12 @@ impl Store {
         tokio::time::timeout(timeout, rx.wait_for(|p| *p >= revision))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The routes of this member's peer listener: the raft RPCs and writes forwarded by the
+    /// other members (see [`network`]).
+    pub fn peer_router(&self) -> axum::Router {
+        network::router(self.clone())
     }
 
     /// The raft handle, for metrics and membership.

@@ -6,6 +6,7 @@
 //! ```text
 //! leader ── POST /raft/append | /raft/vote | /raft/snapshot ──► member's peer listener ─► Raft
 //!        ◄──────────── 200 JSON Result<response, RaftError> ─────────
+//! follower ── POST /store/write (Command) ──► leader's peer listener ─► proposed there
 //! ```
 //!
 //! A member that cannot be reached is `Unreachable` (openraft backs off); an answer that is not
@@ -32,10 +33,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use crate::command::{NodeId, TypeConfig};
+use crate::command::{Command, NodeId, Outcome, TypeConfig};
+use crate::{Error, Store};
 
 /// The path of append-entries requests on a peer listener.
 pub const APPEND: &str = "/raft/append";
@@ -43,6 +45,22 @@ pub const APPEND: &str = "/raft/append";
 pub const VOTE: &str = "/raft/vote";
 /// The path of install-snapshot requests.
 pub const SNAPSHOT: &str = "/raft/snapshot";
+/// The path of writes a follower forwards to the leader.
+pub const WRITE: &str = "/store/write";
+
+/// How long a forwarded write may take (a leader under load, an election meanwhile).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A forwarded write's answer.
+#[derive(Debug, Serialize, Deserialize)]
+enum Forwarded {
+    /// Written.
+    Done(Outcome),
+    /// The member does not lead (any more); the leader it knows.
+    NotLeader(Option<NodeId>),
+    /// Raft or the database failed there.
+    Failed(String),
+}
 
 type Http = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -104,6 +122,70 @@ impl Network {
     }
 }
 
+/// Why a POST to a member got no answer of the protocol.
+#[derive(Debug)]
+enum PostError {
+    Timeout,
+    Unreachable(Box<dyn std::error::Error + Send + Sync>),
+    Protocol(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Network {
+    /// POSTs `body` as JSON to `base` + `path` and decodes the JSON answer, within `ttl`.
+    async fn post<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+        body: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, PostError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| PostError::Protocol(e.into()))?;
+        let request = http::Request::post(format!("{base}{path}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| PostError::Protocol(e.into()))?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| PostError::Unreachable(e.into()))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| PostError::Protocol(e.into()))?
+                .to_bytes();
+            if !status.is_success() {
+                let text = String::from_utf8_lossy(&body);
+                return Err(PostError::Protocol(
+                    format!("{base} answered {status}: {text}").into(),
+                ));
+            }
+            serde_json::from_slice(&body).map_err(|e| PostError::Protocol(e.into()))
+        };
+        tokio::time::timeout(ttl, exchange)
+            .await
+            .map_err(|_| PostError::Timeout)?
+    }
+
+    /// Asks the member at `addr` (the leader) to write `command`.
+    pub(crate) async fn forward(&self, addr: &str, command: &Command) -> Result<Outcome, Error> {
+        let base = format!("{}://{addr}", self.scheme);
+        match self.post(&base, WRITE, command, FORWARD_TIMEOUT).await {
+            Ok(Forwarded::Done(outcome)) => Ok(outcome),
+            Ok(Forwarded::NotLeader(leader)) => Err(Error::NotLeader { leader }),
+            Ok(Forwarded::Failed(message)) => Err(Error::Fatal(message.into())),
+            // The leader went away: the caller tries whoever leads next.
+            Err(PostError::Timeout | PostError::Unreachable(_)) => {
+                Err(Error::NotLeader { leader: None })
+            }
+            Err(PostError::Protocol(e)) => Err(Error::Fatal(e)),
+        }
+    }
+}
+
 impl Default for Network {
     fn default() -> Self {
         Network::new(None)
@@ -144,41 +226,25 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let bytes =
-            serde_json::to_vec(body).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let request = http::Request::post(format!("{}{path}", self.base))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let ttl = option.hard_ttl();
-        let timeout = || {
-            RPCError::Timeout(Timeout {
-                action,
-                id: 0,
-                target: self.target,
-                timeout: ttl,
-            })
-        };
-        let response = tokio::time::timeout(ttl, self.network.http.request(request))
+        let answer: Result<Resp, RaftError<NodeId, E>> = self
+            .network
+            .post(&self.base, path, body, ttl)
             .await
-            .map_err(|_| timeout())?
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let status = response.status();
-        let body = tokio::time::timeout(ttl, response.into_body().collect())
-            .await
-            .map_err(|_| timeout())?
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
-            .to_bytes();
-        if !status.is_success() {
-            let err = std::io::Error::other(format!(
-                "peer {} answered {status}: {}",
-                self.target,
-                String::from_utf8_lossy(&body)
-            ));
-            return Err(RPCError::Network(NetworkError::new(&err)));
-        }
-        let answer: Result<Resp, RaftError<NodeId, E>> =
-            serde_json::from_slice(&body).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            .map_err(|e| match e {
+                PostError::Timeout => RPCError::Timeout(Timeout {
+                    action,
+                    id: 0,
+                    target: self.target,
+                    timeout: ttl,
+                }),
+                PostError::Unreachable(e) => {
+                    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e)))
+                }
+                PostError::Protocol(e) => {
+                    RPCError::Network(NetworkError::new(&std::io::Error::other(e)))
+                }
+            })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -214,8 +280,24 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
-/// The peer listener's routes: each RPC handed to `raft`, its `Result` answered as JSON.
-pub fn router(raft: Raft<TypeConfig>) -> axum::Router {
+/// The peer listener's routes: each raft RPC handed to the member's raft, its `Result`
+/// answered as JSON; a forwarded write proposed here (never forwarded again).
+pub(crate) fn router(store: Store) -> axum::Router {
+    let raft = store.raft().clone();
+    let writes = axum::Router::new()
+        .route(
+            WRITE,
+            post(
+                |State(store): State<Store>, Json(command): Json<Command>| async move {
+                    Json(match store.write_here(command).await {
+                        Ok(outcome) => Forwarded::Done(outcome),
+                        Err(Error::NotLeader { leader }) => Forwarded::NotLeader(leader),
+                        Err(e) => Forwarded::Failed(error_chain(&e)),
+                    })
+                },
+            ),
+        )
+        .with_state(store);
     axum::Router::new()
         .route(
             APPEND,
@@ -243,8 +325,21 @@ pub fn router(raft: Raft<TypeConfig>) -> axum::Router {
                 },
             ),
         )
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(raft)
+        .merge(writes)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// `e` and its causes, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// The largest RPC body a member accepts: a full batch of entries, or a snapshot chunk as JSON.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use wasmkube_store::{Command, Config, Error, Precondition, Store};
+use wasmkube_store::{Command, Config, Failure, Outcome, Precondition, Store};
 
 use super::mvcc::{obj, rev};
 
@@ -28,7 +28,7 @@ async fn three(dirs: &[tempfile::TempDir; 3]) -> Vec<Store> {
             ..Config::new(dirs[i].path())
         };
         let store = Store::open(config).await.expect("open");
-        let router = wasmkube_store::network::router(store.raft().clone());
+        let router = store.peer_router();
         tokio::spawn(async move { axum::serve(listener, router).await });
         stores.push(store);
     }
@@ -39,7 +39,7 @@ async fn three(dirs: &[tempfile::TempDir; 3]) -> Vec<Store> {
 }
 
 #[tokio::test]
-async fn three_members_should_elect_one_leader_and_replicate_every_write() {
+async fn three_members_should_elect_one_leader_forward_follower_writes_and_apply_everywhere() {
     let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tempdir"));
     let stores = three(&dirs).await;
     let leader = stores[0]
@@ -51,30 +51,53 @@ async fn three_members_should_elect_one_leader_and_replicate_every_write() {
         let l = usize::try_from(leader - 1).expect("small id");
         (&stores[l], &stores[(l + 1) % 3])
     };
-    let mut last = 0;
     for i in 0..20 {
         let key = format!("/core/configmaps/default/c{i}");
-        let out = lead
-            .write(Command::Put {
-                key: key.clone(),
-                value: obj(&key, "x"),
-                precondition: Precondition::Absent,
-            })
-            .await
-            .expect("the leader writes");
-        last = rev(&out);
-    }
-    // A follower refuses writes, naming the leader.
-    let refused = follower
-        .write(Command::Put {
-            key: "/core/configmaps/default/late".into(),
-            value: obj("late", "x"),
+        lead.write(Command::Put {
+            key: key.clone(),
+            value: obj(&key, "x"),
             precondition: Precondition::Absent,
         })
-        .await;
+        .await
+        .expect("the leader writes");
+    }
+    // A follower's write reaches the leader over the raft transport, and it sees its own
+    // write at once.
+    let out = follower
+        .write(Command::Put {
+            key: "/core/configmaps/default/via-follower".into(),
+            value: obj("via-follower", "x"),
+            precondition: Precondition::Absent,
+        })
+        .await
+        .expect("a follower's write is forwarded");
+    let last = rev(&out);
     assert!(
-        matches!(refused, Err(Error::NotLeader { leader: l }) if l == Some(leader)),
-        "{refused:?}"
+        follower
+            .get("/core/configmaps/default/via-follower")
+            .await
+            .expect("get")
+            .is_some(),
+        "the follower has applied its own write when it answers"
+    );
+    // A precondition that fails on the leader fails for the follower's caller too.
+    let again = follower
+        .write(Command::Put {
+            key: "/core/configmaps/default/via-follower".into(),
+            value: obj("via-follower", "y"),
+            precondition: Precondition::Absent,
+        })
+        .await
+        .expect("answered");
+    assert!(
+        matches!(
+            again,
+            Outcome::Failed {
+                reason: Failure::AlreadyExists,
+                ..
+            }
+        ),
+        "{again:?}"
     );
     // Every member applies every write, with the same revisions.
     for s in &stores {
@@ -86,7 +109,7 @@ async fn three_members_should_elect_one_leader_and_replicate_every_write() {
             .list("/core/configmaps/default/", Default::default())
             .await
             .expect("list");
-        assert_eq!(page.items.len(), 20);
+        assert_eq!(page.items.len(), 21);
         assert_eq!(page.revision, last);
     }
     for s in &stores {
