@@ -43,7 +43,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use redb::{Database, ReadableDatabase};
 use tokio::sync::{broadcast, mpsc, oneshot, watch as notify};
@@ -361,15 +361,7 @@ impl Store {
 
     /// Sends `command` to member `leader` to be written there.
     async fn forward(&self, leader: NodeId, command: &Command) -> Result<Outcome, Error> {
-        let addr = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            m.membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.addr.clone())
-        };
-        let Some(addr) = addr else {
+        let Some(addr) = self.peer_addr(leader) else {
             return Err(Error::NotLeader { leader: None });
         };
         let outcome = self.network.forward(&addr, command).await?;
@@ -384,6 +376,54 @@ impl Store {
             ));
         }
         Ok(outcome)
+    }
+
+    /// Waits until this member has applied every write acknowledged anywhere before the call,
+    /// so a read that follows is linearizable (raft's read index: the leader confirms with a
+    /// quorum that it still leads; a follower asks the leader over the raft transport).
+    ///
+    /// # Errors
+    /// [`Error::NotLeader`] when no leader can confirm; [`Error::Fatal`] when raft stopped.
+    pub async fn linearize(&self) -> Result<(), Error> {
+        let current = self.raft.metrics().borrow().current_leader;
+        let index = match current {
+            Some(l) if l != self.id => {
+                let addr = self.peer_addr(l).ok_or(Error::NotLeader { leader: None })?;
+                self.network.read_index(&addr).await?
+            }
+            _ => self.read_index_here().await?,
+        };
+        if let Some(index) = index {
+            self.raft
+                .wait(Some(FORWARD_APPLY_TIMEOUT))
+                .applied_index_at_least(Some(index), "linearizable read")
+                .await
+                .map_err(|e| Error::Fatal(Box::new(e)))?;
+        }
+        Ok(())
+    }
+
+    /// The read index, when this member leads.
+    pub(crate) async fn read_index_here(&self) -> Result<Option<u64>, Error> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map(|id| id.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(e) => Err(Error::Fatal(Box::new(e))),
+        }
+    }
+
+    /// The peer address of member `id`, from the current membership.
+    fn peer_addr(&self, id: NodeId) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
     }
 
     /// Proposes a command on this member, which must lead.

@@ -48,6 +48,9 @@ pub const SNAPSHOT: &str = "/raft/snapshot";
 /// The path of writes a follower forwards to the leader.
 pub const WRITE: &str = "/store/write";
 
+/// The path where the leader answers the log index a linearizable read must wait for.
+pub const READ_INDEX: &str = "/store/read-index";
+
 /// How long a forwarded write may take (a leader under load, an election meanwhile).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -59,6 +62,17 @@ enum Forwarded {
     /// The member does not lead (any more); the leader it knows.
     NotLeader(Option<NodeId>),
     /// Raft or the database failed there.
+    Failed(String),
+}
+
+/// The leader's answer to a read-index request.
+#[derive(Debug, Serialize, Deserialize)]
+enum ReadIndex {
+    /// Reads are linearizable once the asker has applied this log index.
+    Index(Option<u64>),
+    /// The member does not lead (any more); the leader it knows.
+    NotLeader(Option<NodeId>),
+    /// Leadership could not be confirmed.
     Failed(String),
 }
 
@@ -186,6 +200,23 @@ impl Network {
     }
 }
 
+impl Network {
+    /// Asks the member at `addr` (the leader) which log index a linearizable read must wait
+    /// for (raft's read index: the leader confirms it still leads with a quorum first).
+    pub(crate) async fn read_index(&self, addr: &str) -> Result<Option<u64>, Error> {
+        let base = format!("{}://{addr}", self.scheme);
+        match self.post(&base, READ_INDEX, &(), FORWARD_TIMEOUT).await {
+            Ok(ReadIndex::Index(index)) => Ok(index),
+            Ok(ReadIndex::NotLeader(leader)) => Err(Error::NotLeader { leader }),
+            Ok(ReadIndex::Failed(message)) => Err(Error::Fatal(message.into())),
+            Err(PostError::Timeout | PostError::Unreachable(_)) => {
+                Err(Error::NotLeader { leader: None })
+            }
+            Err(PostError::Protocol(e)) => Err(Error::Fatal(e)),
+        }
+    }
+}
+
 impl Default for Network {
     fn default() -> Self {
         Network::new(None)
@@ -296,6 +327,16 @@ pub(crate) fn router(store: Store) -> axum::Router {
                     })
                 },
             ),
+        )
+        .route(
+            READ_INDEX,
+            post(|State(store): State<Store>| async move {
+                Json(match store.read_index_here().await {
+                    Ok(index) => ReadIndex::Index(index),
+                    Err(Error::NotLeader { leader }) => ReadIndex::NotLeader(leader),
+                    Err(e) => ReadIndex::Failed(error_chain(&e)),
+                })
+            }),
         )
         .with_state(store);
     axum::Router::new()

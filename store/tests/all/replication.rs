@@ -39,7 +39,7 @@ async fn three(dirs: &[tempfile::TempDir; 3]) -> Vec<Store> {
 }
 
 #[tokio::test]
-async fn three_members_should_elect_one_leader_forward_follower_writes_and_apply_everywhere() {
+async fn three_members_should_elect_one_leader_forward_follower_writes_and_read_linearizably() {
     let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tempdir"));
     let stores = three(&dirs).await;
     let leader = stores[0]
@@ -71,7 +71,7 @@ async fn three_members_should_elect_one_leader_forward_follower_writes_and_apply
         })
         .await
         .expect("a follower's write is forwarded");
-    let last = rev(&out);
+    let forwarded = rev(&out);
     assert!(
         follower
             .get("/core/configmaps/default/via-follower")
@@ -99,6 +99,24 @@ async fn three_members_should_elect_one_leader_forward_follower_writes_and_apply
         ),
         "{again:?}"
     );
+    // A linearizable read on any member sees every write acknowledged before it.
+    let key = "/core/configmaps/default/linear";
+    lead.write(Command::Put {
+        key: key.into(),
+        value: obj("linear", "x"),
+        precondition: Precondition::Absent,
+    })
+    .await
+    .expect("the leader writes");
+    for s in &stores {
+        s.linearize().await.expect("read index");
+        assert!(
+            s.get(key).await.expect("get").is_some(),
+            "read after read index"
+        );
+    }
+    let last = lead.revision().await.expect("revision");
+    assert!(forwarded < last);
     // Every member applies every write, with the same revisions.
     for s in &stores {
         assert!(
@@ -109,7 +127,7 @@ async fn three_members_should_elect_one_leader_forward_follower_writes_and_apply
             .list("/core/configmaps/default/", Default::default())
             .await
             .expect("list");
-        assert_eq!(page.items.len(), 21);
+        assert_eq!(page.items.len(), 22);
         assert_eq!(page.revision, last);
     }
     for s in &stores {
