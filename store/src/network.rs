@@ -383,5 +383,56 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Serves this member's peer listener until `shutdown` completes: HTTPS that requires a client
+/// certificate `tls` accepts (mutual TLS between the cluster's servers), or plain HTTP without
+/// `tls`. A connection whose handshake fails is dropped alone.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Store,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let service = hyper_util::service::TowerToHyperService::new(store.peer_router());
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (service, acceptor) = (service.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let served = match acceptor {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => {
+                        http.serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "peer refused at the TLS handshake");
+                        return;
+                    }
+                },
+                None => {
+                    http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "peer connection ended");
+            }
+        });
+    }
+}
+
 /// The largest RPC body a member accepts: a full batch of entries, or a snapshot chunk as JSON.
 const MAX_BODY: usize = 256 << 20;

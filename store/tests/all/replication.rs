@@ -1,14 +1,16 @@
 //! A group of three members on loopback, talking over the raft transport's HTTP listeners.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmkube_store::{Command, Config, Failure, Outcome, Precondition, Store};
 
 use super::mvcc::{obj, rev};
 
-/// Three members in their own directories, each serving its peer listener.
-async fn three(dirs: &[tempfile::TempDir; 3]) -> Vec<Store> {
+/// Three members in their own directories, each serving its peer listener (over mutual TLS
+/// when `tls` gives each member's server and client configurations).
+async fn three(dirs: &[tempfile::TempDir; 3], tls: Option<&Tls>) -> Vec<Store> {
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=3u64 {
@@ -25,11 +27,16 @@ async fn three(dirs: &[tempfile::TempDir; 3]) -> Vec<Store> {
             node_id: id,
             advertise: members[&id].clone(),
             initial_members: members.clone(),
+            peer_tls: tls.map(|t| Arc::clone(&t.client)),
             ..Config::new(dirs[i].path())
         };
         let store = Store::open(config).await.expect("open");
-        let router = store.peer_router();
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        tokio::spawn(wasmkube_store::network::serve(
+            listener,
+            store.clone(),
+            tls.map(|t| Arc::clone(&t.server)),
+            std::future::pending(),
+        ));
         stores.push(store);
     }
     for s in &stores {
@@ -38,10 +45,65 @@ async fn three(dirs: &[tempfile::TempDir; 3]) -> Vec<Store> {
     stores
 }
 
+/// One member certificate from a test CA (valid for 127.0.0.1, as server and as client), and
+/// the TLS configurations built from it.
+struct Tls {
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+    roots: Arc<rustls::RootCertStore>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn test_pki() -> Tls {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer};
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.clone().self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.signed_by(&key, &issuer).expect("member cert");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("root");
+    let roots = Arc::new(roots);
+    let chain = vec![cert.der().clone()];
+    let private =
+        || rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("private key");
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), provider())
+            .build()
+            .expect("client verifier");
+    let server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), private())
+        .expect("server config");
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(Arc::clone(&roots))
+        .with_client_auth_cert(chain, private())
+        .expect("client config");
+    Tls {
+        server: Arc::new(server),
+        client: Arc::new(client),
+        roots,
+    }
+}
+
 #[tokio::test]
 async fn three_members_should_elect_one_leader_forward_follower_writes_and_read_linearizably() {
     let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tempdir"));
-    let stores = three(&dirs).await;
+    let stores = three(&dirs, None).await;
     let leader = stores[0]
         .raft()
         .current_leader()
@@ -129,6 +191,72 @@ async fn three_members_should_elect_one_leader_forward_follower_writes_and_read_
             .expect("list");
         assert_eq!(page.items.len(), 22);
         assert_eq!(page.revision, last);
+    }
+    for s in &stores {
+        s.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test]
+async fn members_should_talk_over_mutual_tls_and_refuse_a_peer_without_a_certificate() {
+    let tls = test_pki();
+    let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tempdir"));
+    let stores = three(&dirs, Some(&tls)).await;
+    let leader = stores[0].raft().current_leader().await.expect("a leader");
+    let follower = &stores[usize::try_from(leader % 3).expect("small")];
+    let out = follower
+        .write(Command::Put {
+            key: "/core/configmaps/default/tls".into(),
+            value: obj("tls", "x"),
+            precondition: Precondition::Absent,
+        })
+        .await
+        .expect("forwarded over mutual TLS");
+    for s in &stores {
+        assert!(
+            s.wait_for_revision(rev(&out), Duration::from_secs(10))
+                .await
+        );
+    }
+    // A client that trusts the CA but shows no certificate gets no answer.
+    let addr = stores[0]
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&1)
+        .expect("member 1")
+        .addr
+        .clone();
+    let anonymous = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(Arc::clone(&tls.roots))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let answered = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(anonymous))
+            .connect(name, tcp)
+            .await?;
+        tls.write_all(b"POST /raft/vote HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+            .await?;
+        let mut buf = Vec::new();
+        tls.read_to_end(&mut buf).await?;
+        std::io::Result::Ok(buf)
+    }
+    .await;
+    match answered {
+        Err(_) => {}
+        Ok(bytes) => assert!(
+            bytes.is_empty(),
+            "answered: {}",
+            String::from_utf8_lossy(&bytes)
+        ),
     }
     for s in &stores {
         s.shutdown().await.expect("shutdown");
