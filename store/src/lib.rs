@@ -93,6 +93,9 @@ pub struct Config {
     /// TLS towards the other members (the cluster CA, this member's client certificate);
     /// plain HTTP without it.
     pub peer_tls: Option<Arc<rustls::ClientConfig>>,
+    /// This member joins a group that exists elsewhere: it starts no group of its own and
+    /// waits for the leader to add it ([`Store::add_member`]).
+    pub join: bool,
 }
 
 impl Config {
@@ -106,6 +109,7 @@ impl Config {
             cache_bytes: DEFAULT_CACHE_BYTES,
             initial_members: BTreeMap::new(),
             peer_tls: None,
+            join: false,
         }
     }
 }
@@ -179,6 +183,35 @@ pub struct Store {
 
 /// A command waiting to be proposed, and where its outcome goes.
 type Pending = (Command, oneshot::Sender<Result<Outcome, Error>>);
+
+/// Voters a group grows to; further members stay learners (raft's quorum gains nothing from
+/// more, and every write waits for a majority of them).
+const MAX_VOTERS: usize = 5;
+
+/// One member of the group, as [`Store::members`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its raft id.
+    pub id: NodeId,
+    /// Its peer listener's address.
+    pub addr: String,
+    /// What it is in the group.
+    pub role: Role,
+    /// The last log index it holds: this member's applied index for itself; for others, the
+    /// index replicated to them (known on the leader only).
+    pub matched: Option<u64>,
+}
+
+/// A member's part in the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Leads: proposes every write.
+    Leader,
+    /// Votes and replicates.
+    Follower,
+    /// Replicates without a vote.
+    Learner,
+}
 
 /// How long a member waits to apply a write it forwarded to the leader.
 const FORWARD_APPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -268,7 +301,7 @@ impl Store {
         )
         .await
         .map_err(|e| Error::Fatal(Box::new(e)))?;
-        let single = config.initial_members.is_empty();
+        let single = config.initial_members.is_empty() && !config.join;
         let members: BTreeMap<NodeId, BasicNode> = if single {
             BTreeMap::from([(config.node_id, config.advertise.clone())])
         } else {
@@ -277,10 +310,12 @@ impl Store {
         .into_iter()
         .map(|(id, addr)| (id, BasicNode { addr }))
         .collect();
-        match raft.initialize(members).await {
-            Ok(()) => {}
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {} // restart
-            Err(e) => return Err(Error::Fatal(Box::new(e))),
+        if !config.join {
+            match raft.initialize(members).await {
+                Ok(()) => {}
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {} // restart
+                Err(e) => return Err(Error::Fatal(Box::new(e))),
+            }
         }
         let (proposer, pending) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(propose(raft.clone(), pending));
@@ -414,6 +449,68 @@ impl Store {
             }
             Err(e) => Err(Error::Fatal(Box::new(e))),
         }
+    }
+
+    /// Adds member `id`, reachable at `addr` (its peer listener), to the group: as a learner
+    /// first, answered once it has caught up (the log, or a snapshot when the log behind it is
+    /// purged), then as a voter while the group has fewer than five. Must run on the leader.
+    ///
+    /// # Errors
+    /// [`Error::NotLeader`] on a follower; [`Error::Fatal`] when the change fails.
+    pub async fn add_member(&self, id: NodeId, addr: String) -> Result<(), Error> {
+        let refused = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+                leader: f.leader_id,
+            },
+            e => Error::Fatal(Box::new(e)),
+        };
+        self.raft
+            .add_learner(id, BasicNode { addr }, true)
+            .await
+            .map_err(refused)?;
+        let voters = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        if voters < MAX_VOTERS {
+            self.raft
+                .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false)
+                .await
+                .map_err(refused)?;
+        }
+        Ok(())
+    }
+
+    /// The group's members as this member knows them, by id.
+    pub fn members(&self) -> Vec<Member> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let matched = m.replication.clone().unwrap_or_default();
+        membership
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id,
+                addr: node.addr.clone(),
+                role: if m.current_leader == Some(*id) {
+                    Role::Leader
+                } else if voters.contains(id) {
+                    Role::Follower
+                } else {
+                    Role::Learner
+                },
+                matched: if *id == self.id {
+                    m.last_applied.map(|l| l.index)
+                } else {
+                    matched.get(id).copied().flatten().map(|l| l.index)
+                },
+            })
+            .collect()
     }
 
     /// The peer address of member `id`, from the current membership.

@@ -262,3 +262,107 @@ async fn members_should_talk_over_mutual_tls_and_refuse_a_peer_without_a_certifi
         s.shutdown().await.expect("shutdown");
     }
 }
+
+#[tokio::test]
+async fn a_group_should_grow_from_one_member_by_adding_learners_that_catch_up_then_vote() {
+    use wasmkube_store::Role;
+    let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tempdir"));
+    let mut listeners = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..3 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        addrs.push(l.local_addr().expect("addr").to_string());
+        listeners.push(l);
+    }
+    let mut stores = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let config = Config {
+            node_id: i as u64 + 1,
+            advertise: addrs[i].clone(),
+            join: i > 0,
+            ..Config::new(dirs[i].path())
+        };
+        let store = Store::open(config).await.expect("open");
+        tokio::spawn(wasmkube_store::network::serve(
+            listener,
+            store.clone(),
+            None,
+            std::future::pending(),
+        ));
+        stores.push(store);
+    }
+    let first = &stores[0];
+    // History written while the group has one member, which the newcomers must catch up on.
+    for i in 0..50 {
+        let key = format!("/core/configmaps/default/early-{i}");
+        first
+            .write(Command::Put {
+                key: key.clone(),
+                value: obj(&key, "x"),
+                precondition: Precondition::Absent,
+            })
+            .await
+            .expect("write alone");
+    }
+    let early = first.revision().await.expect("revision");
+    for id in [2u64, 3] {
+        first
+            .add_member(id, addrs[usize::try_from(id - 1).expect("small")].clone())
+            .await
+            .expect("add a member");
+    }
+    let members = first.members();
+    assert_eq!(
+        members.iter().map(|m| (m.id, m.role)).collect::<Vec<_>>(),
+        [(1, Role::Leader), (2, Role::Follower), (3, Role::Follower)],
+        "{members:?}"
+    );
+    // The leader learns what each holds from the next replication round.
+    first
+        .raft()
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| {
+                m.replication
+                    .as_ref()
+                    .is_some_and(|r| r.len() == 3 && r.values().all(Option::is_some))
+            },
+            "every member's replicated index is known",
+        )
+        .await
+        .expect("replication progress");
+    let members = first.members();
+    assert!(members.iter().all(|m| m.matched.is_some()), "{members:?}");
+    for s in &stores[1..] {
+        s.ready(Duration::from_secs(30)).await.expect("a leader");
+        assert!(
+            s.wait_for_revision(early, Duration::from_secs(10)).await,
+            "a newcomer holds the history written before it joined"
+        );
+    }
+    // A newcomer takes writes too (forwarded to the leader).
+    let out = stores[2]
+        .write(Command::Put {
+            key: "/core/configmaps/default/late".into(),
+            value: obj("late", "x"),
+            precondition: Precondition::Absent,
+        })
+        .await
+        .expect("forwarded");
+    for s in &stores {
+        assert!(
+            s.wait_for_revision(rev(&out), Duration::from_secs(10))
+                .await
+        );
+        let page = s
+            .list("/core/configmaps/default/", Default::default())
+            .await
+            .expect("list");
+        assert_eq!(page.items.len(), 51);
+    }
+    for s in &stores {
+        s.shutdown().await.expect("shutdown");
+    }
+}
