@@ -54,26 +54,25 @@ pub const READ_INDEX: &str = "/store/read-index";
 /// How long a forwarded write may take (a leader under load, an election meanwhile).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A forwarded write's answer.
+/// The leader's answer to a request a follower forwards (a write, a read index).
 #[derive(Debug, Serialize, Deserialize)]
-enum Forwarded {
-    /// Written.
-    Done(Outcome),
+enum Answer<T> {
+    /// Done there.
+    Done(T),
     /// The member does not lead (any more); the leader it knows.
     NotLeader(Option<NodeId>),
-    /// Raft or the database failed there.
+    /// Raft or the database failed there, or leadership could not be confirmed.
     Failed(String),
 }
 
-/// The leader's answer to a read-index request.
-#[derive(Debug, Serialize, Deserialize)]
-enum ReadIndex {
-    /// Reads are linearizable once the asker has applied this log index.
-    Index(Option<u64>),
-    /// The member does not lead (any more); the leader it knows.
-    NotLeader(Option<NodeId>),
-    /// Leadership could not be confirmed.
-    Failed(String),
+impl<T> From<Result<T, Error>> for Answer<T> {
+    fn from(result: Result<T, Error>) -> Self {
+        match result {
+            Ok(value) => Answer::Done(value),
+            Err(Error::NotLeader { leader }) => Answer::NotLeader(leader),
+            Err(e) => Answer::Failed(error_chain(&e)),
+        }
+    }
 }
 
 type Http = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -186,29 +185,28 @@ impl Network {
 
     /// Asks the member at `addr` (the leader) to write `command`.
     pub(crate) async fn forward(&self, addr: &str, command: &Command) -> Result<Outcome, Error> {
-        let base = format!("{}://{addr}", self.scheme);
-        match self.post(&base, WRITE, command, FORWARD_TIMEOUT).await {
-            Ok(Forwarded::Done(outcome)) => Ok(outcome),
-            Ok(Forwarded::NotLeader(leader)) => Err(Error::NotLeader { leader }),
-            Ok(Forwarded::Failed(message)) => Err(Error::Fatal(message.into())),
-            // The leader went away: the caller tries whoever leads next.
-            Err(PostError::Timeout | PostError::Unreachable(_)) => {
-                Err(Error::NotLeader { leader: None })
-            }
-            Err(PostError::Protocol(e)) => Err(Error::Fatal(e)),
-        }
+        self.ask(addr, WRITE, command).await
     }
-}
 
-impl Network {
     /// Asks the member at `addr` (the leader) which log index a linearizable read must wait
     /// for (raft's read index: the leader confirms it still leads with a quorum first).
     pub(crate) async fn read_index(&self, addr: &str) -> Result<Option<u64>, Error> {
+        self.ask(addr, READ_INDEX, &()).await
+    }
+
+    /// POSTs `body` to the leader at `addr` and turns its [`Answer`] back into a result.
+    async fn ask<Req: Serialize, T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: &Req,
+    ) -> Result<T, Error> {
         let base = format!("{}://{addr}", self.scheme);
-        match self.post(&base, READ_INDEX, &(), FORWARD_TIMEOUT).await {
-            Ok(ReadIndex::Index(index)) => Ok(index),
-            Ok(ReadIndex::NotLeader(leader)) => Err(Error::NotLeader { leader }),
-            Ok(ReadIndex::Failed(message)) => Err(Error::Fatal(message.into())),
+        match self.post(&base, path, body, FORWARD_TIMEOUT).await {
+            Ok(Answer::Done(value)) => Ok(value),
+            Ok(Answer::NotLeader(leader)) => Err(Error::NotLeader { leader }),
+            Ok(Answer::Failed(message)) => Err(Error::Fatal(message.into())),
+            // The leader went away: the caller tries whoever leads next.
             Err(PostError::Timeout | PostError::Unreachable(_)) => {
                 Err(Error::NotLeader { leader: None })
             }
@@ -320,22 +318,14 @@ pub(crate) fn router(store: Store) -> axum::Router {
             WRITE,
             post(
                 |State(store): State<Store>, Json(command): Json<Command>| async move {
-                    Json(match store.write_here(command).await {
-                        Ok(outcome) => Forwarded::Done(outcome),
-                        Err(Error::NotLeader { leader }) => Forwarded::NotLeader(leader),
-                        Err(e) => Forwarded::Failed(error_chain(&e)),
-                    })
+                    Json(Answer::from(store.write_here(command).await))
                 },
             ),
         )
         .route(
             READ_INDEX,
             post(|State(store): State<Store>| async move {
-                Json(match store.read_index_here().await {
-                    Ok(index) => ReadIndex::Index(index),
-                    Err(Error::NotLeader { leader }) => ReadIndex::NotLeader(leader),
-                    Err(e) => ReadIndex::Failed(error_chain(&e)),
-                })
+                Json(Answer::from(store.read_index_here().await))
             }),
         )
         .with_state(store);

@@ -8,36 +8,62 @@ use wasmkube_store::{Command, Config, Failure, Outcome, Precondition, Store};
 
 use super::mvcc::{obj, rev};
 
-/// Three members in their own directories, each serving its peer listener (over mutual TLS
-/// when `tls` gives each member's server and client configurations).
-async fn three(dirs: &[tempfile::TempDir; 3], tls: Option<&Tls>) -> Vec<Store> {
+/// Writes ConfigMap `name` (which must not exist) with `data` through `store`.
+async fn create(store: &Store, name: &str, data: &str) -> Result<Outcome, wasmkube_store::Error> {
+    let key = format!("/core/configmaps/default/{name}");
+    store
+        .write(Command::Put {
+            value: obj(name, data),
+            key,
+            precondition: Precondition::Absent,
+        })
+        .await
+}
+
+/// `n` loopback listeners for peer traffic, and their addresses.
+async fn listeners(n: usize) -> (Vec<tokio::net::TcpListener>, Vec<String>) {
     let mut listeners = Vec::new();
-    let mut members = BTreeMap::new();
-    for id in 1..=3u64 {
+    let mut addrs = Vec::new();
+    for _ in 0..n {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        members.insert(id, l.local_addr().expect("addr").to_string());
+        addrs.push(l.local_addr().expect("addr").to_string());
         listeners.push(l);
     }
+    (listeners, addrs)
+}
+
+/// Opens a member and serves its peer listener for the rest of the test.
+async fn member(config: Config, listener: tokio::net::TcpListener, tls: Option<&Tls>) -> Store {
+    let config = Config {
+        peer_tls: tls.map(|t| Arc::clone(&t.client)),
+        ..config
+    };
+    let store = Store::open(config).await.expect("open");
+    tokio::spawn(wasmkube_store::network::serve(
+        listener,
+        store.clone(),
+        tls.map(|t| Arc::clone(&t.server)),
+        std::future::pending(),
+    ));
+    store
+}
+
+/// Three members in their own directories, each serving its peer listener (over mutual TLS
+/// when `tls` gives each member's server and client configurations).
+async fn three(dirs: &[tempfile::TempDir; 3], tls: Option<&Tls>) -> Vec<Store> {
+    let (listeners, addrs) = listeners(3).await;
+    let members: BTreeMap<u64, String> = (1..).zip(addrs.iter().cloned()).collect();
     let mut stores = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
-        let id = i as u64 + 1;
         let config = Config {
-            node_id: id,
-            advertise: members[&id].clone(),
+            node_id: i as u64 + 1,
+            advertise: addrs[i].clone(),
             initial_members: members.clone(),
-            peer_tls: tls.map(|t| Arc::clone(&t.client)),
             ..Config::new(dirs[i].path())
         };
-        let store = Store::open(config).await.expect("open");
-        tokio::spawn(wasmkube_store::network::serve(
-            listener,
-            store.clone(),
-            tls.map(|t| Arc::clone(&t.server)),
-            std::future::pending(),
-        ));
-        stores.push(store);
+        stores.push(member(config, listener, tls).await);
     }
     for s in &stores {
         s.ready(Duration::from_secs(30)).await.expect("a leader");
@@ -125,12 +151,7 @@ async fn three_members_should_elect_one_leader_forward_follower_writes_and_read_
     }
     // A follower's write reaches the leader over the raft transport, and it sees its own
     // write at once.
-    let out = follower
-        .write(Command::Put {
-            key: "/core/configmaps/default/via-follower".into(),
-            value: obj("via-follower", "x"),
-            precondition: Precondition::Absent,
-        })
+    let out = create(follower, "via-follower", "x")
         .await
         .expect("a follower's write is forwarded");
     let forwarded = rev(&out);
@@ -143,12 +164,7 @@ async fn three_members_should_elect_one_leader_forward_follower_writes_and_read_
         "the follower has applied its own write when it answers"
     );
     // A precondition that fails on the leader fails for the follower's caller too.
-    let again = follower
-        .write(Command::Put {
-            key: "/core/configmaps/default/via-follower".into(),
-            value: obj("via-follower", "y"),
-            precondition: Precondition::Absent,
-        })
+    let again = create(follower, "via-follower", "y")
         .await
         .expect("answered");
     assert!(
@@ -204,12 +220,7 @@ async fn members_should_talk_over_mutual_tls_and_refuse_a_peer_without_a_certifi
     let stores = three(&dirs, Some(&tls)).await;
     let leader = stores[0].raft().current_leader().await.expect("a leader");
     let follower = &stores[usize::try_from(leader % 3).expect("small")];
-    let out = follower
-        .write(Command::Put {
-            key: "/core/configmaps/default/tls".into(),
-            value: obj("tls", "x"),
-            precondition: Precondition::Absent,
-        })
+    let out = create(follower, "tls", "x")
         .await
         .expect("forwarded over mutual TLS");
     for s in &stores {
@@ -267,15 +278,7 @@ async fn members_should_talk_over_mutual_tls_and_refuse_a_peer_without_a_certifi
 async fn a_group_should_grow_from_one_member_by_adding_learners_that_catch_up_then_vote() {
     use wasmkube_store::Role;
     let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tempdir"));
-    let mut listeners = Vec::new();
-    let mut addrs = Vec::new();
-    for _ in 0..3 {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        addrs.push(l.local_addr().expect("addr").to_string());
-        listeners.push(l);
-    }
+    let (listeners, addrs) = listeners(3).await;
     let mut stores = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let config = Config {
@@ -284,14 +287,7 @@ async fn a_group_should_grow_from_one_member_by_adding_learners_that_catch_up_th
             join: i > 0,
             ..Config::new(dirs[i].path())
         };
-        let store = Store::open(config).await.expect("open");
-        tokio::spawn(wasmkube_store::network::serve(
-            listener,
-            store.clone(),
-            None,
-            std::future::pending(),
-        ));
-        stores.push(store);
+        stores.push(member(config, listener, None).await);
     }
     let first = &stores[0];
     // History written while the group has one member, which the newcomers must catch up on.
@@ -343,14 +339,7 @@ async fn a_group_should_grow_from_one_member_by_adding_learners_that_catch_up_th
         );
     }
     // A newcomer takes writes too (forwarded to the leader).
-    let out = stores[2]
-        .write(Command::Put {
-            key: "/core/configmaps/default/late".into(),
-            value: obj("late", "x"),
-            precondition: Precondition::Absent,
-        })
-        .await
-        .expect("forwarded");
+    let out = create(&stores[2], "late", "x").await.expect("forwarded");
     for s in &stores {
         assert!(
             s.wait_for_revision(rev(&out), Duration::from_secs(10))
