@@ -70,7 +70,13 @@ impl<T> From<Result<T, Error>> for Answer<T> {
         match result {
             Ok(value) => Answer::Done(value),
             Err(Error::NotLeader { leader }) => Answer::NotLeader(leader),
-            Err(e) => Answer::Failed(error_chain(&e)),
+            // The error and its causes, `: `-separated (the caller's log shows them).
+            Err(e) => Answer::Failed(
+                std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(": "),
+            ),
         }
     }
 }
@@ -359,18 +365,6 @@ pub(crate) fn router(store: Store) -> axum::Router {
         .with_state(raft)
         .merge(writes)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-}
-
-/// `e` and its causes, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// Serves this member's peer listener until `shutdown` completes: HTTPS that requires a client
