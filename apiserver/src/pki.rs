@@ -25,6 +25,61 @@ pub enum PkiError {
     /// Generating a key or certificate.
     #[error("certificate generation failed")]
     Cert(#[from] rcgen::Error),
+    /// Building a TLS configuration from the credentials.
+    #[error("TLS configuration")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A leaf certificate from the cluster CA (whose key is `ca_key_pem`) for `sans`, named `cn`,
+/// for these uses; its PEM and its key's PEM.
+fn issue(
+    ca_key_pem: &str,
+    sans: Vec<String>,
+    cn: &str,
+    uses: Vec<rcgen::ExtendedKeyUsagePurpose>,
+) -> Result<(String, String), PkiError> {
+    // The issuer is rebuilt from the same parameters the CA was made with: its subject and key
+    // identify it, which is all a signed certificate refers to.
+    let issuer = Issuer::new(ca_params()?, KeyPair::from_pem(ca_key_pem)?);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(sans)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params.not_after = rcgen::date_time_ymd(2045, 1, 1);
+    params.extended_key_usages = uses;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A raft member's TLS towards the other members: the listener requires a client certificate
+/// from the cluster CA, and the client shows one and trusts only that CA.
+pub struct PeerTls {
+    /// For the peer listener.
+    pub server: std::sync::Arc<rustls::ServerConfig>,
+    /// For calls to the other members.
+    pub client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates of a PEM chain.
+fn parse_certs(
+    pem: &str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, rustls::Error> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| rustls::Error::General(e.to_string()))
+}
+
+/// The private key of a PEM key.
+fn parse_key(pem: &str) -> Result<rustls::pki_types::PrivateKeyDer<'static>, rustls::Error> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| rustls::Error::General(e.to_string()))
 }
 
 /// The cluster's credentials.
@@ -109,8 +164,9 @@ impl Pki {
                 let cert = ca_params()?.self_signed(&key)?;
                 write_private(&ca_crt, &cert.pem())?;
                 write_private(&ca_key, &key.serialize_pem())?;
-                // A new CA invalidates any old serving certificate.
+                // A new CA invalidates any old serving or peer certificate.
                 let _ = std::fs::remove_file(&crt);
+                let _ = std::fs::remove_file(pki.join("peer.crt"));
                 (cert.pem(), key.serialize_pem())
             }
         };
@@ -131,22 +187,16 @@ impl Pki {
             match (read(&crt)?, read(&key)?, read(&pki.join("apiserver.sans"))?) {
                 (Some(c), Some(k), Some(s)) if s == sans.join(",") => (c, k),
                 _ => {
-                    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
-                    // The issuer is rebuilt from the same parameters the CA was made with: its
-                    // subject and key identify it, which is all a signed certificate refers to.
-                    let issuer = Issuer::new(ca_params()?, ca_key);
-                    let server_key = KeyPair::generate()?;
-                    let mut params = CertificateParams::new(sans.clone())?;
-                    let mut dn = DistinguishedName::new();
-                    dn.push(DnType::CommonName, "wasmkube-apiserver");
-                    params.distinguished_name = dn;
-                    params.not_after = rcgen::date_time_ymd(2045, 1, 1);
-                    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-                    let cert = params.signed_by(&server_key, &issuer)?;
-                    write_private(&crt, &cert.pem())?;
-                    write_private(&key, &server_key.serialize_pem())?;
+                    let (cert, server_key) = issue(
+                        &ca_key_pem,
+                        sans.clone(),
+                        "wasmkube-apiserver",
+                        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+                    )?;
+                    write_private(&crt, &cert)?;
+                    write_private(&key, &server_key)?;
                     write_private(&pki.join("apiserver.sans"), &sans.join(","))?;
-                    (cert.pem(), server_key.serialize_pem())
+                    (cert, server_key)
                 }
             };
 
@@ -176,20 +226,74 @@ impl Pki {
         )
     }
 
+    /// This server's raft peer credentials for the peer listener at `host` (`DATA_DIR/pki/
+    /// peer.crt`, from the cluster CA, valid as server and as client; made on first use and
+    /// when the host changes), and the TLS configurations built on them.
+    ///
+    /// # Errors
+    /// File access, generation, or a CA that cannot be parsed.
+    pub fn peer_tls(&self, dir: &Path, host: &str) -> Result<PeerTls, PkiError> {
+        let pki = dir.join("pki");
+        let (crt, key, hosts) = (
+            pki.join("peer.crt"),
+            pki.join("peer.key"),
+            pki.join("peer.sans"),
+        );
+        let (cert_pem, key_pem) = match (read(&crt)?, read(&key)?, read(&hosts)?) {
+            (Some(c), Some(k), Some(h)) if h == host => (c, k),
+            _ => {
+                let ca_key = read(&pki.join("ca.key"))?.ok_or_else(|| PkiError::Io {
+                    path: pki.join("ca.key"),
+                    source: std::io::ErrorKind::NotFound.into(),
+                })?;
+                let (c, k) = issue(
+                    &ca_key,
+                    vec![host.to_owned()],
+                    "wasmkube-peer",
+                    vec![
+                        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+                    ],
+                )?;
+                write_private(&crt, &c)?;
+                write_private(&key, &k)?;
+                write_private(&hosts, host)?;
+                (c, k)
+            }
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in parse_certs(&self.ca_pem)? {
+            roots.add(c)?;
+        }
+        let roots = std::sync::Arc::new(roots);
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::clone(&roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let (chain, private) = (parse_certs(&cert_pem)?, parse_key(&key_pem)?);
+        let server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), private.clone_key())?;
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, private)?;
+        Ok(PeerTls {
+            server: std::sync::Arc::new(server),
+            client: std::sync::Arc::new(client),
+        })
+    }
+
     /// A rustls server configuration offering HTTP/2 and HTTP/1.1.
     ///
     /// # Errors
     /// When the stored PEM cannot be parsed.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, rustls::Error> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certs = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        let (certs, key) = (parse_certs(&self.cert_pem)?, parse_key(&self.key_pem)?);
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(certs, key)?;
@@ -201,6 +305,69 @@ impl Pki {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TLS handshake and one byte each way over an in-memory connection.
+    async fn exchange(
+        client: std::sync::Arc<rustls::ClientConfig>,
+        server: std::sync::Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<u8> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let serve = tokio::spawn(async move {
+            let mut tls = tokio_rustls::TlsAcceptor::from(server).accept(b).await?;
+            let byte = tls.read_u8().await?;
+            tls.write_u8(byte + 1).await?;
+            tls.flush().await?;
+            std::io::Result::Ok(())
+        });
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut tls = tokio_rustls::TlsConnector::from(client)
+            .connect(name, a)
+            .await?;
+        tls.write_u8(41).await?;
+        tls.flush().await?;
+        let answer = tls.read_u8().await;
+        let _ = serve.await;
+        answer
+    }
+
+    #[tokio::test]
+    async fn peers_should_need_a_certificate_from_the_cluster_ca() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pki = Pki::load_or_create(dir.path(), &[]).expect("create");
+        let peer = pki.peer_tls(dir.path(), "127.0.0.1").expect("peer tls");
+        assert_eq!(
+            exchange(
+                std::sync::Arc::clone(&peer.client),
+                std::sync::Arc::clone(&peer.server)
+            )
+            .await
+            .expect("members talk"),
+            42
+        );
+        let again = pki.peer_tls(dir.path(), "127.0.0.1").expect("reloaded");
+        assert_eq!(
+            exchange(again.client, std::sync::Arc::clone(&peer.server))
+                .await
+                .expect("the stored certificate is reused"),
+            42
+        );
+        // Trusting the CA is not enough: a client without a certificate is refused.
+        let mut roots = rustls::RootCertStore::empty();
+        for c in parse_certs(&pki.ca_pem).expect("ca") {
+            roots.add(c).expect("root");
+        }
+        let anonymous = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        assert!(
+            exchange(std::sync::Arc::new(anonymous), peer.server)
+                .await
+                .is_err()
+        );
+    }
 
     #[test]
     fn credentials_should_be_created_once_and_reused() {
