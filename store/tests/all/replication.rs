@@ -355,3 +355,78 @@ async fn a_group_should_grow_from_one_member_by_adding_learners_that_catch_up_th
         s.shutdown().await.expect("shutdown");
     }
 }
+
+#[tokio::test]
+async fn a_member_added_after_the_log_was_purged_should_catch_up_from_a_snapshot() {
+    let dirs = [(); 2].map(|()| tempfile::tempdir().expect("tempdir"));
+    let (listeners, addrs) = listeners(2).await;
+    let mut stores = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let config = Config {
+            node_id: i as u64 + 1,
+            advertise: addrs[i].clone(),
+            join: i > 0,
+            ..Config::new(dirs[i].path())
+        };
+        stores.push(member(config, listener, None).await);
+    }
+    let (first, second) = (&stores[0], &stores[1]);
+    for i in 0..100 {
+        create(first, &format!("before-{i}"), "x")
+            .await
+            .expect("write alone");
+    }
+    // Snapshot everything and drop the log behind it: only a snapshot can bring a newcomer up.
+    let applied = first
+        .raft()
+        .metrics()
+        .borrow()
+        .last_applied
+        .expect("applied")
+        .index;
+    // (A metrics guard must never be held across an await: bind what it shows first.)
+    first.raft().trigger().snapshot().await.expect("snapshot");
+    let last = first.raft().metrics().borrow().last_applied;
+    first
+        .raft()
+        .wait(Some(Duration::from_secs(10)))
+        .snapshot(last.expect("applied"), "snapshot built")
+        .await
+        .expect("snapshot");
+    first
+        .raft()
+        .trigger()
+        .purge_log(applied)
+        .await
+        .expect("purge");
+    let snapshot = first.raft().metrics().borrow().snapshot;
+    first
+        .raft()
+        .wait(Some(Duration::from_secs(10)))
+        .purged(snapshot, "log purged")
+        .await
+        .expect("purged");
+    let revision = first.revision().await.expect("revision");
+    first
+        .add_member(2, addrs[1].clone())
+        .await
+        .expect("add after purge");
+    second.ready(Duration::from_secs(30)).await.expect("leader");
+    assert!(
+        second
+            .wait_for_revision(revision, Duration::from_secs(10))
+            .await
+    );
+    let page = second
+        .list("/core/configmaps/default/", Default::default())
+        .await
+        .expect("list");
+    assert_eq!((page.items.len(), page.revision), (100, revision));
+    assert!(
+        second.raft().metrics().borrow().snapshot.is_some(),
+        "the newcomer installed a snapshot"
+    );
+    for s in &stores {
+        s.shutdown().await.expect("shutdown");
+    }
+}
