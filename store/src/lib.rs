@@ -360,8 +360,6 @@ impl Store {
                 .await
                 .map_err(fatal)?;
         }
-        let current = self.revision().await?;
-        self.published.send_modify(|p| *p = (*p).max(current));
         Ok(())
     }
 

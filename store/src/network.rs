@@ -385,6 +385,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of descriptors and the like: back off a moment rather than spin.
                     tracing::warn!(error = %e, "peer listener accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;

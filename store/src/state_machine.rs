@@ -46,6 +46,15 @@ struct SnapshotBody {
 }
 
 impl StateMachine {
+    /// Tells readers that every change up to `revision` is applied (see `Store::published`).
+    fn publish(&self, revision: u64) {
+        self.published.send_if_modified(|p| {
+            let newer = revision > *p;
+            *p = (*p).max(revision);
+            newer
+        });
+    }
+
     pub(crate) fn new(
         db: Arc<Database>,
         feed: broadcast::Sender<Arc<Change>>,
@@ -354,11 +363,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let _ = self.feed.send(Arc::new(change));
         }
         // Every change up to `revision` is now in the feed (see `Store::published`).
-        self.published.send_if_modified(|p| {
-            let newer = revision > *p;
-            *p = (*p).max(revision);
-            newer
-        });
+        self.publish(revision);
         Ok(outcomes)
     }
 
@@ -382,6 +387,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
         })?;
         let meta_owned = meta.clone();
+        let revision = body.revision;
         self.blocking(move |db| {
             let txn = db.begin_write()?;
             txn.delete_table(KV)?;
@@ -424,6 +430,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         });
+        // Readers waiting for a revision the snapshot holds may go on.
+        self.publish(revision);
         Ok(())
     }
 

@@ -50,6 +50,23 @@ async fn member(config: Config, listener: tokio::net::TcpListener, tls: Option<&
     store
 }
 
+/// A member alone in `dirs[0]` (its own group), and members waiting to join in the others;
+/// their peer addresses.
+async fn first_and_joiners(dirs: &[tempfile::TempDir]) -> (Vec<Store>, Vec<String>) {
+    let (listeners, addrs) = listeners(dirs.len()).await;
+    let mut stores = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let config = Config {
+            node_id: i as u64 + 1,
+            advertise: addrs[i].clone(),
+            join: i > 0,
+            ..Config::new(dirs[i].path())
+        };
+        stores.push(member(config, listener, None).await);
+    }
+    (stores, addrs)
+}
+
 /// Three members in their own directories, each serving its peer listener (over mutual TLS
 /// when `tls` gives each member's server and client configurations).
 async fn three(dirs: &[tempfile::TempDir; 3], tls: Option<&Tls>) -> Vec<Store> {
@@ -278,17 +295,7 @@ async fn members_should_talk_over_mutual_tls_and_refuse_a_peer_without_a_certifi
 async fn a_group_should_grow_from_one_member_by_adding_learners_that_catch_up_then_vote() {
     use wasmkube_store::Role;
     let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tempdir"));
-    let (listeners, addrs) = listeners(3).await;
-    let mut stores = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let config = Config {
-            node_id: i as u64 + 1,
-            advertise: addrs[i].clone(),
-            join: i > 0,
-            ..Config::new(dirs[i].path())
-        };
-        stores.push(member(config, listener, None).await);
-    }
+    let (stores, addrs) = first_and_joiners(&dirs).await;
     let first = &stores[0];
     // History written while the group has one member, which the newcomers must catch up on.
     for i in 0..50 {
@@ -359,17 +366,7 @@ async fn a_group_should_grow_from_one_member_by_adding_learners_that_catch_up_th
 #[tokio::test]
 async fn a_member_added_after_the_log_was_purged_should_catch_up_from_a_snapshot() {
     let dirs = [(); 2].map(|()| tempfile::tempdir().expect("tempdir"));
-    let (listeners, addrs) = listeners(2).await;
-    let mut stores = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let config = Config {
-            node_id: i as u64 + 1,
-            advertise: addrs[i].clone(),
-            join: i > 0,
-            ..Config::new(dirs[i].path())
-        };
-        stores.push(member(config, listener, None).await);
-    }
+    let (stores, addrs) = first_and_joiners(&dirs).await;
     let (first, second) = (&stores[0], &stores[1]);
     for i in 0..100 {
         create(first, &format!("before-{i}"), "x")
