@@ -13,7 +13,7 @@ openraft::declare_raft_types!(
         D = Proposal,
         R = Vec<Outcome>,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = Node,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
@@ -21,6 +21,23 @@ openraft::declare_raft_types!(
 
 /// A raft node id.
 pub type NodeId = u64;
+
+/// A member as the group's membership records it: where the other members reach its raft
+/// transport, and where clients reach its API server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Its peer listener, `host:port`.
+    pub addr: String,
+    /// Its API server's URL (`https://host:port`); empty for a store without one (tests).
+    #[serde(default)]
+    pub api: String,
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (api {})", self.addr, self.api)
+    }
+}
 
 /// A condition that must hold on the current value of a key for a write to apply.
 ///

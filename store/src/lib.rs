@@ -44,12 +44,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, Raft, SnapshotPolicy};
+use openraft::{ChangeMembers, Raft, SnapshotPolicy};
 use redb::{Database, ReadableDatabase};
 use tokio::sync::{broadcast, mpsc, oneshot, watch as notify};
 
 pub use codec::{Change, ChangeKind};
-pub use command::{Command, Failure, NodeId, Outcome, Precondition, Proposal, TypeConfig};
+pub use command::{Command, Failure, Node, NodeId, Outcome, Precondition, Proposal, TypeConfig};
 pub use log_store::LogStore;
 pub use network::Network;
 pub use read::{KeyValue, ListOptions, ListResult};
@@ -80,6 +80,9 @@ pub struct Config {
     pub node_id: NodeId,
     /// This member's address, as other members would reach it.
     pub advertise: String,
+    /// This member's API server URL, recorded in the membership for clients
+    /// ([`Member::api`]).
+    pub api: String,
     /// How many changes the watch feed buffers before slow watchers are told to relist.
     pub feed_capacity: usize,
     /// Memory redb may use to cache pages of `store.redb` (redb's own default is 1 GiB, which
@@ -105,6 +108,7 @@ impl Config {
             data_dir: data_dir.into(),
             node_id: 1,
             advertise: "127.0.0.1:0".into(),
+            api: String::new(),
             feed_capacity: 16 * 1024,
             cache_bytes: DEFAULT_CACHE_BYTES,
             initial_members: BTreeMap::new(),
@@ -132,6 +136,9 @@ pub enum Error {
         /// The leader, if known.
         leader: Option<NodeId>,
     },
+    /// A membership change was refused (an id already taken, the last voter removed).
+    #[error("membership change refused: {0}")]
+    Membership(String),
     /// Raft stopped; the process should exit.
     #[error("raft failed")]
     Fatal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -195,6 +202,8 @@ pub struct Member {
     pub id: NodeId,
     /// Its peer listener's address.
     pub addr: String,
+    /// Its API server's URL (empty when it has none).
+    pub api: String,
     /// What it is in the group.
     pub role: Role,
     /// The last log index it holds: this member's applied index for itself; for others, the
@@ -211,6 +220,19 @@ pub enum Role {
     Follower,
     /// Replicates without a vote.
     Learner,
+}
+
+/// A refused membership change as a store error.
+fn membership_refused(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+            leader: f.leader_id,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Error::Membership(e.to_string())
+        }
+        e => Error::Fatal(Box::new(e)),
+    }
 }
 
 /// How long a member waits to apply a write it forwarded to the leader.
@@ -302,13 +324,20 @@ impl Store {
         .await
         .map_err(|e| Error::Fatal(Box::new(e)))?;
         let single = config.initial_members.is_empty() && !config.join;
-        let members: BTreeMap<NodeId, BasicNode> = if single {
+        let members: BTreeMap<NodeId, Node> = if single {
             BTreeMap::from([(config.node_id, config.advertise.clone())])
         } else {
             config.initial_members.clone()
         }
         .into_iter()
-        .map(|(id, addr)| (id, BasicNode { addr }))
+        .map(|(id, addr)| {
+            let api = if id == config.node_id {
+                config.api.clone()
+            } else {
+                String::new()
+            };
+            (id, Node { addr, api })
+        })
         .collect();
         if !config.join {
             match raft.initialize(members).await {
@@ -330,16 +359,25 @@ impl Store {
         };
         let current = store.revision().await?;
         store.published.send_modify(|p| *p = (*p).max(current));
-        if single {
+        if store.alone() {
             store.ready(Duration::from_secs(60)).await?;
         }
         Ok(store)
     }
 
+    /// Whether this member is the group's only voter (a group of one, or one about to be
+    /// joined by others): it elects itself without anyone to talk to.
+    pub fn alone(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let mut voters = m.membership_config.membership().voter_ids();
+        voters.next() == Some(self.id) && voters.next().is_none()
+    }
+
     /// Waits until the group has a leader and this member has applied every entry it held
     /// when it started, so reads see every write acknowledged before. [`Store::open`] does
-    /// this itself for a member alone; a member of a larger group first serves its
-    /// [`network::router`], then waits here.
+    /// this itself for a member alone ([`Store::alone`]); a member of a larger group first
+    /// serves its [`network::router`], then waits here.
     ///
     /// # Errors
     /// [`Error::Fatal`] when that does not happen within `timeout`.
@@ -370,11 +408,8 @@ impl Store {
     /// # Errors
     /// [`Error::NotLeader`] when no leader takes it; [`Error::Fatal`] when raft stopped.
     pub async fn write(&self, command: Command) -> Result<Outcome, Error> {
-        // (The metrics guard must not live across an await: raft's core would block on it.)
-        let current = self.raft.metrics().borrow().current_leader;
-        let mut leader = match current {
-            Some(l) if l != self.id => l,
-            _ => return self.write_here(command).await,
+        let Some(mut leader) = self.leader_elsewhere() else {
+            return self.write_here(command).await;
         };
         for _ in 0..3 {
             match self.forward(leader, &command).await {
@@ -418,13 +453,12 @@ impl Store {
     /// # Errors
     /// [`Error::NotLeader`] when no leader can confirm; [`Error::Fatal`] when raft stopped.
     pub async fn linearize(&self) -> Result<(), Error> {
-        let current = self.raft.metrics().borrow().current_leader;
-        let index = match current {
-            Some(l) if l != self.id => {
+        let index = match self.leader_elsewhere() {
+            Some(l) => {
                 let addr = self.peer_addr(l).ok_or(Error::NotLeader { leader: None })?;
                 self.network.read_index(&addr).await?
             }
-            _ => self.read_index_here().await?,
+            None => self.read_index_here().await?,
         };
         if let Some(index) = index {
             self.raft
@@ -449,23 +483,44 @@ impl Store {
         }
     }
 
-    /// Adds member `id`, reachable at `addr` (its peer listener), to the group: as a learner
-    /// first, answered once it has caught up (the log, or a snapshot when the log behind it is
-    /// purged), then as a voter while the group has fewer than five. Must run on the leader.
+    /// Adds member `id` to the group: as a learner first, answered once it has caught up (the
+    /// log, or a snapshot when the log behind it is purged), then as a voter while the group
+    /// has fewer than five. A follower asks the leader to do it. Adding a member again with
+    /// the same addresses succeeds and changes nothing.
     ///
     /// # Errors
-    /// [`Error::NotLeader`] on a follower; [`Error::Fatal`] when the change fails.
-    pub async fn add_member(&self, id: NodeId, addr: String) -> Result<(), Error> {
-        let refused = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
-                leader: f.leader_id,
-            },
-            e => Error::Fatal(Box::new(e)),
+    /// [`Error::Membership`] when the id is taken by another address; [`Error::NotLeader`]
+    /// when no leader takes the change; [`Error::Fatal`] when it fails.
+    pub async fn add_member(&self, id: NodeId, node: Node) -> Result<(), Error> {
+        match self.leader_elsewhere() {
+            Some(leader) => {
+                let addr = self
+                    .peer_addr(leader)
+                    .ok_or(Error::NotLeader { leader: None })?;
+                self.network.add_member(&addr, id, &node).await
+            }
+            None => self.add_member_here(id, node).await,
+        }
+    }
+
+    /// [`Store::add_member`] on the leader.
+    pub(crate) async fn add_member_here(&self, id: NodeId, node: Node) -> Result<(), Error> {
+        let existing = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config.membership().get_node(&id).cloned()
         };
+        if let Some(existing) = existing
+            && existing != node
+        {
+            return Err(Error::Membership(format!(
+                "member {id} is already {existing}"
+            )));
+        }
         self.raft
-            .add_learner(id, BasicNode { addr }, true)
+            .add_learner(id, node, true)
             .await
-            .map_err(refused)?;
+            .map_err(membership_refused)?;
         let voters = self
             .raft
             .metrics()
@@ -476,11 +531,71 @@ impl Store {
             .count();
         if voters < MAX_VOTERS {
             self.raft
-                .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false)
+                .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
                 .await
-                .map_err(refused)?;
+                .map_err(membership_refused)?;
         }
         Ok(())
+    }
+
+    /// Removes member `id` from the group (a voter stops voting and leaves with it); a
+    /// follower asks the leader to do it. The last voter cannot be removed.
+    ///
+    /// # Errors
+    /// [`Error::Membership`] when `id` is not a member or is the last voter;
+    /// [`Error::NotLeader`] when no leader takes the change; [`Error::Fatal`] when it fails.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), Error> {
+        match self.leader_elsewhere() {
+            Some(leader) => {
+                let addr = self
+                    .peer_addr(leader)
+                    .ok_or(Error::NotLeader { leader: None })?;
+                self.network.remove_member(&addr, id).await
+            }
+            None => self.remove_member_here(id).await,
+        }
+    }
+
+    /// [`Store::remove_member`] on the leader.
+    pub(crate) async fn remove_member_here(&self, id: NodeId) -> Result<(), Error> {
+        let (known, voters) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            (
+                membership.get_node(&id).is_some(),
+                membership
+                    .voter_ids()
+                    .collect::<std::collections::BTreeSet<_>>(),
+            )
+        };
+        if !known {
+            return Err(Error::Membership(format!("{id} is not a member")));
+        }
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(Error::Membership(format!(
+                    "{id} is the last voter; the group would have no quorum"
+                )));
+            }
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                .await
+                .map_err(membership_refused)?;
+        } else {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+                .await
+                .map_err(membership_refused)?;
+        }
+        Ok(())
+    }
+
+    /// The leader, when it is another member.
+    fn leader_elsewhere(&self) -> Option<NodeId> {
+        // (The metrics guard must not live across an await: raft's core would block on it.)
+        let current = self.raft.metrics().borrow().current_leader;
+        current.filter(|l| *l != self.id)
     }
 
     /// The group's members as this member knows them, by id.
@@ -495,6 +610,7 @@ impl Store {
             .map(|(id, node)| Member {
                 id: *id,
                 addr: node.addr.clone(),
+                api: node.api.clone(),
                 role: if m.current_leader == Some(*id) {
                     Role::Leader
                 } else if voters.contains(id) {

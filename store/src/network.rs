@@ -23,7 +23,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use openraft::BasicNode;
 use openraft::Raft;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
@@ -36,7 +35,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, NodeId, Outcome, TypeConfig};
+use crate::command::{Command, Node, NodeId, Outcome, TypeConfig};
 use crate::{Error, Store};
 
 /// The path of append-entries requests on a peer listener.
@@ -50,9 +49,17 @@ pub const WRITE: &str = "/store/write";
 
 /// The path where the leader answers the log index a linearizable read must wait for.
 pub const READ_INDEX: &str = "/store/read-index";
+/// The path of membership additions a follower forwards to the leader.
+pub const ADD_MEMBER: &str = "/store/add-member";
+/// The path of membership removals a follower forwards to the leader.
+pub const REMOVE_MEMBER: &str = "/store/remove-member";
 
 /// How long a forwarded write may take (a leader under load, an election meanwhile).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an addition may take: the new member catches up first (a snapshot of the whole
+/// store, then the log).
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The leader's answer to a request a follower forwards (a write, a read index).
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,6 +68,8 @@ enum Answer<T> {
     Done(T),
     /// The member does not lead (any more); the leader it knows.
     NotLeader(Option<NodeId>),
+    /// A membership change the leader refused, and why.
+    Refused(String),
     /// Raft or the database failed there, or leadership could not be confirmed.
     Failed(String),
 }
@@ -70,6 +79,7 @@ impl<T> From<Result<T, Error>> for Answer<T> {
         match result {
             Ok(value) => Answer::Done(value),
             Err(Error::NotLeader { leader }) => Answer::NotLeader(leader),
+            Err(Error::Membership(why)) => Answer::Refused(why),
             // The error and its causes, `: `-separated (the caller's log shows them).
             Err(e) => Answer::Failed(
                 std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
@@ -191,13 +201,29 @@ impl Network {
 
     /// Asks the member at `addr` (the leader) to write `command`.
     pub(crate) async fn forward(&self, addr: &str, command: &Command) -> Result<Outcome, Error> {
-        self.ask(addr, WRITE, command).await
+        self.ask(addr, WRITE, command, FORWARD_TIMEOUT).await
+    }
+
+    /// Asks the leader at `addr` to add member `id` (answered once it has caught up).
+    pub(crate) async fn add_member(
+        &self,
+        addr: &str,
+        id: NodeId,
+        node: &Node,
+    ) -> Result<(), Error> {
+        self.ask(addr, ADD_MEMBER, &(id, node), CATCH_UP_TIMEOUT)
+            .await
+    }
+
+    /// Asks the leader at `addr` to remove member `id`.
+    pub(crate) async fn remove_member(&self, addr: &str, id: NodeId) -> Result<(), Error> {
+        self.ask(addr, REMOVE_MEMBER, &id, FORWARD_TIMEOUT).await
     }
 
     /// Asks the member at `addr` (the leader) which log index a linearizable read must wait
     /// for (raft's read index: the leader confirms it still leads with a quorum first).
     pub(crate) async fn read_index(&self, addr: &str) -> Result<Option<u64>, Error> {
-        self.ask(addr, READ_INDEX, &()).await
+        self.ask(addr, READ_INDEX, &(), FORWARD_TIMEOUT).await
     }
 
     /// POSTs `body` to the leader at `addr` and turns its [`Answer`] back into a result.
@@ -206,11 +232,13 @@ impl Network {
         addr: &str,
         path: &str,
         body: &Req,
+        ttl: Duration,
     ) -> Result<T, Error> {
         let base = format!("{}://{addr}", self.scheme);
-        match self.post(&base, path, body, FORWARD_TIMEOUT).await {
+        match self.post(&base, path, body, ttl).await {
             Ok(Answer::Done(value)) => Ok(value),
             Ok(Answer::NotLeader(leader)) => Err(Error::NotLeader { leader }),
+            Ok(Answer::Refused(why)) => Err(Error::Membership(why)),
             Ok(Answer::Failed(message)) => Err(Error::Fatal(message.into())),
             // The leader went away: the caller tries whoever leads next.
             Err(PostError::Timeout | PostError::Unreachable(_)) => {
@@ -238,7 +266,7 @@ pub struct PeerClient {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
         PeerClient {
             target,
             base: format!("{}://{}", self.scheme, node.addr),
@@ -255,7 +283,7 @@ impl PeerClient {
         body: &Req,
         action: RPCTypes,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -289,7 +317,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         self.call(APPEND, &rpc, RPCTypes::AppendEntries, &option)
             .await
     }
@@ -300,7 +328,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
         self.call(SNAPSHOT, &rpc, RPCTypes::InstallSnapshot, &option)
             .await
@@ -310,7 +338,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         self.call(VOTE, &rpc, RPCTypes::Vote, &option).await
     }
 }
@@ -333,6 +361,22 @@ pub(crate) fn router(store: Store) -> axum::Router {
             post(|State(store): State<Store>| async move {
                 Json(Answer::from(store.read_index_here().await))
             }),
+        )
+        .route(
+            ADD_MEMBER,
+            post(
+                |State(store): State<Store>, Json((id, node)): Json<(NodeId, Node)>| async move {
+                    Json(Answer::from(store.add_member_here(id, node).await))
+                },
+            ),
+        )
+        .route(
+            REMOVE_MEMBER,
+            post(
+                |State(store): State<Store>, Json(id): Json<NodeId>| async move {
+                    Json(Answer::from(store.remove_member_here(id).await))
+                },
+            ),
         )
         .with_state(store);
     axum::Router::new()

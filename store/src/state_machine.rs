@@ -17,10 +17,10 @@ use serde_json::value::RawValue;
 use tokio::sync::{broadcast, watch};
 
 use crate::codec::{Change, ChangeKind, decode_value, encode_value};
-use crate::command::{Command, Failure, NodeId, Outcome, Precondition, TypeConfig};
+use crate::command::{Command, Failure, Node, NodeId, Outcome, Precondition, TypeConfig};
 use crate::tables::{CHANGES, KV, SM_META};
 
-type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+type Membership = StoredMembership<NodeId, Node>;
 
 /// The state machine: current objects plus their change history.
 #[derive(Clone)]
@@ -33,7 +33,7 @@ pub struct StateMachine {
 
 #[derive(Clone)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    meta: SnapshotMeta<NodeId, Node>,
     data: Vec<u8>,
 }
 
@@ -379,7 +379,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        meta: &SnapshotMeta<NodeId, Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();

@@ -312,7 +312,13 @@ async fn a_group_should_grow_from_one_member_by_adding_learners_that_catch_up_th
     let early = first.revision().await.expect("revision");
     for id in [2u64, 3] {
         first
-            .add_member(id, addrs[usize::try_from(id - 1).expect("small")].clone())
+            .add_member(
+                id,
+                wasmkube_store::Node {
+                    addr: addrs[usize::try_from(id - 1).expect("small")].clone(),
+                    api: String::new(),
+                },
+            )
             .await
             .expect("add a member");
     }
@@ -405,7 +411,13 @@ async fn a_member_added_after_the_log_was_purged_should_catch_up_from_a_snapshot
         .expect("purged");
     let revision = first.revision().await.expect("revision");
     first
-        .add_member(2, addrs[1].clone())
+        .add_member(
+            2,
+            wasmkube_store::Node {
+                addr: addrs[1].clone(),
+                api: String::new(),
+            },
+        )
         .await
         .expect("add after purge");
     second.ready(Duration::from_secs(30)).await.expect("leader");
@@ -423,6 +435,82 @@ async fn a_member_added_after_the_log_was_purged_should_catch_up_from_a_snapshot
         second.raft().metrics().borrow().snapshot.is_some(),
         "the newcomer installed a snapshot"
     );
+    for s in &stores {
+        s.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test]
+async fn membership_changes_should_be_forwarded_to_the_leader_and_refuse_what_would_break_the_group()
+ {
+    use wasmkube_store::{Error, Node, Role};
+    let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tempdir"));
+    let (stores, addrs) = first_and_joiners(&dirs).await;
+    let node = |i: usize| Node {
+        addr: addrs[i].clone(),
+        api: format!("https://api-{i}"),
+    };
+    stores[0].add_member(2, node(1)).await.expect("add 2");
+    stores[1]
+        .ready(Duration::from_secs(30))
+        .await
+        .expect("leader");
+    // Through a follower: it asks the leader.
+    stores[1]
+        .add_member(3, node(2))
+        .await
+        .expect("add 3 through 2");
+    stores[1]
+        .add_member(3, node(2))
+        .await
+        .expect("adding the same member again changes nothing");
+    assert!(
+        matches!(
+            stores[1].add_member(3, node(0)).await,
+            Err(Error::Membership(_))
+        ),
+        "an id taken by another address is refused"
+    );
+    let members = stores[0].members();
+    assert_eq!(
+        members
+            .iter()
+            .map(|m| (m.id, m.role, m.api.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (1, Role::Leader, ""),
+            (2, Role::Follower, "https://api-1"),
+            (3, Role::Follower, "https://api-2"),
+        ]
+    );
+    stores[1]
+        .remove_member(3)
+        .await
+        .expect("remove 3 through 2");
+    assert!(matches!(
+        stores[1].remove_member(9).await,
+        Err(Error::Membership(_))
+    ));
+    assert_eq!(
+        stores[0].members().iter().map(|m| m.id).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let out = create(&stores[1], "after-removal", "x")
+        .await
+        .expect("two members still write");
+    assert!(
+        stores[0]
+            .wait_for_revision(rev(&out), Duration::from_secs(10))
+            .await
+    );
+    stores[0].remove_member(2).await.expect("remove 2");
+    assert!(
+        matches!(stores[0].remove_member(1).await, Err(Error::Membership(_))),
+        "the last voter stays"
+    );
+    create(&stores[0], "alone-again", "x")
+        .await
+        .expect("a group of one writes");
     for s in &stores {
         s.shutdown().await.expect("shutdown");
     }
