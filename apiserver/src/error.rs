@@ -513,6 +513,11 @@ impl ApiError {
         self
     }
 
+    /// 409 Conflict for a request that is not about one object (a membership change).
+    pub fn conflict_request(message: impl Into<String>) -> Self {
+        ApiError::new(409, "Conflict", message)
+    }
+
     /// 503 ServiceUnavailable.
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError::new(503, "ServiceUnavailable", message)
@@ -577,8 +582,9 @@ impl From<wasmkube_store::Error> for ApiError {
                 "The resourceVersion for the provided list is too old (oldest retained: {compacted})"
             )),
             wasmkube_store::Error::NotLeader { leader } => ApiError::unavailable(format!(
-                "this apiserver is not the raft leader (leader: {leader:?})"
+                "no raft leader took the request (leader known here: {leader:?}); the servers may have lost quorum"
             )),
+            wasmkube_store::Error::Membership(why) => ApiError::conflict_request(why),
             other => ApiError::internal_with_cause("the store failed", &other),
         }
     }

@@ -24,6 +24,7 @@
 mod admission;
 mod apply;
 pub mod auth;
+pub mod cluster;
 mod conn;
 mod discovery;
 pub mod error;
@@ -80,6 +81,11 @@ pub struct Config {
     pub network: Network,
     /// Memory the store's redb may use to cache pages (see [`wasmkube_store::Config`]).
     pub store_cache_bytes: usize,
+    /// Where the other servers reach this one's raft transport (mutual TLS); without it the
+    /// server is alone and takes no joining servers.
+    pub peer_listen: Option<SocketAddr>,
+    /// Join this cluster rather than start one (ignored once this server is a member).
+    pub join: Option<cluster::Join>,
 }
 
 impl Config {
@@ -93,6 +99,8 @@ impl Config {
             bookmark_interval: Duration::from_secs(30),
             network: Network::default(),
             store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
+            peer_listen: None,
+            join: None,
         }
     }
 }
@@ -112,6 +120,12 @@ pub enum Error {
     /// The listener or a file could not be used.
     #[error("I/O")]
     Io(#[from] std::io::Error),
+    /// Joining the cluster failed.
+    #[error("joining the cluster")]
+    Join(#[from] wasmkube_client::join::Error),
+    /// The configuration cannot work.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Runs the API server until `shutdown` is cancelled.

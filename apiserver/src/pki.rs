@@ -93,6 +93,14 @@ pub struct Pki {
     pub key_pem: String,
     /// The admin bearer token.
     pub admin_token: String,
+    /// The CA's key (PEM), for servers that join.
+    pub(crate) ca_key_pem: String,
+}
+
+/// 32 random bytes as URL-safe base64: a bearer token or secret.
+pub(crate) fn random_token() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 fn read(path: &Path) -> Result<Option<String>, PkiError> {
@@ -203,8 +211,7 @@ impl Pki {
         let admin_token = match read(&token_path)? {
             Some(t) if !t.trim().is_empty() => t.trim().to_string(),
             _ => {
-                let bytes: [u8; 32] = rand::rng().random();
-                let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+                let token = random_token();
                 write_private(&token_path, &token)?;
                 token
             }
@@ -214,6 +221,7 @@ impl Pki {
             cert_pem,
             key_pem,
             admin_token,
+            ca_key_pem,
         })
     }
 
@@ -242,12 +250,8 @@ impl Pki {
         let (cert_pem, key_pem) = match (read(&crt)?, read(&key)?, read(&hosts)?) {
             (Some(c), Some(k), Some(h)) if h == host => (c, k),
             _ => {
-                let ca_key = read(&pki.join("ca.key"))?.ok_or_else(|| PkiError::Io {
-                    path: pki.join("ca.key"),
-                    source: std::io::ErrorKind::NotFound.into(),
-                })?;
                 let (c, k) = issue(
-                    &ca_key,
+                    &self.ca_key_pem,
                     vec![host.to_owned()],
                     "wasmkube-peer",
                     vec![

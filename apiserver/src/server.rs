@@ -47,6 +47,8 @@ struct Shared {
     token: String,
     server: String,
     oci: OciRegistry,
+    /// Joining servers and the membership.
+    cluster: crate::cluster::Membership,
 }
 
 /// The router: public health and version endpoints, everything else behind the bearer token.
@@ -77,7 +79,13 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let path = parts.uri.path().to_string();
     let public = matches!(
         path.as_str(),
-        "/healthz" | "/livez" | "/readyz" | "/version"
+        "/healthz"
+            | "/livez"
+            | "/readyz"
+            | "/version"
+            // The joining server checks the CA against its token; the join checks the secret.
+            | wasmkube_client::join::CA_PATH
+            | crate::cluster::JOIN_PATH
     ) || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/");
@@ -225,6 +233,14 @@ async fn route(
             }
         }
         (&Method::GET, "/version") => get(discovery::version()),
+        (&Method::GET, wasmkube_client::join::CA_PATH) => Ok(s.cluster.ca()),
+        (&Method::POST, crate::cluster::JOIN_PATH) => s.cluster.join(headers),
+        (_, p)
+            if p == crate::cluster::MEMBERS_PATH
+                || p.starts_with(&format!("{}/", crate::cluster::MEMBERS_PATH)) =>
+        {
+            s.cluster.members(method, p, body).await
+        }
         (&Method::GET, "/openapi/v3") => get(s.api.openapi().index()),
         (&Method::GET, "/openapi/v2") => {
             let mut resp = (StatusCode::OK, crate::openapi::v2_protobuf()).into_response();
@@ -368,32 +384,81 @@ async fn open(
 /// # Errors
 /// When any of those fails.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
-    std::fs::create_dir_all(&config.data_dir)?;
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir)?;
+    let recorded = crate::cluster::member_id(dir);
+    // A newcomer gets its id and the cluster's credentials before anything is made here.
+    let joining = match (&config.join, recorded) {
+        (Some(join), None) => Some((join, crate::cluster::fetch_credentials(dir, join).await?)),
+        _ => None,
+    };
+    let node_id = recorded.or(joining.map(|(_, id)| id)).unwrap_or(1);
     let mut hosts = config.extra_sans.clone();
     if !config.listen.ip().is_unspecified() {
         hosts.push(config.listen.ip().to_string());
     }
-    let pki = Pki::load_or_create(&config.data_dir, &hosts)?;
+    let pki = Pki::load_or_create(dir, &hosts)?;
     let tls = Arc::new(pki.server_config()?);
-    let store = Store::open(wasmkube_store::Config {
-        cache_bytes: config.store_cache_bytes,
-        ..wasmkube_store::Config::new(&config.data_dir)
-    })
-    .await?;
-    let api = open(&config, store.clone(), &shutdown).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        addr.ip().to_string()
+    let server = host_port(addr);
+    let peer = match config.peer_listen {
+        Some(at) if at.ip().is_unspecified() => {
+            return Err(Error::Config(format!(
+                "--peer-listen {at}: give the address the other servers reach this one at"
+            )));
+        }
+        Some(at) => {
+            let listener = TcpListener::bind(at).await?;
+            let addr = listener.local_addr()?;
+            let tls = pki.peer_tls(dir, &addr.ip().to_string())?;
+            Some((listener, host_port(addr), tls))
+        }
+        None if config.join.is_some() || recorded.is_some() => {
+            return Err(Error::Config(
+                "a server that joins a cluster needs --peer-listen".into(),
+            ));
+        }
+        None => None,
     };
-    let server = if addr.is_ipv6() {
-        format!("[{host}]:{}", addr.port())
-    } else {
-        format!("{host}:{}", addr.port())
-    };
-    let kubeconfig = config.data_dir.join("kubeconfig");
+    let store = Store::open(wasmkube_store::Config {
+        cache_bytes: config.store_cache_bytes,
+        node_id,
+        advertise: peer
+            .as_ref()
+            .map_or_else(|| "127.0.0.1:0".into(), |(_, a, _)| a.clone()),
+        api: format!("https://{server}"),
+        peer_tls: peer.as_ref().map(|(_, _, tls)| Arc::clone(&tls.client)),
+        join: node_id != 1,
+        ..wasmkube_store::Config::new(dir)
+    })
+    .await?;
+    let tracker = TaskTracker::new();
+    let joinable = peer.is_some();
+    if let Some((listener, peer_addr, tls)) = peer {
+        tracing::info!(addr = %peer_addr, id = node_id, "raft peer listener");
+        tracker.spawn(wasmkube_store::network::serve(
+            listener,
+            store.clone(),
+            Some(tls.server),
+            shutdown.clone().cancelled_owned(),
+        ));
+        if let Some((join, id)) = joining {
+            tracing::info!(server = %join.server, id, "asking to be added; catching up");
+            crate::cluster::become_member(
+                dir,
+                join,
+                &pki,
+                id,
+                peer_addr,
+                format!("https://{server}"),
+            )
+            .await?;
+        }
+        store.ready(std::time::Duration::from_secs(120)).await?;
+    }
+    let api = open(&config, store.clone(), &shutdown).await?;
+    let kubeconfig = dir.join("kubeconfig");
     crate::pki::write_private(&kubeconfig, &pki.kubeconfig(&format!("https://{server}")))?;
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "apiserver listening");
 
@@ -404,10 +469,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         authz: Box::new(AllowAuthenticated),
         token: pki.admin_token.clone(),
         server,
-        oci: OciRegistry::new(&config.data_dir)?,
+        oci: OciRegistry::new(dir)?,
+        cluster: crate::cluster::Membership::new(dir, store.clone(), &pki, joinable)?,
     });
     let app = router(shared);
-    let tracker = TaskTracker::new();
     tracker.spawn(compaction(
         store.clone(),
         config.compaction_interval,
@@ -473,6 +538,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     })
 }
 
+/// `host:port` of a listener as clients dial it (`[v6]:port`; an unspecified address as
+/// 127.0.0.1).
+fn host_port(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    if addr.is_ipv6() {
+        format!("[{host}]:{}", addr.port())
+    } else {
+        format!("{host}:{}", addr.port())
+    }
+}
+
 /// Compacts history older than one interval, as kube-apiserver compacts etcd every 5 minutes
 /// to the revision it saw one interval ago.
 async fn compaction(store: Store, every: std::time::Duration, shutdown: CancellationToken) {
@@ -517,7 +597,9 @@ mod tests {
         let store = Store::open(wasmkube_store::Config::new(dir.path()))
             .await
             .expect("store");
-        let api = open(&config, store, &shutdown).await.expect("apiserver");
+        let api = open(&config, store.clone(), &shutdown)
+            .await
+            .expect("apiserver");
         let shared = Arc::new(Shared {
             api,
             authn: Box::new(crate::auth::AdminToken::new(TOKEN)),
@@ -525,6 +607,13 @@ mod tests {
             token: TOKEN.into(),
             server: "127.0.0.1:6443".into(),
             oci: OciRegistry::new(dir.path()).expect("registry"),
+            cluster: crate::cluster::Membership::new(
+                dir.path(),
+                store.clone(),
+                &Pki::load_or_create(dir.path(), &[]).expect("pki"),
+                false,
+            )
+            .expect("membership"),
         });
         (router(shared), dir, shutdown)
     }

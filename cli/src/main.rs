@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole cluster (every component, and a wasmlet for this node) in this process.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Run the API server alone.
     Apiserver(ServerArgs),
     /// Run a wasmlet (the node agent) that joins a cluster.
@@ -38,6 +38,31 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// The cluster's servers (the members of its raft group).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// One line per server: ID, peer address, API address, role, applied log index.
+    Members(KubeconfigArg),
+    /// Remove a server from the group (stop it first, or it will find itself alone).
+    Remove {
+        /// The member's ID, as `wasmkube cluster members` shows it.
+        id: u64,
+        #[command(flatten)]
+        kubeconfig: KubeconfigArg,
+    },
+}
+
+#[derive(Args)]
+struct KubeconfigArg {
+    /// The kubeconfig to reach the API server with (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -76,6 +101,16 @@ struct ServerArgs {
     /// operating system still caches the file).
     #[arg(long, default_value_t = wasmkube_apiserver::DEFAULT_STORE_CACHE_BYTES >> 20)]
     store_cache_mib: usize,
+    /// Where the other servers reach this one's raft transport (mutual TLS from the cluster
+    /// CA). Needed to form or join a group of servers; it writes DATA_DIR/join-token.
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// Join the cluster of this API server (https://HOST:PORT) instead of starting one.
+    #[arg(long, requires = "token_file", requires = "peer_listen")]
+    join: Option<String>,
+    /// The cluster's join token (the first server's DATA_DIR/join-token).
+    #[arg(long, requires = "join")]
+    token_file: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -85,6 +120,17 @@ impl ServerArgs {
         c.extra_sans = self.tls_san.clone();
         c.compaction_interval = Duration::from_secs(self.compaction_interval.max(1));
         c.store_cache_bytes = self.store_cache_mib << 20;
+        c.peer_listen = self.peer_listen;
+        if let (Some(server), Some(file)) = (&self.join, &self.token_file) {
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the join token {}", file.display()))?;
+            c.join = Some(wasmkube_apiserver::cluster::Join {
+                server: server.trim_end_matches('/').to_owned(),
+                token: token
+                    .parse()
+                    .with_context(|| format!("the join token in {}", file.display()))?,
+            });
+        }
         let (first, last) = self
             .service_node_port_range
             .split_once('-')
@@ -374,6 +420,71 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `wasmkube cluster …`: the membership, through the API server's `/wasmkube/members`.
+async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    let (request, kubeconfig) = match command {
+        ClusterCommand::Members(k) => (
+            http::Request::get(wasmkube_apiserver::cluster::MEMBERS_PATH).body(Vec::new())?,
+            k.kubeconfig,
+        ),
+        ClusterCommand::Remove { id, kubeconfig } => (
+            http::Request::delete(format!(
+                "{}/{id}",
+                wasmkube_apiserver::cluster::MEMBERS_PATH
+            ))
+            .body(Vec::new())?,
+            kubeconfig.kubeconfig,
+        ),
+    };
+    let removing = request.method() == http::Method::DELETE;
+    let conn = wasmkube_client::connect(&source(kubeconfig))
+        .await
+        .context("finding the cluster (set --kubeconfig or KUBECONFIG)")?;
+    let answer = conn.client.request_text(request).await?;
+    if removing {
+        println!("removed");
+        return Ok(());
+    }
+    let members: Vec<wasmkube_apiserver::cluster::MemberStatus> =
+        serde_json::from_str(&answer).context("the members list")?;
+    let rows: Vec<[String; 5]> = members
+        .into_iter()
+        .map(|m| {
+            [
+                m.id.to_string(),
+                m.peer,
+                if m.api.is_empty() {
+                    "<none>".into()
+                } else {
+                    m.api
+                },
+                m.role,
+                m.applied
+                    .map_or_else(|| "<unknown>".into(), |i| i.to_string()),
+            ]
+        })
+        .collect();
+    let header = ["ID", "PEER-ADDRESS", "API-ADDRESS", "ROLE", "APPLIED-INDEX"].map(String::from);
+    let widths: Vec<usize> = (0..5)
+        .map(|i| {
+            std::iter::once(&header)
+                .chain(&rows)
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+    Ok(())
+}
+
 /// Cancels `token` on Ctrl-C or SIGTERM.
 fn on_signal(token: CancellationToken) {
     tokio::spawn(async move {
@@ -533,6 +644,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Image {
             command: ImageCommand::Push(args),
         } => push(args).await?,
+        Command::Cluster { command } => cluster(command).await?,
     }
     Ok(())
 }

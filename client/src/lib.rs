@@ -17,6 +17,7 @@
 //! ```
 
 mod failover;
+pub mod join;
 mod source;
 pub mod tls;
 pub mod watch;

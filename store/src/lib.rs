@@ -43,7 +43,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{
+    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, InitializeError, RaftError,
+};
 use openraft::{ChangeMembers, Raft, SnapshotPolicy};
 use redb::{Database, ReadableDatabase};
 use tokio::sync::{broadcast, mpsc, oneshot, watch as notify};
@@ -186,6 +188,8 @@ pub struct Store {
     feed: broadcast::Sender<Arc<Change>>,
     published: Arc<notify::Sender<u64>>,
     proposer: mpsc::Sender<Pending>,
+    /// Membership changes made here go one at a time (raft takes one at a time).
+    membership: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A command waiting to be proposed, and where its outcome goes.
@@ -196,7 +200,7 @@ type Pending = (Command, oneshot::Sender<Result<Outcome, Error>>);
 const MAX_VOTERS: usize = 5;
 
 /// One member of the group, as [`Store::members`] reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     /// Its raft id.
     pub id: NodeId,
@@ -212,7 +216,7 @@ pub struct Member {
 }
 
 /// A member's part in the group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Role {
     /// Leads: proposes every write.
     Leader,
@@ -232,6 +236,27 @@ fn membership_refused(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> E
             Error::Membership(e.to_string())
         }
         e => Error::Fatal(Box::new(e)),
+    }
+}
+
+/// Runs a membership change, again while one made before is still committing (raft takes
+/// one change at a time; an earlier leader's may still be in flight), for up to 30 seconds.
+async fn one_change<T, F, Fut>(change: F) -> Result<(), Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RaftError<NodeId, ClientWriteError<NodeId, Node>>>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match change().await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(membership_refused(e)),
+        }
     }
 }
 
@@ -356,6 +381,7 @@ impl Store {
             feed,
             published,
             proposer,
+            membership: Arc::default(),
         };
         let current = store.revision().await?;
         store.published.send_modify(|p| *p = (*p).max(current));
@@ -517,10 +543,8 @@ impl Store {
                 "member {id} is already {existing}"
             )));
         }
-        self.raft
-            .add_learner(id, node, true)
-            .await
-            .map_err(membership_refused)?;
+        let _one_at_a_time = self.membership.lock().await;
+        one_change(|| self.raft.add_learner(id, node.clone(), true)).await?;
         let voters = self
             .raft
             .metrics()
@@ -529,11 +553,13 @@ impl Store {
             .membership()
             .voter_ids()
             .count();
+        tracing::debug!(id, voters, "learner caught up");
         if voters < MAX_VOTERS {
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
-                .await
-                .map_err(membership_refused)?;
+            one_change(|| {
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+            })
+            .await?;
         }
         Ok(())
     }
@@ -558,6 +584,7 @@ impl Store {
 
     /// [`Store::remove_member`] on the leader.
     pub(crate) async fn remove_member_here(&self, id: NodeId) -> Result<(), Error> {
+        let _one_at_a_time = self.membership.lock().await;
         let (known, voters) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
@@ -578,15 +605,17 @@ impl Store {
                     "{id} is the last voter; the group would have no quorum"
                 )));
             }
-            self.raft
-                .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
-                .await
-                .map_err(membership_refused)?;
+            one_change(|| {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+            })
+            .await?;
         } else {
-            self.raft
-                .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
-                .await
-                .map_err(membership_refused)?;
+            one_change(|| {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+            })
+            .await?;
         }
         Ok(())
     }
@@ -598,8 +627,22 @@ impl Store {
         current.filter(|l| *l != self.id)
     }
 
+    /// The group's members, by id, as the leader knows them (it alone knows how far each has
+    /// replicated); as this member knows them when the leader cannot be asked.
+    pub async fn members(&self) -> Vec<Member> {
+        if let Some(leader) = self.leader_elsewhere()
+            && let Some(addr) = self.peer_addr(leader)
+        {
+            match self.network.members(&addr).await {
+                Ok(members) => return members,
+                Err(e) => tracing::debug!(error = %e, "the leader's view of the members"),
+            }
+        }
+        self.members_here()
+    }
+
     /// The group's members as this member knows them, by id.
-    pub fn members(&self) -> Vec<Member> {
+    pub fn members_here(&self) -> Vec<Member> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let membership = m.membership_config.membership();

@@ -51,6 +51,8 @@ pub const WRITE: &str = "/store/write";
 pub const READ_INDEX: &str = "/store/read-index";
 /// The path of membership additions a follower forwards to the leader.
 pub const ADD_MEMBER: &str = "/store/add-member";
+/// The path where the leader lists the members.
+pub const MEMBERS: &str = "/store/members";
 /// The path of membership removals a follower forwards to the leader.
 pub const REMOVE_MEMBER: &str = "/store/remove-member";
 
@@ -215,6 +217,11 @@ impl Network {
             .await
     }
 
+    /// Asks the leader at `addr` for the members as it knows them.
+    pub(crate) async fn members(&self, addr: &str) -> Result<Vec<crate::Member>, Error> {
+        self.ask(addr, MEMBERS, &(), FORWARD_TIMEOUT).await
+    }
+
     /// Asks the leader at `addr` to remove member `id`.
     pub(crate) async fn remove_member(&self, addr: &str, id: NodeId) -> Result<(), Error> {
         self.ask(addr, REMOVE_MEMBER, &id, FORWARD_TIMEOUT).await
@@ -369,6 +376,12 @@ pub(crate) fn router(store: Store) -> axum::Router {
                     Json(Answer::from(store.add_member_here(id, node).await))
                 },
             ),
+        )
+        .route(
+            MEMBERS,
+            post(|State(store): State<Store>| async move {
+                Json(Answer::Done(store.members_here()))
+            }),
         )
         .route(
             REMOVE_MEMBER,

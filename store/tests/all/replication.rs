@@ -322,7 +322,7 @@ async fn a_group_should_grow_from_one_member_by_adding_learners_that_catch_up_th
             .await
             .expect("add a member");
     }
-    let members = first.members();
+    let members = first.members().await;
     assert_eq!(
         members.iter().map(|m| (m.id, m.role)).collect::<Vec<_>>(),
         [(1, Role::Leader), (2, Role::Follower), (3, Role::Follower)],
@@ -342,7 +342,7 @@ async fn a_group_should_grow_from_one_member_by_adding_learners_that_catch_up_th
         )
         .await
         .expect("replication progress");
-    let members = first.members();
+    let members = first.members().await;
     assert!(members.iter().all(|m| m.matched.is_some()), "{members:?}");
     for s in &stores[1..] {
         s.ready(Duration::from_secs(30)).await.expect("a leader");
@@ -471,7 +471,7 @@ async fn membership_changes_should_be_forwarded_to_the_leader_and_refuse_what_wo
         ),
         "an id taken by another address is refused"
     );
-    let members = stores[0].members();
+    let members = stores[0].members().await;
     assert_eq!(
         members
             .iter()
@@ -483,6 +483,17 @@ async fn membership_changes_should_be_forwarded_to_the_leader_and_refuse_what_wo
             (3, Role::Follower, "https://api-2"),
         ]
     );
+    let view = |members: Vec<wasmkube_store::Member>| {
+        members
+            .into_iter()
+            .map(|m| (m.id, m.role, m.matched.is_some()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        view(stores[2].members().await),
+        view(stores[0].members_here()),
+        "a follower answers with the leader's view"
+    );
     stores[1]
         .remove_member(3)
         .await
@@ -492,7 +503,12 @@ async fn membership_changes_should_be_forwarded_to_the_leader_and_refuse_what_wo
         Err(Error::Membership(_))
     ));
     assert_eq!(
-        stores[0].members().iter().map(|m| m.id).collect::<Vec<_>>(),
+        stores[0]
+            .members()
+            .await
+            .iter()
+            .map(|m| m.id)
+            .collect::<Vec<_>>(),
         [1, 2]
     );
     let out = create(&stores[1], "after-removal", "x")

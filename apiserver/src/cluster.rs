@@ -1,0 +1,313 @@
+//! The servers of one cluster: the join token, a newcomer joining (its side and the serving
+//! side), and the membership endpoints `wasmkube cluster` uses.
+//!
+//! ```text
+//! newcomer                                     any server of the cluster
+//!   GET  /wasmkube/cacerts ─────────────────►  ca.crt (public; checked against the token)
+//!   POST /wasmkube/join   (Bearer secret) ──►  its id, the CA and its key, admin token
+//!   opens its store (joining), serves its peer listener
+//!   POST /wasmkube/members (admin) ─────────►  the leader adds it: learner, catch-up, voter
+//! ```
+//!
+//! The first server that listens for peers writes `DATA_DIR/join-token`; so does every server
+//! that joined. A joined server records its id in `DATA_DIR/member-id` once it is a member,
+//! and on restart rejoins the group from its store instead of asking again.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Mutex;
+
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use wasmkube_client::join::{self, JoinToken};
+use wasmkube_store::{NodeId, Role, Store};
+
+use crate::error::ApiError;
+use crate::rest::respond_json;
+
+/// Where a newcomer is given its credentials.
+pub(crate) const JOIN_PATH: &str = "/wasmkube/join";
+/// The membership: `GET` lists, `POST` adds, `DELETE …/ID` removes.
+pub const MEMBERS_PATH: &str = "/wasmkube/members";
+
+/// Joining an existing cluster (`--join URL --token-file FILE`).
+#[derive(Debug, Clone)]
+pub struct Join {
+    /// An API server of the cluster, `https://host:port`.
+    pub server: String,
+    /// The cluster's join token.
+    pub token: JoinToken,
+}
+
+/// What a newcomer is given.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Credentials {
+    id: NodeId,
+    ca_cert: String,
+    ca_key: String,
+    admin_token: String,
+    join_secret: String,
+}
+
+/// A member to add (`POST /wasmkube/members`).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewMember {
+    id: NodeId,
+    peer: String,
+    api: String,
+}
+
+/// One member as `GET /wasmkube/members` lists it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Its raft id.
+    pub id: NodeId,
+    /// Its peer listener.
+    pub peer: String,
+    /// Its API server.
+    pub api: String,
+    /// `leader`, `follower` or `learner`.
+    pub role: String,
+    /// The last log index applied there (as far as the answering server knows).
+    pub applied: Option<u64>,
+}
+
+/// The cluster's join secret, `DATA_DIR/pki/join.secret`, made on first use.
+fn join_secret(dir: &Path) -> Result<String, crate::pki::PkiError> {
+    let path = dir.join("pki").join("join.secret");
+    if let Ok(s) = std::fs::read_to_string(&path)
+        && !s.trim().is_empty()
+    {
+        return Ok(s.trim().to_owned());
+    }
+    let secret = crate::pki::random_token();
+    crate::pki::write_private(&path, &secret)?;
+    Ok(secret)
+}
+
+/// The serving side: who may join, and the membership.
+pub(crate) struct Membership {
+    store: Store,
+    /// `None`: this server takes no newcomers (it has no peer listener).
+    secret: Option<String>,
+    ca_pem: String,
+    ca_key_pem: String,
+    admin_token: String,
+    /// Ids given to newcomers that may not be members yet.
+    promised: Mutex<BTreeSet<NodeId>>,
+}
+
+impl Membership {
+    /// For a server in `dir` with these credentials; with a peer listener it takes newcomers,
+    /// and writes `DATA_DIR/join-token`.
+    pub(crate) fn new(
+        dir: &Path,
+        store: Store,
+        pki: &crate::pki::Pki,
+        joinable: bool,
+    ) -> Result<Membership, crate::Error> {
+        let secret = if joinable {
+            let secret = join_secret(dir)?;
+            let token = JoinToken::new(&pki.ca_pem, secret.clone());
+            crate::pki::write_private(&dir.join("join-token"), &format!("{token}\n"))?;
+            Some(secret)
+        } else {
+            None
+        };
+        Ok(Membership {
+            store,
+            secret,
+            ca_pem: pki.ca_pem.clone(),
+            ca_key_pem: pki.ca_key_pem.clone(),
+            admin_token: pki.admin_token.clone(),
+            promised: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// `GET /wasmkube/cacerts`: the cluster CA, to anyone (it is checked against the token).
+    pub(crate) fn ca(&self) -> Response {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            self.ca_pem.clone(),
+        )
+            .into_response()
+    }
+
+    /// `POST /wasmkube/join`: a newcomer showing the join secret gets an id and the cluster's
+    /// credentials.
+    pub(crate) fn join(&self, headers: &HeaderMap) -> Result<Response, ApiError> {
+        let Some(secret) = &self.secret else {
+            return Err(ApiError::bad_request(
+                "this server takes no joining servers: it was started without --peer-listen",
+            ));
+        };
+        let shown = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !wasmkube_api::secrets_equal(shown.as_bytes(), secret.as_bytes()) {
+            return Err(ApiError::unauthorized());
+        }
+        let id = {
+            let mut promised = self.promised.lock().expect("not poisoned");
+            let known = self
+                .store
+                .members_here()
+                .iter()
+                .map(|m| m.id)
+                .max()
+                .unwrap_or(0);
+            let id = known.max(promised.last().copied().unwrap_or(0)) + 1;
+            promised.insert(id);
+            id
+        };
+        tracing::info!(id, "a server is joining");
+        let credentials = Credentials {
+            id,
+            ca_cert: self.ca_pem.clone(),
+            ca_key: self.ca_key_pem.clone(),
+            admin_token: self.admin_token.clone(),
+            join_secret: secret.clone(),
+        };
+        Ok(respond_json(
+            StatusCode::OK,
+            &serde_json::to_value(credentials).expect("serializes"),
+            &[],
+        ))
+    }
+
+    /// The membership endpoints for an authenticated caller.
+    pub(crate) async fn members(
+        &self,
+        method: &Method,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Response, ApiError> {
+        match (method, path.strip_prefix(MEMBERS_PATH)) {
+            (&Method::GET, Some("")) => {
+                let members: Vec<MemberStatus> = self
+                    .store
+                    .members()
+                    .await
+                    .into_iter()
+                    .map(|m| MemberStatus {
+                        id: m.id,
+                        peer: m.addr,
+                        api: m.api,
+                        role: match m.role {
+                            Role::Leader => "leader",
+                            Role::Follower => "follower",
+                            Role::Learner => "learner",
+                        }
+                        .into(),
+                        applied: m.matched,
+                    })
+                    .collect();
+                Ok(respond_json(
+                    StatusCode::OK,
+                    &serde_json::to_value(members).expect("serializes"),
+                    &[],
+                ))
+            }
+            (&Method::POST, Some("")) => {
+                let new: NewMember = serde_json::from_slice(body).map_err(|e| {
+                    ApiError::bad_request(format!("a member is {{id, peer, api}}: {e}"))
+                })?;
+                self.store
+                    .add_member(
+                        new.id,
+                        wasmkube_store::Node {
+                            addr: new.peer,
+                            api: new.api,
+                        },
+                    )
+                    .await?;
+                tracing::info!(id = new.id, "member added");
+                Ok(respond_json(StatusCode::OK, &serde_json::json!({}), &[]))
+            }
+            (&Method::DELETE, Some(id)) if id.starts_with('/') => {
+                let id: NodeId = id[1..].parse().map_err(|_| {
+                    ApiError::bad_request(format!("{:?} is not a member id", &id[1..]))
+                })?;
+                self.store.remove_member(id).await?;
+                tracing::info!(id, "member removed");
+                Ok(respond_json(StatusCode::OK, &serde_json::json!({}), &[]))
+            }
+            _ => Err(ApiError::no_route(path)),
+        }
+    }
+}
+
+/// The newcomer's first step: checks the server's CA against the token and asks for
+/// credentials, which it writes into `dir/pki` (replacing any of its own). Its id.
+///
+/// # Errors
+/// When the server cannot be reached, is not the token's cluster, or refuses.
+pub(crate) async fn fetch_credentials(dir: &Path, join: &Join) -> Result<NodeId, crate::Error> {
+    let ca = join::cluster_ca(&join.server, &join.token).await?;
+    let answer = join::call(
+        &join.server,
+        &ca,
+        join.token.secret(),
+        Method::POST,
+        JOIN_PATH,
+        None,
+    )
+    .await?;
+    let c: Credentials = serde_json::from_str(&answer).map_err(|e| {
+        crate::Error::Io(std::io::Error::other(format!(
+            "{} answered the join with something else: {e}",
+            join.server
+        )))
+    })?;
+    let pki = dir.join("pki");
+    for stale in ["apiserver.crt", "peer.crt"] {
+        let _ = std::fs::remove_file(pki.join(stale));
+    }
+    crate::pki::write_private(&pki.join("ca.crt"), &c.ca_cert)?;
+    crate::pki::write_private(&pki.join("ca.key"), &c.ca_key)?;
+    crate::pki::write_private(&pki.join("admin.token"), &c.admin_token)?;
+    crate::pki::write_private(&pki.join("join.secret"), &c.join_secret)?;
+    Ok(c.id)
+}
+
+/// The newcomer's last step, once its peer listener serves: asks the cluster to add it
+/// (answered when it has caught up), then records its id in `dir/member-id`.
+///
+/// # Errors
+/// When the cluster refuses or cannot be reached.
+pub(crate) async fn become_member(
+    dir: &Path,
+    join: &Join,
+    pki: &crate::pki::Pki,
+    id: NodeId,
+    peer: String,
+    api: String,
+) -> Result<(), crate::Error> {
+    let body = serde_json::to_value(NewMember { id, peer, api }).expect("serializes");
+    join::call(
+        &join.server,
+        &pki.ca_pem,
+        &pki.admin_token,
+        Method::POST,
+        MEMBERS_PATH,
+        Some(&body),
+    )
+    .await?;
+    crate::pki::write_private(&dir.join("member-id"), &id.to_string())?;
+    Ok(())
+}
+
+/// The id this server has in its group: recorded when it joined, 1 for the server that
+/// started the group.
+pub(crate) fn member_id(dir: &Path) -> Option<NodeId> {
+    std::fs::read_to_string(dir.join("member-id"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}

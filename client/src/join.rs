@@ -1,0 +1,227 @@
+//! Joining a cluster with a join token, as k3s does: the token names the cluster CA by its
+//! SHA-256 and carries a secret. A newcomer fetches the CA without trusting anyone
+//! (`GET /wasmkube/cacerts`), keeps it only when its hash is the token's, and from then on
+//! talks to the server over TLS verified by that CA, showing the secret as a bearer token.
+//!
+//! ```text
+//! token = wk1::<sha256 of ca.crt, hex>::<secret>
+//! newcomer ── GET /wasmkube/cacerts (unverified TLS) ──► server: ca.crt ── hash checked
+//!          ── POST /wasmkube/join (CA-verified, Bearer secret) ──► credentials
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+
+/// Where a newcomer fetches the cluster CA, unauthenticated.
+pub const CA_PATH: &str = "/wasmkube/cacerts";
+
+const PREFIX: &str = "wk1";
+
+/// A cluster join token: the CA's hash and the join secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    ca_sha256: String,
+    secret: String,
+}
+
+impl fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinToken")
+            .field("ca_sha256", &self.ca_sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{PREFIX}::{}::{}", self.ca_sha256, self.secret)
+    }
+}
+
+impl FromStr for JoinToken {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let mut parts = s.trim().splitn(3, "::");
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(PREFIX), Some(hash), Some(secret))
+                if hash.len() == 64
+                    && hash.bytes().all(|b| b.is_ascii_hexdigit())
+                    && !secret.is_empty() =>
+            {
+                Ok(JoinToken {
+                    ca_sha256: hash.to_ascii_lowercase(),
+                    secret: secret.to_owned(),
+                })
+            }
+            _ => Err(Error::Token),
+        }
+    }
+}
+
+impl JoinToken {
+    /// The token for a cluster whose CA certificate is `ca_pem`.
+    pub fn new(ca_pem: &str, secret: impl Into<String>) -> JoinToken {
+        JoinToken {
+            ca_sha256: hex::encode(Sha256::digest(ca_pem.as_bytes())),
+            secret: secret.into(),
+        }
+    }
+
+    /// The secret a joining server shows.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// Whether `ca_pem` is the CA this token names.
+    pub fn names(&self, ca_pem: &str) -> bool {
+        hex::encode(Sha256::digest(ca_pem.as_bytes())) == self.ca_sha256
+    }
+}
+
+/// Why joining failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The token is not `wk1::<64 hex digits>::<secret>`.
+    #[error("the join token is malformed (expected wk1::<sha256 of the CA>::<secret>)")]
+    Token,
+    /// The server's CA is not the one the token names: another cluster, or someone in between.
+    #[error("the server's CA does not match the join token")]
+    CaMismatch,
+    /// The server URL or the CA certificate is unusable.
+    #[error("cannot reach {server}: {why}")]
+    Setup {
+        /// The server.
+        server: String,
+        /// Why.
+        why: String,
+    },
+    /// The request failed or was refused.
+    #[error("{server} answered the request for {path} with an error")]
+    Request {
+        /// The server.
+        server: String,
+        /// The path.
+        path: String,
+        /// The cause (a `Status` for a refusal).
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// A client for `server` (`https://host:port`): verified by `ca_pem`, or by nothing when it
+/// is `None` (only to fetch the CA, which is then checked against the token).
+fn client(server: &str, ca_pem: Option<&str>) -> Result<kube::Client, Error> {
+    let setup = |why: String| Error::Setup {
+        server: server.to_owned(),
+        why,
+    };
+    let url: http::Uri = server.parse().map_err(|_| setup("not a URL".into()))?;
+    let mut config = kube::Config::new(url);
+    match ca_pem {
+        Some(pem) => {
+            use rustls::pki_types::pem::PemObject;
+            let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+                .map(|c| c.map(|c| c.to_vec()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| setup(format!("the CA certificate: {e}")))?;
+            config.root_cert = Some(certs);
+        }
+        None => config.accept_invalid_certs = true,
+    }
+    kube::Client::try_from(config).map_err(|e| setup(e.to_string()))
+}
+
+/// Sends a request with a JSON body (or none) and `bearer` as credential, to a server
+/// verified by `ca_pem`; the answer's body.
+///
+/// # Errors
+/// [`Error::Setup`] for a bad URL or CA; [`Error::Request`] when the server refuses or is
+/// not reached.
+pub async fn call(
+    server: &str,
+    ca_pem: &str,
+    bearer: &str,
+    method: http::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<String, Error> {
+    let client = client(server, Some(ca_pem))?;
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::AUTHORIZATION, format!("Bearer {bearer}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default())
+        .map_err(|e| Error::Setup {
+            server: server.to_owned(),
+            why: e.to_string(),
+        })?;
+    client
+        .request_text(request)
+        .await
+        .map_err(|source| Error::Request {
+            server: server.to_owned(),
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Fetches the cluster CA from `server` and checks it against `token`.
+///
+/// # Errors
+/// [`Error::CaMismatch`] when the server's CA is not the token's; otherwise as [`call`].
+pub async fn cluster_ca(server: &str, token: &JoinToken) -> Result<String, Error> {
+    let request = http::Request::get(CA_PATH)
+        .body(Vec::new())
+        .map_err(|e| Error::Setup {
+            server: server.to_owned(),
+            why: e.to_string(),
+        })?;
+    let pem = client(server, None)?
+        .request_text(request)
+        .await
+        .map_err(|source| Error::Request {
+            server: server.to_owned(),
+            path: CA_PATH.to_owned(),
+            source,
+        })?;
+    if token.names(&pem) {
+        Ok(pem)
+    } else {
+        Err(Error::CaMismatch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_should_name_its_ca_and_survive_a_round_trip_through_text() {
+        let token = JoinToken::new("-----BEGIN CERTIFICATE-----\nabc\n", "s3cret");
+        let text = token.to_string();
+        assert!(text.starts_with("wk1::"), "{text}");
+        let parsed: JoinToken = format!("{text}\n").parse().expect("parses");
+        assert_eq!(parsed, token);
+        assert!(parsed.names("-----BEGIN CERTIFICATE-----\nabc\n"));
+        assert!(!parsed.names("-----BEGIN CERTIFICATE-----\nabd\n"));
+        assert_eq!(parsed.secret(), "s3cret");
+        assert!(
+            !format!("{parsed:?}").contains("s3cret"),
+            "Debug hides the secret"
+        );
+        for bad in [
+            "",
+            "wk1::abc::s",
+            "wk2::{h}::s",
+            "wk1::{h}::",
+            "K10{h}::server:s",
+        ] {
+            let bad = bad.replace("{h}", &"a".repeat(64));
+            assert!(bad.parse::<JoinToken>().is_err(), "{bad:?}");
+        }
+    }
+}
