@@ -114,7 +114,8 @@ impl Apiserver {
                 q.resource_version.as_deref(),
                 q.resource_version_match.as_deref(),
             ) {
-                (None | Some(""), None | Some("")) => {}
+                // The most recent state: what any server has acknowledged.
+                (None | Some(""), None | Some("")) => self.linearize().await?,
                 (None | Some(""), Some(m)) => {
                     return Err(ApiError::bad_request(format!(
                         "resourceVersionMatch \"{m}\" is forbidden unless resourceVersion is provided"
@@ -209,6 +210,16 @@ impl Apiserver {
     }
 
     /// Waits briefly for the store to reach `rv`, as a `NotOlderThan` read requires.
+    /// Waits until this server has applied every write acknowledged anywhere before now, for a
+    /// read of the most recent state (`resourceVersion` unset: kube-apiserver's quorum read).
+    /// Free for a server alone.
+    pub(crate) async fn linearize(&self) -> Result<(), ApiError> {
+        if !self.store.alone() {
+            self.store.linearize().await?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn wait_for_revision(&self, rv: u64) -> Result<(), ApiError> {
         if self
             .store

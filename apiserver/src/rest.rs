@@ -158,7 +158,12 @@ impl Apiserver {
                 self.watch(t, q, repr, t.name.as_deref()).await
             }
             (&Method::GET, false, None) => self.list(t, q, repr).await,
-            (&Method::GET, true, None | Some("status")) => self.get(t, repr).await,
+            (&Method::GET, true, None | Some("status")) => {
+                if q.resource_version.as_deref().is_none_or(str::is_empty) {
+                    self.linearize().await?;
+                }
+                self.get(t, repr).await
+            }
             (&Method::GET, true, Some("scale")) if info.scale => self.get_scale(t).await,
             (&Method::POST, false, None) if t.namespace.is_some() || !info.namespaced() => {
                 self.create(&call).await

@@ -12,6 +12,7 @@ mod t14_runtime_kinds;
 mod t20_lists;
 mod t21_watch;
 mod t30_durability;
+mod t31_servers;
 mod t40_kubectl;
 mod t50_wasmlet;
 mod t51_images;
