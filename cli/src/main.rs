@@ -180,6 +180,8 @@ struct UpArgs {
     no_ingress: bool,
     #[command(flatten)]
     timers: NodeTimerArgs,
+    #[command(flatten)]
+    election: LeaderElectArgs,
     /// Push the sample programs into the cluster registry and run their manifests.
     #[arg(long)]
     demo: bool,
@@ -282,6 +284,8 @@ struct SchedulerArgs {
     /// Score this percentage of feasible nodes (default: adaptive, as kube-scheduler).
     #[arg(long)]
     percentage_of_nodes_to_score: Option<u32>,
+    #[command(flatten)]
+    election: LeaderElectArgs,
 }
 
 #[derive(Args)]
@@ -304,6 +308,71 @@ struct ControllerArgs {
     kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     timers: NodeTimerArgs,
+    #[command(flatten)]
+    election: LeaderElectArgs,
+}
+
+/// Leader election of the scheduler and the controller manager (their Kubernetes flags).
+#[derive(Args)]
+struct LeaderElectArgs {
+    /// Act only while holding a kube-system Lease, so that of several servers one schedules
+    /// and one runs the controllers (`--leader-elect=false`: always act).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Seconds the others wait after the holder's last renewal before taking over.
+    #[arg(long, default_value_t = 15.0)]
+    leader_elect_lease_duration: f64,
+    /// Seconds the holder keeps acting while it cannot renew.
+    #[arg(long, default_value_t = 10.0)]
+    leader_elect_renew_deadline: f64,
+    /// Seconds between attempts to take or renew the Lease.
+    #[arg(long, default_value_t = 2.0)]
+    leader_elect_retry_period: f64,
+}
+
+impl LeaderElectArgs {
+    /// The election for Lease `kube-system/NAME`, when enabled; `identity` must be unique
+    /// among the candidates (and stable across restarts to get the Lease back at once).
+    fn election(
+        &self,
+        name: &str,
+        identity: String,
+    ) -> anyhow::Result<Option<wasmkube_client::leader::Election>> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let secs = |s: f64, flag: &str| {
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .with_context(|| format!("--{flag} must be a positive number of seconds"))
+        };
+        let e = wasmkube_client::leader::Election {
+            lease_duration: secs(
+                self.leader_elect_lease_duration,
+                "leader-elect-lease-duration",
+            )?,
+            renew_deadline: secs(
+                self.leader_elect_renew_deadline,
+                "leader-elect-renew-deadline",
+            )?,
+            retry_period: secs(self.leader_elect_retry_period, "leader-elect-retry-period")?,
+            ..wasmkube_client::leader::Election::new(name, identity)
+        };
+        anyhow::ensure!(
+            e.lease_duration > e.renew_deadline && e.renew_deadline > e.retry_period,
+            "leader election needs lease duration > renew deadline > retry period"
+        );
+        Ok(Some(e))
+    }
+}
+
+/// A candidate identity for a component running alone: this host and a random part.
+fn random_identity() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}_{:x}{nanos:x}", host_name(), std::process::id())
 }
 
 /// The node lifecycle controller's timers (kube-controller-manager's flags).
@@ -529,24 +598,36 @@ async fn main() -> anyhow::Result<()> {
             println!("wasmkube is up: API server https://{}", running.addr);
             println!("export KUBECONFIG={}", running.kubeconfig.display());
             let api = || wasmkube_client::Source::kubeconfig(&running.kubeconfig);
-            let scheduler = (!args.no_scheduler).then(|| {
-                tokio::spawn(wasmkube_sched::run(
+            // Stable across restarts: a restarted server gets its own Lease back at once.
+            let identity = format!("{}_{}", host_name(), running.addr);
+            let scheduler = if args.no_scheduler {
+                None
+            } else {
+                Some(tokio::spawn(wasmkube_sched::run(
                     wasmkube_sched::Config {
                         api: api(),
+                        leader_election: args
+                            .election
+                            .election("kube-scheduler", identity.clone())?,
                         ..Default::default()
                     },
                     shutdown.clone(),
-                ))
-            });
-            let controllers = (!args.no_controllers).then(|| {
-                tokio::spawn(wasmkube_controllers::run(
+                )))
+            };
+            let controllers = if args.no_controllers {
+                None
+            } else {
+                Some(tokio::spawn(wasmkube_controllers::run(
                     wasmkube_controllers::Config {
                         api: api(),
                         node_timers: args.timers.timers(),
+                        leader_election: args
+                            .election
+                            .election("kube-controller-manager", identity.clone())?,
                     },
                     shutdown.clone(),
-                ))
-            });
+                )))
+            };
             let dns = if args.no_dns {
                 None
             } else {
@@ -625,6 +706,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Scheduler(args) => {
             let config = wasmkube_sched::Config {
                 api: source(args.kubeconfig),
+                leader_election: args
+                    .election
+                    .election("kube-scheduler", random_identity())?,
                 scheduler_name: args.scheduler_name,
                 percentage_of_nodes_to_score: args.percentage_of_nodes_to_score,
             };
@@ -636,6 +720,9 @@ async fn main() -> anyhow::Result<()> {
             let config = wasmkube_controllers::Config {
                 api: source(args.kubeconfig),
                 node_timers: args.timers.timers(),
+                leader_election: args
+                    .election
+                    .election("kube-controller-manager", random_identity())?,
             };
             wasmkube_controllers::run(config, shutdown)
                 .await

@@ -18,6 +18,7 @@
 
 mod failover;
 pub mod join;
+pub mod leader;
 mod source;
 pub mod tls;
 pub mod watch;

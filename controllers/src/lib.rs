@@ -58,6 +58,9 @@ pub struct Config {
     pub api: wasmkube_client::Source,
     /// Timers of the node lifecycle controller.
     pub node_timers: nodelifecycle::Timers,
+    /// Run the controllers only while holding this Lease (kube-controller-manager's
+    /// `--leader-elect`), so that one of several controller managers acts; none: always.
+    pub leader_election: Option<wasmkube_client::leader::Election>,
 }
 
 impl Config {
@@ -76,7 +79,17 @@ pub use wasmkube_client::Error;
 /// [`Error`] when the cluster cannot be reached at start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let client = wasmkube_client::connect(&config.api).await?.client;
-    run_with_client(client, &config, shutdown).await;
+    match &config.leader_election {
+        Some(election) => {
+            election
+                .run(client.clone(), shutdown, |leading| {
+                    let (client, config) = (client.clone(), config.clone());
+                    async move { run_with_client(client, &config, leading).await }
+                })
+                .await;
+        }
+        None => run_with_client(client, &config, shutdown).await,
+    }
     Ok(())
 }
 

@@ -54,6 +54,9 @@ pub struct Config {
     pub scheduler_name: String,
     /// A fixed `percentageOfNodesToScore` (none: adaptive, as kube-scheduler).
     pub percentage_of_nodes_to_score: Option<u32>,
+    /// Schedule only while holding this Lease (kube-scheduler's `--leader-elect`), so that
+    /// one of several schedulers acts; none: always.
+    pub leader_election: Option<wasmkube_client::leader::Election>,
 }
 
 impl Config {
@@ -63,6 +66,7 @@ impl Config {
             api: wasmkube_client::Source::infer(),
             scheduler_name: "default-scheduler".into(),
             percentage_of_nodes_to_score: None,
+            leader_election: None,
         }
     }
 }
@@ -344,7 +348,16 @@ async fn bind(client: &Client, pod: &PodInfo, node: &str) -> Result<(), kube::Er
 /// [`Error`] when it cannot reach the cluster at start.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let client = wasmkube_client::connect(&cfg.api).await?.client;
-    run_with_client(cfg, client, shutdown).await;
+    match cfg.leader_election.clone() {
+        Some(election) => {
+            election
+                .run(client.clone(), shutdown, |leading| {
+                    run_with_client(cfg.clone(), client.clone(), leading)
+                })
+                .await;
+        }
+        None => run_with_client(cfg, client, shutdown).await,
+    }
     Ok(())
 }
 

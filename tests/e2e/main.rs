@@ -22,4 +22,5 @@ mod t54_portforward;
 mod t60_scheduler;
 mod t61_controllers;
 mod t62_deployments;
+mod t63_leader_election;
 mod t70_network;

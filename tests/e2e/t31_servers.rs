@@ -17,11 +17,20 @@ use wasmkube_tests::{Process, free_port, kubectl, wait_for, wasmkube_bin};
 /// One server's flags: `--no-wasmlet --peer-listen …`, and `--join … --token-file …` for
 /// all but the first.
 fn flags(peer: u16, join: Option<(u16, &Path)>) -> Vec<String> {
-    let mut f = vec![
-        "--no-wasmlet".to_owned(),
-        "--peer-listen".to_owned(),
-        format!("127.0.0.1:{peer}"),
-    ];
+    let mut f: Vec<String> = [
+        "--no-wasmlet",
+        "--peer-listen",
+        &format!("127.0.0.1:{peer}"),
+        // Short leases, so the test sees the scheduler move when its server dies.
+        "--leader-elect-lease-duration",
+        "2",
+        "--leader-elect-renew-deadline",
+        "1.5",
+        "--leader-elect-retry-period",
+        "0.25",
+    ]
+    .map(str::to_owned)
+    .into();
     if let Some((api, first)) = join {
         f.extend([
             "--join".to_owned(),
@@ -72,6 +81,19 @@ async fn create(client: &kube::Client, name: &str) -> Result<ConfigMap> {
     let cm: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": name}}))?;
     Ok(cms.create(&PostParams::default(), &cm).await?)
+}
+
+/// The holder of Lease `kube-system/name`, once some server holds it.
+async fn holder(client: &kube::Client, name: &str) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "kube-system");
+    leases
+        .get(name)
+        .await
+        .ok()?
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
 }
 
 /// Every ConfigMap `prefix-*` with its resourceVersion, read through `client`.
@@ -173,6 +195,22 @@ async fn three_servers_should_answer_alike_and_outlive_their_leader() -> Result<
         eprintln!("kubectl is not installed: the kubectl read through a follower is skipped");
     }
 
+    // One scheduler and one controller manager act: each Lease has one holder, a server.
+    let scheduler = wait_for("a scheduler leads", Duration::from_secs(20), || {
+        holder(&clients[0], "kube-scheduler")
+    })
+    .await?;
+    wait_for(
+        "a controller manager leads",
+        Duration::from_secs(20),
+        || holder(&clients[0], "kube-controller-manager"),
+    )
+    .await?;
+    let scheduling = apis
+        .iter()
+        .position(|p| scheduler.ends_with(&format!("_127.0.0.1:{p}")))
+        .with_context(|| format!("{scheduler} is one of the servers"))?;
+
     // kill -9 the leader: the survivors elect another and take writes again.
     let leader = listed_members
         .iter()
@@ -202,6 +240,21 @@ async fn three_servers_should_answer_alike_and_outlive_their_leader() -> Result<
             .any(|m| m.3 == "leader" && m.0 != leader as u64 + 1),
         "another server leads: {after:?}"
     );
+
+    // Had the killed server scheduled, a survivor's scheduler takes over within the lease.
+    if scheduling == leader {
+        let gone = scheduler.clone();
+        let next = wait_for("another scheduler leads", Duration::from_secs(20), || {
+            let gone = gone.clone();
+            async move {
+                holder(survivor, "kube-scheduler")
+                    .await
+                    .filter(|h| *h != gone)
+            }
+        })
+        .await?;
+        tracing::info!(from = %scheduler, to = %next, "the scheduler moved");
+    }
 
     // The killed server comes back with the same command line and catches up.
     servers[leader] = start(&data[leader], apis[leader], &all_flags[leader]).await?;
