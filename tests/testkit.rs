@@ -540,7 +540,13 @@ impl Process {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("wasmkube exited early: {status}");
+                let log = std::fs::read_to_string(self.data_dir.with_extension("log"))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                bail!(
+                    "wasmkube exited early: {status}; its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
             if self.data_dir.join("kubeconfig").exists()
                 && let Ok(c) = client_for(&self.data_dir.join("kubeconfig")).await

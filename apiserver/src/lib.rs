@@ -30,6 +30,7 @@ mod discovery;
 pub mod error;
 mod fieldset;
 pub mod kinds;
+mod kubernetes_service;
 mod list;
 pub mod object;
 mod oci;

@@ -352,10 +352,20 @@ async fn bootstrap(api: &Apiserver) -> Result<(), Error> {
             field_manager: Some("wasmkube-apiserver".into()),
             ..Default::default()
         };
-        match api.create_object(&target, &q, obj, "Update").await {
-            Ok(_) => tracing::info!(namespace = name, "created"),
-            Err(e) if e.code == 409 => {}
-            Err(e) => return Err(Error::Io(std::io::Error::other(e.to_string()))),
+        // A group that is still electing a leader answers 503 for a moment: wait it out.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match api.create_object(&target, &q, obj.clone(), "Update").await {
+                Ok(_) => tracing::info!(namespace = name, "created"),
+                Err(e) if e.code == 409 => {}
+                Err(e) if e.code == 503 && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "no leader yet");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(Error::Io(std::io::Error::other(e.to_string()))),
+            }
+            break;
         }
     }
     Ok(())
@@ -473,6 +483,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         cluster: crate::cluster::Membership::new(dir, store.clone(), &pki, joinable)?,
     });
     let app = router(shared);
+    tracker.spawn(crate::kubernetes_service::run(
+        Arc::clone(&api),
+        config
+            .network
+            .service_cidr
+            .hosts()
+            .next()
+            .unwrap_or(config.network.service_cidr.addr()),
+        shutdown.clone(),
+    ));
     tracker.spawn(compaction(
         store.clone(),
         config.compaction_interval,

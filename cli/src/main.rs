@@ -170,8 +170,9 @@ struct UpArgs {
     #[arg(long)]
     no_controllers: bool,
     /// Where the cluster DNS answers (UDP and TCP); the local wasmlet resolves pod names there.
-    #[arg(long, default_value = "127.0.0.1:10053")]
-    dns_listen: SocketAddr,
+    /// Default 127.0.0.1:10053, or a free port when another server on this machine has it.
+    #[arg(long)]
+    dns_listen: Option<SocketAddr>,
     /// Do not run the cluster DNS in this process.
     #[arg(long)]
     no_dns: bool,
@@ -631,14 +632,26 @@ async fn main() -> anyhow::Result<()> {
             let dns = if args.no_dns {
                 None
             } else {
-                let config = wasmkube_dns::Config {
+                let mut config = wasmkube_dns::Config {
                     api: api(),
-                    listen: args.dns_listen,
+                    listen: args
+                        .dns_listen
+                        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 10053))),
                     domain: args.node.cluster_domain.clone(),
                 };
-                let dns = wasmkube_dns::start(&config, shutdown.clone())
-                    .await
-                    .context("starting the cluster DNS")?;
+                let dns = match wasmkube_dns::start(&config, shutdown.clone()).await {
+                    Err(wasmkube_dns::Error::Io(e))
+                        if e.kind() == std::io::ErrorKind::AddrInUse
+                            && args.dns_listen.is_none() =>
+                    {
+                        // Several servers on one machine: the first has the default port.
+                        tracing::warn!(listen = %config.listen, "the default DNS port is taken; using a free one");
+                        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                        wasmkube_dns::start(&config, shutdown.clone()).await
+                    }
+                    other => other,
+                }
+                .context("starting the cluster DNS")?;
                 println!(
                     "cluster DNS: dig @{} -p {} SERVICE.NAMESPACE.svc.{}",
                     dns.addr.ip(),

@@ -114,6 +114,76 @@ impl Servers {
     }
 }
 
+/// How often a client looks at the `default/kubernetes` Endpoints for the API servers.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Servers {
+    /// Keeps the list in step with the `default/kubernetes` Endpoints (every API server of the
+    /// cluster), polling every ten seconds for as long as a client over these servers lives.
+    /// The configured server always stays; requests keep going to the one that answered last.
+    pub(crate) fn follow_endpoints(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let configured = self.inner.config.cluster_url.clone();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let servers = Servers { inner };
+                    let client = kube::Client::new(
+                        Failover {
+                            inner: Arc::clone(&servers.inner),
+                        },
+                        "default",
+                    );
+                    let endpoints: kube::Api<k8s_openapi::api::core::v1::Endpoints> =
+                        kube::Api::namespaced(client, "default");
+                    if let Ok(Some(ep)) = endpoints.get_opt("kubernetes").await {
+                        let mut urls = vec![configured.clone()];
+                        for subset in ep.subsets.unwrap_or_default() {
+                            let ports = subset.ports.unwrap_or_default();
+                            for a in subset.addresses.unwrap_or_default() {
+                                for p in &ports {
+                                    let host = if a.ip.contains(':') {
+                                        format!("[{}]", a.ip)
+                                    } else {
+                                        a.ip.clone()
+                                    };
+                                    if let Ok(u) = format!("https://{host}:{}", p.port).parse()
+                                        && !urls.contains(&u)
+                                    {
+                                        urls.push(u);
+                                    }
+                                }
+                            }
+                        }
+                        if let Err(e) = servers.learn(&urls) {
+                            tracing::debug!(error = %e, "API servers from the Endpoints");
+                        }
+                    }
+                }
+                tokio::time::sleep(FOLLOW_EVERY).await;
+            }
+        });
+    }
+
+    /// Replaces the list with `urls` when it differs, keeping requests on the server they go
+    /// to now when it is still listed.
+    fn learn(&self, urls: &[Uri]) -> Result<(), Error> {
+        let current = self.urls();
+        let wanted: Vec<String> = urls.iter().map(ToString::to_string).collect();
+        if current.len() == wanted.len() && wanted.iter().all(|u| current.contains(u)) {
+            return Ok(());
+        }
+        let preferred = self.preferred();
+        self.set(urls)?;
+        if let Some(i) = wanted.iter().position(|u| *u == preferred) {
+            self.inner.preferred.store(i, Ordering::Relaxed);
+        }
+        tracing::info!(servers = ?wanted, "API servers");
+        Ok(())
+    }
+}
+
 /// Whether a request failed before any server saw it: the connection was refused or could not
 /// be made, so sending it elsewhere cannot apply it twice.
 fn never_sent(err: &kube::Error) -> bool {
@@ -248,5 +318,30 @@ mod tests {
             .expect("set");
         let err = client.apiserver_version().await.expect_err("refused");
         assert!(never_sent(&err), "a refused connection: {err:?}");
+    }
+
+    #[tokio::test]
+    async fn learning_servers_should_keep_requests_where_they_go() {
+        let url = |p: u16| -> Uri { format!("http://127.0.0.1:{p}").parse().expect("url") };
+        let config = kube::Config::new(url(1));
+        let servers = Servers::new(&config, vec![url(1), url(2)]).expect("servers");
+        servers.inner.preferred.store(1, Ordering::Relaxed);
+        servers.learn(&[url(1), url(3), url(2)]).expect("learn");
+        assert_eq!(
+            servers.urls(),
+            [
+                "http://127.0.0.1:1/",
+                "http://127.0.0.1:3/",
+                "http://127.0.0.1:2/"
+            ]
+        );
+        assert_eq!(
+            servers.preferred(),
+            "http://127.0.0.1:2/",
+            "still the same server"
+        );
+        servers.learn(&[url(2), url(1), url(3)]).expect("learn");
+        assert_eq!(servers.urls().len(), 3, "the same set changes nothing");
+        assert_eq!(servers.urls()[0], "http://127.0.0.1:1/");
     }
 }

@@ -115,6 +115,9 @@ pub async fn connect(source: &Source) -> Result<Connection, Error> {
         }
     }
     let servers = Servers::new(&config, urls)?;
+    if config.cluster_url.scheme_str() == Some("https") {
+        servers.follow_endpoints();
+    }
     Ok(Connection {
         client: servers.client(&config.default_namespace),
         config,

@@ -328,9 +328,11 @@ impl Store {
         let sm = StateMachine::new(db.clone(), feed.clone(), published.clone());
         let raft_config = openraft::Config {
             cluster_name: "wasmkube".into(),
-            heartbeat_interval: 50,
-            election_timeout_min: 150,
-            election_timeout_max: 300,
+            // Followers call an election after 0.4–0.8 s without a heartbeat: fail-over well
+            // within a second, without elections when a loaded machine is late a few beats.
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
             max_payload_entries: 1024,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
             max_in_snapshot_log_to_keep: 1_000,
@@ -618,6 +620,11 @@ impl Store {
             .await?;
         }
         Ok(())
+    }
+
+    /// Whether this member leads the group now.
+    pub fn leads(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 
     /// The leader, when it is another member.

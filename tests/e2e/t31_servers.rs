@@ -195,6 +195,36 @@ async fn three_servers_should_answer_alike_and_outlive_their_leader() -> Result<
         eprintln!("kubectl is not installed: the kubectl read through a follower is skipped");
     }
 
+    // The kubernetes Service's Endpoints list every API server.
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(clients[1].clone(), "default");
+    let mut want: Vec<u16> = apis.to_vec();
+    want.sort_unstable();
+    wait_for(
+        "Endpoints with every server",
+        Duration::from_secs(20),
+        || async {
+            let ep = endpoints.get("kubernetes").await.ok()?;
+            let mut ports: Vec<u16> = ep
+                .subsets
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|s| s.ports.clone().unwrap_or_default())
+                .filter_map(|p| u16::try_from(p.port).ok())
+                .collect();
+            ports.sort_unstable();
+            (ports == want).then_some(())
+        },
+    )
+    .await?;
+    let svc = Api::<k8s_openapi::api::core::v1::Service>::namespaced(clients[2].clone(), "default")
+        .get("kubernetes")
+        .await?;
+    ensure!(
+        svc.spec.and_then(|s| s.cluster_ip).as_deref() == Some("10.96.0.1"),
+        "the kubernetes Service has the service range's first address"
+    );
+
     // One scheduler and one controller manager act: each Lease has one holder, a server.
     let scheduler = wait_for("a scheduler leads", Duration::from_secs(20), || {
         holder(&clients[0], "kube-scheduler")

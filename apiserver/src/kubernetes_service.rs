@@ -1,0 +1,190 @@
+//! The `default/kubernetes` Service and its Endpoints, which list every API server of the
+//! cluster, as kube-apiserver's bootstrap controller and endpoint reconciler keep them. Pods
+//! reach the API through the Service; components (through the client crate) learn the list of
+//! servers to fail over between from the Endpoints.
+//!
+//! The server whose store leads the raft group reconciles (one writer, no fights): every few
+//! seconds it compares the Endpoints with the membership's API addresses and writes the
+//! difference.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::Apiserver;
+use crate::request::{Params, Target};
+
+const NAME: &str = "kubernetes";
+
+/// How often the leader's server compares the Endpoints with the membership.
+const EVERY: Duration = Duration::from_secs(5);
+
+fn target(api: &Apiserver, plural: &str) -> Target {
+    Target {
+        kind: api
+            .registry
+            .get("", "v1", plural)
+            .expect("core/v1 kinds are served")
+            .clone(),
+        namespace: Some("default".into()),
+        name: Some(NAME.into()),
+        subresource: None,
+        watch_path: false,
+    }
+}
+
+fn params() -> Params {
+    Params {
+        field_manager: Some("kube-apiserver".into()),
+        ..Default::default()
+    }
+}
+
+/// The Endpoints subsets for these API server URLs: one subset per port, addresses sorted.
+fn subsets(urls: &[String]) -> Value {
+    let mut by_port: std::collections::BTreeMap<u16, std::collections::BTreeSet<String>> =
+        Default::default();
+    for url in urls {
+        if let Ok(uri) = url.parse::<http::Uri>()
+            && let (Some(host), Some(port)) = (uri.host(), uri.port_u16())
+        {
+            let ip = host.trim_start_matches('[').trim_end_matches(']');
+            if ip.parse::<std::net::IpAddr>().is_ok() {
+                by_port.entry(port).or_default().insert(ip.to_owned());
+            }
+        }
+    }
+    Value::Array(
+        by_port
+            .into_iter()
+            .map(|(port, ips)| {
+                json!({
+                    "addresses": ips.into_iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
+                    "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+                })
+            })
+            .collect(),
+    )
+}
+
+/// One reconciliation: the Service exists (at `cluster_ip`, the service range's first
+/// address, as in Kubernetes, or any when that is taken), the Endpoints list `urls`.
+async fn reconcile(
+    api: &Apiserver,
+    urls: &[String],
+    cluster_ip: std::net::Ipv4Addr,
+) -> Result<(), crate::ApiError> {
+    let want = subsets(urls);
+    let Some(first_port) = want.pointer("/0/ports/0/port").and_then(Value::as_u64) else {
+        return Ok(());
+    };
+    let service = target(api, "services");
+    match api.load(&service, NAME).await {
+        Ok(_) => {}
+        Err(e) if e.code == 404 => {
+            let mut svc = json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": NAME, "namespace": "default",
+                             "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {"type": "ClusterIP", "sessionAffinity": "None",
+                         "clusterIP": cluster_ip.to_string(),
+                         "ports": [{"name": "https", "port": 443, "protocol": "TCP",
+                                    "targetPort": first_port}]},
+            });
+            let mut created = api
+                .create_object(&service, &params(), svc.clone(), "Update")
+                .await;
+            if matches!(&created, Err(e) if e.code == 422) {
+                // The first address went to a Service made before this one: take any.
+                svc["spec"]
+                    .as_object_mut()
+                    .expect("spec is an object")
+                    .remove("clusterIP");
+                created = api.create_object(&service, &params(), svc, "Update").await;
+            }
+            match created {
+                Ok(_) => tracing::info!("created the default/kubernetes Service"),
+                Err(e) if e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    let endpoints = target(api, "endpoints");
+    match api.load(&endpoints, NAME).await {
+        Ok(cur) if cur.value.get("subsets") == Some(&want) => Ok(()),
+        Ok(cur) => {
+            let mut new = cur.value.clone();
+            new["subsets"] = want;
+            api.commit_update(&endpoints, &params(), &cur, new).await?;
+            tracing::info!(servers = ?urls, "the kubernetes Endpoints list the API servers");
+            Ok(())
+        }
+        Err(e) if e.code == 404 => {
+            let ep = json!({
+                "apiVersion": "v1", "kind": "Endpoints",
+                "metadata": {"name": NAME, "namespace": "default",
+                             "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                "subsets": want,
+            });
+            match api.create_object(&endpoints, &params(), ep, "Update").await {
+                Err(e) if e.code != 409 => Err(e),
+                _ => Ok(()),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Keeps the Service and Endpoints until `shutdown`, while this server's store leads.
+pub(crate) async fn run(
+    api: Arc<Apiserver>,
+    cluster_ip: std::net::Ipv4Addr,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if api.store.leads() {
+            let urls: Vec<String> = api
+                .store
+                .members_here()
+                .into_iter()
+                .map(|m| m.api)
+                .filter(|a| !a.is_empty())
+                .collect();
+            if let Err(e) = reconcile(&api, &urls, cluster_ip).await {
+                tracing::debug!(error = %e, "reconciling default/kubernetes");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_should_group_servers_by_port() {
+        let s = subsets(&[
+            "https://127.0.0.1:6444".into(),
+            "https://127.0.0.2:6443".into(),
+            "https://127.0.0.1:6443".into(),
+            "https://[::1]:6443".into(),
+            "https://not-an-ip:6443".into(),
+        ]);
+        assert_eq!(
+            s,
+            json!([
+                {"addresses": [{"ip": "127.0.0.1"}, {"ip": "127.0.0.2"}, {"ip": "::1"}],
+                 "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]},
+                {"addresses": [{"ip": "127.0.0.1"}],
+                 "ports": [{"name": "https", "port": 6444, "protocol": "TCP"}]},
+            ])
+        );
+    }
+}
