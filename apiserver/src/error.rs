@@ -585,6 +585,7 @@ impl From<wasmkube_store::Error> for ApiError {
                 "no raft leader took the request (leader known here: {leader:?}); the servers may have lost quorum"
             )),
             wasmkube_store::Error::Membership(why) => ApiError::conflict_request(why),
+            e @ wasmkube_store::Error::Timeout(_) => ApiError::timeout(e.to_string()),
             other => ApiError::internal_with_cause("the store failed", &other),
         }
     }
@@ -602,6 +603,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if matches!(self.code, 429 | 503) {
+            // Clients (client-go, kube-rs's retry policy) wait this long and try again.
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
     }
 }

@@ -101,6 +101,9 @@ pub struct Config {
     /// This member joins a group that exists elsewhere: it starts no group of its own and
     /// waits for the leader to add it ([`Store::add_member`]).
     pub join: bool,
+    /// How long a write or a linearizable read may wait for a majority before it fails with
+    /// [`Error::Timeout`].
+    pub write_timeout: Duration,
 }
 
 impl Config {
@@ -116,6 +119,7 @@ impl Config {
             initial_members: BTreeMap::new(),
             peer_tls: None,
             join: false,
+            write_timeout: WRITE_TIMEOUT,
         }
     }
 }
@@ -138,6 +142,11 @@ pub enum Error {
         /// The leader, if known.
         leader: Option<NodeId>,
     },
+    /// A write was not committed in time (no majority reachable); it may still be applied.
+    #[error(
+        "the write was not committed within {0:?}; the servers may have lost their majority, and it may still be applied"
+    )]
+    Timeout(Duration),
     /// A membership change was refused (an id already taken, the last voter removed).
     #[error("membership change refused: {0}")]
     Membership(String),
@@ -190,6 +199,8 @@ pub struct Store {
     proposer: mpsc::Sender<Pending>,
     /// Membership changes made here go one at a time (raft takes one at a time).
     membership: Arc<tokio::sync::Mutex<()>>,
+    /// [`Config::write_timeout`].
+    write_timeout: Duration,
 }
 
 /// A command waiting to be proposed, and where its outcome goes.
@@ -259,6 +270,9 @@ where
         }
     }
 }
+
+/// [`Config::write_timeout`] unless set.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long a member waits to apply a write it forwarded to the leader.
 const FORWARD_APPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -384,6 +398,7 @@ impl Store {
             published,
             proposer,
             membership: Arc::default(),
+            write_timeout: config.write_timeout,
         };
         let current = store.revision().await?;
         store.published.send_modify(|p| *p = (*p).max(current));
@@ -434,8 +449,16 @@ impl Store {
     /// leader, a few times, when leadership moves meanwhile).
     ///
     /// # Errors
-    /// [`Error::NotLeader`] when no leader takes it; [`Error::Fatal`] when raft stopped.
+    /// [`Error::NotLeader`] when no leader takes it; [`Error::Timeout`] when it is not
+    /// committed within [`Config::write_timeout`] (a leader cut off from its majority: the
+    /// write may still be applied if it reached one); [`Error::Fatal`] when raft stopped.
     pub async fn write(&self, command: Command) -> Result<Outcome, Error> {
+        tokio::time::timeout(self.write_timeout, self.write_through_leader(command))
+            .await
+            .map_err(|_| Error::Timeout(self.write_timeout))?
+    }
+
+    async fn write_through_leader(&self, command: Command) -> Result<Outcome, Error> {
         let Some(mut leader) = self.leader_elsewhere() else {
             return self.write_here(command).await;
         };
@@ -481,6 +504,12 @@ impl Store {
     /// # Errors
     /// [`Error::NotLeader`] when no leader can confirm; [`Error::Fatal`] when raft stopped.
     pub async fn linearize(&self) -> Result<(), Error> {
+        tokio::time::timeout(self.write_timeout, self.linearize_through_leader())
+            .await
+            .map_err(|_| Error::Timeout(self.write_timeout))?
+    }
+
+    async fn linearize_through_leader(&self) -> Result<(), Error> {
         let index = match self.leader_elsewhere() {
             Some(l) => {
                 let addr = self.peer_addr(l).ok_or(Error::NotLeader { leader: None })?;
@@ -506,6 +535,10 @@ impl Store {
                 Err(Error::NotLeader {
                     leader: f.leader_id,
                 })
+            }
+            // Leading, but no majority answers: as good as no leader (a partition).
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(Error::NotLeader { leader: None })
             }
             Err(e) => Err(Error::Fatal(Box::new(e))),
         }
@@ -810,6 +843,11 @@ impl Store {
     /// other members (see [`network`]).
     pub fn peer_router(&self) -> axum::Router {
         network::router(self.clone())
+    }
+
+    /// The raft transport's client side (for partition tests: [`Network::cut`]).
+    pub fn network(&self) -> &Network {
+        &self.network
     }
 
     /// The raft handle, for metrics and membership.

@@ -100,6 +100,8 @@ type Http = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 pub struct Network {
     http: Http,
     scheme: &'static str,
+    /// Peers this member cannot reach (a fault layer for partition tests).
+    cut: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Network {
@@ -149,7 +151,20 @@ impl Network {
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
             scheme,
+            cut: Arc::default(),
         }
+    }
+
+    /// Makes the peers at these addresses (`host:port` of their peer listeners) unreachable
+    /// from this member, as a network partition would: calls to them fail as unreachable
+    /// until [`Network::heal`]. Cut both directions (on each side) for a full partition.
+    pub fn cut(&self, peers: impl IntoIterator<Item = String>) {
+        self.cut.write().expect("cut lock").extend(peers);
+    }
+
+    /// Reaches every peer again.
+    pub fn heal(&self) {
+        self.cut.write().expect("cut lock").clear();
     }
 }
 
@@ -170,6 +185,10 @@ impl Network {
         body: &Req,
         ttl: Duration,
     ) -> Result<Resp, PostError> {
+        let peer = base.split_once("://").map_or(base, |(_, a)| a);
+        if self.cut.read().expect("cut lock").contains(peer) {
+            return Err(PostError::Unreachable(format!("{peer} is cut off").into()));
+        }
         let bytes = serde_json::to_vec(body).map_err(|e| PostError::Protocol(e.into()))?;
         let request = http::Request::post(format!("{base}{path}"))
             .header(http::header::CONTENT_TYPE, "application/json")

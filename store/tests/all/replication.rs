@@ -70,22 +70,31 @@ async fn first_and_joiners(dirs: &[tempfile::TempDir]) -> (Vec<Store>, Vec<Strin
 /// Three members in their own directories, each serving its peer listener (over mutual TLS
 /// when `tls` gives each member's server and client configurations).
 async fn three(dirs: &[tempfile::TempDir; 3], tls: Option<&Tls>) -> Vec<Store> {
+    three_with(dirs, tls, |c| c).await.0
+}
+
+/// [`three`] with each member's configuration adjusted; also their peer addresses.
+async fn three_with(
+    dirs: &[tempfile::TempDir; 3],
+    tls: Option<&Tls>,
+    adjust: impl Fn(Config) -> Config,
+) -> (Vec<Store>, Vec<String>) {
     let (listeners, addrs) = listeners(3).await;
     let members: BTreeMap<u64, String> = (1..).zip(addrs.iter().cloned()).collect();
     let mut stores = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
-        let config = Config {
+        let config = adjust(Config {
             node_id: i as u64 + 1,
             advertise: addrs[i].clone(),
             initial_members: members.clone(),
             ..Config::new(dirs[i].path())
-        };
+        });
         stores.push(member(config, listener, tls).await);
     }
     for s in &stores {
         s.ready(Duration::from_secs(30)).await.expect("a leader");
     }
-    stores
+    (stores, addrs)
 }
 
 /// One member certificate from a test CA (valid for 127.0.0.1, as server and as client), and
@@ -527,6 +536,103 @@ async fn membership_changes_should_be_forwarded_to_the_leader_and_refuse_what_wo
     create(&stores[0], "alone-again", "x")
         .await
         .expect("a group of one writes");
+    for s in &stores {
+        s.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_its_majority_should_acknowledge_nothing_while_the_majority_goes_on()
+{
+    use wasmkube_store::Error;
+    let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tempdir"));
+    let (stores, addrs) = three_with(&dirs, None, |c| Config {
+        write_timeout: Duration::from_secs(2),
+        ..c
+    })
+    .await;
+    let leader_id = stores[0]
+        .raft()
+        .metrics()
+        .borrow()
+        .current_leader
+        .expect("a leader");
+    let l = usize::try_from(leader_id - 1).expect("small");
+    let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    create(&stores[l], "before", "x")
+        .await
+        .expect("write before");
+
+    // The partition: the leader alone on one side.
+    stores[l]
+        .network()
+        .cut(others.iter().map(|i| addrs[*i].clone()));
+    for i in &others {
+        stores[*i].network().cut([addrs[l].clone()]);
+    }
+    let majority = &stores[others[0]];
+    majority
+        .raft()
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.current_leader.is_some_and(|id| id != leader_id),
+            "the majority elects another leader",
+        )
+        .await
+        .expect("a new leader");
+    let mut acknowledged = vec!["before".to_owned()];
+    for i in 0..5 {
+        let name = format!("majority-{i}");
+        create(&stores[others[i % 2]], &name, "x")
+            .await
+            .expect("the majority writes");
+        acknowledged.push(name);
+    }
+    // The old leader acknowledges nothing: no majority answers it.
+    let refused = create(&stores[l], "minority", "x").await;
+    assert!(
+        matches!(refused, Err(Error::Timeout(_) | Error::NotLeader { .. })),
+        "{refused:?}"
+    );
+    let read = stores[l].linearize().await;
+    assert!(
+        matches!(read, Err(Error::Timeout(_) | Error::NotLeader { .. })),
+        "no linearizable read without a majority: {read:?}"
+    );
+
+    stores[l].network().heal();
+    for i in &others {
+        stores[*i].network().heal();
+    }
+    let revision = majority.revision().await.expect("revision");
+    for s in &stores {
+        assert!(
+            s.wait_for_revision(revision, Duration::from_secs(10)).await,
+            "every member catches up"
+        );
+    }
+    stores[l].linearize().await.expect("healed: reads again");
+    let lists: Vec<Vec<String>> = futures::future::join_all(stores.iter().map(|s| async {
+        s.linearize().await.expect("linearize");
+        s.list("/core/configmaps/default/", Default::default())
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .map(|kv| kv.key.rsplit('/').next().unwrap_or_default().to_owned())
+            .collect()
+    }))
+    .await;
+    assert!(
+        lists.iter().all(|l| *l == lists[0]),
+        "one history: {lists:?}"
+    );
+    for name in &acknowledged {
+        assert!(
+            lists[0].contains(name),
+            "{name} was acknowledged and is kept"
+        );
+    }
     for s in &stores {
         s.shutdown().await.expect("shutdown");
     }
