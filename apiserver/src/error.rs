@@ -603,8 +603,10 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if matches!(self.code, 429 | 503) {
-            // Clients (client-go, kube-rs's retry policy) wait this long and try again.
+        if self.code == 429 {
+            // Clients (client-go, kube-rs's retry policy) wait this long and try again. (Not on
+            // a 503 for a leader election: kube-rs would wait a whole second where its own
+            // back-off, from 5 ms, retries as soon as a new leader takes writes.)
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
