@@ -460,23 +460,39 @@ impl Store {
     }
 
     async fn write_through_leader(&self, command: Command) -> Result<Outcome, Error> {
-        let Some(mut leader) = self.leader_elsewhere() else {
+        if self.alone() {
             return self.write_here(command).await;
-        };
-        for _ in 0..3 {
-            match self.forward(leader, &command).await {
-                Err(Error::NotLeader { leader: Some(next) }) if next != leader => {
-                    if next == self.id {
-                        return self.write_here(command).await;
+        }
+        // While the group elects a leader nobody takes writes for a moment: wait for one and
+        // try again ([`Store::write`]'s timeout bounds this). Only refusals are retried (a
+        // member that is not the leader, a leader that cannot be reached), never a write whose
+        // answer was lost, so nothing is proposed twice.
+        let mut hint: Option<NodeId> = None;
+        loop {
+            let current = self.raft.metrics().borrow().current_leader;
+            let Some(leader) = hint.take().or(current) else {
+                let _ = self
+                    .raft
+                    .wait(Some(Duration::from_millis(500)))
+                    .metrics(|m| m.current_leader.is_some(), "a leader")
+                    .await;
+                continue;
+            };
+            let result = if leader == self.id {
+                self.write_here(command.clone()).await
+            } else {
+                self.forward(leader, &command).await
+            };
+            match result {
+                Err(Error::NotLeader { leader: next }) => {
+                    hint = next.filter(|n| *n != leader);
+                    if hint.is_none() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    leader = next;
                 }
                 other => return other,
             }
         }
-        Err(Error::NotLeader {
-            leader: Some(leader),
-        })
     }
 
     /// Sends `command` to member `leader` to be written there.

@@ -266,10 +266,10 @@ impl Network {
             Ok(Answer::NotLeader(leader)) => Err(Error::NotLeader { leader }),
             Ok(Answer::Refused(why)) => Err(Error::Membership(why)),
             Ok(Answer::Failed(message)) => Err(Error::Fatal(message.into())),
-            // The leader went away: the caller tries whoever leads next.
-            Err(PostError::Timeout | PostError::Unreachable(_)) => {
-                Err(Error::NotLeader { leader: None })
-            }
+            // The leader cannot be reached: the caller tries whoever leads next.
+            Err(PostError::Unreachable(_)) => Err(Error::NotLeader { leader: None }),
+            // No answer in time: the request may have been carried out there.
+            Err(PostError::Timeout) => Err(Error::Timeout(ttl)),
             Err(PostError::Protocol(e)) => Err(Error::Fatal(e)),
         }
     }
