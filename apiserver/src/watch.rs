@@ -226,10 +226,10 @@ impl Apiserver {
                             return;
                         }
                     }
-                    Err(WatchError::Lagged) => {
+                    Err(why @ (WatchError::Lagged | WatchError::Reset)) => {
                         let _ = tx
                             .send(error_event(&ApiError::expired(format!(
-                                "too old resource version: {last_sent} (the watch fell behind the change feed)"
+                                "too old resource version: {last_sent} ({why})"
                             ))))
                             .await;
                         return;

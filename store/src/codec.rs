@@ -45,7 +45,27 @@ pub struct Change {
     pub prev: Option<Bytes>,
 }
 
+/// The key of the feed's reset marker: no object key starts with a NUL byte.
+const RESET_KEY: &str = "\0reset";
+
 impl Change {
+    /// The marker a member sends down its feed after installing a snapshot at `revision`:
+    /// every watch ends there and its watcher relists ([`crate::WatchError::Reset`]).
+    pub(crate) fn reset(revision: u64) -> Change {
+        Change {
+            revision,
+            kind: ChangeKind::Updated,
+            key: RESET_KEY.to_owned(),
+            value: Bytes::new(),
+            prev: None,
+        }
+    }
+
+    /// Whether this is the reset marker.
+    pub(crate) fn is_reset(&self) -> bool {
+        self.key == RESET_KEY
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
         let prev = self.prev.as_deref().unwrap_or_default();
         let mut out = Vec::with_capacity(13 + self.key.len() + self.value.len() + prev.len());

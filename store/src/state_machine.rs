@@ -430,6 +430,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         });
+        // Live watches saw none of the changes the snapshot jumps over: they end and relist.
+        let _ = self.feed.send(Arc::new(Change::reset(revision)));
         // Readers waiting for a revision the snapshot holds may go on.
         self.publish(revision);
         Ok(())

@@ -28,6 +28,11 @@ pub enum WatchError {
     /// (Kubernetes answers this with 410 Gone).
     #[error("watcher fell too far behind the change feed")]
     Lagged,
+    /// This member replaced its state with a snapshot from the leader (it was too far behind
+    /// for the log): changes in between were never seen here one by one, so the watcher must
+    /// relist (410 Gone, like [`WatchError::Lagged`]).
+    #[error("the store was replaced by a snapshot")]
+    Reset,
     /// The store is shutting down.
     #[error("store closed")]
     Closed,
@@ -51,13 +56,15 @@ impl Watch {
     /// The next change under the prefix.
     ///
     /// # Errors
-    /// [`WatchError::Lagged`] when changes were lost; [`WatchError::Closed`] at shutdown.
+    /// [`WatchError::Lagged`] when changes were lost; [`WatchError::Reset`] when the store
+    /// installed a snapshot; [`WatchError::Closed`] at shutdown.
     pub async fn next(&mut self) -> Result<Arc<Change>, WatchError> {
         if let Some(change) = self.backlog.pop_front() {
             return Ok(change);
         }
         loop {
             match self.live.recv().await {
+                Ok(change) if change.is_reset() => return Err(WatchError::Reset),
                 Ok(change)
                     if change.revision > self.seen && change.key.starts_with(&self.prefix) =>
                 {
@@ -77,6 +84,7 @@ impl Watch {
         }
         loop {
             match self.live.try_recv() {
+                Ok(change) if change.is_reset() => return Some(Err(WatchError::Reset)),
                 Ok(change)
                     if change.revision > self.seen && change.key.starts_with(&self.prefix) =>
                 {

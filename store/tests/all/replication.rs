@@ -419,6 +419,11 @@ async fn a_member_added_after_the_log_was_purged_should_catch_up_from_a_snapshot
         .await
         .expect("purged");
     let revision = first.revision().await.expect("revision");
+    // A watcher on the newcomer, open before it catches up, must learn that it missed changes.
+    let mut watch = second
+        .watch("/core/configmaps/", 0)
+        .await
+        .expect("watch the newcomer");
     first
         .add_member(
             2,
@@ -443,6 +448,14 @@ async fn a_member_added_after_the_log_was_purged_should_catch_up_from_a_snapshot
     assert!(
         second.raft().metrics().borrow().snapshot.is_some(),
         "the newcomer installed a snapshot"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the watch ends");
+    assert_eq!(
+        ended.map(|c| c.revision),
+        Err(wasmkube_store::WatchError::Reset),
+        "the watcher relists instead of missing what the snapshot jumped over"
     );
     for s in &stores {
         s.shutdown().await.expect("shutdown");
