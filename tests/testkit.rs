@@ -1,6 +1,8 @@
 //! Test kit for end-to-end tests: an in-process API server on a free loopback port, the real
 //! `wasmkube` binary as a child process, kube-rs clients for both, and condition waits.
 
+pub mod lincheck;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -27,6 +29,20 @@ pub fn init_tracing() {
 pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client> {
     let kc = Kubeconfig::read_from(kubeconfig).context("read kubeconfig")?;
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// [`client_for`] without kube-rs's retries of 503/504 (a retried update can answer 409 for
+/// a change its first attempt made), for tests that record exactly what each call saw.
+///
+/// # Errors
+/// When the kubeconfig cannot be read or is invalid.
+pub async fn client_without_retries(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = Kubeconfig::read_from(kubeconfig).context("read kubeconfig")?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    config.default_retry = false;
+    config.read_timeout = Some(Duration::from_secs(10));
     Ok(kube::Client::try_from(config)?)
 }
 
@@ -96,6 +112,17 @@ impl Cluster {
             .as_ref()
             .expect("the API server runs")
             .registry()
+    }
+
+    /// The client side of its raft transport, for cutting it off from other servers.
+    ///
+    /// # Panics
+    /// After [`Cluster::stop`].
+    pub fn peer_network(&self) -> wasmkube_store::Network {
+        self.running
+            .as_ref()
+            .expect("the API server runs")
+            .peer_network()
     }
 
     pub async fn stop(mut self) -> Result<()> {
@@ -477,9 +504,58 @@ pub struct Process {
     pub addr: String,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// The flags it was started with beyond the defaults.
+    extra: Vec<String>,
 }
 
 impl Process {
+    /// `n` servers of one cluster, each `wasmkube up` with `extra` in `dir/s{i}` on free ports:
+    /// the first with `--peer-listen`, the others also with `--join` and its token.
+    ///
+    /// # Errors
+    /// When one does not start or join within 60 s.
+    pub async fn group(dir: &Path, n: usize, extra: &[&str]) -> Result<Vec<Process>> {
+        let mut servers: Vec<Process> = Vec::with_capacity(n);
+        for i in 0..n {
+            let data = dir.join(format!("s{i}"));
+            std::fs::create_dir_all(&data)?;
+            let peer = format!("127.0.0.1:{}", free_port());
+            let mut flags: Vec<String> = extra.iter().map(|f| (*f).to_owned()).collect();
+            flags.extend(["--peer-listen".to_owned(), peer]);
+            if let Some(first) = servers.first() {
+                flags.extend([
+                    "--join".to_owned(),
+                    format!("https://{}", first.addr),
+                    "--token-file".to_owned(),
+                    first.data_dir.join("join-token").display().to_string(),
+                ]);
+            }
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            servers.push(Self::up_with(&data, free_port(), &flags).await?);
+        }
+        Ok(servers)
+    }
+
+    /// Starts it again (after [`Process::kill9`] or [`Process::terminate`]) with the same
+    /// address, data and flags, and waits until it is ready.
+    ///
+    /// # Errors
+    /// When it does not become ready within 60 s.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        let port: u16 = self
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("the listen address has a port")?;
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let again = Self::up_with(&self.data_dir, port, &extra).await?;
+        // The old child is already reaped; dropping it changes nothing.
+        drop(std::mem::replace(self, again));
+        Ok(())
+    }
+
     /// Starts `wasmkube up` on `data_dir` and waits until `/readyz` answers.
     ///
     /// # Errors
@@ -531,6 +607,7 @@ impl Process {
             child,
             addr,
             data_dir: data_dir.to_path_buf(),
+            extra: extra.iter().map(|f| (*f).to_owned()).collect(),
         };
         p.wait_ready(Duration::from_secs(60)).await?;
         Ok(p)

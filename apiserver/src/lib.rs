@@ -87,6 +87,9 @@ pub struct Config {
     pub peer_listen: Option<SocketAddr>,
     /// Join this cluster rather than start one (ignored once this server is a member).
     pub join: Option<cluster::Join>,
+    /// How long a write or a read of the latest state waits for a majority of the servers
+    /// before it fails (504).
+    pub write_timeout: Duration,
 }
 
 impl Config {
@@ -102,6 +105,7 @@ impl Config {
             store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
             peer_listen: None,
             join: None,
+            write_timeout: wasmkube_store::WRITE_TIMEOUT,
         }
     }
 }

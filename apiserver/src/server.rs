@@ -323,6 +323,12 @@ impl Running {
         &self.api.registry
     }
 
+    /// The client side of this server's raft transport, to cut it off from other servers in
+    /// partition tests ([`wasmkube_store::Network::cut`]).
+    pub fn peer_network(&self) -> wasmkube_store::Network {
+        self.api.store.network().clone()
+    }
+
     /// Waits until the server has shut down.
     ///
     /// # Errors
@@ -440,6 +446,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         api: format!("https://{server}"),
         peer_tls: peer.as_ref().map(|(_, _, tls)| Arc::clone(&tls.client)),
         join: node_id != 1,
+        write_timeout: config.write_timeout,
         ..wasmkube_store::Config::new(dir)
     })
     .await?;

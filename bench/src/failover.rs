@@ -7,7 +7,6 @@
 //! Run: `cargo run --release -p wasmkube-bench --bin failover` (see README).
 //! Everything listens on loopback; rounds and waits are bounded.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -15,7 +14,7 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use wasmkube_tests::{Process, client_for, free_port};
+use wasmkube_tests::{Process, client_for};
 
 #[derive(Parser)]
 struct Args {
@@ -32,21 +31,6 @@ const API_ONLY: [&str; 5] = [
     "--no-dns",
     "--no-ingress",
 ];
-
-struct Server {
-    data: PathBuf,
-    api: u16,
-    flags: Vec<String>,
-    process: Option<Process>,
-}
-
-impl Server {
-    async fn start(&mut self) -> Result<()> {
-        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
-        self.process = Some(Process::up_with(&self.data, self.api, &flags).await?);
-        Ok(())
-    }
-}
 
 /// The leader's API port, as `/wasmkube/members` through `client` reports it.
 async fn leader(client: &kube::Client) -> Result<u16> {
@@ -78,43 +62,17 @@ async fn create(client: &kube::Client, name: &str) -> bool {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let mut servers: Vec<Server> = Vec::new();
-    let first_api = free_port();
-    for i in 0..3 {
-        let data = dir.path().join(format!("d{i}"));
-        std::fs::create_dir_all(&data)?;
-        let api = if i == 0 { first_api } else { free_port() };
-        let mut flags: Vec<String> = API_ONLY.map(str::to_owned).into();
-        flags.extend(["--peer-listen".into(), format!("127.0.0.1:{}", free_port())]);
-        if i > 0 {
-            flags.extend([
-                "--join".into(),
-                format!("https://127.0.0.1:{first_api}"),
-                "--token-file".into(),
-                dir.path().join("d0/join-token").display().to_string(),
-            ]);
-        }
-        let mut s = Server {
-            data,
-            api,
-            flags,
-            process: None,
-        };
-        s.start().await?;
-        servers.push(s);
-    }
+    let mut servers = Process::group(dir.path(), 3, &API_ONLY).await?;
     let mut times = Vec::new();
     for round in 0..args.rounds {
-        let any = client_for(&servers[round % 3].data.join("kubeconfig")).await?;
+        let any = client_for(&servers[round % 3].kubeconfig()).await?;
         let port = leader(&any).await?;
         let l = servers
             .iter()
-            .position(|s| s.api == port)
+            .position(|s| s.addr.ends_with(&format!(":{port}")))
             .context("the leader is one of ours")?;
-        let survivor = client_for(&servers[(l + 1) % 3].data.join("kubeconfig")).await?;
-        if let Some(p) = servers[l].process.as_mut() {
-            p.kill9();
-        }
+        let survivor = client_for(&servers[(l + 1) % 3].kubeconfig()).await?;
+        servers[l].kill9();
         let killed = Instant::now();
         let name = format!("after-kill-{round}");
         let mut attempts = 0;
@@ -140,7 +98,7 @@ async fn main() -> Result<()> {
         let took = killed.elapsed();
         println!("round {round:>2}: leader on :{port} killed, first write after {took:.0?}");
         times.push(took);
-        servers[l].start().await?;
+        servers[l].restart().await?;
     }
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;

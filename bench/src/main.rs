@@ -31,6 +31,10 @@ struct Args {
     /// The etcd binary (skipped when missing).
     #[arg(long, default_value = "etcd")]
     etcd: String,
+    /// Servers (and store members, and etcd members) in the group; clients are spread over
+    /// them. 1: a server alone.
+    #[arg(long, default_value_t = 1)]
+    servers: usize,
 }
 
 /// A realistic pod (about 1.5 KB of JSON once defaulted).
@@ -121,9 +125,14 @@ const API_ONLY: &[&str] = &[
 
 async fn bench_api(args: &Args, clients: usize, round: usize) -> Result<Stats> {
     let dir = tempfile::tempdir()?;
-    let server = wasmkube_tests::Process::up_in(dir.path(), API_ONLY).await?;
+    let servers = if args.servers > 1 {
+        wasmkube_tests::Process::group(dir.path(), args.servers, API_ONLY).await?
+    } else {
+        vec![wasmkube_tests::Process::up_in(dir.path(), API_ONLY).await?]
+    };
     let mut apis = Vec::new();
-    for _ in 0..clients {
+    for c in 0..clients {
+        let server = &servers[c % servers.len()];
         let client = wasmkube_tests::client_for(&server.kubeconfig()).await?;
         apis.push(Api::<Pod>::default_namespaced(client));
     }
@@ -145,22 +154,61 @@ async fn bench_api(args: &Args, clients: usize, round: usize) -> Result<Stats> {
         },
     )
     .await?;
-    drop(server);
+    drop(servers);
     Ok(s)
+}
+
+/// `n` store members in this process, in `dir`, talking over the raft transport (plain HTTP
+/// on loopback, as the etcd members do); one member alone when `n` is 1.
+async fn store_group(dir: &std::path::Path, n: usize) -> Result<Vec<wasmkube_store::Store>> {
+    if n <= 1 {
+        return Ok(vec![
+            wasmkube_store::Store::open(wasmkube_store::Config::new(dir)).await?,
+        ]);
+    }
+    let mut listeners = Vec::new();
+    let mut members = std::collections::BTreeMap::new();
+    for id in 1..=n as u64 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        members.insert(id, l.local_addr()?.to_string());
+        listeners.push(l);
+    }
+    let mut stores = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let store = wasmkube_store::Store::open(wasmkube_store::Config {
+            node_id: id,
+            advertise: members[&id].clone(),
+            initial_members: members.clone(),
+            ..wasmkube_store::Config::new(dir.join(format!("m{id}")))
+        })
+        .await?;
+        tokio::spawn(wasmkube_store::network::serve(
+            listener,
+            store.clone(),
+            None,
+            std::future::pending(),
+        ));
+        stores.push(store);
+    }
+    for s in &stores {
+        s.ready(Duration::from_secs(30)).await?;
+    }
+    Ok(stores)
 }
 
 async fn bench_store(args: &Args, clients: usize) -> Result<Stats> {
     let dir = tempfile::tempdir()?;
-    let store = wasmkube_store::Store::open(wasmkube_store::Config::new(dir.path())).await?;
+    let stores = Arc::new(store_group(dir.path(), args.servers).await?);
     let value = serde_json::to_string(&pod("x"))?;
     let s = {
-        let store = store.clone();
+        let stores = stores.clone();
         drive(
             clients,
             args.count,
             Duration::from_secs(args.max_seconds),
-            move |_, i| {
-                let store = store.clone();
+            move |c, i| {
+                let store = stores[c % stores.len()].clone();
                 let value = serde_json::value::RawValue::from_string(value.clone());
                 async move {
                     store
@@ -176,68 +224,71 @@ async fn bench_store(args: &Args, clients: usize) -> Result<Stats> {
         )
         .await?
     };
-    store.shutdown().await?;
+    for store in stores.iter() {
+        store.shutdown().await?;
+    }
     Ok(s)
 }
 
 #[cfg(feature = "etcd")]
 struct Etcd {
-    child: Child,
-    endpoint: String,
+    children: Vec<Child>,
+    endpoints: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 #[cfg(feature = "etcd")]
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
+/// `n` etcd members on loopback, each its own process (fsync on, etcd's default).
 #[cfg(feature = "etcd")]
-async fn start_etcd(bin: &str) -> Result<Etcd> {
+async fn start_etcd(bin: &str, n: usize) -> Result<Etcd> {
     let dir = tempfile::tempdir()?;
-    let port = wasmkube_tests::free_port();
-    let peer = wasmkube_tests::free_port();
-    let client_url = format!("http://127.0.0.1:{port}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(bin)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--name",
-            "bench",
-            "--listen-client-urls",
-            &client_url,
-            "--advertise-client-urls",
-            &client_url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args([
-            "--initial-cluster",
-            &format!("bench={peer_url}"),
-            "--log-level",
-            "error",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("start {bin}"))?;
-    let etcd = Etcd {
-        child,
-        endpoint: format!("127.0.0.1:{port}"),
+    let ports: Vec<(u16, u16)> = (0..n)
+        .map(|_| (wasmkube_tests::free_port(), wasmkube_tests::free_port()))
+        .collect();
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut etcd = Etcd {
+        children: Vec::new(),
+        endpoints: Vec::new(),
         _dir: dir,
     };
+    for (i, (port, peer)) in ports.iter().enumerate() {
+        let client_url = format!("http://127.0.0.1:{port}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(bin)
+            .arg("--data-dir")
+            .arg(etcd._dir.path().join(format!("m{i}")))
+            .args(["--name", &format!("m{i}")])
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &cluster])
+            .args(["--initial-cluster-state", "new", "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {bin}"))?;
+        etcd.children.push(child);
+        etcd.endpoints.push(format!("127.0.0.1:{port}"));
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(mut c) = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await
-            && c.status().await.is_ok()
+        if let Ok(mut c) = etcd_client::Client::connect(&etcd.endpoints, None).await
+            && c.put("/bench/ready", "1", None).await.is_ok()
         {
             return Ok(etcd);
         }
@@ -254,7 +305,7 @@ async fn bench_etcd(_args: &Args, _clients: usize) -> Result<Option<Stats>> {
 
 #[cfg(feature = "etcd")]
 async fn bench_etcd(args: &Args, clients: usize) -> Result<Option<Stats>> {
-    let etcd = match start_etcd(&args.etcd).await {
+    let etcd = match start_etcd(&args.etcd, args.servers.max(1)).await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("etcd comparison skipped: {e:#}");
@@ -262,9 +313,11 @@ async fn bench_etcd(args: &Args, clients: usize) -> Result<Option<Stats>> {
         }
     };
     let mut conns = Vec::new();
-    for _ in 0..clients {
+    for c in 0..clients {
+        // Spread over the members, as the API benchmark spreads clients over servers.
+        let endpoint = etcd.endpoints[c % etcd.endpoints.len()].as_str();
         conns.push(
-            etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+            etcd_client::Client::connect([endpoint], None)
                 .await?
                 .kv_client(),
         );
@@ -303,8 +356,10 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     println!(
-        "pod-sized creates ({} per level, at most {} s per level)\n",
-        args.count, args.max_seconds
+        "pod-sized creates ({} per level, at most {} s per level), {} server(s) / store member(s) / etcd member(s)\n",
+        args.count,
+        args.max_seconds,
+        args.servers.max(1)
     );
     println!(
         "| clients | API creates/s | API p50 ms | API p99 ms | store writes/s | store p99 ms | etcd puts/s | etcd p99 ms | store/etcd |"

@@ -13,6 +13,7 @@ mod t20_lists;
 mod t21_watch;
 mod t30_durability;
 mod t31_servers;
+mod t32_linearizability;
 mod t40_kubectl;
 mod t50_wasmlet;
 mod t51_images;
