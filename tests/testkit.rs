@@ -749,3 +749,41 @@ pub async fn raw(
     });
     Ok((status, value))
 }
+
+/// A plain HTTP/1.1 GET (what curl does): (status, body).
+///
+/// # Errors
+/// When the connection fails.
+pub async fn http_get(addr: std::net::SocketAddr, host: &str, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut resp = Vec::new();
+    conn.read_to_end(&mut resp).await?;
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let status: u16 = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    // Chunked bodies: keep only the text lines.
+    let body = if resp
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body.lines()
+            .filter(|l| !l.is_empty() && u64::from_str_radix(l.trim(), 16).is_err())
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        body
+    };
+    Ok((status, body))
+}

@@ -338,6 +338,16 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
 pub async fn run(client: Client, shutdown: CancellationToken) {
     let (pods, pod_stream) = crate::cache_all::<Pod>(&client);
     let (nodes, node_stream) = crate::cache_all::<Node>(&client);
+    let synced = {
+        let (pods, nodes) = (pods.clone(), nodes.clone());
+        move || {
+            let (pods, nodes) = (pods.clone(), nodes.clone());
+            async move {
+                let _ = pods.wait_until_ready().await;
+                let _ = nodes.wait_until_ready().await;
+            }
+        }
+    };
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         pods,
@@ -356,7 +366,11 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, crate::retry_later("daemonset"), ctx)
+        .run(
+            crate::when_synced(synced, reconcile),
+            crate::retry_later("daemonset"),
+            ctx,
+        )
         .for_each(|_| futures::future::ready(()))
         .await;
 }

@@ -292,6 +292,15 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
 /// Runs the Endpoints/EndpointSlice controller until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
     let (reader, pods) = crate::cache_all::<Pod>(&client);
+    let synced = {
+        let reader = reader.clone();
+        move || {
+            let reader = reader.clone();
+            async move {
+                let _ = reader.wait_until_ready().await;
+            }
+        }
+    };
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         pods: reader,
@@ -310,7 +319,11 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, crate::retry_later("endpoints"), ctx)
+        .run(
+            crate::when_synced(synced, reconcile),
+            crate::retry_later("endpoints"),
+            ctx,
+        )
         .for_each(|_| futures::future::ready(()))
         .await;
 }

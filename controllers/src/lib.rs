@@ -252,6 +252,28 @@ pub(crate) async fn run_pod_owner<K, E, Fut>(
 /// and the cache of `Child` objects, triggered by `K` and by the `Child` objects of that
 /// reflector — so a trigger never arrives before the cache
 /// holds the change that caused it. Failed reconciles are logged and retried after 2 s.
+/// `reconcile`, started only once `synced()` resolves (the caches it reads hold a full
+/// list). A controller reconciling from a cache still empty acts as if nothing existed: after a
+/// restart a ReplicaSet controller would create every replica again.
+pub(crate) fn when_synced<K, C, E, Fut, S, SFut>(
+    synced: S,
+    mut reconcile: impl FnMut(Arc<K>, Arc<C>) -> Fut,
+) -> impl FnMut(Arc<K>, Arc<C>) -> futures::future::BoxFuture<'static, Result<Action, E>>
+where
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+    S: Fn() -> SFut,
+    SFut: Future<Output = ()> + Send + 'static,
+{
+    move |obj, ctx| {
+        let ready = synced();
+        let work = reconcile(obj, ctx);
+        Box::pin(async move {
+            ready.await;
+            work.await
+        })
+    }
+}
+
 pub(crate) async fn run_owning<K, Child, C, E, Fut>(
     client: Client,
     name: &'static str,
@@ -266,11 +288,17 @@ pub(crate) async fn run_owning<K, Child, C, E, Fut>(
     Fut: Future<Output = Result<Action, E>> + Send + 'static,
 {
     let (reader, children) = cache_all::<Child>(&client);
-    let ctx = Arc::new(make_ctx(client.clone(), reader));
+    let ctx = Arc::new(make_ctx(client.clone(), reader.clone()));
+    let synced = move || {
+        let reader = reader.clone();
+        async move {
+            let _ = reader.wait_until_ready().await;
+        }
+    };
     Controller::new(Api::<K>::all(client), watcher::Config::default())
         .owns_stream(children)
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, retry_later(name), ctx)
+        .run(when_synced(synced, reconcile), retry_later(name), ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
 }

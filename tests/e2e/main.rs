@@ -14,6 +14,7 @@ mod t21_watch;
 mod t30_durability;
 mod t31_servers;
 mod t32_linearizability;
+mod t33_control_plane_loss;
 mod t40_kubectl;
 mod t50_wasmlet;
 mod t51_images;

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use wasmkube_tests::Cluster;
+use wasmkube_tests::{Cluster, http_get};
 
 fn service(name: &str, spec: serde_json::Value) -> Result<Service> {
     Ok(serde_json::from_value(json!({
@@ -747,41 +747,6 @@ async fn cluster_dns_answers_every_record_kind_and_follows_changes() -> Result<(
 }
 
 // ---- from the host: NodePort, hostPort, Ingress ------------------------------------------------
-
-/// A plain HTTP/1.1 GET (what curl does): (status, body).
-async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await?;
-    conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut resp = Vec::new();
-    conn.read_to_end(&mut resp).await?;
-    let resp = String::from_utf8_lossy(&resp).into_owned();
-    let status: u16 = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_default();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    // Chunked bodies: keep only the text lines.
-    let body = if resp
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body.lines()
-            .filter(|l| !l.is_empty() && u64::from_str_radix(l.trim(), 16).is_err())
-            .collect::<Vec<_>>()
-            .join("\n")
-    } else {
-        body
-    };
-    Ok((status, body))
-}
 
 #[tokio::test]
 async fn node_ports_host_ports_and_ingress_reach_wasm_pods_from_the_host() -> Result<()> {

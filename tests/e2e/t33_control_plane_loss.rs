@@ -1,0 +1,202 @@
+//! Losing the whole control plane never kills workloads (Borg's rule): with the API server
+//! `kill -9`ed for 60 s, a wasmlet and a cluster DNS that run as their own processes keep every
+//! pod running and serving — NodePort → frontend → the `backend` Service by its DNS name →
+//! a backend — and when the server returns nothing restarts, nothing is duplicated and
+//! nothing is evicted.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use serde_json::json;
+use wasmkube_client::create_from_json;
+use wasmkube_tests::{Process, free_port, http_get, wait_for, wasmkube_bin};
+
+/// How long the control plane stays down (the 60 s).
+const OUTAGE: Duration = Duration::from_secs(60);
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `wasmkube ARGS` as a child process logging to `log`.
+fn spawn(args: &[&str], log: &std::path::Path) -> Result<KillOnDrop> {
+    Ok(KillOnDrop(
+        Command::new(wasmkube_bin())
+            .args(args)
+            .env("WASMKUBE_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()?,
+    ))
+}
+
+/// Each pod's uid and restart count.
+async fn pods(client: &kube::Client) -> Result<BTreeMap<String, (String, i32)>> {
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    Ok(pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|p| {
+            let restarts = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum());
+            (p.name_any(), (p.uid().unwrap_or_default(), restarts))
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn pods_should_keep_serving_through_a_minute_without_any_api_server() -> Result<()> {
+    wasmkube_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let mut server = Process::up_with(&data, free_port(), &["--no-wasmlet", "--no-dns"]).await?;
+    let kubeconfig = server.kubeconfig();
+    let kc = kubeconfig.display().to_string();
+    let dns_addr = format!("127.0.0.1:{}", free_port());
+    let _dns = spawn(
+        &["dns", "--kubeconfig", &kc, "--listen", &dns_addr],
+        &dir.path().join("dns.log"),
+    )?;
+    let (net, prefix) = wasmkube_tests::random_pod_range();
+    let range = format!("{net}/{prefix}");
+    let node_dir = dir.path().join("node").display().to_string();
+    let _wasmlet = spawn(
+        &[
+            "wasmlet",
+            "--node-name",
+            "edge-1",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-pods",
+            "32",
+            "--pod-range",
+            &range,
+            "--kubeconfig",
+            &kc,
+            "--data-dir",
+            &node_dir,
+            "--cluster-dns",
+            &dns_addr,
+        ],
+        &dir.path().join("wasmlet.log"),
+    )?;
+    for image in ["http-hello", "http-frontend"] {
+        let file = dir.path().join(format!("{image}.wasm"));
+        std::fs::write(&file, wasmkube_samples::guest(image).context("sample")?)?;
+        let pushed = Command::new(wasmkube_bin())
+            .args(["image", "push"])
+            .arg(&file)
+            .arg(format!("{image}:v1"))
+            .env("KUBECONFIG", &kubeconfig)
+            .output()?;
+        ensure!(
+            pushed.status.success(),
+            "push {image}: {}",
+            String::from_utf8_lossy(&pushed.stderr)
+        );
+    }
+    let client = server.client().await?;
+    let node_port: u16 = 30000 + free_port() % 2700;
+    let deployment = |name: &str, image: &str, replicas: i32| {
+        json!({"metadata": {"name": name}, "spec": {"replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{
+                "name": "http", "image": format!("{image}:v1"),
+                "ports": [{"name": "http", "containerPort": 8080}]}]}}}})
+    };
+    create_from_json::<Deployment>(&client, "default", deployment("backend", "http-hello", 2))
+        .await?;
+    create_from_json::<Deployment>(
+        &client,
+        "default",
+        deployment("frontend", "http-frontend", 1),
+    )
+    .await?;
+    create_from_json::<Service>(
+        &client,
+        "default",
+        json!({"metadata": {"name": "backend"},
+        "spec": {"selector": {"app": "backend"}, "ports": [{"port": 80, "targetPort": "http"}]}}),
+    )
+    .await?;
+    create_from_json::<Service>(
+        &client,
+        "default",
+        json!({"metadata": {"name": "frontend"},
+        "spec": {"type": "NodePort", "selector": {"app": "frontend"},
+                 "ports": [{"port": 80, "targetPort": "http", "nodePort": node_port}]}}),
+    )
+    .await?;
+    let entry: SocketAddr = format!("127.0.0.1:{node_port}").parse()?;
+    let serving = || async {
+        match http_get(entry, "frontend", "/").await {
+            Ok((200, body)) if body.contains("frontend -> backend (200)") => Some(body),
+            _ => None,
+        }
+    };
+    wait_for(
+        "NodePort -> frontend -> backend",
+        Duration::from_secs(60),
+        serving,
+    )
+    .await?;
+    let before = pods(&client).await?;
+    ensure!(before.len() == 3, "three pods: {before:?}");
+
+    tracing::info!("--- kill -9 the only API server for {OUTAGE:?}");
+    server.kill9();
+    let down = tokio::time::Instant::now();
+    let (mut ok, mut failed) = (0, 0);
+    while down.elapsed() < OUTAGE {
+        let tick = tokio::time::Instant::now();
+        match serving().await {
+            Some(_) => ok += 1,
+            None => failed += 1,
+        }
+        tokio::time::sleep_until(tick + Duration::from_secs(1)).await;
+    }
+    ensure!(
+        failed == 0 && ok >= 50,
+        "every request during the outage is served: {ok} served, {failed} failed"
+    );
+
+    tracing::info!("--- the API server returns");
+    server.restart().await?;
+    let client = server.client().await?;
+    // The wasmlet reconnects and reports; nothing restarted, nothing new.
+    wait_for("the node Ready again", Duration::from_secs(60), || async {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+        let n = nodes.get_opt("edge-1").await.ok().flatten()?;
+        n.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await?;
+    ensure!(serving().await.is_some(), "still serving");
+    let after = pods(&client).await?;
+    ensure!(
+        after == before,
+        "the same pods, no restarts, none added or evicted: {before:?} then {after:?}"
+    );
+    Ok(())
+}
