@@ -35,6 +35,13 @@ struct Args {
     /// them. 1: a server alone.
     #[arg(long, default_value_t = 1)]
     servers: usize,
+    /// Store clients write through the leader only (by default they are spread over the
+    /// members, and followers forward to the leader).
+    #[arg(long)]
+    to_leader: bool,
+    /// Measure only the store column (for quick experiments on the store).
+    #[arg(long)]
+    store_only: bool,
 }
 
 /// A realistic pod (about 1.5 KB of JSON once defaulted).
@@ -201,6 +208,7 @@ async fn bench_store(args: &Args, clients: usize) -> Result<Stats> {
     let dir = tempfile::tempdir()?;
     let stores = Arc::new(store_group(dir.path(), args.servers).await?);
     let value = serde_json::to_string(&pod("x"))?;
+    let to_leader = args.to_leader;
     let s = {
         let stores = stores.clone();
         drive(
@@ -208,7 +216,15 @@ async fn bench_store(args: &Args, clients: usize) -> Result<Stats> {
             args.count,
             Duration::from_secs(args.max_seconds),
             move |c, i| {
-                let store = stores[c % stores.len()].clone();
+                let store = if to_leader {
+                    stores
+                        .iter()
+                        .find(|s| s.leads())
+                        .unwrap_or(&stores[0])
+                        .clone()
+                } else {
+                    stores[c % stores.len()].clone()
+                };
                 let value = serde_json::value::RawValue::from_string(value.clone());
                 async move {
                     store
@@ -366,6 +382,15 @@ async fn main() -> Result<()> {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (round, &c) in args.clients.iter().enumerate() {
+        if args.store_only {
+            let store = bench_store(&args, c).await?;
+            println!(
+                "| {c} | - | - | - | {:.0} | {} | - | - | - |",
+                store.rate(),
+                ms(store.p99)
+            );
+            continue;
+        }
         let api = bench_api(&args, c, round).await?;
         let store = bench_store(&args, c).await?;
         let etcd = bench_etcd(&args, c).await?;

@@ -280,11 +280,35 @@ const FORWARD_APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most commands in one raft entry.
 const MAX_BATCH: usize = 512;
 
-/// Group commit at the proposer: every command that arrives while a proposal is in flight
-/// goes into the next raft entry together, so concurrent writers share one log append, one
-/// fsync and one apply transaction.
+/// Proposals in flight at once in a group of several members. One at a time is the purest
+/// group commit, and what a member alone does (the `bench` program: 16 clients write 40% less
+/// with four in flight, from more and smaller fsyncs); but a group then waits a whole
+/// replication round trip (leader fsync, follower fsync) per batch, and with a few in flight
+/// raft pipelines them (64 clients: 4,940 to 8,103 writes/s on three members).
+const IN_FLIGHT: usize = 4;
+
+/// Group commit at the proposer: every command that arrives while [`IN_FLIGHT`] proposals are
+/// in flight goes into the next raft entry together, so concurrent writers share one log
+/// append, one fsync and one apply transaction.
 async fn propose(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
+        let alone = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .nth(1)
+            .is_none();
+        // Alone, a proposal takes every slot: one at a time.
+        let need = if alone { IN_FLIGHT } else { 1 };
+        let Ok(slot) = Arc::clone(&slots)
+            .acquire_many_owned(u32::try_from(need).unwrap_or(1))
+            .await
+        else {
+            return;
+        };
         let mut waiters = Vec::with_capacity(16);
         let mut commands = Vec::with_capacity(16);
         commands.push(first.0);
@@ -298,25 +322,32 @@ async fn propose(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
-        match raft.client_write(Proposal { commands }).await {
-            Ok(resp) => {
-                for (w, outcome) in waiters.into_iter().zip(resp.data) {
-                    let _ = w.send(Ok(outcome));
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let result = raft.client_write(Proposal { commands }).await;
+            drop(slot);
+            match result {
+                Ok(resp) => {
+                    for (w, outcome) in waiters.into_iter().zip(resp.data) {
+                        let _ = w.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    let leader = match &e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                            Some(f.leader_id)
+                        }
+                        _ => None,
+                    };
+                    for w in waiters {
+                        let _ = w.send(Err(match leader {
+                            Some(leader) => Error::NotLeader { leader },
+                            None => Error::Fatal(e.to_string().into()),
+                        }));
+                    }
                 }
             }
-            Err(e) => {
-                let leader = match &e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Some(f.leader_id),
-                    _ => None,
-                };
-                for w in waiters {
-                    let _ = w.send(Err(match leader {
-                        Some(leader) => Error::NotLeader { leader },
-                        None => Error::Fatal(e.to_string().into()),
-                    }));
-                }
-            }
-        }
+        });
     }
 }
 
