@@ -787,3 +787,24 @@ pub async fn http_get(addr: std::net::SocketAddr, host: &str, path: &str) -> Res
     };
     Ok((status, body))
 }
+
+/// A child process killed (and reaped) when this is dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `Some` once Node `name` reports its `Ready` condition `True`.
+pub async fn node_ready(client: &kube::Client, name: &str) -> Option<()> {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let n = nodes.get_opt(name).await.ok().flatten()?;
+    n.status?
+        .conditions?
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+        .then_some(())
+}

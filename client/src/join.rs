@@ -161,23 +161,32 @@ pub async fn call(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<String, Error> {
-    let client = client(server, Some(ca_pem))?;
     let request = http::Request::builder()
         .method(method)
         .uri(path)
         .header(http::header::AUTHORIZATION, format!("Bearer {bearer}"))
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default())
-        .map_err(|e| Error::Setup {
-            server: server.to_owned(),
-            why: e.to_string(),
-        })?;
-    client
+        .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default());
+    send(server, Some(ca_pem), request).await
+}
+
+/// Sends `request` to `server` (verified by `ca_pem`, or unverified without it); the body.
+async fn send(
+    server: &str,
+    ca_pem: Option<&str>,
+    request: http::Result<http::Request<Vec<u8>>>,
+) -> Result<String, Error> {
+    let request = request.map_err(|e| Error::Setup {
+        server: server.to_owned(),
+        why: e.to_string(),
+    })?;
+    let path = request.uri().path().to_owned();
+    client(server, ca_pem)?
         .request_text(request)
         .await
         .map_err(|source| Error::Request {
             server: server.to_owned(),
-            path: path.to_owned(),
+            path,
             source,
         })
 }
@@ -187,20 +196,7 @@ pub async fn call(
 /// # Errors
 /// [`Error::CaMismatch`] when the server's CA is not the token's; otherwise as [`call`].
 pub async fn cluster_ca(server: &str, token: &JoinToken) -> Result<String, Error> {
-    let request = http::Request::get(CA_PATH)
-        .body(Vec::new())
-        .map_err(|e| Error::Setup {
-            server: server.to_owned(),
-            why: e.to_string(),
-        })?;
-    let pem = client(server, None)?
-        .request_text(request)
-        .await
-        .map_err(|source| Error::Request {
-            server: server.to_owned(),
-            path: CA_PATH.to_owned(),
-            source,
-        })?;
+    let pem = send(server, None, http::Request::get(CA_PATH).body(Vec::new())).await?;
     if token.names(&pem) {
         Ok(pem)
     } else {

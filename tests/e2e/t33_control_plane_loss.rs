@@ -16,19 +16,12 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 use wasmkube_client::create_from_json;
-use wasmkube_tests::{Process, free_port, http_get, wait_for, wasmkube_bin};
+use wasmkube_tests::{
+    KillOnDrop, Process, free_port, http_get, node_ready, wait_for, wasmkube_bin,
+};
 
 /// How long the control plane stays down (the 60 s).
 const OUTAGE: Duration = Duration::from_secs(60);
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `wasmkube ARGS` as a child process logging to `log`.
 fn spawn(args: &[&str], log: &std::path::Path) -> Result<KillOnDrop> {
@@ -182,14 +175,8 @@ async fn pods_should_keep_serving_through_a_minute_without_any_api_server() -> R
     server.restart().await?;
     let client = server.client().await?;
     // The wasmlet reconnects and reports; nothing restarted, nothing new.
-    wait_for("the node Ready again", Duration::from_secs(60), || async {
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-        let n = nodes.get_opt("edge-1").await.ok().flatten()?;
-        n.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
+    wait_for("the node Ready again", Duration::from_secs(60), || {
+        node_ready(&client, "edge-1")
     })
     .await?;
     ensure!(serving().await.is_some(), "still serving");

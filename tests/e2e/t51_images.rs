@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{LogParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use wasmkube_tests::{Cluster, Process, free_port, wait_for};
+use wasmkube_tests::{Cluster, KillOnDrop, Process, free_port, node_ready, wait_for};
 use wasmkube_wasmlet::images::Registries;
 
 const SLOW: Duration = Duration::from_secs(60);
@@ -253,16 +253,7 @@ async fn a_standalone_wasmlet_process_joins_the_cluster_and_serves_logs() -> Res
             .stderr(std::fs::File::create(dir.path().join("edge.log"))?)
             .spawn()?,
     );
-    let nodes: Api<Node> = Api::all(client.clone());
-    wait_for("node edge-1 Ready", SLOW, || async {
-        let n = nodes.get_opt("edge-1").await.ok().flatten()?;
-        n.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
-    .await?;
+    wait_for("node edge-1 Ready", SLOW, || node_ready(&client, "edge-1")).await?;
     let file = dir.path().join("hello.wasm");
     std::fs::write(&file, wasmkube_samples::guest("hello").context("sample")?)?;
     let pushed = Command::new(wasmkube_tests::wasmkube_bin())
@@ -286,15 +277,6 @@ async fn a_standalone_wasmlet_process_joins_the_cluster_and_serves_logs() -> Res
         "the wasmlet is still running"
     );
     Ok(())
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]
