@@ -150,7 +150,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     .await;
     let resp = match result {
         Ok(r) => r,
-        Err(e) if e.code >= 500 && e.code != 504 => {
+        Err(e) if e.code == 500 => {
             // The client learns which request failed; the log has why.
             let id = uuid::Uuid::new_v4().to_string();
             tracing::error!(request = %id, method = %parts.method, %path, error = %e, cause = e.cause().unwrap_or_default(), "request failed");
@@ -160,7 +160,13 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             }
             resp
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if e.code >= 500 {
+                // Unavailable or timed out (no leader, no majority): the client retries.
+                tracing::warn!(method = %parts.method, %path, code = e.code, error = %e, "request not served");
+            }
+            e.into_response()
+        }
     };
     // The encode stage: clients that ask for protobuf first get it.
     let resp = if is_watch(parts.uri.query()) {

@@ -494,12 +494,29 @@ impl Store {
         if self.alone() {
             return self.write_here(command).await;
         }
-        // While the group elects a leader nobody takes writes for a moment: wait for one and
-        // try again ([`Store::write`]'s timeout bounds this). Only refusals are retried (a
-        // member that is not the leader, a leader that cannot be reached), never a write whose
-        // answer was lost, so nothing is proposed twice.
+        let command = &command;
+        self.with_leader(|leader| async move {
+            if leader == self.id {
+                self.write_here(command.clone()).await
+            } else {
+                self.forward(leader, command).await
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` against whoever leads (this member or another), waiting out an election
+    /// and following "not the leader" answers, until one answers otherwise. Only refusals are
+    /// retried (a member that does not lead, a leader that cannot be reached), never a request
+    /// whose answer was lost, so nothing is proposed twice. The caller bounds it in time.
+    async fn with_leader<T, F, Fut>(&self, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(NodeId) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
         let mut hint: Option<NodeId> = None;
         loop {
+            // (The metrics guard must not live across an await: raft's core would block on it.)
             let current = self.raft.metrics().borrow().current_leader;
             let Some(leader) = hint.take().or(current) else {
                 let _ = self
@@ -509,12 +526,7 @@ impl Store {
                     .await;
                 continue;
             };
-            let result = if leader == self.id {
-                self.write_here(command.clone()).await
-            } else {
-                self.forward(leader, &command).await
-            };
-            match result {
+            match attempt(leader).await {
                 Err(Error::NotLeader { leader: next }) => {
                     hint = next.filter(|n| *n != leader);
                     if hint.is_none() {
@@ -558,13 +570,18 @@ impl Store {
     }
 
     async fn linearize_through_leader(&self) -> Result<(), Error> {
-        let index = match self.leader_elsewhere() {
-            Some(l) => {
-                let addr = self.peer_addr(l).ok_or(Error::NotLeader { leader: None })?;
-                self.network.read_index(&addr).await?
-            }
-            None => self.read_index_here().await?,
-        };
+        let index = self
+            .with_leader(|leader| async move {
+                if leader == self.id {
+                    self.read_index_here().await
+                } else {
+                    let addr = self
+                        .peer_addr(leader)
+                        .ok_or(Error::NotLeader { leader: None })?;
+                    self.network.read_index(&addr).await
+                }
+            })
+            .await?;
         if let Some(index) = index {
             self.raft
                 .wait(Some(FORWARD_APPLY_TIMEOUT))
