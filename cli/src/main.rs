@@ -522,7 +522,12 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         .map(|m| {
             [
                 m.id.to_string(),
-                m.peer,
+                // A server alone has no peer listener (its store's placeholder address).
+                if m.peer.ends_with(":0") {
+                    "<none>".into()
+                } else {
+                    m.peer
+                },
                 if m.api.is_empty() {
                     "<none>".into()
                 } else {
