@@ -788,8 +788,34 @@ pub async fn http_get(addr: std::net::SocketAddr, host: &str, path: &str) -> Res
     Ok((status, body))
 }
 
+/// `wasmkube up` flags for the API server and store alone (the benchmarks' servers).
+pub const API_ONLY: &[&str] = &[
+    "--no-wasmlet",
+    "--no-scheduler",
+    "--no-controllers",
+    "--no-dns",
+    "--no-ingress",
+];
+
 /// A child process killed (and reaped) when this is dropped.
 pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// `wasmkube ARGS` as a child process, its stderr to `log`.
+    ///
+    /// # Errors
+    /// When the log cannot be created or the binary not started.
+    pub fn wasmkube(args: &[&str], log: &Path) -> Result<KillOnDrop> {
+        Ok(KillOnDrop(
+            Command::new(wasmkube_bin())
+                .args(args)
+                .env("WASMKUBE_LOG", "info,openraft=warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log)?)
+                .spawn()?,
+        ))
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

@@ -14,7 +14,7 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use wasmkube_tests::{Process, client_for};
+use wasmkube_tests::{API_ONLY, Process, client_for};
 
 #[derive(Parser)]
 struct Args {
@@ -22,15 +22,6 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     rounds: usize,
 }
-
-/// API and store only, short leases are irrelevant here (no scheduler or controllers).
-const API_ONLY: [&str; 5] = [
-    "--no-wasmlet",
-    "--no-scheduler",
-    "--no-controllers",
-    "--no-dns",
-    "--no-ingress",
-];
 
 /// The leader's API port, as `/wasmkube/members` through `client` reports it.
 async fn leader(client: &kube::Client) -> Result<u16> {
@@ -62,7 +53,7 @@ async fn create(client: &kube::Client, name: &str) -> bool {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let mut servers = Process::group(dir.path(), 3, &API_ONLY).await?;
+    let mut servers = Process::group(dir.path(), 3, API_ONLY).await?;
     let mut times = Vec::new();
     for round in 0..args.rounds {
         let any = client_for(&servers[round % 3].kubeconfig()).await?;

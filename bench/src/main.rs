@@ -121,21 +121,12 @@ where
     Ok(stats(all, start.elapsed()))
 }
 
-/// The API server alone, in its own process (`wasmkube up` without the other components),
-/// as a user's client sees it.
-const API_ONLY: &[&str] = &[
-    "--no-wasmlet",
-    "--no-scheduler",
-    "--no-controllers",
-    "--no-dns",
-];
-
 async fn bench_api(args: &Args, clients: usize, round: usize) -> Result<Stats> {
     let dir = tempfile::tempdir()?;
     let servers = if args.servers > 1 {
-        wasmkube_tests::Process::group(dir.path(), args.servers, API_ONLY).await?
+        wasmkube_tests::Process::group(dir.path(), args.servers, wasmkube_tests::API_ONLY).await?
     } else {
-        vec![wasmkube_tests::Process::up_in(dir.path(), API_ONLY).await?]
+        vec![wasmkube_tests::Process::up_in(dir.path(), wasmkube_tests::API_ONLY).await?]
     };
     let mut apis = Vec::new();
     for c in 0..clients {

@@ -15,7 +15,7 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
-use wasmkube_tests::{Process, client_for};
+use wasmkube_tests::{API_ONLY, Process, client_for};
 
 #[derive(Parser)]
 struct Args {
@@ -32,14 +32,6 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     max_seconds: u64,
 }
-
-const API_ONLY: [&str; 5] = [
-    "--no-wasmlet",
-    "--no-scheduler",
-    "--no-controllers",
-    "--no-dns",
-    "--no-ingress",
-];
 
 /// Lists per second and the p50/p99 latency of `args.lists` lists by `args.clients` clients.
 async fn measure(
@@ -99,9 +91,9 @@ async fn main() -> Result<()> {
     for servers in [1, 3] {
         let dir = tempfile::tempdir()?;
         let group = if servers == 1 {
-            vec![Process::up_in(dir.path(), &API_ONLY).await?]
+            vec![Process::up_in(dir.path(), API_ONLY).await?]
         } else {
-            Process::group(dir.path(), servers, &API_ONLY).await?
+            Process::group(dir.path(), servers, API_ONLY).await?
         };
         let mut apis = Vec::new();
         for p in &group {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -22,18 +22,6 @@ use wasmkube_tests::{
 
 /// How long the control plane stays down (the 60 s).
 const OUTAGE: Duration = Duration::from_secs(60);
-
-/// `wasmkube ARGS` as a child process logging to `log`.
-fn spawn(args: &[&str], log: &std::path::Path) -> Result<KillOnDrop> {
-    Ok(KillOnDrop(
-        Command::new(wasmkube_bin())
-            .args(args)
-            .env("WASMKUBE_LOG", "info,openraft=warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log)?)
-            .spawn()?,
-    ))
-}
 
 /// Each pod's uid and restart count.
 async fn pods(client: &kube::Client) -> Result<BTreeMap<String, (String, i32)>> {
@@ -64,14 +52,14 @@ async fn pods_should_keep_serving_through_a_minute_without_any_api_server() -> R
     let kubeconfig = server.kubeconfig();
     let kc = kubeconfig.display().to_string();
     let dns_addr = format!("127.0.0.1:{}", free_port());
-    let _dns = spawn(
+    let _dns = KillOnDrop::wasmkube(
         &["dns", "--kubeconfig", &kc, "--listen", &dns_addr],
         &dir.path().join("dns.log"),
     )?;
     let (net, prefix) = wasmkube_tests::random_pod_range();
     let range = format!("{net}/{prefix}");
     let node_dir = dir.path().join("node").display().to_string();
-    let _wasmlet = spawn(
+    let _wasmlet = KillOnDrop::wasmkube(
         &[
             "wasmlet",
             "--node-name",

@@ -233,26 +233,29 @@ async fn a_standalone_wasmlet_process_joins_the_cluster_and_serves_logs() -> Res
     let up = Process::up(&data, free_port()).await?;
     let client = up.client().await?;
     let (net, prefix) = wasmkube_tests::random_pod_range();
-    let mut wasmlet = KillOnDrop(
-        Command::new(wasmkube_tests::wasmkube_bin())
-            .args([
-                "wasmlet",
-                "--node-name",
-                "edge-1",
-                "--listen",
-                "127.0.0.1:0",
-                "--max-pods",
-                "32",
-            ])
-            .args(["--pod-range", &format!("{net}/{prefix}")])
-            .arg("--kubeconfig")
-            .arg(up.kubeconfig())
-            .arg("--data-dir")
-            .arg(dir.path().join("edge"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("edge.log"))?)
-            .spawn()?,
+    let (range, kubeconfig, edge) = (
+        format!("{net}/{prefix}"),
+        up.kubeconfig().display().to_string(),
+        dir.path().join("edge").display().to_string(),
     );
+    let mut wasmlet = KillOnDrop::wasmkube(
+        &[
+            "wasmlet",
+            "--node-name",
+            "edge-1",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-pods",
+            "32",
+            "--pod-range",
+            &range,
+            "--kubeconfig",
+            &kubeconfig,
+            "--data-dir",
+            &edge,
+        ],
+        &dir.path().join("edge.log"),
+    )?;
     wait_for("node edge-1 Ready", SLOW, || node_ready(&client, "edge-1")).await?;
     let file = dir.path().join("hello.wasm");
     std::fs::write(&file, wasmkube_samples::guest("hello").context("sample")?)?;
