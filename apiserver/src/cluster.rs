@@ -291,28 +291,16 @@ pub(crate) async fn become_member(
     api: String,
 ) -> Result<(), crate::Error> {
     let body = serde_json::to_value(NewMember { id, peer, api }).expect("serializes");
-    // While the group elects a leader the answer is 503: ask again for a minute.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        match join::call(
-            &join.server,
-            &pki.ca_pem,
-            &pki.admin_token,
-            Method::POST,
-            MEMBERS_PATH,
-            Some(&body),
-        )
-        .await
-        {
-            Err(e) if e.code() == Some(503) && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-            other => {
-                other?;
-                break;
-            }
-        }
-    }
+    // The cluster waits out an election itself (the store asks whoever leads).
+    join::call(
+        &join.server,
+        &pki.ca_pem,
+        &pki.admin_token,
+        Method::POST,
+        MEMBERS_PATH,
+        Some(&body),
+    )
+    .await?;
     crate::pki::write_private(&dir.join("member-id"), &id.to_string())?;
     Ok(())
 }

@@ -364,20 +364,11 @@ async fn bootstrap(api: &Apiserver) -> Result<(), Error> {
             field_manager: Some("wasmkube-apiserver".into()),
             ..Default::default()
         };
-        // A group that is still electing a leader answers 503 for a moment: wait it out.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            match api.create_object(&target, &q, obj.clone(), "Update").await {
-                Ok(_) => tracing::info!(namespace = name, "created"),
-                Err(e) if e.code == 409 => {}
-                Err(e) if e.code == 503 && tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "no leader yet");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-                Err(e) => return Err(Error::Io(std::io::Error::other(e.to_string()))),
-            }
-            break;
+        // (A write waits out an election in the store, so a group electing a leader is fine.)
+        match api.create_object(&target, &q, obj, "Update").await {
+            Ok(_) => tracing::info!(namespace = name, "created"),
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(Error::Io(std::io::Error::other(e.to_string()))),
         }
     }
     Ok(())

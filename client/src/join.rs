@@ -111,19 +111,6 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// The HTTP status of a refusal (a `Status` the server answered with).
-    pub fn code(&self) -> Option<u16> {
-        match self {
-            Error::Request {
-                source: kube::Error::Api(s),
-                ..
-            } => Some(s.code),
-            _ => None,
-        }
-    }
-}
-
 /// A client for `server` (`https://host:port`): verified by `ca_pem`, or by nothing when it
 /// is `None` (only to fetch the CA, which is then checked against the token).
 fn client(server: &str, ca_pem: Option<&str>) -> Result<kube::Client, Error> {

@@ -618,15 +618,20 @@ impl Store {
     /// [`Error::Membership`] when the id is taken by another address; [`Error::NotLeader`]
     /// when no leader takes the change; [`Error::Fatal`] when it fails.
     pub async fn add_member(&self, id: NodeId, node: Node) -> Result<(), Error> {
-        match self.leader_elsewhere() {
-            Some(leader) => {
+        let node = &node;
+        let add = self.with_leader(|leader| async move {
+            if leader == self.id {
+                self.add_member_here(id, node.clone()).await
+            } else {
                 let addr = self
                     .peer_addr(leader)
                     .ok_or(Error::NotLeader { leader: None })?;
-                self.network.add_member(&addr, id, &node).await
+                self.network.add_member(&addr, id, node).await
             }
-            None => self.add_member_here(id, node).await,
-        }
+        });
+        tokio::time::timeout(network::CATCH_UP_TIMEOUT, add)
+            .await
+            .map_err(|_| Error::Timeout(network::CATCH_UP_TIMEOUT))?
     }
 
     /// [`Store::add_member`] on the leader.
@@ -671,15 +676,19 @@ impl Store {
     /// [`Error::Membership`] when `id` is not a member or is the last voter;
     /// [`Error::NotLeader`] when no leader takes the change; [`Error::Fatal`] when it fails.
     pub async fn remove_member(&self, id: NodeId) -> Result<(), Error> {
-        match self.leader_elsewhere() {
-            Some(leader) => {
+        let remove = self.with_leader(|leader| async move {
+            if leader == self.id {
+                self.remove_member_here(id).await
+            } else {
                 let addr = self
                     .peer_addr(leader)
                     .ok_or(Error::NotLeader { leader: None })?;
                 self.network.remove_member(&addr, id).await
             }
-            None => self.remove_member_here(id).await,
-        }
+        });
+        tokio::time::timeout(self.write_timeout, remove)
+            .await
+            .map_err(|_| Error::Timeout(self.write_timeout))?
     }
 
     /// [`Store::remove_member`] on the leader.

@@ -61,7 +61,7 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long an addition may take: the new member catches up first (a snapshot of the whole
 /// store, then the log).
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The leader's answer to a request a follower forwards (a write, a read index).
 #[derive(Debug, Serialize, Deserialize)]
