@@ -144,7 +144,13 @@ pub(crate) async fn run(
     cluster_ip: std::net::Ipv4Addr,
     shutdown: CancellationToken,
 ) {
+    let mut every = tokio::time::interval(EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
         if api.store.leads() {
             let urls: Vec<String> = api
                 .store
@@ -156,10 +162,6 @@ pub(crate) async fn run(
             if let Err(e) = reconcile(&api, &urls, cluster_ip).await {
                 tracing::debug!(error = %e, "reconciling default/kubernetes");
             }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(EVERY) => {}
         }
     }
 }

@@ -125,7 +125,10 @@ impl Servers {
         let weak = Arc::downgrade(&self.inner);
         let configured = self.inner.config.cluster_url.clone();
         tokio::spawn(async move {
+            let mut every = tokio::time::interval(FOLLOW_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                every.tick().await;
                 {
                     let Some(inner) = weak.upgrade() else { return };
                     let servers = Servers { inner };
@@ -161,7 +164,6 @@ impl Servers {
                         }
                     }
                 }
-                tokio::time::sleep(FOLLOW_EVERY).await;
             }
         });
     }
