@@ -1,7 +1,8 @@
 //! The first two stages of every request: who is asking ([`Authenticator`]) and whether they
 //! may ([`Authorizer`]), as kube-apiserver's `authentication.Request` and `authorizer.Authorizer`.
-//! Today one credential exists, the admin token, and an authenticated caller may do anything
-//! ([`AllowAuthenticated`]); RBAC plugs in as another [`Authorizer`] without touching handlers.
+//! Two credentials exist: the admin token, and the signed tokens nodes get when they join
+//! ([`Any`] tries each); an authenticated caller may do anything ([`AllowAuthenticated`]);
+//! RBAC plugs in as another [`Authorizer`] without touching handlers.
 
 use axum::http::{HeaderMap, Method, header};
 
@@ -48,6 +49,29 @@ impl Authenticator for AdminToken {
             name: "system:admin".into(),
             groups: vec!["system:masters".into(), "system:authenticated".into()],
         })
+    }
+}
+
+/// The first of several authenticators that knows the request's credential
+/// (kube-apiserver's union authenticator).
+pub struct Any(pub Vec<Box<dyn Authenticator>>);
+
+impl Authenticator for Any {
+    fn authenticate(&self, headers: &HeaderMap) -> Option<UserInfo> {
+        self.0.iter().find_map(|a| a.authenticate(headers))
+    }
+}
+
+impl<T: Authenticator + ?Sized> Authenticator for std::sync::Arc<T> {
+    fn authenticate(&self, headers: &HeaderMap) -> Option<UserInfo> {
+        (**self).authenticate(headers)
+    }
+}
+
+impl UserInfo {
+    /// Whether the caller is in group `system:masters` (the cluster's administrators).
+    pub fn is_master(&self) -> bool {
+        self.groups.iter().any(|g| g == "system:masters")
     }
 }
 

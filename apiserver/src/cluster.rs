@@ -10,7 +10,15 @@
 //! ```
 //!
 //! The first server that listens for peers writes `DATA_DIR/join-token`; so does every server
-//! that joined. A joined server records its id in `DATA_DIR/member-id` once it is a member,
+//! that joined. Every server writes `DATA_DIR/node-token`, whose secret only buys a node's
+//! credentials:
+//!
+//! ```text
+//! wasmlet --join                               any server of the cluster
+//!   GET  /wasmkube/cacerts ─────────────────►  ca.crt (checked against the token)
+//!   POST /wasmkube/join-node (Bearer secret) ►  a token and a certificate for
+//!                                              system:node:NAME (group system:nodes)
+//! ``` A joined server records its id in `DATA_DIR/member-id` once it is a member,
 //! and on restart rejoins the group from its store instead of asking again.
 
 use std::collections::BTreeSet;
@@ -49,6 +57,8 @@ struct Credentials {
     ca_key: String,
     admin_token: String,
     join_secret: String,
+    node_secret: String,
+    sa_key: String,
 }
 
 /// A member to add (`POST /wasmkube/members`).
@@ -76,9 +86,12 @@ pub struct MemberStatus {
     pub applied: Option<u64>,
 }
 
-/// The cluster's join secret, `DATA_DIR/pki/join.secret`, made on first use.
-fn join_secret(dir: &Path) -> Result<String, crate::pki::PkiError> {
-    let path = dir.join("pki").join("join.secret");
+/// How long a node's token lasts (the kubelet's client certificate: a year).
+const NODE_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// The cluster's secret `DATA_DIR/pki/NAME` (`join.secret`, `node.secret`), made on first use.
+fn secret(dir: &Path, name: &str) -> Result<String, crate::pki::PkiError> {
+    let path = dir.join("pki").join(name);
     if let Ok(s) = std::fs::read_to_string(&path)
         && !s.trim().is_empty()
     {
@@ -94,24 +107,30 @@ pub(crate) struct Membership {
     store: Store,
     /// `None`: this server takes no newcomers (it has no peer listener).
     secret: Option<String>,
-    ca_pem: String,
-    ca_key_pem: String,
-    admin_token: String,
+    /// Buys a node's credentials (and so does the join secret).
+    node_secret: String,
+    pki: crate::pki::Pki,
+    tokens: std::sync::Arc<crate::tokens::Tokens>,
     /// Ids given to newcomers that may not be members yet.
     promised: Mutex<BTreeSet<NodeId>>,
 }
 
 impl Membership {
-    /// For a server in `dir` with these credentials; with a peer listener it takes newcomers,
-    /// and writes `DATA_DIR/join-token`.
+    /// For a server in `dir` with these credentials, signing node tokens with `tokens`;
+    /// writes `DATA_DIR/node-token`, and with a peer listener it takes newcomers and writes
+    /// `DATA_DIR/join-token`.
     pub(crate) fn new(
         dir: &Path,
         store: Store,
         pki: &crate::pki::Pki,
+        tokens: std::sync::Arc<crate::tokens::Tokens>,
         joinable: bool,
     ) -> Result<Membership, crate::Error> {
+        let node_secret = secret(dir, "node.secret")?;
+        let token = JoinToken::new(&pki.ca_pem, node_secret.clone());
+        crate::pki::write_private(&dir.join("node-token"), &format!("{token}\n"))?;
         let secret = if joinable {
-            let secret = join_secret(dir)?;
+            let secret = secret(dir, "join.secret")?;
             let token = JoinToken::new(&pki.ca_pem, secret.clone());
             crate::pki::write_private(&dir.join("join-token"), &format!("{token}\n"))?;
             Some(secret)
@@ -121,9 +140,9 @@ impl Membership {
         Ok(Membership {
             store,
             secret,
-            ca_pem: pki.ca_pem.clone(),
-            ca_key_pem: pki.ca_key_pem.clone(),
-            admin_token: pki.admin_token.clone(),
+            node_secret,
+            pki: pki.clone(),
+            tokens,
             promised: Mutex::new(BTreeSet::new()),
         })
     }
@@ -133,9 +152,66 @@ impl Membership {
         (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/x-pem-file")],
-            self.ca_pem.clone(),
+            self.pki.ca_pem.clone(),
         )
             .into_response()
+    }
+
+    /// `POST /wasmkube/join-node`: a node showing the node secret (or the join secret), or an
+    /// administrator, gets credentials for `system:node:NAME`.
+    pub(crate) fn join_node(
+        &self,
+        headers: &HeaderMap,
+        user: Option<&crate::auth::UserInfo>,
+        body: &[u8],
+    ) -> Result<Response, ApiError> {
+        let shown = crate::auth::bearer_token(headers).unwrap_or_default();
+        let secret_shown = [Some(&self.node_secret), self.secret.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|s| wasmkube_api::secrets_equal(shown.as_bytes(), s.as_bytes()));
+        if !secret_shown && !user.is_some_and(crate::auth::UserInfo::is_master) {
+            return Err(match user {
+                Some(u) => ApiError::forbidden_request(
+                    &u.name,
+                    &crate::auth::Attributes::of(&Method::POST, join::NODE_JOIN_PATH, false),
+                ),
+                None => ApiError::unauthorized(),
+            });
+        }
+        let request: join::NodeRequest = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("a node join is {{nodeName}}: {e}")))?;
+        let name = request.node_name;
+        if !wasmkube_api::names::is_dns1123_subdomain(&name) {
+            return Err(ApiError::invalid_options(
+                "NodeRequest",
+                &[crate::error::FieldError::invalid(
+                    "nodeName",
+                    &name,
+                    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric \
+                     characters, '-' or '.', and must start and end with an alphanumeric character",
+                )],
+            ));
+        }
+        let identity = self
+            .pki
+            .node_identity(&name)
+            .map_err(|e| ApiError::internal_with_cause("cannot issue the node certificate", &e))?;
+        let credentials = join::NodeCredentials {
+            token: self.tokens.issue(
+                &format!("{}{name}", crate::tokens::NODE_PREFIX),
+                NODE_TOKEN_LIFETIME,
+            ),
+            certificate: identity.cert_pem,
+            key: identity.key_pem,
+            ca: self.pki.ca_pem.clone(),
+        };
+        tracing::info!(node = %name, "a node joined");
+        Ok(respond_json(
+            StatusCode::OK,
+            &serde_json::to_value(credentials).expect("serializes"),
+            &[],
+        ))
     }
 
     /// `POST /wasmkube/join`: a newcomer showing the join secret gets an id and the cluster's
@@ -146,11 +222,7 @@ impl Membership {
                 "this server takes no joining servers: it was started without --peer-listen",
             ));
         };
-        let shown = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
+        let shown = crate::auth::bearer_token(headers).unwrap_or_default();
         if !wasmkube_api::secrets_equal(shown.as_bytes(), secret.as_bytes()) {
             return Err(ApiError::unauthorized());
         }
@@ -170,10 +242,12 @@ impl Membership {
         tracing::info!(id, "a server is joining");
         let credentials = Credentials {
             id,
-            ca_cert: self.ca_pem.clone(),
-            ca_key: self.ca_key_pem.clone(),
-            admin_token: self.admin_token.clone(),
+            ca_cert: self.pki.ca_pem.clone(),
+            ca_key: self.pki.ca_key_pem.clone(),
+            admin_token: self.pki.admin_token.clone(),
             join_secret: secret.clone(),
+            node_secret: self.node_secret.clone(),
+            sa_key: self.pki.sa_key_pem.clone(),
         };
         Ok(respond_json(
             StatusCode::OK,
@@ -267,13 +341,15 @@ pub(crate) async fn fetch_credentials(dir: &Path, join: &Join) -> Result<NodeId,
         )))
     })?;
     let pki = dir.join("pki");
-    for stale in ["apiserver.crt", "peer.crt"] {
+    for stale in ["apiserver.crt", "peer.crt", "apiserver-kubelet-client.crt"] {
         let _ = std::fs::remove_file(pki.join(stale));
     }
     crate::pki::write_private(&pki.join("ca.crt"), &c.ca_cert)?;
     crate::pki::write_private(&pki.join("ca.key"), &c.ca_key)?;
     crate::pki::write_private(&pki.join("admin.token"), &c.admin_token)?;
     crate::pki::write_private(&pki.join("join.secret"), &c.join_secret)?;
+    crate::pki::write_private(&pki.join("node.secret"), &c.node_secret)?;
+    crate::pki::write_private(&pki.join("sa.key"), &c.sa_key)?;
     Ok(c.id)
 }
 

@@ -45,6 +45,7 @@ pub mod request;
 mod rest;
 mod server;
 pub mod table;
+mod tokens;
 pub mod validation;
 mod watch;
 

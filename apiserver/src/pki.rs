@@ -25,17 +25,21 @@ pub enum PkiError {
     /// Generating a key or certificate.
     #[error("certificate generation failed")]
     Cert(#[from] rcgen::Error),
+    /// The token signing key (`pki/sa.key`) is not an ECDSA P-256 key.
+    #[error("the token signing key (pki/sa.key) is unusable")]
+    TokenKey(#[source] jsonwebtoken::errors::Error),
     /// Building a TLS configuration from the credentials.
     #[error("TLS configuration")]
     Tls(#[from] rustls::Error),
 }
 
-/// A leaf certificate from the cluster CA (whose key is `ca_key_pem`) for `sans`, named `cn`,
-/// for these uses; its PEM and its key's PEM.
+/// A leaf certificate from the cluster CA (whose key is `ca_key_pem`) for `sans`, named `cn`
+/// (a user name, for client certificates) in organization `org` (a group), for these uses;
+/// its PEM and its key's PEM.
 fn issue(
     ca_key_pem: &str,
     sans: Vec<String>,
-    cn: &str,
+    (cn, org): (&str, Option<&str>),
     uses: Vec<rcgen::ExtendedKeyUsagePurpose>,
 ) -> Result<(String, String), PkiError> {
     // The issuer is rebuilt from the same parameters the CA was made with: its subject and key
@@ -45,6 +49,9 @@ fn issue(
     let mut params = CertificateParams::new(sans)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
+    if let Some(org) = org {
+        dn.push(DnType::OrganizationName, org);
+    }
     params.distinguished_name = dn;
     params.not_after = rcgen::date_time_ymd(2045, 1, 1);
     params.extended_key_usages = uses;
@@ -95,6 +102,18 @@ pub struct Pki {
     pub admin_token: String,
     /// The CA's key (PEM), for servers that join.
     pub(crate) ca_key_pem: String,
+    /// The key that signs the cluster's bearer tokens (ECDSA P-256, PKCS#8 PEM, `pki/sa.key`,
+    /// the same on every server, as kube-apiserver's `--service-account-signing-key-file`).
+    pub(crate) sa_key_pem: String,
+}
+
+/// A node's credentials: a bearer token and a client certificate, both naming
+/// `system:node:NAME` in group `system:nodes`.
+pub(crate) struct NodeIdentity {
+    /// Certificate (PEM): client and server, for the API's streaming calls and node tunnels.
+    pub(crate) cert_pem: String,
+    /// Its key (PEM).
+    pub(crate) key_pem: String,
 }
 
 /// 32 random bytes as URL-safe base64: a bearer token or secret.
@@ -138,6 +157,9 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), PkiError>
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// The API server's client certificate towards wasmlets, in `pki/`.
+const KUBELET_CLIENT: &str = "apiserver-kubelet-client.crt";
+
 fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -172,9 +194,14 @@ impl Pki {
                 let cert = ca_params()?.self_signed(&key)?;
                 write_private(&ca_crt, &cert.pem())?;
                 write_private(&ca_key, &key.serialize_pem())?;
-                // A new CA invalidates any old serving or peer certificate.
-                let _ = std::fs::remove_file(&crt);
-                let _ = std::fs::remove_file(pki.join("peer.crt"));
+                // A new CA invalidates any old serving, peer or kubelet-client certificate.
+                for stale in [
+                    crt.as_path(),
+                    &pki.join("peer.crt"),
+                    &pki.join(KUBELET_CLIENT),
+                ] {
+                    let _ = std::fs::remove_file(stale);
+                }
                 (cert.pem(), key.serialize_pem())
             }
         };
@@ -198,7 +225,7 @@ impl Pki {
                     let (cert, server_key) = issue(
                         &ca_key_pem,
                         sans.clone(),
-                        "wasmkube-apiserver",
+                        ("wasmkube-apiserver", None),
                         vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
                     )?;
                     write_private(&crt, &cert)?;
@@ -216,13 +243,81 @@ impl Pki {
                 token
             }
         };
+        let sa_key_pem = match read(&pki.join("sa.key"))? {
+            Some(k) if KeyPair::from_pem(&k).is_ok() => k,
+            _ => {
+                let k = KeyPair::generate()?.serialize_pem();
+                write_private(&pki.join("sa.key"), &k)?;
+                k
+            }
+        };
         Ok(Pki {
             ca_pem,
             cert_pem,
             key_pem,
             admin_token,
             ca_key_pem,
+            sa_key_pem,
         })
+    }
+
+    /// A new certificate for node `name` (`system:node:NAME`, group `system:nodes`, the node
+    /// name as its DNS name), as the kubelet's client certificate is made.
+    ///
+    /// # Errors
+    /// Generation failures.
+    pub(crate) fn node_identity(&self, name: &str) -> Result<NodeIdentity, PkiError> {
+        let (cert_pem, key_pem) = issue(
+            &self.ca_key_pem,
+            vec![name.to_owned()],
+            (&format!("system:node:{name}"), Some("system:nodes")),
+            vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )?;
+        Ok(NodeIdentity { cert_pem, key_pem })
+    }
+
+    /// How this server reaches the wasmlets' endpoints (logs, exec, port-forward): with a
+    /// client certificate in group `system:masters` (`pki/apiserver-kubelet-client.crt`, as
+    /// kube-apiserver's `--kubelet-client-certificate`). The wasmlet's serving certificate is
+    /// not checked, as kube-apiserver does without `--kubelet-certificate-authority`.
+    ///
+    /// # Errors
+    /// File access, generation, or stored PEM that cannot be parsed.
+    pub fn kubelet_client(
+        &self,
+        dir: &Path,
+    ) -> Result<std::sync::Arc<rustls::ClientConfig>, PkiError> {
+        let pki = dir.join("pki");
+        let (crt, key) = (
+            pki.join(KUBELET_CLIENT),
+            pki.join("apiserver-kubelet-client.key"),
+        );
+        let (cert_pem, key_pem) = match (read(&crt)?, read(&key)?) {
+            (Some(c), Some(k)) => (c, k),
+            _ => {
+                let (c, k) = issue(
+                    &self.ca_key_pem,
+                    Vec::new(),
+                    ("kube-apiserver-kubelet-client", Some("system:masters")),
+                    vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+                )?;
+                write_private(&crt, &c)?;
+                write_private(&key, &k)?;
+                (c, k)
+            }
+        };
+        let provider = provider();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(&provider))
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(
+                wasmkube_client::tls::AnyServerCertificate::new(provider),
+            ))
+            .with_client_auth_cert(parse_certs(&cert_pem)?, parse_key(&key_pem)?)?;
+        Ok(std::sync::Arc::new(config))
     }
 
     /// The admin kubeconfig for a server URL.
@@ -253,7 +348,7 @@ impl Pki {
                 let (c, k) = issue(
                     &self.ca_key_pem,
                     vec![host.to_owned()],
-                    "wasmkube-peer",
+                    ("wasmkube-peer", None),
                     vec![
                         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
                         rcgen::ExtendedKeyUsagePurpose::ClientAuth,

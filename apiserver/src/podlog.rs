@@ -1,7 +1,7 @@
 //! `GET /api/v1/namespaces/{ns}/pods/{name}/log`: validated here, served by the wasmlet of the
 //! pod's node (its HTTPS `/containerLogs` endpoint), streamed back — as kube-apiserver proxies
 //! to the kubelet. Like kube-apiserver's default, the node's serving certificate is not
-//! verified; the request carries the cluster token, which the wasmlet checks.
+//! verified; the API server shows its kubelet client certificate, which the wasmlet checks.
 
 use axum::body::Body;
 use axum::http::{StatusCode, header};
@@ -35,7 +35,7 @@ const PARAMS: &[&str] = &[
 /// unnamed container, or a container that has not started.
 pub(crate) async fn pod_log(
     api: &Apiserver,
-    token: &str,
+    kubelet: &KubeletTls,
     namespace: &str,
     name: &str,
     query: Option<&str>,
@@ -121,7 +121,7 @@ pub(crate) async fn pod_log(
     forward.sort_unstable();
     let query = serde_urlencoded::to_string(&forward).expect("string pairs encode");
     let path = format!("/containerLogs/{namespace}/{name}/{container}?{query}");
-    fetch(&host, &path, token).await
+    fetch(&host, &path, kubelet).await
 }
 
 /// The pod `namespace/name`.
@@ -237,10 +237,15 @@ pub(crate) async fn node_endpoint(
     })
 }
 
+/// How the API server reaches nodes' endpoints: TLS with its kubelet client certificate
+/// ([`crate::pki::Pki::kubelet_client`]).
+pub(crate) type KubeletTls = std::sync::Arc<rustls::ClientConfig>;
+
 /// A TLS connection to a node's endpoint.
 pub(crate) async fn connect_node(
     host: &str,
     path: &str,
+    kubelet: &KubeletTls,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ApiError> {
     let unreachable = |e: &dyn std::fmt::Display| {
         ApiError::internal(format!("Get \"https://{host}{path}\": {e}"))
@@ -255,19 +260,17 @@ pub(crate) async fn connect_node(
             .to_owned(),
     )
     .map_err(|e| unreachable(&e))?;
-    // The node's self-signed serving certificate is accepted, as kube-apiserver does without
-    // `--kubelet-certificate-authority`.
-    wasmkube_client::tls::insecure_connector()
+    tokio_rustls::TlsConnector::from(std::sync::Arc::clone(kubelet))
         .connect(server_name, tcp)
         .await
         .map_err(|e| unreachable(&e))
 }
 
-async fn fetch(host: &str, path: &str, token: &str) -> Result<Response, ApiError> {
+async fn fetch(host: &str, path: &str, kubelet: &KubeletTls) -> Result<Response, ApiError> {
     let unreachable = |e: &dyn std::fmt::Display| {
         ApiError::internal(format!("Get \"https://{host}{path}\": {e}"))
     };
-    let tls = connect_node(host, path).await?;
+    let tls = connect_node(host, path, kubelet).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
@@ -275,7 +278,6 @@ async fn fetch(host: &str, path: &str, token: &str) -> Result<Response, ApiError
     tokio::spawn(conn);
     let req = http::Request::get(path)
         .header(header::HOST, host)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .expect("a well-formed request");
     let resp = sender

@@ -17,7 +17,9 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::Apiserver;
 use crate::error::ApiError;
-use crate::podlog::{connect_node, load_pod, node_endpoint, node_error, node_of, pod_container};
+use crate::podlog::{
+    KubeletTls, connect_node, load_pod, node_endpoint, node_error, node_of, pod_container,
+};
 
 /// The upgrade headers a proxied request carries to the node, and its answer back.
 const UPGRADE_HEADERS: &[&str] = &[
@@ -67,7 +69,7 @@ fn upgrade_of(req: &Request) -> Option<String> {
 /// A Kubernetes `Status` (see [`PodStream::exec`] and [`PodStream::port_forward`]).
 pub(crate) async fn serve(
     api: &Apiserver,
-    token: &str,
+    kubelet: &KubeletTls,
     namespace: &str,
     name: &str,
     stream: Stream,
@@ -75,7 +77,7 @@ pub(crate) async fn serve(
 ) -> Result<Response, ApiError> {
     let pod = PodStream {
         api,
-        token,
+        kubelet,
         namespace,
         name,
     };
@@ -89,7 +91,7 @@ pub(crate) async fn serve(
 #[derive(Clone, Copy)]
 struct PodStream<'a> {
     api: &'a Apiserver,
-    token: &'a str,
+    kubelet: &'a KubeletTls,
     namespace: &'a str,
     name: &'a str,
 }
@@ -101,7 +103,7 @@ impl PodStream<'_> {
     /// 404 for an unknown pod; 400 for a missing command, a bad container, a finished pod or a
     /// container that is not running, or a request that is no WebSocket.
     async fn exec(self, req: Request) -> Result<Response, ApiError> {
-        let (api, token, namespace, name) = (self.api, self.token, self.namespace, self.name);
+        let (api, kubelet, namespace, name) = (self.api, self.kubelet, self.namespace, self.name);
         let query = req.uri().query().unwrap_or_default().to_owned();
         let params: Vec<(String, String)> = serde_urlencoded::from_str(&query)
             .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
@@ -136,7 +138,7 @@ impl PodStream<'_> {
             "/exec/{namespace}/{name}/{container}?{}",
             serde_urlencoded::to_string(&forward).expect("string pairs encode")
         );
-        splice(&host, &path, token, req).await
+        splice(&host, &path, kubelet, req).await
     }
 
     /// `pods/portforward`.
@@ -144,7 +146,7 @@ impl PodStream<'_> {
     /// # Errors
     /// 404 for an unknown pod; 400 for a pod that is not running or a request that is no upgrade.
     async fn port_forward(self, req: Request) -> Result<Response, ApiError> {
-        let (api, token, namespace, name) = (self.api, self.token, self.namespace, self.name);
+        let (api, kubelet, namespace, name) = (self.api, self.kubelet, self.namespace, self.name);
         let pod = load_pod(api, namespace, name).await?;
         let node_name = node_of(&pod, name)?;
         let phase = pod
@@ -167,7 +169,7 @@ impl PodStream<'_> {
             Some(q) => format!("/portForward/{namespace}/{name}?{q}"),
             None => format!("/portForward/{namespace}/{name}"),
         };
-        splice(&host, &path, token, req).await
+        splice(&host, &path, kubelet, req).await
     }
 }
 
@@ -176,7 +178,7 @@ impl PodStream<'_> {
 async fn splice(
     host: &str,
     path: &str,
-    token: &str,
+    kubelet: &KubeletTls,
     mut req: Request,
 ) -> Result<Response, ApiError> {
     let protocol = req
@@ -184,7 +186,7 @@ async fn splice(
         .get(header::UPGRADE)
         .cloned()
         .unwrap_or(HeaderValue::from_static("websocket"));
-    let tls = connect_node(host, path).await?;
+    let tls = connect_node(host, path, kubelet).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| ApiError::internal(format!("the node's endpoint: {e}")))?;
@@ -193,7 +195,6 @@ async fn splice(
         .method(req.method().clone())
         .uri(path)
         .header(header::HOST, host)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .header(header::CONNECTION, "Upgrade")
         .header(header::UPGRADE, protocol.clone());
     for h in UPGRADE_HEADERS {

@@ -40,11 +40,14 @@ const HEAD_BUFFER: usize = 4 * MAX_HEADER_BYTES;
 
 struct Shared {
     api: Arc<Apiserver>,
-    /// Who is asking (the admin token today).
+    /// Who is asking (the admin token, node tokens).
     authn: Box<dyn Authenticator>,
     /// Whether they may.
     authz: Box<dyn Authorizer>,
+    /// The admin token, which the registry also takes as a basic-auth password.
     token: String,
+    /// How this server reaches wasmlets' endpoints (its kubelet client certificate).
+    kubelet: Arc<rustls::ClientConfig>,
     server: String,
     oci: OciRegistry,
     /// Joining servers and the membership.
@@ -86,6 +89,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             // The joining server checks the CA against its token; the join checks the secret.
             | wasmkube_client::join::CA_PATH
             | crate::cluster::JOIN_PATH
+            | wasmkube_client::join::NODE_JOIN_PATH
     ) || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/");
@@ -101,11 +105,11 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             return resp;
         }
     } else if !public {
-        let Some(user) = user else {
+        let Some(user) = &user else {
             return ApiError::unauthorized().into_response();
         };
         let attrs = Attributes::of(&parts.method, &path, is_watch(parts.uri.query()));
-        if let Err(e) = s.authz.authorize(&user, &attrs) {
+        if let Err(e) = s.authz.authorize(user, &attrs) {
             return e.into_response();
         }
     }
@@ -128,7 +132,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         // Streams: the request is upgraded, not read.
         let (ns, name) = (ns.to_owned(), name.to_owned());
         let req = Request::from_parts(parts, body);
-        return crate::podstream::serve(&s.api, &s.token, &ns, &name, stream, req)
+        return crate::podstream::serve(&s.api, &s.kubelet, &ns, &name, stream, req)
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
@@ -141,6 +145,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     };
     let result = route(
         &s,
+        user.as_ref(),
         &parts.method,
         &path,
         parts.uri.query(),
@@ -209,6 +214,7 @@ fn is_watch(query: Option<&str>) -> bool {
 
 async fn route(
     s: &Shared,
+    user: Option<&crate::auth::UserInfo>,
     method: &Method,
     path: &str,
     query: Option<&str>,
@@ -241,11 +247,22 @@ async fn route(
         (&Method::GET, "/version") => get(discovery::version()),
         (&Method::GET, wasmkube_client::join::CA_PATH) => Ok(s.cluster.ca()),
         (&Method::POST, crate::cluster::JOIN_PATH) => s.cluster.join(headers),
+        (&Method::POST, wasmkube_client::join::NODE_JOIN_PATH) => {
+            s.cluster.join_node(headers, user, body)
+        }
         (_, p)
             if p == crate::cluster::MEMBERS_PATH
                 || p.starts_with(&format!("{}/", crate::cluster::MEMBERS_PATH)) =>
         {
-            s.cluster.members(method, p, body).await
+            // Changing the servers is the administrators' business, not a node's.
+            match user {
+                Some(u) if u.is_master() => s.cluster.members(method, p, body).await,
+                Some(u) => Err(ApiError::forbidden_request(
+                    &u.name,
+                    &Attributes::of(method, p, false),
+                )),
+                None => Err(ApiError::unauthorized()),
+            }
         }
         (&Method::GET, "/openapi/v3") => get(s.api.openapi().index()),
         (&Method::GET, "/openapi/v2") => {
@@ -282,7 +299,7 @@ async fn route(
         }
         (&Method::GET, p) if pod_log_path(p).is_some() => {
             let (ns, name) = pod_log_path(p).expect("checked by the guard");
-            crate::podlog::pod_log(&s.api, &s.token, ns, name, query).await
+            crate::podlog::pod_log(&s.api, &s.kubelet, ns, name, query).await
         }
         (_, p) if p.starts_with("/api/") || p.starts_with("/apis/") => {
             let mut q = Params::parse(query)?;
@@ -477,14 +494,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "apiserver listening");
 
     let shared_api = Arc::clone(&api);
+    let tokens = Arc::new(crate::tokens::Tokens::new(&pki.sa_key_pem)?);
     let shared = Arc::new(Shared {
         api: api.clone(),
-        authn: Box::new(crate::auth::AdminToken::new(pki.admin_token.clone())),
+        authn: Box::new(crate::auth::Any(vec![
+            Box::new(crate::auth::AdminToken::new(pki.admin_token.clone())),
+            Box::new(Arc::clone(&tokens)),
+        ])),
         authz: Box::new(AllowAuthenticated),
         token: pki.admin_token.clone(),
+        kubelet: pki.kubelet_client(dir)?,
         server,
         oci: OciRegistry::new(dir)?,
-        cluster: crate::cluster::Membership::new(dir, store.clone(), &pki, joinable)?,
+        cluster: crate::cluster::Membership::new(dir, store.clone(), &pki, tokens, joinable)?,
     });
     let app = router(shared);
     tracker.spawn(crate::kubernetes_service::run(
@@ -624,17 +646,24 @@ mod tests {
         let api = open(&config, store.clone(), &shutdown)
             .await
             .expect("apiserver");
+        let pki = Pki::load_or_create(dir.path(), &[]).expect("pki");
+        let tokens = Arc::new(crate::tokens::Tokens::new(&pki.sa_key_pem).expect("key"));
         let shared = Arc::new(Shared {
             api,
-            authn: Box::new(crate::auth::AdminToken::new(TOKEN)),
+            authn: Box::new(crate::auth::Any(vec![
+                Box::new(crate::auth::AdminToken::new(TOKEN)),
+                Box::new(Arc::clone(&tokens)),
+            ])),
             authz,
             token: TOKEN.into(),
+            kubelet: pki.kubelet_client(dir.path()).expect("kubelet client"),
             server: "127.0.0.1:6443".into(),
             oci: OciRegistry::new(dir.path()).expect("registry"),
             cluster: crate::cluster::Membership::new(
                 dir.path(),
                 store.clone(),
-                &Pki::load_or_create(dir.path(), &[]).expect("pki"),
+                &pki,
+                tokens,
                 false,
             )
             .expect("membership"),

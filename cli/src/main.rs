@@ -122,13 +122,9 @@ impl ServerArgs {
         c.store_cache_bytes = self.store_cache_mib << 20;
         c.peer_listen = self.peer_listen;
         if let (Some(server), Some(file)) = (&self.join, &self.token_file) {
-            let token = std::fs::read_to_string(file)
-                .with_context(|| format!("reading the join token {}", file.display()))?;
             c.join = Some(wasmkube_apiserver::cluster::Join {
                 server: server.trim_end_matches('/').to_owned(),
-                token: token
-                    .parse()
-                    .with_context(|| format!("the join token in {}", file.display()))?,
+                token: read_token(file)?,
             });
         }
         let (first, last) = self
@@ -226,6 +222,15 @@ struct NodeArgs {
     ingress_listen: Option<SocketAddr>,
 }
 
+/// A join token from a file (a server's `join-token` or `node-token`).
+fn read_token(file: &Path) -> anyhow::Result<wasmkube_client::join::JoinToken> {
+    let token = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the token {}", file.display()))?;
+    token
+        .parse()
+        .with_context(|| format!("the token in {}", file.display()))
+}
+
 impl NodeArgs {
     fn config(
         &self,
@@ -270,6 +275,13 @@ struct WasmletArgs {
     /// The address reported as the node's InternalIP (default: the listen address).
     #[arg(long)]
     address: Option<String>,
+    /// Join the cluster of this API server (https://HOST:PORT) with a node token: the wasmlet
+    /// gets credentials of its own (user system:node:NAME) and keeps them in DATA_DIR.
+    #[arg(long, requires = "token_file", conflicts_with = "kubeconfig")]
+    join: Option<String>,
+    /// The node token (a server's DATA_DIR/node-token; its join-token works too).
+    #[arg(long, requires = "join")]
+    token_file: Option<PathBuf>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -705,7 +717,20 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Wasmlet(args) => {
             let mut config = args.node.config(&args.data_dir, args.listen)?;
-            config.api = source(args.kubeconfig);
+            config.api = match (&args.join, &args.token_file) {
+                (Some(server), Some(file)) => {
+                    let kubeconfig = wasmkube_wasmlet::identity::join(
+                        server.trim_end_matches('/'),
+                        &read_token(file)?,
+                        &config.node_name,
+                        &args.data_dir,
+                    )
+                    .await
+                    .context("joining the cluster")?;
+                    wasmkube_client::Source::kubeconfig(kubeconfig)
+                }
+                _ => source(args.kubeconfig),
+            };
             config.address = args.address;
             wasmkube_wasmlet::run(config, shutdown)
                 .await

@@ -8,6 +8,9 @@
 //! newcomer ── GET /wasmkube/cacerts (unverified TLS) ──► server: ca.crt ── hash checked
 //!          ── POST /wasmkube/join (CA-verified, Bearer secret) ──► credentials
 //! ```
+//!
+//! A server joins with `DATA_DIR/join-token`; a node (a wasmlet) joins with
+//! `DATA_DIR/node-token`, whose secret only buys node credentials ([`join_node`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +19,49 @@ use sha2::{Digest, Sha256};
 
 /// Where a newcomer fetches the cluster CA, unauthenticated.
 pub const CA_PATH: &str = "/wasmkube/cacerts";
+/// Where a node is given its credentials (`POST`, [`NodeRequest`] → [`NodeCredentials`]).
+pub const NODE_JOIN_PATH: &str = "/wasmkube/join-node";
+
+/// What a joining node asks for.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRequest {
+    /// The Node's name.
+    pub node_name: String,
+}
+
+/// A node's own credentials: user `system:node:NAME` in group `system:nodes`.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCredentials {
+    /// A bearer token for the API (and the cluster registry).
+    pub token: String,
+    /// A certificate from the cluster CA (PEM), client and server, for node tunnels and the
+    /// node's own endpoint.
+    pub certificate: String,
+    /// Its private key (PEM).
+    pub key: String,
+    /// The cluster CA (PEM).
+    pub ca: String,
+}
+
+impl fmt::Debug for NodeCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeCredentials").finish_non_exhaustive()
+    }
+}
+
+impl NodeCredentials {
+    /// A kubeconfig for API server `server` with these credentials.
+    pub fn kubeconfig(&self, server: &str, node: &str) -> String {
+        use base64::Engine as _;
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: wasmkube\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: system:node:{node}\n  user:\n    token: {token}\ncontexts:\n- name: wasmkube\n  context:\n    cluster: wasmkube\n    user: system:node:{node}\ncurrent-context: wasmkube\n",
+            token = self.token
+        )
+    }
+}
 
 const PREFIX: &str = "wk1";
 
@@ -189,6 +235,36 @@ pub async fn cluster_ca(server: &str, token: &JoinToken) -> Result<String, Error
     } else {
         Err(Error::CaMismatch)
     }
+}
+
+/// Joins node `node` to the cluster `server` belongs to: checks the server's CA against
+/// `token` (the node token or the cluster join token) and asks for the node's credentials.
+///
+/// # Errors
+/// [`Error::CaMismatch`] when the server is not the token's cluster; otherwise as [`call`].
+pub async fn join_node(
+    server: &str,
+    token: &JoinToken,
+    node: &str,
+) -> Result<NodeCredentials, Error> {
+    let ca = cluster_ca(server, token).await?;
+    let body = serde_json::to_value(NodeRequest {
+        node_name: node.to_owned(),
+    })
+    .expect("serializes");
+    let answer = call(
+        server,
+        &ca,
+        token.secret(),
+        http::Method::POST,
+        NODE_JOIN_PATH,
+        Some(&body),
+    )
+    .await?;
+    serde_json::from_str(&answer).map_err(|e| Error::Setup {
+        server: server.to_owned(),
+        why: format!("it answered the node join with something else: {e}"),
+    })
 }
 
 #[cfg(test)]

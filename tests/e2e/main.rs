@@ -15,6 +15,7 @@ mod t30_durability;
 mod t31_servers;
 mod t32_linearizability;
 mod t33_control_plane_loss;
+mod t34_nodes_join;
 mod t40_kubectl;
 mod t50_wasmlet;
 mod t51_images;

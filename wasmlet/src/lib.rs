@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod identity;
 mod net;
 mod node;
 mod pod;
@@ -132,6 +133,8 @@ pub enum Error {
     Register(#[source] kube::Error),
     #[error("i/o")]
     Io(#[from] std::io::Error),
+    #[error("cannot join the cluster")]
+    Join(#[source] Box<wasmkube_client::join::Error>),
 }
 
 /// The registries a client configuration implies: the API server's `/v2/` for names without a
@@ -184,18 +187,12 @@ pub fn registries_for(kc: &kube::Config, insecure: Vec<String>) -> Registries {
 /// [`Error`] when it cannot start; once running it retries API failures instead.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let conn = wasmkube_client::connect(&config.api).await?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let (credentials, conn) = identity::ensure(&config.data_dir, &config.node_name, conn).await?;
+    let tls = Arc::new(identity::NodeTls::new(&credentials)?);
     let kc = &conn.config;
-    let token = {
-        use secrecy::ExposeSecret;
-        kc.auth_info
-            .token
-            .as_ref()
-            .map(|t| t.expose_secret().to_owned())
-            .unwrap_or_default()
-    };
     let registries = registries_for(kc, config.insecure_registries.clone());
     let client = conn.client;
-    std::fs::create_dir_all(&config.data_dir)?;
     let images = Arc::new(Images::open(&config.data_dir.join("images"), registries)?);
     let runtime = Runtime::new(&RuntimeConfig {
         cache_dir: config.data_dir.join("compiled"),
@@ -218,9 +215,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let pods = Arc::new(PodRegistry::default());
     let (addr, server) = streaming::server::start(
         config.listen,
-        vec![address.clone(), config.node_name.clone()],
+        Arc::clone(&tls.endpoint),
         Arc::clone(&pods),
-        token.clone(),
         shutdown.clone(),
     )
     .await?;
@@ -251,7 +247,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         .map_err(|e| Error::Io(std::io::Error::other(e)))?
         .trunc();
     let net = Arc::new(
-        net::NodeNet::new(backing, pod_cidr, node_ip, token.clone()).with_names(
+        net::NodeNet::new(backing, pod_cidr, node_ip, Some(Arc::clone(&tls))).with_names(
             net::names::Names::new(config.cluster_dns, &config.cluster_domain),
         ),
     );
@@ -270,6 +266,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let tasks = TaskTracker::new();
     tasks.spawn(net::tunnel::serve(
         Arc::clone(&net),
+        Arc::clone(&tls),
         tunnel,
         shutdown.clone(),
     ));

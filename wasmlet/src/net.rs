@@ -45,12 +45,14 @@ pub enum Refused {
 }
 
 /// Where a connection to a virtual address goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// A pod on this node, at its loopback address.
     Local(SocketAddrV4),
     /// A pod on another node, through that node's tunnel.
     Remote {
+        /// The other node's name (its tunnel certificate names it).
+        node: Arc<str>,
         /// The other node's tunnel endpoint.
         tunnel: SocketAddr,
         /// The pod's virtual address.
@@ -94,8 +96,8 @@ pub struct NodeNet {
     backing: Ipv4Net,
     /// The node address (NodePorts and hostPorts listen here; `hostNetwork` pods use it).
     pub node_ip: Ipv4Addr,
-    /// The cluster token, for tunnels.
-    pub token: String,
+    /// The node's certificate, for tunnels (none: no tunnels, in tests).
+    tls: Option<Arc<crate::identity::NodeTls>>,
     /// The relay listener's address (for guest connections to other nodes).
     relay: OnceLock<SocketAddr>,
     /// The tunnel listener's port.
@@ -130,13 +132,13 @@ impl NodeNet {
         backing: Ipv4Net,
         pod_cidr: Option<Ipv4Net>,
         node_ip: Ipv4Addr,
-        token: String,
+        tls: Option<Arc<crate::identity::NodeTls>>,
     ) -> Self {
         NodeNet {
             pod_cidr,
             backing,
             node_ip,
-            token,
+            tls,
             relay: OnceLock::new(),
             tunnel_port: OnceLock::new(),
             local: RwLock::default(),
@@ -399,6 +401,7 @@ impl NodeNet {
         let peers = self.peers.read().expect("net lock");
         if let Some(p) = peers.iter().find(|p| p.cidr.contains(dest.ip())) {
             return Ok(Route::Remote {
+                node: Arc::from(p.node.as_str()),
                 tunnel: p.tunnel,
                 pod: dest,
             });
@@ -438,16 +441,13 @@ impl NodeNet {
     ///
     /// # Errors
     /// When the route is refused or the connection fails.
-    pub async fn dial_from_node(
-        self: &Arc<Self>,
-        dest: SocketAddrV4,
-    ) -> std::io::Result<TcpStream> {
+    pub async fn dial_from_node(self: &Arc<Self>, dest: SocketAddrV4) -> std::io::Result<Conn> {
         if *dest.ip() == self.node_ip {
             let stream = TcpStream::connect(SocketAddr::V4(dest)).await?;
             stream.set_nodelay(true)?;
-            return Ok(stream);
+            return Ok(Conn::Tcp(stream));
         }
-        self.dial(None, dest).await.map(Conn::into_stream)
+        self.dial(None, dest).await
     }
 
     /// Opens a routed connection.
@@ -470,11 +470,17 @@ impl NodeNet {
                 stream.set_nodelay(true)?;
                 Ok(Conn::Tcp(stream))
             }
-            Route::Remote { tunnel, pod } => {
+            Route::Remote { node, tunnel, pod } => {
                 let from = SocketAddrV4::new(from.unwrap_or(self.node_ip), 0);
-                crate::net::tunnel::open(tunnel, &self.token, from, pod)
+                let tls = self.tls.as_ref().ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "this node has no certificate for tunnels",
+                    )
+                })?;
+                crate::net::tunnel::open(tls, &node, tunnel, from, pod)
                     .await
-                    .map(Conn::Tcp)
+                    .map(|t| Conn::Tunnel(Box::new(t)))
             }
         }
     }
@@ -524,7 +530,7 @@ impl NodeNet {
             tokio::spawn(async move {
                 let from_ip = Some(*from.ip());
                 match net.dial(from_ip, dest).await {
-                    Ok(Conn::Tcp(mut far)) => {
+                    Ok(mut far) => {
                         let _ = tokio::io::copy_bidirectional(&mut conn, &mut far).await;
                     }
                     Err(e) => tracing::debug!(%dest, error = %e, "relay: no route"),
@@ -561,8 +567,7 @@ pub(crate) async fn forward<F>(
                 Ok(d) => d,
                 Err(_) => return,
             };
-            if let Ok(far) = net.dial(None, dest).await {
-                let mut far = far.into_stream();
+            if let Ok(mut far) = net.dial(None, dest).await {
                 let _ = tokio::io::copy_bidirectional(&mut conn, &mut far).await;
             }
         });
@@ -571,15 +576,54 @@ pub(crate) async fn forward<F>(
 
 /// A connection the node opened.
 pub enum Conn {
-    /// A TCP stream (to a local pod, or a tunnel).
+    /// A TCP stream to a local pod.
     Tcp(TcpStream),
+    /// A tunnel to a pod on another node.
+    Tunnel(Box<crate::net::tunnel::Tunnel>),
 }
 
-impl Conn {
-    /// The stream.
-    pub fn into_stream(self) -> TcpStream {
-        match self {
-            Conn::Tcp(s) => s,
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Conn::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Conn::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Conn::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Conn::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -639,7 +683,7 @@ mod tests {
             "127.50.0.0/24".parse().expect("cidr"),
             Some("10.244.3.0/24".parse().expect("cidr")),
             Ipv4Addr::LOCALHOST,
-            String::new(),
+            None,
         )
     }
 

@@ -303,7 +303,7 @@ async fn handle(shared: Arc<Shared>, client: IpAddr, mut req: Request<Incoming>)
 }
 
 async fn connect(net: &Arc<NodeNet>, dest: SocketAddrV4) -> std::io::Result<SendRequest<Incoming>> {
-    let stream = net.dial(None, dest).await?.into_stream();
+    let stream = net.dial(None, dest).await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;

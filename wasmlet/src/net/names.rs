@@ -323,7 +323,7 @@ async fn send(
                 _ => HttpError::Connect(e),
             });
         }
-        Ok(Ok(s)) => s.into_stream(),
+        Ok(Ok(s)) => s,
     };
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;

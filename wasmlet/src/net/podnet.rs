@@ -488,7 +488,7 @@ mod tests {
             "127.77.0.0/24".parse().expect("cidr"),
             Some("10.244.0.0/24".parse().expect("cidr")),
             Ipv4Addr::LOCALHOST,
-            String::new(),
+            None,
         ));
         let (ip, backing) = net.add_pod(5);
         net.add_pod(9);

@@ -41,7 +41,6 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use tokio::net::TcpStream;
 
 use crate::net::NodeNet;
 use crate::runtime::Prepared;
@@ -314,7 +313,11 @@ pub(crate) struct Prober {
 }
 
 impl Prober {
-    async fn connect(&self, host: Option<&str>, port: u16) -> Result<TcpStream, ProbeFailure> {
+    async fn connect(
+        &self,
+        host: Option<&str>,
+        port: u16,
+    ) -> Result<crate::net::Conn, ProbeFailure> {
         let ip = match host {
             None => self.pod_ip,
             Some(h) => h.parse::<Ipv4Addr>().map_err(|_| {

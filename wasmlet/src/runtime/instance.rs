@@ -788,7 +788,7 @@ mod tests {
             ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 91, third, 0), 24).expect("cidr"),
             Some("10.244.0.0/24".parse().expect("cidr")),
             std::net::Ipv4Addr::LOCALHOST,
-            String::new(),
+            None,
         ));
         let address = |k| {
             let (ip, backing) = net.add_pod(k);

@@ -48,7 +48,7 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    async fn connect(&self, port: u16) -> Result<tokio::net::TcpStream, String> {
+    async fn connect(&self, port: u16) -> Result<crate::net::Conn, String> {
         self.net
             .dial_from_node(SocketAddrV4::new(self.pod_ip, port))
             .await
@@ -218,7 +218,7 @@ async fn forward_stream(
             return;
         }
     };
-    let (mut pod_rd, mut pod_wr) = conn.into_split();
+    let (mut pod_rd, mut pod_wr) = tokio::io::split(conn);
     let to_pod = async {
         while let Some(Some(bytes)) = from_client.recv().await {
             if pod_wr.write_all(&bytes).await.is_err() {
@@ -365,7 +365,7 @@ async fn forward_channel(
             return;
         }
     };
-    let (mut pod_rd, mut pod_wr) = conn.into_split();
+    let (mut pod_rd, mut pod_wr) = tokio::io::split(conn);
     let to_pod = async {
         while let Some(bytes) = from_client.recv().await {
             if pod_wr.write_all(&bytes).await.is_err() {

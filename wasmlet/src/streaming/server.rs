@@ -2,9 +2,10 @@
 //! `pods/log`, as kube-apiserver reaches the kubelet's `/containerLogs`, and for `pods/exec`
 //! (`/exec`, a WebSocket the API server splices to the client's).
 //!
-//! It serves a self-signed certificate (kube-apiserver does not verify kubelet serving
-//! certificates unless configured to) and accepts only the bearer token the wasmlet itself
-//! was given, so only holders of the cluster credentials can read logs.
+//! It serves the node's certificate and asks callers for one from the cluster CA: only the
+//! cluster's administrators (group `system:masters`, which the API server's kubelet client
+//! certificate is in) are served; a caller without a certificate gets 401, any other 403, as
+//! the kubelet answers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
@@ -30,8 +31,11 @@ use crate::streaming::logs::{LogFile, LogOptions, parse_record, read_records, re
 
 struct Shared {
     pods: Arc<PodRegistry>,
-    token: String,
 }
+
+/// Who called, from the connection's client certificate (none: anonymous).
+#[derive(Clone)]
+struct Caller(Option<crate::identity::Peer>);
 
 /// The query parameters of `pods/log`, as the API server forwards them.
 #[derive(Debug, Default, Deserialize)]
@@ -52,22 +56,11 @@ struct LogQuery {
 /// When the address cannot be bound or the certificate cannot be made.
 pub(crate) async fn start(
     listen: SocketAddr,
-    hosts: Vec<String>,
+    tls: Arc<rustls::ServerConfig>,
     pods: Arc<PodRegistry>,
-    token: String,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
-    let cert = rcgen::generate_simple_self_signed(hosts).map_err(std::io::Error::other)?;
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(std::io::Error::other)?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .map_err(std::io::Error::other)?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let app = Router::new()
@@ -81,7 +74,7 @@ pub(crate) async fn start(
             "/portForward/{namespace}/{pod}",
             axum::routing::any(port_forward),
         )
-        .with_state(Arc::new(Shared { pods, token }));
+        .with_state(Arc::new(Shared { pods }));
     let task = tokio::spawn(async move {
         let tracker = TaskTracker::new();
         loop {
@@ -94,6 +87,8 @@ pub(crate) async fn start(
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                let caller = Caller(crate::identity::Peer::of(tls.get_ref().1));
+                let app = app.layer(axum::Extension(caller));
                 let conn = auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(
                         TokioIo::new(tls),
@@ -121,24 +116,31 @@ fn text(status: StatusCode, msg: String) -> Response {
         .into_response()
 }
 
-/// Only the wasmlet's own token (the cluster's) is accepted, parsed as the API server does.
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(wasmkube_api::bearer_token)
-        .is_some_and(|t| wasmkube_api::secrets_equal(t.as_bytes(), token.as_bytes()))
+/// `None` for the cluster's administrators; the refusal otherwise (401 without a certificate,
+/// 403 with another), worded as the kubelet words it.
+fn refusal(caller: &Caller, subresource: &str) -> Option<Response> {
+    match &caller.0 {
+        None => Some(text(StatusCode::UNAUTHORIZED, "Unauthorized".into())),
+        Some(p) if p.is_in(crate::identity::MASTERS_GROUP) => None,
+        Some(p) => Some(text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Forbidden (user={}, verb=get, resource=nodes, subresource={subresource})",
+                p.name
+            ),
+        )),
+    }
 }
 
 async fn exec(
     State(s): State<Arc<Shared>>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    axum::Extension(caller): axum::Extension<Caller>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !authorized(&headers, &s.token) {
-        return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    if let Some(refused) = refusal(&caller, "exec") {
+        return refused;
     }
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
@@ -178,8 +180,13 @@ async fn port_forward(
         websocket_bytes,
     };
     use axum::extract::FromRequestParts;
-    if !authorized(req.headers(), &s.token) {
-        return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller(None));
+    if let Some(refused) = refusal(&caller, "portforward") {
+        return refused;
     }
     let Some(target) = s.pods.get(&namespace, &pod).and_then(|p| p.forward) else {
         return text(
@@ -267,10 +274,10 @@ async fn container_logs(
     State(s): State<Arc<Shared>>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     Query(q): Query<LogQuery>,
-    headers: HeaderMap,
+    axum::Extension(caller): axum::Extension<Caller>,
 ) -> Response {
-    if !authorized(&headers, &s.token) {
-        return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    if let Some(refused) = refusal(&caller, "log") {
+        return refused;
     }
     let Some(logs) = s.pods.get(&namespace, &pod) else {
         return text(
@@ -393,20 +400,24 @@ fn follow_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Peer;
 
-    fn with(auth: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, auth.parse().expect("header"));
-        h
+    fn status(caller: Option<Peer>) -> Option<StatusCode> {
+        refusal(&Caller(caller), "log").map(|r| r.status())
     }
 
     #[test]
-    fn only_the_cluster_token_in_one_bearer_word_is_accepted() {
-        assert!(authorized(&with("Bearer s3cret"), "s3cret"));
-        assert!(authorized(&with("bearer s3cret"), "s3cret"));
-        assert!(!authorized(&with("Bearer  s3cret"), "s3cret"), "two spaces");
-        assert!(!authorized(&with("Bearer s3cre"), "s3cret"));
-        assert!(!authorized(&with("Basic czNjcmV0"), "s3cret"));
-        assert!(!authorized(&HeaderMap::new(), "s3cret"));
+    fn only_administrators_should_be_served() {
+        assert_eq!(status(None), Some(StatusCode::UNAUTHORIZED));
+        let node = Peer {
+            name: "system:node:b".into(),
+            groups: vec!["system:nodes".into()],
+        };
+        assert_eq!(status(Some(node)), Some(StatusCode::FORBIDDEN));
+        let apiserver = Peer {
+            name: "kube-apiserver-kubelet-client".into(),
+            groups: vec!["system:masters".into()],
+        };
+        assert_eq!(status(Some(apiserver)), None);
     }
 }
