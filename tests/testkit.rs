@@ -834,3 +834,61 @@ pub async fn node_ready(client: &kube::Client, name: &str) -> Option<()> {
         .any(|c| c.type_ == "Ready" && c.status == "True")
         .then_some(())
 }
+
+/// Pushes the sample guests `images` (as `NAME:v1`) into the cluster registry with `wasmkube
+/// image push`, writing their files into `dir`.
+///
+/// # Errors
+/// When a sample is missing or a push fails.
+pub fn push_samples(kubeconfig: &Path, dir: &Path, images: &[&str]) -> Result<()> {
+    for image in images {
+        let file = dir.join(format!("{image}.wasm"));
+        std::fs::write(&file, wasmkube_samples::guest(image).context("sample")?)?;
+        let pushed = Command::new(wasmkube_bin())
+            .args(["image", "push"])
+            .arg(&file)
+            .arg(format!("{image}:v1"))
+            .env("KUBECONFIG", kubeconfig)
+            .output()?;
+        anyhow::ensure!(
+            pushed.status.success(),
+            "push {image}: {}",
+            String::from_utf8_lossy(&pushed.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The Services of the frontend → backend sample (pods labelled `app: frontend|backend`,
+/// port `http`): `backend` in the cluster, `frontend` on NodePort `node_port`.
+///
+/// # Errors
+/// When the API refuses one.
+pub async fn frontend_backend_services(client: &kube::Client, node_port: u16) -> Result<()> {
+    use k8s_openapi::api::core::v1::Service;
+    use wasmkube_client::create_from_json;
+    create_from_json::<Service>(
+        client,
+        "default",
+        serde_json::json!({"metadata": {"name": "backend"},
+        "spec": {"selector": {"app": "backend"}, "ports": [{"port": 80, "targetPort": "http"}]}}),
+    )
+    .await?;
+    create_from_json::<Service>(
+        client,
+        "default",
+        serde_json::json!({"metadata": {"name": "frontend"},
+        "spec": {"type": "NodePort", "selector": {"app": "frontend"},
+                 "ports": [{"port": 80, "targetPort": "http", "nodePort": node_port}]}}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `Some(body)` once the frontend sample at `entry` answers through the backend.
+pub async fn frontend_serves(entry: std::net::SocketAddr) -> Option<String> {
+    match http_get(entry, "frontend", "/").await {
+        Ok((200, body)) if body.contains("frontend -> backend (200)") => Some(body),
+        _ => None,
+    }
+}

@@ -237,6 +237,29 @@ pub async fn cluster_ca(server: &str, token: &JoinToken) -> Result<String, Error
     }
 }
 
+/// Writes a file readable only by its owner (credentials), replacing it whole: a temporary
+/// file, synced, renamed over it. Creates the directory.
+///
+/// # Errors
+/// When the directory or file cannot be written.
+pub fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Joins node `node` to the cluster `server` belongs to: checks the server's CA against
 /// `token` (the node token or the cluster join token) and asks for the node's credentials.
 ///

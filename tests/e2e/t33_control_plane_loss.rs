@@ -6,19 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 use wasmkube_client::create_from_json;
-use wasmkube_tests::{
-    KillOnDrop, Process, free_port, http_get, node_ready, wait_for, wasmkube_bin,
-};
+use wasmkube_tests::{KillOnDrop, Process, free_port, node_ready, wait_for};
 
 /// How long the control plane stays down (the 60 s).
 const OUTAGE: Duration = Duration::from_secs(60);
@@ -79,21 +76,7 @@ async fn pods_should_keep_serving_through_a_minute_without_any_api_server() -> R
         ],
         &dir.path().join("wasmlet.log"),
     )?;
-    for image in ["http-hello", "http-frontend"] {
-        let file = dir.path().join(format!("{image}.wasm"));
-        std::fs::write(&file, wasmkube_samples::guest(image).context("sample")?)?;
-        let pushed = Command::new(wasmkube_bin())
-            .args(["image", "push"])
-            .arg(&file)
-            .arg(format!("{image}:v1"))
-            .env("KUBECONFIG", &kubeconfig)
-            .output()?;
-        ensure!(
-            pushed.status.success(),
-            "push {image}: {}",
-            String::from_utf8_lossy(&pushed.stderr)
-        );
-    }
+    wasmkube_tests::push_samples(&kubeconfig, dir.path(), &["http-hello", "http-frontend"])?;
     let client = server.client().await?;
     let node_port: u16 = 30000 + free_port() % 2700;
     let deployment = |name: &str, image: &str, replicas: i32| {
@@ -111,28 +94,9 @@ async fn pods_should_keep_serving_through_a_minute_without_any_api_server() -> R
         deployment("frontend", "http-frontend", 1),
     )
     .await?;
-    create_from_json::<Service>(
-        &client,
-        "default",
-        json!({"metadata": {"name": "backend"},
-        "spec": {"selector": {"app": "backend"}, "ports": [{"port": 80, "targetPort": "http"}]}}),
-    )
-    .await?;
-    create_from_json::<Service>(
-        &client,
-        "default",
-        json!({"metadata": {"name": "frontend"},
-        "spec": {"type": "NodePort", "selector": {"app": "frontend"},
-                 "ports": [{"port": 80, "targetPort": "http", "nodePort": node_port}]}}),
-    )
-    .await?;
+    wasmkube_tests::frontend_backend_services(&client, node_port).await?;
     let entry: SocketAddr = format!("127.0.0.1:{node_port}").parse()?;
-    let serving = || async {
-        match http_get(entry, "frontend", "/").await {
-            Ok((200, body)) if body.contains("frontend -> backend (200)") => Some(body),
-            _ => None,
-        }
-    };
+    let serving = || wasmkube_tests::frontend_serves(entry);
     wait_for(
         "NodePort -> frontend -> backend",
         Duration::from_secs(60),

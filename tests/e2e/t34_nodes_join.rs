@@ -11,14 +11,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, LogParams};
 use serde_json::json;
 use wasmkube_client::create_from_json;
-use wasmkube_tests::{
-    KillOnDrop, Process, free_port, http_get, kubectl, node_ready, wait_for, wasmkube_bin,
-};
+use wasmkube_tests::{KillOnDrop, Process, free_port, kubectl, node_ready, wait_for, wasmkube_bin};
 
 /// `wasmkube wasmlet --join` for node `name` at `address`, with `token`.
 fn join(dir: &Path, server: &str, token: &Path, name: &str, address: &str) -> Vec<String> {
@@ -150,21 +148,7 @@ async fn wasmlets_should_join_with_a_node_token_and_act_as_their_node() -> Resul
         "the membership is refused to the node, by name: {stderr}"
     );
 
-    for image in ["http-hello", "http-frontend"] {
-        let file = dir.path().join(format!("{image}.wasm"));
-        std::fs::write(&file, wasmkube_samples::guest(image).context("sample")?)?;
-        let pushed = Command::new(wasmkube_bin())
-            .args(["image", "push"])
-            .arg(&file)
-            .arg(format!("{image}:v1"))
-            .env("KUBECONFIG", &kubeconfig)
-            .output()?;
-        ensure!(
-            pushed.status.success(),
-            "push {image}: {}",
-            String::from_utf8_lossy(&pushed.stderr)
-        );
-    }
+    wasmkube_tests::push_samples(&kubeconfig, dir.path(), &["http-hello", "http-frontend"])?;
     // The backend on one node, the frontend on the other: frontend → backend crosses nodes.
     let node_port: u16 = 30000 + free_port() % 2700;
     let deployment = |name: &str, image: &str, node: &str| {
@@ -187,31 +171,12 @@ async fn wasmlets_should_join_with_a_node_token_and_act_as_their_node() -> Resul
         deployment("frontend", "http-frontend", "edge-2"),
     )
     .await?;
-    create_from_json::<Service>(
-        &client,
-        "default",
-        json!({"metadata": {"name": "backend"},
-        "spec": {"selector": {"app": "backend"}, "ports": [{"port": 80, "targetPort": "http"}]}}),
-    )
-    .await?;
-    create_from_json::<Service>(
-        &client,
-        "default",
-        json!({"metadata": {"name": "frontend"},
-        "spec": {"type": "NodePort", "selector": {"app": "frontend"},
-                 "ports": [{"port": 80, "targetPort": "http", "nodePort": node_port}]}}),
-    )
-    .await?;
+    wasmkube_tests::frontend_backend_services(&client, node_port).await?;
     let entry: SocketAddr = format!("127.0.0.2:{node_port}").parse()?;
     wait_for(
         "NodePort on edge-2 -> frontend -> tunnel -> backend on edge-1",
         Duration::from_secs(90),
-        || async {
-            match http_get(entry, "frontend", "/").await {
-                Ok((200, body)) if body.contains("frontend -> backend (200)") => Some(body),
-                _ => None,
-            }
-        },
+        || wasmkube_tests::frontend_serves(entry),
     )
     .await?;
 
