@@ -586,6 +586,8 @@ impl From<wasmkube_store::Error> for ApiError {
             )),
             wasmkube_store::Error::Membership(why) => ApiError::conflict_request(why),
             e @ wasmkube_store::Error::Timeout(_) => ApiError::timeout(e.to_string()),
+            // The server's own disk failed: the client should go to another server.
+            e @ wasmkube_store::Error::Stopped(_) => ApiError::unavailable(e.to_string()),
             other => ApiError::internal_with_cause("the store failed", &other),
         }
     }

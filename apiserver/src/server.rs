@@ -226,6 +226,13 @@ async fn route(
     match (method, trimmed) {
         (&Method::GET, "/healthz" | "/livez") => Ok((StatusCode::OK, "ok").into_response()),
         (&Method::GET, "/readyz") => {
+            if let Some(why) = s.api.store.failure() {
+                return Ok((
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("[-]store failed: {why}\nreadyz check failed"),
+                )
+                    .into_response());
+            }
             let ok = s
                 .api
                 .store
@@ -464,7 +471,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         ..wasmkube_store::Config::new(dir)
     })
     .await?;
+    // Everything this server serves ends at shutdown, or when its store fails (a full disk):
+    // it then stops answering, so clients go to another server, and says why.
+    let shutdown = shutdown.child_token();
     let tracker = TaskTracker::new();
+    let failure = Arc::new(std::sync::OnceLock::new());
+    tracker.spawn({
+        let (store, shutdown, failure) = (store.clone(), shutdown.clone(), Arc::clone(&failure));
+        async move {
+            tokio::select! {
+                why = store.failed() => {
+                    tracing::error!(error = %why, "the store failed: this server stops serving; fix the cause and restart it");
+                    let _ = failure.set(why);
+                    shutdown.cancel();
+                }
+                () = shutdown.cancelled() => {}
+            }
+        }
+    });
     let joinable = peer.is_some();
     if let Some((listener, peer_addr, tls)) = peer {
         tracing::info!(addr = %peer_addr, id = node_id, "raft peer listener");
@@ -570,6 +594,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         tracker.close();
         tracker.wait().await;
+        if let Some(why) = failure.get() {
+            return Err(Error::Store(wasmkube_store::Error::Stopped(why.clone())));
+        }
         store.shutdown().await?;
         tracing::info!("apiserver stopped");
         Ok(())

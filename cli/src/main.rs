@@ -699,7 +699,16 @@ async fn main() -> anyhow::Result<()> {
                 }
                 Some(task)
             };
-            running.wait().await.context("API server")?;
+            let served = running.wait().await;
+            if let Err(e) = &served
+                && wasmlet.is_some()
+                && !shutdown.is_cancelled()
+            {
+                // Borg's rule: the node's pods outlive the control plane.
+                tracing::error!(error = %format!("{e:#}"), "the API server stopped; this node's pods keep running until wasmkube is stopped");
+                shutdown.cancelled().await;
+            }
+            served.context("API server")?;
             if let Some(task) = scheduler {
                 task.await.context("scheduler task")?.context("scheduler")?;
             }

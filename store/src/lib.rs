@@ -153,6 +153,10 @@ pub enum Error {
     /// Raft stopped; the process should exit.
     #[error("raft failed")]
     Fatal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// This member's raft stopped on a failure of its own (a storage error: disk full, an I/O
+    /// error); it takes part in nothing until restarted ([`Store::failure`]).
+    #[error("this server's store stopped ({0}); it serves nothing until it is restarted")]
+    Stopped(String),
 }
 
 impl From<redb::DatabaseError> for Error {
@@ -485,9 +489,50 @@ impl Store {
     /// committed within [`Config::write_timeout`] (a leader cut off from its majority: the
     /// write may still be applied if it reached one); [`Error::Fatal`] when raft stopped.
     pub async fn write(&self, command: Command) -> Result<Outcome, Error> {
-        tokio::time::timeout(self.write_timeout, self.write_through_leader(command))
+        self.unless_stopped()?;
+        let result = tokio::time::timeout(self.write_timeout, self.write_through_leader(command))
             .await
-            .map_err(|_| Error::Timeout(self.write_timeout))?
+            .map_err(|_| Error::Timeout(self.write_timeout))?;
+        self.why_failed(result)
+    }
+
+    /// Why raft stopped on its own (a storage failure, such as a full disk), if it did;
+    /// `None` while it runs and after a clean shutdown.
+    pub fn failure(&self) -> Option<String> {
+        match &self.raft.metrics().borrow().running_state {
+            Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// Waits until raft stops on a failure of its own ([`Store::failure`]); why. Never
+    /// returns for a store that runs until it is shut down.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only observes.
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(why) = self.failure() {
+                return why;
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    fn unless_stopped(&self) -> Result<(), Error> {
+        self.failure()
+            .map_or(Ok(()), |why| Err(Error::Stopped(why)))
+    }
+
+    /// A fatal error says why, when raft stopped on a failure of its own.
+    fn why_failed<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        match (result, self.failure()) {
+            (Err(Error::Fatal(_)), Some(why)) => Err(Error::Stopped(why)),
+            (result, _) => result,
+        }
     }
 
     async fn write_through_leader(&self, command: Command) -> Result<Outcome, Error> {
@@ -564,9 +609,11 @@ impl Store {
     /// # Errors
     /// [`Error::NotLeader`] when no leader can confirm; [`Error::Fatal`] when raft stopped.
     pub async fn linearize(&self) -> Result<(), Error> {
-        tokio::time::timeout(self.write_timeout, self.linearize_through_leader())
+        self.unless_stopped()?;
+        let result = tokio::time::timeout(self.write_timeout, self.linearize_through_leader())
             .await
-            .map_err(|_| Error::Timeout(self.write_timeout))?
+            .map_err(|_| Error::Timeout(self.write_timeout))?;
+        self.why_failed(result)
     }
 
     async fn linearize_through_leader(&self) -> Result<(), Error> {

@@ -378,6 +378,10 @@ pub(crate) fn router(store: Store) -> axum::Router {
             WRITE,
             post(
                 |State(store): State<Store>, Json(command): Json<Command>| async move {
+                    if store.failure().is_some() {
+                        // Nothing proposed: the caller may try whoever leads next.
+                        return Json(Answer::NotLeader(None));
+                    }
                     Json(Answer::from(store.write_here(command).await))
                 },
             ),
@@ -385,6 +389,9 @@ pub(crate) fn router(store: Store) -> axum::Router {
         .route(
             READ_INDEX,
             post(|State(store): State<Store>| async move {
+                if store.failure().is_some() {
+                    return Json(Answer::NotLeader(None));
+                }
                 Json(Answer::from(store.read_index_here().await))
             }),
         )
