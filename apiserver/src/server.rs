@@ -453,7 +453,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         None if config.join.is_some() || recorded.is_some() => {
             return Err(Error::Config(
-                "a server that joins a cluster needs --peer-listen".into(),
+                "a server that joins a cluster, or is a member of a group of servers \
+                 (DATA_DIR/member-id), needs --peer-listen"
+                    .into(),
             ));
         }
         None => None,
@@ -466,11 +468,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .map_or_else(|| "127.0.0.1:0".into(), |(_, a, _)| a.clone()),
         api: format!("https://{server}"),
         peer_tls: peer.as_ref().map(|(_, _, tls)| Arc::clone(&tls.client)),
-        join: node_id != 1,
+        // A recorded member never starts a group of its own, even with an empty store (one
+        // moved aside): it waits for the others to send it the state.
+        join: node_id != 1 || recorded.is_some(),
         write_timeout: config.write_timeout,
         ..wasmkube_store::Config::new(dir)
     })
-    .await?;
+    .await
+    .map_err(|e| match e {
+        wasmkube_store::Error::Damaged { .. } if recorded.is_some() => Error::Config(format!(
+            "{e}. This server is a member of a group: move the file aside and start it again; \
+             it catches up from the other servers"
+        )),
+        wasmkube_store::Error::Damaged { .. } => Error::Config(format!(
+            "{e}. Restore it from a backup (or move it aside to start an empty cluster)"
+        )),
+        e => e.into(),
+    })?;
     // Everything this server serves ends at shutdown, or when its store fails (a full disk):
     // it then stops answering, so clients go to another server, and says why.
     let shutdown = shutdown.child_token();
@@ -511,6 +525,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .await?;
         }
         store.ready(std::time::Duration::from_secs(120)).await?;
+        if recorded.is_none() {
+            // The first server of a group is a member too, from now on.
+            crate::pki::write_private(&dir.join("member-id"), &node_id.to_string())?;
+        }
     }
     let api = open(&config, store.clone(), &shutdown).await?;
     let kubeconfig = dir.join("kubeconfig");

@@ -153,6 +153,15 @@ pub enum Error {
     /// Raft stopped; the process should exit.
     #[error("raft failed")]
     Fatal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store file is damaged (a torn or corrupted page redb could not repair); nothing
+    /// is served from it.
+    #[error("the store file {path} is damaged: {why}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What redb found.
+        why: String,
+    },
     /// This member's raft stopped on a failure of its own (a storage error: disk full, an I/O
     /// error); it takes part in nothing until restarted ([`Store::failure`]).
     #[error("this server's store stopped ({0}); it serves nothing until it is restarted")]
@@ -365,11 +374,18 @@ impl Store {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Db(redb::Error::Io(e)))?;
         let path = config.data_dir.join("store.redb");
         let cache = config.cache_bytes;
+        let shown = path.clone();
         let db = tokio::task::spawn_blocking(move || {
             Database::builder().set_cache_size(cache).create(path)
         })
         .await
-        .expect("open does not panic")?;
+        .expect("open does not panic")
+        .map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => {
+                Error::Damaged { path: shown, why }
+            }
+            e => Error::from(e),
+        })?;
         let db = Arc::new(db);
         let (feed, _) = broadcast::channel(config.feed_capacity);
         let log = LogStore::new(db.clone());

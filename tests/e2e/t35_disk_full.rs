@@ -1,6 +1,9 @@
-//! A server whose disk fills stops serving and says why, the other servers carry on without
-//! it, and nothing acknowledged is lost: with room on its disk again it rejoins and has every
-//! write. The small disk is a tmpfs the test mounts (root only; said and skipped otherwise).
+//! Disk faults. A server whose disk fills stops serving and says why, the other servers carry
+//! on without it, and nothing acknowledged is lost: with room on its disk again it rejoins and
+//! has every write (the small disk is a tmpfs the test mounts; root only, said and skipped
+//! otherwise). A server whose store file is damaged (torn or corrupted pages redb cannot
+//! repair) refuses to start and says what to do; a member started again without the file
+//! catches up from the others instead of starting a group of its own.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -182,5 +185,97 @@ async fn a_server_whose_disk_fills_should_stop_serving_and_the_others_carry_on()
     )
     .await?;
     drop((second, third));
+    Ok(())
+}
+
+/// Overwrites every page of a redb file after its header with noise.
+fn damage(file: &Path) -> Result<()> {
+    use rand::Rng;
+    use std::io::{Seek, SeekFrom, Write};
+    let len = std::fs::metadata(file)?.len();
+    let mut noise = vec![0u8; usize::try_from(len.saturating_sub(4096))?];
+    rand::rng().fill(&mut noise[..]);
+    let mut f = std::fs::OpenOptions::new().write(true).open(file)?;
+    f.seek(SeekFrom::Start(4096))?;
+    f.write_all(&noise)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_member_with_a_damaged_store_should_refuse_to_start_and_recover_from_the_others()
+-> Result<()> {
+    wasmkube_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let mut servers = Process::group(dir.path(), 3, &["--no-wasmlet", "--no-dns"]).await?;
+    let cms: Api<ConfigMap> = Api::default_namespaced(servers[1].client().await?);
+    let mut acknowledged = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let name = format!("fill-{i:03}");
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+        cms.create(&PostParams::default(), &cm).await?;
+        acknowledged.insert(name);
+    }
+    // The first server (the leader) dies and its store file is found damaged.
+    servers[0].kill9();
+    let file = servers[0].data_dir.join("store.redb");
+    damage(&file)?;
+    ensure!(
+        servers[0].restart().await.is_err(),
+        "a damaged store is not served"
+    );
+    let log = std::fs::read_to_string(servers[0].data_dir.with_extension("log"))?;
+    ensure!(
+        log.contains("is damaged") && log.contains("move the file aside"),
+        "it says why, and what to do"
+    );
+    // The others go on.
+    for i in 0..5 {
+        let name = format!("fill-after-{i}");
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+        wait_for(
+            &format!("write {name} through the survivors"),
+            Duration::from_secs(30),
+            || async { cms.create(&PostParams::default(), &cm).await.ok() },
+        )
+        .await?;
+        acknowledged.insert(name);
+    }
+    // Moved aside, the member starts empty and never starts a group of its own: with the
+    // others down it serves nothing; once they are back it catches up from them and has
+    // every acknowledged write.
+    std::fs::rename(&file, file.with_extension("damaged"))?;
+    let (first, others) = servers.split_at_mut(1);
+    for s in others.iter_mut() {
+        s.kill9();
+    }
+    let readyz = wasmkube_tests::client_without_retries(&first[0].kubeconfig()).await?;
+    let (restarted, alone) = tokio::join!(first[0].restart(), async {
+        let mut served_alone = false;
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        while tokio::time::Instant::now() < until {
+            let probe = readyz.request_text(http::Request::get("/readyz").body(Vec::new())?);
+            served_alone |= matches!(
+                tokio::time::timeout(Duration::from_millis(300), probe).await,
+                Ok(Ok(_))
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for s in others.iter_mut() {
+            s.restart().await?;
+        }
+        anyhow::Ok(served_alone)
+    });
+    restarted?;
+    ensure!(
+        !alone?,
+        "the emptied member did not serve on its own while the others were down"
+    );
+    let have = filled(&servers[0].client().await?).await?;
+    ensure!(
+        acknowledged.is_subset(&have),
+        "the recovered member has every acknowledged write: missing {:?}",
+        acknowledged.difference(&have).collect::<Vec<_>>()
+    );
     Ok(())
 }
