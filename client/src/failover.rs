@@ -3,10 +3,20 @@
 //! to the next one when it refuses the connection. Only requests that never reached a server
 //! are re-sent, so nothing is applied twice; a broken watch ends and its watcher re-lists,
 //! which then goes to a live server.
+//!
+//! A server can also hang (stopped, its disk stalled, packets dropped on the way) without
+//! refusing anything. A request unanswered for a few seconds makes the client ask that
+//! server's `/readyz`; when that is unanswered too, later requests go to the next server, a
+//! read (`GET`, `HEAD`: lists and watches too) is sent there at once, and any other request
+//! waits a bounded time and then fails saying it may or may not have been applied. A watch
+//! that asked for bookmarks, which a live server sends every 30 s, ends after 75 s of silence,
+//! so its watcher re-lists elsewhere.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use http::{Request, Response, Uri};
@@ -30,6 +40,32 @@ struct Inner {
     clients: RwLock<Vec<(Uri, kube::Client)>>,
     /// The server requests go to first: the one that answered last.
     preferred: AtomicUsize,
+    timings: Timings,
+}
+
+/// When a server counts as hung.
+#[derive(Debug, Clone, Copy)]
+struct Timings {
+    /// A request unanswered this long makes the client check its server.
+    suspect_after: Duration,
+    /// The check (`GET /readyz`) unanswered this long: the server is hung.
+    probe_timeout: Duration,
+    /// How long a request that cannot be re-sent waits on a hung server (longer than the
+    /// server's own write timeout, 15 s, after which a live server answers 504).
+    hung_limit: Duration,
+    /// A watch with bookmarks silent this long: its server is gone.
+    watch_silence: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            suspect_after: Duration::from_secs(3),
+            probe_timeout: Duration::from_secs(2),
+            hung_limit: Duration::from_secs(30),
+            watch_silence: Duration::from_secs(75),
+        }
+    }
 }
 
 /// One server's client: kube-rs's default stack with its 429/503/504 retry policy (honouring
@@ -56,6 +92,7 @@ impl Servers {
                 config: config.clone(),
                 clients: RwLock::new(clients),
                 preferred: AtomicUsize::new(0),
+                timings: Timings::default(),
             }),
         })
     }
@@ -120,10 +157,18 @@ const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 impl Servers {
     /// Keeps the list in step with the `default/kubernetes` Endpoints (every API server of the
     /// cluster), polling every ten seconds for as long as a client over these servers lives.
-    /// The configured server always stays; requests keep going to the one that answered last.
+    /// The configured servers always stay (the Endpoints may not list a new server yet);
+    /// requests keep going to the one that answered last.
     pub(crate) fn follow_endpoints(&self) {
         let weak = Arc::downgrade(&self.inner);
-        let configured = self.inner.config.cluster_url.clone();
+        let configured: Vec<Uri> = self
+            .inner
+            .clients
+            .read()
+            .expect("servers lock")
+            .iter()
+            .map(|(u, _)| u.clone())
+            .collect();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(FOLLOW_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -141,7 +186,7 @@ impl Servers {
                     let endpoints: kube::Api<k8s_openapi::api::core::v1::Endpoints> =
                         kube::Api::namespaced(client, "default");
                     if let Ok(Some(ep)) = endpoints.get_opt("kubernetes").await {
-                        let mut urls = vec![configured.clone()];
+                        let mut urls = configured.clone();
                         for subset in ep.subsets.unwrap_or_default() {
                             let ports = subset.ports.unwrap_or_default();
                             for a in subset.addresses.unwrap_or_default() {
@@ -228,9 +273,9 @@ struct Failover {
 }
 
 impl tower::Service<Request<Body>> for Failover {
-    type Response = Response<Body>;
+    type Response = Response<Watched>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
+    type Future = BoxFuture<'static, Result<Response<Watched>, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -242,13 +287,45 @@ impl tower::Service<Request<Body>> for Failover {
             let clients = inner.clients.read().expect("servers lock").clone();
             let n = clients.len();
             let start = inner.preferred.load(Ordering::Relaxed);
+            let t = inner.timings;
             let mut next = Some(req);
             for attempt in 0..n {
                 let Some(req) = next.take() else { break };
                 let i = (start + attempt) % n;
                 let (url, client) = &clients[i];
                 let spare = (attempt + 1 < n).then(|| try_clone(&req)).flatten();
-                match client.send(req).await {
+                let read = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+                let silence = watches_with_bookmarks(req.uri()).then_some(t.watch_silence);
+                let sent = client.send(req);
+                tokio::pin!(sent);
+                let result = match tokio::time::timeout(t.suspect_after, &mut sent).await {
+                    Ok(result) => result,
+                    Err(_) if answers(client, t.probe_timeout).await => sent.await,
+                    Err(_) => {
+                        tracing::warn!(server = %url, "API server not answering, moving to the next");
+                        // Later requests start at the next server.
+                        let _ = inner.preferred.compare_exchange(
+                            i,
+                            (i + 1) % n,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                        if read && spare.is_some() {
+                            next = spare;
+                            continue;
+                        }
+                        match tokio::time::timeout(t.hung_limit, sent).await {
+                            Ok(result) => result,
+                            Err(_) => {
+                                return Err(format!(
+                                    "the API server {url} stopped answering; the request may or may not have been applied"
+                                )
+                                .into());
+                            }
+                        }
+                    }
+                };
+                match result {
                     Err(e) if spare.is_some() && never_sent(&e) => {
                         tracing::warn!(server = %url, error = %e, "API server unreachable, trying the next");
                         next = spare;
@@ -256,12 +333,90 @@ impl tower::Service<Request<Body>> for Failover {
                     Err(e) => return Err(e.into()),
                     Ok(resp) => {
                         inner.preferred.store(i, Ordering::Relaxed);
-                        return Ok(resp);
+                        return Ok(resp.map(|body| Watched::new(body, silence)));
                     }
                 }
             }
             Err("no API server configured".into())
         })
+    }
+}
+
+/// Whether the server behind `client` answers `/readyz` (with anything) within `within`.
+async fn answers(client: &kube::Client, within: Duration) -> bool {
+    let probe = Request::get("/readyz")
+        .body(Body::from(Vec::new()))
+        .expect("a static request");
+    matches!(
+        tokio::time::timeout(within, client.send(probe)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Whether a request is a watch that asked for bookmarks (so its server speaks regularly).
+fn watches_with_bookmarks(uri: &Uri) -> bool {
+    let query = uri.query().unwrap_or_default();
+    let has = |flag: &str| {
+        query
+            .split('&')
+            .any(|kv| kv == flag || kv == format!("{flag}=true") || kv == format!("{flag}=1"))
+    };
+    has("watch") && has("allowWatchBookmarks")
+}
+
+/// A response body that fails after `silence` without data (for watches with bookmarks), and
+/// is otherwise the server's body as it is.
+struct Watched {
+    body: Body,
+    silence: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl Watched {
+    fn new(body: Body, silence: Option<Duration>) -> Self {
+        Watched {
+            body,
+            silence: silence.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+        }
+    }
+}
+
+impl http_body::Body for Watched {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some((d, timer)) = &mut this.silence {
+                    timer.as_mut().reset(tokio::time::Instant::now() + *d);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let Some((d, timer)) = &mut this.silence else {
+                    return Poll::Pending;
+                };
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Err(format!(
+                    "the API server sent nothing for {d:?} on a watch with bookmarks"
+                )
+                .into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -320,6 +475,116 @@ mod tests {
             .expect("set");
         let err = client.apiserver_version().await.expect_err("refused");
         assert!(never_sent(&err), "a refused connection: {err:?}");
+    }
+
+    /// A server that accepts connections and reads requests but never answers (a stopped
+    /// process: the kernel still accepts), or answers a watch's headers and then falls silent.
+    async fn hung_server(answer_headers: bool) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                if answer_headers {
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                        .await;
+                }
+                held.push(conn);
+            }
+        });
+        addr
+    }
+
+    fn quick() -> Timings {
+        Timings {
+            suspect_after: Duration::from_millis(300),
+            probe_timeout: Duration::from_millis(300),
+            hung_limit: Duration::from_millis(500),
+            watch_silence: Duration::from_millis(500),
+        }
+    }
+
+    fn servers_at(addrs: &[std::net::SocketAddr], timings: Timings) -> Servers {
+        let urls: Vec<Uri> = addrs
+            .iter()
+            .map(|a| format!("http://{a}").parse().expect("url"))
+            .collect();
+        let mut config = kube::Config::new(urls[0].clone());
+        config.read_timeout = None;
+        let mut servers = Servers::new(&config, urls).expect("servers");
+        Arc::get_mut(&mut servers.inner)
+            .expect("not shared yet")
+            .timings = timings;
+        servers
+    }
+
+    #[tokio::test]
+    async fn a_hung_server_should_be_left_for_the_next_one() {
+        let hung = hung_server(false).await;
+        let (live, _server) = version_server().await;
+        let servers = servers_at(&[hung, live], quick());
+        let client = servers.client("default");
+        let v = tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
+            .await
+            .expect("a read does not wait on the hung server")
+            .expect("answered by the live server");
+        assert_eq!(v.git_version, "v1.33.0");
+        assert_eq!(servers.preferred(), format!("http://{live}/"));
+
+        tracing::info!("--- a write on a hung server fails in bounded time, saying so");
+        let servers = servers_at(&[hung], quick());
+        let post = Request::post("/api/v1/namespaces/default/configmaps")
+            .body(b"{}".to_vec())
+            .expect("request");
+        let err = tokio::time::timeout(
+            Duration::from_secs(10),
+            servers.client("default").request_text(post),
+        )
+        .await
+        .expect("bounded")
+        .expect_err("no answer");
+        let text = format!("{err:?}");
+        assert!(text.contains("may or may not have been applied"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_watch_with_bookmarks_should_end_when_its_server_falls_silent() {
+        use http_body_util::BodyExt;
+        let silent = hung_server(true).await;
+        let servers = servers_at(&[silent], quick());
+        let mut client = Failover {
+            inner: Arc::clone(&servers.inner),
+        };
+        let watch = |q: &str| {
+            Request::get(format!("/api/v1/pods?{q}"))
+                .body(Body::from(Vec::new()))
+                .expect("request")
+        };
+        let resp = tower::Service::call(&mut client, watch("watch=true&allowWatchBookmarks=true"))
+            .await
+            .expect("headers");
+        let end = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+            .await
+            .expect("the silent watch ends");
+        assert!(
+            end.is_err(),
+            "it ends with an error, so the watcher re-lists"
+        );
+
+        let resp = tower::Service::call(&mut client, watch("watch=true"))
+            .await
+            .expect("headers");
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), resp.into_body().collect())
+                .await
+                .is_err(),
+            "a watch without bookmarks may be quiet: it is left alone"
+        );
     }
 
     #[tokio::test]

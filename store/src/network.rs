@@ -59,6 +59,9 @@ pub const REMOVE_MEMBER: &str = "/store/remove-member";
 /// How long a forwarded write may take (a leader under load, an election meanwhile).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a read index may take at the leader (one heartbeat round to a majority).
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long an addition may take: the new member catches up first (a snapshot of the whole
 /// store, then the log).
 pub(crate) const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -249,7 +252,12 @@ impl Network {
     /// Asks the member at `addr` (the leader) which log index a linearizable read must wait
     /// for (raft's read index: the leader confirms it still leads with a quorum first).
     pub(crate) async fn read_index(&self, addr: &str) -> Result<Option<u64>, Error> {
-        self.ask(addr, READ_INDEX, &(), FORWARD_TIMEOUT).await
+        // It asks nothing to be applied, so a leader that does not answer soon (stopped, cut
+        // off by dropped packets) is as good as none: the caller asks whoever leads next.
+        match self.ask(addr, READ_INDEX, &(), READ_INDEX_TIMEOUT).await {
+            Err(Error::Timeout(_)) => Err(Error::NotLeader { leader: None }),
+            other => other,
+        }
     }
 
     /// POSTs `body` to the leader at `addr` and turns its [`Answer`] back into a result.

@@ -300,3 +300,42 @@ async fn three_servers_should_answer_alike_and_outlive_their_leader() -> Result<
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn clients_should_leave_a_stopped_server_for_another() -> Result<()> {
+    wasmkube_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let servers = Process::group(dir.path(), 3, &["--no-wasmlet", "--no-dns"]).await?;
+    // A component's client: the first server, then the others (as the client crate learns
+    // them from the `default/kubernetes` Endpoints).
+    let source = wasmkube_client::Source::kubeconfig(servers[0].kubeconfig())
+        .servers(servers[1..].iter().map(|s| format!("https://{}", s.addr)));
+    let conn = wasmkube_client::connect(&source).await?;
+    create(&conn.client, "before-stop").await?;
+    ensure!(conn.servers.preferred() == format!("https://{}/", servers[0].addr));
+
+    // SIGSTOP: the kernel still accepts its connections, nothing answers them.
+    let pid = servers[0].child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()?;
+    let started = std::time::Instant::now();
+    let listed = tokio::time::timeout(Duration::from_secs(30), listed(&conn.client, "before-stop"))
+        .await
+        .context("a read leaves the stopped server")??;
+    let took = started.elapsed();
+    std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()?;
+    ensure!(
+        listed.contains_key("before-stop"),
+        "answered by another server: {listed:?}"
+    );
+    ensure!(
+        conn.servers.preferred() != format!("https://{}/", servers[0].addr),
+        "later requests go to another server"
+    );
+    tracing::info!(?took, "read answered elsewhere");
+    create(&conn.client, "after-stop").await?;
+    Ok(())
+}
