@@ -496,6 +496,19 @@ pub fn kubectl() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The `wasmkube` binary as a command, run inside network namespace `netns` (`ip netns exec`)
+/// when one is given.
+pub fn wasmkube_command(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(wasmkube_bin());
+            c
+        }
+        None => Command::new(wasmkube_bin()),
+    }
+}
+
 /// `wasmkube up` as a child process.
 pub struct Process {
     /// The child.
@@ -506,6 +519,8 @@ pub struct Process {
     pub data_dir: PathBuf,
     /// The flags it was started with beyond the defaults.
     extra: Vec<String>,
+    /// The network namespace it runs in (`ip netns exec`), if not this one.
+    netns: Option<String>,
 }
 
 impl Process {
@@ -543,14 +558,9 @@ impl Process {
     /// When it does not become ready within 60 s.
     pub async fn restart(&mut self) -> Result<()> {
         self.kill9();
-        let port: u16 = self
-            .addr
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .context("the listen address has a port")?;
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let again = Self::up_with(&self.data_dir, port, &extra).await?;
+        let again =
+            Self::spawn_up(self.netns.as_deref(), &self.data_dir, &self.addr, &extra).await?;
         // The old child is already reaped; dropping it changes nothing.
         drop(std::mem::replace(self, again));
         Ok(())
@@ -579,13 +589,36 @@ impl Process {
     /// # Errors
     /// When it exits or does not become ready within 60 s.
     pub async fn up_with(data_dir: &Path, port: u16, extra: &[&str]) -> Result<Process> {
-        let addr = format!("127.0.0.1:{port}");
+        Self::spawn_up(None, data_dir, &format!("127.0.0.1:{port}"), extra).await
+    }
+
+    /// [`up_with`](Self::up_with) inside network namespace `netns` (`ip netns exec`), listening
+    /// at `addr` there.
+    ///
+    /// # Errors
+    /// When it exits or does not become ready within 60 s.
+    pub async fn up_in_netns(
+        netns: &str,
+        data_dir: &Path,
+        addr: &str,
+        extra: &[&str],
+    ) -> Result<Process> {
+        Self::spawn_up(Some(netns), data_dir, addr, extra).await
+    }
+
+    async fn spawn_up(
+        netns: Option<&str>,
+        data_dir: &Path,
+        addr: &str,
+        extra: &[&str],
+    ) -> Result<Process> {
         let log = std::fs::File::create(data_dir.with_extension("log"))?;
         let (net, prefix) = random_pod_range();
-        let child = Command::new(wasmkube_bin())
+        let mut command = wasmkube_command(netns);
+        let child = command
             .args(["up", "--data-dir"])
             .arg(data_dir)
-            .args(["--listen", &addr])
+            .args(["--listen", addr])
             .args([
                 "--pod-range",
                 &format!("{net}/{prefix}"),
@@ -605,9 +638,10 @@ impl Process {
             .context("spawn wasmkube")?;
         let mut p = Process {
             child,
-            addr,
+            addr: addr.to_owned(),
             data_dir: data_dir.to_path_buf(),
             extra: extra.iter().map(|f| (*f).to_owned()).collect(),
+            netns: netns.map(str::to_owned),
         };
         p.wait_ready(Duration::from_secs(60)).await?;
         Ok(p)
@@ -806,8 +840,17 @@ impl KillOnDrop {
     /// # Errors
     /// When the log cannot be created or the binary not started.
     pub fn wasmkube(args: &[&str], log: &Path) -> Result<KillOnDrop> {
+        Self::wasmkube_in(None, args, log)
+    }
+
+    /// [`wasmkube`](Self::wasmkube) inside network namespace `netns` (`ip netns exec`).
+    ///
+    /// # Errors
+    /// When the log cannot be created or the binary not started.
+    pub fn wasmkube_in(netns: Option<&str>, args: &[&str], log: &Path) -> Result<KillOnDrop> {
+        let mut command = wasmkube_command(netns);
         Ok(KillOnDrop(
-            Command::new(wasmkube_bin())
+            command
                 .args(args)
                 .env("WASMKUBE_LOG", "info,openraft=warn")
                 .stdout(Stdio::null())
@@ -891,4 +934,52 @@ pub async fn frontend_serves(entry: std::net::SocketAddr) -> Option<String> {
         Ok((200, body)) if body.contains("frontend -> backend (200)") => Some(body),
         _ => None,
     }
+}
+
+/// The names of the ConfigMaps in `default` that start with `prefix`, read through `client`.
+///
+/// # Errors
+/// When the list fails.
+pub async fn configmap_names(
+    client: &kube::Client,
+    prefix: &str,
+) -> Result<std::collections::BTreeSet<String>> {
+    use kube::ResourceExt;
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::default_namespaced(client.clone());
+    Ok(cms
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .filter(|n| n.starts_with(prefix))
+        .collect())
+}
+
+/// Creates an empty ConfigMap `name` in `default` through `client`, trying again for up to
+/// `within` (an election, a server leaving); `Ok` once one attempt is acknowledged.
+///
+/// # Errors
+/// When no attempt is acknowledged in time.
+pub async fn create_configmap_within(
+    client: &kube::Client,
+    name: &str,
+    within: Duration,
+) -> Result<()> {
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::default_namespaced(client.clone());
+    let cm: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+    wait_for(
+        &format!("ConfigMap {name} acknowledged"),
+        within,
+        || async {
+            cms.create(&kube::api::PostParams::default(), &cm)
+                .await
+                .ok()
+        },
+    )
+    .await?;
+    Ok(())
 }

@@ -17,6 +17,7 @@ mod t32_linearizability;
 mod t33_control_plane_loss;
 mod t34_nodes_join;
 mod t35_disk_full;
+mod t36_hosts;
 mod t40_kubectl;
 mod t50_wasmlet;
 mod t51_images;

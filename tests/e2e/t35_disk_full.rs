@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use wasmkube_tests::{Process, free_port, wait_for};
+use wasmkube_tests::{Process, configmap_names, create_configmap_within, free_port, wait_for};
 
 /// A tmpfs of `mib` MiB at `at`, unmounted on drop.
 struct SmallDisk(PathBuf);
@@ -74,19 +73,6 @@ async fn start(data: &Path, flags: &[String]) -> Result<Process> {
     std::fs::create_dir_all(data)?;
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     Process::up_with(data, free_port(), &flags).await
-}
-
-/// The names of ConfigMaps `fill-*` that `client` lists.
-async fn filled(client: &kube::Client) -> Result<std::collections::BTreeSet<String>> {
-    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
-    Ok(cms
-        .list(&Default::default())
-        .await?
-        .items
-        .iter()
-        .map(ResourceExt::name_any)
-        .filter(|n| n.starts_with("fill-"))
-        .collect())
 }
 
 #[tokio::test]
@@ -152,18 +138,12 @@ async fn a_server_whose_disk_fills_should_stop_serving_and_the_others_carry_on()
     // The others carry on: writes through them are acknowledged again.
     for i in 0..5 {
         let name = format!("fill-after-{i}");
-        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-        wait_for(
-            &format!("write {name} through the survivors"),
-            Duration::from_secs(30),
-            || async { cms.create(&PostParams::default(), &cm).await.ok() },
-        )
-        .await?;
+        create_configmap_within(&client, &name, Duration::from_secs(30)).await?;
         acknowledged.push(name);
     }
     let want: std::collections::BTreeSet<String> = acknowledged.iter().cloned().collect();
     for (server, who) in [(&second, "second"), (&third, "third")] {
-        let have = filled(&server.client().await?).await?;
+        let have = configmap_names(&server.client().await?, "fill-").await?;
         ensure!(
             want.is_subset(&have),
             "every acknowledged write is on the {who} server: missing {:?}",
@@ -179,7 +159,7 @@ async fn a_server_whose_disk_fills_should_stop_serving_and_the_others_carry_on()
         "the restarted server has every acknowledged write",
         Duration::from_secs(60),
         || async {
-            let have = filled(&client).await.ok()?;
+            let have = configmap_names(&client, "fill-").await.ok()?;
             want.is_subset(&have).then_some(())
         },
     )
@@ -208,7 +188,8 @@ async fn a_member_with_a_damaged_store_should_refuse_to_start_and_recover_from_t
     wasmkube_tests::init_tracing();
     let dir = tempfile::tempdir()?;
     let mut servers = Process::group(dir.path(), 3, &["--no-wasmlet", "--no-dns"]).await?;
-    let cms: Api<ConfigMap> = Api::default_namespaced(servers[1].client().await?);
+    let client = servers[1].client().await?;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     let mut acknowledged = std::collections::BTreeSet::new();
     for i in 0..20 {
         let name = format!("fill-{i:03}");
@@ -232,13 +213,7 @@ async fn a_member_with_a_damaged_store_should_refuse_to_start_and_recover_from_t
     // The others go on.
     for i in 0..5 {
         let name = format!("fill-after-{i}");
-        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-        wait_for(
-            &format!("write {name} through the survivors"),
-            Duration::from_secs(30),
-            || async { cms.create(&PostParams::default(), &cm).await.ok() },
-        )
-        .await?;
+        create_configmap_within(&client, &name, Duration::from_secs(30)).await?;
         acknowledged.insert(name);
     }
     // Moved aside, the member starts empty and never starts a group of its own: with the
@@ -271,7 +246,7 @@ async fn a_member_with_a_damaged_store_should_refuse_to_start_and_recover_from_t
         !alone?,
         "the emptied member did not serve on its own while the others were down"
     );
-    let have = filled(&servers[0].client().await?).await?;
+    let have = configmap_names(&servers[0].client().await?, "fill-").await?;
     ensure!(
         acknowledged.is_subset(&have),
         "the recovered member has every acknowledged write: missing {:?}",
