@@ -48,8 +48,40 @@ pub struct LogStore {
     shared: Arc<Shared>,
 }
 
+/// A log commit slower than this is reported: every write waits for one.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Reports slow log commits (a slow or failing disk), at most once a minute.
+#[derive(Default)]
+struct SlowDisk {
+    last_said: Option<std::time::Instant>,
+    since: u32,
+}
+
+impl SlowDisk {
+    fn note(&mut self, took: std::time::Duration) {
+        if took < SLOW_COMMIT {
+            return;
+        }
+        self.since += 1;
+        if self
+            .last_said
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60))
+        {
+            tracing::warn!(
+                took_ms = took.as_millis(),
+                slow_commits = self.since,
+                "the raft log's disk is slow: every write waits for its commit"
+            );
+            self.last_said = Some(std::time::Instant::now());
+            self.since = 0;
+        }
+    }
+}
+
 fn writer(db: Arc<Database>, shared: std::sync::Weak<Shared>, jobs: mpsc::Receiver<Job>) {
     let mut queue = std::collections::VecDeque::new();
+    let mut slow = SlowDisk::default();
     while let Ok(first) = jobs.recv() {
         queue.push_back(first);
         while let Ok(more) = jobs.try_recv() {
@@ -65,6 +97,7 @@ fn writer(db: Arc<Database>, shared: std::sync::Weak<Shared>, jobs: mpsc::Receiv
                             group.push((rows, callback));
                         }
                     }
+                    let started = std::time::Instant::now();
                     let result = (|| -> Result<(), redb::Error> {
                         let txn = db.begin_write()?;
                         {
@@ -78,6 +111,7 @@ fn writer(db: Arc<Database>, shared: std::sync::Weak<Shared>, jobs: mpsc::Receiv
                         txn.commit()?;
                         Ok(())
                     })();
+                    slow.note(started.elapsed());
                     if result.is_ok()
                         && let Some(shared) = shared.upgrade()
                     {
@@ -378,5 +412,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let raw = serde_json::to_vec(&log_id).expect("log ids serialize");
         self.remove(Bound::Unbounded, Bound::Included(log_id.index), Some(raw))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_commits_should_be_reported_at_most_once_a_minute() {
+        let mut slow = SlowDisk::default();
+        slow.note(std::time::Duration::from_millis(5));
+        assert!(slow.last_said.is_none(), "a fast commit is not news");
+        slow.note(SLOW_COMMIT);
+        assert!(slow.last_said.is_some(), "the first slow commit is said");
+        assert_eq!(slow.since, 0);
+        slow.note(SLOW_COMMIT * 2);
+        slow.note(SLOW_COMMIT * 3);
+        assert_eq!(
+            slow.since, 2,
+            "later ones are counted until the next report"
+        );
     }
 }
