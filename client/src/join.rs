@@ -157,27 +157,69 @@ pub enum Error {
     },
 }
 
-/// A client for `server` (`https://host:port`): verified by `ca_pem`, or by nothing when it
-/// is `None` (only to fetch the CA, which is then checked against the token).
-fn client(server: &str, ca_pem: Option<&str>) -> Result<kube::Client, Error> {
+/// A client for `server` (`https://host:port`), verified by `ca_pem`.
+fn client(server: &str, ca_pem: &str) -> Result<kube::Client, Error> {
     let setup = |why: String| Error::Setup {
         server: server.to_owned(),
         why,
     };
     let url: http::Uri = server.parse().map_err(|_| setup("not a URL".into()))?;
     let mut config = kube::Config::new(url);
-    match ca_pem {
-        Some(pem) => {
-            use rustls::pki_types::pem::PemObject;
-            let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
-                .map(|c| c.map(|c| c.to_vec()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| setup(format!("the CA certificate: {e}")))?;
-            config.root_cert = Some(certs);
-        }
-        None => config.accept_invalid_certs = true,
-    }
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| setup(format!("the CA certificate: {e}")))?;
+    config.root_cert = Some(certs);
     kube::Client::try_from(config).map_err(|e| setup(e.to_string()))
+}
+
+/// `GET path` from `server` over TLS that verifies nothing: only for the CA, which the
+/// caller then checks against the token. The body.
+async fn get_unverified(server: &str, path: &str) -> Result<String, Error> {
+    use http_body_util::BodyExt;
+    let failed = |why: String| Error::Setup {
+        server: server.to_owned(),
+        why,
+    };
+    let url: http::Uri = server.parse().map_err(|_| failed("not a URL".into()))?;
+    let (Some(host), Some(authority)) = (url.host(), url.authority()) else {
+        return Err(failed("not a URL with a host".into()));
+    };
+    let host = host.trim_matches(['[', ']']).to_owned();
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), url.port_u16().unwrap_or(443)))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let name = rustls::pki_types::ServerName::try_from(host)
+        .map_err(|e| failed(format!("server name: {e}")))?;
+    let tls = crate::tls::insecure_connector()
+        .connect(name, tcp)
+        .await
+        .map_err(|e| failed(format!("TLS: {e}")))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+    tokio::spawn(conn);
+    let request = http::Request::get(path)
+        .header(http::header::HOST, authority.as_str())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| failed(e.to_string()))?;
+    let resp = sender
+        .send_request(request)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(failed(format!("{path} answered {status}")));
+    }
+    String::from_utf8(body.to_vec()).map_err(|e| failed(e.to_string()))
 }
 
 /// Sends a request with a JSON body (or none) and `bearer` as credential, to a server
@@ -200,13 +242,13 @@ pub async fn call(
         .header(http::header::AUTHORIZATION, format!("Bearer {bearer}"))
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default());
-    send(server, Some(ca_pem), request).await
+    send(server, ca_pem, request).await
 }
 
-/// Sends `request` to `server` (verified by `ca_pem`, or unverified without it); the body.
+/// Sends `request` to `server` (verified by `ca_pem`); the body.
 async fn send(
     server: &str,
-    ca_pem: Option<&str>,
+    ca_pem: &str,
     request: http::Result<http::Request<Vec<u8>>>,
 ) -> Result<String, Error> {
     let request = request.map_err(|e| Error::Setup {
@@ -229,7 +271,7 @@ async fn send(
 /// # Errors
 /// [`Error::CaMismatch`] when the server's CA is not the token's; otherwise as [`call`].
 pub async fn cluster_ca(server: &str, token: &JoinToken) -> Result<String, Error> {
-    let pem = send(server, None, http::Request::get(CA_PATH).body(Vec::new())).await?;
+    let pem = get_unverified(server, CA_PATH).await?;
     if token.names(&pem) {
         Ok(pem)
     } else {
