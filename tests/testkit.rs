@@ -983,3 +983,42 @@ pub async fn create_configmap_within(
     .await?;
     Ok(())
 }
+
+/// The arguments of `wasmkube wasmlet` for node `name` listening at `listen`: 32 pods, a
+/// pod range no other test is likely to use, then `extra` (how it reaches the cluster, its
+/// data directory, ...).
+pub fn wasmlet_args(name: &str, listen: &str, extra: &[&str]) -> Vec<String> {
+    let (net, prefix) = random_pod_range();
+    let mut args: Vec<String> = [
+        "wasmlet",
+        "--node-name",
+        name,
+        "--listen",
+        listen,
+        "--max-pods",
+        "32",
+        "--pod-range",
+        &format!("{net}/{prefix}"),
+    ]
+    .map(str::to_owned)
+    .into();
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    args
+}
+
+/// [`wasmlet_args`] as a child process, inside network namespace `netns` when one is given;
+/// its stderr to `log`.
+///
+/// # Errors
+/// When the log cannot be created or the binary not started.
+pub fn wasmlet_process(
+    netns: Option<&str>,
+    name: &str,
+    listen: &str,
+    extra: &[&str],
+    log: &Path,
+) -> Result<KillOnDrop> {
+    let args = wasmlet_args(name, listen, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    KillOnDrop::wasmkube_in(netns, &args, log)
+}

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 use wasmkube_client::create_from_json;
-use wasmkube_tests::{KillOnDrop, Process, free_port, node_ready, wait_for};
+use wasmkube_tests::{KillOnDrop, Process, free_port, node_ready, wait_for, wasmlet_process};
 
 /// How long the control plane stays down (the 60 s).
 const OUTAGE: Duration = Duration::from_secs(60);
@@ -53,20 +53,12 @@ async fn pods_should_keep_serving_through_a_minute_without_any_api_server() -> R
         &["dns", "--kubeconfig", &kc, "--listen", &dns_addr],
         &dir.path().join("dns.log"),
     )?;
-    let (net, prefix) = wasmkube_tests::random_pod_range();
-    let range = format!("{net}/{prefix}");
     let node_dir = dir.path().join("node").display().to_string();
-    let _wasmlet = KillOnDrop::wasmkube(
+    let _wasmlet = wasmlet_process(
+        None,
+        "edge-1",
+        "127.0.0.1:0",
         &[
-            "wasmlet",
-            "--node-name",
-            "edge-1",
-            "--listen",
-            "127.0.0.1:0",
-            "--max-pods",
-            "32",
-            "--pod-range",
-            &range,
             "--kubeconfig",
             &kc,
             "--data-dir",

@@ -16,30 +16,21 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, LogParams};
 use serde_json::json;
 use wasmkube_client::create_from_json;
-use wasmkube_tests::{KillOnDrop, Process, free_port, kubectl, node_ready, wait_for, wasmkube_bin};
+use wasmkube_tests::{
+    KillOnDrop, Process, free_port, kubectl, node_ready, wait_for, wasmkube_bin, wasmlet_args,
+    wasmlet_process,
+};
 
-/// `wasmkube wasmlet --join` for node `name` at `address`, with `token`.
-fn join(dir: &Path, server: &str, token: &Path, name: &str, address: &str) -> Vec<String> {
-    let (net, prefix) = wasmkube_tests::random_pod_range();
+/// The `--join` flags (and data directory) of node `name`, with `token`.
+fn join(dir: &Path, server: &str, token: &Path, name: &str) -> [String; 6] {
     [
-        "wasmlet",
-        "--node-name",
-        name,
-        "--listen",
-        &format!("{address}:0"),
-        "--max-pods",
-        "32",
-        "--pod-range",
-        &format!("{net}/{prefix}"),
-        "--join",
-        &format!("https://{server}"),
-        "--token-file",
-        &token.display().to_string(),
-        "--data-dir",
-        &dir.join(name).display().to_string(),
+        "--join".to_owned(),
+        format!("https://{server}"),
+        "--token-file".to_owned(),
+        token.display().to_string(),
+        "--data-dir".to_owned(),
+        dir.join(name).display().to_string(),
     ]
-    .map(str::to_owned)
-    .into()
 }
 
 /// Every file under `dir` that contains `needle`.
@@ -84,12 +75,12 @@ async fn wasmlets_should_join_with_a_node_token_and_act_as_their_node() -> Resul
     let refused = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(wasmkube_bin())
-            .args(join(
-                dir.path(),
-                &server.addr,
-                &bad,
+            .args(wasmlet_args(
                 "intruder",
-                "127.0.0.1",
+                "127.0.0.1:0",
+                &join(dir.path(), &server.addr, &bad, "intruder")
+                    .each_ref()
+                    .map(String::as_str),
             ))
             .output(),
     )
@@ -109,11 +100,14 @@ async fn wasmlets_should_join_with_a_node_token_and_act_as_their_node() -> Resul
     // Two nodes on two loopback addresses, so each has its own NodePorts.
     let mut wasmlets = Vec::new();
     for (name, address) in [("edge-1", "127.0.0.1"), ("edge-2", "127.0.0.2")] {
-        let mut args = join(dir.path(), &server.addr, &node_token, name, address);
-        args.extend(["--cluster-dns".to_owned(), dns_addr.clone()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        wasmlets.push(KillOnDrop::wasmkube(
-            &args,
+        let join = join(dir.path(), &server.addr, &node_token, name);
+        let mut extra: Vec<&str> = join.iter().map(String::as_str).collect();
+        extra.extend(["--cluster-dns", &dns_addr]);
+        wasmlets.push(wasmlet_process(
+            None,
+            name,
+            &format!("{address}:0"),
+            &extra,
             &dir.path().join(format!("{name}.log")),
         )?);
     }

@@ -15,8 +15,8 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use wasmkube_client::create_from_json;
 use wasmkube_tests::{
-    KillOnDrop, Process, configmap_names, create_configmap_within, free_port, kubectl, node_ready,
-    wait_for,
+    Process, configmap_names, create_configmap_within, free_port, kubectl, node_ready, wait_for,
+    wasmlet_process,
 };
 
 /// Hosts `1..=n` on a bridge, addresses `10.231.S.i/24`; the test process is `10.231.S.254`.
@@ -167,16 +167,11 @@ async fn servers_and_a_node_on_their_own_hosts_should_survive_a_kernel_partition
     let node_dir = data(4).display().to_string();
     let node_token = data(1).join("node-token").display().to_string();
     let listen = format!("{}:10250", lab.ip(4));
-    let _wasmlet = KillOnDrop::wasmkube_in(
+    let _wasmlet = wasmlet_process(
         Some(&lab.ns(4)),
+        "host-4",
+        &listen,
         &[
-            "wasmlet",
-            "--node-name",
-            "host-4",
-            "--listen",
-            &listen,
-            "--max-pods",
-            "32",
             "--join",
             &join,
             "--token-file",

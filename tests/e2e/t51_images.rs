@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{LogParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use wasmkube_tests::{Cluster, KillOnDrop, Process, free_port, node_ready, wait_for};
+use wasmkube_tests::{Cluster, Process, free_port, node_ready, wait_for};
 use wasmkube_wasmlet::images::Registries;
 
 const SLOW: Duration = Duration::from_secs(60);
@@ -232,28 +232,15 @@ async fn a_standalone_wasmlet_process_joins_the_cluster_and_serves_logs() -> Res
     std::fs::create_dir_all(&data)?;
     let up = Process::up(&data, free_port()).await?;
     let client = up.client().await?;
-    let (net, prefix) = wasmkube_tests::random_pod_range();
-    let (range, kubeconfig, edge) = (
-        format!("{net}/{prefix}"),
+    let (kubeconfig, edge) = (
         up.kubeconfig().display().to_string(),
         dir.path().join("edge").display().to_string(),
     );
-    let mut wasmlet = KillOnDrop::wasmkube(
-        &[
-            "wasmlet",
-            "--node-name",
-            "edge-1",
-            "--listen",
-            "127.0.0.1:0",
-            "--max-pods",
-            "32",
-            "--pod-range",
-            &range,
-            "--kubeconfig",
-            &kubeconfig,
-            "--data-dir",
-            &edge,
-        ],
+    let mut wasmlet = wasmkube_tests::wasmlet_process(
+        None,
+        "edge-1",
+        "127.0.0.1:0",
+        &["--kubeconfig", &kubeconfig, "--data-dir", &edge],
         &dir.path().join("edge.log"),
     )?;
     wait_for("node edge-1 Ready", SLOW, || node_ready(&client, "edge-1")).await?;
@@ -300,34 +287,26 @@ async fn a_killed_wasmlet_process_makes_its_node_unknown_and_its_pods_move() -> 
     ];
     let up = Process::up_with(&data, free_port(), &fast).await?;
     let client = up.client().await?;
-    let (net, prefix) = wasmkube_tests::random_pod_range();
-    let mut edge = KillOnDrop(
-        Command::new(wasmkube_tests::wasmkube_bin())
-            .args([
-                "wasmlet",
-                "--node-name",
-                "edge-1",
-                "--listen",
-                "127.0.0.1:0",
-                "--max-pods",
-                "32",
-                "--node-labels",
-                "role=edge",
-            ])
-            .args([
-                "--node-lease-duration-seconds",
-                "4",
-                "--pod-range",
-                &format!("{net}/{prefix}"),
-            ])
-            .arg("--kubeconfig")
-            .arg(up.kubeconfig())
-            .arg("--data-dir")
-            .arg(dir.path().join("edge"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("edge.log"))?)
-            .spawn()?,
+    let (kubeconfig, edge_dir) = (
+        up.kubeconfig().display().to_string(),
+        dir.path().join("edge").display().to_string(),
     );
+    let mut edge = wasmkube_tests::wasmlet_process(
+        None,
+        "edge-1",
+        "127.0.0.1:0",
+        &[
+            "--node-labels",
+            "role=edge",
+            "--node-lease-duration-seconds",
+            "4",
+            "--kubeconfig",
+            &kubeconfig,
+            "--data-dir",
+            &edge_dir,
+        ],
+        &dir.path().join("edge.log"),
+    )?;
     let nodes: Api<Node> = Api::all(client.clone());
     let home = wait_for("both nodes Ready", SLOW, || async {
         let list = nodes.list(&Default::default()).await.ok()?.items;
