@@ -445,7 +445,7 @@ impl NodeNet {
         if *dest.ip() == self.node_ip {
             let stream = TcpStream::connect(SocketAddr::V4(dest)).await?;
             stream.set_nodelay(true)?;
-            return Ok(Conn::Tcp(stream));
+            return Ok(Conn::Left(stream));
         }
         self.dial(None, dest).await
     }
@@ -468,7 +468,7 @@ impl NodeNet {
                 socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
                 let stream = socket.connect(SocketAddr::V4(real)).await?;
                 stream.set_nodelay(true)?;
-                Ok(Conn::Tcp(stream))
+                Ok(Conn::Left(stream))
             }
             Route::Remote { node, tunnel, pod } => {
                 let from = SocketAddrV4::new(from.unwrap_or(self.node_ip), 0);
@@ -480,7 +480,7 @@ impl NodeNet {
                 })?;
                 crate::net::tunnel::open(tls, &node, tunnel, from, pod)
                     .await
-                    .map(|t| Conn::Tunnel(Box::new(t)))
+                    .map(|t| Conn::Right(Box::new(t)))
             }
         }
     }
@@ -574,59 +574,9 @@ pub(crate) async fn forward<F>(
     }
 }
 
-/// A connection the node opened.
-pub enum Conn {
-    /// A TCP stream to a local pod.
-    Tcp(TcpStream),
-    /// A tunnel to a pod on another node.
-    Tunnel(Box<crate::net::tunnel::Tunnel>),
-}
-
-impl tokio::io::AsyncRead for Conn {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Conn::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Conn {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Conn::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Conn::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Conn::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// A connection the node opened: a TCP stream to a local pod (`Left`), or a tunnel to a pod
+/// on another node (`Right`); either reads and writes as a stream.
+pub(crate) type Conn = tokio_util::either::Either<TcpStream, Box<crate::net::tunnel::Tunnel>>;
 
 /// A tunnelled connection whose conntrack entry goes away with it.
 pub(crate) struct Tracked {
