@@ -182,11 +182,6 @@ pub async fn join(
     Ok(path)
 }
 
-/// The CA certificates a client configuration trusts, as PEM.
-fn trusted(kc: &kube::Config) -> Vec<Vec<u8>> {
-    kc.root_cert.clone().unwrap_or_default()
-}
-
 /// The node's credentials, and a connection that uses them: the stored ones when they are for
 /// this node and the cluster `conn` reaches, otherwise new ones asked of the API server with
 /// `conn`'s credentials.
@@ -203,8 +198,11 @@ pub(crate) async fn ensure(
         let ours: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(c.ca.as_bytes())
             .filter_map(|d| d.ok().map(|d| d.to_vec()))
             .collect();
-        let theirs = trusted(&conn.config);
-        theirs.is_empty() || ours == theirs
+        // The CA the client configuration trusts (DER), if it names one.
+        conn.config
+            .root_cert
+            .as_ref()
+            .is_none_or(|theirs| theirs.is_empty() || ours == *theirs)
     };
     let credentials = match load(dir, node) {
         Some(c) if same_ca(&c) => c,
