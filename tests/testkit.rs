@@ -521,7 +521,12 @@ pub struct Process {
     extra: Vec<String>,
     /// The network namespace it runs in (`ip netns exec`), if not this one.
     netns: Option<String>,
+    /// Its `WASMKUBE_LOG` filter.
+    log_filter: String,
 }
+
+/// The log filter of servers the tests start.
+const LOG_FILTER: &str = "info,openraft=warn";
 
 impl Process {
     /// `n` servers of one cluster, each `wasmkube up` with `extra` in `dir/s{i}` on free ports:
@@ -559,8 +564,14 @@ impl Process {
     pub async fn restart(&mut self) -> Result<()> {
         self.kill9();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let again =
-            Self::spawn_up(self.netns.as_deref(), &self.data_dir, &self.addr, &extra).await?;
+        let again = Self::spawn_up(
+            self.netns.as_deref(),
+            &self.data_dir,
+            &self.addr,
+            &extra,
+            &self.log_filter,
+        )
+        .await?;
         // The old child is already reaped; dropping it changes nothing.
         drop(std::mem::replace(self, again));
         Ok(())
@@ -589,7 +600,31 @@ impl Process {
     /// # Errors
     /// When it exits or does not become ready within 60 s.
     pub async fn up_with(data_dir: &Path, port: u16, extra: &[&str]) -> Result<Process> {
-        Self::spawn_up(None, data_dir, &format!("127.0.0.1:{port}"), extra).await
+        Self::spawn_up(
+            None,
+            data_dir,
+            &format!("127.0.0.1:{port}"),
+            extra,
+            LOG_FILTER,
+        )
+        .await
+    }
+
+    /// [`up_in`](Self::up_in) with its own `WASMKUBE_LOG` filter (benchmarks read the
+    /// `podtrace` events from its log, `DIR/data.log`).
+    ///
+    /// # Errors
+    /// When it exits or does not become ready within 60 s.
+    pub async fn up_in_logging(dir: &Path, extra: &[&str], log_filter: &str) -> Result<Process> {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data)?;
+        let addr = format!("127.0.0.1:{}", free_port());
+        Self::spawn_up(None, &data, &addr, extra, log_filter).await
+    }
+
+    /// Its log (stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.with_extension("log")
     }
 
     /// [`up_with`](Self::up_with) inside network namespace `netns` (`ip netns exec`), listening
@@ -603,7 +638,7 @@ impl Process {
         addr: &str,
         extra: &[&str],
     ) -> Result<Process> {
-        Self::spawn_up(Some(netns), data_dir, addr, extra).await
+        Self::spawn_up(Some(netns), data_dir, addr, extra, LOG_FILTER).await
     }
 
     async fn spawn_up(
@@ -611,6 +646,7 @@ impl Process {
         data_dir: &Path,
         addr: &str,
         extra: &[&str],
+        log_filter: &str,
     ) -> Result<Process> {
         let log = std::fs::File::create(data_dir.with_extension("log"))?;
         let (net, prefix) = random_pod_range();
@@ -631,7 +667,7 @@ impl Process {
                 "127.0.0.1:0",
             ])
             .args(extra)
-            .env("WASMKUBE_LOG", "info,openraft=warn")
+            .env("WASMKUBE_LOG", log_filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -642,6 +678,7 @@ impl Process {
             data_dir: data_dir.to_path_buf(),
             extra: extra.iter().map(|f| (*f).to_owned()).collect(),
             netns: netns.map(str::to_owned),
+            log_filter: log_filter.to_owned(),
         };
         p.wait_ready(Duration::from_secs(60)).await?;
         Ok(p)

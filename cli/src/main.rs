@@ -14,6 +14,8 @@ mod demo;
 
 #[derive(Parser)]
 #[command(name = "wasmkube", version, about = "Kubernetes for WebAssembly")]
+// A flag given twice takes its last value (scripts append to a default command line).
+#[command(args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

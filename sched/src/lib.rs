@@ -173,6 +173,7 @@ impl Scheduler {
                     == self.cfg.scheduler_name;
                 let assumed = self.cache.placed.get(&key).is_some_and(|(_, _, a)| *a);
                 if ours && !assumed && info.pod.metadata.deletion_timestamp.is_none() {
+                    tracing::debug!(target: "podtrace", kind = "Pod", object = %key, stage = "queued");
                     self.queue.add(info);
                 }
             }
@@ -206,6 +207,7 @@ impl Scheduler {
         {
             Ok(decision) => {
                 tracing::debug!(pod = %key, node = %decision.node, evaluated = decision.evaluated, feasible = decision.feasible, "scheduled");
+                tracing::debug!(target: "podtrace", kind = "Pod", object = %key, stage = "decided");
                 self.cache.place(&decision.node, pod.clone(), true);
                 let (client, tx) = (self.client.clone(), self.binds.clone());
                 tokio::spawn(async move {
@@ -229,6 +231,7 @@ impl Scheduler {
         let key = pod.key();
         match result {
             Ok(()) => {
+                tracing::debug!(target: "podtrace", kind = "Pod", object = %key, stage = "bind answered");
                 self.queue.done(&key);
                 let message = format!("Successfully assigned {key} to {node}");
                 self.event(&pod, EventType::Normal, "Scheduled", "Binding", message);

@@ -365,6 +365,7 @@ async fn watch_pods(
                     let _ = tx.send(Some(pod));
                 }
                 _ => {
+                    tracing::debug!(target: "podtrace", kind = "Pod", object = %format_args!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default()), stage = "wasmlet saw");
                     let (tx, rx) = watch::channel(Some(pod));
                     running.insert(uid, tx);
                     let (ctx, stop) = (Arc::clone(ctx), stop_pods.clone());

@@ -390,6 +390,9 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
             }
             Some(msg) = rx.recv() => match msg {
                 Internal::Event(e) => {
+                    if let PodEvent::Started { .. } = &e {
+                        tracing::debug!(target: "podtrace", kind = "Pod", object = %format_args!("{ns}/{name}"), stage = "instance started");
+                    }
                     if let PodEvent::Exited { container, .. } | PodEvent::StartFailed { container, .. } = &e {
                         kills[*container] = None;
                         let cname = containers[*container].name.clone();

@@ -173,7 +173,10 @@ impl Apiserver {
             })
             .await?
         {
-            Outcome::Written { value, .. } => self.decode_stored(t, &value),
+            Outcome::Written { value, .. } => {
+                tracing::debug!(target: "podtrace", kind = %info.kind, object = %format_args!("{}/{}", t.namespace.as_deref().unwrap_or_default(), name), stage = "created");
+                self.decode_stored(t, &value)
+            }
             Outcome::Failed {
                 reason: Failure::AlreadyExists,
                 ..

@@ -321,11 +321,13 @@ pub(super) async fn write_status(
         let Some(status) = rx.borrow_and_update().clone() else {
             continue;
         };
+        let phase = status.phase.clone().unwrap_or_default();
         let patch = json!({"status": status});
-        if let Err(e) = pods
+        let written = pods
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+            .await;
+        tracing::debug!(target: "podtrace", kind = "Pod", object = %format_args!("{ns}/{name}"), stage = "status written", %phase);
+        if let Err(e) = written {
             match e {
                 kube::Error::Api(s) if s.code == 404 => return,
                 e => {

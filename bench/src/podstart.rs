@@ -1,0 +1,395 @@
+//! `podstart`: pod start as a user's client sees it, one at a time and under load.
+//!
+//! `wasmkube up` runs as its own process (API server, scheduler, controllers and the wasmlet);
+//! this process creates pods through the API with kube-rs clients and watches them. For each
+//! pod it takes the time from the start of the create call until the watch shows
+//! `spec.nodeName` (*scheduled*), then phase `Running`. The image (a long-running wasip2
+//! command) is pushed and compiled before the first measured pod.
+//!
+//! Three loads: pods one at a time; several creators back to back; and an open-loop rate
+//! (creates started at fixed intervals whether or not earlier ones are done).
+//!
+//! Where the time goes: the server runs with `WASMKUBE_LOG=...,podtrace=debug`, and every
+//! component logs a `podtrace` event per pod (create accepted, scheduler queued it, decided,
+//! bind accepted, bind answered, wasmlet saw it, instance started, status written). Both
+//! processes read the same clock, so each stage is placed relative to the start of the create
+//! call; the benchmark prints the median and p99 of each stage.
+//!
+//! Run: `cargo build --release -p wasmkube && cargo run --release -p wasmkube-bench --bin podstart`
+//! (see README). Everything is on loopback; every load loop is bounded in count and time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::json;
+use tokio::sync::Notify;
+
+#[derive(Parser)]
+struct Args {
+    /// Pods created one at a time (each waits for the previous one to run).
+    #[arg(long, default_value_t = 50)]
+    one_at_a_time: usize,
+    /// Pods created by `creators` concurrent creators, back to back.
+    #[arg(long, default_value_t = 100)]
+    concurrent: usize,
+    /// Concurrent creators for the `concurrent` run.
+    #[arg(long, default_value_t = 10)]
+    creators: usize,
+    /// Creates per second for the open-loop run (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    rate: usize,
+    /// Seconds of the open-loop run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Creates in flight at most during the open-loop run (the run says when it fell behind).
+    #[arg(long, default_value_t = 256)]
+    in_flight: usize,
+    /// Upper bound on each run's duration (after its creates, it waits for the pods this long).
+    #[arg(long, default_value_t = 120)]
+    max_seconds: u64,
+}
+
+/// What the watch saw of one pod.
+#[derive(Default, Clone, Copy)]
+struct Seen {
+    created: Option<SystemTime>,
+    scheduled: Option<SystemTime>,
+    running: Option<SystemTime>,
+}
+
+/// Times per pod name, filled by the watch and the creators.
+#[derive(Default)]
+struct Board {
+    pods: Mutex<HashMap<String, Seen>>,
+    changed: Notify,
+}
+
+impl Board {
+    fn created(&self, name: &str, at: SystemTime) {
+        self.pods
+            .lock()
+            .expect("board")
+            .entry(name.to_owned())
+            .or_default()
+            .created = Some(at);
+    }
+
+    fn observe(&self, pod: &Pod) {
+        let now = SystemTime::now();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let mut pods = self.pods.lock().expect("board");
+        let seen = pods.entry(name).or_default();
+        if seen.scheduled.is_none()
+            && pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some()
+        {
+            seen.scheduled = Some(now);
+        }
+        if seen.running.is_none()
+            && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        {
+            seen.running = Some(now);
+        }
+        drop(pods);
+        self.changed.notify_waiters();
+    }
+
+    fn running(&self, names: &[String]) -> usize {
+        let pods = self.pods.lock().expect("board");
+        names
+            .iter()
+            .filter(|n| pods.get(*n).is_some_and(|s| s.running.is_some()))
+            .count()
+    }
+
+    /// Waits until every pod in `names` runs, or `max` passes.
+    async fn wait_running(&self, names: &[String], max: Duration) -> Result<()> {
+        let deadline = Instant::now() + max;
+        loop {
+            let notified = self.changed.notified();
+            let done = self.running(names);
+            if done == names.len() {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("{done} of {} pods running after {max:?}", names.len());
+            }
+            let _ = tokio::time::timeout(left, notified).await;
+        }
+    }
+
+    fn get(&self, name: &str) -> Seen {
+        self.pods
+            .lock()
+            .expect("board")
+            .get(name)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+fn pod(name: &str) -> Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"bench": "podstart"}},
+        "spec": {"containers": [{"name": "idle", "image": "toolbox:v1", "args": ["forever"]}]}
+    }))?)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn pct(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
+}
+
+/// One trace line: `TIMESTAMP DEBUG podtrace: kind=Pod object=NS/NAME stage="..."`.
+fn parse_trace(line: &str) -> Option<(SystemTime, String, String)> {
+    if !line.contains(" podtrace: ")
+        || !(line.contains(" kind=Pod ") || line.contains(" kind=\"Pod\" "))
+    {
+        return None;
+    }
+    let at = line.split_whitespace().next()?;
+    let at: jiff::Timestamp = at.parse().ok()?;
+    let object = line.split(" object=").nth(1)?.split_whitespace().next()?;
+    let name = object.rsplit('/').next()?.to_owned();
+    let stage = line
+        .split(" stage=\"")
+        .nth(1)?
+        .split('"')
+        .next()?
+        .to_owned();
+    if stage == "status written" && !line.contains(" phase=Running") {
+        return None;
+    }
+    let at = SystemTime::UNIX_EPOCH + Duration::from_nanos(at.as_nanosecond().try_into().ok()?);
+    Some((at, name, stage))
+}
+
+/// The stages in the order a pod passes them.
+const STAGES: [&str; 8] = [
+    "created",
+    "queued",
+    "decided",
+    "bound",
+    "bind answered",
+    "wasmlet saw",
+    "instance started",
+    "status written",
+];
+
+/// Prints one run's latencies and its per-stage breakdown from the server's trace.
+fn report(label: &str, board: &Board, names: &[String], log: &std::path::Path) -> Result<()> {
+    let mut scheduled = Vec::new();
+    let mut running = Vec::new();
+    let mut starts = HashMap::new();
+    for n in names {
+        let s = board.get(n);
+        let Some(c) = s.created else { continue };
+        starts.insert(n.clone(), c);
+        if let Some(t) = s.scheduled {
+            scheduled.push(ms(t.duration_since(c).unwrap_or_default()));
+        }
+        if let Some(t) = s.running {
+            running.push(ms(t.duration_since(c).unwrap_or_default()));
+        }
+    }
+    println!(
+        "| {label} | {} | {:.1} / {:.1} | {:.1} / {:.1} |",
+        names.len(),
+        pct(&mut scheduled, 0.5),
+        pct(&mut scheduled, 0.99),
+        pct(&mut running, 0.5),
+        pct(&mut running, 0.99),
+    );
+    // The first time each stage was reached per pod (for the status, the first write of
+    // phase Running).
+    let text = std::fs::read_to_string(log).context("the server's log")?;
+    let mut stages: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut firsts: HashMap<(String, String), SystemTime> = HashMap::new();
+    for (at, name, stage) in text.lines().filter_map(parse_trace) {
+        if !starts.contains_key(&name) {
+            continue;
+        }
+        firsts.entry((name, stage)).or_insert(at);
+    }
+    for ((name, stage), at) in &firsts {
+        if let Some(st) = STAGES.iter().find(|s| **s == stage) {
+            let off = at.duration_since(starts[name]).unwrap_or_default();
+            stages.entry(st).or_default().push(ms(off));
+        }
+    }
+    let line: Vec<String> = STAGES
+        .iter()
+        .map(|s| {
+            let v = stages.entry(s).or_default();
+            format!("{s} {:.1}/{:.1}", pct(v, 0.5), pct(v, 0.99))
+        })
+        .collect();
+    println!(
+        "|   stages (p50/p99 ms from create) | {} |",
+        line.join(" → ")
+    );
+    Ok(())
+}
+
+async fn create(api: &Api<Pod>, board: &Board, name: &str) -> Result<()> {
+    board.created(name, SystemTime::now());
+    api.create(&PostParams::default(), &pod(name)?)
+        .await
+        .with_context(|| format!("create {name}"))?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let max = Duration::from_secs(args.max_seconds);
+    let dir = tempfile::tempdir()?;
+    let (net, _) = wasmkube_tests::random_pod_range();
+    let pods_needed = args.one_at_a_time + args.concurrent + args.rate * args.seconds as usize + 16;
+    let range = format!("127.{}.0.0/16", net.octets()[1]);
+    let max_pods = pods_needed.to_string();
+    let server = wasmkube_tests::Process::up_in_logging(
+        dir.path(),
+        &["--pod-range", &range, "--max-pods", &max_pods],
+        "info,openraft=warn,podtrace=debug",
+    )
+    .await?;
+    wasmkube_tests::push_samples(&server.kubeconfig(), dir.path(), &["toolbox"])?;
+    let client = server.client().await?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let board = Arc::new(Board::default());
+    let watch = {
+        let board = Arc::clone(&board);
+        let mut events = watcher::watcher(
+            api.clone(),
+            watcher::Config::default().labels("bench=podstart"),
+        )
+        .boxed();
+        tokio::spawn(async move {
+            while let Some(ev) = events.next().await {
+                if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev {
+                    board.observe(&p);
+                }
+            }
+        })
+    };
+    // The first pod pulls and compiles the image.
+    create(&api, &board, "warm").await?;
+    board
+        .wait_running(&["warm".to_owned()], max)
+        .await
+        .context("the first pod")?;
+
+    println!("| load | pods | scheduled p50 / p99 ms | Running p50 / p99 ms |");
+    println!("|---|---:|---:|---:|");
+
+    let names: Vec<String> = (0..args.one_at_a_time)
+        .map(|i| format!("one-{i}"))
+        .collect();
+    let run_started = Instant::now();
+    for n in &names {
+        create(&api, &board, n).await?;
+        board
+            .wait_running(
+                std::slice::from_ref(n),
+                max.saturating_sub(run_started.elapsed()),
+            )
+            .await?;
+    }
+    report("one at a time", &board, &names, &server.log_path())?;
+
+    let names: Vec<String> = (0..args.concurrent).map(|i| format!("conc-{i}")).collect();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let shared = Arc::new(names.clone());
+    let run_started = Instant::now();
+    let mut creators = Vec::new();
+    for _ in 0..args.creators {
+        let (api, board, next, names) = (api.clone(), board.clone(), next.clone(), shared.clone());
+        creators.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= names.len() || run_started.elapsed() > max {
+                    return anyhow::Ok(());
+                }
+                create(&api, &board, &names[i]).await?;
+            }
+        }));
+    }
+    for c in creators {
+        c.await??;
+    }
+    board.wait_running(&names, max).await?;
+    report(
+        &format!("{} creators back to back", args.creators),
+        &board,
+        &names,
+        &server.log_path(),
+    )?;
+
+    if args.rate > 0 {
+        let total = args.rate * args.seconds as usize;
+        let names: Vec<String> = (0..total).map(|i| format!("rate-{i}")).collect();
+        let gate = Arc::new(tokio::sync::Semaphore::new(args.in_flight));
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut waited = Duration::ZERO;
+        for n in &names {
+            tick.tick().await;
+            let t = Instant::now();
+            let permit = Arc::clone(&gate).acquire_owned().await?;
+            waited += t.elapsed();
+            let (api, board, n) = (api.clone(), board.clone(), n.clone());
+            tasks.spawn(async move {
+                let r = create(&api, &board, &n).await;
+                drop(permit);
+                r
+            });
+            if started.elapsed() > max {
+                bail!("the open-loop run took longer than {max:?}");
+            }
+        }
+        let offered = started.elapsed();
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        board.wait_running(&names, max).await?;
+        report(
+            &format!(
+                "{} pods/s for {} s (offered in {offered:.1?}, {waited:.1?} waiting for a free creator)",
+                args.rate, args.seconds
+            ),
+            &board,
+            &names,
+            &server.log_path(),
+        )?;
+    }
+    watch.abort();
+    let _ = api
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("bench=podstart"),
+        )
+        .await;
+    drop(server);
+    Ok(())
+}
