@@ -690,6 +690,8 @@ impl Process {
             if let Some(status) = self.child.try_wait()? {
                 let log = std::fs::read_to_string(self.data_dir.with_extension("log"))
                     .unwrap_or_default();
+                // The error, not the backtrace that follows it.
+                let log = log.split("\nStack backtrace:").next().unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
                 bail!(
                     "wasmkube exited early: {status}; its log ends:\n{}",

@@ -139,6 +139,20 @@ impl FieldSelector {
             .all(|r| (field_string(obj, &r.path) == r.value) != r.negated)
     }
 
+    /// Whether fields read by `get` (absent = empty) satisfy every term: for objects whose
+    /// selectable fields were extracted ahead of time.
+    pub fn matches_fields<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.requirements
+            .iter()
+            .all(|r| (get(&r.path).unwrap_or_default() == r.value) != r.negated)
+    }
+
+    /// The string form of the field at `path` of `obj`, as [`FieldSelector::matches`]
+    /// compares it (absent = empty).
+    pub fn field_value(obj: &serde_json::Value, path: &str) -> String {
+        field_string(obj, path)
+    }
+
     /// Whether the selector has no terms.
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()

@@ -24,6 +24,7 @@
 mod admission;
 mod apply;
 pub mod auth;
+mod cache;
 pub mod cluster;
 mod conn;
 mod discovery;
@@ -79,6 +80,9 @@ pub struct Config {
     pub compaction_interval: Duration,
     /// How often watches with `allowWatchBookmarks` get a bookmark.
     pub bookmark_interval: Duration,
+    /// How many recent changes the watch cache keeps per resource for watchers that are
+    /// behind; one further behind continues from the store's history.
+    pub watch_cache_window: usize,
     /// Service, node-port and pod address ranges.
     pub network: Network,
     /// Memory the store's redb may use to cache pages (see [`wasmkube_store::Config`]).
@@ -102,6 +106,7 @@ impl Config {
             extra_sans: Vec::new(),
             compaction_interval: Duration::from_secs(300),
             bookmark_interval: Duration::from_secs(30),
+            watch_cache_window: cache::DEFAULT_WINDOW,
             network: Network::default(),
             store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
             peer_listen: None,
@@ -151,6 +156,8 @@ pub struct Apiserver {
     pub(crate) openapi: std::sync::Mutex<Option<(u64, Arc<openapi::OpenApi>)>>,
     /// The admission plugins every write passes.
     pub(crate) admission: admission::Chain,
+    /// The watch cache of every resource listed or watched so far.
+    pub(crate) caches: cache::Caches,
 }
 
 impl Apiserver {

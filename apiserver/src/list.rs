@@ -13,6 +13,7 @@ use wasmkube_api::selector::LabelSelector;
 use wasmkube_store::ListOptions;
 
 use crate::Apiserver;
+use crate::cache::{Attrs, Cacher};
 use crate::error::ApiError;
 use crate::object;
 use crate::request::{Params, Representation, Target};
@@ -50,6 +51,12 @@ impl Selectors {
         (self.labels.is_empty() || self.labels.matches(&object::labels(obj)))
             && (self.fields.is_empty() || self.fields.matches(obj))
     }
+
+    /// [`Selectors::matches`] on the parts a cache extracted.
+    pub(crate) fn matches_attrs(&self, attrs: &Attrs) -> bool {
+        (self.labels.is_empty() || self.labels.matches(&attrs.labels))
+            && (self.fields.is_empty() || self.fields.matches_fields(|p| attrs.field(p)))
+    }
 }
 
 /// A continue token: the revision of the first page and the last key returned.
@@ -79,23 +86,56 @@ fn decode_continue(token: &str) -> Result<Continue, ApiError> {
         .ok_or_else(|| ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))
 }
 
+/// One listed object: its JSON as served, parsed when the caller needs the value.
+pub(crate) struct Listed {
+    /// Its store key.
+    pub(crate) key: String,
+    /// Its JSON.
+    pub(crate) raw: bytes::Bytes,
+    value: Option<Value>,
+}
+
+impl Listed {
+    /// The object as a value.
+    pub(crate) fn value(&self) -> Value {
+        match &self.value {
+            Some(v) => v.clone(),
+            None => serde_json::from_slice(&self.raw).unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn into_value(self) -> Value {
+        match self.value {
+            Some(v) => v,
+            None => serde_json::from_slice(&self.raw).unwrap_or_default(),
+        }
+    }
+}
+
 /// One page of selected objects.
 pub(crate) struct Page {
-    pub(crate) items: Vec<(Value, bytes::Bytes)>,
+    pub(crate) items: Vec<Listed>,
     pub(crate) revision: u64,
     pub(crate) continue_: Option<String>,
     pub(crate) remaining: Option<usize>,
 }
 
-impl Apiserver {
-    /// Reads one page of a list, as the parameters ask.
-    pub(crate) async fn page(&self, t: &Target, q: &Params) -> Result<Page, ApiError> {
-        let sel = Selectors::parse(t, q)?;
-        let prefix = t.kind.info().namespace_prefix(t.namespace.as_deref());
-        let limit = Params::int("limit", &q.limit)?
-            .filter(|l| *l > 0)
-            .map(|l| l as usize);
-        let (mut at, mut start) = (None, None);
+/// Which state a read asks for (`resourceVersion`, `resourceVersionMatch`, `continue`).
+enum ReadAt {
+    /// The most recent state (a quorum read).
+    Latest,
+    /// Any state (`resourceVersion=0`).
+    Any,
+    /// A state at least this recent.
+    NotOlderThan(u64),
+    /// Exactly this revision.
+    Exact(u64),
+    /// The next page of an earlier list.
+    Continue(Continue),
+}
+
+impl ReadAt {
+    fn of(q: &Params) -> Result<ReadAt, ApiError> {
         if let Some(token) = q.continue_.as_deref().filter(|c| !c.is_empty()) {
             if q.resource_version
                 .as_deref()
@@ -105,47 +145,158 @@ impl Apiserver {
                     "specifying resource version is not allowed when using continue",
                 ));
             }
-            let c = decode_continue(token)?;
-            self.wait_for_revision(c.rv).await?;
-            at = Some(c.rv);
-            start = Some(format!("{prefix}{}", c.start));
-        } else {
-            match (
-                q.resource_version.as_deref(),
-                q.resource_version_match.as_deref(),
-            ) {
-                // The most recent state: what any server has acknowledged.
-                (None | Some(""), None | Some("")) => self.linearize().await?,
-                (None | Some(""), Some(m)) => {
-                    return Err(ApiError::bad_request(format!(
-                        "resourceVersionMatch \"{m}\" is forbidden unless resourceVersion is provided"
-                    )));
-                }
-                (Some("0"), None | Some("NotOlderThan")) => {}
-                (Some("0"), Some("Exact")) => {
-                    return Err(ApiError::bad_request(
-                        "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"",
-                    ));
-                }
-                (Some(rv), m) => {
-                    let rv: u64 = rv.parse().map_err(|_| {
-                        ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-                    })?;
-                    match m {
-                        Some("Exact") => {
-                            self.wait_for_revision(rv).await?;
-                            at = Some(rv);
-                        }
-                        None | Some("NotOlderThan") => self.wait_for_revision(rv).await?,
-                        Some(other) => {
-                            return Err(ApiError::bad_request(format!(
-                                "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
-                            )));
-                        }
-                    }
+            return Ok(ReadAt::Continue(decode_continue(token)?));
+        }
+        match (
+            q.resource_version.as_deref(),
+            q.resource_version_match.as_deref(),
+        ) {
+            (None | Some(""), None | Some("")) => Ok(ReadAt::Latest),
+            (None | Some(""), Some(m)) => Err(ApiError::bad_request(format!(
+                "resourceVersionMatch \"{m}\" is forbidden unless resourceVersion is provided"
+            ))),
+            (Some("0"), None | Some("NotOlderThan")) => Ok(ReadAt::Any),
+            (Some("0"), Some("Exact")) => Err(ApiError::bad_request(
+                "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"",
+            )),
+            (Some(rv), m) => {
+                let rv: u64 = rv.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                })?;
+                match m {
+                    Some("Exact") => Ok(ReadAt::Exact(rv)),
+                    None | Some("NotOlderThan") => Ok(ReadAt::NotOlderThan(rv)),
+                    Some(other) => Err(ApiError::bad_request(format!(
+                        "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+                    ))),
                 }
             }
         }
+    }
+}
+
+/// How long a read waits for a revision this server has not applied yet.
+const REVISION_WAIT: Duration = Duration::from_secs(3);
+
+impl Apiserver {
+    /// The watch cache of the kind's resource; none for a kind shown from another kind's
+    /// storage (its selectors look at the converted form).
+    pub(crate) fn cache_for(&self, t: &Target) -> Option<std::sync::Arc<Cacher>> {
+        let info = t.kind.info();
+        if info.stored_as.is_some() {
+            return None;
+        }
+        Some(self.caches.of(&info.prefix(), t.kind.field_selectors()))
+    }
+
+    /// Waits until the cache has `rv` (as a `NotOlderThan` read requires).
+    pub(crate) async fn wait_for_cache(&self, cache: &Cacher, rv: u64) -> Result<(), ApiError> {
+        if cache.wait_for(rv, REVISION_WAIT).await {
+            Ok(())
+        } else {
+            Err(ApiError::too_large_resource_version(
+                rv,
+                self.store.published(),
+            ))
+        }
+    }
+
+    /// Reads one page of a list, as the parameters ask: from the watch cache unless it asks
+    /// for an exact revision or continues an earlier list.
+    pub(crate) async fn page(&self, t: &Target, q: &Params) -> Result<Page, ApiError> {
+        let sel = Selectors::parse(t, q)?;
+        let limit = Params::int("limit", &q.limit)?
+            .filter(|l| *l > 0)
+            .map(|l| l as usize);
+        let at = ReadAt::of(q)?;
+        if let Some(cache) = self.cache_for(t) {
+            match at {
+                ReadAt::Latest => {
+                    self.linearize().await?;
+                    if !cache.wait_current(REVISION_WAIT).await {
+                        return Err(ApiError::timeout(
+                            "the watch cache did not catch up with the store in time",
+                        ));
+                    }
+                }
+                ReadAt::Any => self.wait_for_cache(&cache, 0).await?,
+                ReadAt::NotOlderThan(rv) => self.wait_for_cache(&cache, rv).await?,
+                ReadAt::Exact(_) | ReadAt::Continue(_) => {
+                    return self.page_from_store(t, &sel, limit, at).await;
+                }
+            }
+            return Ok(self.page_from_cache(t, &cache, &sel, limit));
+        }
+        if let ReadAt::Latest = at {
+            self.linearize().await?;
+        }
+        if let ReadAt::NotOlderThan(rv) = at {
+            self.wait_for_revision(rv).await?;
+        }
+        self.page_from_store(t, &sel, limit, at).await
+    }
+
+    fn page_from_cache(
+        &self,
+        t: &Target,
+        cache: &Cacher,
+        sel: &Selectors,
+        limit: Option<usize>,
+    ) -> Page {
+        let prefix = t.kind.info().namespace_prefix(t.namespace.as_deref());
+        let (objects, revision) = cache.snapshot(&prefix, None);
+        let mut items = Vec::new();
+        let mut rest = objects.iter();
+        for o in rest.by_ref() {
+            if !sel.is_empty() && !sel.matches_attrs(&o.attrs) {
+                continue;
+            }
+            items.push(Listed {
+                key: o.key.clone(),
+                raw: o.raw.clone(),
+                value: None,
+            });
+            if limit.is_some_and(|l| items.len() >= l) {
+                break;
+            }
+        }
+        let more = if sel.is_empty() {
+            rest.len()
+        } else {
+            rest.filter(|o| sel.matches_attrs(&o.attrs)).count()
+        };
+        let continue_ = (more > 0).then(|| {
+            let last = items.last().map(|i| i.key.as_str()).unwrap_or_default();
+            encode_continue(revision, last.strip_prefix(&prefix).unwrap_or_default())
+        });
+        Page {
+            items,
+            revision,
+            continue_,
+            remaining: (more > 0 && sel.is_empty()).then_some(more),
+        }
+    }
+
+    async fn page_from_store(
+        &self,
+        t: &Target,
+        sel: &Selectors,
+        limit: Option<usize>,
+        read: ReadAt,
+    ) -> Result<Page, ApiError> {
+        let prefix = t.kind.info().namespace_prefix(t.namespace.as_deref());
+        let continuing = matches!(read, ReadAt::Continue(_));
+        let (at, mut start) = match read {
+            ReadAt::Continue(c) => {
+                self.wait_for_revision(c.rv).await?;
+                (Some(c.rv), Some(format!("{prefix}{}", c.start)))
+            }
+            ReadAt::Exact(rv) => {
+                self.wait_for_revision(rv).await?;
+                (Some(rv), None)
+            }
+            ReadAt::Latest | ReadAt::Any | ReadAt::NotOlderThan(_) => (None, None),
+        };
         let mut items = Vec::new();
         let mut revision = None;
         let mut last_key = None;
@@ -157,7 +308,7 @@ impl Apiserver {
                 .list(&prefix, ListOptions { start_after: start.clone(), limit: want, revision: at.or(revision) })
                 .await
                 .map_err(|e| match e {
-                    wasmkube_store::Error::Compacted { .. } if q.continue_.is_some() => ApiError::expired(
+                    wasmkube_store::Error::Compacted { .. } if continuing => ApiError::expired(
                         "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
                     ),
                     wasmkube_store::Error::Compacted { compacted } => {
@@ -176,7 +327,11 @@ impl Apiserver {
                     } else {
                         kv.value.clone()
                     };
-                    items.push((value, raw));
+                    items.push(Listed {
+                        key: kv.key.clone(),
+                        raw,
+                        value: Some(value),
+                    });
                 }
             }
             start = last_key.clone();
@@ -249,7 +404,7 @@ impl Apiserver {
         q2.resource_version = None;
         let page = self.page(t, &q2).await?;
         Ok((
-            page.items.into_iter().map(|(v, _)| v).collect(),
+            page.items.into_iter().map(Listed::into_value).collect(),
             page.revision,
         ))
     }
@@ -279,7 +434,8 @@ impl Apiserver {
                 let rows: Vec<(Value, Vec<Value>)> = page
                     .items
                     .into_iter()
-                    .map(|(v, _)| {
+                    .map(|item| {
+                        let v = item.into_value();
                         let cells = t.kind.row(&v);
                         (v, cells)
                     })
@@ -291,7 +447,7 @@ impl Apiserver {
                 let items: Vec<Value> = page
                     .items
                     .iter()
-                    .map(|(v, _)| crate::table::partial(v))
+                    .map(|item| crate::table::partial(&item.value()))
                     .collect();
                 let body = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
                                   "metadata": meta, "items": items});
@@ -300,16 +456,16 @@ impl Apiserver {
             Representation::Object => {
                 // Items are spliced in as stored, without re-encoding.
                 let mut out = Vec::with_capacity(
-                    256 + page.items.iter().map(|(_, b)| b.len() + 1).sum::<usize>(),
+                    256 + page.items.iter().map(|i| i.raw.len() + 1).sum::<usize>(),
                 );
                 out.extend_from_slice(
                     format!("{{\"apiVersion\":\"{}\",\"items\":[", info.api_version()).as_bytes(),
                 );
-                for (i, (_, raw)) in page.items.iter().enumerate() {
+                for (i, item) in page.items.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
-                    out.extend_from_slice(raw);
+                    out.extend_from_slice(&item.raw);
                 }
                 out.extend_from_slice(
                     format!("],\"kind\":\"{}List\",\"metadata\":", info.kind).as_bytes(),

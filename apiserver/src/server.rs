@@ -406,6 +406,11 @@ async fn open(
 ) -> Result<Arc<Apiserver>, Error> {
     let api = Arc::new(Apiserver {
         admission: crate::admission::Chain::standard(&store, config.network.clone(), shutdown),
+        caches: crate::cache::Caches::new(
+            store.clone(),
+            config.watch_cache_window,
+            shutdown.clone(),
+        ),
         store,
         registry: kinds::builtin(),
         shutdown: shutdown.clone(),

@@ -14,9 +14,13 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use wasmkube_store::{ChangeKind, WatchError};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use wasmkube_store::{ChangeKind, Store, WatchError};
 
 use crate::Apiserver;
+use crate::cache::{Cacher, Event, Next, Object, Progress};
 use crate::error::ApiError;
 use crate::list::Selectors;
 use crate::request::{Params, Representation, Target};
@@ -103,6 +107,148 @@ fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {
     resp
 }
 
+/// Where a watch's changes come from: the resource's watch cache, or the store's history
+/// (a revision older than the cache's window, a kind shown from another kind's storage).
+enum Feed {
+    Cache {
+        cache: Arc<Cacher>,
+        progress: watch::Receiver<Progress>,
+        target: Target,
+    },
+    Store {
+        watch: wasmkube_store::Watch,
+        target: Target,
+    },
+}
+
+/// Why a feed ended.
+enum Ended {
+    /// The watcher must relist (410 Gone), for this reason.
+    Expired(String),
+    /// The server is stopping.
+    Closed,
+}
+
+impl Feed {
+    /// The changes after `position` (at least one, or progress), and the new position.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: changes are taken only when returned.
+    async fn next(
+        &mut self,
+        store: &Store,
+        key: &str,
+        position: u64,
+    ) -> Result<(Vec<Arc<Event>>, u64), Ended> {
+        loop {
+            match self {
+                Feed::Cache {
+                    cache,
+                    progress,
+                    target,
+                } => {
+                    progress.borrow_and_update();
+                    match cache.read_after(position) {
+                        Next::Events(events, now) if !events.is_empty() || now > position => {
+                            return Ok((events, now));
+                        }
+                        Next::Events(..) => {
+                            if progress.changed().await.is_err() {
+                                return Err(Ended::Closed);
+                            }
+                        }
+                        Next::Behind => {
+                            let target = target.clone();
+                            *self = Feed::from_store(store, key, position, target).await?;
+                        }
+                    }
+                }
+                Feed::Store { watch, target } => {
+                    let c = watch.next().await.map_err(ended)?;
+                    let mut events = vec![store_event(target, &c)];
+                    while let Some(c) = watch.try_next() {
+                        events.push(store_event(target, &*c.map_err(ended)?));
+                    }
+                    let now = events.last().map_or(position, |e| e.revision);
+                    return Ok((events, now));
+                }
+            }
+        }
+    }
+
+    /// Everything up to now: for a bookmark.
+    async fn drain(
+        &mut self,
+        store: &Store,
+        position: u64,
+    ) -> Result<(Vec<Arc<Event>>, u64), Ended> {
+        match self {
+            Feed::Cache { cache, .. } => {
+                cache.wait_current(Duration::from_secs(1)).await;
+                match cache.read_after(position) {
+                    Next::Events(events, now) => Ok((events, now)),
+                    Next::Behind => Ok((Vec::new(), position)),
+                }
+            }
+            Feed::Store { watch, target } => {
+                // Everything up to `published` is in the feed once drained.
+                let published = store.published();
+                let mut events = Vec::new();
+                while let Some(c) = watch.try_next() {
+                    events.push(store_event(target, &*c.map_err(ended)?));
+                }
+                Ok((events, published.max(position)))
+            }
+        }
+    }
+
+    async fn from_store(
+        store: &Store,
+        key: &str,
+        after: u64,
+        target: Target,
+    ) -> Result<Feed, Ended> {
+        match store.watch(key, after).await {
+            Ok(watch) => Ok(Feed::Store { watch, target }),
+            Err(wasmkube_store::Error::Compacted { compacted }) => Err(Ended::Expired(format!(
+                "too old resource version: {after} ({compacted})"
+            ))),
+            Err(e) => Err(Ended::Expired(e.to_string())),
+        }
+    }
+}
+
+fn ended(e: WatchError) -> Ended {
+    match e {
+        WatchError::Closed => Ended::Closed,
+        why @ (WatchError::Lagged | WatchError::Reset) => {
+            Ended::Expired(format!("the watch must start again ({why})"))
+        }
+    }
+}
+
+/// A store change as a watch event, in the kind's form.
+fn store_event(t: &Target, c: &wasmkube_store::Change) -> Arc<Event> {
+    let kind = &t.kind;
+    let fields = kind.field_selectors();
+    let object = |raw: &bytes::Bytes| -> Arc<Object> {
+        if kind.info().stored_as.is_some() {
+            // Another kind's storage: shown in this kind's form.
+            let v = kind.view_of_stored(serde_json::from_slice(raw).unwrap_or_default());
+            let raw = Bytes::from(serde_json::to_vec(&v).expect("JSON serializes"));
+            Arc::new(Object::parsed(c.key.clone(), raw, &v, fields))
+        } else {
+            Arc::new(Object::new(c.key.clone(), raw.clone(), fields))
+        }
+    };
+    Arc::new(Event {
+        revision: c.revision,
+        kind: c.kind,
+        object: object(&c.value),
+        prev: c.prev.as_ref().map(object),
+    })
+}
+
 impl Apiserver {
     pub(crate) async fn watch(
         &self,
@@ -115,6 +261,7 @@ impl Apiserver {
         let info = t.kind.info();
         let prefix = info.namespace_prefix(t.namespace.as_deref());
         let exact_key = name.map(|n| info.key(t.namespace.as_deref(), n));
+        let key = exact_key.clone().unwrap_or_else(|| prefix.clone());
         let timeout = Params::int("timeoutSeconds", &q.timeout_seconds)?
             .filter(|s| *s > 0)
             .map_or(Duration::from_secs(1800), |s| Duration::from_secs(s as u64));
@@ -124,6 +271,9 @@ impl Apiserver {
             repr,
         };
         let (tx, rx) = mpsc::channel::<Bytes>(256);
+        let cache = self.cache_for(t);
+        // Subscribed before anything is read, so no change is missed in between.
+        let progress = cache.as_ref().map(|c| c.subscribe());
 
         let rv = q.resource_version.as_deref().filter(|s| !s.is_empty());
         let send_initial = q.send_initial_events() || matches!(rv, None | Some("0"));
@@ -134,13 +284,13 @@ impl Apiserver {
                 field_selector: q.field_selector.clone(),
                 ..Default::default()
             };
-            if q.send_initial_events() {
+            if q.send_initial_events() || rv == Some("0") {
                 lq.resource_version = q.resource_version.clone();
             }
             let page = self.page(t, &lq).await?;
-            for (v, raw) in page.items {
-                if exact_key.is_none() || name == crate::object::meta_str(&v, "name") {
-                    initial.push(render.event("ADDED", &raw, Some(&v)));
+            for item in page.items {
+                if exact_key.as_ref().is_none_or(|k| *k == item.key) {
+                    initial.push(render.event("ADDED", &item.raw, None));
                 }
             }
             page.revision
@@ -149,30 +299,35 @@ impl Apiserver {
             let rv = rv
                 .parse::<u64>()
                 .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
-            // A revision the store has not reached yet: wait briefly, as the watch cache does.
-            self.wait_for_revision(rv).await?;
+            // A revision the server has not reached yet: wait briefly, as the watch cache does.
+            match &cache {
+                Some(c) => self.wait_for_cache(c, rv).await?,
+                None => self.wait_for_revision(rv).await?,
+            }
             rv
         };
-        let mut watch = match self
-            .store
-            .watch(exact_key.as_deref().unwrap_or(&prefix), from)
-            .await
-        {
-            Ok(w) => w,
-            Err(wasmkube_store::Error::Compacted { compacted }) => {
-                let err =
-                    ApiError::expired(format!("too old resource version: {from} ({compacted})"));
-                tx.try_send(error_event(&err))
-                    .expect("fresh channel has room");
-                return Ok(stream_response(rx));
-            }
-            Err(e) => return Err(e.into()),
+        let feed = match (cache, progress) {
+            (Some(cache), Some(progress)) => Feed::Cache {
+                cache,
+                progress,
+                target: t.clone(),
+            },
+            _ => match Feed::from_store(&self.store, &key, from, t.clone()).await {
+                Ok(f) => f,
+                Err(Ended::Expired(why)) => {
+                    tx.try_send(error_event(&ApiError::expired(why)))
+                        .expect("fresh channel has room");
+                    return Ok(stream_response(rx));
+                }
+                Err(Ended::Closed) => return Err(ApiError::unavailable("the server is stopping")),
+            },
         };
         let store = self.store.clone();
         let shutdown = self.shutdown.clone();
         let bookmark_every = self.bookmark_interval;
         let initial_end = q.send_initial_events() && bookmarks;
         tokio::spawn(async move {
+            let mut feed = feed;
             for ev in initial {
                 if tx.send(ev).await.is_err() {
                     return;
@@ -185,56 +340,36 @@ impl Apiserver {
             tokio::pin!(deadline);
             let mut tick = tokio::time::interval(bookmark_every);
             tick.tick().await;
-            let mut last_sent = from;
+            let mut position = from;
             loop {
-                let change = tokio::select! {
+                let (next, bookmark) = tokio::select! {
                     _ = &mut deadline => return,
                     _ = shutdown.cancelled() => return,
                     _ = tx.closed() => return,
-                    _ = tick.tick(), if bookmarks => {
-                        // Everything up to `published` is in our feed; drain it, then mark.
-                        let published = store.published();
-                        while let Some(next) = watch.try_next() {
-                            match next {
-                                Ok(c) => {
-                                    last_sent = last_sent.max(c.revision);
-                                    if let Some(ev) = convert(&render, &sel, exact_key.as_deref(), &c)
-                                        && tx.send(ev).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(_) => {
-                                    let _ = tx.send(error_event(&ApiError::expired("watch fell behind; relist"))).await;
-                                    return;
-                                }
-                            }
-                        }
-                        last_sent = last_sent.max(published);
-                        if tx.send(render.bookmark(last_sent, false)).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    c = watch.next() => c,
+                    _ = tick.tick(), if bookmarks => (feed.drain(&store, position).await, true),
+                    n = feed.next(&store, &key, position) => (n, false),
                 };
-                match change {
-                    Ok(c) => {
-                        last_sent = last_sent.max(c.revision);
-                        if let Some(ev) = convert(&render, &sel, exact_key.as_deref(), &c)
-                            && tx.send(ev).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(why @ (WatchError::Lagged | WatchError::Reset)) => {
-                        let _ = tx
-                            .send(error_event(&ApiError::expired(format!(
-                                "too old resource version: {last_sent} ({why})"
-                            ))))
-                            .await;
+                let (events, now) = match next {
+                    Ok(n) => n,
+                    Err(Ended::Expired(why)) => {
+                        let _ = tx.send(error_event(&ApiError::expired(why))).await;
                         return;
                     }
-                    Err(WatchError::Closed) => return,
+                    Err(Ended::Closed) => return,
+                };
+                for e in &events {
+                    if e.revision <= position {
+                        continue;
+                    }
+                    if let Some(ev) = convert(&render, &sel, exact_key.as_deref(), e)
+                        && tx.send(ev).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                position = position.max(now);
+                if bookmark && tx.send(render.bookmark(position, false)).await.is_err() {
+                    return;
                 }
             }
         });
@@ -243,61 +378,32 @@ impl Apiserver {
 }
 
 /// The watch event (if any) a change produces for a watcher with these selectors.
-fn convert(
-    render: &Render,
-    sel: &Selectors,
-    exact_key: Option<&str>,
-    c: &wasmkube_store::Change,
-) -> Option<Bytes> {
-    if exact_key.is_some_and(|k| k != c.key) {
+fn convert(render: &Render, sel: &Selectors, exact_key: Option<&str>, e: &Event) -> Option<Bytes> {
+    if exact_key.is_some_and(|k| k != e.object.key) {
         return None;
     }
-    let kind = &render.target.kind;
-    let converted;
-    let c = if kind.info().stored_as.is_some() {
-        // Another kind's storage: show the change in this kind's form.
-        let view = |b: &[u8]| -> Option<bytes::Bytes> {
-            let v: Value = serde_json::from_slice(b).ok()?;
-            Some(bytes::Bytes::from(
-                serde_json::to_vec(&kind.view_of_stored(v)).ok()?,
-            ))
-        };
-        converted = wasmkube_store::Change {
-            value: view(&c.value)?,
-            prev: c.prev.as_deref().and_then(view),
-            ..c.clone()
-        };
-        &converted
-    } else {
-        c
-    };
     if sel.is_empty() {
-        let kind = match c.kind {
+        let kind = match e.kind {
             ChangeKind::Created => "ADDED",
             ChangeKind::Updated => "MODIFIED",
             ChangeKind::Deleted => "DELETED",
         };
-        return Some(render.event(kind, &c.value, None));
+        return Some(render.event(kind, &e.object.raw, None));
     }
-    let parse = |b: &[u8]| serde_json::from_slice::<Value>(b).ok();
-    let new = parse(&c.value)?;
-    let old_match = c
-        .prev
-        .as_deref()
-        .and_then(parse)
-        .is_some_and(|p| sel.matches(&p));
-    let new_match = sel.matches(&new);
-    let kind = match (c.kind, old_match, new_match) {
+    let old_match = e.prev.as_ref().is_some_and(|p| sel.matches_attrs(&p.attrs));
+    let new_match = sel.matches_attrs(&e.object.attrs);
+    let kind = match (e.kind, old_match, new_match) {
         (ChangeKind::Created, _, true) => "ADDED",
         (ChangeKind::Updated, true, true) => "MODIFIED",
         (ChangeKind::Updated, false, true) => "ADDED",
         (ChangeKind::Updated, true, false) => {
             // Leaving the selector: the last state that matched, at this event's revision,
             // as kube-apiserver's watch cache reports it.
-            let mut last = c.prev.as_deref().and_then(parse)?;
+            let prev = e.prev.as_ref()?;
+            let mut last: Value = serde_json::from_slice(&prev.raw).ok()?;
             crate::object::meta_mut(&mut last).insert(
                 "resourceVersion".into(),
-                serde_json::json!(c.revision.to_string()),
+                serde_json::json!(e.revision.to_string()),
             );
             let raw = serde_json::to_vec(&last).expect("JSON serializes");
             return Some(render.event("DELETED", &raw, Some(&last)));
@@ -305,5 +411,5 @@ fn convert(
         (ChangeKind::Deleted, true, _) => "DELETED",
         _ => return None,
     };
-    Some(render.event(kind, &c.value, Some(&new)))
+    Some(render.event(kind, &e.object.raw, None))
 }

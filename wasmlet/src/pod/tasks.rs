@@ -304,7 +304,21 @@ impl VolumeSource {
     }
 }
 
-/// Posts the latest status whenever it changes (coalescing bursts).
+/// How long a pod's first status waits while it is still `Pending`.
+const FIRST_PENDING_HOLD: Duration = Duration::from_millis(100);
+
+fn pending(status: &Option<PodStatus>) -> bool {
+    status
+        .as_ref()
+        .is_some_and(|s| s.phase.as_deref() == Some("Pending"))
+}
+
+/// Posts the latest status whenever it changes (coalescing bursts: a change made while a
+/// write is in flight goes out when it returns, with whatever changed after it).
+///
+/// A pod's first status waits while it is `Pending`, up to [`FIRST_PENDING_HOLD`], for its
+/// containers to start: a pod whose image is ready gets one write (`Running`) rather than
+/// `Pending` with `Running` queued behind it.
 pub(super) async fn write_status(
     client: Client,
     ns: String,
@@ -313,10 +327,18 @@ pub(super) async fn write_status(
     cancel: CancellationToken,
 ) {
     let pods: Api<Pod> = Api::namespaced(client, &ns);
+    let mut first = true;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
+        }
+        if std::mem::take(&mut first) && pending(&rx.borrow()) {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(FIRST_PENDING_HOLD) => {}
+                _ = rx.wait_for(|s| !pending(s)) => {}
+            }
         }
         let Some(status) = rx.borrow_and_update().clone() else {
             continue;
