@@ -54,6 +54,9 @@ struct Args {
     /// Upper bound on each run's duration (after its creates, it waits for the pods this long).
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
+    /// Copy the server's log here at the end.
+    #[arg(long)]
+    keep_log: Option<std::path::PathBuf>,
 }
 
 /// What the watch saw of one pod.
@@ -384,6 +387,9 @@ async fn main() -> Result<()> {
         )?;
     }
     watch.abort();
+    if let Some(keep) = &args.keep_log {
+        std::fs::copy(server.log_path(), keep).context("keeping the server's log")?;
+    }
     let _ = api
         .delete_collection(
             &DeleteParams::default(),
