@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,17 +66,21 @@ pub(crate) struct Object {
     pub(crate) key: String,
     /// Its JSON, with `metadata.resourceVersion` set.
     pub(crate) raw: Bytes,
-    /// What selectors look at.
-    pub(crate) attrs: Attrs,
+    /// The kind's selectable fields.
+    fields: &'static [&'static str],
+    /// What selectors look at, read from `raw` when a selector first asks.
+    attrs: OnceLock<Attrs>,
 }
 
 impl Object {
-    /// Reads the selectable parts of `raw`.
+    /// An object whose selectable parts are read when first needed.
     pub(crate) fn new(key: String, raw: Bytes, fields: &'static [&'static str]) -> Object {
-        let attrs = serde_json::from_slice::<Value>(&raw)
-            .map(|v| Attrs::of(&v, fields))
-            .unwrap_or_default();
-        Object { key, raw, attrs }
+        Object {
+            key,
+            raw,
+            fields,
+            attrs: OnceLock::new(),
+        }
     }
 
     /// An object already parsed as `value`.
@@ -89,8 +93,18 @@ impl Object {
         Object {
             key,
             raw,
-            attrs: Attrs::of(value, fields),
+            fields,
+            attrs: OnceLock::from(Attrs::of(value, fields)),
         }
+    }
+
+    /// What selectors look at.
+    pub(crate) fn attrs(&self) -> &Attrs {
+        self.attrs.get_or_init(|| {
+            serde_json::from_slice::<Value>(&self.raw)
+                .map(|v| Attrs::of(&v, self.fields))
+                .unwrap_or_default()
+        })
     }
 }
 
@@ -166,6 +180,11 @@ impl Cacher {
             .map(|(_, v)| Arc::clone(v))
             .collect();
         (items, s.revision)
+    }
+
+    /// Whether every change after `position` is here.
+    pub(crate) fn holds(&self, position: u64) -> bool {
+        position >= self.state.read().expect("cache lock").start
     }
 
     /// The changes after `position`.
@@ -418,7 +437,7 @@ mod tests {
         assert!(cache.wait_for(0, Duration::from_secs(10)).await, "loads");
         let (objects, start) = cache.snapshot(prefix, None);
         assert_eq!(objects.len(), 1);
-        assert_eq!(objects[0].attrs.field("spec.nodeName"), Some("n0"));
+        assert_eq!(objects[0].attrs().field("spec.nodeName"), Some("n0"));
         let mut from_store = store.watch(prefix, start).await.expect("store watch");
 
         let mut writers = tokio::task::JoinSet::new();

@@ -248,7 +248,7 @@ impl Apiserver {
         let mut items = Vec::new();
         let mut rest = objects.iter();
         for o in rest.by_ref() {
-            if !sel.is_empty() && !sel.matches_attrs(&o.attrs) {
+            if !sel.is_empty() && !sel.matches_attrs(o.attrs()) {
                 continue;
             }
             items.push(Listed {
@@ -263,7 +263,7 @@ impl Apiserver {
         let more = if sel.is_empty() {
             rest.len()
         } else {
-            rest.filter(|o| sel.matches_attrs(&o.attrs)).count()
+            rest.filter(|o| sel.matches_attrs(o.attrs())).count()
         };
         let continue_ = (more > 0).then(|| {
             let last = items.last().map(|i| i.key.as_str()).unwrap_or_default();

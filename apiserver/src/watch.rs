@@ -108,17 +108,15 @@ fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {
 }
 
 /// Where a watch's changes come from: the resource's watch cache, or the store's history
-/// (a revision older than the cache's window, a kind shown from another kind's storage).
-enum Feed {
-    Cache {
-        cache: Arc<Cacher>,
-        progress: watch::Receiver<Progress>,
-        target: Target,
-    },
-    Store {
-        watch: wasmkube_store::Watch,
-        target: Target,
-    },
+/// while the watcher is behind the cache's window (and always for a kind shown from another
+/// kind's storage, which has no cache).
+struct Feed {
+    cache: Option<(Arc<Cacher>, watch::Receiver<Progress>)>,
+    /// The store's feed, while the watcher reads from it.
+    store: Option<wasmkube_store::Watch>,
+    target: Target,
+    /// The store key (or prefix) watched.
+    key: String,
 }
 
 /// Why a feed ended.
@@ -137,41 +135,37 @@ impl Feed {
     async fn next(
         &mut self,
         store: &Store,
-        key: &str,
         position: u64,
     ) -> Result<(Vec<Arc<Event>>, u64), Ended> {
         loop {
-            match self {
-                Feed::Cache {
-                    cache,
-                    progress,
-                    target,
-                } => {
-                    progress.borrow_and_update();
-                    match cache.read_after(position) {
-                        Next::Events(events, now) if !events.is_empty() || now > position => {
-                            return Ok((events, now));
-                        }
-                        Next::Events(..) => {
-                            if progress.changed().await.is_err() {
-                                return Err(Ended::Closed);
-                            }
-                        }
-                        Next::Behind => {
-                            let target = target.clone();
-                            *self = Feed::from_store(store, key, position, target).await?;
-                        }
-                    }
+            if let Some(watch) = &mut self.store {
+                // Back to the cache as soon as it holds everything after the position.
+                if self.cache.as_ref().is_some_and(|(c, _)| c.holds(position)) {
+                    self.store = None;
+                    continue;
                 }
-                Feed::Store { watch, target } => {
-                    let c = watch.next().await.map_err(ended)?;
-                    let mut events = vec![store_event(target, &c)];
-                    while let Some(c) = watch.try_next() {
-                        events.push(store_event(target, &*c.map_err(ended)?));
-                    }
-                    let now = events.last().map_or(position, |e| e.revision);
+                let c = watch.next().await.map_err(ended)?;
+                let mut events = vec![store_event(&self.target, &c)];
+                while let Some(c) = watch.try_next() {
+                    events.push(store_event(&self.target, &*c.map_err(ended)?));
+                }
+                let now = events.last().map_or(position, |e| e.revision);
+                return Ok((events, now));
+            }
+            let Some((cache, progress)) = &mut self.cache else {
+                return Err(Ended::Closed);
+            };
+            progress.borrow_and_update();
+            match cache.read_after(position) {
+                Next::Events(events, now) if !events.is_empty() || now > position => {
                     return Ok((events, now));
                 }
+                Next::Events(..) => {
+                    if progress.changed().await.is_err() {
+                        return Err(Ended::Closed);
+                    }
+                }
+                Next::Behind => self.store = Some(watch_store(store, &self.key, position).await?),
             }
         }
     }
@@ -182,39 +176,34 @@ impl Feed {
         store: &Store,
         position: u64,
     ) -> Result<(Vec<Arc<Event>>, u64), Ended> {
-        match self {
-            Feed::Cache { cache, .. } => {
-                cache.wait_current(Duration::from_secs(1)).await;
-                match cache.read_after(position) {
-                    Next::Events(events, now) => Ok((events, now)),
-                    Next::Behind => Ok((Vec::new(), position)),
-                }
+        if let Some(watch) = &mut self.store {
+            // Everything up to `published` is in the feed once drained.
+            let published = store.published();
+            let mut events = Vec::new();
+            while let Some(c) = watch.try_next() {
+                events.push(store_event(&self.target, &*c.map_err(ended)?));
             }
-            Feed::Store { watch, target } => {
-                // Everything up to `published` is in the feed once drained.
-                let published = store.published();
-                let mut events = Vec::new();
-                while let Some(c) = watch.try_next() {
-                    events.push(store_event(target, &*c.map_err(ended)?));
-                }
-                Ok((events, published.max(position)))
-            }
+            return Ok((events, published.max(position)));
+        }
+        let Some((cache, _)) = &self.cache else {
+            return Ok((Vec::new(), position));
+        };
+        cache.wait_current(Duration::from_secs(1)).await;
+        match cache.read_after(position) {
+            Next::Events(events, now) => Ok((events, now)),
+            Next::Behind => Ok((Vec::new(), position)),
         }
     }
+}
 
-    async fn from_store(
-        store: &Store,
-        key: &str,
-        after: u64,
-        target: Target,
-    ) -> Result<Feed, Ended> {
-        match store.watch(key, after).await {
-            Ok(watch) => Ok(Feed::Store { watch, target }),
-            Err(wasmkube_store::Error::Compacted { compacted }) => Err(Ended::Expired(format!(
-                "too old resource version: {after} ({compacted})"
-            ))),
-            Err(e) => Err(Ended::Expired(e.to_string())),
-        }
+/// The store's changes under `key` after `after`.
+async fn watch_store(store: &Store, key: &str, after: u64) -> Result<wasmkube_store::Watch, Ended> {
+    match store.watch(key, after).await {
+        Ok(watch) => Ok(watch),
+        Err(wasmkube_store::Error::Compacted { compacted }) => Err(Ended::Expired(format!(
+            "too old resource version: {after} ({compacted})"
+        ))),
+        Err(e) => Err(Ended::Expired(e.to_string())),
     }
 }
 
@@ -306,28 +295,28 @@ impl Apiserver {
             }
             rv
         };
-        let feed = match (cache, progress) {
-            (Some(cache), Some(progress)) => Feed::Cache {
-                cache,
-                progress,
-                target: t.clone(),
-            },
-            _ => match Feed::from_store(&self.store, &key, from, t.clone()).await {
-                Ok(f) => f,
+        let mut feed = Feed {
+            store: None,
+            cache: cache.zip(progress),
+            target: t.clone(),
+            key,
+        };
+        if feed.cache.is_none() {
+            match watch_store(&self.store, &feed.key, from).await {
+                Ok(w) => feed.store = Some(w),
                 Err(Ended::Expired(why)) => {
                     tx.try_send(error_event(&ApiError::expired(why)))
                         .expect("fresh channel has room");
                     return Ok(stream_response(rx));
                 }
                 Err(Ended::Closed) => return Err(ApiError::unavailable("the server is stopping")),
-            },
-        };
+            }
+        }
         let store = self.store.clone();
         let shutdown = self.shutdown.clone();
         let bookmark_every = self.bookmark_interval;
         let initial_end = q.send_initial_events() && bookmarks;
         tokio::spawn(async move {
-            let mut feed = feed;
             for ev in initial {
                 if tx.send(ev).await.is_err() {
                     return;
@@ -347,7 +336,7 @@ impl Apiserver {
                     _ = shutdown.cancelled() => return,
                     _ = tx.closed() => return,
                     _ = tick.tick(), if bookmarks => (feed.drain(&store, position).await, true),
-                    n = feed.next(&store, &key, position) => (n, false),
+                    n = feed.next(&store, position) => (n, false),
                 };
                 let (events, now) = match next {
                     Ok(n) => n,
@@ -390,8 +379,11 @@ fn convert(render: &Render, sel: &Selectors, exact_key: Option<&str>, e: &Event)
         };
         return Some(render.event(kind, &e.object.raw, None));
     }
-    let old_match = e.prev.as_ref().is_some_and(|p| sel.matches_attrs(&p.attrs));
-    let new_match = sel.matches_attrs(&e.object.attrs);
+    let old_match = e
+        .prev
+        .as_ref()
+        .is_some_and(|p| sel.matches_attrs(p.attrs()));
+    let new_match = sel.matches_attrs(e.object.attrs());
     let kind = match (e.kind, old_match, new_match) {
         (ChangeKind::Created, _, true) => "ADDED",
         (ChangeKind::Updated, true, true) => "MODIFIED",
