@@ -54,6 +54,9 @@ struct Args {
     /// Upper bound on each run's duration (after its creates, it waits for the pods this long).
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
+    /// The server's log filter beyond the trace (`WASMKUBE_LOG` syntax).
+    #[arg(long, default_value = "info,openraft=warn")]
+    server_log: String,
     /// Copy the server's log here at the end.
     #[arg(long)]
     keep_log: Option<std::path::PathBuf>,
@@ -272,7 +275,7 @@ async fn main() -> Result<()> {
     let server = wasmkube_tests::Process::up_in_logging(
         dir.path(),
         &["--pod-range", &range, "--max-pods", &max_pods],
-        "info,openraft=warn,podtrace=debug",
+        &format!("{},podtrace=debug", args.server_log),
     )
     .await?;
     wasmkube_tests::push_samples(&server.kubeconfig(), dir.path(), &["toolbox"])?;

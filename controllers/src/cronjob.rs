@@ -225,9 +225,21 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error>
 }
 
 /// Runs the CronJob controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
+pub async fn run(
+    client: Client,
+    informers: &crate::informers::Informers,
+    shutdown: CancellationToken,
+) {
     let ctx = |client, jobs| Ctx { client, jobs };
-    crate::run_owning::<CronJob, Job, _, _, _>(client, "cronjob", ctx, reconcile, shutdown).await;
+    crate::run_owning::<CronJob, Job, _, _, _>(
+        client,
+        &informers.jobs,
+        "cronjob",
+        ctx,
+        reconcile,
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -335,9 +335,13 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
 }
 
 /// Runs the DaemonSet controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (pods, pod_stream) = crate::cache_all::<Pod>(&client);
-    let (nodes, node_stream) = crate::cache_all::<Node>(&client);
+pub async fn run(
+    client: Client,
+    informers: &crate::informers::Informers,
+    shutdown: CancellationToken,
+) {
+    let (pods, pod_stream) = informers.pods.subscribe();
+    let (nodes, node_stream) = informers.nodes.subscribe();
     let synced = {
         let (pods, nodes) = (pods.clone(), nodes.clone());
         move || {
@@ -358,8 +362,8 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     // Any node change may change where daemons belong: look at every DaemonSet.
     let sets = controller.store();
     controller
-        .owns_stream(pod_stream)
-        .watches_stream(node_stream, move |_node| {
+        .owns_shared_stream(pod_stream)
+        .watches_shared_stream(node_stream, move |_node| {
             sets.state()
                 .iter()
                 .map(|ds| ObjectRef::from_obj(&**ds))

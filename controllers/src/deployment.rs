@@ -628,10 +628,15 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Erro
 }
 
 /// Runs the Deployment controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
+pub async fn run(
+    client: Client,
+    informers: &crate::informers::Informers,
+    shutdown: CancellationToken,
+) {
     let ctx = |client, sets| Ctx { client, sets };
     crate::run_owning::<Deployment, ReplicaSet, _, _, _>(
         client,
+        &informers.replicasets,
         "deployment",
         ctx,
         reconcile,

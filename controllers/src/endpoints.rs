@@ -290,8 +290,12 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
 }
 
 /// Runs the Endpoints/EndpointSlice controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let (reader, pods) = crate::cache_all::<Pod>(&client);
+pub async fn run(
+    client: Client,
+    informers: &crate::informers::Informers,
+    shutdown: CancellationToken,
+) {
+    let (reader, pods) = informers.pods.subscribe();
     let synced = {
         let reader = reader.clone();
         move || {
@@ -309,7 +313,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     let services = controller.store();
     // A pod change concerns every Service of its namespace (it may have joined or left one).
     controller
-        .watches_stream(pods, move |pod| {
+        .watches_shared_stream(pods, move |pod| {
             let ns = pod.namespace();
             services
                 .state()

@@ -384,8 +384,12 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 }
 
 /// Runs the Job controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    crate::run_pod_owner::<Job, _, _>(client, "job", reconcile, shutdown).await;
+pub async fn run(
+    client: Client,
+    informers: &crate::informers::Informers,
+    shutdown: CancellationToken,
+) {
+    crate::run_pod_owner::<Job, _, _>(client, informers, "job", reconcile, shutdown).await;
 }
 
 #[cfg(test)]

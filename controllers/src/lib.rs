@@ -33,7 +33,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
 pub mod gc;
+pub mod informers;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
@@ -96,18 +97,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 /// Runs every controller with an existing client until `shutdown`.
 pub async fn run_with_client(client: Client, config: &Config, shutdown: CancellationToken) {
     tracing::info!("controller manager started");
+    // Every controller subscribes before the shared watches start.
+    let shared = informers::Informers::new(&client);
+    let i = &*shared;
     tokio::join!(
-        nodelifecycle::run(client.clone(), config.node_timers, shutdown.clone()),
-        deployment::run(client.clone(), shutdown.clone()),
-        replicaset::run(client.clone(), shutdown.clone()),
-        replicationcontroller::run(client.clone(), shutdown.clone()),
+        nodelifecycle::run(client.clone(), i, config.node_timers, shutdown.clone()),
+        deployment::run(client.clone(), i, shutdown.clone()),
+        replicaset::run(client.clone(), i, shutdown.clone()),
+        replicationcontroller::run(client.clone(), i, shutdown.clone()),
         gc::run(client.clone(), shutdown.clone()),
-        job::run(client.clone(), shutdown.clone()),
-        daemonset::run(client.clone(), shutdown.clone()),
-        statefulset::run(client.clone(), shutdown.clone()),
-        cronjob::run(client.clone(), shutdown.clone()),
-        endpoints::run(client.clone(), shutdown.clone()),
-        namespace::run(client, shutdown),
+        job::run(client.clone(), i, shutdown.clone()),
+        daemonset::run(client.clone(), i, shutdown.clone()),
+        statefulset::run(client.clone(), i, shutdown.clone()),
+        cronjob::run(client.clone(), i, shutdown.clone()),
+        endpoints::run(client.clone(), i, shutdown.clone()),
+        namespace::run(client, shutdown.clone()),
+        shared.run(shutdown),
     );
 }
 
@@ -123,21 +128,6 @@ pub enum ReconcileError {
     /// A label selector is not valid.
     #[error("invalid selector: {0}")]
     Selector(String),
-}
-
-/// A cache of every `K` in the cluster, and the stream that fills it. The stream yields each
-/// object it touches once the cache holds the change, and must be polled.
-pub(crate) fn cache_all<K>(
-    client: &Client,
-) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (reader, events) = wasmkube_client::watch::reflect(Api::<K>::all(client.clone()));
-    (reader, events.touched_objects())
 }
 
 /// Every controller's error policy: log the failure and reconcile again after 2 s.
@@ -229,6 +219,7 @@ pub struct PodOwnerCtx {
 /// Runs a controller of pods over `K` with a [`PodOwnerCtx`] until `shutdown`.
 pub(crate) async fn run_pod_owner<K, E, Fut>(
     client: Client,
+    informers: &informers::Informers,
     name: &'static str,
     reconcile: impl FnMut(Arc<K>, Arc<PodOwnerCtx>) -> Fut,
     shutdown: CancellationToken,
@@ -243,7 +234,12 @@ pub(crate) async fn run_pod_owner<K, E, Fut>(
         expectations: expectations::Expectations::default(),
     };
     run_owning::<K, k8s_openapi::api::core::v1::Pod, _, _, _>(
-        client, name, ctx, reconcile, shutdown,
+        client,
+        &informers.pods,
+        name,
+        ctx,
+        reconcile,
+        shutdown,
     )
     .await;
 }
@@ -276,6 +272,7 @@ where
 
 pub(crate) async fn run_owning<K, Child, C, E, Fut>(
     client: Client,
+    children: &informers::Informer<Child>,
     name: &'static str,
     make_ctx: impl FnOnce(Client, Store<Child>) -> C,
     reconcile: impl FnMut(Arc<K>, Arc<C>) -> Fut,
@@ -287,7 +284,7 @@ pub(crate) async fn run_owning<K, Child, C, E, Fut>(
     E: std::error::Error + Send + 'static,
     Fut: Future<Output = Result<Action, E>> + Send + 'static,
 {
-    let (reader, children) = cache_all::<Child>(&client);
+    let (reader, children) = children.subscribe();
     let ctx = Arc::new(make_ctx(client.clone(), reader.clone()));
     let synced = move || {
         let reader = reader.clone();
@@ -296,7 +293,7 @@ pub(crate) async fn run_owning<K, Child, C, E, Fut>(
         }
     };
     Controller::new(Api::<K>::all(client), watcher::Config::default())
-        .owns_stream(children)
+        .owns_shared_stream(children)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(when_synced(synced, reconcile), retry_later(name), ctx)
         .for_each(|_| futures::future::ready(()))

@@ -288,17 +288,17 @@ impl Monitor {
 }
 
 /// Runs the node lifecycle controller until `shutdown`.
-pub async fn run(client: Client, timers: Timers, shutdown: CancellationToken) {
+pub async fn run(
+    client: Client,
+    informers: &crate::informers::Informers,
+    timers: Timers,
+    shutdown: CancellationToken,
+) {
     use wasmkube_client::watch::reflect;
-    let (nodes, node_events) = reflect(Api::<Node>::all(client.clone()));
+    let (nodes, pods) = (informers.nodes.store(), informers.pods.store());
     let (leases, lease_events) =
         reflect(Api::<Lease>::namespaced(client.clone(), "kube-node-lease"));
-    let (pods, pod_events) = reflect(Api::<Pod>::all(client.clone()));
-    let feeds = futures::future::join3(
-        node_events.for_each(|_| async {}),
-        lease_events.for_each(|_| async {}),
-        pod_events.for_each(|_| async {}),
-    );
+    let feeds = lease_events.for_each(|_| async {});
     let mut monitor = Monitor {
         client,
         nodes: nodes.clone(),

@@ -314,8 +314,13 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
 }
 
 /// Runs the ReplicaSet controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    crate::run_pod_owner::<ReplicaSet, _, _>(client, "replicaset", reconcile, shutdown).await;
+pub async fn run(
+    client: Client,
+    informers: &crate::informers::Informers,
+    shutdown: CancellationToken,
+) {
+    crate::run_pod_owner::<ReplicaSet, _, _>(client, informers, "replicaset", reconcile, shutdown)
+        .await;
 }
 
 #[cfg(test)]

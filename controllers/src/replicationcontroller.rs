@@ -77,9 +77,14 @@ pub async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Ctx>) -> Result<
 }
 
 /// Runs the ReplicationController controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
+pub async fn run(
+    client: Client,
+    informers: &crate::informers::Informers,
+    shutdown: CancellationToken,
+) {
     crate::run_pod_owner::<ReplicationController, _, _>(
         client,
+        informers,
         "replicationcontroller",
         reconcile,
         shutdown,

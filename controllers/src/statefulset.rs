@@ -284,10 +284,21 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
 }
 
 /// Runs the StatefulSet controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
+pub async fn run(
+    client: Client,
+    informers: &crate::informers::Informers,
+    shutdown: CancellationToken,
+) {
     let ctx = |client, pods| Ctx { client, pods };
-    crate::run_owning::<StatefulSet, Pod, _, _, _>(client, "statefulset", ctx, reconcile, shutdown)
-        .await;
+    crate::run_owning::<StatefulSet, Pod, _, _, _>(
+        client,
+        &informers.pods,
+        "statefulset",
+        ctx,
+        reconcile,
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]
