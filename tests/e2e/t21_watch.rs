@@ -262,7 +262,7 @@ async fn a_watch_behind_the_cache_window_should_get_every_change_once_in_order()
         .unwrap_or_default();
     // What a `team=a` watcher must see, change by change.
     let mut expected: Vec<(String, String)> = Vec::new();
-    let team = |i: usize| if i % 2 == 0 { "a" } else { "b" };
+    let team = |i: usize| if i.is_multiple_of(2) { "a" } else { "b" };
     for i in 0..40 {
         cms.create(&PostParams::default(), &cm(&format!("w-{i}"), team(i))?)
             .await?;
