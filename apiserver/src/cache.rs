@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 use wasmkube_api::field::FieldSelector;
 use wasmkube_store::{Change, ChangeKind, ListOptions, Store, Watch, WatchError};
 
+mod attrs;
+
 /// How many recent changes each resource's cache keeps for watchers behind the newest.
 pub(crate) const DEFAULT_WINDOW: usize = 8192;
 
@@ -39,6 +41,21 @@ pub(crate) struct Attrs {
 }
 
 impl Attrs {
+    /// Reads them from an object's JSON without parsing the rest.
+    fn read(raw: &[u8], fields: &'static [&'static str]) -> Attrs {
+        let paths: Vec<&'static str> = ["metadata.name", "metadata.namespace"]
+            .into_iter()
+            .chain(fields.iter().copied())
+            .collect();
+        match attrs::read(raw, &paths) {
+            Some((labels, values)) => Attrs {
+                labels,
+                fields: paths.into_iter().zip(values).collect(),
+            },
+            None => Attrs::default(),
+        }
+    }
+
     fn of(v: &Value, fields: &'static [&'static str]) -> Attrs {
         Attrs {
             labels: crate::object::labels(v),
@@ -100,11 +117,8 @@ impl Object {
 
     /// What selectors look at.
     pub(crate) fn attrs(&self) -> &Attrs {
-        self.attrs.get_or_init(|| {
-            serde_json::from_slice::<Value>(&self.raw)
-                .map(|v| Attrs::of(&v, self.fields))
-                .unwrap_or_default()
-        })
+        self.attrs
+            .get_or_init(|| Attrs::read(&self.raw, self.fields))
     }
 }
 
