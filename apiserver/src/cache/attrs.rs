@@ -1,12 +1,12 @@
 //! Reading only what selectors look at from an object's JSON: `metadata.labels` and a few
-//! dotted field paths, skipping everything else without building it (a pod's spec and
-//! managed fields are most of its bytes).
+//! dotted field paths. Each object level on the way is read as borrowed raw values, so the
+//! rest (a pod's spec and managed fields are most of its bytes) is skipped, never built.
 
-use std::collections::BTreeMap;
-use std::fmt;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// The paths below one object level.
 #[derive(Default)]
@@ -29,74 +29,32 @@ impl Level {
         };
         &mut self.children[at].1
     }
-}
 
-/// What was read.
-struct Found<'a> {
-    labels: &'a mut BTreeMap<String, String>,
-    values: &'a mut [String],
-}
-
-struct Walk<'l, 'f, 'a> {
-    level: &'l Level,
-    found: &'f mut Found<'a>,
-}
-
-impl<'de> DeserializeSeed<'de> for Walk<'_, '_, '_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Walk<'_, '_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    // A level that is not an object holds none of the paths below it.
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let Some((_, next)) = self.level.children.iter().find(|(n, _)| *n == *key) else {
-                map.next_value::<IgnoredAny>()?;
+    /// Reads this level's paths from `json`; a level that is not an object holds none.
+    fn walk(
+        &self,
+        json: &str,
+        labels: &mut BTreeMap<String, String>,
+        values: &mut [String],
+    ) -> serde_json::Result<()> {
+        if !json.trim_start().starts_with('{') {
+            return Ok(());
+        }
+        let members: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_str(json)?;
+        for (name, next) in &self.children {
+            let Some(raw) = members.get(name.as_str()) else {
                 continue;
             };
             if let Some(i) = next.field {
                 // As field selectors compare it: a string as is, null as empty, else its JSON.
-                self.found.values[i] = match map.next_value::<Value>()? {
+                values[i] = match serde_json::from_str::<Value>(raw.get())? {
                     Value::String(s) => s,
                     Value::Null => String::new(),
                     other => other.to_string(),
                 };
             } else if next.labels {
-                if let Value::Object(labels) = map.next_value::<Value>()? {
-                    *self.found.labels = labels
+                if let Value::Object(found) = serde_json::from_str::<Value>(raw.get())? {
+                    *labels = found
                         .into_iter()
                         .filter_map(|(k, v)| match v {
                             Value::String(s) => Some((k, s)),
@@ -105,10 +63,7 @@ impl<'de> Visitor<'de> for Walk<'_, '_, '_> {
                         .collect();
                 }
             } else {
-                map.next_value_seed(Walk {
-                    level: next,
-                    found: self.found,
-                })?;
+                next.walk(raw.get(), labels, values)?;
             }
         }
         Ok(())
@@ -127,19 +82,10 @@ pub(crate) fn read(raw: &[u8], paths: &[&str]) -> Option<(BTreeMap<String, Strin
         }
         level.field = Some(i);
     }
+    let json = std::str::from_utf8(raw).ok()?;
     let mut labels = BTreeMap::new();
     let mut values = vec![String::new(); paths.len()];
-    let mut found = Found {
-        labels: &mut labels,
-        values: &mut values,
-    };
-    let mut de = serde_json::Deserializer::from_slice(raw);
-    Walk {
-        level: &root,
-        found: &mut found,
-    }
-    .deserialize(&mut de)
-    .ok()?;
+    root.walk(json, &mut labels, &mut values).ok()?;
     Some((labels, values))
 }
 
