@@ -247,8 +247,16 @@ impl Cacher {
     /// loads again when its store watch ends early (it fell behind, or the store installed a
     /// snapshot). Watchers older than a reload continue from the store.
     async fn feed(self: Arc<Self>, shutdown: CancellationToken) {
+        use backon::Retryable;
+        // A load fails when the store stopped, or compacted between the list and the watch:
+        // retried with jittered exponential back-off, 100 ms doubling to 5 s.
+        let retries = backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times();
         loop {
-            let load = async {
+            let load = || async {
                 let list = self
                     .store
                     .list(&self.prefix, ListOptions::default())
@@ -256,18 +264,12 @@ impl Cacher {
                 let watch = self.store.watch(&self.prefix, list.revision).await?;
                 Ok::<_, wasmkube_store::Error>((list, watch))
             };
+            let load = load.retry(retries).notify(|e, after| {
+                tracing::warn!(prefix = %self.prefix, error = %e, ?after, "watch cache cannot load; retrying");
+            });
             let (list, mut watch) = tokio::select! {
                 () = shutdown.cancelled() => return,
-                r = load => match r {
-                    Ok(loaded) => loaded,
-                    Err(e) => {
-                        tracing::warn!(prefix = %self.prefix, error = %e, "watch cache cannot load; retrying");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        }
-                    }
-                },
+                Ok(loaded) = load => loaded,
             };
             let objects = list
                 .items
@@ -482,10 +484,16 @@ mod tests {
         }
         let compactor = {
             let store = store.clone();
+            // Every 25 revisions, 20 times (the writers make about 1,200), history up to 10
+            // revisions back is compacted.
             tokio::spawn(async move {
+                let mut at = store.published();
                 for _ in 0..20 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    let _ = store.compact(store.published().saturating_sub(10)).await;
+                    at += 25;
+                    if !store.wait_for_revision(at, Duration::from_secs(10)).await {
+                        break;
+                    }
+                    store.compact(at - 10).await.expect("compact");
                 }
             })
         };

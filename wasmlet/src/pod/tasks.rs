@@ -334,10 +334,10 @@ pub(super) async fn write_status(
             changed = rx.changed() => if changed.is_err() { return },
         }
         if std::mem::take(&mut first) && pending(&rx.borrow()) {
+            let started = tokio::time::timeout(FIRST_PENDING_HOLD, rx.wait_for(|s| !pending(s)));
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = tokio::time::sleep(FIRST_PENDING_HOLD) => {}
-                _ = rx.wait_for(|s| !pending(s)) => {}
+                _ = started => {}
             }
         }
         let Some(status) = rx.borrow_and_update().clone() else {
