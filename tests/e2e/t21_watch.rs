@@ -18,6 +18,15 @@ fn cm(name: &str, label: &str) -> Result<ConfigMap> {
     )?)
 }
 
+/// The collection's current resourceVersion (a list's).
+async fn current_rv(cms: &Api<ConfigMap>) -> Result<String> {
+    cms.list(&Default::default())
+        .await?
+        .metadata
+        .resource_version
+        .ok_or_else(|| anyhow::anyhow!("a list without a resourceVersion"))
+}
+
 async fn next_event(
     s: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<ConfigMap>>> + Unpin),
 ) -> Result<(String, String, String)> {
@@ -53,12 +62,7 @@ async fn next_event(
 async fn watch_should_resume_with_the_exact_sequence_and_follow_selectors() -> Result<()> {
     let cluster = Cluster::start().await?;
     let cms: Api<ConfigMap> = Api::default_namespaced(cluster.client.clone());
-    let start = cms
-        .list(&Default::default())
-        .await?
-        .metadata
-        .resource_version
-        .expect("rv");
+    let start = current_rv(&cms).await?;
     let a = cms.create(&PostParams::default(), &cm("a", "red")?).await?;
     let b = cms
         .patch(
@@ -188,12 +192,7 @@ async fn compacted_versions_should_be_gone_and_bookmarks_should_advance() -> Res
     .await?;
 
     tracing::info!("--- bookmarks carry a current revision");
-    let now = cms
-        .list(&Default::default())
-        .await?
-        .metadata
-        .resource_version
-        .expect("rv");
+    let now = current_rv(&cms).await?;
     let mut w = cms.watch(&WatchParams::default(), &now).await?.boxed();
     cms.create(&PostParams::default(), &cm("later", "x")?)
         .await?;
@@ -254,12 +253,7 @@ async fn kube_runtime_watcher_should_list_and_follow() -> Result<()> {
 async fn a_watch_behind_the_cache_window_should_get_every_change_once_in_order() -> Result<()> {
     let cluster = Cluster::start_with(|c| c.watch_cache_window = 16).await?;
     let cms: Api<ConfigMap> = Api::default_namespaced(cluster.client.clone());
-    let start = cms
-        .list(&Default::default())
-        .await?
-        .metadata
-        .resource_version
-        .unwrap_or_default();
+    let start = current_rv(&cms).await?;
     // What a `team=a` watcher must see, change by change.
     let mut expected: Vec<(String, String)> = Vec::new();
     let team = |i: usize| if i.is_multiple_of(2) { "a" } else { "b" };
