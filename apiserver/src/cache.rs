@@ -19,11 +19,9 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::Value;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use wasmkube_api::field::FieldSelector;
 use wasmkube_store::{Change, ChangeKind, ListOptions, Store, Watch, WatchError};
 
 mod attrs;
@@ -53,17 +51,6 @@ impl Attrs {
                 fields: paths.into_iter().zip(values).collect(),
             },
             None => Attrs::default(),
-        }
-    }
-
-    fn of(v: &Value, fields: &'static [&'static str]) -> Attrs {
-        Attrs {
-            labels: crate::object::labels(v),
-            fields: ["metadata.name", "metadata.namespace"]
-                .iter()
-                .chain(fields)
-                .map(|p| (*p, FieldSelector::field_value(v, p)))
-                .collect(),
         }
     }
 
@@ -97,21 +84,6 @@ impl Object {
             raw,
             fields,
             attrs: OnceLock::new(),
-        }
-    }
-
-    /// An object already parsed as `value`.
-    pub(crate) fn parsed(
-        key: String,
-        raw: Bytes,
-        value: &Value,
-        fields: &'static [&'static str],
-    ) -> Object {
-        Object {
-            key,
-            raw,
-            fields,
-            attrs: OnceLock::from(Attrs::of(value, fields)),
         }
     }
 

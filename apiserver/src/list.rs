@@ -98,17 +98,18 @@ pub(crate) struct Listed {
 impl Listed {
     /// The object as a value.
     pub(crate) fn value(&self) -> Value {
-        match &self.value {
-            Some(v) => v.clone(),
-            None => serde_json::from_slice(&self.raw).unwrap_or_default(),
-        }
+        self.value.clone().unwrap_or_else(|| self.parse())
     }
 
     pub(crate) fn into_value(self) -> Value {
         match self.value {
             Some(v) => v,
-            None => serde_json::from_slice(&self.raw).unwrap_or_default(),
+            None => self.parse(),
         }
+    }
+
+    fn parse(&self) -> Value {
+        serde_json::from_slice(&self.raw).unwrap_or_default()
     }
 }
 

@@ -225,7 +225,7 @@ fn store_event(t: &Target, c: &wasmkube_store::Change) -> Arc<Event> {
             // Another kind's storage: shown in this kind's form.
             let v = kind.view_of_stored(serde_json::from_slice(raw).unwrap_or_default());
             let raw = Bytes::from(serde_json::to_vec(&v).expect("JSON serializes"));
-            Arc::new(Object::parsed(c.key.clone(), raw, &v, fields))
+            Arc::new(Object::new(c.key.clone(), raw, fields))
         } else {
             Arc::new(Object::new(c.key.clone(), raw.clone(), fields))
         }
