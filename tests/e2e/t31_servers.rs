@@ -324,17 +324,19 @@ async fn clients_should_leave_a_stopped_server_for_another() -> Result<()> {
         .await
         .context("a read leaves the stopped server")??;
     let took = started.elapsed();
-    std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()?;
     ensure!(
         listed.contains_key("before-stop"),
         "answered by another server: {listed:?}"
     );
+    // Checked while it is still stopped: once it runs again, a request it held (the client's
+    // Endpoints poll) may be answered and make it preferred again, rightly.
     ensure!(
         conn.servers.preferred() != format!("https://{}/", servers[0].addr),
         "later requests go to another server"
     );
+    std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()?;
     tracing::info!(?took, "read answered elsewhere");
     create(&conn.client, "after-stop").await?;
     Ok(())
