@@ -747,7 +747,13 @@ impl Process {
             }
             if tokio::time::Instant::now() > deadline {
                 self.kill9();
-                bail!("wasmkube did not stop within 30 s of SIGTERM");
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "wasmkube did not stop within 30 s of SIGTERM; its log ends:\n{}",
+                    tail.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

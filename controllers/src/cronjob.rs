@@ -16,7 +16,6 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
-use tokio_util::sync::CancellationToken;
 
 /// The annotation with the time a Job was scheduled for.
 pub const SCHEDULED: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -222,24 +221,6 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error>
     Ok(Action::requeue(
         wait.max(Duration::from_millis(100)) + Duration::from_millis(50),
     ))
-}
-
-/// Runs the CronJob controller until `shutdown`.
-pub async fn run(
-    client: Client,
-    informers: &crate::informers::Informers,
-    shutdown: CancellationToken,
-) {
-    let ctx = |client, jobs| Ctx { client, jobs };
-    crate::run_owning::<CronJob, Job, _, _, _>(
-        client,
-        &informers.jobs,
-        "cronjob",
-        ctx,
-        reconcile,
-        shutdown,
-    )
-    .await;
 }
 
 #[cfg(test)]

@@ -10,10 +10,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -110,15 +108,12 @@ pub fn revision(ds: &DaemonSet) -> String {
 }
 
 fn pod_for(ds: &DaemonSet, node: &str, rev: &str) -> Pod {
-    let template = ds
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
-    let meta = template.metadata.unwrap_or_default();
-    let mut labels = meta.labels.unwrap_or_default();
+    let template = ds.spec.as_ref().map(|s| s.template.clone());
+    let mut pod =
+        crate::pod_from_template(ds, template.unwrap_or_default(), crate::controller_ref(ds));
+    let labels = pod.metadata.labels.get_or_insert_with(Default::default);
     labels.insert(REVISION_LABEL.into(), rev.into());
-    let mut spec = template.spec.unwrap_or_default();
+    let spec = pod.spec.get_or_insert_with(Default::default);
     spec.tolerations
         .get_or_insert_with(Vec::new)
         .extend(daemon_tolerations());
@@ -126,18 +121,7 @@ fn pod_for(ds: &DaemonSet, node: &str, rev: &str) -> Pod {
     let affinity = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
         {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}}});
     spec.affinity = serde_json::from_value(affinity).ok();
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", ds.name_any())),
-            namespace: ds.namespace(),
-            labels: Some(labels),
-            annotations: meta.annotations,
-            owner_references: Some(vec![crate::controller_ref(ds)]),
-            ..Default::default()
-        },
-        spec: Some(spec),
-        status: None,
-    }
+    pod
 }
 
 /// The node a DaemonSet pod is for: bound, or pinned by affinity.
@@ -342,14 +326,12 @@ pub async fn run(
 ) {
     let (pods, pod_stream) = informers.pods.subscribe();
     let (nodes, node_stream) = informers.nodes.subscribe();
-    let synced = {
-        let (pods, nodes) = (pods.clone(), nodes.clone());
-        move || {
-            let (pods, nodes) = (pods.clone(), nodes.clone());
-            async move {
-                let _ = pods.wait_until_ready().await;
-                let _ = nodes.wait_until_ready().await;
-            }
+    let (pods_ready, nodes_ready) = (crate::ready(&pods), crate::ready(&nodes));
+    let synced = move || {
+        let (pods, nodes) = (pods_ready(), nodes_ready());
+        async move {
+            pods.await;
+            nodes.await;
         }
     };
     let ctx = Arc::new(Ctx {
@@ -361,22 +343,15 @@ pub async fn run(
     let controller = Controller::new(Api::<DaemonSet>::all(client), watcher::Config::default());
     // Any node change may change where daemons belong: look at every DaemonSet.
     let sets = controller.store();
-    controller
+    let controller = controller
         .owns_shared_stream(pod_stream)
         .watches_shared_stream(node_stream, move |_node| {
             sets.state()
                 .iter()
                 .map(|ds| ObjectRef::from_obj(&**ds))
                 .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(
-            crate::when_synced(synced, reconcile),
-            crate::retry_later("daemonset"),
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        });
+    crate::drive(controller, "daemonset", synced, reconcile, ctx, shutdown).await;
 }
 
 #[cfg(test)]

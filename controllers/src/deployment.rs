@@ -20,7 +20,6 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 /// The label tying a ReplicaSet (and its pods) to one template.
 pub const HASH_LABEL: &str = "pod-template-hash";
@@ -625,24 +624,6 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Erro
         // Look again in time to notice a stalled rollout.
         Ok(Action::requeue(deadline.min(Duration::from_secs(10))))
     }
-}
-
-/// Runs the Deployment controller until `shutdown`.
-pub async fn run(
-    client: Client,
-    informers: &crate::informers::Informers,
-    shutdown: CancellationToken,
-) {
-    let ctx = |client, sets| Ctx { client, sets };
-    crate::run_owning::<Deployment, ReplicaSet, _, _, _>(
-        client,
-        &informers.replicasets,
-        "deployment",
-        ctx,
-        reconcile,
-        shutdown,
-    )
-    .await;
 }
 
 #[cfg(test)]

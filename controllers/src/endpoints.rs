@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
 };
@@ -296,15 +295,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let (reader, pods) = informers.pods.subscribe();
-    let synced = {
-        let reader = reader.clone();
-        move || {
-            let reader = reader.clone();
-            async move {
-                let _ = reader.wait_until_ready().await;
-            }
-        }
-    };
+    let synced = crate::ready(&reader);
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         pods: reader,
@@ -312,24 +303,16 @@ pub async fn run(
     let controller = Controller::new(Api::<Service>::all(client), watcher::Config::default());
     let services = controller.store();
     // A pod change concerns every Service of its namespace (it may have joined or left one).
-    controller
-        .watches_shared_stream(pods, move |pod| {
-            let ns = pod.namespace();
-            services
-                .state()
-                .iter()
-                .filter(|s| s.namespace() == ns)
-                .map(|s| ObjectRef::from_obj(&**s))
-                .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(
-            crate::when_synced(synced, reconcile),
-            crate::retry_later("endpoints"),
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    let controller = controller.watches_shared_stream(pods, move |pod| {
+        let ns = pod.namespace();
+        services
+            .state()
+            .iter()
+            .filter(|s| s.namespace() == ns)
+            .map(|s| ObjectRef::from_obj(&**s))
+            .collect::<Vec<_>>()
+    });
+    crate::drive(controller, "endpoints", synced, reconcile, ctx, shutdown).await;
 }
 
 #[cfg(test)]

@@ -151,13 +151,7 @@ impl Collector {
                 };
                 let refs: Vec<&OwnerReference> = d.owners.iter().filter(|o| o.uid != uid).collect();
                 let dapi = api_for(&self.client, &d.ar, d.namespace.as_deref());
-                let _ = dapi
-                    .patch(
-                        &d.name,
-                        &PatchParams::default(),
-                        &Patch::Merge(&json!({"metadata": {"ownerReferences": refs}})),
-                    )
-                    .await;
+                set_owners(&dapi, &d.name, &refs).await;
                 touched.push(dep);
             }
             self.remove_finalizer(&api, &obj, ORPHAN).await;
@@ -229,13 +223,7 @@ impl Collector {
                 .iter()
                 .filter(|o| !dangling.contains(&o.uid))
                 .collect();
-            let _ = api
-                .patch(
-                    &obj.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"metadata": {"ownerReferences": refs}})),
-                )
-                .await;
+            set_owners(&api, &obj.name, &refs).await;
         }
         touched
     }
@@ -369,5 +357,16 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+/// Replaces `name`'s owner references with `refs` (a failure is retried with the next attempt).
+async fn set_owners(api: &Api<DynamicObject>, name: &str, refs: &[&OwnerReference]) {
+    let patch = json!({"metadata": {"ownerReferences": refs}});
+    if let Err(error) = api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::debug!(%error, name, "could not update owner references");
     }
 }

@@ -11,11 +11,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::{Api, Client, ResourceExt};
-use tokio_util::sync::CancellationToken;
+use kube::{Api, ResourceExt};
 
 /// What the reconciler needs.
 pub type Ctx = crate::PodOwnerCtx;
@@ -123,29 +122,18 @@ fn finished(job: &Job) -> Option<Timestamp> {
 }
 
 fn pod_for(job: &Job) -> Pod {
-    let template = job
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
-    let meta = template.metadata.unwrap_or_default();
+    let template = job.spec.as_ref().map(|s| s.template.clone());
+    let mut pod = crate::pod_from_template(
+        job,
+        template.unwrap_or_default(),
+        crate::controller_ref(job),
+    );
     let uid = job.metadata.uid.clone().unwrap_or_default();
-    let mut labels = meta.labels.unwrap_or_default();
+    let labels = pod.metadata.labels.get_or_insert_with(Default::default);
     labels.insert("batch.kubernetes.io/job-name".into(), job.name_any());
     labels.insert("job-name".into(), job.name_any());
-    labels.insert("batch.kubernetes.io/controller-uid".into(), uid.clone());
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", job.name_any())),
-            namespace: job.namespace(),
-            labels: Some(labels),
-            annotations: meta.annotations,
-            owner_references: Some(vec![crate::controller_ref(job)]),
-            ..Default::default()
-        },
-        spec: template.spec,
-        status: None,
-    }
+    labels.insert("batch.kubernetes.io/controller-uid".into(), uid);
+    pod
 }
 
 fn phase(p: &Pod) -> &str {
@@ -381,15 +369,6 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         );
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
-}
-
-/// Runs the Job controller until `shutdown`.
-pub async fn run(
-    client: Client,
-    informers: &crate::informers::Informers,
-    shutdown: CancellationToken,
-) {
-    crate::run_pod_owner::<Job, _, _>(client, informers, "job", reconcile, shutdown).await;
 }
 
 #[cfg(test)]

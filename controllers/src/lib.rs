@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -102,14 +103,47 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
     let i = &*shared;
     tokio::join!(
         nodelifecycle::run(client.clone(), i, config.node_timers, shutdown.clone()),
-        deployment::run(client.clone(), i, shutdown.clone()),
-        replicaset::run(client.clone(), i, shutdown.clone()),
-        replicationcontroller::run(client.clone(), i, shutdown.clone()),
+        run_owning::<apps::Deployment, apps::ReplicaSet, _, _, _>(
+            client.clone(),
+            &i.replicasets,
+            "deployment",
+            |client, sets| deployment::Ctx { client, sets },
+            deployment::reconcile,
+            shutdown.clone(),
+        ),
+        run_owning::<apps::StatefulSet, core::Pod, _, _, _>(
+            client.clone(),
+            &i.pods,
+            "statefulset",
+            |client, pods| statefulset::Ctx { client, pods },
+            statefulset::reconcile,
+            shutdown.clone(),
+        ),
+        run_owning::<batch::CronJob, batch::Job, _, _, _>(
+            client.clone(),
+            &i.jobs,
+            "cronjob",
+            |client, jobs| cronjob::Ctx { client, jobs },
+            cronjob::reconcile,
+            shutdown.clone(),
+        ),
+        run_pod_owner(
+            client.clone(),
+            i,
+            "replicaset",
+            replicaset::reconcile,
+            shutdown.clone()
+        ),
+        run_pod_owner(
+            client.clone(),
+            i,
+            "replicationcontroller",
+            replicationcontroller::reconcile,
+            shutdown.clone()
+        ),
+        run_pod_owner(client.clone(), i, "job", job::reconcile, shutdown.clone()),
         gc::run(client.clone(), shutdown.clone()),
-        job::run(client.clone(), i, shutdown.clone()),
         daemonset::run(client.clone(), i, shutdown.clone()),
-        statefulset::run(client.clone(), i, shutdown.clone()),
-        cronjob::run(client.clone(), i, shutdown.clone()),
         endpoints::run(client.clone(), i, shutdown.clone()),
         namespace::run(client, shutdown.clone()),
         shared.run(shutdown),
@@ -142,6 +176,33 @@ pub(crate) fn controller_ref<K: Resource<DynamicType = ()>>(
     owner
         .controller_owner_ref(&())
         .expect("objects from the API have a name and a uid")
+}
+
+/// A new pod from `template`, named after `owner` and controlled by `owner_ref` (labels,
+/// annotations and finalizers from the template, as kube-controller-manager's
+/// `GetPodFromTemplate`).
+pub(crate) fn pod_from_template<K: Resource>(
+    owner: &K,
+    template: core::PodTemplateSpec,
+    owner_ref: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> core::Pod {
+    let meta = template.metadata.unwrap_or_default();
+    core::Pod {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            generate_name: Some(format!(
+                "{}-",
+                owner.meta().name.as_deref().unwrap_or_default()
+            )),
+            namespace: owner.meta().namespace.clone(),
+            labels: meta.labels,
+            annotations: meta.annotations,
+            finalizers: meta.finalizers,
+            owner_references: Some(vec![owner_ref]),
+            ..Default::default()
+        },
+        spec: template.spec,
+        status: None,
+    }
 }
 
 /// The objects in `cache`, in namespace `ns`, whose controller is the object with `uid`.
@@ -286,14 +347,46 @@ pub(crate) async fn run_owning<K, Child, C, E, Fut>(
 {
     let (reader, children) = children.subscribe();
     let ctx = Arc::new(make_ctx(client.clone(), reader.clone()));
-    let synced = move || {
-        let reader = reader.clone();
-        async move {
-            let _ = reader.wait_until_ready().await;
-        }
-    };
-    Controller::new(Api::<K>::all(client), watcher::Config::default())
-        .owns_shared_stream(children)
+    let controller = Controller::new(Api::<K>::all(client), watcher::Config::default())
+        .owns_shared_stream(children);
+    drive(controller, name, ready(&reader), reconcile, ctx, shutdown).await;
+}
+
+/// A function whose future resolves once `store` holds a full list (for [`when_synced`]).
+pub(crate) fn ready<K>(
+    store: &Store<K>,
+) -> impl Fn() -> futures::future::BoxFuture<'static, ()> + Clone + use<K>
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let store = store.clone();
+    move || {
+        let store = store.clone();
+        Box::pin(async move {
+            let _ = store.wait_until_ready().await;
+        })
+    }
+}
+
+/// Runs `controller` until `shutdown`: each reconcile waits for `synced`, failures are logged
+/// and retried after 2 s.
+pub(crate) async fn drive<K, C, E, Fut, S, SFut>(
+    controller: Controller<K>,
+    name: &'static str,
+    synced: S,
+    reconcile: impl FnMut(Arc<K>, Arc<C>) -> Fut,
+    ctx: Arc<C>,
+    shutdown: CancellationToken,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    C: Send + Sync + 'static,
+    E: std::error::Error + Send + 'static,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+    S: Fn() -> SFut,
+    SFut: Future<Output = ()> + Send + 'static,
+{
+    controller
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(when_synced(synced, reconcile), retry_later(name), ctx)
         .for_each(|_| futures::future::ready(()))

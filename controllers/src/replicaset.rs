@@ -12,9 +12,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 use wasmkube_api::selector::LabelSelector;
 
 /// Pods created or deleted per reconcile at most (Kubernetes' `burstReplicas`).
@@ -105,25 +104,8 @@ pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
 
 /// A new pod from the ReplicaSet's template.
 pub fn pod_from_template(rs: &ReplicaSet, owner: &OwnerReference) -> Pod {
-    let template = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .unwrap_or_default();
-    let tmeta = template.metadata.unwrap_or_default();
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", rs.name_any())),
-            namespace: rs.namespace(),
-            labels: tmeta.labels,
-            annotations: tmeta.annotations,
-            finalizers: tmeta.finalizers,
-            owner_references: Some(vec![owner.clone()]),
-            ..Default::default()
-        },
-        spec: template.spec,
-        status: None,
-    }
+    let template = rs.spec.as_ref().and_then(|s| s.template.clone());
+    crate::pod_from_template(rs, template.unwrap_or_default(), owner.clone())
 }
 
 /// The status a ReplicaSet should report for its active, matching, owned pods.
@@ -311,16 +293,6 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
         crate::write_status(&ctx.client, &*rs, rs.status.as_ref(), &status).await?;
     }
     Ok(action)
-}
-
-/// Runs the ReplicaSet controller until `shutdown`.
-pub async fn run(
-    client: Client,
-    informers: &crate::informers::Informers,
-    shutdown: CancellationToken,
-) {
-    crate::run_pod_owner::<ReplicaSet, _, _>(client, informers, "replicaset", reconcile, shutdown)
-        .await;
 }
 
 #[cfg(test)]

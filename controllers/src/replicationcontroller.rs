@@ -9,9 +9,8 @@ use k8s_openapi::api::core::v1::ReplicationController;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use crate::replicaset::{Ctx, Error, sync};
 
@@ -74,22 +73,6 @@ pub async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Ctx>) -> Result<
         }
     }
     Ok(action)
-}
-
-/// Runs the ReplicationController controller until `shutdown`.
-pub async fn run(
-    client: Client,
-    informers: &crate::informers::Informers,
-    shutdown: CancellationToken,
-) {
-    crate::run_pod_owner::<ReplicationController, _, _>(
-        client,
-        informers,
-        "replicationcontroller",
-        reconcile,
-        shutdown,
-    )
-    .await;
 }
 
 #[cfg(test)]

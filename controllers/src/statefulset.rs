@@ -17,7 +17,6 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
-use tokio_util::sync::CancellationToken;
 
 /// The label carrying a pod's template revision.
 pub const REVISION_LABEL: &str = "controller-revision-hash";
@@ -281,24 +280,6 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
     };
     crate::write_status(&ctx.client, &*set, set.status.as_ref(), &status).await?;
     Ok(Action::await_change())
-}
-
-/// Runs the StatefulSet controller until `shutdown`.
-pub async fn run(
-    client: Client,
-    informers: &crate::informers::Informers,
-    shutdown: CancellationToken,
-) {
-    let ctx = |client, pods| Ctx { client, pods };
-    crate::run_owning::<StatefulSet, Pod, _, _, _>(
-        client,
-        &informers.pods,
-        "statefulset",
-        ctx,
-        reconcile,
-        shutdown,
-    )
-    .await;
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 
 use wasmkube_api::ResourceInfo;
 
-use super::template::{WorkloadColumns, default_template, validate_template};
+use super::template::{
+    WorkloadColumns, default_template, replica_cells, replica_columns, validate_template,
+};
 use crate::error::FieldError;
 use crate::registry::{Registry, Strategy};
 use crate::table::Column;
@@ -206,28 +208,16 @@ impl Strategy for ReplicaSetStrategy {
     }
 
     fn columns(&self) -> Vec<Column> {
-        REPLICASET_COLUMNS.columns(vec![
-            Column::int("Desired", "Replicas is the number of desired replicas."),
-            Column::int(
-                "Current",
-                "Replicas is the most recently observed number of replicas.",
-            ),
-            Column::int(
-                "Ready",
-                "The number of ready replicas for this replica set.",
-            ),
-        ])
+        REPLICASET_COLUMNS.columns(replica_columns(
+            "The number of ready replicas for this replica set.",
+        ))
     }
 
     fn row(&self, rs: &ReplicaSet) -> Vec<Value> {
         let spec = rs.spec.clone().unwrap_or_default();
         let st = rs.status.clone().unwrap_or_default();
         REPLICASET_COLUMNS.row(
-            vec![
-                json!(spec.replicas.unwrap_or(1)),
-                json!(st.replicas),
-                json!(st.ready_replicas.unwrap_or(0)),
-            ],
+            replica_cells(spec.replicas, st.replicas, st.ready_replicas),
             &rs.metadata,
             spec.template.as_ref().and_then(|t| t.spec.as_ref()),
             Some(&spec.selector),

@@ -495,6 +495,11 @@ impl Strategy for EventStrategy {
     }
 }
 
+const RC_COLUMNS: super::template::WorkloadColumns =
+    super::template::WorkloadColumns::with_selector(
+        "Selector is a label query over pods that should match the Replicas count.",
+    );
+
 /// core/v1 ReplicationController: ReplicaSet's predecessor, with a plain-map selector.
 struct ReplicationControllerStrategy;
 
@@ -553,28 +558,23 @@ impl Strategy for ReplicationControllerStrategy {
     }
 
     fn columns(&self) -> Vec<Column> {
-        vec![
-            Column::int("Desired", "Replicas is the number of desired replicas."),
-            Column::int(
-                "Current",
-                "Replicas is the most recently observed number of replicas.",
-            ),
-            Column::int(
-                "Ready",
-                "The number of ready replicas for this replication controller.",
-            ),
-            Column::age(),
-        ]
+        RC_COLUMNS.columns(super::template::replica_columns(
+            "The number of ready replicas for this replication controller.",
+        ))
     }
 
     fn row(&self, rc: &ReplicationController) -> Vec<Value> {
         let spec = rc.spec.clone().unwrap_or_default();
         let st = rc.status.clone().unwrap_or_default();
-        vec![
-            json!(spec.replicas.unwrap_or(1)),
-            json!(st.replicas),
-            json!(st.ready_replicas.unwrap_or(0)),
-            age(rc.metadata.creation_timestamp.as_ref()),
-        ]
+        let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+            match_labels: spec.selector,
+            match_expressions: None,
+        };
+        RC_COLUMNS.row(
+            super::template::replica_cells(spec.replicas, st.replicas, st.ready_replicas),
+            &rc.metadata,
+            spec.template.as_ref().and_then(|t| t.spec.as_ref()),
+            Some(&selector),
+        )
     }
 }

@@ -360,6 +360,27 @@ pub(crate) fn validate_template(
     errs
 }
 
+/// The Desired, Current and Ready columns of ReplicaSets and ReplicationControllers.
+pub(crate) fn replica_columns(ready: &'static str) -> Vec<Column> {
+    vec![
+        Column::int("Desired", "Replicas is the number of desired replicas."),
+        Column::int(
+            "Current",
+            "Replicas is the most recently observed number of replicas.",
+        ),
+        Column::int("Ready", ready),
+    ]
+}
+
+/// The cells of [`replica_columns`].
+pub(crate) fn replica_cells(desired: Option<i32>, current: i32, ready: Option<i32>) -> Vec<Value> {
+    vec![
+        json!(desired.unwrap_or(1)),
+        json!(current),
+        json!(ready.unwrap_or(0)),
+    ]
+}
+
 /// The columns that end every workload kind's table: `Age`, then the pod template's
 /// `Containers` and `Images`, then, for kinds with one, the `Selector` (all three `-o wide`).
 pub(crate) struct WorkloadColumns {

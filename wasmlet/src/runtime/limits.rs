@@ -68,6 +68,22 @@ impl MemoryLimit {
     }
 }
 
+impl MemoryLimit {
+    /// A memory or table of `unit`-byte elements asks to grow from `current` to `desired`.
+    fn growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+        unit: usize,
+    ) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        self.grow(desired.saturating_sub(current).saturating_mul(unit))
+    }
+}
+
 impl ResourceLimiter for MemoryLimit {
     fn memory_growing(
         &mut self,
@@ -75,10 +91,7 @@ impl ResourceLimiter for MemoryLimit {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|max| desired > max) {
-            return Ok(false);
-        }
-        self.grow(desired.saturating_sub(current))
+        self.growing(current, desired, maximum, 1)
     }
 
     fn table_growing(
@@ -87,14 +100,7 @@ impl ResourceLimiter for MemoryLimit {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|max| desired > max) {
-            return Ok(false);
-        }
-        self.grow(
-            desired
-                .saturating_sub(current)
-                .saturating_mul(TABLE_ELEMENT_BYTES),
-        )
+        self.growing(current, desired, maximum, TABLE_ELEMENT_BYTES)
     }
 
     fn instances(&self) -> usize {
