@@ -1,9 +1,9 @@
 //! The first two stages of every request: who is asking ([`Authenticator`]) and whether they
 //! may ([`Authorizer`]), as kube-apiserver's `authentication.Request` and `authorizer.Authorizer`.
-//! Two credentials exist: the admin token, and the signed tokens nodes get when they join
-//! ([`Any`] tries each); an authenticated caller may do anything ([`AllowAuthenticated`]);
-//! RBAC plugs in as another [`Authorizer`] without touching handlers.
+//! Credentials: client certificates from the cluster CA ([`X509`]), the admin token, and the
+//! cluster's signed tokens ([`Any`] tries each). Decisions are RBAC's ([`crate::rbac`]).
 
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 
 use crate::error::ApiError;
@@ -20,8 +20,32 @@ pub struct UserInfo {
 /// Finds the caller of a request.
 pub trait Authenticator: Send + Sync {
     /// The caller, or `None` when the request carries no credential this authenticator knows.
-    fn authenticate(&self, headers: &HeaderMap) -> Option<UserInfo>;
+    fn authenticate(&self, req: &Parts) -> Option<UserInfo>;
 }
+
+/// The verified client certificate of the connection a request came on (a request extension
+/// the listener adds).
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub Option<wasmkube_client::tls::Peer>);
+
+/// Callers with a client certificate from the cluster CA: the common name is the user, the
+/// organizations its groups (kube-apiserver's `--client-ca-file`).
+pub struct X509;
+
+impl Authenticator for X509 {
+    fn authenticate(&self, req: &Parts) -> Option<UserInfo> {
+        let peer = req.extensions.get::<ClientCertificate>()?.0.clone()?;
+        let mut groups = peer.groups;
+        groups.push(AUTHENTICATED.into());
+        Some(UserInfo {
+            name: peer.name,
+            groups,
+        })
+    }
+}
+
+/// The group of every authenticated caller.
+pub const AUTHENTICATED: &str = "system:authenticated";
 
 /// The bearer token of a request ([`wasmkube_api::bearer_token`]).
 pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
@@ -43,11 +67,11 @@ impl AdminToken {
 }
 
 impl Authenticator for AdminToken {
-    fn authenticate(&self, headers: &HeaderMap) -> Option<UserInfo> {
-        let token = bearer_token(headers)?;
+    fn authenticate(&self, req: &Parts) -> Option<UserInfo> {
+        let token = bearer_token(&req.headers)?;
         wasmkube_api::secrets_equal(token.as_bytes(), self.token.as_bytes()).then(|| UserInfo {
             name: "system:admin".into(),
-            groups: vec!["system:masters".into(), "system:authenticated".into()],
+            groups: vec!["system:masters".into(), AUTHENTICATED.into()],
         })
     }
 }
@@ -57,14 +81,14 @@ impl Authenticator for AdminToken {
 pub struct Any(pub Vec<Box<dyn Authenticator>>);
 
 impl Authenticator for Any {
-    fn authenticate(&self, headers: &HeaderMap) -> Option<UserInfo> {
-        self.0.iter().find_map(|a| a.authenticate(headers))
+    fn authenticate(&self, req: &Parts) -> Option<UserInfo> {
+        self.0.iter().find_map(|a| a.authenticate(req))
     }
 }
 
 impl<T: Authenticator + ?Sized> Authenticator for std::sync::Arc<T> {
-    fn authenticate(&self, headers: &HeaderMap) -> Option<UserInfo> {
-        (**self).authenticate(headers)
+    fn authenticate(&self, req: &Parts) -> Option<UserInfo> {
+        (**self).authenticate(req)
     }
 }
 
@@ -168,6 +192,12 @@ pub trait Authorizer: Send + Sync {
     fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> Result<(), ApiError>;
 }
 
+impl<T: Authorizer + ?Sized> Authorizer for std::sync::Arc<T> {
+    fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> Result<(), ApiError> {
+        (**self).authorize(user, attrs)
+    }
+}
+
 /// Every authenticated caller may do everything: the authorizer while the admin token is the
 /// only credential (RBAC comes later).
 pub struct AllowAuthenticated;
@@ -182,10 +212,12 @@ impl Authorizer for AllowAuthenticated {
 mod tests {
     use super::*;
 
-    fn auth(value: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, value.parse().expect("header"));
-        h
+    fn auth(value: &str) -> Parts {
+        let mut parts = axum::http::Request::new(()).into_parts().0;
+        parts
+            .headers
+            .insert(header::AUTHORIZATION, value.parse().expect("header"));
+        parts
     }
 
     #[test]
@@ -207,7 +239,11 @@ mod tests {
                 .is_none(),
             "no basic auth"
         );
-        assert!(admin.authenticate(&HeaderMap::new()).is_none());
+        assert!(
+            admin
+                .authenticate(&axum::http::Request::new(()).into_parts().0)
+                .is_none()
+        );
     }
 
     #[test]

@@ -47,6 +47,12 @@ fn groups(reg: &Registry) -> BTreeMap<&'static str, Vec<&'static str>> {
             }
         }
     }
+    for r in crate::review::REVIEWS {
+        let versions = g.entry(r.group).or_default();
+        if !versions.contains(&"v1") {
+            versions.push("v1");
+        }
+    }
     g
 }
 
@@ -115,6 +121,14 @@ pub(crate) fn resource_list(reg: &Registry, group: &str, version: &str) -> Optio
         }
         for sub in k.subresources() {
             resources.push(json!({"name": format!("{}/{}", info.plural, sub.name), "singularName": "", "namespaced": info.namespaced(), "kind": sub.kind, "verbs": sub.verbs}));
+        }
+    }
+    for r in crate::review::REVIEWS {
+        if r.group == group && version == "v1" {
+            resources.push(
+                json!({"name": r.plural, "singularName": r.plural.trim_end_matches('s'),
+                "namespaced": r.namespaced, "kind": r.kind, "verbs": ["create"]}),
+            );
         }
     }
     if resources.is_empty() {

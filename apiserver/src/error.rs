@@ -211,7 +211,7 @@ fn encode(status: &StatusBody<'_>) -> Vec<u8> {
 }
 
 impl ApiError {
-    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             code,
             reason,
@@ -306,7 +306,7 @@ impl ApiError {
     }
 
     /// `errors.NewInvalid`: the message names the group-qualified kind.
-    fn invalid_kind(group: &str, kind: &str, name: &str, errors: &[FieldError]) -> Self {
+    pub(crate) fn invalid_kind(group: &str, kind: &str, name: &str, errors: &[FieldError]) -> Self {
         let bodies: Vec<String> = errors.iter().map(FieldError::body).collect();
         let joined = if bodies.len() == 1 {
             bodies[0].clone()

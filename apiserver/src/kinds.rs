@@ -8,6 +8,7 @@ mod events;
 pub(crate) mod misc;
 mod networking;
 pub(crate) mod pod;
+pub(crate) mod rbac;
 mod template;
 
 use crate::registry::Registry;
@@ -21,6 +22,7 @@ pub fn builtin() -> Registry {
     misc::register(&r);
     networking::register(&r);
     events::register(&r);
+    rbac::register(&r);
     r
 }
 

@@ -159,6 +159,46 @@ fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     Ok(params)
 }
 
+/// A kubeconfig for user `name` in groups `orgs` with a client certificate signed by the CA in
+/// `dir/pki` (kubeadm's `kubeconfig user --client-name --org`); nothing in `dir` changes. What
+/// the user may do is RBAC's.
+///
+/// # Errors
+/// When the CA cannot be read or the certificate made.
+pub fn user_kubeconfig(
+    dir: &Path,
+    server: &str,
+    name: &str,
+    orgs: &[String],
+) -> Result<String, PkiError> {
+    let pki = dir.join("pki");
+    let missing = |path: PathBuf| PkiError::Io {
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no cluster CA here"),
+        path,
+    };
+    let ca_pem = read(&pki.join("ca.crt"))?.ok_or_else(|| missing(pki.join("ca.crt")))?;
+    let ca_key_pem = read(&pki.join("ca.key"))?.ok_or_else(|| missing(pki.join("ca.key")))?;
+    let issuer = Issuer::new(ca_params()?, KeyPair::from_pem(&ca_key_pem)?);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    for org in orgs {
+        dn.push(DnType::OrganizationName, org.as_str());
+    }
+    params.distinguished_name = dn;
+    params.not_after = rcgen::date_time_ymd(2045, 1, 1);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer)?;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    Ok(format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: wasmkube\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {name}\n  user:\n    client-certificate-data: {crt}\n    client-key-data: {key}\ncontexts:\n- name: {name}@wasmkube\n  context:\n    cluster: wasmkube\n    user: {name}\n    namespace: default\ncurrent-context: {name}@wasmkube\n",
+        ca = b64(&ca_pem),
+        crt = b64(&cert.pem()),
+        key = b64(&key.serialize_pem()),
+    ))
+}
+
 impl Pki {
     /// Loads the credentials from `dir/pki`, creating whatever is missing. `hosts` are the
     /// names and addresses the serving certificate must cover (beyond localhost/127.0.0.1).
@@ -376,9 +416,22 @@ impl Pki {
     /// When the stored PEM cannot be parsed.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, rustls::Error> {
         let (certs, key) = (parse_certs(&self.cert_pem)?, parse_key(&self.key_pem)?);
+        let mut roots = rustls::RootCertStore::empty();
+        for c in parse_certs(&self.ca_pem)? {
+            roots.add(c)?;
+        }
+        // A client certificate is optional (tokens work too); one that is shown must come
+        // from the cluster CA.
+        let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
+            .with_client_cert_verifier(clients)
             .with_single_cert(certs, key)?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(cfg)

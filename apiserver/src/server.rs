@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use wasmkube_store::Store;
 
-use crate::auth::{AllowAuthenticated, Attributes, Authenticator, Authorizer};
+use crate::auth::{Attributes, Authenticator, Authorizer};
 use crate::error::ApiError;
 use crate::oci::OciRegistry;
 use crate::pki::Pki;
@@ -44,6 +44,8 @@ struct Shared {
     authn: Box<dyn Authenticator>,
     /// Whether they may.
     authz: Box<dyn Authorizer>,
+    /// The RBAC policy, for the review APIs.
+    rbac: Arc<crate::rbac::Rbac>,
     /// The admin token, which the registry also takes as a basic-auth password.
     token: String,
     /// How this server reaches wasmlets' endpoints (its kubelet client certificate).
@@ -93,7 +95,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     ) || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/");
-    let user = s.authn.authenticate(&parts.headers);
+    let user = s.authn.authenticate(&parts);
     if OciRegistry::serves(&path) {
         if user.is_none() && !registry_basic_auth(&parts.headers, &s.token) {
             // Registry clients (docker, oras, oci-client) expect a challenge.
@@ -308,6 +310,19 @@ async fn route(
             let (ns, name) = pod_log_path(p).expect("checked by the guard");
             crate::podlog::pod_log(&s.api, &s.kubelet, ns, name, query).await
         }
+        (_, p) if crate::review::route(p).is_some() => {
+            let (review, namespace) = crate::review::route(p).expect("checked by the guard");
+            let user = user.ok_or_else(ApiError::unauthorized)?;
+            crate::review::answer(
+                review,
+                namespace,
+                method,
+                user,
+                &s.rbac.policy(),
+                headers,
+                body,
+            )
+        }
         (_, p) if p.starts_with("/api/") || p.starts_with("/apis/") => {
             let mut q = Params::parse(query)?;
             q.user_agent = headers
@@ -418,6 +433,9 @@ async fn open(
         openapi: Default::default(),
     });
     bootstrap(&api).await?;
+    crate::rbac::bootstrap::reconcile(&api)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
     Ok(api)
 }
 
@@ -536,6 +554,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
     }
     let api = open(&config, store.clone(), &shutdown).await?;
+    let rbac = crate::rbac::Rbac::start(&api, shutdown.clone());
+    if !rbac.wait_loaded(std::time::Duration::from_secs(60)).await {
+        return Err(Error::Config(
+            "the RBAC policy could not be read within 60 s".into(),
+        ));
+    }
     let kubeconfig = dir.join("kubeconfig");
     crate::pki::write_private(&kubeconfig, &pki.kubeconfig(&format!("https://{server}")))?;
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "apiserver listening");
@@ -545,10 +569,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let shared = Arc::new(Shared {
         api: api.clone(),
         authn: Box::new(crate::auth::Any(vec![
+            Box::new(crate::auth::X509),
             Box::new(crate::auth::AdminToken::new(pki.admin_token.clone())),
             Box::new(Arc::clone(&tokens)),
         ])),
-        authz: Box::new(AllowAuthenticated),
+        authz: Box::new(Arc::clone(&rbac)),
+        rbac,
         token: pki.admin_token.clone(),
         kubelet: pki.kubelet_client(dir)?,
         server,
@@ -592,7 +618,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let svc = TowerToHyperService::new(app);
+                let cert =
+                    crate::auth::ClientCertificate(wasmkube_client::tls::Peer::of(tls.get_ref().1));
+                let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
+                    app,
+                    move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(cert.clone());
+                        req
+                    },
+                ));
                 // hyper's own refusals (too many headers, URI too long, bad request line)
                 // get a Status body too.
                 let io = crate::conn::StatusOnParseError::new(tls, MAX_HEADER_BYTES);
@@ -677,6 +711,7 @@ mod tests {
     //! refuses what it should, with the `Status` a client expects.
 
     use super::*;
+    use crate::auth::AllowAuthenticated;
     use axum::body::Body;
     use http_body_util::BodyExt;
     use serde_json::Value;
@@ -698,8 +733,10 @@ mod tests {
             .expect("apiserver");
         let pki = Pki::load_or_create(dir.path(), &[]).expect("pki");
         let tokens = Arc::new(crate::tokens::Tokens::new(&pki.sa_key_pem).expect("key"));
+        let rbac = crate::rbac::Rbac::start(&api, shutdown.clone());
         let shared = Arc::new(Shared {
             api,
+            rbac,
             authn: Box::new(crate::auth::Any(vec![
                 Box::new(crate::auth::AdminToken::new(TOKEN)),
                 Box::new(Arc::clone(&tokens)),

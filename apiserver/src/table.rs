@@ -43,6 +43,17 @@ impl Column {
         }
     }
 
+    /// A priority-0 date column.
+    pub const fn date(name: &'static str, description: &'static str) -> Column {
+        Column {
+            name,
+            type_: "date",
+            format: "",
+            description,
+            priority: 0,
+        }
+    }
+
     /// A `-o wide` column.
     pub const fn wide(mut self) -> Column {
         self.priority = 1;

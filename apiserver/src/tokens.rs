@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -116,8 +116,8 @@ impl Tokens {
 }
 
 impl Authenticator for Tokens {
-    fn authenticate(&self, headers: &HeaderMap) -> Option<UserInfo> {
-        self.check(bearer_token(headers)?)
+    fn authenticate(&self, req: &Parts) -> Option<UserInfo> {
+        self.check(bearer_token(&req.headers)?)
     }
 }
 

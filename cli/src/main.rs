@@ -50,6 +50,34 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Make kubeconfig files.
+    Kubeconfig {
+        #[command(subcommand)]
+        command: KubeconfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KubeconfigCommand {
+    /// Print a kubeconfig for a user with a client certificate signed by the cluster CA (run on
+    /// a server: it reads DATA_DIR/pki); grant it rights with Roles and RoleBindings.
+    User(UserArgs),
+}
+
+#[derive(Args)]
+struct UserArgs {
+    /// The server's data directory (its CA signs the certificate).
+    #[arg(long, env = "WASMKUBE_DATA_DIR", default_value = "./wasmkube-data")]
+    data_dir: PathBuf,
+    /// The user name (the certificate's common name).
+    #[arg(long)]
+    client_name: String,
+    /// A group of the user (the certificate's organization); repeat for more.
+    #[arg(long = "org")]
+    orgs: Vec<String>,
+    /// The API server's URL.
+    #[arg(long, default_value = "https://127.0.0.1:6443")]
+    server: String,
 }
 
 #[derive(Subcommand)]
@@ -791,6 +819,20 @@ async fn main() -> anyhow::Result<()> {
             command: ImageCommand::Push(args),
         } => push(args).await?,
         Command::Cluster { command } => cluster(command).await?,
+        Command::Kubeconfig {
+            command: KubeconfigCommand::User(args),
+        } => {
+            let kubeconfig = wasmkube_apiserver::pki::user_kubeconfig(
+                &args.data_dir,
+                &args.server,
+                &args.client_name,
+                &args.orgs,
+            )
+            .with_context(|| {
+                format!("signing with the cluster CA in {}", args.data_dir.display())
+            })?;
+            print!("{kubeconfig}");
+        }
     }
     Ok(())
 }

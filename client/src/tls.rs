@@ -85,3 +85,41 @@ pub fn insecure_client_config() -> Arc<rustls::ClientConfig> {
 pub fn insecure_connector() -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(insecure_client_config())
 }
+
+/// The caller a verified client certificate names: its common name is the user, its
+/// organizations the groups (kube-apiserver's x509 authenticator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The certificate's common name (the user).
+    pub name: String,
+    /// Its organizations (the groups).
+    pub groups: Vec<String>,
+}
+
+impl Peer {
+    /// The first certificate of a verified TLS connection's peer.
+    pub fn of(conn: &rustls::CommonState) -> Option<Peer> {
+        Peer::from_der(conn.peer_certificates()?.first()?)
+    }
+
+    /// The subject of a DER certificate.
+    pub fn from_der(der: &[u8]) -> Option<Peer> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let subject = cert.subject();
+        let name = subject
+            .iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())?
+            .to_owned();
+        let groups = subject
+            .iter_organization()
+            .filter_map(|a| a.as_str().ok().map(str::to_owned))
+            .collect();
+        Some(Peer { name, groups })
+    }
+
+    /// Whether the peer is in `group`.
+    pub fn is_in(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+}

@@ -14,6 +14,7 @@
 //! | [`endpoints`] | Endpoints and EndpointSlices from Services' selectors and pod readiness |
 //! | [`gc`] | dependents of deleted owners collected (background, foreground, orphan) |
 //! | [`nodelifecycle`] | silent nodes marked Unknown and tainted; their pods evicted, rate-limited |
+//! | [`clusterrole_aggregation`] | aggregated ClusterRoles (`admin`, `edit`, `view`) hold the rules of the roles they select |
 //! | [`namespace`] | Terminating namespaces emptied and finalized; a `default` ServiceAccount per namespace |
 //!
 //! ```no_run
@@ -39,6 +40,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -143,6 +145,7 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
         ),
         run_pod_owner(client.clone(), i, "job", job::reconcile, shutdown.clone()),
         gc::run(client.clone(), shutdown.clone()),
+        clusterrole_aggregation::run(client.clone(), shutdown.clone()),
         daemonset::run(client.clone(), i, shutdown.clone()),
         endpoints::run(client.clone(), i, shutdown.clone()),
         namespace::run(client, shutdown.clone()),

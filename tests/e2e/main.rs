@@ -29,3 +29,4 @@ mod t61_controllers;
 mod t62_deployments;
 mod t63_leader_election;
 mod t70_network;
+mod t80_rbac;

@@ -35,38 +35,8 @@ struct Stored {
     credentials: NodeCredentials,
 }
 
-/// Who is at the other end of a TLS connection, from its certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Peer {
-    /// The certificate's common name (the user).
-    pub(crate) name: String,
-    /// Its organizations (the groups).
-    pub(crate) groups: Vec<String>,
-}
-
-impl Peer {
-    /// The first certificate of a verified TLS connection's peer.
-    pub(crate) fn of(conn: &rustls::CommonState) -> Option<Peer> {
-        let der = conn.peer_certificates()?.first()?;
-        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        let subject = cert.subject();
-        let name = subject
-            .iter_common_name()
-            .next()
-            .and_then(|a| a.as_str().ok())?
-            .to_owned();
-        let groups = subject
-            .iter_organization()
-            .filter_map(|a| a.as_str().ok().map(str::to_owned))
-            .collect();
-        Some(Peer { name, groups })
-    }
-
-    /// Whether the peer is in `group`.
-    pub(crate) fn is_in(&self, group: &str) -> bool {
-        self.groups.iter().any(|g| g == group)
-    }
-}
+/// A verified TLS peer: the user and groups its certificate names.
+pub(crate) use wasmkube_client::tls::Peer;
 
 /// The TLS configurations built on the node's certificate.
 pub struct NodeTls {

@@ -1,0 +1,186 @@
+//! Identity and RBAC through the real binary: a user certificate made by `wasmkube kubeconfig
+//! user`, refused in kube-apiserver's words until a RoleBinding grants the aggregated `view`
+//! role in one namespace; `kubectl auth whoami` / `auth can-i` (with `--list`) where kubectl is
+//! installed.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use wasmkube_tests::{Process, client_for, kubectl, wait_for, wasmkube_command};
+
+/// `wasmkube kubeconfig user` for `name` in `orgs`, written beside the data directory.
+fn user_kubeconfig(
+    up: &Process,
+    data: &std::path::Path,
+    name: &str,
+    orgs: &[&str],
+) -> Result<std::path::PathBuf> {
+    let server = std::fs::read_to_string(up.kubeconfig())?
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+        .context("server in the admin kubeconfig")?;
+    let mut cmd = wasmkube_command(None);
+    cmd.args([
+        "kubeconfig",
+        "user",
+        "--client-name",
+        name,
+        "--server",
+        &server,
+    ])
+    .arg("--data-dir")
+    .arg(data);
+    for o in orgs {
+        cmd.args(["--org", o]);
+    }
+    let out = cmd.output()?;
+    ensure!(
+        out.status.success(),
+        "kubeconfig user: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = data.with_file_name(format!("{name}.kubeconfig"));
+    std::fs::write(&path, out.stdout)?;
+    Ok(path)
+}
+
+fn can_i(verb: &str, resource: &str, namespace: &str) -> SelfSubjectAccessReview {
+    SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                resource: Some(resource.into()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_user_certificate_should_get_exactly_what_its_role_bindings_grant() -> Result<()> {
+    wasmkube_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let up = Process::up_in(dir.path(), &["--no-wasmlet"]).await?;
+    let data = dir.path().join("data");
+    let admin = up.client().await?;
+    let jane_kc = user_kubeconfig(&up, &data, "jane", &["devs"])?;
+    let jane = client_for(&jane_kc).await?;
+
+    // Nothing granted yet: 403 in kube-apiserver's words.
+    let pods: Api<Pod> = Api::namespaced(jane.clone(), "default");
+    match pods.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => ensure!(
+            s.code == 403
+                && s.message
+                    == "pods is forbidden: User \"jane\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\"",
+            "refusal: {s:?}"
+        ),
+        other => anyhow::bail!("a user without bindings listed pods: {other:?}"),
+    }
+
+    // The aggregation controller fills `view` from system:aggregate-to-view.
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    wait_for(
+        "view to aggregate its rules",
+        Duration::from_secs(30),
+        || async {
+            let view = roles.get("view").await.ok()?;
+            view.rules
+                .iter()
+                .flatten()
+                .any(|r| r.resources.iter().flatten().any(|x| x == "pods"))
+                .then_some(())
+        },
+    )
+    .await?;
+
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "jane-view"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "jane"}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin.clone(), "default")
+        .create(&PostParams::default(), &binding)
+        .await?;
+    wait_for(
+        "the binding to take effect",
+        Duration::from_secs(10),
+        || async { pods.list(&ListParams::default()).await.ok() },
+    )
+    .await?;
+
+    // view reads, does not write, and holds in its namespace only.
+    let cms: Api<ConfigMap> = Api::namespaced(jane.clone(), "default");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "x"}}))?;
+    match cms.create(&PostParams::default(), &cm).await {
+        Err(kube::Error::Api(s)) => ensure!(s.code == 403, "create refused: {s:?}"),
+        other => anyhow::bail!("view created a ConfigMap: {other:?}"),
+    }
+    match Api::<Pod>::namespaced(jane.clone(), "kube-system")
+        .list(&ListParams::default())
+        .await
+    {
+        Err(kube::Error::Api(s)) => ensure!(s.code == 403, "other namespace refused: {s:?}"),
+        other => anyhow::bail!("a RoleBinding reached another namespace: {other:?}"),
+    }
+
+    // The same answers through SelfSubjectAccessReview.
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(jane.clone());
+    for (verb, ns, want) in [
+        ("list", "default", true),
+        ("create", "default", false),
+        ("list", "kube-system", false),
+    ] {
+        let r = reviews
+            .create(&PostParams::default(), &can_i(verb, "pods", ns))
+            .await?;
+        ensure!(
+            r.status.as_ref().map(|s| s.allowed) == Some(want),
+            "can-i {verb} pods -n {ns}: {:?}",
+            r.status
+        );
+    }
+
+    // kubectl, as users check their rights.
+    let Some(kubectl) = kubectl() else {
+        eprintln!("kubectl is not installed: the kubectl half of this test did not run");
+        return Ok(());
+    };
+    let run = |args: &[&str]| {
+        std::process::Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(&jane_kc)
+            .args(args)
+            .output()
+    };
+    let out = run(&["auth", "whoami", "-o", "json"])?;
+    let who: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+    ensure!(
+        who["status"]["userInfo"]["username"] == "jane"
+            && who["status"]["userInfo"]["groups"] == json!(["devs", "system:authenticated"]),
+        "whoami: {who}"
+    );
+    let out = run(&["auth", "can-i", "list", "pods"])?;
+    ensure!(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "yes");
+    let out = run(&["auth", "can-i", "delete", "pods"])?;
+    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "no");
+    let out = run(&["auth", "can-i", "--list"])?;
+    let list = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        list.lines()
+            .any(|l| l.starts_with("pods ") && l.contains("[get list watch]")),
+        "can-i --list:\n{list}"
+    );
+    Ok(())
+}
