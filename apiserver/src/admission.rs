@@ -42,6 +42,8 @@ pub(crate) struct Request<'a> {
     /// The stored object, for updates and deletes.
     pub(crate) old: Option<&'a Value>,
     pub(crate) dry_run: bool,
+    /// Who asks (none for the server's own writes).
+    pub(crate) user: Option<&'a crate::auth::UserInfo>,
 }
 
 impl Request<'_> {
@@ -225,6 +227,7 @@ mod tests {
             subresource: None,
             old: None,
             dry_run: false,
+            user: None,
         }
     }
 

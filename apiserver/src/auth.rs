@@ -183,6 +183,80 @@ impl Attributes {
     }
 }
 
+/// The user a request acts as: `user` itself, or the user its `Impersonate-User`,
+/// `Impersonate-Group` and `Impersonate-Uid` headers name when `user` may `impersonate` each
+/// of them (kube-apiserver's `WithImpersonation`).
+///
+/// # Errors
+/// 400 for groups or a uid without a user; 403 when `user` may not impersonate one of them.
+pub(crate) fn impersonate(
+    authz: &dyn Authorizer,
+    user: UserInfo,
+    headers: &HeaderMap,
+) -> Result<UserInfo, ApiError> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect()
+    };
+    let (names, groups, uids) = (
+        values("impersonate-user"),
+        values("impersonate-group"),
+        values("impersonate-uid"),
+    );
+    let extras = headers
+        .keys()
+        .any(|k| k.as_str().starts_with("impersonate-extra-"));
+    let Some(name) = names.first() else {
+        if groups.is_empty() && uids.is_empty() && !extras {
+            return Ok(user);
+        }
+        return Err(ApiError::bad_request(format!(
+            "requested groups {groups:?} or a uid without impersonating a user"
+        )));
+    };
+    let check = |resource: &str, group: &str, namespace: &str, object: &str| {
+        let attrs = Attributes {
+            verb: "impersonate".into(),
+            group: group.into(),
+            resource: resource.into(),
+            subresource: String::new(),
+            namespace: namespace.into(),
+            name: object.into(),
+            path: String::new(),
+        };
+        authz.authorize(&user, &attrs)
+    };
+    let mut impersonated = Vec::new();
+    match name
+        .strip_prefix(crate::rbac::SA_PREFIX)
+        .and_then(|r| r.split_once(':'))
+    {
+        Some((ns, sa)) => {
+            check("serviceaccounts", "", ns, sa)?;
+            impersonated.push("system:serviceaccounts".to_owned());
+            impersonated.push(format!("system:serviceaccounts:{ns}"));
+        }
+        None => check("users", "", "", name)?,
+    }
+    for g in &groups {
+        check("groups", "", "", g)?;
+        impersonated.push(g.clone());
+    }
+    for u in &uids {
+        check("uids", "authentication.k8s.io", "", u)?;
+    }
+    if name != "system:anonymous" && !impersonated.iter().any(|g| g == AUTHENTICATED) {
+        impersonated.push(AUTHENTICATED.into());
+    }
+    Ok(UserInfo {
+        name: name.clone(),
+        groups: impersonated,
+    })
+}
+
 /// Decides whether a caller may do what a request asks.
 pub trait Authorizer: Send + Sync {
     /// `Ok` to go on; a 403 `Status` otherwise.

@@ -389,9 +389,14 @@ impl ApiError {
             } else {
                 format!("in the namespace \"{}\"", attrs.namespace)
             };
+            // `errors.NewForbidden` names the group-qualified resource (`deployments.apps`).
+            let qualified = if attrs.group.is_empty() {
+                attrs.resource.clone()
+            } else {
+                format!("{}.{}", attrs.resource, attrs.group)
+            };
             format!(
-                "{}{} is forbidden: User \"{user}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
-                attrs.resource,
+                "{qualified}{} is forbidden: User \"{user}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
                 if attrs.name.is_empty() {
                     String::new()
                 } else {

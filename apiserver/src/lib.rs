@@ -160,6 +160,8 @@ pub struct Apiserver {
     pub(crate) admission: admission::Chain,
     /// The watch cache of every resource listed or watched so far.
     pub(crate) caches: cache::Caches,
+    /// The RBAC policy, from the watch caches.
+    pub(crate) rbac: Arc<rbac::Rbac>,
 }
 
 impl Apiserver {

@@ -8,6 +8,7 @@
 //! swapped whole after each change — no store read per request.
 
 pub(crate) mod bootstrap;
+pub(crate) mod escalation;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -20,10 +21,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::Apiserver;
 use crate::auth::{Attributes, Authorizer, UserInfo};
-use crate::cache::{Cacher, Next};
+use crate::cache::{Cacher, Caches, Next};
 use crate::error::ApiError;
+use crate::registry::Registry;
 
 /// The user name prefix of ServiceAccounts (`system:serviceaccount:NS:NAME`).
 pub(crate) const SA_PREFIX: &str = "system:serviceaccount:";
@@ -146,6 +147,19 @@ impl Policy {
             })
     }
 
+    /// The rules of ClusterRole `name` (none when it does not exist).
+    pub(crate) fn cluster_role_rules(&self, name: &str) -> Vec<PolicyRule> {
+        self.cluster_roles.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The rules of Role `name` in `namespace` (none when it does not exist).
+    pub(crate) fn role_rules_in(&self, namespace: &str, name: &str) -> Vec<PolicyRule> {
+        self.roles
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Whether `user` may do what `a` asks.
     pub(crate) fn allows(&self, user: &UserInfo, a: &Attributes) -> bool {
         user.is_master() || self.visit(user, &a.namespace, |r| rule_allows(r, a))
@@ -212,18 +226,21 @@ pub(crate) struct Rbac {
 }
 
 impl Rbac {
-    /// Starts following the RBAC resources of `api` until `shutdown`.
-    pub(crate) fn start(api: &Apiserver, shutdown: CancellationToken) -> Arc<Rbac> {
+    /// Starts following the RBAC resources in `caches` until `shutdown`.
+    pub(crate) fn start(
+        registry: &Registry,
+        caches: &Caches,
+        shutdown: CancellationToken,
+    ) -> Arc<Rbac> {
         let rbac = Arc::new(Rbac {
             policy: RwLock::default(),
             loaded: watch::Sender::new(false),
         });
         let cache = |kind: &str| {
-            let k = api
-                .registry
+            let k = registry
                 .by_kind(crate::kinds::rbac::GROUP, kind)
                 .expect("RBAC kinds are registered");
-            api.caches.of(&k.info().prefix(), k.field_selectors())
+            caches.of(&k.info().prefix(), k.field_selectors())
         };
         let caches = [
             cache("ClusterRole"),

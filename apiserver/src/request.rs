@@ -102,6 +102,9 @@ pub struct Params {
     /// The request's User-Agent (default field manager); not a query parameter.
     #[serde(skip)]
     pub user_agent: Option<String>,
+    /// Who asks (authenticated, after impersonation); not a query parameter.
+    #[serde(skip)]
+    pub user: Option<crate::auth::UserInfo>,
 }
 
 fn flag(v: &Option<String>) -> bool {

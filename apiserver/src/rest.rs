@@ -93,7 +93,7 @@ impl Apiserver {
                     // Whatever request removed it, the object itself is gone.
                     let req = AdmissionRequest {
                         subresource: None,
-                        ..self.admission_request(t, Operation::Delete, name, None, false)
+                        ..self.admission_request(t, Operation::Delete, name, None, false, None)
                     };
                     self.admission.released(&req);
                 }
@@ -215,6 +215,7 @@ impl Apiserver {
         name: &'a str,
         old: Option<&'a Value>,
         dry_run: bool,
+        user: Option<&'a crate::auth::UserInfo>,
     ) -> AdmissionRequest<'a> {
         AdmissionRequest {
             operation,
@@ -224,6 +225,7 @@ impl Apiserver {
             subresource: t.subresource.as_deref(),
             old,
             dry_run,
+            user,
         }
     }
 

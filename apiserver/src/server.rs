@@ -95,7 +95,13 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     ) || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/");
-    let user = s.authn.authenticate(&parts);
+    let user = match s.authn.authenticate(&parts) {
+        Some(u) => match crate::auth::impersonate(&*s.authz, u, &parts.headers) {
+            Ok(u) => Some(u),
+            Err(e) => return e.into_response(),
+        },
+        None => None,
+    };
     if OciRegistry::serves(&path) {
         if user.is_none() && !registry_basic_auth(&parts.headers, &s.token) {
             // Registry clients (docker, oras, oci-client) expect a challenge.
@@ -329,6 +335,7 @@ async fn route(
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            q.user = user.cloned();
             s.api
                 .handle_api(method.clone(), path, query, headers, body, q)
                 .await
@@ -419,15 +426,18 @@ async fn open(
     store: Store,
     shutdown: &CancellationToken,
 ) -> Result<Arc<Apiserver>, Error> {
+    let caches =
+        crate::cache::Caches::new(store.clone(), config.watch_cache_window, shutdown.clone());
+    let registry = kinds::builtin();
+    let rbac = crate::rbac::Rbac::start(&registry, &caches, shutdown.clone());
+    let admission = crate::admission::Chain::standard(&store, config.network.clone(), shutdown)
+        .validating(crate::rbac::escalation::Escalation(Arc::clone(&rbac)));
     let api = Arc::new(Apiserver {
-        admission: crate::admission::Chain::standard(&store, config.network.clone(), shutdown),
-        caches: crate::cache::Caches::new(
-            store.clone(),
-            config.watch_cache_window,
-            shutdown.clone(),
-        ),
+        admission,
+        caches,
         store,
-        registry: kinds::builtin(),
+        registry,
+        rbac,
         shutdown: shutdown.clone(),
         bookmark_interval: config.bookmark_interval,
         openapi: Default::default(),
@@ -554,7 +564,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
     }
     let api = open(&config, store.clone(), &shutdown).await?;
-    let rbac = crate::rbac::Rbac::start(&api, shutdown.clone());
+    let rbac = Arc::clone(&api.rbac);
     if !rbac.wait_loaded(std::time::Duration::from_secs(60)).await {
         return Err(Error::Config(
             "the RBAC policy could not be read within 60 s".into(),
@@ -733,7 +743,7 @@ mod tests {
             .expect("apiserver");
         let pki = Pki::load_or_create(dir.path(), &[]).expect("pki");
         let tokens = Arc::new(crate::tokens::Tokens::new(&pki.sa_key_pem).expect("key"));
-        let rbac = crate::rbac::Rbac::start(&api, shutdown.clone());
+        let rbac = Arc::clone(&api.rbac);
         let shared = Arc::new(Shared {
             api,
             rbac,

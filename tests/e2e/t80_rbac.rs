@@ -10,7 +10,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use wasmkube_tests::{Process, client_for, kubectl, wait_for, wasmkube_command};
@@ -151,6 +151,60 @@ async fn a_user_certificate_should_get_exactly_what_its_role_bindings_grant() ->
         );
     }
 
+    // A namespace admin manages Roles and RoleBindings there, but grants nothing it lacks.
+    let team: serde_json::Value = json!({"metadata": {"name": "team"}});
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .create(&PostParams::default(), &serde_json::from_value(team)?)
+        .await?;
+    let admin_binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "jane-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "jane"}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin.clone(), "team")
+        .create(&PostParams::default(), &admin_binding)
+        .await?;
+    let jane_roles: Api<Role> = Api::namespaced(jane.clone(), "team");
+    let role = |name: &str, resource: &str| -> Result<Role> {
+        Ok(serde_json::from_value(json!({"metadata": {"name": name},
+            "rules": [{"verbs": ["get", "list"], "apiGroups": [""], "resources": [resource]}]}))?)
+    };
+    wait_for(
+        "jane to administer team",
+        Duration::from_secs(10),
+        || async {
+            jane_roles
+                .create(&PostParams::default(), &role("pod-reader", "pods").ok()?)
+                .await
+                .ok()
+        },
+    )
+    .await?;
+    match jane_roles
+        .create(&PostParams::default(), &role("node-reader", "nodes")?)
+        .await
+    {
+        Err(kube::Error::Api(s)) => ensure!(
+            s.code == 403
+                && s.message
+                    .contains("is attempting to grant RBAC permissions not currently held"),
+            "escalation refused: {s:?}"
+        ),
+        other => anyhow::bail!("a namespace admin granted what it lacks: {other:?}"),
+    }
+    let to_cluster_admin: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "jane-root"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "jane"}],
+    }))?;
+    match Api::<RoleBinding>::namespaced(jane.clone(), "team")
+        .create(&PostParams::default(), &to_cluster_admin)
+        .await
+    {
+        Err(kube::Error::Api(s)) => ensure!(s.code == 403, "binding cluster-admin refused: {s:?}"),
+        other => anyhow::bail!("a namespace admin bound cluster-admin: {other:?}"),
+    }
+
     // kubectl, as users check their rights.
     let Some(kubectl) = kubectl() else {
         eprintln!("kubectl is not installed: the kubectl half of this test did not run");
@@ -181,6 +235,32 @@ async fn a_user_certificate_should_get_exactly_what_its_role_bindings_grant() ->
         list.lines()
             .any(|l| l.starts_with("pods ") && l.contains("[get list watch]")),
         "can-i --list:\n{list}"
+    );
+
+    // Impersonation: the admin may act as jane; jane may not act as anyone.
+    let as_admin = |args: &[&str]| {
+        std::process::Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(up.kubeconfig())
+            .args(args)
+            .output()
+    };
+    let out = as_admin(&["auth", "can-i", "list", "pods", "--as", "jane"])?;
+    ensure!(String::from_utf8_lossy(&out.stdout).trim() == "yes");
+    let out = as_admin(&["get", "secrets", "--as", "jane"])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("User \"jane\" cannot list resource \"secrets\""),
+        "as jane: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["get", "pods", "--as", "bob"])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "users \"bob\" is forbidden: User \"jane\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"
+        ),
+        "jane as bob: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
 }

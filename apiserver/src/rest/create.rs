@@ -152,7 +152,7 @@ impl Apiserver {
             o.remove("status");
         }
         self.track_managed_fields(t, q, operation, None, &mut obj);
-        let req = self.admission_request(t, Operation::Create, &name, None, dry);
+        let req = self.admission_request(t, Operation::Create, &name, None, dry, q.user.as_ref());
         self.admission.mutate(&req, &mut obj).await?;
         t.kind
             .admit(&mut obj, None)

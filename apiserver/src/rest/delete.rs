@@ -38,6 +38,8 @@ pub(crate) struct DeleteOptions {
     pub(crate) rv: Option<String>,
     pub(crate) policy: Option<String>,
     pub(crate) dry_run: bool,
+    /// Who asks.
+    pub(crate) user: Option<crate::auth::UserInfo>,
 }
 
 impl DeleteOptions {
@@ -47,6 +49,7 @@ impl DeleteOptions {
             grace: Params::int("gracePeriodSeconds", &q.grace_period_seconds)?,
             dry_run: q.dry_run()?,
             policy: q.propagation_policy.clone(),
+            user: q.user.clone(),
             ..Default::default()
         };
         if let Some(orphan) = q.orphan_dependents.as_deref() {
@@ -110,8 +113,14 @@ impl Apiserver {
         let name = t.name.as_deref().expect("routed with a name");
         for _ in 0..16 {
             let cur = self.load(t, name).await?;
-            let req =
-                self.admission_request(t, Operation::Delete, name, Some(&cur.value), opts.dry_run);
+            let req = self.admission_request(
+                t,
+                Operation::Delete,
+                name,
+                Some(&cur.value),
+                opts.dry_run,
+                opts.user.as_ref(),
+            );
             self.admission.validate(&req, None).await?;
             let uid = meta_str(&cur.value, "uid").unwrap_or_default().to_string();
             if let Some(want) = &opts.uid

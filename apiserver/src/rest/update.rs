@@ -113,7 +113,14 @@ impl Apiserver {
         let info = t.kind.info();
         let name = meta_str(&cur.value, "name").unwrap_or_default().to_string();
         let dry = q.dry_run()?;
-        let req = self.admission_request(t, Operation::Update, &name, Some(&cur.value), dry);
+        let req = self.admission_request(
+            t,
+            Operation::Update,
+            &name,
+            Some(&cur.value),
+            dry,
+            q.user.as_ref(),
+        );
         self.admission.mutate(&req, &mut new).await?;
         t.kind
             .admit(&mut new, Some(&cur.value))
