@@ -47,6 +47,7 @@ pub mod request;
 mod rest;
 mod review;
 mod server;
+mod serviceaccount;
 pub mod table;
 mod tokens;
 pub mod validation;
@@ -162,6 +163,8 @@ pub struct Apiserver {
     pub(crate) caches: cache::Caches,
     /// The RBAC policy, from the watch caches.
     pub(crate) rbac: Arc<rbac::Rbac>,
+    /// Signs and checks the cluster's tokens.
+    pub(crate) tokens: Arc<tokens::Tokens>,
 }
 
 impl Apiserver {

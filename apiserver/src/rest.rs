@@ -171,6 +171,9 @@ impl Apiserver {
             (&Method::POST, true, Some("binding")) if t.kind.serves("binding") => {
                 self.bind(&call).await
             }
+            (&Method::POST, true, Some("token")) if t.kind.serves("token") => {
+                self.token_request(&call).await
+            }
             (&Method::PUT, true, None) => self.update(&call).await,
             (&Method::PUT, true, Some("status")) if info.status => self.update(&call).await,
             (&Method::PUT, true, Some("finalize")) if t.kind.serves("finalize") => {
@@ -199,7 +202,7 @@ impl Apiserver {
                 self.delete_collection(&call).await
             }
             (_, true, Some(other))
-                if !matches!(other, "status" | "scale" | "binding" | "finalize") =>
+                if !matches!(other, "status" | "scale" | "binding" | "finalize" | "token") =>
             {
                 Err(ApiError::no_route(path))
             }

@@ -260,6 +260,17 @@ async fn route(
             }
         }
         (&Method::GET, "/version") => get(discovery::version()),
+        (&Method::GET, "/.well-known/openid-configuration") => get(
+            crate::serviceaccount::openid_configuration(&s.api.tokens, &s.server),
+        ),
+        (&Method::GET, "/openid/v1/jwks") => {
+            let mut resp = respond_json(StatusCode::OK, &s.api.tokens.jwks(), &[]);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/jwk-set+json"),
+            );
+            Ok(resp)
+        }
         (&Method::GET, wasmkube_client::join::CA_PATH) => Ok(s.cluster.ca()),
         (&Method::POST, crate::cluster::JOIN_PATH) => s.cluster.join(headers),
         (&Method::POST, wasmkube_client::join::NODE_JOIN_PATH) => {
@@ -424,6 +435,7 @@ async fn bootstrap(api: &Apiserver) -> Result<(), Error> {
 async fn open(
     config: &Config,
     store: Store,
+    tokens: Arc<crate::tokens::Tokens>,
     shutdown: &CancellationToken,
 ) -> Result<Arc<Apiserver>, Error> {
     let caches =
@@ -438,6 +450,7 @@ async fn open(
         store,
         registry,
         rbac,
+        tokens,
         shutdown: shutdown.clone(),
         bookmark_interval: config.bookmark_interval,
         openapi: Default::default(),
@@ -563,7 +576,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             crate::pki::write_private(&dir.join("member-id"), &node_id.to_string())?;
         }
     }
-    let api = open(&config, store.clone(), &shutdown).await?;
+    let tokens = Arc::new(crate::tokens::Tokens::new(&pki.sa_key_pem)?);
+    let api = open(&config, store.clone(), Arc::clone(&tokens), &shutdown).await?;
     let rbac = Arc::clone(&api.rbac);
     if !rbac.wait_loaded(std::time::Duration::from_secs(60)).await {
         return Err(Error::Config(
@@ -575,13 +589,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "apiserver listening");
 
     let shared_api = Arc::clone(&api);
-    let tokens = Arc::new(crate::tokens::Tokens::new(&pki.sa_key_pem)?);
     let shared = Arc::new(Shared {
         api: api.clone(),
         authn: Box::new(crate::auth::Any(vec![
             Box::new(crate::auth::X509),
             Box::new(crate::auth::AdminToken::new(pki.admin_token.clone())),
             Box::new(Arc::clone(&tokens)),
+            Box::new(crate::serviceaccount::ServiceAccountTokens::new(
+                Arc::clone(&tokens),
+                &api.caches,
+            )),
         ])),
         authz: Box::new(Arc::clone(&rbac)),
         rbac,
@@ -738,11 +755,11 @@ mod tests {
         let store = Store::open(wasmkube_store::Config::new(dir.path()))
             .await
             .expect("store");
-        let api = open(&config, store.clone(), &shutdown)
-            .await
-            .expect("apiserver");
         let pki = Pki::load_or_create(dir.path(), &[]).expect("pki");
         let tokens = Arc::new(crate::tokens::Tokens::new(&pki.sa_key_pem).expect("key"));
+        let api = open(&config, store.clone(), Arc::clone(&tokens), &shutdown)
+            .await
+            .expect("apiserver");
         let rbac = Arc::clone(&api.rbac);
         let shared = Arc::new(Shared {
             api,

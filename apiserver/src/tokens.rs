@@ -1,7 +1,9 @@
 //! The cluster's signed bearer tokens: JSON Web Tokens signed (ES256) with the key every server
 //! shares (`pki/sa.key`), so any server checks a token without asking the store, as
-//! kube-apiserver checks ServiceAccount tokens. Today they name nodes (`system:node:NAME`,
-//! given when a wasmlet joins); ServiceAccount tokens use the same key.
+//! kube-apiserver checks ServiceAccount tokens. They name nodes (`system:node:NAME`, given when
+//! a wasmlet joins) and ServiceAccounts (`system:serviceaccount:NS:NAME`, from the TokenRequest
+//! API, with kube-apiserver's `kubernetes.io` claims); the public key is published as a JWKS
+//! for OIDC discovery.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,14 +26,56 @@ pub(crate) const NODES_GROUP: &str = "system:nodes";
 /// cleared and filled again.
 const REMEMBERED: usize = 4096;
 
+/// `aud`: one audience or several.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// An object a claim names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct ObjectClaim {
+    pub(crate) name: String,
+    pub(crate) uid: String,
+}
+
+/// kube-apiserver's private `kubernetes.io` claims of a ServiceAccount token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct KubernetesClaims {
+    pub(crate) namespace: String,
+    pub(crate) serviceaccount: ObjectClaim,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) pod: Option<ObjectClaim>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) secret: Option<ObjectClaim>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     iss: String,
     sub: String,
-    aud: String,
+    aud: Audience,
     iat: i64,
     nbf: i64,
     exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
+    #[serde(
+        rename = "kubernetes.io",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    kubernetes: Option<KubernetesClaims>,
+}
+
+/// What a ServiceAccount token asks for.
+pub(crate) struct ServiceAccountToken<'a> {
+    pub(crate) claims: KubernetesClaims,
+    /// Audiences; empty: the API server's own.
+    pub(crate) audiences: &'a [String],
+    pub(crate) lifetime: std::time::Duration,
 }
 
 /// Signs and checks the cluster's tokens.
@@ -39,6 +83,10 @@ pub(crate) struct Tokens {
     signing: EncodingKey,
     checking: DecodingKey,
     validation: Validation,
+    /// The key's id (base64url SHA-256 of its public key, as kube-apiserver's `kid`).
+    kid: String,
+    /// The public key's JWK.
+    jwk: serde_json::Value,
     /// Tokens already verified: their user and expiry (seconds since the epoch).
     remembered: Mutex<HashMap<String, (UserInfo, i64)>>,
 }
@@ -63,10 +111,22 @@ impl Tokens {
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = 60;
+        let public = rcgen::PublicKeyData::subject_public_key_info(&pair);
+        let b64 =
+            |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+        let kid = b64(&<sha2::Sha256 as sha2::Digest>::digest(&public));
+        // The uncompressed P-256 point: 0x04, X (32 bytes), Y (32 bytes).
+        let raw = pair.public_key_raw();
+        let jwk = serde_json::json!({
+            "use": "sig", "kty": "EC", "kid": kid, "crv": "P-256", "alg": "ES256",
+            "x": b64(raw.get(1..33).unwrap_or_default()), "y": b64(raw.get(33..65).unwrap_or_default()),
+        });
         Ok(Tokens {
             signing,
             checking,
             validation,
+            kid,
+            jwk,
             remembered: Mutex::new(HashMap::new()),
         })
     }
@@ -77,13 +137,73 @@ impl Tokens {
         let claims = Claims {
             iss: ISSUER.into(),
             sub: subject.into(),
-            aud: AUDIENCE.into(),
+            aud: Audience::One(AUDIENCE.into()),
             iat,
             nbf: iat,
             exp: iat.saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX)),
+            jti: None,
+            kubernetes: None,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.signing)
-            .expect("an ES256 key signs")
+        self.sign(&claims)
+    }
+
+    fn sign(&self, claims: &Claims) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.signing).expect("an ES256 key signs")
+    }
+
+    /// A ServiceAccount token and its expiry (seconds since the epoch).
+    pub(crate) fn issue_service_account(&self, t: &ServiceAccountToken<'_>) -> (String, i64) {
+        let iat = now();
+        let exp = iat.saturating_add(i64::try_from(t.lifetime.as_secs()).unwrap_or(i64::MAX));
+        let audiences = if t.audiences.is_empty() {
+            vec![AUDIENCE.to_owned()]
+        } else {
+            t.audiences.to_vec()
+        };
+        let claims = Claims {
+            iss: ISSUER.into(),
+            sub: format!(
+                "{}{}:{}",
+                crate::rbac::SA_PREFIX,
+                t.claims.namespace,
+                t.claims.serviceaccount.name
+            ),
+            aud: Audience::Many(audiences),
+            iat,
+            nbf: iat,
+            exp,
+            jti: Some(uuid::Uuid::new_v4().to_string()),
+            kubernetes: Some(t.claims.clone()),
+        };
+        (self.sign(&claims), exp)
+    }
+
+    /// The claims of a ServiceAccount token for this API server (signed here, in date, for its
+    /// audience); whether the objects it names still exist is the caller's to check.
+    pub(crate) fn check_service_account(&self, token: &str) -> Option<KubernetesClaims> {
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.checking, &self.validation)
+            .ok()?
+            .claims;
+        let k = claims.kubernetes?;
+        let expected = format!(
+            "{}{}:{}",
+            crate::rbac::SA_PREFIX,
+            k.namespace,
+            k.serviceaccount.name
+        );
+        (claims.sub == expected).then_some(k)
+    }
+
+    /// The OIDC issuer.
+    pub(crate) fn issuer(&self) -> &'static str {
+        ISSUER
+    }
+
+    /// The public keys, as a JWKS (`/openid/v1/jwks`).
+    pub(crate) fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({"keys": [self.jwk]})
     }
 
     /// The user a token names, when this cluster signed it and it is in date.
@@ -97,7 +217,7 @@ impl Tokens {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.checking, &self.validation)
             .ok()?
             .claims;
-        // Only node tokens are issued today; any other subject is not ours.
+        // Node tokens only: ServiceAccount tokens need their objects looked up.
         let node = claims.sub.strip_prefix(NODE_PREFIX)?;
         if node.is_empty() {
             return None;
@@ -154,13 +274,50 @@ mod tests {
         let claims = Claims {
             iss: ISSUER.into(),
             sub: "system:node:old".into(),
-            aud: AUDIENCE.into(),
+            aud: Audience::One(AUDIENCE.into()),
             iat: now() - 7200,
             nbf: now() - 7200,
             exp: now() - 3600,
+            jti: None,
+            kubernetes: None,
         };
         let t = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &tokens.signing)
             .expect("signs");
         assert_eq!(tokens.check(&t), None);
+    }
+
+    #[test]
+    fn a_service_account_token_should_carry_its_claims_and_name_its_account() {
+        let tokens = Tokens::new(&key()).expect("key");
+        let claims = KubernetesClaims {
+            namespace: "team".into(),
+            serviceaccount: ObjectClaim {
+                name: "ci".into(),
+                uid: "u-1".into(),
+            },
+            pod: None,
+            secret: None,
+        };
+        let (t, exp) = tokens.issue_service_account(&ServiceAccountToken {
+            claims: claims.clone(),
+            audiences: &[],
+            lifetime: std::time::Duration::from_secs(600),
+        });
+        assert!(exp > now());
+        assert_eq!(tokens.check_service_account(&t), Some(claims.clone()));
+        assert_eq!(tokens.check(&t), None, "not a node token");
+        let (other, _) = tokens.issue_service_account(&ServiceAccountToken {
+            claims,
+            audiences: &["vault".to_owned()],
+            lifetime: std::time::Duration::from_secs(600),
+        });
+        assert_eq!(
+            tokens.check_service_account(&other),
+            None,
+            "another audience"
+        );
+        let header = jsonwebtoken::decode_header(&t).expect("header");
+        assert_eq!(header.kid.as_deref(), Some(tokens.kid.as_str()));
+        assert_eq!(tokens.jwks()["keys"][0]["kid"], tokens.kid.as_str());
     }
 }

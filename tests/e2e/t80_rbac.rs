@@ -264,3 +264,211 @@ async fn a_user_certificate_should_get_exactly_what_its_role_bindings_grant() ->
     );
     Ok(())
 }
+
+/// A kubeconfig like the admin's, with `token` instead of the admin token.
+fn token_kubeconfig(up: &Process, token: &str) -> Result<std::path::PathBuf> {
+    let admin = std::fs::read_to_string(up.kubeconfig())?;
+    let with: String = admin
+        .lines()
+        .map(|l| match l.trim().strip_prefix("token: ") {
+            Some(_) => format!("    token: {token}"),
+            None => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = up
+        .kubeconfig()
+        .with_file_name(format!("token-{}.kubeconfig", &token[token.len() - 8..]));
+    std::fs::write(&path, with)?;
+    Ok(path)
+}
+
+#[tokio::test]
+async fn a_service_account_token_should_act_as_its_account_while_the_account_exists() -> Result<()>
+{
+    wasmkube_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    let up = Process::up_in(dir.path(), &["--no-wasmlet"]).await?;
+    let admin = up.client().await?;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "team"}}))?,
+        )
+        .await?;
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(admin.clone(), "team");
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "ci"}}))?,
+        )
+        .await?;
+    let path = "/api/v1/namespaces/team/serviceaccounts/ci/token";
+    let request = |seconds: i64| {
+        serde_json::to_vec(
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": seconds}}),
+        )
+    };
+    let (code, short) = wasmkube_tests::raw(
+        &admin,
+        "POST",
+        path,
+        "application/json",
+        "application/json",
+        &request(60)?,
+    )
+    .await?;
+    ensure!(
+        code == 422
+            && short["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("less than 10 minutes"),
+        "{short}"
+    );
+    let (code, answer) = wasmkube_tests::raw(
+        &admin,
+        "POST",
+        path,
+        "application/json",
+        "application/json",
+        &request(1200)?,
+    )
+    .await?;
+    ensure!(code == 201, "token request: {answer}");
+    let token = answer["status"]["token"]
+        .as_str()
+        .context("a token")?
+        .to_owned();
+    ensure!(
+        answer["status"]["expirationTimestamp"].is_string(),
+        "{answer}"
+    );
+
+    let ci = client_for(&token_kubeconfig(&up, &token)?).await?;
+    let (code, who) = wasmkube_tests::raw(
+        &ci,
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        "application/json",
+        "application/json",
+        br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#,
+    )
+    .await?;
+    ensure!(code == 201, "whoami: {who}");
+    ensure!(
+        who["status"]["userInfo"]
+            == json!({"username": "system:serviceaccount:team:ci",
+                      "groups": ["system:serviceaccounts", "system:serviceaccounts:team", "system:authenticated"]}),
+        "{who}"
+    );
+    let pods: Api<Pod> = Api::namespaced(ci.clone(), "team");
+    ensure!(
+        matches!(pods.list(&ListParams::default()).await, Err(kube::Error::Api(ref s)) if s.code == 403),
+        "no binding, no pods"
+    );
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "ci-view"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "ServiceAccount", "name": "ci", "namespace": "team"}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin.clone(), "team")
+        .create(&PostParams::default(), &binding)
+        .await?;
+    wait_for(
+        "the account's binding to take effect",
+        Duration::from_secs(10),
+        || async { pods.list(&ListParams::default()).await.ok() },
+    )
+    .await?;
+
+    // The issuer's keys verify the token (OIDC discovery).
+    let (code, oidc) = wasmkube_tests::raw(
+        &ci,
+        "GET",
+        "/.well-known/openid-configuration",
+        "application/json",
+        "application/json",
+        b"",
+    )
+    .await?;
+    ensure!(
+        code == 200
+            && oidc["jwks_uri"]
+                .as_str()
+                .is_some_and(|u| u.ends_with("/openid/v1/jwks")),
+        "{oidc}"
+    );
+    let (code, jwks) = wasmkube_tests::raw(
+        &ci,
+        "GET",
+        "/openid/v1/jwks",
+        "application/json",
+        "application/json",
+        b"",
+    )
+    .await?;
+    ensure!(code == 200 && jwks["keys"][0]["alg"] == "ES256", "{jwks}");
+
+    // A deleted account's tokens stop working.
+    accounts.delete("ci", &Default::default()).await?;
+    wait_for(
+        "the token to be refused",
+        Duration::from_secs(10),
+        || async {
+            match pods.list(&ListParams::default()).await {
+                Err(kube::Error::Api(s)) if s.code == 401 => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await?;
+
+    if let Some(kubectl) = kubectl() {
+        accounts
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "deploy"}}))?,
+            )
+            .await?;
+        let out = std::process::Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(up.kubeconfig())
+            .args([
+                "create",
+                "token",
+                "deploy",
+                "-n",
+                "team",
+                "--duration",
+                "20m",
+            ])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "kubectl create token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout)?.trim().to_owned();
+        let out = std::process::Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(token_kubeconfig(&up, &token)?)
+            .args([
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username}",
+            ])
+            .output()?;
+        ensure!(
+            String::from_utf8_lossy(&out.stdout) == "system:serviceaccount:team:deploy",
+            "whoami with a kubectl-made token: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("kubectl is not installed: kubectl create token was not tried");
+    }
+    Ok(())
+}

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use wasmkube_api::ResourceInfo;
 
 use crate::error::FieldError;
-use crate::registry::{Registry, Strategy};
+use crate::registry::{Registry, Strategy, Subresource};
 use crate::table::{Column, age};
 use crate::validation;
 
@@ -180,6 +180,14 @@ impl Strategy for ServiceAccountStrategy {
 
     fn info(&self) -> ResourceInfo {
         ResourceInfo::of::<ServiceAccount>().short_names(&["sa"])
+    }
+
+    fn subresources(&self) -> &'static [Subresource] {
+        &[Subresource {
+            name: "token",
+            kind: "TokenRequest",
+            verbs: &["create"],
+        }]
     }
 
     fn columns(&self) -> Vec<Column> {

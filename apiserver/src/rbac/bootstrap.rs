@@ -414,6 +414,20 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
             ],
         ),
         role(
+            "system:service-account-issuer-discovery",
+            &[],
+            None,
+            vec![urls(
+                &["get"],
+                &[
+                    "/.well-known/openid-configuration",
+                    "/.well-known/openid-configuration/",
+                    "/openid/v1/jwks",
+                    "/openid/v1/jwks/",
+                ],
+            )],
+        ),
+        role(
             "system:auth-delegator",
             &[],
             None,
@@ -496,6 +510,11 @@ pub(crate) fn cluster_role_bindings() -> Vec<Value> {
             "system:node-proxier",
             "system:node-proxier",
             &[("User", "system:kube-proxy")],
+        ),
+        binding(
+            "system:service-account-issuer-discovery",
+            "system:service-account-issuer-discovery",
+            &[("Group", "system:serviceaccounts")],
         ),
     ]
 }
