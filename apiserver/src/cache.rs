@@ -354,9 +354,16 @@ impl Caches {
         }
     }
 
+    /// The cache of `kind`'s resource (keyed by its storage prefix, extracting the fields its
+    /// field selectors name), started (loading in the background) when this is its first use.
+    pub(crate) fn of_kind(&self, kind: &dyn crate::registry::Kind) -> Arc<Cacher> {
+        self.of(&kind.info().prefix(), kind.field_selectors())
+    }
+
     /// The cache of the resource stored under `prefix` whose kind selects on `fields`,
-    /// started (loading in the background) when this is its first use.
-    pub(crate) fn of(&self, prefix: &str, fields: &'static [&'static str]) -> Arc<Cacher> {
+    /// started (loading in the background) when this is its first use. The first caller's
+    /// `fields` are the cache's: callers go through [`Caches::of_kind`].
+    fn of(&self, prefix: &str, fields: &'static [&'static str]) -> Arc<Cacher> {
         let mut all = self.by_prefix.lock().expect("caches lock");
         if let Some(c) = all.get(prefix) {
             return Arc::clone(c);

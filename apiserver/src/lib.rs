@@ -62,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use admission::alloc::Network;
 pub use error::{ApiError, FieldError};
-pub use server::{Running, start};
+pub use server::{ComponentKubeconfigs, Running, start};
 
 use registry::Registry;
 use wasmkube_store::Store;

@@ -187,7 +187,7 @@ impl Apiserver {
         if info.stored_as.is_some() {
             return None;
         }
-        Some(self.caches.of(&info.prefix(), t.kind.field_selectors()))
+        Some(self.caches.of_kind(&*t.kind))
     }
 
     /// Waits until the cache has `rv` (as a `NotOlderThan` read requires).

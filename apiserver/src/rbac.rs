@@ -240,7 +240,7 @@ impl Rbac {
             let k = registry
                 .by_kind(crate::kinds::rbac::GROUP, kind)
                 .expect("RBAC kinds are registered");
-            caches.of(&k.info().prefix(), k.field_selectors())
+            caches.of_kind(&*k)
         };
         let caches = [
             cache("ClusterRole"),

@@ -366,11 +366,46 @@ fn pod_log_path(path: &str) -> Option<(&str, &str)> {
 }
 
 /// A started API server.
+/// Kubeconfigs with client certificates for the components that run beside a server: each
+/// acts as its own user, with the rights its bootstrap ClusterRole gives.
+#[derive(Debug, Clone)]
+pub struct ComponentKubeconfigs {
+    /// `system:kube-scheduler`.
+    pub scheduler: PathBuf,
+    /// `system:kube-controller-manager`.
+    pub controller_manager: PathBuf,
+    /// `system:kube-dns`.
+    pub dns: PathBuf,
+}
+
+impl ComponentKubeconfigs {
+    /// Writes them in `dir` for the server at `url`.
+    fn write(dir: &std::path::Path, url: &str) -> Result<Self, Error> {
+        let one = |file: &str, user: &str| -> Result<PathBuf, Error> {
+            let path = dir.join(file);
+            let kubeconfig = crate::pki::user_kubeconfig(dir, url, user, &[])?;
+            crate::pki::write_private(&path, &kubeconfig)?;
+            Ok(path)
+        };
+        Ok(ComponentKubeconfigs {
+            scheduler: one("scheduler.kubeconfig", "system:kube-scheduler")?,
+            controller_manager: one(
+                "controller-manager.kubeconfig",
+                "system:kube-controller-manager",
+            )?,
+            dns: one("dns.kubeconfig", "system:kube-dns")?,
+        })
+    }
+}
+
 pub struct Running {
     /// The address it listens on.
     pub addr: SocketAddr,
     /// The admin kubeconfig it wrote.
     pub kubeconfig: PathBuf,
+    /// The kubeconfigs it wrote for the control-plane components, each with its own identity
+    /// (kubeadm's `scheduler.conf`, `controller-manager.conf`).
+    pub components: ComponentKubeconfigs,
     /// The cluster CA (PEM).
     pub ca_pem: String,
     /// The admin bearer token.
@@ -586,6 +621,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     }
     let kubeconfig = dir.join("kubeconfig");
     crate::pki::write_private(&kubeconfig, &pki.kubeconfig(&format!("https://{server}")))?;
+    let components = ComponentKubeconfigs::write(dir, &format!("https://{server}"))?;
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "apiserver listening");
 
     let shared_api = Arc::clone(&api);
@@ -597,6 +633,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             Box::new(Arc::clone(&tokens)),
             Box::new(crate::serviceaccount::ServiceAccountTokens::new(
                 Arc::clone(&tokens),
+                &api.registry,
                 &api.caches,
             )),
         ])),
@@ -688,6 +725,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     Ok(Running {
         addr,
         kubeconfig,
+        components,
         ca_pem: pki.ca_pem,
         token: pki.admin_token,
         api: shared_api,

@@ -20,6 +20,7 @@ use crate::Apiserver;
 use crate::auth::{AUTHENTICATED, Authenticator, UserInfo, bearer_token};
 use crate::cache::{Cacher, Caches};
 use crate::error::{ApiError, FieldError};
+use crate::registry::Registry;
 use crate::request::Call;
 use crate::rest::respond_json;
 use crate::tokens::{KubernetesClaims, ObjectClaim, ServiceAccountToken, Tokens};
@@ -64,10 +65,12 @@ pub(crate) struct ServiceAccountTokens {
 }
 
 impl ServiceAccountTokens {
-    pub(crate) fn new(tokens: Arc<Tokens>, caches: &Caches) -> Self {
+    pub(crate) fn new(tokens: Arc<Tokens>, registry: &Registry, caches: &Caches) -> Self {
         let cache = |info: ResourceInfo| {
-            let c = caches.of(&info.prefix(), &[]);
-            (info, c)
+            let kind = registry
+                .by_kind(info.group, info.kind)
+                .expect("core kinds are registered");
+            (info, caches.of_kind(&*kind))
         };
         ServiceAccountTokens {
             tokens,

@@ -651,6 +651,8 @@ async fn main() -> anyhow::Result<()> {
             println!("wasmkube is up: API server https://{}", running.addr);
             println!("export KUBECONFIG={}", running.kubeconfig.display());
             let api = || wasmkube_client::Source::kubeconfig(&running.kubeconfig);
+            // Each component acts as its own user (RBAC), as kubeadm's components do.
+            let as_user = wasmkube_client::Source::kubeconfig;
             // Stable across restarts: a restarted server gets its own Lease back at once.
             let identity = format!("{}_{}", host_name(), running.addr);
             let scheduler = if args.no_scheduler {
@@ -658,7 +660,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 Some(tokio::spawn(wasmkube_sched::run(
                     wasmkube_sched::Config {
-                        api: api(),
+                        api: as_user(&running.components.scheduler),
                         leader_election: args
                             .election
                             .election("kube-scheduler", identity.clone())?,
@@ -672,7 +674,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 Some(tokio::spawn(wasmkube_controllers::run(
                     wasmkube_controllers::Config {
-                        api: api(),
+                        api: as_user(&running.components.controller_manager),
                         node_timers: args.timers.timers(),
                         leader_election: args
                             .election
@@ -685,7 +687,7 @@ async fn main() -> anyhow::Result<()> {
                 None
             } else {
                 let mut config = wasmkube_dns::Config {
-                    api: api(),
+                    api: as_user(&running.components.dns),
                     listen: args
                         .dns_listen
                         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 10053))),

@@ -315,6 +315,32 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
             ],
         ),
         role(
+            "system:kube-controller-manager",
+            &[],
+            None,
+            vec![
+                // One process runs every controller: the union of kube-controller-manager's
+                // per-controller roles (the garbage collector and the namespace controller
+                // reach every resource).
+                rule(
+                    &[
+                        "create",
+                        "delete",
+                        "deletecollection",
+                        "get",
+                        "list",
+                        "patch",
+                        "update",
+                        "watch",
+                    ],
+                    &["*"],
+                    &["*"],
+                ),
+                // The aggregation controller writes rules it does not hold itself.
+                rule(&["escalate"], &[GROUP], &["clusterroles"]),
+            ],
+        ),
+        role(
             "system:node",
             &[],
             None,
@@ -494,6 +520,11 @@ pub(crate) fn cluster_role_bindings() -> Vec<Value> {
             &[("Group", "system:monitoring")],
         ),
         binding(
+            "system:kube-controller-manager",
+            "system:kube-controller-manager",
+            &[("User", "system:kube-controller-manager")],
+        ),
+        binding(
             "system:kube-scheduler",
             "system:kube-scheduler",
             &[("User", "system:kube-scheduler")],
@@ -504,7 +535,10 @@ pub(crate) fn cluster_role_bindings() -> Vec<Value> {
         binding(
             "system:kube-dns",
             "system:kube-dns",
-            &[("ServiceAccount", "kube-system/kube-dns")],
+            &[
+                ("ServiceAccount", "kube-system/kube-dns"),
+                ("User", "system:kube-dns"),
+            ],
         ),
         binding(
             "system:node-proxier",
