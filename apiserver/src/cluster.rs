@@ -59,6 +59,9 @@ struct Credentials {
     join_secret: String,
     node_secret: String,
     sa_key: String,
+    /// The `EncryptionConfiguration` every server must share (older servers send none).
+    #[serde(default)]
+    encryption_config: Option<String>,
 }
 
 /// A member to add (`POST /wasmkube/members`).
@@ -113,6 +116,8 @@ pub(crate) struct Membership {
     tokens: std::sync::Arc<crate::tokens::Tokens>,
     /// Ids given to newcomers that may not be members yet.
     promised: Mutex<BTreeSet<NodeId>>,
+    /// The encryption configuration in force, which newcomers get too.
+    encryption_config: Option<String>,
 }
 
 impl Membership {
@@ -144,7 +149,14 @@ impl Membership {
             pki: pki.clone(),
             tokens,
             promised: Mutex::new(BTreeSet::new()),
+            encryption_config: None,
         })
+    }
+
+    /// Newcomers get `config` (an `EncryptionConfiguration`) with the credentials.
+    pub(crate) fn sharing_encryption(mut self, config: String) -> Self {
+        self.encryption_config = Some(config);
+        self
     }
 
     /// `GET /wasmkube/cacerts`: the cluster CA, to anyone (it is checked against the token).
@@ -248,6 +260,7 @@ impl Membership {
             join_secret: secret.clone(),
             node_secret: self.node_secret.clone(),
             sa_key: self.pki.sa_key_pem.clone(),
+            encryption_config: self.encryption_config.clone(),
         };
         Ok(respond_json(
             StatusCode::OK,
@@ -350,6 +363,9 @@ pub(crate) async fn fetch_credentials(dir: &Path, join: &Join) -> Result<NodeId,
     crate::pki::write_private(&pki.join("join.secret"), &c.join_secret)?;
     crate::pki::write_private(&pki.join("node.secret"), &c.node_secret)?;
     crate::pki::write_private(&pki.join("sa.key"), &c.sa_key)?;
+    if let Some(config) = &c.encryption_config {
+        crate::pki::write_private(&crate::encryption::default_path(dir), config)?;
+    }
     Ok(c.id)
 }
 

@@ -28,6 +28,7 @@ mod cache;
 pub mod cluster;
 mod conn;
 mod discovery;
+pub mod encryption;
 pub mod error;
 mod fieldset;
 pub mod kinds;
@@ -98,6 +99,10 @@ pub struct Config {
     /// How long a write or a read of the latest state waits for a majority of the servers
     /// before it fails (504).
     pub write_timeout: Duration,
+    /// An `EncryptionConfiguration` file (kube-apiserver's `--encryption-provider-config`);
+    /// none: `DATA_DIR/pki/encryption-config.yaml`, made on first start to encrypt Secrets
+    /// with a new key (a joining server takes the cluster's).
+    pub encryption_provider_config: Option<PathBuf>,
 }
 
 impl Config {
@@ -115,6 +120,7 @@ impl Config {
             peer_listen: None,
             join: None,
             write_timeout: wasmkube_store::WRITE_TIMEOUT,
+            encryption_provider_config: None,
         }
     }
 }
@@ -134,6 +140,9 @@ pub enum Error {
     /// The listener or a file could not be used.
     #[error("I/O")]
     Io(#[from] std::io::Error),
+    /// The encryption configuration cannot be used.
+    #[error("encryption at rest")]
+    Encryption(#[from] encryption::EncryptionError),
     /// Joining the cluster failed.
     #[error("joining the cluster")]
     Join(#[from] wasmkube_client::join::Error),
@@ -165,6 +174,8 @@ pub struct Apiserver {
     pub(crate) rbac: Arc<rbac::Rbac>,
     /// Signs and checks the cluster's tokens.
     pub(crate) tokens: Arc<tokens::Tokens>,
+    /// Seals the resources the encryption configuration names before they are written.
+    pub(crate) encryption: Arc<encryption::Encryption>,
 }
 
 impl Apiserver {

@@ -79,9 +79,8 @@ impl Apiserver {
         let precondition = Precondition::Revision(rv);
         let command = match op {
             Cas::Put(obj) => Command::Put {
+                value: self.seal(t, &key, &t.kind.to_storage(obj.clone())),
                 key,
-                value: serde_json::value::to_raw_value(&t.kind.to_storage(obj.clone()))
-                    .expect("JSON serializes"),
                 precondition,
             },
             Cas::Delete => Command::Delete { key, precondition },
@@ -108,6 +107,19 @@ impl Apiserver {
                 "unexpected store outcome {other:?}"
             ))),
         }
+    }
+
+    /// What is stored at `key` for `obj` of `t`'s kind: the object's JSON, sealed when the
+    /// encryption configuration names the kind.
+    pub(crate) fn seal(
+        &self,
+        t: &Target,
+        key: &str,
+        obj: &Value,
+    ) -> Box<serde_json::value::RawValue> {
+        let info = t.kind.info();
+        let raw = serde_json::value::to_raw_value(obj).expect("JSON serializes");
+        self.encryption.seal(info.plural, info.group, key, raw)
     }
 
     /// Parses a stored object into the target kind's form.

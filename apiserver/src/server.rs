@@ -471,6 +471,7 @@ async fn open(
     config: &Config,
     store: Store,
     tokens: Arc<crate::tokens::Tokens>,
+    encryption: Arc<crate::encryption::Encryption>,
     shutdown: &CancellationToken,
 ) -> Result<Arc<Apiserver>, Error> {
     let caches =
@@ -486,6 +487,7 @@ async fn open(
         registry,
         rbac,
         tokens,
+        encryption,
         shutdown: shutdown.clone(),
         bookmark_interval: config.bookmark_interval,
         openapi: Default::default(),
@@ -541,7 +543,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         None => None,
     };
+    let (encryption, encryption_text) =
+        crate::encryption::resolve(dir, config.encryption_provider_config.as_deref())?;
+    let encryption = Arc::new(encryption);
     let store = Store::open(wasmkube_store::Config {
+        transformer: Some(Arc::new(crate::encryption::Opener(Arc::clone(&encryption)))),
         cache_bytes: config.store_cache_bytes,
         node_id,
         advertise: peer
@@ -612,7 +618,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
     }
     let tokens = Arc::new(crate::tokens::Tokens::new(&pki.sa_key_pem)?);
-    let api = open(&config, store.clone(), Arc::clone(&tokens), &shutdown).await?;
+    let api = open(
+        &config,
+        store.clone(),
+        Arc::clone(&tokens),
+        encryption,
+        &shutdown,
+    )
+    .await?;
     let rbac = Arc::clone(&api.rbac);
     if !rbac.wait_loaded(std::time::Duration::from_secs(60)).await {
         return Err(Error::Config(
@@ -643,7 +656,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         kubelet: pki.kubelet_client(dir)?,
         server,
         oci: OciRegistry::new(dir)?,
-        cluster: crate::cluster::Membership::new(dir, store.clone(), &pki, tokens, joinable)?,
+        cluster: crate::cluster::Membership::new(dir, store.clone(), &pki, tokens, joinable)?
+            .sharing_encryption(encryption_text),
     });
     let app = router(shared);
     tracker.spawn(crate::kubernetes_service::run(
@@ -795,9 +809,15 @@ mod tests {
             .expect("store");
         let pki = Pki::load_or_create(dir.path(), &[]).expect("pki");
         let tokens = Arc::new(crate::tokens::Tokens::new(&pki.sa_key_pem).expect("key"));
-        let api = open(&config, store.clone(), Arc::clone(&tokens), &shutdown)
-            .await
-            .expect("apiserver");
+        let api = open(
+            &config,
+            store.clone(),
+            Arc::clone(&tokens),
+            Arc::default(),
+            &shutdown,
+        )
+        .await
+        .expect("apiserver");
         let rbac = Arc::clone(&api.rbac);
         let shared = Arc::new(Shared {
             api,

@@ -146,6 +146,11 @@ struct ServerArgs {
     /// The cluster's join token (the first server's DATA_DIR/join-token).
     #[arg(long, requires = "join")]
     token_file: Option<PathBuf>,
+    /// An EncryptionConfiguration (apiserver.config.k8s.io/v1) saying which resources are
+    /// encrypted in the store, and with which keys (default: DATA_DIR/pki/encryption-config.yaml,
+    /// made on first start to encrypt Secrets with AES-GCM; every server needs the same one).
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -156,6 +161,7 @@ impl ServerArgs {
         c.compaction_interval = Duration::from_secs(self.compaction_interval.max(1));
         c.store_cache_bytes = self.store_cache_mib << 20;
         c.peer_listen = self.peer_listen;
+        c.encryption_provider_config = self.encryption_provider_config.clone();
         if let (Some(server), Some(file)) = (&self.join, &self.token_file) {
             c.join = Some(wasmkube_apiserver::cluster::Join {
                 server: server.trim_end_matches('/').to_owned(),

@@ -92,6 +92,16 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The key a put or delete writes.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Command::Put { key, .. } | Command::Delete { key, .. } => Some(key),
+            Command::Compact { .. } => None,
+        }
+    }
+}
+
 /// What applying a [`Command`] produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {

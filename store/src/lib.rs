@@ -41,6 +41,8 @@ mod watch;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::time::Duration;
 
 use openraft::error::{
@@ -104,6 +106,9 @@ pub struct Config {
     /// How long a write or a linearizable read may wait for a majority before it fails with
     /// [`Error::Timeout`].
     pub write_timeout: Duration,
+    /// Opens values that were transformed before they were written (none: values are read
+    /// as stored).
+    pub transformer: Option<Arc<dyn ValueTransformer>>,
 }
 
 impl Config {
@@ -120,6 +125,7 @@ impl Config {
             peer_tls: None,
             join: false,
             write_timeout: WRITE_TIMEOUT,
+            transformer: None,
         }
     }
 }
@@ -166,6 +172,14 @@ pub enum Error {
     /// error); it takes part in nothing until restarted ([`Store::failure`]).
     #[error("this server's store stopped ({0}); it serves nothing until it is restarted")]
     Stopped(String),
+    /// A stored value could not be opened by [`Config::transformer`].
+    #[error("the value stored at {key} cannot be read: {why}")]
+    Unreadable {
+        /// Its key.
+        key: String,
+        /// Why.
+        why: String,
+    },
 }
 
 impl From<redb::DatabaseError> for Error {
@@ -186,6 +200,55 @@ impl From<redb::TransactionError> for Error {
     }
 }
 
+/// Turns a stored value into the object it holds, for values the writer transformed before
+/// writing (encryption at rest: the API server seals a Secret into an envelope before it
+/// reaches the raft log, and gives the store this to open envelopes on every read — `get`,
+/// `list`, watch history and the live feed — so the log, the snapshots and the database file
+/// hold only what was written). Values it does not recognise pass through.
+pub trait ValueTransformer: Send + Sync {
+    /// The object stored at `key` as `stored`.
+    ///
+    /// # Errors
+    /// A description of why the value cannot be opened (an unknown key, a forged value).
+    fn open(&self, key: &str, stored: Bytes) -> Result<Bytes, String>;
+}
+
+/// An optional [`ValueTransformer`].
+#[derive(Clone, Default)]
+pub(crate) struct Transform(Option<Arc<dyn ValueTransformer>>);
+
+impl Transform {
+    pub(crate) fn open(&self, key: &str, stored: Bytes) -> Result<Bytes, Error> {
+        match &self.0 {
+            Some(t) => t.open(key, stored).map_err(|why| Error::Unreadable {
+                key: key.to_owned(),
+                why,
+            }),
+            None => Ok(stored),
+        }
+    }
+
+    /// `change` with its values opened.
+    pub(crate) fn open_change(&self, mut c: Change) -> Result<Change, Error> {
+        if self.0.is_some() {
+            c.value = self.open(&c.key, std::mem::take(&mut c.value))?;
+            if let Some(prev) = c.prev.take() {
+                c.prev = Some(self.open(&c.key, prev)?);
+            }
+        }
+        Ok(c)
+    }
+
+    fn open_all(&self, items: &mut [KeyValue]) -> Result<(), Error> {
+        if self.0.is_some() {
+            for kv in items {
+                kv.value = self.open(&kv.key, std::mem::take(&mut kv.value))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Builds a bare log store and state machine over a fresh database file, for openraft's
 /// storage conformance suite (`openraft::testing::Suite`).
 ///
@@ -196,7 +259,12 @@ pub fn open_storage(path: &std::path::Path) -> Result<(LogStore, StateMachine), 
     let (feed, _) = broadcast::channel(16);
     Ok((
         LogStore::new(db.clone()),
-        StateMachine::new(db, feed, Arc::new(notify::Sender::new(0))),
+        StateMachine::new(
+            db,
+            feed,
+            Arc::new(notify::Sender::new(0)),
+            Transform::default(),
+        ),
     ))
 }
 
@@ -214,6 +282,8 @@ pub struct Store {
     membership: Arc<tokio::sync::Mutex<()>>,
     /// [`Config::write_timeout`].
     write_timeout: Duration,
+    /// [`Config::transformer`].
+    transform: Transform,
 }
 
 /// A command waiting to be proposed, and where its outcome goes.
@@ -390,7 +460,13 @@ impl Store {
         let (feed, _) = broadcast::channel(config.feed_capacity);
         let log = LogStore::new(db.clone());
         let published = Arc::new(notify::Sender::new(0));
-        let sm = StateMachine::new(db.clone(), feed.clone(), published.clone());
+        let transform = Transform(config.transformer.clone());
+        let sm = StateMachine::new(
+            db.clone(),
+            feed.clone(),
+            published.clone(),
+            transform.clone(),
+        );
         let raft_config = openraft::Config {
             cluster_name: "wasmkube".into(),
             // Followers call an election after 0.15–0.3 s without a heartbeat (three to six
@@ -451,6 +527,7 @@ impl Store {
             proposer,
             membership: Arc::default(),
             write_timeout: config.write_timeout,
+            transform,
         };
         let current = store.revision().await?;
         store.published.send_modify(|p| *p = (*p).max(current));
@@ -506,10 +583,19 @@ impl Store {
     /// write may still be applied if it reached one); [`Error::Fatal`] when raft stopped.
     pub async fn write(&self, command: Command) -> Result<Outcome, Error> {
         self.unless_stopped()?;
+        let key = command.key().map(str::to_owned);
         let result = tokio::time::timeout(self.write_timeout, self.write_through_leader(command))
             .await
             .map_err(|_| Error::Timeout(self.write_timeout))?;
-        self.why_failed(result)
+        match self.why_failed(result)? {
+            Outcome::Written { revision, value } => Ok(Outcome::Written {
+                revision,
+                value: self
+                    .transform
+                    .open(key.as_deref().unwrap_or_default(), value)?,
+            }),
+            other => Ok(other),
+        }
     }
 
     /// Why raft stopped on its own (a storage failure, such as a full disk), if it did;
@@ -891,7 +977,9 @@ impl Store {
     /// [`Error::Db`] on a storage failure.
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, Error> {
         let key = key.to_string();
-        self.read(move |txn| Ok(read::get(txn, &key)?)).await
+        let mut kv = self.read(move |txn| Ok(read::get(txn, &key)?)).await?;
+        self.transform.open_all(kv.as_mut_slice())?;
+        Ok(kv)
     }
 
     /// The current revision (the last applied log index).
@@ -908,7 +996,11 @@ impl Store {
     /// [`Error::Compacted`] when `opts.revision` is older than the retained history.
     pub async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult, Error> {
         let prefix = prefix.to_string();
-        self.read(move |txn| read::list(txn, &prefix, &opts)).await
+        let mut list = self
+            .read(move |txn| read::list(txn, &prefix, &opts))
+            .await?;
+        self.transform.open_all(&mut list.items)?;
+        Ok(list)
     }
 
     /// Changes under `prefix` after revision `after`.
@@ -935,6 +1027,10 @@ impl Store {
                 ))
             })
             .await?;
+        let history = history
+            .into_iter()
+            .map(|c| self.transform.open_change(c))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Watch::new(prefix, history, seen, live))
     }
 

@@ -29,6 +29,8 @@ pub struct StateMachine {
     feed: broadcast::Sender<Arc<Change>>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     published: Arc<watch::Sender<u64>>,
+    /// Opens values for the live feed (watchers see objects, not what was stored).
+    transform: crate::Transform,
 }
 
 #[derive(Clone)]
@@ -59,12 +61,14 @@ impl StateMachine {
         db: Arc<Database>,
         feed: broadcast::Sender<Arc<Change>>,
         published: Arc<watch::Sender<u64>>,
+        transform: crate::Transform,
     ) -> Self {
         StateMachine {
             db,
             feed,
             snapshot: Arc::new(Mutex::new(None)),
             published,
+            transform,
         }
     }
 
@@ -359,6 +363,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(sm_write_err)?;
         for change in changes {
+            let change = match self.transform.open_change(change.clone()) {
+                Ok(opened) => opened,
+                Err(error) => {
+                    // What this server just applied it can open; if not, watchers see it as
+                    // stored and fail to decode it rather than miss it.
+                    tracing::error!(%error, key = %change.key, "a change cannot be opened for the feed");
+                    change
+                }
+            };
             // No receivers is fine: nobody is watching.
             let _ = self.feed.send(Arc::new(change));
         }

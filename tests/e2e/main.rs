@@ -30,3 +30,4 @@ mod t62_deployments;
 mod t63_leader_election;
 mod t70_network;
 mod t80_rbac;
+mod t81_encryption;

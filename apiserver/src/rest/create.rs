@@ -162,12 +162,12 @@ impl Apiserver {
         if dry {
             return Ok(obj);
         }
-        let value =
-            serde_json::value::to_raw_value(&t.kind.to_storage(obj)).expect("JSON serializes");
+        let key = self.key(t, &name);
+        let value = self.seal(t, &key, &t.kind.to_storage(obj));
         match self
             .store
             .write(Command::Put {
-                key: self.key(t, &name),
+                key,
                 value,
                 precondition: Precondition::Absent,
             })
