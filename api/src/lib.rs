@@ -14,6 +14,7 @@
 pub mod field;
 pub mod names;
 pub mod quantity;
+pub mod quota;
 pub mod resource;
 pub mod selector;
 pub mod services;

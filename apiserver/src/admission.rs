@@ -12,7 +12,9 @@
 
 pub(crate) mod alloc;
 mod lifecycle;
+pub(crate) mod limits;
 pub(crate) mod priority;
+pub(crate) mod quota;
 
 use std::sync::Arc;
 

@@ -8,6 +8,7 @@ mod events;
 pub(crate) mod misc;
 mod networking;
 pub(crate) mod pod;
+mod quota;
 pub(crate) mod rbac;
 mod template;
 
@@ -23,6 +24,7 @@ pub fn builtin() -> Registry {
     networking::register(&r);
     events::register(&r);
     rbac::register(&r);
+    quota::register(&r);
     r
 }
 

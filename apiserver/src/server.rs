@@ -478,8 +478,26 @@ async fn open(
         crate::cache::Caches::new(store.clone(), config.watch_cache_window, shutdown.clone());
     let registry = kinds::builtin();
     let rbac = crate::rbac::Rbac::start(&registry, &caches, shutdown.clone());
+    let limit_ranges = caches.of_kind(
+        &*registry
+            .by_kind("", "LimitRange")
+            .expect("LimitRanges are registered"),
+    );
     let admission = crate::admission::Chain::standard(&store, config.network.clone(), shutdown)
-        .validating(crate::rbac::escalation::Escalation(Arc::clone(&rbac)));
+        .mutating(crate::admission::limits::LimitRanger::new(Arc::clone(
+            &limit_ranges,
+        )))
+        .validating(crate::rbac::escalation::Escalation(Arc::clone(&rbac)))
+        .validating(crate::admission::limits::LimitRanger::new(limit_ranges))
+        .validating(crate::admission::quota::QuotaAdmission::new(
+            store.clone(),
+            caches.of_kind(
+                &*registry
+                    .by_kind("", "ResourceQuota")
+                    .expect("ResourceQuotas are registered"),
+            ),
+            Arc::clone(&encryption),
+        ));
     let api = Arc::new(Apiserver {
         admission,
         caches,

@@ -15,6 +15,7 @@
 //! | [`gc`] | dependents of deleted owners collected (background, foreground, orphan) |
 //! | [`nodelifecycle`] | silent nodes marked Unknown and tainted; their pods evicted, rate-limited |
 //! | [`clusterrole_aggregation`] | aggregated ClusterRoles (`admin`, `edit`, `view`) hold the rules of the roles they select |
+//! | [`resourcequota`] | each ResourceQuota's `status.used`, recounted from what its namespace holds |
 //! | [`namespace`] | Terminating namespaces emptied and finalized; a `default` ServiceAccount per namespace |
 //!
 //! ```no_run
@@ -53,6 +54,7 @@ pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod replicationcontroller;
+pub mod resourcequota;
 pub mod statefulset;
 
 /// How to run the controller manager.
@@ -146,6 +148,7 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
         run_pod_owner(client.clone(), i, "job", job::reconcile, shutdown.clone()),
         gc::run(client.clone(), shutdown.clone()),
         clusterrole_aggregation::run(client.clone(), shutdown.clone()),
+        resourcequota::run(client.clone(), i, shutdown.clone()),
         daemonset::run(client.clone(), i, shutdown.clone()),
         endpoints::run(client.clone(), i, shutdown.clone()),
         namespace::run(client, shutdown.clone()),
@@ -308,15 +311,14 @@ pub(crate) async fn run_pod_owner<K, E, Fut>(
     .await;
 }
 
-/// Runs a kube-runtime `Controller` over `K` with the context `make_ctx` builds from the client
-/// and the cache of `Child` objects, triggered by `K` and by the `Child` objects of that
-/// reflector — so a trigger never arrives before the cache
-/// holds the change that caused it. Failed reconciles are logged and retried after 2 s.
 /// `reconcile`, started only once `synced()` resolves (the caches it reads hold a full
 /// list). A controller reconciling from a cache still empty acts as if nothing existed: after a
-/// restart a ReplicaSet controller would create every replica again.
+/// restart a ReplicaSet controller would create every replica again. A reconcile still waiting
+/// when `shutdown` comes does nothing: a graceful shutdown waits for every reconcile in flight,
+/// and caches whose watches stopped never fill.
 pub(crate) fn when_synced<K, C, E, Fut, S, SFut>(
     synced: S,
+    shutdown: CancellationToken,
     mut reconcile: impl FnMut(Arc<K>, Arc<C>) -> Fut,
 ) -> impl FnMut(Arc<K>, Arc<C>) -> futures::future::BoxFuture<'static, Result<Action, E>>
 where
@@ -327,13 +329,19 @@ where
     move |obj, ctx| {
         let ready = synced();
         let work = reconcile(obj, ctx);
+        let shutdown = shutdown.clone();
         Box::pin(async move {
-            ready.await;
-            work.await
+            tokio::select! {
+                () = ready => work.await,
+                () = shutdown.cancelled() => Ok(Action::await_change()),
+            }
         })
     }
 }
 
+/// Runs a kube-runtime `Controller` over `K` with the context `make_ctx` builds from the client
+/// and the cache of `Child` objects, triggered by `K` and by the `Child` objects of that
+/// reflector — so a trigger never arrives before the cache holds the change that caused it.
 pub(crate) async fn run_owning<K, Child, C, E, Fut>(
     client: Client,
     children: &informers::Informer<Child>,
@@ -390,8 +398,12 @@ pub(crate) async fn drive<K, C, E, Fut, S, SFut>(
     SFut: Future<Output = ()> + Send + 'static,
 {
     controller
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(when_synced(synced, reconcile), retry_later(name), ctx)
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(
+            when_synced(synced, shutdown, reconcile),
+            retry_later(name),
+            ctx,
+        )
         .for_each(|_| futures::future::ready(()))
         .await;
 }

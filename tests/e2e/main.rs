@@ -31,3 +31,4 @@ mod t63_leader_election;
 mod t70_network;
 mod t80_rbac;
 mod t81_encryption;
+mod t82_quota;
