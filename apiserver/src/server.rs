@@ -488,6 +488,7 @@ async fn open(
             &limit_ranges,
         )))
         .validating(crate::rbac::escalation::Escalation(Arc::clone(&rbac)))
+        .validating(crate::nodeauth::NodeRestriction)
         .validating(crate::admission::limits::LimitRanger::new(limit_ranges))
         .validating(crate::admission::quota::QuotaAdmission::new(
             store.clone(),
@@ -668,7 +669,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 &api.caches,
             )),
         ])),
-        authz: Box::new(Arc::clone(&rbac)),
+        authz: Box::new(crate::nodeauth::NodeAuthorizer::new(
+            api.caches
+                .of_kind(&*api.registry.get("", "v1", "pods").expect("pods are served")),
+            Arc::clone(&rbac),
+        )),
         rbac,
         token: pki.admin_token.clone(),
         kubelet: pki.kubelet_client(dir)?,

@@ -42,6 +42,60 @@ struct Args {
     /// Measure only the store column (for quick experiments on the store).
     #[arg(long)]
     store_only: bool,
+    /// Measure only the API column.
+    #[arg(long, conflicts_with = "store_only")]
+    api_only: bool,
+    /// Create as an ordinary user (a client certificate from `wasmkube kubeconfig user`, bound
+    /// to the `edit` ClusterRole in `default`), so every request is decided by RBAC; by
+    /// default as the admin (group `system:masters`, which RBAC does not consult).
+    #[arg(long)]
+    as_user: bool,
+}
+
+/// A kubeconfig for user `bench`, allowed to `edit` in `default`, on `server`.
+async fn user_kubeconfig(server: &wasmkube_tests::Process) -> Result<std::path::PathBuf> {
+    let admin_kc = server.kubeconfig();
+    let data = admin_kc.parent().context("the data directory")?;
+    let url = std::fs::read_to_string(&admin_kc)?
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+        .context("the server's URL")?;
+    let out = wasmkube_tests::wasmkube_command(None)
+        .args([
+            "kubeconfig",
+            "user",
+            "--client-name",
+            "bench",
+            "--server",
+            &url,
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kubeconfig user: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = data.join("bench.kubeconfig");
+    std::fs::write(&path, out.stdout)?;
+    let admin = wasmkube_tests::client_for(&admin_kc).await?;
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "bench-edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bench"}],
+    }))?;
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::default_namespaced(admin)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    let user = Api::<Pod>::default_namespaced(wasmkube_tests::client_for(&path).await?);
+    wasmkube_tests::wait_for(
+        "the bench user to be allowed",
+        Duration::from_secs(60),
+        || async { user.list(&Default::default()).await.ok().map(|_| ()) },
+    )
+    .await?;
+    Ok(path)
 }
 
 /// A realistic pod (about 1.5 KB of JSON once defaulted).
@@ -128,10 +182,17 @@ async fn bench_api(args: &Args, clients: usize, round: usize) -> Result<Stats> {
     } else {
         vec![wasmkube_tests::Process::up_in(dir.path(), wasmkube_tests::API_ONLY).await?]
     };
+    let mut kubeconfigs = Vec::new();
+    for server in &servers {
+        kubeconfigs.push(if args.as_user {
+            user_kubeconfig(server).await?
+        } else {
+            server.kubeconfig()
+        });
+    }
     let mut apis = Vec::new();
     for c in 0..clients {
-        let server = &servers[c % servers.len()];
-        let client = wasmkube_tests::client_for(&server.kubeconfig()).await?;
+        let client = wasmkube_tests::client_for(&kubeconfigs[c % servers.len()]).await?;
         apis.push(Api::<Pod>::default_namespaced(client));
     }
     let apis = Arc::new(apis);
@@ -363,10 +424,15 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     println!(
-        "pod-sized creates ({} per level, at most {} s per level), {} server(s) / store member(s) / etcd member(s)\n",
+        "pod-sized creates ({} per level, at most {} s per level), {} server(s) / store member(s) / etcd member(s), API clients as {}\n",
         args.count,
         args.max_seconds,
-        args.servers.max(1)
+        args.servers.max(1),
+        if args.as_user {
+            "user bench (RBAC: edit)"
+        } else {
+            "the admin"
+        }
     );
     println!(
         "| clients | API creates/s | API p50 ms | API p99 ms | store writes/s | store p99 ms | etcd puts/s | etcd p99 ms | store/etcd |"
@@ -383,6 +449,15 @@ async fn main() -> Result<()> {
             continue;
         }
         let api = bench_api(&args, c, round).await?;
+        if args.api_only {
+            println!(
+                "| {c} | {:.0} | {} | {} | - | - | - | - | - |",
+                api.rate(),
+                ms(api.p50),
+                ms(api.p99)
+            );
+            continue;
+        }
         let store = bench_store(&args, c).await?;
         let etcd = bench_etcd(&args, c).await?;
         let (erate, ep99, ratio) = match &etcd {

@@ -754,17 +754,21 @@ async fn main() -> anyhow::Result<()> {
             served.context("API server")?;
             if let Some(task) = scheduler {
                 task.await.context("scheduler task")?.context("scheduler")?;
+                tracing::debug!("the scheduler stopped");
             }
             if let Some(task) = controllers {
                 task.await
                     .context("controller manager task")?
                     .context("controller manager")?;
+                tracing::debug!("the controller manager stopped");
             }
             if let Some(task) = wasmlet {
                 task.await.context("wasmlet task")?.context("wasmlet")?;
+                tracing::debug!("the wasmlet stopped");
             }
             if let Some(dns) = dns {
                 dns.wait().await;
+                tracing::debug!("the DNS server stopped");
             }
         }
         Command::Wasmlet(args) => {

@@ -106,54 +106,95 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
     let shared = informers::Informers::new(&client);
     let i = &*shared;
     tokio::join!(
-        nodelifecycle::run(client.clone(), i, config.node_timers, shutdown.clone()),
-        run_owning::<apps::Deployment, apps::ReplicaSet, _, _, _>(
-            client.clone(),
-            &i.replicasets,
+        stopped(
+            "nodelifecycle",
+            nodelifecycle::run(client.clone(), i, config.node_timers, shutdown.clone())
+        ),
+        stopped(
             "deployment",
-            |client, sets| deployment::Ctx { client, sets },
-            deployment::reconcile,
-            shutdown.clone(),
+            run_owning::<apps::Deployment, apps::ReplicaSet, _, _, _>(
+                client.clone(),
+                &i.replicasets,
+                "deployment",
+                |client, sets| deployment::Ctx { client, sets },
+                deployment::reconcile,
+                shutdown.clone(),
+            )
         ),
-        run_owning::<apps::StatefulSet, core::Pod, _, _, _>(
-            client.clone(),
-            &i.pods,
+        stopped(
             "statefulset",
-            |client, pods| statefulset::Ctx { client, pods },
-            statefulset::reconcile,
-            shutdown.clone(),
+            run_owning::<apps::StatefulSet, core::Pod, _, _, _>(
+                client.clone(),
+                &i.pods,
+                "statefulset",
+                |client, pods| statefulset::Ctx { client, pods },
+                statefulset::reconcile,
+                shutdown.clone(),
+            )
         ),
-        run_owning::<batch::CronJob, batch::Job, _, _, _>(
-            client.clone(),
-            &i.jobs,
+        stopped(
             "cronjob",
-            |client, jobs| cronjob::Ctx { client, jobs },
-            cronjob::reconcile,
-            shutdown.clone(),
+            run_owning::<batch::CronJob, batch::Job, _, _, _>(
+                client.clone(),
+                &i.jobs,
+                "cronjob",
+                |client, jobs| cronjob::Ctx { client, jobs },
+                cronjob::reconcile,
+                shutdown.clone(),
+            )
         ),
-        run_pod_owner(
-            client.clone(),
-            i,
+        stopped(
             "replicaset",
-            replicaset::reconcile,
-            shutdown.clone()
+            run_pod_owner(
+                client.clone(),
+                i,
+                "replicaset",
+                replicaset::reconcile,
+                shutdown.clone()
+            )
         ),
-        run_pod_owner(
-            client.clone(),
-            i,
+        stopped(
             "replicationcontroller",
-            replicationcontroller::reconcile,
-            shutdown.clone()
+            run_pod_owner(
+                client.clone(),
+                i,
+                "replicationcontroller",
+                replicationcontroller::reconcile,
+                shutdown.clone()
+            )
         ),
-        run_pod_owner(client.clone(), i, "job", job::reconcile, shutdown.clone()),
-        gc::run(client.clone(), shutdown.clone()),
-        clusterrole_aggregation::run(client.clone(), shutdown.clone()),
-        resourcequota::run(client.clone(), i, shutdown.clone()),
-        daemonset::run(client.clone(), i, shutdown.clone()),
-        endpoints::run(client.clone(), i, shutdown.clone()),
-        namespace::run(client, shutdown.clone()),
-        shared.run(shutdown),
+        stopped(
+            "job",
+            run_pod_owner(client.clone(), i, "job", job::reconcile, shutdown.clone())
+        ),
+        stopped("gc", gc::run(client.clone(), shutdown.clone())),
+        stopped(
+            "clusterrole_aggregation",
+            clusterrole_aggregation::run(client.clone(), shutdown.clone())
+        ),
+        stopped(
+            "resourcequota",
+            resourcequota::run(client.clone(), i, shutdown.clone())
+        ),
+        stopped(
+            "daemonset",
+            daemonset::run(client.clone(), i, shutdown.clone())
+        ),
+        stopped(
+            "endpoints",
+            endpoints::run(client.clone(), i, shutdown.clone())
+        ),
+        stopped("namespace", namespace::run(client, shutdown.clone())),
+        stopped("informers", shared.run(shutdown)),
     );
+    tracing::info!("controller manager stopped");
+}
+
+/// `run`, then a log line saying that controller `name` stopped (a shutdown that hangs names
+/// the controller that holds it).
+async fn stopped(name: &'static str, run: impl Future<Output = ()>) {
+    run.await;
+    tracing::debug!(controller = name, "stopped");
 }
 
 /// Why a reconcile failed (it is retried with back-off).
@@ -170,7 +211,6 @@ pub enum ReconcileError {
     Selector(String),
 }
 
-/// Every controller's error policy: log the failure and reconcile again after 2 s.
 /// The controller reference `owner` puts on what it creates (kube-rs's `controller_owner_ref`,
 /// with `controller` and `blockOwnerDeletion` set).
 ///
@@ -264,10 +304,17 @@ where
     Ok(())
 }
 
+/// Every controller's error policy: log the failure and reconcile again after 2 s — unless
+/// the controller manager is stopping (a graceful shutdown waits until nothing is queued, and
+/// requests to a stopped API server fail forever).
 pub(crate) fn retry_later<K, E: std::fmt::Display, C>(
     controller: &'static str,
+    shutdown: CancellationToken,
 ) -> impl Fn(Arc<K>, &E, Arc<C>) -> Action {
     move |_obj, error, _ctx| {
+        if shutdown.is_cancelled() {
+            return Action::await_change();
+        }
         tracing::warn!(controller, %error, "reconcile failed");
         Action::requeue(Duration::from_secs(2))
     }
@@ -313,10 +360,12 @@ pub(crate) async fn run_pod_owner<K, E, Fut>(
 
 /// `reconcile`, started only once `synced()` resolves (the caches it reads hold a full
 /// list). A controller reconciling from a cache still empty acts as if nothing existed: after a
-/// restart a ReplicaSet controller would create every replica again. A reconcile still waiting
-/// when `shutdown` comes does nothing: a graceful shutdown waits for every reconcile in flight,
-/// and caches whose watches stopped never fill.
+/// restart a ReplicaSet controller would create every replica again. After `shutdown`, or
+/// waiting when it comes, a reconcile does nothing and asks for nothing more: a graceful
+/// shutdown waits for every reconcile in flight and every one queued, and caches whose
+/// watches stopped never fill.
 pub(crate) fn when_synced<K, C, E, Fut, S, SFut>(
+    name: &'static str,
     synced: S,
     shutdown: CancellationToken,
     mut reconcile: impl FnMut(Arc<K>, Arc<C>) -> Fut,
@@ -331,10 +380,13 @@ where
         let work = reconcile(obj, ctx);
         let shutdown = shutdown.clone();
         Box::pin(async move {
-            tokio::select! {
-                () = ready => work.await,
+            tracing::trace!(controller = name, "reconcile");
+            let done = tokio::select! {
+                () = ready, if !shutdown.is_cancelled() => work.await,
                 () = shutdown.cancelled() => Ok(Action::await_change()),
-            }
+            };
+            tracing::trace!(controller = name, "reconciled");
+            done
         })
     }
 }
@@ -397,13 +449,25 @@ pub(crate) async fn drive<K, C, E, Fut, S, SFut>(
     S: Fn() -> SFut,
     SFut: Future<Output = ()> + Send + 'static,
 {
-    controller
+    let run = controller
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(
-            when_synced(synced, shutdown, reconcile),
-            retry_later(name),
+            when_synced(name, synced, shutdown.clone(), reconcile),
+            retry_later(name, shutdown.clone()),
             ctx,
         )
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        .for_each(|_| futures::future::ready(()));
+    // kube-runtime's graceful shutdown sometimes never finishes when it comes while the
+    // controller's watches are still starting: give it a grace period, then drop it.
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        () = run => {}
+        () = grace => tracing::debug!(controller = name, "no graceful stop within the grace period; stopped"),
+    }
 }
+
+/// How long a controller may take to stop gracefully.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::discovery::{Discovery, Scope, verbs};
@@ -143,9 +142,8 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
     });
-    Controller::new(Api::<Namespace>::all(client), watcher::Config::default())
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, crate::retry_later("namespace"), ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    let controller = Controller::new(Api::<Namespace>::all(client), watcher::Config::default());
+    // It reads no cache: nothing to wait for.
+    let synced = || futures::future::ready(());
+    crate::drive(controller, "namespace", synced, reconcile, ctx, shutdown).await;
 }

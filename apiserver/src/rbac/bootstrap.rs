@@ -373,17 +373,9 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
                 ),
                 rule(&["patch", "update"], &[""], &["pods/status"]),
                 rule(&["create"], &[""], &["pods/eviction"]),
-                rule(
-                    &["get", "list", "watch"],
-                    &[""],
-                    &[
-                        "configmaps",
-                        "secrets",
-                        "persistentvolumeclaims",
-                        "persistentvolumes",
-                    ],
-                ),
-                rule(&["create"], &[""], &["serviceaccounts/token"]),
+                // Secrets, ConfigMaps, claims and ServiceAccount tokens: only what a pod bound
+                // to the node names (the Node authorizer, `nodeauth.rs`).
+                rule(&["get", "list", "watch"], &[""], &["persistentvolumes"]),
                 rule(
                     &["create", "delete", "get", "patch", "update"],
                     &["coordination.k8s.io"],
