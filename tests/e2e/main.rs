@@ -32,3 +32,4 @@ mod t70_network;
 mod t80_rbac;
 mod t81_encryption;
 mod t82_quota;
+mod t83_authz_matrix;
