@@ -46,13 +46,14 @@ struct Args {
     #[arg(long, conflicts_with = "store_only")]
     api_only: bool,
     /// Create as an ordinary user (a client certificate from `wasmkube kubeconfig user`, bound
-    /// to the `edit` ClusterRole in `default`), so every request is decided by RBAC; by
+    /// in `default` to `system:aggregate-to-edit`, the rules `edit` aggregates — the API-only
+    /// server runs no aggregation controller), so every request is decided by RBAC; by
     /// default as the admin (group `system:masters`, which RBAC does not consult).
     #[arg(long)]
     as_user: bool,
 }
 
-/// A kubeconfig for user `bench`, allowed to `edit` in `default`, on `server`.
+/// A kubeconfig for user `bench`, allowed what `edit` allows in `default`, on `server`.
 async fn user_kubeconfig(server: &wasmkube_tests::Process) -> Result<std::path::PathBuf> {
     let admin_kc = server.kubeconfig();
     let data = admin_kc.parent().context("the data directory")?;
@@ -82,17 +83,22 @@ async fn user_kubeconfig(server: &wasmkube_tests::Process) -> Result<std::path::
     let admin = wasmkube_tests::client_for(&admin_kc).await?;
     let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": "bench-edit"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:aggregate-to-edit"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bench"}],
     }))?;
     Api::<k8s_openapi::api::rbac::v1::RoleBinding>::default_namespaced(admin)
         .create(&PostParams::default(), &binding)
         .await?;
     let user = Api::<Pod>::default_namespaced(wasmkube_tests::client_for(&path).await?);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let probe: Pod = serde_json::from_value(pod("bench-probe"))?;
     wasmkube_tests::wait_for(
         "the bench user to be allowed",
         Duration::from_secs(60),
-        || async { user.list(&Default::default()).await.ok().map(|_| ()) },
+        || async { user.create(&dry, &probe).await.ok().map(|_| ()) },
     )
     .await?;
     Ok(path)

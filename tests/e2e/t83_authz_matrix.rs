@@ -111,7 +111,12 @@ async fn answers(
         // What a client creates: no server-set metadata.
         let mut fresh = objects[r.trim_end_matches("/status")].clone();
         if let Some(meta) = fresh.get_mut("metadata").and_then(Value::as_object_mut) {
-            for field in ["resourceVersion", "uid", "creationTimestamp", "managedFields"] {
+            for field in [
+                "resourceVersion",
+                "uid",
+                "creationTimestamp",
+                "managedFields",
+            ] {
                 meta.remove(field);
             }
         }
