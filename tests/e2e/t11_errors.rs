@@ -546,6 +546,19 @@ async fn immutable_fields_and_dry_run_should_be_honoured() -> Result<()> {
         &serde_json::from_value(json!({"metadata": {"name": "dry"}, "data": {"a": "1"}}))?,
     )
     .await?;
+    match cms
+        .create(
+            &dry,
+            &serde_json::from_value(json!({"metadata": {"name": "dry"}}))?,
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) => ensure!(
+            s.code == 409 && s.reason == "AlreadyExists",
+            "a dry-run create of a taken name answers as the create would: {s:?}"
+        ),
+        other => anyhow::bail!("a dry-run create of a taken name: {other:?}"),
+    }
     let pp = PatchParams {
         dry_run: true,
         ..Default::default()

@@ -159,10 +159,14 @@ impl Apiserver {
             .map_err(|errs| ApiError::invalid(info, &name, &errs))?;
         self.admission.validate(&req, Some(&obj)).await?;
         let _reserved = self.admission.reserve(&req, &mut obj).await?;
+        let key = self.key(t, &name);
         if dry {
+            // A dry run stores nothing, but answers as the write would (409 for a taken name).
+            if self.store.get(&key).await?.is_some() {
+                return Err(ApiError::already_exists(info, &name));
+            }
             return Ok(obj);
         }
-        let key = self.key(t, &name);
         let value = self.seal(t, &key, &t.kind.to_storage(obj));
         match self
             .store
