@@ -50,7 +50,7 @@ use openraft::error::{
 };
 use openraft::{ChangeMembers, Raft, SnapshotPolicy};
 use redb::{Database, ReadableDatabase};
-use tokio::sync::{broadcast, mpsc, oneshot, watch as notify};
+use tokio::sync::{mpsc, oneshot, watch as notify};
 
 pub use codec::{Change, ChangeKind};
 pub use command::{Command, Failure, Node, NodeId, Outcome, Precondition, Proposal, TypeConfig};
@@ -256,7 +256,7 @@ impl Transform {
 /// [`Error::Db`] when the file cannot be created.
 pub fn open_storage(path: &std::path::Path) -> Result<(LogStore, StateMachine), Error> {
     let db = Arc::new(Database::create(path)?);
-    let (feed, _) = broadcast::channel(16);
+    let feed = watch::Feed::new(16);
     Ok((
         LogStore::new(db.clone()),
         StateMachine::new(
@@ -275,7 +275,7 @@ pub struct Store {
     raft: Raft<TypeConfig>,
     network: Network,
     db: Arc<Database>,
-    feed: broadcast::Sender<Arc<Change>>,
+    feed: watch::Feed,
     published: Arc<notify::Sender<u64>>,
     proposer: mpsc::Sender<Pending>,
     /// Membership changes made here go one at a time (raft takes one at a time).
@@ -457,7 +457,7 @@ impl Store {
             e => Error::from(e),
         })?;
         let db = Arc::new(db);
-        let (feed, _) = broadcast::channel(config.feed_capacity);
+        let feed = watch::Feed::new(config.feed_capacity);
         let log = LogStore::new(db.clone());
         let published = Arc::new(notify::Sender::new(0));
         let transform = Transform(config.transformer.clone());
@@ -1010,7 +1010,7 @@ impl Store {
     pub async fn watch(&self, prefix: &str, after: u64) -> Result<Watch, Error> {
         // Subscribe before reading the history: a change committed in between shows up in
         // both and is dropped from the live side by revision.
-        let live = self.feed.subscribe();
+        let live = self.feed.subscribe(prefix);
         let prefix = prefix.to_string();
         let p = prefix.clone();
         let (history, seen) = self

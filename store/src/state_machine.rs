@@ -14,7 +14,7 @@ use openraft::{
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::codec::{Change, ChangeKind, decode_value, encode_value};
 use crate::command::{Command, Failure, Node, NodeId, Outcome, Precondition, TypeConfig};
@@ -26,7 +26,7 @@ type Membership = StoredMembership<NodeId, Node>;
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
-    feed: broadcast::Sender<Arc<Change>>,
+    feed: crate::watch::Feed,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     published: Arc<watch::Sender<u64>>,
     /// Opens values for the live feed (watchers see objects, not what was stored).
@@ -59,7 +59,7 @@ impl StateMachine {
 
     pub(crate) fn new(
         db: Arc<Database>,
-        feed: broadcast::Sender<Arc<Change>>,
+        feed: crate::watch::Feed,
         published: Arc<watch::Sender<u64>>,
         transform: crate::Transform,
     ) -> Self {
@@ -373,7 +373,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             };
             // No receivers is fine: nobody is watching.
-            let _ = self.feed.send(Arc::new(change));
+            self.feed.send(Arc::new(change));
         }
         // Every change up to `revision` is now in the feed (see `Store::published`).
         self.publish(revision);
@@ -444,7 +444,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             data,
         });
         // Live watches saw none of the changes the snapshot jumps over: they end and relist.
-        let _ = self.feed.send(Arc::new(Change::reset(revision)));
+        self.feed.send(Arc::new(Change::reset(revision)));
         // Readers waiting for a revision the snapshot holds may go on.
         self.publish(revision);
         Ok(())

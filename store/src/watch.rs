@@ -2,11 +2,54 @@
 //! with no gap and no duplicate between them.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
 use crate::codec::Change;
+
+/// The live change feed: one broadcast channel per watched prefix, so a change wakes only the
+/// watchers whose prefix it falls under (a server watches a dozen resources; one shared
+/// channel woke every one of them for every write). A reset marker goes to all.
+#[derive(Clone)]
+pub(crate) struct Feed {
+    channels: Arc<Mutex<Vec<(String, broadcast::Sender<Arc<Change>>)>>>,
+    capacity: usize,
+}
+
+impl Feed {
+    /// Each prefix's channel buffers `capacity` changes before its slow watchers lag.
+    pub(crate) fn new(capacity: usize) -> Feed {
+        Feed {
+            channels: Arc::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// A receiver of the changes under `prefix`, from now on.
+    pub(crate) fn subscribe(&self, prefix: &str) -> broadcast::Receiver<Arc<Change>> {
+        let mut channels = self.channels.lock().expect("feed lock");
+        if let Some((_, tx)) = channels.iter().find(|(p, _)| p == prefix) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = broadcast::channel(self.capacity);
+        channels.push((prefix.to_owned(), tx));
+        rx
+    }
+
+    /// Hands `change` to the watchers of every prefix it falls under.
+    pub(crate) fn send(&self, change: Arc<Change>) {
+        let mut channels = self.channels.lock().expect("feed lock");
+        channels.retain(|(_, tx)| tx.receiver_count() > 0);
+        let reset = change.is_reset();
+        for (prefix, tx) in channels.iter() {
+            if reset || change.key.starts_with(prefix.as_str()) {
+                // No receivers left is fine: the channel goes at the next send.
+                let _ = tx.send(Arc::clone(&change));
+            }
+        }
+    }
+}
 
 /// A stream of [`Change`]s under one prefix, in revision order.
 ///
