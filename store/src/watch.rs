@@ -13,9 +13,12 @@ use crate::codec::Change;
 /// channel woke every one of them for every write). A reset marker goes to all.
 #[derive(Clone)]
 pub(crate) struct Feed {
-    channels: Arc<Mutex<Vec<(String, broadcast::Sender<Arc<Change>>)>>>,
+    channels: Arc<Mutex<Vec<Channel>>>,
     capacity: usize,
 }
+
+/// A watched prefix and the channel of its changes.
+type Channel = (String, broadcast::Sender<Arc<Change>>);
 
 impl Feed {
     /// Each prefix's channel buffers `capacity` changes before its slow watchers lag.
