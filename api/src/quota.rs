@@ -66,17 +66,21 @@ fn add(usage: &mut Usage, name: &str, v: u128) {
     *usage.entry(name.to_owned()).or_default() += v;
 }
 
-/// The sum over `containers` of one kind of amounts (`requests` or `limits`).
-fn containers(cs: &[Container], limits: bool) -> Usage {
+/// A container's stated `limits`, or its `requests`.
+pub fn stated(c: &Container, limits: bool) -> Option<&BTreeMap<String, Quantity>> {
+    let r = c.resources.as_ref()?;
+    if limits {
+        r.limits.as_ref()
+    } else {
+        r.requests.as_ref()
+    }
+}
+
+/// The sum over `cs` of their `limits` (or `requests`), per resource.
+pub fn sum(cs: &[Container], limits: bool) -> Usage {
     let mut u = Usage::new();
     for c in cs {
-        let r = c.resources.as_ref();
-        let m = if limits {
-            r.and_then(|r| r.limits.as_ref())
-        } else {
-            r.and_then(|r| r.requests.as_ref())
-        };
-        for (name, q) in m.into_iter().flatten() {
+        for (name, q) in stated(c, limits).into_iter().flatten() {
             if let Some(v) = milli(q) {
                 add(&mut u, name, v);
             }
@@ -93,14 +97,14 @@ pub fn pod_compute(pod: &Pod) -> Usage {
         return usage;
     };
     for (limits, prefix) in [(false, "requests."), (true, "limits.")] {
-        let mut sum = containers(&spec.containers, limits);
+        let mut total = sum(&spec.containers, limits);
         for init in spec.init_containers.iter().flatten() {
-            for (name, v) in containers(std::slice::from_ref(init), limits) {
-                let cur = sum.entry(name).or_default();
+            for (name, v) in sum(std::slice::from_ref(init), limits) {
+                let cur = total.entry(name).or_default();
                 *cur = (*cur).max(v);
             }
         }
-        for (name, v) in sum {
+        for (name, v) in total {
             add(&mut usage, &format!("{prefix}{name}"), v);
             if !limits {
                 add(&mut usage, &name, v);

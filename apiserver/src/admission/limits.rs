@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Container, LimitRange, LimitRangeItem, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::Value;
 use wasmkube_api::ResourceInfo;
-use wasmkube_api::quota::milli;
+use wasmkube_api::quota::{milli, stated};
 
 use super::{Mutating, Operation, Request, Validating};
 use crate::cache::Cacher;
@@ -193,19 +193,7 @@ fn check(
 }
 
 fn sum(cs: &[Container], limits: bool) -> BTreeMap<String, Quantity> {
-    let mut total: BTreeMap<String, u128> = BTreeMap::new();
-    for c in cs {
-        let r = c.resources.as_ref();
-        let m = if limits {
-            r.and_then(|r| r.limits.as_ref())
-        } else {
-            r.and_then(|r| r.requests.as_ref())
-        };
-        for (name, q) in m.into_iter().flatten() {
-            *total.entry(name.clone()).or_default() += milli(q).unwrap_or(0);
-        }
-    }
-    total
+    wasmkube_api::quota::sum(cs, limits)
         .into_iter()
         .map(|(n, v)| {
             let shown = wasmkube_api::quota::format(&n, v);
@@ -237,13 +225,12 @@ impl Validating for LimitRanger {
             .flatten()
             .chain(&spec.containers)
         {
-            let r = c.resources.as_ref();
             for item in &containers {
                 check(
                     item,
                     "Container",
-                    r.and_then(|r| r.requests.as_ref()),
-                    r.and_then(|r| r.limits.as_ref()),
+                    stated(c, false),
+                    stated(c, true),
                     &mut errs,
                 );
             }

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::Value;
 use wasmkube_api::ResourceInfo;
-use wasmkube_api::quota::{Usage, compute_resource, format, milli, usage_of};
+use wasmkube_api::quota::{Usage, compute_resource, format, milli, stated, usage_of};
 use wasmkube_store::{Command, Outcome, Precondition, Store};
 
 use super::{Operation, Request, Validating};
@@ -97,15 +97,7 @@ fn unstated(pod: &Pod, hard: &BTreeMap<String, Quantity>) -> Option<String> {
         let lacking: Vec<&str> = spec
             .containers
             .iter()
-            .filter(|c| {
-                let r = c.resources.as_ref();
-                let m = if limit {
-                    r.and_then(|r| r.limits.as_ref())
-                } else {
-                    r.and_then(|r| r.requests.as_ref())
-                };
-                !m.is_some_and(|m| m.contains_key(resource))
-            })
+            .filter(|c| !stated(c, limit).is_some_and(|m| m.contains_key(resource)))
             .map(|c| c.name.as_str())
             .collect();
         if !lacking.is_empty()
