@@ -22,6 +22,8 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// How long a stopping candidate tries to release its Lease.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Which Lease, who is asking, and the timings (kube-scheduler's defaults: 15 s, 10 s, 2 s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Election {
@@ -66,7 +68,13 @@ impl Election {
         loop {
             // Candidate: try every retry period.
             loop {
-                match self.try_acquire_or_renew(&api, &mut seen).await {
+                let renewal = tokio::select! {
+                    r = self.try_acquire_or_renew(&api, &mut seen) => r,
+                    // A renewal in flight when stopping is abandoned (it may wait out a
+                    // server that is gone).
+                    () = shutdown.cancelled() => break,
+                };
+                match renewal {
                     Ok(true) => break,
                     Ok(false) => {}
                     Err(e) => {
@@ -91,8 +99,16 @@ impl Election {
                         break;
                     }
                     () = tokio::time::sleep(self.retry_period) => {}
+                    // No more renewals once stopping: the API servers may be gone already.
+                    () = shutdown.cancelled() => break,
                 }
-                match self.try_acquire_or_renew(&api, &mut seen).await {
+                let renewal = tokio::select! {
+                    r = self.try_acquire_or_renew(&api, &mut seen) => r,
+                    // A renewal in flight when stopping is abandoned (it may wait out a
+                    // server that is gone).
+                    () = shutdown.cancelled() => break,
+                };
+                match renewal {
                     Ok(true) => renewed = Instant::now(),
                     Ok(false) => {
                         tracing::warn!(lease = %self.name, "another candidate took the lease");
@@ -112,7 +128,13 @@ impl Election {
                 acting.await;
             }
             if shutdown.is_cancelled() {
-                self.release(&api).await;
+                // Best effort: a server that is shutting down too may not answer at all.
+                if tokio::time::timeout(RELEASE_TIMEOUT, self.release(&api))
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(lease = %self.name, "no answer to the release; the lease expires instead");
+                }
                 return;
             }
             tracing::info!(lease = %self.name, "stopped leading; standing again");
