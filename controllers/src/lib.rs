@@ -458,14 +458,18 @@ pub(crate) async fn drive<K, C, E, Fut, S, SFut>(
         )
         .for_each(|_| futures::future::ready(()));
     // kube-runtime's graceful shutdown sometimes never finishes when it comes while the
-    // controller's watches are still starting: give it a grace period, then drop it.
-    let grace = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
+    // controller's watches are still starting: after `shutdown` it gets a grace period, then
+    // it is dropped.
+    tokio::pin!(run);
     tokio::select! {
-        () = run => {}
-        () = grace => tracing::debug!(controller = name, "no graceful stop within the grace period; stopped"),
+        () = &mut run => return,
+        () = shutdown.cancelled() => {}
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, run).await.is_err() {
+        tracing::debug!(
+            controller = name,
+            "no graceful stop within the grace period; stopped"
+        );
     }
 }
 
