@@ -6,7 +6,7 @@
 //! for OIDC discovery.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -87,8 +87,15 @@ pub(crate) struct Tokens {
     kid: String,
     /// The public key's JWK.
     jwk: serde_json::Value,
-    /// Tokens already verified: their user and expiry (seconds since the epoch).
-    remembered: Mutex<HashMap<String, (UserInfo, i64)>>,
+    /// Tokens already verified, and what they say.
+    remembered: Mutex<HashMap<String, Arc<Verified>>>,
+}
+
+/// What a verified token says.
+struct Verified {
+    sub: String,
+    exp: i64,
+    kubernetes: Option<KubernetesClaims>,
 }
 
 fn now() -> i64 {
@@ -183,17 +190,15 @@ impl Tokens {
     /// The claims of a ServiceAccount token for this API server (signed here, in date, for its
     /// audience); whether the objects it names still exist is the caller's to check.
     pub(crate) fn check_service_account(&self, token: &str) -> Option<KubernetesClaims> {
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.checking, &self.validation)
-            .ok()?
-            .claims;
-        let k = claims.kubernetes?;
+        let v = self.verified(token)?;
+        let k = v.kubernetes.clone()?;
         let expected = format!(
             "{}{}:{}",
             crate::rbac::SA_PREFIX,
             k.namespace,
             k.serviceaccount.name
         );
-        (claims.sub == expected).then_some(k)
+        (v.sub == expected).then_some(k)
     }
 
     /// The OIDC issuer.
@@ -206,32 +211,40 @@ impl Tokens {
         serde_json::json!({"keys": [self.jwk]})
     }
 
-    /// The user a token names, when this cluster signed it and it is in date.
+    /// The user a node token names, when this cluster signed it and it is in date.
     pub(crate) fn check(&self, token: &str) -> Option<UserInfo> {
+        let v = self.verified(token)?;
+        // Node tokens only: ServiceAccount tokens need their objects looked up.
+        let node = v.sub.strip_prefix(NODE_PREFIX)?;
+        (!node.is_empty() && v.kubernetes.is_none()).then(|| UserInfo {
+            name: v.sub.clone(),
+            groups: vec![NODES_GROUP.into(), "system:authenticated".into()],
+        })
+    }
+
+    /// The claims of a token this cluster signed, in date and for its audience: verified once
+    /// (an ECDSA check) and remembered until it expires, whichever authenticator asks.
+    fn verified(&self, token: &str) -> Option<Arc<Verified>> {
         if token.bytes().filter(|b| *b == b'.').count() != 2 {
             return None;
         }
-        if let Some((user, exp)) = self.remembered.lock().expect("tokens lock").get(token) {
-            return (now() < *exp).then(|| user.clone());
+        if let Some(v) = self.remembered.lock().expect("tokens lock").get(token) {
+            return (now() < v.exp).then(|| Arc::clone(v));
         }
         let claims = jsonwebtoken::decode::<Claims>(token, &self.checking, &self.validation)
             .ok()?
             .claims;
-        // Node tokens only: ServiceAccount tokens need their objects looked up.
-        let node = claims.sub.strip_prefix(NODE_PREFIX)?;
-        if node.is_empty() {
-            return None;
-        }
-        let user = UserInfo {
-            name: claims.sub.clone(),
-            groups: vec![NODES_GROUP.into(), "system:authenticated".into()],
-        };
+        let v = Arc::new(Verified {
+            sub: claims.sub,
+            exp: claims.exp,
+            kubernetes: claims.kubernetes,
+        });
         let mut remembered = self.remembered.lock().expect("tokens lock");
         if remembered.len() >= REMEMBERED {
             remembered.clear();
         }
-        remembered.insert(token.to_owned(), (user.clone(), claims.exp));
-        Some(user)
+        remembered.insert(token.to_owned(), Arc::clone(&v));
+        Some(v)
     }
 }
 
