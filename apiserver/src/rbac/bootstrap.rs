@@ -461,7 +461,9 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
     ]
 }
 
-fn binding(name: &str, role: &str, subjects: &[(&str, &str)]) -> Value {
+/// A ClusterRoleBinding of ClusterRole `role` (and named after it) to `subjects`.
+fn binding(role: &str, subjects: &[(&str, &str)]) -> Value {
+    let name = role;
     let subjects: Vec<Value> = subjects
         .iter()
         .map(|(kind, name)| match name.split_once('/') {
@@ -483,62 +485,37 @@ fn binding(name: &str, role: &str, subjects: &[(&str, &str)]) -> Value {
 /// The bootstrap ClusterRoleBindings.
 pub(crate) fn cluster_role_bindings() -> Vec<Value> {
     vec![
+        binding("cluster-admin", &[("Group", "system:masters")]),
+        binding("system:discovery", &[("Group", "system:authenticated")]),
+        binding("system:basic-user", &[("Group", "system:authenticated")]),
         binding(
-            "cluster-admin",
-            "cluster-admin",
-            &[("Group", "system:masters")],
-        ),
-        binding(
-            "system:discovery",
-            "system:discovery",
-            &[("Group", "system:authenticated")],
-        ),
-        binding(
-            "system:basic-user",
-            "system:basic-user",
-            &[("Group", "system:authenticated")],
-        ),
-        binding(
-            "system:public-info-viewer",
             "system:public-info-viewer",
             &[
                 ("Group", "system:authenticated"),
                 ("Group", "system:unauthenticated"),
             ],
         ),
+        binding("system:monitoring", &[("Group", "system:monitoring")]),
         binding(
-            "system:monitoring",
-            "system:monitoring",
-            &[("Group", "system:monitoring")],
-        ),
-        binding(
-            "system:kube-controller-manager",
             "system:kube-controller-manager",
             &[("User", "system:kube-controller-manager")],
         ),
         binding(
             "system:kube-scheduler",
-            "system:kube-scheduler",
             &[("User", "system:kube-scheduler")],
         ),
         // Nodes are authorized by their group until a Node authorizer narrows each to its own
         // pods' objects.
-        binding("system:node", "system:node", &[("Group", "system:nodes")]),
+        binding("system:node", &[("Group", "system:nodes")]),
         binding(
-            "system:kube-dns",
             "system:kube-dns",
             &[
                 ("ServiceAccount", "kube-system/kube-dns"),
                 ("User", "system:kube-dns"),
             ],
         ),
+        binding("system:node-proxier", &[("User", "system:kube-proxy")]),
         binding(
-            "system:node-proxier",
-            "system:node-proxier",
-            &[("User", "system:kube-proxy")],
-        ),
-        binding(
-            "system:service-account-issuer-discovery",
             "system:service-account-issuer-discovery",
             &[("Group", "system:serviceaccounts")],
         ),
