@@ -61,6 +61,26 @@ pub struct Cluster {
     shutdown: CancellationToken,
     running: Option<wasmkube_apiserver::Running>,
     control_plane: Vec<Background>,
+    publishing_root_ca: std::sync::atomic::AtomicBool,
+}
+
+/// The controllers a [`Cluster`] runs on its own (the rest come with `start_controllers`).
+const IDENTITY_CONTROLLERS: &[&str] = &["serviceaccount", "root-ca-cert-publisher"];
+
+/// Runs one of [`IDENTITY_CONTROLLERS`] until `shutdown`.
+fn start_identity_controller(
+    client: &kube::Client,
+    name: &str,
+    root_ca: Option<String>,
+    shutdown: &CancellationToken,
+) {
+    let config = wasmkube_controllers::Config {
+        controllers: vec![name.to_owned()],
+        root_ca,
+        ..Default::default()
+    };
+    let (c, stop) = (client.clone(), shutdown.child_token());
+    tokio::spawn(async move { wasmkube_controllers::run_with_client(c, &config, stop).await });
 }
 
 impl Cluster {
@@ -87,6 +107,10 @@ impl Cluster {
         let shutdown = CancellationToken::new();
         let running = wasmkube_apiserver::start(config, shutdown.clone()).await?;
         let client = client_for(&running.kubeconfig).await?;
+        // A pod needs its namespace's `default` ServiceAccount (ServiceAccount admission): the
+        // controller that keeps it always runs, as in every cluster. (The `kube-root-ca.crt`
+        // ConfigMaps its token volume projects come with the first node.)
+        start_identity_controller(&client, "serviceaccount", None, &shutdown);
         Ok(Cluster {
             addr: running.addr,
             kubeconfig: running.kubeconfig.clone(),
@@ -96,6 +120,7 @@ impl Cluster {
             shutdown,
             running: Some(running),
             control_plane: Vec::new(),
+            publishing_root_ca: Default::default(),
         })
     }
 
@@ -305,7 +330,26 @@ impl Cluster {
         name: &str,
         adjust: impl FnOnce(&mut wasmkube_wasmlet::Config),
     ) -> Result<Node> {
+        self.publish_root_ca()?;
         Node::start(&self.kubeconfig, &self.client, name, adjust).await
+    }
+
+    /// Starts the `root-ca-cert-publisher` (once): the token volume of every pod projects the
+    /// `kube-root-ca.crt` ConfigMap it keeps.
+    fn publish_root_ca(&self) -> Result<()> {
+        if !self
+            .publishing_root_ca
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let ca = std::fs::read_to_string(self.dir.path().join("pki/ca.crt"))?;
+            start_identity_controller(
+                &self.client,
+                "root-ca-cert-publisher",
+                Some(ca),
+                &self.shutdown,
+            );
+        }
+        Ok(())
     }
 
     /// Starts an API server with the scheduler and the controller manager beside it (they stop
@@ -357,8 +401,17 @@ impl Cluster {
         &self,
         adjust: impl FnOnce(&mut wasmkube_controllers::Config),
     ) -> Background {
+        if let Err(e) = self.publish_root_ca() {
+            tracing::warn!(error = %e, "no cluster CA to publish");
+        }
         let shutdown = CancellationToken::new();
-        let mut config = wasmkube_controllers::Config::default();
+        let mut config = wasmkube_controllers::Config {
+            controllers: std::iter::once("*".to_string())
+                .chain(IDENTITY_CONTROLLERS.iter().map(|c| format!("-{c}")))
+                .collect(),
+            root_ca: std::fs::read_to_string(self.dir.path().join("pki/ca.crt")).ok(),
+            ..Default::default()
+        };
         adjust(&mut config);
         let client = self.client.clone();
         let token = shutdown.clone();
@@ -1066,4 +1119,21 @@ pub fn wasmlet_process(
     let args = wasmlet_args(name, listen, extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     KillOnDrop::wasmkube_in(netns, &args, log)
+}
+
+/// Creates namespace `ns`'s `default` ServiceAccount unless it exists, for servers that run
+/// without the controller manager (whose `serviceaccount` controller keeps it): pods are
+/// admitted only with their account.
+///
+/// # Errors
+/// When the API refuses.
+pub async fn default_service_account(client: &kube::Client, ns: &str) -> Result<()> {
+    let sas: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(client.clone(), ns);
+    let sa = serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}}))?;
+    match sas.create(&Default::default(), &sa).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -343,6 +343,59 @@ impl ServiceIndex {
         self.services.get(&key(namespace, name))
     }
 
+    /// The environment a pod in `namespace` gets from Services, as the kubelet gives it: the
+    /// `default/kubernetes` Service always, the namespace's other Services when `links`
+    /// (`enableServiceLinks`), each with a cluster IP: `NAME_SERVICE_HOST`, `NAME_SERVICE_PORT`
+    /// (the first port), `NAME_SERVICE_PORT_PORTNAME`, and Docker's link variables
+    /// (`NAME_PORT`, `NAME_PORT_443_TCP`, `..._PROTO`, `..._PORT`, `..._ADDR`).
+    pub fn link_env(&self, namespace: &str, links: bool) -> Vec<(String, String)> {
+        let mut chosen: BTreeMap<&str, &ServiceEntry> = BTreeMap::new();
+        let mut entries: Vec<&ServiceEntry> = self.services.values().collect();
+        entries.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        for svc in entries {
+            if !matches!(svc.cluster_ip, ClusterIp::Ip(_)) || svc.ports.is_empty() {
+                continue;
+            }
+            if svc.namespace == "default" && svc.name == "kubernetes" {
+                chosen.entry(&svc.name).or_insert(svc);
+            } else if svc.namespace == namespace && links {
+                chosen.insert(&svc.name, svc);
+            }
+        }
+        let var = |s: &str| s.to_uppercase().replace('-', "_");
+        let mut env = Vec::new();
+        for svc in chosen.values() {
+            let ClusterIp::Ip(ip) = svc.cluster_ip else {
+                continue;
+            };
+            let prefix = var(&svc.name);
+            env.push((format!("{prefix}_SERVICE_HOST"), ip.to_string()));
+            env.push((
+                format!("{prefix}_SERVICE_PORT"),
+                svc.ports[0].port.to_string(),
+            ));
+            for p in svc.ports.iter().filter(|p| !p.name.is_empty()) {
+                env.push((
+                    format!("{prefix}_SERVICE_PORT_{}", var(&p.name)),
+                    p.port.to_string(),
+                ));
+            }
+            for (i, p) in svc.ports.iter().enumerate() {
+                let proto = p.protocol.srv_label();
+                let url = format!("{proto}://{ip}:{}", p.port);
+                if i == 0 {
+                    env.push((format!("{prefix}_PORT"), url.clone()));
+                }
+                let port_prefix = format!("{prefix}_PORT_{}_{}", p.port, proto.to_uppercase());
+                env.push((port_prefix.clone(), url));
+                env.push((format!("{port_prefix}_PROTO"), proto.to_owned()));
+                env.push((format!("{port_prefix}_PORT"), p.port.to_string()));
+                env.push((format!("{port_prefix}_ADDR"), ip.to_string()));
+            }
+        }
+        env
+    }
+
     /// Whether any Service lives in `namespace`.
     pub fn has_namespace(&self, namespace: &str) -> bool {
         self.services.keys().any(|(ns, _)| ns == namespace)
@@ -453,6 +506,52 @@ impl ServiceIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_should_get_the_kubernetes_service_and_with_links_their_namespace_s() {
+        let mut index = ServiceIndex::default();
+        for (ns, name, ip, ports) in [
+            (
+                "default",
+                "kubernetes",
+                "10.96.0.1",
+                json!([{"name": "https", "port": 443}]),
+            ),
+            (
+                "shop",
+                "web-api",
+                "10.96.3.4",
+                json!([{"name": "http", "port": 80}, {"port": 53, "protocol": "UDP"}]),
+            ),
+            ("shop", "headless", "None", json!([{"port": 1}])),
+            ("other", "db", "10.96.5.5", json!([{"port": 5432}])),
+        ] {
+            let svc: Service = serde_json::from_value(json!({
+                "metadata": {"namespace": ns, "name": name},
+                "spec": {"clusterIP": ip, "ports": ports},
+            }))
+            .expect("service");
+            index.apply_service(&svc);
+        }
+        let env: BTreeMap<String, String> = index.link_env("shop", true).into_iter().collect();
+        let get = |k: &str| env.get(k).map(String::as_str);
+        assert_eq!(get("KUBERNETES_SERVICE_HOST"), Some("10.96.0.1"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT"), Some("443"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT_HTTPS"), Some("443"));
+        assert_eq!(get("KUBERNETES_PORT"), Some("tcp://10.96.0.1:443"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP_ADDR"), Some("10.96.0.1"));
+        assert_eq!(get("WEB_API_SERVICE_PORT"), Some("80"));
+        assert_eq!(get("WEB_API_SERVICE_PORT_HTTP"), Some("80"));
+        assert_eq!(get("WEB_API_PORT_53_UDP"), Some("udp://10.96.3.4:53"));
+        assert_eq!(get("WEB_API_PORT_53_UDP_PROTO"), Some("udp"));
+        assert!(
+            !env.keys()
+                .any(|k| k.starts_with("HEADLESS_") || k.starts_with("DB_"))
+        );
+        let plain: BTreeMap<String, String> = index.link_env("shop", false).into_iter().collect();
+        assert!(plain.contains_key("KUBERNETES_SERVICE_HOST"));
+        assert!(!plain.keys().any(|k| k.starts_with("WEB_API")));
+    }
     use serde_json::json;
 
     fn svc(v: serde_json::Value) -> Service {

@@ -15,6 +15,7 @@ mod lifecycle;
 pub(crate) mod limits;
 pub(crate) mod priority;
 pub(crate) mod quota;
+pub(crate) mod serviceaccount;
 
 use std::sync::Arc;
 

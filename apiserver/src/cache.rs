@@ -168,6 +168,16 @@ impl Cacher {
         (items, s.revision)
     }
 
+    /// The object stored at `key`, if the cache has it.
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<Object>> {
+        self.state
+            .read()
+            .expect("cache lock")
+            .objects
+            .get(key)
+            .cloned()
+    }
+
     /// Whether every change after `position` is here.
     pub(crate) fn holds(&self, position: u64) -> bool {
         position >= self.state.read().expect("cache lock").start

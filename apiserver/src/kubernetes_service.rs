@@ -1,7 +1,8 @@
-//! The `default/kubernetes` Service and its Endpoints, which list every API server of the
-//! cluster, as kube-apiserver's bootstrap controller and endpoint reconciler keep them. Pods
-//! reach the API through the Service; components (through the client crate) learn the list of
-//! servers to fail over between from the Endpoints.
+//! The `default/kubernetes` Service, its Endpoints and EndpointSlices, which list every API
+//! server of the cluster, as kube-apiserver's bootstrap controller and endpoint reconcilers
+//! keep them. Pods reach the API through the Service (the proxy reads the slices: one per API
+//! port, `kubernetes` for the first, `kubernetes-PORT` for others); components (through the
+//! client crate) learn the list of servers to fail over between from the Endpoints.
 //!
 //! The server whose store leads the raft group reconciles (one writer, no fights): every few
 //! seconds it compares the Endpoints with the membership's API addresses and writes the
@@ -21,17 +22,83 @@ const NAME: &str = "kubernetes";
 /// How often the leader's server compares the Endpoints with the membership.
 const EVERY: Duration = Duration::from_secs(5);
 
-fn target(api: &Apiserver, plural: &str) -> Target {
+fn target(api: &Apiserver, group: &str, plural: &str) -> Target {
     Target {
         kind: api
             .registry
-            .get("", "v1", plural)
-            .expect("core/v1 kinds are served")
+            .get(group, "v1", plural)
+            .expect("built-in kinds are served")
             .clone(),
         namespace: Some("default".into()),
         name: Some(NAME.into()),
         subresource: None,
         watch_path: false,
+    }
+}
+
+/// The EndpointSlices (name → object) for these Endpoints subsets: one per port.
+fn slices(subsets: &Value) -> Vec<(String, Value)> {
+    subsets
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, subset)| {
+            let port = subset["ports"][0]["port"].as_u64().unwrap_or_default();
+            let name = if i == 0 {
+                NAME.to_owned()
+            } else {
+                format!("{NAME}-{port}")
+            };
+            let endpoints: Vec<Value> = subset["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| json!({"addresses": [a["ip"]], "conditions": {"ready": true}}))
+                .collect();
+            let slice = json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": name, "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": NAME,
+                                        "endpointslice.kubernetes.io/managed-by": "kube-apiserver"}},
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+                "ports": subset["ports"],
+            });
+            (name, slice)
+        })
+        .collect()
+}
+
+/// Makes the object `want` names hold `want`'s `fields`: creates it, or updates those fields.
+async fn ensure(
+    api: &Apiserver,
+    mut t: Target,
+    name: &str,
+    want: Value,
+    fields: &[&str],
+) -> Result<(), crate::ApiError> {
+    t.name = Some(name.to_owned());
+    match api.load(&t, name).await {
+        Ok(cur) if fields.iter().all(|f| cur.value.get(*f) == want.get(*f)) => Ok(()),
+        Ok(cur) => {
+            let mut new = cur.value.clone();
+            for f in fields {
+                new[*f] = want[*f].clone();
+            }
+            api.commit_update(&t, &params(), &cur, new).await?;
+            tracing::info!(
+                kind = t.kind.info().kind,
+                name,
+                "the API servers' endpoints changed"
+            );
+            Ok(())
+        }
+        Err(e) if e.code == 404 => match api.create_object(&t, &params(), want, "Update").await {
+            Err(e) if e.code != 409 => Err(e),
+            _ => Ok(()),
+        },
+        Err(e) => Err(e),
     }
 }
 
@@ -80,7 +147,7 @@ async fn reconcile(
     let Some(first_port) = want.pointer("/0/ports/0/port").and_then(Value::as_u64) else {
         return Ok(());
     };
-    let service = target(api, "services");
+    let service = target(api, "", "services");
     match api.load(&service, NAME).await {
         Ok(_) => {}
         Err(e) if e.code == 404 => {
@@ -112,30 +179,41 @@ async fn reconcile(
         }
         Err(e) => return Err(e),
     }
-    let endpoints = target(api, "endpoints");
-    match api.load(&endpoints, NAME).await {
-        Ok(cur) if cur.value.get("subsets") == Some(&want) => Ok(()),
-        Ok(cur) => {
-            let mut new = cur.value.clone();
-            new["subsets"] = want;
-            api.commit_update(&endpoints, &params(), &cur, new).await?;
-            tracing::info!(servers = ?urls, "the kubernetes Endpoints list the API servers");
-            Ok(())
-        }
-        Err(e) if e.code == 404 => {
-            let ep = json!({
-                "apiVersion": "v1", "kind": "Endpoints",
-                "metadata": {"name": NAME, "namespace": "default",
-                             "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-                "subsets": want,
-            });
-            match api.create_object(&endpoints, &params(), ep, "Update").await {
-                Err(e) if e.code != 409 => Err(e),
-                _ => Ok(()),
-            }
-        }
-        Err(e) => Err(e),
+    let endpoints = json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": NAME, "namespace": "default",
+                     "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": want,
+    });
+    ensure(
+        api,
+        target(api, "", "endpoints"),
+        NAME,
+        endpoints,
+        &["subsets"],
+    )
+    .await?;
+    let slices = slices(&want);
+    let t = target(api, "discovery.k8s.io", "endpointslices");
+    for (name, slice) in &slices {
+        ensure(api, t.clone(), name, slice.clone(), &["endpoints", "ports"]).await?;
     }
+    // Slices of ports no server listens on any more go.
+    let prefix = api.key(&t, NAME);
+    for kv in api.store.list(&prefix, Default::default()).await?.items {
+        let name = kv.key.rsplit('/').next().unwrap_or_default();
+        if (name == NAME || name.starts_with(&format!("{NAME}-")))
+            && !slices.iter().any(|(n, _)| n == name)
+        {
+            api.store
+                .write(wasmkube_store::Command::Delete {
+                    key: kv.key.clone(),
+                    precondition: wasmkube_store::Precondition::Revision(kv.revision),
+                })
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Keeps the Service and Endpoints until `shutdown`, while this server's store leads.
@@ -169,6 +247,30 @@ pub(crate) async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_port_should_get_its_own_slice() {
+        let s = slices(&subsets(&[
+            "https://127.0.0.1:6444".into(),
+            "https://127.0.0.1:6443".into(),
+            "https://127.0.0.2:6443".into(),
+        ]));
+        let names: Vec<&str> = s.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["kubernetes", "kubernetes-6444"]);
+        assert_eq!(
+            s[0].1["endpoints"],
+            json!([{"addresses": ["127.0.0.1"], "conditions": {"ready": true}},
+                   {"addresses": ["127.0.0.2"], "conditions": {"ready": true}}])
+        );
+        assert_eq!(
+            s[1].1["ports"],
+            json!([{"name": "https", "port": 6444, "protocol": "TCP"}])
+        );
+        assert_eq!(
+            s[0].1["metadata"]["labels"]["kubernetes.io/service-name"],
+            "kubernetes"
+        );
+    }
 
     #[test]
     fn subsets_should_group_servers_by_port() {

@@ -466,6 +466,12 @@ async fn bootstrap(api: &Apiserver) -> Result<(), Error> {
     Ok(())
 }
 
+/// The `kubernetes` Service's cluster IP: the first address of the service range.
+fn kubernetes_service_ip(config: &Config) -> std::net::Ipv4Addr {
+    let range = config.network.service_cidr;
+    range.hosts().next().unwrap_or(range.addr())
+}
+
 /// The request handlers' state over an opened store, with the default namespaces created.
 async fn open(
     config: &Config,
@@ -487,6 +493,16 @@ async fn open(
         .mutating(crate::admission::limits::LimitRanger::new(Arc::clone(
             &limit_ranges,
         )))
+        .mutating(
+            crate::admission::serviceaccount::ServiceAccountAdmission::new(
+                caches.of_kind(
+                    &*registry
+                        .by_kind("", "ServiceAccount")
+                        .expect("ServiceAccounts are registered"),
+                ),
+                store.clone(),
+            ),
+        )
         .validating(crate::rbac::escalation::Escalation(Arc::clone(&rbac)))
         .validating(crate::nodeauth::NodeRestriction)
         .validating(crate::admission::limits::LimitRanger::new(limit_ranges))
@@ -536,6 +552,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if !config.listen.ip().is_unspecified() {
         hosts.push(config.listen.ip().to_string());
     }
+    // Pods reach the API at the `kubernetes` Service's address, by IP or by name.
+    hosts.push(kubernetes_service_ip(&config).to_string());
+    hosts.extend(["kubernetes.default", "kubernetes.default.svc.cluster.local"].map(String::from));
     let pki = Pki::load_or_create(dir, &hosts)?;
     let tls = Arc::new(pki.server_config()?);
     let listener = TcpListener::bind(config.listen).await?;
@@ -685,12 +704,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let app = router(shared);
     tracker.spawn(crate::kubernetes_service::run(
         Arc::clone(&api),
-        config
-            .network
-            .service_cidr
-            .hosts()
-            .next()
-            .unwrap_or(config.network.service_cidr.addr()),
+        kubernetes_service_ip(&config),
         shutdown.clone(),
     ));
     tracker.spawn(compaction(
@@ -1037,6 +1051,16 @@ mod tests {
             "Priority refuses an unknown class before validation: {st}"
         );
 
+        // (ServiceAccount admission needs the pod's account; the controller manager makes it.)
+        let sa = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+        let (code, st) = as_admin(
+            &app,
+            "POST",
+            "/api/v1/namespaces/default/serviceaccounts",
+            sa,
+        )
+        .await;
+        assert_eq!(code, 201, "{st}");
         let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}});
         let (code, st) = as_admin(&app, "POST", "/api/v1/namespaces/default/pods", pod).await;
         assert_eq!(

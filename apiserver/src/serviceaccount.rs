@@ -49,8 +49,7 @@ fn uid_at(cache: &Cacher, key: &str) -> Option<String> {
     struct Uid {
         uid: String,
     }
-    let (objects, _) = cache.snapshot(key, None);
-    let o = objects.iter().find(|o| o.key == key)?;
+    let o = cache.get(key)?;
     serde_json::from_slice::<Meta>(&o.raw)
         .ok()
         .map(|m| m.metadata.uid)
@@ -220,6 +219,20 @@ impl Apiserver {
                     ),
                 ));
             }
+            // NodeRestriction: a node asks only for tokens bound to its own pods.
+            if let Some(node) = call.q.user.as_ref().and_then(crate::nodeauth::node_of)
+                && (kind != "Pod" || stored["spec"]["nodeName"] != node)
+            {
+                return Err(ApiError::forbidden(
+                    t.kind.info(),
+                    name,
+                    if kind == "Pod" {
+                        "node requested token bound to a pod scheduled on a different node"
+                    } else {
+                        "node requested token not bound to a pod"
+                    },
+                ));
+            }
             let claim = Some(ObjectClaim {
                 name: object.to_owned(),
                 uid: uid.clone(),
@@ -230,6 +243,15 @@ impl Apiserver {
                 claims.secret = claim;
             }
             req["spec"]["boundObjectRef"]["uid"] = json!(uid);
+        }
+        if claims.pod.is_none()
+            && let Some(_node) = call.q.user.as_ref().and_then(crate::nodeauth::node_of)
+        {
+            return Err(ApiError::forbidden(
+                t.kind.info(),
+                name,
+                "node requested token not bound to a pod",
+            ));
         }
         let (token, exp) = self.tokens.issue_service_account(&ServiceAccountToken {
             claims,

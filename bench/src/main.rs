@@ -188,6 +188,8 @@ async fn bench_api(args: &Args, clients: usize, round: usize) -> Result<Stats> {
     } else {
         vec![wasmkube_tests::Process::up_in(dir.path(), wasmkube_tests::API_ONLY).await?]
     };
+    // No controller manager runs: the pods' account is made here.
+    wasmkube_tests::default_service_account(&servers[0].client().await?, "default").await?;
     let mut kubeconfigs = Vec::new();
     for server in &servers {
         kubeconfigs.push(if args.as_user {

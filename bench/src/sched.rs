@@ -137,6 +137,8 @@ async fn main() -> Result<()> {
         )
         .await?;
         let client = server.client().await?;
+        // No controller manager runs: the pods' account is made here.
+        wasmkube_tests::default_service_account(&client, "default").await?;
         let nodes: Api<Node> = Api::all(client.clone());
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
         let api = nodes.clone();

@@ -364,6 +364,13 @@ struct ControllerArgs {
     timers: NodeTimerArgs,
     #[command(flatten)]
     election: LeaderElectArgs,
+    /// Controllers to run: `*` all, `NAME` that one, `-NAME` not that one (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    controllers: Vec<String>,
+    /// The CA (PEM) to publish as `kube-root-ca.crt` in every namespace (default: the
+    /// kubeconfig's).
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
 }
 
 /// Leader election of the scheduler and the controller manager (their Kubernetes flags).
@@ -685,6 +692,7 @@ async fn main() -> anyhow::Result<()> {
                         leader_election: args
                             .election
                             .election("kube-controller-manager", identity.clone())?,
+                        ..Default::default()
                     },
                     shutdown.clone(),
                 )))
@@ -816,12 +824,35 @@ async fn main() -> anyhow::Result<()> {
                 .context("scheduler")?;
         }
         Command::ControllerManager(args) => {
+            let unknown: Vec<&String> = args
+                .controllers
+                .iter()
+                .filter(|c| {
+                    let name = c.strip_prefix('-').unwrap_or(c);
+                    name != "*" && !wasmkube_controllers::CONTROLLERS.contains(&name)
+                })
+                .collect();
+            if !unknown.is_empty() {
+                anyhow::bail!(
+                    "unknown controllers {unknown:?}; known: {}",
+                    wasmkube_controllers::CONTROLLERS.join(", ")
+                );
+            }
+            let root_ca = match &args.root_ca_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("reading {}", f.display()))?,
+                ),
+                None => None,
+            };
             let config = wasmkube_controllers::Config {
                 api: source(args.kubeconfig),
                 node_timers: args.timers.timers(),
                 leader_election: args
                     .election
                     .election("kube-controller-manager", random_identity())?,
+                controllers: args.controllers,
+                root_ca,
             };
             wasmkube_controllers::run(config, shutdown)
                 .await

@@ -123,3 +123,19 @@ impl Peer {
         self.groups.iter().any(|g| g == group)
     }
 }
+
+/// `certificates` (DER, as `kube::Config::root_cert` holds them) as one PEM bundle.
+pub fn pem_bundle(certificates: &[Vec<u8>]) -> String {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for der in certificates {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
+}

@@ -16,7 +16,8 @@
 //! | [`nodelifecycle`] | silent nodes marked Unknown and tainted; their pods evicted, rate-limited |
 //! | [`clusterrole_aggregation`] | aggregated ClusterRoles (`admin`, `edit`, `view`) hold the rules of the roles they select |
 //! | [`resourcequota`] | each ResourceQuota's `status.used`, recounted from what its namespace holds |
-//! | [`namespace`] | Terminating namespaces emptied and finalized; a `default` ServiceAccount per namespace |
+//! | [`namespace`] | Terminating namespaces emptied and finalized |
+//! | [`serviceaccounts`] | a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap in every namespace; legacy token Secrets filled |
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wasmkube_controllers::Error> {
@@ -55,6 +56,7 @@ pub mod nodelifecycle;
 pub mod replicaset;
 pub mod replicationcontroller;
 pub mod resourcequota;
+pub mod serviceaccounts;
 pub mod statefulset;
 
 /// How to run the controller manager.
@@ -67,6 +69,12 @@ pub struct Config {
     /// Run the controllers only while holding this Lease (kube-controller-manager's
     /// `--leader-elect`), so that one of several controller managers acts; none: always.
     pub leader_election: Option<wasmkube_client::leader::Election>,
+    /// Which controllers run (kube-controller-manager's `--controllers`): `*` all, `NAME`
+    /// that one, `-NAME` not that one; empty: all.
+    pub controllers: Vec<String>,
+    /// The cluster CA (PEM) the `root-ca-cert-publisher` puts in every namespace
+    /// (`--root-ca-file`); none: the CA of the kubeconfig [`Config::api`] names.
+    pub root_ca: Option<String>,
 }
 
 impl Config {
@@ -74,7 +82,42 @@ impl Config {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Whether controller `name` runs (see [`Config::controllers`]).
+    pub fn enabled(&self, name: &str) -> bool {
+        if self.controllers.is_empty() {
+            return true;
+        }
+        if self
+            .controllers
+            .iter()
+            .any(|c| c.strip_prefix('-') == Some(name))
+        {
+            return false;
+        }
+        self.controllers.iter().any(|c| c == name || c == "*")
+    }
 }
+
+/// Every controller's name, as `--controllers` takes them.
+pub const CONTROLLERS: &[&str] = &[
+    "nodelifecycle",
+    "deployment",
+    "statefulset",
+    "cronjob",
+    "replicaset",
+    "replicationcontroller",
+    "job",
+    "garbagecollector",
+    "clusterrole-aggregation",
+    "resourcequota",
+    "daemonset",
+    "endpoint",
+    "namespace",
+    "serviceaccount",
+    "serviceaccount-token",
+    "root-ca-cert-publisher",
+];
 
 /// Why it could not run: the API servers cannot be reached (no configuration).
 pub use wasmkube_client::Error;
@@ -84,7 +127,16 @@ pub use wasmkube_client::Error;
 /// # Errors
 /// [`Error`] when the cluster cannot be reached at start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let client = wasmkube_client::connect(&config.api).await?.client;
+    let connection = wasmkube_client::connect(&config.api).await?;
+    let client = connection.client;
+    let mut config = config;
+    if config.root_ca.is_none() {
+        config.root_ca = connection
+            .config
+            .root_cert
+            .as_deref()
+            .map(wasmkube_client::tls::pem_bundle);
+    }
     match &config.leader_election {
         Some(election) => {
             election
@@ -105,94 +157,150 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
     // Every controller subscribes before the shared watches start.
     let shared = informers::Informers::new(&client);
     let i = &*shared;
+    let on = |name: &'static str, run| stopped(config.enabled(name), name, run);
+    let root_ca = config.root_ca.clone();
+    if root_ca.is_none() && config.enabled("root-ca-cert-publisher") {
+        tracing::warn!("no cluster CA known: the root-ca-cert-publisher does not run");
+    }
     tokio::join!(
-        stopped(
+        on(
             "nodelifecycle",
-            nodelifecycle::run(client.clone(), i, config.node_timers, shutdown.clone())
+            Box::pin(nodelifecycle::run(
+                client.clone(),
+                i,
+                config.node_timers,
+                shutdown.clone()
+            ))
         ),
-        stopped(
+        on(
             "deployment",
-            run_owning::<apps::Deployment, apps::ReplicaSet, _, _, _>(
+            Box::pin(run_owning::<apps::Deployment, apps::ReplicaSet, _, _, _>(
                 client.clone(),
                 &i.replicasets,
                 "deployment",
                 |client, sets| deployment::Ctx { client, sets },
                 deployment::reconcile,
                 shutdown.clone(),
-            )
+            ))
         ),
-        stopped(
+        on(
             "statefulset",
-            run_owning::<apps::StatefulSet, core::Pod, _, _, _>(
+            Box::pin(run_owning::<apps::StatefulSet, core::Pod, _, _, _>(
                 client.clone(),
                 &i.pods,
                 "statefulset",
                 |client, pods| statefulset::Ctx { client, pods },
                 statefulset::reconcile,
                 shutdown.clone(),
-            )
+            ))
         ),
-        stopped(
+        on(
             "cronjob",
-            run_owning::<batch::CronJob, batch::Job, _, _, _>(
+            Box::pin(run_owning::<batch::CronJob, batch::Job, _, _, _>(
                 client.clone(),
                 &i.jobs,
                 "cronjob",
                 |client, jobs| cronjob::Ctx { client, jobs },
                 cronjob::reconcile,
                 shutdown.clone(),
-            )
+            ))
         ),
-        stopped(
+        on(
             "replicaset",
-            run_pod_owner(
+            Box::pin(run_pod_owner(
                 client.clone(),
                 i,
                 "replicaset",
                 replicaset::reconcile,
                 shutdown.clone()
-            )
+            ))
         ),
-        stopped(
+        on(
             "replicationcontroller",
-            run_pod_owner(
+            Box::pin(run_pod_owner(
                 client.clone(),
                 i,
                 "replicationcontroller",
                 replicationcontroller::reconcile,
                 shutdown.clone()
-            )
+            ))
         ),
-        stopped(
+        on(
             "job",
-            run_pod_owner(client.clone(), i, "job", job::reconcile, shutdown.clone())
+            Box::pin(run_pod_owner(
+                client.clone(),
+                i,
+                "job",
+                job::reconcile,
+                shutdown.clone()
+            ))
         ),
-        stopped("gc", gc::run(client.clone(), shutdown.clone())),
-        stopped(
-            "clusterrole_aggregation",
-            clusterrole_aggregation::run(client.clone(), shutdown.clone())
+        on(
+            "garbagecollector",
+            Box::pin(gc::run(client.clone(), shutdown.clone()))
         ),
-        stopped(
+        on(
+            "clusterrole-aggregation",
+            Box::pin(clusterrole_aggregation::run(
+                client.clone(),
+                shutdown.clone()
+            ))
+        ),
+        on(
             "resourcequota",
-            resourcequota::run(client.clone(), i, shutdown.clone())
+            Box::pin(resourcequota::run(client.clone(), i, shutdown.clone()))
         ),
-        stopped(
+        on(
             "daemonset",
-            daemonset::run(client.clone(), i, shutdown.clone())
+            Box::pin(daemonset::run(client.clone(), i, shutdown.clone()))
+        ),
+        on(
+            "endpoint",
+            Box::pin(endpoints::run(client.clone(), i, shutdown.clone()))
+        ),
+        on(
+            "namespace",
+            Box::pin(namespace::run(client.clone(), shutdown.clone()))
+        ),
+        on(
+            "serviceaccount",
+            Box::pin(serviceaccounts::run_serviceaccount(
+                client.clone(),
+                shutdown.clone()
+            ))
+        ),
+        on(
+            "serviceaccount-token",
+            Box::pin(serviceaccounts::run_token_secrets(
+                client.clone(),
+                root_ca.clone(),
+                shutdown.clone()
+            ))
         ),
         stopped(
-            "endpoints",
-            endpoints::run(client.clone(), i, shutdown.clone())
+            root_ca.is_some() && config.enabled("root-ca-cert-publisher"),
+            "root-ca-cert-publisher",
+            Box::pin(serviceaccounts::run_root_ca_publisher(
+                client,
+                root_ca.unwrap_or_default(),
+                shutdown.clone()
+            ))
         ),
-        stopped("namespace", namespace::run(client, shutdown.clone())),
-        stopped("informers", shared.run(shutdown)),
+        stopped(true, "informers", Box::pin(shared.run(shutdown))),
     );
     tracing::info!("controller manager stopped");
 }
 
-/// `run`, then a log line saying that controller `name` stopped (a shutdown that hangs names
-/// the controller that holds it).
-async fn stopped(name: &'static str, run: impl Future<Output = ()>) {
+/// `run` if `enabled`, then a log line saying that controller `name` stopped (a shutdown that
+/// hangs names the controller that holds it).
+async fn stopped(
+    enabled: bool,
+    name: &'static str,
+    run: std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>,
+) {
+    if !enabled {
+        return;
+    }
     run.await;
     tracing::debug!(controller = name, "stopped");
 }

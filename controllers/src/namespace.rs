@@ -1,12 +1,11 @@
-//! Namespace lifecycle (the namespace controller and the service-account controller):
-//! a deleted namespace — `Terminating`, holding the `kubernetes` finalizer — has its content
-//! deleted, kind by kind as discovery lists them, and is then finalized (the API server removes
-//! it once no finalizer is left); every live namespace has a `default` ServiceAccount.
+//! Namespace lifecycle (the namespace controller): a deleted namespace — `Terminating`,
+//! holding the `kubernetes` finalizer — has its content deleted, kind by kind as discovery
+//! lists them, and is then finalized (the API server removes it once no finalizer is left).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::runtime::controller::{Action, Controller};
@@ -56,29 +55,13 @@ async fn namespaced_resources(client: &Client) -> Result<Vec<ApiResource>, kube:
     Ok(out)
 }
 
-/// Deletes what is in a Terminating namespace; finalizes it once empty. Ensures the `default`
-/// ServiceAccount of a live one.
+/// Deletes what is in a Terminating namespace; finalizes it once empty.
 ///
 /// # Errors
 /// API failures (retried with back-off).
 pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let name = ns.name_any();
     if ns.metadata.deletion_timestamp.is_none() {
-        let sas: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &name);
-        if sas.get_opt("default").await?.is_none() {
-            let sa = ServiceAccount {
-                metadata: kube::api::ObjectMeta {
-                    name: Some("default".into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            match sas.create(&PostParams::default(), &sa).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 403 || s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
         return Ok(Action::await_change());
     }
     let finalizers = ns

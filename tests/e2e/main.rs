@@ -33,3 +33,4 @@ mod t80_rbac;
 mod t81_encryption;
 mod t82_quota;
 mod t83_authz_matrix;
+mod t84_pod_identity;

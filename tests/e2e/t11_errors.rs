@@ -617,7 +617,11 @@ async fn deletecollection_health_and_owner_references_should_behave() -> Result<
     };
     cms.delete_collection(&dry, &lp).await?;
     ensure!(
-        cms.list(&Default::default()).await?.items.len() == 3,
+        cms.list(&kube::api::ListParams::default().labels("team"))
+            .await?
+            .items
+            .len()
+            == 3,
         "dry run deletes nothing"
     );
     cms.delete_collection(&Default::default(), &lp).await?;

@@ -149,6 +149,15 @@ async fn limit_ranges_and_quotas_should_default_refuse_and_count_pods() -> Resul
         .await?;
 
     if let Some(kubectl) = kubectl() {
+        // Every namespace holds the controller manager's `kube-root-ca.crt`, which counts.
+        let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(up.client().await?, "team");
+        wait_for(
+            "kube-root-ca.crt in team",
+            Duration::from_secs(30),
+            || async { configmaps.get_opt("kube-root-ca.crt").await.ok().flatten() },
+        )
+        .await?;
         let out = std::process::Command::new(&kubectl)
             .arg("--kubeconfig")
             .arg(up.kubeconfig())
@@ -158,7 +167,7 @@ async fn limit_ranges_and_quotas_should_default_refuse_and_count_pods() -> Resul
                 "create",
                 "quota",
                 "objects",
-                "--hard=count/configmaps=1",
+                "--hard=count/configmaps=2",
             ])
             .output()?;
         ensure!(
@@ -183,7 +192,7 @@ async fn limit_ranges_and_quotas_should_default_refuse_and_count_pods() -> Resul
             .output()?;
         let err = String::from_utf8_lossy(&out.stderr);
         ensure!(
-            !out.status.success() && err.contains("exceeded quota: objects, requested: count/configmaps=1, used: count/configmaps=1, limited: count/configmaps=1"),
+            !out.status.success() && err.contains("exceeded quota: objects, requested: count/configmaps=1, used: count/configmaps=2, limited: count/configmaps=2"),
             "the second ConfigMap: {err}"
         );
     } else {

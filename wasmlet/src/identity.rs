@@ -46,6 +46,9 @@ pub struct NodeTls {
     pub(crate) tunnel_client: Arc<rustls::ClientConfig>,
     /// For the wasmlet's endpoint: HTTP/2 and HTTP/1.1, a client certificate is asked for.
     pub(crate) endpoint: Arc<rustls::ServerConfig>,
+    /// For guests' `https://` requests inside the cluster (`wasi:http`): trusts only the
+    /// cluster CA, shows no certificate.
+    pub(crate) guest_https: Arc<rustls::ClientConfig>,
 }
 
 fn tls_error(e: impl std::fmt::Display) -> Error {
@@ -98,10 +101,17 @@ impl NodeTls {
             .with_root_certificates(Arc::clone(&roots))
             .with_client_auth_cert(chain.clone(), key.clone_key())
             .map_err(tls_error)?;
+        let mut guest_https = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .with_root_certificates(Arc::clone(&roots))
+            .with_no_client_auth();
+        guest_https.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(NodeTls {
             tunnel_server: Arc::new(server(false)?),
             tunnel_client: Arc::new(tunnel_client),
             endpoint: Arc::new(endpoint),
+            guest_https: Arc::new(guest_https),
         })
     }
 }

@@ -152,25 +152,8 @@ pub fn registries_for(kc: &kube::Config, insecure: Vec<String>) -> Registries {
         .as_ref()
         .map(|t| t.expose_secret().to_owned())
         .unwrap_or_default();
-    let ca_pem = kc
-        .root_cert
-        .iter()
-        .flatten()
-        .map(|der| {
-            use base64::Engine as _;
-            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-            let lines: Vec<&str> = b64
-                .as_bytes()
-                .chunks(64)
-                .map(|c| std::str::from_utf8(c).expect("base64 is ascii"))
-                .collect();
-            format!(
-                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-                lines.join("\n")
-            )
-        })
-        .collect::<String>()
-        .into_bytes();
+    let ca_pem =
+        wasmkube_client::tls::pem_bundle(kc.root_cert.as_deref().unwrap_or_default()).into_bytes();
     Registries {
         cluster: Some(ClusterRegistry {
             host,

@@ -58,6 +58,8 @@ pub enum Route {
         /// The pod's virtual address.
         pod: SocketAddrV4,
     },
+    /// An API server, reached from the node (the `kubernetes` Service).
+    Host(SocketAddrV4),
 }
 
 /// Another node's pod range and tunnel.
@@ -231,6 +233,12 @@ impl NodeNet {
         }
     }
 
+    /// The TLS client configuration for guests' `https://` requests (none: no cluster CA
+    /// known, so none are made).
+    pub(crate) fn guest_https(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.as_ref().map(|t| Arc::clone(&t.guest_https))
+    }
+
     /// Whether `ip` is a pod on this node (virtual address).
     pub fn is_local_pod(&self, ip: Ipv4Addr) -> bool {
         self.local.read().expect("net lock").contains_key(&ip)
@@ -250,7 +258,7 @@ impl NodeNet {
     pub fn http_handler(&self, route: &Route) -> Option<HttpHandler> {
         match route {
             Route::Local(real) => self.http.read().expect("net lock").get(real).cloned(),
-            Route::Remote { .. } => None,
+            Route::Remote { .. } | Route::Host(_) => None,
         }
     }
 
@@ -270,18 +278,23 @@ impl NodeNet {
     /// # Errors
     /// [`Refused`] when the destination is not reachable.
     pub fn route(&self, from: Option<Ipv4Addr>, dest: SocketAddrV4) -> Result<Route, Refused> {
-        let target = self.resolve_service(from, dest)?.unwrap_or(dest);
+        let target = self.resolve_service(from, dest)?;
         self.routed.fetch_add(1, Ordering::Relaxed);
-        self.route_pod(from, target)
+        match target {
+            Some((api, true)) => Ok(Route::Host(api)),
+            Some((endpoint, false)) => self.route_pod(from, endpoint),
+            None => self.route_pod(from, dest),
+        }
     }
 
-    /// A Service IP:port becomes one of its ready endpoints; `Ok(None)` if `dest` is no
-    /// Service.
+    /// A Service IP:port becomes one of its ready endpoints, and whether that is an API
+    /// server (the `default/kubernetes` Service, whose endpoints the API servers write
+    /// themselves, lists host addresses rather than pods); `Ok(None)` if `dest` is no Service.
     fn resolve_service(
         &self,
         from: Option<Ipv4Addr>,
         dest: SocketAddrV4,
-    ) -> Result<Option<SocketAddrV4>, Refused> {
+    ) -> Result<Option<(SocketAddrV4, bool)>, Refused> {
         let index = self.services.read().expect("net lock");
         let Some((svc, port)) = index.by_cluster_ip(*dest.ip(), dest.port(), Protocol::Tcp) else {
             if index.is_cluster_ip(*dest.ip()) {
@@ -289,8 +302,9 @@ impl NodeNet {
             }
             return Ok(None);
         };
+        let api = svc.namespace == "default" && svc.name == "kubernetes";
         self.balance(&index, svc, port, from.unwrap_or(self.node_ip))
-            .map(Some)
+            .map(|endpoint| Some((endpoint, api)))
     }
 
     /// The endpoint a connection to node port `port` from `client` goes to.
@@ -467,6 +481,11 @@ impl NodeNet {
                 let socket = TcpSocket::new_v4()?;
                 socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
                 let stream = socket.connect(SocketAddr::V4(real)).await?;
+                stream.set_nodelay(true)?;
+                Ok(Conn::Left(stream))
+            }
+            Route::Host(api) => {
+                let stream = TcpStream::connect(SocketAddr::V4(api)).await?;
                 stream.set_nodelay(true)?;
                 Ok(Conn::Left(stream))
             }

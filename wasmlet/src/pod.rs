@@ -204,6 +204,13 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
         host_ip: addrs.host_ip.clone(),
         pod_ip: addrs.pod_ip.clone(),
         node_name: ctx.node_name.clone(),
+        service_env: ctx.net.services.read().expect("net lock").link_env(
+            &ns,
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.enable_service_links)
+                .unwrap_or(true),
+        ),
     };
 
     let tasks = TaskTracker::new();
@@ -247,6 +254,7 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                             cell: Arc::clone(&volumes),
                             dir: dir.join("volumes"),
                             claims: ctx.claims_dir.join(&ns),
+                            cancel: cancel.clone(),
                         };
                         tasks.spawn(prepare(
                             Arc::clone(&ctx),

@@ -269,6 +269,10 @@ impl WasiHttpHooks for PodHttp {
     }
 }
 
+/// A connection a guest's request goes over (plain, or TLS over it).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 async fn send(
     pod: PodAddress,
     mut request: http::Request<WasiBody>,
@@ -278,12 +282,20 @@ async fn send(
     Box<dyn Future<Output = Result<(), HttpError>> + Send>,
 )> {
     let uri = request.uri().clone();
-    if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
-        // TLS to the world is outbound traffic, which is off.
-        return Err(HttpError::HttpRequestDenied);
-    }
+    // HTTPS is for destinations inside the cluster (the dial refuses any other), verified
+    // against the cluster CA: the API server through the `kubernetes` Service, or pods serving
+    // certificates from it. (TLS to the world would be outbound traffic, which is off.)
+    let https = if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
+        None
+    } else if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        Some(pod.net.guest_https().ok_or(HttpError::HttpRequestDenied)?)
+    } else {
+        return Err(HttpError::HttpProtocolError);
+    };
     let authority = uri.authority().ok_or(HttpError::HttpRequestUriInvalid)?;
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority
+        .port_u16()
+        .unwrap_or(if https.is_some() { 443 } else { 80 });
     let ips = pod
         .net
         .names
@@ -324,6 +336,27 @@ async fn send(
             });
         }
         Ok(Ok(s)) => s,
+    };
+    let stream: Box<dyn Io> = match https {
+        None => Box::new(stream),
+        Some(tls) => {
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+            let handshake = tokio_rustls::TlsConnector::from(tls).connect(name, stream);
+            match tokio::time::timeout(connect_timeout, handshake).await {
+                Err(_) => return Err(HttpError::ConnectionTimeout),
+                Ok(Err(e)) => {
+                    return Err(HttpError::TlsProtocolError).inspect_err(
+                        |_| tracing::debug!(error = %e, "a guest's TLS handshake failed"),
+                    );
+                }
+                Ok(Ok(s)) => Box::new(s),
+            }
+        }
     };
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;

@@ -262,7 +262,7 @@ impl tcp::HostTcpSocket for PodSocketsView<'_> {
         let route = self.pod()?.connect_route(requested).map_err(denied)?;
         self.bind_for_connect(&this, &network)?;
         let target = match route {
-            Route::Local(real) => SocketAddr::V4(real),
+            Route::Local(real) | Route::Host(real) => SocketAddr::V4(real),
             Route::Remote { pod: dest, .. } => {
                 // Through the relay: it finds the destination by this socket's address.
                 let local: SocketAddr = self.inner.local_address(borrow(&this))?.into();

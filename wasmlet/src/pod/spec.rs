@@ -4,14 +4,18 @@
 //! `$(VAR)` references expand (`$$` escapes), configMap/secret/downwardAPI volumes are
 //! read-only.
 //!
-//! ConfigMaps and Secrets are read through the API; everything else is pure.
+//! ConfigMaps and Secrets are read through the API, and service-account tokens asked for
+//! (TokenRequest, bound to the pod); everything else is pure.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, ObjectFieldSelector, Pod,
-    ResourceFieldSelector, Secret, Volume,
+    ResourceFieldSelector, Secret, ServiceAccount, ServiceAccountTokenProjection, Volume,
 };
 use kube::Api;
 
@@ -50,7 +54,11 @@ fn merged(
 pub(crate) struct Sources {
     configmaps: Api<ConfigMap>,
     secrets: Api<Secret>,
+    /// Where tokens are asked for.
+    pub(crate) accounts: Api<ServiceAccount>,
     cache: HashMap<(&'static str, String), Option<Data>>,
+    /// The token files written, to renew before they expire.
+    pub(crate) tokens: Vec<TokenFile>,
 }
 
 impl Sources {
@@ -58,8 +66,10 @@ impl Sources {
     pub(crate) fn new(client: kube::Client, namespace: &str) -> Self {
         Self {
             configmaps: Api::namespaced(client.clone(), namespace),
-            secrets: Api::namespaced(client, namespace),
+            secrets: Api::namespaced(client.clone(), namespace),
+            accounts: Api::namespaced(client, namespace),
             cache: HashMap::new(),
+            tokens: Vec::new(),
         }
     }
 
@@ -101,6 +111,72 @@ impl Sources {
     }
 }
 
+/// A service-account token a projected volume holds, renewed before it expires (as the
+/// kubelet's token manager: at 80% of its lifetime, and at least daily).
+#[derive(Debug, Clone)]
+pub(crate) struct TokenFile {
+    /// The file (under the volume's directory).
+    pub path: PathBuf,
+    /// The account it is for.
+    pub account: String,
+    /// What was asked for (audiences, lifetime, the pod it is bound to).
+    pub request: TokenRequest,
+    /// When to ask again.
+    pub renew_at: Instant,
+}
+
+/// The longest a token is kept before it is renewed.
+const TOKEN_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// When a token issued at `issued`, valid for `lifetime`, is renewed.
+pub(crate) fn renew_at(issued: Instant, lifetime: Duration) -> Instant {
+    issued + (lifetime.mul_f64(0.8)).min(TOKEN_MAX_AGE)
+}
+
+/// Asks for a token of `account`; the token and when to renew it.
+///
+/// # Errors
+/// [`ConfigError`] when the API refuses (the account is gone, the node may not ask).
+pub(crate) async fn request_token(
+    accounts: &Api<ServiceAccount>,
+    account: &str,
+    request: &TokenRequest,
+) -> Result<(String, Instant), ConfigError> {
+    let issued = Instant::now();
+    let answer = accounts
+        .create_token_request(account, &Default::default(), request)
+        .await
+        .map_err(|e| {
+            ConfigError(format!(
+                "failed to fetch token for service account {account:?}: {e}"
+            ))
+        })?;
+    let status = answer
+        .status
+        .ok_or_else(|| ConfigError("the TokenRequest has no status".into()))?;
+    let now = jiff::Timestamp::now();
+    let lifetime = status.expiration_timestamp.0.duration_since(now);
+    let lifetime = Duration::try_from(lifetime).unwrap_or_default();
+    Ok((status.token, renew_at(issued, lifetime)))
+}
+
+/// The TokenRequest for `projection` in `pod`, bound to it.
+fn token_request(pod: &Pod, projection: &ServiceAccountTokenProjection) -> TokenRequest {
+    TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: projection.audience.iter().cloned().collect(),
+            expiration_seconds: Some(projection.expiration_seconds.unwrap_or(3600)),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        },
+        ..Default::default()
+    }
+}
+
 /// The node-side facts `fieldRef` can name.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PodFacts {
@@ -110,6 +186,9 @@ pub(crate) struct PodFacts {
     pub pod_ip: String,
     /// `spec.nodeName`.
     pub node_name: String,
+    /// The variables Services give the pod's containers (see `ServiceIndex::link_env`),
+    /// before their own `env`.
+    pub service_env: Vec<(String, String)>,
 }
 
 /// Resolves the launch description of `container` of `pod`.
@@ -124,7 +203,7 @@ pub(crate) async fn launch(
     facts: &PodFacts,
     sources: &mut Sources,
 ) -> Result<Launch, ConfigError> {
-    let mut env: Vec<(String, String)> = Vec::new();
+    let mut env: Vec<(String, String)> = facts.service_env.clone();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
         env.retain(|(key, _)| *key != k);
         env.push((k, v));
@@ -515,6 +594,27 @@ async fn project(
                 p.downward_api.as_ref().map(|a| &a.items),
             )
         });
+    let tokens = v
+        .projected
+        .iter()
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|p| p.service_account_token.as_ref());
+    for projection in tokens {
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let request = token_request(pod, projection);
+        let (token, renew_at) = request_token(&sources.accounts, &account, &request).await?;
+        write_file(d, &projection.path, token.as_bytes())?;
+        sources.tokens.push(TokenFile {
+            path: d.join(&projection.path),
+            account,
+            request,
+            renew_at,
+        });
+    }
     for (config_map, secret, downward) in std::iter::once(own).chain(projected) {
         if let Some((name, items, optional)) = config_map {
             let data = sources.configmap(name).await?.cloned();
@@ -602,6 +702,20 @@ fn write_file(d: &Path, rel: &str, bytes: &[u8]) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_token_should_be_renewed_at_four_fifths_of_its_life_and_at_least_daily() {
+        let t = Instant::now();
+        assert_eq!(
+            renew_at(t, Duration::from_secs(3600)),
+            t + Duration::from_secs(2880)
+        );
+        assert_eq!(
+            renew_at(t, Duration::from_secs(365 * 24 * 3600)),
+            t + Duration::from_secs(24 * 3600)
+        );
+        assert_eq!(renew_at(t, Duration::ZERO), t);
+    }
+
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
@@ -629,6 +743,7 @@ mod tests {
             host_ip: "127.0.0.1".into(),
             pod_ip: "127.77.0.2".into(),
             node_name: "n1".into(),
+            ..Default::default()
         };
         let get = |p: &str| {
             field_value(

@@ -287,6 +287,8 @@ pub(super) struct VolumeSource {
     pub(super) cell: Arc<OnceCell<Volumes>>,
     pub(super) dir: PathBuf,
     pub(super) claims: PathBuf,
+    /// The pod's end, which stops the renewal of its tokens.
+    pub(super) cancel: CancellationToken,
 }
 
 /// Volume name → (host directory, read-only), or why they could not be prepared.
@@ -298,10 +300,80 @@ impl VolumeSource {
             .get_or_init(|| async {
                 let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
                 let mut sources = Sources::new(ctx.client.clone(), ns);
-                crate::pod::spec::volumes(pod, &self.dir, &self.claims, facts, &mut sources).await
+                let volumes =
+                    crate::pod::spec::volumes(pod, &self.dir, &self.claims, facts, &mut sources)
+                        .await;
+                if volumes.is_ok() && !sources.tokens.is_empty() {
+                    tokio::spawn(renew_tokens(
+                        sources.accounts.clone(),
+                        std::mem::take(&mut sources.tokens),
+                        ctx.recorder.clone(),
+                        Arc::new(pod.clone()),
+                        self.cancel.clone(),
+                    ));
+                }
+                volumes
             })
             .await
     }
+}
+
+/// How long a failed renewal waits before the next try.
+const TOKEN_RETRY: Duration = Duration::from_secs(10);
+
+/// Renews the pod's projected tokens before they expire, until `cancel`: each file is replaced
+/// whole (written beside it, then renamed), so a guest never reads half a token.
+async fn renew_tokens(
+    accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount>,
+    mut files: Vec<crate::pod::spec::TokenFile>,
+    recorder: crate::pod::events::Recorder,
+    pod: Arc<Pod>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let Some(next) = files.iter().map(|f| f.renew_at).min() else {
+            return;
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep_until(next.into()) => {}
+        }
+        let now = std::time::Instant::now();
+        for f in files.iter_mut().filter(|f| f.renew_at <= now) {
+            let renewed = crate::pod::spec::request_token(&accounts, &f.account, &f.request)
+                .await
+                .and_then(|(token, renew_at)| {
+                    replace_file(&f.path, token.as_bytes()).map_err(|e| {
+                        crate::pod::spec::ConfigError(format!("{}: {e}", f.path.display()))
+                    })?;
+                    Ok(renew_at)
+                });
+            f.renew_at = match renewed {
+                Ok(at) => at,
+                Err(e) => {
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    recorder.pod(
+                        &pod,
+                        None,
+                        EventType::Warning,
+                        "FailedMount",
+                        format!("token renewal: {e}"),
+                    );
+                    std::time::Instant::now() + TOKEN_RETRY
+                }
+            };
+        }
+    }
+}
+
+/// Replaces `path` with `bytes` in one step (a new file renamed over it).
+fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".renewing");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// How long a pod's first status waits while it is still `Pending`.

@@ -11,7 +11,10 @@
 //! and peer addresses, forever), `poll HOST:PORT MS` (connect every MS milliseconds and print
 //! the reply, forever), `connect-n N HOST:PORT [quiet]` (connect N times, print each first line; the time taken goes
 //! to stderr), `httpd PORT DIR` (a tiny HTTP/1.1 server: `GET /x` answers 200 with the file
-//! `DIR/x`, 404 when there is none; for probes whose health a test flips by writing files).
+//! `DIR/x`, 404 when there is none; for probes whose health a test flips by writing files),
+//! `kube-get PATH` (GET `PATH` from the API server with the pod's in-cluster configuration —
+//! `KUBERNETES_SERVICE_HOST`/`_PORT` and the mounted service-account token — over
+//! `wasi:http`; prints `status CODE` and the body).
 //! Used by the multi-container samples and the end-to-end tests.
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -157,12 +160,62 @@ fn run(cmd: &str, rest: &[String]) -> std::io::Result<()> {
                 let _ = http_answer(conn, dir);
             }
         }
+        "kube-get" => {
+            let path = rest.first().ok_or_else(|| usage("PATH"))?;
+            let (status, body) = kube_get(path).map_err(std::io::Error::other)?;
+            println!("status {status}");
+            println!("{body}");
+        }
         "forever" => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
         other => return Err(usage(&format!("unknown command {other:?}"))),
     }
     Ok(())
+}
+
+/// Where a pod finds its service-account credentials.
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// GETs `path` from the API server as client-go's in-cluster configuration does: the
+/// `kubernetes` Service's address from the environment, the pod's token as a bearer token.
+/// The host verifies the server against the cluster CA (`ca.crt` in the same directory).
+fn kube_get(path: &str) -> Result<(u16, String), String> {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{Fields, IncomingBody, OutgoingRequest, Scheme};
+
+    let host = std::env::var("KUBERNETES_SERVICE_HOST")
+        .map_err(|_| "not in a cluster: KUBERNETES_SERVICE_HOST is not set")?;
+    let port = std::env::var("KUBERNETES_SERVICE_PORT")
+        .map_err(|_| "not in a cluster: KUBERNETES_SERVICE_PORT is not set")?;
+    let token = std::fs::read_to_string(format!("{SERVICE_ACCOUNT_DIR}/token"))
+        .map_err(|e| format!("reading the token: {e}"))?;
+    let headers = Fields::from_list(&[
+        ("authorization".into(), format!("Bearer {}", token.trim()).into_bytes()),
+        ("accept".into(), b"application/json".to_vec()),
+    ])
+    .map_err(|e| format!("{e:?}"))?;
+    let req = OutgoingRequest::new(headers);
+    req.set_scheme(Some(&Scheme::Https)).map_err(|()| "scheme")?;
+    req.set_authority(Some(&format!("{host}:{port}"))).map_err(|()| "authority")?;
+    req.set_path_with_query(Some(path)).map_err(|()| "path")?;
+    let pending = outgoing_handler::handle(req, None).map_err(|e| format!("{e:?}"))?;
+    pending.subscribe().block();
+    let resp = pending
+        .get()
+        .ok_or("no response")?
+        .map_err(|()| "response taken twice")?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = resp.status();
+    let body = resp.consume().map_err(|()| "body")?;
+    let stream = body.stream().map_err(|()| "stream")?;
+    let mut bytes = Vec::new();
+    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+        bytes.extend_from_slice(&chunk);
+    }
+    drop(stream);
+    IncomingBody::finish(body);
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Answers one HTTP request on `conn` from the files under `dir`, then closes.
