@@ -13,6 +13,7 @@
 
 pub mod field;
 pub mod names;
+pub mod netpol;
 pub mod quantity;
 pub mod quota;
 pub mod resource;

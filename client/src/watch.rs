@@ -3,7 +3,7 @@
 //! feeds a [`ServiceIndex`] from Services and EndpointSlices. The DNS server and the wasmlet's
 //! service proxy both answer from that index.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
@@ -61,9 +61,7 @@ pub async fn services(
         Api::<Service>::all(client.clone()),
         Arc::clone(&index),
         |idx: &mut ServiceIndex, s: &Service| idx.apply_service(s),
-        |idx: &mut ServiceIndex, s: &Service| {
-            idx.delete_service(&s.namespace().unwrap_or_default(), &s.name_any());
-        },
+        |idx: &mut ServiceIndex, ns: &str, name: &str| idx.delete_service(ns, name),
         changed.clone(),
         shutdown.clone(),
     );
@@ -71,9 +69,7 @@ pub async fn services(
         Api::<EndpointSlice>::all(client),
         index,
         |idx: &mut ServiceIndex, s: &EndpointSlice| idx.apply_slice(s),
-        |idx: &mut ServiceIndex, s: &EndpointSlice| {
-            idx.delete_slice(&s.namespace().unwrap_or_default(), &s.name_any());
-        },
+        |idx: &mut ServiceIndex, ns: &str, name: &str| idx.delete_slice(ns, name),
         changed,
         shutdown,
     );
@@ -81,7 +77,8 @@ pub async fn services(
 }
 
 /// Folds the watch events of one kind into a shared state; a re-list replaces what that kind
-/// contributed.
+/// contributed. `delete` gets the namespace and name of what went (only keys are remembered,
+/// not objects: a watch of every pod holds no copy of them).
 pub async fn fold<K, S, A, D, C>(
     api: Api<K>,
     state: Arc<RwLock<S>>,
@@ -93,14 +90,14 @@ pub async fn fold<K, S, A, D, C>(
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
     A: Fn(&mut S, &K),
-    D: Fn(&mut S, &K),
+    D: Fn(&mut S, &str, &str),
     C: Fn(),
 {
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
     let mut relist: Option<Vec<K>> = None;
-    let mut known: HashMap<(String, String), K> = HashMap::new();
+    let mut known: HashSet<(String, String)> = HashSet::new();
     let key = |k: &K| (k.namespace().unwrap_or_default(), k.name_any());
     loop {
         let event = tokio::select! {
@@ -112,22 +109,22 @@ pub async fn fold<K, S, A, D, C>(
             match event {
                 Ok(Event::Apply(o)) => {
                     apply(&mut s, &o);
-                    known.insert(key(&o), o);
+                    known.insert(key(&o));
                 }
                 Ok(Event::Delete(o)) => {
-                    delete(&mut s, &o);
-                    known.remove(&key(&o));
+                    let (ns, name) = key(&o);
+                    delete(&mut s, &ns, &name);
+                    known.remove(&(ns, name));
                 }
                 Ok(Event::Init) => relist = Some(Vec::new()),
                 Ok(Event::InitApply(o)) => relist.get_or_insert_with(Vec::new).push(o),
                 Ok(Event::InitDone) => {
-                    for old in known.values() {
-                        delete(&mut s, old);
+                    for (ns, name) in known.drain() {
+                        delete(&mut s, &ns, &name);
                     }
-                    known.clear();
                     for o in relist.take().unwrap_or_default() {
                         apply(&mut s, &o);
-                        known.insert(key(&o), o);
+                        known.insert(key(&o));
                     }
                 }
                 Err(e) => {

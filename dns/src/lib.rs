@@ -260,7 +260,7 @@ pub async fn start_with_client(
                 });
             p.apply(&pod.namespace().unwrap_or_default(), &pod.name_any(), ip);
         },
-        |p: &mut PodIps, pod: &Pod| p.delete(&pod.namespace().unwrap_or_default(), &pod.name_any()),
+        |p: &mut PodIps, ns: &str, name: &str| p.delete(ns, name),
         bump,
         shutdown.clone(),
     );

@@ -34,3 +34,4 @@ mod t81_encryption;
 mod t82_quota;
 mod t83_authz_matrix;
 mod t84_pod_identity;
+mod t85_network_policy;

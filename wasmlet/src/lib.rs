@@ -275,6 +275,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         config.remote_peers,
         shutdown.clone(),
     ));
+    tasks.spawn(net::policy::run(
+        Arc::clone(&net),
+        client.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(node::heartbeat(
         config.lease_duration,
         client.clone(),

@@ -21,6 +21,7 @@
 pub(crate) mod ingress;
 pub(crate) mod names;
 pub(crate) mod podnet;
+pub(crate) mod policy;
 pub(crate) mod proxy;
 pub(crate) mod tunnel;
 
@@ -124,6 +125,10 @@ pub struct NodeNet {
     outbound: Mutex<HashMap<SocketAddr, (SocketAddrV4, SocketAddrV4)>>,
     /// Counts connections routed, for tests and metrics.
     pub routed: AtomicUsize,
+    /// NetworkPolicies, with the pods and namespaces they select from (`net/policy.rs`).
+    pub policies: Arc<RwLock<wasmkube_api::netpol::PolicyIndex>>,
+    /// Counts connections NetworkPolicies refused.
+    pub refused_by_policy: AtomicUsize,
     /// In-process handlers of `wasi:http` pods, by their loopback listen address.
     http: RwLock<HashMap<SocketAddrV4, HttpHandler>>,
 }
@@ -154,6 +159,8 @@ impl NodeNet {
             inbound: Mutex::default(),
             outbound: Mutex::default(),
             routed: AtomicUsize::new(0),
+            policies: Arc::default(),
+            refused_by_policy: AtomicUsize::new(0),
             http: RwLock::default(),
         }
     }
@@ -277,13 +284,43 @@ impl NodeNet {
     ///
     /// # Errors
     /// [`Refused`] when the destination is not reachable.
+    ///
+    /// A pod's connection must be allowed by NetworkPolicy (the source pod's egress rules, the
+    /// destination pod's ingress rules) to its endpoint — after a Service resolves, on the port
+    /// the pod listens on. Connections the node makes (`from` none: probes, port forwarding,
+    /// NodePorts, hostPorts, the Ingress) are not subject to it: Kubernetes always allows
+    /// traffic between a pod and its node.
     pub fn route(&self, from: Option<Ipv4Addr>, dest: SocketAddrV4) -> Result<Route, Refused> {
         let target = self.resolve_service(from, dest)?;
         self.routed.fetch_add(1, Ordering::Relaxed);
-        match target {
-            Some((api, true)) => Ok(Route::Host(api)),
-            Some((endpoint, false)) => self.route_pod(from, endpoint),
-            None => self.route_pod(from, dest),
+        let (endpoint, api) = target.unwrap_or((dest, false));
+        if let Some(src) = from {
+            self.admit(src, endpoint)?;
+        }
+        if api {
+            Ok(Route::Host(endpoint))
+        } else {
+            self.route_pod(from, endpoint)
+        }
+    }
+
+    /// Refuses (counting it) a connection from `src` to `dest` that NetworkPolicy does not
+    /// allow; a pod's connection to itself always is.
+    fn admit(&self, src: Ipv4Addr, dest: SocketAddrV4) -> Result<(), Refused> {
+        if src == *dest.ip() {
+            return Ok(());
+        }
+        let allowed = self.policies.read().expect("net lock").allows(
+            src,
+            *dest.ip(),
+            dest.port(),
+            Protocol::Tcp,
+        );
+        if allowed {
+            Ok(())
+        } else {
+            self.refused_by_policy.fetch_add(1, Ordering::Relaxed);
+            Err(Refused::Refused)
         }
     }
 
@@ -514,6 +551,17 @@ impl NodeNet {
         from: SocketAddrV4,
         dest: SocketAddrV4,
     ) -> std::io::Result<TrackedStream> {
+        // The sending node checked too; this node's policies decide for its own pods. (A
+        // connection another node makes for itself — NodePort, Ingress — is node traffic.)
+        let from_pod = self
+            .peers
+            .read()
+            .expect("net lock")
+            .iter()
+            .any(|p| p.cidr.contains(from.ip()));
+        if from_pod {
+            self.admit(*from.ip(), dest).map_err(refused)?;
+        }
         let Route::Local(real) = self.route_pod(None, dest).map_err(refused)? else {
             return Err(refused(Refused::Denied));
         };

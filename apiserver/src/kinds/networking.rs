@@ -1,6 +1,9 @@
-//! networking.k8s.io/v1 Ingress and IngressClass.
+//! networking.k8s.io/v1 Ingress, IngressClass and NetworkPolicy.
 
-use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
+use k8s_openapi::api::networking::v1::{
+    Ingress, IngressBackend, IngressClass, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
 use wasmkube_api::ResourceInfo;
@@ -12,6 +15,7 @@ use crate::table::{Column, age};
 pub(super) fn register(r: &Registry) {
     r.register(IngressStrategy);
     r.register(IngressClassStrategy);
+    r.register(NetworkPolicyStrategy);
 }
 
 struct IngressStrategy;
@@ -238,5 +242,255 @@ impl Strategy for IngressClassStrategy {
             json!(params),
             age(class.metadata.creation_timestamp.as_ref()),
         ]
+    }
+}
+
+/// `networking.k8s.io/v1` NetworkPolicy: defaulted and validated as kube-apiserver does; the
+/// wasmlets enforce it.
+struct NetworkPolicyStrategy;
+
+/// Validates one `ports` entry of a rule.
+fn validate_policy_port(at: &str, p: &NetworkPolicyPort, errs: &mut Vec<FieldError>) {
+    if let Some(proto) = p.protocol.as_deref()
+        && !matches!(proto, "TCP" | "UDP" | "SCTP")
+    {
+        errs.push(FieldError::not_supported(
+            format!("{at}.protocol"),
+            proto,
+            &["SCTP", "TCP", "UDP"],
+        ));
+    }
+    if let Some(port) = &p.port {
+        super::template::validate_port_num_or_name(format!("{at}.port"), port, errs);
+    }
+    if let Some(end) = p.end_port {
+        match &p.port {
+            Some(IntOrString::Int(start)) if end < *start => errs.push(FieldError::invalid(
+                format!("{at}.endPort"),
+                end,
+                "must be greater than or equal to `port`",
+            )),
+            Some(IntOrString::Int(_)) => {}
+            Some(IntOrString::String(_)) => errs.push(FieldError::forbidden(
+                format!("{at}.endPort"),
+                "may not be specified when `port` is non-numeric",
+            )),
+            None => errs.push(FieldError::forbidden(
+                format!("{at}.endPort"),
+                "may not be specified when `port` is not specified",
+            )),
+        }
+    }
+}
+
+/// Validates one peer (`from`/`to` entry) of a rule.
+fn validate_policy_peer(at: &str, p: &NetworkPolicyPeer, errs: &mut Vec<FieldError>) {
+    let selectors = [&p.pod_selector, &p.namespace_selector];
+    for (name, sel) in ["podSelector", "namespaceSelector"]
+        .into_iter()
+        .zip(selectors)
+    {
+        if let Some(sel) = sel
+            && let Err(e) = wasmkube_api::selector::LabelSelector::from_structured(sel)
+        {
+            errs.push(FieldError::invalid(format!("{at}.{name}"), "", &e.0));
+        }
+    }
+    match &p.ip_block {
+        Some(_) if p.pod_selector.is_some() || p.namespace_selector.is_some() => {
+            errs.push(FieldError::forbidden(
+                at,
+                "may not specify both ipBlock and another peer",
+            ));
+        }
+        Some(block) => {
+            let cidr = block.cidr.parse::<ipnet::IpNet>();
+            match &cidr {
+                Err(_) => errs.push(FieldError::invalid(
+                    format!("{at}.ipBlock.cidr"),
+                    &block.cidr,
+                    "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+                )),
+                Ok(net) => {
+                    for (i, e) in block.except.iter().flatten().enumerate() {
+                        let ok = e
+                            .parse::<ipnet::IpNet>()
+                            .is_ok_and(|x| net.contains(&x) && x.prefix_len() > net.prefix_len());
+                        if !ok {
+                            errs.push(FieldError::invalid(
+                                format!("{at}.ipBlock.except[{i}]"),
+                                e,
+                                "must be a strict subset of `cidr`",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        None if p.pod_selector.is_none() && p.namespace_selector.is_none() => {
+            errs.push(FieldError::required(at, "must specify a peer"));
+        }
+        None => {}
+    }
+}
+
+impl Strategy for NetworkPolicyStrategy {
+    type K = NetworkPolicy;
+
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<NetworkPolicy>().short_names(&["netpol"])
+    }
+
+    fn name_rule(&self) -> NameRule {
+        NameRule::Subdomain
+    }
+
+    /// `SetDefaults_NetworkPolicy`: `policyTypes` from the rules, ports' protocol TCP.
+    fn default(&self, np: &mut NetworkPolicy) {
+        let Some(spec) = np.spec.as_mut() else {
+            return;
+        };
+        if spec.policy_types.as_ref().is_none_or(Vec::is_empty) {
+            let mut types = vec!["Ingress".to_owned()];
+            if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) {
+                types.push("Egress".to_owned());
+            }
+            spec.policy_types = Some(types);
+        }
+        let ingress = spec.ingress.iter_mut().flatten().map(|r| &mut r.ports);
+        let egress = spec.egress.iter_mut().flatten().map(|r| &mut r.ports);
+        for p in ingress.chain(egress).flatten().flatten() {
+            p.protocol.get_or_insert_with(|| "TCP".into());
+        }
+    }
+
+    fn validate(&self, np: &NetworkPolicy) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let Some(spec) = &np.spec else {
+            return vec![FieldError::required("spec", "")];
+        };
+        if let Some(sel) = &spec.pod_selector
+            && let Err(e) = wasmkube_api::selector::LabelSelector::from_structured(sel)
+        {
+            errs.push(FieldError::invalid("spec.podSelector", "", &e.0));
+        }
+        let types = spec.policy_types.clone().unwrap_or_default();
+        if types.len() > 2 {
+            errs.push(FieldError::invalid(
+                "spec.policyTypes",
+                types.join(","),
+                "may not specify more than two policyTypes",
+            ));
+        }
+        for (i, t) in types.iter().enumerate() {
+            if !matches!(t.as_str(), "Ingress" | "Egress") {
+                errs.push(FieldError::not_supported(
+                    format!("spec.policyTypes[{i}]"),
+                    t,
+                    &["Egress", "Ingress"],
+                ));
+            }
+        }
+        for (i, rule) in spec.ingress.iter().flatten().enumerate() {
+            for (j, p) in rule.ports.iter().flatten().enumerate() {
+                validate_policy_port(&format!("spec.ingress[{i}].ports[{j}]"), p, &mut errs);
+            }
+            for (j, p) in rule.from.iter().flatten().enumerate() {
+                validate_policy_peer(&format!("spec.ingress[{i}].from[{j}]"), p, &mut errs);
+            }
+        }
+        for (i, rule) in spec.egress.iter().flatten().enumerate() {
+            for (j, p) in rule.ports.iter().flatten().enumerate() {
+                validate_policy_port(&format!("spec.egress[{i}].ports[{j}]"), p, &mut errs);
+            }
+            for (j, p) in rule.to.iter().flatten().enumerate() {
+                validate_policy_peer(&format!("spec.egress[{i}].to[{j}]"), p, &mut errs);
+            }
+        }
+        errs
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::new(
+                "Pod-Selector",
+                "Selects the pods to which this NetworkPolicy object applies.",
+            ),
+            Column::age(),
+        ]
+    }
+
+    fn row(&self, np: &NetworkPolicy) -> Vec<Value> {
+        let selector = np
+            .spec
+            .as_ref()
+            .and_then(|s| {
+                wasmkube_api::selector::LabelSelector::from_structured(s.pod_selector.as_ref()?)
+                    .ok()
+            })
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        vec![
+            json!(if selector.is_empty() {
+                "<none>".to_owned()
+            } else {
+                selector
+            }),
+            age(np.metadata.creation_timestamp.as_ref()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(spec: Value) -> NetworkPolicy {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).expect("policy")
+    }
+
+    #[test]
+    fn a_policy_should_be_defaulted_from_its_rules() {
+        let mut np = policy(json!({"podSelector": {}, "egress": [{"ports": [{"port": 53}]}]}));
+        NetworkPolicyStrategy.default(&mut np);
+        let spec = np.spec.expect("spec");
+        assert_eq!(
+            spec.policy_types.as_deref(),
+            Some(&["Ingress".to_string(), "Egress".to_string()][..])
+        );
+        let egress = spec.egress.expect("egress");
+        let port = &egress[0].ports.as_ref().expect("ports")[0];
+        assert_eq!(port.protocol.as_deref(), Some("TCP"));
+    }
+
+    #[test]
+    fn bad_peers_and_ports_should_be_named_by_field() {
+        let np = policy(json!({
+            "podSelector": {},
+            "policyTypes": ["Ingress", "Sideways"],
+            "ingress": [{
+                "from": [{}, {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/16"]},
+                              "podSelector": {}},
+                         {"ipBlock": {"cidr": "nonsense"}}],
+                "ports": [{"port": 80, "endPort": 79}, {"port": "http", "endPort": 90},
+                          {"protocol": "ICMP"}],
+            }],
+        }));
+        let fields: Vec<String> = NetworkPolicyStrategy
+            .validate(&np)
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        for want in [
+            "spec.policyTypes[1]",
+            "spec.ingress[0].from[0]",
+            "spec.ingress[0].from[1]",
+            "spec.ingress[0].from[2].ipBlock.cidr",
+            "spec.ingress[0].ports[0].endPort",
+            "spec.ingress[0].ports[1].endPort",
+            "spec.ingress[0].ports[2].protocol",
+        ] {
+            assert!(fields.iter().any(|f| f == want), "{want} in {fields:?}");
+        }
     }
 }

@@ -59,7 +59,11 @@ fn default_probe(p: &mut Probe) {
 }
 
 /// A port given by number or by name (`IANA_SVC_NAME`).
-fn validate_port_num_or_name(field: String, port: &IntOrString, errs: &mut Vec<FieldError>) {
+pub(super) fn validate_port_num_or_name(
+    field: String,
+    port: &IntOrString,
+    errs: &mut Vec<FieldError>,
+) {
     match port {
         IntOrString::Int(n) if !(1..=65535).contains(n) => errs.push(FieldError::invalid(
             field,

@@ -381,8 +381,13 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
                     &["coordination.k8s.io"],
                     &["leases"],
                 ),
-                // The wasmlet is also the node's ingress controller.
-                rule(READ, &["networking.k8s.io"], &["ingresses"]),
+                // The wasmlet is also the node's ingress controller and its network policy
+                // agent (what Calico's felix reads: policies, pods and namespaces).
+                rule(
+                    READ,
+                    &["networking.k8s.io"],
+                    &["ingresses", "networkpolicies"],
+                ),
                 rule(
                     &["patch", "update"],
                     &["networking.k8s.io"],
