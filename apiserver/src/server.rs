@@ -102,20 +102,20 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         },
         None => None,
     };
-    if OciRegistry::serves(&path) {
-        if user.is_none() && !registry_basic_auth(&parts.headers, &s.token) {
-            // Registry clients (docker, oras, oci-client) expect a challenge.
-            let mut resp = ApiError::unauthorized().into_response();
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Basic realm=\"wasmkube\""),
-            );
-            return resp;
-        }
-    } else if !public {
+    if !public {
         let Some(user) = &user else {
-            return ApiError::unauthorized().into_response();
+            let mut resp = ApiError::unauthorized().into_response();
+            if OciRegistry::serves(&path) {
+                // Registry clients (oras, oci-client) expect a challenge.
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"wasmkube\""),
+                );
+            }
+            return resp;
         };
+        // The registry's paths (`/v2/...`) are non-resource URLs: a pull is `get`/`head`, a
+        // push `post`/`put`/`patch`, a delete `delete` on them.
         let attrs = Attributes::of(&parts.method, &path, is_watch(parts.uri.query()));
         if let Err(e) = s.authz.authorize(user, &attrs) {
             return e.into_response();
@@ -189,27 +189,6 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     };
     tracing::debug!(method = %parts.method, %path, status = resp.status().as_u16(), "request");
     resp
-}
-
-/// Registry clients (docker, oras) send the token as the password of HTTP basic auth; only the
-/// registry's paths accept it.
-fn registry_basic_auth(headers: &axum::http::HeaderMap, token: &str) -> bool {
-    use base64::Engine as _;
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        })
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .and_then(|pair| {
-            pair.split_once(':')
-                .map(|(_, password)| password.to_owned())
-        })
-        .is_some_and(|password| wasmkube_api::secrets_equal(password.as_bytes(), token.as_bytes()))
 }
 
 /// Whether the query asks for a watch (`watch=true`, `watch=1`).
@@ -951,6 +930,13 @@ mod tests {
         assert_eq!(code, 200, "the scheme is case-insensitive");
         let (code, _) = send(&app, "GET", "/healthz", None, Value::Null).await;
         assert_eq!(code, 200, "health needs no credential");
+        // The registry too: a bearer token or a client certificate, never basic credentials.
+        for auth in [None, Some("Basic YW55b25lOnRlc3QtdG9rZW4=")] {
+            let (code, _) = send(&app, "GET", "/v2/", auth, Value::Null).await;
+            assert_eq!(code, 401, "registry with {auth:?}");
+        }
+        let (code, _) = send(&app, "GET", "/v2/", admin(), Value::Null).await;
+        assert_eq!(code, 200, "the registry with the admin's bearer token");
         stop.cancel();
     }
 

@@ -381,6 +381,9 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
                     &["coordination.k8s.io"],
                     &["leases"],
                 ),
+                // Pulls from the cluster registry (`wasmkube image push` needs push rights:
+                // `post`, `put`, `patch` on the same URLs).
+                urls(&["get", "head"], &["/v2", "/v2/*"]),
                 // The wasmlet is also the node's ingress controller and its network policy
                 // agent (what Calico's felix reads: policies, pods and namespaces).
                 rule(
