@@ -46,8 +46,6 @@ struct Shared {
     authz: Box<dyn Authorizer>,
     /// The RBAC policy, for the review APIs.
     rbac: Arc<crate::rbac::Rbac>,
-    /// The admin token, which the registry also takes as a basic-auth password.
-    token: String,
     /// How this server reaches wasmlets' endpoints (its kubelet client certificate).
     kubelet: Arc<rustls::ClientConfig>,
     server: String,
@@ -673,7 +671,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             Arc::clone(&rbac),
         )),
         rbac,
-        token: pki.admin_token.clone(),
         kubelet: pki.kubelet_client(dir)?,
         server,
         oci: OciRegistry::new(dir)?,
@@ -843,7 +840,6 @@ mod tests {
                 Box::new(Arc::clone(&tokens)),
             ])),
             authz,
-            token: TOKEN.into(),
             kubelet: pki.kubelet_client(dir.path()).expect("kubelet client"),
             server: "127.0.0.1:6443".into(),
             oci: OciRegistry::new(dir.path()).expect("registry"),
