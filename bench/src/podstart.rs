@@ -11,7 +11,7 @@
 //!
 //! Where the time goes: the server runs with `WASMKUBE_LOG=...,podtrace=debug`, and every
 //! component logs a `podtrace` event per pod (create accepted, scheduler queued it, decided,
-//! bind accepted, bind answered, wasmlet saw it, instance started, status written). Both
+//! bind accepted, bind answered, wasmlet saw it, volumes ready, instance started, status written). Both
 //! processes read the same clock, so each stage is placed relative to the start of the create
 //! call; the benchmark prints the median and p99 of each stage.
 //!
@@ -189,13 +189,14 @@ fn parse_trace(line: &str) -> Option<(SystemTime, String, String)> {
 }
 
 /// The stages in the order a pod passes them.
-const STAGES: [&str; 8] = [
+const STAGES: [&str; 9] = [
     "created",
     "queued",
     "decided",
     "bound",
     "bind answered",
     "wasmlet saw",
+    "volumes ready",
     "instance started",
     "status written",
 ];

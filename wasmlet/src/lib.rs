@@ -310,6 +310,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         ips: Mutex::new(IpPool::new(net.capacity())),
         net,
         pods,
+        reads: Arc::default(),
     });
     let drivers = TaskTracker::new();
     let shutdown_pods = CancellationToken::new();

@@ -72,6 +72,8 @@ pub(crate) struct NodeCtx {
     pub net: Arc<NodeNet>,
     /// Live log files, for `follow`.
     pub pods: Arc<PodRegistry>,
+    /// ConfigMap and Secret reads in flight, shared by pods starting together.
+    pub reads: Arc<crate::pod::spec::SharedReads>,
 }
 
 /// Messages into the driver loop.

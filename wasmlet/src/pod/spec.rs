@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
@@ -56,19 +57,71 @@ pub(crate) struct Sources {
     secrets: Api<Secret>,
     /// Where tokens are asked for.
     pub(crate) accounts: Api<ServiceAccount>,
+    namespace: String,
     cache: HashMap<(&'static str, String), Option<Data>>,
+    shared: Arc<SharedReads>,
     /// The token files written, to renew before they expire.
     pub(crate) tokens: Vec<TokenFile>,
 }
 
+/// What a read of one ConfigMap or Secret gives.
+type Read = Result<Option<Data>, ConfigError>;
+
+/// The node's reads of ConfigMaps and Secrets in flight, shared by the pods that start at the
+/// same time: a pod that needs an object another pod is reading joins that read instead of
+/// making its own (every pod's token volume reads its namespace's `kube-root-ca.crt`). The
+/// answer is as fresh as a read of its own would be; nothing is kept once it arrives.
+#[derive(Default)]
+pub(crate) struct SharedReads(std::sync::Mutex<HashMap<ReadKey, InFlight>>);
+
+/// (kind, namespace, name).
+type ReadKey = (&'static str, String, String);
+type InFlight = futures::future::Shared<BoxFuture<'static, Read>>;
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+impl SharedReads {
+    /// Reads `kind` `namespace/name` through `get`, or joins the read of it in flight.
+    async fn read(
+        self: &Arc<Self>,
+        kind: &'static str,
+        namespace: &str,
+        name: &str,
+        get: BoxFuture<'static, Read>,
+    ) -> Read {
+        use futures::FutureExt as _;
+        let key = (kind, namespace.to_owned(), name.to_owned());
+        let read = {
+            let mut inflight = self.0.lock().expect("reads lock");
+            match inflight.get(&key) {
+                Some(r) => r.clone(),
+                None => {
+                    let (me, key2) = (Arc::clone(self), key.clone());
+                    let read: BoxFuture<'static, Read> = Box::pin(async move {
+                        let answer = get.await;
+                        me.0.lock().expect("reads lock").remove(&key2);
+                        answer
+                    });
+                    let read = read.shared();
+                    inflight.insert(key, read.clone());
+                    read
+                }
+            }
+        };
+        read.await
+    }
+}
+
 impl Sources {
-    /// Sources in `namespace`.
-    pub(crate) fn new(client: kube::Client, namespace: &str) -> Self {
+    /// Sources in `namespace`, sharing reads in flight through `shared`.
+    pub(crate) fn new(client: kube::Client, namespace: &str, shared: Arc<SharedReads>) -> Self {
         Self {
             configmaps: Api::namespaced(client.clone(), namespace),
             secrets: Api::namespaced(client.clone(), namespace),
             accounts: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
             cache: HashMap::new(),
+            shared,
             tokens: Vec::new(),
         }
     }
@@ -81,15 +134,20 @@ impl Sources {
         data: fn(K) -> Data,
     ) -> Result<Option<&Data>, ConfigError>
     where
-        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     {
         let key = (kind, name.to_owned());
         if !self.cache.contains_key(&key) {
-            let obj = api
-                .get_opt(name)
-                .await
-                .map_err(|e| ConfigError(format!("reading {kind} {name:?}: {e}")))?;
-            self.cache.insert(key.clone(), obj.map(data));
+            let owned = name.to_owned();
+            let get: BoxFuture<'static, Read> = Box::pin(async move {
+                let obj = api
+                    .get_opt(&owned)
+                    .await
+                    .map_err(|e| ConfigError(format!("reading {kind} {owned:?}: {e}")))?;
+                Ok(obj.map(data))
+            });
+            let got = self.shared.read(kind, &self.namespace, name, get).await?;
+            self.cache.insert(key.clone(), got);
         }
         Ok(self.cache[&key].as_ref())
     }
@@ -494,8 +552,124 @@ pub(crate) async fn volumes(
     facts: &PodFacts,
     sources: &mut Sources,
 ) -> Result<HashMap<String, (PathBuf, bool)>, ConfigError> {
+    // Tokens are asked for while the rest is prepared (each is an API round trip).
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
+    let wanted: Vec<(PathBuf, &ServiceAccountTokenProjection)> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .flat_map(|v| {
+            let d = dir.join("projected").join(&v.name);
+            v.projected
+                .iter()
+                .flat_map(|p| p.sources.iter().flatten())
+                .filter_map(|p| p.service_account_token.as_ref())
+                .map(move |t| (d.clone(), t))
+        })
+        .collect();
+    let accounts = sources.accounts.clone();
+    let requests: Vec<TokenRequest> = wanted.iter().map(|(_, t)| token_request(pod, t)).collect();
+    let tokens = futures::future::join_all(
+        requests
+            .iter()
+            .map(|r| request_token(&accounts, &account, r)),
+    );
+    let mut writes = Writes::default();
+    let (tokens, out) = tokio::join!(
+        tokens,
+        materialise(pod, dir, claims, facts, sources, &mut writes)
+    );
+    let out = out?;
+    for (((d, projection), request), token) in wanted.into_iter().zip(requests).zip(tokens) {
+        let (token, renew_at) = token?;
+        writes.file(&d, &projection.path, token.into_bytes())?;
+        sources.tokens.push(TokenFile {
+            path: d.join(&projection.path),
+            account: account.clone(),
+            request,
+            renew_at,
+        });
+    }
+    // Directories and files off the async threads: with thousands of pods starting, mkdir
+    // and create cost ~0.2 ms each on this kind of disk.
+    tokio::task::spawn_blocking(move || writes.apply())
+        .await
+        .map_err(|e| ConfigError(format!("preparing volumes: {e}")))??;
+    Ok(out)
+}
+
+/// The filesystem work of preparing a pod's volumes, gathered while their contents are read
+/// and then done in one go.
+#[derive(Default)]
+struct Writes(Vec<Write>);
+
+enum Write {
+    /// Create the directory (and its parents); the name for errors.
+    Dir(PathBuf, String),
+    /// Empty the directory, or create it.
+    Fresh(PathBuf, String),
+    /// A hostPath that must be a directory already.
+    MustBeDir(PathBuf),
+    /// Write a file under a directory.
+    File(PathBuf, String, Vec<u8>),
+}
+
+impl Writes {
+    /// Writes `bytes` to `rel` under `d` (relative, without `..`).
+    fn file(&mut self, d: &Path, rel: &str, bytes: Vec<u8>) -> Result<(), ConfigError> {
+        if rel.is_empty() || rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
+            return Err(ConfigError(format!(
+                "volume file path {rel:?} must be relative without '..'"
+            )));
+        }
+        self.0
+            .push(Write::File(d.to_owned(), rel.to_owned(), bytes));
+        Ok(())
+    }
+
+    fn apply(self) -> Result<(), ConfigError> {
+        let io = |what: &str, e: std::io::Error| ConfigError(format!("{what}: {e}"));
+        for w in self.0 {
+            match w {
+                Write::Dir(d, what) => std::fs::create_dir_all(&d).map_err(|e| io(&what, e))?,
+                Write::Fresh(d, what) => {
+                    let _ = std::fs::remove_dir_all(&d);
+                    std::fs::create_dir_all(&d).map_err(|e| io(&what, e))?;
+                }
+                Write::MustBeDir(p) if p.is_dir() => {}
+                Write::MustBeDir(p) => {
+                    return Err(ConfigError(format!(
+                        "hostPath type check failed: {} is not a directory",
+                        p.display()
+                    )));
+                }
+                Write::File(d, rel, bytes) => {
+                    let path = d.join(&rel);
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| io(&rel, e))?;
+                    }
+                    std::fs::write(&path, bytes).map_err(|e| io(&rel, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every volume but the tokens in it, its filesystem work added to `writes`.
+async fn materialise(
+    pod: &Pod,
+    dir: &Path,
+    claims: &Path,
+    facts: &PodFacts,
+    sources: &mut Sources,
+    writes: &mut Writes,
+) -> Result<HashMap<String, (PathBuf, bool)>, ConfigError> {
     let mut out = HashMap::new();
-    let io = |what: &str, e: std::io::Error| ConfigError(format!("{what}: {e}"));
     for v in pod
         .spec
         .as_ref()
@@ -505,7 +679,7 @@ pub(crate) async fn volumes(
     {
         let entry = if v.empty_dir.is_some() {
             let d = dir.join("empty-dir").join(&v.name);
-            std::fs::create_dir_all(&d).map_err(|e| io(&v.name, e))?;
+            writes.0.push(Write::Dir(d.clone(), v.name.clone()));
             (d, false)
         } else if let Some(c) = &v.persistent_volume_claim {
             // A claim is a directory on the node that outlives the pod (StatefulSet storage).
@@ -519,22 +693,14 @@ pub(crate) async fn volumes(
                 )));
             }
             let d = claims.join(&c.claim_name);
-            std::fs::create_dir_all(&d).map_err(|e| io(&v.name, e))?;
+            writes.0.push(Write::Dir(d.clone(), v.name.clone()));
             (d, c.read_only.unwrap_or(false))
         } else if let Some(h) = &v.host_path {
             let p = PathBuf::from(&h.path);
-            match h.type_.as_deref() {
-                Some("DirectoryOrCreate") => {
-                    std::fs::create_dir_all(&p).map_err(|e| io(&h.path, e))?
-                }
-                _ if p.is_dir() => {}
-                _ => {
-                    return Err(ConfigError(format!(
-                        "hostPath type check failed: {} is not a directory",
-                        h.path
-                    )));
-                }
-            }
+            writes.0.push(match h.type_.as_deref() {
+                Some("DirectoryOrCreate") => Write::Dir(p.clone(), h.path.clone()),
+                _ => Write::MustBeDir(p.clone()),
+            });
             (p, false)
         } else if v.config_map.is_some()
             || v.secret.is_some()
@@ -543,9 +709,8 @@ pub(crate) async fn volumes(
         {
             let d = dir.join("projected").join(&v.name);
             // Rebuilt from scratch so deleted keys disappear.
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).map_err(|e| io(&v.name, e))?;
-            project(pod, v, &d, facts, sources).await?;
+            writes.0.push(Write::Fresh(d.clone(), v.name.clone()));
+            project(pod, v, &d, facts, sources, writes).await?;
             (d, true)
         } else {
             return Err(ConfigError(format!(
@@ -564,6 +729,7 @@ async fn project(
     d: &Path,
     facts: &PodFacts,
     sources: &mut Sources,
+    writes: &mut Writes,
 ) -> Result<(), ConfigError> {
     // A volume's own source, or each of a projected volume's.
     let own = (
@@ -594,46 +760,26 @@ async fn project(
                 p.downward_api.as_ref().map(|a| &a.items),
             )
         });
-    let tokens = v
-        .projected
-        .iter()
-        .flat_map(|p| p.sources.iter().flatten())
-        .filter_map(|p| p.service_account_token.as_ref());
-    for projection in tokens {
-        let account = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".into());
-        let request = token_request(pod, projection);
-        let (token, renew_at) = request_token(&sources.accounts, &account, &request).await?;
-        write_file(d, &projection.path, token.as_bytes())?;
-        sources.tokens.push(TokenFile {
-            path: d.join(&projection.path),
-            account,
-            request,
-            renew_at,
-        });
-    }
     for (config_map, secret, downward) in std::iter::once(own).chain(projected) {
         if let Some((name, items, optional)) = config_map {
             let data = sources.configmap(name).await?.cloned();
             let what = format!("configmap {name:?}");
-            write_keys(d, data, items, optional.unwrap_or(false), &what)?;
+            write_keys(writes, d, data, items, optional.unwrap_or(false), &what)?;
         }
         if let Some((name, items, optional)) = secret {
             let data = sources.secret(name).await?.cloned();
             let what = format!("secret {name:?}");
-            write_keys(d, data, items, optional.unwrap_or(false), &what)?;
+            write_keys(writes, d, data, items, optional.unwrap_or(false), &what)?;
         }
         if let Some(items) = downward {
-            write_downward(pod, d, items.iter().flatten(), facts)?;
+            write_downward(writes, pod, d, items.iter().flatten(), facts)?;
         }
     }
     Ok(())
 }
 
 fn write_keys(
+    writes: &mut Writes,
     d: &Path,
     data: Option<BTreeMap<String, Vec<u8>>>,
     items: &Option<Vec<KeyToPath>>,
@@ -651,7 +797,7 @@ fn write_keys(
         Some(items) => {
             for item in items {
                 match data.get(&item.key) {
-                    Some(v) => write_file(d, &item.path, v)?,
+                    Some(v) => writes.file(d, &item.path, v.clone())?,
                     None if optional => {}
                     None => return Err(ConfigError(format!("{what} has no key {:?}", item.key))),
                 }
@@ -659,7 +805,7 @@ fn write_keys(
         }
         None => {
             for (k, v) in &data {
-                write_file(d, k, v)?;
+                writes.file(d, k, v.clone())?;
             }
         }
     }
@@ -667,6 +813,7 @@ fn write_keys(
 }
 
 fn write_downward<'a>(
+    writes: &mut Writes,
     pod: &Pod,
     d: &Path,
     items: impl Iterator<Item = &'a DownwardAPIVolumeFile>,
@@ -680,22 +827,9 @@ fn write_downward<'a>(
         } else {
             continue;
         };
-        write_file(d, &item.path, value.as_bytes())?;
+        writes.file(d, &item.path, value.into_bytes())?;
     }
     Ok(())
-}
-
-fn write_file(d: &Path, rel: &str, bytes: &[u8]) -> Result<(), ConfigError> {
-    if rel.is_empty() || rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
-        return Err(ConfigError(format!(
-            "volume file path {rel:?} must be relative without '..'"
-        )));
-    }
-    let path = d.join(rel);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| ConfigError(format!("{rel}: {e}")))?;
-    }
-    std::fs::write(&path, bytes).map_err(|e| ConfigError(format!("{rel}: {e}")))
 }
 
 #[cfg(test)]

@@ -201,6 +201,7 @@ pub(super) async fn prepare(
         let mut sources = Sources::new(
             ctx.client.clone(),
             pod.metadata.namespace.as_deref().unwrap_or("default"),
+            Arc::clone(&ctx.reads),
         );
         let mut launch = crate::pod::spec::launch(&pod, &c, &volumes, &facts, &mut sources)
             .await
@@ -299,10 +300,11 @@ impl VolumeSource {
         self.cell
             .get_or_init(|| async {
                 let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-                let mut sources = Sources::new(ctx.client.clone(), ns);
+                let mut sources = Sources::new(ctx.client.clone(), ns, Arc::clone(&ctx.reads));
                 let volumes =
                     crate::pod::spec::volumes(pod, &self.dir, &self.claims, facts, &mut sources)
                         .await;
+                tracing::debug!(target: "podtrace", kind = "Pod", object = %format_args!("{ns}/{}", pod.metadata.name.as_deref().unwrap_or_default()), stage = "volumes ready");
                 if volumes.is_ok() && !sources.tokens.is_empty() {
                     tokio::spawn(renew_tokens(
                         sources.accounts.clone(),
