@@ -157,8 +157,8 @@ pub(super) async fn prepare(
         let volumes = volumes
             .get(&ctx, &pod, &facts)
             .await
-            .clone()
-            .map_err(config_error)?;
+            .map_err(config_error)?
+            .clone();
         let image = c.image.clone().unwrap_or_default();
         let policy = PullPolicy::parse(c.image_pull_policy.as_deref(), &image);
         if policy != PullPolicy::IfNotPresent || ctx.images.stored(&image).is_none() {
@@ -292,20 +292,27 @@ pub(super) struct VolumeSource {
     pub(super) cancel: CancellationToken,
 }
 
-/// Volume name → (host directory, read-only), or why they could not be prepared.
-pub(super) type Volumes = Result<HashMap<String, (PathBuf, bool)>, crate::pod::spec::ConfigError>;
+/// Volume name → (host directory, read-only).
+pub(super) type Volumes = HashMap<String, (PathBuf, bool)>;
 
 impl VolumeSource {
-    async fn get(&self, ctx: &NodeCtx, pod: &Pod, facts: &PodFacts) -> &Volumes {
+    /// The volumes, prepared on first success: a failure (an object missing, the API busy) is
+    /// not kept, so the container's next attempt after its back-off tries again.
+    async fn get(
+        &self,
+        ctx: &NodeCtx,
+        pod: &Pod,
+        facts: &PodFacts,
+    ) -> Result<&Volumes, crate::pod::spec::ConfigError> {
         self.cell
-            .get_or_init(|| async {
+            .get_or_try_init(|| async {
                 let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
                 let mut sources = Sources::new(ctx.client.clone(), ns, Arc::clone(&ctx.reads));
                 let volumes =
                     crate::pod::spec::volumes(pod, &self.dir, &self.claims, facts, &mut sources)
-                        .await;
+                        .await?;
                 tracing::debug!(target: "podtrace", kind = "Pod", object = %format_args!("{ns}/{}", pod.metadata.name.as_deref().unwrap_or_default()), stage = "volumes ready");
-                if volumes.is_ok() && !sources.tokens.is_empty() {
+                if !sources.tokens.is_empty() {
                     tokio::spawn(renew_tokens(
                         sources.accounts.clone(),
                         std::mem::take(&mut sources.tokens),
@@ -314,7 +321,7 @@ impl VolumeSource {
                         self.cancel.clone(),
                     ));
                 }
-                volumes
+                Ok(volumes)
             })
             .await
     }
