@@ -379,7 +379,33 @@ async fn main() -> Result<()> {
         while let Some(r) = tasks.join_next().await {
             r??;
         }
-        board.wait_running(&names, max).await?;
+        if let Err(e) = board.wait_running(&names, max).await {
+            // Say why: the server's log, and what a few pods that did not run report.
+            if let Some(keep) = &args.keep_log {
+                let _ = std::fs::copy(server.log_path(), keep);
+            }
+            let all = api
+                .list(&ListParams::default().labels("bench=podstart"))
+                .await?;
+            let stuck = all.items.iter().filter(|p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running")
+            });
+            for p in stuck.take(3) {
+                let waiting: Vec<String> = p
+                    .status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+                    .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+                    .map(|w| format!("{:?}: {:?}", w.reason, w.message))
+                    .collect();
+                eprintln!(
+                    "not running: {} on {:?}: {waiting:?}",
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                );
+            }
+            return Err(e);
+        }
         report(
             &format!(
                 "{} pods/s for {} s (offered in {offered:.1?}, {waited:.1?} waiting for a free creator)",

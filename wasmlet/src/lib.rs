@@ -164,11 +164,44 @@ pub fn registries_for(kc: &kube::Config, insecure: Vec<String>) -> Registries {
     }
 }
 
+/// Open files: every running container holds its log file and a directory for each volume it
+/// mounts (every pod's token volume is one), so thousands of pods need more than the usual
+/// soft limit. The soft limit goes up to the hard one, and both to `fs.nr_open` where that is
+/// allowed (root), as containerd's and the kubelet's service units set `LimitNOFILE`.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let raised = now.maximum.is_some_and(|hard| hard < ceiling)
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(ceiling),
+                maximum: Some(ceiling),
+            },
+        )
+        .is_ok();
+    if !raised && now.current < now.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: now.maximum,
+                maximum: now.maximum,
+            },
+        );
+    }
+    tracing::debug!(open_files = ?getrlimit(Resource::Nofile).current, "open files limit");
+}
+
 /// Runs the wasmlet until `shutdown`: registers the node, keeps its lease, runs its pods.
 ///
 /// # Errors
 /// [`Error`] when it cannot start; once running it retries API failures instead.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    raise_open_files_limit();
     let conn = wasmkube_client::connect(&config.api).await?;
     std::fs::create_dir_all(&config.data_dir)?;
     let (credentials, conn) = identity::ensure(&config.data_dir, &config.node_name, conn).await?;
