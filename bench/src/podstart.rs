@@ -60,7 +60,15 @@ struct Args {
     /// Copy the server's log here at the end.
     #[arg(long)]
     keep_log: Option<std::path::PathBuf>,
+    /// Pods get the service-account token volume (Kubernetes' default; off here, as for
+    /// functions that never call the API: each mounted volume holds an open directory per
+    /// instance, and 10,000 pods with one exceed a 20,000 open-files limit).
+    #[arg(long)]
+    token_volume: bool,
 }
+
+/// `--token-volume`.
+static TOKEN_VOLUME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What the watch saw of one pod.
 #[derive(Default, Clone, Copy)]
@@ -146,9 +154,11 @@ impl Board {
 }
 
 fn pod(name: &str) -> Result<Pod> {
+    let token = TOKEN_VOLUME.load(std::sync::atomic::Ordering::Relaxed);
     Ok(serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"bench": "podstart"}},
-        "spec": {"containers": [{"name": "idle", "image": "toolbox:v1", "args": ["forever"]}]}
+        "spec": {"automountServiceAccountToken": token,
+                 "containers": [{"name": "idle", "image": "toolbox:v1", "args": ["forever"]}]}
     }))?)
 }
 
@@ -267,6 +277,7 @@ async fn create(api: &Api<Pod>, board: &Board, name: &str) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    TOKEN_VOLUME.store(args.token_volume, std::sync::atomic::Ordering::Relaxed);
     let max = Duration::from_secs(args.max_seconds);
     let dir = tempfile::tempdir()?;
     let (net, _) = wasmkube_tests::random_pod_range();
