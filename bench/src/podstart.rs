@@ -398,9 +398,10 @@ async fn main() -> Result<()> {
             let all = api
                 .list(&ListParams::default().labels("bench=podstart"))
                 .await?;
-            let stuck = all.items.iter().filter(|p| {
-                p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running")
-            });
+            let stuck = all
+                .items
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running"));
             for p in stuck.take(3) {
                 let waiting: Vec<String> = p
                     .status
