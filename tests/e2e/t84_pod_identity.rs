@@ -282,8 +282,49 @@ async fn a_pod_should_use_the_api_with_its_mounted_token_only_as_far_as_its_bind
     })
     .await?;
 
-    tracing::info!("--- the account and the CA ConfigMap come back when deleted");
+    tracing::info!("--- a pod whose ConfigMap is missing starts once it exists");
+    let mut late = pod(
+        "late",
+        &node.name,
+        None,
+        &["cat", "/config/greeting", "--", "forever"],
+    )?;
+    let spec = late.spec.as_mut().context("spec")?;
+    spec.volumes
+        .get_or_insert_with(Vec::new)
+        .push(serde_json::from_value(
+            json!({"name": "config", "configMap": {"name": "arrives-later"}}),
+        )?);
+    spec.containers[0]
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(serde_json::from_value(
+            json!({"name": "config", "mountPath": "/config"}),
+        )?);
+    pods.create(&PostParams::default(), &late).await?;
+    wait_for("CreateContainerConfigError", SLOW, || async {
+        let p = pods.get("late").await.ok()?;
+        let waiting = p
+            .status?
+            .container_statuses?
+            .first()?
+            .state
+            .clone()?
+            .waiting?;
+        (waiting.reason.as_deref() == Some("CreateContainerConfigError")).then_some(())
+    })
+    .await?;
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
+    configmaps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "arrives-later"},
+                                           "data": {"greeting": "hello, late"}}))?,
+        )
+        .await?;
+    log_with(&pods, "late", "hello, late").await?;
+
+    tracing::info!("--- the account and the CA ConfigMap come back when deleted");
     let old_cm = configmaps.get("kube-root-ca.crt").await?.metadata.uid;
     configmaps
         .delete("kube-root-ca.crt", &DeleteParams::default())
