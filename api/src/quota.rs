@@ -3,11 +3,12 @@
 //! names: `pods`, `services`, `secrets`, ...); a pod that has not finished also counts its
 //! containers' `requests.*` (alias the bare name: `cpu`, `memory`) and `limits.*`; a Service
 //! counts `services.nodeports` and `services.loadbalancers`. Amounts are milli-units
-//! (Kubernetes' `MilliValue`), so CPU, memory and counts add up alike.
+//! (Kubernetes' `MilliValue`), so CPU, memory and counts add up alike. A scoped quota
+//! (`Terminating`, `BestEffort`, `PriorityClass`, ...) tracks only the pods in its scopes.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, ResourceQuotaSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::Value;
 
@@ -60,6 +61,102 @@ pub fn is_terminal(pod: &Pod) -> bool {
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
     )
+}
+
+/// Whether the quota is scoped (`scopes` or `scopeSelector`): then it tracks only the pods its
+/// scopes match, and no other object.
+pub fn is_scoped(spec: &ResourceQuotaSpec) -> bool {
+    spec.scopes.as_ref().is_some_and(|s| !s.is_empty())
+        || spec
+            .scope_selector
+            .as_ref()
+            .is_some_and(|s| s.match_expressions.as_ref().is_some_and(|e| !e.is_empty()))
+}
+
+/// Whether `pod` is in every scope of the quota, as kube-apiserver's pod evaluator decides:
+/// `Terminating` (an `activeDeadlineSeconds`), `NotTerminating`, `BestEffort` (no container
+/// requests or limits CPU or memory), `NotBestEffort`, `PriorityClass` (`Exists`: any class;
+/// `In`/`NotIn` the listed ones; `DoesNotExist`: none), `CrossNamespacePodAffinity`.
+pub fn in_scopes(spec: &ResourceQuotaSpec, pod: &Pod) -> bool {
+    let listed = spec
+        .scopes
+        .iter()
+        .flatten()
+        .map(|s| (s.as_str(), "Exists", &[][..]));
+    let selected = spec
+        .scope_selector
+        .iter()
+        .flat_map(|s| s.match_expressions.iter().flatten())
+        .map(|e| {
+            (
+                e.scope_name.as_str(),
+                e.operator.as_str(),
+                e.values.as_deref().unwrap_or_default(),
+            )
+        });
+    let p = pod.spec.clone().unwrap_or_default();
+    let terminating = p.active_deadline_seconds.is_some_and(|s| s >= 0);
+    let best_effort = p
+        .containers
+        .iter()
+        .chain(p.init_containers.iter().flatten())
+        .all(|c| {
+            [false, true].into_iter().all(|limits| {
+                stated(c, limits)
+                    .is_none_or(|m| !m.contains_key("cpu") && !m.contains_key("memory"))
+            })
+        });
+    let class = p.priority_class_name.unwrap_or_default();
+    let cross_namespace = p.affinity.as_ref().is_some_and(|a| {
+        let terms = a
+            .pod_affinity
+            .iter()
+            .flat_map(|pa| {
+                pa.required_during_scheduling_ignored_during_execution
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .chain(
+                        pa.preferred_during_scheduling_ignored_during_execution
+                            .iter()
+                            .flatten()
+                            .map(|w| w.pod_affinity_term.clone()),
+                    )
+            })
+            .chain(a.pod_anti_affinity.iter().flat_map(|pa| {
+                pa.required_during_scheduling_ignored_during_execution
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .chain(
+                        pa.preferred_during_scheduling_ignored_during_execution
+                            .iter()
+                            .flatten()
+                            .map(|w| w.pod_affinity_term.clone()),
+                    )
+            }))
+            .collect::<Vec<_>>();
+        terms.iter().any(|t| {
+            t.namespaces.as_ref().is_some_and(|n| !n.is_empty()) || t.namespace_selector.is_some()
+        })
+    });
+    listed
+        .chain(selected)
+        .all(|(scope, op, values)| match scope {
+            "Terminating" => terminating,
+            "NotTerminating" => !terminating,
+            "BestEffort" => best_effort,
+            "NotBestEffort" => !best_effort,
+            "CrossNamespacePodAffinity" => cross_namespace,
+            "PriorityClass" => match op {
+                "Exists" => !class.is_empty(),
+                "DoesNotExist" => class.is_empty(),
+                "In" => values.contains(&class),
+                "NotIn" => !values.contains(&class),
+                _ => false,
+            },
+            _ => false,
+        })
 }
 
 fn add(usage: &mut Usage, name: &str, v: u128) {
@@ -170,6 +267,37 @@ pub fn compute_resource(name: &str) -> Option<(&str, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_should_pick_pods_as_kube_apiserver_does() {
+        let spec = |v: serde_json::Value| -> ResourceQuotaSpec {
+            serde_json::from_value(v).expect("spec")
+        };
+        let pod = |v: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({"spec": v})).expect("pod")
+        };
+        let plain = pod(serde_json::json!({"containers": [{"name": "c"}]}));
+        let sized = pod(serde_json::json!({"containers": [{"name": "c",
+            "resources": {"requests": {"cpu": "100m"}}}], "priorityClassName": "high"}));
+        let job = pod(serde_json::json!({"activeDeadlineSeconds": 60,
+            "containers": [{"name": "c"}]}));
+        let best = spec(serde_json::json!({"scopes": ["BestEffort"]}));
+        assert!(is_scoped(&best));
+        assert!(in_scopes(&best, &plain) && !in_scopes(&best, &sized));
+        let not_best = spec(serde_json::json!({"scopes": ["NotBestEffort"]}));
+        assert!(!in_scopes(&not_best, &plain) && in_scopes(&not_best, &sized));
+        let terminating = spec(serde_json::json!({"scopes": ["Terminating", "BestEffort"]}));
+        assert!(in_scopes(&terminating, &job) && !in_scopes(&terminating, &plain));
+        let high = spec(serde_json::json!({"scopeSelector": {"matchExpressions": [
+            {"scopeName": "PriorityClass", "operator": "In", "values": ["high"]}]}}));
+        assert!(in_scopes(&high, &sized) && !in_scopes(&high, &plain));
+        let none = spec(serde_json::json!({"scopeSelector": {"matchExpressions": [
+            {"scopeName": "PriorityClass", "operator": "DoesNotExist"}]}}));
+        assert!(!in_scopes(&none, &sized) && in_scopes(&none, &plain));
+        assert!(!is_scoped(&spec(
+            serde_json::json!({"hard": {"pods": "1"}})
+        )));
+    }
     use serde_json::json;
 
     #[test]

@@ -128,9 +128,15 @@ pub async fn reconcile(q: Arc<ResourceQuota>, ctx: Arc<Ctx>) -> Result<Action, E
         .as_ref()
         .and_then(|s| s.hard.clone())
         .unwrap_or_default();
+    let spec = current.spec.clone().unwrap_or_default();
+    // A scoped quota tracks only the pods in its scopes, and nothing else.
+    let scoped = wasmkube_api::quota::is_scoped(&spec);
     let mut usage = Usage::new();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for pod in pods.list(&ListParams::default()).await? {
+        if scoped && !wasmkube_api::quota::in_scopes(&spec, &pod) {
+            continue;
+        }
         for (k, v) in usage_of("pods", "", &serde_json::to_value(&pod)?) {
             *usage.entry(k).or_default() += v;
         }
@@ -140,6 +146,7 @@ pub async fn reconcile(q: Arc<ResourceQuota>, ctx: Arc<Ctx>) -> Result<Action, E
         .keys()
         .filter_map(|k| counted(k))
         .filter(|(plural, group)| !(plural == "pods" && group.is_empty()))
+        .filter(|_| !scoped)
         .collect();
     kinds.sort();
     kinds.dedup();

@@ -148,6 +148,55 @@ async fn limit_ranges_and_quotas_should_default_refuse_and_count_pods() -> Resul
     pods.create(&PostParams::default(), &pod("three", json!({}))?)
         .await?;
 
+    tracing::info!("--- a scoped quota counts only the pods in its scopes");
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "scoped"}}))?,
+        )
+        .await?;
+    let scoped_quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "scoped");
+    scoped_quotas
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "best-effort"},
+                "spec": {"hard": {"pods": "1"}, "scopes": ["BestEffort"]}}))?,
+        )
+        .await?;
+    let scoped_pods: Api<Pod> = Api::namespaced(client.clone(), "scoped");
+    wait_for(
+        "the first best-effort pod",
+        Duration::from_secs(10),
+        || async {
+            scoped_pods
+                .create(&PostParams::default(), &pod("be-1", json!({})).ok()?)
+                .await
+                .ok()
+        },
+    )
+    .await?;
+    wait_for(
+        "best-effort pods=1 used",
+        Duration::from_secs(30),
+        || async { (used(&scoped_quotas, "best-effort", "pods").await? == "1").then_some(()) },
+    )
+    .await?;
+    let refused = scoped_pods
+        .create(&PostParams::default(), &pod("be-2", json!({}))?)
+        .await;
+    ensure!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 403
+            && s.message.contains("exceeded quota: best-effort")),
+        "a second best-effort pod: {refused:?}"
+    );
+    scoped_pods
+        .create(
+            &PostParams::default(),
+            &pod("sized", json!({"requests": {"cpu": "100m"}}))?,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("a pod outside the scope is not counted: {e}"))?;
+
     if let Some(kubectl) = kubectl() {
         // Every namespace holds the controller manager's `kube-root-ca.crt`, which counts.
         let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =

@@ -142,9 +142,12 @@ impl Validating for QuotaAdmission {
             for (key, revision, q) in self.quotas(ns, fresh).await? {
                 let name = q.metadata.name.clone().unwrap_or_default();
                 let spec = q.spec.clone().unwrap_or_default();
-                // Scoped quotas (Terminating, BestEffort, PriorityClass, ...) are not enforced.
-                if spec.scopes.as_ref().is_some_and(|s| !s.is_empty())
-                    || spec.scope_selector.is_some()
+                // A scoped quota (Terminating, BestEffort, PriorityClass, ...) tracks only
+                // the pods in its scopes.
+                if wasmkube_api::quota::is_scoped(&spec)
+                    && !pod
+                        .as_ref()
+                        .is_some_and(|p| wasmkube_api::quota::in_scopes(&spec, p))
                 {
                     continue;
                 }
