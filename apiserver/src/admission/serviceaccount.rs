@@ -6,9 +6,10 @@
 //! the namespace (`namespace`) — mounted read-only at
 //! `/var/run/secrets/kubernetes.io/serviceaccount` in every container that has nothing there.
 //!
-//! Accounts are read from the watch cache; one the cache does not have yet is read from the
-//! store (the `default` one several times over ~1.5 s, since the controller that creates it may
-//! be a moment behind a new namespace), as kube-apiserver's plugin falls back to a live read.
+//! Accounts are read from the watch cache. One it does not have is looked for again once the
+//! cache has caught up with the store (and, for `default`, as it appears in the cache for up to
+//! 1.5 s: the controller that creates it may be a moment behind a new namespace), as
+//! kube-apiserver's plugin falls back to live reads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,9 +37,11 @@ const TOKEN_SECONDS: i64 = 3607;
 /// The annotation that marks a node's mirror of a static pod, which has no account.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
-/// How often, and how far apart, a missing `default` account is looked for.
-const DEFAULT_ATTEMPTS: u32 = 10;
-const ATTEMPT_INTERVAL: Duration = Duration::from_millis(150);
+/// How long the cache may take to catch up with the store.
+const CATCH_UP: Duration = Duration::from_secs(1);
+
+/// How long a missing `default` account is waited for.
+const DEFAULT_WAIT: Duration = Duration::from_millis(1500);
 
 pub(crate) struct ServiceAccountAdmission {
     /// ServiceAccounts, from the watch cache.
@@ -56,26 +59,37 @@ impl ServiceAccountAdmission {
         }
     }
 
-    /// The account `ns/name`: from the cache, else from the store.
+    /// The account `ns/name`, from the cache: at once, once the cache has what the store has
+    /// now, or (`default`) once it appears there.
     async fn account(&self, ns: &str, name: &str) -> Result<Option<ServiceAccount>, ApiError> {
         let key = self.info.key(Some(ns), name);
-        if let Some(o) = self.accounts.get(&key) {
-            return Ok(serde_json::from_slice(&o.raw).ok());
-        }
-        let attempts = if name == "default" {
-            DEFAULT_ATTEMPTS
-        } else {
-            1
+        let cached = || {
+            self.accounts
+                .get(&key)
+                .and_then(|o| serde_json::from_slice::<ServiceAccount>(&o.raw).ok())
         };
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                tokio::time::sleep(ATTEMPT_INTERVAL).await;
-            }
-            if let Some(kv) = self.store.get(&key).await? {
-                return Ok(serde_json::from_slice(&kv.value).ok());
-            }
+        if let Some(a) = cached() {
+            return Ok(Some(a));
         }
-        Ok(None)
+        if !self.accounts.wait_current(CATCH_UP).await {
+            // The cache cannot say (still loading): ask the store.
+            return Ok(match self.store.get(&key).await? {
+                Some(kv) => serde_json::from_slice(&kv.value).ok(),
+                None => None,
+            });
+        }
+        if name == "default" {
+            let mut changes = self.accounts.subscribe();
+            let appeared = async {
+                while cached().is_none() {
+                    if changes.changed().await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DEFAULT_WAIT, appeared).await;
+        }
+        Ok(cached())
     }
 }
 
