@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod, ResourceQuotaSpec};
+use k8s_openapi::api::core::v1::{
+    Container, Pod, PodAffinityTerm, ResourceQuotaSpec, WeightedPodAffinityTerm,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::Value;
 
@@ -63,6 +65,17 @@ pub fn is_terminal(pod: &Pod) -> bool {
     )
 }
 
+/// An affinity's terms, required and preferred.
+fn terms<'a>(
+    required: &'a Option<Vec<PodAffinityTerm>>,
+    preferred: &'a Option<Vec<WeightedPodAffinityTerm>>,
+) -> impl Iterator<Item = &'a PodAffinityTerm> {
+    required
+        .iter()
+        .flatten()
+        .chain(preferred.iter().flatten().map(|w| &w.pod_affinity_term))
+}
+
 /// Whether the quota is scoped (`scopes` or `scopeSelector`): then it tracks only the pods its
 /// scopes match, and no other object.
 pub fn is_scoped(spec: &ResourceQuotaSpec) -> bool {
@@ -108,35 +121,19 @@ pub fn in_scopes(spec: &ResourceQuotaSpec, pod: &Pod) -> bool {
         });
     let class = p.priority_class_name.unwrap_or_default();
     let cross_namespace = p.affinity.as_ref().is_some_and(|a| {
-        let terms = a
-            .pod_affinity
-            .iter()
-            .flat_map(|pa| {
-                pa.required_during_scheduling_ignored_during_execution
-                    .iter()
-                    .flatten()
-                    .cloned()
-                    .chain(
-                        pa.preferred_during_scheduling_ignored_during_execution
-                            .iter()
-                            .flatten()
-                            .map(|w| w.pod_affinity_term.clone()),
-                    )
-            })
-            .chain(a.pod_anti_affinity.iter().flat_map(|pa| {
-                pa.required_during_scheduling_ignored_during_execution
-                    .iter()
-                    .flatten()
-                    .cloned()
-                    .chain(
-                        pa.preferred_during_scheduling_ignored_during_execution
-                            .iter()
-                            .flatten()
-                            .map(|w| w.pod_affinity_term.clone()),
-                    )
-            }))
-            .collect::<Vec<_>>();
-        terms.iter().any(|t| {
+        let affinity = a.pod_affinity.iter().flat_map(|x| {
+            terms(
+                &x.required_during_scheduling_ignored_during_execution,
+                &x.preferred_during_scheduling_ignored_during_execution,
+            )
+        });
+        let anti = a.pod_anti_affinity.iter().flat_map(|x| {
+            terms(
+                &x.required_during_scheduling_ignored_during_execution,
+                &x.preferred_during_scheduling_ignored_during_execution,
+            )
+        });
+        affinity.chain(anti).any(|t| {
             t.namespaces.as_ref().is_some_and(|n| !n.is_empty()) || t.namespace_selector.is_some()
         })
     });

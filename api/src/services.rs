@@ -349,10 +349,10 @@ impl ServiceIndex {
     /// (the first port), `NAME_SERVICE_PORT_PORTNAME`, and Docker's link variables
     /// (`NAME_PORT`, `NAME_PORT_443_TCP`, `..._PROTO`, `..._PORT`, `..._ADDR`).
     pub fn link_env(&self, namespace: &str, links: bool) -> Vec<(String, String)> {
+        // By name: the namespace's own Service wins over `default/kubernetes`, whichever
+        // comes first.
         let mut chosen: BTreeMap<&str, &ServiceEntry> = BTreeMap::new();
-        let mut entries: Vec<&ServiceEntry> = self.services.values().collect();
-        entries.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        for svc in entries {
+        for svc in self.services.values() {
             if !matches!(svc.cluster_ip, ClusterIp::Ip(_)) || svc.ports.is_empty() {
                 continue;
             }

@@ -11,7 +11,7 @@ use wasmkube_tests::Cluster;
 use crate::t50_wasmlet::{create_pod, phase, status_of, wait_pod};
 
 /// Everything an exec printed, and its final status.
-async fn finish(
+pub(crate) async fn finish(
     mut p: AttachedProcess,
 ) -> Result<(
     String,

@@ -12,7 +12,6 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{AttachParams, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use tokio::io::AsyncReadExt;
 use wasmkube_tests::{Cluster, wait_for};
 
 const SLOW: Duration = Duration::from_secs(60);
@@ -68,22 +67,14 @@ fn toolbox_pod(
 /// Whether pod `ns/from` can open a connection to `target` (and gets the server's line).
 async fn reaches(client: &Client, ns: &str, from: &str, target: &str) -> Result<bool> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let mut p = pods
+    let p = pods
         .exec(
             from,
             ["toolbox", "connect-n", "1", target],
             &AttachParams::default().container("client").stderr(true),
         )
         .await?;
-    let mut out = String::new();
-    let mut err = String::new();
-    if let Some(mut s) = p.stdout() {
-        s.read_to_string(&mut out).await?;
-    }
-    if let Some(mut s) = p.stderr() {
-        s.read_to_string(&mut err).await?;
-    }
-    let _ = p.join().await;
+    let (out, err, _) = crate::t53_exec::finish(p).await?;
     if out.contains("local=") {
         return Ok(true);
     }
