@@ -12,6 +12,7 @@
 //! ```
 
 pub mod field;
+pub mod metrics;
 pub mod names;
 pub mod netpol;
 pub mod quantity;

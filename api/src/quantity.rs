@@ -6,15 +6,25 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 /// A quantity in bytes (`64Mi`, `1G`, `1e6`, `500k`).
 pub fn bytes(q: &Quantity) -> Option<u64> {
     let (n, scale) = parse_quantity(&q.0)?;
-    let v = n * scale;
-    (v >= 0.0).then(|| v.ceil() as u64)
+    whole(n * scale)
+}
+
+/// `v` rounded up to a whole number, as Kubernetes rounds, ignoring the float error of a
+/// decimal scale (`250000000n` is 250m, not 251m).
+fn whole(v: f64) -> Option<u64> {
+    let near = v.round();
+    let v = if (v - near).abs() < 1e-6 {
+        near
+    } else {
+        v.ceil()
+    };
+    (v >= 0.0).then_some(v as u64)
 }
 
 /// A CPU quantity in millicores (`500m`, `1`, `0.25`).
 pub fn millicores(q: &Quantity) -> Option<u64> {
     let (n, scale) = parse_quantity(&q.0)?;
-    let v = n * scale * 1000.0;
-    (v >= 0.0).then(|| v.ceil() as u64)
+    whole(n * scale * 1000.0)
 }
 
 fn parse_quantity(s: &str) -> Option<(f64, f64)> {
@@ -25,6 +35,8 @@ fn parse_quantity(s: &str) -> Option<(f64, f64)> {
     let (num, suffix) = s.split_at(split);
     let scale = match suffix {
         "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
         "m" => 1e-3,
         "k" => 1e3,
         "M" => 1e6,

@@ -53,6 +53,7 @@ fn groups(reg: &Registry) -> BTreeMap<&'static str, Vec<&'static str>> {
             versions.push("v1");
         }
     }
+    g.insert(crate::metrics::GROUP, vec![crate::metrics::VERSION]);
     g
 }
 
@@ -128,6 +129,14 @@ pub(crate) fn resource_list(reg: &Registry, group: &str, version: &str) -> Optio
             resources.push(
                 json!({"name": r.plural, "singularName": r.plural.trim_end_matches('s'),
                 "namespaced": r.namespaced, "kind": r.kind, "verbs": ["create"]}),
+            );
+        }
+    }
+    if group == crate::metrics::GROUP && version == crate::metrics::VERSION {
+        for (plural, kind, namespaced) in crate::metrics::RESOURCES {
+            resources.push(
+                json!({"name": plural, "singularName": "", "namespaced": namespaced,
+                "kind": kind, "verbs": ["get", "list"]}),
             );
         }
     }

@@ -2,10 +2,13 @@
 //! `EncryptionConfiguration` (apiserver.config.k8s.io/v1, the upstream file format) lists, per
 //! resource, providers in order — the first encrypts writes, all of them read. Providers:
 //! `aesgcm` (AES-GCM with a random nonce per write and the storage key as authenticated data,
-//! 16- or 32-byte keys) and `identity` (plain).
+//! 16- or 32-byte keys), `aescbc` (AES-CBC with PKCS#7 padding and a random IV, 16-, 24- or
+//! 32-byte keys; unauthenticated, as upstream, which no longer recommends it), `secretbox`
+//! (XSalsa20-Poly1305, 32-byte keys) and `identity` (plain). `kms` needs a KMS plugin, which
+//! this server cannot talk to, and is refused.
 //!
 //! The store stamps `metadata.resourceVersion` into what it stores, so a sealed object is kept
-//! as a small JSON envelope, `{"k8s:enc":"aesgcm:v1:KEY:BASE64(nonce‖ciphertext)",
+//! as a small JSON envelope, `{"k8s:enc":"PROVIDER:v1:KEY:BASE64(nonce‖ciphertext)",
 //! "metadata":{"resourceVersion":"N"}}`; the object's JSON, and so every Secret value, exists
 //! only inside the ciphertext — in the raft log, snapshots and the database file alike. The
 //! store opens envelopes on every read ([`wasmkube_store::ValueTransformer`]).
@@ -13,8 +16,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use aes::cipher::block_padding::Pkcs7;
+use aes::cipher::{BlockCipher, BlockDecryptMut, BlockEncryptMut, KeyInit, KeyIvInit as _};
 use base64::Engine as _;
 use bytes::Bytes;
+use crypto_secretbox::aead::Aead as _;
 use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
@@ -91,9 +97,9 @@ struct RuleSpec {
 #[serde(rename_all = "camelCase")]
 struct ProviderSpec {
     aesgcm: Option<KeysSpec>,
+    aescbc: Option<KeysSpec>,
+    secretbox: Option<KeysSpec>,
     identity: Option<serde_json::Value>,
-    aescbc: Option<serde_json::Value>,
-    secretbox: Option<serde_json::Value>,
     kms: Option<serde_json::Value>,
 }
 
@@ -108,14 +114,166 @@ struct KeySpec {
     secret: String,
 }
 
-/// One named AES-GCM key.
+/// A provider that encrypts, by the name its envelopes carry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    AesGcm,
+    AesCbc,
+    SecretBox,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::AesGcm => "aesgcm",
+            Kind::AesCbc => "aescbc",
+            Kind::SecretBox => "secretbox",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Kind> {
+        [Kind::AesGcm, Kind::AesCbc, Kind::SecretBox]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+
+    /// The key from its bytes, or why these bytes are no key of this kind.
+    fn cipher(self, raw: &[u8]) -> Result<Cipher, String> {
+        Ok(match (self, raw.len()) {
+            (Kind::AesGcm, 16) => Cipher::Gcm(Box::new(gcm_key(&AES_128_GCM, raw))),
+            (Kind::AesGcm, 32) => Cipher::Gcm(Box::new(gcm_key(&AES_256_GCM, raw))),
+            (Kind::AesCbc, 16 | 24 | 32) => Cipher::Cbc(raw.to_vec()),
+            (Kind::SecretBox, 32) => Cipher::SecretBox(
+                crypto_secretbox::XSalsa20Poly1305::new_from_slice(raw).map_err(|_| "unusable")?,
+            ),
+            (Kind::AesGcm, n) => return Err(format!("an aesgcm key has 16 or 32 bytes, not {n}")),
+            (Kind::AesCbc, n) => {
+                return Err(format!("an aescbc key has 16, 24 or 32 bytes, not {n}"));
+            }
+            (Kind::SecretBox, n) => {
+                return Err(format!("a secretbox key has 32 bytes, not {n}"));
+            }
+        })
+    }
+}
+
+fn gcm_key(alg: &'static ring::aead::Algorithm, raw: &[u8]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(alg, raw).expect("the length was checked"))
+}
+
+enum Cipher {
+    Gcm(Box<LessSafeKey>),
+    Cbc(Vec<u8>),
+    SecretBox(crypto_secretbox::XSalsa20Poly1305),
+}
+
+const CBC_IV_LEN: usize = 16;
+const SECRETBOX_NONCE_LEN: usize = 24;
+
+impl Cipher {
+    /// `nonce‖ciphertext` of `plain`; AES-GCM also authenticates `aad` (the storage key).
+    fn seal(&self, random: &SystemRandom, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        let fill = |n: usize| {
+            let mut nonce = vec![0u8; n];
+            random.fill(&mut nonce).expect("the system has randomness");
+            nonce
+        };
+        match self {
+            Cipher::Gcm(key) => {
+                let mut blob = fill(NONCE_LEN);
+                let nonce = Nonce::try_assume_unique_for_key(&blob).expect("nonce length");
+                let mut data = plain.to_vec();
+                key.seal_in_place_append_tag(nonce, Aad::from(aad), &mut data)
+                    .expect("AES-GCM seals any length a store holds");
+                blob.extend_from_slice(&data);
+                blob
+            }
+            Cipher::Cbc(key) => {
+                let mut blob = fill(CBC_IV_LEN);
+                let data = cbc_seal(key, &blob, plain);
+                blob.extend_from_slice(&data);
+                blob
+            }
+            Cipher::SecretBox(key) => {
+                let mut blob = fill(SECRETBOX_NONCE_LEN);
+                let data = key
+                    .encrypt(crypto_secretbox::Nonce::from_slice(&blob), plain)
+                    .expect("secretbox seals any length a store holds");
+                blob.extend_from_slice(&data);
+                blob
+            }
+        }
+    }
+
+    /// The plain text of `nonce‖ciphertext`, if it opens with this key.
+    fn open(&self, aad: &[u8], blob: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Cipher::Gcm(key) => {
+                let (nonce, sealed) = blob.split_at_checked(NONCE_LEN)?;
+                let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+                let mut data = sealed.to_vec();
+                let plain = key.open_in_place(nonce, Aad::from(aad), &mut data).ok()?;
+                Some(plain.to_vec())
+            }
+            Cipher::Cbc(key) => {
+                let (iv, sealed) = blob.split_at_checked(CBC_IV_LEN)?;
+                cbc_open(key, iv, sealed)
+            }
+            Cipher::SecretBox(key) => {
+                let (nonce, sealed) = blob.split_at_checked(SECRETBOX_NONCE_LEN)?;
+                key.decrypt(crypto_secretbox::Nonce::from_slice(nonce), sealed)
+                    .ok()
+            }
+        }
+    }
+}
+
+/// AES-CBC with PKCS#7 padding, by the key's length (16, 24 or 32 bytes, checked when the key
+/// was read).
+fn cbc_seal(key: &[u8], iv: &[u8], plain: &[u8]) -> Vec<u8> {
+    fn with<C: BlockEncryptMut + BlockCipher + KeyInit>(
+        key: &[u8],
+        iv: &[u8],
+        plain: &[u8],
+    ) -> Vec<u8> {
+        cbc::Encryptor::<C>::new_from_slices(key, iv)
+            .expect("key and IV lengths were checked")
+            .encrypt_padded_vec_mut::<Pkcs7>(plain)
+    }
+    match key.len() {
+        16 => with::<aes::Aes128>(key, iv, plain),
+        24 => with::<aes::Aes192>(key, iv, plain),
+        _ => with::<aes::Aes256>(key, iv, plain),
+    }
+}
+
+fn cbc_open(key: &[u8], iv: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    fn with<C: BlockDecryptMut + BlockCipher + KeyInit>(
+        key: &[u8],
+        iv: &[u8],
+        sealed: &[u8],
+    ) -> Option<Vec<u8>> {
+        cbc::Decryptor::<C>::new_from_slices(key, iv)
+            .ok()?
+            .decrypt_padded_vec_mut::<Pkcs7>(sealed)
+            .ok()
+    }
+    match key.len() {
+        16 => with::<aes::Aes128>(key, iv, sealed),
+        24 => with::<aes::Aes192>(key, iv, sealed),
+        _ => with::<aes::Aes256>(key, iv, sealed),
+    }
+}
+
+/// One named key of an encrypting provider.
 struct Key {
+    kind: Kind,
     name: String,
-    key: LessSafeKey,
+    cipher: Cipher,
 }
 
 enum Provider {
-    AesGcm(Vec<Key>),
+    Encrypting(Vec<Key>),
     Identity,
 }
 
@@ -162,6 +320,32 @@ fn matches(pattern: &str, plural: &str, group: &str) -> bool {
     }
 }
 
+/// The keys of one provider entry.
+fn read_keys(kind: Kind, specs: &[KeySpec]) -> Result<Vec<Key>, String> {
+    if specs.is_empty() {
+        return Err("no keys".into());
+    }
+    specs
+        .iter()
+        .map(|k| {
+            if k.name.is_empty() || k.name.contains(':') {
+                return Err(format!("key name {:?}: non-empty, without ':'", k.name));
+            }
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(k.secret.trim())
+                .map_err(|e| format!("key {}: {e}", k.name))?;
+            let cipher = kind
+                .cipher(&raw)
+                .map_err(|why| format!("key {}: {why}", k.name))?;
+            Ok(Key {
+                kind,
+                name: k.name.clone(),
+                cipher,
+            })
+        })
+        .collect()
+}
+
 impl Encryption {
     /// Reads an `EncryptionConfiguration` file.
     ///
@@ -194,53 +378,34 @@ impl Encryption {
         for (i, spec) in file.resources.into_iter().enumerate() {
             let mut providers = Vec::new();
             for p in spec.providers {
-                if p.aescbc.is_some() || p.secretbox.is_some() || p.kms.is_some() {
+                if p.kms.is_some() {
                     return Err(invalid(format!(
-                        "resources[{i}]: only the aesgcm and identity providers are supported"
+                        "resources[{i}]: the kms provider needs a KMS plugin, which this server \
+                         cannot use; use aesgcm, aescbc, secretbox or identity"
                     )));
                 }
-                match (p.aesgcm, p.identity) {
-                    (Some(keys), None) => {
-                        let mut out = Vec::new();
-                        for k in keys.keys {
-                            let raw = base64::engine::general_purpose::STANDARD
-                                .decode(k.secret.trim())
-                                .map_err(|e| invalid(format!("key {}: {e}", k.name)))?;
-                            let alg = match raw.len() {
-                                16 => &AES_128_GCM,
-                                32 => &AES_256_GCM,
-                                n => {
-                                    return Err(invalid(format!(
-                                        "key {}: an aesgcm key has 16 or 32 bytes, not {n}",
-                                        k.name
-                                    )));
-                                }
-                            };
-                            let key = UnboundKey::new(alg, &raw)
-                                .map_err(|_| invalid(format!("key {}: unusable", k.name)))?;
-                            if k.name.is_empty() || k.name.contains(':') {
-                                return Err(invalid(format!(
-                                    "key name {:?}: non-empty, without ':'",
-                                    k.name
-                                )));
-                            }
-                            out.push(Key {
-                                name: k.name,
-                                key: LessSafeKey::new(key),
-                            });
-                        }
-                        if out.is_empty() {
-                            return Err(invalid(format!("resources[{i}]: aesgcm without keys")));
-                        }
-                        providers.push(Provider::AesGcm(out));
+                let encrypting = [
+                    (Kind::AesGcm, p.aesgcm),
+                    (Kind::AesCbc, p.aescbc),
+                    (Kind::SecretBox, p.secretbox),
+                ]
+                .into_iter()
+                .filter_map(|(kind, keys)| keys.map(|k| (kind, k)))
+                .collect::<Vec<_>>();
+                let provider = match (encrypting.as_slice(), p.identity) {
+                    ([(kind, keys)], None) => {
+                        Provider::Encrypting(read_keys(*kind, &keys.keys).map_err(|why| {
+                            invalid(format!("resources[{i}].{}: {why}", kind.name()))
+                        })?)
                     }
-                    (None, Some(_)) => providers.push(Provider::Identity),
+                    ([], Some(_)) => Provider::Identity,
                     _ => {
                         return Err(invalid(format!(
                             "resources[{i}]: each provider entry names exactly one provider"
                         )));
                     }
-                }
+                };
+                providers.push(provider);
             }
             rules.push(Rule {
                 resources: spec.resources,
@@ -273,21 +438,21 @@ impl Encryption {
             .iter()
             .find(|r| r.resources.iter().any(|p| matches(p, plural, group)))?;
         match rule.providers.first()? {
-            Provider::AesGcm(keys) => keys.first(),
+            Provider::Encrypting(keys) => keys.first(),
             Provider::Identity => None,
         }
     }
 
-    fn key_named(&self, name: &str) -> Option<&Key> {
+    fn key_named(&self, kind: Kind, name: &str) -> Option<&Key> {
         self.rules
             .iter()
             .flat_map(|r| &r.providers)
             .filter_map(|p| match p {
-                Provider::AesGcm(keys) => Some(keys),
+                Provider::Encrypting(keys) => Some(keys),
                 Provider::Identity => None,
             })
             .flatten()
-            .find(|k| k.name == name)
+            .find(|k| k.kind == kind && k.name == name)
     }
 
     /// The value to store at `key` for an object of `plural.group`: sealed when a rule says
@@ -302,22 +467,12 @@ impl Encryption {
         let Some(k) = self.writer(plural, group) else {
             return value;
         };
-        let mut nonce = [0u8; NONCE_LEN];
-        self.random
-            .fill(&mut nonce)
-            .expect("the system has randomness");
-        let mut data = value.get().as_bytes().to_vec();
-        k.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(key.as_bytes()),
-                &mut data,
-            )
-            .expect("AES-GCM seals any length a store holds");
-        let mut blob = nonce.to_vec();
-        blob.extend_from_slice(&data);
+        let blob = k
+            .cipher
+            .seal(&self.random, key.as_bytes(), value.get().as_bytes());
         let sealed = format!(
-            "aesgcm:v1:{}:{}",
+            "{}:v1:{}:{}",
+            k.kind.name(),
             k.name,
             base64::engine::general_purpose::STANDARD.encode(blob)
         );
@@ -342,29 +497,26 @@ impl Encryption {
             metadata: serde_json::Map<String, serde_json::Value>,
         }
         let env: Envelope = serde_json::from_slice(&stored).map_err(|e| e.to_string())?;
-        let rest = env
-            .sealed
-            .strip_prefix("aesgcm:v1:")
-            .ok_or("an envelope of an unknown provider")?;
-        let (name, blob) = rest.split_once(':').ok_or("a malformed envelope")?;
-        let k = self
-            .key_named(name)
-            .ok_or_else(|| format!("no key named {name} in the encryption configuration"))?;
+        let mut parts = env.sealed.splitn(4, ':');
+        let (Some(provider), Some("v1"), Some(name), Some(blob)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("a malformed envelope".into());
+        };
+        let kind = Kind::from_name(provider)
+            .ok_or_else(|| format!("an envelope of an unknown provider {provider}"))?;
+        let k = self.key_named(kind, name).ok_or_else(|| {
+            format!("no {provider} key named {name} in the encryption configuration")
+        })?;
         let blob = base64::engine::general_purpose::STANDARD
             .decode(blob)
             .map_err(|e| e.to_string())?;
-        if blob.len() < NONCE_LEN {
-            return Err("a malformed envelope".into());
-        }
-        let (nonce, sealed) = blob.split_at(NONCE_LEN);
-        let mut data = sealed.to_vec();
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| "a malformed nonce")?;
         let plain = k
-            .key
-            .open_in_place(nonce, Aad::from(key.as_bytes()), &mut data)
-            .map_err(|_| format!("the value does not authenticate with key {name}"))?;
+            .cipher
+            .open(key.as_bytes(), &blob)
+            .ok_or_else(|| format!("the value does not open with {provider} key {name}"))?;
         let mut obj: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(plain).map_err(|e| e.to_string())?;
+            serde_json::from_slice(&plain).map_err(|e| e.to_string())?;
         if let Some(rv) = env.metadata.get("resourceVersion")
             && let Some(meta) = obj
                 .entry("metadata")
@@ -451,5 +603,85 @@ mod tests {
         assert!(Encryption::parse("apiVersion: v1\nkind: ConfigMap\n").is_err());
         let bad_key = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aesgcm:\n      keys:\n      - name: k\n        secret: c2hvcnQ=\n";
         assert!(Encryption::parse(bad_key).is_err());
+    }
+
+    fn config(providers: &str) -> String {
+        format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n{providers}"
+        )
+    }
+
+    fn provider(kind: &str, name: &str, bytes: usize) -> String {
+        let secret = base64::engine::general_purpose::STANDARD.encode(vec![7u8; bytes]);
+        format!("  - {kind}:\n      keys:\n      - name: {name}\n        secret: {secret}\n")
+    }
+
+    #[test]
+    fn every_encrypting_provider_should_round_trip_and_rotate() {
+        let secret = raw(serde_json::json!({"kind": "Secret", "data": {"p": "aHVudGVyMg=="}}));
+        let mut sealed_by = Vec::new();
+        for (kind, sizes) in [
+            ("aesgcm", &[16, 32][..]),
+            ("aescbc", &[16, 24, 32][..]),
+            ("secretbox", &[32][..]),
+        ] {
+            for &bytes in sizes {
+                let enc = Encryption::parse(&config(&provider(kind, "k", bytes))).expect(kind);
+                let sealed = enc.seal("secrets", "", "/s", secret.clone());
+                assert!(
+                    sealed.get().contains(&format!("\"{kind}:v1:k:")),
+                    "{}",
+                    sealed.get()
+                );
+                assert!(!sealed.get().contains("aHVudGVyMg=="));
+                let opened = enc
+                    .open("/s", Bytes::from(sealed.get().to_owned()))
+                    .expect("opens");
+                let v: serde_json::Value = serde_json::from_slice(&opened).expect("json");
+                assert_eq!(v["data"]["p"], "aHVudGVyMg==", "{kind} {bytes}");
+                sealed_by.push((kind, bytes, sealed));
+            }
+            let wrong = Encryption::parse(&config(
+                &provider(kind, "k", sizes[0]).replace("Bwc", "CAg"),
+            ))
+            .expect("other key");
+            let (_, _, last) = sealed_by.last().expect("sealed");
+            assert!(
+                wrong
+                    .open("/s", Bytes::from(last.get().to_owned()))
+                    .is_err(),
+                "a {kind} value does not open with another key"
+            );
+        }
+        // Rotation: a new first provider writes, the old ones still read.
+        let rotated = Encryption::parse(&config(&format!(
+            "{}{}{}  - identity: {{}}\n",
+            provider("secretbox", "new", 32),
+            provider("aescbc", "k", 32),
+            provider("aesgcm", "k", 32)
+        )))
+        .expect("rotated");
+        for (kind, bytes, sealed) in &sealed_by {
+            let opened = rotated.open("/s", Bytes::from(sealed.get().to_owned()));
+            match (*kind, *bytes) {
+                // Its key "k" is gone from the rotated file: it cannot be read.
+                ("secretbox", _) => assert!(opened.is_err()),
+                (_, 32) => assert!(
+                    opened.is_ok(),
+                    "{kind} written before the rotation still reads"
+                ),
+                _ => {}
+            }
+        }
+        assert!(
+            rotated
+                .seal("secrets", "", "/s", secret)
+                .get()
+                .contains("secretbox:v1:new:")
+        );
+        let kms = Encryption::parse(&config("  - kms:\n      name: plugin\n")).expect_err("kms");
+        assert!(kms.to_string().contains("KMS plugin"), "{kms}");
+        let short = Encryption::parse(&config(&provider("secretbox", "k", 16))).expect_err("short");
+        assert!(short.to_string().contains("32 bytes"), "{short}");
     }
 }

@@ -34,6 +34,7 @@ mod fieldset;
 pub mod kinds;
 mod kubernetes_service;
 mod list;
+mod metrics;
 mod nodeauth;
 pub mod object;
 mod oci;

@@ -218,19 +218,26 @@ pub(crate) async fn node_endpoint(
         .ok_or_else(|| {
             ApiError::internal(format!("node {node_name} of pod {pod} is not registered"))
         })?;
-    let status = node.status.unwrap_or_default();
+    endpoint_of(&node)
+        .ok_or_else(|| ApiError::internal(format!("node {node_name} has no InternalIP address")))
+}
+
+/// `host:port` of a node's endpoint, if it has an `InternalIP`.
+pub(crate) fn endpoint_of(node: &Node) -> Option<String> {
+    let status = node.status.as_ref()?;
     let address = status
         .addresses
         .iter()
         .flatten()
-        .find(|a| a.type_ == "InternalIP")
-        .map(|a| a.address.clone())
-        .ok_or_else(|| ApiError::internal(format!("node {node_name} has no InternalIP address")))?;
+        .find(|a| a.type_ == "InternalIP")?
+        .address
+        .clone();
     let port = status
         .daemon_endpoints
-        .and_then(|d| d.kubelet_endpoint)
+        .as_ref()
+        .and_then(|d| d.kubelet_endpoint.as_ref())
         .map_or(10250, |k| k.port);
-    Ok(if address.contains(':') {
+    Some(if address.contains(':') {
         format!("[{address}]:{port}")
     } else {
         format!("{address}:{port}")
@@ -267,6 +274,20 @@ pub(crate) async fn connect_node(
 }
 
 async fn fetch(host: &str, path: &str, kubelet: &KubeletTls) -> Result<Response, ApiError> {
+    let resp = get_node(host, path, kubelet).await?;
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::new(resp.into_body()))
+        .expect("static headers are valid"))
+}
+
+/// `GET https://{host}{path}` on a node's endpoint; a non-success answer is an error.
+pub(crate) async fn get_node(
+    host: &str,
+    path: &str,
+    kubelet: &KubeletTls,
+) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
     let unreachable = |e: &dyn std::fmt::Display| {
         ApiError::internal(format!("Get \"https://{host}{path}\": {e}"))
     };
@@ -287,11 +308,7 @@ async fn fetch(host: &str, path: &str, kubelet: &KubeletTls) -> Result<Response,
     if resp.status() != StatusCode::OK {
         return Err(node_error(resp).await);
     }
-    Ok(Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/plain")
-        .body(Body::new(resp.into_body()))
-        .expect("static headers are valid"))
+    Ok(resp)
 }
 
 /// The error a node's non-success answer becomes.

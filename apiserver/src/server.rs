@@ -304,6 +304,10 @@ async fn route(
             let (ns, name) = pod_log_path(p).expect("checked by the guard");
             crate::podlog::pod_log(&s.api, &s.kubelet, ns, name, query).await
         }
+        (_, p) if crate::metrics::route(p).is_some() => {
+            let target = crate::metrics::route(p).expect("checked by the guard");
+            crate::metrics::answer(&s.api, &s.kubelet, method, target, query).await
+        }
         (_, p) if crate::review::route(p).is_some() => {
             let (review, namespace) = crate::review::route(p).expect("checked by the guard");
             let user = user.ok_or_else(ApiError::unauthorized)?;

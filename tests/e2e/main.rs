@@ -35,3 +35,4 @@ mod t82_quota;
 mod t83_authz_matrix;
 mod t84_pod_identity;
 mod t85_network_policy;
+mod t86_metrics;

@@ -345,7 +345,7 @@ fn generators(ns: &str) -> Vec<Vec<String>> {
 }
 
 /// Every `kubectl.1.NN` installed beside the resolved `kubectl` (this machine has 1.27–1.33).
-fn kubectl_versions() -> Vec<std::path::PathBuf> {
+pub(crate) fn kubectl_versions() -> Vec<std::path::PathBuf> {
     let Some(path) = kubectl_path() else {
         return Vec::new();
     };

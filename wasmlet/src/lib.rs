@@ -94,6 +94,8 @@ pub struct Config {
     /// The Lease's duration (kubelet's `--node-lease-duration-seconds`, 40 s); it is renewed,
     /// and the node status checked, every quarter of it.
     pub lease_duration: std::time::Duration,
+    /// The window CPU usage rates are averaged over (cAdvisor's housekeeping interval).
+    pub metrics_window: std::time::Duration,
 }
 
 impl Config {
@@ -118,9 +120,13 @@ impl Config {
             insecure_registries: Vec::new(),
             node_labels: Default::default(),
             lease_duration: node::LEASE_DURATION,
+            metrics_window: METRICS_WINDOW,
         }
     }
 }
+
+/// The default [`Config::metrics_window`].
+pub const METRICS_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the wasmlet could not run.
 #[derive(Debug, thiserror::Error)]
@@ -229,10 +235,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         }
     });
     let pods = Arc::new(PodRegistry::default());
+    let stats = Arc::new(pod::stats::Stats::new(
+        config.node_name.clone(),
+        config.metrics_window,
+        Arc::clone(&pods),
+    ));
+    tokio::spawn(Arc::clone(&stats).run_sampler(shutdown.clone()));
     let (addr, server) = streaming::server::start(
         config.listen,
         Arc::clone(&tls.endpoint),
         Arc::clone(&pods),
+        stats,
         shutdown.clone(),
     )
     .await?;

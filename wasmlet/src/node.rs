@@ -58,7 +58,7 @@ fn annotations(facts: &NodeFacts) -> BTreeMap<String, String> {
     .into()
 }
 
-fn meminfo(field: &str) -> Option<u64> {
+pub(crate) fn meminfo(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -7,6 +7,7 @@ pub(crate) mod events;
 pub(crate) mod probe;
 mod registry;
 pub(crate) mod spec;
+pub(crate) mod stats;
 pub(crate) mod status;
 mod tasks;
 pub(crate) mod worker;
@@ -41,6 +42,7 @@ use crate::pod::worker::{
 };
 use crate::runtime::images::Images;
 use crate::runtime::instance::Launch;
+use crate::runtime::usage::Usage;
 use crate::runtime::{Prepared, Runtime};
 use crate::streaming::logs::{LogFile, Rotation};
 
@@ -81,7 +83,7 @@ enum Internal {
     Event(PodEvent),
     Prepared {
         container: usize,
-        result: Result<(Prepared, Launch, String), ImageFailure>,
+        result: Result<Box<(Prepared, Launch, String)>, ImageFailure>,
     },
 }
 
@@ -154,7 +156,11 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
             p
         })
         .collect();
-    ctx.pods.update(&key, |l| l.dir = dir.clone());
+    ctx.pods.update(&key, |l| {
+        l.dir = dir.clone();
+        l.uid = pod.metadata.uid.clone().unwrap_or_default();
+        l.started.get_or_insert_with(std::time::SystemTime::now);
+    });
 
     // A pod that finished before this wasmlet started is not run again.
     let finished = pod
@@ -272,6 +278,11 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                     Effect::Start { container } => {
                         let Some((pre, launch)) = prepared[container].clone() else {
                             continue;
+                        };
+                        // Each start is a new container to the resource metrics.
+                        let launch = Launch {
+                            usage: Usage::new(),
+                            ..launch
                         };
                         let kill = CancellationToken::new();
                         kills[container] = Some(kill.clone());
@@ -422,7 +433,8 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                     pending.push_back(e);
                 }
                 Internal::Prepared { container, result } => {
-                    let result = result.map(|(pre, launch, image_id)| {
+                    let result = result.map(|ready| {
+                        let (pre, launch, image_id) = *ready;
                         prepared[container] = Some((pre, launch));
                         image_id
                     });

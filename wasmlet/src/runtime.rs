@@ -9,6 +9,7 @@
 pub mod images;
 pub mod instance;
 pub(crate) mod limits;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};

@@ -202,6 +202,13 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
                 rule(WRITE, &["coordination.k8s.io"], &["leases"]),
             ],
         ),
+        // What metrics-server's manifest adds: whoever may view may read resource metrics.
+        role(
+            "system:aggregated-metrics-reader",
+            &[(TO_VIEW, "true"), (TO_EDIT, "true"), (TO_ADMIN, "true")],
+            None,
+            vec![rule(READ, &["metrics.k8s.io"], &["pods", "nodes"])],
+        ),
         role(
             "system:aggregate-to-view",
             &[(TO_VIEW, "true")],

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::runtime::Prepared;
 use crate::runtime::instance::Launch;
+use crate::runtime::usage::Usage;
 use crate::streaming::logs::LogFile;
 
 /// Pod address offsets: offset `k` is the `k`-th address of the node's pod CIDR and of its
@@ -59,6 +60,10 @@ pub(crate) struct PodRegistry {
 pub(crate) struct PodEntry {
     /// `<pods dir>/<ns>_<name>_<uid>`.
     pub dir: PathBuf,
+    /// The pod's uid.
+    pub uid: String,
+    /// When this node started working on it.
+    pub started: Option<std::time::SystemTime>,
     /// Container name → (current restart index, its live log file while running).
     pub containers: HashMap<String, (u32, Option<Arc<LogFile>>)>,
     /// Container name → its prepared image and launch while an instance runs (for exec).
@@ -86,9 +91,41 @@ impl PodRegistry {
             .or_default());
     }
 
+    /// The usage of every pod with a running container.
+    pub(crate) fn usage(&self) -> Vec<PodUsage> {
+        let pods = self.pods.lock().expect("pod registry lock");
+        pods.iter()
+            .filter(|(_, e)| !e.running.is_empty())
+            .map(|((namespace, name), e)| {
+                let mut containers: Vec<_> = e
+                    .running
+                    .iter()
+                    .map(|(c, (_, launch))| (c.clone(), Arc::clone(&launch.usage)))
+                    .collect();
+                containers.sort_by(|a, b| a.0.cmp(&b.0));
+                PodUsage {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    uid: e.uid.clone(),
+                    started: e.started.unwrap_or(std::time::UNIX_EPOCH),
+                    containers,
+                }
+            })
+            .collect()
+    }
+
     pub(crate) fn remove(&self, key: &(String, String)) {
         self.pods.lock().expect("pod registry lock").remove(key);
     }
+}
+
+/// A pod's running containers and what each uses.
+pub(crate) struct PodUsage {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub started: std::time::SystemTime,
+    pub containers: Vec<(String, Arc<Usage>)>,
 }
 
 #[cfg(test)]

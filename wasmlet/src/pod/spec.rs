@@ -369,6 +369,7 @@ pub(crate) async fn launch(
             .map(|b| b as usize),
         cpu_limit_millis: limits.and_then(|l| l.get("cpu")).and_then(millicores),
         pod_net: None,
+        usage: Default::default(),
     })
 }
 

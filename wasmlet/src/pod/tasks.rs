@@ -207,7 +207,7 @@ pub(super) async fn prepare(
             .await
             .map_err(config_error)?;
         launch.pod_net = address;
-        Ok((prepared, launch, stored.image_id))
+        Ok(Box::new((prepared, launch, stored.image_id)))
     }
     .await;
     let _ = tx.send(Internal::Prepared { container, result }).await;

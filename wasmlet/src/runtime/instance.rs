@@ -28,6 +28,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::net::names::PodHttp;
 use crate::net::podnet::{PodAddress, PodNet, PodNetView, PodSocketsView};
 use crate::runtime::limits::{CpuQuota, MemoryLimit};
+use crate::runtime::usage::{Metered, Usage};
 use crate::streaming::logs::LogFile;
 
 /// Everything a container instance needs, resolved from the PodSpec (pure data).
@@ -47,6 +48,8 @@ pub struct Launch {
     pub cpu_limit_millis: Option<u64>,
     /// The pod address its sockets live on (none: no sockets at all).
     pub pod_net: Option<PodAddress>,
+    /// What this start of the container uses (every instance made from this launch counts).
+    pub usage: Arc<Usage>,
 }
 
 /// A host directory the guest sees at `guest_path`.
@@ -217,7 +220,7 @@ fn new_store(
         hooks: PodHttp {
             pod: launch.pod_net.clone(),
         },
-        memory: MemoryLimit::new(launch.memory_limit),
+        memory: MemoryLimit::new(launch.memory_limit, Arc::clone(&launch.usage)),
         cpu: CpuAccount {
             resumed: Instant::now(),
             quota,
@@ -280,10 +283,13 @@ async fn run_to_exit(
     kill: &CancellationToken,
 ) -> Result<Exit, InstanceError> {
     let mut store = new_store(pre.engine(), launch, output, cpu_quota(launch))?;
-    let run = async {
-        let command = pre.instantiate_async(&mut store).await?;
-        command.wasi_cli_run().call_run(&mut store).await
-    };
+    let run = Metered::new(
+        async {
+            let command = pre.instantiate_async(&mut store).await?;
+            command.wasi_cli_run().call_run(&mut store).await
+        },
+        Arc::clone(&launch.usage),
+    );
     let result = tokio::select! {
         r = run => r,
         () = kill.cancelled() => return Ok(Exit::Killed),
@@ -530,23 +536,27 @@ async fn handle(
     let pre = pre.clone();
     let log_task = Arc::clone(log);
     // The guest may keep streaming the body after it has set the response, so it runs on.
-    let task = tokio::spawn(async move {
-        let result = match pre.instantiate_async(&mut store).await {
-            Ok(proxy) => {
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, req, out)
-                    .await
+    let usage = Arc::clone(&launch.usage);
+    let task = tokio::spawn(Metered::new(
+        async move {
+            let result = match pre.instantiate_async(&mut store).await {
+                Ok(proxy) => {
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, req, out)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                let exit = guest_failure(&e, store.data().memory.oom_killed());
+                if let Exit::Trapped(msg) | Exit::OomKilled(msg) = &exit {
+                    log_task.note(msg);
+                }
             }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            let exit = guest_failure(&e, store.data().memory.oom_killed());
-            if let Exit::Trapped(msg) | Exit::OomKilled(msg) = &exit {
-                log_task.note(msg);
-            }
-        }
-    });
+        },
+        usage,
+    ));
     match rx.await {
         Ok(Ok(resp)) => resp.map(|body| {
             body.map_err(|code| std::io::Error::other(format!("{code:?}")))

@@ -3,6 +3,7 @@
 //!
 //! Both are plain data so they can be tested without running wasm.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -15,11 +16,20 @@ const TABLE_ELEMENT_BYTES: usize = 16;
 ///
 /// Kubernetes' OOM killer ends the process rather than failing `malloc`, so exceeding the limit
 /// traps the instance at the growing instruction and marks it [`oom_killed`](Self::oom_killed).
-#[derive(Debug, Default)]
+/// What it holds is also counted in its container's [`Usage`](super::usage::Usage), until the
+/// instance is dropped.
+#[derive(Debug)]
 pub(crate) struct MemoryLimit {
     limit: Option<usize>,
     used: usize,
     oom_killed: bool,
+    usage: Arc<super::usage::Usage>,
+}
+
+impl Drop for MemoryLimit {
+    fn drop(&mut self) {
+        self.usage.release(self.used);
+    }
 }
 
 /// The trap raised when an instance exceeds its memory limit.
@@ -34,10 +44,12 @@ pub(crate) struct OutOfMemory {
 
 impl MemoryLimit {
     /// A budget of `limit` bytes (none: bounded only by the engine's per-memory maximum).
-    pub(crate) fn new(limit: Option<usize>) -> Self {
+    pub(crate) fn new(limit: Option<usize>, usage: Arc<super::usage::Usage>) -> Self {
         Self {
             limit,
-            ..Self::default()
+            used: 0,
+            oom_killed: false,
+            usage,
         }
     }
 
@@ -47,10 +59,7 @@ impl MemoryLimit {
     }
 
     /// Bytes currently held by memories and tables.
-    #[allow(
-        dead_code,
-        reason = "read by tests; the resource metrics will report it"
-    )]
+    #[cfg(test)]
     pub(crate) fn used(&self) -> usize {
         self.used
     }
@@ -64,6 +73,7 @@ impl MemoryLimit {
             return Err(OutOfMemory { limit, wanted }.into());
         }
         self.used = wanted;
+        self.usage.hold(extra);
         Ok(true)
     }
 }
@@ -180,21 +190,26 @@ impl CpuQuota {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::usage::Usage;
 
     #[test]
     fn memory_over_the_limit_is_an_oom_kill() {
-        let mut m = MemoryLimit::new(Some(4 << 20));
+        let usage = Usage::new();
+        let mut m = MemoryLimit::new(Some(4 << 20), Arc::clone(&usage));
         assert!(m.memory_growing(0, 1 << 20, None).expect("within"));
         assert!(m.memory_growing(1 << 20, 3 << 20, None).expect("within"));
         assert_eq!(m.used(), 3 << 20);
+        assert_eq!(usage.memory_bytes(), 3 << 20, "the container sees it");
         let err = m.memory_growing(3 << 20, 5 << 20, None).expect_err("over");
         assert!(err.downcast_ref::<OutOfMemory>().is_some());
         assert!(m.oom_killed());
+        drop(m);
+        assert_eq!(usage.memory_bytes(), 0, "a dropped instance holds nothing");
     }
 
     #[test]
     fn tables_count_against_the_same_budget() {
-        let mut m = MemoryLimit::new(Some(1 << 20));
+        let mut m = MemoryLimit::new(Some(1 << 20), Usage::new());
         assert!(m.memory_growing(0, 1 << 19, None).expect("within"));
         assert!(
             m.table_growing(0, 1 << 16, None).is_err(),
@@ -205,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_declared_maximum_fails_the_grow_without_killing() {
-        let mut m = MemoryLimit::new(None);
+        let mut m = MemoryLimit::new(None, Usage::new());
         assert!(
             !m.memory_growing(0, 2 << 20, Some(1 << 20))
                 .expect("refused, not trapped")

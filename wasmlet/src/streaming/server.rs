@@ -27,10 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::pod::PodRegistry;
+use crate::pod::stats::Stats;
 use crate::streaming::logs::{LogFile, LogOptions, parse_record, read_records, render};
 
 struct Shared {
     pods: Arc<PodRegistry>,
+    stats: Arc<Stats>,
 }
 
 /// Who called, from the connection's client certificate (none: anonymous).
@@ -58,6 +60,7 @@ pub(crate) async fn start(
     listen: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     pods: Arc<PodRegistry>,
+    stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -70,11 +73,13 @@ pub(crate) async fn start(
             get(container_logs),
         )
         .route("/exec/{namespace}/{pod}/{container}", get(exec))
+        .route("/stats/summary", get(summary))
+        .route("/metrics/resource", get(resource_metrics))
         .route(
             "/portForward/{namespace}/{pod}",
             axum::routing::any(port_forward),
         )
-        .with_state(Arc::new(Shared { pods }));
+        .with_state(Arc::new(Shared { pods, stats }));
     let task = tokio::spawn(async move {
         let tracker = TaskTracker::new();
         loop {
@@ -129,6 +134,44 @@ fn refusal(caller: &Caller, subresource: &str) -> Option<Response> {
                 p.name
             ),
         )),
+    }
+}
+
+/// `/stats/summary`: the node's and its pods' usage (JSON).
+async fn summary(
+    State(s): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Response {
+    if let Some(refused) = refusal(&caller, "stats") {
+        return refused;
+    }
+    let stats = Arc::clone(&s.stats);
+    match tokio::task::spawn_blocking(move || stats.summary()).await {
+        Ok(summary) => axum::Json(summary).into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `/metrics/resource`: the same usage as Prometheus text, with the kubelet's names.
+async fn resource_metrics(
+    State(s): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Response {
+    if let Some(refused) = refusal(&caller, "metrics") {
+        return refused;
+    }
+    let stats = Arc::clone(&s.stats);
+    match tokio::task::spawn_blocking(move || stats.resource_metrics()).await {
+        Ok(body) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

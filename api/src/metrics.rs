@@ -1,0 +1,250 @@
+//! Resource metrics: the resource metrics API (`metrics.k8s.io/v1beta1` NodeMetrics and
+//! PodMetrics, what `kubectl top` and the HorizontalPodAutoscaler read) and the node summary
+//! it is made from (the kubelet's `/stats/summary`, `stats/v1alpha1`, the fields the wasmlet
+//! fills).
+//!
+//! The metrics kinds implement `k8s_openapi::Resource`, so a kube `Api` reads them like any
+//! other kind.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta, Time};
+use serde::{Deserialize, Serialize};
+
+/// The API group and version.
+pub const GROUP_VERSION: &str = "metrics.k8s.io/v1beta1";
+
+/// The usage of a node (`kubectl top node`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeMetrics {
+    /// The node's name and labels.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The end of the window the usage was measured over.
+    pub timestamp: Option<Time>,
+    /// Its length (a duration such as `10s`).
+    #[serde(default)]
+    pub window: String,
+    /// `cpu` and `memory`.
+    #[serde(default)]
+    pub usage: BTreeMap<String, Quantity>,
+}
+
+/// The usage of a pod's containers (`kubectl top pod`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMetrics {
+    /// The pod's name, namespace and labels.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The end of the window the usage was measured over.
+    pub timestamp: Option<Time>,
+    /// Its length (a duration such as `10s`).
+    #[serde(default)]
+    pub window: String,
+    /// One entry per running container.
+    #[serde(default)]
+    pub containers: Vec<ContainerMetrics>,
+}
+
+/// One container's usage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerMetrics {
+    /// The container's name.
+    pub name: String,
+    /// `cpu` and `memory`.
+    #[serde(default)]
+    pub usage: BTreeMap<String, Quantity>,
+}
+
+macro_rules! metrics_kind {
+    ($ty:ident, $kind:literal, $list:literal, $plural:literal, $scope:ty) => {
+        impl k8s_openapi::Resource for $ty {
+            const API_VERSION: &'static str = GROUP_VERSION;
+            const GROUP: &'static str = "metrics.k8s.io";
+            const KIND: &'static str = $kind;
+            const VERSION: &'static str = "v1beta1";
+            const URL_PATH_SEGMENT: &'static str = $plural;
+            type Scope = $scope;
+        }
+
+        impl k8s_openapi::ListableResource for $ty {
+            const LIST_KIND: &'static str = $list;
+        }
+
+        impl k8s_openapi::Metadata for $ty {
+            type Ty = ObjectMeta;
+
+            fn metadata(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+
+            fn metadata_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+metrics_kind!(
+    NodeMetrics,
+    "NodeMetrics",
+    "NodeMetricsList",
+    "nodes",
+    k8s_openapi::ClusterResourceScope
+);
+metrics_kind!(
+    PodMetrics,
+    "PodMetrics",
+    "PodMetricsList",
+    "pods",
+    k8s_openapi::NamespaceResourceScope
+);
+
+/// A list of metrics objects as the API answers it.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsList<T> {
+    /// `NodeMetricsList` or `PodMetricsList`.
+    pub kind: &'static str,
+    /// [`GROUP_VERSION`].
+    pub api_version: &'static str,
+    /// Empty: metrics have no resource versions.
+    pub metadata: ListMeta,
+    /// The objects, each with its own `kind` and `apiVersion`.
+    pub items: Vec<T>,
+}
+
+/// CPU as the API shows it: nanocores (`250000000n`), as metrics-server writes it.
+pub fn cpu_quantity(nano_cores: u64) -> Quantity {
+    Quantity(format!("{nano_cores}n"))
+}
+
+/// Memory as the API shows it: kibibytes when whole (`1024Ki`), else bytes.
+pub fn memory_quantity(bytes: u64) -> Quantity {
+    if bytes.is_multiple_of(1024) {
+        Quantity(format!("{}Ki", bytes / 1024))
+    } else {
+        Quantity(bytes.to_string())
+    }
+}
+
+/// A node's summary (`GET /stats/summary` on the wasmlet's endpoint).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// The node as a whole (the machine).
+    pub node: NodeStats,
+    /// Every pod with a running container.
+    #[serde(default)]
+    pub pods: Vec<PodStats>,
+}
+
+/// The node's usage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStats {
+    /// The node's name.
+    pub node_name: String,
+    /// When the wasmlet started.
+    pub start_time: Option<Time>,
+    /// The machine's CPU.
+    pub cpu: Option<CpuStats>,
+    /// The machine's memory.
+    pub memory: Option<MemoryStats>,
+}
+
+/// A pod's usage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStats {
+    /// Which pod.
+    pub pod_ref: PodReference,
+    /// When the node started it.
+    pub start_time: Option<Time>,
+    /// Its running containers.
+    #[serde(default)]
+    pub containers: Vec<ContainerStats>,
+    /// The sum of its containers' CPU.
+    pub cpu: Option<CpuStats>,
+    /// The sum of its containers' memory.
+    pub memory: Option<MemoryStats>,
+}
+
+/// Names a pod.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PodReference {
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its uid.
+    pub uid: String,
+}
+
+/// A container's usage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStats {
+    /// The container's name.
+    pub name: String,
+    /// When this start of it began.
+    pub start_time: Option<Time>,
+    /// Its CPU.
+    pub cpu: Option<CpuStats>,
+    /// Its memory.
+    pub memory: Option<MemoryStats>,
+}
+
+/// CPU usage, as the kubelet reports it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuStats {
+    /// The end of the window `usageNanoCores` was measured over.
+    pub time: Option<Time>,
+    /// Billionths of a core used on average over the window.
+    pub usage_nano_cores: Option<u64>,
+    /// Cumulative CPU time, in nanoseconds.
+    pub usage_core_nano_seconds: Option<u64>,
+    /// The window's length in seconds (not in the kubelet's summary: its window is its
+    /// housekeeping interval; metrics.k8s.io reports it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<f64>,
+}
+
+/// Memory usage, as the kubelet reports it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryStats {
+    /// When it was read.
+    pub time: Option<Time>,
+    /// What is left (nodes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_bytes: Option<u64>,
+    /// All memory in use.
+    pub usage_bytes: Option<u64>,
+    /// What cannot be reclaimed (what limits and eviction act on; `kubectl top` shows it).
+    pub working_set_bytes: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_should_read_back_as_kubernetes_parses_them() {
+        assert_eq!(cpu_quantity(250_000_000).0, "250000000n");
+        assert_eq!(
+            crate::quantity::millicores(&cpu_quantity(250_000_000)),
+            Some(250)
+        );
+        assert_eq!(memory_quantity(3 << 20).0, "3072Ki");
+        assert_eq!(memory_quantity(1000).0, "1000");
+        assert_eq!(
+            crate::quantity::bytes(&memory_quantity(3 << 20)),
+            Some(3 << 20)
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! What a container uses, as the kubelet's cAdvisor measures a container: CPU time — the time
+//! its instances spend being polled, that is running wasm or the host calls it makes (time
+//! throttled by a CPU limit or waiting for I/O is not counted) — and memory, the linear
+//! memories and tables its live instances hold (what its memory limit is enforced on).
+//!
+//! A [`Usage`] lives as long as one start of a container (a restart begins a new one, as a
+//! new container ID does for the kubelet); the node's sampler turns its cumulative CPU time
+//! into a rate over a window ([`Usage::sample`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The usage of one start of a container, shared by all its instances (the command, each
+/// `wasi:http` request, exec sessions and exec probes).
+#[derive(Debug)]
+pub struct Usage {
+    started: SystemTime,
+    cpu_nanos: AtomicU64,
+    memory_bytes: AtomicU64,
+    /// The last window the sampler closed (none yet: the start).
+    last: Mutex<Rate>,
+}
+
+/// CPU usage over a window that ended at `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// When the window ended.
+    pub at: SystemTime,
+    /// Its length.
+    pub window: Duration,
+    /// Billionths of a core used on average over it.
+    pub nano_cores: u64,
+    /// Cumulative CPU time at its end, in nanoseconds.
+    pub cpu_nanos: u64,
+    end: Instant,
+}
+
+impl Rate {
+    /// The start of measuring: cumulative `cpu_nanos` at `now`.
+    pub(crate) fn start(cpu_nanos: u64, now: Instant, wall: SystemTime) -> Self {
+        Rate {
+            at: wall,
+            window: Duration::ZERO,
+            nano_cores: 0,
+            cpu_nanos,
+            end: now,
+        }
+    }
+
+    /// The window from this one's end to `now`, when `cpu_nanos` have been used in all.
+    pub(crate) fn next(&self, cpu_nanos: u64, now: Instant, wall: SystemTime) -> Rate {
+        rate_since(self, cpu_nanos, now, wall)
+    }
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Self::since(Instant::now())
+    }
+}
+
+impl Usage {
+    /// A container that starts now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// A container that started at `start`.
+    fn since(start: Instant) -> Self {
+        let started = SystemTime::now();
+        Self {
+            started,
+            cpu_nanos: AtomicU64::new(0),
+            memory_bytes: AtomicU64::new(0),
+            last: Mutex::new(Rate::start(0, start, started)),
+        }
+    }
+
+    /// When it started.
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    /// CPU time used so far, in nanoseconds.
+    pub fn cpu_nanos(&self) -> u64 {
+        self.cpu_nanos.load(Ordering::Relaxed)
+    }
+
+    /// Bytes its live instances hold now.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn charge(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.cpu_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub(crate) fn hold(&self, bytes: usize) {
+        self.memory_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn release(&self, bytes: usize) {
+        let _ = self
+            .memory_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some(held.saturating_sub(bytes as u64))
+            });
+    }
+
+    /// Closes the window at `now` (the sampler's tick): the rate since the previous tick, or
+    /// since the start for the first one.
+    pub fn sample(&self, now: Instant, wall: SystemTime) -> Rate {
+        let mut last = self.last.lock().expect("usage lock");
+        *last = last.next(self.cpu_nanos(), now, wall);
+        *last
+    }
+
+    /// The rate of the last window; before the first tick, the rate since the start.
+    pub fn rate(&self) -> Rate {
+        let last = *self.last.lock().expect("usage lock");
+        if last.window.is_zero() {
+            last.next(self.cpu_nanos(), Instant::now(), SystemTime::now())
+        } else {
+            last
+        }
+    }
+}
+
+fn rate_since(previous: &Rate, cpu: u64, now: Instant, wall: SystemTime) -> Rate {
+    let window = now.saturating_duration_since(previous.end);
+    let used = cpu.saturating_sub(previous.cpu_nanos);
+    let nano_cores = if window.is_zero() {
+        0
+    } else {
+        u64::try_from(u128::from(used) * 1_000_000_000 / window.as_nanos()).unwrap_or(u64::MAX)
+    };
+    Rate {
+        at: wall,
+        window,
+        nano_cores,
+        cpu_nanos: cpu,
+        end: now,
+    }
+}
+
+/// A future whose polls are charged to a container's CPU time.
+pub(crate) struct Metered<F> {
+    inner: Pin<Box<F>>,
+    usage: Arc<Usage>,
+}
+
+impl<F> Metered<F> {
+    pub(crate) fn new(inner: F, usage: Arc<Usage>) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            usage,
+        }
+    }
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let start = Instant::now();
+        let out = self.inner.as_mut().poll(cx);
+        self.usage.charge(start.elapsed());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_should_give_the_rate_of_its_own_cpu_time() {
+        let t0 = Instant::now();
+        let u = Usage::since(t0);
+        u.charge(Duration::from_millis(50));
+        let first = u.sample(t0 + Duration::from_millis(100), SystemTime::now());
+        assert_eq!(first.window, Duration::from_millis(100));
+        assert_eq!(first.nano_cores, 500_000_000, "half a core");
+        u.charge(Duration::from_millis(10));
+        let second = u.sample(t0 + Duration::from_millis(1100), SystemTime::now());
+        assert_eq!(second.window, Duration::from_secs(1));
+        assert_eq!(second.nano_cores, 10_000_000, "10 ms over 1 s");
+        assert_eq!(second.cpu_nanos, 60_000_000);
+        assert_eq!(u.rate(), second, "the last window until the next tick");
+    }
+
+    #[test]
+    fn memory_should_be_held_and_released() {
+        let u = Usage::new();
+        u.hold(1 << 20);
+        u.hold(1 << 16);
+        u.release(1 << 20);
+        assert_eq!(u.memory_bytes(), 1 << 16);
+        u.release(1 << 20);
+        assert_eq!(u.memory_bytes(), 0, "never below zero");
+    }
+
+    #[tokio::test]
+    async fn a_metered_future_should_charge_its_polls_not_its_waits() {
+        let u = Usage::new();
+        let spin = Metered::new(
+            async {
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_millis(20) {
+                    std::hint::spin_loop();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            },
+            Arc::clone(&u),
+        );
+        let t = Instant::now();
+        spin.await;
+        assert!(t.elapsed() >= Duration::from_millis(120));
+        let cpu = Duration::from_nanos(u.cpu_nanos());
+        assert!(cpu >= Duration::from_millis(20), "{cpu:?}");
+        assert!(
+            cpu < Duration::from_millis(90),
+            "the sleep is not charged: {cpu:?}"
+        );
+    }
+}
