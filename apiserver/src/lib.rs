@@ -31,6 +31,7 @@ mod discovery;
 pub mod encryption;
 pub mod error;
 mod fieldset;
+mod instrument;
 pub mod kinds;
 mod kubernetes_service;
 mod list;

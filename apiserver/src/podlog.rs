@@ -282,6 +282,57 @@ async fn fetch(host: &str, path: &str, kubelet: &KubeletTls) -> Result<Response,
         .expect("static headers are valid"))
 }
 
+/// `GET /api/v1/nodes/{name}/proxy/{path}`: the node endpoint's answer to `GET /{path}`
+/// (`kubectl get --raw /api/v1/nodes/N/proxy/metrics/resource`), streamed back.
+///
+/// # Errors
+/// 404 for an unknown node, 503 when it cannot be reached, the node's refusal otherwise.
+pub(crate) async fn node_proxy(
+    api: &Apiserver,
+    kubelet: &KubeletTls,
+    node_name: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let info = ResourceInfo::of::<Node>();
+    let node: Node = api
+        .store
+        .get(&info.key(None, node_name))
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the node: {e}")))?
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+        .ok_or_else(|| ApiError::not_found(&info, node_name))?;
+    let host = endpoint_of(&node).ok_or_else(|| {
+        ApiError::unavailable(format!("node {node_name} has no InternalIP address"))
+    })?;
+    let target = match query {
+        Some(q) if !q.is_empty() => format!("/{path}?{q}"),
+        _ => format!("/{path}"),
+    };
+    let resp = get_node(&host, &target, kubelet).await?;
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(header::HeaderValue::from_static("text/plain"));
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::new(resp.into_body()))
+        .expect("static headers are valid"))
+}
+
+/// `(node, path)` of a `nodes/{name}/proxy/{path}` request.
+pub(crate) fn node_proxy_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/api/v1/nodes/")?;
+    let (node, rest) = rest.split_once('/')?;
+    let tail = rest.strip_prefix("proxy")?;
+    if !tail.is_empty() && !tail.starts_with('/') {
+        return None;
+    }
+    (!node.is_empty()).then(|| (node, tail.trim_start_matches('/')))
+}
+
 /// `GET https://{host}{path}` on a node's endpoint; a non-success answer is an error.
 pub(crate) async fn get_node(
     host: &str,

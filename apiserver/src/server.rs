@@ -68,7 +68,29 @@ fn router(shared: Arc<Shared>) -> Router {
         ))
 }
 
-async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
+/// Serves one request and counts it (`apiserver_request_total`, durations, long-running).
+async fn handle(state: State<Arc<Shared>>, req: Request) -> Response {
+    let path = req.uri().path();
+    let query = req.uri().query();
+    let watch = is_watch(query);
+    let attrs = Attributes::of(req.method(), path, watch);
+    let follow = query
+        .unwrap_or_default()
+        .split('&')
+        .any(|kv| kv == "follow=true" || kv == "follow=1");
+    let long_running = watch
+        || (follow && attrs.subresource == "log")
+        || crate::podstream::stream_path(path).is_some();
+    let apply = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
+    let counted =
+        crate::instrument::InFlight::start(req.method(), path, &attrs, apply, long_running);
+    counted.finish(serve(state, req).await)
+}
+
+async fn serve(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let head = parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
         + parts
@@ -237,6 +259,11 @@ async fn route(
             }
         }
         (&Method::GET, "/version") => get(discovery::version()),
+        (&Method::GET, "/metrics") => {
+            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let (body, content_type) = wasmkube_client::metrics::negotiate(accept);
+            Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+        }
         (&Method::GET, "/.well-known/openid-configuration") => get(
             crate::serviceaccount::openid_configuration(&s.api.tokens, &s.server),
         ),
@@ -299,6 +326,13 @@ async fn route(
             let (g, v) = (it.next().unwrap_or_default(), it.next().unwrap_or_default());
             discovery::resource_list(&s.api.registry, g, v)
                 .map_or_else(|| Err(ApiError::no_route(path)), get)
+        }
+        (&Method::GET, p)
+            if crate::podlog::node_proxy_path(path).is_some()
+                && p.starts_with("/api/v1/nodes/") =>
+        {
+            let (node, rest) = crate::podlog::node_proxy_path(path).expect("checked by the guard");
+            crate::podlog::node_proxy(&s.api, &s.kubelet, node, rest, query).await
         }
         (&Method::GET, p) if pod_log_path(p).is_some() => {
             let (ns, name) = pod_log_path(p).expect("checked by the guard");
@@ -520,6 +554,7 @@ async fn open(
 /// # Errors
 /// When any of those fails.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
+    crate::instrument::init();
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir)?;
     let recorded = crate::cluster::member_id(dir);

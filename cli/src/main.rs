@@ -340,6 +340,29 @@ struct SchedulerArgs {
     percentage_of_nodes_to_score: Option<u32>,
     #[command(flatten)]
     election: LeaderElectArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+}
+
+/// Where a component running alone serves its Prometheus metrics.
+#[derive(Args)]
+struct MetricsArgs {
+    /// Serve `/metrics` (Prometheus text) and `/healthz` over plain HTTP here (none: not
+    /// served; `wasmkube up` serves every component's at the API server's `/metrics`).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+impl MetricsArgs {
+    async fn serve(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        if let Some(listen) = self.metrics_listen {
+            let (addr, _task) = wasmkube_client::metrics::serve(listen, shutdown.clone())
+                .await
+                .with_context(|| format!("serving metrics on {listen}"))?;
+            tracing::info!(%addr, "serving /metrics");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -353,6 +376,8 @@ struct DnsArgs {
     /// The cluster domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 #[derive(Args)]
@@ -371,6 +396,8 @@ struct ControllerArgs {
     /// kubeconfig's).
     #[arg(long)]
     root_ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 /// Leader election of the scheduler and the controller manager (their Kubernetes flags).
@@ -801,6 +828,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("wasmlet")?;
         }
         Command::Dns(args) => {
+            args.metrics.serve(&shutdown).await?;
             let config = wasmkube_dns::Config {
                 api: source(args.kubeconfig),
                 listen: args.listen,
@@ -811,6 +839,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("cluster DNS")?;
         }
         Command::Scheduler(args) => {
+            args.metrics.serve(&shutdown).await?;
             let config = wasmkube_sched::Config {
                 api: source(args.kubeconfig),
                 leader_election: args
@@ -824,6 +853,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("scheduler")?;
         }
         Command::ControllerManager(args) => {
+            args.metrics.serve(&shutdown).await?;
             let unknown: Vec<&String> = args
                 .controllers
                 .iter()

@@ -19,6 +19,7 @@
 mod failover;
 pub mod join;
 pub mod leader;
+pub mod metrics;
 mod source;
 pub mod tls;
 pub mod watch;

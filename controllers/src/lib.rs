@@ -51,6 +51,7 @@ pub mod expectations;
 pub mod gc;
 pub mod informers;
 pub mod job;
+mod metrics;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -154,6 +155,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 /// Runs every controller with an existing client until `shutdown`.
 pub async fn run_with_client(client: Client, config: &Config, shutdown: CancellationToken) {
     tracing::info!("controller manager started");
+    metrics::init();
     // Every controller subscribes before the shared watches start.
     let shared = informers::Informers::new(&client);
     let i = &*shared;
@@ -490,7 +492,12 @@ where
         Box::pin(async move {
             tracing::trace!(controller = name, "reconcile");
             let done = tokio::select! {
-                () = ready, if !shutdown.is_cancelled() => work.await,
+                () = ready, if !shutdown.is_cancelled() => {
+                    let counted = crate::metrics::Reconcile::start(name);
+                    let done = work.await;
+                    counted.end(done.is_ok());
+                    done
+                }
                 () = shutdown.cancelled() => Ok(Action::await_change()),
             };
             tracing::trace!(controller = name, "reconciled");

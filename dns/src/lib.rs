@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+mod metrics;
 pub mod zone;
 
 use std::net::{IpAddr, SocketAddr};
@@ -87,6 +88,10 @@ struct Handler {
     services: Arc<RwLock<ServiceIndex>>,
     pods: Arc<RwLock<PodIps>>,
     serial: Arc<AtomicU32>,
+    /// `dns://ADDR`, the metrics' `server` label.
+    server: String,
+    /// The cluster domain with its dot, the metrics' `zone` label.
+    zone_name: String,
 }
 
 #[async_trait::async_trait]
@@ -94,8 +99,30 @@ impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: hickory_server::net::runtime::Time>(
         &self,
         request: &Request,
-        mut response: R,
+        response: R,
     ) -> ResponseInfo {
+        let started = std::time::Instant::now();
+        let info = self.answer(request, response).await;
+        let qtype = match request.queries.queries() {
+            [q] => q.query_type().to_string(),
+            _ => "other".to_owned(),
+        };
+        metrics::answered(metrics::Answered {
+            server: &self.server,
+            zone: &self.zone_name,
+            proto: request.protocol().to_string().to_ascii_lowercase(),
+            ipv6: request.src().is_ipv6(),
+            qtype,
+            // CoreDNS's spelling: NOERROR, NXDOMAIN, SERVFAIL, REFUSED, FORMERR.
+            rcode: format!("{:?}", info.response_code).to_ascii_uppercase(),
+            took: started.elapsed(),
+        });
+        info
+    }
+}
+
+impl Handler {
+    async fn answer<R: ResponseHandler>(&self, request: &Request, mut response: R) -> ResponseInfo {
         let builder = MessageResponseBuilder::from_message_request(request);
         let mut meta = Metadata::response_from_request(&request.metadata);
         let query = match request.queries.queries() {
@@ -264,11 +291,14 @@ pub async fn start_with_client(
         bump,
         shutdown.clone(),
     );
+    metrics::init();
     let mut server = Server::new(Handler {
         zone,
         services,
         pods,
         serial,
+        server: format!("dns://{addr}"),
+        zone_name: format!("{}.", config.domain.trim_end_matches('.')),
     });
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(5), 4096);

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod algorithm;
 pub mod framework;
+mod metrics;
 pub mod plugins;
 pub mod queue;
 
@@ -144,7 +145,7 @@ struct Scheduler {
     equivalence: EquivalenceCache,
     next_start: usize,
     /// Bind results from the bind tasks; when full, a bind task waits (the loop drains it).
-    binds: mpsc::Sender<(PodInfo, String, Result<(), kube::Error>)>,
+    binds: mpsc::Sender<Bound>,
 }
 
 impl Scheduler {
@@ -212,11 +213,12 @@ impl Scheduler {
                 let (client, tx) = (self.client.clone(), self.binds.clone());
                 tokio::spawn(async move {
                     let result = bind(&client, &pod, &decision.node).await;
-                    let _ = tx.send((pod, decision.node, result)).await;
+                    let _ = tx.send((pod, decision.node, result, now)).await;
                 });
             }
             Err(fit) => {
                 self.queue.failed(&key, true, now);
+                metrics::attempt(&self.cfg.scheduler_name, "unschedulable", now.elapsed());
                 let message = fit.to_string();
                 tracing::debug!(pod = %key, %message, "unschedulable");
                 self.report_unschedulable(&pod, message);
@@ -227,8 +229,10 @@ impl Scheduler {
         }
     }
 
-    fn bound(&mut self, pod: PodInfo, node: String, result: Result<(), kube::Error>) {
+    fn bound(&mut self, (pod, node, result, started): Bound) {
         let key = pod.key();
+        let outcome = if result.is_ok() { "scheduled" } else { "error" };
+        metrics::attempt(&self.cfg.scheduler_name, outcome, started.elapsed());
         match result {
             Ok(()) => {
                 tracing::debug!(target: "podtrace", kind = "Pod", object = %key, stage = "bind answered");
@@ -367,12 +371,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
 /// Bind results waiting for the scheduling loop.
 const BINDS_IN_FLIGHT: usize = 1024;
 
+/// A binding's answer: the pod, its node, the result, and when its scheduling attempt began.
+type Bound = (PodInfo, String, Result<(), kube::Error>, Instant);
+
 /// Runs the scheduler with an existing client until `shutdown`.
 pub async fn run_with_client(cfg: Config, client: Client, shutdown: CancellationToken) {
     let reporter = Reporter {
         controller: cfg.scheduler_name.clone(),
         instance: Some(format!("{}-{}", cfg.scheduler_name, std::process::id())),
     };
+    metrics::init();
     let (tx, mut binds) = mpsc::channel(BINDS_IN_FLIGHT);
     let mut profile = Profile::default_profile();
     profile.percentage_of_nodes_to_score = cfg.percentage_of_nodes_to_score;
@@ -446,7 +454,7 @@ pub async fn run_with_client(cfg: Config, client: Client, shutdown: Cancellation
                 Some(Err(e)) => tracing::warn!(error = %e, "node watch failed; retrying"),
                 None => break,
             },
-            Some((pod, node, result)) = binds.recv() => s.bound(pod, node, result),
+            Some(bound) = binds.recv() => s.bound(bound),
             () = std::future::ready(()), if ready => s.schedule_one(),
             () = tokio::time::sleep_until(wakeup) => s.queue.flush(Instant::now()),
         }

@@ -32,6 +32,7 @@
 mod codec;
 mod command;
 mod log_store;
+pub mod metrics;
 pub mod network;
 mod read;
 mod state_machine;
@@ -584,9 +585,25 @@ impl Store {
     pub async fn write(&self, command: Command) -> Result<Outcome, Error> {
         self.unless_stopped()?;
         let key = command.key().map(str::to_owned);
+        let operation = match &command {
+            Command::Put {
+                precondition: Precondition::Absent,
+                ..
+            } => "create",
+            Command::Put { .. } => "update",
+            Command::Delete { .. } => "delete",
+            Command::Compact { .. } => "compact",
+        };
+        let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.write_timeout, self.write_through_leader(command))
             .await
-            .map_err(|_| Error::Timeout(self.write_timeout))?;
+            .map_err(|_| Error::Timeout(self.write_timeout));
+        metrics::observe(
+            operation,
+            key.as_deref().unwrap_or_default(),
+            started.elapsed(),
+        );
+        let result = result?;
         match self.why_failed(result)? {
             Outcome::Written { revision, value } => Ok(Outcome::Written {
                 revision,
@@ -976,8 +993,11 @@ impl Store {
     /// # Errors
     /// [`Error::Db`] on a storage failure.
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, Error> {
-        let key = key.to_string();
-        let mut kv = self.read(move |txn| Ok(read::get(txn, &key)?)).await?;
+        let started = std::time::Instant::now();
+        let owned = key.to_string();
+        let kv = self.read(move |txn| Ok(read::get(txn, &owned)?)).await;
+        metrics::observe("get", key, started.elapsed());
+        let mut kv = kv?;
         self.transform.open_all(kv.as_mut_slice())?;
         Ok(kv)
     }
@@ -995,10 +1015,11 @@ impl Store {
     /// # Errors
     /// [`Error::Compacted`] when `opts.revision` is older than the retained history.
     pub async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult, Error> {
-        let prefix = prefix.to_string();
-        let mut list = self
-            .read(move |txn| read::list(txn, &prefix, &opts))
-            .await?;
+        let started = std::time::Instant::now();
+        let owned = prefix.to_string();
+        let list = self.read(move |txn| read::list(txn, &owned, &opts)).await;
+        metrics::observe("list", prefix, started.elapsed());
+        let mut list = list?;
         self.transform.open_all(&mut list.items)?;
         Ok(list)
     }

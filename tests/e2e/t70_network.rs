@@ -563,7 +563,7 @@ async fn traffic_crosses_nodes_through_the_tunnel() -> Result<()> {
 // ---- cluster DNS ----------------------------------------------------------------------------
 
 /// A resolver that asks only the cluster DNS, without caching.
-fn dns_client(server: SocketAddr) -> Result<hickory_resolver::TokioResolver> {
+pub(crate) fn dns_client(server: SocketAddr) -> Result<hickory_resolver::TokioResolver> {
     use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
     let mut ns = NameServerConfig::udp_and_tcp(server.ip());
     for c in &mut ns.connections {

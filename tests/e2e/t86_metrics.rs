@@ -235,3 +235,158 @@ async fn resource_metrics_should_show_what_pods_use_through_the_api_and_kubectl_
     }
     cluster.stop().await
 }
+
+/// The samples of a `/metrics` answer, parsed as Prometheus text.
+fn parse_metrics(text: &str) -> Result<prometheus_parse::Scrape> {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    Ok(prometheus_parse::Scrape::parse(lines)?)
+}
+
+fn names(scrape: &prometheus_parse::Scrape) -> std::collections::BTreeSet<&str> {
+    scrape.samples.iter().map(|s| s.metric.as_str()).collect()
+}
+
+async fn get_text(cluster: &Cluster, path: &str) -> Result<String> {
+    let (code, body) = wasmkube_tests::raw(&cluster.client, "GET", path, "", "*/*", b"").await?;
+    ensure!(code == 200, "GET {path}: {code} {body}");
+    Ok(body
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| body.to_string()))
+}
+
+#[tokio::test]
+async fn every_component_should_expose_prometheus_metrics_with_kubernetes_names() -> Result<()> {
+    let cluster = Cluster::start_with_control_plane().await?;
+    let node = cluster.start_node("n1").await?;
+    let (dns, _dns) = cluster.start_dns().await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+
+    // A Deployment: the controllers make its pod, the scheduler binds it, the wasmlet runs it.
+    let deploys: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(c.clone(), "default");
+    deploys
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "web"},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "app", "image": image, "args": ["forever"]}]}}}
+            }))?,
+        )
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let running = wait_for("the deployment's pod running", SLOW, || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .ok()?;
+        list.items.into_iter().find(|p| phase(p) == "Running")
+    })
+    .await?;
+    let pod_name = running.metadata.name.clone().unwrap_or_default();
+    let resolver = crate::t70_network::dns_client(dns)?;
+    let _ = resolver
+        .lookup_ip("kubernetes.default.svc.cluster.local.")
+        .await?;
+
+    // The API server's /metrics: in one process, every component's families.
+    let text = get_text(&cluster, "/metrics").await?;
+    let scrape = parse_metrics(&text)?;
+    let found = names(&scrape);
+    for name in [
+        "apiserver_request_total",
+        "apiserver_request_duration_seconds",
+        "apiserver_longrunning_requests",
+        "etcd_request_duration_seconds",
+        "scheduler_schedule_attempts_total",
+        "scheduler_scheduling_attempt_duration_seconds",
+        "workqueue_work_duration_seconds",
+        "controller_runtime_reconcile_total",
+        "kubelet_pod_start_duration_seconds",
+        "kubelet_running_pods",
+        "wasmkube_instantiations_total",
+        "coredns_dns_requests_total",
+        "coredns_dns_responses_total",
+    ] {
+        ensure!(
+            found.contains(name),
+            "{name} missing from /metrics: {found:?}"
+        );
+    }
+    let started = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "kubelet_pod_start_duration_seconds")
+        .map(|s| &s.value);
+    ensure!(
+        matches!(started, Some(prometheus_parse::Value::Histogram(b)) if b.iter().any(|b| b.count >= 1.0)),
+        "the pod's start is in the histogram: {started:?}"
+    );
+    let scheduled = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "scheduler_schedule_attempts_total"
+                && s.labels.get("result") == Some("scheduled")
+        })
+        .map(|s| &s.value);
+    ensure!(
+        matches!(scheduled, Some(prometheus_parse::Value::Counter(n)) if *n >= 1.0),
+        "the scheduler counted its binding: {scheduled:?}"
+    );
+    let created = scrape.samples.iter().any(|s| {
+        s.metric == "apiserver_request_total"
+            && s.labels.get("verb") == Some("POST")
+            && s.labels.get("resource") == Some("deployments")
+            && s.labels.get("code") == Some("201")
+    });
+    ensure!(created, "the Deployment's create is counted:\n{text}");
+    let noerror = scrape.samples.iter().any(|s| {
+        s.metric == "coredns_dns_responses_total" && s.labels.get("rcode") == Some("NOERROR")
+    });
+    ensure!(noerror, "the DNS answer is counted");
+
+    // The wasmlet's own endpoints, through the API server's node proxy, as kubectl reads them.
+    let node_metrics = get_text(
+        &cluster,
+        &format!("/api/v1/nodes/{}/proxy/metrics", node.name),
+    )
+    .await?;
+    ensure!(names(&parse_metrics(&node_metrics)?).contains("kubelet_running_pods"));
+    let resource = get_text(
+        &cluster,
+        &format!("/api/v1/nodes/{}/proxy/metrics/resource", node.name),
+    )
+    .await?;
+    let resource = parse_metrics(&resource)?;
+    ensure!(
+        resource
+            .samples
+            .iter()
+            .any(|s| s.metric == "container_cpu_usage_seconds_total"
+                && s.labels.get("pod") == Some(pod_name.as_str())),
+        "{pod_name}'s CPU at /metrics/resource"
+    );
+    match wasmkube_tests::kubectl() {
+        None => eprintln!("SKIPPED: kubectl is not installed; kubectl get --raw not exercised"),
+        Some(kubectl) => {
+            let out = tokio::process::Command::new(&kubectl)
+                .arg("--kubeconfig")
+                .arg(&cluster.kubeconfig)
+                .args(["get", "--raw", "/metrics"])
+                .output()
+                .await?;
+            ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            ensure!(names(&parse_metrics(&text)?).contains("apiserver_request_total"));
+        }
+    }
+    cluster.stop().await
+}

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod identity;
+mod metrics;
 mod net;
 mod node;
 mod pod;
@@ -208,6 +209,7 @@ fn raise_open_files_limit() {
 /// [`Error`] when it cannot start; once running it retries API failures instead.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     raise_open_files_limit();
+    metrics::init();
     let conn = wasmkube_client::connect(&config.api).await?;
     std::fs::create_dir_all(&config.data_dir)?;
     let (credentials, conn) = identity::ensure(&config.data_dir, &config.node_name, conn).await?;

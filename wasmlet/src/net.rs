@@ -293,6 +293,9 @@ impl NodeNet {
     pub fn route(&self, from: Option<Ipv4Addr>, dest: SocketAddrV4) -> Result<Route, Refused> {
         let target = self.resolve_service(from, dest)?;
         self.routed.fetch_add(1, Ordering::Relaxed);
+        if target.is_some() && from.is_some() {
+            crate::metrics::connection("service");
+        }
         let (endpoint, api) = target.unwrap_or((dest, false));
         if let Some(src) = from {
             self.admit(src, endpoint)?;
@@ -320,6 +323,7 @@ impl NodeNet {
             Ok(())
         } else {
             self.refused_by_policy.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::refused();
             Err(Refused::Refused)
         }
     }
@@ -628,6 +632,7 @@ pub(crate) async fn forward<F>(
             IpAddr::V6(_) => net.node_ip,
         };
         let (net, target) = (Arc::clone(&net), Arc::clone(&target));
+        crate::metrics::connection("node_port");
         tokio::spawn(async move {
             let _ = conn.set_nodelay(true);
             let dest = match target(&net, client) {

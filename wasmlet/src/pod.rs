@@ -5,7 +5,7 @@
 
 pub(crate) mod events;
 pub(crate) mod probe;
-mod registry;
+pub(crate) mod registry;
 pub(crate) mod spec;
 pub(crate) mod stats;
 pub(crate) mod status;
@@ -41,7 +41,7 @@ use crate::pod::worker::{
     Backoff, Effect, ImageFailure, PodEvent, PodWorker, Probes, RestartPolicy, Stage,
 };
 use crate::runtime::images::Images;
-use crate::runtime::instance::Launch;
+use crate::runtime::instance::{Exit, Launch};
 use crate::runtime::usage::Usage;
 use crate::runtime::{Prepared, Runtime};
 use crate::streaming::logs::{LogFile, Rotation};
@@ -104,6 +104,8 @@ async fn start_failed(tx: &mpsc::Sender<Internal>, container: usize, message: St
 /// Runs the pod until it has been removed from the API (or vanished from it). `updates`
 /// carries the latest pod object; `None` means the pod is gone from the API.
 pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>>>) {
+    // For kubelet_pod_start_duration_seconds: from here to the first Running.
+    let seen = std::time::Instant::now();
     let Some(mut pod) = updates.borrow_and_update().clone() else {
         return;
     };
@@ -251,6 +253,7 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
         pending.push_back(PodEvent::Begin);
     }
     let mut last_status: Option<PodStatus> = None;
+    let mut start_counted = false;
 
     loop {
         while let Some(event) = pending.pop_front() {
@@ -390,6 +393,10 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                 Timestamp::now(),
             );
             if last_status.as_ref() != Some(&status) {
+                if !start_counted && status.phase.as_deref() == Some("Running") {
+                    start_counted = true;
+                    crate::metrics::pod_started(seen.elapsed());
+                }
                 last_status = Some(status.clone());
                 let _ = status_tx.send(Some(status));
             }
@@ -419,6 +426,9 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                 Internal::Event(e) => {
                     if let PodEvent::Started { .. } = &e {
                         tracing::debug!(target: "podtrace", kind = "Pod", object = %format_args!("{ns}/{name}"), stage = "instance started");
+                    }
+                    if let PodEvent::Exited { container, exit: Exit::OomKilled(_), .. } = &e {
+                        crate::metrics::oom_killed(&ns, &name, &containers[*container].name);
                     }
                     if let PodEvent::Exited { container, .. } | PodEvent::StartFailed { container, .. } = &e {
                         kills[*container] = None;

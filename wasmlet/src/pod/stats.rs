@@ -51,6 +51,11 @@ fn machine_cpu_nanos() -> u64 {
     busy.saturating_mul(1_000_000_000 / USER_HZ)
 }
 
+fn count_running(pods: &[crate::pod::registry::PodUsage]) {
+    let containers = pods.iter().map(|p| p.containers.len()).sum();
+    crate::metrics::running(pods.len(), containers);
+}
+
 fn time(t: SystemTime) -> Option<Time> {
     jiff::Timestamp::try_from(t).ok().map(Time)
 }
@@ -92,11 +97,18 @@ impl Stats {
             let mut machine = self.machine.lock().expect("machine rate lock");
             *machine = machine.next(machine_cpu_nanos(), now, wall);
         }
-        for pod in self.pods.usage() {
+        let pods = self.pods.usage();
+        for pod in &pods {
             for (_, usage) in &pod.containers {
                 usage.sample(now, wall);
             }
         }
+        count_running(&pods);
+    }
+
+    /// Sets the running pods and containers gauges.
+    pub(crate) fn count_running(&self) {
+        count_running(&self.pods.usage());
     }
 
     /// Samples every `window` until `shutdown`.

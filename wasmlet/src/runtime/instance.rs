@@ -286,6 +286,7 @@ async fn run_to_exit(
     let run = Metered::new(
         async {
             let command = pre.instantiate_async(&mut store).await?;
+            crate::metrics::instantiated("command");
             command.wasi_cli_run().call_run(&mut store).await
         },
         Arc::clone(&launch.usage),
@@ -541,6 +542,7 @@ async fn handle(
         async move {
             let result = match pre.instantiate_async(&mut store).await {
                 Ok(proxy) => {
+                    crate::metrics::instantiated("http");
                     proxy
                         .wasi_http_incoming_handler()
                         .call_handle(&mut store, req, out)

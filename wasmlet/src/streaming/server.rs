@@ -74,6 +74,7 @@ pub(crate) async fn start(
         )
         .route("/exec/{namespace}/{pod}/{container}", get(exec))
         .route("/stats/summary", get(summary))
+        .route("/metrics", get(metrics))
         .route("/metrics/resource", get(resource_metrics))
         .route(
             "/portForward/{namespace}/{pod}",
@@ -148,6 +149,34 @@ async fn summary(
     let stats = Arc::clone(&s.stats);
     match tokio::task::spawn_blocking(move || stats.summary()).await {
         Ok(summary) => axum::Json(summary).into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `/metrics`: the process's Prometheus metrics (the wasmlet's, and in `wasmkube up` every
+/// component's).
+async fn metrics(
+    State(s): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(refused) = refusal(&caller, "metrics") {
+        return refused;
+    }
+    let stats = Arc::clone(&s.stats);
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let encoded = tokio::task::spawn_blocking(move || {
+        stats.count_running();
+        wasmkube_client::metrics::negotiate(accept.as_deref())
+    })
+    .await;
+    match encoded {
+        Ok((body, content_type)) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
