@@ -1,6 +1,7 @@
 //! The built-in kinds, one strategy each, grouped by API group.
 
 mod apps;
+mod autoscaling;
 mod batch;
 mod config;
 mod core;
@@ -19,6 +20,7 @@ pub fn builtin() -> Registry {
     let r = Registry::default();
     core::register(&r);
     apps::register(&r);
+    autoscaling::register(&r);
     batch::register(&r);
     misc::register(&r);
     networking::register(&r);

@@ -463,9 +463,12 @@ fn random_identity() -> String {
     format!("{}_{:x}{nanos:x}", host_name(), std::process::id())
 }
 
-/// The node lifecycle controller's timers (kube-controller-manager's flags).
+/// The node lifecycle and autoscaling controllers' timers (kube-controller-manager's flags).
 #[derive(Args)]
 struct NodeTimerArgs {
+    /// Seconds between evaluations of each HorizontalPodAutoscaler.
+    #[arg(long, default_value_t = 15)]
+    horizontal_pod_autoscaler_sync_period: u64,
     /// Seconds a node may be silent before it is marked Unknown.
     #[arg(long, default_value_t = 40)]
     node_monitor_grace_period: u64,
@@ -478,6 +481,12 @@ struct NodeTimerArgs {
 }
 
 impl NodeTimerArgs {
+    fn hpa_sync_period(&self) -> Option<Duration> {
+        Some(Duration::from_secs(
+            self.horizontal_pod_autoscaler_sync_period.max(1),
+        ))
+    }
+
     fn timers(&self) -> wasmkube_controllers::nodelifecycle::Timers {
         wasmkube_controllers::nodelifecycle::Timers {
             grace_period: Duration::from_secs(self.node_monitor_grace_period.max(1)),
@@ -716,6 +725,7 @@ async fn main() -> anyhow::Result<()> {
                     wasmkube_controllers::Config {
                         api: as_user(&running.components.controller_manager),
                         node_timers: args.timers.timers(),
+                        hpa_sync_period: args.timers.hpa_sync_period(),
                         leader_election: args
                             .election
                             .election("kube-controller-manager", identity.clone())?,
@@ -883,6 +893,7 @@ async fn main() -> anyhow::Result<()> {
                     .election("kube-controller-manager", random_identity())?,
                 controllers: args.controllers,
                 root_ca,
+                hpa_sync_period: args.timers.hpa_sync_period(),
             };
             wasmkube_controllers::run(config, shutdown)
                 .await

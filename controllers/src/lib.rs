@@ -49,6 +49,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
 pub mod gc;
+pub mod hpa;
 pub mod informers;
 pub mod job;
 mod metrics;
@@ -76,6 +77,9 @@ pub struct Config {
     /// The cluster CA (PEM) the `root-ca-cert-publisher` puts in every namespace
     /// (`--root-ca-file`); none: the CA of the kubeconfig [`Config::api`] names.
     pub root_ca: Option<String>,
+    /// How often each HorizontalPodAutoscaler is evaluated
+    /// (`--horizontal-pod-autoscaler-sync-period`); none: [`hpa::SYNC_PERIOD`], 15 s.
+    pub hpa_sync_period: Option<Duration>,
 }
 
 impl Config {
@@ -118,6 +122,7 @@ pub const CONTROLLERS: &[&str] = &[
     "serviceaccount",
     "serviceaccount-token",
     "root-ca-cert-publisher",
+    "horizontalpodautoscaling",
 ];
 
 /// Why it could not run: the API servers cannot be reached (no configuration).
@@ -259,6 +264,15 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
         on(
             "endpoint",
             Box::pin(endpoints::run(client.clone(), i, shutdown.clone()))
+        ),
+        on(
+            "horizontalpodautoscaling",
+            Box::pin(hpa::run(
+                client.clone(),
+                i.pods.store(),
+                config.hpa_sync_period.unwrap_or(hpa::SYNC_PERIOD),
+                shutdown.clone()
+            ))
         ),
         on(
             "namespace",

@@ -36,3 +36,4 @@ mod t83_authz_matrix;
 mod t84_pod_identity;
 mod t85_network_policy;
 mod t86_metrics;
+mod t87_autoscaling;

@@ -1,0 +1,1141 @@
+//! The HorizontalPodAutoscaler controller (kube-controller-manager's
+//! `horizontalpodautoscaling`), autoscaling/v2: every sync period each autoscaler reads its
+//! target's `scale` subresource and its pods' resource metrics (`metrics.k8s.io`), computes
+//! the replicas each metric asks for with the upstream algorithm (tolerance 0.1; pods without
+//! metrics counted at 100% when scaling down and 0% when scaling up; CPU of unready or
+//! initializing pods counted at 0% when scaling up; no change that reverses direction),
+//! takes the largest, applies `behavior` (stabilization windows over past recommendations,
+//! rate policies over past scale events, `selectPolicy`), clamps to min/max, rescales
+//! through the `scale` subresource and writes the status with its conditions (`AbleToScale`,
+//! `ScalingActive`, `ScalingLimited`) and events (`SuccessfulRescale`, `FailedGetResourceMetric`,
+//! ...). Pods, Object and External metrics need a custom or external metrics API, which is
+//! not served yet: they report `FailedGet...Metric` and never scale down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::autoscaling::v2::{
+    HPAScalingRules, HorizontalPodAutoscaler as Hpa, HorizontalPodAutoscalerCondition,
+    HorizontalPodAutoscalerStatus, MetricSpec, MetricStatus, MetricValueStatus,
+};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource as _, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use wasmkube_api::metrics::PodMetrics;
+use wasmkube_api::quantity::{bytes, millicores};
+
+/// `--horizontal-pod-autoscaler-tolerance`.
+const TOLERANCE: f64 = 0.1;
+/// `--horizontal-pod-autoscaler-cpu-initialization-period`.
+const CPU_INITIALIZATION: Duration = Duration::from_secs(300);
+/// `--horizontal-pod-autoscaler-initial-readiness-delay`.
+const INITIAL_READINESS_DELAY: Duration = Duration::from_secs(30);
+/// kube-controller-manager's `--horizontal-pod-autoscaler-sync-period`.
+pub const SYNC_PERIOD: Duration = Duration::from_secs(15);
+
+/// What the controller keeps between syncs, per autoscaler (as upstream keeps it in memory).
+#[derive(Default)]
+struct Memory {
+    /// (when, replicas) recommendations, for the stabilization windows.
+    recommendations: Vec<(jiff::Timestamp, i32)>,
+    /// (when, change) scale-ups and scale-downs, for the rate policies.
+    ups: Vec<(jiff::Timestamp, i32)>,
+    downs: Vec<(jiff::Timestamp, i32)>,
+}
+
+/// The controller's context.
+pub struct Ctx {
+    client: Client,
+    pods: Store<Pod>,
+    recorder: Recorder,
+    sync_period: Duration,
+    memory: Mutex<HashMap<String, Memory>>,
+}
+
+/// Runs the controller until `shutdown`.
+pub(crate) async fn run(
+    client: Client,
+    pods: Store<Pod>,
+    sync_period: Duration,
+    shutdown: CancellationToken,
+) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "horizontal-pod-autoscaler".into(),
+            instance: None,
+        },
+    );
+    let ready = crate::ready(&pods);
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        pods,
+        recorder,
+        sync_period,
+        memory: Mutex::default(),
+    });
+    let controller = Controller::new(Api::<Hpa>::all(client), watcher::Config::default());
+    crate::drive(
+        controller,
+        "horizontalpodautoscaling",
+        ready,
+        reconcile,
+        ctx,
+        shutdown,
+    )
+    .await;
+}
+
+/// Why one metric gave no recommendation: the condition reason and message.
+struct MetricFailure {
+    reason: &'static str,
+    message: String,
+}
+
+/// One metric's recommendation and what it measured.
+struct Recommendation {
+    replicas: i32,
+    status: MetricStatus,
+    /// How `SuccessfulRescale` names it (`cpu resource utilization (percentage of request)`).
+    describe: String,
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+) -> HorizontalPodAutoscalerCondition {
+    HorizontalPodAutoscalerCondition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: Some(reason.into()),
+        message: Some(message),
+        last_transition_time: Some(Time(jiff::Timestamp::now())),
+    }
+}
+
+/// Sets `c` in `conditions`, keeping the transition time when the status did not change.
+fn set_condition(
+    conditions: &mut Vec<HorizontalPodAutoscalerCondition>,
+    mut c: HorizontalPodAutoscalerCondition,
+) {
+    if let Some(old) = conditions.iter_mut().find(|o| o.type_ == c.type_) {
+        if old.status == c.status {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+        *old = c;
+    } else {
+        conditions.push(c);
+    }
+}
+
+/// Reconciles one autoscaler.
+///
+/// # Errors
+/// API failures (retried).
+pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
+    let ns = hpa.namespace().unwrap_or_default();
+    let name = hpa.name_any();
+    let key = format!("{ns}/{name}");
+    let spec = hpa.spec.clone().unwrap_or_default();
+    let hpas: Api<Hpa> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut status = hpa.status.clone().unwrap_or_default();
+    let mut conditions = status.conditions.clone().unwrap_or_default();
+    let target = &spec.scale_target_ref;
+    let reference = format!("{}/{}", target.kind, target.name);
+
+    // The target's scale subresource.
+    let scale = match scale_of(&ctx.client, &ns, target).await {
+        Ok(s) => s,
+        Err(e) => {
+            let message =
+                format!("the HPA controller was unable to get the target's current scale: {e}");
+            set_condition(
+                &mut conditions,
+                condition("AbleToScale", false, "FailedGetScale", message.clone()),
+            );
+            ctx.event(&hpa, EventType::Warning, "FailedGetScale", &message)
+                .await;
+            status.conditions = Some(conditions);
+            write_status(&hpas, &hpa, status).await?;
+            return Ok(Action::requeue(ctx.sync_period));
+        }
+    };
+    let current = scale.spec_replicas;
+    let min = spec.min_replicas.unwrap_or(1);
+    let max = spec.max_replicas;
+    status.current_replicas = Some(scale.status_replicas);
+
+    let mut desired;
+    let mut metric_statuses = Vec::new();
+    let mut rescale_reason = String::new();
+    if current == 0 && min != 0 {
+        // Scaling is turned off by scaling the target to zero.
+        desired = 0;
+        set_condition(
+            &mut conditions,
+            condition(
+                "ScalingActive",
+                false,
+                "ScalingDisabled",
+                "scaling is disabled since the replica count of the target is zero".into(),
+            ),
+        );
+    } else {
+        let pods = ctx.pods_of(&ns, &scale.selector);
+        let pod_metrics = ctx.pod_metrics(&ns, &scale.selector).await;
+        let mut best: Option<Recommendation> = None;
+        let mut failures = Vec::new();
+        for m in spec.metrics.iter().flatten() {
+            match recommend(m, current, &pods, pod_metrics.as_ref()) {
+                Ok(r) => {
+                    metric_statuses.push(r.status.clone());
+                    if best.as_ref().is_none_or(|b| r.replicas > b.replicas) {
+                        best = Some(r);
+                    }
+                }
+                Err(f) => failures.push(f),
+            }
+        }
+        for f in &failures {
+            ctx.event(&hpa, EventType::Warning, f.reason, &f.message)
+                .await;
+        }
+        match best {
+            None => {
+                let (reason, message) = failures
+                    .first()
+                    .map(|f| (f.reason, f.message.clone()))
+                    .unwrap_or((
+                        "FailedComputeMetricsReplicas",
+                        "no metrics to scale on".into(),
+                    ));
+                set_condition(
+                    &mut conditions,
+                    condition(
+                        "ScalingActive",
+                        false,
+                        reason,
+                        format!("the HPA was unable to compute the replica count: {message}"),
+                    ),
+                );
+                status.conditions = Some(conditions);
+                status.current_metrics = None;
+                write_status(&hpas, &hpa, status).await?;
+                return Ok(Action::requeue(ctx.sync_period));
+            }
+            Some(r) => {
+                desired = r.replicas;
+                // A metric that could not be read might want more: never scale down then.
+                if !failures.is_empty() && desired < current {
+                    desired = current;
+                }
+                rescale_reason = if desired > current {
+                    format!("{} above target", r.describe)
+                } else {
+                    "All metrics below target".into()
+                };
+                set_condition(
+                    &mut conditions,
+                    condition(
+                        "ScalingActive",
+                        true,
+                        "ValidMetricFound",
+                        format!(
+                            "the HPA was able to successfully calculate a replica count from {}",
+                            r.describe
+                        ),
+                    ),
+                );
+            }
+        }
+        // Behavior: stabilization, then rate limits and min/max.
+        let now = jiff::Timestamp::now();
+        let behavior = spec.behavior.clone().unwrap_or_default();
+        let up = behavior.scale_up.unwrap_or_default();
+        let down = behavior.scale_down.unwrap_or_default();
+        let normalized = {
+            let mut memory = ctx.memory.lock().expect("hpa memory lock");
+            let mem = memory.entry(key.clone()).or_default();
+            let (stabilized, held) = stabilize(mem, now, desired, current, &up, &down);
+            if held {
+                set_condition(
+                    &mut conditions,
+                    condition(
+                        "AbleToScale",
+                        true,
+                        "ScaleDownStabilized",
+                        "recent recommendations were higher than current one, applying the highest recent recommendation".into(),
+                    ),
+                );
+            }
+            let (limited, why) = limit(mem, now, stabilized, current, min, max, &up, &down);
+            let c = match why {
+                Some((reason, message)) => {
+                    condition("ScalingLimited", true, reason, message.into())
+                }
+                None => condition(
+                    "ScalingLimited",
+                    false,
+                    "DesiredWithinRange",
+                    "the desired count is within the acceptable range".into(),
+                ),
+            };
+            set_condition(&mut conditions, c);
+            limited
+        };
+        desired = normalized;
+    }
+
+    status.desired_replicas = desired;
+    status.current_metrics = (!metric_statuses.is_empty()).then_some(metric_statuses);
+    status.observed_generation = hpa.metadata.generation;
+    if desired != current {
+        match set_scale(&ctx.client, &ns, target, desired).await {
+            Ok(()) => {
+                let now = jiff::Timestamp::now();
+                {
+                    let mut memory = ctx.memory.lock().expect("hpa memory lock");
+                    let mem = memory.entry(key.clone()).or_default();
+                    let change = desired - current;
+                    if change > 0 {
+                        mem.ups.push((now, change));
+                    } else {
+                        mem.downs.push((now, -change));
+                    }
+                }
+                status.last_scale_time = Some(Time(now));
+                let message = format!("New size: {desired}; reason: {rescale_reason}");
+                ctx.event(&hpa, EventType::Normal, "SuccessfulRescale", &message)
+                    .await;
+                tracing::info!(hpa = %key, target = %reference, from = current, to = desired, "rescaled");
+                set_condition(
+                    &mut conditions,
+                    condition(
+                        "AbleToScale",
+                        true,
+                        "SucceededRescale",
+                        format!(
+                            "the HPA controller was able to update the target scale to {desired}"
+                        ),
+                    ),
+                );
+            }
+            Err(e) => {
+                let message = format!("failed to rescale {reference}: {e}");
+                ctx.event(&hpa, EventType::Warning, "FailedRescale", &message)
+                    .await;
+                set_condition(
+                    &mut conditions,
+                    condition(
+                        "AbleToScale",
+                        false,
+                        "FailedUpdateScale",
+                        format!("the HPA controller was unable to update the target scale: {e}"),
+                    ),
+                );
+            }
+        }
+    } else if !conditions
+        .iter()
+        .any(|c| c.type_ == "AbleToScale" && c.reason.as_deref() == Some("ScaleDownStabilized"))
+    {
+        set_condition(
+            &mut conditions,
+            condition(
+                "AbleToScale",
+                true,
+                "ReadyForNewScale",
+                "recommended size matches current size".into(),
+            ),
+        );
+    }
+    conditions.sort_by_key(|c| match c.type_.as_str() {
+        "AbleToScale" => 0,
+        "ScalingActive" => 1,
+        _ => 2,
+    });
+    status.conditions = Some(conditions);
+    write_status(&hpas, &hpa, status).await?;
+    Ok(Action::requeue(ctx.sync_period))
+}
+
+impl Ctx {
+    async fn event(&self, hpa: &Hpa, type_: EventType, reason: &str, note: &str) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.into()),
+            action: "Scaling".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &hpa.object_ref(&())).await {
+            tracing::debug!(error = %e, "cannot record an event");
+        }
+    }
+
+    fn pods_of(&self, ns: &str, selector: &str) -> Vec<Arc<Pod>> {
+        let Ok(selector) = selector.parse::<wasmkube_api::selector::LabelSelector>() else {
+            return Vec::new();
+        };
+        let empty = BTreeMap::new();
+        self.pods
+            .state()
+            .into_iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+            .filter(|p| selector.matches(p.metadata.labels.as_ref().unwrap_or(&empty)))
+            .collect()
+    }
+
+    async fn pod_metrics(&self, ns: &str, selector: &str) -> Result<Vec<PodMetrics>, String> {
+        let api: Api<PodMetrics> = Api::namespaced(self.client.clone(), ns);
+        api.list(&ListParams::default().labels(selector))
+            .await
+            .map(|l| l.items)
+            .map_err(|e| e.to_string())
+    }
+}
+
+async fn write_status(
+    hpas: &Api<Hpa>,
+    hpa: &Hpa,
+    status: HorizontalPodAutoscalerStatus,
+) -> Result<(), kube::Error> {
+    let mut compare = status.clone();
+    let old = hpa.status.clone().unwrap_or_default();
+    // Transition times aside, nothing changed: no write.
+    if let (Some(new), Some(was)) = (compare.conditions.as_mut(), old.conditions.as_ref()) {
+        for c in new.iter_mut() {
+            if let Some(o) = was.iter().find(|o| o.type_ == c.type_) {
+                c.last_transition_time = o.last_transition_time.clone();
+            }
+        }
+    }
+    if compare == old {
+        return Ok(());
+    }
+    hpas.patch_status(
+        &hpa.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// What the controller reads of a `scale` subresource.
+struct ScaleView {
+    spec_replicas: i32,
+    status_replicas: i32,
+    selector: String,
+}
+
+fn scale_path(
+    ns: &str,
+    target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
+) -> Option<String> {
+    let api_version = target.api_version.as_deref().unwrap_or("apps/v1");
+    let plural = match target.kind.as_str() {
+        "Deployment" => "deployments",
+        "ReplicaSet" => "replicasets",
+        "StatefulSet" => "statefulsets",
+        "ReplicationController" => "replicationcontrollers",
+        _ => return None,
+    };
+    let base = if api_version == "v1" {
+        "/api/v1".to_owned()
+    } else {
+        format!("/apis/{api_version}")
+    };
+    Some(format!(
+        "{base}/namespaces/{ns}/{plural}/{}/scale",
+        target.name
+    ))
+}
+
+async fn scale_of(
+    client: &Client,
+    ns: &str,
+    target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
+) -> Result<ScaleView, String> {
+    let path = scale_path(ns, target).ok_or_else(|| {
+        format!(
+            "{} has no scale subresource this controller knows",
+            target.kind
+        )
+    })?;
+    let req = http::Request::get(&path)
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    let scale: k8s_openapi::api::autoscaling::v1::Scale =
+        client.request(req).await.map_err(|e| e.to_string())?;
+    let status = scale.status.unwrap_or_default();
+    Ok(ScaleView {
+        spec_replicas: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
+        status_replicas: status.replicas,
+        selector: status.selector.unwrap_or_default(),
+    })
+}
+
+async fn set_scale(
+    client: &Client,
+    ns: &str,
+    target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
+    replicas: i32,
+) -> Result<(), String> {
+    let path = scale_path(ns, target).ok_or("no scale subresource")?;
+    let body =
+        serde_json::to_vec(&json!({"spec": {"replicas": replicas}})).map_err(|e| e.to_string())?;
+    let req = http::Request::patch(&path)
+        .header(http::header::CONTENT_TYPE, "application/merge-patch+json")
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    client
+        .request::<k8s_openapi::api::autoscaling::v1::Scale>(req)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// How a pod counts for a resource metric.
+#[derive(Debug, PartialEq, Eq)]
+enum Group {
+    /// Counted with its metric.
+    Ready,
+    /// Not ready (CPU only): counted at 0% when scaling up, else left out.
+    Unready,
+    /// No metric: 100% when scaling down, 0% when scaling up.
+    Missing,
+    /// Deleted or failed: left out.
+    Ignored,
+}
+
+fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+}
+
+/// `groupPods`: how `pod` counts, given its metric (its timestamp and window).
+fn group(pod: &Pod, metric: Option<&PodMetrics>, cpu: bool, now: jiff::Timestamp) -> Group {
+    if pod.metadata.deletion_timestamp.is_some()
+        || pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+    {
+        return Group::Ignored;
+    }
+    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending") {
+        return Group::Unready;
+    }
+    let Some(metric) = metric else {
+        return Group::Missing;
+    };
+    if !cpu {
+        return Group::Ready;
+    }
+    let start = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| t.0);
+    let (Some(ready), Some(start)) = (ready_condition(pod), start) else {
+        return Group::Unready;
+    };
+    let transition = ready
+        .last_transition_time
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(start);
+    let secs = |d: Duration| jiff::SignedDuration::try_from(d).unwrap_or_default();
+    let unready = if start + secs(CPU_INITIALIZATION) > now {
+        // Initializing: unready, or the metric's window reaches back before it became ready.
+        let window = parse_window(&metric.window);
+        let stamp = metric.timestamp.as_ref().map(|t| t.0).unwrap_or(now);
+        ready.status == "False" || stamp < transition + secs(window)
+    } else {
+        ready.status == "False" && start + secs(INITIAL_READINESS_DELAY) > transition
+    };
+    if unready {
+        Group::Unready
+    } else {
+        Group::Ready
+    }
+}
+
+/// `10s`, `1m30.5s` as a duration.
+fn parse_window(w: &str) -> Duration {
+    let (m, s) = match w.split_once('m') {
+        Some((m, s)) => (m.parse::<f64>().unwrap_or(0.0), s),
+        None => (0.0, w),
+    };
+    let s = s.trim_end_matches('s').parse::<f64>().unwrap_or(0.0);
+    Duration::from_secs_f64((m * 60.0 + s).max(0.0))
+}
+
+/// The resource a metric is about and, for ContainerResource, its container.
+fn resource_of(
+    m: &MetricSpec,
+) -> Option<(
+    String,
+    Option<String>,
+    &k8s_openapi::api::autoscaling::v2::MetricTarget,
+)> {
+    match m.type_.as_str() {
+        "Resource" => m
+            .resource
+            .as_ref()
+            .map(|r| (r.name.clone(), None, &r.target)),
+        "ContainerResource" => m
+            .container_resource
+            .as_ref()
+            .map(|r| (r.name.clone(), Some(r.container.clone()), &r.target)),
+        _ => None,
+    }
+}
+
+/// Usage of `resource` (millicores or bytes) in a pod's metric, summed over its containers
+/// (or the one named).
+fn usage_of(m: &PodMetrics, resource: &str, container: Option<&str>) -> u64 {
+    m.containers
+        .iter()
+        .filter(|c| container.is_none_or(|n| n == c.name))
+        .filter_map(|c| c.usage.get(resource))
+        .map(|q| amount(resource, q))
+        .sum()
+}
+
+fn amount(resource: &str, q: &Quantity) -> u64 {
+    if resource == "cpu" {
+        millicores(q).unwrap_or(0)
+    } else {
+        bytes(q).unwrap_or(0)
+    }
+}
+
+/// The pod's request of `resource` (all containers, or the one named); `Err` names a
+/// container without one.
+fn request_of(pod: &Pod, resource: &str, container: Option<&str>) -> Result<u64, String> {
+    let mut total = 0;
+    for c in pod.spec.iter().flat_map(|s| &s.containers) {
+        if container.is_some_and(|n| n != c.name) {
+            continue;
+        }
+        let r = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get(resource))
+            .ok_or_else(|| {
+                format!(
+                    "missing request for {resource} in container {} of Pod {}",
+                    c.name,
+                    pod.metadata.name.as_deref().unwrap_or_default()
+                )
+            })?;
+        total += amount(resource, r);
+    }
+    Ok(total)
+}
+
+/// One metric's recommendation (`computeReplicasForMetric`).
+fn recommend(
+    m: &MetricSpec,
+    current: i32,
+    pods: &[Arc<Pod>],
+    metrics: Result<&Vec<PodMetrics>, &String>,
+) -> Result<Recommendation, MetricFailure> {
+    let Some((resource, container, target)) = resource_of(m) else {
+        let (reason, what) = match m.type_.as_str() {
+            "Pods" => ("FailedGetPodsMetric", "pods"),
+            "Object" => ("FailedGetObjectMetric", "object"),
+            _ => ("FailedGetExternalMetric", "external"),
+        };
+        return Err(MetricFailure {
+            reason,
+            message: format!(
+                "unable to get {what} metric: no {} metrics API is served",
+                if what == "external" {
+                    "external"
+                } else {
+                    "custom"
+                }
+            ),
+        });
+    };
+    let fail = |message: String| MetricFailure {
+        reason: if container.is_some() {
+            "FailedGetContainerResourceMetric"
+        } else {
+            "FailedGetResourceMetric"
+        },
+        message,
+    };
+    let metrics = metrics.map_err(|e| fail(format!("unable to get metrics for resource {resource}: unable to fetch metrics from resource metrics API: {e}")))?;
+    let by_name: HashMap<&str, &PodMetrics> = metrics
+        .iter()
+        .filter_map(|m| Some((m.metadata.name.as_deref()?, m)))
+        .collect();
+    if pods.is_empty() {
+        return Err(fail(format!(
+            "unable to get metrics for resource {resource}: no pods returned by selector while calculating replica count"
+        )));
+    }
+    let now = jiff::Timestamp::now();
+    let cpu = resource == "cpu";
+    // name → (usage, request), and the groups.
+    let mut counted: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let (mut unready, mut missing) = (Vec::new(), Vec::new());
+    let utilization = target.type_ == "Utilization";
+    let target_value = match target.type_.as_str() {
+        "Utilization" => f64::from(target.average_utilization.unwrap_or(100)),
+        _ => target
+            .average_value
+            .as_ref()
+            .or(target.value.as_ref())
+            .map_or(0.0, |q| amount(&resource, q) as f64),
+    };
+    for pod in pods {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let metric = by_name.get(name.as_str()).copied();
+        let request = if utilization {
+            request_of(pod, &resource, container.as_deref())
+                .map_err(|e| fail(format!("failed to get {resource} utilization: {e}")))?
+                as f64
+        } else {
+            0.0
+        };
+        match group(pod, metric, cpu, now) {
+            Group::Ignored => {}
+            Group::Unready => unready.push((name, request)),
+            Group::Missing => missing.push((name, request)),
+            Group::Ready => {
+                let usage = metric.map_or(0, |m| usage_of(m, &resource, container.as_deref()));
+                counted.insert(name, (usage as f64, request));
+            }
+        }
+    }
+    if counted.is_empty() {
+        return Err(fail(format!(
+            "unable to get metrics for resource {resource}: did not receive metrics for targeted pods (pods might be unready)"
+        )));
+    }
+    // ratio of usage to target over `set`, and what the status shows.
+    let ratio = |set: &BTreeMap<String, (f64, f64)>| -> (f64, f64) {
+        let usage: f64 = set.values().map(|(u, _)| u).sum();
+        if utilization {
+            let requests: f64 = set.values().map(|(_, r)| r).sum();
+            let util = if requests > 0.0 {
+                usage * 100.0 / requests
+            } else {
+                0.0
+            };
+            (util / target_value, util)
+        } else {
+            let avg = usage / set.len() as f64;
+            (
+                if target_value > 0.0 {
+                    avg / target_value
+                } else {
+                    0.0
+                },
+                avg,
+            )
+        }
+    };
+    let ready_count = counted.len() as f64;
+    let (usage_ratio, shown) = ratio(&counted);
+    let raw_average = counted.values().map(|(u, _)| u).sum::<f64>() / counted.len() as f64;
+    let rebalance_unready = !unready.is_empty() && usage_ratio > 1.0;
+    let replicas = if !rebalance_unready && missing.is_empty() {
+        if (1.0 - usage_ratio).abs() <= TOLERANCE {
+            current
+        } else {
+            (usage_ratio * ready_count).ceil() as i32
+        }
+    } else {
+        let mut filled = counted.clone();
+        for (name, request) in &missing {
+            let usage = if usage_ratio < 1.0 {
+                if utilization { *request } else { target_value }
+            } else {
+                0.0
+            };
+            filled.insert(name.clone(), (usage, *request));
+        }
+        if rebalance_unready {
+            for (name, request) in &unready {
+                filled.insert(name.clone(), (0.0, *request));
+            }
+        }
+        let (new_ratio, _) = ratio(&filled);
+        if (1.0 - new_ratio).abs() <= TOLERANCE
+            || (usage_ratio < 1.0 && new_ratio > 1.0)
+            || (usage_ratio > 1.0 && new_ratio < 1.0)
+        {
+            current
+        } else {
+            let n = (new_ratio * filled.len() as f64).ceil() as i32;
+            if (new_ratio < 1.0 && n > current) || (new_ratio > 1.0 && n < current) {
+                current
+            } else {
+                n
+            }
+        }
+    };
+    let value = if cpu {
+        Quantity(format!("{}m", raw_average.round() as u64))
+    } else {
+        Quantity(format!("{}", raw_average.round() as u64))
+    };
+    let current_value = MetricValueStatus {
+        average_utilization: utilization.then_some(shown.round() as i32),
+        average_value: Some(value),
+        value: None,
+    };
+    let status: MetricStatus = match &container {
+        None => serde_json::from_value(json!({"type": "Resource", "resource": {"name": resource, "current": current_value}})),
+        Some(c) => serde_json::from_value(json!({"type": "ContainerResource", "containerResource": {"name": resource, "container": c, "current": current_value}})),
+    }
+    .expect("a metric status");
+    let describe = match (&container, utilization) {
+        (None, true) => format!("{resource} resource utilization (percentage of request)"),
+        (None, false) => format!("{resource} resource"),
+        (Some(c), true) => format!(
+            "{resource} container resource utilization (percentage of request) of container {c}"
+        ),
+        (Some(c), false) => format!("{resource} container resource of container {c}"),
+    };
+    Ok(Recommendation {
+        replicas,
+        status,
+        describe,
+    })
+}
+
+/// `stabilizeRecommendationWithBehaviors`: the recommendation after the stabilization
+/// windows, and whether a scale-down was held back by them.
+fn stabilize(
+    mem: &mut Memory,
+    now: jiff::Timestamp,
+    desired: i32,
+    current: i32,
+    up: &HPAScalingRules,
+    down: &HPAScalingRules,
+) -> (i32, bool) {
+    let window = |r: &HPAScalingRules| {
+        jiff::SignedDuration::from_secs(i64::from(r.stabilization_window_seconds.unwrap_or(0)))
+    };
+    let (up_window, down_window) = (window(up), window(down));
+    let longest = up_window.max(down_window);
+    mem.recommendations.retain(|(t, _)| *t + longest >= now);
+    let mut up_rec = desired;
+    let mut down_rec = desired;
+    for (t, r) in &mem.recommendations {
+        if *t + up_window >= now {
+            up_rec = up_rec.min(*r);
+        }
+        if *t + down_window >= now {
+            down_rec = down_rec.max(*r);
+        }
+    }
+    mem.recommendations.push((now, desired));
+    let mut recommendation = current;
+    if recommendation < up_rec {
+        recommendation = up_rec;
+    }
+    if recommendation > down_rec {
+        recommendation = down_rec;
+    }
+    (
+        recommendation,
+        desired < current && recommendation > desired,
+    )
+}
+
+/// `convertDesiredReplicasWithBehaviorRate`: clamps to the rate policies and min/max; the
+/// `ScalingLimited` reason and message when something clamped.
+#[expect(clippy::too_many_arguments, reason = "the upstream function's inputs")]
+fn limit(
+    mem: &mut Memory,
+    now: jiff::Timestamp,
+    desired: i32,
+    current: i32,
+    min: i32,
+    max: i32,
+    up: &HPAScalingRules,
+    down: &HPAScalingRules,
+) -> (i32, Option<(&'static str, &'static str)>) {
+    let longest = |r: &HPAScalingRules| {
+        r.policies
+            .iter()
+            .flatten()
+            .map(|p| p.period_seconds)
+            .max()
+            .unwrap_or(0)
+    };
+    let keep_for = jiff::SignedDuration::from_secs(i64::from(longest(up).max(longest(down))));
+    mem.ups.retain(|(t, _)| *t + keep_for >= now);
+    mem.downs.retain(|(t, _)| *t + keep_for >= now);
+    let changed_within = |events: &[(jiff::Timestamp, i32)], period: i32| -> i32 {
+        let p = jiff::SignedDuration::from_secs(i64::from(period));
+        events
+            .iter()
+            .filter(|(t, _)| *t + p > now)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    if desired > current {
+        let limit = match up.select_policy.as_deref() {
+            Some("Disabled") => current,
+            select => {
+                let proposals = up.policies.iter().flatten().map(|p| {
+                    let start = current - changed_within(&mem.ups, p.period_seconds);
+                    if p.type_ == "Pods" {
+                        start + p.value
+                    } else {
+                        (f64::from(start) * (1.0 + f64::from(p.value) / 100.0)).ceil() as i32
+                    }
+                });
+                if select == Some("Min") {
+                    proposals.min().unwrap_or(i32::MAX)
+                } else {
+                    proposals.max().unwrap_or(i32::MAX)
+                }
+            }
+        };
+        let (allowed, reason) = if limit < max {
+            (
+                limit,
+                (
+                    "ScaleUpLimit",
+                    "the desired replica count is increasing faster than the maximum scale rate",
+                ),
+            )
+        } else {
+            (
+                max,
+                (
+                    "TooManyReplicas",
+                    "the desired replica count is more than the maximum replica count",
+                ),
+            )
+        };
+        if desired > allowed {
+            return (allowed, Some(reason));
+        }
+    } else if desired < current {
+        let limit = match down.select_policy.as_deref() {
+            Some("Disabled") => current,
+            select => {
+                let proposals = down.policies.iter().flatten().map(|p| {
+                    let start = current + changed_within(&mem.downs, p.period_seconds);
+                    if p.type_ == "Pods" {
+                        start - p.value
+                    } else {
+                        (f64::from(start) * (1.0 - f64::from(p.value) / 100.0)) as i32
+                    }
+                });
+                if select == Some("Min") {
+                    proposals.max().unwrap_or(i32::MIN)
+                } else {
+                    proposals.min().unwrap_or(i32::MIN)
+                }
+            }
+        };
+        let (allowed, reason) = if limit > min {
+            (
+                limit,
+                (
+                    "ScaleDownLimit",
+                    "the desired replica count is decreasing faster than the maximum scale rate",
+                ),
+            )
+        } else {
+            (
+                min,
+                (
+                    "TooFewReplicas",
+                    "the desired replica count is less than the minimum replica count",
+                ),
+            )
+        };
+        if desired < allowed {
+            return (allowed, Some(reason));
+        }
+    }
+    if desired > max {
+        return (
+            max,
+            Some((
+                "TooManyReplicas",
+                "the desired replica count is more than the maximum replica count",
+            )),
+        );
+    }
+    if desired < min {
+        return (
+            min,
+            Some((
+                "TooFewReplicas",
+                "the desired replica count is less than the minimum replica count",
+            )),
+        );
+    }
+    (desired, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, cpu_request: &str, ready: bool, started_secs_ago: i64) -> Arc<Pod> {
+        let start = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(started_secs_ago);
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"containers": [{"name": "c", "image": "i",
+                    "resources": {"requests": {"cpu": cpu_request}}}]},
+                "status": {"phase": "Running", "startTime": start.to_string(),
+                    "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"},
+                        "lastTransitionTime": start.to_string()}]}
+            }))
+            .expect("pod"),
+        )
+    }
+
+    fn metric(name: &str, cpu: &str) -> PodMetrics {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "timestamp": jiff::Timestamp::now().to_string(), "window": "10s",
+            "containers": [{"name": "c", "usage": {"cpu": cpu, "memory": "1Mi"}}]
+        }))
+        .expect("metric")
+    }
+
+    fn cpu_target(percent: i32) -> MetricSpec {
+        serde_json::from_value(json!({"type": "Resource", "resource": {"name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": percent}}}))
+        .expect("metric")
+    }
+
+    #[test]
+    fn utilization_should_scale_as_upstream_computes_it() {
+        // Two pods at 200% of their 100m request, target 50%: 2 * 4 = 8 replicas.
+        let pods = vec![pod("a", "100m", true, 600), pod("b", "100m", true, 600)];
+        let metrics = vec![metric("a", "200m"), metric("b", "200m")];
+        let r = recommend(&cpu_target(50), 2, &pods, Ok(&metrics))
+            .ok()
+            .expect("recommends");
+        assert_eq!(r.replicas, 8);
+        assert_eq!(
+            r.status
+                .resource
+                .as_ref()
+                .and_then(|s| s.current.average_utilization),
+            Some(200)
+        );
+        // Within the tolerance: no change.
+        let metrics = vec![metric("a", "52m"), metric("b", "53m")];
+        let r = recommend(&cpu_target(50), 2, &pods, Ok(&metrics))
+            .ok()
+            .expect("recommends");
+        assert_eq!(r.replicas, 2);
+        // Scaling down, a pod without metrics counts at 100% of its request: (10+10+100)/300
+        // = 40% of a 50% target, 0.8 * 3 → 3 (without it, 2 pods at 10% would ask for 1).
+        let three = vec![
+            pod("a", "100m", true, 600),
+            pod("b", "100m", true, 600),
+            pod("c", "100m", true, 600),
+        ];
+        let metrics = vec![metric("a", "10m"), metric("b", "10m")];
+        let r = recommend(&cpu_target(50), 3, &three, Ok(&metrics))
+            .ok()
+            .expect("recommends");
+        assert_eq!(r.replicas, 3);
+        let r = recommend(&cpu_target(50), 2, &three[..2], Ok(&metrics))
+            .ok()
+            .expect("recommends");
+        assert_eq!(r.replicas, 1);
+        // Scaling up, an unready pod counts at 0%: a at 200% and b unready → (200+0)/2 = 100%
+        // of 50% → 2 * 2 = 4, not 1 * 4.
+        let pods = vec![pod("a", "100m", true, 600), pod("b", "100m", false, 10)];
+        let metrics = vec![metric("a", "200m"), metric("b", "5m")];
+        let r = recommend(&cpu_target(50), 2, &pods, Ok(&metrics))
+            .ok()
+            .expect("recommends");
+        assert_eq!(r.replicas, 4);
+    }
+
+    #[test]
+    fn a_missing_request_fails_the_metric() {
+        let mut p = (*pod("a", "100m", true, 600)).clone();
+        p.spec.as_mut().expect("spec").containers[0].resources = None;
+        let f = recommend(
+            &cpu_target(50),
+            1,
+            &[Arc::new(p)],
+            Ok(&vec![metric("a", "1m")]),
+        )
+        .err()
+        .expect("fails");
+        assert_eq!(f.reason, "FailedGetResourceMetric");
+        assert!(
+            f.message.contains("missing request for cpu"),
+            "{}",
+            f.message
+        );
+    }
+
+    #[test]
+    fn behavior_should_stabilize_down_and_rate_limit_up() {
+        let rules =
+            |v: serde_json::Value| -> HPAScalingRules { serde_json::from_value(v).expect("rules") };
+        let up = rules(
+            json!({"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "policies": [
+            {"type": "Pods", "value": 4, "periodSeconds": 15}, {"type": "Percent", "value": 100, "periodSeconds": 15}]}),
+        );
+        let down = rules(
+            json!({"stabilizationWindowSeconds": 300, "selectPolicy": "Max", "policies": [
+            {"type": "Percent", "value": 100, "periodSeconds": 15}]}),
+        );
+        let mut mem = Memory::default();
+        let now = jiff::Timestamp::now();
+        // From 1 to 20 wanted: at most max(1+4, 1*2) = 5 now.
+        let (s, held) = stabilize(&mut mem, now, 20, 1, &up, &down);
+        assert_eq!((s, held), (20, false));
+        assert_eq!(
+            limit(&mut mem, now, s, 1, 1, 10, &up, &down),
+            (
+                5,
+                Some((
+                    "ScaleUpLimit",
+                    "the desired replica count is increasing faster than the maximum scale rate"
+                ))
+            )
+        );
+        // Then wanting 2 within the 300 s window: held at the highest recent recommendation.
+        let (s, held) = stabilize(&mut mem, now, 2, 5, &up, &down);
+        assert_eq!((s, held), (5, true));
+        // Beyond max: clamped.
+        let mut mem = Memory::default();
+        assert_eq!(limit(&mut mem, now, 4, 3, 1, 3, &up, &down).0, 3);
+    }
+
+    #[test]
+    fn windows_should_parse() {
+        assert_eq!(parse_window("10s"), Duration::from_secs(10));
+        assert_eq!(parse_window("1m30.5s"), Duration::from_secs_f64(90.5));
+    }
+}

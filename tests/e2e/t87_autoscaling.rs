@@ -1,0 +1,205 @@
+//! HorizontalPodAutoscaler end to end: an autoscaler on CPU utilization scales a spinning
+//! Deployment up to `maxReplicas` from the pods' resource metrics, and back down once the
+//! pods idle; its status, conditions and events read as Kubernetes writes them; the v1 view of
+//! the same object; `kubectl autoscale` and `kubectl get hpa` where kubectl is installed.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler as HpaV1;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler as Hpa;
+use k8s_openapi::api::core::v1::Event;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use wasmkube_tests::{Cluster, wait_for};
+
+const SLOW: Duration = Duration::from_secs(120);
+
+fn replicas(d: &Deployment) -> i32 {
+    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+}
+
+fn condition<'a>(hpa: &'a Hpa, type_: &str) -> Option<&'a str> {
+    hpa.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.as_str())
+}
+
+#[tokio::test]
+async fn an_autoscaler_should_scale_a_spinning_deployment_up_and_an_idle_one_down() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let _node = cluster
+        .start_node_with("n1", |c| c.metrics_window = Duration::from_secs(2))
+        .await?;
+    let _sched = cluster.start_scheduler();
+    let _controllers =
+        cluster.start_controllers_with(|c| c.hpa_sync_period = Some(Duration::from_secs(1)));
+    let spin = cluster.push_sample("cpuspin").await?;
+    let toolbox = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    let deploys: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    deploys
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "burn"},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "burn"}},
+                    "template": {"metadata": {"labels": {"app": "burn"}},
+                        "spec": {"containers": [{"name": "app", "image": spin,
+                            "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "200m"}}}]}}}
+            }))?,
+        )
+        .await?;
+    let hpas: Api<Hpa> = Api::namespaced(c.clone(), "default");
+    hpas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "burn"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "burn"},
+                "minReplicas": 1, "maxReplicas": 3,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 50}}}],
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}}}
+        }))?,
+    )
+    .await?;
+
+    // ~200% of the request against a 50% target: up to maxReplicas, limited there.
+    wait_for("burn scaled up to 3", SLOW, || async {
+        let d = deploys.get("burn").await.ok()?;
+        (replicas(&d) == 3).then_some(())
+    })
+    .await?;
+    let hpa = wait_for("the autoscaler's status at 3", SLOW, || async {
+        let h = hpas.get("burn").await.ok()?;
+        let st = h.status.as_ref()?;
+        (st.desired_replicas == 3 && st.current_metrics.is_some()).then_some(h)
+    })
+    .await?;
+    assert_eq!(condition(&hpa, "AbleToScale"), Some("True"));
+    assert_eq!(condition(&hpa, "ScalingActive"), Some("True"));
+    let utilization = hpa
+        .status
+        .as_ref()
+        .and_then(|s| s.current_metrics.as_ref())
+        .and_then(|m| m.first())
+        .and_then(|m| m.resource.as_ref())
+        .and_then(|r| r.current.average_utilization)
+        .unwrap_or(0);
+    ensure!(
+        utilization > 50,
+        "spinning pods are above target: {utilization}%"
+    );
+    ensure!(
+        hpa.spec
+            .as_ref()
+            .and_then(|s| s.behavior.as_ref())
+            .is_some(),
+        "behavior defaulted"
+    );
+
+    // The v1 view of the same object.
+    let v1: Api<HpaV1> = Api::namespaced(c.clone(), "default");
+    let old = v1.get("burn").await?;
+    assert_eq!(
+        old.spec
+            .as_ref()
+            .and_then(|s| s.target_cpu_utilization_percentage),
+        Some(50)
+    );
+    ensure!(
+        old.status
+            .as_ref()
+            .and_then(|s| s.current_cpu_utilization_percentage)
+            .is_some()
+    );
+
+    let events: Api<Event> = Api::namespaced(c.clone(), "default");
+    let rescaled = wait_for("a SuccessfulRescale event", SLOW, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("SuccessfulRescale")
+                && e.involved_object.name.as_deref() == Some("burn")
+        })
+    })
+    .await?;
+    let note = rescaled.message.unwrap_or_default();
+    ensure!(
+        note.starts_with("New size: ")
+            && note.contains("cpu resource utilization (percentage of request) above target"),
+        "{note}"
+    );
+
+    if let Some(kubectl) = wasmkube_tests::kubectl() {
+        let out = tokio::process::Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args(["get", "hpa", "burn"])
+            .output()
+            .await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("kubectl get hpa:\n{text}");
+        ensure!(
+            text.contains("Deployment/burn")
+                && text.contains("%/50%")
+                && !text.contains("<unknown>"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = tokio::process::Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args([
+                "autoscale",
+                "deployment",
+                "burn",
+                "--name",
+                "second",
+                "--min=1",
+                "--max=2",
+                "--cpu-percent=80",
+            ])
+            .output()
+            .await?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let second = hpas.get("second").await?;
+        assert_eq!(second.spec.as_ref().map(|s| s.max_replicas), Some(2));
+        hpas.delete("second", &Default::default()).await?;
+    } else {
+        eprintln!("SKIPPED: kubectl is not installed; kubectl autoscale/get hpa not exercised");
+    }
+
+    // The pods stop spinning: back down to minReplicas.
+    deploys
+        .patch(
+            "burn",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "app", "image": toolbox, "args": ["forever"]}]}}}})),
+        )
+        .await?;
+    wait_for("burn scaled back down to 1", SLOW, || async {
+        let d = deploys.get("burn").await.ok()?;
+        (replicas(&d) == 1).then_some(())
+    })
+    .await?;
+    let hpa = hpas.get("burn").await?;
+    ensure!(
+        hpa.status
+            .as_ref()
+            .and_then(|s| s.last_scale_time.as_ref())
+            .is_some(),
+        "lastScaleTime set"
+    );
+    cluster.stop().await
+}
