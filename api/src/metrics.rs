@@ -117,6 +117,71 @@ pub struct MetricsList<T> {
     pub items: Vec<T>,
 }
 
+/// The custom metrics API's group and version (what the HorizontalPodAutoscaler reads Pods
+/// and Object metrics from).
+pub const CUSTOM_GROUP_VERSION: &str = "custom.metrics.k8s.io/v1beta2";
+
+/// `wasi:http` requests not finished, per pod (a Pods metric) or summed over a Service's
+/// pods (an Object metric): the concurrency Knative's autoscaler scales on.
+pub const REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
+/// `wasi:http` requests per second over the metrics window, per pod or per Service.
+pub const REQUESTS_PER_SECOND: &str = "http_requests_per_second";
+
+/// One value of a custom metric (`custom.metrics.k8s.io/v1beta2` MetricValue).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricValue {
+    /// The object it describes.
+    pub described_object: k8s_openapi::api::core::v1::ObjectReference,
+    /// Which metric.
+    pub metric: MetricIdentifier,
+    /// The end of the window it was measured over.
+    pub timestamp: Option<Time>,
+    /// The window's length.
+    #[serde(default)]
+    pub window_seconds: Option<i64>,
+    /// The value.
+    pub value: Quantity,
+}
+
+/// A metric's name (and the selector it was asked with).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricIdentifier {
+    /// The metric's name.
+    pub name: String,
+    /// The selector it was asked with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+}
+
+/// A list of custom metric values (`MetricValueList`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricValueList {
+    /// `MetricValueList`.
+    #[serde(default)]
+    pub kind: String,
+    /// [`CUSTOM_GROUP_VERSION`].
+    #[serde(default)]
+    pub api_version: String,
+    /// Empty.
+    #[serde(default)]
+    pub metadata: ListMeta,
+    /// The values.
+    #[serde(default)]
+    pub items: Vec<MetricValue>,
+}
+
+/// A rate or count as a quantity: whole numbers plain, fractions in thousandths (`1500m`).
+pub fn amount_quantity(v: f64) -> Quantity {
+    let milli = (v * 1000.0).round() as i64;
+    if milli % 1000 == 0 {
+        Quantity((milli / 1000).to_string())
+    } else {
+        Quantity(format!("{milli}m"))
+    }
+}
+
 /// CPU as the API shows it: nanocores (`250000000n`), as metrics-server writes it.
 pub fn cpu_quantity(nano_cores: u64) -> Quantity {
     Quantity(format!("{nano_cores}n"))
@@ -171,6 +236,26 @@ pub struct PodStats {
     pub cpu: Option<CpuStats>,
     /// The sum of its containers' memory.
     pub memory: Option<MemoryStats>,
+    /// Its `wasi:http` requests, for a pod that serves them (not in the kubelet's summary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<RequestStats>,
+}
+
+/// The `wasi:http` requests a pod's containers received: what request-driven autoscaling
+/// reads (`custom.metrics.k8s.io`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestStats {
+    /// The end of the window `perSecond` was measured over.
+    pub time: Option<Time>,
+    /// The window's length in seconds.
+    pub window_seconds: f64,
+    /// Requests received, in all.
+    pub total: u64,
+    /// Requests not finished now.
+    pub in_flight: u64,
+    /// Requests per second over the window.
+    pub per_second: f64,
 }
 
 /// Names a pod.

@@ -54,6 +54,10 @@ fn groups(reg: &Registry) -> BTreeMap<&'static str, Vec<&'static str>> {
         }
     }
     g.insert(crate::metrics::GROUP, vec![crate::metrics::VERSION]);
+    g.insert(
+        crate::metrics::CUSTOM_GROUP,
+        vec![crate::metrics::CUSTOM_VERSION],
+    );
     g
 }
 
@@ -138,6 +142,16 @@ pub(crate) fn resource_list(reg: &Registry, group: &str, version: &str) -> Optio
                 json!({"name": plural, "singularName": "", "namespaced": namespaced,
                 "kind": kind, "verbs": ["get", "list"]}),
             );
+        }
+    }
+    if group == crate::metrics::CUSTOM_GROUP && version == crate::metrics::CUSTOM_VERSION {
+        for resource in ["pods", "services"] {
+            for metric in crate::metrics::CUSTOM_METRICS {
+                resources.push(
+                    json!({"name": format!("{resource}/{metric}"), "singularName": "",
+                    "namespaced": true, "kind": "MetricValueList", "verbs": ["get"]}),
+                );
+            }
         }
     }
     if resources.is_empty() {

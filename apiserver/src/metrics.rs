@@ -1,7 +1,10 @@
 //! The resource metrics API, `metrics.k8s.io/v1beta1` (`kubectl top`, the
 //! HorizontalPodAutoscaler): NodeMetrics and PodMetrics, get and list with label and field
 //! selectors, answered from the nodes' `/stats/summary` — what metrics-server does as an
-//! aggregated API, done here by the API server itself when asked. Nothing is stored: each
+//! aggregated API, done here by the API server itself when asked. And the custom metrics API,
+//! `custom.metrics.k8s.io/v1beta2`, with the request metrics the nodes count
+//! (`http_requests_in_flight`, `http_requests_per_second`) for pods and, summed over the pods
+//! their selector picks, Services — what a Prometheus adapter would serve. Nothing is stored: each
 //! answer asks the nodes concerned (those Ready, and for pods only the nodes they run on),
 //! at most [`CONCURRENT_SCRAPES`] at a time, each within [`SCRAPE_TIMEOUT`]; a node that does
 //! not answer is left out, as metrics-server leaves it out.
@@ -43,6 +46,16 @@ pub(crate) const RESOURCES: &[(&str, &str, bool)] = &[
     ("pods", "PodMetrics", true),
 ];
 
+/// The custom metrics API's group and version.
+pub(crate) const CUSTOM_GROUP: &str = "custom.metrics.k8s.io";
+pub(crate) const CUSTOM_VERSION: &str = "v1beta2";
+
+/// The custom metrics it serves, each for `pods` and `services`.
+pub(crate) const CUSTOM_METRICS: &[&str] = &[
+    wasmkube_api::metrics::REQUESTS_IN_FLIGHT,
+    wasmkube_api::metrics::REQUESTS_PER_SECOND,
+];
+
 /// What a metrics path asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Target<'a> {
@@ -50,10 +63,38 @@ pub(crate) enum Target<'a> {
     Nodes(Option<&'a str>),
     /// `[namespaces/NS/]pods[/NAME]`.
     Pods(Option<&'a str>, Option<&'a str>),
+    /// custom.metrics.k8s.io: `namespaces/NS/{pods|services}/{NAME|*}/METRIC`.
+    Custom {
+        namespace: &'a str,
+        resource: &'a str,
+        name: &'a str,
+        metric: &'a str,
+    },
 }
 
-/// The target of a `/apis/metrics.k8s.io/v1beta1/...` path.
+/// The target of a `/apis/metrics.k8s.io/v1beta1/...` or
+/// `/apis/custom.metrics.k8s.io/v1beta2/...` path.
 pub(crate) fn route(path: &str) -> Option<Target<'_>> {
+    if let Some(rest) = path.strip_prefix("/apis/custom.metrics.k8s.io/v1beta2/") {
+        let segs: Vec<&str> = rest.split('/').collect();
+        return match segs.as_slice() {
+            [
+                "namespaces",
+                namespace,
+                resource @ ("pods" | "services"),
+                name,
+                metric,
+            ] if !namespace.is_empty() && !name.is_empty() && !metric.is_empty() => {
+                Some(Target::Custom {
+                    namespace,
+                    resource,
+                    name,
+                    metric,
+                })
+            }
+            _ => None,
+        };
+    }
     let rest = path.strip_prefix("/apis/metrics.k8s.io/v1beta1/")?;
     let segs: Vec<&str> = rest.split('/').collect();
     Some(match segs.as_slice() {
@@ -147,6 +188,12 @@ pub(crate) async fn answer(
     let q = parse_query(query)?;
     let nodes: Vec<Node> = cached(api, "nodes").await?;
     match target {
+        Target::Custom {
+            namespace,
+            resource,
+            name,
+            metric,
+        } => custom(api, kubelet, &nodes, &q, namespace, resource, name, metric).await,
         Target::Nodes(name) => {
             let wanted: Vec<&Node> = nodes
                 .iter()
@@ -222,6 +269,149 @@ pub(crate) async fn answer(
             }
         }
     }
+}
+
+/// A custom metric of pods (named, or `*` with the query's selector) or of a Service (its
+/// pods' values summed).
+#[expect(clippy::too_many_arguments, reason = "the parts of one request")]
+async fn custom(
+    api: &Apiserver,
+    kubelet: &KubeletTls,
+    nodes: &[Node],
+    q: &Query,
+    namespace: &str,
+    resource: &str,
+    name: &str,
+    metric: &str,
+) -> Result<Response, ApiError> {
+    if !CUSTOM_METRICS.contains(&metric) {
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the metric {metric} for {resource}"),
+        ));
+    }
+    let pods: Vec<Pod> = cached(api, "pods").await?;
+    let in_namespace = pods
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace));
+    let (selected, described): (Vec<&Pod>, Option<(&str, &str)>) = if resource == "services" {
+        let services: Vec<k8s_openapi::api::core::v1::Service> = cached(api, "services").await?;
+        let service = services
+            .iter()
+            .find(|s| {
+                s.metadata.namespace.as_deref() == Some(namespace)
+                    && s.metadata.name.as_deref() == Some(name)
+            })
+            .ok_or_else(|| not_found("services", &format!("{namespace}/{name}")))?;
+        let selector = service.spec.as_ref().and_then(|s| s.selector.clone());
+        let picked = match &selector {
+            Some(sel) if !sel.is_empty() => in_namespace
+                .filter(|p| {
+                    let labels = p.metadata.labels.clone().unwrap_or_default();
+                    sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        (picked, Some(("Service", name)))
+    } else {
+        let picked = in_namespace
+            .filter(|p| name == "*" || p.metadata.name.as_deref() == Some(name))
+            .filter(|p| selects(q.labels.as_ref(), p.metadata.labels.as_ref()))
+            .collect();
+        (picked, None)
+    };
+    let on: BTreeSet<&str> = selected
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
+        .collect();
+    let hosts = endpoints(nodes.iter().filter(|n| {
+        n.metadata
+            .name
+            .as_deref()
+            .is_some_and(|name| on.contains(name))
+            && ready(n)
+    }));
+    let summaries = scrape(kubelet, hosts).await;
+    // (pod, its requests) for every selected pod that reported them.
+    let measured: Vec<(&Pod, &wasmkube_api::metrics::RequestStats)> = selected
+        .iter()
+        .filter_map(|p| {
+            let node = p.spec.as_ref()?.node_name.as_deref()?;
+            let stats = summaries.get(node)?.pods.iter().find(|s| {
+                Some(s.pod_ref.name.as_str()) == p.metadata.name.as_deref()
+                    && Some(s.pod_ref.namespace.as_str()) == p.metadata.namespace.as_deref()
+            })?;
+            Some((*p, stats.requests.as_ref()?))
+        })
+        .collect();
+    let value_of = |r: &wasmkube_api::metrics::RequestStats| {
+        if metric == wasmkube_api::metrics::REQUESTS_IN_FLIGHT {
+            r.in_flight as f64
+        } else {
+            r.per_second
+        }
+    };
+    let identifier = wasmkube_api::metrics::MetricIdentifier {
+        name: metric.to_owned(),
+        selector: None,
+    };
+    let window = |r: &wasmkube_api::metrics::RequestStats| Some(r.window_seconds.round() as i64);
+    let items: Vec<wasmkube_api::metrics::MetricValue> = match described {
+        Some((kind, object)) => {
+            // A Service with no pods (scaled to zero) is a Service with no requests in flight.
+            let total: f64 = measured.iter().map(|(_, r)| value_of(r)).sum();
+            let latest = measured.iter().filter_map(|(_, r)| r.time.clone()).max();
+            vec![wasmkube_api::metrics::MetricValue {
+                described_object: k8s_openapi::api::core::v1::ObjectReference {
+                    kind: Some(kind.into()),
+                    namespace: Some(namespace.into()),
+                    name: Some(object.into()),
+                    api_version: Some("/v1".into()),
+                    ..Default::default()
+                },
+                metric: identifier,
+                timestamp: latest.or_else(|| Some(Time(jiff::Timestamp::now()))),
+                window_seconds: measured.first().and_then(|(_, r)| window(r)),
+                value: wasmkube_api::metrics::amount_quantity(total),
+            }]
+        }
+        None => measured
+            .iter()
+            .map(|(p, r)| wasmkube_api::metrics::MetricValue {
+                described_object: k8s_openapi::api::core::v1::ObjectReference {
+                    kind: Some("Pod".into()),
+                    namespace: p.metadata.namespace.clone(),
+                    name: p.metadata.name.clone(),
+                    api_version: Some("/v1".into()),
+                    ..Default::default()
+                },
+                metric: identifier.clone(),
+                timestamp: r.time.clone(),
+                window_seconds: window(r),
+                value: wasmkube_api::metrics::amount_quantity(value_of(r)),
+            })
+            .collect(),
+    };
+    if items.is_empty() && name != "*" {
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the metric {metric} for {resource} {name}"),
+        ));
+    }
+    let list = wasmkube_api::metrics::MetricValueList {
+        kind: "MetricValueList".into(),
+        api_version: wasmkube_api::metrics::CUSTOM_GROUP_VERSION.into(),
+        metadata: Default::default(),
+        items,
+    };
+    Ok(respond_json(
+        StatusCode::OK,
+        &serde_json::to_value(list).expect("metrics serialize"),
+        &[],
+    ))
 }
 
 /// Every object of a core/v1 resource, from the watch cache once it is current.

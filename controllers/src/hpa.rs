@@ -197,7 +197,39 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
         let mut best: Option<Recommendation> = None;
         let mut failures = Vec::new();
         for m in spec.metrics.iter().flatten() {
-            match recommend(m, current, &pods, pod_metrics.as_ref()) {
+            let recommended = match (m.type_.as_str(), &m.pods, &m.object) {
+                ("Pods", Some(p), _) => {
+                    let values = ctx
+                        .custom(&ns, "pods", "*", &p.metric.name, Some(&scale.selector))
+                        .await;
+                    recommend_pods(m, current, &pods, values.map(|l| l.items))
+                }
+                ("Object", _, Some(o)) => {
+                    let resource = match o.described_object.kind.as_str() {
+                        "Service" => "services",
+                        "Pod" => "pods",
+                        other => other,
+                    };
+                    let value = ctx
+                        .custom(
+                            &ns,
+                            resource,
+                            &o.described_object.name,
+                            &o.metric.name,
+                            None,
+                        )
+                        .await
+                        .and_then(|l| {
+                            l.items
+                                .into_iter()
+                                .next()
+                                .ok_or_else(|| "no value".to_owned())
+                        });
+                    recommend_object(m, current, &pods, value)
+                }
+                _ => recommend(m, current, &pods, pod_metrics.as_ref()),
+            };
+            match recommended {
                 Ok(r) => {
                     metric_statuses.push(r.status.clone());
                     if best.as_ref().is_none_or(|b| r.replicas > b.replicas) {
@@ -397,6 +429,33 @@ impl Ctx {
             .collect()
     }
 
+    /// A custom metric: `namespaces/{ns}/{resource}/{name}/{metric}` of custom.metrics.k8s.io.
+    async fn custom(
+        &self,
+        ns: &str,
+        resource: &str,
+        name: &str,
+        metric: &str,
+        selector: Option<&str>,
+    ) -> Result<wasmkube_api::metrics::MetricValueList, String> {
+        let mut path = format!(
+            "/apis/{}/namespaces/{ns}/{resource}/{name}/{metric}",
+            wasmkube_api::metrics::CUSTOM_GROUP_VERSION
+        );
+        if let Some(sel) = selector.filter(|s| !s.is_empty()) {
+            let q =
+                serde_urlencoded::to_string([("labelSelector", sel)]).map_err(|e| e.to_string())?;
+            path = format!("{path}?{q}");
+        }
+        let req = http::Request::get(&path)
+            .body(Vec::new())
+            .map_err(|e| e.to_string())?;
+        self.client
+            .request::<wasmkube_api::metrics::MetricValueList>(req)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     async fn pod_metrics(&self, ns: &str, selector: &str) -> Result<Vec<PodMetrics>, String> {
         let api: Api<PodMetrics> = Api::namespaced(self.client.clone(), ns);
         api.list(&ListParams::default().labels(selector))
@@ -529,8 +588,16 @@ fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodConditio
         .find(|c| c.type_ == "Ready")
 }
 
-/// `groupPods`: how `pod` counts, given its metric (its timestamp and window).
-fn group(pod: &Pod, metric: Option<&PodMetrics>, cpu: bool, now: jiff::Timestamp) -> Group {
+/// One pod's metric: its value and the window it was measured over.
+#[derive(Clone, Debug)]
+struct Sample {
+    usage: f64,
+    timestamp: Option<jiff::Timestamp>,
+    window: Duration,
+}
+
+/// `groupPods`: how `pod` counts, given its sample.
+fn group(pod: &Pod, metric: Option<&Sample>, cpu: bool, now: jiff::Timestamp) -> Group {
     if pod.metadata.deletion_timestamp.is_some()
         || pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
     {
@@ -561,9 +628,8 @@ fn group(pod: &Pod, metric: Option<&PodMetrics>, cpu: bool, now: jiff::Timestamp
     let secs = |d: Duration| jiff::SignedDuration::try_from(d).unwrap_or_default();
     let unready = if start + secs(CPU_INITIALIZATION) > now {
         // Initializing: unready, or the metric's window reaches back before it became ready.
-        let window = parse_window(&metric.window);
-        let stamp = metric.timestamp.as_ref().map(|t| t.0).unwrap_or(now);
-        ready.status == "False" || stamp < transition + secs(window)
+        let stamp = metric.timestamp.unwrap_or(now);
+        ready.status == "False" || stamp < transition + secs(metric.window)
     } else {
         ready.status == "False" && start + secs(INITIAL_READINESS_DELAY) > transition
     };
@@ -649,89 +715,46 @@ fn request_of(pod: &Pod, resource: &str, container: Option<&str>) -> Result<u64,
     Ok(total)
 }
 
-/// One metric's recommendation (`computeReplicasForMetric`).
-fn recommend(
-    m: &MetricSpec,
+/// What a metric's readings come to: the replicas they ask for, the value the status shows
+/// (utilization in percent, or the average), and the raw average per pod.
+struct Computed {
+    replicas: i32,
+    shown: f64,
+    average: f64,
+}
+
+/// `GetResourceReplicas` / `GetMetricReplicas`: replicas for per-pod `samples` against
+/// `target` — a utilization of `requests` in percent when given, else an average value.
+fn replicas_for(
     current: i32,
     pods: &[Arc<Pod>],
-    metrics: Result<&Vec<PodMetrics>, &String>,
-) -> Result<Recommendation, MetricFailure> {
-    let Some((resource, container, target)) = resource_of(m) else {
-        let (reason, what) = match m.type_.as_str() {
-            "Pods" => ("FailedGetPodsMetric", "pods"),
-            "Object" => ("FailedGetObjectMetric", "object"),
-            _ => ("FailedGetExternalMetric", "external"),
-        };
-        return Err(MetricFailure {
-            reason,
-            message: format!(
-                "unable to get {what} metric: no {} metrics API is served",
-                if what == "external" {
-                    "external"
-                } else {
-                    "custom"
-                }
-            ),
-        });
-    };
-    let fail = |message: String| MetricFailure {
-        reason: if container.is_some() {
-            "FailedGetContainerResourceMetric"
-        } else {
-            "FailedGetResourceMetric"
-        },
-        message,
-    };
-    let metrics = metrics.map_err(|e| fail(format!("unable to get metrics for resource {resource}: unable to fetch metrics from resource metrics API: {e}")))?;
-    let by_name: HashMap<&str, &PodMetrics> = metrics
-        .iter()
-        .filter_map(|m| Some((m.metadata.name.as_deref()?, m)))
-        .collect();
-    if pods.is_empty() {
-        return Err(fail(format!(
-            "unable to get metrics for resource {resource}: no pods returned by selector while calculating replica count"
-        )));
-    }
+    samples: &HashMap<String, Sample>,
+    cpu: bool,
+    requests: Option<&HashMap<String, f64>>,
+    target: f64,
+) -> Result<Computed, String> {
     let now = jiff::Timestamp::now();
-    let cpu = resource == "cpu";
     // name → (usage, request), and the groups.
     let mut counted: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     let (mut unready, mut missing) = (Vec::new(), Vec::new());
-    let utilization = target.type_ == "Utilization";
-    let target_value = match target.type_.as_str() {
-        "Utilization" => f64::from(target.average_utilization.unwrap_or(100)),
-        _ => target
-            .average_value
-            .as_ref()
-            .or(target.value.as_ref())
-            .map_or(0.0, |q| amount(&resource, q) as f64),
-    };
     for pod in pods {
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let metric = by_name.get(name.as_str()).copied();
-        let request = if utilization {
-            request_of(pod, &resource, container.as_deref())
-                .map_err(|e| fail(format!("failed to get {resource} utilization: {e}")))?
-                as f64
-        } else {
-            0.0
-        };
-        match group(pod, metric, cpu, now) {
+        let request = requests.and_then(|r| r.get(&name).copied()).unwrap_or(0.0);
+        let sample = samples.get(&name);
+        match group(pod, sample, cpu, now) {
             Group::Ignored => {}
             Group::Unready => unready.push((name, request)),
             Group::Missing => missing.push((name, request)),
             Group::Ready => {
-                let usage = metric.map_or(0, |m| usage_of(m, &resource, container.as_deref()));
-                counted.insert(name, (usage as f64, request));
+                counted.insert(name, (sample.map_or(0.0, |s| s.usage), request));
             }
         }
     }
     if counted.is_empty() {
-        return Err(fail(format!(
-            "unable to get metrics for resource {resource}: did not receive metrics for targeted pods (pods might be unready)"
-        )));
+        return Err("did not receive metrics for targeted pods (pods might be unready)".into());
     }
-    // ratio of usage to target over `set`, and what the status shows.
+    let utilization = requests.is_some();
+    // The ratio of usage to target over `set`, and what the status shows.
     let ratio = |set: &BTreeMap<String, (f64, f64)>| -> (f64, f64) {
         let usage: f64 = set.values().map(|(u, _)| u).sum();
         if utilization {
@@ -741,22 +764,15 @@ fn recommend(
             } else {
                 0.0
             };
-            (util / target_value, util)
+            (util / target, util)
         } else {
             let avg = usage / set.len() as f64;
-            (
-                if target_value > 0.0 {
-                    avg / target_value
-                } else {
-                    0.0
-                },
-                avg,
-            )
+            (if target > 0.0 { avg / target } else { 0.0 }, avg)
         }
     };
     let ready_count = counted.len() as f64;
     let (usage_ratio, shown) = ratio(&counted);
-    let raw_average = counted.values().map(|(u, _)| u).sum::<f64>() / counted.len() as f64;
+    let average = counted.values().map(|(u, _)| u).sum::<f64>() / counted.len() as f64;
     let rebalance_unready = !unready.is_empty() && usage_ratio > 1.0;
     let replicas = if !rebalance_unready && missing.is_empty() {
         if (1.0 - usage_ratio).abs() <= TOLERANCE {
@@ -768,7 +784,7 @@ fn recommend(
         let mut filled = counted.clone();
         for (name, request) in &missing {
             let usage = if usage_ratio < 1.0 {
-                if utilization { *request } else { target_value }
+                if utilization { *request } else { target }
             } else {
                 0.0
             };
@@ -794,34 +810,265 @@ fn recommend(
             }
         }
     };
-    let value = if cpu {
-        Quantity(format!("{}m", raw_average.round() as u64))
+    Ok(Computed {
+        replicas,
+        shown,
+        average,
+    })
+}
+
+/// A resource metric's recommendation (`Resource`, `ContainerResource`) from the pods'
+/// resource metrics.
+fn recommend(
+    m: &MetricSpec,
+    current: i32,
+    pods: &[Arc<Pod>],
+    metrics: Result<&Vec<PodMetrics>, &String>,
+) -> Result<Recommendation, MetricFailure> {
+    let Some((resource, container, target)) = resource_of(m) else {
+        return Err(MetricFailure {
+            reason: "FailedGetExternalMetric",
+            message: "unable to get external metric: no external metrics API is served".into(),
+        });
+    };
+    let fail = |message: String| MetricFailure {
+        reason: if container.is_some() {
+            "FailedGetContainerResourceMetric"
+        } else {
+            "FailedGetResourceMetric"
+        },
+        message,
+    };
+    let metrics = metrics.map_err(|e| {
+        fail(format!(
+            "unable to get metrics for resource {resource}: unable to fetch metrics from resource metrics API: {e}"
+        ))
+    })?;
+    if pods.is_empty() {
+        return Err(fail(format!(
+            "unable to get metrics for resource {resource}: no pods returned by selector while calculating replica count"
+        )));
+    }
+    let samples: HashMap<String, Sample> = metrics
+        .iter()
+        .filter_map(|pm| {
+            Some((
+                pm.metadata.name.clone()?,
+                Sample {
+                    usage: usage_of(pm, &resource, container.as_deref()) as f64,
+                    timestamp: pm.timestamp.as_ref().map(|t| t.0),
+                    window: parse_window(&pm.window),
+                },
+            ))
+        })
+        .collect();
+    let utilization = target.type_ == "Utilization";
+    let requests = if utilization {
+        let mut r = HashMap::new();
+        for pod in pods {
+            let request = request_of(pod, &resource, container.as_deref())
+                .map_err(|e| fail(format!("failed to get {resource} utilization: {e}")))?;
+            r.insert(
+                pod.metadata.name.clone().unwrap_or_default(),
+                request as f64,
+            );
+        }
+        Some(r)
     } else {
-        Quantity(format!("{}", raw_average.round() as u64))
+        None
+    };
+    let target_value = if utilization {
+        f64::from(target.average_utilization.unwrap_or(100))
+    } else {
+        target
+            .average_value
+            .as_ref()
+            .or(target.value.as_ref())
+            .map_or(0.0, |q| amount(&resource, q) as f64)
+    };
+    let c = replicas_for(
+        current,
+        pods,
+        &samples,
+        resource == "cpu",
+        requests.as_ref(),
+        target_value,
+    )
+    .map_err(|e| {
+        fail(format!(
+            "unable to get metrics for resource {resource}: {e}"
+        ))
+    })?;
+    let value = if resource == "cpu" {
+        Quantity(format!("{}m", c.average.round() as u64))
+    } else {
+        Quantity(format!("{}", c.average.round() as u64))
     };
     let current_value = MetricValueStatus {
-        average_utilization: utilization.then_some(shown.round() as i32),
+        average_utilization: utilization.then_some(c.shown.round() as i32),
         average_value: Some(value),
         value: None,
     };
     let status: MetricStatus = match &container {
         None => serde_json::from_value(json!({"type": "Resource", "resource": {"name": resource, "current": current_value}})),
-        Some(c) => serde_json::from_value(json!({"type": "ContainerResource", "containerResource": {"name": resource, "container": c, "current": current_value}})),
+        Some(cn) => serde_json::from_value(json!({"type": "ContainerResource", "containerResource": {"name": resource, "container": cn, "current": current_value}})),
     }
     .expect("a metric status");
     let describe = match (&container, utilization) {
         (None, true) => format!("{resource} resource utilization (percentage of request)"),
         (None, false) => format!("{resource} resource"),
-        (Some(c), true) => format!(
-            "{resource} container resource utilization (percentage of request) of container {c}"
+        (Some(cn), true) => format!(
+            "{resource} container resource utilization (percentage of request) of container {cn}"
         ),
-        (Some(c), false) => format!("{resource} container resource of container {c}"),
+        (Some(cn), false) => format!("{resource} container resource of container {cn}"),
     };
     Ok(Recommendation {
-        replicas,
+        replicas: c.replicas,
         status,
         describe,
     })
+}
+
+/// A Pods metric's recommendation (`GetMetricReplicas`: an average value per pod) from the
+/// custom metrics API's values for the target's pods.
+fn recommend_pods(
+    m: &MetricSpec,
+    current: i32,
+    pods: &[Arc<Pod>],
+    values: Result<Vec<wasmkube_api::metrics::MetricValue>, String>,
+) -> Result<Recommendation, MetricFailure> {
+    let spec = m
+        .pods
+        .as_ref()
+        .expect("validated: a Pods metric has its source");
+    let name = &spec.metric.name;
+    let fail = |message: String| MetricFailure {
+        reason: "FailedGetPodsMetric",
+        message: format!("unable to get metric {name}: {message}"),
+    };
+    let values = values.map_err(fail)?;
+    let samples: HashMap<String, Sample> = values
+        .iter()
+        .filter_map(|v| {
+            Some((
+                v.described_object.name.clone()?,
+                Sample {
+                    usage: quantity_value(&v.value),
+                    timestamp: v.timestamp.as_ref().map(|t| t.0),
+                    window: Duration::from_secs(v.window_seconds.unwrap_or(0).max(0) as u64),
+                },
+            ))
+        })
+        .collect();
+    let target = spec
+        .target
+        .average_value
+        .as_ref()
+        .map_or(0.0, quantity_value);
+    let c = replicas_for(current, pods, &samples, false, None, target).map_err(fail)?;
+    let status: MetricStatus = serde_json::from_value(json!({"type": "Pods", "pods": {
+        "metric": {"name": name}, "current": {"averageValue": wasmkube_api::metrics::amount_quantity(c.average)}}}))
+    .expect("a metric status");
+    Ok(Recommendation {
+        replicas: c.replicas,
+        status,
+        describe: format!("pods metric {name}"),
+    })
+}
+
+/// An Object metric's recommendation (`GetObjectMetricReplicas` for a `Value` target,
+/// `GetObjectPerPodMetricReplicas` for `AverageValue`) from the object's value.
+fn recommend_object(
+    m: &MetricSpec,
+    current: i32,
+    pods: &[Arc<Pod>],
+    value: Result<wasmkube_api::metrics::MetricValue, String>,
+) -> Result<Recommendation, MetricFailure> {
+    let spec = m
+        .object
+        .as_ref()
+        .expect("validated: an Object metric has its source");
+    let name = &spec.metric.name;
+    let object = format!(
+        "{}/{}",
+        spec.described_object.kind, spec.described_object.name
+    );
+    let v = value
+        .map(|v| quantity_value(&v.value))
+        .map_err(|message| MetricFailure {
+            reason: "FailedGetObjectMetric",
+            message: format!("unable to get metric {name}: {object} on {message}"),
+        })?;
+    let (replicas, current_value) = if spec.target.type_ == "AverageValue" {
+        let target = spec
+            .target
+            .average_value
+            .as_ref()
+            .map_or(0.0, quantity_value);
+        let wanted = if target > 0.0 {
+            (v / target).ceil() as i32
+        } else {
+            current
+        };
+        let ratio = if current > 0 && target > 0.0 {
+            v / (target * f64::from(current))
+        } else {
+            f64::INFINITY
+        };
+        let replicas = if current > 0 && (1.0 - ratio).abs() <= TOLERANCE {
+            current
+        } else {
+            wanted
+        };
+        let average = if current > 0 {
+            v / f64::from(current)
+        } else {
+            v
+        };
+        (
+            replicas,
+            json!({"averageValue": wasmkube_api::metrics::amount_quantity(average)}),
+        )
+    } else {
+        let target = spec.target.value.as_ref().map_or(0.0, quantity_value);
+        let ratio = if target > 0.0 { v / target } else { 1.0 };
+        let ready = pods
+            .iter()
+            .filter(|p| ready_condition(p).is_some_and(|c| c.status == "True"))
+            .count() as f64;
+        let replicas = if (1.0 - ratio).abs() <= TOLERANCE {
+            current
+        } else {
+            (ratio * ready).ceil() as i32
+        };
+        (
+            replicas,
+            json!({"value": wasmkube_api::metrics::amount_quantity(v)}),
+        )
+    };
+    let status: MetricStatus = serde_json::from_value(json!({"type": "Object", "object": {
+        "metric": {"name": name}, "describedObject": spec.described_object, "current": current_value}}))
+    .expect("a metric status");
+    Ok(Recommendation {
+        replicas,
+        status,
+        describe: format!("{name} metric on {object}"),
+    })
+}
+
+/// A quantity as a number (`1500m` is 1.5).
+fn quantity_value(q: &Quantity) -> f64 {
+    bytes(&Quantity(q.0.clone())).map_or_else(
+        || millicores(q).map_or(0.0, |m| m as f64 / 1000.0),
+        |b| {
+            // `bytes` rounds up fractions; milli-quantities read exactly through millicores.
+            if q.0.ends_with('m') {
+                millicores(q).map_or(b as f64, |m| m as f64 / 1000.0)
+            } else {
+                b as f64
+            }
+        },
+    )
 }
 
 /// `stabilizeRecommendationWithBehaviors`: the recommendation after the stabilization

@@ -203,3 +203,123 @@ async fn an_autoscaler_should_scale_a_spinning_deployment_up_and_an_idle_one_dow
     );
     cluster.stop().await
 }
+
+#[tokio::test]
+async fn an_autoscaler_on_requests_in_flight_should_follow_the_load_of_client_guests() -> Result<()>
+{
+    let cluster = Cluster::start().await?;
+    let _node = cluster
+        .start_node_with("n1", |c| c.metrics_window = Duration::from_secs(1))
+        .await?;
+    let _sched = cluster.start_scheduler();
+    let _controllers =
+        cluster.start_controllers_with(|c| c.hpa_sync_period = Some(Duration::from_secs(1)));
+    let http = cluster.push_sample("http-hello").await?;
+    let toolbox = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    let deploys: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let deployment =
+        |name: &str, replicas: i32, container: serde_json::Value| -> Result<Deployment> {
+            Ok(serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                    "template": {"metadata": {"labels": {"app": name}},
+                        "spec": {"containers": [container]}}}
+            }))?)
+        };
+    deploys
+        .create(
+            &PostParams::default(),
+            &deployment(
+                "slow",
+                1,
+                json!({"name": "web", "image": http, "ports": [{"containerPort": 8080}]}),
+            )?,
+        )
+        .await?;
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(c.clone(), "default");
+    let svc = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "slow"},
+                "spec": {"selector": {"app": "slow"}, "ports": [{"port": 80, "targetPort": 8080}]}}))?,
+        )
+        .await?;
+    let ip = svc.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    let hpas: Api<Hpa> = Api::namespaced(c.clone(), "default");
+    hpas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "slow"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "slow"},
+                "minReplicas": 1, "maxReplicas": 4,
+                "metrics": [{"type": "Pods", "pods": {"metric": {"name": "http_requests_in_flight"},
+                    "target": {"type": "AverageValue", "averageValue": "1"}}}],
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}}}
+        }))?,
+    )
+    .await?;
+    wasmkube_tests::wait_ready_endpoints(c, "slow", 1).await?;
+
+    // Three client guests, each with one 300 ms request in flight at a time.
+    deploys
+        .create(
+            &PostParams::default(),
+            &deployment(
+                "load",
+                3,
+                json!({"name": "client", "image": toolbox,
+                    "args": ["http-loop", format!("{ip}:80"), "/?sleep=300"]}),
+            )?,
+        )
+        .await?;
+    wait_for(
+        "slow scaled up to about 3 pods for 3 in flight",
+        SLOW,
+        || async {
+            let d = deploys.get("slow").await.ok()?;
+            (replicas(&d) >= 3).then_some(())
+        },
+    )
+    .await?;
+    // The Service's requests in flight, as an Object metric would read them.
+    let (code, body) = wasmkube_tests::raw(
+        c,
+        "GET",
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/services/slow/http_requests_in_flight",
+        "",
+        "application/json",
+        b"",
+    )
+    .await?;
+    ensure!(code == 200, "{body}");
+    let value = body["items"][0]["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        body["items"][0]["describedObject"]["kind"] == "Service",
+        "{body}"
+    );
+    ensure!(!value.is_empty(), "{body}");
+    let hpa = hpas.get("slow").await?;
+    ensure!(
+        hpa.status
+            .as_ref()
+            .and_then(|s| s.current_metrics.as_ref())
+            .and_then(|m| m.first())
+            .and_then(|m| m.pods.as_ref())
+            .is_some(),
+        "the Pods metric in the status: {:?}",
+        hpa.status
+    );
+
+    // The load stops: back to one.
+    deploys.delete("load", &Default::default()).await?;
+    wait_for("slow scaled back down to 1", SLOW, || async {
+        let d = deploys.get("slow").await.ok()?;
+        (replicas(&d) == 1).then_some(())
+    })
+    .await?;
+    cluster.stop().await
+}

@@ -108,6 +108,10 @@ impl PodRegistry {
                     name: name.clone(),
                     uid: e.uid.clone(),
                     started: e.started.unwrap_or(std::time::UNIX_EPOCH),
+                    serves_http: e
+                        .running
+                        .values()
+                        .any(|(p, _)| matches!(p, Prepared::Http(_))),
                     containers,
                 }
             })
@@ -125,6 +129,8 @@ pub(crate) struct PodUsage {
     pub name: String,
     pub uid: String,
     pub started: std::time::SystemTime,
+    /// Whether a `wasi:http` container runs (its requests are counted).
+    pub serves_http: bool,
     pub containers: Vec<(String, Arc<Usage>)>,
 }
 

@@ -95,7 +95,7 @@ impl Stats {
         let (now, wall) = (Instant::now(), SystemTime::now());
         {
             let mut machine = self.machine.lock().expect("machine rate lock");
-            *machine = machine.next(machine_cpu_nanos(), now, wall);
+            *machine = machine.next(machine_cpu_nanos(), 0, now, wall);
         }
         let pods = self.pods.usage();
         for pod in &pods {
@@ -133,7 +133,7 @@ impl Stats {
         let machine = {
             let last = *self.machine.lock().expect("machine rate lock");
             if last.window.is_zero() {
-                last.next(machine_cpu_nanos(), Instant::now(), wall)
+                last.next(machine_cpu_nanos(), 0, Instant::now(), wall)
             } else {
                 last
             }
@@ -159,6 +159,7 @@ impl Stats {
             .map(|pod| {
                 let mut cpu = CpuStats::default();
                 let mut memory = 0;
+                let mut requests = wasmkube_api::metrics::RequestStats::default();
                 let containers = pod
                     .containers
                     .iter()
@@ -174,6 +175,12 @@ impl Stats {
                                 .max(c.window_seconds.unwrap_or(0.0)),
                         );
                         *cpu.usage_nano_cores.get_or_insert(0) += rate.nano_cores;
+                        requests.total += usage.requests();
+                        requests.in_flight += usage.in_flight();
+                        requests.per_second += rate.requests_per_second;
+                        requests.window_seconds =
+                            requests.window_seconds.max(rate.window.as_secs_f64());
+                        requests.time = time(rate.at).max(requests.time.clone());
                         *cpu.usage_core_nano_seconds.get_or_insert(0) += rate.cpu_nanos;
                         ContainerStats {
                             name: name.clone(),
@@ -193,6 +200,7 @@ impl Stats {
                     containers,
                     cpu: Some(cpu),
                     memory: Some(memory_stats(wall, memory)),
+                    requests: pod.serves_http.then_some(requests),
                 }
             })
             .collect();
@@ -373,6 +381,7 @@ mod tests {
                 }],
                 cpu,
                 memory,
+                requests: None,
             }],
         };
         let text = resource_metrics(&s);

@@ -538,8 +538,11 @@ async fn handle(
     let log_task = Arc::clone(log);
     // The guest may keep streaming the body after it has set the response, so it runs on.
     let usage = Arc::clone(&launch.usage);
+    // In flight until the guest has finished with the request (it may stream the body on).
+    let in_flight = usage.request();
     let task = tokio::spawn(Metered::new(
         async move {
+            let _in_flight = in_flight;
             let result = match pre.instantiate_async(&mut store).await {
                 Ok(proxy) => {
                     crate::metrics::instantiated("http");

@@ -21,12 +21,24 @@ pub struct Usage {
     started: SystemTime,
     cpu_nanos: AtomicU64,
     memory_bytes: AtomicU64,
+    /// `wasi:http` requests received, and those not finished.
+    requests: AtomicU64,
+    in_flight: AtomicU64,
     /// The last window the sampler closed (none yet: the start).
     last: Mutex<Rate>,
 }
 
-/// CPU usage over a window that ended at `at`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A `wasi:http` request being handled (counted in flight until dropped).
+pub(crate) struct InFlight(Arc<Usage>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// CPU usage (and requests) over a window that ended at `at`.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {
     /// When the window ended.
     pub at: SystemTime,
@@ -36,6 +48,10 @@ pub struct Rate {
     pub nano_cores: u64,
     /// Cumulative CPU time at its end, in nanoseconds.
     pub cpu_nanos: u64,
+    /// Requests received by its end, in all.
+    pub requests: u64,
+    /// Requests per second over it.
+    pub requests_per_second: f64,
     end: Instant,
 }
 
@@ -47,13 +63,42 @@ impl Rate {
             window: Duration::ZERO,
             nano_cores: 0,
             cpu_nanos,
+            requests: 0,
+            requests_per_second: 0.0,
             end: now,
         }
     }
 
-    /// The window from this one's end to `now`, when `cpu_nanos` have been used in all.
-    pub(crate) fn next(&self, cpu_nanos: u64, now: Instant, wall: SystemTime) -> Rate {
-        rate_since(self, cpu_nanos, now, wall)
+    /// The window from this one's end to `now`, when `cpu_nanos` have been used and
+    /// `requests` received in all.
+    pub(crate) fn next(
+        &self,
+        cpu_nanos: u64,
+        requests: u64,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Rate {
+        let window = now.saturating_duration_since(self.end);
+        let used = cpu_nanos.saturating_sub(self.cpu_nanos);
+        let nano_cores = if window.is_zero() {
+            0
+        } else {
+            u64::try_from(u128::from(used) * 1_000_000_000 / window.as_nanos()).unwrap_or(u64::MAX)
+        };
+        let requests_per_second = if window.is_zero() {
+            0.0
+        } else {
+            requests.saturating_sub(self.requests) as f64 / window.as_secs_f64()
+        };
+        Rate {
+            at: wall,
+            window,
+            nano_cores,
+            cpu_nanos,
+            requests,
+            requests_per_second,
+            end: now,
+        }
     }
 }
 
@@ -76,6 +121,8 @@ impl Usage {
             started,
             cpu_nanos: AtomicU64::new(0),
             memory_bytes: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             last: Mutex::new(Rate::start(0, start, started)),
         }
     }
@@ -93,6 +140,23 @@ impl Usage {
     /// Bytes its live instances hold now.
     pub fn memory_bytes(&self) -> u64 {
         self.memory_bytes.load(Ordering::Relaxed)
+    }
+
+    /// `wasi:http` requests not finished now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// `wasi:http` requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// A request arrives: counted, and in flight until the guard drops.
+    pub(crate) fn request(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
     }
 
     pub(crate) fn charge(&self, d: Duration) {
@@ -116,7 +180,7 @@ impl Usage {
     /// since the start for the first one.
     pub fn sample(&self, now: Instant, wall: SystemTime) -> Rate {
         let mut last = self.last.lock().expect("usage lock");
-        *last = last.next(self.cpu_nanos(), now, wall);
+        *last = last.next(self.cpu_nanos(), self.requests(), now, wall);
         *last
     }
 
@@ -124,27 +188,15 @@ impl Usage {
     pub fn rate(&self) -> Rate {
         let last = *self.last.lock().expect("usage lock");
         if last.window.is_zero() {
-            last.next(self.cpu_nanos(), Instant::now(), SystemTime::now())
+            last.next(
+                self.cpu_nanos(),
+                self.requests(),
+                Instant::now(),
+                SystemTime::now(),
+            )
         } else {
             last
         }
-    }
-}
-
-fn rate_since(previous: &Rate, cpu: u64, now: Instant, wall: SystemTime) -> Rate {
-    let window = now.saturating_duration_since(previous.end);
-    let used = cpu.saturating_sub(previous.cpu_nanos);
-    let nano_cores = if window.is_zero() {
-        0
-    } else {
-        u64::try_from(u128::from(used) * 1_000_000_000 / window.as_nanos()).unwrap_or(u64::MAX)
-    };
-    Rate {
-        at: wall,
-        window,
-        nano_cores,
-        cpu_nanos: cpu,
-        end: now,
     }
 }
 
@@ -192,6 +244,21 @@ mod tests {
         assert_eq!(second.nano_cores, 10_000_000, "10 ms over 1 s");
         assert_eq!(second.cpu_nanos, 60_000_000);
         assert_eq!(u.rate(), second, "the last window until the next tick");
+    }
+
+    #[test]
+    fn requests_should_be_counted_in_flight_and_as_a_rate() {
+        let t0 = Instant::now();
+        let u = Arc::new(Usage::since(t0));
+        let first = u.request();
+        let second = u.request();
+        assert_eq!((u.requests(), u.in_flight()), (2, 2));
+        drop(first);
+        assert_eq!((u.requests(), u.in_flight()), (2, 1));
+        let r = u.sample(t0 + Duration::from_millis(500), SystemTime::now());
+        assert!((r.requests_per_second - 4.0).abs() < 1e-9, "{r:?}");
+        drop(second);
+        assert_eq!(u.in_flight(), 0);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A `wasi:http/proxy` component: the wasmlet instantiates it once per request.
-//! Answers every request with a greeting naming the method and path.
+//! Answers every request with a greeting naming the method and path; `?sleep=MS` first waits
+//! that long (a slow handler, for request-driven autoscaling).
 
 use wasi::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
@@ -24,6 +25,13 @@ impl wasi::exports::http::incoming_handler::Guest for Hello {
             Method::Trace => "TRACE".to_owned(),
             Method::Other(m) => m,
         };
+        let sleep_ms = path
+            .split_once('?')
+            .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("sleep=")))
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(ms) = sleep_ms {
+            wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+        }
         let text = format!("Hello from wasmkube! {method} {path}\n");
 
         let headers = Fields::from_list(&[(

@@ -12,6 +12,8 @@
 //! the reply, forever), `connect-n N HOST:PORT [quiet]` (connect N times, print each first line; the time taken goes
 //! to stderr), `httpd PORT DIR` (a tiny HTTP/1.1 server: `GET /x` answers 200 with the file
 //! `DIR/x`, 404 when there is none; for probes whose health a test flips by writing files),
+//! `http-loop HOST:PORT PATH` (GET PATH over HTTP/1.1 again and again, one at a time, forever,
+//! printing each status line: load for request-driven autoscaling),
 //! `kube-get PATH` (GET `PATH` from the API server with the pod's in-cluster configuration —
 //! `KUBERNETES_SERVICE_HOST`/`_PORT` and the mounted service-account token — over
 //! `wasi:http`; prints `status CODE` and the body).
@@ -132,6 +134,19 @@ fn run(cmd: &str, rest: &[String]) -> std::io::Result<()> {
                 }
                 std::io::stdout().flush()?;
                 std::thread::sleep(every);
+            }
+        }
+        "http-loop" => {
+            // http-loop HOST:PORT PATH: GET PATH over and over, one request at a time, forever
+            // (load for request-driven autoscaling); prints each status line.
+            let (addr, rest) = rest.split_first().ok_or_else(|| usage("HOST:PORT PATH"))?;
+            let path = rest.first().map(String::as_str).unwrap_or("/");
+            loop {
+                match http_get_status(addr, path) {
+                    Ok(status) => println!("{status}"),
+                    Err(e) => println!("error: {e}"),
+                }
+                std::io::stdout().flush()?;
             }
         }
         "connect-n" => {
@@ -263,4 +278,13 @@ fn number(rest: &[String]) -> std::io::Result<u64> {
 
 fn usage(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("expected {what}"))
+}
+
+/// One `GET path` to `addr` with `Connection: close`: the response's status line.
+fn http_get_status(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut conn = std::net::TcpStream::connect(addr)?;
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    Ok(reply.lines().next().unwrap_or_default().to_owned())
 }
