@@ -205,6 +205,21 @@ pub struct Summary {
     /// Every pod with a running container.
     #[serde(default)]
     pub pods: Vec<PodStats>,
+    /// Requests and connections this node holds for Services with no ready endpoint (scale
+    /// from zero; not in the kubelet's summary).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<ServiceWaiting>,
+}
+
+/// What a node holds for one Service at zero pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceWaiting {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Requests and connections held now.
+    pub waiting: u64,
 }
 
 /// The node's usage.

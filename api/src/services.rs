@@ -122,7 +122,14 @@ pub struct ServiceEntry {
     pub ports: Vec<ServicePort>,
     /// `sessionAffinity: ClientIP` with its timeout in seconds.
     pub affinity_seconds: Option<u32>,
+    /// An autoscaler may take it to zero pods ([`SCALE_FROM_ZERO`]): with no ready endpoint,
+    /// the node holds new requests and connections until one is ready.
+    pub scale_from_zero: bool,
 }
+
+/// The annotation the autoscaler puts on a Service it may scale to zero (the value names the
+/// HorizontalPodAutoscaler).
+pub const SCALE_FROM_ZERO: &str = "autoscaling.wasmkube.io/scale-from-zero";
 
 /// One endpoint address of a Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +218,11 @@ impl ServiceEntry {
                 })
                 .collect(),
             affinity_seconds,
+            scale_from_zero: svc
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(SCALE_FROM_ZERO)),
         }
     }
 }

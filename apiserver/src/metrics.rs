@@ -326,12 +326,14 @@ async fn custom(
         .iter()
         .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
         .collect();
+    // A Service's requests may be held by any node (at zero pods), so every node is asked.
     let hosts = endpoints(nodes.iter().filter(|n| {
-        n.metadata
-            .name
-            .as_deref()
-            .is_some_and(|name| on.contains(name))
-            && ready(n)
+        ready(n)
+            && (described.is_some()
+                || n.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|name| on.contains(name)))
     }));
     let summaries = scrape(kubelet, hosts).await;
     // (pod, its requests) for every selected pod that reported them.
@@ -360,8 +362,18 @@ async fn custom(
     let window = |r: &wasmkube_api::metrics::RequestStats| Some(r.window_seconds.round() as i64);
     let items: Vec<wasmkube_api::metrics::MetricValue> = match described {
         Some((kind, object)) => {
-            // A Service with no pods (scaled to zero) is a Service with no requests in flight.
-            let total: f64 = measured.iter().map(|(_, r)| value_of(r)).sum();
+            // A Service's pods' requests, and at zero pods what the nodes hold for it.
+            let held: u64 = if metric == wasmkube_api::metrics::REQUESTS_IN_FLIGHT {
+                summaries
+                    .values()
+                    .flat_map(|s| &s.waiting)
+                    .filter(|w| w.namespace == namespace && w.name == object)
+                    .map(|w| w.waiting)
+                    .sum()
+            } else {
+                0
+            };
+            let total: f64 = measured.iter().map(|(_, r)| value_of(r)).sum::<f64>() + held as f64;
             let latest = measured.iter().filter_map(|(_, r)| r.time.clone()).max();
             vec![wasmkube_api::metrics::MetricValue {
                 described_object: k8s_openapi::api::core::v1::ObjectReference {

@@ -32,6 +32,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use wasmkube_api::metrics::PodMetrics;
 use wasmkube_api::quantity::{bytes, millicores};
+use wasmkube_api::services::SCALE_FROM_ZERO;
 
 /// `--horizontal-pod-autoscaler-tolerance`.
 const TOLERANCE: f64 = 0.1;
@@ -59,6 +60,8 @@ pub struct Ctx {
     recorder: Recorder,
     sync_period: Duration,
     memory: Mutex<HashMap<String, Memory>>,
+    /// Services already annotated for scale from zero (namespace, name).
+    marked: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// Runs the controller until `shutdown`.
@@ -82,8 +85,27 @@ pub(crate) async fn run(
         recorder,
         sync_period,
         memory: Mutex::default(),
+        marked: Mutex::default(),
     });
-    let controller = Controller::new(Api::<Hpa>::all(client), watcher::Config::default());
+    let controller = Controller::new(Api::<Hpa>::all(client.clone()), watcher::Config::default());
+    // Scale from zero: a node holding a request for a Service records a ScaleFromZero Event;
+    // the autoscalers with an Object metric of that Service are evaluated at once.
+    let store = controller.store();
+    let controller = controller.watches(
+        Api::<k8s_openapi::api::core::v1::Event>::all(client),
+        watcher::Config::default().fields("reason=ScaleFromZero"),
+        move |ev: k8s_openapi::api::core::v1::Event| {
+            let o = ev.involved_object;
+            let (ns, name) = (o.namespace.unwrap_or_default(), o.name.unwrap_or_default());
+            store
+                .state()
+                .iter()
+                .filter(|h| h.namespace().as_deref() == Some(ns.as_str()))
+                .filter(|h| object_services(h).any(|s| s == name))
+                .map(|h| kube::runtime::reflector::ObjectRef::from_obj(&**h))
+                .collect::<Vec<_>>()
+        },
+    );
     crate::drive(
         controller,
         "horizontalpodautoscaling",
@@ -93,6 +115,16 @@ pub(crate) async fn run(
         shutdown,
     )
     .await;
+}
+
+/// The Services an autoscaler's Object metrics describe.
+fn object_services(hpa: &Hpa) -> impl Iterator<Item = &str> {
+    hpa.spec
+        .iter()
+        .flat_map(|s| s.metrics.iter().flatten())
+        .filter_map(|m| m.object.as_ref())
+        .filter(|o| o.described_object.kind == "Service")
+        .map(|o| o.described_object.name.as_str())
 }
 
 /// Why one metric gave no recommendation: the condition reason and message.
@@ -174,6 +206,12 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
     let current = scale.spec_replicas;
     let min = spec.min_replicas.unwrap_or(1);
     let max = spec.max_replicas;
+    if min == 0 {
+        // At zero pods the nodes must hold requests for these Services, not refuse them.
+        for service in object_services(&hpa) {
+            ctx.mark_scale_from_zero(&ns, service, &name).await;
+        }
+    }
     status.current_replicas = Some(scale.status_replicas);
 
     let mut desired;
@@ -193,7 +231,16 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
         );
     } else {
         let pods = ctx.pods_of(&ns, &scale.selector);
-        let pod_metrics = ctx.pod_metrics(&ns, &scale.selector).await;
+        let wants_resources = spec
+            .metrics
+            .iter()
+            .flatten()
+            .any(|m| resource_of(m).is_some());
+        let pod_metrics = if wants_resources {
+            ctx.pod_metrics(&ns, &scale.selector).await
+        } else {
+            Ok(Vec::new())
+        };
         let mut best: Option<Recommendation> = None;
         let mut failures = Vec::new();
         for m in spec.metrics.iter().flatten() {
@@ -427,6 +474,29 @@ impl Ctx {
             .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
             .filter(|p| selector.matches(p.metadata.labels.as_ref().unwrap_or(&empty)))
             .collect()
+    }
+
+    /// Annotates Service `ns/service` for scale from zero ([`SCALE_FROM_ZERO`], naming the
+    /// autoscaler), once.
+    async fn mark_scale_from_zero(&self, ns: &str, service: &str, hpa: &str) {
+        let key = (ns.to_owned(), service.to_owned());
+        if self.marked.lock().expect("marked lock").contains(&key) {
+            return;
+        }
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(self.client.clone(), ns);
+        let patch = json!({"metadata": {"annotations": {SCALE_FROM_ZERO: hpa}}});
+        match services
+            .patch(service, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.marked.lock().expect("marked lock").insert(key);
+            }
+            Err(e) => {
+                tracing::debug!(%ns, %service, error = %e, "cannot mark a Service for scale from zero")
+            }
+        }
     }
 
     /// A custom metric: `namespaces/{ns}/{resource}/{name}/{metric}` of custom.metrics.k8s.io.

@@ -37,3 +37,4 @@ mod t84_pod_identity;
 mod t85_network_policy;
 mod t86_metrics;
 mod t87_autoscaling;
+mod t88_scale_to_zero;

@@ -126,6 +126,10 @@ impl Config {
     }
 }
 
+/// The reason of the Event a node records when it holds a request for a Service at zero
+/// pods (the autoscaler scales its target up when it sees one).
+pub const SCALE_FROM_ZERO_REASON: &str = "ScaleFromZero";
+
 /// The default [`Config::metrics_window`].
 pub const METRICS_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -247,7 +251,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         config.listen,
         Arc::clone(&tls.endpoint),
         Arc::clone(&pods),
-        stats,
+        Arc::clone(&stats),
         shutdown.clone(),
     )
     .await?;
@@ -344,6 +348,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     ));
     let (recorder, recorder_task) =
         pod::events::Recorder::start(client.clone(), &config.node_name, shutdown.clone());
+    {
+        // A request held for a Service at zero pods asks for a replica: an Event the
+        // autoscaler acts on at once.
+        let recorder = recorder.clone();
+        net.set_waker(Box::new(move |ns: &str, name: &str| {
+            recorder.service(
+                ns,
+                name,
+                pod::worker::EventType::Normal,
+                SCALE_FROM_ZERO_REASON,
+                "a request is waiting for a ready endpoint".into(),
+            );
+        }));
+    }
+    stats.set_waiting(Arc::clone(&net.waiting));
     let ctx = Arc::new(NodeCtx {
         client: client.clone(),
         node_name: config.node_name.clone(),

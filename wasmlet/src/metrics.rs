@@ -6,7 +6,9 @@
 //! `wasmkube_instantiations_total{kind}` (`command`, `http`), the service proxy's
 //! `wasmkube_proxy_connections_total{kind}` (`service`: a pod's connection to a Service IP,
 //! `node_port`: a NodePort or hostPort connection) and
-//! `wasmkube_network_policy_refused_total`. Per-container CPU and memory are at
+//! `wasmkube_network_policy_refused_total`, and scale from zero's
+//! `wasmkube_cold_starts_total` and `wasmkube_cold_start_duration_seconds` (how long a request
+//! or connection was held for a Service at zero pods). Per-container CPU and memory are at
 //! `/metrics/resource`.
 
 use std::sync::OnceLock;
@@ -43,6 +45,7 @@ struct Metrics {
     instantiations: Family<Kind, Counter>,
     connections: Family<Kind, Counter>,
     refused: Counter,
+    cold_starts: Histogram,
 }
 
 /// Pod start buckets: the kubelet's start at 0.5 s; a wasm pod starts in milliseconds.
@@ -62,6 +65,7 @@ fn metrics() -> &'static Metrics {
             instantiations: Family::default(),
             connections: Family::default(),
             refused: Counter::default(),
+            cold_starts: Histogram::new(POD_START_BUCKETS.iter().copied()),
         };
         let copy = (
             m.pod_start.clone(),
@@ -71,9 +75,10 @@ fn metrics() -> &'static Metrics {
             m.instantiations.clone(),
             m.connections.clone(),
             m.refused.clone(),
+            m.cold_starts.clone(),
         );
         wasmkube_client::metrics::register_once("wasmlet", move |r| {
-            let (start, pods, containers, oom, inst, conns, refused) = copy;
+            let (start, pods, containers, oom, inst, conns, refused, cold) = copy;
             r.register(
                 "kubelet_pod_start_duration_seconds",
                 "Duration in seconds from kubelet seeing a pod for the first time to the pod starting to run",
@@ -104,6 +109,11 @@ fn metrics() -> &'static Metrics {
                 "wasmkube_network_policy_refused",
                 "Connections refused by NetworkPolicy.",
                 refused,
+            );
+            r.register(
+                "wasmkube_cold_start_duration_seconds",
+                "How long requests and connections were held for a Service at zero pods until a replica was ready (its count is the cold starts).",
+                cold,
             );
         });
         m
@@ -151,6 +161,11 @@ pub(crate) fn instantiated(kind: &'static str) {
 /// The proxy carried a connection (`service` or `node_port`).
 pub(crate) fn connection(kind: &'static str) {
     metrics().connections.get_or_create(&Kind { kind }).inc();
+}
+
+/// A request or connection was held `took` for a Service at zero pods.
+pub(crate) fn cold_start(took: Duration) {
+    metrics().cold_starts.observe(took.as_secs_f64());
 }
 
 /// NetworkPolicy refused a connection.

@@ -131,6 +131,62 @@ pub struct NodeNet {
     pub refused_by_policy: AtomicUsize,
     /// In-process handlers of `wasi:http` pods, by their loopback listen address.
     http: RwLock<HashMap<SocketAddrV4, HttpHandler>>,
+    /// What is held for Services at zero pods (scale from zero).
+    pub(crate) waiting: Arc<Waiting>,
+    /// Fires after every change of Services or endpoints.
+    changed: tokio::sync::Notify,
+    /// Asks for a replica of a Service at zero pods (set at start: an Event the autoscaler
+    /// reacts to).
+    waker: OnceLock<Waker>,
+}
+
+/// Asks for a replica of Service (namespace, name).
+pub(crate) type Waker = Box<dyn Fn(&str, &str) + Send + Sync>;
+
+/// How long a request or connection is held for a Service at zero pods before it is refused
+/// (503 from the Ingress).
+pub(crate) const HOLD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many requests and connections one node holds per Service at most.
+pub(crate) const HOLD_LIMIT: u64 = 1000;
+
+/// Requests and connections held per Service while it has no ready endpoint.
+#[derive(Default)]
+pub(crate) struct Waiting(Mutex<HashMap<(String, String), u64>>);
+
+impl Waiting {
+    /// What is held now, per Service.
+    pub(crate) fn snapshot(&self) -> Vec<wasmkube_api::metrics::ServiceWaiting> {
+        let held = self.0.lock().expect("waiting lock");
+        let mut out: Vec<_> = held
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|((ns, name), n)| wasmkube_api::metrics::ServiceWaiting {
+                namespace: ns.clone(),
+                name: name.clone(),
+                waiting: *n,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
+    }
+}
+
+/// One held request or connection (counted until dropped).
+struct Held<'a> {
+    waiting: &'a Waiting,
+    key: (String, String),
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut held = self.waiting.0.lock().expect("waiting lock");
+        if let Some(n) = held.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl NodeNet {
@@ -162,7 +218,88 @@ impl NodeNet {
             policies: Arc::default(),
             refused_by_policy: AtomicUsize::new(0),
             http: RwLock::default(),
+            waiting: Arc::default(),
+            changed: tokio::sync::Notify::new(),
+            waker: OnceLock::new(),
         }
+    }
+
+    /// Sets what asks for a replica of a Service at zero pods.
+    pub(crate) fn set_waker(&self, waker: Waker) {
+        let _ = self.waker.set(waker);
+    }
+
+    /// Wakes whoever waits for an endpoint (after a change of Services or endpoints).
+    pub(crate) fn services_changed(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Whether Service `namespace/name` may be at zero pods, so that a request finding no
+    /// ready endpoint is held rather than refused.
+    pub(crate) fn holds(&self, namespace: &str, name: &str) -> bool {
+        self.services
+            .read()
+            .expect("net lock")
+            .service(namespace, name)
+            .is_some_and(|s| s.scale_from_zero)
+    }
+
+    /// The Service behind node port `port`, if one may be at zero pods.
+    pub(crate) fn holding_node_port(&self, port: u16) -> Option<(String, String)> {
+        let index = self.services.read().expect("net lock");
+        let (svc, _) = index.by_node_port(port, Protocol::Tcp)?;
+        svc.scale_from_zero
+            .then(|| (svc.namespace.clone(), svc.name.clone()))
+    }
+
+    /// Holds a request for Service `namespace/name` until it has a ready endpoint (asking for
+    /// a replica when it is the first one held), for at most `timeout`; whether one came.
+    /// Beyond [`HOLD_LIMIT`] held requests it does not wait.
+    pub(crate) async fn wait_for_endpoint(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> bool {
+        let key = (namespace.to_owned(), name.to_owned());
+        let first = {
+            let mut held = self.waiting.0.lock().expect("waiting lock");
+            let n = held.entry(key.clone()).or_insert(0);
+            if *n >= HOLD_LIMIT {
+                return false;
+            }
+            *n += 1;
+            *n == 1
+        };
+        let _held = Held {
+            waiting: &self.waiting,
+            key,
+        };
+        if first && let Some(wake) = self.waker.get() {
+            wake(namespace, name);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.has_ready_endpoint(namespace, name) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    fn has_ready_endpoint(&self, namespace: &str, name: &str) -> bool {
+        let index = self.services.read().expect("net lock");
+        let Some(svc) = index.service(namespace, name) else {
+            return false;
+        };
+        svc.ports
+            .iter()
+            .any(|p| index.backends(namespace, name, p).any(|b| b.endpoint.ready))
     }
 
     /// Resolves pod names with `names`.
@@ -622,6 +759,7 @@ pub(crate) async fn forward<F>(
     F: Fn(&NodeNet, Ipv4Addr) -> Result<SocketAddrV4, Refused> + Send + Sync + 'static,
 {
     let target = Arc::new(target);
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     loop {
         let (mut conn, peer) = tokio::select! {
             () = stop.cancelled() => return,
@@ -637,7 +775,21 @@ pub(crate) async fn forward<F>(
             let _ = conn.set_nodelay(true);
             let dest = match target(&net, client) {
                 Ok(d) => d,
-                Err(_) => return,
+                Err(_) => {
+                    // A Service at zero pods: hold the connection until a replica is ready.
+                    let Some((ns, name)) = net.holding_node_port(port) else {
+                        return;
+                    };
+                    let started = Instant::now();
+                    if !net.wait_for_endpoint(&ns, &name, HOLD_TIMEOUT).await {
+                        return;
+                    }
+                    crate::metrics::cold_start(started.elapsed());
+                    match target(&net, client) {
+                        Ok(d) => d,
+                        Err(_) => return,
+                    }
+                }
             };
             if let Ok(mut far) = net.dial(None, dest).await {
                 let _ = tokio::io::copy_bidirectional(&mut conn, &mut far).await;

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use wasmkube_api::services::PortRef;
 use wasmkube_client::watch::reflect;
 
-use crate::net::{NodeNet, Refused};
+use crate::net::{HOLD_TIMEOUT, NodeNet, Refused};
 
 /// The IngressClass this listener serves.
 pub(crate) const CLASS: &str = "wasmkube";
@@ -220,7 +220,7 @@ fn text(status: StatusCode, msg: &str) -> Response<Body> {
     r
 }
 
-async fn handle(shared: Arc<Shared>, client: IpAddr, mut req: Request<Incoming>) -> Response<Body> {
+async fn handle(shared: Arc<Shared>, client: IpAddr, req: Request<Incoming>) -> Response<Body> {
     let host = req
         .headers()
         .get(http::header::HOST)
@@ -247,17 +247,63 @@ async fn handle(shared: Arc<Shared>, client: IpAddr, mut req: Request<Incoming>)
         IpAddr::V4(v4) => v4,
         IpAddr::V6(_) => shared.net.node_ip,
     };
-    let dest = match shared.net.resolve_service_port(
-        &target.namespace,
-        &target.service,
-        &target.port,
-        client_v4,
-    ) {
+    let resolve = || {
+        shared
+            .net
+            .resolve_service_port(&target.namespace, &target.service, &target.port, client_v4)
+    };
+    let mut cold = None;
+    let dest = match resolve() {
         Ok(d) => d,
         Err(Refused::Refused | Refused::Denied) => {
-            return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+            // A Service at zero pods: hold the request until a replica is ready.
+            if !shared.net.holds(&target.namespace, &target.service) {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+            }
+            let started = std::time::Instant::now();
+            let ready = shared
+                .net
+                .wait_for_endpoint(&target.namespace, &target.service, HOLD_TIMEOUT)
+                .await;
+            match resolve() {
+                Ok(d) if ready => {
+                    cold = Some(started.elapsed());
+                    crate::metrics::cold_start(started.elapsed());
+                    d
+                }
+                _ => {
+                    tracing::info!(service = %format_args!("{}/{}", target.namespace, target.service), "no endpoint became ready for a held request");
+                    return text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no endpoint became ready in time (scale from zero)\n",
+                    );
+                }
+            }
         }
     };
+    let resp = forward_request(&shared, dest, client, req).await;
+    match cold {
+        None => resp,
+        Some(took) => with_cold_start(resp, took),
+    }
+}
+
+/// Marks a response that waited for a replica: `X-Wasmkube-Cold-Start: <ms>`.
+fn with_cold_start(mut resp: Response<Body>, took: std::time::Duration) -> Response<Body> {
+    let ms = format!("{:.3}", took.as_secs_f64() * 1000.0);
+    if let Ok(v) = http::HeaderValue::from_str(&ms) {
+        resp.headers_mut().insert("x-wasmkube-cold-start", v);
+    }
+    resp
+}
+
+/// Sends `req` to `dest`: in process to a local wasi:http pod, else over a pooled connection.
+async fn forward_request(
+    shared: &Shared,
+    dest: SocketAddrV4,
+    client: IpAddr,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     if let Ok(v) = http::HeaderValue::from_str(&client.to_string()) {
         req.headers_mut().append("x-forwarded-for", v);
     }

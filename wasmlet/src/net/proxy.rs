@@ -30,7 +30,10 @@ pub(crate) async fn run(
     let sync = {
         let (net, node_ports, shutdown) =
             (Arc::clone(&net), Arc::clone(&node_ports), shutdown.clone());
-        move || node_ports.sync(&net, &shutdown)
+        move || {
+            node_ports.sync(&net, &shutdown);
+            net.services_changed();
+        }
     };
     let services = wasmkube_client::watch::services(
         client.clone(),

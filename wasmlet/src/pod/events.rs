@@ -144,39 +144,68 @@ impl Recorder {
         reason: &str,
         message: String,
     ) {
-        let now = jiff::Timestamp::now();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let namespace = pod
             .metadata
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
+        let involved = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(name),
+            namespace: Some(namespace),
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
+            field_path: container.map(|c| {
+                let init = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.init_containers.as_ref())
+                    .is_some_and(|ics| ics.iter().any(|ic| ic.name == c));
+                if init {
+                    format!("spec.initContainers{{{c}}}")
+                } else {
+                    format!("spec.containers{{{c}}}")
+                }
+            }),
+        };
+        self.record(involved, kind, reason, message);
+    }
+
+    /// Records `reason`/`message` about Service `namespace/name`.
+    pub(crate) fn service(
+        &self,
+        namespace: &str,
+        name: &str,
+        kind: EventType,
+        reason: &str,
+        message: String,
+    ) {
+        let involved = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..Default::default()
+        };
+        self.record(involved, kind, reason, message);
+    }
+
+    fn record(&self, involved: ObjectReference, kind: EventType, reason: &str, message: String) {
+        let now = jiff::Timestamp::now();
+        let name = involved.name.clone().unwrap_or_default();
+        let namespace = involved
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let event = Event {
             metadata: ObjectMeta {
                 name: Some(format!("{name}.{:x}", now.as_nanosecond())),
-                namespace: Some(namespace.clone()),
+                namespace: Some(namespace),
                 ..Default::default()
             },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(name),
-                namespace: Some(namespace),
-                uid: pod.metadata.uid.clone(),
-                resource_version: pod.metadata.resource_version.clone(),
-                field_path: container.map(|c| {
-                    let init = pod
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.init_containers.as_ref())
-                        .is_some_and(|ics| ics.iter().any(|ic| ic.name == c));
-                    if init {
-                        format!("spec.initContainers{{{c}}}")
-                    } else {
-                        format!("spec.containers{{{c}}}")
-                    }
-                }),
-            },
+            involved_object: involved,
             reason: Some(reason.to_owned()),
             message: Some(message),
             type_: Some(match kind {

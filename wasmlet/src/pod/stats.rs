@@ -25,6 +25,8 @@ pub(crate) struct Stats {
     window: Duration,
     pods: Arc<PodRegistry>,
     machine: Mutex<Rate>,
+    /// What the node holds for Services at zero pods (set once the pod network exists).
+    waiting: std::sync::OnceLock<Arc<crate::net::Waiting>>,
 }
 
 /// `USER_HZ`, the unit of `/proc/stat` (fixed at 100 in Linux's ABI).
@@ -87,7 +89,13 @@ impl Stats {
             window,
             pods,
             machine: Mutex::new(Rate::start(machine_cpu_nanos(), Instant::now(), started)),
+            waiting: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reports what the node holds for Services at zero pods from `waiting`.
+    pub(crate) fn set_waiting(&self, waiting: Arc<crate::net::Waiting>) {
+        let _ = self.waiting.set(waiting);
     }
 
     /// Closes the window of the machine and of every running container.
@@ -204,7 +212,12 @@ impl Stats {
                 }
             })
             .collect();
-        Summary { node, pods }
+        let waiting = self.waiting.get().map(|w| w.snapshot()).unwrap_or_default();
+        Summary {
+            node,
+            pods,
+            waiting,
+        }
     }
 
     /// `/metrics/resource`: the summary as Prometheus text, with the kubelet's names.
@@ -383,6 +396,7 @@ mod tests {
                 memory,
                 requests: None,
             }],
+            waiting: Vec::new(),
         };
         let text = resource_metrics(&s);
         for line in [
