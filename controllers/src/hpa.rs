@@ -1218,7 +1218,10 @@ fn limit(
             Some("Disabled") => current,
             select => {
                 let proposals = up.policies.iter().flatten().map(|p| {
-                    let start = current - changed_within(&mem.ups, p.period_seconds);
+                    // Replicas at the period's start: what was added since taken off, what
+                    // was removed since put back (upstream, since 1.27).
+                    let start = current - changed_within(&mem.ups, p.period_seconds)
+                        + changed_within(&mem.downs, p.period_seconds);
                     if p.type_ == "Pods" {
                         start + p.value
                     } else {
@@ -1257,7 +1260,8 @@ fn limit(
             Some("Disabled") => current,
             select => {
                 let proposals = down.policies.iter().flatten().map(|p| {
-                    let start = current + changed_within(&mem.downs, p.period_seconds);
+                    let start = current + changed_within(&mem.downs, p.period_seconds)
+                        - changed_within(&mem.ups, p.period_seconds);
                     if p.type_ == "Pods" {
                         start - p.value
                     } else {
@@ -1445,6 +1449,14 @@ mod tests {
         // Then wanting 2 within the 300 s window: held at the highest recent recommendation.
         let (s, held) = stabilize(&mut mem, now, 2, 5, &up, &down);
         assert_eq!((s, held), (5, true));
+        // Flapping 0 → 1 → 0 four times within a period: scaling up from zero again is not
+        // limited (what was removed counts back into the period's start).
+        let mut mem = Memory::default();
+        for _ in 0..4 {
+            mem.ups.push((now, 1));
+            mem.downs.push((now, 1));
+        }
+        assert_eq!(limit(&mut mem, now, 1, 0, 0, 2, &up, &down), (1, None));
         // Beyond max: clamped.
         let mut mem = Memory::default();
         assert_eq!(limit(&mut mem, now, 4, 3, 1, 3, &up, &down).0, 3);
