@@ -162,12 +162,19 @@ async fn main() -> Result<()> {
         ("Ingress", Vec::new(), Vec::new()),
         ("NodePort", Vec::new(), Vec::new()),
     ];
+    // From a wake's response to the function being at zero again (sync period 1 s, no
+    // stabilization window: what remains is the controllers, the pod's stop and the slices).
+    let mut idle_to_zero = Vec::new();
+    let mut responded = Instant::now();
     'rounds: for round in 0..args.wakes * 2 {
         if Instant::now() > deadline {
             eprintln!("stopped at the time bound after {round} wakes");
             break 'rounds;
         }
         wait_at_zero(&deploys, &slices).await?;
+        if round > 0 {
+            idle_to_zero.push(responded.elapsed().as_secs_f64() * 1000.0);
+        }
         let (addr, host, slot) = if round % 2 == 0 {
             (ingress, "fn.example", 0)
         } else {
@@ -193,6 +200,7 @@ async fn main() -> Result<()> {
             })
         });
         let (took, cold) = request(addr, host).await?;
+        responded = Instant::now();
         if let Some(p) = probe {
             p.abort();
         }
@@ -212,6 +220,12 @@ async fn main() -> Result<()> {
     if keep {
         let _ = std::fs::copy(server.log_path(), "/tmp/wake-server.log");
     }
+    println!(
+        "idle → zero (autoscaler sync 1 s, no stabilization window): p50 {:.0} ms, p99 {:.0} ms over {} rounds",
+        pct(&mut idle_to_zero, 0.5),
+        pct(&mut idle_to_zero, 0.99),
+        idle_to_zero.len()
+    );
     println!(
         "| path | wakes | client: first request at zero → response, p50 / p99 ms | node: held until an endpoint was ready, p50 / p99 ms |"
     );

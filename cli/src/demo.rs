@@ -40,39 +40,8 @@ pub(crate) async fn run(kubeconfig: &Path) -> anyhow::Result<()> {
             Err(e) => return Err(e).with_context(|| format!("creating {file}")),
         }
     }
-    let (file, yaml) = wasmkube_samples::MULTI_TIER;
-    for doc in yaml.split("\n---\n") {
-        let obj: serde_json::Value =
-            serde_saphyr::from_str(doc).with_context(|| format!("parsing {file}"))?;
-        let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
-        let name = obj["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let created = match kind.as_str() {
-            "Deployment" => create_from_json::<Deployment>(&client, "default", obj)
-                .await
-                .map(drop),
-            "Service" => create_from_json::<Service>(&client, "default", obj)
-                .await
-                .map(drop),
-            "Ingress" => create_from_json::<Ingress>(&client, "default", obj)
-                .await
-                .map(drop),
-            "Pod" => create_from_json::<Pod>(&client, "default", obj)
-                .await
-                .map(drop),
-            other => anyhow::bail!("{file}: unexpected kind {other}"),
-        };
-        match created {
-            // Left from an earlier demo: kept as it is.
-            Ok(()) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("creating {kind}/{name} from {file}"));
-            }
-        }
-        eprintln!("created {}/{name}", kind.to_lowercase());
+    for (file, yaml) in [wasmkube_samples::MULTI_TIER, wasmkube_samples::FUNCTION] {
+        create_documents(&client, file, yaml).await?;
     }
     let ready = wait_for_frontend(&client).await;
     println!();
@@ -86,6 +55,9 @@ pub(crate) async fn run(kubeconfig: &Path) -> anyhow::Result<()> {
     println!("  kubectl get pod crashloop -w        # CrashLoopBackOff");
     println!("  curl http://127.0.0.1:30080/        # NodePort: frontend -> backend by DNS name");
     println!("  curl http://127.0.0.1:8080/hello    # Ingress: one port, many wasi:http functions");
+    println!("  kubectl get deploy fn               # the function idles at 0 pods (autoscaler, minReplicas 0)");
+    println!("  curl -i -H 'Host: fn.localhost' http://127.0.0.1:8080/   # woken: X-Wasmkube-Cold-Start");
+    println!("  kubectl top pods; kubectl get hpa   # resource metrics, autoscalers");
     if !ready {
         println!("  (the frontend is still starting; the URLs answer in a moment)");
     }
@@ -113,4 +85,47 @@ async fn wait_for_frontend(client: &Client) -> bool {
         tokio::time::timeout(Duration::from_secs(10), ready.try_next()).await,
         Ok(Ok(Some(_)))
     )
+}
+
+/// Creates every document of a multi-document sample (kept as it is when it exists).
+async fn create_documents(client: &Client, file: &str, yaml: &str) -> anyhow::Result<()> {
+    for doc in yaml.split("\n---\n") {
+        let obj: serde_json::Value =
+            serde_saphyr::from_str(doc).with_context(|| format!("parsing {file}"))?;
+        let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let created = match kind.as_str() {
+            "Deployment" => create_from_json::<Deployment>(client, "default", obj)
+                .await
+                .map(drop),
+            "Service" => create_from_json::<Service>(client, "default", obj)
+                .await
+                .map(drop),
+            "Ingress" => create_from_json::<Ingress>(client, "default", obj)
+                .await
+                .map(drop),
+            "Pod" => create_from_json::<Pod>(client, "default", obj)
+                .await
+                .map(drop),
+            "HorizontalPodAutoscaler" => create_from_json::<
+                k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler,
+            >(client, "default", obj)
+            .await
+            .map(drop),
+            other => anyhow::bail!("{file}: unexpected kind {other}"),
+        };
+        match created {
+            // Left from an earlier demo: kept as it is.
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating {kind}/{name} from {file}"));
+            }
+        }
+        eprintln!("created {}/{name}", kind.to_lowercase());
+    }
+    Ok(())
 }

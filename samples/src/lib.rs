@@ -52,6 +52,10 @@ pub const MULTI_TIER: (&str, &str) = (
     include_str!("../manifests/multi-tier.yaml"),
 );
 
+/// The scale-to-zero sample: a wasi:http function (Deployment, Service, Ingress on
+/// `fn.localhost`) with an autoscaler that takes it to zero pods when idle.
+pub const FUNCTION: (&str, &str) = ("function.yaml", include_str!("../manifests/function.yaml"));
+
 /// The sample manifests, by file name (YAML, one Pod each).
 pub const MANIFESTS: &[(&str, &str)] = &[
     ("hello.yaml", include_str!("../manifests/hello.yaml")),

@@ -928,6 +928,12 @@ async fn the_demo_serves_the_multi_tier_sample_through_node_port_and_ingress() -
     );
     let (status, body) = http_get(ingress_addr, "localhost", "/").await?;
     ensure!(status == 200 && body.starts_with(want), "{status} {body:?}");
+    // The scale-to-zero function answers on its host, whether it is at zero or not.
+    let (status, body) = http_get(ingress_addr, "fn.localhost", "/").await?;
+    ensure!(
+        status == 200 && body.starts_with("Hello from wasmkube! GET /"),
+        "{status} {body:?}"
+    );
     up.terminate().await
 }
 

@@ -214,6 +214,7 @@ fn raise_open_files_limit() {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     raise_open_files_limit();
     metrics::init();
+    runtime::usage::configure_from_env();
     let conn = wasmkube_client::connect(&config.api).await?;
     std::fs::create_dir_all(&config.data_dir)?;
     let (credentials, conn) = identity::ensure(&config.data_dir, &config.node_name, conn).await?;

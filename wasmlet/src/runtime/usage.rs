@@ -200,6 +200,18 @@ impl Usage {
     }
 }
 
+/// Whether CPU time is measured (on unless `WASMKUBE_NO_ACCOUNTING` is set when the
+/// wasmlet starts: for measuring what the accounting costs, nothing else).
+static ACCOUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Reads `WASMKUBE_NO_ACCOUNTING` (the wasmlet calls this at start).
+pub(crate) fn configure_from_env() {
+    if std::env::var_os("WASMKUBE_NO_ACCOUNTING").is_some() {
+        tracing::warn!("WASMKUBE_NO_ACCOUNTING: container CPU time is not measured");
+        ACCOUNTING.store(false, Ordering::Relaxed);
+    }
+}
+
 /// A future whose polls are charged to a container's CPU time.
 pub(crate) struct Metered<F> {
     inner: Pin<Box<F>>,
@@ -219,6 +231,9 @@ impl<F: Future> Future for Metered<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if !ACCOUNTING.load(Ordering::Relaxed) {
+            return self.inner.as_mut().poll(cx);
+        }
         let start = Instant::now();
         let out = self.inner.as_mut().poll(cx);
         self.usage.charge(start.elapsed());
