@@ -55,8 +55,12 @@ pub(crate) async fn run(kubeconfig: &Path) -> anyhow::Result<()> {
     println!("  kubectl get pod crashloop -w        # CrashLoopBackOff");
     println!("  curl http://127.0.0.1:30080/        # NodePort: frontend -> backend by DNS name");
     println!("  curl http://127.0.0.1:8080/hello    # Ingress: one port, many wasi:http functions");
-    println!("  kubectl get deploy fn               # the function idles at 0 pods (autoscaler, minReplicas 0)");
-    println!("  curl -i -H 'Host: fn.localhost' http://127.0.0.1:8080/   # woken: X-Wasmkube-Cold-Start");
+    println!(
+        "  kubectl get deploy fn               # the function idles at 0 pods (autoscaler, minReplicas 0)"
+    );
+    println!(
+        "  curl -i -H 'Host: fn.localhost' http://127.0.0.1:8080/   # woken: X-Wasmkube-Cold-Start"
+    );
     println!("  kubectl top pods; kubectl get hpa   # resource metrics, autoscalers");
     if !ready {
         println!("  (the frontend is still starting; the URLs answer in a moment)");
