@@ -353,14 +353,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         // A request held for a Service at zero pods asks for a replica: an Event the
         // autoscaler acts on at once.
         let recorder = recorder.clone();
-        net.set_waker(Box::new(move |ns: &str, name: &str| {
-            recorder.service(
-                ns,
-                name,
-                pod::worker::EventType::Normal,
-                SCALE_FROM_ZERO_REASON,
-                "a request is waiting for a ready endpoint".into(),
-            );
+        net.set_waker(Box::new(move |ns: &str, name: &str, wake: net::Wake| {
+            let (kind, reason, message) = match wake {
+                net::Wake::Wanted => (
+                    pod::worker::EventType::Normal,
+                    SCALE_FROM_ZERO_REASON,
+                    "a request is waiting for a ready endpoint".to_owned(),
+                ),
+                net::Wake::TimedOut => (
+                    pod::worker::EventType::Warning,
+                    "FailedScaleFromZero",
+                    format!(
+                        "no endpoint became ready within {} s; the held request was refused",
+                        net::HOLD_TIMEOUT.as_secs()
+                    ),
+                ),
+            };
+            recorder.service(ns, name, kind, reason, message);
         }));
     }
     stats.set_waiting(Arc::clone(&net.waiting));

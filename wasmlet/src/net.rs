@@ -140,8 +140,17 @@ pub struct NodeNet {
     waker: OnceLock<Waker>,
 }
 
-/// Asks for a replica of Service (namespace, name).
-pub(crate) type Waker = Box<dyn Fn(&str, &str) + Send + Sync>;
+/// Asks for a replica of Service (namespace, name), or says that a held request gave up.
+pub(crate) type Waker = Box<dyn Fn(&str, &str, Wake) + Send + Sync>;
+
+/// What a [`Waker`] is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The first request is held: a replica is wanted.
+    Wanted,
+    /// A held request waited [`HOLD_TIMEOUT`] for a ready endpoint and was refused.
+    TimedOut,
+}
 
 /// How long a request or connection is held for a Service at zero pods before it is refused
 /// (503 from the Ingress).
@@ -276,7 +285,7 @@ impl NodeNet {
             key,
         };
         if first && let Some(wake) = self.waker.get() {
-            wake(namespace, name);
+            wake(namespace, name, Wake::Wanted);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -287,6 +296,9 @@ impl NodeNet {
                 return true;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                if let Some(wake) = self.waker.get() {
+                    wake(namespace, name, Wake::TimedOut);
+                }
                 return false;
             }
         }
@@ -859,6 +871,66 @@ mod tests {
             Ipv4Addr::LOCALHOST,
             None,
         )
+    }
+
+    #[tokio::test]
+    async fn a_service_at_zero_should_hold_requests_until_an_endpoint_is_ready() {
+        let n = Arc::new(net());
+        let told: Arc<Mutex<Vec<Wake>>> = Arc::default();
+        let seen = Arc::clone(&told);
+        n.set_waker(Box::new(move |ns: &str, name: &str, w: Wake| {
+            assert_eq!((ns, name), ("d", "fn"));
+            seen.lock().expect("lock").push(w);
+        }));
+        n.services.write().expect("lock").apply_service(
+            &serde_json::from_value(json!({
+                "metadata": {"name": "fn", "namespace": "d",
+                             "annotations": {wasmkube_api::services::SCALE_FROM_ZERO: "fn"}},
+                "spec": {"clusterIP": "10.96.1.2", "ports": [{"port": 80}]},
+            }))
+            .expect("svc"),
+        );
+        assert!(n.holds("d", "fn"));
+        // No endpoint comes: asked for once, then given up, nothing left held.
+        assert!(
+            !n.wait_for_endpoint("d", "fn", Duration::from_millis(50))
+                .await
+        );
+        assert_eq!(*told.lock().expect("lock"), [Wake::Wanted, Wake::TimedOut]);
+        assert!(n.waiting.snapshot().is_empty());
+        // An endpoint becomes ready while a request is held: it goes on at once.
+        let waiter = {
+            let n = Arc::clone(&n);
+            tokio::spawn(async move {
+                n.wait_for_endpoint("d", "fn", Duration::from_secs(30))
+                    .await
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while n.waiting.snapshot().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the request is held");
+        assert_eq!(n.waiting.snapshot()[0].waiting, 1);
+        n.services.write().expect("lock").apply_slice(
+            &serde_json::from_value(json!({
+                "metadata": {"name": "fn-1", "namespace": "d",
+                             "labels": {"kubernetes.io/service-name": "fn"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.244.3.7"]}],
+                "ports": [{"port": 8080}],
+            }))
+            .expect("slice"),
+        );
+        n.services_changed();
+        let woke = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("released")
+            .expect("task");
+        assert!(woke);
+        assert!(n.waiting.snapshot().is_empty());
     }
 
     #[test]
