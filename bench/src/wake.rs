@@ -31,15 +31,18 @@ struct Args {
     /// Upper bound on the whole run.
     #[arg(long, default_value_t = 1500)]
     max_seconds: u64,
+    /// Clients of the load step (each with one 1 s request in flight), after the wakes.
+    #[arg(long, default_value_t = 4)]
+    step: usize,
 }
 
 /// One timed request: the client's time to the whole response, and the node's cold start.
-async fn request(addr: SocketAddr, host: &str) -> Result<(Duration, Option<f64>)> {
+async fn request(addr: SocketAddr, host: &str, path: &str) -> Result<(Duration, Option<f64>)> {
     let started = Instant::now();
     let mut conn = tokio::net::TcpStream::connect(addr).await?;
     conn.set_nodelay(true)?;
     conn.write_all(
-        format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
     )
     .await?;
     let mut resp = Vec::new();
@@ -139,7 +142,7 @@ async fn main() -> Result<()> {
         json!({
         "metadata": {"name": "fn"},
         "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "fn"},
-            "minReplicas": 0, "maxReplicas": 1,
+            "minReplicas": 0, "maxReplicas": 8,
             "metrics": [{"type": "Object", "object": {
                 "describedObject": {"apiVersion": "v1", "kind": "Service", "name": "fn"},
                 "metric": {"name": "http_requests_in_flight"},
@@ -154,7 +157,7 @@ async fn main() -> Result<()> {
     let node: SocketAddr = SocketAddr::from(([127, 0, 0, 1], node_port));
     // Warm-up: the first wake compiles the image on the node.
     wait_at_zero(&deploys, &slices).await?;
-    request(ingress, "fn.example")
+    request(ingress, "fn.example", "/")
         .await
         .context("the warm-up wake")?;
 
@@ -199,7 +202,7 @@ async fn main() -> Result<()> {
                 Some(())
             })
         });
-        let (took, cold) = request(addr, host).await?;
+        let (took, cold) = request(addr, host, "/").await?;
         responded = Instant::now();
         if let Some(p) = probe {
             p.abort();
@@ -217,6 +220,51 @@ async fn main() -> Result<()> {
             results[slot].2.push(c);
         }
     }
+    // A load step from zero: `step` clients, each with one 1 s request in flight at a time,
+    // until as many replicas are Ready; then the load stops and the function goes back to zero.
+    wait_at_zero(&deploys, &slices).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..args.step)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let bound = Instant::now() + Duration::from_secs(120);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < bound {
+                    if request(ingress, "fn.example", "/?sleep=1000")
+                        .await
+                        .is_err()
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let want = i32::try_from(args.step)?;
+    let ready_after = wait_for(
+        "the load step's replicas Ready",
+        Duration::from_secs(120),
+        || async {
+            let d = deploys.get("fn").await.ok()?;
+            (d.status.as_ref()?.ready_replicas.unwrap_or(0) >= want).then(|| started.elapsed())
+        },
+    )
+    .await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    let quiet = Instant::now();
+    wait_at_zero(&deploys, &slices).await?;
+    let back = quiet.elapsed();
+    println!(
+        "load step 0 → {} clients (1 s requests in flight, target 1 per replica): {} replicas Ready after {:.0} ms; load stopped → zero after {:.0} ms",
+        args.step,
+        args.step,
+        ready_after.as_secs_f64() * 1000.0,
+        back.as_secs_f64() * 1000.0
+    );
     if keep {
         let _ = std::fs::copy(server.log_path(), "/tmp/wake-server.log");
     }
