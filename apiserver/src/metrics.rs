@@ -186,7 +186,7 @@ pub(crate) async fn answer(
         ));
     }
     let q = parse_query(query)?;
-    let nodes: Vec<Node> = cached(api, "nodes").await?;
+    let nodes: Vec<Node> = cached(api, "nodes", None).await?;
     match target {
         Target::Custom {
             namespace,
@@ -221,8 +221,8 @@ pub(crate) async fn answer(
             }
         }
         Target::Pods(namespace, name) => {
-            let pods: Vec<Pod> = cached(api, "pods").await?;
             let namespace = namespace.or(q.namespace.as_deref());
+            let pods: Vec<Pod> = cached(api, "pods", namespace).await?;
             let wanted: Vec<&Pod> = pods
                 .iter()
                 .filter(|p| namespace.is_none_or(|ns| p.metadata.namespace.as_deref() == Some(ns)))
@@ -291,12 +291,11 @@ async fn custom(
             format!("the server could not find the metric {metric} for {resource}"),
         ));
     }
-    let pods: Vec<Pod> = cached(api, "pods").await?;
-    let in_namespace = pods
-        .iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace));
+    let pods: Vec<Pod> = cached(api, "pods", Some(namespace)).await?;
+    let in_namespace = pods.iter();
     let (selected, described): (Vec<&Pod>, Option<(&str, &str)>) = if resource == "services" {
-        let services: Vec<k8s_openapi::api::core::v1::Service> = cached(api, "services").await?;
+        let services: Vec<k8s_openapi::api::core::v1::Service> =
+            cached(api, "services", Some(namespace)).await?;
         let service = services
             .iter()
             .find(|s| {
@@ -426,10 +425,12 @@ async fn custom(
     ))
 }
 
-/// Every object of a core/v1 resource, from the watch cache once it is current.
+/// The objects of a core/v1 resource (in `namespace`, or all), from the watch cache once it
+/// is current.
 async fn cached<T: serde::de::DeserializeOwned>(
     api: &Apiserver,
     plural: &str,
+    namespace: Option<&str>,
 ) -> Result<Vec<T>, ApiError> {
     let kind = api
         .registry
@@ -441,7 +442,7 @@ async fn cached<T: serde::de::DeserializeOwned>(
             "the {plural} cache did not catch up"
         )));
     }
-    let (objects, _) = cache.snapshot(&kind.info().prefix(), None);
+    let (objects, _) = cache.snapshot(&kind.info().namespace_prefix(namespace), None);
     Ok(objects
         .iter()
         .filter_map(|o| serde_json::from_slice(&o.raw).ok())

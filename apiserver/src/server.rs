@@ -87,10 +87,16 @@ async fn handle(state: State<Arc<Shared>>, req: Request) -> Response {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
     let counted =
         crate::instrument::InFlight::start(req.method(), path, &attrs, apply, long_running);
-    counted.finish(serve(state, req).await)
+    counted.finish(serve(state, req, &attrs, watch).await)
 }
 
-async fn serve(State(s): State<Arc<Shared>>, req: Request) -> Response {
+/// Serves a request the authorizer sees as `attrs` (`watch`: a watch was asked for).
+async fn serve(
+    State(s): State<Arc<Shared>>,
+    req: Request,
+    attrs: &Attributes,
+    watch: bool,
+) -> Response {
     let (parts, body) = req.into_parts();
     let head = parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
         + parts
@@ -136,8 +142,7 @@ async fn serve(State(s): State<Arc<Shared>>, req: Request) -> Response {
         };
         // The registry's paths (`/v2/...`) are non-resource URLs: a pull is `get`/`head`, a
         // push `post`/`put`/`patch`, a delete `delete` on them.
-        let attrs = Attributes::of(&parts.method, &path, is_watch(parts.uri.query()));
-        if let Err(e) = s.authz.authorize(user, &attrs) {
+        if let Err(e) = s.authz.authorize(user, attrs) {
             return e.into_response();
         }
     }
@@ -202,7 +207,7 @@ async fn serve(State(s): State<Arc<Shared>>, req: Request) -> Response {
         }
     };
     // The encode stage: clients that ask for protobuf first get it.
-    let resp = if is_watch(parts.uri.query()) {
+    let resp = if watch {
         resp
     } else {
         crate::protobuf::encode_response(&parts.headers, resp).await

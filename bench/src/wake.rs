@@ -183,30 +183,8 @@ async fn main() -> Result<()> {
         } else {
             (node, "fn", 1)
         };
-        let probe = std::env::var_os("WAKE_VERBOSE").map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-                let node = nodes.list(&Default::default()).await.ok()?.items.first()?.metadata.name.clone()?;
-                for path in [
-                    "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/services/fn/http_requests_in_flight".to_owned(),
-                    format!("/api/v1/nodes/{node}/proxy/stats/summary"),
-                    "/apis/apps/v1/namespaces/default/deployments/fn".to_owned(),
-                    "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices".to_owned(),
-                ] {
-                    let req = http::Request::get(&path).body(Vec::new()).ok()?;
-                    let text = client.request_text(req).await.unwrap_or_else(|e| e.to_string());
-                    eprintln!("PROBE {path}: {}", text.chars().take(600).collect::<String>());
-                }
-                Some(())
-            })
-        });
         let (took, cold) = request(addr, host, "/").await?;
         responded = Instant::now();
-        if let Some(p) = probe {
-            p.abort();
-        }
         if std::env::var_os("WAKE_VERBOSE").is_some() {
             eprintln!(
                 "{} {} {:.1} ms (node: {cold:?})",
@@ -225,19 +203,15 @@ async fn main() -> Result<()> {
     wait_at_zero(&deploys, &slices).await?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = Instant::now();
-    let clients: Vec<_> = (0..args.step)
+    let clients: Vec<tokio::task::JoinHandle<Result<()>>> = (0..args.step)
         .map(|_| {
             let stop = std::sync::Arc::clone(&stop);
             tokio::spawn(async move {
                 let bound = Instant::now() + Duration::from_secs(120);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < bound {
-                    if request(ingress, "fn.example", "/?sleep=1000")
-                        .await
-                        .is_err()
-                    {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    request(ingress, "fn.example", "/?sleep=1000").await?;
                 }
+                Ok(())
             })
         })
         .collect();
@@ -253,7 +227,7 @@ async fn main() -> Result<()> {
     .await?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for c in clients {
-        let _ = c.await;
+        c.await?.context("a load-step client")?;
     }
     let quiet = Instant::now();
     wait_at_zero(&deploys, &slices).await?;

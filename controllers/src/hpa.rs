@@ -62,6 +62,8 @@ pub struct Ctx {
     memory: Mutex<HashMap<String, Memory>>,
     /// Services already annotated for scale from zero (namespace, name).
     marked: Mutex<std::collections::HashSet<(String, String)>>,
+    /// (apiVersion, kind) of scale targets → their API resource (from discovery).
+    kinds: Mutex<HashMap<(String, String), kube::api::ApiResource>>,
 }
 
 /// Runs the controller until `shutdown`.
@@ -86,6 +88,7 @@ pub(crate) async fn run(
         sync_period,
         memory: Mutex::default(),
         marked: Mutex::default(),
+        kinds: Mutex::default(),
     });
     let controller = Controller::new(Api::<Hpa>::all(client.clone()), watcher::Config::default());
     // Scale from zero: a node holding a request for a Service records a ScaleFromZero Event;
@@ -187,7 +190,7 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
     let reference = format!("{}/{}", target.kind, target.name);
 
     // The target's scale subresource.
-    let scale = match scale_of(&ctx.client, &ns, target).await {
+    let scale = match ctx.scale_of(&ns, target).await {
         Ok(s) => s,
         Err(e) => {
             let message =
@@ -380,7 +383,7 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
     status.current_metrics = (!metric_statuses.is_empty()).then_some(metric_statuses);
     status.observed_generation = hpa.metadata.generation;
     if desired != current {
-        match set_scale(&ctx.client, &ns, target, desired).await {
+        match ctx.set_scale(&ns, target, desired).await {
             Ok(()) => {
                 let now = jiff::Timestamp::now();
                 {
@@ -569,71 +572,74 @@ struct ScaleView {
     selector: String,
 }
 
-fn scale_path(
-    ns: &str,
-    target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
-) -> Option<String> {
-    let api_version = target.api_version.as_deref().unwrap_or("apps/v1");
-    let plural = match target.kind.as_str() {
-        "Deployment" => "deployments",
-        "ReplicaSet" => "replicasets",
-        "StatefulSet" => "statefulsets",
-        "ReplicationController" => "replicationcontrollers",
-        _ => return None,
-    };
-    let base = if api_version == "v1" {
-        "/api/v1".to_owned()
-    } else {
-        format!("/apis/{api_version}")
-    };
-    Some(format!(
-        "{base}/namespaces/{ns}/{plural}/{}/scale",
-        target.name
-    ))
-}
+impl Ctx {
+    /// The API of the kind `target` names, found through discovery (any kind with a `scale`
+    /// subresource, custom resources too), remembered per kind.
+    async fn scale_api(
+        &self,
+        ns: &str,
+        target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
+    ) -> Result<Api<kube::api::DynamicObject>, String> {
+        let api_version = target
+            .api_version
+            .clone()
+            .unwrap_or_else(|| "apps/v1".into());
+        let key = (api_version.clone(), target.kind.clone());
+        let known = self.kinds.lock().expect("kinds lock").get(&key).cloned();
+        let resource = match known {
+            Some(r) => r,
+            None => {
+                let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+                let gvk = kube::api::GroupVersionKind::gvk(group, version, &target.kind);
+                let (r, _) = kube::discovery::pinned_kind(&self.client, &gvk)
+                    .await
+                    .map_err(|e| format!("{} {api_version}: {e}", target.kind))?;
+                self.kinds
+                    .lock()
+                    .expect("kinds lock")
+                    .insert(key, r.clone());
+                r
+            }
+        };
+        Ok(Api::namespaced_with(self.client.clone(), ns, &resource))
+    }
 
-async fn scale_of(
-    client: &Client,
-    ns: &str,
-    target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
-) -> Result<ScaleView, String> {
-    let path = scale_path(ns, target).ok_or_else(|| {
-        format!(
-            "{} has no scale subresource this controller knows",
-            target.kind
-        )
-    })?;
-    let req = http::Request::get(&path)
-        .body(Vec::new())
-        .map_err(|e| e.to_string())?;
-    let scale: k8s_openapi::api::autoscaling::v1::Scale =
-        client.request(req).await.map_err(|e| e.to_string())?;
-    let status = scale.status.unwrap_or_default();
-    Ok(ScaleView {
-        spec_replicas: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
-        status_replicas: status.replicas,
-        selector: status.selector.unwrap_or_default(),
-    })
-}
+    async fn scale_of(
+        &self,
+        ns: &str,
+        target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
+    ) -> Result<ScaleView, String> {
+        let scale = self
+            .scale_api(ns, target)
+            .await?
+            .get_scale(&target.name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = scale.status.unwrap_or_default();
+        Ok(ScaleView {
+            spec_replicas: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
+            status_replicas: status.replicas,
+            selector: status.selector.unwrap_or_default(),
+        })
+    }
 
-async fn set_scale(
-    client: &Client,
-    ns: &str,
-    target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
-    replicas: i32,
-) -> Result<(), String> {
-    let path = scale_path(ns, target).ok_or("no scale subresource")?;
-    let body =
-        serde_json::to_vec(&json!({"spec": {"replicas": replicas}})).map_err(|e| e.to_string())?;
-    let req = http::Request::patch(&path)
-        .header(http::header::CONTENT_TYPE, "application/merge-patch+json")
-        .body(body)
-        .map_err(|e| e.to_string())?;
-    client
-        .request::<k8s_openapi::api::autoscaling::v1::Scale>(req)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    async fn set_scale(
+        &self,
+        ns: &str,
+        target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
+        replicas: i32,
+    ) -> Result<(), String> {
+        self.scale_api(ns, target)
+            .await?
+            .patch_scale(
+                &target.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// How a pod counts for a resource metric.
@@ -1126,19 +1132,9 @@ fn recommend_object(
     })
 }
 
-/// A quantity as a number (`1500m` is 1.5).
+/// A quantity as a number (`1500m` is 1.5, `64Mi` is 67108864).
 fn quantity_value(q: &Quantity) -> f64 {
-    bytes(&Quantity(q.0.clone())).map_or_else(
-        || millicores(q).map_or(0.0, |m| m as f64 / 1000.0),
-        |b| {
-            // `bytes` rounds up fractions; milli-quantities read exactly through millicores.
-            if q.0.ends_with('m') {
-                millicores(q).map_or(b as f64, |m| m as f64 / 1000.0)
-            } else {
-                b as f64
-            }
-        },
-    )
+    millicores(q).map_or(0.0, |m| m as f64 / 1000.0)
 }
 
 /// `stabilizeRecommendationWithBehaviors`: the recommendation after the stabilization

@@ -31,15 +31,62 @@ fn condition<'a>(hpa: &'a Hpa, type_: &str) -> Option<&'a str> {
         .map(|c| c.status.as_str())
 }
 
-#[tokio::test]
-async fn an_autoscaler_should_scale_a_spinning_deployment_up_and_an_idle_one_down() -> Result<()> {
+/// A cluster for the autoscaling tests: one node (`metrics_window` as given, then `adjust`ed),
+/// the scheduler, and the controllers evaluating autoscalers every second.
+pub(crate) struct Autoscaling {
+    pub(crate) cluster: Cluster,
+    pub(crate) node: wasmkube_tests::Node,
+    _sched: wasmkube_tests::Background,
+    _controllers: wasmkube_tests::Background,
+}
+
+pub(crate) async fn autoscaling_cluster(
+    metrics_window: Duration,
+    adjust: impl FnOnce(&mut wasmkube_wasmlet::Config),
+) -> Result<Autoscaling> {
     let cluster = Cluster::start().await?;
-    let _node = cluster
-        .start_node_with("n1", |c| c.metrics_window = Duration::from_secs(2))
+    let node = cluster
+        .start_node_with("n1", |c| {
+            c.metrics_window = metrics_window;
+            adjust(c);
+        })
         .await?;
     let _sched = cluster.start_scheduler();
     let _controllers =
         cluster.start_controllers_with(|c| c.hpa_sync_period = Some(Duration::from_secs(1)));
+    Ok(Autoscaling {
+        cluster,
+        node,
+        _sched,
+        _controllers,
+    })
+}
+
+impl Autoscaling {
+    /// Stops the cluster (the node and the control plane with it).
+    pub(crate) async fn stop(self) -> Result<()> {
+        self.cluster.stop().await
+    }
+}
+
+/// A Deployment `name` of `replicas` pods labelled `app: name`, running `container`.
+pub(crate) fn deployment(
+    name: &str,
+    replicas: i32,
+    container: serde_json::Value,
+) -> Result<Deployment> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [container]}}}
+    }))?)
+}
+
+#[tokio::test]
+async fn an_autoscaler_should_scale_a_spinning_deployment_up_and_an_idle_one_down() -> Result<()> {
+    let setup = autoscaling_cluster(Duration::from_secs(2), |_| {}).await?;
+    let cluster = &setup.cluster;
     let spin = cluster.push_sample("cpuspin").await?;
     let toolbox = cluster.push_sample("toolbox").await?;
     let c = &cluster.client;
@@ -47,13 +94,12 @@ async fn an_autoscaler_should_scale_a_spinning_deployment_up_and_an_idle_one_dow
     deploys
         .create(
             &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": "burn"},
-                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "burn"}},
-                    "template": {"metadata": {"labels": {"app": "burn"}},
-                        "spec": {"containers": [{"name": "app", "image": spin,
-                            "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "200m"}}}]}}}
-            }))?,
+            &deployment(
+                "burn",
+                1,
+                json!({"name": "app", "image": spin,
+                    "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "200m"}}}),
+            )?,
         )
         .await?;
     let hpas: Api<Hpa> = Api::namespaced(c.clone(), "default");
@@ -201,32 +247,18 @@ async fn an_autoscaler_should_scale_a_spinning_deployment_up_and_an_idle_one_dow
             .is_some(),
         "lastScaleTime set"
     );
-    cluster.stop().await
+    setup.stop().await
 }
 
 #[tokio::test]
 async fn an_autoscaler_on_requests_in_flight_should_follow_the_load_of_client_guests() -> Result<()>
 {
-    let cluster = Cluster::start().await?;
-    let _node = cluster
-        .start_node_with("n1", |c| c.metrics_window = Duration::from_secs(1))
-        .await?;
-    let _sched = cluster.start_scheduler();
-    let _controllers =
-        cluster.start_controllers_with(|c| c.hpa_sync_period = Some(Duration::from_secs(1)));
+    let setup = autoscaling_cluster(Duration::from_secs(1), |_| {}).await?;
+    let cluster = &setup.cluster;
     let http = cluster.push_sample("http-hello").await?;
     let toolbox = cluster.push_sample("toolbox").await?;
     let c = &cluster.client;
     let deploys: Api<Deployment> = Api::namespaced(c.clone(), "default");
-    let deployment =
-        |name: &str, replicas: i32, container: serde_json::Value| -> Result<Deployment> {
-            Ok(serde_json::from_value(json!({
-                "metadata": {"name": name},
-                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                    "template": {"metadata": {"labels": {"app": name}},
-                        "spec": {"containers": [container]}}}
-            }))?)
-        };
     deploys
         .create(
             &PostParams::default(),
@@ -321,5 +353,5 @@ async fn an_autoscaler_on_requests_in_flight_should_follow_the_load_of_client_gu
         (replicas(&d) == 1).then_some(())
     })
     .await?;
-    cluster.stop().await
+    setup.stop().await
 }

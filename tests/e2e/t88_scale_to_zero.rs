@@ -16,7 +16,9 @@ use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wasmkube_tests::{Cluster, wait_for};
+use wasmkube_tests::wait_for;
+
+use crate::t87_autoscaling::{autoscaling_cluster, deployment};
 
 const SLOW: Duration = Duration::from_secs(120);
 
@@ -54,29 +56,22 @@ async fn at_zero(deploys: &Api<Deployment>, c: &kube::Client) -> Result<()> {
 
 #[tokio::test]
 async fn a_function_at_zero_should_wake_for_requests_through_ingress_and_node_port() -> Result<()> {
-    let cluster = Cluster::start().await?;
-    let node = cluster
-        .start_node_with("n1", |c| {
-            c.metrics_window = Duration::from_secs(1);
-            c.ingress_listen = Some(SocketAddr::new(c.listen.ip(), 0));
-        })
-        .await?;
-    let _sched = cluster.start_scheduler();
-    let _controllers =
-        cluster.start_controllers_with(|c| c.hpa_sync_period = Some(Duration::from_secs(1)));
+    let setup = autoscaling_cluster(Duration::from_secs(1), |c| {
+        c.ingress_listen = Some(SocketAddr::new(c.listen.ip(), 0));
+    })
+    .await?;
+    let (cluster, node) = (&setup.cluster, &setup.node);
     let image = cluster.push_sample("http-hello").await?;
     let c = &cluster.client;
     let deploys: Api<Deployment> = Api::namespaced(c.clone(), "default");
     deploys
         .create(
             &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": "fn"},
-                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "fn"}},
-                    "template": {"metadata": {"labels": {"app": "fn"}},
-                        "spec": {"containers": [{"name": "fn", "image": image,
-                            "ports": [{"containerPort": 8080}]}]}}}
-            }))?,
+            &deployment(
+                "fn",
+                1,
+                json!({"name": "fn", "image": image, "ports": [{"containerPort": 8080}]}),
+            )?,
         )
         .await?;
     let services: Api<Service> = Api::namespaced(c.clone(), "default");
@@ -174,5 +169,5 @@ async fn a_function_at_zero_should_wake_for_requests_through_ingress_and_node_po
         .and_then(|n| n.parse::<f64>().ok())
         .unwrap_or(0.0);
     ensure!(woken >= 6.0, "cold starts counted: {woken}");
-    cluster.stop().await
+    setup.stop().await
 }

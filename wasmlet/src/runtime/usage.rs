@@ -289,25 +289,34 @@ mod tests {
 
     #[tokio::test]
     async fn a_metered_future_should_charge_its_polls_not_its_waits() {
+        fn spin(d: Duration) {
+            let t = Instant::now();
+            while t.elapsed() < d {
+                std::hint::spin_loop();
+            }
+        }
         let u = Usage::new();
-        let spin = Metered::new(
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // The metered future runs 20 ms, then waits while the other branch runs 60 ms (on the
+        // same thread, outside it) before letting it finish.
+        let metered = Metered::new(
             async {
-                let t = Instant::now();
-                while t.elapsed() < Duration::from_millis(20) {
-                    std::hint::spin_loop();
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                spin(Duration::from_millis(20));
+                let _ = rx.await;
             },
             Arc::clone(&u),
         );
         let t = Instant::now();
-        spin.await;
-        assert!(t.elapsed() >= Duration::from_millis(120));
+        tokio::join!(metered, async {
+            spin(Duration::from_millis(60));
+            let _ = tx.send(());
+        });
+        assert!(t.elapsed() >= Duration::from_millis(80));
         let cpu = Duration::from_nanos(u.cpu_nanos());
         assert!(cpu >= Duration::from_millis(20), "{cpu:?}");
         assert!(
-            cpu < Duration::from_millis(90),
-            "the sleep is not charged: {cpu:?}"
+            cpu < Duration::from_millis(60),
+            "the wait is not charged: {cpu:?}"
         );
     }
 }
