@@ -334,17 +334,21 @@ async fn an_autoscaler_on_requests_in_flight_should_follow_the_load_of_client_gu
         "{body}"
     );
     ensure!(!value.is_empty(), "{body}");
-    let hpa = hpas.get("slow").await?;
-    ensure!(
-        hpa.status
-            .as_ref()
-            .and_then(|s| s.current_metrics.as_ref())
-            .and_then(|m| m.first())
-            .and_then(|m| m.pods.as_ref())
-            .is_some(),
-        "the Pods metric in the status: {:?}",
-        hpa.status
-    );
+    // The autoscaler writes its status after rescaling: wait for it.
+    wait_for(
+        "the Pods metric in the autoscaler's status",
+        SLOW,
+        || async {
+            let hpa = hpas.get("slow").await.ok()?;
+            hpa.status
+                .as_ref()
+                .and_then(|s| s.current_metrics.as_ref())
+                .and_then(|m| m.first())
+                .and_then(|m| m.pods.as_ref())
+                .map(|_| ())
+        },
+    )
+    .await?;
 
     // The load stops: back to one.
     deploys.delete("load", &Default::default()).await?;
