@@ -29,6 +29,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -86,6 +87,21 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// The node port, for NodePort and LoadBalancer Services.
     pub node_port: Option<u16>,
+    /// `targetPort`: the pod's port, by number or by a container port's name (default: the
+    /// same number as `port`).
+    pub target_port: PortRef,
+}
+
+impl ServicePort {
+    /// The port this Service port reaches on a pod whose containers declare `ports` (name,
+    /// number), as the EndpointSlice controller resolves it; `None` when a named target port
+    /// is not declared.
+    pub fn target_on<'a>(&self, mut ports: impl Iterator<Item = (&'a str, u16)>) -> Option<u16> {
+        match &self.target_port {
+            PortRef::Number(n) => Some(*n),
+            PortRef::Name(name) => ports.find(|(n, _)| n == name).map(|(_, p)| p),
+        }
+    }
 }
 
 /// A reference to a Service port, by number or name (an Ingress backend's `port`).
@@ -125,6 +141,8 @@ pub struct ServiceEntry {
     /// An autoscaler may take it to zero pods ([`SCALE_FROM_ZERO`]): with no ready endpoint,
     /// the node holds new requests and connections until one is ready.
     pub scale_from_zero: bool,
+    /// `spec.selector` (none: the Service's endpoints are managed by hand).
+    pub selector: Option<BTreeMap<String, String>>,
 }
 
 /// The annotation the autoscaler puts on a Service it may scale to zero (the value names the
@@ -214,6 +232,11 @@ impl ServiceEntry {
                         port: u16::try_from(p.port).ok()?,
                         protocol: Protocol::parse(p.protocol.as_deref()),
                         node_port: p.node_port.and_then(|n| u16::try_from(n).ok()),
+                        target_port: match &p.target_port {
+                            Some(IntOrString::String(name)) => PortRef::Name(name.clone()),
+                            Some(IntOrString::Int(n)) => PortRef::Number(u16::try_from(*n).ok()?),
+                            None => PortRef::Number(u16::try_from(p.port).ok()?),
+                        },
                     })
                 })
                 .collect(),
@@ -223,7 +246,17 @@ impl ServiceEntry {
                 .annotations
                 .as_ref()
                 .is_some_and(|a| a.contains_key(SCALE_FROM_ZERO)),
+            selector: spec.selector.filter(|s| !s.is_empty()),
         }
+    }
+
+    /// Whether the Service selects a pod in its namespace with `labels`.
+    pub fn selects(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        namespace == self.namespace
+            && self
+                .selector
+                .as_ref()
+                .is_some_and(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
     }
 }
 

@@ -64,7 +64,14 @@ pub struct Ctx {
     marked: Mutex<std::collections::HashSet<(String, String)>>,
     /// (apiVersion, kind) of scale targets → their API resource (from discovery).
     kinds: Mutex<HashMap<(String, String), kube::api::ApiResource>>,
+    /// Autoscalers (`namespace/name`) a ScaleFromZero Event asked for a replica since their
+    /// last reconcile.
+    woken: Arc<Mutex<std::collections::HashSet<String>>>,
 }
+
+/// How long (seconds) a node holds a request for a Service at zero pods: a ScaleFromZero
+/// Event older than that asks for nothing any more.
+const HELD_FOR: i64 = 30;
 
 /// Runs the controller until `shutdown`.
 pub(crate) async fn run(
@@ -89,15 +96,21 @@ pub(crate) async fn run(
         memory: Mutex::default(),
         marked: Mutex::default(),
         kinds: Mutex::default(),
+        woken: Arc::default(),
     });
     let controller = Controller::new(Api::<Hpa>::all(client.clone()), watcher::Config::default());
     // Scale from zero: a node holding a request for a Service records a ScaleFromZero Event;
     // the autoscalers with an Object metric of that Service are evaluated at once.
     let store = controller.store();
+    let woken = Arc::clone(&ctx.woken);
     let controller = controller.watches(
         Api::<k8s_openapi::api::core::v1::Event>::all(client),
         watcher::Config::default().fields("reason=ScaleFromZero"),
         move |ev: k8s_openapi::api::core::v1::Event| {
+            // Only a request held now asks (not the Events of past wakes a new watch lists).
+            let at = ev.last_timestamp.as_ref().map(|t| t.0);
+            let recent =
+                at.is_some_and(|t| jiff::Timestamp::now().duration_since(t).as_secs() < HELD_FOR);
             let o = ev.involved_object;
             let (ns, name) = (o.namespace.unwrap_or_default(), o.name.unwrap_or_default());
             store
@@ -105,7 +118,14 @@ pub(crate) async fn run(
                 .iter()
                 .filter(|h| h.namespace().as_deref() == Some(ns.as_str()))
                 .filter(|h| object_services(h).any(|s| s == name))
-                .map(|h| kube::runtime::reflector::ObjectRef::from_obj(&**h))
+                .filter(|_| recent)
+                .map(|h| {
+                    woken
+                        .lock()
+                        .expect("woken lock")
+                        .insert(format!("{ns}/{}", h.name_any()));
+                    kube::runtime::reflector::ObjectRef::from_obj(&**h)
+                })
                 .collect::<Vec<_>>()
         },
     );
@@ -233,112 +253,120 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
             ),
         );
     } else {
-        let pods = ctx.pods_of(&ns, &scale.selector);
-        let wants_resources = spec
-            .metrics
-            .iter()
-            .flatten()
-            .any(|m| resource_of(m).is_some());
-        let pod_metrics = if wants_resources {
-            ctx.pod_metrics(&ns, &scale.selector).await
+        let woken = ctx.take_woken(&key);
+        if current == 0 && woken {
+            // A node holds a request for a Service of this autoscaler at zero pods: one
+            // replica now; the metrics are read at the next sync.
+            desired = 1;
+            rescale_reason = "a request is held for a Service at zero pods".into();
         } else {
-            Ok(Vec::new())
-        };
-        let mut best: Option<Recommendation> = None;
-        let mut failures = Vec::new();
-        for m in spec.metrics.iter().flatten() {
-            let recommended = match (m.type_.as_str(), &m.pods, &m.object) {
-                ("Pods", Some(p), _) => {
-                    let values = ctx
-                        .custom(&ns, "pods", "*", &p.metric.name, Some(&scale.selector))
-                        .await;
-                    recommend_pods(m, current, &pods, values.map(|l| l.items))
-                }
-                ("Object", _, Some(o)) => {
-                    let resource = match o.described_object.kind.as_str() {
-                        "Service" => "services",
-                        "Pod" => "pods",
-                        other => other,
-                    };
-                    let value = ctx
-                        .custom(
-                            &ns,
-                            resource,
-                            &o.described_object.name,
-                            &o.metric.name,
-                            None,
-                        )
-                        .await
-                        .and_then(|l| {
-                            l.items
-                                .into_iter()
-                                .next()
-                                .ok_or_else(|| "no value".to_owned())
-                        });
-                    recommend_object(m, current, &pods, value)
-                }
-                _ => recommend(m, current, &pods, pod_metrics.as_ref()),
+            let pods = ctx.pods_of(&ns, &scale.selector);
+            let wants_resources = spec
+                .metrics
+                .iter()
+                .flatten()
+                .any(|m| resource_of(m).is_some());
+            let pod_metrics = if wants_resources {
+                ctx.pod_metrics(&ns, &scale.selector).await
+            } else {
+                Ok(Vec::new())
             };
-            match recommended {
-                Ok(r) => {
-                    metric_statuses.push(r.status.clone());
-                    if best.as_ref().is_none_or(|b| r.replicas > b.replicas) {
-                        best = Some(r);
+            let mut best: Option<Recommendation> = None;
+            let mut failures = Vec::new();
+            for m in spec.metrics.iter().flatten() {
+                let recommended = match (m.type_.as_str(), &m.pods, &m.object) {
+                    ("Pods", Some(p), _) => {
+                        let values = ctx
+                            .custom(&ns, "pods", "*", &p.metric.name, Some(&scale.selector))
+                            .await;
+                        recommend_pods(m, current, &pods, values.map(|l| l.items))
                     }
-                }
-                Err(f) => failures.push(f),
-            }
-        }
-        for f in &failures {
-            ctx.event(&hpa, EventType::Warning, f.reason, &f.message)
-                .await;
-        }
-        match best {
-            None => {
-                let (reason, message) = failures
-                    .first()
-                    .map(|f| (f.reason, f.message.clone()))
-                    .unwrap_or((
-                        "FailedComputeMetricsReplicas",
-                        "no metrics to scale on".into(),
-                    ));
-                set_condition(
-                    &mut conditions,
-                    condition(
-                        "ScalingActive",
-                        false,
-                        reason,
-                        format!("the HPA was unable to compute the replica count: {message}"),
-                    ),
-                );
-                status.conditions = Some(conditions);
-                status.current_metrics = None;
-                write_status(&hpas, &hpa, status).await?;
-                return Ok(Action::requeue(ctx.sync_period));
-            }
-            Some(r) => {
-                desired = r.replicas;
-                // A metric that could not be read might want more: never scale down then.
-                if !failures.is_empty() && desired < current {
-                    desired = current;
-                }
-                rescale_reason = if desired > current {
-                    format!("{} above target", r.describe)
-                } else {
-                    "All metrics below target".into()
+                    ("Object", _, Some(o)) => {
+                        let resource = match o.described_object.kind.as_str() {
+                            "Service" => "services",
+                            "Pod" => "pods",
+                            other => other,
+                        };
+                        let value = ctx
+                            .custom(
+                                &ns,
+                                resource,
+                                &o.described_object.name,
+                                &o.metric.name,
+                                None,
+                            )
+                            .await
+                            .and_then(|l| {
+                                l.items
+                                    .into_iter()
+                                    .next()
+                                    .ok_or_else(|| "no value".to_owned())
+                            });
+                        recommend_object(m, current, &pods, value)
+                    }
+                    _ => recommend(m, current, &pods, pod_metrics.as_ref()),
                 };
-                set_condition(
-                    &mut conditions,
-                    condition(
-                        "ScalingActive",
-                        true,
-                        "ValidMetricFound",
-                        format!(
-                            "the HPA was able to successfully calculate a replica count from {}",
-                            r.describe
+                match recommended {
+                    Ok(r) => {
+                        metric_statuses.push(r.status.clone());
+                        if best.as_ref().is_none_or(|b| r.replicas > b.replicas) {
+                            best = Some(r);
+                        }
+                    }
+                    Err(f) => failures.push(f),
+                }
+            }
+            for f in &failures {
+                ctx.event(&hpa, EventType::Warning, f.reason, &f.message)
+                    .await;
+            }
+            match best {
+                None => {
+                    let (reason, message) = failures
+                        .first()
+                        .map(|f| (f.reason, f.message.clone()))
+                        .unwrap_or((
+                            "FailedComputeMetricsReplicas",
+                            "no metrics to scale on".into(),
+                        ));
+                    set_condition(
+                        &mut conditions,
+                        condition(
+                            "ScalingActive",
+                            false,
+                            reason,
+                            format!("the HPA was unable to compute the replica count: {message}"),
                         ),
-                    ),
-                );
+                    );
+                    status.conditions = Some(conditions);
+                    status.current_metrics = None;
+                    write_status(&hpas, &hpa, status).await?;
+                    return Ok(Action::requeue(ctx.sync_period));
+                }
+                Some(r) => {
+                    desired = r.replicas;
+                    // A metric that could not be read might want more: never scale down then.
+                    if !failures.is_empty() && desired < current {
+                        desired = current;
+                    }
+                    rescale_reason = if desired > current {
+                        format!("{} above target", r.describe)
+                    } else {
+                        "All metrics below target".into()
+                    };
+                    set_condition(
+                        &mut conditions,
+                        condition(
+                            "ScalingActive",
+                            true,
+                            "ValidMetricFound",
+                            format!(
+                                "the HPA was able to successfully calculate a replica count from {}",
+                                r.describe
+                            ),
+                        ),
+                    );
+                }
             }
         }
         // Behavior: stabilization, then rate limits and min/max.
@@ -453,6 +481,12 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
 }
 
 impl Ctx {
+    /// Whether a ScaleFromZero Event asked for a replica of autoscaler `key` (forgotten once
+    /// asked).
+    fn take_woken(&self, key: &str) -> bool {
+        self.woken.lock().expect("woken lock").remove(key)
+    }
+
     async fn event(&self, hpa: &Hpa, type_: EventType, reason: &str, note: &str) {
         let event = Event {
             type_,

@@ -1,6 +1,6 @@
 //! Scale to zero and wake: an autoscaler with `minReplicas: 0` on an Object metric of its
 //! Service (`http_requests_in_flight`) takes an idle function to zero pods; requests that
-//! arrive then — through the Ingress and through a NodePort — are held by the node, which asks
+//! arrive then — through the Ingress, through a NodePort, from a pod to the Service IP — are held by the node, which asks
 //! for a replica (a `ScaleFromZero` Event the autoscaler acts on at once), and forwarded as
 //! soon as one is ready: every request of a burst at zero gets a 200, marked with
 //! `X-Wasmkube-Cold-Start`; idle again, the function goes back to zero.
@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler as Hpa;
-use k8s_openapi::api::core::v1::{Event, Service};
+use k8s_openapi::api::core::v1::{Event, Pod, Service};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
@@ -159,6 +159,34 @@ async fn a_function_at_zero_should_wake_for_requests_through_ingress_and_node_po
     let (status, _) = get(SocketAddr::new(node_ip, u16::try_from(node_port)?), "fn").await?;
     ensure!(status == 200, "through the NodePort: {status}");
 
+    // Idle again: a pod's connection to the Service IP is held by its node too.
+    at_zero(&deploys, c).await?;
+    let cluster_ip = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.clone())
+        .unwrap_or_default();
+    let toolbox = cluster.push_sample("toolbox").await?;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "caller"},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "get", "image": toolbox,
+                "args": ["http-get", format!("{cluster_ip}:80"), "/"]}]}}))?,
+    )
+    .await?;
+    let phase = wait_for("the caller pod to finish", SLOW, || async {
+        let p = pods.get("caller").await.ok()?;
+        let phase = p.status?.phase?;
+        (phase == "Succeeded" || phase == "Failed").then_some(phase)
+    })
+    .await?;
+    let log = pods.logs("caller", &Default::default()).await?;
+    ensure!(
+        phase == "Succeeded",
+        "a pod's request to the Service at zero: {phase}: {log}"
+    );
+
     let (code, body) = wasmkube_tests::raw(c, "GET", "/metrics", "", "*/*", b"").await?;
     ensure!(code == 200);
     let text = body.as_str().unwrap_or_default().to_owned();
@@ -168,6 +196,6 @@ async fn a_function_at_zero_should_wake_for_requests_through_ingress_and_node_po
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse::<f64>().ok())
         .unwrap_or(0.0);
-    ensure!(woken >= 6.0, "cold starts counted: {woken}");
+    ensure!(woken >= 7.0, "cold starts counted: {woken}");
     setup.stop().await
 }

@@ -61,6 +61,14 @@ pub enum Route {
     },
     /// An API server, reached from the node (the `kubernetes` Service).
     Host(SocketAddrV4),
+    /// A Service that may be at zero pods and has no ready endpoint: the connection is held
+    /// (accepted by the node, its bytes kept) until one is ready, then routed again.
+    Held {
+        /// The Service's namespace.
+        namespace: String,
+        /// The Service's name.
+        name: String,
+    },
 }
 
 /// Another node's pod range and tunnel.
@@ -133,11 +141,25 @@ pub struct NodeNet {
     http: RwLock<HashMap<SocketAddrV4, HttpHandler>>,
     /// What is held for Services at zero pods (scale from zero).
     pub(crate) waiting: Arc<Waiting>,
+    /// Pods on this node that are ready, by virtual IP, as this node knows it before any
+    /// EndpointSlice says so.
+    ready_here: RwLock<HashMap<Ipv4Addr, ReadyPod>>,
     /// Fires after every change of Services or endpoints.
     changed: tokio::sync::Notify,
     /// Asks for a replica of a Service at zero pods (set at start: an Event the autoscaler
     /// reacts to).
     waker: OnceLock<Waker>,
+}
+
+/// A ready pod on this node: what a Service needs to select it and find its target port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReadyPod {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its containers' ports: (name, number).
+    pub ports: Vec<(String, u16)>,
 }
 
 /// Asks for a replica of Service (namespace, name), or says that a held request gave up.
@@ -228,6 +250,7 @@ impl NodeNet {
             refused_by_policy: AtomicUsize::new(0),
             http: RwLock::default(),
             waiting: Arc::default(),
+            ready_here: RwLock::default(),
             changed: tokio::sync::Notify::new(),
             waker: OnceLock::new(),
         }
@@ -251,6 +274,14 @@ impl NodeNet {
             .expect("net lock")
             .service(namespace, name)
             .is_some_and(|s| s.scale_from_zero)
+    }
+
+    /// The Service behind cluster IP and port `dest`, if one may be at zero pods.
+    fn holding_cluster_ip(&self, dest: SocketAddrV4) -> Option<(String, String)> {
+        let index = self.services.read().expect("net lock");
+        let (svc, _) = index.by_cluster_ip(*dest.ip(), dest.port(), Protocol::Tcp)?;
+        svc.scale_from_zero
+            .then(|| (svc.namespace.clone(), svc.name.clone()))
     }
 
     /// The Service behind node port `port`, if one may be at zero pods.
@@ -311,7 +342,55 @@ impl NodeNet {
         };
         svc.ports
             .iter()
-            .any(|p| index.backends(namespace, name, p).any(|b| b.endpoint.ready))
+            .any(|p| !self.ready_backends(&index, svc, p).is_empty())
+    }
+
+    /// Says whether the pod at `ip` on this node is ready (`Some`) or not (`None`), as soon
+    /// as the node knows it. A Service that may be at zero pods and has no ready endpoint yet
+    /// forwards to such a pod at once: a woken request does not wait for the pod's status to
+    /// reach the API server and come back as an EndpointSlice.
+    pub(crate) fn set_ready_here(&self, ip: Ipv4Addr, pod: Option<ReadyPod>) {
+        let changed = {
+            let mut ready = self.ready_here.write().expect("net lock");
+            match pod {
+                Some(p) => ready.insert(ip, p.clone()).as_ref() != Some(&p),
+                None => ready.remove(&ip).is_some(),
+            }
+        };
+        if changed {
+            self.services_changed();
+        }
+    }
+
+    /// The ready endpoints of a Service port: those its EndpointSlices list; for a Service
+    /// that may be at zero pods and has none listed yet, the ready pods here it selects.
+    fn ready_backends(
+        &self,
+        index: &ServiceIndex,
+        svc: &wasmkube_api::services::ServiceEntry,
+        port: &wasmkube_api::services::ServicePort,
+    ) -> Vec<SocketAddrV4> {
+        let listed: Vec<SocketAddrV4> = index
+            .backends(&svc.namespace, &svc.name, port)
+            .filter(|b| b.endpoint.ready)
+            .map(|b| b.addr)
+            .collect();
+        if !listed.is_empty() || !svc.scale_from_zero {
+            return listed;
+        }
+        let mut here: Vec<SocketAddrV4> = self
+            .ready_here
+            .read()
+            .expect("net lock")
+            .iter()
+            .filter(|(_, p)| svc.selects(&p.namespace, &p.labels))
+            .filter_map(|(ip, p)| {
+                let target = port.target_on(p.ports.iter().map(|(n, p)| (n.as_str(), *p)))?;
+                Some(SocketAddrV4::new(*ip, target))
+            })
+            .collect();
+        here.sort();
+        here
     }
 
     /// Resolves pod names with `names`.
@@ -414,7 +493,7 @@ impl NodeNet {
     pub fn http_handler(&self, route: &Route) -> Option<HttpHandler> {
         match route {
             Route::Local(real) => self.http.read().expect("net lock").get(real).cloned(),
-            Route::Remote { .. } | Route::Host(_) => None,
+            Route::Remote { .. } | Route::Host(_) | Route::Held { .. } => None,
         }
     }
 
@@ -440,7 +519,15 @@ impl NodeNet {
     /// NodePorts, hostPorts, the Ingress) are not subject to it: Kubernetes always allows
     /// traffic between a pod and its node.
     pub fn route(&self, from: Option<Ipv4Addr>, dest: SocketAddrV4) -> Result<Route, Refused> {
-        let target = self.resolve_service(from, dest)?;
+        let target = match self.resolve_service(from, dest) {
+            Err(Refused::Refused) => {
+                return self
+                    .holding_cluster_ip(dest)
+                    .map(|(namespace, name)| Route::Held { namespace, name })
+                    .ok_or(Refused::Refused);
+            }
+            other => other?,
+        };
         self.routed.fetch_add(1, Ordering::Relaxed);
         if target.is_some() && from.is_some() {
             crate::metrics::connection("service");
@@ -539,11 +626,7 @@ impl NodeNet {
         port: &wasmkube_api::services::ServicePort,
         client: Ipv4Addr,
     ) -> Result<SocketAddrV4, Refused> {
-        let ready: Vec<SocketAddrV4> = index
-            .backends(&svc.namespace, &svc.name, port)
-            .filter(|b| b.endpoint.ready)
-            .map(|b| b.addr)
-            .collect();
+        let ready = self.ready_backends(index, svc, port);
         self.pick(
             (svc.namespace.clone(), svc.name.clone(), port.name.clone()),
             svc.affinity_seconds,
@@ -635,7 +718,15 @@ impl NodeNet {
         from: Option<Ipv4Addr>,
         dest: SocketAddrV4,
     ) -> std::io::Result<Conn> {
-        let route = self.route(from, dest).map_err(refused)?;
+        let mut route = self.route(from, dest).map_err(refused)?;
+        if let Route::Held { namespace, name } = &route {
+            let started = Instant::now();
+            if !self.wait_for_endpoint(namespace, name, HOLD_TIMEOUT).await {
+                return Err(refused(Refused::Refused));
+            }
+            crate::metrics::cold_start(started.elapsed());
+            route = self.route(from, dest).map_err(refused)?;
+        }
         self.dial_route(from, route).await
     }
 
@@ -679,6 +770,7 @@ impl NodeNet {
                 stream.set_nodelay(true)?;
                 Ok(Conn::Left(stream))
             }
+            Route::Held { .. } => Err(refused(Refused::Refused)),
             Route::Remote { node, tunnel, pod } => {
                 let from = SocketAddrV4::new(from.unwrap_or(self.node_ip), 0);
                 let tls = self.tls.as_ref().ok_or_else(|| {
@@ -931,6 +1023,99 @@ mod tests {
             .expect("task");
         assert!(woke);
         assert!(n.waiting.snapshot().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_held_service_should_take_a_ready_pod_here_before_its_endpoint_slice() {
+        let n = Arc::new(net());
+        let service = |held: bool| -> k8s_openapi::api::core::v1::Service {
+            let annotations = if held {
+                json!({wasmkube_api::services::SCALE_FROM_ZERO: "fn"})
+            } else {
+                json!({})
+            };
+            serde_json::from_value(json!({
+                "metadata": {"name": "fn", "namespace": "d", "annotations": annotations},
+                "spec": {"clusterIP": "10.96.1.2", "selector": {"app": "fn"},
+                         "ports": [{"port": 80, "targetPort": "http"}]},
+            }))
+            .expect("svc")
+        };
+        n.services
+            .write()
+            .expect("lock")
+            .apply_service(&service(true));
+        let svc_addr = SocketAddrV4::new(Ipv4Addr::new(10, 96, 1, 2), 80);
+        // At zero: a connection to the Service IP is held, not refused.
+        assert_eq!(
+            n.route(None, svc_addr),
+            Ok(Route::Held {
+                namespace: "d".into(),
+                name: "fn".into()
+            })
+        );
+        let (ip, _) = n.add_pod(7);
+        let pod = |ns: &str, app: &str| ReadyPod {
+            namespace: ns.into(),
+            labels: [("app".to_owned(), app.to_owned())].into(),
+            ports: vec![("http".into(), 8080)],
+        };
+        // Pods the Service does not select do not count.
+        n.set_ready_here(ip, Some(pod("d", "other")));
+        n.set_ready_here(Ipv4Addr::new(10, 244, 3, 8), Some(pod("e", "fn")));
+        assert!(!n.has_ready_endpoint("d", "fn"));
+        let waiter = {
+            let n = Arc::clone(&n);
+            tokio::spawn(async move {
+                n.wait_for_endpoint("d", "fn", Duration::from_secs(30))
+                    .await
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while n.waiting.snapshot().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the request is held");
+        // The pod here turns ready: the held request goes on without an EndpointSlice, to
+        // the named target port.
+        n.set_ready_here(ip, Some(pod("d", "fn")));
+        let woke = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("released")
+            .expect("task");
+        assert!(woke);
+        let to_pod = SocketAddrV4::new(ip, 8080);
+        assert_eq!(
+            n.route(None, svc_addr),
+            Ok(Route::Local(SocketAddrV4::new(
+                Ipv4Addr::new(127, 50, 0, 7),
+                8080
+            )))
+        );
+        assert_eq!(
+            n.resolve_service_port(
+                "d",
+                "fn",
+                &wasmkube_api::services::PortRef::Number(80),
+                Ipv4Addr::LOCALHOST
+            ),
+            Ok(to_pod)
+        );
+        // A Service not at zero waits for its EndpointSlice, as kube-proxy does.
+        n.services
+            .write()
+            .expect("lock")
+            .apply_service(&service(false));
+        assert_eq!(n.route(None, svc_addr), Err(Refused::Refused));
+        // Not ready any more: held again.
+        n.services
+            .write()
+            .expect("lock")
+            .apply_service(&service(true));
+        n.set_ready_here(ip, None);
+        assert!(matches!(n.route(None, svc_addr), Ok(Route::Held { .. })));
     }
 
     #[test]

@@ -254,6 +254,8 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
     }
     let mut last_status: Option<PodStatus> = None;
     let mut start_counted = false;
+    // Whether the node's Services were told this pod is ready.
+    let mut ready_here = false;
 
     loop {
         while let Some(event) = pending.pop_front() {
@@ -392,6 +394,14 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                 &addrs,
                 Timestamp::now(),
             );
+            let ready = is_ready(&status) && pod.metadata.deletion_timestamp.is_none();
+            if ready != ready_here
+                && let Some(a) = address.as_ref().filter(|_| !host_network)
+            {
+                ready_here = ready;
+                ctx.net
+                    .set_ready_here(a.ip, ready.then(|| ready_pod(&pod, &ns)));
+            }
             if last_status.as_ref() != Some(&status) {
                 if !start_counted && status.phase.as_deref() == Some("Running") {
                     start_counted = true;
@@ -477,6 +487,9 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
             }
         }
     }
+    if ready_here && let Some(a) = &address {
+        ctx.net.set_ready_here(a.ip, None);
+    }
     tasks.close();
     tasks.wait().await;
     if let (Some(k), Some(a)) = (offset, &address) {
@@ -485,4 +498,28 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
     }
     ctx.pods.remove(&key);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether a status says the pod is Ready.
+fn is_ready(status: &PodStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// What the node's Services need of a ready pod: namespace, labels, container ports.
+fn ready_pod(pod: &Pod, namespace: &str) -> crate::net::ReadyPod {
+    crate::net::ReadyPod {
+        namespace: namespace.to_owned(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        ports: pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
+            .collect(),
+    }
 }

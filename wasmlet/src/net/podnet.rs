@@ -261,9 +261,19 @@ impl tcp::HostTcpSocket for PodSocketsView<'_> {
         let requested: SocketAddr = remote_address.into();
         let route = self.pod()?.connect_route(requested).map_err(denied)?;
         self.bind_for_connect(&this, &network)?;
-        let target = match route {
-            Route::Local(real) | Route::Host(real) => SocketAddr::V4(real),
-            Route::Remote { pod: dest, .. } => {
+        let relayed = match route {
+            Route::Local(real) | Route::Host(real) => Err(SocketAddr::V4(real)),
+            Route::Remote { pod, .. } => Ok(pod),
+            // A Service at zero pods: the relay holds the connection and routes the Service
+            // address again once it has a ready endpoint.
+            Route::Held { .. } => match requested {
+                SocketAddr::V4(v4) => Ok(v4),
+                SocketAddr::V6(_) => return Err(denied(ErrorCode::AccessDenied)),
+            },
+        };
+        let target = match relayed {
+            Err(direct) => direct,
+            Ok(dest) => {
                 // Through the relay: it finds the destination by this socket's address.
                 let local: SocketAddr = self.inner.local_address(borrow(&this))?.into();
                 let pod = self.pod()?;

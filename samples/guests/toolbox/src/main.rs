@@ -13,7 +13,8 @@
 //! to stderr), `httpd PORT DIR` (a tiny HTTP/1.1 server: `GET /x` answers 200 with the file
 //! `DIR/x`, 404 when there is none; for probes whose health a test flips by writing files),
 //! `http-loop HOST:PORT PATH` (GET PATH over HTTP/1.1 again and again, one at a time, forever,
-//! printing each status line: load for request-driven autoscaling),
+//! printing each status line: load for request-driven autoscaling), `http-get HOST:PORT PATH`
+//! (one GET; prints the status line and fails unless it is 200),
 //! `kube-get PATH` (GET `PATH` from the API server with the pod's in-cluster configuration —
 //! `KUBERNETES_SERVICE_HOST`/`_PORT` and the mounted service-account token — over
 //! `wasi:http`; prints `status CODE` and the body).
@@ -147,6 +148,15 @@ fn run(cmd: &str, rest: &[String]) -> std::io::Result<()> {
                     Err(e) => println!("error: {e}"),
                 }
                 std::io::stdout().flush()?;
+            }
+        }
+        "http-get" => {
+            // http-get HOST:PORT PATH: one GET; prints the status line, fails unless 200.
+            let (addr, rest) = rest.split_first().ok_or_else(|| usage("HOST:PORT PATH"))?;
+            let status = http_get_status(addr, rest.first().map_or("/", String::as_str))?;
+            println!("{status}");
+            if status.split_whitespace().nth(1) != Some("200") {
+                std::process::exit(1);
             }
         }
         "connect-n" => {
