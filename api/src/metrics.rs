@@ -172,6 +172,50 @@ pub struct MetricValueList {
     pub items: Vec<MetricValue>,
 }
 
+/// The external metrics API's group and version (what the HorizontalPodAutoscaler reads
+/// External metrics from).
+pub const EXTERNAL_GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
+
+/// The label an external request metric names its Service with (beside the Service's own
+/// labels), for a metric selector to pick one Service.
+pub const SERVICE_METRIC_LABEL: &str = "service";
+
+/// One value of an external metric (`external.metrics.k8s.io/v1beta1` ExternalMetricValue).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalMetricValue {
+    /// The metric's name.
+    pub metric_name: String,
+    /// The labels of this series (what a metric selector matches).
+    #[serde(default)]
+    pub metric_labels: std::collections::BTreeMap<String, String>,
+    /// The end of the window it was measured over.
+    pub timestamp: Option<Time>,
+    /// The window's length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<i64>,
+    /// The value.
+    pub value: Quantity,
+}
+
+/// A list of external metric values (`ExternalMetricValueList`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalMetricValueList {
+    /// `ExternalMetricValueList`.
+    #[serde(default)]
+    pub kind: String,
+    /// [`EXTERNAL_GROUP_VERSION`].
+    #[serde(default)]
+    pub api_version: String,
+    /// Empty.
+    #[serde(default)]
+    pub metadata: ListMeta,
+    /// The values.
+    #[serde(default)]
+    pub items: Vec<ExternalMetricValue>,
+}
+
 /// A rate or count as a quantity: whole numbers plain, fractions in thousandths (`1500m`).
 pub fn amount_quantity(v: f64) -> Quantity {
     let milli = (v * 1000.0).round() as i64;

@@ -58,6 +58,10 @@ fn groups(reg: &Registry) -> BTreeMap<&'static str, Vec<&'static str>> {
         crate::metrics::CUSTOM_GROUP,
         vec![crate::metrics::CUSTOM_VERSION],
     );
+    g.insert(
+        crate::metrics::EXTERNAL_GROUP,
+        vec![crate::metrics::EXTERNAL_VERSION],
+    );
     g
 }
 
@@ -152,6 +156,14 @@ pub(crate) fn resource_list(reg: &Registry, group: &str, version: &str) -> Optio
                     "namespaced": true, "kind": "MetricValueList", "verbs": ["get"]}),
                 );
             }
+        }
+    }
+    if group == crate::metrics::EXTERNAL_GROUP && version == crate::metrics::EXTERNAL_VERSION {
+        for metric in crate::metrics::CUSTOM_METRICS {
+            resources.push(
+                json!({"name": metric, "singularName": "", "namespaced": true,
+                "kind": "ExternalMetricValueList", "verbs": ["get"]}),
+            );
         }
     }
     if resources.is_empty() {

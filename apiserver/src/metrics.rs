@@ -20,8 +20,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Serialize;
 use wasmkube_api::metrics::{
-    ContainerMetrics, GROUP_VERSION, MetricsList, NodeMetrics, PodMetrics, Summary, cpu_quantity,
-    memory_quantity,
+    ContainerMetrics, GROUP_VERSION, MetricsList, NodeMetrics, PodMetrics, RequestStats, Summary,
+    cpu_quantity, memory_quantity,
 };
 use wasmkube_api::selector::LabelSelector;
 
@@ -56,6 +56,10 @@ pub(crate) const CUSTOM_METRICS: &[&str] = &[
     wasmkube_api::metrics::REQUESTS_PER_SECOND,
 ];
 
+/// The external metrics API's group and version.
+pub(crate) const EXTERNAL_GROUP: &str = "external.metrics.k8s.io";
+pub(crate) const EXTERNAL_VERSION: &str = "v1beta1";
+
 /// What a metrics path asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Target<'a> {
@@ -70,6 +74,8 @@ pub(crate) enum Target<'a> {
         name: &'a str,
         metric: &'a str,
     },
+    /// external.metrics.k8s.io: `namespaces/NS/METRIC`.
+    External { namespace: &'a str, metric: &'a str },
 }
 
 /// The target of a `/apis/metrics.k8s.io/v1beta1/...` or
@@ -91,6 +97,14 @@ pub(crate) fn route(path: &str) -> Option<Target<'_>> {
                     name,
                     metric,
                 })
+            }
+            _ => None,
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/apis/external.metrics.k8s.io/v1beta1/") {
+        return match rest.split('/').collect::<Vec<_>>().as_slice() {
+            ["namespaces", namespace, metric] if !namespace.is_empty() && !metric.is_empty() => {
+                Some(Target::External { namespace, metric })
             }
             _ => None,
         };
@@ -194,6 +208,9 @@ pub(crate) async fn answer(
             name,
             metric,
         } => custom(api, kubelet, &nodes, &q, namespace, resource, name, metric).await,
+        Target::External { namespace, metric } => {
+            external(api, kubelet, &nodes, &q, namespace, metric).await
+        }
         Target::Nodes(name) => {
             let wanted: Vec<&Node> = nodes
                 .iter()
@@ -303,17 +320,7 @@ async fn custom(
                     && s.metadata.name.as_deref() == Some(name)
             })
             .ok_or_else(|| not_found("services", &format!("{namespace}/{name}")))?;
-        let selector = service.spec.as_ref().and_then(|s| s.selector.clone());
-        let picked = match &selector {
-            Some(sel) if !sel.is_empty() => in_namespace
-                .filter(|p| {
-                    let labels = p.metadata.labels.clone().unwrap_or_default();
-                    sel.iter().all(|(k, v)| labels.get(k) == Some(v))
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        (picked, Some(("Service", name)))
+        (selected_by(service, &pods), Some(("Service", name)))
     } else {
         let picked = in_namespace
             .filter(|p| name == "*" || p.metadata.name.as_deref() == Some(name))
@@ -335,45 +342,16 @@ async fn custom(
                     .is_some_and(|name| on.contains(name)))
     }));
     let summaries = scrape(kubelet, hosts).await;
-    // (pod, its requests) for every selected pod that reported them.
-    let measured: Vec<(&Pod, &wasmkube_api::metrics::RequestStats)> = selected
-        .iter()
-        .filter_map(|p| {
-            let node = p.spec.as_ref()?.node_name.as_deref()?;
-            let stats = summaries.get(node)?.pods.iter().find(|s| {
-                Some(s.pod_ref.name.as_str()) == p.metadata.name.as_deref()
-                    && Some(s.pod_ref.namespace.as_str()) == p.metadata.namespace.as_deref()
-            })?;
-            Some((*p, stats.requests.as_ref()?))
-        })
-        .collect();
-    let value_of = |r: &wasmkube_api::metrics::RequestStats| {
-        if metric == wasmkube_api::metrics::REQUESTS_IN_FLIGHT {
-            r.in_flight as f64
-        } else {
-            r.per_second
-        }
-    };
+    let measured = requests_of(&selected, &summaries);
+    let value_of = |r: &RequestStats| request_value(metric, r);
     let identifier = wasmkube_api::metrics::MetricIdentifier {
         name: metric.to_owned(),
         selector: None,
     };
-    let window = |r: &wasmkube_api::metrics::RequestStats| Some(r.window_seconds.round() as i64);
+    let window = |r: &RequestStats| Some(r.window_seconds.round() as i64);
     let items: Vec<wasmkube_api::metrics::MetricValue> = match described {
         Some((kind, object)) => {
-            // A Service's pods' requests, and at zero pods what the nodes hold for it.
-            let held: u64 = if metric == wasmkube_api::metrics::REQUESTS_IN_FLIGHT {
-                summaries
-                    .values()
-                    .flat_map(|s| &s.waiting)
-                    .filter(|w| w.namespace == namespace && w.name == object)
-                    .map(|w| w.waiting)
-                    .sum()
-            } else {
-                0
-            };
-            let total: f64 = measured.iter().map(|(_, r)| value_of(r)).sum::<f64>() + held as f64;
-            let latest = measured.iter().filter_map(|(_, r)| r.time.clone()).max();
+            let total = service_total(namespace, object, metric, &measured, &summaries);
             vec![wasmkube_api::metrics::MetricValue {
                 described_object: k8s_openapi::api::core::v1::ObjectReference {
                     kind: Some(kind.into()),
@@ -383,9 +361,9 @@ async fn custom(
                     ..Default::default()
                 },
                 metric: identifier,
-                timestamp: latest.or_else(|| Some(Time(jiff::Timestamp::now()))),
-                window_seconds: measured.first().and_then(|(_, r)| window(r)),
-                value: wasmkube_api::metrics::amount_quantity(total),
+                timestamp: Some(total.time),
+                window_seconds: total.window,
+                value: wasmkube_api::metrics::amount_quantity(total.value),
             }]
         }
         None => measured
@@ -423,6 +401,175 @@ async fn custom(
         &serde_json::to_value(list).expect("metrics serialize"),
         &[],
     ))
+}
+
+/// An external metric: the request metrics of the namespace's Services (each with a
+/// selector), one value per Service whose labels — its own, and `service=NAME` — the query's
+/// label selector (the autoscaler's `metric.selector`) matches.
+async fn external(
+    api: &Apiserver,
+    kubelet: &KubeletTls,
+    nodes: &[Node],
+    q: &Query,
+    namespace: &str,
+    metric: &str,
+) -> Result<Response, ApiError> {
+    if !CUSTOM_METRICS.contains(&metric) {
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the external metric {metric}"),
+        ));
+    }
+    let services: Vec<k8s_openapi::api::core::v1::Service> =
+        cached(api, "services", Some(namespace)).await?;
+    let labelled: Vec<(
+        &k8s_openapi::api::core::v1::Service,
+        BTreeMap<String, String>,
+    )> = services
+        .iter()
+        .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|s| {
+            s.spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .is_some_and(|s| !s.is_empty())
+        })
+        .map(|s| {
+            let mut labels = s.metadata.labels.clone().unwrap_or_default();
+            labels.insert(
+                wasmkube_api::metrics::SERVICE_METRIC_LABEL.into(),
+                s.metadata.name.clone().unwrap_or_default(),
+            );
+            (s, labels)
+        })
+        .filter(|(_, labels)| selects(q.labels.as_ref(), Some(labels)))
+        .collect();
+    let pods: Vec<Pod> = if labelled.is_empty() {
+        Vec::new()
+    } else {
+        cached(api, "pods", Some(namespace)).await?
+    };
+    // Requests at zero pods may be held by any node, so every node is asked.
+    let summaries = if labelled.is_empty() {
+        HashMap::new()
+    } else {
+        scrape(kubelet, endpoints(nodes.iter().filter(|n| ready(n)))).await
+    };
+    let mut items: Vec<wasmkube_api::metrics::ExternalMetricValue> = labelled
+        .into_iter()
+        .map(|(service, labels)| {
+            let name = service.metadata.name.as_deref().unwrap_or_default();
+            let selected = selected_by(service, &pods);
+            let measured = requests_of(&selected, &summaries);
+            let total = service_total(namespace, name, metric, &measured, &summaries);
+            wasmkube_api::metrics::ExternalMetricValue {
+                metric_name: metric.to_owned(),
+                metric_labels: labels,
+                timestamp: Some(total.time),
+                window: total.window,
+                value: wasmkube_api::metrics::amount_quantity(total.value),
+            }
+        })
+        .collect();
+    items.sort_by(|a, b| a.metric_labels.cmp(&b.metric_labels));
+    let list = wasmkube_api::metrics::ExternalMetricValueList {
+        kind: "ExternalMetricValueList".into(),
+        api_version: wasmkube_api::metrics::EXTERNAL_GROUP_VERSION.into(),
+        metadata: Default::default(),
+        items,
+    };
+    Ok(respond_json(
+        StatusCode::OK,
+        &serde_json::to_value(list).expect("metrics serialize"),
+        &[],
+    ))
+}
+
+/// The pods a Service selects (none for a Service without a selector).
+fn selected_by<'a>(service: &k8s_openapi::api::core::v1::Service, pods: &'a [Pod]) -> Vec<&'a Pod> {
+    let namespace = service.metadata.namespace.as_deref();
+    match service.spec.as_ref().and_then(|s| s.selector.as_ref()) {
+        Some(sel) if !sel.is_empty() => pods
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == namespace)
+            .filter(|p| {
+                let labels = p.metadata.labels.as_ref();
+                sel.iter()
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// (pod, its requests) for every pod in `pods` whose node reported them.
+fn requests_of<'a>(
+    pods: &[&'a Pod],
+    summaries: &'a HashMap<String, Summary>,
+) -> Vec<(&'a Pod, &'a RequestStats)> {
+    pods.iter()
+        .filter_map(|p| {
+            let node = p.spec.as_ref()?.node_name.as_deref()?;
+            let stats = summaries.get(node)?.pods.iter().find(|s| {
+                Some(s.pod_ref.name.as_str()) == p.metadata.name.as_deref()
+                    && Some(s.pod_ref.namespace.as_str()) == p.metadata.namespace.as_deref()
+            })?;
+            Some((*p, stats.requests.as_ref()?))
+        })
+        .collect()
+}
+
+/// A request metric's value in one pod's stats.
+fn request_value(metric: &str, r: &RequestStats) -> f64 {
+    if metric == wasmkube_api::metrics::REQUESTS_IN_FLIGHT {
+        r.in_flight as f64
+    } else {
+        r.per_second
+    }
+}
+
+/// A Service's request metric.
+struct ServiceTotal {
+    value: f64,
+    time: Time,
+    window: Option<i64>,
+}
+
+/// A Service's request metric: its pods' values summed and, for requests in flight, what the
+/// nodes hold for it at zero pods.
+fn service_total(
+    namespace: &str,
+    name: &str,
+    metric: &str,
+    measured: &[(&Pod, &RequestStats)],
+    summaries: &HashMap<String, Summary>,
+) -> ServiceTotal {
+    let held: u64 = if metric == wasmkube_api::metrics::REQUESTS_IN_FLIGHT {
+        summaries
+            .values()
+            .flat_map(|s| &s.waiting)
+            .filter(|w| w.namespace == namespace && w.name == name)
+            .map(|w| w.waiting)
+            .sum()
+    } else {
+        0
+    };
+    ServiceTotal {
+        value: measured
+            .iter()
+            .map(|(_, r)| request_value(metric, r))
+            .sum::<f64>()
+            + held as f64,
+        time: measured
+            .iter()
+            .filter_map(|(_, r)| r.time.clone())
+            .max()
+            .unwrap_or_else(|| Time(jiff::Timestamp::now())),
+        window: measured
+            .first()
+            .map(|(_, r)| r.window_seconds.round() as i64),
+    }
 }
 
 /// The objects of a core/v1 resource (in `namespace`, or all), from the watch cache once it
@@ -648,6 +795,17 @@ mod tests {
         );
         assert_eq!(route("/apis/metrics.k8s.io/v1beta1/namespaces/dev"), None);
         assert_eq!(route("/apis/metrics.k8s.io/v1/nodes"), None);
+        assert_eq!(
+            route("/apis/external.metrics.k8s.io/v1beta1/namespaces/dev/http_requests_in_flight"),
+            Some(Target::External {
+                namespace: "dev",
+                metric: "http_requests_in_flight"
+            })
+        );
+        assert_eq!(
+            route("/apis/external.metrics.k8s.io/v1beta1/namespaces/dev"),
+            None
+        );
     }
 
     #[test]

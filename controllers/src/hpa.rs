@@ -151,6 +151,7 @@ fn object_services(hpa: &Hpa) -> impl Iterator<Item = &str> {
 }
 
 /// Why one metric gave no recommendation: the condition reason and message.
+#[derive(Debug)]
 struct MetricFailure {
     reason: &'static str,
     message: String,
@@ -280,6 +281,13 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
                             .custom(&ns, "pods", "*", &p.metric.name, Some(&scale.selector))
                             .await;
                         recommend_pods(m, current, &pods, values.map(|l| l.items))
+                    }
+                    ("External", _, _) if m.external.is_some() => {
+                        let e = m.external.as_ref().expect("checked by the guard");
+                        let values = ctx
+                            .external(&ns, &e.metric.name, e.metric.selector.as_ref())
+                            .await;
+                        recommend_external(m, current, &pods, values)
                     }
                     ("Object", _, Some(o)) => {
                         let resource = match o.described_object.kind.as_str() {
@@ -560,6 +568,34 @@ impl Ctx {
         self.client
             .request::<wasmkube_api::metrics::MetricValueList>(req)
             .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn external(
+        &self,
+        ns: &str,
+        metric: &str,
+        selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    ) -> Result<Vec<wasmkube_api::metrics::ExternalMetricValue>, String> {
+        let mut path = format!(
+            "/apis/{}/namespaces/{ns}/{metric}",
+            wasmkube_api::metrics::EXTERNAL_GROUP_VERSION
+        );
+        if let Some(sel) = selector {
+            let sel = kube::core::Selector::try_from(sel.clone()).map_err(|e| e.0)?;
+            if !sel.selects_all() {
+                let q = serde_urlencoded::to_string([("labelSelector", sel.to_string())])
+                    .map_err(|e| e.to_string())?;
+                path = format!("{path}?{q}");
+            }
+        }
+        let req = http::Request::get(&path)
+            .body(Vec::new())
+            .map_err(|e| e.to_string())?;
+        self.client
+            .request::<wasmkube_api::metrics::ExternalMetricValueList>(req)
+            .await
+            .map(|l| l.items)
             .map_err(|e| e.to_string())
     }
 
@@ -1109,19 +1145,69 @@ fn recommend_object(
             reason: "FailedGetObjectMetric",
             message: format!("unable to get metric {name}: {object} on {message}"),
         })?;
-    let (replicas, current_value) = if spec.target.type_ == "AverageValue" {
-        let target = spec
-            .target
-            .average_value
-            .as_ref()
-            .map_or(0.0, quantity_value);
-        let wanted = if target > 0.0 {
-            (v / target).ceil() as i32
+    let (replicas, current_value) = replicas_for_value(&spec.target, v, current, pods);
+    let status: MetricStatus = serde_json::from_value(json!({"type": "Object", "object": {
+        "metric": {"name": name}, "describedObject": spec.described_object, "current": current_value}}))
+    .expect("a metric status");
+    Ok(Recommendation {
+        replicas,
+        status,
+        describe: format!("{name} metric on {object}"),
+    })
+}
+
+/// An External metric's recommendation (`GetExternalMetricReplicas` for a `Value` target,
+/// `GetExternalPerPodMetricReplicas` for `AverageValue`) from the values its selector picked,
+/// summed.
+fn recommend_external(
+    m: &MetricSpec,
+    current: i32,
+    pods: &[Arc<Pod>],
+    values: Result<Vec<wasmkube_api::metrics::ExternalMetricValue>, String>,
+) -> Result<Recommendation, MetricFailure> {
+    let spec = m
+        .external
+        .as_ref()
+        .expect("validated: an External metric has its source");
+    let name = &spec.metric.name;
+    let fail = |message: String| MetricFailure {
+        reason: "FailedGetExternalMetric",
+        message: format!("unable to get external metric {name}: {message}"),
+    };
+    let values = values.map_err(fail)?;
+    if values.is_empty() {
+        return Err(fail("no metrics returned from external metrics API".into()));
+    }
+    let v: f64 = values.iter().map(|v| quantity_value(&v.value)).sum();
+    let (replicas, current_value) = replicas_for_value(&spec.target, v, current, pods);
+    let status: MetricStatus = serde_json::from_value(json!({"type": "External", "external": {
+        "metric": spec.metric, "current": current_value}}))
+    .expect("a metric status");
+    Ok(Recommendation {
+        replicas,
+        status,
+        describe: format!("external metric {name}"),
+    })
+}
+
+/// The replicas a metric's value `v` asks for against `target`, and its current value for
+/// the status: for `AverageValue`, `v` per replica (scaled to `ceil(v / target)` unless
+/// within tolerance); for `Value`, the ratio to the target times the ready pods.
+fn replicas_for_value(
+    target: &k8s_openapi::api::autoscaling::v2::MetricTarget,
+    v: f64,
+    current: i32,
+    pods: &[Arc<Pod>],
+) -> (i32, serde_json::Value) {
+    if target.type_ == "AverageValue" {
+        let per_replica = target.average_value.as_ref().map_or(0.0, quantity_value);
+        let wanted = if per_replica > 0.0 {
+            (v / per_replica).ceil() as i32
         } else {
             current
         };
-        let ratio = if current > 0 && target > 0.0 {
-            v / (target * f64::from(current))
+        let ratio = if current > 0 && per_replica > 0.0 {
+            v / (per_replica * f64::from(current))
         } else {
             f64::INFINITY
         };
@@ -1140,14 +1226,16 @@ fn recommend_object(
             json!({"averageValue": wasmkube_api::metrics::amount_quantity(average)}),
         )
     } else {
-        let target = spec.target.value.as_ref().map_or(0.0, quantity_value);
-        let ratio = if target > 0.0 { v / target } else { 1.0 };
+        let wanted = target.value.as_ref().map_or(0.0, quantity_value);
+        let ratio = if wanted > 0.0 { v / wanted } else { 1.0 };
         let ready = pods
             .iter()
             .filter(|p| ready_condition(p).is_some_and(|c| c.status == "True"))
             .count() as f64;
         let replicas = if (1.0 - ratio).abs() <= TOLERANCE {
             current
+        } else if current == 0 {
+            ratio.ceil() as i32
         } else {
             (ratio * ready).ceil() as i32
         };
@@ -1155,15 +1243,7 @@ fn recommend_object(
             replicas,
             json!({"value": wasmkube_api::metrics::amount_quantity(v)}),
         )
-    };
-    let status: MetricStatus = serde_json::from_value(json!({"type": "Object", "object": {
-        "metric": {"name": name}, "describedObject": spec.described_object, "current": current_value}}))
-    .expect("a metric status");
-    Ok(Recommendation {
-        replicas,
-        status,
-        describe: format!("{name} metric on {object}"),
-    })
+    }
 }
 
 /// A quantity as a number (`1500m` is 1.5, `64Mi` is 67108864).
@@ -1386,9 +1466,7 @@ mod tests {
         // Two pods at 200% of their 100m request, target 50%: 2 * 4 = 8 replicas.
         let pods = vec![pod("a", "100m", true, 600), pod("b", "100m", true, 600)];
         let metrics = vec![metric("a", "200m"), metric("b", "200m")];
-        let r = recommend(&cpu_target(50), 2, &pods, Ok(&metrics))
-            .ok()
-            .expect("recommends");
+        let r = recommend(&cpu_target(50), 2, &pods, Ok(&metrics)).expect("recommends");
         assert_eq!(r.replicas, 8);
         assert_eq!(
             r.status
@@ -1399,9 +1477,7 @@ mod tests {
         );
         // Within the tolerance: no change.
         let metrics = vec![metric("a", "52m"), metric("b", "53m")];
-        let r = recommend(&cpu_target(50), 2, &pods, Ok(&metrics))
-            .ok()
-            .expect("recommends");
+        let r = recommend(&cpu_target(50), 2, &pods, Ok(&metrics)).expect("recommends");
         assert_eq!(r.replicas, 2);
         // Scaling down, a pod without metrics counts at 100% of its request: (10+10+100)/300
         // = 40% of a 50% target, 0.8 * 3 → 3 (without it, 2 pods at 10% would ask for 1).
@@ -1411,22 +1487,65 @@ mod tests {
             pod("c", "100m", true, 600),
         ];
         let metrics = vec![metric("a", "10m"), metric("b", "10m")];
-        let r = recommend(&cpu_target(50), 3, &three, Ok(&metrics))
-            .ok()
-            .expect("recommends");
+        let r = recommend(&cpu_target(50), 3, &three, Ok(&metrics)).expect("recommends");
         assert_eq!(r.replicas, 3);
-        let r = recommend(&cpu_target(50), 2, &three[..2], Ok(&metrics))
-            .ok()
-            .expect("recommends");
+        let r = recommend(&cpu_target(50), 2, &three[..2], Ok(&metrics)).expect("recommends");
         assert_eq!(r.replicas, 1);
         // Scaling up, an unready pod counts at 0%: a at 200% and b unready → (200+0)/2 = 100%
         // of 50% → 2 * 2 = 4, not 1 * 4.
         let pods = vec![pod("a", "100m", true, 600), pod("b", "100m", false, 10)];
         let metrics = vec![metric("a", "200m"), metric("b", "5m")];
-        let r = recommend(&cpu_target(50), 2, &pods, Ok(&metrics))
-            .ok()
-            .expect("recommends");
+        let r = recommend(&cpu_target(50), 2, &pods, Ok(&metrics)).expect("recommends");
         assert_eq!(r.replicas, 4);
+    }
+
+    #[test]
+    fn external_metrics_should_sum_their_series_as_upstream_does() {
+        let spec = |target: serde_json::Value| -> MetricSpec {
+            serde_json::from_value(json!({"type": "External", "external": {
+                "metric": {"name": "http_requests_in_flight",
+                           "selector": {"matchLabels": {"service": "fn"}}},
+                "target": target}}))
+            .expect("spec")
+        };
+        let value = |v: &str| wasmkube_api::metrics::ExternalMetricValue {
+            metric_name: "http_requests_in_flight".into(),
+            value: Quantity(v.into()),
+            ..Default::default()
+        };
+        let pods = [pod("a", "100m", true, 600), pod("b", "100m", true, 600)];
+        // AverageValue: 7 in flight over 2 replicas at 1 each wants 7.
+        let avg = spec(json!({"type": "AverageValue", "averageValue": "1"}));
+        let r = recommend_external(&avg, 2, &pods, Ok(vec![value("4"), value("3")])).expect("ok");
+        assert_eq!(r.replicas, 7);
+        let current = r.status.external.expect("external").current;
+        assert_eq!(current.average_value, Some(Quantity("3500m".into())));
+        // Within tolerance of the target: unchanged.
+        assert_eq!(
+            recommend_external(&avg, 2, &pods, Ok(vec![value("2050m")]))
+                .expect("ok")
+                .replicas,
+            2
+        );
+        // Value: the ratio times the ready pods; from zero, the ratio alone.
+        let val = spec(json!({"type": "Value", "value": "2"}));
+        assert_eq!(
+            recommend_external(&val, 2, &pods, Ok(vec![value("6")]))
+                .expect("ok")
+                .replicas,
+            6
+        );
+        assert_eq!(
+            recommend_external(&val, 0, &[], Ok(vec![value("3")]))
+                .expect("ok")
+                .replicas,
+            2
+        );
+        // Nothing selected fails the metric rather than reading as zero.
+        let f = recommend_external(&avg, 2, &pods, Ok(vec![]))
+            .err()
+            .expect("fails");
+        assert_eq!(f.reason, "FailedGetExternalMetric");
     }
 
     #[test]

@@ -286,6 +286,9 @@ async fn an_autoscaler_on_requests_in_flight_should_follow_the_load_of_client_gu
             "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "slow"},
                 "minReplicas": 1, "maxReplicas": 4,
                 "metrics": [{"type": "Pods", "pods": {"metric": {"name": "http_requests_in_flight"},
+                    "target": {"type": "AverageValue", "averageValue": "1"}}},
+                    {"type": "External", "external": {"metric": {"name": "http_requests_in_flight",
+                        "selector": {"matchLabels": {"service": "slow"}}},
                     "target": {"type": "AverageValue", "averageValue": "1"}}}],
                 "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}}}
         }))?,
@@ -334,18 +337,39 @@ async fn an_autoscaler_on_requests_in_flight_should_follow_the_load_of_client_gu
         "{body}"
     );
     ensure!(!value.is_empty(), "{body}");
-    // The autoscaler writes its status after rescaling: wait for it.
+    // The same, as an External metric picked by its `service` label.
+    let (code, body) = wasmkube_tests::raw(
+        c,
+        "GET",
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/http_requests_in_flight?labelSelector=service%3Dslow",
+        "",
+        "application/json",
+        b"",
+    )
+    .await?;
+    ensure!(code == 200, "{body}");
+    ensure!(body["kind"] == "ExternalMetricValueList", "{body}");
+    let items = body["items"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        items.len() == 1 && items[0]["metricLabels"]["service"] == "slow",
+        "one value, for Service slow: {body}"
+    );
+    // The autoscaler writes its status after rescaling: wait for both metrics in it.
     wait_for(
-        "the Pods metric in the autoscaler's status",
+        "the Pods and External metrics in the autoscaler's status",
         SLOW,
         || async {
             let hpa = hpas.get("slow").await.ok()?;
-            hpa.status
-                .as_ref()
-                .and_then(|s| s.current_metrics.as_ref())
-                .and_then(|m| m.first())
-                .and_then(|m| m.pods.as_ref())
-                .map(|_| ())
+            let metrics = hpa.status?.current_metrics?;
+            let external = metrics
+                .iter()
+                .find_map(|m| m.external.as_ref())?
+                .current
+                .average_value
+                .clone()?;
+            // Three clients with a request in flight each, over about three replicas.
+            let per_replica = wasmkube_api::quantity::millicores(&external)?;
+            (metrics.iter().any(|m| m.pods.is_some()) && per_replica >= 300).then_some(())
         },
     )
     .await?;
