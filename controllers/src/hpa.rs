@@ -120,6 +120,7 @@ pub(crate) async fn run(
                 .filter(|h| object_services(h).any(|s| s == name))
                 .filter(|_| recent)
                 .map(|h| {
+                    tracing::debug!(target: "podtrace", kind = "HorizontalPodAutoscaler", object = %format_args!("{ns}/{}", h.name_any()), stage = "woken");
                     woken
                         .lock()
                         .expect("woken lock")
@@ -258,6 +259,7 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
         if current == 0 && woken {
             // A node holds a request for a Service of this autoscaler at zero pods: one
             // replica now; the metrics are read at the next sync.
+            tracing::debug!(target: "podtrace", kind = "HorizontalPodAutoscaler", object = %key, stage = "waking");
             desired = 1;
             rescale_reason = "a request is held for a Service at zero pods".into();
         } else {

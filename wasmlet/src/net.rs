@@ -316,6 +316,7 @@ impl NodeNet {
             key,
         };
         if first && let Some(wake) = self.waker.get() {
+            tracing::debug!(target: "podtrace", kind = "Service", object = %format_args!("{namespace}/{name}"), stage = "held");
             wake(namespace, name, Wake::Wanted);
         }
         let deadline = tokio::time::Instant::now() + timeout;

@@ -171,7 +171,10 @@ impl Apiserver {
             Cas::Put(&new)
         };
         match self.cas(t, &name, cur.rv, op).await? {
-            Some(value) if !finished => Ok(value),
+            Some(value) if !finished => {
+                tracing::debug!(target: "podtrace", kind = %info.kind, object = %format_args!("{}/{name}", t.namespace.as_deref().unwrap_or_default()), stage = "updated", subresource = t.subresource.as_deref().unwrap_or_default());
+                Ok(value)
+            }
             Some(_) => Ok(new),
             None => Err(ApiError::conflict(info, &name, ApiError::MODIFIED)),
         }
