@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -227,7 +227,44 @@ async fn density(
             running.insert(name, is_running(&p));
         }
     }
-    Ok((running.values().filter(|r| **r).count(), started.elapsed()))
+    let up = running.values().filter(|r| **r).count();
+    let took = started.elapsed();
+    if up < n {
+        // Say what the others are doing, grouped: phase, node, container state.
+        let mut stuck: HashMap<String, usize> = HashMap::new();
+        for p in pods
+            .list(&ListParams::default().labels("app=bench"))
+            .await?
+            .items
+            .iter()
+            .filter(|p| !is_running(p))
+        {
+            let status = p.status.clone().unwrap_or_default();
+            let state = status
+                .container_statuses
+                .iter()
+                .flatten()
+                .map(|c| format!("{:?}", c.state))
+                .collect::<Vec<_>>()
+                .join(";");
+            let key = format!(
+                "phase={:?} node={:?} conditions={:?} state={state}",
+                status.phase,
+                p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .map(|c| format!("{}={}", c.type_, c.status))
+                    .collect::<Vec<_>>()
+            );
+            *stuck.entry(key).or_default() += 1;
+        }
+        for (what, count) in stuck {
+            eprintln!("not Running: {count} × {what}");
+        }
+    }
+    Ok((up, took))
 }
 
 #[tokio::main]

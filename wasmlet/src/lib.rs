@@ -179,7 +179,7 @@ pub fn registries_for(kc: &kube::Config, insecure: Vec<String>) -> Registries {
 /// mounts (every pod's token volume is one), so thousands of pods need more than the usual
 /// soft limit. The soft limit goes up to the hard one, and both to `fs.nr_open` where that is
 /// allowed (root), as containerd's and the kubelet's service units set `LimitNOFILE`.
-fn raise_open_files_limit() {
+fn raise_open_files_limit(max_pods: u32) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let now = getrlimit(Resource::Nofile);
     let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -204,7 +204,18 @@ fn raise_open_files_limit() {
             },
         );
     }
-    tracing::debug!(open_files = ?getrlimit(Resource::Nofile).current, "open files limit");
+    let limit = getrlimit(Resource::Nofile).current;
+    // A log file and a token volume per pod, and room for connections.
+    let wanted = 2 * u64::from(max_pods) + 1024;
+    if limit.is_some_and(|l| l < wanted) {
+        tracing::warn!(
+            open_files = ?limit,
+            max_pods,
+            "the open files limit is below two per pod and it could not be raised (no CAP_SYS_RESOURCE?): pods beyond it fail with 'Too many open files'"
+        );
+    } else {
+        tracing::debug!(open_files = ?limit, "open files limit");
+    }
 }
 
 /// Runs the wasmlet until `shutdown`: registers the node, keeps its lease, runs its pods.
@@ -212,7 +223,7 @@ fn raise_open_files_limit() {
 /// # Errors
 /// [`Error`] when it cannot start; once running it retries API failures instead.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    raise_open_files_limit();
+    raise_open_files_limit(config.max_pods);
     metrics::init();
     runtime::usage::configure_from_env();
     let conn = wasmkube_client::connect(&config.api).await?;
