@@ -1,5 +1,6 @@
 //! The built-in kinds, one strategy each, grouped by API group.
 
+pub(crate) mod apiextensions;
 mod apps;
 mod autoscaling;
 mod batch;
@@ -27,6 +28,7 @@ pub fn builtin() -> Registry {
     events::register(&r);
     rbac::register(&r);
     quota::register(&r);
+    apiextensions::register(&r);
     r
 }
 

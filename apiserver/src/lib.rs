@@ -27,6 +27,7 @@ pub mod auth;
 mod cache;
 pub mod cluster;
 mod conn;
+mod crd;
 mod discovery;
 pub mod encryption;
 pub mod error;

@@ -50,14 +50,27 @@ pub fn apply(kind: PatchType, target: &Value, body: &[u8]) -> Result<Value, ApiE
                 ))
             })?;
             let mut doc = target.clone();
-            json_patch::patch(&mut doc, &ops).map_err(|e| match e.kind {
-                json_patch::PatchErrorKind::TestFailed => ApiError::unprocessable(format!(
-                    "the server rejected our request due to an error in our request: {e}"
-                )),
-                _ => ApiError::bad_request(format!(
-                    "the server rejected our request due to an error in our request: {e}"
-                )),
-            })?;
+            for (i, op) in ops.0.into_iter().enumerate() {
+                // As kube-apiserver's JSON patch does, a `test` for null passes on an absent
+                // value (kube-rs' finalizer helper tests `/metadata/finalizers` so).
+                if let json_patch::PatchOperation::Test(t) = &op
+                    && t.value.is_null()
+                    && doc.pointer(t.path.as_str()).is_none()
+                {
+                    continue;
+                }
+                json_patch::patch(&mut doc, &[op]).map_err(|e| {
+                    let why = format!(
+                        "the server rejected our request due to an error in our request: \
+                         operation '/{i}' failed at path '{}': {}",
+                        e.path, e.kind
+                    );
+                    match e.kind {
+                        json_patch::PatchErrorKind::TestFailed => ApiError::unprocessable(why),
+                        _ => ApiError::bad_request(why),
+                    }
+                })?;
+            }
             Ok(doc)
         }
         PatchType::Merge => {

@@ -353,12 +353,18 @@ impl Registry {
     /// Registers a kind; registering a resource again replaces it.
     pub fn register<S: Strategy>(&self, strategy: S) {
         let info = strategy.info();
+        self.register_kind(Arc::new(Registered { strategy, info }));
+    }
+
+    /// Registers a kind built at run time (a CustomResourceDefinition's version); registering
+    /// a resource again replaces it.
+    pub fn register_kind(&self, kind: Arc<dyn Kind>) {
+        let info = kind.info();
         let key = (
             info.group.to_string(),
             info.version.to_string(),
             info.plural.to_string(),
         );
-        let kind: Arc<dyn Kind> = Arc::new(Registered { strategy, info });
         let mut guard = self.kinds.write().expect("registry lock");
         let mut next = Kinds::clone(&guard);
         match next.by_resource.get(&key) {
@@ -368,6 +374,38 @@ impl Registry {
                 next.all.push(kind);
             }
         }
+        next.generation += 1;
+        *guard = Arc::new(next);
+    }
+
+    /// Stops serving `/{group}/{version}/{plural}`.
+    pub fn unregister(&self, group: &str, version: &str, plural: &str) {
+        let key = (group.to_string(), version.to_string(), plural.to_string());
+        let mut guard = self.kinds.write().expect("registry lock");
+        if !guard.by_resource.contains_key(&key) {
+            return;
+        }
+        let mut next = Kinds::clone(&guard);
+        next.all.retain(|k| {
+            let i = k.info();
+            (i.group, i.version, i.plural) != (group, version, plural)
+        });
+        next.by_resource = next
+            .all
+            .iter()
+            .enumerate()
+            .map(|(n, k)| {
+                let i = k.info();
+                (
+                    (
+                        i.group.to_string(),
+                        i.version.to_string(),
+                        i.plural.to_string(),
+                    ),
+                    n,
+                )
+            })
+            .collect();
         next.generation += 1;
         *guard = Arc::new(next);
     }

@@ -548,6 +548,7 @@ async fn open(
         openapi: Default::default(),
     });
     bootstrap(&api).await?;
+    crate::crd::start(Arc::clone(&api), shutdown.clone());
     crate::rbac::bootstrap::reconcile(&api)
         .await
         .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;

@@ -38,3 +38,4 @@ mod t85_network_policy;
 mod t86_metrics;
 mod t87_autoscaling;
 mod t88_scale_to_zero;
+mod t89_crds;
