@@ -27,7 +27,7 @@ use wasmkube_api::resource::Scope;
 use crate::Apiserver;
 use crate::error::FieldError;
 use crate::kinds::apiextensions::{CLEANUP_FINALIZER, GROUP};
-use crate::registry::{Decoded, Kind, NameRule, Subresource};
+use crate::registry::{Decoded, Kind, NameRule, ScalePaths, Subresource};
 use crate::request::{Params, Target};
 use crate::table::Column;
 
@@ -63,6 +63,8 @@ pub(crate) struct CustomKind {
     columns: Vec<(Column, String)>,
     /// Whether `/status` is served (then a create or update of the object ignores `status`).
     status: bool,
+    /// Where `/scale` reads and writes, when it is served.
+    scale: Option<ScalePaths>,
 }
 
 impl CustomKind {
@@ -74,6 +76,13 @@ impl CustomKind {
         let names = &spec.names;
         let subresources = v.subresources.as_ref();
         let status = subresources.is_some_and(|s| s.status.is_some());
+        let scale = subresources
+            .and_then(|s| s.scale.as_ref())
+            .map(|s| ScalePaths {
+                spec_replicas: ScalePaths::pointer(&s.spec_replicas_path),
+                status_replicas: ScalePaths::pointer(&s.status_replicas_path),
+                label_selector: s.label_selector_path.as_deref().map(ScalePaths::pointer),
+            });
         let info = ResourceInfo {
             group: intern(&spec.group),
             version: intern(&v.name),
@@ -91,7 +100,7 @@ impl CustomKind {
             short_names: intern_all(names.short_names.as_deref().unwrap_or_default()),
             categories: intern_all(names.categories.as_deref().unwrap_or_default()),
             status,
-            scale: false,
+            scale: scale.is_some(),
             // Other versions show the storage version's objects with their own apiVersion.
             stored_as: (!v.storage).then(|| (intern(&spec.group), intern(&names.plural))),
         };
@@ -132,6 +141,7 @@ impl CustomKind {
             schema,
             columns,
             status,
+            scale,
         })
     }
 
@@ -260,6 +270,10 @@ impl Kind for CustomKind {
         }
         generator.definitions_mut().insert(name.clone(), schema);
         name
+    }
+
+    fn scale_paths(&self) -> Option<&ScalePaths> {
+        self.scale.as_ref()
     }
 
     fn row(&self, obj: &Value) -> Vec<Value> {

@@ -193,6 +193,29 @@ pub trait Kind: Send + Sync {
     fn schema(&self, generator: &mut schemars::SchemaGenerator) -> String;
     /// Table cells for an object, name first.
     fn row(&self, obj: &Value) -> Vec<Value>;
+    /// Where a `scale` subresource reads and writes, when not at the workloads' places
+    /// (`spec.replicas`, `status.replicas`, `spec.selector`): a custom resource's.
+    fn scale_paths(&self) -> Option<&ScalePaths> {
+        None
+    }
+}
+
+/// Where a custom resource keeps what its `scale` subresource shows, as JSON pointers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalePaths {
+    /// `specReplicasPath` (`/spec/replicas`).
+    pub spec_replicas: String,
+    /// `statusReplicasPath` (`/status/replicas`).
+    pub status_replicas: String,
+    /// `labelSelectorPath` (`/status/selector`): a selector in string form.
+    pub label_selector: Option<String>,
+}
+
+impl ScalePaths {
+    /// A JSON pointer for a simple JSONPath (`.spec.replicas` → `/spec/replicas`).
+    pub fn pointer(json_path: &str) -> String {
+        json_path.replace('.', "/")
+    }
 }
 
 struct Registered<S: Strategy> {

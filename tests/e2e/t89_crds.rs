@@ -146,15 +146,18 @@ fn widget_crd() -> serde_json::Value {
             "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wd"],
                       "categories": ["all"]},
             "versions": [{"name": "v1", "served": true, "storage": true,
-                "subresources": {"status": {}},
+                "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.replicas",
+                    "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"}},
                 "additionalPrinterColumns": [
                     {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
                     {"name": "Color", "type": "string", "jsonPath": ".spec.color"}],
                 "schema": {"openAPIV3Schema": {"type": "object", "properties": {
                     "spec": {"type": "object", "required": ["size"], "properties": {
                         "size": {"type": "integer", "minimum": 1, "maximum": 10},
-                        "color": {"type": "string", "enum": ["red", "blue"], "default": "red"}}},
-                    "status": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}}},
+                        "color": {"type": "string", "enum": ["red", "blue"], "default": "red"},
+                        "replicas": {"type": "integer", "minimum": 0}}},
+                    "status": {"type": "object", "properties": {"ready": {"type": "boolean"},
+                        "replicas": {"type": "integer"}, "selector": {"type": "string"}}}}}}},
                 {"name": "v1beta1", "served": true, "storage": false,
                  "schema": {"openAPIV3Schema": {"type": "object",
                     "x-kubernetes-preserve-unknown-fields": true}}}]}
@@ -270,6 +273,32 @@ async fn a_custom_resource_definition_should_be_served_validated_and_deleted_wit
         "{:?}",
         got.data
     );
+    // The scale subresource, where the definition says (what an autoscaler scales).
+    widgets
+        .patch_status(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"replicas": 1, "selector": "app=w1"}})),
+        )
+        .await?;
+    widgets
+        .patch_scale(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await?;
+    let scale = widgets.get_scale("w1").await?;
+    ensure!(
+        scale.spec.as_ref().and_then(|s| s.replicas) == Some(3)
+            && scale
+                .status
+                .as_ref()
+                .map(|s| (s.replicas, s.selector.clone()))
+                == Some((1, Some("app=w1".into()))),
+        "{scale:?}"
+    );
+    ensure!(widgets.get("w1").await?.data["spec"]["replicas"] == 3);
     // The other version shows the same object.
     let ar_beta = kube::discovery::ApiResource {
         version: "v1beta1".into(),

@@ -71,6 +71,24 @@ impl Apiserver {
     }
 
     pub(super) fn scale_of(&self, t: &Target, obj: &Value) -> Value {
+        let m = obj.get("metadata").cloned().unwrap_or_default();
+        let metadata = json!({"name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+            "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]});
+        if let Some(paths) = t.kind.scale_paths() {
+            // A custom resource's, where its definition says.
+            let selector = paths
+                .label_selector
+                .as_deref()
+                .and_then(|p| obj.pointer(p))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            return json!({
+                "kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": metadata,
+                "spec": {"replicas": obj.pointer(&paths.spec_replicas).cloned().unwrap_or(json!(0))},
+                "status": {"replicas": obj.pointer(&paths.status_replicas).cloned().unwrap_or(json!(0)),
+                           "selector": selector},
+            });
+        }
         let raw = obj.pointer("/spec/selector").cloned().unwrap_or_default();
         // ReplicationControllers select with a plain map; the apps kinds with a LabelSelector.
         let structured =
@@ -84,12 +102,9 @@ impl Apiserver {
             .and_then(|s| wasmkube_api::selector::LabelSelector::from_structured(&s).ok())
             .map(|s| s.to_string())
             .unwrap_or_default();
-        let m = obj.get("metadata").cloned().unwrap_or_default();
-        let _ = t;
         json!({
             "kind": "Scale", "apiVersion": "autoscaling/v1",
-            "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
-                         "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]},
+            "metadata": metadata,
             "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
             "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": sel},
         })
@@ -142,7 +157,10 @@ impl Apiserver {
                 return Err(ApiError::conflict(info, name, ApiError::MODIFIED));
             }
             let mut new = cur.value.clone();
-            new["spec"]["replicas"] = json!(replicas);
+            match t.kind.scale_paths() {
+                Some(paths) => set_pointer(&mut new, &paths.spec_replicas, json!(replicas)),
+                None => new["spec"]["replicas"] = json!(replicas),
+            }
             let mut main = t.clone();
             main.subresource = None;
             match self.commit_update(&main, q, &cur, new).await {
@@ -152,5 +170,22 @@ impl Apiserver {
             }
         }
         Err(ApiError::retries_exhausted(info, name))
+    }
+}
+
+/// Sets the value at JSON pointer `at`, making the objects on the way.
+fn set_pointer(doc: &mut Value, at: &str, value: Value) {
+    let mut here = doc;
+    let parts: Vec<&str> = at.split('/').skip(1).collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !here.is_object() {
+            *here = json!({});
+        }
+        let map = here.as_object_mut().expect("made an object");
+        if i + 1 == parts.len() {
+            map.insert((*part).to_owned(), value);
+            return;
+        }
+        here = map.entry((*part).to_owned()).or_insert_with(|| json!({}));
     }
 }
