@@ -180,13 +180,13 @@ impl Kind for CustomKind {
         Ok(Decoded { object, unknown })
     }
 
-    fn admit(&self, obj: &mut Value, _old: Option<&Value>) -> Result<(), Vec<FieldError>> {
+    fn admit(&self, obj: &mut Value, old: Option<&Value>) -> Result<(), Vec<FieldError>> {
         let meta: ObjectMeta = serde_json::from_value(obj["metadata"].clone())
             .map_err(|e| vec![FieldError::invalid("metadata", "object", &e.to_string())])?;
         let mut errors =
             crate::validation::object_meta(&meta, self.info.namespaced(), NameRule::Subdomain);
         schema::default(obj, &self.schema);
-        schema::validate(obj, &self.schema, "", &mut errors);
+        schema::validate(obj, old, &self.schema, "", &mut errors);
         if errors.is_empty() {
             Ok(())
         } else {

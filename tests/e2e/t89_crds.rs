@@ -152,7 +152,10 @@ fn widget_crd() -> serde_json::Value {
                     {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
                     {"name": "Color", "type": "string", "jsonPath": ".spec.color"}],
                 "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                    "spec": {"type": "object", "required": ["size"], "properties": {
+                    "spec": {"type": "object", "required": ["size"],
+                      "x-kubernetes-validations": [{"rule": "!has(self.replicas) || self.replicas <= self.size * 2",
+                          "message": "replicas may be at most twice the size"}],
+                      "properties": {
                         "size": {"type": "integer", "minimum": 1, "maximum": 10},
                         "color": {"type": "string", "enum": ["red", "blue"], "default": "red"},
                         "replicas": {"type": "integer", "minimum": 0}}},
@@ -250,6 +253,25 @@ async fn a_custom_resource_definition_should_be_served_validated_and_deleted_wit
             );
         }
         other => anyhow::bail!("an invalid widget: {other:?}"),
+    }
+
+    // A CEL rule of the schema (x-kubernetes-validations).
+    match widgets
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 9}})),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) => ensure!(
+            s.code == 422
+                && s.message.contains(
+                    "spec: Invalid value: \"object\": replicas may be at most twice the size"
+                ),
+            "{s:?}"
+        ),
+        other => anyhow::bail!("a patch breaking a CEL rule: {other:?}"),
     }
 
     // Patch the spec; write the status through /status.

@@ -1,6 +1,8 @@
 //! Structural schemas of custom resources (`openAPIV3Schema`, as JSON): pruning of unknown
 //! fields, defaulting and validation, with kube-apiserver's messages.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 use crate::error::FieldError;
@@ -61,6 +63,15 @@ fn walk_structural(schema: &Value, path: &str, errs: &mut Vec<FieldError>) {
                 .filter(|i| i.is_object())
                 .map(|i| (format!("{path}.additionalProperties"), i)),
         );
+    for (i, rule) in rules(schema).enumerate() {
+        if let Err(e) = compile(rule.rule) {
+            errs.push(FieldError::invalid(
+                format!("{path}.x-kubernetes-validations[{i}].rule"),
+                rule.rule,
+                &format!("compilation failed: {e}"),
+            ));
+        }
+    }
     for (at, child) in children {
         let typed = child
             .get("type")
@@ -206,8 +217,15 @@ fn shown(v: &Value) -> String {
     }
 }
 
-/// Checks `value` against `schema`, adding one error per bad field.
-pub(crate) fn validate(value: &Value, schema: &Value, path: &str, errs: &mut Vec<FieldError>) {
+/// Checks `value` against `schema`, adding one error per bad field; `old` is the value an
+/// update replaces (for `oldSelf` in transition rules).
+pub(crate) fn validate(
+    value: &Value,
+    old: Option<&Value>,
+    schema: &Value,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
     if value.is_null() {
         if !flag(schema, "nullable")
             && let Some(t) = schema.get("type").and_then(Value::as_str)
@@ -301,11 +319,10 @@ pub(crate) fn validate(value: &Value, schema: &Value, path: &str, errs: &mut Vec
         if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
             && chars > max
         {
-            errs.push(FieldError {
-                reason: "FieldValueTooLong",
-                message: format!("{path}: Too long: may not be more than {max} bytes"),
-                field: path.to_owned(),
-            });
+            errs.push(FieldError::too_long(
+                path,
+                usize::try_from(max).unwrap_or(usize::MAX),
+            ));
         }
         if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
             && chars < min
@@ -341,10 +358,148 @@ pub(crate) fn validate(value: &Value, schema: &Value, path: &str, errs: &mut Vec
             ));
         }
     }
+    let before = errs.len();
     match value {
         Value::Array(items) => validate_array(items, schema, path, errs),
-        Value::Object(map) => validate_object(map, schema, path, errs),
+        Value::Object(map) => validate_object(map, old, schema, path, errs),
         _ => {}
+    }
+    // Rules run on values that are otherwise valid, as kube-apiserver's do.
+    if errs.len() == before {
+        check_rules(value, old, schema, path, errs);
+    }
+}
+
+/// One `x-kubernetes-validations` rule.
+struct Rule<'a> {
+    rule: &'a str,
+    message: Option<&'a str>,
+    message_expression: Option<&'a str>,
+    field_path: Option<&'a str>,
+    reason: Option<&'a str>,
+}
+
+fn rules(schema: &Value) -> impl Iterator<Item = Rule<'_>> {
+    schema
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some(Rule {
+                rule: r.get("rule")?.as_str()?,
+                message: r.get("message").and_then(Value::as_str),
+                message_expression: r.get("messageExpression").and_then(Value::as_str),
+                field_path: r.get("fieldPath").and_then(Value::as_str),
+                reason: r.get("reason").and_then(Value::as_str),
+            })
+        })
+}
+
+/// Compiles a CEL expression. The parser (ANTLR-generated) can panic on some malformed
+/// input instead of answering an error; a rule from a client must never take the server down,
+/// so that is caught and reported as a compile error.
+fn compile(rule: &str) -> Result<cel_interpreter::Program, String> {
+    std::panic::catch_unwind(|| cel_interpreter::Program::compile(rule))
+        .map_err(|_| "syntax error".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
+/// A JSON value as CEL sees it (whole numbers are `int`).
+fn cel_value(v: &Value) -> cel_interpreter::Value {
+    use cel_interpreter::Value as Cel;
+    use cel_interpreter::objects::{Key, Map as CelMap};
+    match v {
+        Value::Null => Cel::Null,
+        Value::Bool(b) => Cel::Bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Cel::Int(i),
+            None => n
+                .as_u64()
+                .map_or_else(|| Cel::Float(n.as_f64().unwrap_or_default()), Cel::UInt),
+        },
+        Value::String(s) => Cel::String(Arc::new(s.clone())),
+        Value::Array(a) => Cel::List(Arc::new(a.iter().map(cel_value).collect())),
+        Value::Object(m) => Cel::Map(CelMap {
+            map: Arc::new(
+                m.iter()
+                    .map(|(k, v)| (Key::String(Arc::new(k.clone())), cel_value(v)))
+                    .collect(),
+            ),
+        }),
+    }
+}
+
+/// Evaluates the schema's CEL rules with `self` (and `oldSelf` on an update; a rule that
+/// uses `oldSelf` is a transition rule and runs only then).
+fn check_rules(
+    value: &Value,
+    old: Option<&Value>,
+    schema: &Value,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    for rule in rules(schema) {
+        let transition = rule.rule.contains("oldSelf");
+        if transition && old.is_none() {
+            continue;
+        }
+        let Ok(program) = compile(rule.rule) else {
+            continue;
+        };
+        let mut context = cel_interpreter::Context::default();
+        context.add_variable_from_value("self", cel_value(value));
+        if let Some(o) = old {
+            context.add_variable_from_value("oldSelf", cel_value(o));
+        }
+        let at = match rule.field_path {
+            Some(f) => format!("{path}{f}"),
+            None => path.to_owned(),
+        };
+        let shown_type = type_name(value);
+        match program.execute(&context) {
+            Ok(cel_interpreter::Value::Bool(true)) => {}
+            Ok(cel_interpreter::Value::Bool(false)) => {
+                let message = rule
+                    .message_expression
+                    .and_then(|e| compile(e).ok())
+                    .and_then(|p| match p.execute(&context) {
+                        Ok(cel_interpreter::Value::String(s)) if !s.is_empty() => {
+                            Some(s.to_string())
+                        }
+                        _ => None,
+                    })
+                    .or_else(|| rule.message.map(str::to_owned))
+                    .unwrap_or_else(|| format!("failed rule: {}", rule.rule));
+                let mut e = FieldError::invalid(&at, shown_type, &message);
+                match rule.reason {
+                    Some("FieldValueForbidden") => {
+                        e.reason = "FieldValueForbidden";
+                        e.message = format!("Forbidden: {message}");
+                    }
+                    Some("FieldValueRequired") => {
+                        e.reason = "FieldValueRequired";
+                        e.message = format!("Required value: {message}");
+                    }
+                    Some("FieldValueDuplicate") => {
+                        e.reason = "FieldValueDuplicate";
+                        e.message = format!("Duplicate value: {message}");
+                    }
+                    _ => {}
+                }
+                errs.push(e);
+            }
+            Ok(other) => errs.push(FieldError::invalid(
+                &at,
+                shown_type,
+                &format!("rule compiled to a non-boolean: {other:?}"),
+            )),
+            Err(e) => errs.push(FieldError::invalid(
+                &at,
+                shown_type,
+                &format!("rule evaluation error: {e}"),
+            )),
+        }
     }
 }
 
@@ -381,7 +536,7 @@ fn validate_array(items: &[Value], schema: &Value, path: &str, errs: &mut Vec<Fi
     {
         errs.push(FieldError {
             reason: "FieldValueTooMany",
-            message: format!("{path}: Too many: {n}: must have at most {max} items"),
+            message: format!("Too many: {n}: must have at most {max} items"),
             field: path.to_owned(),
         });
     }
@@ -396,7 +551,7 @@ fn validate_array(items: &[Value], schema: &Value, path: &str, errs: &mut Vec<Fi
     }
     if let Some(s) = schema.get("items").filter(|i| i.is_object()) {
         for (i, item) in items.iter().enumerate() {
-            validate(item, s, &format!("{path}[{i}]"), errs);
+            validate(item, None, s, &format!("{path}[{i}]"), errs);
         }
     }
     match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
@@ -441,6 +596,7 @@ fn validate_array(items: &[Value], schema: &Value, path: &str, errs: &mut Vec<Fi
 
 fn validate_object(
     map: &Map<String, Value>,
+    old: Option<&Value>,
     schema: &Value,
     path: &str,
     errs: &mut Vec<FieldError>,
@@ -462,7 +618,7 @@ fn validate_object(
     {
         errs.push(FieldError {
             reason: "FieldValueTooMany",
-            message: format!("{path}: Too many: {n}: must have at most {max} items"),
+            message: format!("Too many: {n}: must have at most {max} items"),
             field: path.to_owned(),
         });
     }
@@ -482,7 +638,7 @@ fn validate_object(
             continue;
         }
         if let Some(s) = properties.and_then(|p| p.get(k)).or(additional) {
-            validate(v, s, &join(path, k), errs);
+            validate(v, old.and_then(|o| o.get(k)), s, &join(path, k), errs);
         }
     }
 }
@@ -527,14 +683,17 @@ mod tests {
         default(&mut v, &schema());
         assert_eq!(v["spec"]["color"], "red");
         let mut errs = Vec::new();
-        validate(&v, &schema(), "", &mut errs);
+        validate(&v, None, &schema(), "", &mut errs);
         assert!(errs.is_empty(), "{errs:?}");
 
         let bad = json!({"spec": {"size": 11, "color": "green", "name": "Abcdefg",
             "port": true, "tags": ["a", "a"]}, "status": {"ready": "yes"}});
         let mut errs = Vec::new();
-        validate(&bad, &schema(), "", &mut errs);
-        let messages: Vec<String> = errs.iter().map(|e| e.message.clone()).collect();
+        validate(&bad, None, &schema(), "", &mut errs);
+        let messages: Vec<String> = errs
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect();
         let all = messages.join("\n");
         for want in [
             "spec.size in body should be less than or equal to 10",
@@ -551,9 +710,56 @@ mod tests {
                 .any(|e| e.reason == "FieldValueDuplicate" && e.field == "spec.tags[1]")
         );
         let mut errs = Vec::new();
-        validate(&json!({"spec": {}}), &schema(), "", &mut errs);
+        validate(&json!({"spec": {}}), None, &schema(), "", &mut errs);
         assert_eq!(errs[0].field, "spec.size");
         assert_eq!(errs[0].reason, "FieldValueRequired");
+    }
+
+    #[test]
+    fn cel_rules_should_check_self_and_transitions() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object",
+            "x-kubernetes-validations": [
+                {"rule": "self.min <= self.max", "message": "min must not exceed max"},
+                {"rule": "self.mode == oldSelf.mode", "message": "mode is immutable", "reason": "FieldValueForbidden"},
+                {"rule": "size(self.name) > 2", "fieldPath": ".name"}],
+            "properties": {"min": {"type": "integer"}, "max": {"type": "integer"},
+                           "mode": {"type": "string"}, "name": {"type": "string"}}}}});
+        let good = json!({"spec": {"min": 1, "max": 2, "mode": "a", "name": "abc"}});
+        let mut errs = Vec::new();
+        validate(&good, None, &schema, "", &mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
+        let bad = json!({"spec": {"min": 3, "max": 2, "mode": "b", "name": "ab"}});
+        let mut errs = Vec::new();
+        validate(&bad, Some(&good), &schema, "", &mut errs);
+        let messages: Vec<String> = errs
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "spec: Invalid value: \"object\": min must not exceed max",
+                "spec: Forbidden: mode is immutable",
+                "spec.name: Invalid value: \"object\": failed rule: size(self.name) > 2",
+            ]
+        );
+        // A transition rule does not run on create.
+        let mut errs = Vec::new();
+        validate(
+            &json!({"spec": {"min": 1, "max": 2, "mode": "b", "name": "abc"}}),
+            None,
+            &schema,
+            "",
+            &mut errs,
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        // A rule that does not compile is refused with its definition.
+        let broken = json!({"type": "object", "x-kubernetes-validations": [{"rule": "self.a >"}]});
+        assert!(
+            structural_errors(&broken, "s")
+                .iter()
+                .any(|e| e.field == "s.x-kubernetes-validations[0].rule")
+        );
     }
 
     #[test]
