@@ -388,6 +388,24 @@ async fn a_custom_resource_definition_should_be_served_validated_and_deleted_wit
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // `kubectl explain` reads the published OpenAPI v3 schema (kubectl ≥ 1.28 does so).
+        let bin = kubectl.with_file_name("kubectl.1.33");
+        let bin = if bin.exists() { bin } else { kubectl.clone() };
+        let out = tokio::process::Command::new(&bin)
+            .args([
+                "--kubeconfig",
+                &cluster.kubeconfig.to_string_lossy(),
+                "explain",
+                "widgets.spec",
+            ])
+            .output()
+            .await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && text.contains("size") && text.contains("color"),
+            "kubectl explain widgets.spec: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     } else {
         eprintln!(
             "SKIPPED: kubectl is not installed; kubectl get of a custom resource not exercised"
