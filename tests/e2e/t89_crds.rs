@@ -435,3 +435,130 @@ async fn a_custom_resource_definition_should_be_served_validated_and_deleted_wit
     ensure!(code == 404, "no longer served: {code}");
     cluster.stop().await
 }
+
+/// Runs kubectl (not blocking: the API server runs on this test's thread): success, stdout,
+/// stderr.
+async fn kubectl(
+    bin: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> Result<(bool, String, String)> {
+    let out = tokio::process::Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .await?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn kubectl_should_take_a_custom_resource_from_definition_to_deletion() -> Result<()> {
+    let Some(default) = wasmkube_tests::kubectl() else {
+        eprintln!("SKIPPED: kubectl is not installed; the kubectl CRD lifecycle is not exercised");
+        return Ok(());
+    };
+    let cluster = Cluster::start().await?;
+    let kc = cluster.kubeconfig.clone();
+    let dir = tempfile::tempdir()?;
+    let crd_file = dir.path().join("crd.json");
+    std::fs::write(&crd_file, serde_json::to_vec(&widget_crd())?)?;
+    for version in ["1.27", "1.33"] {
+        let bin = default.with_file_name(format!("kubectl.{version}"));
+        let bin = if bin.exists() { bin } else { default.clone() };
+        let run = |args: Vec<String>| {
+            let (bin, kc) = (bin.clone(), kc.clone());
+            async move {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                kubectl(&bin, &kc, &args).await
+            }
+        };
+        let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        let (ok, out, err) = run(vec![
+            "apply".into(),
+            "-f".into(),
+            crd_file.display().to_string(),
+        ])
+        .await?;
+        ensure!(ok, "kubectl {version} apply crd: {out} {err}");
+        let (ok, out, err) = run(args(
+            "wait --for condition=Established crd/widgets.example.wasmkube.io --timeout=30s",
+        ))
+        .await?;
+        ensure!(ok, "kubectl {version} wait Established: {out} {err}");
+        let cr = dir.path().join("w.json");
+        std::fs::write(
+            &cr,
+            serde_json::to_vec(
+                &json!({"apiVersion": "example.wasmkube.io/v1", "kind": "Widget",
+                "metadata": {"name": "k1", "namespace": "default"}, "spec": {"size": 4}}),
+            )?,
+        )?;
+        let (ok, out, err) =
+            run(vec!["apply".into(), "-f".into(), cr.display().to_string()]).await?;
+        ensure!(ok, "kubectl {version} apply widget: {out} {err}");
+        let (ok, out, err) = run(args("get widgets")).await?;
+        ensure!(
+            ok && out.contains("SIZE") && out.contains("COLOR") && out.contains("red"),
+            "kubectl {version} get widgets: {out} {err}"
+        );
+        let (ok, out, err) = run(vec![
+            "patch".into(),
+            "widget".into(),
+            "k1".into(),
+            "--type=merge".into(),
+            "-p".into(),
+            r#"{"spec":{"size":6}}"#.into(),
+        ])
+        .await?;
+        ensure!(ok, "kubectl {version} patch: {out} {err}");
+        let (ok, out, _) = run(args("get wd k1 -o jsonpath={.spec.size}")).await?;
+        ensure!(
+            ok && out.trim() == "6",
+            "kubectl {version} patched size: {out}"
+        );
+        // The schema and a CEL rule refuse, in kube-apiserver's words.
+        let (ok, _, err) = run(vec![
+            "patch".into(),
+            "widget".into(),
+            "k1".into(),
+            "--type=merge".into(),
+            "-p".into(),
+            r#"{"spec":{"size":0}}"#.into(),
+        ])
+        .await?;
+        ensure!(
+            !ok && err.contains("spec.size in body should be greater than or equal to 1"),
+            "kubectl {version} invalid patch: {err}"
+        );
+        let (ok, _, err) = run(vec![
+            "patch".into(),
+            "widget".into(),
+            "k1".into(),
+            "--type=merge".into(),
+            "-p".into(),
+            r#"{"spec":{"replicas":20}}"#.into(),
+        ])
+        .await?;
+        ensure!(
+            !ok && err.contains("replicas may be at most twice the size"),
+            "kubectl {version} CEL refusal: {err}"
+        );
+        // The definition goes, and its objects with it.
+        let (ok, out, err) =
+            run(args("delete crd widgets.example.wasmkube.io --timeout=30s")).await?;
+        ensure!(ok, "kubectl {version} delete crd: {out} {err}");
+        let (ok, _, err) = run(args("get widgets")).await?;
+        // (kubectl's discovery cache may still know the kind; the server no longer serves it.)
+        ensure!(
+            !ok && (err.contains("the server doesn't have a resource type")
+                || err.contains("the server could not find the requested resource")),
+            "kubectl {version} after deletion: {err}"
+        );
+    }
+    cluster.stop().await
+}
