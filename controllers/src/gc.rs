@@ -265,6 +265,9 @@ impl WorkQueue {
     }
 }
 
+/// How often the collector looks for kinds added since it started.
+const REDISCOVER: Duration = Duration::from_secs(30);
+
 /// Runs the garbage collector until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
     let kinds = loop {
@@ -279,19 +282,21 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
             }
         }
     };
-    let mut streams = Vec::new();
-    for (ar, _) in &kinds {
+    let watch = |ar: &ApiResource| {
         let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), ar);
         let ar = ar.clone();
-        streams.push(
-            wasmkube_client::watch::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .map(move |e| (ar.clone(), e))
-                .boxed(),
-        );
-    }
-    let expected = streams.len();
+        wasmkube_client::watch::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .map(move |e| (ar.clone(), e))
+            .boxed()
+    };
+    let streams: Vec<_> = kinds.iter().map(|(ar, _)| watch(ar)).collect();
+    let mut expected = streams.len();
     let mut events = futures::stream::select_all(streams);
+    // Kinds come and go (CustomResourceDefinitions): discovery again every 30 s, as
+    // kube-controller-manager's collector resyncs its monitors.
+    let mut rediscover = tokio::time::interval(REDISCOVER);
+    rediscover.tick().await;
     let mut collector = Collector {
         client: client.clone(),
         graph: Graph::default(),
@@ -348,6 +353,19 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
                     Ok(Event::Init) => {}
                     Ok(Event::InitDone) => synced += 1,
                     Err(e) => tracing::debug!(error = %e, "gc watch failed; retrying"),
+                }
+            }
+            _ = rediscover.tick() => {
+                if let Ok(now) = watchable(&client).await {
+                    for (ar, namespaced) in now {
+                        let key = (ar.api_version.clone(), ar.kind.clone());
+                        if !collector.kinds.contains_key(&key) {
+                            tracing::debug!(kind = %ar.kind, group = %ar.group, "gc: watching a new kind");
+                            events.push(watch(&ar));
+                            expected += 1;
+                            collector.kinds.insert(key, (ar, namespaced));
+                        }
+                    }
                 }
             }
             () = std::future::ready(()), if work => {

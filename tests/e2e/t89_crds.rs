@@ -562,3 +562,85 @@ async fn kubectl_should_take_a_custom_resource_from_definition_to_deletion() -> 
     }
     cluster.stop().await
 }
+
+#[tokio::test]
+async fn custom_resources_should_be_garbage_collected_and_go_with_their_namespace() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let c = cluster.client.clone();
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    crds.create(
+        &PostParams::default(),
+        &serde_json::from_value(widget_crd())?,
+    )
+    .await?;
+    wait_for("Established", SLOW, || async {
+        let crd = crds.get("widgets.example.wasmkube.io").await.ok()?;
+        crd.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await?;
+    let _controllers = cluster.start_controllers_with(|cfg| {
+        cfg.controllers = vec!["garbagecollector".into(), "namespace".into()];
+    });
+    let ar = kube::discovery::ApiResource {
+        group: "example.wasmkube.io".into(),
+        version: "v1".into(),
+        api_version: "example.wasmkube.io/v1".into(),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    };
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "gadgetry"}}))?,
+        )
+        .await?;
+    let widgets: Api<kube::api::DynamicObject> = Api::namespaced_with(c.clone(), "gadgetry", &ar);
+    let owner = widgets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"apiVersion": "example.wasmkube.io/v1",
+                "kind": "Widget", "metadata": {"name": "owner"}, "spec": {"size": 1}}))?,
+        )
+        .await?;
+    // A ConfigMap the widget owns goes when the widget goes.
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(c.clone(), "gadgetry");
+    maps.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "owned", "ownerReferences": [{
+            "apiVersion": "example.wasmkube.io/v1", "kind": "Widget", "name": "owner",
+            "uid": owner.metadata.uid}]}}))?,
+    )
+    .await?;
+    widgets.delete("owner", &DeleteParams::default()).await?;
+    wait_for("the owned ConfigMap collected", SLOW, || async {
+        maps.get_opt("owned").await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    // A widget left in a namespace goes with the namespace.
+    widgets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"apiVersion": "example.wasmkube.io/v1",
+                "kind": "Widget", "metadata": {"name": "left"}, "spec": {"size": 1}}))?,
+        )
+        .await?;
+    namespaces
+        .delete("gadgetry", &DeleteParams::default())
+        .await?;
+    wait_for("the namespace and its widget gone", SLOW, || async {
+        namespaces
+            .get_opt("gadgetry")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await?;
+    ensure!(widgets.get_opt("left").await?.is_none());
+    cluster.stop().await
+}
