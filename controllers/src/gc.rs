@@ -359,11 +359,11 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
                 if let Ok(now) = watchable(&client).await {
                     for (ar, namespaced) in now {
                         let key = (ar.api_version.clone(), ar.kind.clone());
-                        if !collector.kinds.contains_key(&key) {
+                        if let std::collections::hash_map::Entry::Vacant(slot) = collector.kinds.entry(key) {
                             tracing::debug!(kind = %ar.kind, group = %ar.group, "gc: watching a new kind");
                             events.push(watch(&ar));
                             expected += 1;
-                            collector.kinds.insert(key, (ar, namespaced));
+                            slot.insert((ar, namespaced));
                         }
                     }
                 }
