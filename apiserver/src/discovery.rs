@@ -178,3 +178,146 @@ pub(crate) fn resource_list(reg: &Registry, group: &str, version: &str) -> Optio
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
     )
 }
+
+/// The media type of aggregated discovery (`apidiscovery.k8s.io`), in the version the client
+/// asked for first (`v2`, or `v2beta1` for kubectl 1.26–1.29), if it asked for it.
+pub(crate) fn aggregated_type(accept: Option<&str>) -> Option<&'static str> {
+    for part in accept?.split(',') {
+        let params: Vec<&str> = part.split(';').map(str::trim).collect();
+        if params.first() != Some(&"application/json")
+            || !params.contains(&"g=apidiscovery.k8s.io")
+            || !params.contains(&"as=APIGroupDiscoveryList")
+        {
+            continue;
+        }
+        if params.contains(&"v=v2") {
+            return Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
+        }
+        if params.contains(&"v=v2beta1") {
+            return Some(
+                "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList",
+            );
+        }
+    }
+    None
+}
+
+/// One group's entry of aggregated discovery: every version's resources, each with its
+/// subresources, converted from the per-version resource lists.
+fn group_discovery(reg: &Registry, name: &str, versions: &[&str]) -> Value {
+    let versions: Vec<Value> = versions
+        .iter()
+        .filter_map(|v| {
+            let list = resource_list(reg, name, v)?;
+            let entries = list["resources"].as_array().cloned().unwrap_or_default();
+            let kind_of = |e: &Value| {
+                json!({"group": e.get("group").and_then(Value::as_str).unwrap_or(name),
+                       "version": e.get("version").and_then(Value::as_str).unwrap_or(v),
+                       "kind": e["kind"]})
+            };
+            let mut resources: Vec<Value> = Vec::new();
+            for e in &entries {
+                let full = e["name"].as_str().unwrap_or_default();
+                let parent = full.split_once('/').map(|(p, _)| p);
+                let has_parent = parent.is_some_and(|p| entries.iter().any(|o| o["name"] == p));
+                if let (Some(parent), Some((_, sub)), true) =
+                    (parent, full.split_once('/'), has_parent)
+                {
+                    if let Some(r) = resources.iter_mut().find(|r| r["resource"] == parent) {
+                        let subs = r
+                            .as_object_mut()
+                            .expect("resources are objects")
+                            .entry("subresources")
+                            .or_insert_with(|| json!([]));
+                        if let Some(list) = subs.as_array_mut() {
+                            list.push(json!({"subresource": sub, "responseKind": kind_of(e),
+                                "verbs": e["verbs"]}));
+                        }
+                    }
+                    continue;
+                }
+                let mut r = json!({
+                    "resource": full,
+                    "responseKind": kind_of(e),
+                    "scope": if e["namespaced"] == true { "Namespaced" } else { "Cluster" },
+                    "singularResource": e["singularName"],
+                    "verbs": e["verbs"],
+                });
+                for k in ["shortNames", "categories"] {
+                    if let Some(x) = e.get(k) {
+                        r[k] = x.clone();
+                    }
+                }
+                resources.push(r);
+            }
+            Some(json!({"version": v, "resources": resources, "freshness": "Current"}))
+        })
+        .collect();
+    json!({"metadata": {"name": name, "creationTimestamp": null}, "versions": versions})
+}
+
+/// Aggregated discovery (`apidiscovery.k8s.io/v2` `APIGroupDiscoveryList`): for `/api` the
+/// core group, for `/apis` every other group — one response where the client would otherwise
+/// ask once per group version.
+pub(crate) fn aggregated(reg: &Registry, core: bool, api_version: &str) -> Value {
+    let items: Vec<Value> = if core {
+        vec![group_discovery(reg, "", &["v1"])]
+    } else {
+        groups(reg)
+            .iter()
+            .map(|(name, versions)| group_discovery(reg, name, versions))
+            .collect()
+    };
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": api_version,
+           "metadata": {}, "items": items})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregated_discovery_should_be_negotiated_and_nest_subresources() {
+        let kubectl = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert!(aggregated_type(Some(kubectl)).is_some_and(|t| t.contains("v=v2;")));
+        let old = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert!(aggregated_type(Some(old)).is_some_and(|t| t.contains("v=v2beta1")));
+        assert_eq!(aggregated_type(Some("application/json")), None);
+        assert_eq!(aggregated_type(None), None);
+
+        let reg = crate::kinds::builtin();
+        let apis = aggregated(&reg, false, "apidiscovery.k8s.io/v2");
+        let apps = apis["items"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["metadata"]["name"] == "apps"))
+            .expect("apps");
+        let deployments = apps["versions"][0]["resources"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["resource"] == "deployments"))
+            .expect("deployments");
+        assert_eq!(deployments["scope"], "Namespaced");
+        assert_eq!(deployments["responseKind"]["kind"], "Deployment");
+        assert_eq!(deployments["shortNames"], json!(["deploy"]));
+        let subs: Vec<&str> = deployments["subresources"]
+            .as_array()
+            .expect("subresources")
+            .iter()
+            .filter_map(|s| s["subresource"].as_str())
+            .collect();
+        assert_eq!(subs, ["status", "scale"]);
+        assert_eq!(
+            deployments["subresources"][1]["responseKind"]["group"],
+            "autoscaling"
+        );
+        let core = aggregated(&reg, true, "apidiscovery.k8s.io/v2");
+        let pods = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["resource"] == "pods"))
+            .expect("pods");
+        assert!(
+            pods["subresources"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["subresource"] == "log"))
+        );
+    }
+}

@@ -316,8 +316,23 @@ async fn route(
                 None => Err(ApiError::no_route(path)),
             }
         }
-        (&Method::GET, "/api") => get(discovery::core_versions(&s.server)),
-        (&Method::GET, "/apis") => get(discovery::group_list(&s.api.registry)),
+        (&Method::GET, "/api" | "/apis") => {
+            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            match discovery::aggregated_type(accept) {
+                Some(media) => {
+                    let version = if media.contains("v=v2beta1") {
+                        "apidiscovery.k8s.io/v2beta1"
+                    } else {
+                        "apidiscovery.k8s.io/v2"
+                    };
+                    let body = discovery::aggregated(&s.api.registry, path == "/api", version);
+                    let bytes = serde_json::to_vec(&body).expect("JSON serializes");
+                    Ok(([(header::CONTENT_TYPE, media)], bytes).into_response())
+                }
+                None if path == "/api" => get(discovery::core_versions(&s.server)),
+                None => get(discovery::group_list(&s.api.registry)),
+            }
+        }
         (&Method::GET, "/api/v1") => {
             get(discovery::resource_list(&s.api.registry, "", "v1").expect("core/v1 is served"))
         }

@@ -388,6 +388,28 @@ async fn a_custom_resource_definition_should_be_served_validated_and_deleted_wit
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // kubectl 1.33 with an empty cache discovers everything in two aggregated requests
+        // (`/api`, `/apis`), the custom kind included, instead of one per group version.
+        let cache = tempfile::tempdir()?;
+        let bin = kubectl.with_file_name("kubectl.1.33");
+        let bin = if bin.exists() { bin } else { kubectl.clone() };
+        let out = tokio::process::Command::new(&bin)
+            .args([
+                "--kubeconfig",
+                &cluster.kubeconfig.to_string_lossy(),
+                "--cache-dir",
+            ])
+            .arg(cache.path())
+            .args(["get", "wd", "-v=6"])
+            .output()
+            .await?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.success()
+                && !log.contains("/apis/apps/v1?")
+                && !log.contains("/apis/example.wasmkube.io/v1?timeout"),
+            "kubectl get wd with aggregated discovery: {log}"
+        );
         // `kubectl explain` reads the published OpenAPI v3 schema (kubectl ≥ 1.28 does so).
         let bin = kubectl.with_file_name("kubectl.1.33");
         let bin = if bin.exists() { bin } else { kubectl.clone() };
