@@ -129,7 +129,12 @@ pub(crate) fn resource_list(reg: &Registry, group: &str, version: &str) -> Optio
             resources.push(json!({"name": format!("{}/scale", info.plural), "singularName": "", "namespaced": info.namespaced(), "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
         }
         for sub in k.subresources() {
-            resources.push(json!({"name": format!("{}/{}", info.plural, sub.name), "singularName": "", "namespaced": info.namespaced(), "kind": sub.kind, "verbs": sub.verbs}));
+            let mut r = json!({"name": format!("{}/{}", info.plural, sub.name), "singularName": "", "namespaced": info.namespaced(), "kind": sub.kind, "verbs": sub.verbs});
+            if let Some((group, version)) = sub.group_version {
+                r["group"] = json!(group);
+                r["version"] = json!(version);
+            }
+            resources.push(r);
         }
     }
     for r in crate::review::REVIEWS {

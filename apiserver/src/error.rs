@@ -231,6 +231,16 @@ impl ApiError {
         self
     }
 
+    /// 429 `TooManyRequests` for an eviction a disruption budget refuses, with the budget's
+    /// `DisruptionBudget` cause (what `kubectl drain` retries on).
+    pub(crate) fn disruption_budget(message: &str, cause: String) -> Self {
+        ApiError::new(429, "TooManyRequests", message).with_causes(vec![Cause {
+            reason: "DisruptionBudget",
+            message: cause,
+            field: String::new(),
+        }])
+    }
+
     fn qualified(info: &ResourceInfo) -> String {
         if info.group.is_empty() {
             info.plural.to_string()
@@ -610,7 +620,13 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if self.code == 429 {
+        let budget = self
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "DisruptionBudget"));
+        // An eviction a disruption budget refuses says no Retry-After, as kube-apiserver's
+        // does: `kubectl drain` reports it and tries again on its own schedule.
+        if self.code == 429 && !budget {
             // Clients (client-go, kube-rs's retry policy) wait this long and try again. (Not on
             // a 503 for a leader election: kube-rs would wait a whole second where its own
             // back-off, from 5 ms, retries as soon as a new leader takes writes.)

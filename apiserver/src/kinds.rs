@@ -10,6 +10,7 @@ mod events;
 pub(crate) mod misc;
 mod networking;
 pub(crate) mod pod;
+pub(crate) mod policy;
 mod quota;
 pub(crate) mod rbac;
 mod template;
@@ -29,6 +30,7 @@ pub fn builtin() -> Registry {
     rbac::register(&r);
     quota::register(&r);
     apiextensions::register(&r);
+    policy::register(&r);
     r
 }
 

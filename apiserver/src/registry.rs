@@ -141,6 +141,9 @@ pub struct Subresource {
     pub kind: &'static str,
     /// Its verbs, for discovery.
     pub verbs: &'static [&'static str],
+    /// The group and version of `kind` when not the resource's own (`pods/eviction` takes a
+    /// policy/v1 Eviction).
+    pub group_version: Option<(&'static str, &'static str)>,
 }
 
 /// The result of decoding a request body into a kind.

@@ -8,6 +8,7 @@
 
 mod create;
 mod delete;
+mod eviction;
 mod subresources;
 mod update;
 
@@ -180,6 +181,9 @@ impl Apiserver {
             (&Method::POST, false, None) if t.namespace.is_some() || !info.namespaced() => {
                 self.create(&call).await
             }
+            (&Method::POST, true, Some("eviction")) if t.kind.serves("eviction") => {
+                self.evict(&call).await
+            }
             (&Method::POST, true, Some("binding")) if t.kind.serves("binding") => {
                 self.bind(&call).await
             }
@@ -214,7 +218,10 @@ impl Apiserver {
                 self.delete_collection(&call).await
             }
             (_, true, Some(other))
-                if !matches!(other, "status" | "scale" | "binding" | "finalize" | "token") =>
+                if !matches!(
+                    other,
+                    "status" | "scale" | "binding" | "eviction" | "finalize" | "token"
+                ) =>
             {
                 Err(ApiError::no_route(path))
             }

@@ -46,6 +46,7 @@ pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod expectations;
 pub mod gc;
@@ -123,6 +124,7 @@ pub const CONTROLLERS: &[&str] = &[
     "serviceaccount-token",
     "root-ca-cert-publisher",
     "horizontalpodautoscaling",
+    "disruption",
 ];
 
 /// Why it could not run: the API servers cannot be reached (no configuration).
@@ -277,6 +279,10 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
         on(
             "namespace",
             Box::pin(namespace::run(client.clone(), shutdown.clone()))
+        ),
+        on(
+            "disruption",
+            Box::pin(disruption::run(client.clone(), i, shutdown.clone()))
         ),
         on(
             "serviceaccount",

@@ -39,3 +39,4 @@ mod t86_metrics;
 mod t87_autoscaling;
 mod t88_scale_to_zero;
 mod t89_crds;
+mod t90_drain;

@@ -187,6 +187,7 @@ impl Strategy for ServiceAccountStrategy {
             name: "token",
             kind: "TokenRequest",
             verbs: &["create"],
+            group_version: None,
         }]
     }
 

@@ -57,6 +57,7 @@ impl Strategy for NamespaceStrategy {
             name: "finalize",
             kind: "Namespace",
             verbs: &["update"],
+            group_version: None,
         }]
     }
 

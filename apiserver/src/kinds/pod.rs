@@ -139,24 +139,34 @@ impl Strategy for PodStrategy {
     fn subresources(&self) -> &'static [Subresource] {
         &[
             Subresource {
+                name: "eviction",
+                kind: "Eviction",
+                verbs: &["create"],
+                group_version: Some(("policy", "v1")),
+            },
+            Subresource {
                 name: "binding",
                 kind: "Binding",
                 verbs: &["create"],
+                group_version: None,
             },
             Subresource {
                 name: "log",
                 kind: "Pod",
                 verbs: &["get"],
+                group_version: None,
             },
             Subresource {
                 name: "exec",
                 kind: "PodExecOptions",
                 verbs: &["create", "get"],
+                group_version: None,
             },
             Subresource {
                 name: "portforward",
                 kind: "PodPortForwardOptions",
                 verbs: &["create", "get"],
+                group_version: None,
             },
         ]
     }

@@ -1,0 +1,201 @@
+//! The `pods/eviction` subresource (`registry/core/pod/storage/eviction.go`): a pod is deleted
+//! only if the PodDisruptionBudget that selects it allows one more disruption, which the
+//! eviction takes from the budget's status before deleting; otherwise 429, which `kubectl
+//! drain` retries.
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::delete::DeleteOptions;
+use super::respond_json;
+use crate::Apiserver;
+use crate::error::ApiError;
+use crate::request::{Call, Params, Target};
+
+/// How a budget's `disruptedPods` entry is written (RFC 3339, seconds).
+fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
+}
+
+/// Whether a budget (policy/v1: an empty selector selects every pod, a missing one none)
+/// selects a pod with `labels`.
+fn selects(pdb: &Value, labels: &std::collections::BTreeMap<String, String>) -> bool {
+    let Some(sel) = pdb.pointer("/spec/selector") else {
+        return false;
+    };
+    serde_json::from_value(sel.clone())
+        .ok()
+        .and_then(|s| wasmkube_api::selector::LabelSelector::from_structured(&s).ok())
+        .is_some_and(|s| s.matches(labels))
+}
+
+impl Apiserver {
+    pub(super) async fn evict(&self, call: &Call<'_>) -> Result<Response, ApiError> {
+        let t = &call.t;
+        let name = t.name.as_deref().expect("routed with a name");
+        let eviction = call.decode()?.object;
+        if let Some(n) = eviction.pointer("/metadata/name").and_then(Value::as_str)
+            && n != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "name in URL does not match name in Eviction object: {name} vs {n}"
+            )));
+        }
+        let opts_in = eviction.get("deleteOptions").cloned().unwrap_or_default();
+        let opts = DeleteOptions {
+            grace: opts_in.get("gracePeriodSeconds").and_then(Value::as_i64),
+            uid: opts_in
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            rv: opts_in
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            policy: opts_in
+                .get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            dry_run: opts_in
+                .get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|d| d.iter().any(|x| x == "All")),
+            user: call.q.user.clone(),
+        };
+        let pod = self.load(t, name).await?.value;
+        let phase = pod.pointer("/status/phase").and_then(Value::as_str);
+        // Pods that are not running, or already going, are not protected by a budget.
+        let ignore_budget = pod.pointer("/metadata/deletionTimestamp").is_some()
+            || matches!(phase, Some("Succeeded" | "Failed" | "Pending"));
+        tracing::debug!(pod = %name, ?phase, ignore_budget, "eviction");
+        if !ignore_budget {
+            self.take_disruption(t, name, &pod, opts.dry_run).await?;
+        }
+        self.delete(t, &opts).await?;
+        Ok(respond_json(
+            StatusCode::CREATED,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            &[],
+        ))
+    }
+
+    /// Takes one allowed disruption from the budget that selects `pod`, or refuses.
+    async fn take_disruption(
+        &self,
+        pods: &Target,
+        name: &str,
+        pod: &Value,
+        dry_run: bool,
+    ) -> Result<(), ApiError> {
+        let Some(kind) = self.registry.by_kind("policy", "PodDisruptionBudget") else {
+            return Ok(());
+        };
+        let labels: std::collections::BTreeMap<String, String> = pod
+            .pointer("/metadata/labels")
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default();
+        for _ in 0..16 {
+            let prefix = kind.info().namespace_prefix(pods.namespace.as_deref());
+            let budgets: Vec<Value> = self
+                .store
+                .list(&prefix, Default::default())
+                .await?
+                .items
+                .iter()
+                .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+                .filter(|b| selects(b, &labels))
+                .collect();
+            let budget = match budgets.as_slice() {
+                [] => return Ok(()),
+                [one] => one,
+                _ => {
+                    return Err(ApiError::new(
+                        500,
+                        "InternalError",
+                        "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+                    ));
+                }
+            };
+            let budget_name = budget
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let status = budget.get("status").cloned().unwrap_or_default();
+            let generation = budget
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let observed = status
+                .get("observedGeneration")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if observed < generation {
+                return Err(ApiError::disruption_budget(
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                    format!(
+                        "The disruption budget {budget_name} is still being processed by the server."
+                    ),
+                ));
+            }
+            let allowed = status
+                .get("disruptionsAllowed")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if allowed <= 0 {
+                let need = status
+                    .get("desiredHealthy")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                let have = status
+                    .get("currentHealthy")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                return Err(ApiError::disruption_budget(
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                    format!(
+                        "The disruption budget {budget_name} needs {need} healthy pods and has {have} currently"
+                    ),
+                ));
+            }
+            if dry_run {
+                return Ok(());
+            }
+            let target = Target {
+                kind: std::sync::Arc::clone(&kind),
+                namespace: pods.namespace.clone(),
+                name: Some(budget_name.clone()),
+                subresource: Some("status".into()),
+                watch_path: false,
+            };
+            let cur = self.load(&target, &budget_name).await?;
+            if cur.value.get("status") != budget.get("status") {
+                continue;
+            }
+            let mut new = cur.value.clone();
+            new["status"]["disruptionsAllowed"] = json!(allowed - 1);
+            if !new["status"]["disruptedPods"].is_object() {
+                new["status"]["disruptedPods"] = json!({});
+            }
+            new["status"]["disruptedPods"][name] = json!(now());
+            let params = Params {
+                field_manager: Some("kube-apiserver".into()),
+                ..Default::default()
+            };
+            match self.commit_update(&target, &params, &cur, new).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.code == 409 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::new(
+            429,
+            "TooManyRequests",
+            "too many concurrent evictions; please retry",
+        ))
+    }
+}

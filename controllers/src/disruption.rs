@@ -1,0 +1,265 @@
+//! The disruption controller (`pkg/controller/disruption`): keeps each PodDisruptionBudget's
+//! status — the pods it expects, how many are healthy, how many must be, and so how many
+//! disruptions (evictions) are allowed now. The API server's eviction subresource takes from
+//! `disruptionsAllowed` and notes the pod in `disruptedPods`; this controller forgets those
+//! notes once the pod is gone or after two minutes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+/// How long an eviction's note in `disruptedPods` counts the pod as already disrupted.
+const DELETION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the reconciler needs.
+pub struct Ctx {
+    /// The API client.
+    pub client: Client,
+    /// Every pod.
+    pub pods: Store<Pod>,
+}
+
+/// Reconcile errors (retried with back-off).
+pub type Error = crate::ReconcileError;
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// An int-or-percent of `of`, rounded up (as `GetScaledValueFromIntOrPercent(..., true)`).
+fn scaled(v: &IntOrString, of: i32) -> i32 {
+    match v {
+        IntOrString::Int(n) => *n,
+        IntOrString::String(s) => {
+            let pct: f64 = s.trim_end_matches('%').parse().unwrap_or(0.0);
+            (pct * f64::from(of) / 100.0).ceil() as i32
+        }
+    }
+}
+
+/// The budget's arithmetic: (expected pods, desired healthy), from the pods it selects.
+pub fn desired(pdb: &PodDisruptionBudget, expected: i32) -> i32 {
+    let spec = pdb.spec.clone().unwrap_or_default();
+    match (&spec.min_available, &spec.max_unavailable) {
+        (Some(min), _) => scaled(min, expected),
+        (None, Some(max)) => (expected - scaled(max, expected)).max(0),
+        // Neither: policy/v1 defaults to minAvailable 1.
+        (None, None) => 1,
+    }
+}
+
+/// The status a budget should have for the pods it selects, at `now`.
+pub fn status_of(
+    pdb: &PodDisruptionBudget,
+    selected: &[Arc<Pod>],
+    now: jiff::Timestamp,
+) -> PodDisruptionBudgetStatus {
+    let old = pdb.status.clone().unwrap_or_default();
+    // Evictions still in flight: the pod is not gone yet, and the note is recent.
+    let disrupted: BTreeMap<String, Time> = old
+        .disrupted_pods
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(name, at)| {
+            let alive = selected
+                .iter()
+                .any(|p| p.name_any() == *name && p.metadata.deletion_timestamp.is_none());
+            alive
+                && now.duration_since(at.0).as_secs()
+                    < i64::try_from(DELETION_TIMEOUT.as_secs()).unwrap_or(i64::MAX)
+        })
+        .collect();
+    let live: Vec<&Arc<Pod>> = selected
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let expected = i32::try_from(live.len()).unwrap_or(i32::MAX);
+    let healthy = live
+        .iter()
+        .filter(|p| ready(p) && !disrupted.contains_key(&p.name_any()))
+        .count();
+    let healthy = i32::try_from(healthy).unwrap_or(i32::MAX);
+    let want = desired(pdb, expected);
+    let allowed = (healthy - want).max(0);
+    let condition = |ok: bool| Condition {
+        type_: "DisruptionAllowed".into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: if ok {
+            "SufficientPods"
+        } else {
+            "InsufficientPods"
+        }
+        .into(),
+        message: String::new(),
+        observed_generation: pdb.metadata.generation,
+        last_transition_time: old
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| {
+                c.type_ == "DisruptionAllowed" && c.status == if ok { "True" } else { "False" }
+            })
+            .map_or(Time(now), |c| c.last_transition_time.clone()),
+    };
+    PodDisruptionBudgetStatus {
+        current_healthy: healthy,
+        desired_healthy: want,
+        expected_pods: expected,
+        disruptions_allowed: allowed,
+        disrupted_pods: (!disrupted.is_empty()).then_some(disrupted),
+        observed_generation: pdb.metadata.generation,
+        conditions: Some(vec![condition(allowed > 0)]),
+    }
+}
+
+fn selects(pdb: &PodDisruptionBudget, pod: &Pod) -> bool {
+    if pod.namespace() != pdb.namespace() {
+        return false;
+    }
+    let Some(sel) = pdb.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
+        return false;
+    };
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    wasmkube_api::selector::LabelSelector::from_structured(sel).is_ok_and(|s| s.matches(&labels))
+}
+
+/// Reconciles one budget.
+///
+/// # Errors
+/// API failures (retried).
+pub async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = pdb.namespace().unwrap_or_default();
+    let selected: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| selects(&pdb, p))
+        .collect();
+    let now = jiff::Timestamp::now();
+    let status = status_of(&pdb, &selected, now);
+    let strip = |s: &PodDisruptionBudgetStatus| {
+        let mut s = s.clone();
+        for c in s.conditions.iter_mut().flatten() {
+            c.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+        }
+        s
+    };
+    if pdb.status.as_ref().map(strip) != Some(strip(&status)) {
+        let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({"status": status});
+        api.patch_status(
+            &pdb.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    }
+    // Notes of evictions expire: look again when the oldest would.
+    Ok(if status.disrupted_pods.is_some() {
+        Action::requeue(Duration::from_secs(10))
+    } else {
+        Action::await_change()
+    })
+}
+
+/// Runs the controller until `shutdown`.
+pub async fn run(
+    client: Client,
+    informers: &crate::informers::Informers,
+    shutdown: CancellationToken,
+) {
+    let (reader, pods) = informers.pods.subscribe();
+    let synced = crate::ready(&reader);
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        pods: reader,
+    });
+    let controller = Controller::new(
+        Api::<PodDisruptionBudget>::all(client),
+        watcher::Config::default(),
+    );
+    let budgets = controller.store();
+    // A pod change concerns the budgets of its namespace that select it.
+    let controller = controller.watches_shared_stream(pods, move |pod| {
+        budgets
+            .state()
+            .iter()
+            .filter(|b| selects(b, &pod))
+            .map(|b| ObjectRef::from_obj(&**b))
+            .collect::<Vec<_>>()
+    });
+    crate::drive(controller, "disruption", synced, reconcile, ctx, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, is_ready: bool) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "d", "labels": {"app": "web"}},
+                "status": {"conditions": [{"type": "Ready", "status": if is_ready { "True" } else { "False" }}]}}))
+            .expect("pod"),
+        )
+    }
+
+    fn pdb(spec: serde_json::Value) -> PodDisruptionBudget {
+        serde_json::from_value(
+            json!({"metadata": {"name": "b", "namespace": "d", "generation": 1},
+            "spec": spec}),
+        )
+        .expect("pdb")
+    }
+
+    #[test]
+    fn budgets_should_allow_what_the_healthy_pods_spare() {
+        let now = jiff::Timestamp::now();
+        let three = [pod("a", true), pod("b", true), pod("c", false)];
+        let min = pdb(json!({"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}));
+        let s = status_of(&min, &three, now);
+        assert_eq!(
+            (
+                s.expected_pods,
+                s.current_healthy,
+                s.desired_healthy,
+                s.disruptions_allowed
+            ),
+            (3, 2, 1, 1)
+        );
+        let pct = pdb(json!({"minAvailable": "50%", "selector": {}}));
+        assert_eq!(status_of(&pct, &three, now).desired_healthy, 2);
+        let max = pdb(json!({"maxUnavailable": 1, "selector": {}}));
+        let s = status_of(&max, &three, now);
+        assert_eq!((s.desired_healthy, s.disruptions_allowed), (2, 0));
+        assert_eq!(
+            s.conditions.expect("conditions")[0].reason,
+            "InsufficientPods"
+        );
+        // A pod an eviction took is not healthy any more until it is gone.
+        let mut taken = min.clone();
+        taken.status = Some(PodDisruptionBudgetStatus {
+            disrupted_pods: Some([("a".to_owned(), Time(now))].into()),
+            ..Default::default()
+        });
+        let s = status_of(&taken, &three, now);
+        assert_eq!((s.current_healthy, s.disruptions_allowed), (1, 0));
+        // ...nor after the note expired.
+        let later = now + jiff::SignedDuration::from_secs(121);
+        assert_eq!(status_of(&taken, &three, later).current_healthy, 2);
+    }
+}

@@ -1,0 +1,182 @@
+//! Node maintenance: `kubectl drain` cordons a node and evicts its pods through
+//! `pods/eviction`, which a PodDisruptionBudget guards (429 until the disruption controller
+//! sees the replacement healthy elsewhere); the pods come back on the other node, and
+//! `kubectl uncordon` opens the node again.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, EvictParams, ListParams, PostParams};
+use serde_json::json;
+use wasmkube_tests::{Cluster, wait_for};
+
+use crate::t87_autoscaling::deployment;
+
+const SLOW: Duration = Duration::from_secs(120);
+
+async fn kubectl(
+    bin: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> Result<(bool, String)> {
+    // Not blocking: the API server runs on this test's thread.
+    let out = tokio::process::Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .await?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+async fn running_on(pods: &Api<Pod>) -> Result<Vec<(String, String, bool)>> {
+    Ok(pods
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+                ready,
+            )
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn kubectl_drain_should_respect_a_disruption_budget_and_move_the_pods() -> Result<()> {
+    let Some(default) = wasmkube_tests::kubectl() else {
+        eprintln!("SKIPPED: kubectl is not installed; kubectl drain not exercised");
+        return Ok(());
+    };
+    let bin = default.with_file_name("kubectl.1.33");
+    let bin = if bin.exists() { bin } else { default };
+    let cluster = Cluster::start_with_control_plane().await?;
+    let node_a = cluster.start_node("node-a").await?;
+    let node_b = cluster.start_node("node-b").await?;
+    let kc = cluster.kubeconfig.clone();
+    let c = &cluster.client;
+    let toolbox = cluster.push_sample("toolbox").await?;
+    // Both replicas on node-a: node-b is cordoned while they are placed.
+    let (ok, out) = kubectl(&bin, &kc, &["cordon", "node-b"]).await?;
+    ensure!(ok, "cordon: {out}");
+    let deploys: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(c.clone(), "default");
+    deploys
+        .create(
+            &PostParams::default(),
+            &deployment(
+                "web",
+                2,
+                json!({"name": "c", "image": toolbox, "args": ["forever"]}),
+            )?,
+        )
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    wait_for("two web pods Ready on node-a", SLOW, || async {
+        let on = running_on(&pods).await.ok()?;
+        (on.len() == 2 && on.iter().all(|(_, n, r)| n == "node-a" && *r)).then_some(())
+    })
+    .await?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(c.clone(), "default");
+    budgets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "web"},
+                "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}}))?,
+        )
+        .await?;
+    wait_for("the budget allows one disruption", SLOW, || async {
+        let s = budgets.get("web").await.ok()?.status?;
+        (s.disruptions_allowed == 1 && s.current_healthy == 2 && s.desired_healthy == 1)
+            .then_some(())
+    })
+    .await?;
+    let (ok, out) = kubectl(&bin, &kc, &["get", "pdb", "web"]).await?;
+    ensure!(ok && out.contains("ALLOWED DISRUPTIONS"), "get pdb: {out}");
+
+    let (ok, out) = kubectl(&bin, &kc, &["uncordon", "node-b"]).await?;
+    ensure!(ok, "uncordon: {out}");
+    let (ok, out) = kubectl(
+        &bin,
+        &kc,
+        &["drain", "node-a", "--ignore-daemonsets", "--timeout=100s"],
+    )
+    .await?;
+    ensure!(ok, "drain: {out}");
+    // The two evictions went one at a time: the second waited for the budget.
+    ensure!(
+        out.contains("Cannot evict pod as it would violate the pod's disruption budget"),
+        "the budget held an eviction back: {out}"
+    );
+    ensure!(out.contains("node/node-a drained"), "{out}");
+    let on = running_on(&pods).await?;
+    ensure!(
+        on.len() == 2 && on.iter().all(|(_, n, _)| n == "node-b"),
+        "the pods moved to node-b: {on:?}"
+    );
+    let nodes: Api<Node> = Api::all(c.clone());
+    let a = nodes.get("node-a").await?;
+    ensure!(
+        a.spec.and_then(|s| s.unschedulable) == Some(true),
+        "node-a cordoned"
+    );
+
+    // Through kube-rs: with the budget at zero an eviction is refused with 429.
+    wait_for("both pods Ready on node-b", SLOW, || async {
+        let on = running_on(&pods).await.ok()?;
+        (on.len() == 2 && on.iter().all(|(_, _, r)| *r)).then_some(())
+    })
+    .await?;
+    budgets
+        .patch(
+            "web",
+            &Default::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"minAvailable": 2}})),
+        )
+        .await?;
+    wait_for("the budget allows none", SLOW, || async {
+        let b = budgets.get("web").await.ok()?;
+        let s = b.status?;
+        (s.observed_generation == b.metadata.generation && s.disruptions_allowed == 0).then_some(())
+    })
+    .await?;
+    let victim = running_on(&pods).await?[0].0.clone();
+    // (A client that does not retry 429s itself.)
+    let plain = wasmkube_tests::client_without_retries(&kc).await?;
+    let plain_pods: Api<Pod> = Api::namespaced(plain, "default");
+    match plain_pods.evict(&victim, &EvictParams::default()).await {
+        Err(kube::Error::Api(s)) => ensure!(s.code == 429, "{s:?}"),
+        other => anyhow::bail!("an eviction past the budget: {other:?}"),
+    }
+    let (ok, out) = kubectl(&bin, &kc, &["uncordon", "node-a"]).await?;
+    ensure!(ok, "uncordon: {out}");
+    let a = nodes.get("node-a").await?;
+    ensure!(
+        a.spec.and_then(|s| s.unschedulable) != Some(true),
+        "node-a open again"
+    );
+    node_a.stop().await?;
+    node_b.stop().await?;
+    cluster.stop().await
+}
