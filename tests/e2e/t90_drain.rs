@@ -169,6 +169,39 @@ async fn kubectl_drain_should_respect_a_disruption_budget_and_move_the_pods() ->
         Err(kube::Error::Api(s)) => ensure!(s.code == 429, "{s:?}"),
         other => anyhow::bail!("an eviction past the budget: {other:?}"),
     }
+    // A pod that is not Ready may go while its budget is met (IfHealthyBudget); a healthy
+    // one may not take the budget below its minimum.
+    budgets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "sick"},
+                "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "sick"}}}}))?,
+        )
+        .await?;
+    for (name, probe_port) in [("fine", None), ("ill", Some(9))] {
+        let mut container = json!({"name": "c", "image": toolbox, "args": ["forever"]});
+        if let Some(port) = probe_port {
+            container["readinessProbe"] = json!({"tcpSocket": {"port": port}, "periodSeconds": 1});
+        }
+        pods.create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": name, "labels": {"app": "sick"}},
+                "spec": {"containers": [container]}}),
+            )?,
+        )
+        .await?;
+    }
+    wait_for("the sick budget: 2 expected, 1 healthy", SLOW, || async {
+        let s = budgets.get("sick").await.ok()?.status?;
+        (s.expected_pods == 2 && s.current_healthy == 1 && s.desired_healthy == 1).then_some(())
+    })
+    .await?;
+    match plain_pods.evict("fine", &EvictParams::default()).await {
+        Err(kube::Error::Api(s)) => ensure!(s.code == 429, "{s:?}"),
+        other => anyhow::bail!("evicting the only healthy pod: {other:?}"),
+    }
+    plain_pods.evict("ill", &EvictParams::default()).await?;
     let (ok, out) = kubectl(&bin, &kc, &["uncordon", "node-a"]).await?;
     ensure!(ok, "uncordon: {out}");
     let a = nodes.get("node-a").await?;

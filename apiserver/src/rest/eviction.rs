@@ -126,6 +126,28 @@ impl Apiserver {
                 .unwrap_or_default()
                 .to_owned();
             let status = budget.get("status").cloned().unwrap_or_default();
+            let count = |f: &str| status.get(f).and_then(Value::as_i64).unwrap_or(0);
+            // A pod that is not Ready does not count as healthy: it may go without taking a
+            // disruption — always (`AlwaysAllow`), or while the budget is met
+            // (`IfHealthyBudget`, the default), as upstream decides.
+            let ready = pod
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+            if !ready {
+                let policy = budget
+                    .pointer("/spec/unhealthyPodEvictionPolicy")
+                    .and_then(Value::as_str)
+                    .unwrap_or("IfHealthyBudget");
+                let met = count("desiredHealthy") > 0
+                    && count("currentHealthy") >= count("desiredHealthy");
+                if policy == "AlwaysAllow" || met {
+                    return Ok(());
+                }
+            }
             let generation = budget
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64)
