@@ -102,6 +102,7 @@ pub(crate) async fn run(
     // Scale from zero: a node holding a request for a Service records a ScaleFromZero Event;
     // the autoscalers with an Object metric of that Service are evaluated at once.
     let store = controller.store();
+    let sweeping = tokio::spawn(sweep(Arc::clone(&ctx), store.clone(), shutdown.clone()));
     let woken = Arc::clone(&ctx.woken);
     let controller = controller.watches(
         Api::<k8s_openapi::api::core::v1::Event>::all(client),
@@ -139,6 +140,65 @@ pub(crate) async fn run(
         shutdown,
     )
     .await;
+    sweeping.abort();
+}
+
+/// Whether Service `ns/service` should be held for at zero pods: an autoscaler of its
+/// namespace with `minReplicas: 0` has an Object metric of it.
+fn wants_hold(hpas: &[Arc<Hpa>], ns: &str, service: &str) -> bool {
+    hpas.iter()
+        .filter(|h| h.namespace().as_deref() == Some(ns))
+        .filter(|h| h.spec.as_ref().and_then(|s| s.min_replicas) == Some(0))
+        .any(|h| object_services(h).any(|s| s == service))
+}
+
+/// Takes the scale-from-zero mark off Services no autoscaler may take to zero any more (it
+/// was deleted, or its `minReplicas` raised), every sync period: nodes then refuse their
+/// requests at once when they have no endpoint, instead of holding them.
+async fn sweep(ctx: Arc<Ctx>, hpas: Store<Hpa>, shutdown: CancellationToken) {
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::all(ctx.client.clone());
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(ctx.sync_period) => {}
+        }
+        if hpas.wait_until_ready().await.is_err() {
+            return;
+        }
+        let Ok(list) = services.list(&ListParams::default()).await else {
+            continue;
+        };
+        let state = hpas.state();
+        for svc in list.items {
+            let marked = svc
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(SCALE_FROM_ZERO));
+            let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
+            if !marked || wants_hold(&state, &ns, &name) {
+                continue;
+            }
+            let api: Api<k8s_openapi::api::core::v1::Service> =
+                Api::namespaced(ctx.client.clone(), &ns);
+            let patch = json!({"metadata": {"annotations": {SCALE_FROM_ZERO: null}}});
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    ctx.marked
+                        .lock()
+                        .expect("marked lock")
+                        .remove(&(ns.clone(), name.clone()));
+                    tracing::info!(namespace = %ns, service = %name, "no autoscaler takes it to zero any more: requests are no longer held");
+                }
+                Err(e) => {
+                    tracing::debug!(%ns, service = %name, error = %e, "cannot unmark a Service")
+                }
+            }
+        }
+    }
 }
 
 /// The Services an autoscaler's Object metrics describe.

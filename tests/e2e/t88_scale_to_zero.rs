@@ -197,5 +197,23 @@ async fn a_function_at_zero_should_wake_for_requests_through_ingress_and_node_po
         .and_then(|n| n.parse::<f64>().ok())
         .unwrap_or(0.0);
     ensure!(woken >= 7.0, "cold starts counted: {woken}");
+
+    // No autoscaler takes it to zero any more: the mark goes, so nodes stop holding.
+    hpas.patch(
+        "fn",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"minReplicas": 1}})),
+    )
+    .await?;
+    wait_for("the scale-from-zero mark removed", SLOW, || async {
+        let svc = services.get("fn").await.ok()?;
+        (!svc
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(wasmkube_api::services::SCALE_FROM_ZERO)))
+        .then_some(())
+    })
+    .await?;
     setup.stop().await
 }
