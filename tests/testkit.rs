@@ -549,6 +549,41 @@ pub fn kubectl() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `kubectl.VERSION` (`1.27`, `1.33`) beside the `kubectl` on `PATH`, or that `kubectl` when
+/// there is no such version; `None` without kubectl.
+pub fn kubectl_version(version: &str) -> Option<PathBuf> {
+    let default = kubectl()?;
+    let versioned = default.with_file_name(format!("kubectl.{version}"));
+    Some(if versioned.exists() {
+        versioned
+    } else {
+        default
+    })
+}
+
+/// Runs kubectl `bin` against `kubeconfig` without blocking the thread (an API server may be
+/// running on it): whether it succeeded, its stdout, its stderr.
+///
+/// # Errors
+/// When kubectl cannot be started.
+pub async fn run_kubectl(
+    bin: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+) -> Result<(bool, String, String)> {
+    let out = tokio::process::Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .await?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// The `wasmkube` binary as a command, run inside network namespace `netns` (`ip netns exec`)
 /// when one is given.
 pub fn wasmkube_command(netns: Option<&str>) -> Command {

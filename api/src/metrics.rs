@@ -154,23 +154,27 @@ pub struct MetricIdentifier {
     pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
 }
 
-/// A list of custom metric values (`MetricValueList`).
+/// A list of metric values as the custom and external metrics APIs answer it
+/// (`MetricValueList`, `ExternalMetricValueList`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MetricValueList {
-    /// `MetricValueList`.
+pub struct ValueList<T> {
+    /// `MetricValueList` or `ExternalMetricValueList`.
     #[serde(default)]
     pub kind: String,
-    /// [`CUSTOM_GROUP_VERSION`].
+    /// [`CUSTOM_GROUP_VERSION`] or [`EXTERNAL_GROUP_VERSION`].
     #[serde(default)]
     pub api_version: String,
     /// Empty.
     #[serde(default)]
     pub metadata: ListMeta,
     /// The values.
-    #[serde(default)]
-    pub items: Vec<MetricValue>,
+    #[serde(default = "Vec::new")]
+    pub items: Vec<T>,
 }
+
+/// A list of custom metric values.
+pub type MetricValueList = ValueList<MetricValue>;
 
 /// The external metrics API's group and version (what the HorizontalPodAutoscaler reads
 /// External metrics from).
@@ -198,23 +202,8 @@ pub struct ExternalMetricValue {
     pub value: Quantity,
 }
 
-/// A list of external metric values (`ExternalMetricValueList`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExternalMetricValueList {
-    /// `ExternalMetricValueList`.
-    #[serde(default)]
-    pub kind: String,
-    /// [`EXTERNAL_GROUP_VERSION`].
-    #[serde(default)]
-    pub api_version: String,
-    /// Empty.
-    #[serde(default)]
-    pub metadata: ListMeta,
-    /// The values.
-    #[serde(default)]
-    pub items: Vec<ExternalMetricValue>,
-}
+/// A list of external metric values.
+pub type ExternalMetricValueList = ValueList<ExternalMetricValue>;
 
 /// A rate or count as a quantity: whole numbers plain, fractions in thousandths (`1500m`).
 pub fn amount_quantity(v: f64) -> Quantity {

@@ -27,7 +27,7 @@ use wasmkube_api::resource::Scope;
 use crate::Apiserver;
 use crate::error::FieldError;
 use crate::kinds::apiextensions::{CLEANUP_FINALIZER, GROUP};
-use crate::registry::{Decoded, Kind, NameRule, ScalePaths, Subresource};
+use crate::registry::{Decoded, Kind, NameRule, ScalePaths};
 use crate::request::{Params, Target};
 use crate::table::Column;
 
@@ -194,36 +194,10 @@ impl Kind for CustomKind {
         }
     }
 
-    fn field_selectors(&self) -> &'static [&'static str] {
-        &[]
-    }
-
     fn keeps_status_on_create(&self) -> bool {
         // Without a status subresource, `status` is an ordinary field.
         !self.status
     }
-
-    fn returns_deleted_object(&self) -> bool {
-        false
-    }
-
-    fn subresources(&self) -> &'static [Subresource] {
-        &[]
-    }
-
-    fn spec_finalizers(&self, _obj: &Value) -> usize {
-        0
-    }
-
-    fn delete_grace(&self, _obj: &Value, _requested: Option<i64>) -> i64 {
-        0
-    }
-
-    fn delete_during_update(&self, _obj: &Value) -> bool {
-        true
-    }
-
-    fn prepare_for_delete(&self, _obj: &mut Value) {}
 
     fn to_storage(&self, obj: Value) -> Value {
         self.with_api_version(obj, self.storage_api_version.clone())
@@ -317,13 +291,17 @@ pub(crate) fn start(api: Arc<Apiserver>, shutdown: CancellationToken) {
     tokio::spawn(follow(api, kind, shutdown));
 }
 
-/// How often a definition being deleted looks again at what is left of its objects.
-const CLEANUP_EVERY: Duration = Duration::from_millis(500);
+/// When work is left (a deleted definition's objects still going, a status write that
+/// failed), the follower looks again after a back-off from this...
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// ...doubling up to this.
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 async fn follow(api: Arc<Apiserver>, kind: Arc<dyn Kind>, shutdown: CancellationToken) {
     let cache = api.caches.of_kind(&*kind);
     let mut progress = cache.subscribe();
     let mut served: HashMap<String, Served> = HashMap::new();
+    let mut retry = RETRY_FIRST;
     loop {
         let mut again = false;
         if progress.borrow_and_update().loaded {
@@ -335,10 +313,17 @@ async fn follow(api: Arc<Apiserver>, kind: Arc<dyn Kind>, shutdown: Cancellation
                 .collect();
             again = sync(&api, &kind, &crds, &mut served).await;
         }
+        // A change of the definitions wakes it at once; leftover work after the back-off.
+        let backoff = tokio::time::sleep(retry);
+        retry = if again {
+            (retry * 2).min(RETRY_MAX)
+        } else {
+            RETRY_FIRST
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
             r = progress.changed() => if r.is_err() { return },
-            () = tokio::time::sleep(CLEANUP_EVERY), if again => {}
+            () = backoff, if again => {}
         }
     }
 }
@@ -461,13 +446,6 @@ fn target(kind: &Arc<dyn Kind>, name: &str, subresource: Option<&str>) -> Target
     }
 }
 
-fn params() -> Params {
-    Params {
-        field_manager: Some("kube-apiserver".into()),
-        ..Default::default()
-    }
-}
-
 /// Sets a condition in a status's `conditions`, keeping its transition time when its status
 /// did not change.
 fn set_condition(
@@ -558,7 +536,7 @@ async fn write_status(
     let cur = api.load(&t, name).await?;
     let mut new = cur.value.clone();
     new["status"] = status;
-    api.commit_update(&t, &params(), &cur, new)
+    api.commit_update(&t, &Params::internal(), &cur, new)
         .await
         .map(|_| ())
 }
@@ -629,7 +607,8 @@ async fn clean_up(
     if let Some(list) = new["metadata"]["finalizers"].as_array_mut() {
         list.retain(|f| f != CLEANUP_FINALIZER);
     }
-    api.commit_update(&t, &params(), &cur, new).await?;
+    api.commit_update(&t, &Params::internal(), &cur, new)
+        .await?;
     tracing::info!(crd = %name, "custom resources deleted; the definition goes");
     Ok(true)
 }

@@ -86,7 +86,8 @@ async fn ensure(
             for f in fields {
                 new[*f] = want[*f].clone();
             }
-            api.commit_update(&t, &params(), &cur, new).await?;
+            api.commit_update(&t, &Params::internal(), &cur, new)
+                .await?;
             tracing::info!(
                 kind = t.kind.info().kind,
                 name,
@@ -94,18 +95,14 @@ async fn ensure(
             );
             Ok(())
         }
-        Err(e) if e.code == 404 => match api.create_object(&t, &params(), want, "Update").await {
+        Err(e) if e.code == 404 => match api
+            .create_object(&t, &Params::internal(), want, "Update")
+            .await
+        {
             Err(e) if e.code != 409 => Err(e),
             _ => Ok(()),
         },
         Err(e) => Err(e),
-    }
-}
-
-fn params() -> Params {
-    Params {
-        field_manager: Some("kube-apiserver".into()),
-        ..Default::default()
     }
 }
 
@@ -161,7 +158,7 @@ async fn reconcile(
                                     "targetPort": first_port}]},
             });
             let mut created = api
-                .create_object(&service, &params(), svc.clone(), "Update")
+                .create_object(&service, &Params::internal(), svc.clone(), "Update")
                 .await;
             if matches!(&created, Err(e) if e.code == 422) {
                 // The first address went to a Service made before this one: take any.
@@ -169,7 +166,9 @@ async fn reconcile(
                     .as_object_mut()
                     .expect("spec is an object")
                     .remove("clusterIP");
-                created = api.create_object(&service, &params(), svc, "Update").await;
+                created = api
+                    .create_object(&service, &Params::internal(), svc, "Update")
+                    .await;
             }
             match created {
                 Ok(_) => tracing::info!("created the default/kubernetes Service"),

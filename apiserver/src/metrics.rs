@@ -390,17 +390,26 @@ async fn custom(
             format!("the server could not find the metric {metric} for {resource} {name}"),
         ));
     }
-    let list = wasmkube_api::metrics::MetricValueList {
-        kind: "MetricValueList".into(),
-        api_version: wasmkube_api::metrics::CUSTOM_GROUP_VERSION.into(),
+    Ok(value_list(
+        "MetricValueList",
+        wasmkube_api::metrics::CUSTOM_GROUP_VERSION,
+        items,
+    ))
+}
+
+/// A metric value list response.
+fn value_list<T: Serialize>(kind: &str, api_version: &str, items: Vec<T>) -> Response {
+    let list = wasmkube_api::metrics::ValueList {
+        kind: kind.into(),
+        api_version: api_version.into(),
         metadata: Default::default(),
         items,
     };
-    Ok(respond_json(
+    respond_json(
         StatusCode::OK,
         &serde_json::to_value(list).expect("metrics serialize"),
         &[],
-    ))
+    )
 }
 
 /// An external metric: the request metrics of the namespace's Services (each with a
@@ -473,16 +482,10 @@ async fn external(
         })
         .collect();
     items.sort_by(|a, b| a.metric_labels.cmp(&b.metric_labels));
-    let list = wasmkube_api::metrics::ExternalMetricValueList {
-        kind: "ExternalMetricValueList".into(),
-        api_version: wasmkube_api::metrics::EXTERNAL_GROUP_VERSION.into(),
-        metadata: Default::default(),
+    Ok(value_list(
+        "ExternalMetricValueList",
+        wasmkube_api::metrics::EXTERNAL_GROUP_VERSION,
         items,
-    };
-    Ok(respond_json(
-        StatusCode::OK,
-        &serde_json::to_value(list).expect("metrics serialize"),
-        &[],
     ))
 }
 

@@ -166,25 +166,39 @@ pub trait Kind: Send + Sync {
     /// Defaults and validates a new or updated object in place.
     fn admit(&self, obj: &mut Value, old: Option<&Value>) -> Result<(), Vec<FieldError>>;
     /// Supported field selector paths.
-    fn field_selectors(&self) -> &'static [&'static str];
+    fn field_selectors(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// See [`Strategy::keeps_status_on_create`].
-    fn keeps_status_on_create(&self) -> bool;
+    fn keeps_status_on_create(&self) -> bool {
+        false
+    }
     /// See [`Strategy::returns_deleted_object`].
-    fn returns_deleted_object(&self) -> bool;
+    fn returns_deleted_object(&self) -> bool {
+        false
+    }
     /// See [`Strategy::subresources`].
-    fn subresources(&self) -> &'static [Subresource];
+    fn subresources(&self) -> &'static [Subresource] {
+        &[]
+    }
     /// Whether the kind serves subresource `name` beyond `status` and `scale`.
     fn serves(&self, name: &str) -> bool {
         self.subresources().iter().any(|s| s.name == name)
     }
     /// See [`Strategy::spec_finalizers`].
-    fn spec_finalizers(&self, obj: &Value) -> usize;
+    fn spec_finalizers(&self, _obj: &Value) -> usize {
+        0
+    }
     /// See [`Strategy::delete_grace`].
-    fn delete_grace(&self, obj: &Value, requested: Option<i64>) -> i64;
+    fn delete_grace(&self, _obj: &Value, _requested: Option<i64>) -> i64 {
+        0
+    }
     /// See [`Strategy::delete_during_update`].
-    fn delete_during_update(&self, obj: &Value) -> bool;
+    fn delete_during_update(&self, _obj: &Value) -> bool {
+        true
+    }
     /// See [`Strategy::prepare_for_delete`].
-    fn prepare_for_delete(&self, obj: &mut Value);
+    fn prepare_for_delete(&self, _obj: &mut Value) {}
     /// See [`Strategy::to_storage`].
     fn to_storage(&self, obj: Value) -> Value;
     /// See [`Strategy::view_of_stored`].

@@ -112,6 +112,14 @@ fn flag(v: &Option<String>) -> bool {
 }
 
 impl Params {
+    /// The parameters of the API server's own writes (its field manager).
+    pub(crate) fn internal() -> Params {
+        Params {
+            field_manager: Some("kube-apiserver".into()),
+            ..Default::default()
+        }
+    }
+
     /// Parses a raw query string.
     ///
     /// # Errors

@@ -14,31 +14,21 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
+
+use crate::pod_ready as ready;
 
 /// How long an eviction's note in `disruptedPods` counts the pod as already disrupted.
 const DELETION_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the reconciler needs.
-pub struct Ctx {
-    /// The API client.
-    pub client: Client,
-    /// Every pod.
-    pub pods: Store<Pod>,
-}
+pub type Ctx = crate::PodsCtx;
 
 /// Reconcile errors (retried with back-off).
 pub type Error = crate::ReconcileError;
-
-fn ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
 
 /// An int-or-percent of `of`, rounded up (as `GetScaledValueFromIntOrPercent(..., true)`).
 fn scaled(v: &IntOrString, of: i32) -> i32 {

@@ -16,10 +16,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
+
+use crate::pod_ready as ready;
 
 /// The field manager the controller applies with.
 const MANAGER: &str = "endpoint-controller";
@@ -30,22 +32,10 @@ const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 const MANAGER_VALUE: &str = "endpointslice-controller.k8s.io";
 
 /// What the reconciler needs.
-pub struct Ctx {
-    /// The API client.
-    pub client: Client,
-    /// Every pod.
-    pub pods: Store<Pod>,
-}
+pub type Ctx = crate::PodsCtx;
 
 /// Reconcile errors (retried with back-off).
 pub type Error = crate::ReconcileError;
-
-fn ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
 
 /// The pod port a Service port targets: a number, or a container port found by name.
 pub fn target_port(target: Option<&IntOrString>, port: i32, pod: &Pod) -> Option<i32> {

@@ -157,10 +157,13 @@ fn wants_hold(hpas: &[Arc<Hpa>], ns: &str, service: &str) -> bool {
 /// requests at once when they have no endpoint, instead of holding them.
 async fn sweep(ctx: Arc<Ctx>, hpas: Store<Hpa>, shutdown: CancellationToken) {
     let services: Api<k8s_openapi::api::core::v1::Service> = Api::all(ctx.client.clone());
+    let mut every = tokio::time::interval(ctx.sync_period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(ctx.sync_period) => {}
+            _ = every.tick() => {}
         }
         if hpas.wait_until_ready().await.is_err() {
             return;

@@ -450,6 +450,22 @@ pub(crate) fn retry_later<K, E: std::fmt::Display, C>(
     }
 }
 
+/// What a controller that reads pods reconciles with (Endpoints, disruption budgets).
+pub struct PodsCtx {
+    /// The API client.
+    pub client: Client,
+    /// Every pod.
+    pub pods: Store<k8s_openapi::api::core::v1::Pod>,
+}
+
+/// Whether a pod's `Ready` condition is true.
+pub(crate) fn pod_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// What a controller of pods (ReplicaSet, ReplicationController, Job) reconciles with.
 pub struct PodOwnerCtx {
     /// The API client.

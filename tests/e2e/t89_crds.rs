@@ -19,9 +19,22 @@ use kube::{CustomResource, CustomResourceExt as _, ResourceExt as _};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use wasmkube_tests::{Cluster, wait_for};
+use wasmkube_tests::{Cluster, run_kubectl, wait_for};
 
 const SLOW: Duration = Duration::from_secs(30);
+
+/// Waits until definition `name` is `Established`.
+async fn established(crds: &Api<CustomResourceDefinition>, name: &str) -> Result<()> {
+    wait_for("the definition Established", SLOW, || async {
+        let crd = crds.get(name).await.ok()?;
+        crd.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await
+}
 
 /// The operator's resource, as an operator author writes it.
 #[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -77,15 +90,7 @@ async fn a_kube_rs_operator_should_reconcile_its_custom_resources_unmodified() -
     let c = cluster.client.clone();
     let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
     crds.create(&PostParams::default(), &Gadget::crd()).await?;
-    wait_for("the Gadget definition Established", SLOW, || async {
-        let crd = crds.get("gadgets.example.wasmkube.io").await.ok()?;
-        crd.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await?;
+    established(&crds, "gadgets.example.wasmkube.io").await?;
 
     let stop = tokio_util::sync::CancellationToken::new();
     let operator = {
@@ -367,66 +372,33 @@ async fn a_custom_resource_definition_should_be_served_validated_and_deleted_wit
         .any(|(r, _)| r.kind == "Widget");
     ensure!(found, "Widget in discovery");
 
-    if let Some(kubectl) = wasmkube_tests::kubectl() {
+    if wasmkube_tests::kubectl().is_some() {
+        let kc = &cluster.kubeconfig;
         for version in ["1.27", "1.33"] {
-            let bin = kubectl.with_file_name(format!("kubectl.{version}"));
-            let bin = if bin.exists() { bin } else { kubectl.clone() };
-            // Not a blocking call: the API server runs on this test's thread.
-            let out = tokio::process::Command::new(&bin)
-                .args([
-                    "--kubeconfig",
-                    &cluster.kubeconfig.to_string_lossy(),
-                    "get",
-                    "wd",
-                ])
-                .output()
-                .await?;
-            let text = String::from_utf8_lossy(&out.stdout);
+            let bin = wasmkube_tests::kubectl_version(version).expect("kubectl");
+            let (ok, out, err) = run_kubectl(&bin, kc, &["get", "wd"]).await?;
             ensure!(
-                out.status.success() && text.contains("SIZE") && text.contains("w1"),
-                "kubectl {version} get wd: {text} {}",
-                String::from_utf8_lossy(&out.stderr)
+                ok && out.contains("SIZE") && out.contains("w1"),
+                "kubectl {version} get wd: {out} {err}"
             );
         }
+        let bin = wasmkube_tests::kubectl_version("1.33").expect("kubectl");
         // kubectl 1.33 with an empty cache discovers everything in two aggregated requests
         // (`/api`, `/apis`), the custom kind included, instead of one per group version.
         let cache = tempfile::tempdir()?;
-        let bin = kubectl.with_file_name("kubectl.1.33");
-        let bin = if bin.exists() { bin } else { kubectl.clone() };
-        let out = tokio::process::Command::new(&bin)
-            .args([
-                "--kubeconfig",
-                &cluster.kubeconfig.to_string_lossy(),
-                "--cache-dir",
-            ])
-            .arg(cache.path())
-            .args(["get", "wd", "-v=6"])
-            .output()
-            .await?;
-        let log = String::from_utf8_lossy(&out.stderr);
+        let cache = cache.path().to_string_lossy();
+        let (ok, _, log) =
+            run_kubectl(&bin, kc, &["--cache-dir", &cache, "get", "wd", "-v=6"]).await?;
         ensure!(
-            out.status.success()
-                && !log.contains("/apis/apps/v1?")
+            ok && !log.contains("/apis/apps/v1?")
                 && !log.contains("/apis/example.wasmkube.io/v1?timeout"),
             "kubectl get wd with aggregated discovery: {log}"
         );
         // `kubectl explain` reads the published OpenAPI v3 schema (kubectl ≥ 1.28 does so).
-        let bin = kubectl.with_file_name("kubectl.1.33");
-        let bin = if bin.exists() { bin } else { kubectl.clone() };
-        let out = tokio::process::Command::new(&bin)
-            .args([
-                "--kubeconfig",
-                &cluster.kubeconfig.to_string_lossy(),
-                "explain",
-                "widgets.spec",
-            ])
-            .output()
-            .await?;
-        let text = String::from_utf8_lossy(&out.stdout);
+        let (ok, out, err) = run_kubectl(&bin, kc, &["explain", "widgets.spec"]).await?;
         ensure!(
-            out.status.success() && text.contains("size") && text.contains("color"),
-            "kubectl explain widgets.spec: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
+            ok && out.contains("size") && out.contains("color"),
+            "kubectl explain widgets.spec: {out} {err}"
         );
     } else {
         eprintln!(
@@ -458,29 +430,9 @@ async fn a_custom_resource_definition_should_be_served_validated_and_deleted_wit
     cluster.stop().await
 }
 
-/// Runs kubectl (not blocking: the API server runs on this test's thread): success, stdout,
-/// stderr.
-async fn kubectl(
-    bin: &std::path::Path,
-    kubeconfig: &std::path::Path,
-    args: &[&str],
-) -> Result<(bool, String, String)> {
-    let out = tokio::process::Command::new(bin)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .await?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
 #[tokio::test]
 async fn kubectl_should_take_a_custom_resource_from_definition_to_deletion() -> Result<()> {
-    let Some(default) = wasmkube_tests::kubectl() else {
+    if wasmkube_tests::kubectl().is_none() {
         eprintln!("SKIPPED: kubectl is not installed; the kubectl CRD lifecycle is not exercised");
         return Ok(());
     };
@@ -489,92 +441,73 @@ async fn kubectl_should_take_a_custom_resource_from_definition_to_deletion() -> 
     let dir = tempfile::tempdir()?;
     let crd_file = dir.path().join("crd.json");
     std::fs::write(&crd_file, serde_json::to_vec(&widget_crd())?)?;
+    let crd_path = crd_file.to_string_lossy();
+    let cr = dir.path().join("w.json");
+    std::fs::write(
+        &cr,
+        serde_json::to_vec(
+            &json!({"apiVersion": "example.wasmkube.io/v1", "kind": "Widget",
+            "metadata": {"name": "k1", "namespace": "default"}, "spec": {"size": 4}}),
+        )?,
+    )?;
+    let cr_path = cr.to_string_lossy();
+    let patch = |p: &'static str| ["patch", "widget", "k1", "--type=merge", "-p", p];
     for version in ["1.27", "1.33"] {
-        let bin = default.with_file_name(format!("kubectl.{version}"));
-        let bin = if bin.exists() { bin } else { default.clone() };
-        let run = |args: Vec<String>| {
+        let bin = wasmkube_tests::kubectl_version(version).expect("kubectl");
+        let run = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
             let (bin, kc) = (bin.clone(), kc.clone());
             async move {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                kubectl(&bin, &kc, &args).await
+                run_kubectl(&bin, &kc, &args).await
             }
         };
-        let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
-        let (ok, out, err) = run(vec![
-            "apply".into(),
-            "-f".into(),
-            crd_file.display().to_string(),
+        let (ok, out, err) = run(&["apply", "-f", &crd_path]).await?;
+        ensure!(ok, "kubectl {version} apply crd: {out} {err}");
+        let (ok, out, err) = run(&[
+            "wait",
+            "--for",
+            "condition=Established",
+            "crd/widgets.example.wasmkube.io",
+            "--timeout=30s",
         ])
         .await?;
-        ensure!(ok, "kubectl {version} apply crd: {out} {err}");
-        let (ok, out, err) = run(args(
-            "wait --for condition=Established crd/widgets.example.wasmkube.io --timeout=30s",
-        ))
-        .await?;
         ensure!(ok, "kubectl {version} wait Established: {out} {err}");
-        let cr = dir.path().join("w.json");
-        std::fs::write(
-            &cr,
-            serde_json::to_vec(
-                &json!({"apiVersion": "example.wasmkube.io/v1", "kind": "Widget",
-                "metadata": {"name": "k1", "namespace": "default"}, "spec": {"size": 4}}),
-            )?,
-        )?;
-        let (ok, out, err) =
-            run(vec!["apply".into(), "-f".into(), cr.display().to_string()]).await?;
+        let (ok, out, err) = run(&["apply", "-f", &cr_path]).await?;
         ensure!(ok, "kubectl {version} apply widget: {out} {err}");
-        let (ok, out, err) = run(args("get widgets")).await?;
+        let (ok, out, err) = run(&["get", "widgets"]).await?;
         ensure!(
             ok && out.contains("SIZE") && out.contains("COLOR") && out.contains("red"),
             "kubectl {version} get widgets: {out} {err}"
         );
-        let (ok, out, err) = run(vec![
-            "patch".into(),
-            "widget".into(),
-            "k1".into(),
-            "--type=merge".into(),
-            "-p".into(),
-            r#"{"spec":{"size":6}}"#.into(),
-        ])
-        .await?;
+        let (ok, out, err) = run(&patch(r#"{"spec":{"size":6}}"#)).await?;
         ensure!(ok, "kubectl {version} patch: {out} {err}");
-        let (ok, out, _) = run(args("get wd k1 -o jsonpath={.spec.size}")).await?;
+        let (ok, out, _) = run(&["get", "wd", "k1", "-o", "jsonpath={.spec.size}"]).await?;
         ensure!(
             ok && out.trim() == "6",
             "kubectl {version} patched size: {out}"
         );
         // The schema and a CEL rule refuse, in kube-apiserver's words.
-        let (ok, _, err) = run(vec![
-            "patch".into(),
-            "widget".into(),
-            "k1".into(),
-            "--type=merge".into(),
-            "-p".into(),
-            r#"{"spec":{"size":0}}"#.into(),
-        ])
-        .await?;
+        let (ok, _, err) = run(&patch(r#"{"spec":{"size":0}}"#)).await?;
         ensure!(
             !ok && err.contains("spec.size in body should be greater than or equal to 1"),
             "kubectl {version} invalid patch: {err}"
         );
-        let (ok, _, err) = run(vec![
-            "patch".into(),
-            "widget".into(),
-            "k1".into(),
-            "--type=merge".into(),
-            "-p".into(),
-            r#"{"spec":{"replicas":20}}"#.into(),
-        ])
-        .await?;
+        let (ok, _, err) = run(&patch(r#"{"spec":{"replicas":20}}"#)).await?;
         ensure!(
             !ok && err.contains("replicas may be at most twice the size"),
             "kubectl {version} CEL refusal: {err}"
         );
         // The definition goes, and its objects with it.
-        let (ok, out, err) =
-            run(args("delete crd widgets.example.wasmkube.io --timeout=30s")).await?;
+        let (ok, out, err) = run(&[
+            "delete",
+            "crd",
+            "widgets.example.wasmkube.io",
+            "--timeout=30s",
+        ])
+        .await?;
         ensure!(ok, "kubectl {version} delete crd: {out} {err}");
-        let (ok, _, err) = run(args("get widgets")).await?;
+        let (ok, _, err) = run(&["get", "widgets"]).await?;
         // (kubectl's discovery cache may still know the kind; the server no longer serves it.)
         ensure!(
             !ok && (err.contains("the server doesn't have a resource type")
@@ -595,15 +528,7 @@ async fn custom_resources_should_be_garbage_collected_and_go_with_their_namespac
         &serde_json::from_value(widget_crd())?,
     )
     .await?;
-    wait_for("Established", SLOW, || async {
-        let crd = crds.get("widgets.example.wasmkube.io").await.ok()?;
-        crd.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await?;
+    established(&crds, "widgets.example.wasmkube.io").await?;
     let _controllers = cluster.start_controllers_with(|cfg| {
         cfg.controllers = vec!["garbagecollector".into(), "namespace".into()];
     });

@@ -16,26 +16,14 @@ use crate::t87_autoscaling::deployment;
 
 const SLOW: Duration = Duration::from_secs(120);
 
+/// kubectl's combined output, and whether it succeeded.
 async fn kubectl(
     bin: &std::path::Path,
     kubeconfig: &std::path::Path,
     args: &[&str],
 ) -> Result<(bool, String)> {
-    // Not blocking: the API server runs on this test's thread.
-    let out = tokio::process::Command::new(bin)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .await?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+    let (ok, out, err) = wasmkube_tests::run_kubectl(bin, kubeconfig, args).await?;
+    Ok((ok, format!("{out}{err}")))
 }
 
 async fn running_on(pods: &Api<Pod>) -> Result<Vec<(String, String, bool)>> {
@@ -65,12 +53,10 @@ async fn running_on(pods: &Api<Pod>) -> Result<Vec<(String, String, bool)>> {
 
 #[tokio::test]
 async fn kubectl_drain_should_respect_a_disruption_budget_and_move_the_pods() -> Result<()> {
-    let Some(default) = wasmkube_tests::kubectl() else {
+    let Some(bin) = wasmkube_tests::kubectl_version("1.33") else {
         eprintln!("SKIPPED: kubectl is not installed; kubectl drain not exercised");
         return Ok(());
     };
-    let bin = default.with_file_name("kubectl.1.33");
-    let bin = if bin.exists() { bin } else { default };
     let cluster = Cluster::start_with_control_plane().await?;
     let node_a = cluster.start_node("node-a").await?;
     let node_b = cluster.start_node("node-b").await?;

@@ -966,6 +966,25 @@ mod tests {
         )
     }
 
+    /// A request for Service `d/fn`, held (the task answers whether an endpoint came).
+    async fn hold(n: &Arc<NodeNet>) -> tokio::task::JoinHandle<bool> {
+        let waiter = {
+            let n = Arc::clone(n);
+            tokio::spawn(async move {
+                n.wait_for_endpoint("d", "fn", Duration::from_secs(30))
+                    .await
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while n.waiting.snapshot().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the request is held");
+        waiter
+    }
+
     #[tokio::test]
     async fn a_service_at_zero_should_hold_requests_until_an_endpoint_is_ready() {
         let n = Arc::new(net());
@@ -992,20 +1011,7 @@ mod tests {
         assert_eq!(*told.lock().expect("lock"), [Wake::Wanted, Wake::TimedOut]);
         assert!(n.waiting.snapshot().is_empty());
         // An endpoint becomes ready while a request is held: it goes on at once.
-        let waiter = {
-            let n = Arc::clone(&n);
-            tokio::spawn(async move {
-                n.wait_for_endpoint("d", "fn", Duration::from_secs(30))
-                    .await
-            })
-        };
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while n.waiting.snapshot().is_empty() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("the request is held");
+        let waiter = hold(&n).await;
         assert_eq!(n.waiting.snapshot()[0].waiting, 1);
         n.services.write().expect("lock").apply_slice(
             &serde_json::from_value(json!({
@@ -1065,20 +1071,7 @@ mod tests {
         n.set_ready_here(ip, Some(pod("d", "other")));
         n.set_ready_here(Ipv4Addr::new(10, 244, 3, 8), Some(pod("e", "fn")));
         assert!(!n.has_ready_endpoint("d", "fn"));
-        let waiter = {
-            let n = Arc::clone(&n);
-            tokio::spawn(async move {
-                n.wait_for_endpoint("d", "fn", Duration::from_secs(30))
-                    .await
-            })
-        };
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while n.waiting.snapshot().is_empty() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("the request is held");
+        let waiter = hold(&n).await;
         // The pod here turns ready: the held request goes on without an EndpointSlice, to
         // the named target port.
         n.set_ready_here(ip, Some(pod("d", "fn")));

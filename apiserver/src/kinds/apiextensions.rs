@@ -7,6 +7,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use serde_json::Value;
 use wasmkube_api::ResourceInfo;
+use wasmkube_api::names::{is_dns1035_label, is_dns1123_label, is_dns1123_subdomain};
 
 use crate::error::FieldError;
 use crate::registry::{NameRule, Registry, Strategy};
@@ -23,23 +24,6 @@ pub(super) fn register(r: &Registry) {
 }
 
 struct CrdStrategy;
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns_1035_label(s: &str) -> bool {
-    is_dns_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
-}
-
-fn is_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
-}
 
 /// A kind name as Kubernetes allows it (`^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$`, starting
 /// with a letter).
@@ -128,7 +112,7 @@ impl Strategy for CrdStrategy {
         }
         if spec.group.is_empty() {
             errs.push(FieldError::required("spec.group", ""));
-        } else if !is_subdomain(&spec.group) {
+        } else if !is_dns1123_subdomain(&spec.group) {
             errs.push(FieldError::invalid(
                 "spec.group",
                 &spec.group,
@@ -151,7 +135,7 @@ impl Strategy for CrdStrategy {
         let names = &spec.names;
         if names.plural.is_empty() {
             errs.push(FieldError::required("spec.names.plural", ""));
-        } else if !is_dns_label(&names.plural) {
+        } else if !is_dns1123_label(&names.plural) {
             errs.push(FieldError::invalid(
                 "spec.names.plural",
                 &names.plural,
@@ -159,7 +143,7 @@ impl Strategy for CrdStrategy {
             ));
         }
         if let Some(s) = names.singular.as_deref()
-            && !is_dns_label(s)
+            && !is_dns1123_label(s)
         {
             errs.push(FieldError::invalid(
                 "spec.names.singular",
@@ -177,7 +161,7 @@ impl Strategy for CrdStrategy {
             ));
         }
         for (i, s) in names.short_names.iter().flatten().enumerate() {
-            if !is_dns_label(s) {
+            if !is_dns1123_label(s) {
                 errs.push(FieldError::invalid(
                     format!("spec.names.shortNames[{i}]"),
                     s,
@@ -216,7 +200,7 @@ impl Strategy for CrdStrategy {
         }
         for (i, v) in spec.versions.iter().enumerate() {
             let at = format!("spec.versions[{i}]");
-            if !is_dns_1035_label(&v.name) {
+            if !is_dns1035_label(&v.name) {
                 errs.push(FieldError::invalid(
                     format!("{at}.name"),
                     &v.name,

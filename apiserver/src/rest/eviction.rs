@@ -204,11 +204,10 @@ impl Apiserver {
                 new["status"]["disruptedPods"] = json!({});
             }
             new["status"]["disruptedPods"][name] = json!(now());
-            let params = Params {
-                field_manager: Some("kube-apiserver".into()),
-                ..Default::default()
-            };
-            match self.commit_update(&target, &params, &cur, new).await {
+            match self
+                .commit_update(&target, &Params::internal(), &cur, new)
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(e) if e.code == 409 => continue,
                 Err(e) => return Err(e),
