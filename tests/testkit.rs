@@ -571,12 +571,40 @@ pub async fn run_kubectl(
     kubeconfig: &Path,
     args: &[&str],
 ) -> Result<(bool, String, String)> {
-    let out = tokio::process::Command::new(bin)
+    run_kubectl_with_input(bin, kubeconfig, args, None).await
+}
+
+/// [`run_kubectl`] with `input` on kubectl's stdin (closed after it), and a two-minute limit.
+///
+/// # Errors
+/// When kubectl cannot be started, or runs longer than two minutes.
+pub async fn run_kubectl_with_input(
+    bin: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    input: Option<&[u8]>,
+) -> Result<(bool, String, String)> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(bin)
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(args)
-        .output()
-        .await?;
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(input).await?;
+        // Dropping it closes kubectl's stdin.
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .map_err(|_| anyhow::anyhow!("kubectl {args:?} ran for two minutes"))??;
     Ok((
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

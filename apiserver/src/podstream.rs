@@ -1,12 +1,12 @@
-//! `pods/exec` and `pods/portforward`: validated here, then the client's upgrade is proxied
-//! to the wasmlet of the pod's node (`/exec`, `/portForward` on its HTTPS endpoint) and the
-//! two upgraded connections are spliced, as kube-apiserver's upgrade-aware proxy does for the
-//! kubelet.
+//! `pods/exec`, `pods/attach` and `pods/portforward`: validated here, then the client's
+//! upgrade is proxied to the wasmlet of the pod's node (`/exec`, `/attach`, `/portForward` on
+//! its HTTPS endpoint) and the two upgraded connections are spliced, as kube-apiserver's
+//! upgrade-aware proxy does for the kubelet.
 //!
-//! Exec streams are WebSockets (`v5.channel.k8s.io`, kubectl 1.30 and later by default); a
-//! SPDY exec upgrade (older kubectl, or its fallback) is refused with a `Status` saying so.
-//! Port forwarding takes both: a WebSocket (kubectl 1.31+ tunnels SPDY in it; kube-rs uses
-//! channels) or a plain SPDY/3.1 upgrade (kubectl up to 1.30).
+//! Each takes both upgrades: a WebSocket (exec and attach: `v5.channel.k8s.io`, kubectl 1.30
+//! and later; port forwarding: SPDY tunnelled by kubectl 1.31+, channels by kube-rs) or a
+//! plain SPDY/3.1 upgrade (kubectl up to 1.29 for exec and attach, 1.30 for port forwarding,
+//! and later ones falling back).
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -37,6 +37,8 @@ const UPGRADE_HEADERS: &[&str] = &[
 pub(crate) enum Stream {
     /// `pods/exec`.
     Exec,
+    /// `pods/attach`.
+    Attach,
     /// `pods/portforward`.
     PortForward,
 }
@@ -46,10 +48,13 @@ pub(crate) fn stream_path(path: &str) -> Option<(&str, &str, Stream)> {
     let rest = path
         .trim_end_matches('/')
         .strip_prefix("/api/v1/namespaces/")?;
-    let (rest, sub) = match rest.strip_suffix("/exec") {
-        Some(r) => (r, Stream::Exec),
-        None => (rest.strip_suffix("/portforward")?, Stream::PortForward),
-    };
+    let (rest, sub) = [
+        ("/exec", Stream::Exec),
+        ("/attach", Stream::Attach),
+        ("/portforward", Stream::PortForward),
+    ]
+    .into_iter()
+    .find_map(|(suffix, sub)| rest.strip_suffix(suffix).map(|r| (r, sub)))?;
     let (ns, rest) = rest.split_once('/')?;
     let name = rest.strip_prefix("pods/")?;
     (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then_some((ns, name, sub))
@@ -82,7 +87,8 @@ pub(crate) async fn serve(
         name,
     };
     match stream {
-        Stream::Exec => pod.exec(req).await,
+        Stream::Exec => pod.remote_command(req, "exec").await,
+        Stream::Attach => pod.remote_command(req, "attach").await,
         Stream::PortForward => pod.port_forward(req).await,
     }
 }
@@ -97,45 +103,54 @@ struct PodStream<'a> {
 }
 
 impl PodStream<'_> {
-    /// `pods/exec`.
+    /// `pods/exec` and `pods/attach` (`what`): a remote-command session with a container.
     ///
     /// # Errors
-    /// 404 for an unknown pod; 400 for a missing command, a bad container, a finished pod or a
-    /// container that is not running, or a request that is no WebSocket.
-    async fn exec(self, req: Request) -> Result<Response, ApiError> {
+    /// 404 for an unknown pod; 400 for a missing command (exec), no stream asked for, a bad
+    /// container, a finished pod or a container that is not running, or a request that is no
+    /// WebSocket or SPDY/3.1 upgrade.
+    async fn remote_command(self, req: Request, what: &str) -> Result<Response, ApiError> {
         let (api, kubelet, namespace, name) = (self.api, self.kubelet, self.namespace, self.name);
         let query = req.uri().query().unwrap_or_default().to_owned();
         let params: Vec<(String, String)> = serde_urlencoded::from_str(&query)
             .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
-        let container = params
-            .iter()
-            .find(|(k, _)| k == "container")
-            .map(|(_, v)| v.as_str());
-        if !params.iter().any(|(k, _)| k == "command") {
+        let param = |k: &str| {
+            params
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let exec = what == "exec";
+        if exec && param("command").is_none() {
             return Err(ApiError::bad_request(
                 "you must specify at least one command for the container",
             ));
         }
-        let (pod, container, node_name) = pod_container(api, namespace, name, container).await?;
-        check_running(&pod, name, &container)?;
-        if upgrade_of(&req).as_deref() != Some("websocket") {
+        let flag = |k: &str| matches!(param(k), Some("true" | "1"));
+        if !flag("stdin") && !flag("stdout") && !flag("stderr") {
             return Err(ApiError::bad_request(
-                "wasmkube streams exec over WebSockets (v5.channel.k8s.io, the default of kubectl 1.30 and later); SPDY upgrades are not supported",
+                "you must specify at least 1 of stdin, stdout, stderr",
             ));
+        }
+        let (pod, container, node_name) =
+            pod_container(api, namespace, name, param("container")).await?;
+        check_running(&pod, name, &container, what)?;
+        if !matches!(upgrade_of(&req).as_deref(), Some("websocket" | "spdy/3.1")) {
+            return Err(ApiError::bad_request(format!(
+                "{what} needs a WebSocket (v5.channel.k8s.io) or SPDY/3.1 (v4.channel.k8s.io) upgrade"
+            )));
         }
         let host = node_endpoint(api, &node_name, name).await?;
         let forward: Vec<(&str, &str)> = params
             .iter()
             .filter(|(k, _)| {
-                matches!(
-                    k.as_str(),
-                    "command" | "stdin" | "stdout" | "stderr" | "tty"
-                )
+                matches!(k.as_str(), "stdin" | "stdout" | "stderr" | "tty")
+                    || (exec && k == "command")
             })
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let path = format!(
-            "/exec/{namespace}/{name}/{container}?{}",
+            "/{what}/{namespace}/{name}/{container}?{}",
             serde_urlencoded::to_string(&forward).expect("string pairs encode")
         );
         splice(&host, &path, kubelet, req).await
@@ -244,8 +259,9 @@ async fn splice(
         .expect("static headers are valid"))
 }
 
-/// The kubelet's checks before an exec: the pod is not finished and the container runs.
-fn check_running(pod: &Pod, name: &str, container: &str) -> Result<(), ApiError> {
+/// The kubelet's checks before an exec or attach (`what`): the pod is not finished and the
+/// container runs.
+fn check_running(pod: &Pod, name: &str, container: &str, what: &str) -> Result<(), ApiError> {
     let status = pod.status.clone().unwrap_or_default();
     if let Some(phase) = status
         .phase
@@ -253,7 +269,7 @@ fn check_running(pod: &Pod, name: &str, container: &str) -> Result<(), ApiError>
         .filter(|p| *p == "Succeeded" || *p == "Failed")
     {
         return Err(ApiError::bad_request(format!(
-            "cannot exec into a container in a completed pod; current phase is {phase}"
+            "cannot {what} into a container in a completed pod; current phase is {phase}"
         )));
     }
     let running = status
@@ -285,6 +301,10 @@ mod tests {
         assert_eq!(
             stream_path("/api/v1/namespaces/ns/pods/web/portforward/"),
             Some(("ns", "web", Stream::PortForward))
+        );
+        assert_eq!(
+            stream_path("/api/v1/namespaces/ns/pods/web/attach"),
+            Some(("ns", "web", Stream::Attach))
         );
         assert_eq!(stream_path("/api/v1/namespaces/ns/pods/web/log"), None);
         assert_eq!(stream_path("/api/v1/namespaces/ns/pods/a/b/exec"), None);

@@ -242,3 +242,172 @@ async fn exec_runs_commands_in_a_running_container_with_its_volumes_and_streams(
     );
     node.stop().await
 }
+
+/// Reads `stdout` until it has printed `want`, for up to 30 s.
+async fn read_until(stdout: &mut (impl AsyncReadExt + Unpin), want: &str) -> Result<String> {
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while !seen.contains(want) {
+            let n = stdout.read(&mut buf).await?;
+            ensure!(n > 0, "stdout ended before {want:?}; saw {seen:?}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("{want:?} within 30 s; saw {seen:?}"))??;
+    Ok(seen)
+}
+
+#[tokio::test]
+async fn attach_joins_a_running_container_and_older_kubectl_streams_over_spdy() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let node = cluster.start_node("n1").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    // `lines` echoes each line of stdin until it ends; `stdinOnce` ends it with the first session.
+    let cat = |name: String, once: bool| {
+        let (c, node, image) = (c.clone(), node.name.clone(), image.clone());
+        async move {
+            create_pod(
+                &c,
+                &node,
+                &name,
+                json!({
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": image, "args": ["lines"],
+                                    "stdin": true, "stdinOnce": once}]
+                }),
+            )
+            .await
+        }
+    };
+    let pods = cat("once".into(), true).await?;
+    cat("kept".into(), false).await?;
+    create_pod(
+        c,
+        &node.name,
+        "box",
+        json!({"containers": [{"name": "main", "image": image, "args": ["forever"]}]}),
+    )
+    .await?;
+    for name in ["once", "kept", "box"] {
+        wait_pod(&pods, name, "running", |p| phase(p) == "Running").await?;
+    }
+    let attach = AttachParams::default()
+        .container("main")
+        .stdin(true)
+        .stdout(true)
+        .stderr(false);
+
+    // kube-rs (WebSocket v5): what is typed reaches the running instance, its output comes
+    // back; closing stdin under stdinOnce ends the container, and the session with Success.
+    let mut p = pods.attach("once", &attach).await?;
+    let mut stdin = p.stdin().context("stdin")?;
+    let mut stdout = p.stdout().context("stdout")?;
+    stdin.write_all(b"hello attach\n").await?;
+    read_until(&mut stdout, "hello attach\n").await?;
+    stdin.shutdown().await?;
+    drop(stdin);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).await?;
+    let status = p
+        .take_status()
+        .context("a status channel")?
+        .await
+        .context("a final status")?;
+    assert_eq!(status.status.as_deref(), Some("Success"), "{status:?}");
+    wait_pod(&pods, "once", "succeeded once its stdin closed", |p| {
+        phase(p) == "Succeeded"
+    })
+    .await?;
+
+    // Without stdinOnce stdin stays open across sessions: a second one reaches the same instance.
+    for word in ["first", "second"] {
+        let mut p = pods.attach("kept", &attach).await?;
+        let mut stdin = p.stdin().context("stdin")?;
+        let mut stdout = p.stdout().context("stdout")?;
+        stdin.write_all(format!("{word}\n").as_bytes()).await?;
+        let seen = read_until(&mut stdout, &format!("{word}\n")).await?;
+        assert!(
+            !seen.contains("first") || word == "first",
+            "output from before the session is not replayed: {seen:?}"
+        );
+        stdin.shutdown().await?;
+        drop((stdin, stdout, p));
+    }
+    let kept = pods.get("kept").await?;
+    assert_eq!(
+        phase(&kept),
+        "Running",
+        "closing one session's stdin ends nothing"
+    );
+
+    // Real kubectl: 1.27 streams exec and attach over SPDY/3.1, 1.33 over WebSockets.
+    let versions: Vec<_> = ["1.27", "1.33"]
+        .into_iter()
+        .filter_map(|v| wasmkube_tests::kubectl_version(v).map(|bin| (v, bin)))
+        .collect();
+    if versions.is_empty() {
+        eprintln!("SKIPPED: kubectl is not installed; attach is covered through kube-rs above");
+    }
+    for (version, kubectl) in versions {
+        let run = |args: Vec<String>, input: Option<Vec<u8>>| {
+            let (kubectl, kubeconfig) = (kubectl.clone(), cluster.kubeconfig.clone());
+            async move {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                wasmkube_tests::run_kubectl_with_input(
+                    &kubectl,
+                    &kubeconfig,
+                    &args,
+                    input.as_deref(),
+                )
+                .await
+            }
+        };
+        let words = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let (ok, out, err) = run(words("exec box -c main -- /toolbox args a b"), None).await?;
+        ensure!(ok, "kubectl {version} exec: {err}");
+        assert_eq!(out, "/toolbox args a b\n", "kubectl {version}");
+        let (ok, _, err) = run(words("exec box -c main -- /toolbox cat /nope"), None).await?;
+        assert!(!ok, "kubectl {version}: a failing command fails");
+        assert!(
+            err.contains("command terminated with exit code 1"),
+            "kubectl {version}: {err}"
+        );
+        let line = format!("typed into kubectl {version}\n");
+        let (ok, out, err) = run(
+            words("exec -i box -c main -- /toolbox cat -"),
+            Some(line.clone().into_bytes()),
+        )
+        .await?;
+        ensure!(ok, "kubectl {version} exec -i: {err}");
+        assert!(out.starts_with(&line), "kubectl {version} exec -i: {out:?}");
+
+        let pod = format!("attach-{}", version.replace('.', "-"));
+        cat(pod.clone(), true).await?;
+        wait_pod(&pods, &pod, "running", |p| phase(p) == "Running").await?;
+        let (ok, out, err) = run(
+            vec![
+                "attach".into(),
+                "-i".into(),
+                pod.clone(),
+                "-c".into(),
+                "main".into(),
+            ],
+            Some(line.clone().into_bytes()),
+        )
+        .await?;
+        ensure!(ok, "kubectl {version} attach -i: {err}");
+        assert!(
+            out.contains(&line),
+            "kubectl {version} attach: {out:?} {err:?}"
+        );
+        wait_pod(&pods, &pod, "succeeded after kubectl's stdin ended", |p| {
+            phase(p) == "Succeeded"
+        })
+        .await?;
+    }
+    node.stop().await
+}

@@ -12,10 +12,10 @@ pub(crate) mod status;
 mod tasks;
 pub(crate) mod worker;
 
-pub(crate) use registry::{IpPool, PodRegistry};
+pub(crate) use registry::{IpPool, PodRegistry, Running};
 
 use tasks::{
-    ProbeReport, VolumeSource, Volumes, grace_period, http_port, instance, open_host_ports,
+    ProbeReport, Stdio, VolumeSource, Volumes, grace_period, http_port, instance, open_host_ports,
     prepare, write_status,
 };
 
@@ -44,6 +44,7 @@ use crate::runtime::images::Images;
 use crate::runtime::instance::{Exit, Launch};
 use crate::runtime::usage::Usage;
 use crate::runtime::{Prepared, Runtime};
+use crate::streaming::attach::ContainerStdin;
 use crate::streaming::logs::{LogFile, Rotation};
 
 /// What every pod driver of the node shares.
@@ -294,6 +295,11 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                         let restart = worker.containers[container].restart_count;
                         let log_dir = dir.join(&containers[container].name);
                         let cname = containers[container].name.clone();
+                        // `stdin: true`: Some(stdinOnce).
+                        let wants_stdin = containers[container]
+                            .stdin
+                            .unwrap_or(false)
+                            .then(|| containers[container].stdin_once.unwrap_or(false));
                         let port = http_port(&containers[container]);
                         let grace = grace_period(&pod);
                         let ip = address.as_ref().map(|a| a.backing);
@@ -313,13 +319,32 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                                     return start_failed(&tx, container, message).await;
                                 }
                             };
-                            let (pre2, launch2) = (pre.clone(), launch.clone());
+                            // A command container asking for stdin gets a pipe attach
+                            // sessions write into; others read EOF.
+                            let (stdin, guest_stdin) = match (&pre, wants_stdin) {
+                                (Prepared::Command(_), Some(once)) => {
+                                    let (s, guest) = ContainerStdin::new(once);
+                                    (Some(s), Some(guest))
+                                }
+                                _ => (None, None),
+                            };
+                            let running = Running {
+                                prepared: pre.clone(),
+                                launch: launch.clone(),
+                                log: Arc::clone(&log),
+                                stdin,
+                            };
                             ctx.pods.update(&key, |l| {
-                                l.running.insert(cname.clone(), (pre2, launch2));
+                                l.running.insert(cname.clone(), running);
                                 l.containers
                                     .insert(cname, (restart, Some(Arc::clone(&log))));
                             });
-                            instance(pre, launch, log, ip, port, grace, container, kill, tx).await;
+                            let stdio = Stdio {
+                                log,
+                                stdin: guest_stdin,
+                            };
+                            instance(pre, launch, stdio, ip, port, grace, container, kill, tx)
+                                .await;
                         });
                     }
                     Effect::Kill { container } => {

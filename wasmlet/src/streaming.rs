@@ -1,14 +1,17 @@
-//! What the API server streams from the node: container logs, `exec` sessions and
-//! port-forwarding (SPDY/3.1 and WebSocket channels), served on the wasmlet's HTTPS endpoint.
+//! What the API server streams from the node: container logs, `exec` and `attach` sessions
+//! and port-forwarding (SPDY/3.1 and WebSockets), served on the wasmlet's HTTPS endpoint.
 //!
 //! ```text
-//! apiserver ──pods/log, pods/exec, pods/portforward──► server (TLS, token) ─► logs | exec | portforward
-//!                                                                              └─ spdy (framing, zlib headers)
+//! apiserver ──pods/log, exec, attach, portforward──► server (TLS) ─► logs | exec | attach | portforward
+//!                                       exec, attach ─► remotecommand (WebSocket or SPDY) ─┘
+//!                                                        └─ spdy (framing, zlib headers)
 //! ```
 
+pub(crate) mod attach;
 pub(crate) mod exec;
 pub mod logs;
 pub(crate) mod portforward;
+pub(crate) mod remotecommand;
 pub(crate) mod server;
 pub(crate) mod spdy;
 
@@ -25,4 +28,18 @@ where
     let _ = tx
         .send(axum::extract::ws::Message::Close(Some(frame)))
         .await;
+}
+
+/// A plain-text answer, as the kubelet gives its refusals.
+pub(crate) fn text(status: axum::http::StatusCode, msg: String) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        msg,
+    )
+        .into_response()
 }

@@ -163,6 +163,12 @@ impl Strategy for PodStrategy {
                 group_version: None,
             },
             Subresource {
+                name: "attach",
+                kind: "PodAttachOptions",
+                verbs: &["create", "get"],
+                group_version: None,
+            },
+            Subresource {
                 name: "portforward",
                 kind: "PodPortForwardOptions",
                 verbs: &["create", "get"],

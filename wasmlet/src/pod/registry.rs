@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::runtime::Prepared;
 use crate::runtime::instance::Launch;
 use crate::runtime::usage::Usage;
+use crate::streaming::attach::ContainerStdin;
 use crate::streaming::logs::LogFile;
 
 /// Pod address offsets: offset `k` is the `k`-th address of the node's pod CIDR and of its
@@ -66,10 +67,23 @@ pub(crate) struct PodEntry {
     pub started: Option<std::time::SystemTime>,
     /// Container name → (current restart index, its live log file while running).
     pub containers: HashMap<String, (u32, Option<Arc<LogFile>>)>,
-    /// Container name → its prepared image and launch while an instance runs (for exec).
-    pub running: HashMap<String, (Prepared, Launch)>,
+    /// Container name → its running instance (for exec, attach and resource metrics).
+    pub running: HashMap<String, Running>,
     /// Where port forwarding connects (none before the pod has an address).
     pub forward: Option<crate::streaming::portforward::Target>,
+}
+
+/// A container's running instance, as exec and attach reach it.
+#[derive(Clone)]
+pub(crate) struct Running {
+    /// Its prepared image (exec runs it once more).
+    pub prepared: Prepared,
+    /// How it was launched.
+    pub launch: Launch,
+    /// Its live log (attach follows it).
+    pub log: Arc<LogFile>,
+    /// Its stdin, for a container with `stdin: true`.
+    pub stdin: Option<Arc<ContainerStdin>>,
 }
 
 impl PodRegistry {
@@ -100,7 +114,7 @@ impl PodRegistry {
                 let mut containers: Vec<_> = e
                     .running
                     .iter()
-                    .map(|(c, (_, launch))| (c.clone(), Arc::clone(&launch.usage)))
+                    .map(|(c, r)| (c.clone(), Arc::clone(&r.launch.usage)))
                     .collect();
                 containers.sort_by(|a, b| a.0.cmp(&b.0));
                 PodUsage {
@@ -111,7 +125,7 @@ impl PodRegistry {
                     serves_http: e
                         .running
                         .values()
-                        .any(|(p, _)| matches!(p, Prepared::Http(_))),
+                        .any(|r| matches!(r.prepared, Prepared::Http(_))),
                     containers,
                 }
             })

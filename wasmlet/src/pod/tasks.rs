@@ -213,6 +213,14 @@ pub(super) async fn prepare(
     let _ = tx.send(Internal::Prepared { container, result }).await;
 }
 
+/// Where a container instance's standard streams go.
+pub(super) struct Stdio {
+    /// Its log (stdout and stderr).
+    pub log: Arc<LogFile>,
+    /// Its stdin (none: EOF).
+    pub stdin: Option<tokio::io::DuplexStream>,
+}
+
 /// Runs one container instance: a command to its exit, or an HTTP proxy until killed.
 #[expect(
     clippy::too_many_arguments,
@@ -221,7 +229,7 @@ pub(super) async fn prepare(
 pub(super) async fn instance(
     pre: Prepared,
     launch: Launch,
-    log: Arc<LogFile>,
+    stdio: Stdio,
     ip: Option<std::net::Ipv4Addr>,
     port: u16,
     grace: Duration,
@@ -238,10 +246,11 @@ pub(super) async fn instance(
             message,
         })
     };
+    let Stdio { log, stdin } = stdio;
     let ended = match pre {
         Prepared::Command(pre) => {
             let _ = tx.send(started(Timestamp::now())).await;
-            run_command(&pre, &launch, &log, &kill).await
+            run_command(&pre, &launch, &log, stdin, &kill).await
         }
         Prepared::Http(pre) => {
             let addr = SocketAddr::new(

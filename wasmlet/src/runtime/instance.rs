@@ -164,8 +164,8 @@ const SESSION_BUDGET: usize = 16 * 1024;
 
 /// Where an instance's stdout and stderr go.
 enum Output<'a> {
-    /// The container's log (CRI format, per stream).
-    Log(&'a Arc<LogFile>),
+    /// The container's log (CRI format, per stream), and its stdin if it has one.
+    Log(&'a Arc<LogFile>, Option<tokio::io::DuplexStream>),
     /// Memory, both streams together (an exec probe's output).
     Capture(MemoryOutputPipe),
     /// An exec session's streams, stdin included.
@@ -181,7 +181,12 @@ fn new_store(
     let mut wasi = WasiCtx::builder();
     wasi.args(&launch.argv).envs(&launch.env);
     match output {
-        Output::Log(log) => wasi.stdout(log.stdout()).stderr(log.stderr()),
+        Output::Log(log, stdin) => {
+            if let Some(stdin) = stdin {
+                wasi.stdin(AsyncStdinStream::new(stdin));
+            }
+            wasi.stdout(log.stdout()).stderr(log.stderr())
+        }
         Output::Capture(pipe) => wasi.stdout(pipe.clone()).stderr(pipe),
         Output::Session(io) => {
             if let Some(stdin) = io.stdin {
@@ -266,9 +271,10 @@ pub async fn run_command(
     pre: &CommandPre<ContainerState>,
     launch: &Launch,
     log: &Arc<LogFile>,
+    stdin: Option<tokio::io::DuplexStream>,
     kill: &CancellationToken,
 ) -> Result<Exit, InstanceError> {
-    let exit = run_to_exit(pre, launch, Output::Log(log), kill).await?;
+    let exit = run_to_exit(pre, launch, Output::Log(log, stdin), kill).await?;
     if let Exit::Trapped(msg) | Exit::OomKilled(msg) = &exit {
         log.note(msg);
     }
@@ -391,7 +397,7 @@ pub async fn instantiate_proxy(
     launch: &Launch,
     log: &Arc<LogFile>,
 ) -> Result<(), InstanceError> {
-    let mut store = new_store(pre.engine(), launch, Output::Log(log), None)?;
+    let mut store = new_store(pre.engine(), launch, Output::Log(log, None), None)?;
     pre.instantiate_async(&mut store)
         .await
         .map_err(InstanceError::Instantiate)?;
@@ -517,7 +523,7 @@ async fn handle(
     quota: Option<Arc<Mutex<CpuQuota>>>,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
-    let mut store = match new_store(pre.engine(), launch, Output::Log(log), quota) {
+    let mut store = match new_store(pre.engine(), launch, Output::Log(log, None), quota) {
         Ok(s) => s,
         Err(e) => return plain(500, &format!("{e:#}")),
     };
@@ -635,7 +641,7 @@ mod tests {
             ));
             let pre = self.command(sample).await;
             let log = LogFile::create(&dir, 0, Rotation::default()).expect("log");
-            let exit = run_command(&pre, &launch, &log, &CancellationToken::new())
+            let exit = run_command(&pre, &launch, &log, None, &CancellationToken::new())
                 .await
                 .expect("run");
             log.close();
@@ -777,7 +783,7 @@ mod tests {
         let launch = argv(&["cpuspin"]);
         let run = tokio::spawn({
             let (kill, log) = (kill.clone(), Arc::clone(&log));
-            async move { run_command(&pre, &launch, &log, &kill).await }
+            async move { run_command(&pre, &launch, &log, None, &kill).await }
         });
         // Kill it mid-computation: once it has reported a second of work.
         wait_for_log(&log, "rate ").await;
@@ -824,7 +830,7 @@ mod tests {
         launch.pod_net = Some(server);
         let server = tokio::spawn({
             let (kill, log) = (kill.clone(), Arc::clone(&log));
-            async move { run_command(&pre, &launch, &log, &kill).await }
+            async move { run_command(&pre, &launch, &log, None, &kill).await }
         });
         // The guest bound 0.0.0.0:7000 (it says so); it is reachable on its pod address.
         wait_for_log(&log, "echo listening on").await;

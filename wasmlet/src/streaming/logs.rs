@@ -304,16 +304,35 @@ pub struct Record {
     pub text: Vec<u8>,
     /// Whether the text ends a line (`F`) or continues in the next record (`P`).
     pub full: bool,
+    /// Written to stderr (else stdout).
+    pub stderr: bool,
+}
+
+impl Record {
+    /// The bytes the guest wrote: the text, and its newline when the record ends a line.
+    pub fn written(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.text.len() + 1);
+        out.extend_from_slice(&self.text);
+        if self.full {
+            out.push(b'\n');
+        }
+        out
+    }
 }
 
 /// Parses one CRI log line; malformed lines are skipped.
 pub fn parse_record(line: &[u8]) -> Option<Record> {
     let mut parts = line.splitn(4, |&b| b == b' ');
     let time = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    let _stream = parts.next()?;
+    let stderr = parts.next()? == b"stderr";
     let full = parts.next()? == b"F";
     let text = parts.next().unwrap_or_default().to_vec();
-    Some(Record { time, text, full })
+    Some(Record {
+        time,
+        text,
+        full,
+        stderr,
+    })
 }
 
 /// Every record of instance `restart`, oldest first (rotated files, then the current one).
@@ -333,6 +352,47 @@ pub fn read_records(dir: &Path, restart: u32) -> std::io::Result<Vec<Record>> {
     }
     records.extend(parse_all(&std::fs::read(&current)?));
     Ok(records)
+}
+
+/// The records `log` gains from byte `offset` on, in batches as they are written, until the
+/// instance exits (a rotation continues from the new file's start).
+pub(crate) fn follow(
+    log: Arc<LogFile>,
+    offset: u64,
+) -> impl futures::Stream<Item = Vec<Record>> + Send {
+    let progress = log.subscribe();
+    futures::stream::unfold(
+        (progress, offset, false),
+        move |(mut progress, mut offset, mut done)| {
+            let log = Arc::clone(&log);
+            async move {
+                loop {
+                    if done {
+                        return None;
+                    }
+                    let closed = progress.borrow_and_update().1;
+                    let bytes = std::fs::read(log.path()).unwrap_or_default();
+                    // The file rotated underneath us: continue from the new file's start.
+                    if (bytes.len() as u64) < offset {
+                        offset = 0;
+                    }
+                    let new = &bytes[usize::try_from(offset)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len())..];
+                    let complete = new.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+                    offset += complete as u64;
+                    let records: Vec<_> = parse_all(&new[..complete]).collect();
+                    done = closed;
+                    if !records.is_empty() {
+                        return Some((records, (progress, offset, done)));
+                    }
+                    if closed || progress.changed().await.is_err() {
+                        done = true;
+                    }
+                }
+            }
+        },
+    )
 }
 
 fn parse_all(bytes: &[u8]) -> impl Iterator<Item = Record> + '_ {

@@ -1,6 +1,7 @@
 //! The wasmlet's own HTTPS endpoint (the kubelet's port 10250): the API server reaches it for
-//! `pods/log`, as kube-apiserver reaches the kubelet's `/containerLogs`, and for `pods/exec`
-//! (`/exec`, a WebSocket the API server splices to the client's).
+//! `pods/log`, as kube-apiserver reaches the kubelet's `/containerLogs`, and for `pods/exec`,
+//! `pods/attach` and `pods/portforward` (`/exec`, `/attach`, `/portForward`: upgraded
+//! connections the API server splices to the client's).
 //!
 //! It serves the node's certificate and asks callers for one from the cluster CA: only the
 //! cluster's administrators (group `system:masters`, which the API server's kubelet client
@@ -12,8 +13,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -26,9 +26,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::pod::PodRegistry;
 use crate::pod::stats::Stats;
-use crate::streaming::logs::{LogFile, LogOptions, parse_record, read_records, render};
+use crate::pod::{PodRegistry, Running};
+use crate::streaming::logs::{LogFile, LogOptions, read_records, render};
+use crate::streaming::remotecommand::{self, Options};
+use crate::streaming::text;
 
 struct Shared {
     pods: Arc<PodRegistry>,
@@ -72,7 +74,14 @@ pub(crate) async fn start(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
-        .route("/exec/{namespace}/{pod}/{container}", get(exec))
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            axum::routing::any(exec),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            axum::routing::any(attach),
+        )
         .route("/stats/summary", get(summary))
         .route("/metrics", get(metrics))
         .route("/metrics/resource", get(resource_metrics))
@@ -111,15 +120,6 @@ pub(crate) async fn start(
         tracker.close();
     });
     Ok((addr, task))
-}
-
-fn text(status: StatusCode, msg: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        msg,
-    )
-        .into_response()
 }
 
 /// `None` for the cluster's administrators; the refusal otherwise (401 without a certificate,
@@ -204,40 +204,71 @@ async fn resource_metrics(
     }
 }
 
+/// `pods/exec`: a WebSocket or SPDY/3.1 remote-command session running the command beside
+/// the container's instance.
 async fn exec(
     State(s): State<Arc<Shared>>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
-    RawQuery(query): RawQuery,
-    axum::Extension(caller): axum::Extension<Caller>,
-    ws: WebSocketUpgrade,
+    req: axum::extract::Request,
 ) -> Response {
-    if let Some(refused) = refusal(&caller, "exec") {
+    if let Some(refused) = refuse(&req, "exec") {
         return refused;
     }
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
-    let req = crate::streaming::exec::ExecRequest::from_pairs(&pairs);
-    let ws = ws.protocols(crate::streaming::exec::PROTOCOLS);
-    if ws.selected_protocol().is_none() {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "exec needs one of the WebSocket protocols {}",
-                crate::streaming::exec::PROTOCOLS.join(", ")
-            ),
-        );
+    let opts = Options::from_query(req.uri().query());
+    let Some(running) = s.running(&namespace, &pod, &container) else {
+        return not_running(&pod, &container);
+    };
+    let target = Some((running.prepared, running.launch));
+    remotecommand::accept(req, opts.clone(), move |session| {
+        crate::streaming::exec::serve(session, opts, target)
+    })
+    .await
+}
+
+/// `pods/attach`: a WebSocket or SPDY/3.1 remote-command session joined to the running
+/// instance's own streams.
+async fn attach(
+    State(s): State<Arc<Shared>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    req: axum::extract::Request,
+) -> Response {
+    if let Some(refused) = refuse(&req, "attach") {
+        return refused;
     }
-    let target = s
-        .pods
-        .get(&namespace, &pod)
-        .and_then(|p| p.running.get(&container).cloned());
-    if target.is_none() {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!("container {container:?} in pod {pod:?} is not running"),
-        );
+    let opts = Options::from_query(req.uri().query());
+    let Some(running) = s.running(&namespace, &pod, &container) else {
+        return not_running(&pod, &container);
+    };
+    remotecommand::accept(req, opts.clone(), move |session| {
+        crate::streaming::attach::serve(session, opts, Some(running))
+    })
+    .await
+}
+
+impl Shared {
+    /// The running instance of `container` in `namespace/pod`.
+    fn running(&self, namespace: &str, pod: &str, container: &str) -> Option<Running> {
+        self.pods
+            .get(namespace, pod)
+            .and_then(|p| p.running.get(container).cloned())
     }
-    ws.on_upgrade(move |socket| crate::streaming::exec::serve(socket, req, target))
+}
+
+fn not_running(pod: &str, container: &str) -> Response {
+    text(
+        StatusCode::BAD_REQUEST,
+        format!("container {container:?} in pod {pod:?} is not running"),
+    )
+}
+
+/// [`refusal`] for the caller a request's connection carries.
+fn refuse(req: &axum::extract::Request, subresource: &str) -> Option<Response> {
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller(None));
+    refusal(&caller, subresource)
 }
 
 /// `pods/portforward`: a WebSocket (SPDY tunnelled, or kube-rs's channels) or a plain SPDY/3.1
@@ -252,12 +283,8 @@ async fn port_forward(
         websocket_bytes,
     };
     use axum::extract::FromRequestParts;
-    let caller = req
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or(Caller(None));
-    if let Some(refused) = refusal(&caller, "portforward") {
+    use axum::extract::ws::WebSocketUpgrade;
+    if let Some(refused) = refuse(&req, "portforward") {
         return refused;
     }
     let Some(target) = s.pods.get(&namespace, &pod).and_then(|p| p.forward) else {
@@ -266,12 +293,7 @@ async fn port_forward(
             format!("pod {namespace}/{pod} has no address on this node"),
         );
     };
-    let upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let upgrade = remotecommand::upgrade_of(req.headers());
     if upgrade == "websocket" {
         let pairs: Vec<(String, String)> =
             serde_urlencoded::from_str(req.uri().query().unwrap_or_default()).unwrap_or_default();
@@ -308,13 +330,7 @@ async fn port_forward(
             ),
         };
     }
-    let offers_ours = req
-        .headers()
-        .get_all("x-stream-protocol-version")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|p| p.trim() == STREAM_PROTOCOL));
-    if upgrade != "spdy/3.1" || !offers_ours {
+    if upgrade != "spdy/3.1" {
         let mut resp = text(
             StatusCode::FORBIDDEN,
             "port forwarding needs a SPDY/3.1 upgrade with portforward.k8s.io, or a WebSocket"
@@ -326,20 +342,7 @@ async fn port_forward(
         );
         return resp;
     }
-    let mut req = req;
-    let upgraded = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        if let Ok(io) = upgraded.await {
-            serve_spdy(TokioIo::new(io), target).await;
-        }
-    });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "SPDY/3.1")
-        .header("x-stream-protocol-version", STREAM_PROTOCOL)
-        .body(Body::empty())
-        .expect("static headers are valid")
+    remotecommand::accept_spdy(req, STREAM_PROTOCOL, move |io| serve_spdy(io, target))
 }
 
 async fn container_logs(
@@ -431,42 +434,7 @@ fn follow_from(
         tail_lines: None,
         ..opts
     };
-    let progress = log.subscribe();
-    futures::stream::unfold(
-        (progress, offset, false),
-        move |(mut progress, mut offset, mut done)| {
-            let (log, opts) = (Arc::clone(&log), opts.clone());
-            async move {
-                loop {
-                    if done {
-                        return None;
-                    }
-                    let closed = progress.borrow_and_update().1;
-                    let bytes = std::fs::read(log.path()).unwrap_or_default();
-                    // The file rotated underneath us: continue from the new file's start.
-                    if (bytes.len() as u64) < offset {
-                        offset = 0;
-                    }
-                    let new = &bytes[usize::try_from(offset)
-                        .unwrap_or(usize::MAX)
-                        .min(bytes.len())..];
-                    let complete = new.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-                    offset += complete as u64;
-                    let records: Vec<_> = new[..complete]
-                        .split(|&b| b == b'\n')
-                        .filter_map(parse_record)
-                        .collect();
-                    done = closed;
-                    if !records.is_empty() {
-                        return Some((Ok(render(&records, &opts)), (progress, offset, done)));
-                    }
-                    if closed || progress.changed().await.is_err() {
-                        done = true;
-                    }
-                }
-            }
-        },
-    )
+    crate::streaming::logs::follow(log, offset).map(move |records| Ok(render(&records, &opts)))
 }
 
 #[cfg(test)]

@@ -380,6 +380,13 @@ pub(crate) mod tests {
         b << 16 | a
     }
 
+    /// A client's header compressor.
+    pub(crate) fn client_deflate() -> Compress {
+        let mut client = Compress::new(Compression::default(), true);
+        client.set_dictionary(&dictionary()).unwrap();
+        client
+    }
+
     /// What a client sends: a SYN_STREAM with `headers`, compressed by `deflate`.
     pub(crate) fn syn_stream(
         deflate: &mut Compress,
@@ -413,8 +420,7 @@ pub(crate) mod tests {
 
     #[test]
     fn frames_round_trip_through_the_codec() {
-        let mut client = Compress::new(Compression::default(), true);
-        client.set_dictionary(&dictionary()).unwrap();
+        let mut client = client_deflate();
         let mut server = Codec::new();
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&syn_stream(

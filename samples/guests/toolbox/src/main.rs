@@ -4,7 +4,8 @@
 //! toolbox env -- cat /etc/config/greeting -- ls /data -- write /data/x hello -- sleep 500
 //! ```
 //!
-//! Commands: `env`, `args`, `pwd`, `cat FILE..` (`-`: stdin), `ls DIR`, `write FILE TEXT..`, `append FILE TEXT..`,
+//! Commands: `env`, `args`, `pwd`, `cat FILE..` (`-`: stdin), `lines` (echo each line of
+//! stdin as it arrives, until it ends), `ls DIR`, `write FILE TEXT..`, `append FILE TEXT..`,
 //! `sleep MS`, `exit CODE`, `panic MSG..`, `connect HOST:PORT TEXT..` (send, print the reply), `produce FILE` (append a numbered line every 200 ms,
 //! forever), `consume FILE` (print the file's new lines as they arrive, forever), `forever`
 //! (idle forever), `serve PORT [ADDR]` (answer every connection with one line naming the local
@@ -57,6 +58,13 @@ fn run(cmd: &str, rest: &[String]) -> std::io::Result<()> {
                 }
             }
             println!();
+        }
+        "lines" => {
+            // Each line of stdin as it arrives (`kubectl attach -i`), until stdin ends.
+            for line in std::io::stdin().lines() {
+                println!("{}", line?);
+                std::io::stdout().flush()?;
+            }
         }
         "ls" => {
             let dir = rest.first().map(String::as_str).unwrap_or(".");
