@@ -90,6 +90,27 @@ async fn handle(state: State<Arc<Shared>>, req: Request) -> Response {
     counted.finish(serve(state, req, &attrs, watch).await)
 }
 
+/// The web dashboard's page and bundle: public, as the page holds no data (every API call it
+/// makes carries the signed-in user's token).
+fn dashboard(path: &str) -> Response {
+    use wasmkube_dashboard::Response as Dashboard;
+    match wasmkube_dashboard::respond(path) {
+        Dashboard::Asset(a) => (
+            [
+                (header::CONTENT_TYPE, a.content_type),
+                (header::CACHE_CONTROL, "no-cache"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            a.body,
+        )
+            .into_response(),
+        Dashboard::Redirect(to) => {
+            (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, to)]).into_response()
+        }
+        Dashboard::NotFound => ApiError::no_route(path).into_response(),
+    }
+}
+
 /// Serves a request the authorizer sees as `attrs` (`watch`: a watch was asked for).
 async fn serve(
     State(s): State<Arc<Shared>>,
@@ -108,6 +129,9 @@ async fn serve(
         return ApiError::header_too_large(MAX_HEADER_BYTES).into_response();
     }
     let path = parts.uri.path().to_string();
+    if wasmkube_dashboard::serves(&path) && matches!(parts.method, Method::GET | Method::HEAD) {
+        return dashboard(&path);
+    }
     let public = matches!(
         path.as_str(),
         "/healthz"

@@ -699,6 +699,11 @@ async fn main() -> anyhow::Result<()> {
                 .context("starting the API server")?;
             println!("wasmkube is up: API server https://{}", running.addr);
             println!("export KUBECONFIG={}", running.kubeconfig.display());
+            println!(
+                "dashboard: https://{}{}/ (sign in with the kubeconfig's token)",
+                running.addr,
+                wasmkube_dashboard::PREFIX
+            );
             let api = || wasmkube_client::Source::kubeconfig(&running.kubeconfig);
             // Each component acts as its own user (RBAC), as kubeadm's components do.
             let as_user = wasmkube_client::Source::kubeconfig;

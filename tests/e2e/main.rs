@@ -40,3 +40,4 @@ mod t87_autoscaling;
 mod t88_scale_to_zero;
 mod t89_crds;
 mod t90_drain;
+mod t91_dashboard;

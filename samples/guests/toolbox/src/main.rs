@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Commands: `env`, `args`, `pwd`, `cat FILE..` (`-`: stdin), `lines` (echo each line of
-//! stdin as it arrives, until it ends), `ls DIR`, `write FILE TEXT..`, `append FILE TEXT..`,
+//! stdin as it arrives, until it ends), `tick MS` (print `tick N` every MS milliseconds, forever), `ls DIR`, `write FILE TEXT..`, `append FILE TEXT..`,
 //! `sleep MS`, `exit CODE`, `panic MSG..`, `connect HOST:PORT TEXT..` (send, print the reply), `produce FILE` (append a numbered line every 200 ms,
 //! forever), `consume FILE` (print the file's new lines as they arrive, forever), `forever`
 //! (idle forever), `serve PORT [ADDR]` (answer every connection with one line naming the local
@@ -58,6 +58,14 @@ fn run(cmd: &str, rest: &[String]) -> std::io::Result<()> {
                 }
             }
             println!();
+        }
+        "tick" => {
+            // A numbered line every MS milliseconds, forever (a log to follow).
+            let ms = number(rest)?;
+            for n in 1.. {
+                println!("tick {n}");
+                std::thread::sleep(Duration::from_millis(ms));
+            }
         }
         "lines" => {
             // Each line of stdin as it arrives (`kubectl attach -i`), until stdin ends.
