@@ -413,11 +413,15 @@ impl Cluster {
             ..Default::default()
         };
         adjust(&mut config);
-        let client = self.client.clone();
+        // Through the client crate, as `wasmkube up` connects them (its retry policy included).
+        let source = wasmkube_client::Source::kubeconfig(&self.kubeconfig);
         let token = shutdown.clone();
-        tokio::spawn(
-            async move { wasmkube_controllers::run_with_client(client, &config, token).await },
-        );
+        tokio::spawn(async move {
+            match wasmkube_client::connect(&source).await {
+                Ok(c) => wasmkube_controllers::run_with_client(c.client, &config, token).await,
+                Err(e) => tracing::error!(error = %e, "the controllers cannot connect"),
+            }
+        });
         Background(shutdown)
     }
 

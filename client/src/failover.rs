@@ -68,15 +68,47 @@ impl Default for Timings {
     }
 }
 
-/// One server's client: kube-rs's default stack with its 429/503/504 retry policy (honouring
-/// `Retry-After`) in front.
+/// kube-rs's retry policy (429/503/504, exponential back-off, honouring `Retry-After`), except
+/// that a 429 without `Retry-After` is an answer, not overload — a refused eviction (its
+/// disruption budget) comes back at once, as client-go returns it, instead of after minutes.
+#[derive(Clone)]
+struct Retry(RetryPolicy);
+
+impl<Res> tower::retry::Policy<Request<Body>, Response<Res>, BoxError> for Retry {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<Body>,
+        result: &mut Result<Response<Res>, BoxError>,
+    ) -> Option<Self::Future> {
+        if let Ok(resp) = result
+            && resp.status() == http::StatusCode::TOO_MANY_REQUESTS
+            && !resp.headers().contains_key(http::header::RETRY_AFTER)
+        {
+            return None;
+        }
+        self.0.retry(req, result)
+    }
+
+    fn clone_request(&mut self, req: &Request<Body>) -> Option<Request<Body>> {
+        <RetryPolicy as tower::retry::Policy<Request<Body>, Response<Res>, BoxError>>::clone_request(
+            &mut self.0,
+            req,
+        )
+    }
+}
+
+/// One server's client: kube-rs's default stack with [`Retry`] in front.
 fn server_client(config: &kube::Config, url: Uri) -> Result<kube::Client, Error> {
     let mut config = config.clone();
     config.cluster_url = url;
+    // Ours instead of kube-rs's own (which would retry a 429 without `Retry-After` first).
+    config.default_retry = false;
     let builder = ClientBuilder::try_from(config).map_err(Error::Client)?;
     Ok(builder
         .with_layer(&BufferLayer::new(1024))
-        .with_layer(&RetryLayer::new(RetryPolicy::server_retry()))
+        .with_layer(&RetryLayer::new(Retry(RetryPolicy::server_retry())))
         .build())
 }
 
@@ -424,6 +456,26 @@ impl http_body::Body for Watched {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_429_without_retry_after_is_an_answer_and_overload_is_retried() {
+        use tower::retry::Policy as _;
+        let outcome = |status: u16, retry_after: Option<&str>| {
+            let mut resp = Response::builder().status(status);
+            if let Some(v) = retry_after {
+                resp = resp.header(http::header::RETRY_AFTER, v);
+            }
+            let mut result: Result<Response<()>, BoxError> = Ok(resp.body(()).unwrap());
+            let mut req = Request::builder().uri("/x").body(Body::empty()).unwrap();
+            Retry(RetryPolicy::server_retry())
+                .retry(&mut req, &mut result)
+                .is_some()
+        };
+        assert!(!outcome(429, None), "a refused eviction comes back at once");
+        assert!(outcome(429, Some("1")), "overload is waited out");
+        assert!(outcome(503, None) && outcome(504, None));
+        assert!(!outcome(409, None) && !outcome(200, None));
+    }
 
     /// A plain-HTTP "API server" that answers every request with `/version`'s shape.
     async fn version_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {

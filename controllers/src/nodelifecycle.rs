@@ -18,7 +18,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, EvictParams, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -187,6 +187,9 @@ impl Monitor {
             .await?;
             tracing::info!(node = %name, "node stopped reporting: conditions Unknown");
         }
+        if taint.is_some() {
+            self.mark_pods_not_ready(&name, now).await;
+        }
         let existing: Vec<Taint> = node
             .spec
             .as_ref()
@@ -273,15 +276,88 @@ impl Monitor {
             if now.duration_since(*since).unsigned_abs() < tolerate {
                 continue;
             }
+            self.evict_pod(&pod).await;
+        }
+    }
+
+    /// Evicts one pod through `pods/eviction`, so a PodDisruptionBudget that selects it has its
+    /// say. A pod the budget refuses that is not Ready any more (its node stopped answering)
+    /// is already unavailable: it is deleted, as the taint manager does, with the
+    /// `DisruptionTarget` condition saying why.
+    async fn evict_pod(&self, pod: &Pod) {
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            &pod.namespace().unwrap_or_else(|| "default".into()),
+        );
+        let name = pod.name_any();
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        match api.evict(&name, &EvictParams::default()).await {
+            Ok(_) => tracing::info!(pod = %name, ?node, "evicted from a NoExecute-tainted node"),
+            Err(kube::Error::Api(e)) if e.code == 429 && !crate::pod_ready(pod) => {
+                let condition = json!({"status": {"conditions": [{
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": "DeletionByTaintManager",
+                    "message": "Taint manager: deleting due to NoExecute taint",
+                    "lastTransitionTime": Timestamp::now().to_string(),
+                }]}});
+                if let Err(e) = api
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(&condition),
+                    )
+                    .await
+                {
+                    tracing::debug!(pod = %name, error = %e, "could not mark the pod's disruption");
+                }
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => {
+                        tracing::info!(pod = %name, ?node, "deleted an unavailable pod its budget would not let go")
+                    }
+                    Err(e) => tracing::debug!(pod = %name, error = %e, "deletion failed"),
+                }
+            }
+            Err(kube::Error::Api(e)) if e.code == 429 => {
+                tracing::info!(pod = %name, ?node, message = %e.message, "eviction refused by its disruption budget; retrying");
+            }
+            Err(e) => tracing::debug!(pod = %name, error = %e, "eviction failed"),
+        }
+    }
+
+    /// Sets `Ready` to `False` on the pods of a node that is not Ready itself
+    /// (`MarkPodsNotReady`): their endpoints stop taking traffic and budgets stop counting them
+    /// as healthy.
+    async fn mark_pods_not_ready(&self, node: &str, now: Timestamp) {
+        for pod in self.pods.state() {
+            if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node)
+                || !crate::pod_ready(&pod)
+            {
+                continue;
+            }
             let api: Api<Pod> = Api::namespaced(
                 self.client.clone(),
                 &pod.namespace().unwrap_or_else(|| "default".into()),
             );
-            match api.delete(&pod.name_any(), &DeleteParams::default()).await {
+            let patch = json!({"status": {"conditions": [{
+                "type": "Ready",
+                "status": "False",
+                "lastTransitionTime": now.to_string(),
+            }]}});
+            match api
+                .patch_status(
+                    &pod.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Strategic(&patch),
+                )
+                .await
+            {
                 Ok(_) => {
-                    tracing::info!(pod = %pod.name_any(), node = ?pod.spec.as_ref().and_then(|s| s.node_name.clone()), "evicted from an unreachable node")
+                    tracing::info!(pod = %pod.name_any(), node, "marked not Ready: its node is not Ready")
                 }
-                Err(e) => tracing::debug!(error = %e, "eviction failed"),
+                Err(e) => {
+                    tracing::debug!(pod = %pod.name_any(), error = %e, "could not mark the pod not Ready")
+                }
             }
         }
     }

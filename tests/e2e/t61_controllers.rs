@@ -318,14 +318,26 @@ async fn a_silent_node_goes_unknown_and_its_pods_come_back_on_the_others() -> Re
     let c = &cluster.client;
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
     let sets: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
-    sets.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "web"},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
-        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": image, "args": ["forever"]}]}}}}))?).await?;
+    // `guarded` has a budget that cannot be met once its node is gone.
+    for app in ["web", "guarded"] {
+        sets.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": app},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": app}},
+            "template": {"metadata": {"labels": {"app": app}}, "spec": {"containers": [{"name": "c", "image": image, "args": ["forever"]}]}}}}))?).await?;
+    }
+    let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(c.clone(), "default");
+    budgets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "guarded"},
+                "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "guarded"}}}}))?,
+        )
+        .await?;
     let on = |node: &'static str| {
         let pods = pods.clone();
         async move {
             let list = pods
-                .list(&ListParams::default().labels("app=web"))
+                .list(&ListParams::default().labels("app in (web, guarded)"))
                 .await
                 .map(|l| l.items)
                 .unwrap_or_default();
@@ -336,8 +348,8 @@ async fn a_silent_node_goes_unknown_and_its_pods_come_back_on_the_others() -> Re
                 .count()
         }
     };
-    wait_for("both pods on the first node", SLOW, || async {
-        (on("doomed").await == 2).then_some(())
+    wait_for("all four pods on the first node", SLOW, || async {
+        (on("doomed").await == 4).then_some(())
     })
     .await?;
     let survivor = cluster.start_node("survivor").await?;
@@ -373,7 +385,7 @@ async fn a_silent_node_goes_unknown_and_its_pods_come_back_on_the_others() -> Re
         .and_then(|c| c.reason);
     assert_eq!(reason.as_deref(), Some("NodeStatusUnknown"));
     let back = wait_for("the pods to come back on the survivor", SLOW, || async {
-        (on("survivor").await == 2).then_some(())
+        (on("survivor").await == 4).then_some(())
     })
     .await;
     if back.is_err() {
@@ -388,6 +400,36 @@ async fn a_silent_node_goes_unknown_and_its_pods_come_back_on_the_others() -> Re
         }
     }
     back?;
+    // The old pods, Terminating on the silent node: marked not Ready, and gone through
+    // `pods/eviction` — allowed without a budget, or (already unavailable) deleted when their
+    // budget refused.
+    for p in pods
+        .list(&ListParams::default().labels("app in (web, guarded)"))
+        .await?
+        .items
+    {
+        if p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some("doomed") {
+            continue;
+        }
+        let conditions = p.status.and_then(|s| s.conditions).unwrap_or_default();
+        let of = |t: &str| conditions.iter().find(|c| c.type_ == t);
+        assert_eq!(
+            of("Ready").map(|c| c.status.as_str()),
+            Some("False"),
+            "{conditions:?}"
+        );
+        let app = p.metadata.labels.unwrap_or_default()["app"].clone();
+        let expected = if app == "web" {
+            "EvictionByEvictionAPI"
+        } else {
+            "DeletionByTaintManager"
+        };
+        assert_eq!(
+            of("DisruptionTarget").and_then(|c| c.reason.as_deref()),
+            Some(expected),
+            "{app}: {conditions:?}"
+        );
+    }
     survivor.stop().await
 }
 

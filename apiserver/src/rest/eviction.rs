@@ -75,11 +75,57 @@ impl Apiserver {
         if !ignore_budget {
             self.take_disruption(t, name, &pod, opts.dry_run).await?;
         }
+        if !opts.dry_run && pod.pointer("/metadata/deletionTimestamp").is_none() {
+            self.mark_disruption_target(t, name).await?;
+        }
         self.delete(t, &opts).await?;
         Ok(respond_json(
             StatusCode::CREATED,
             &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
             &[],
+        ))
+    }
+
+    /// Records on the pod why it is going, as kube-apiserver does before an eviction deletes:
+    /// the `DisruptionTarget` condition (`EvictionByEvictionAPI`).
+    async fn mark_disruption_target(&self, pods: &Target, name: &str) -> Result<(), ApiError> {
+        let target = Target {
+            subresource: Some("status".into()),
+            ..pods.clone()
+        };
+        for _ in 0..16 {
+            let cur = self.load(&target, name).await?;
+            let mut new = cur.value.clone();
+            let condition = json!({
+                "type": "DisruptionTarget",
+                "status": "True",
+                "reason": "EvictionByEvictionAPI",
+                "message": "Eviction API: evicting",
+                "lastTransitionTime": now(),
+            });
+            let conditions = new["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let mut conditions: Vec<Value> = conditions
+                .into_iter()
+                .filter(|c| c["type"] != "DisruptionTarget")
+                .collect();
+            conditions.push(condition);
+            new["status"]["conditions"] = Value::Array(conditions);
+            match self
+                .commit_update(&target, &Params::internal(), &cur, new)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.code == 409 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::new(
+            429,
+            "TooManyRequests",
+            "too many concurrent updates of the pod; please retry",
         ))
     }
 
