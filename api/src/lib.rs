@@ -21,6 +21,11 @@ pub mod resource;
 pub mod selector;
 pub mod services;
 
+/// The reason of the `Ready=False` condition the node lifecycle controller puts on the pods of
+/// a node that stopped reporting. The node's wasmlet, back in touch, sees it on its pods and
+/// writes their status again (the kubelet's periodic status sync does the same upstream).
+pub const NODE_UNREACHABLE_REASON: &str = "NodeUnreachable";
+
 pub use resource::{ResourceInfo, Scope};
 
 /// The token of an `Authorization` header value, parsed as kube-apiserver's bearer-token

@@ -15,7 +15,11 @@ use crate::registry::Registry;
 /// The generated documents, keyed by `api/v1` or `apis/{group}/{version}`.
 pub(crate) struct OpenApi {
     docs: BTreeMap<String, (Vec<u8>, String)>,
+    /// `/openapi/v2` (JSON, protobuf), made from `docs` when first asked for.
+    v2: std::sync::OnceLock<(Vec<u8>, Vec<u8>)>,
 }
+
+pub(crate) mod v2;
 
 fn param(name: &str, description: &str, ty: &str) -> Value {
     json!({"name": name, "in": "query", "description": description, "schema": {"type": ty, "uniqueItems": true}})
@@ -213,7 +217,32 @@ impl OpenApi {
             bytes.hash(&mut h);
             docs.insert(gv, (bytes, format!("{:016X}", h.finish())));
         }
-        OpenApi { docs }
+        OpenApi {
+            docs,
+            v2: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `/openapi/v2` as JSON and as gnostic protobuf: every group version in one Swagger 2.0
+    /// document.
+    pub(crate) fn v2(&self) -> &(Vec<u8>, Vec<u8>) {
+        self.v2.get_or_init(|| {
+            let docs: Vec<Value> = self
+                .docs
+                .values()
+                .filter_map(|(bytes, _)| serde_json::from_slice(bytes).ok())
+                .collect();
+            let version = format!(
+                "v{}.{}.0",
+                crate::discovery::KUBE_MAJOR,
+                crate::discovery::KUBE_MINOR
+            );
+            let doc = v2::swagger(docs.iter(), &version);
+            (
+                serde_json::to_vec(&doc).expect("JSON serializes"),
+                v2::protobuf(&doc),
+            )
+        })
     }
 
     /// `/openapi/v3`: where each group version's document is.
@@ -235,31 +264,6 @@ impl OpenApi {
     pub(crate) fn doc(&self, gv: &str) -> Option<&[u8]> {
         self.docs.get(gv).map(|(b, _)| b.as_slice())
     }
-}
-
-/// `/openapi/v2`: a Swagger 2.0 document in gnostic's protobuf encoding, which kubectl up to
-/// 1.28 fetches (and requires to parse) before `apply`. It names the API but carries no
-/// definitions: kubectl skips client-side schema checks for kinds it cannot find and the
-/// server still validates, warning about unknown fields. kubectl 1.29 and later use the v3
-/// documents above.
-pub(crate) fn v2_protobuf() -> Vec<u8> {
-    fn field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
-        out.push((number << 3) | 2); // length-delimited
-        out.push(u8::try_from(bytes.len()).expect("short field"));
-        out.extend_from_slice(bytes);
-    }
-    let mut info = Vec::new();
-    field(&mut info, 1, b"Kubernetes"); // Info.title
-    let version = format!(
-        "v{}.{}.0",
-        crate::discovery::KUBE_MAJOR,
-        crate::discovery::KUBE_MINOR
-    );
-    field(&mut info, 2, version.as_bytes()); // Info.version
-    let mut doc = Vec::new();
-    field(&mut doc, 1, b"2.0"); // Document.swagger
-    field(&mut doc, 2, &info); // Document.info
-    doc
 }
 
 #[cfg(test)]

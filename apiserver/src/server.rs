@@ -325,12 +325,25 @@ async fn route(
         }
         (&Method::GET, "/openapi/v3") => get(s.api.openapi().index()),
         (&Method::GET, "/openapi/v2") => {
-            let mut resp = (StatusCode::OK, crate::openapi::v2_protobuf()).into_response();
+            // Protobuf when asked for (kubectl, client-go), else JSON, as kube-apiserver.
+            let openapi = s.api.openapi();
+            let (json, pb) = openapi.v2();
+            let protobuf = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("protobuf"));
+            let (body, content_type) = if protobuf {
+                (
+                    pb.clone(),
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                )
+            } else {
+                (json.clone(), "application/json")
+            };
+            let mut resp = (StatusCode::OK, body).into_response();
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
-                axum::http::HeaderValue::from_static(
-                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
-                ),
+                axum::http::HeaderValue::from_static(content_type),
             );
             Ok(resp)
         }

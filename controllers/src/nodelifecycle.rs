@@ -187,7 +187,7 @@ impl Monitor {
             .await?;
             tracing::info!(node = %name, "node stopped reporting: conditions Unknown");
         }
-        if taint.is_some() {
+        if silent {
             self.mark_pods_not_ready(&name, now).await;
         }
         let existing: Vec<Taint> = node
@@ -325,9 +325,9 @@ impl Monitor {
         }
     }
 
-    /// Sets `Ready` to `False` on the pods of a node that is not Ready itself
+    /// Sets `Ready` to `False` on the pods of a node that stopped reporting
     /// (`MarkPodsNotReady`): their endpoints stop taking traffic and budgets stop counting them
-    /// as healthy.
+    /// as healthy. (A node that reports NotReady reports its pods itself.)
     async fn mark_pods_not_ready(&self, node: &str, now: Timestamp) {
         for pod in self.pods.state() {
             if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node)
@@ -342,6 +342,8 @@ impl Monitor {
             let patch = json!({"status": {"conditions": [{
                 "type": "Ready",
                 "status": "False",
+                "reason": wasmkube_api::NODE_UNREACHABLE_REASON,
+                "message": "the pod's node stopped reporting",
                 "lastTransitionTime": now.to_string(),
             }]}});
             match api

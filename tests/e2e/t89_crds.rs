@@ -400,6 +400,20 @@ async fn a_custom_resource_definition_should_be_served_validated_and_deleted_wit
             ok && out.contains("size") && out.contains("color"),
             "kubectl explain widgets.spec: {out} {err}"
         );
+        // kubectl 1.27 reads the Swagger 2.0 document (`/openapi/v2`, gnostic protobuf): the
+        // custom kind and the built-in ones, references followed into nested fields.
+        let old = wasmkube_tests::kubectl_version("1.27").expect("kubectl");
+        for (path, want) in [
+            ("widgets.spec", "size"),
+            ("pods.spec.containers.ports", "containerPort"),
+        ] {
+            let (ok, out, err) =
+                run_kubectl(&old, kc, &["explain", path, "--output=plaintext-openapiv2"]).await?;
+            ensure!(
+                ok && out.contains(want),
+                "kubectl 1.27 explain {path} from /openapi/v2: {out} {err}"
+            );
+        }
     } else {
         eprintln!(
             "SKIPPED: kubectl is not installed; kubectl get of a custom resource not exercised"

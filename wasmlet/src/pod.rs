@@ -102,6 +102,19 @@ async fn start_failed(tx: &mpsc::Sender<Internal>, container: usize, message: St
     let _ = tx.send(Internal::Event(failed)).await;
 }
 
+/// Whether the node lifecycle controller marked `pod` not Ready because its node stopped
+/// reporting.
+fn marked_unreachable(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.type_ == "Ready" && c.reason.as_deref() == Some(wasmkube_api::NODE_UNREACHABLE_REASON)
+        })
+}
+
 /// Runs the pod until it has been removed from the API (or vanished from it). `updates`
 /// carries the latest pod object; `None` means the pod is gone from the API.
 pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<Arc<Pod>>>) {
@@ -446,6 +459,11 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                 match latest {
                     Some(p) => {
                         let deleted = p.metadata.deletion_timestamp.is_some();
+                        // The control plane lost this node for a while and marked the pod not
+                        // Ready: now that it hears from it again, say what is true.
+                        if marked_unreachable(&p) && last_status.is_some() {
+                            let _ = status_tx.send(last_status.clone());
+                        }
                         pod = p;
                         if deleted {
                             pending.push_back(PodEvent::Delete);
