@@ -823,3 +823,43 @@ async fn a_replication_controller_keeps_and_scales_its_pods() -> Result<()> {
     .await?;
     node.stop().await
 }
+
+#[tokio::test]
+async fn a_wasmlet_back_in_touch_reports_the_pods_the_control_plane_marked_unreachable()
+-> Result<()> {
+    let cluster = Cluster::start().await?;
+    let node = cluster.start_node("n1").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let pods = crate::t50_wasmlet::create_pod(
+        &cluster.client,
+        &node.name,
+        "steady",
+        json!({"containers": [{"name": "c", "image": image, "args": ["forever"]}]}),
+    )
+    .await?;
+    let ready = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    crate::t50_wasmlet::wait_pod(&pods, "steady", "Ready", |p| {
+        ready(p).is_some_and(|(s, _)| s == "True")
+    })
+    .await?;
+    // What the node lifecycle controller writes while it cannot hear from the node.
+    let mark = json!({"status": {"conditions": [{"type": "Ready", "status": "False",
+        "reason": wasmkube_api::NODE_UNREACHABLE_REASON}]}});
+    pods.patch_status("steady", &PatchParams::default(), &Patch::Strategic(&mark))
+        .await?;
+    let pod = crate::t50_wasmlet::wait_pod(&pods, "steady", "Ready again from its wasmlet", |p| {
+        ready(p).is_some_and(|(s, _)| s == "True")
+    })
+    .await?;
+    assert_ne!(
+        ready(&pod).and_then(|(_, r)| r).as_deref(),
+        Some(wasmkube_api::NODE_UNREACHABLE_REASON)
+    );
+    node.stop().await
+}
