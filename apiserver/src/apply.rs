@@ -123,7 +123,7 @@ impl Apiserver {
         }
         let manager = manager_of(q);
         let subresource = t.subresource.clone().filter(|s| s == "status");
-        let present = fieldset::of_object(new, true);
+        let present = fieldset::of_object(new, true, &|p, f| t.kind.list_type(p, f));
         let changed: FieldSet = present
             .iter()
             .filter(|p| {
@@ -215,7 +215,7 @@ impl Apiserver {
         }
         let (canonical, warnings) = self.canonical(t, &applied, &[], q)?;
         let status = t.subresource.as_deref() == Some("status");
-        let mut owned = fieldset::of_object(&applied, status);
+        let mut owned = fieldset::of_object(&applied, status, &|p, f| t.kind.list_type(p, f));
         owned.retain(|p| fieldset::value_at(&canonical, p).is_some());
         if status {
             // An apply to /status owns only status fields.
@@ -336,7 +336,9 @@ impl Apiserver {
                 )
             });
         }
-        patch::strategic_merge(&mut merged, &patch_obj, &mut Vec::new())?;
+        patch::merge_by(&mut merged, &patch_obj, &mut Vec::new(), &|p, f| {
+            t.kind.list_type(p, f)
+        })?;
         for p in previous.difference(owned) {
             if !others.contains(p) {
                 fieldset::remove(&mut merged, p);

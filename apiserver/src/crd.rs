@@ -250,6 +250,13 @@ impl Kind for CustomKind {
         self.scale.as_ref()
     }
 
+    fn list_type(&self, path: &[String], field: &str) -> crate::patch::ListType {
+        if path.first().is_some_and(|p| p == "metadata") {
+            return crate::patch::builtin_list_type(path, field);
+        }
+        schema::list_type(&self.schema, path, field)
+    }
+
     fn row(&self, obj: &Value) -> Vec<Value> {
         let mut cells = vec![obj["metadata"]["name"].clone()];
         for (column, path) in &self.columns {

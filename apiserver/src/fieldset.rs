@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
-use crate::patch::merge_key;
+use crate::patch::{ListType, ListTypes};
 
 /// One path to a leaf.
 pub(crate) type FieldPath = Vec<String>;
@@ -43,16 +43,18 @@ fn field_names(path: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn key_token(mk: &str, item: &Value) -> Option<String> {
-    let kv = item.get(mk)?;
+/// `k:{"key":value,...}` for an item of a keyed list (`None` when it lacks a key).
+fn key_token(keys: &[String], item: &Value) -> Option<String> {
     let mut m = Map::new();
-    m.insert(mk.to_string(), kv.clone());
+    for k in keys {
+        m.insert(k.clone(), item.get(k)?.clone());
+    }
     Some(format!("k:{}", Value::Object(m)))
 }
 
-/// The leaf paths set in `obj`. With `include_status`, `status` is walked too (for the
-/// status subresource).
-pub(crate) fn of_object(obj: &Value, include_status: bool) -> FieldSet {
+/// The leaf paths set in `obj`, whose lists are of the types `lists` says. With
+/// `include_status`, `status` is walked too (for the status subresource).
+pub(crate) fn of_object(obj: &Value, include_status: bool, lists: ListTypes<'_>) -> FieldSet {
     let mut out = FieldSet::new();
     let mut path = Vec::new();
     if let Value::Object(m) = obj {
@@ -60,13 +62,13 @@ pub(crate) fn of_object(obj: &Value, include_status: bool) -> FieldSet {
             if ignored(&path, k) && !(include_status && k == "status") {
                 continue;
             }
-            walk(k, v, &mut path, &mut out);
+            walk(k, v, &mut path, &mut out, lists);
         }
     }
     out
 }
 
-fn walk(key: &str, v: &Value, path: &mut FieldPath, out: &mut FieldSet) {
+fn walk(key: &str, v: &Value, path: &mut FieldPath, out: &mut FieldSet, lists: ListTypes<'_>) {
     let names = field_names(path);
     path.push(format!("f:{key}"));
     match v {
@@ -75,26 +77,26 @@ fn walk(key: &str, v: &Value, path: &mut FieldPath, out: &mut FieldSet) {
                 if ignored(path, k) {
                     continue;
                 }
-                walk(k, child, path, out);
+                walk(k, child, path, out, lists);
             }
         }
-        Value::Array(items) => match merge_key(&names, key) {
-            Some(mk) if items.iter().all(|i| i.get(mk).is_some()) && !items.is_empty() => {
+        Value::Array(items) if !items.is_empty() => match lists(&names, key) {
+            ListType::Map(keys) if items.iter().all(|i| key_token(&keys, i).is_some()) => {
                 for item in items {
-                    let token = key_token(mk, item).expect("checked above");
+                    let token = key_token(&keys, item).expect("checked above");
                     path.push(token);
                     let mut dot = path.clone();
                     dot.push(".".into());
                     out.insert(dot);
                     if let Value::Object(m) = item {
                         for (k, child) in m {
-                            walk(k, child, path, out);
+                            walk(k, child, path, out, lists);
                         }
                     }
                     path.pop();
                 }
             }
-            _ if key == "finalizers" && !items.is_empty() => {
+            ListType::Set => {
                 for item in items {
                     let mut p = path.clone();
                     p.push(format!("v:{item}"));
@@ -260,7 +262,7 @@ mod tests {
         let obj = json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "d", "labels": {"app": "x"}, "finalizers": ["a/b"]},
             "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "web", "image": "w:1", "args": ["-v"]}]}}}});
-        let set = of_object(&obj, false);
+        let set = of_object(&obj, false, &crate::patch::builtin_list_type);
         let leaves: Vec<String> = set.iter().map(|p| display(p)).collect();
         assert!(leaves.contains(&".spec.replicas".to_string()));
         assert!(leaves.contains(&".spec.template.spec.containers[name=\"web\"].image".to_string()));

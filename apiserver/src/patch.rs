@@ -135,6 +135,35 @@ fn merges_primitives(field: &str) -> bool {
     matches!(field, "finalizers")
 }
 
+/// How a list field merges and which of its parts a manager owns (`x-kubernetes-list-type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListType {
+    /// Items are objects told apart by these keys (`map`, `x-kubernetes-list-map-keys`; a
+    /// built-in kind's patch merge key).
+    Map(Vec<String>),
+    /// Items are scalars, each present once (`set`).
+    Set,
+    /// The list is one value, replaced whole (`atomic`).
+    Atomic,
+}
+
+/// The list type of field `field` below the fields `path`, of some kind.
+pub(crate) type ListTypes<'a> = &'a dyn Fn(&[String], &str) -> ListType;
+
+/// The built-in kinds' list types: their patch merge keys, `finalizers` as a set.
+pub(crate) fn builtin_list_type(path: &[String], field: &str) -> ListType {
+    match merge_key(path, field) {
+        Some(k) => ListType::Map(vec![k.to_owned()]),
+        None if merges_primitives(field) => ListType::Set,
+        None => ListType::Atomic,
+    }
+}
+
+/// Whether `item` has `keys` with the values `of` has.
+fn same_key(keys: &[String], item: &Value, of: &Map<String, Value>) -> bool {
+    keys.iter().all(|k| item.get(k) == of.get(k))
+}
+
 fn directive_err(msg: String) -> ApiError {
     ApiError::bad_request(format!("unable to apply strategic merge patch: {msg}"))
 }
@@ -144,6 +173,16 @@ pub(crate) fn strategic_merge(
     doc: &mut Value,
     patch: &Map<String, Value>,
     path: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    merge_by(doc, patch, path, &builtin_list_type)
+}
+
+/// [`strategic_merge`] with the list types `lists` (a custom kind's, from its schema).
+pub(crate) fn merge_by(
+    doc: &mut Value,
+    patch: &Map<String, Value>,
+    path: &mut Vec<String>,
+    lists: ListTypes<'_>,
 ) -> Result<(), ApiError> {
     match patch.get("$patch").and_then(Value::as_str) {
         Some("replace") => {
@@ -182,7 +221,7 @@ pub(crate) fn strategic_merge(
             continue;
         }
         path.push(key.clone());
-        let result = merge_field(obj, key, pv, patch, path);
+        let result = merge_field(obj, key, pv, patch, path, lists);
         path.pop();
         result?;
     }
@@ -195,12 +234,13 @@ fn merge_field(
     pv: &Value,
     patch: &Map<String, Value>,
     path: &mut Vec<String>,
+    lists: ListTypes<'_>,
 ) -> Result<(), ApiError> {
     let parent = &path[..path.len() - 1];
     match pv {
         Value::Object(pm) => {
             let cur = obj.entry(key.to_string()).or_insert(Value::Null);
-            strategic_merge(cur, pm, path)?;
+            merge_by(cur, pm, path, lists)?;
             if cur.is_null() {
                 obj.remove(key);
             }
@@ -209,7 +249,8 @@ fn merge_field(
             let order = patch
                 .get(&format!("$setElementOrder/{key}"))
                 .and_then(Value::as_array);
-            if let Some(mk) = merge_key(parent, key) {
+            let list_type = lists(parent, key);
+            if let ListType::Map(keys) = &list_type {
                 let replace = items
                     .iter()
                     .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"));
@@ -224,21 +265,21 @@ fn merge_field(
                     if im.get("$patch").and_then(Value::as_str) == Some("replace") {
                         continue;
                     }
-                    let Some(kv) = im.get(mk) else {
+                    if let Some(missing) = keys.iter().find(|k| !im.contains_key(k.as_str())) {
                         return Err(directive_err(format!(
-                            "map: {im:?} does not contain declared merge key: {mk}"
+                            "map: {im:?} does not contain declared merge key: {missing}"
                         )));
-                    };
-                    let pos = cur.iter().position(|c| c.get(mk) == Some(kv));
+                    }
+                    let pos = cur.iter().position(|c| same_key(keys, c, im));
                     if im.get("$patch").and_then(Value::as_str) == Some("delete") {
-                        cur.retain(|c| c.get(mk) != Some(kv));
+                        cur.retain(|c| !same_key(keys, c, im));
                         continue;
                     }
                     match pos {
-                        Some(i) => strategic_merge(&mut cur[i], im, path)?,
+                        Some(i) => merge_by(&mut cur[i], im, path, lists)?,
                         None => {
                             let mut fresh = Value::Object(Map::new());
-                            strategic_merge(&mut fresh, im, path)?;
+                            merge_by(&mut fresh, im, path, lists)?;
                             cur.push(fresh);
                         }
                     }
@@ -247,13 +288,18 @@ fn merge_field(
                     let rank = |v: &Value| {
                         order
                             .iter()
-                            .position(|o| o.get(mk).is_some() && o.get(mk) == v.get(mk))
+                            .position(|o| {
+                                o.as_object().is_some_and(|o| {
+                                    keys.iter().all(|k| o.contains_key(k.as_str()))
+                                        && same_key(keys, v, o)
+                                })
+                            })
                             .unwrap_or(usize::MAX)
                     };
                     cur.sort_by_key(|v| rank(v));
                 }
                 obj.insert(key.to_string(), Value::Array(cur));
-            } else if merges_primitives(key) {
+            } else if list_type == ListType::Set {
                 let mut cur = match obj.remove(key) {
                     Some(Value::Array(a)) => a,
                     _ => Vec::new(),

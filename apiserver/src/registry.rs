@@ -215,6 +215,12 @@ pub trait Kind: Send + Sync {
     fn scale_paths(&self) -> Option<&ScalePaths> {
         None
     }
+    /// How the list field `field` below the fields `path` merges in server-side apply (and
+    /// which of its parts a manager owns): the built-in kinds' patch merge keys, or a custom
+    /// kind's `x-kubernetes-list-type`.
+    fn list_type(&self, path: &[String], field: &str) -> crate::patch::ListType {
+        crate::patch::builtin_list_type(path, field)
+    }
 }
 
 /// Where a custom resource keeps what its `scale` subresource shows, as JSON pointers.

@@ -605,3 +605,114 @@ async fn custom_resources_should_be_garbage_collected_and_go_with_their_namespac
     ensure!(widgets.get_opt("left").await?.is_none());
     cluster.stop().await
 }
+
+#[tokio::test]
+async fn server_side_apply_should_merge_custom_lists_by_their_list_type() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let c = cluster.client.clone();
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    let list = |extra: serde_json::Value| {
+        let mut s = json!({"type": "array"});
+        s.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        s
+    };
+    crds.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "routes.example.wasmkube.io"},
+            "spec": {"group": "example.wasmkube.io", "scope": "Namespaced",
+                "names": {"plural": "routes", "singular": "route", "kind": "Route"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                        "spec": {"type": "object", "properties": {
+                            "ports": list(json!({
+                                "x-kubernetes-list-type": "map",
+                                "x-kubernetes-list-map-keys": ["name", "protocol"],
+                                "items": {"type": "object", "required": ["name", "protocol"],
+                                    "properties": {"name": {"type": "string"},
+                                        "protocol": {"type": "string"},
+                                        "port": {"type": "integer"}}}})),
+                            "tags": list(json!({"x-kubernetes-list-type": "set",
+                                "items": {"type": "string"}})),
+                            "hosts": list(json!({"items": {"type": "string"}}))
+                        }}}}}}]}
+        }))?,
+    )
+    .await?;
+    established(&crds, "routes.example.wasmkube.io").await?;
+    let ar = kube::discovery::ApiResource {
+        group: "example.wasmkube.io".into(),
+        version: "v1".into(),
+        api_version: "example.wasmkube.io/v1".into(),
+        kind: "Route".into(),
+        plural: "routes".into(),
+    };
+    let routes: Api<kube::core::DynamicObject> = Api::namespaced_with(c.clone(), "default", &ar);
+    let apply = |manager: &'static str, spec: serde_json::Value, force: bool| {
+        let routes = routes.clone();
+        async move {
+            let obj = json!({"apiVersion": "example.wasmkube.io/v1", "kind": "Route",
+                "metadata": {"name": "r"}, "spec": spec});
+            let mut pp = PatchParams::apply(manager);
+            pp.force = force;
+            routes.patch("r", &pp, &Patch::Apply(&obj)).await
+        }
+    };
+    // Two managers own one item each of a `map` list (two keys) and a `set`.
+    apply(
+        "alpha",
+        json!({"ports": [{"name": "web", "protocol": "TCP", "port": 80}], "tags": ["a"]}),
+        false,
+    )
+    .await?;
+    let r = apply(
+        "beta",
+        json!({"ports": [{"name": "web", "protocol": "UDP", "port": 81}], "tags": ["b"]}),
+        false,
+    )
+    .await?;
+    let spec = &r.data["spec"];
+    assert_eq!(
+        spec["ports"],
+        json!([{"name": "web", "protocol": "TCP", "port": 80},
+               {"name": "web", "protocol": "UDP", "port": 81}]),
+        "items told apart by both keys"
+    );
+    assert_eq!(spec["tags"], json!(["a", "b"]));
+    let managed = serde_json::to_value(r.metadata.managed_fields.unwrap_or_default())?;
+    let beta = managed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["manager"] == "beta")
+        .expect("beta's entry");
+    assert!(
+        beta["fieldsV1"]["f:spec"]["f:ports"]
+            .as_object()
+            .is_some_and(|o| o.contains_key(r#"k:{"name":"web","protocol":"UDP"}"#)),
+        "beta owns its item by both keys: {beta}"
+    );
+    // alpha drops its item: beta's stays.
+    let r = apply("alpha", json!({"tags": ["a"]}), false).await?;
+    assert_eq!(
+        r.data["spec"]["ports"],
+        json!([{"name": "web", "protocol": "UDP", "port": 81}])
+    );
+    // An `atomic` list (the default) is one value: another manager's differing list conflicts.
+    apply("alpha", json!({"tags": ["a"], "hosts": ["x"]}), false).await?;
+    let err = apply(
+        "beta",
+        json!({"ports": [{"name": "web", "protocol": "UDP", "port": 81}],
+        "tags": ["b"], "hosts": ["y"]}),
+        false,
+    )
+    .await
+    .expect_err("a conflict over the atomic list");
+    ensure!(
+        matches!(&err, kube::Error::Api(e) if e.code == 409 && e.message.contains(".spec.hosts")),
+        "{err}"
+    );
+    Ok(())
+}

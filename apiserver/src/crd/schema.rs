@@ -643,9 +643,73 @@ fn validate_object(
     }
 }
 
+/// The `x-kubernetes-list-type` of the list `field` below the fields `path` (list items are
+/// passed through): `map` by its `x-kubernetes-list-map-keys`, `set`, or `atomic` — the
+/// default, as in kube-apiserver, for a list that declares none.
+pub(crate) fn list_type(schema: &Value, path: &[String], field: &str) -> crate::patch::ListType {
+    use crate::patch::ListType;
+    let mut cur = schema;
+    for name in path
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(field))
+    {
+        // Through the items of a list on the way.
+        while cur.get("type").and_then(Value::as_str) == Some("array") {
+            let Some(items) = cur.get("items") else {
+                return ListType::Atomic;
+            };
+            cur = items;
+        }
+        let next = cur
+            .pointer(&format!(
+                "/properties/{}",
+                name.replace('~', "~0").replace('/', "~1")
+            ))
+            .or_else(|| cur.get("additionalProperties").filter(|a| a.is_object()));
+        let Some(next) = next else {
+            return ListType::Atomic;
+        };
+        cur = next;
+    }
+    match cur.get("x-kubernetes-list-type").and_then(Value::as_str) {
+        Some("map") => ListType::Map(
+            cur.get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+        ),
+        Some("set") => ListType::Set,
+        _ => ListType::Atomic,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_types_come_from_the_schema_through_items_and_maps() {
+        use crate::patch::ListType;
+        let schema = serde_json::json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "rules": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["host"],
+                "items": {"type": "object", "properties": {
+                    "paths": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}}}}},
+            "labels": {"type": "object", "additionalProperties": {"type": "array", "x-kubernetes-list-type": "set"}},
+            "plain": {"type": "array", "items": {"type": "string"}}}}}});
+        let at = |path: &[&str], f: &str| {
+            let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
+            list_type(&schema, &path, f)
+        };
+        assert_eq!(at(&["spec"], "rules"), ListType::Map(vec!["host".into()]));
+        assert_eq!(at(&["spec", "rules"], "paths"), ListType::Set);
+        assert_eq!(at(&["spec", "labels"], "anything"), ListType::Set);
+        assert_eq!(at(&["spec"], "plain"), ListType::Atomic);
+        assert_eq!(at(&["spec"], "unknown"), ListType::Atomic);
+    }
     use serde_json::json;
 
     fn schema() -> Value {
