@@ -2,7 +2,10 @@
 //! status — the pods it expects, how many are healthy, how many must be, and so how many
 //! disruptions (evictions) are allowed now. The API server's eviction subresource takes from
 //! `disruptionsAllowed` and notes the pod in `disruptedPods`; this controller forgets those
-//! notes once the pod is gone or after two minutes.
+//! notes once the pod is gone or after two minutes. A budget in percentages or with
+//! `maxUnavailable` counts the replicas its pods' controllers ask for (a Deployment's for its
+//! ReplicaSets), so a pod not made yet counts as unavailable; an integer `minAvailable`
+//! counts the pods there are.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,10 +55,92 @@ pub fn desired(pdb: &PodDisruptionBudget, expected: i32) -> i32 {
     }
 }
 
-/// The status a budget should have for the pods it selects, at `now`.
+/// Whether the budget counts the pods its pods' controllers ask for (a percentage or
+/// `maxUnavailable`) rather than the pods there are (an integer `minAvailable`), as upstream:
+/// a pod not made yet then still counts as unavailable.
+fn counts_controllers(pdb: &PodDisruptionBudget) -> bool {
+    let spec = pdb.spec.clone().unwrap_or_default();
+    spec.max_unavailable.is_some() || matches!(spec.min_available, Some(IntOrString::String(_)))
+}
+
+/// The controlling owner of a pod: (kind, name).
+fn controller_of(pod: &Pod) -> Option<(String, String)> {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| (o.kind.clone(), o.name.clone()))
+}
+
+/// The replicas a workload asks for (`spec.replicas`, default 1); a ReplicaSet's Deployment
+/// speaks for it, as upstream's finders.
+async fn replicas_of(client: &Client, ns: &str, kind: &str, name: &str) -> Option<i32> {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+    use k8s_openapi::api::core::v1::ReplicationController;
+    match kind {
+        "ReplicaSet" => {
+            let rs = Api::<ReplicaSet>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await
+                .ok()??;
+            let deployment = rs
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true) && o.kind == "Deployment")
+                .map(|o| o.name.clone());
+            match deployment {
+                Some(d) => Api::<Deployment>::namespaced(client.clone(), ns)
+                    .get_opt(&d)
+                    .await
+                    .ok()??
+                    .spec
+                    .map(|s| s.replicas.unwrap_or(1)),
+                None => rs.spec.map(|s| s.replicas.unwrap_or(1)),
+            }
+        }
+        "StatefulSet" => Api::<StatefulSet>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await
+            .ok()??
+            .spec
+            .map(|s| s.replicas.unwrap_or(1)),
+        "ReplicationController" => Api::<ReplicationController>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await
+            .ok()??
+            .spec
+            .map(|s| s.replicas.unwrap_or(1)),
+        _ => None,
+    }
+}
+
+/// What the controllers of `selected` ask for, each counted once; `None` when a pod has no
+/// controller whose replicas can be read (the pods there are count then).
+async fn expected_from_controllers(
+    client: &Client,
+    ns: &str,
+    selected: &[Arc<Pod>],
+) -> Option<i32> {
+    let owners: std::collections::BTreeSet<(String, String)> = selected
+        .iter()
+        .map(|p| controller_of(p))
+        .collect::<Option<_>>()?;
+    let mut total = 0;
+    for (kind, name) in &owners {
+        total += replicas_of(client, ns, kind, name).await?;
+    }
+    Some(total)
+}
+
+/// The status a budget should have for the pods it selects, at `now`; `controllers`: what
+/// the pods' controllers ask for, when the budget counts that (see [`counts_controllers`]).
 pub fn status_of(
     pdb: &PodDisruptionBudget,
     selected: &[Arc<Pod>],
+    controllers: Option<i32>,
     now: jiff::Timestamp,
 ) -> PodDisruptionBudgetStatus {
     let old = pdb.status.clone().unwrap_or_default();
@@ -77,7 +162,7 @@ pub fn status_of(
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
-    let expected = i32::try_from(live.len()).unwrap_or(i32::MAX);
+    let expected = controllers.unwrap_or_else(|| i32::try_from(live.len()).unwrap_or(i32::MAX));
     let healthy = live
         .iter()
         .filter(|p| ready(p) && !disrupted.contains_key(&p.name_any()))
@@ -139,8 +224,13 @@ pub async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>) -> Result<A
         .into_iter()
         .filter(|p| selects(&pdb, p))
         .collect();
+    let controllers = if counts_controllers(&pdb) && !selected.is_empty() {
+        expected_from_controllers(&ctx.client, &ns, &selected).await
+    } else {
+        None
+    };
     let now = jiff::Timestamp::now();
-    let status = status_of(&pdb, &selected, now);
+    let status = status_of(&pdb, &selected, controllers, now);
     let strip = |s: &PodDisruptionBudgetStatus| {
         let mut s = s.clone();
         for c in s.conditions.iter_mut().flatten() {
@@ -221,7 +311,7 @@ mod tests {
         let now = jiff::Timestamp::now();
         let three = [pod("a", true), pod("b", true), pod("c", false)];
         let min = pdb(json!({"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}));
-        let s = status_of(&min, &three, now);
+        let s = status_of(&min, &three, None, now);
         assert_eq!(
             (
                 s.expected_pods,
@@ -232,9 +322,15 @@ mod tests {
             (3, 2, 1, 1)
         );
         let pct = pdb(json!({"minAvailable": "50%", "selector": {}}));
-        assert_eq!(status_of(&pct, &three, now).desired_healthy, 2);
+        assert_eq!(status_of(&pct, &three, None, now).desired_healthy, 2);
+        // Counted against what the controllers ask for: 4 wanted, 2 healthy, 50% → 2 desired.
+        let s = status_of(&pct, &three, Some(4), now);
+        assert_eq!(
+            (s.expected_pods, s.desired_healthy, s.disruptions_allowed),
+            (4, 2, 0)
+        );
         let max = pdb(json!({"maxUnavailable": 1, "selector": {}}));
-        let s = status_of(&max, &three, now);
+        let s = status_of(&max, &three, None, now);
         assert_eq!((s.desired_healthy, s.disruptions_allowed), (2, 0));
         assert_eq!(
             s.conditions.expect("conditions")[0].reason,
@@ -246,10 +342,10 @@ mod tests {
             disrupted_pods: Some([("a".to_owned(), Time(now))].into()),
             ..Default::default()
         });
-        let s = status_of(&taken, &three, now);
+        let s = status_of(&taken, &three, None, now);
         assert_eq!((s.current_healthy, s.disruptions_allowed), (1, 0));
         // ...nor after the note expired.
         let later = now + jiff::SignedDuration::from_secs(121);
-        assert_eq!(status_of(&taken, &three, later).current_healthy, 2);
+        assert_eq!(status_of(&taken, &three, None, later).current_healthy, 2);
     }
 }

@@ -199,3 +199,76 @@ async fn kubectl_drain_should_respect_a_disruption_budget_and_move_the_pods() ->
     node_b.stop().await?;
     cluster.stop().await
 }
+
+#[tokio::test]
+async fn a_percentage_or_max_unavailable_budget_counts_the_pods_the_controller_asks_for()
+-> Result<()> {
+    let cluster = Cluster::start().await?;
+    let _sched = cluster.start_scheduler();
+    let _ctrl = cluster.start_controllers();
+    let node = cluster.start_node("n1").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "capped"}}))?,
+        )
+        .await?;
+    // A quota lets only two of the three replicas be made.
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(c.clone(), "capped");
+    quotas
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "two"}, "spec": {"hard": {"pods": "2"}}}),
+            )?,
+        )
+        .await?;
+    let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> = Api::namespaced(c.clone(), "capped");
+    sets.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": image, "args": ["forever"]}]}}}}))?,
+    )
+    .await?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(c.clone(), "capped");
+    for (name, spec) in [
+        ("max", json!({"maxUnavailable": 1})),
+        ("pct", json!({"minAvailable": "60%"})),
+        ("int", json!({"minAvailable": 1})),
+    ] {
+        let mut spec = spec;
+        spec["selector"] = json!({"matchLabels": {"app": "web"}});
+        budgets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))?,
+            )
+            .await?;
+    }
+    // (expected, desired healthy, healthy, allowed): the missing replica counts against the
+    // first two (3 expected, as the ReplicaSet asks); the integer budget counts the 2 pods.
+    for (name, want) in [
+        ("max", (3, 2, 2, 0)),
+        ("pct", (3, 2, 2, 0)),
+        ("int", (2, 1, 2, 1)),
+    ] {
+        wait_for(&format!("budget {name} at {want:?}"), SLOW, || async {
+            let s = budgets.get(name).await.ok()?.status?;
+            let got = (
+                s.expected_pods,
+                s.desired_healthy,
+                s.current_healthy,
+                s.disruptions_allowed,
+            );
+            (got == want).then_some(())
+        })
+        .await?;
+    }
+    node.stop().await
+}
