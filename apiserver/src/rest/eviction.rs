@@ -21,6 +21,15 @@ fn now() -> String {
         .to_string()
 }
 
+/// 429 after too many lost races, as kube-apiserver answers them.
+fn retry_later(what: &str) -> ApiError {
+    ApiError::new(
+        429,
+        "TooManyRequests",
+        format!("too many concurrent {what}; please retry"),
+    )
+}
+
 /// Whether a budget (policy/v1: an empty selector selects every pod, a missing one none)
 /// selects a pod with `labels`.
 fn selects(pdb: &Value, labels: &std::collections::BTreeMap<String, String>) -> bool {
@@ -113,20 +122,29 @@ impl Apiserver {
                 .collect();
             conditions.push(condition);
             new["status"]["conditions"] = Value::Array(conditions);
-            match self
-                .commit_update(&target, &Params::internal(), &cur, new)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if e.code == 409 => continue,
-                Err(e) => return Err(e),
+            if self.commit_or_retry(&target, &cur, new).await? {
+                return Ok(());
             }
         }
-        Err(ApiError::new(
-            429,
-            "TooManyRequests",
-            "too many concurrent updates of the pod; please retry",
-        ))
+        Err(retry_later("updates of the pod"))
+    }
+
+    /// Commits `new` over `cur` as the API server's own write: `Ok(false)` when another write
+    /// came first (409), to read again and retry.
+    async fn commit_or_retry(
+        &self,
+        target: &Target,
+        cur: &crate::rest::Stored,
+        new: Value,
+    ) -> Result<bool, ApiError> {
+        match self
+            .commit_update(target, &Params::internal(), cur, new)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Takes one allowed disruption from the budget that selects `pod`, or refuses.
@@ -250,19 +268,10 @@ impl Apiserver {
                 new["status"]["disruptedPods"] = json!({});
             }
             new["status"]["disruptedPods"][name] = json!(now());
-            match self
-                .commit_update(&target, &Params::internal(), &cur, new)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if e.code == 409 => continue,
-                Err(e) => return Err(e),
+            if self.commit_or_retry(&target, &cur, new).await? {
+                return Ok(());
             }
         }
-        Err(ApiError::new(
-            429,
-            "TooManyRequests",
-            "too many concurrent evictions; please retry",
-        ))
+        Err(retry_later("evictions"))
     }
 }

@@ -211,16 +211,9 @@ async fn exec(
     Path((namespace, pod, container)): Path<(String, String, String)>,
     req: axum::extract::Request,
 ) -> Response {
-    if let Some(refused) = refuse(&req, "exec") {
-        return refused;
-    }
-    let opts = Options::from_query(req.uri().query());
-    let Some(running) = s.running(&namespace, &pod, &container) else {
-        return not_running(&pod, &container);
-    };
-    let target = Some((running.prepared, running.launch));
-    remotecommand::accept(req, opts.clone(), move |session| {
-        crate::streaming::exec::serve(session, opts, target)
+    let target = (&*s, namespace.as_str(), pod.as_str(), container.as_str());
+    remote_command(target, req, "exec", |session, opts, running| {
+        crate::streaming::exec::serve(session, opts, Some((running.prepared, running.launch)))
     })
     .await
 }
@@ -232,15 +225,34 @@ async fn attach(
     Path((namespace, pod, container)): Path<(String, String, String)>,
     req: axum::extract::Request,
 ) -> Response {
-    if let Some(refused) = refuse(&req, "attach") {
+    let target = (&*s, namespace.as_str(), pod.as_str(), container.as_str());
+    remote_command(target, req, "attach", |session, opts, running| {
+        crate::streaming::attach::serve(session, opts, Some(running))
+    })
+    .await
+}
+
+/// A remote-command session (`subresource`) with the running container `(node, namespace,
+/// pod, container)`, served by `serve` once upgraded.
+async fn remote_command<F, Fut>(
+    (s, namespace, pod, container): (&Shared, &str, &str, &str),
+    req: axum::extract::Request,
+    subresource: &str,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(remotecommand::Session, Options, Running) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    if let Some(refused) = refuse(&req, subresource) {
         return refused;
     }
     let opts = Options::from_query(req.uri().query());
-    let Some(running) = s.running(&namespace, &pod, &container) else {
-        return not_running(&pod, &container);
+    let Some(running) = s.running(namespace, pod, container) else {
+        return not_running(pod, container);
     };
     remotecommand::accept(req, opts.clone(), move |session| {
-        crate::streaming::attach::serve(session, opts, Some(running))
+        serve(session, opts, running)
     })
     .await
 }
