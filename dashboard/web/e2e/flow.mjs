@@ -127,6 +127,20 @@ try {
     Number(await page.getByTestId('running-pods').textContent()) >= 4);
   await page.screenshot({ path: join(artifacts, 'overview.png') });
 
+  step("a service account's token sees its own namespace only");
+  await kubectl('create', 'serviceaccount', 'viewer');
+  await kubectl('create', 'rolebinding', 'viewer', '--clusterrole=view', '--serviceaccount=default:viewer');
+  const viewer = await kubectl('create', 'token', 'viewer');
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByTestId('token').fill(viewer);
+  await page.getByTestId('signin').click();
+  await until('signed in as the service account', async () =>
+    (await page.getByTestId('user').textContent()) === 'system:serviceaccount:default:viewer');
+  await page.getByTestId('nav-pods').click();
+  await page.getByTestId('scoped').waitFor();
+  await until('ticker Running in the scoped view', async () =>
+    (await page.getByTestId('pod-ticker').getByTestId('status').textContent()) === 'Running');
+
   if (consoleErrors.length) throw new Error(`page errors: ${consoleErrors.join('; ')}`);
   console.log('dashboard flows passed');
 } finally {

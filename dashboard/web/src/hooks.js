@@ -5,6 +5,7 @@ import { watchCollection } from './api.js';
 export function useWatch(path, onError) {
   const [items, setItems] = useState([]);
   useEffect(() => {
+    setItems([]);
     const abort = new AbortController();
     watchCollection(path, setItems, abort.signal, onError);
     return () => abort.abort();

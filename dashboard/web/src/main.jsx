@@ -58,18 +58,29 @@ function Shell({ user, onSignOut }) {
   const [view, ...rest] = (route || 'overview').split('/');
   const [namespace, setNamespace] = useState('');
   const [denied, setDenied] = useState(null);
-  const onError = (e) => setDenied(e.message);
-  const data = {
-    nodes: useWatch('/api/v1/nodes', onError),
-    pods: useWatch('/api/v1/pods', onError),
-    namespaces: useWatch('/api/v1/namespaces', onError),
-    events: useWatch('/api/v1/events', onError),
-    deployments: useWatch('/apis/apps/v1/deployments', onError),
-    replicasets: useWatch('/apis/apps/v1/replicasets', onError),
-    services: useWatch('/api/v1/services', onError),
-    slices: useWatch('/apis/discovery.k8s.io/v1/endpointslices', onError),
-    ingresses: useWatch('/apis/networking.k8s.io/v1/ingresses', onError),
+  // A token that may not read across namespaces (a service account bound in its own
+  // namespace) gets the views of its namespace instead.
+  const [scoped, setScoped] = useState(null);
+  const home = user.startsWith('system:serviceaccount:') ? user.split(':')[2] : 'default';
+  const onError = (e) => {
+    if (e.status === 403 && !scoped) setScoped(home);
+    else setDenied(e.message);
   };
+  const quiet = () => {};
+  const at = (base, plural) =>
+    scoped ? `${base}/namespaces/${scoped}/${plural}` : `${base}/${plural}`;
+  const data = {
+    nodes: useWatch('/api/v1/nodes', quiet),
+    pods: useWatch(at('/api/v1', 'pods'), onError),
+    namespaces: useWatch('/api/v1/namespaces', quiet),
+    events: useWatch(at('/api/v1', 'events'), onError),
+    deployments: useWatch(at('/apis/apps/v1', 'deployments'), onError),
+    replicasets: useWatch(at('/apis/apps/v1', 'replicasets'), onError),
+    services: useWatch(at('/api/v1', 'services'), onError),
+    slices: useWatch(at('/apis/discovery.k8s.io/v1', 'endpointslices'), onError),
+    ingresses: useWatch(at('/apis/networking.k8s.io/v1', 'ingresses'), onError),
+  };
+  const namespaces = scoped ? [scoped] : data.namespaces.map((n) => n.metadata.name);
   const [series, usage] = useSeries(data.pods);
   const inNamespace = (list) =>
     namespace ? list.filter((o) => o.metadata.namespace === namespace) : list;
@@ -87,9 +98,9 @@ function Shell({ user, onSignOut }) {
         <label class="ns">
           Namespace
           <select data-testid="namespace" value={namespace} onChange={(e) => setNamespace(e.target.value)}>
-            <option value="">all</option>
-            {data.namespaces.map((n) => (
-              <option value={n.metadata.name}>{n.metadata.name}</option>
+            <option value="">{scoped ? scoped : 'all'}</option>
+            {namespaces.map((n) => (
+              <option value={n}>{n}</option>
             ))}
           </select>
         </label>
@@ -97,6 +108,11 @@ function Shell({ user, onSignOut }) {
         <button class="link" onClick={onSignOut}>Sign out</button>
       </nav>
       <main>
+        {scoped && (
+          <p class="muted" data-testid="scoped">
+            This token may not read across namespaces: showing namespace {scoped}.
+          </p>
+        )}
         {denied && <p class="error">The API refused a watch: {denied}</p>}
         {view === 'overview' && <Overview {...props} series={series} usage={usage} />}
         {view === 'pods' && <Pods {...props} />}
