@@ -169,19 +169,27 @@ async fn a_user_certificate_should_get_exactly_what_its_role_bindings_grant() ->
         Ok(serde_json::from_value(json!({"metadata": {"name": name},
             "rules": [{"verbs": ["get", "list"], "apiGroups": [""], "resources": [resource]}]}))?)
     };
+    let last_error = std::sync::Mutex::new(String::new());
     wait_for(
         "jane to administer team",
         // The binding reaches the authorizer's watch-fed cache; under the full suite's load
         // (a browser test beside it) that has taken more than 30 s on a 2-core machine.
         Duration::from_secs(90),
         || async {
-            jane_roles
+            match jane_roles
                 .create(&PostParams::default(), &role("pod-reader", "pods").ok()?)
                 .await
-                .ok()
+            {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    *last_error.lock().expect("lock") = e.to_string();
+                    None
+                }
+            }
         },
     )
-    .await?;
+    .await
+    .with_context(|| format!("the last refusal: {}", last_error.lock().expect("lock")))?;
     match jane_roles
         .create(&PostParams::default(), &role("node-reader", "nodes")?)
         .await
