@@ -274,6 +274,19 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
     let target = &spec.scale_target_ref;
     let reference = format!("{}/{}", target.kind, target.name);
 
+    // A node holds a request for a Service of this autoscaler: from zero to one replica
+    // first, before reading anything (the write applies only at zero, so it cannot undo
+    // another change); the rest of this pass then runs as if it had read zero.
+    let woken = ctx.take_woken(&key);
+    let mut woke = false;
+    if woken && spec.min_replicas == Some(0) {
+        tracing::debug!(target: "podtrace", kind = "HorizontalPodAutoscaler", object = %key, stage = "waking");
+        match ctx.wake(&ns, target).await {
+            Ok(w) => woke = w,
+            Err(e) => tracing::debug!(hpa = %key, error = %e, "could not scale from zero at once"),
+        }
+    }
+
     // The target's scale subresource.
     let scale = match ctx.scale_of(&ns, target).await {
         Ok(s) => s,
@@ -291,7 +304,7 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
             return Ok(Action::requeue(ctx.sync_period));
         }
     };
-    let current = scale.spec_replicas;
+    let current = if woke { 0 } else { scale.spec_replicas };
     let min = spec.min_replicas.unwrap_or(1);
     let max = spec.max_replicas;
     if min == 0 {
@@ -318,11 +331,9 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
             ),
         );
     } else {
-        let woken = ctx.take_woken(&key);
         if current == 0 && woken {
             // A node holds a request for a Service of this autoscaler at zero pods: one
             // replica now; the metrics are read at the next sync.
-            tracing::debug!(target: "podtrace", kind = "HorizontalPodAutoscaler", object = %key, stage = "waking");
             desired = 1;
             rescale_reason = "a request is held for a Service at zero pods".into();
         } else {
@@ -484,7 +495,12 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
     status.current_metrics = (!metric_statuses.is_empty()).then_some(metric_statuses);
     status.observed_generation = hpa.metadata.generation;
     if desired != current {
-        match ctx.set_scale(&ns, target, desired).await {
+        let set = if woke && desired == 1 {
+            Ok(())
+        } else {
+            ctx.set_scale(&ns, target, desired).await
+        };
+        match set {
             Ok(()) => {
                 let now = jiff::Timestamp::now();
                 {
@@ -756,6 +772,35 @@ impl Ctx {
             status_replicas: status.replicas,
             selector: status.selector.unwrap_or_default(),
         })
+    }
+
+    /// Scales `target` from zero to one replica in one write that applies only while it is at
+    /// zero (a JSON Patch `test` on the scale); `Ok(false)` when it was not at zero.
+    async fn wake(
+        &self,
+        ns: &str,
+        target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
+    ) -> Result<bool, String> {
+        let ops: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "test", "path": "/spec/replicas", "value": 0},
+            {"op": "replace", "path": "/spec/replicas", "value": 1}
+        ]))
+        .map_err(|e| e.to_string())?;
+        match self
+            .scale_api(ns, target)
+            .await?
+            .patch_scale(
+                &target.name,
+                &PatchParams::default(),
+                &Patch::<()>::Json(ops),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            // Not at zero (the test failed), or changed meanwhile.
+            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     async fn set_scale(
