@@ -284,12 +284,8 @@ pub async fn run(
     informers: &crate::informers::Informers,
     shutdown: CancellationToken,
 ) {
-    let (reader, pods) = informers.pods.subscribe();
-    let synced = crate::ready(&reader);
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        pods: reader,
-    });
+    let (ctx, pods) = Ctx::subscribe(&client, informers);
+    let synced = crate::ready(&ctx.pods);
     let controller = Controller::new(Api::<Service>::all(client), watcher::Config::default());
     let services = controller.store();
     // A pod change concerns every Service of its namespace (it may have joined or left one).

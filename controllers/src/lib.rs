@@ -458,6 +458,25 @@ pub struct PodsCtx {
     pub pods: Store<k8s_openapi::api::core::v1::Pod>,
 }
 
+impl PodsCtx {
+    /// A context over the shared pod informer, and the stream of its changes (for
+    /// `watches_shared_stream`).
+    pub(crate) fn subscribe(
+        client: &Client,
+        informers: &informers::Informers,
+    ) -> (
+        Arc<Self>,
+        kube::runtime::reflector::ReflectHandle<k8s_openapi::api::core::v1::Pod>,
+    ) {
+        let (pods, changes) = informers.pods.subscribe();
+        let ctx = Self {
+            client: client.clone(),
+            pods,
+        };
+        (Arc::new(ctx), changes)
+    }
+}
+
 /// Whether a pod's `Ready` condition is true.
 pub(crate) fn pod_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
     p.status

@@ -23,6 +23,17 @@ use wasmkube_tests::{Cluster, run_kubectl, wait_for};
 
 const SLOW: Duration = Duration::from_secs(30);
 
+/// The `example.wasmkube.io/v1` custom kind `kind` (`plural`), for dynamic clients.
+fn resource(kind: &str, plural: &str) -> kube::discovery::ApiResource {
+    kube::discovery::ApiResource {
+        group: "example.wasmkube.io".into(),
+        version: "v1".into(),
+        api_version: "example.wasmkube.io/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
 /// Waits until definition `name` is `Established`.
 async fn established(crds: &Api<CustomResourceDefinition>, name: &str) -> Result<()> {
     wait_for("the definition Established", SLOW, || async {
@@ -208,13 +219,7 @@ async fn a_custom_resource_definition_should_be_served_validated_and_deleted_wit
     })
     .await?;
 
-    let ar = kube::discovery::ApiResource {
-        group: "example.wasmkube.io".into(),
-        version: "v1".into(),
-        api_version: "example.wasmkube.io/v1".into(),
-        kind: "Widget".into(),
-        plural: "widgets".into(),
-    };
+    let ar = resource("Widget", "widgets");
     let widgets: Api<kube::api::DynamicObject> = Api::namespaced_with(c.clone(), "default", &ar);
     let mut events = watcher::watcher(widgets.clone(), watcher::Config::default()).boxed();
     let w: kube::api::DynamicObject = serde_json::from_value(json!({
@@ -546,13 +551,7 @@ async fn custom_resources_should_be_garbage_collected_and_go_with_their_namespac
     let _controllers = cluster.start_controllers_with(|cfg| {
         cfg.controllers = vec!["garbagecollector".into(), "namespace".into()];
     });
-    let ar = kube::discovery::ApiResource {
-        group: "example.wasmkube.io".into(),
-        version: "v1".into(),
-        api_version: "example.wasmkube.io/v1".into(),
-        kind: "Widget".into(),
-        plural: "widgets".into(),
-    };
+    let ar = resource("Widget", "widgets");
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
     namespaces
         .create(
@@ -642,13 +641,7 @@ async fn server_side_apply_should_merge_custom_lists_by_their_list_type() -> Res
     )
     .await?;
     established(&crds, "routes.example.wasmkube.io").await?;
-    let ar = kube::discovery::ApiResource {
-        group: "example.wasmkube.io".into(),
-        version: "v1".into(),
-        api_version: "example.wasmkube.io/v1".into(),
-        kind: "Route".into(),
-        plural: "routes".into(),
-    };
+    let ar = resource("Route", "routes");
     let routes: Api<kube::core::DynamicObject> = Api::namespaced_with(c.clone(), "default", &ar);
     let apply = |manager: &'static str, spec: serde_json::Value, force: bool| {
         let routes = routes.clone();

@@ -216,11 +216,7 @@ impl Apiserver {
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
-            let observed = status
-                .get("observedGeneration")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
-            if observed < generation {
+            if count("observedGeneration") < generation {
                 return Err(ApiError::disruption_budget(
                     "Cannot evict pod as it would violate the pod's disruption budget.",
                     format!(
@@ -228,19 +224,9 @@ impl Apiserver {
                     ),
                 ));
             }
-            let allowed = status
-                .get("disruptionsAllowed")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
+            let allowed = count("disruptionsAllowed");
             if allowed <= 0 {
-                let need = status
-                    .get("desiredHealthy")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                let have = status
-                    .get("currentHealthy")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
+                let (need, have) = (count("desiredHealthy"), count("currentHealthy"));
                 return Err(ApiError::disruption_budget(
                     "Cannot evict pod as it would violate the pod's disruption budget.",
                     format!(

@@ -41,23 +41,20 @@ export async function get(path, signal) {
   return (await check(resp)).json();
 }
 
-export async function post(path, body) {
+/** Sends `body` as JSON of `contentType` with `method`; the answer's JSON. */
+async function send(method, path, contentType, body) {
   const resp = await fetch(path, {
-    method: 'POST',
-    headers: headers({ 'Content-Type': 'application/json' }),
+    method,
+    headers: headers({ 'Content-Type': contentType }),
     body: JSON.stringify(body),
   });
   return (await check(resp)).json();
 }
 
-export async function mergePatch(path, patch) {
-  const resp = await fetch(path, {
-    method: 'PATCH',
-    headers: headers({ 'Content-Type': 'application/merge-patch+json' }),
-    body: JSON.stringify(patch),
-  });
-  return (await check(resp)).json();
-}
+export const post = (path, body) => send('POST', path, 'application/json', body);
+
+export const mergePatch = (path, patch) =>
+  send('PATCH', path, 'application/merge-patch+json', patch);
 
 /** Who the token belongs to (SelfSubjectReview, as `kubectl auth whoami`). */
 export async function whoami() {
