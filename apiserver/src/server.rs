@@ -87,7 +87,18 @@ async fn handle(state: State<Arc<Shared>>, req: Request) -> Response {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
     let counted =
         crate::instrument::InFlight::start(req.method(), path, &attrs, apply, long_running);
-    counted.finish(serve(state, req, &attrs, watch).await)
+    // Writes as they arrive and leave, for the per-pod trace (`podtrace=debug`).
+    let traced = (req.method() != Method::GET
+        && tracing::enabled!(target: "podtrace", tracing::Level::DEBUG))
+    .then(|| format!("{} {path}", req.method()));
+    if let Some(request) = &traced {
+        tracing::debug!(target: "podtrace", request, stage = "request received");
+    }
+    let resp = counted.finish(serve(state, req, &attrs, watch).await);
+    if let Some(request) = traced {
+        tracing::debug!(target: "podtrace", request, code = resp.status().as_u16(), stage = "request answered");
+    }
+    resp
 }
 
 /// The web dashboard's page and bundle: public, as the page holds no data (every API call it
@@ -676,11 +687,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     .await
     .map_err(|e| match e {
         wasmkube_store::Error::Damaged { .. } if recorded.is_some() => Error::Config(format!(
-            "{e}. This server is a member of a group: move the file aside and start it again; \
-             it catches up from the other servers"
+            "{e}. This server is a member of a group: move the file aside (and the raft-log \
+             directory beside it, if this still fails) and start it again; it catches up from \
+             the other servers"
         )),
         wasmkube_store::Error::Damaged { .. } => Error::Config(format!(
-            "{e}. Restore it from a backup (or move it aside to start an empty cluster)"
+            "{e}. Restore it from a backup (or move it and the raft-log directory beside it \
+             aside to start an empty cluster)"
         )),
         e => e.into(),
     })?;

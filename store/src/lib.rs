@@ -2,14 +2,16 @@
 //! by [openraft]. Only the apiserver opens it, as only kube-apiserver talks to etcd.
 //!
 //! ```text
-//! apiserver ─propose(Command)─► openraft ─► LogStore (redb, durable) ─► StateMachine (redb)
-//!                                                                        └─► change feed ─► Watch
+//! apiserver ─propose(Command)─► openraft ─► LogStore (raft-log WAL, synced) ─► StateMachine (redb)
+//!                                                                              └─► change feed ─► Watch
 //! ```
 //!
 //! - Every write goes through the raft log; concurrent writes are batched into one entry
 //!   (group commit). The state machine gives each write the next global revision, which
 //!   becomes the object's `metadata.resourceVersion`. The caller is answered after the entry
-//!   is durable in the log and applied.
+//!   is durable in the log and applied. The log is a write-ahead log of its own
+//!   (`DATA_DIR/raft-log/`); the state machine commits to redb without syncing and is made
+//!   durable from time to time, the log replaying what a crash lost.
 //! - Updates and deletes compare-and-swap on the revision ([`Precondition::Revision`]).
 //! - Lists read a consistent redb snapshot and report the revision they were read at; a list
 //!   at an older revision is rebuilt from the change history.
@@ -258,8 +260,12 @@ impl Transform {
 pub fn open_storage(path: &std::path::Path) -> Result<(LogStore, StateMachine), Error> {
     let db = Arc::new(Database::create(path)?);
     let feed = watch::Feed::new(16);
+    let log = LogStore::open(&path.with_extension("log"), &db).map_err(|e| Error::Damaged {
+        path: path.with_extension("log"),
+        why: e.to_string(),
+    })?;
     Ok((
-        LogStore::new(db.clone()),
+        log,
         StateMachine::new(
             db,
             feed,
@@ -267,6 +273,52 @@ pub fn open_storage(path: &std::path::Path) -> Result<(LogStore, StateMachine), 
             Transform::default(),
         ),
     ))
+}
+
+/// Opens the raft log in `dir` (off the async threads: it replays its files).
+async fn open_log(dir: PathBuf, db: Arc<Database>) -> Result<LogStore, Error> {
+    let shown = dir.clone();
+    tokio::task::spawn_blocking(move || LogStore::open(&dir, &db))
+        .await
+        .expect("opening the raft log does not panic")
+        .map_err(|e| Error::Damaged {
+            path: shown,
+            why: e.to_string(),
+        })
+}
+
+/// Refuses a state machine older than the start of the log: what lies between is in neither
+/// (a store file restored from an old copy, or rolled back by redb past a damaged commit,
+/// after the log was purged).
+async fn check_log_covers(
+    log: &LogStore,
+    sm: &StateMachine,
+    data_dir: &std::path::Path,
+) -> Result<(), Error> {
+    use openraft::storage::{RaftLogStorage, RaftStateMachine};
+    let (applied, _) = sm
+        .clone()
+        .applied_state()
+        .await
+        .map_err(|e| Error::Fatal(Box::new(e)))?;
+    let purged = log
+        .clone()
+        .get_log_state()
+        .await
+        .map_err(|e| Error::Fatal(Box::new(e)))?
+        .last_purged_log_id;
+    match purged {
+        Some(p) if applied.is_none_or(|a| a.index < p.index) => Err(Error::Damaged {
+            path: data_dir.join("store.redb"),
+            why: format!(
+                "it holds the changes up to raft log index {}, but the raft log in {} starts after {}",
+                applied.map_or(0, |a| a.index),
+                data_dir.join("raft-log").display(),
+                p.index
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// An open store: a raft member plus direct read access to its state machine.
@@ -285,6 +337,8 @@ pub struct Store {
     write_timeout: Duration,
     /// [`Config::transformer`].
     transform: Transform,
+    /// [`Config::data_dir`].
+    data_dir: PathBuf,
 }
 
 /// A command waiting to be proposed, and where its outcome goes.
@@ -355,6 +409,10 @@ where
     }
 }
 
+/// A file a clean shutdown leaves beside the store file; without it, the next open checks
+/// the whole file.
+const CLEAN_MARK: &str = "store.clean";
+
 /// [`Config::write_timeout`] unless set.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -408,8 +466,11 @@ async fn propose(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>) {
         }
         let raft = raft.clone();
         tokio::spawn(async move {
+            let batch = commands.len();
+            let started = std::time::Instant::now();
             let result = raft.client_write(Proposal { commands }).await;
             drop(slot);
+            tracing::debug!(target: "podtrace", batch, micros = started.elapsed().as_micros(), stage = "store committed");
             match result {
                 Ok(resp) => {
                     for (w, outcome) in waiters.into_iter().zip(resp.data) {
@@ -446,8 +507,16 @@ impl Store {
         let path = config.data_dir.join("store.redb");
         let cache = config.cache_bytes;
         let shown = path.clone();
+        let clean = config.data_dir.join(CLEAN_MARK);
         let db = tokio::task::spawn_blocking(move || {
-            Database::builder().set_cache_size(cache).create(path)
+            let existed = path.exists();
+            let mut db = Database::builder().set_cache_size(cache).create(&path)?;
+            // After a crash, every page is checked: the state machine commits without syncing,
+            // so redb's own recovery may not read what the crash (or the disk) damaged.
+            if existed && std::fs::remove_file(&clean).is_err() {
+                db.check_integrity()?;
+            }
+            Ok::<_, redb::DatabaseError>(db)
         })
         .await
         .expect("open does not panic")
@@ -459,7 +528,7 @@ impl Store {
         })?;
         let db = Arc::new(db);
         let feed = watch::Feed::new(config.feed_capacity);
-        let log = LogStore::new(db.clone());
+        let log = open_log(config.data_dir.join("raft-log"), db.clone()).await?;
         let published = Arc::new(notify::Sender::new(0));
         let transform = Transform(config.transformer.clone());
         let sm = StateMachine::new(
@@ -483,6 +552,7 @@ impl Store {
         }
         .validate()
         .map_err(|e| Error::Fatal(Box::new(e)))?;
+        check_log_covers(&log, &sm, &config.data_dir).await?;
         let network = Network::new(config.peer_tls.clone());
         let raft = Raft::new(
             config.node_id,
@@ -529,6 +599,7 @@ impl Store {
             membership: Arc::default(),
             write_timeout: config.write_timeout,
             transform,
+            data_dir: config.data_dir.clone(),
         };
         let current = store.revision().await?;
         store.published.send_modify(|p| *p = (*p).max(current));
@@ -1119,8 +1190,10 @@ impl Store {
             .await
             .map_err(|e| Error::Fatal(Box::new(e)))?;
         let db = self.db.clone();
+        let clean = self.data_dir.join(CLEAN_MARK);
         tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
             db.begin_write()?.commit()?;
+            std::fs::write(clean, b"")?;
             Ok(())
         })
         .await

@@ -1,246 +1,204 @@
-//! [`RaftLogStorage`] on redb with group commit.
+//! [`RaftLogStorage`] on `raft-log`: the raft log is an append-only, chunked write-ahead log
+//! of its own, beside the redb state machine.
 //!
-//! `append` puts the entries in memory (readable at once, as openraft requires) and hands them
-//! to one writer thread, which writes everything queued since its last commit in a single
-//! durable redb transaction, then fires the flush callbacks. Under load many client writes
-//! share one fsync; alone, a write costs one.
+//! `append` adds the entries to the log's memory (readable at once, as openraft requires) and
+//! asks its flush thread for a sync; the thread writes everything queued since its last sync
+//! with one `fdatasync`, then fires the flush callbacks. Under load many client writes share
+//! one sync; alone, a write costs one small append and one sync, about a third of what a
+//! durable redb transaction costs (measured in `bench --store-only`, see the README). Nothing
+//! here takes redb's one write lock, so the state machine applies while the log syncs.
+//!
+//! The state machine commits without syncing; the log replays what a crash lost. It is made
+//! durable before a snapshot lets openraft purge the log behind it, and from time to time
+//! (see `state_machine.rs`).
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::io;
+use std::io::{self, Read, Write};
 use std::ops::{Bound, RangeBounds};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
-    Entry, LogId, LogState, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote,
+    CommittedLeaderId, Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use raft_log::RaftLog;
+use raft_log::api::raft_log_writer::RaftLogWriter;
+use raft_log::codeq::{Decode, Encode};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::command::{NodeId, TypeConfig};
 use crate::tables::{LOG, RAFT_META};
 
-type Barrier = Box<dyn FnOnce(&Database) -> Result<(), redb::Error> + Send>;
+/// The raft log's types, as `raft-log` sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Wal;
 
-/// Work for the writer thread, executed in order.
-enum Job {
-    Append {
-        rows: Vec<(LogId<NodeId>, Vec<u8>)>,
-        callback: LogFlushed<TypeConfig>,
-    },
-    Run {
-        f: Barrier,
-        done: tokio::sync::oneshot::Sender<Result<(), redb::Error>>,
-    },
+impl raft_log::Types for Wal {
+    type LogId = Id;
+    type LogPayload = Payload;
+    type Vote = Voted;
+    type Callback = Flushed;
+    type UserData = ();
+
+    fn log_index(id: &Id) -> u64 {
+        id.index
+    }
+
+    fn payload_size(p: &Payload) -> u64 {
+        p.raw.len() as u64
+    }
 }
 
-struct Shared {
-    /// Appended but not yet durable entries, by index.
-    pending: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
-    jobs: mpsc::Sender<Job>,
+/// A log id, ordered as the entries of one log are: by term, then leader, then index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Id {
+    term: u64,
+    node: NodeId,
+    index: u64,
 }
 
-/// The raft log, stored in the shared redb database.
+impl From<LogId<NodeId>> for Id {
+    fn from(l: LogId<NodeId>) -> Self {
+        Id {
+            term: l.leader_id.term,
+            node: l.leader_id.node_id,
+            index: l.index,
+        }
+    }
+}
+
+impl From<Id> for LogId<NodeId> {
+    fn from(id: Id) -> Self {
+        LogId::new(CommittedLeaderId::new(id.term, id.node), id.index)
+    }
+}
+
+impl Encode for Id {
+    fn encode<W: Write>(&self, mut w: W) -> io::Result<usize> {
+        Ok(self.term.encode(&mut w)? + self.node.encode(&mut w)? + self.index.encode(&mut w)?)
+    }
+}
+
+impl Decode for Id {
+    fn decode<R: Read>(mut r: R) -> io::Result<Self> {
+        Ok(Id {
+            term: u64::decode(&mut r)?,
+            node: u64::decode(&mut r)?,
+            index: u64::decode(&mut r)?,
+        })
+    }
+}
+
+/// One entry: as openraft hands it over (shared with readers) and as written (JSON).
+#[derive(Debug, Clone)]
+pub(crate) struct Payload {
+    entry: Arc<Entry<TypeConfig>>,
+    raw: Arc<[u8]>,
+}
+
+impl Payload {
+    fn of(entry: Entry<TypeConfig>) -> Payload {
+        let raw = serde_json::to_vec(&entry).expect("log entries serialize");
+        Payload {
+            entry: Arc::new(entry),
+            raw: raw.into(),
+        }
+    }
+}
+
+/// Writes `bytes` with a 4-byte length before them.
+fn write_framed<W: Write>(mut w: W, bytes: &[u8]) -> io::Result<usize> {
+    let len =
+        u32::try_from(bytes.len()).map_err(|_| io::Error::other("a log record over 4 GiB"))?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(bytes)?;
+    Ok(bytes.len() + 4)
+}
+
+/// Reads what [`write_framed`] wrote and decodes it as JSON.
+fn read_framed<R: Read, T: serde::de::DeserializeOwned>(mut r: R) -> io::Result<(Vec<u8>, T)> {
+    let bytes = Vec::<u8>::decode(&mut r)?;
+    let value = serde_json::from_slice(&bytes).map_err(io::Error::other)?;
+    Ok((bytes, value))
+}
+
+impl Encode for Payload {
+    fn encode<W: Write>(&self, w: W) -> io::Result<usize> {
+        write_framed(w, &self.raw)
+    }
+}
+
+impl Decode for Payload {
+    fn decode<R: Read>(r: R) -> io::Result<Self> {
+        let (raw, entry) = read_framed(r)?;
+        Ok(Payload {
+            entry: Arc::new(entry),
+            raw: raw.into(),
+        })
+    }
+}
+
+/// A vote, ordered as openraft orders votes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd)]
+pub(crate) struct Voted(Vote<NodeId>);
+
+impl Encode for Voted {
+    fn encode<W: Write>(&self, w: W) -> io::Result<usize> {
+        write_framed(w, &serde_json::to_vec(&self.0).expect("votes serialize"))
+    }
+}
+
+impl Decode for Voted {
+    fn decode<R: Read>(r: R) -> io::Result<Self> {
+        Ok(Voted(read_framed(r)?.1))
+    }
+}
+
+/// Who hears that a flush reached the disk: openraft, or a caller waiting for it.
+pub(crate) enum Flushed {
+    Raft(LogFlushed<TypeConfig>),
+    Waiter(tokio::sync::oneshot::Sender<io::Result<()>>),
+}
+
+impl raft_log::Callback for Flushed {
+    fn send(self, res: io::Result<()>) {
+        match self {
+            Flushed::Raft(callback) => callback.log_io_completed(res),
+            Flushed::Waiter(tx) => {
+                let _ = tx.send(res);
+            }
+        }
+    }
+}
+
+impl Debug for Flushed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Flushed::Raft(_) => "Flushed::Raft",
+            Flushed::Waiter(_) => "Flushed::Waiter",
+        })
+    }
+}
+
+/// Entries the log keeps in memory for readers (applying, replicating), by count and by
+/// encoded bytes; older ones are read from disk.
+const CACHE_ENTRIES: usize = 8_192;
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A chunk file's most records and bytes: a purge removes whole chunks, so these bound the
+/// disk a purged log still holds.
+const CHUNK_RECORDS: usize = 64 * 1024;
+const CHUNK_BYTES: usize = 64 * 1024 * 1024;
+
+/// The raft log, in `DATA_DIR/raft-log/`.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
-    shared: Arc<Shared>,
+    log: Arc<Mutex<RaftLog<Wal>>>,
 }
 
-/// A log commit slower than this is reported: every write waits for one.
-const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Reports slow log commits (a slow or failing disk), at most once a minute.
-#[derive(Default)]
-struct SlowDisk {
-    last_said: Option<std::time::Instant>,
-    since: u32,
-}
-
-impl SlowDisk {
-    fn note(&mut self, took: std::time::Duration) {
-        if took < SLOW_COMMIT {
-            return;
-        }
-        self.since += 1;
-        if self
-            .last_said
-            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60))
-        {
-            tracing::warn!(
-                took_ms = took.as_millis(),
-                slow_commits = self.since,
-                "the raft log's disk is slow: every write waits for its commit"
-            );
-            self.last_said = Some(std::time::Instant::now());
-            self.since = 0;
-        }
-    }
-}
-
-fn writer(db: Arc<Database>, shared: std::sync::Weak<Shared>, jobs: mpsc::Receiver<Job>) {
-    let mut queue = std::collections::VecDeque::new();
-    let mut slow = SlowDisk::default();
-    while let Ok(first) = jobs.recv() {
-        queue.push_back(first);
-        while let Ok(more) = jobs.try_recv() {
-            queue.push_back(more);
-        }
-        while let Some(job) = queue.pop_front() {
-            match job {
-                Job::Append { rows, callback } => {
-                    // Group this append with every append queued right behind it.
-                    let mut group = vec![(rows, callback)];
-                    while let Some(Job::Append { .. }) = queue.front() {
-                        if let Some(Job::Append { rows, callback }) = queue.pop_front() {
-                            group.push((rows, callback));
-                        }
-                    }
-                    let started = std::time::Instant::now();
-                    let result = (|| -> Result<(), redb::Error> {
-                        let txn = db.begin_write()?;
-                        {
-                            let mut table = txn.open_table(LOG)?;
-                            for (rows, _) in &group {
-                                for (id, raw) in rows {
-                                    table.insert(id.index, raw.as_slice())?;
-                                }
-                            }
-                        }
-                        txn.commit()?;
-                        Ok(())
-                    })();
-                    slow.note(started.elapsed());
-                    if result.is_ok()
-                        && let Some(shared) = shared.upgrade()
-                    {
-                        let mut pending =
-                            shared.pending.lock().expect("pending lock is not poisoned");
-                        for (rows, _) in &group {
-                            for (id, _) in rows {
-                                if pending.get(&id.index).is_some_and(|e| e.log_id == *id) {
-                                    pending.remove(&id.index);
-                                }
-                            }
-                        }
-                    }
-                    for (_, callback) in group {
-                        callback.log_io_completed(match &result {
-                            Ok(()) => Ok(()),
-                            Err(e) => Err(io::Error::other(e.to_string())),
-                        });
-                    }
-                }
-                Job::Run { f, done } => {
-                    let _ = done.send(f(&db));
-                }
-            }
-        }
-    }
-}
-
-impl LogStore {
-    pub(crate) fn new(db: Arc<Database>) -> Self {
-        let (tx, rx) = mpsc::channel();
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(BTreeMap::new()),
-            jobs: tx,
-        });
-        let weak = Arc::downgrade(&shared);
-        let wdb = db.clone();
-        std::thread::Builder::new()
-            .name("raft-log-writer".into())
-            .spawn(move || writer(wdb, weak, rx))
-            .expect("spawn the log writer thread");
-        LogStore { db, shared }
-    }
-
-    async fn blocking<T, F>(&self, f: F) -> Result<T, redb::Error>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
-    {
-        crate::blocking(&self.db, f).await
-    }
-
-    /// Runs `f` on the writer thread, after every append queued before it.
-    /// Removes the log entries from `from` to `to`, pending and written, in order with the
-    /// writes before; a purge records its `last_purged` log id in the same transaction.
-    async fn remove(
-        &self,
-        from: Bound<u64>,
-        to: Bound<u64>,
-        last_purged: Option<Vec<u8>>,
-    ) -> Result<(), StorageError<NodeId>> {
-        self.shared
-            .pending
-            .lock()
-            .expect("pending lock is not poisoned")
-            .retain(|i, _| !(from, to).contains(i));
-        self.in_order(Box::new(move |db| {
-            let txn = db.begin_write()?;
-            if let Some(raw) = last_purged {
-                txn.open_table(RAFT_META)?
-                    .insert("last_purged", raw.as_slice())?;
-            }
-            txn.open_table(LOG)?
-                .retain_in::<u64, _>((from, to), |_, _| false)?;
-            txn.commit()?;
-            Ok(())
-        }))
-        .await
-        .map_err(write_err)
-    }
-
-    async fn in_order(&self, f: Barrier) -> Result<(), redb::Error> {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        self.shared
-            .jobs
-            .send(Job::Run { f, done })
-            .map_err(|_| redb::Error::Io(io::Error::other("log writer stopped")))?;
-        wait.await
-            .map_err(|_| redb::Error::Io(io::Error::other("log writer stopped")))?
-    }
-
-    async fn read_meta<T: serde::de::DeserializeOwned + Send + 'static>(
-        &self,
-        key: &'static str,
-    ) -> Result<Option<T>, redb::Error> {
-        self.blocking(move |db| {
-            let txn = db.begin_read()?;
-            let table = match txn.open_table(RAFT_META) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            let Some(raw) = table.get(key)? else {
-                return Ok(None);
-            };
-            serde_json::from_slice(raw.value())
-                .map(Some)
-                .map_err(|e| redb::Error::Corrupted(format!("raft_meta/{key}: {e}")))
-        })
-        .await
-    }
-
-    async fn write_meta<T: serde::Serialize>(
-        &self,
-        key: &'static str,
-        value: &T,
-        durability: Durability,
-    ) -> Result<(), redb::Error> {
-        let raw = serde_json::to_vec(value).expect("raft metadata serializes");
-        self.blocking(move |db| {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(durability)
-                .expect("single-process database accepts any durability");
-            txn.open_table(RAFT_META)?.insert(key, raw.as_slice())?;
-            txn.commit()?;
-            Ok(())
-        })
-        .await
-    }
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
 }
 
 fn read_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<NodeId> {
@@ -251,45 +209,143 @@ fn write_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<
     StorageIOError::write_logs(&e).into()
 }
 
+impl LogStore {
+    /// Opens (or creates) the log in `dir`, replaying it. A log still kept in the redb file
+    /// `db` (as stores before this one kept it) is moved here first.
+    ///
+    /// # Errors
+    /// The directory cannot be used, or a record in it is damaged.
+    pub(crate) fn open(dir: &Path, db: &Database) -> io::Result<LogStore> {
+        std::fs::create_dir_all(dir)?;
+        let mut config = raft_log::Config::new(dir.display());
+        config.wal.flush_batch_wait = Some(std::time::Duration::ZERO);
+        config.wal.chunk_max_records = Some(CHUNK_RECORDS);
+        config.wal.chunk_max_size = Some(CHUNK_BYTES);
+        config.wal.read_buffer_size = Some(1024 * 1024);
+        config.log_cache_max_items = Some(CACHE_ENTRIES);
+        config.log_cache_capacity = Some(CACHE_BYTES);
+        let mut log = RaftLog::<Wal>::open(Arc::new(config))?;
+        move_from_redb(&mut log, db)?;
+        Ok(LogStore {
+            log: Arc::new(Mutex::new(log)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RaftLog<Wal>> {
+        self.log.lock().expect("the raft log lock is not poisoned")
+    }
+
+    /// Runs `change` on the log, then waits until it is on disk.
+    async fn durably(
+        &self,
+        change: impl FnOnce(&mut RaftLog<Wal>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut log = self.lock();
+            change(&mut log)?;
+            log.flush(true, Some(Flushed::Waiter(tx)))?;
+        }
+        rx.await
+            .map_err(|_| io::Error::other("the raft log's flush thread stopped"))?
+    }
+}
+
+/// Moves a log kept in redb's `raft_log`/`raft_meta` tables into `log` (when `log` is new and
+/// they hold anything), syncs it, then drops the tables.
+fn move_from_redb(log: &mut RaftLog<Wal>, db: &Database) -> io::Result<()> {
+    let state = log.log_state();
+    if state.vote().is_some() || state.last().is_some() || state.purged().is_some() {
+        return Ok(());
+    }
+    let txn = db.begin_read().map_err(io_err)?;
+    let meta = |key: &str| -> io::Result<Option<Vec<u8>>> {
+        match txn.open_table(RAFT_META) {
+            Ok(t) => Ok(t.get(key).map_err(io_err)?.map(|v| v.value().to_vec())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(io_err(e)),
+        }
+    };
+    let json = |raw: Option<Vec<u8>>| -> io::Result<Option<serde_json::Value>> {
+        raw.map(|r| serde_json::from_slice(&r).map_err(io_err))
+            .transpose()
+    };
+    let vote: Option<Vote<NodeId>> = json(meta("vote")?)?
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(io_err)?;
+    let purged: Option<LogId<NodeId>> = json(meta("last_purged")?)?
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(io_err)?;
+    let committed: Option<LogId<NodeId>> = json(meta("committed")?)?
+        .and_then(|v| serde_json::from_value::<Option<LogId<NodeId>>>(v).transpose())
+        .transpose()
+        .map_err(io_err)?;
+    let mut entries = Vec::new();
+    match txn.open_table(LOG) {
+        Ok(t) => {
+            for row in t.iter().map_err(io_err)? {
+                let (_, raw) = row.map_err(io_err)?;
+                let entry: Entry<TypeConfig> =
+                    serde_json::from_slice(raw.value()).map_err(io_err)?;
+                entries.push((Id::from(entry.log_id), Payload::of(entry)));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    drop(txn);
+    if vote.is_none() && purged.is_none() && entries.is_empty() {
+        return Ok(());
+    }
+    if let Some(v) = vote {
+        log.save_vote(Voted(v))?;
+    }
+    if let Some(p) = purged {
+        log.purge(Id::from(p))?;
+    }
+    let count = entries.len();
+    log.append(entries)?;
+    if let Some(c) = committed {
+        log.commit(Id::from(c))?;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    log.flush(true, Some(Flushed::Waiter(tx)))?;
+    rx.blocking_recv()
+        .map_err(|_| io::Error::other("the raft log's flush thread stopped"))??;
+    let txn = db.begin_write().map_err(io_err)?;
+    txn.delete_table(LOG).map_err(io_err)?;
+    txn.delete_table(RAFT_META).map_err(io_err)?;
+    txn.commit().map_err(io_err)?;
+    tracing::info!(
+        entries = count,
+        "moved the raft log out of the database file into its own log"
+    );
+    Ok(())
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let range = (range.start_bound().cloned(), range.end_bound().cloned());
-        // Pending first: an entry leaves `pending` only after it is in the table, so reading
-        // the table second cannot miss it.
-        let pending: Vec<Entry<TypeConfig>> = self
-            .shared
-            .pending
-            .lock()
-            .expect("pending lock is not poisoned")
-            .range(range)
-            .map(|(_, e)| e.clone())
-            .collect();
-        let mut out: BTreeMap<u64, Entry<TypeConfig>> = self
-            .blocking(move |db| {
-                let txn = db.begin_read()?;
-                let table = match txn.open_table(LOG) {
-                    Ok(t) => t,
-                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
-                    Err(e) => return Err(e.into()),
-                };
-                let mut out = BTreeMap::new();
-                for row in table.range::<u64>(range)? {
-                    let (index, raw) = row?;
-                    let entry: Entry<TypeConfig> = serde_json::from_slice(raw.value())
-                        .map_err(|e| redb::Error::Corrupted(format!("raft_log entry: {e}")))?;
-                    out.insert(index.value(), entry);
-                }
-                Ok(out)
-            })
-            .await
-            .map_err(read_err)?;
-        for e in pending {
-            out.insert(e.log_id.index, e);
-        }
-        Ok(out.into_values().collect())
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        // Recent entries come from memory; older ones (a follower far behind) from disk.
+        let log = self.lock();
+        log.read(from, to)
+            .map(|r| r.map(|(_, p)| Entry::clone(&p.entry)))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(read_err)
     }
 }
 
@@ -297,39 +353,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let last_purged: Option<LogId<NodeId>> =
-            self.read_meta("last_purged").await.map_err(read_err)?;
-        let last_pending = self
-            .shared
-            .pending
-            .lock()
-            .expect("pending lock is not poisoned")
-            .last_key_value()
-            .map(|(_, e)| e.log_id);
-        let last_stored = self
-            .blocking(|db| {
-                let txn = db.begin_read()?;
-                let table = match txn.open_table(LOG) {
-                    Ok(t) => t,
-                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                };
-                match table.last()? {
-                    Some((_, raw)) => serde_json::from_slice::<Entry<TypeConfig>>(raw.value())
-                        .map(|e| Some(*e.get_log_id()))
-                        .map_err(|e| redb::Error::Corrupted(format!("raft_log entry: {e}"))),
-                    None => Ok(None),
-                }
-            })
-            .await
-            .map_err(read_err)?;
-        let last = match (last_pending, last_stored) {
-            (Some(p), Some(s)) => Some(if p.index >= s.index { p } else { s }),
-            (p, s) => p.or(s),
-        };
+        let log = self.lock();
+        let state = log.log_state();
+        let purged = state.purged().copied().map(LogId::from);
         Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
+            last_purged_log_id: purged,
+            last_log_id: state.last().copied().map(LogId::from).or(purged),
         })
     }
 
@@ -338,34 +367,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.write_meta("vote", vote, Durability::Immediate)
+        let vote = Voted(*vote);
+        self.durably(|log| log.save_vote(vote).map(drop))
             .await
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.read_meta("vote")
-            .await
-            .map_err(|e| StorageIOError::read_vote(&e).into())
+        Ok(self.lock().log_state().vote().map(|v| v.0))
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        // Not durable on its own: a stale `committed` after a crash only means less is
-        // re-applied at start-up. The next durable log append persists it.
-        self.write_meta("committed", &committed, Durability::None)
-            .await
-            .map_err(write_err)
+        // Not synced on its own: a stale `committed` after a crash only means less is
+        // re-applied at start-up. The next sync takes it along.
+        if let Some(c) = committed {
+            self.lock().commit(Id::from(c)).map_err(write_err)?;
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
         Ok(self
-            .read_meta::<Option<LogId<NodeId>>>("committed")
-            .await
-            .map_err(read_err)?
-            .flatten())
+            .lock()
+            .log_state()
+            .committed()
+            .copied()
+            .map(LogId::from))
     }
 
     async fn append<I>(
@@ -377,61 +407,142 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let rows = entries
-            .iter()
-            .map(|e| {
-                (
-                    e.log_id,
-                    serde_json::to_vec(e).expect("log entries serialize"),
-                )
-            })
+        let mut log = self.lock();
+        // An entry at or below the purge point is applied already (it is in the state
+        // machine, and the same entry by raft's log matching); one above it that the log holds
+        // replaces the log from there on.
+        let purged = log.log_state().purged().map_or(0, |p| p.index + 1);
+        let rows: Vec<(Id, Payload)> = entries
+            .into_iter()
+            .filter(|e| e.log_id.index >= purged)
+            .map(|e| (Id::from(e.log_id), Payload::of(e)))
             .collect();
+        if let Some((first, _)) = rows.first()
+            && log
+                .log_state()
+                .last()
+                .is_some_and(|l| l.index >= first.index)
         {
-            let mut pending = self
-                .shared
-                .pending
-                .lock()
-                .expect("pending lock is not poisoned");
-            for e in entries {
-                pending.insert(e.log_id.index, e);
-            }
+            log.truncate(first.index).map_err(write_err)?;
         }
-        self.shared
-            .jobs
-            .send(Job::Append { rows, callback })
-            .map_err(|_| write_err(io::Error::other("log writer stopped")))
+        log.append(rows).map_err(write_err)?;
+        log.flush(true, Some(Flushed::Raft(callback)))
+            .map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.remove(Bound::Included(log_id.index), Bound::Unbounded, None)
+        self.durably(|log| log.truncate(log_id.index).map(drop))
             .await
+            .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let raw = serde_json::to_vec(&log_id).expect("log ids serialize");
-        self.remove(Bound::Unbounded, Bound::Included(log_id.index), Some(raw))
+        self.durably(|log| log.purge(Id::from(log_id)).map(drop))
             .await
+            .map_err(write_err)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openraft::{EntryPayload, Membership};
 
-    #[test]
-    fn slow_commits_should_be_reported_at_most_once_a_minute() {
-        let mut slow = SlowDisk::default();
-        slow.note(std::time::Duration::from_millis(5));
-        assert!(slow.last_said.is_none(), "a fast commit is not news");
-        slow.note(SLOW_COMMIT);
-        assert!(slow.last_said.is_some(), "the first slow commit is said");
-        assert_eq!(slow.since, 0);
-        slow.note(SLOW_COMMIT * 2);
-        slow.note(SLOW_COMMIT * 3);
-        assert_eq!(
-            slow.since, 2,
-            "later ones are counted until the next report"
-        );
+    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    #[tokio::test]
+    async fn a_log_kept_in_redb_should_move_to_the_log_files_whole() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = Database::create(dir.path().join("store.redb")).expect("db");
+        // As stores before this one kept it: entries 4..=6 (3 purged), a vote, `committed`.
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut log = txn.open_table(LOG).expect("log table");
+            for index in 4..=6 {
+                let entry = Entry::<TypeConfig> {
+                    log_id: log_id(2, index),
+                    payload: if index == 5 {
+                        EntryPayload::Membership(Membership::new(
+                            vec![std::collections::BTreeSet::from([1])],
+                            None,
+                        ))
+                    } else {
+                        EntryPayload::Blank
+                    },
+                };
+                log.insert(index, serde_json::to_vec(&entry).expect("json").as_slice())
+                    .expect("insert");
+            }
+            let mut meta = txn.open_table(RAFT_META).expect("meta table");
+            let vote = Vote::new_committed(2, 1);
+            for (key, value) in [
+                ("vote", serde_json::to_vec(&vote).expect("json")),
+                (
+                    "committed",
+                    serde_json::to_vec(&Some(log_id(2, 5))).expect("json"),
+                ),
+                (
+                    "last_purged",
+                    serde_json::to_vec(&log_id(1, 3)).expect("json"),
+                ),
+            ] {
+                meta.insert(key, value.as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+
+        let raft_log = dir.path().join("raft-log");
+        let mut store = {
+            let (dir, db) = (raft_log.clone(), Arc::new(db));
+            let db2 = Arc::clone(&db);
+            let store = tokio::task::spawn_blocking(move || LogStore::open(&dir, &db2))
+                .await
+                .expect("join")
+                .expect("open");
+            // The old tables are gone from the database file.
+            let read = db.begin_read().expect("read");
+            assert!(matches!(
+                read.open_table(LOG),
+                Err(redb::TableError::TableDoesNotExist(_))
+            ));
+            assert!(matches!(
+                read.open_table(RAFT_META),
+                Err(redb::TableError::TableDoesNotExist(_))
+            ));
+            store
+        };
+        let check = |store: &mut LogStore| {
+            let mut store = store.clone();
+            async move {
+                assert_eq!(
+                    store.read_vote().await.expect("vote"),
+                    Some(Vote::new_committed(2, 1))
+                );
+                assert_eq!(
+                    store.read_committed().await.expect("committed"),
+                    Some(log_id(2, 5))
+                );
+                let state = store.get_log_state().await.expect("state");
+                assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
+                assert_eq!(state.last_log_id, Some(log_id(2, 6)));
+                let entries = store.try_get_log_entries(0..100).await.expect("entries");
+                assert_eq!(
+                    entries.iter().map(|e| e.log_id).collect::<Vec<_>>(),
+                    vec![log_id(2, 4), log_id(2, 5), log_id(2, 6)]
+                );
+                assert!(matches!(entries[1].payload, EntryPayload::Membership(_)));
+            }
+        };
+        check(&mut store).await;
+        // And it is in the log's own files: opened again (over an empty database), the same.
+        drop(store);
+        let other = Database::create(dir.path().join("other.redb")).expect("db");
+        let mut again = tokio::task::spawn_blocking(move || LogStore::open(&raft_log, &other))
+            .await
+            .expect("join")
+            .expect("reopen");
+        check(&mut again).await;
     }
 }

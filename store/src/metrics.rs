@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -36,6 +37,11 @@ fn durations() -> &'static Durations {
     DURATIONS.get_or_init(|| Family::new_with_constructor(histogram))
 }
 
+fn durable() -> &'static Gauge {
+    static DURABLE: OnceLock<Gauge> = OnceLock::new();
+    DURABLE.get_or_init(Gauge::default)
+}
+
 /// Registers the store's families in `registry`.
 pub fn register(registry: &mut Registry) {
     registry.register(
@@ -43,6 +49,16 @@ pub fn register(registry: &mut Registry) {
         "Etcd request latency in seconds for each operation and object type.",
         durations().clone(),
     );
+    registry.register(
+        "wasmkube_store_durable_revision",
+        "The newest revision the state machine's file holds durably; a crash replays the raft log from there.",
+        durable().clone(),
+    );
+}
+
+/// Records that the state machine's file holds everything up to `revision` durably.
+pub(crate) fn durable_at(revision: u64) {
+    durable().set(i64::try_from(revision).unwrap_or(i64::MAX));
 }
 
 /// The storage prefix of `key` (`/core/pods/default/web` → `/core/pods`).

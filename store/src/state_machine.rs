@@ -31,6 +31,32 @@ pub struct StateMachine {
     published: Arc<watch::Sender<u64>>,
     /// Opens values for the live feed (watchers see objects, not what was stored).
     transform: crate::Transform,
+    checkpoint: Arc<Mutex<Checkpoint>>,
+}
+
+/// When an apply is also made durable. Applies commit without syncing (the raft log replays
+/// what a crash loses), so from time to time one syncs: a restart then replays at most that
+/// much of the log, and redb can reuse the pages the applies since freed.
+struct Checkpoint {
+    last: std::time::Instant,
+    entries: usize,
+}
+
+/// At most this long, or this many entries, between durable applies.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const CHECKPOINT_ENTRIES: usize = 10_000;
+
+impl Checkpoint {
+    /// Counts `entries` applied; whether this apply should be durable.
+    fn due(&mut self, entries: usize) -> bool {
+        self.entries += entries;
+        if self.entries < CHECKPOINT_ENTRIES && self.last.elapsed() < CHECKPOINT_EVERY {
+            return false;
+        }
+        self.last = std::time::Instant::now();
+        self.entries = 0;
+        true
+    }
 }
 
 #[derive(Clone)]
@@ -69,6 +95,10 @@ impl StateMachine {
             snapshot: Arc::new(Mutex::new(None)),
             published,
             transform,
+            checkpoint: Arc::new(Mutex::new(Checkpoint {
+                last: std::time::Instant::now(),
+                entries: 0,
+            })),
         }
     }
 
@@ -273,12 +303,18 @@ struct Applied {
     revision: u64,
 }
 
-fn apply_batch(db: &Database, entries: Vec<Entry<TypeConfig>>) -> Result<Applied, redb::Error> {
+fn apply_batch(
+    db: &Database,
+    entries: Vec<Entry<TypeConfig>>,
+    durable: bool,
+) -> Result<Applied, redb::Error> {
     let mut txn = db.begin_write()?;
     // Durability comes from the raft log: after a crash the log replays whatever this
-    // commit lost, and the next durable log append persists it anyway.
-    txn.set_durability(Durability::None)
-        .expect("single-process database accepts any durability");
+    // commit lost (see `Checkpoint`).
+    if !durable {
+        txn.set_durability(Durability::None)
+            .expect("single-process database accepts any durability");
+    }
     let mut outcomes = Vec::with_capacity(entries.len());
     let mut changes = Vec::new();
     let mut counter;
@@ -354,14 +390,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<_> = entries.into_iter().collect();
+        let durable = self
+            .checkpoint
+            .lock()
+            .expect("checkpoint lock is not poisoned")
+            .due(entries.len());
         let Applied {
             outcomes,
             changes,
             revision,
         } = self
-            .blocking(move |db| apply_batch(db, entries))
+            .blocking(move |db| apply_batch(db, entries, durable))
             .await
             .map_err(sm_write_err)?;
+        if durable {
+            crate::metrics::durable_at(revision);
+        }
         for change in changes {
             let change = match self.transform.open_change(change.clone()) {
                 Ok(opened) => opened,
@@ -467,7 +511,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let (last_applied, membership, data) = self
+        let (last_applied, membership, revision, data) = self
             .blocking(|db| {
                 // Make every apply so far durable before openraft may purge the log behind it.
                 let txn = db.begin_write()?;
@@ -509,10 +553,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     objects,
                 })
                 .expect("snapshot body serializes");
-                Ok((last_applied, membership, data))
+                Ok((last_applied, membership, revision, data))
             })
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        crate::metrics::durable_at(revision);
         let snapshot_id = format!(
             "{}-{}",
             last_applied.map(|l| l.leader_id.term).unwrap_or(0),

@@ -1,5 +1,6 @@
-//! The redb tables of the store. One database file holds the raft log and the state machine,
-//! so one durable log commit also persists every state-machine apply before it.
+//! The redb tables of the store's state machine. The raft log lives in its own files
+//! (`log_store.rs`); `raft_log` and `raft_meta` are where stores before it kept the log, read
+//! once to move it there.
 
 use redb::TableDefinition;
 

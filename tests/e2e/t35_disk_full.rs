@@ -182,6 +182,29 @@ fn damage(file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Waits until the server behind `client` holds every change up to `revision` durably in its
+/// store file (`wasmkube_store_durable_revision`).
+async fn durable_at_least(client: &kube::Client, revision: u64) -> Result<()> {
+    wait_for(
+        "the writes durable in the store file",
+        Duration::from_secs(30),
+        || async {
+            let text = client
+                .request_text(http::Request::get("/metrics").body(Vec::new()).ok()?)
+                .await
+                .ok()?;
+            let durable: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("wasmkube_store_durable_revision "))?
+                .trim()
+                .parse()
+                .ok()?;
+            (durable >= revision).then_some(())
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_member_with_a_damaged_store_should_refuse_to_start_and_recover_from_the_others()
 -> Result<()> {
@@ -191,12 +214,36 @@ async fn a_member_with_a_damaged_store_should_refuse_to_start_and_recover_from_t
     let client = servers[1].client().await?;
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     let mut acknowledged = std::collections::BTreeSet::new();
+    let mut last = 0;
     for i in 0..20 {
         let name = format!("fill-{i:03}");
         let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-        cms.create(&PostParams::default(), &cm).await?;
+        let made = cms.create(&PostParams::default(), &cm).await?;
+        last = made
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or("0")
+            .parse()?;
         acknowledged.insert(name);
     }
+    // Applies reach the store file unsynced and are made durable about once a second (the
+    // raft log replays the rest after a crash). redb keeps its last two durable commits and
+    // falls back to the older when the newer is damaged: with only one holding data, the
+    // member would start from the empty one and replay its log (which still has everything).
+    // Two durable commits with data, then, so that nothing in the file is usable.
+    let first = servers[0].client().await?;
+    durable_at_least(&first, last).await?;
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "fill-020"}}))?;
+    let made = cms.create(&PostParams::default(), &cm).await?;
+    acknowledged.insert("fill-020".to_owned());
+    let last: u64 = made
+        .metadata
+        .resource_version
+        .as_deref()
+        .unwrap_or("0")
+        .parse()?;
+    durable_at_least(&first, last).await?;
     // The first server (the leader) dies and its store file is found damaged.
     servers[0].kill9();
     let file = servers[0].data_dir.join("store.redb");

@@ -2,6 +2,7 @@
 //! and state machine, and the MVCC behaviour the apiserver relies on.
 
 mod mvcc;
+mod recovery;
 mod replication;
 
 use openraft::StorageError;
