@@ -307,6 +307,7 @@ fn condition(
     reason = "the steps of one sync, in Kubernetes' order"
 )]
 pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    tracing::debug!(target: "podtrace", kind = "Deployment", object = %format_args!("{}/{}", d.namespace().unwrap_or_default(), d.name_any()), stage = "reconciling");
     if d.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

@@ -288,6 +288,7 @@ pub(crate) async fn sync(
 /// # Errors
 /// API failures (retried by the controller with back-off).
 pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    tracing::debug!(target: "podtrace", kind = "ReplicaSet", object = %format_args!("{}/{}", rs.namespace().unwrap_or_default(), rs.name_any()), stage = "reconciling");
     let (action, status) = sync(&rs, &controller_ref(&rs), &ctx).await?;
     if let Some(status) = status {
         crate::write_status(&ctx.client, &*rs, rs.status.as_ref(), &status).await?;
