@@ -400,7 +400,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             changes,
             revision,
         } = self
-            .blocking(move |db| apply_batch(db, entries, durable))
+            .blocking(move |db| {
+                let started = std::time::Instant::now();
+                let applied = apply_batch(db, entries, durable);
+                let took = started.elapsed();
+                if durable || took > std::time::Duration::from_millis(5) {
+                    tracing::debug!(target: "podtrace", durable, micros = took.as_micros(), stage = "store applied");
+                }
+                applied
+            })
             .await
             .map_err(sm_write_err)?;
         if durable {
