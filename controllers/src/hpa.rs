@@ -65,8 +65,18 @@ pub struct Ctx {
     /// (apiVersion, kind) of scale targets → their API resource (from discovery).
     kinds: Mutex<HashMap<(String, String), kube::api::ApiResource>>,
     /// Autoscalers (`namespace/name`) a ScaleFromZero Event asked for a replica since their
-    /// last reconcile.
-    woken: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// last reconcile, and whether that replica is asked for already.
+    woken: Arc<Mutex<HashMap<String, Wake>>>,
+}
+
+/// Where a request for a replica from zero stands when the autoscaler's reconcile comes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    /// The Event arrived; the target is not scaled yet.
+    Asked,
+    /// The target was scaled from zero as the Event arrived (the reconcile then only records
+    /// it), without waiting for the controller's queue.
+    Scaled,
 }
 
 /// How long (seconds) a node holds a request for a Service at zero pods: a ScaleFromZero
@@ -103,7 +113,7 @@ pub(crate) async fn run(
     // the autoscalers with an Object metric of that Service are evaluated at once.
     let store = controller.store();
     let sweeping = tokio::spawn(sweep(Arc::clone(&ctx), store.clone(), shutdown.clone()));
-    let woken = Arc::clone(&ctx.woken);
+    let waker = Arc::clone(&ctx);
     let controller = controller.watches(
         Api::<k8s_openapi::api::core::v1::Event>::all(client),
         watcher::Config::default().fields("reason=ScaleFromZero"),
@@ -122,10 +132,7 @@ pub(crate) async fn run(
                 .filter(|_| recent)
                 .map(|h| {
                     tracing::debug!(target: "podtrace", kind = "HorizontalPodAutoscaler", object = %format_args!("{ns}/{}", h.name_any()), stage = "woken");
-                    woken
-                        .lock()
-                        .expect("woken lock")
-                        .insert(format!("{ns}/{}", h.name_any()));
+                    waker.ask_wake(&h);
                     kube::runtime::reflector::ObjectRef::from_obj(&**h)
                 })
                 .collect::<Vec<_>>()
@@ -279,13 +286,19 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
     // another change); the rest of this pass then runs as if it had read zero.
     let woken = ctx.take_woken(&key);
     let mut woke = false;
-    if woken && spec.min_replicas == Some(0) {
-        tracing::debug!(target: "podtrace", kind = "HorizontalPodAutoscaler", object = %key, stage = "waking");
-        match ctx.wake(&ns, target).await {
-            Ok(w) => woke = w,
-            Err(e) => tracing::debug!(hpa = %key, error = %e, "could not scale from zero at once"),
+    if spec.min_replicas == Some(0) {
+        match woken {
+            Some(Wake::Scaled) => woke = true,
+            Some(Wake::Asked) => match ctx.wake(&ns, target).await {
+                Ok(w) => woke = w,
+                Err(e) => {
+                    tracing::debug!(hpa = %key, error = %e, "could not scale from zero at once");
+                }
+            },
+            None => {}
         }
     }
+    let woken = woken.is_some();
 
     // The target's scale subresource.
     let scale = match ctx.scale_of(&ns, target).await {
@@ -571,9 +584,40 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
 
 impl Ctx {
     /// Whether a ScaleFromZero Event asked for a replica of autoscaler `key` (forgotten once
-    /// asked).
-    fn take_woken(&self, key: &str) -> bool {
+    /// asked), and whether it was given.
+    fn take_woken(&self, key: &str) -> Option<Wake> {
         self.woken.lock().expect("woken lock").remove(key)
+    }
+
+    /// A ScaleFromZero Event asks `hpa` for a replica: its target is scaled from zero at once
+    /// (the same one write its reconcile would make), rather than after the controller's
+    /// queue hands the reconcile over — a millisecond or two on every wake.
+    fn ask_wake(self: &Arc<Self>, hpa: &Hpa) {
+        let ns = hpa.namespace().unwrap_or_default();
+        let key = format!("{ns}/{}", hpa.name_any());
+        self.woken
+            .lock()
+            .expect("woken lock")
+            .entry(key.clone())
+            .or_insert(Wake::Asked);
+        let Some(spec) = hpa.spec.clone().filter(|s| s.min_replicas == Some(0)) else {
+            return;
+        };
+        let ctx = Arc::clone(self);
+        tokio::spawn(async move {
+            tracing::debug!(target: "podtrace", kind = "HorizontalPodAutoscaler", object = %key, stage = "waking");
+            match ctx.wake(&ns, &spec.scale_target_ref).await {
+                Ok(true) => {
+                    if let Some(w) = ctx.woken.lock().expect("woken lock").get_mut(&key) {
+                        *w = Wake::Scaled;
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(hpa = %key, error = %e, "could not scale from zero at once")
+                }
+            }
+        });
     }
 
     async fn event(&self, hpa: &Hpa, type_: EventType, reason: &str, note: &str) {
