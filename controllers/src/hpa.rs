@@ -70,13 +70,13 @@ pub struct Ctx {
 }
 
 /// Where a request for a replica from zero stands when the autoscaler's reconcile comes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 enum Wake {
-    /// The Event arrived; the target is not scaled yet.
+    /// The Event arrived; nothing was written for it.
     Asked,
-    /// The target was scaled from zero as the Event arrived (the reconcile then only records
-    /// it), without waiting for the controller's queue.
-    Scaled,
+    /// The target is being scaled from zero as the Event arrived, without waiting for the
+    /// controller's queue; this resolves to whether that write applied.
+    Waking(futures::future::Shared<futures::future::BoxFuture<'static, bool>>),
 }
 
 /// How long (seconds) a node holds a request for a Service at zero pods: a ScaleFromZero
@@ -132,7 +132,7 @@ pub(crate) async fn run(
                 .filter(|_| recent)
                 .map(|h| {
                     tracing::debug!(target: "podtrace", kind = "HorizontalPodAutoscaler", object = %format_args!("{ns}/{}", h.name_any()), stage = "woken");
-                    waker.ask_wake(&h);
+                    waker.ask_wake(h);
                     kube::runtime::reflector::ObjectRef::from_obj(&**h)
                 })
                 .collect::<Vec<_>>()
@@ -287,8 +287,8 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
     let woken = ctx.take_woken(&key);
     let mut woke = false;
     if spec.min_replicas == Some(0) {
-        match woken {
-            Some(Wake::Scaled) => woke = true,
+        match woken.clone() {
+            Some(Wake::Waking(write)) => woke = write.await,
             Some(Wake::Asked) => match ctx.wake(&ns, target).await {
                 Ok(w) => woke = w,
                 Err(e) => {
@@ -593,31 +593,32 @@ impl Ctx {
     /// (the same one write its reconcile would make), rather than after the controller's
     /// queue hands the reconcile over — a millisecond or two on every wake.
     fn ask_wake(self: &Arc<Self>, hpa: &Hpa) {
+        use futures::FutureExt;
         let ns = hpa.namespace().unwrap_or_default();
         let key = format!("{ns}/{}", hpa.name_any());
-        self.woken
-            .lock()
-            .expect("woken lock")
-            .entry(key.clone())
-            .or_insert(Wake::Asked);
+        let mut woken = self.woken.lock().expect("woken lock");
+        if matches!(woken.get(&key), Some(Wake::Waking(_))) {
+            return;
+        }
         let Some(spec) = hpa.spec.clone().filter(|s| s.min_replicas == Some(0)) else {
+            woken.insert(key, Wake::Asked);
             return;
         };
         let ctx = Arc::clone(self);
-        tokio::spawn(async move {
-            tracing::debug!(target: "podtrace", kind = "HorizontalPodAutoscaler", object = %key, stage = "waking");
-            match ctx.wake(&ns, &spec.scale_target_ref).await {
-                Ok(true) => {
-                    if let Some(w) = ctx.woken.lock().expect("woken lock").get_mut(&key) {
-                        *w = Wake::Scaled;
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::debug!(hpa = %key, error = %e, "could not scale from zero at once")
-                }
-            }
+        let traced = key.clone();
+        let task = tokio::spawn(async move {
+            tracing::debug!(target: "podtrace", kind = "HorizontalPodAutoscaler", object = %traced, stage = "waking");
+            ctx.wake(&ns, &spec.scale_target_ref)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::debug!(hpa = %traced, error = %e, "could not scale from zero at once");
+                    false
+                })
         });
+        woken.insert(
+            key,
+            Wake::Waking(async move { task.await.unwrap_or(false) }.boxed().shared()),
+        );
     }
 
     async fn event(&self, hpa: &Hpa, type_: EventType, reason: &str, note: &str) {
