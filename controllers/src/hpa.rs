@@ -289,12 +289,7 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
     if spec.min_replicas == Some(0) {
         match woken.clone() {
             Some(Wake::Waking(write)) => woke = write.await,
-            Some(Wake::Asked) => match ctx.wake(&ns, target).await {
-                Ok(w) => woke = w,
-                Err(e) => {
-                    tracing::debug!(hpa = %key, error = %e, "could not scale from zero at once");
-                }
-            },
+            Some(Wake::Asked) => woke = ctx.wake(&key, &ns, target).await,
             None => {}
         }
     }
@@ -605,16 +600,9 @@ impl Ctx {
             return;
         };
         let ctx = Arc::clone(self);
-        let traced = key.clone();
-        let task = tokio::spawn(async move {
-            tracing::debug!(target: "podtrace", kind = "HorizontalPodAutoscaler", object = %traced, stage = "waking");
-            ctx.wake(&ns, &spec.scale_target_ref)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::debug!(hpa = %traced, error = %e, "could not scale from zero at once");
-                    false
-                })
-        });
+        let hpa_key = key.clone();
+        let task =
+            tokio::spawn(async move { ctx.wake(&hpa_key, &ns, &spec.scale_target_ref).await });
         woken.insert(
             key,
             Wake::Waking(async move { task.await.unwrap_or(false) }.boxed().shared()),
@@ -819,32 +807,40 @@ impl Ctx {
         })
     }
 
-    /// Scales `target` from zero to one replica in one write that applies only while it is at
-    /// zero (a JSON Patch `test` on the scale); `Ok(false)` when it was not at zero.
+    /// Scales the target of autoscaler `key` from zero to one replica in one write that
+    /// applies only while it is at zero (a JSON Patch `test` on the scale); whether it applied
+    /// (not when the target was not at zero, nor when the write failed: the reconcile then
+    /// scales as usual).
     async fn wake(
         &self,
+        key: &str,
         ns: &str,
         target: &k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference,
-    ) -> Result<bool, String> {
+    ) -> bool {
+        tracing::debug!(target: "podtrace", kind = "HorizontalPodAutoscaler", object = %key, stage = "waking");
         let ops: json_patch::Patch = serde_json::from_value(json!([
             {"op": "test", "path": "/spec/replicas", "value": 0},
             {"op": "replace", "path": "/spec/replicas", "value": 1}
         ]))
-        .map_err(|e| e.to_string())?;
-        match self
-            .scale_api(ns, target)
-            .await?
-            .patch_scale(
-                &target.name,
-                &PatchParams::default(),
-                &Patch::<()>::Json(ops),
-            )
-            .await
-        {
-            Ok(_) => Ok(true),
-            // Not at zero (the test failed), or changed meanwhile.
-            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => Ok(false),
-            Err(e) => Err(e.to_string()),
+        .expect("a constant JSON Patch");
+        let written = match self.scale_api(ns, target).await {
+            Ok(api) => api
+                .patch_scale(
+                    &target.name,
+                    &PatchParams::default(),
+                    &Patch::<()>::Json(ops),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(_) => true,
+            Err(e) => {
+                // 422/409: not at zero (the test failed), or changed meanwhile.
+                tracing::debug!(hpa = %key, error = %e, "did not scale from zero at once");
+                false
+            }
         }
     }
 

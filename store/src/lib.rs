@@ -260,10 +260,7 @@ impl Transform {
 pub fn open_storage(path: &std::path::Path) -> Result<(LogStore, StateMachine), Error> {
     let db = Arc::new(Database::create(path)?);
     let feed = watch::Feed::new(16);
-    let log = LogStore::open(&path.with_extension("log"), &db).map_err(|e| Error::Damaged {
-        path: path.with_extension("log"),
-        why: e.to_string(),
-    })?;
+    let log = open_log_blocking(&path.with_extension("log"), &db)?;
     Ok((
         log,
         StateMachine::new(
@@ -275,16 +272,19 @@ pub fn open_storage(path: &std::path::Path) -> Result<(LogStore, StateMachine), 
     ))
 }
 
+/// Opens the raft log in `dir`; a log that cannot be read is [`Error::Damaged`].
+fn open_log_blocking(dir: &std::path::Path, db: &Database) -> Result<LogStore, Error> {
+    LogStore::open(dir, db).map_err(|e| Error::Damaged {
+        path: dir.to_path_buf(),
+        why: e.to_string(),
+    })
+}
+
 /// Opens the raft log in `dir` (off the async threads: it replays its files).
 async fn open_log(dir: PathBuf, db: Arc<Database>) -> Result<LogStore, Error> {
-    let shown = dir.clone();
-    tokio::task::spawn_blocking(move || LogStore::open(&dir, &db))
+    tokio::task::spawn_blocking(move || open_log_blocking(&dir, &db))
         .await
         .expect("opening the raft log does not panic")
-        .map_err(|e| Error::Damaged {
-            path: shown,
-            why: e.to_string(),
-        })
 }
 
 /// Refuses a state machine older than the start of the log: what lies between is in neither

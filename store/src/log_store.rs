@@ -240,15 +240,24 @@ impl LogStore {
         &self,
         change: impl FnOnce(&mut RaftLog<Wal>) -> io::Result<()>,
     ) -> io::Result<()> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        {
+        let synced = {
             let mut log = self.lock();
             change(&mut log)?;
-            log.flush(true, Some(Flushed::Waiter(tx)))?;
-        }
-        rx.await
-            .map_err(|_| io::Error::other("the raft log's flush thread stopped"))?
+            sync(&mut log)?
+        };
+        synced.await.map_err(|_| flush_stopped())?
     }
+}
+
+/// Asks the log's flush thread to sync everything written so far; the answer says when it has.
+fn sync(log: &mut RaftLog<Wal>) -> io::Result<tokio::sync::oneshot::Receiver<io::Result<()>>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    log.flush(true, Some(Flushed::Waiter(tx)))?;
+    Ok(rx)
+}
+
+fn flush_stopped() -> io::Error {
+    io::Error::other("the raft log's flush thread stopped")
 }
 
 /// Moves a log kept in redb's `raft_log`/`raft_meta` tables into `log` (when `log` is new and
@@ -259,29 +268,23 @@ fn move_from_redb(log: &mut RaftLog<Wal>, db: &Database) -> io::Result<()> {
         return Ok(());
     }
     let txn = db.begin_read().map_err(io_err)?;
-    let meta = |key: &str| -> io::Result<Option<Vec<u8>>> {
-        match txn.open_table(RAFT_META) {
-            Ok(t) => Ok(t.get(key).map_err(io_err)?.map(|v| v.value().to_vec())),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(e) => Err(io_err(e)),
-        }
-    };
-    let json = |raw: Option<Vec<u8>>| -> io::Result<Option<serde_json::Value>> {
-        raw.map(|r| serde_json::from_slice(&r).map_err(io_err))
+    // Each value is JSON; `committed` was stored as an `Option` of its own.
+    fn meta<T: serde::de::DeserializeOwned>(
+        txn: &redb::ReadTransaction,
+        key: &str,
+    ) -> io::Result<Option<T>> {
+        let raw = match txn.open_table(RAFT_META) {
+            Ok(t) => t.get(key).map_err(io_err)?,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(io_err(e)),
+        };
+        raw.map(|v| serde_json::from_slice(v.value()).map_err(io_err))
             .transpose()
-    };
-    let vote: Option<Vote<NodeId>> = json(meta("vote")?)?
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(io_err)?;
-    let purged: Option<LogId<NodeId>> = json(meta("last_purged")?)?
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(io_err)?;
-    let committed: Option<LogId<NodeId>> = json(meta("committed")?)?
-        .and_then(|v| serde_json::from_value::<Option<LogId<NodeId>>>(v).transpose())
-        .transpose()
-        .map_err(io_err)?;
+    }
+    let vote: Option<Vote<NodeId>> = meta(&txn, "vote")?;
+    let purged: Option<LogId<NodeId>> = meta(&txn, "last_purged")?;
+    let committed: Option<LogId<NodeId>> =
+        meta::<Option<LogId<NodeId>>>(&txn, "committed")?.flatten();
     let mut entries = Vec::new();
     match txn.open_table(LOG) {
         Ok(t) => {
@@ -310,10 +313,7 @@ fn move_from_redb(log: &mut RaftLog<Wal>, db: &Database) -> io::Result<()> {
     if let Some(c) = committed {
         log.commit(Id::from(c))?;
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    log.flush(true, Some(Flushed::Waiter(tx)))?;
-    rx.blocking_recv()
-        .map_err(|_| io::Error::other("the raft log's flush thread stopped"))??;
+    sync(log)?.blocking_recv().map_err(|_| flush_stopped())??;
     let txn = db.begin_write().map_err(io_err)?;
     txn.delete_table(LOG).map_err(io_err)?;
     txn.delete_table(RAFT_META).map_err(io_err)?;
