@@ -261,11 +261,21 @@ pub struct ServiceWaiting {
 pub struct NodeStats {
     /// The node's name.
     pub node_name: String,
-    /// When the wasmlet started.
+    /// The machine's usage, from when the wasmlet started.
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// What a node, pod or container uses, and since when (the kubelet's `startTime`, `cpu` and
+/// `memory`, which its node, pod and container stats each carry).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// When it started.
     pub start_time: Option<Time>,
-    /// The machine's CPU.
+    /// Its CPU.
     pub cpu: Option<CpuStats>,
-    /// The machine's memory.
+    /// Its memory.
     pub memory: Option<MemoryStats>,
 }
 
@@ -275,15 +285,12 @@ pub struct NodeStats {
 pub struct PodStats {
     /// Which pod.
     pub pod_ref: PodReference,
-    /// When the node started it.
-    pub start_time: Option<Time>,
     /// Its running containers.
     #[serde(default)]
     pub containers: Vec<ContainerStats>,
-    /// The sum of its containers' CPU.
-    pub cpu: Option<CpuStats>,
-    /// The sum of its containers' memory.
-    pub memory: Option<MemoryStats>,
+    /// The sum of its containers' usage, from when the node started it.
+    #[serde(flatten)]
+    pub usage: Usage,
     /// Its `wasi:http` requests, for a pod that serves them (not in the kubelet's summary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<RequestStats>,
@@ -323,12 +330,9 @@ pub struct PodReference {
 pub struct ContainerStats {
     /// The container's name.
     pub name: String,
-    /// When this start of it began.
-    pub start_time: Option<Time>,
-    /// Its CPU.
-    pub cpu: Option<CpuStats>,
-    /// Its memory.
-    pub memory: Option<MemoryStats>,
+    /// Its usage, from when this start of it began.
+    #[serde(flatten)]
+    pub usage: Usage,
 }
 
 /// CPU usage, as the kubelet reports it.

@@ -89,7 +89,8 @@ pub(crate) fn group(reg: &Registry, name: &str) -> Option<Value> {
     Some(v)
 }
 
-const ALL_VERBS: [&str; 8] = [
+/// Every verb a resource with all REST operations serves.
+pub(crate) const ALL_VERBS: [&str; 8] = [
     "create",
     "delete",
     "deletecollection",

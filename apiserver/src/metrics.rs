@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Serialize;
 use wasmkube_api::metrics::{
     ContainerMetrics, GROUP_VERSION, MetricsList, NodeMetrics, PodMetrics, RequestStats, Summary,
-    cpu_quantity, memory_quantity,
+    Usage, cpu_quantity, memory_quantity,
 };
 use wasmkube_api::selector::LabelSelector;
 
@@ -132,11 +132,20 @@ struct Query {
     namespace: Option<String>,
 }
 
+impl Query {
+    /// Whether the object the request asks for by `name` (if it names one) is `meta`'s, and
+    /// the query's field and label selectors select it.
+    fn wants(&self, meta: &ObjectMeta, name: Option<&str>) -> bool {
+        let is = |w: &str| meta.name.as_deref() == Some(w);
+        name.is_none_or(is)
+            && self.name.as_deref().is_none_or(is)
+            && selects(self.labels.as_ref(), meta.labels.as_ref())
+    }
+}
+
 fn parse_query(query: Option<&str>) -> Result<Query, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default())
-        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
     let mut q = Query::default();
-    for (k, v) in pairs {
+    for (k, v) in crate::request::QueryPairs::parse(query)?.0 {
         match k.as_str() {
             "watch" if v == "true" || v == "1" => {
                 return Err(ApiError::new(
@@ -214,14 +223,7 @@ pub(crate) async fn answer(
         Target::Nodes(name) => {
             let wanted: Vec<&Node> = nodes
                 .iter()
-                .filter(|n| name.is_none_or(|w| n.metadata.name.as_deref() == Some(w)))
-                .filter(|n| {
-                    q.name
-                        .as_deref()
-                        .is_none_or(|w| n.metadata.name.as_deref() == Some(w))
-                })
-                .filter(|n| selects(q.labels.as_ref(), n.metadata.labels.as_ref()))
-                .filter(|n| ready(n))
+                .filter(|n| q.wants(&n.metadata, name) && ready(n))
                 .collect();
             let summaries = scrape(kubelet, endpoints(wanted.iter().copied())).await;
             let mut items: Vec<NodeMetrics> = wanted
@@ -243,13 +245,7 @@ pub(crate) async fn answer(
             let wanted: Vec<&Pod> = pods
                 .iter()
                 .filter(|p| namespace.is_none_or(|ns| p.metadata.namespace.as_deref() == Some(ns)))
-                .filter(|p| name.is_none_or(|w| p.metadata.name.as_deref() == Some(w)))
-                .filter(|p| {
-                    q.name
-                        .as_deref()
-                        .is_none_or(|w| p.metadata.name.as_deref() == Some(w))
-                })
-                .filter(|p| selects(q.labels.as_ref(), p.metadata.labels.as_ref()))
+                .filter(|p| q.wants(&p.metadata, name))
                 .collect();
             let on: BTreeSet<&str> = wanted
                 .iter()
@@ -302,11 +298,7 @@ async fn custom(
     metric: &str,
 ) -> Result<Response, ApiError> {
     if !CUSTOM_METRICS.contains(&metric) {
-        return Err(ApiError::new(
-            404,
-            "NotFound",
-            format!("the server could not find the metric {metric} for {resource}"),
-        ));
+        return Err(metric_not_found(format!("metric {metric} for {resource}")));
     }
     let pods: Vec<Pod> = cached(api, "pods", Some(namespace)).await?;
     let in_namespace = pods.iter();
@@ -343,52 +335,53 @@ async fn custom(
     }));
     let summaries = scrape(kubelet, hosts).await;
     let measured = requests_of(&selected, &summaries);
-    let value_of = |r: &RequestStats| request_value(metric, r);
-    let identifier = wasmkube_api::metrics::MetricIdentifier {
-        name: metric.to_owned(),
-        selector: None,
-    };
-    let window = |r: &RequestStats| Some(r.window_seconds.round() as i64);
-    let items: Vec<wasmkube_api::metrics::MetricValue> = match described {
-        Some((kind, object)) => {
-            let total = service_total(namespace, object, metric, &measured, &summaries);
-            vec![wasmkube_api::metrics::MetricValue {
-                described_object: k8s_openapi::api::core::v1::ObjectReference {
-                    kind: Some(kind.into()),
-                    namespace: Some(namespace.into()),
-                    name: Some(object.into()),
-                    api_version: Some("/v1".into()),
-                    ..Default::default()
-                },
-                metric: identifier,
-                timestamp: Some(total.time),
-                window_seconds: total.window,
-                value: wasmkube_api::metrics::amount_quantity(total.value),
-            }]
-        }
+    // (kind, namespace, name) of each described object, with its value.
+    let values: Vec<((&str, Option<String>, Option<String>), ServiceTotal)> = match described {
+        Some((kind, object)) => vec![(
+            (kind, Some(namespace.into()), Some(object.into())),
+            service_total(namespace, object, metric, &measured, &summaries),
+        )],
         None => measured
             .iter()
-            .map(|(p, r)| wasmkube_api::metrics::MetricValue {
-                described_object: k8s_openapi::api::core::v1::ObjectReference {
-                    kind: Some("Pod".into()),
-                    namespace: p.metadata.namespace.clone(),
-                    name: p.metadata.name.clone(),
-                    api_version: Some("/v1".into()),
-                    ..Default::default()
-                },
-                metric: identifier.clone(),
-                timestamp: r.time.clone(),
-                window_seconds: window(r),
-                value: wasmkube_api::metrics::amount_quantity(value_of(r)),
+            .map(|(p, r)| {
+                let total = ServiceTotal {
+                    value: request_value(metric, r),
+                    time: r
+                        .time
+                        .clone()
+                        .unwrap_or_else(|| Time(jiff::Timestamp::now())),
+                    window: Some(r.window_seconds.round() as i64),
+                };
+                let (ns, name) = (p.metadata.namespace.clone(), p.metadata.name.clone());
+                (("Pod", ns, name), total)
             })
             .collect(),
     };
+    let items: Vec<wasmkube_api::metrics::MetricValue> = values
+        .into_iter()
+        .map(
+            |((kind, namespace, name), total)| wasmkube_api::metrics::MetricValue {
+                described_object: k8s_openapi::api::core::v1::ObjectReference {
+                    kind: Some(kind.into()),
+                    namespace,
+                    name,
+                    api_version: Some("/v1".into()),
+                    ..Default::default()
+                },
+                metric: wasmkube_api::metrics::MetricIdentifier {
+                    name: metric.to_owned(),
+                    selector: None,
+                },
+                timestamp: Some(total.time),
+                window_seconds: total.window,
+                value: wasmkube_api::metrics::amount_quantity(total.value),
+            },
+        )
+        .collect();
     if items.is_empty() && name != "*" {
-        return Err(ApiError::new(
-            404,
-            "NotFound",
-            format!("the server could not find the metric {metric} for {resource} {name}"),
-        ));
+        return Err(metric_not_found(format!(
+            "metric {metric} for {resource} {name}"
+        )));
     }
     Ok(value_list(
         "MetricValueList",
@@ -424,11 +417,7 @@ async fn external(
     metric: &str,
 ) -> Result<Response, ApiError> {
     if !CUSTOM_METRICS.contains(&metric) {
-        return Err(ApiError::new(
-            404,
-            "NotFound",
-            format!("the server could not find the external metric {metric}"),
-        ));
+        return Err(metric_not_found(format!("external metric {metric}")));
     }
     let services: Vec<k8s_openapi::api::core::v1::Service> =
         cached(api, "services", Some(namespace)).await?;
@@ -681,13 +670,12 @@ fn meta(of: &ObjectMeta) -> ObjectMeta {
 }
 
 fn node_metrics(node: &Node, s: &Summary) -> Option<NodeMetrics> {
-    let cpu = s.node.cpu.as_ref()?;
-    let memory = s.node.memory.as_ref()?;
+    let cpu = s.node.usage.cpu.as_ref()?;
     Some(NodeMetrics {
         metadata: meta(&node.metadata),
         timestamp: cpu.time.clone(),
         window: window(cpu.window_seconds),
-        usage: usage(cpu.usage_nano_cores?, memory.working_set_bytes?),
+        usage: quantities(&s.node.usage)?,
     })
 }
 
@@ -707,17 +695,14 @@ fn pod_metrics(pod: &Pod, s: &Summary) -> Option<PodMetrics> {
         .filter_map(|c| {
             Some(ContainerMetrics {
                 name: c.name.clone(),
-                usage: usage(
-                    c.cpu.as_ref()?.usage_nano_cores?,
-                    c.memory.as_ref()?.working_set_bytes?,
-                ),
+                usage: quantities(&c.usage)?,
             })
         })
         .collect();
     if containers.is_empty() {
         return None;
     }
-    let cpu = stats.cpu.as_ref();
+    let cpu = stats.usage.cpu.as_ref();
     Some(PodMetrics {
         metadata: meta(&pod.metadata),
         timestamp: cpu.and_then(|c| c.time.clone()),
@@ -726,15 +711,23 @@ fn pod_metrics(pod: &Pod, s: &Summary) -> Option<PodMetrics> {
     })
 }
 
-fn usage(
-    nano_cores: u64,
-    bytes: u64,
-) -> BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity> {
-    [
-        ("cpu".to_owned(), cpu_quantity(nano_cores)),
-        ("memory".to_owned(), memory_quantity(bytes)),
-    ]
-    .into()
+/// metrics.k8s.io's `usage`: CPU in use and the memory working set.
+fn quantities(
+    u: &Usage,
+) -> Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>> {
+    Some(
+        [
+            (
+                "cpu".to_owned(),
+                cpu_quantity(u.cpu.as_ref()?.usage_nano_cores?),
+            ),
+            (
+                "memory".to_owned(),
+                memory_quantity(u.memory.as_ref()?.working_set_bytes?),
+            ),
+        ]
+        .into(),
+    )
 }
 
 /// An object with its `kind` and `apiVersion`.
@@ -763,6 +756,15 @@ fn list<T: Serialize>(list_kind: &'static str, kind: &str, items: Vec<T>) -> Res
         StatusCode::OK,
         &serde_json::to_value(list).expect("metrics serialize"),
         &[],
+    )
+}
+
+/// 404 for a metric not measured, `what` naming it.
+fn metric_not_found(what: String) -> ApiError {
+    ApiError::new(
+        404,
+        "NotFound",
+        format!("the server could not find the {what}"),
     )
 }
 

@@ -198,14 +198,8 @@ impl OciRegistry {
             )
             .into_response();
         };
-        let query: Vec<(String, String)> =
-            serde_urlencoded::from_str(query.unwrap_or_default()).unwrap_or_default();
-        let param = |k: &str| {
-            query
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.as_str())
-        };
+        let query = crate::request::QueryPairs::parse(query).unwrap_or_default();
+        let param = |k: &str| query.get(k);
         let result = match (method, route) {
             (&Method::GET | &Method::HEAD, Route::Base) => Ok((
                 StatusCode::OK,

@@ -40,15 +40,9 @@ pub(crate) async fn pod_log(
     name: &str,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let params: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default())
-        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
-    let param = |k: &str| {
-        params
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
-    };
-    for (k, v) in &params {
+    let params = crate::request::QueryPairs::parse(query)?;
+    let param = |k: &str| params.get(k);
+    for (k, v) in &params.0 {
         if !PARAMS.contains(&k.as_str()) {
             continue;
         }
@@ -109,6 +103,7 @@ pub(crate) async fn pod_log(
     let host = node_endpoint(api, &node_name, name).await?;
 
     let mut forward: Vec<(&str, &str)> = params
+        .0
         .iter()
         .filter(|(k, _)| {
             PARAMS.contains(&k.as_str())

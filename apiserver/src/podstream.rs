@@ -111,15 +111,8 @@ impl PodStream<'_> {
     /// WebSocket or SPDY/3.1 upgrade.
     async fn remote_command(self, req: Request, what: &str) -> Result<Response, ApiError> {
         let (api, kubelet, namespace, name) = (self.api, self.kubelet, self.namespace, self.name);
-        let query = req.uri().query().unwrap_or_default().to_owned();
-        let params: Vec<(String, String)> = serde_urlencoded::from_str(&query)
-            .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
-        let param = |k: &str| {
-            params
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.as_str())
-        };
+        let params = crate::request::QueryPairs::parse(req.uri().query())?;
+        let param = |k: &str| params.get(k);
         let exec = what == "exec";
         if exec && param("command").is_none() {
             return Err(ApiError::bad_request(
@@ -142,6 +135,7 @@ impl PodStream<'_> {
         }
         let host = node_endpoint(api, &node_name, name).await?;
         let forward: Vec<(&str, &str)> = params
+            .0
             .iter()
             .filter(|(k, _)| {
                 matches!(k.as_str(), "stdin" | "stdout" | "stderr" | "tty")

@@ -48,8 +48,11 @@ pub trait Strategy: Send + Sync + 'static {
         + Sync
         + 'static;
 
-    /// Identity, short names, categories and subresources.
-    fn info(&self) -> ResourceInfo;
+    /// Identity, short names, categories and subresources (by default the type's own, with
+    /// neither short names nor subresources).
+    fn info(&self) -> ResourceInfo {
+        ResourceInfo::of::<Self::K>()
+    }
 
     /// How names are validated.
     fn name_rule(&self) -> NameRule {

@@ -125,18 +125,14 @@ impl Params {
     /// # Errors
     /// 400 when a parameter is malformed.
     pub fn parse(query: Option<&str>) -> Result<Params, ApiError> {
-        let q = query.unwrap_or_default();
         // `dryRun` may repeat; any value means dry run (`All` is the only defined one).
-        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+        let map: serde_json::Map<String, Value> = QueryPairs::parse(query)?
+            .0
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        serde_json::from_value(Value::Object(map))
             .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))
-            .and_then(|pairs| {
-                let mut map = serde_json::Map::new();
-                for (k, v) in pairs {
-                    map.insert(k, Value::String(v));
-                }
-                serde_json::from_value(Value::Object(map))
-                    .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))
-            })
     }
 
     /// Whether this is a watch.
@@ -528,6 +524,31 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Representation, ApiError> {
         Err(ApiError::not_acceptable(format!(
             "only the following media types are accepted: application/json, application/yaml, application/json;as=Table;v=v1;g=meta.k8s.io (got {accept:?})"
         )))
+    }
+}
+
+/// A query's parameters as sent, in order: for the endpoints that read them one by one
+/// (logs, exec and attach, metrics).
+#[derive(Debug, Default)]
+pub(crate) struct QueryPairs(pub(crate) Vec<(String, String)>);
+
+impl QueryPairs {
+    /// Parses a raw query string.
+    ///
+    /// # Errors
+    /// 400 when it is not `application/x-www-form-urlencoded`.
+    pub(crate) fn parse(query: Option<&str>) -> Result<QueryPairs, ApiError> {
+        serde_urlencoded::from_str(query.unwrap_or_default())
+            .map(QueryPairs)
+            .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))
+    }
+
+    /// The first value of `key`.
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 

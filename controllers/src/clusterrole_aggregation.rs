@@ -8,7 +8,7 @@ use std::sync::Arc;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -93,14 +93,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     let controller = controller.watches(
         Api::<ClusterRole>::all(client),
         watcher::Config::default(),
-        move |_| {
-            aggregating
-                .state()
-                .iter()
-                .filter(|r| r.aggregation_rule.is_some())
-                .map(|r| ObjectRef::from_obj(&**r))
-                .collect::<Vec<_>>()
-        },
+        move |_| crate::refs_where(&aggregating, |r| r.aggregation_rule.is_some()),
     );
     crate::drive(
         controller,

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -345,12 +345,7 @@ pub async fn run(
     let sets = controller.store();
     let controller = controller
         .owns_shared_stream(pod_stream)
-        .watches_shared_stream(node_stream, move |_node| {
-            sets.state()
-                .iter()
-                .map(|ds| ObjectRef::from_obj(&**ds))
-                .collect::<Vec<_>>()
-        });
+        .watches_shared_stream(node_stream, move |_node| crate::refs_where(&sets, |_| true));
     crate::drive(controller, "daemonset", synced, reconcile, ctx, shutdown).await;
 }
 

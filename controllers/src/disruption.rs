@@ -17,7 +17,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -271,12 +270,7 @@ pub async fn run(
     let budgets = controller.store();
     // A pod change concerns the budgets of its namespace that select it.
     let controller = controller.watches_shared_stream(pods, move |pod| {
-        budgets
-            .state()
-            .iter()
-            .filter(|b| selects(b, &pod))
-            .map(|b| ObjectRef::from_obj(&**b))
-            .collect::<Vec<_>>()
+        crate::refs_where(&budgets, |b| selects(b, &pod))
     });
     crate::drive(controller, "disruption", synced, reconcile, ctx, shutdown).await;
 }

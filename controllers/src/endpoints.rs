@@ -16,7 +16,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -291,12 +290,7 @@ pub async fn run(
     // A pod change concerns every Service of its namespace (it may have joined or left one).
     let controller = controller.watches_shared_stream(pods, move |pod| {
         let ns = pod.namespace();
-        services
-            .state()
-            .iter()
-            .filter(|s| s.namespace() == ns)
-            .map(|s| ObjectRef::from_obj(&**s))
-            .collect::<Vec<_>>()
+        crate::refs_where(&services, |s| s.namespace() == ns)
     });
     crate::drive(controller, "endpoints", synced, reconcile, ctx, shutdown).await;
 }

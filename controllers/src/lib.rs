@@ -585,6 +585,24 @@ pub(crate) async fn run_owning<K, Child, C, E, Fut>(
     drive(controller, name, ready(&reader), reconcile, ctx, shutdown).await;
 }
 
+/// The objects in `store` that `keep` accepts, as references to reconcile: what a watch of
+/// another kind maps its event to.
+pub(crate) fn refs_where<K>(
+    store: &Store<K>,
+    keep: impl Fn(&K) -> bool,
+) -> Vec<kube::runtime::reflector::ObjectRef<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    store
+        .state()
+        .iter()
+        .filter(|o| keep(o))
+        .map(|o| kube::runtime::reflector::ObjectRef::from_obj(&**o))
+        .collect()
+}
+
 /// A function whose future resolves once `store` holds a full list (for [`when_synced`]).
 pub(crate) fn ready<K>(
     store: &Store<K>,

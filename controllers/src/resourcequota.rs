@@ -14,7 +14,6 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DynamicObject, ListParams, PostParams};
 use kube::discovery::ApiResource;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -223,12 +222,7 @@ pub async fn run(
     // A pod's change concerns the quotas of its namespace.
     let controller = controller.watches_shared_stream(pod_stream, move |pod| {
         let ns = pod.namespace();
-        quotas
-            .state()
-            .iter()
-            .filter(|q| q.namespace() == ns)
-            .map(|q| ObjectRef::from_obj(&**q))
-            .collect::<Vec<_>>()
+        crate::refs_where(&quotas, |q| q.namespace() == ns)
     });
     crate::drive(
         controller,

@@ -10,7 +10,7 @@ use wasmkube_api::ResourceInfo;
 use wasmkube_api::names::{is_dns1035_label, is_dns1123_label, is_dns1123_subdomain};
 
 use crate::error::FieldError;
-use crate::registry::{NameRule, Registry, Strategy};
+use crate::registry::{Registry, Strategy};
 use crate::table::Column;
 
 /// The group.
@@ -40,10 +40,6 @@ impl Strategy for CrdStrategy {
         ResourceInfo::of::<CustomResourceDefinition>()
             .short_names(&["crd", "crds"])
             .with_status()
-    }
-
-    fn name_rule(&self) -> NameRule {
-        NameRule::Subdomain
     }
 
     fn spec_finalizers(&self, obj: &Value) -> usize {

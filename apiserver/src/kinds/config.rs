@@ -115,10 +115,6 @@ struct SecretStrategy;
 impl Strategy for SecretStrategy {
     type K = Secret;
 
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Secret>()
-    }
-
     fn default(&self, s: &mut Secret) {
         s.type_.get_or_insert_with(|| "Opaque".into());
         // stringData is write-only: merged into data, as kube-apiserver's conversion does.

@@ -6,10 +6,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use serde_json::{Value, json};
 
-use wasmkube_api::ResourceInfo;
-
 use crate::error::FieldError;
-use crate::registry::{NameRule, Registry, Strategy};
+use crate::registry::{Registry, Strategy};
 use crate::table::{Column, age};
 use crate::validation;
 
@@ -32,10 +30,6 @@ struct PriorityClassStrategy;
 
 impl Strategy for PriorityClassStrategy {
     type K = PriorityClass;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<PriorityClass>()
-    }
 
     fn default(&self, pc: &mut PriorityClass) {
         pc.preemption_policy
@@ -122,10 +116,6 @@ struct LeaseStrategy;
 impl Strategy for LeaseStrategy {
     type K = Lease;
 
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Lease>()
-    }
-
     fn validate(&self, lease: &Lease) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if let Some(d) = lease.spec.as_ref().and_then(|s| s.lease_duration_seconds)
@@ -165,14 +155,6 @@ struct EndpointSliceStrategy;
 
 impl Strategy for EndpointSliceStrategy {
     type K = EndpointSlice;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<EndpointSlice>()
-    }
-
-    fn name_rule(&self) -> NameRule {
-        NameRule::Subdomain
-    }
 
     fn validate(&self, s: &EndpointSlice) -> Vec<FieldError> {
         let mut errs = Vec::new();

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use wasmkube_api::ResourceInfo;
 
 use crate::error::FieldError;
-use crate::registry::{NameRule, Registry, Strategy};
+use crate::registry::{Registry, Strategy};
 use crate::table::{Column, age};
 
 pub(super) fn register(r: &Registry) {
@@ -73,10 +73,6 @@ impl Strategy for IngressStrategy {
         ResourceInfo::of::<Ingress>()
             .short_names(&["ing"])
             .with_status()
-    }
-
-    fn name_rule(&self) -> NameRule {
-        NameRule::Subdomain
     }
 
     fn validate(&self, ing: &Ingress) -> Vec<FieldError> {
@@ -189,14 +185,6 @@ struct IngressClassStrategy;
 
 impl Strategy for IngressClassStrategy {
     type K = IngressClass;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<IngressClass>()
-    }
-
-    fn name_rule(&self) -> NameRule {
-        NameRule::Subdomain
-    }
 
     fn validate(&self, class: &IngressClass) -> Vec<FieldError> {
         let controller = class
@@ -339,10 +327,6 @@ impl Strategy for NetworkPolicyStrategy {
 
     fn info(&self) -> ResourceInfo {
         ResourceInfo::of::<NetworkPolicy>().short_names(&["netpol"])
-    }
-
-    fn name_rule(&self) -> NameRule {
-        NameRule::Subdomain
     }
 
     /// `SetDefaults_NetworkPolicy`: `policyTypes` from the rules, ports' protocol TCP.

@@ -7,8 +7,6 @@ use k8s_openapi::api::rbac::v1::{
 };
 use serde_json::{Value, json};
 
-use wasmkube_api::ResourceInfo;
-
 use crate::error::FieldError;
 use crate::registry::{NameRule, Registry, Strategy};
 use crate::table::{Column, age};
@@ -205,10 +203,6 @@ struct RoleStrategy;
 impl Strategy for RoleStrategy {
     type K = Role;
 
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Role>()
-    }
-
     fn name_rule(&self) -> NameRule {
         NameRule::Path
     }
@@ -230,10 +224,6 @@ struct ClusterRoleStrategy;
 
 impl Strategy for ClusterRoleStrategy {
     type K = ClusterRole;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<ClusterRole>()
-    }
 
     fn name_rule(&self) -> NameRule {
         NameRule::Path
@@ -272,10 +262,6 @@ struct RoleBindingStrategy;
 impl Strategy for RoleBindingStrategy {
     type K = RoleBinding;
 
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<RoleBinding>()
-    }
-
     fn name_rule(&self) -> NameRule {
         NameRule::Path
     }
@@ -301,10 +287,6 @@ struct ClusterRoleBindingStrategy;
 
 impl Strategy for ClusterRoleBindingStrategy {
     type K = ClusterRoleBinding;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<ClusterRoleBinding>()
-    }
 
     fn name_rule(&self) -> NameRule {
         NameRule::Path

@@ -329,20 +329,7 @@ pub(crate) fn cluster_roles() -> Vec<Value> {
                 // One process runs every controller: the union of kube-controller-manager's
                 // per-controller roles (the garbage collector and the namespace controller
                 // reach every resource).
-                rule(
-                    &[
-                        "create",
-                        "delete",
-                        "deletecollection",
-                        "get",
-                        "list",
-                        "patch",
-                        "update",
-                        "watch",
-                    ],
-                    &["*"],
-                    &["*"],
-                ),
+                rule(&crate::discovery::ALL_VERBS, &["*"], &["*"]),
                 // The aggregation controller writes rules it does not hold itself.
                 rule(&["escalate"], &[GROUP], &["clusterroles"]),
             ],
@@ -497,44 +484,51 @@ fn binding(role: &str, subjects: &[(&str, &str)]) -> Value {
     })
 }
 
+/// The bootstrap ClusterRoleBindings: each role with its subjects (a ServiceAccount as
+/// `namespace/name`).
+const BINDINGS: &[(&str, &[(&str, &str)])] = &[
+    ("cluster-admin", &[("Group", "system:masters")]),
+    ("system:discovery", &[("Group", "system:authenticated")]),
+    ("system:basic-user", &[("Group", "system:authenticated")]),
+    (
+        "system:public-info-viewer",
+        &[
+            ("Group", "system:authenticated"),
+            ("Group", "system:unauthenticated"),
+        ],
+    ),
+    ("system:monitoring", &[("Group", "system:monitoring")]),
+    (
+        "system:kube-controller-manager",
+        &[("User", "system:kube-controller-manager")],
+    ),
+    (
+        "system:kube-scheduler",
+        &[("User", "system:kube-scheduler")],
+    ),
+    // Nodes are authorized by their group until a Node authorizer narrows each to its own
+    // pods' objects.
+    ("system:node", &[("Group", "system:nodes")]),
+    (
+        "system:kube-dns",
+        &[
+            ("ServiceAccount", "kube-system/kube-dns"),
+            ("User", "system:kube-dns"),
+        ],
+    ),
+    ("system:node-proxier", &[("User", "system:kube-proxy")]),
+    (
+        "system:service-account-issuer-discovery",
+        &[("Group", "system:serviceaccounts")],
+    ),
+];
+
 /// The bootstrap ClusterRoleBindings.
 pub(crate) fn cluster_role_bindings() -> Vec<Value> {
-    vec![
-        binding("cluster-admin", &[("Group", "system:masters")]),
-        binding("system:discovery", &[("Group", "system:authenticated")]),
-        binding("system:basic-user", &[("Group", "system:authenticated")]),
-        binding(
-            "system:public-info-viewer",
-            &[
-                ("Group", "system:authenticated"),
-                ("Group", "system:unauthenticated"),
-            ],
-        ),
-        binding("system:monitoring", &[("Group", "system:monitoring")]),
-        binding(
-            "system:kube-controller-manager",
-            &[("User", "system:kube-controller-manager")],
-        ),
-        binding(
-            "system:kube-scheduler",
-            &[("User", "system:kube-scheduler")],
-        ),
-        // Nodes are authorized by their group until a Node authorizer narrows each to its own
-        // pods' objects.
-        binding("system:node", &[("Group", "system:nodes")]),
-        binding(
-            "system:kube-dns",
-            &[
-                ("ServiceAccount", "kube-system/kube-dns"),
-                ("User", "system:kube-dns"),
-            ],
-        ),
-        binding("system:node-proxier", &[("User", "system:kube-proxy")]),
-        binding(
-            "system:service-account-issuer-discovery",
-            &[("Group", "system:serviceaccounts")],
-        ),
-    ]
+    BINDINGS
+        .iter()
+        .map(|(role, subjects)| binding(role, subjects))
+        .collect()
 }
 
 /// Creates the missing bootstrap objects and completes the auto-updated ones.

@@ -63,36 +63,46 @@ impl DeleteOptions {
             });
         }
         if !call.bytes().iter().all(u8::is_ascii_whitespace) {
-            let v = call.decode()?.object;
-            if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
-                o.grace = Some(g);
-            }
-            if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str) {
-                o.policy = Some(p.to_string());
-            }
-            if let Some(orphan) = v.get("orphanDependents").and_then(Value::as_bool) {
-                o.policy
-                    .get_or_insert_with(|| if orphan { "Orphan" } else { "Background" }.into());
-            }
-            if let Some(pre) = v.get("preconditions") {
-                o.uid = pre.get("uid").and_then(Value::as_str).map(str::to_string);
-                o.rv = pre
-                    .get("resourceVersion")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-            }
-            if let Some(d) = v.get("dryRun").and_then(Value::as_array) {
-                o.dry_run |= d.iter().any(|x| x == "All");
-            }
+            o.merge(&call.decode()?.object);
         }
-        if let Some(p) = o.policy.as_deref()
+        o.checked()
+    }
+
+    /// Takes what a `DeleteOptions` object (a delete's body, an Eviction's `deleteOptions`)
+    /// sets over what is set already.
+    pub(crate) fn merge(&mut self, v: &Value) {
+        if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
+            self.grace = Some(g);
+        }
+        if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str) {
+            self.policy = Some(p.to_string());
+        }
+        if let Some(orphan) = v.get("orphanDependents").and_then(Value::as_bool) {
+            self.policy
+                .get_or_insert_with(|| if orphan { "Orphan" } else { "Background" }.into());
+        }
+        if let Some(pre) = v.get("preconditions") {
+            self.uid = pre.get("uid").and_then(Value::as_str).map(str::to_string);
+            self.rv = pre
+                .get("resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+        }
+        if let Some(d) = v.get("dryRun").and_then(Value::as_array) {
+            self.dry_run |= d.iter().any(|x| x == "All");
+        }
+    }
+
+    /// The options, once their propagation policy is known to be one Kubernetes defines.
+    pub(crate) fn checked(self) -> Result<DeleteOptions, ApiError> {
+        if let Some(p) = self.policy.as_deref()
             && !matches!(p, "Orphan" | "Background" | "Foreground")
         {
             return Err(ApiError::bad_request(format!(
                 "propagationPolicy: Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
             )));
         }
-        Ok(o)
+        Ok(self)
     }
 }
 

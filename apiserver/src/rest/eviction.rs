@@ -54,27 +54,14 @@ impl Apiserver {
                 "name in URL does not match name in Eviction object: {name} vs {n}"
             )));
         }
-        let opts_in = eviction.get("deleteOptions").cloned().unwrap_or_default();
-        let opts = DeleteOptions {
-            grace: opts_in.get("gracePeriodSeconds").and_then(Value::as_i64),
-            uid: opts_in
-                .pointer("/preconditions/uid")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            rv: opts_in
-                .pointer("/preconditions/resourceVersion")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            policy: opts_in
-                .get("propagationPolicy")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            dry_run: opts_in
-                .get("dryRun")
-                .and_then(Value::as_array)
-                .is_some_and(|d| d.iter().any(|x| x == "All")),
+        let mut opts = DeleteOptions {
             user: call.q.user.clone(),
+            ..Default::default()
         };
+        if let Some(given) = eviction.get("deleteOptions") {
+            opts.merge(given);
+        }
+        let opts = opts.checked()?;
         let pod = self.load(t, name).await?.value;
         let phase = pod.pointer("/status/phase").and_then(Value::as_str);
         // Pods that are not running, or already going, are not protected by a budget.

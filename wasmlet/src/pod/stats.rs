@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio_util::sync::CancellationToken;
 use wasmkube_api::metrics::{
-    ContainerStats, CpuStats, MemoryStats, NodeStats, PodReference, PodStats, Summary,
+    ContainerStats, CpuStats, MemoryStats, NodeStats, PodReference, PodStats, Summary, Usage,
 };
 
 use crate::pod::PodRegistry;
@@ -151,14 +151,16 @@ impl Stats {
         let free = crate::node::meminfo("MemFree:").unwrap_or(0);
         let node = NodeStats {
             node_name: self.node_name.clone(),
-            start_time: time(self.started),
-            cpu: Some(cpu_stats(&machine)),
-            memory: Some(MemoryStats {
-                time: time(wall),
-                available_bytes: Some(available),
-                usage_bytes: Some(total.saturating_sub(free)),
-                working_set_bytes: Some(total.saturating_sub(available)),
-            }),
+            usage: Usage {
+                start_time: time(self.started),
+                cpu: Some(cpu_stats(&machine)),
+                memory: Some(MemoryStats {
+                    time: time(wall),
+                    available_bytes: Some(available),
+                    usage_bytes: Some(total.saturating_sub(free)),
+                    working_set_bytes: Some(total.saturating_sub(available)),
+                }),
+            },
         };
         let pods = self
             .pods
@@ -192,9 +194,11 @@ impl Stats {
                         *cpu.usage_core_nano_seconds.get_or_insert(0) += rate.cpu_nanos;
                         ContainerStats {
                             name: name.clone(),
-                            start_time: time(usage.started()),
-                            cpu: Some(c),
-                            memory: Some(memory_stats(wall, bytes)),
+                            usage: Usage {
+                                start_time: time(usage.started()),
+                                cpu: Some(c),
+                                memory: Some(memory_stats(wall, bytes)),
+                            },
                         }
                     })
                     .collect();
@@ -204,10 +208,12 @@ impl Stats {
                         namespace: pod.namespace,
                         uid: pod.uid,
                     },
-                    start_time: time(pod.started),
                     containers,
-                    cpu: Some(cpu),
-                    memory: Some(memory_stats(wall, memory)),
+                    usage: Usage {
+                        start_time: time(pod.started),
+                        cpu: Some(cpu),
+                        memory: Some(memory_stats(wall, memory)),
+                    },
                     requests: pod.serves_http.then_some(requests),
                 }
             })
@@ -281,7 +287,13 @@ fn resource_metrics(s: &Summary) -> String {
         "counter",
         "Cumulative cpu time consumed by the container in core-seconds",
         containers()
-            .map(|(p, c)| (container_labels(p, c), cpu_seconds(&c.cpu), cpu_at(&c.cpu)))
+            .map(|(p, c)| {
+                (
+                    container_labels(p, c),
+                    cpu_seconds(&c.usage.cpu),
+                    cpu_at(&c.usage.cpu),
+                )
+            })
             .collect(),
     );
     family(
@@ -292,8 +304,8 @@ fn resource_metrics(s: &Summary) -> String {
             .map(|(p, c)| {
                 (
                     container_labels(p, c),
-                    working_set(&c.memory),
-                    memory_at(&c.memory),
+                    working_set(&c.usage.memory),
+                    memory_at(&c.usage.memory),
                 )
             })
             .collect(),
@@ -304,7 +316,7 @@ fn resource_metrics(s: &Summary) -> String {
         "Start time of the container since unix epoch in seconds",
         containers()
             .map(|(p, c)| {
-                let at = millis(c.start_time.as_ref());
+                let at = millis(c.usage.start_time.as_ref());
                 (container_labels(p, c), at as f64 / 1e3, at)
             })
             .collect(),
@@ -313,7 +325,11 @@ fn resource_metrics(s: &Summary) -> String {
         "node_cpu_usage_seconds_total",
         "counter",
         "Cumulative cpu time consumed by the node in core-seconds",
-        vec![(String::new(), cpu_seconds(&s.node.cpu), cpu_at(&s.node.cpu))],
+        vec![(
+            String::new(),
+            cpu_seconds(&s.node.usage.cpu),
+            cpu_at(&s.node.usage.cpu),
+        )],
     );
     family(
         "node_memory_working_set_bytes",
@@ -321,8 +337,8 @@ fn resource_metrics(s: &Summary) -> String {
         "Current working set of the node in bytes",
         vec![(
             String::new(),
-            working_set(&s.node.memory),
-            memory_at(&s.node.memory),
+            working_set(&s.node.usage.memory),
+            memory_at(&s.node.usage.memory),
         )],
     );
     family(
@@ -331,7 +347,13 @@ fn resource_metrics(s: &Summary) -> String {
         "Cumulative cpu time consumed by the pod in core-seconds",
         s.pods
             .iter()
-            .map(|p| (pod_labels(p), cpu_seconds(&p.cpu), cpu_at(&p.cpu)))
+            .map(|p| {
+                (
+                    pod_labels(p),
+                    cpu_seconds(&p.usage.cpu),
+                    cpu_at(&p.usage.cpu),
+                )
+            })
             .collect(),
     );
     family(
@@ -340,7 +362,13 @@ fn resource_metrics(s: &Summary) -> String {
         "Current working set of the pod in bytes",
         s.pods
             .iter()
-            .map(|p| (pod_labels(p), working_set(&p.memory), memory_at(&p.memory)))
+            .map(|p| {
+                (
+                    pod_labels(p),
+                    working_set(&p.usage.memory),
+                    memory_at(&p.usage.memory),
+                )
+            })
             .collect(),
     );
     family(
@@ -372,12 +400,15 @@ mod tests {
             usage_bytes: Some(1 << 20),
             working_set_bytes: Some(1 << 20),
         });
+        let usage = Usage {
+            start_time: Some(t.clone()),
+            cpu,
+            memory,
+        };
         let s = Summary {
             node: NodeStats {
                 node_name: "n".into(),
-                start_time: Some(t.clone()),
-                cpu: cpu.clone(),
-                memory: memory.clone(),
+                usage: usage.clone(),
             },
             pods: vec![PodStats {
                 pod_ref: PodReference {
@@ -385,15 +416,11 @@ mod tests {
                     namespace: "default".into(),
                     uid: "u".into(),
                 },
-                start_time: Some(t.clone()),
                 containers: vec![ContainerStats {
                     name: "app".into(),
-                    start_time: Some(t.clone()),
-                    cpu: cpu.clone(),
-                    memory: memory.clone(),
+                    usage: usage.clone(),
                 }],
-                cpu,
-                memory,
+                usage,
                 requests: None,
             }],
             waiting: Vec::new(),

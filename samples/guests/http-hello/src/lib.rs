@@ -2,9 +2,7 @@
 //! Answers every request with a greeting naming the method and path; `?sleep=MS` first waits
 //! that long (a slow handler, for request-driven autoscaling).
 
-use wasi::http::types::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use wasi::http::types::{IncomingRequest, Method, ResponseOutparam};
 
 struct Hello;
 
@@ -34,17 +32,6 @@ impl wasi::exports::http::incoming_handler::Guest for Hello {
         }
         let text = format!("Hello from wasmkube! {method} {path}\n");
 
-        let headers = Fields::from_list(&[(
-            "content-type".to_owned(),
-            b"text/plain; charset=utf-8".to_vec(),
-        )])
-        .expect("static header is valid");
-        let response = OutgoingResponse::new(headers);
-        let body = response.body().expect("body is taken once");
-        ResponseOutparam::set(out, Ok(response));
-        let stream = body.write().expect("stream is taken once");
-        stream.blocking_write_and_flush(text.as_bytes()).expect("client is reading");
-        drop(stream);
-        OutgoingBody::finish(body, None).expect("body finishes once");
+        guest_http::answer(out, 200, &text);
     }
 }

@@ -222,8 +222,6 @@ const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount
 /// `kubernetes` Service's address from the environment, the pod's token as a bearer token.
 /// The host verifies the server against the cluster CA (`ca.crt` in the same directory).
 fn kube_get(path: &str) -> Result<(u16, String), String> {
-    use wasi::http::outgoing_handler;
-    use wasi::http::types::{Fields, IncomingBody, OutgoingRequest, Scheme};
 
     let host = std::env::var("KUBERNETES_SERVICE_HOST")
         .map_err(|_| "not in a cluster: KUBERNETES_SERVICE_HOST is not set")?;
@@ -231,32 +229,16 @@ fn kube_get(path: &str) -> Result<(u16, String), String> {
         .map_err(|_| "not in a cluster: KUBERNETES_SERVICE_PORT is not set")?;
     let token = std::fs::read_to_string(format!("{SERVICE_ACCOUNT_DIR}/token"))
         .map_err(|e| format!("reading the token: {e}"))?;
-    let headers = Fields::from_list(&[
+    let headers = [
         ("authorization".into(), format!("Bearer {}", token.trim()).into_bytes()),
         ("accept".into(), b"application/json".to_vec()),
-    ])
-    .map_err(|e| format!("{e:?}"))?;
-    let req = OutgoingRequest::new(headers);
-    req.set_scheme(Some(&Scheme::Https)).map_err(|()| "scheme")?;
-    req.set_authority(Some(&format!("{host}:{port}"))).map_err(|()| "authority")?;
-    req.set_path_with_query(Some(path)).map_err(|()| "path")?;
-    let pending = outgoing_handler::handle(req, None).map_err(|e| format!("{e:?}"))?;
-    pending.subscribe().block();
-    let resp = pending
-        .get()
-        .ok_or("no response")?
-        .map_err(|()| "response taken twice")?
-        .map_err(|e| format!("{e:?}"))?;
-    let status = resp.status();
-    let body = resp.consume().map_err(|()| "body")?;
-    let stream = body.stream().map_err(|()| "stream")?;
-    let mut bytes = Vec::new();
-    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
-        bytes.extend_from_slice(&chunk);
-    }
-    drop(stream);
-    IncomingBody::finish(body);
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    ];
+    guest_http::get(
+        wasi::http::types::Scheme::Https,
+        &format!("{host}:{port}"),
+        path,
+        &headers,
+    )
 }
 
 /// Answers one HTTP request on `conn` from the files under `dir`, then closes.
