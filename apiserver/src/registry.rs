@@ -317,44 +317,19 @@ impl<S: Strategy> Kind for Registered<S> {
         Ok(())
     }
 
-    fn field_selectors(&self) -> &'static [&'static str] {
-        self.strategy.field_selectors()
-    }
-
-    fn keeps_status_on_create(&self) -> bool {
-        self.strategy.keeps_status_on_create()
-    }
-
-    fn returns_deleted_object(&self) -> bool {
-        self.strategy.returns_deleted_object()
-    }
-
-    fn subresources(&self) -> &'static [Subresource] {
-        self.strategy.subresources()
-    }
-
-    fn spec_finalizers(&self, obj: &Value) -> usize {
-        self.strategy.spec_finalizers(obj)
-    }
-
-    fn delete_grace(&self, obj: &Value, requested: Option<i64>) -> i64 {
-        self.strategy.delete_grace(obj, requested)
-    }
-
-    fn delete_during_update(&self, obj: &Value) -> bool {
-        self.strategy.delete_during_update(obj)
-    }
-
-    fn prepare_for_delete(&self, obj: &mut Value) {
-        self.strategy.prepare_for_delete(obj);
-    }
-
-    fn to_storage(&self, obj: Value) -> Value {
-        self.strategy.to_storage(obj)
-    }
-
-    fn view_of_stored(&self, stored: Value) -> Value {
-        self.strategy.view_of_stored(stored)
+    delegate::delegate! {
+        to self.strategy {
+            fn field_selectors(&self) -> &'static [&'static str];
+            fn keeps_status_on_create(&self) -> bool;
+            fn returns_deleted_object(&self) -> bool;
+            fn subresources(&self) -> &'static [Subresource];
+            fn spec_finalizers(&self, obj: &Value) -> usize;
+            fn delete_grace(&self, obj: &Value, requested: Option<i64>) -> i64;
+            fn delete_during_update(&self, obj: &Value) -> bool;
+            fn to_storage(&self, obj: Value) -> Value;
+            fn view_of_stored(&self, stored: Value) -> Value;
+            fn prepare_for_delete(&self, obj: &mut Value);
+        }
     }
 
     fn schema(&self, generator: &mut schemars::SchemaGenerator) -> String {

@@ -248,10 +248,6 @@ impl tcp::HostTcpSocket for PodSocketsView<'_> {
         self.inner.start_bind(this, network, addr.into()).await
     }
 
-    fn finish_bind(&mut self, this: Resource<TcpSocket>) -> SocketResult<()> {
-        self.inner.finish_bind(this)
-    }
-
     fn start_connect(
         &mut self,
         this: Resource<TcpSocket>,
@@ -290,13 +286,6 @@ impl tcp::HostTcpSocket for PodSocketsView<'_> {
         self.inner.start_connect(this, network, target.into())
     }
 
-    fn finish_connect(
-        &mut self,
-        this: Resource<TcpSocket>,
-    ) -> SocketResult<(Resource<DynInputStream>, Resource<DynOutputStream>)> {
-        self.inner.finish_connect(this)
-    }
-
     async fn start_listen(&mut self, this: Resource<TcpSocket>) -> SocketResult<()> {
         let rep = this.rep();
         self.inner.start_listen(this).await?;
@@ -310,10 +299,6 @@ impl tcp::HostTcpSocket for PodSocketsView<'_> {
             pod.net.set_local_only(v4, true);
         }
         Ok(())
-    }
-
-    fn finish_listen(&mut self, this: Resource<TcpSocket>) -> SocketResult<()> {
-        self.inner.finish_listen(this)
     }
 
     fn accept(
@@ -378,104 +363,32 @@ impl tcp::HostTcpSocket for PodSocketsView<'_> {
         Ok(pod.net.virtual_of(real).into())
     }
 
-    fn is_listening(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<bool> {
-        self.inner.is_listening(this)
-    }
-
-    fn address_family(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<IpAddressFamily> {
-        self.inner.address_family(this)
-    }
-
-    fn set_listen_backlog_size(
-        &mut self,
-        this: Resource<TcpSocket>,
-        value: u64,
-    ) -> SocketResult<()> {
-        self.inner.set_listen_backlog_size(this, value)
-    }
-
-    fn keep_alive_enabled(&mut self, this: Resource<TcpSocket>) -> SocketResult<bool> {
-        self.inner.keep_alive_enabled(this)
-    }
-
-    fn set_keep_alive_enabled(
-        &mut self,
-        this: Resource<TcpSocket>,
-        value: bool,
-    ) -> SocketResult<()> {
-        self.inner.set_keep_alive_enabled(this, value)
-    }
-
-    fn keep_alive_idle_time(&mut self, this: Resource<TcpSocket>) -> SocketResult<u64> {
-        self.inner.keep_alive_idle_time(this)
-    }
-
-    fn set_keep_alive_idle_time(
-        &mut self,
-        this: Resource<TcpSocket>,
-        value: u64,
-    ) -> SocketResult<()> {
-        self.inner.set_keep_alive_idle_time(this, value)
-    }
-
-    fn keep_alive_interval(&mut self, this: Resource<TcpSocket>) -> SocketResult<u64> {
-        self.inner.keep_alive_interval(this)
-    }
-
-    fn set_keep_alive_interval(
-        &mut self,
-        this: Resource<TcpSocket>,
-        value: u64,
-    ) -> SocketResult<()> {
-        self.inner.set_keep_alive_interval(this, value)
-    }
-
-    fn keep_alive_count(&mut self, this: Resource<TcpSocket>) -> SocketResult<u32> {
-        self.inner.keep_alive_count(this)
-    }
-
-    fn set_keep_alive_count(&mut self, this: Resource<TcpSocket>, value: u32) -> SocketResult<()> {
-        self.inner.set_keep_alive_count(this, value)
-    }
-
-    fn hop_limit(&mut self, this: Resource<TcpSocket>) -> SocketResult<u8> {
-        self.inner.hop_limit(this)
-    }
-
-    fn set_hop_limit(&mut self, this: Resource<TcpSocket>, value: u8) -> SocketResult<()> {
-        self.inner.set_hop_limit(this, value)
-    }
-
-    fn receive_buffer_size(&mut self, this: Resource<TcpSocket>) -> SocketResult<u64> {
-        self.inner.receive_buffer_size(this)
-    }
-
-    fn set_receive_buffer_size(
-        &mut self,
-        this: Resource<TcpSocket>,
-        value: u64,
-    ) -> SocketResult<()> {
-        self.inner.set_receive_buffer_size(this, value)
-    }
-
-    fn send_buffer_size(&mut self, this: Resource<TcpSocket>) -> SocketResult<u64> {
-        self.inner.send_buffer_size(this)
-    }
-
-    fn set_send_buffer_size(&mut self, this: Resource<TcpSocket>, value: u64) -> SocketResult<()> {
-        self.inner.set_send_buffer_size(this, value)
-    }
-
-    fn subscribe(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<Resource<DynPollable>> {
-        self.inner.subscribe(this)
-    }
-
-    fn shutdown(
-        &mut self,
-        this: Resource<TcpSocket>,
-        shutdown_type: ShutdownType,
-    ) -> SocketResult<()> {
-        self.inner.shutdown(this, shutdown_type)
+    // What the pod's network does not change: wasmtime-wasi's own socket behaviour.
+    delegate::delegate! {
+        to self.inner {
+            fn finish_bind(&mut self, this: Resource<TcpSocket>) -> SocketResult<()>;
+            fn finish_connect(&mut self, this: Resource<TcpSocket>) -> SocketResult<(Resource<DynInputStream>, Resource<DynOutputStream>)>;
+            fn finish_listen(&mut self, this: Resource<TcpSocket>) -> SocketResult<()>;
+            fn is_listening(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<bool>;
+            fn address_family(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<IpAddressFamily>;
+            fn set_listen_backlog_size(&mut self, this: Resource<TcpSocket>, value: u64) -> SocketResult<()>;
+            fn keep_alive_enabled(&mut self, this: Resource<TcpSocket>) -> SocketResult<bool>;
+            fn set_keep_alive_enabled(&mut self, this: Resource<TcpSocket>, value: bool) -> SocketResult<()>;
+            fn keep_alive_idle_time(&mut self, this: Resource<TcpSocket>) -> SocketResult<u64>;
+            fn set_keep_alive_idle_time(&mut self, this: Resource<TcpSocket>, value: u64) -> SocketResult<()>;
+            fn keep_alive_interval(&mut self, this: Resource<TcpSocket>) -> SocketResult<u64>;
+            fn set_keep_alive_interval(&mut self, this: Resource<TcpSocket>, value: u64) -> SocketResult<()>;
+            fn keep_alive_count(&mut self, this: Resource<TcpSocket>) -> SocketResult<u32>;
+            fn set_keep_alive_count(&mut self, this: Resource<TcpSocket>, value: u32) -> SocketResult<()>;
+            fn hop_limit(&mut self, this: Resource<TcpSocket>) -> SocketResult<u8>;
+            fn set_hop_limit(&mut self, this: Resource<TcpSocket>, value: u8) -> SocketResult<()>;
+            fn receive_buffer_size(&mut self, this: Resource<TcpSocket>) -> SocketResult<u64>;
+            fn set_receive_buffer_size(&mut self, this: Resource<TcpSocket>, value: u64) -> SocketResult<()>;
+            fn send_buffer_size(&mut self, this: Resource<TcpSocket>) -> SocketResult<u64>;
+            fn set_send_buffer_size(&mut self, this: Resource<TcpSocket>, value: u64) -> SocketResult<()>;
+            fn subscribe(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<Resource<DynPollable>>;
+            fn shutdown(&mut self, this: Resource<TcpSocket>, shutdown_type: ShutdownType) -> SocketResult<()>;
+        }
     }
 
     fn drop(&mut self, this: Resource<TcpSocket>) -> wasmtime::Result<()> {

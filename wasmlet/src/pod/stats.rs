@@ -252,125 +252,74 @@ fn resource_metrics(s: &Summary) -> String {
             let _ = writeln!(out, "{name}{labels} {value} {at}");
         }
     };
-    let container_labels = |p: &PodStats, c: &ContainerStats| {
-        format!(
-            "{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}}",
-            label(&c.name),
-            label(&p.pod_ref.namespace),
-            label(&p.pod_ref.name)
-        )
-    };
     let pod_labels = |p: &PodStats| {
         format!(
-            "{{namespace=\"{}\",pod=\"{}\"}}",
+            "namespace=\"{}\",pod=\"{}\"",
             label(&p.pod_ref.namespace),
             label(&p.pod_ref.name)
         )
     };
-    let cpu_seconds = |c: &Option<CpuStats>| {
-        c.as_ref()
-            .and_then(|c| c.usage_core_nano_seconds)
-            .unwrap_or(0) as f64
-            / 1e9
-    };
-    let cpu_at = |c: &Option<CpuStats>| millis(c.as_ref().and_then(|c| c.time.as_ref()));
-    let working_set =
-        |m: &Option<MemoryStats>| m.as_ref().and_then(|m| m.working_set_bytes).unwrap_or(0) as f64;
-    let memory_at = |m: &Option<MemoryStats>| millis(m.as_ref().and_then(|m| m.time.as_ref()));
-    let containers = || {
-        s.pods
-            .iter()
-            .flat_map(|p| p.containers.iter().map(move |c| (p, c)))
-    };
-    family(
-        "container_cpu_usage_seconds_total",
-        "counter",
-        "Cumulative cpu time consumed by the container in core-seconds",
-        containers()
-            .map(|(p, c)| {
-                (
-                    container_labels(p, c),
-                    cpu_seconds(&c.usage.cpu),
-                    cpu_at(&c.usage.cpu),
-                )
+    // Each scope's subjects: their labels and usage.
+    let containers: Vec<(String, &Usage)> = s
+        .pods
+        .iter()
+        .flat_map(|p| {
+            p.containers.iter().map(move |c| {
+                let labels = format!("{{container=\"{}\",{}}}", label(&c.name), pod_labels(p));
+                (labels, &c.usage)
             })
-            .collect(),
-    );
-    family(
-        "container_memory_working_set_bytes",
-        "gauge",
-        "Current working set of the container in bytes",
-        containers()
-            .map(|(p, c)| {
-                (
-                    container_labels(p, c),
-                    working_set(&c.usage.memory),
-                    memory_at(&c.usage.memory),
-                )
-            })
-            .collect(),
-    );
-    family(
-        "container_start_time_seconds",
-        "gauge",
-        "Start time of the container since unix epoch in seconds",
-        containers()
-            .map(|(p, c)| {
-                let at = millis(c.usage.start_time.as_ref());
-                (container_labels(p, c), at as f64 / 1e3, at)
-            })
-            .collect(),
-    );
-    family(
-        "node_cpu_usage_seconds_total",
-        "counter",
-        "Cumulative cpu time consumed by the node in core-seconds",
-        vec![(
-            String::new(),
-            cpu_seconds(&s.node.usage.cpu),
-            cpu_at(&s.node.usage.cpu),
-        )],
-    );
-    family(
-        "node_memory_working_set_bytes",
-        "gauge",
-        "Current working set of the node in bytes",
-        vec![(
-            String::new(),
-            working_set(&s.node.usage.memory),
-            memory_at(&s.node.usage.memory),
-        )],
-    );
-    family(
-        "pod_cpu_usage_seconds_total",
-        "counter",
-        "Cumulative cpu time consumed by the pod in core-seconds",
-        s.pods
-            .iter()
-            .map(|p| {
-                (
-                    pod_labels(p),
-                    cpu_seconds(&p.usage.cpu),
-                    cpu_at(&p.usage.cpu),
-                )
-            })
-            .collect(),
-    );
-    family(
-        "pod_memory_working_set_bytes",
-        "gauge",
-        "Current working set of the pod in bytes",
-        s.pods
-            .iter()
-            .map(|p| {
-                (
-                    pod_labels(p),
-                    working_set(&p.usage.memory),
-                    memory_at(&p.usage.memory),
-                )
-            })
-            .collect(),
-    );
+        })
+        .collect();
+    let pods: Vec<(String, &Usage)> = s
+        .pods
+        .iter()
+        .map(|p| (format!("{{{}}}", pod_labels(p)), &p.usage))
+        .collect();
+    let node = vec![(String::new(), &s.node.usage)];
+    for (scope, subjects) in [("container", &containers), ("node", &node), ("pod", &pods)] {
+        family(
+            &format!("{scope}_cpu_usage_seconds_total"),
+            "counter",
+            &format!("Cumulative cpu time consumed by the {scope} in core-seconds"),
+            subjects
+                .iter()
+                .map(|(labels, u)| {
+                    let cpu = u.cpu.as_ref();
+                    let nanos = cpu.and_then(|c| c.usage_core_nano_seconds).unwrap_or(0);
+                    let at = millis(cpu.and_then(|c| c.time.as_ref()));
+                    (labels.clone(), nanos as f64 / 1e9, at)
+                })
+                .collect(),
+        );
+        family(
+            &format!("{scope}_memory_working_set_bytes"),
+            "gauge",
+            &format!("Current working set of the {scope} in bytes"),
+            subjects
+                .iter()
+                .map(|(labels, u)| {
+                    let memory = u.memory.as_ref();
+                    let bytes = memory.and_then(|m| m.working_set_bytes).unwrap_or(0);
+                    let at = millis(memory.and_then(|m| m.time.as_ref()));
+                    (labels.clone(), bytes as f64, at)
+                })
+                .collect(),
+        );
+        if scope == "container" {
+            family(
+                "container_start_time_seconds",
+                "gauge",
+                "Start time of the container since unix epoch in seconds",
+                subjects
+                    .iter()
+                    .map(|(labels, u)| {
+                        let at = millis(u.start_time.as_ref());
+                        (labels.clone(), at as f64 / 1e3, at)
+                    })
+                    .collect(),
+            );
+        }
+    }
     family(
         "scrape_error",
         "gauge",
