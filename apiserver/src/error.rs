@@ -55,6 +55,17 @@ impl FieldError {
         }
     }
 
+    /// [`FieldError::not_supported`] for a `value` that is set and not one of `allowed` (the
+    /// message lists them in the order given, as Kubernetes' validation does).
+    pub fn not_one_of<'a>(
+        field: impl Into<String>,
+        value: impl Into<Option<&'a str>>,
+        allowed: &[&str],
+    ) -> Option<Self> {
+        let value = value.into()?;
+        (!allowed.contains(&value)).then(|| FieldError::not_supported(field, value, allowed))
+    }
+
     /// A field may not be set or changed.
     pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
         FieldError {

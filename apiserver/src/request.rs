@@ -211,15 +211,11 @@ impl Params {
         {
             errs.push(FieldError::not_supported("dryRun", d, &["All"]));
         }
-        if let Some(v) = self.field_validation.as_deref()
-            && !matches!(v, "" | "Ignore" | "Warn" | "Strict")
-        {
-            errs.push(FieldError::not_supported(
-                "fieldValidation",
-                v,
-                &["", "Ignore", "Strict", "Warn"],
-            ));
-        }
+        errs.extend(FieldError::not_one_of(
+            "fieldValidation",
+            self.field_validation.as_deref(),
+            &["", "Ignore", "Strict", "Warn"],
+        ));
         if errs.is_empty() {
             Ok(())
         } else {

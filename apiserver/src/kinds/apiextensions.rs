@@ -121,13 +121,11 @@ impl Strategy for CrdStrategy {
                 "should be a domain with at least one dot",
             ));
         }
-        if !matches!(spec.scope.as_str(), "Cluster" | "Namespaced") {
-            errs.push(FieldError::not_supported(
-                "spec.scope",
-                &spec.scope,
-                &["Cluster", "Namespaced"],
-            ));
-        }
+        errs.extend(FieldError::not_one_of(
+            "spec.scope",
+            spec.scope.as_str(),
+            &["Cluster", "Namespaced"],
+        ));
         let names = &spec.names;
         if names.plural.is_empty() {
             errs.push(FieldError::required("spec.names.plural", ""));
@@ -225,16 +223,11 @@ impl Strategy for CrdStrategy {
             }
             for (j, c) in v.additional_printer_columns.iter().flatten().enumerate() {
                 let at = format!("{at}.additionalPrinterColumns[{j}]");
-                if !matches!(
+                errs.extend(FieldError::not_one_of(
+                    format!("{at}.type"),
                     c.type_.as_str(),
-                    "integer" | "number" | "string" | "boolean" | "date"
-                ) {
-                    errs.push(FieldError::not_supported(
-                        format!("{at}.type"),
-                        &c.type_,
-                        &["boolean", "date", "integer", "number", "string"],
-                    ));
-                }
+                    &["boolean", "date", "integer", "number", "string"],
+                ));
                 if !c.json_path.starts_with('.') {
                     errs.push(FieldError::invalid(
                         format!("{at}.jsonPath"),

@@ -114,15 +114,11 @@ impl Strategy for DeploymentStrategy_ {
     fn validate(&self, d: &Deployment) -> Vec<FieldError> {
         let spec = d.spec.clone().unwrap_or_default();
         let mut errs = validate_workload(Some(&spec.selector), &spec.template, spec.replicas);
-        if let Some(t) = spec.strategy.as_ref().and_then(|s| s.type_.as_deref())
-            && !matches!(t, "RollingUpdate" | "Recreate")
-        {
-            errs.push(FieldError::not_supported(
-                "spec.strategy.type",
-                t,
-                &["Recreate", "RollingUpdate"],
-            ));
-        }
+        errs.extend(FieldError::not_one_of(
+            "spec.strategy.type",
+            spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+            &["Recreate", "RollingUpdate"],
+        ));
         if spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate")
             && spec
                 .strategy
@@ -394,15 +390,11 @@ impl Strategy for StatefulSetStrategy {
             }
         }
         let mut errs = validate_workload(Some(&spec.selector), &template, spec.replicas);
-        if let Some(p) = spec.pod_management_policy.as_deref()
-            && !matches!(p, "OrderedReady" | "Parallel")
-        {
-            errs.push(FieldError::not_supported(
-                "spec.podManagementPolicy",
-                p,
-                &["OrderedReady", "Parallel"],
-            ));
-        }
+        errs.extend(FieldError::not_one_of(
+            "spec.podManagementPolicy",
+            spec.pod_management_policy.as_deref(),
+            &["OrderedReady", "Parallel"],
+        ));
         errs
     }
 

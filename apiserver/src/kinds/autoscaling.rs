@@ -233,24 +233,18 @@ impl Strategy for HpaStrategy {
                     "must be between 0 and 3600",
                 ));
             }
-            if let Some(p) = r.select_policy.as_deref()
-                && !matches!(p, "Max" | "Min" | "Disabled")
-            {
-                errs.push(FieldError::not_supported(
-                    format!("{path}.selectPolicy"),
-                    p,
-                    &["Disabled", "Max", "Min"],
-                ));
-            }
+            errs.extend(FieldError::not_one_of(
+                format!("{path}.selectPolicy"),
+                r.select_policy.as_deref(),
+                &["Disabled", "Max", "Min"],
+            ));
             for (i, p) in r.policies.iter().flatten().enumerate() {
                 let pp = format!("{path}.policies[{i}]");
-                if !matches!(p.type_.as_str(), "Pods" | "Percent") {
-                    errs.push(FieldError::not_supported(
-                        format!("{pp}.type"),
-                        &p.type_,
-                        &["Percent", "Pods"],
-                    ));
-                }
+                errs.extend(FieldError::not_one_of(
+                    format!("{pp}.type"),
+                    p.type_.as_str(),
+                    &["Percent", "Pods"],
+                ));
                 if p.value <= 0 {
                     errs.push(FieldError::invalid(
                         format!("{pp}.value"),

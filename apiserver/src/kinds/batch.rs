@@ -285,15 +285,11 @@ impl Strategy for CronJobStrategy {
                 "unparseable cron schedule",
             ));
         }
-        if let Some(p) = spec.concurrency_policy.as_deref()
-            && !matches!(p, "Allow" | "Forbid" | "Replace")
-        {
-            errs.push(FieldError::not_supported(
-                "spec.concurrencyPolicy",
-                p,
-                &["Allow", "Forbid", "Replace"],
-            ));
-        }
+        errs.extend(FieldError::not_one_of(
+            "spec.concurrencyPolicy",
+            spec.concurrency_policy.as_deref(),
+            &["Allow", "Forbid", "Replace"],
+        ));
         match spec.job_template.spec.as_ref() {
             Some(js) => {
                 errs.extend(validate_job_template(

@@ -269,15 +269,11 @@ impl Strategy for ServiceStrategy {
                 errs.push(FieldError::required(format!("spec.ports[{i}].name"), ""));
             }
         }
-        if let Some(aff) = spec.session_affinity.as_deref()
-            && !matches!(aff, "None" | "ClientIP")
-        {
-            errs.push(FieldError::not_supported(
-                "spec.sessionAffinity",
-                aff,
-                &["ClientIP", "None"],
-            ));
-        }
+        errs.extend(FieldError::not_one_of(
+            "spec.sessionAffinity",
+            spec.session_affinity.as_deref(),
+            &["ClientIP", "None"],
+        ));
         errs
     }
 
@@ -403,11 +399,11 @@ impl Strategy for EventStrategy {
         if ev.involved_object.name.is_none() && ev.involved_object.kind.is_none() {
             errs.push(FieldError::required("involvedObject", ""));
         }
-        if let Some(t) = ev.type_.as_deref()
-            && !matches!(t, "Normal" | "Warning")
-        {
-            errs.push(FieldError::not_supported("type", t, &["Normal", "Warning"]));
-        }
+        errs.extend(FieldError::not_one_of(
+            "type",
+            ev.type_.as_deref(),
+            &["Normal", "Warning"],
+        ));
         errs
     }
 

@@ -75,11 +75,11 @@ impl Strategy for EventV1Strategy {
                 errs.push(FieldError::required(field, ""));
             }
         }
-        if let Some(t) = ev.type_.as_deref()
-            && !matches!(t, "Normal" | "Warning")
-        {
-            errs.push(FieldError::not_supported("type", t, &["Normal", "Warning"]));
-        }
+        errs.extend(FieldError::not_one_of(
+            "type",
+            ev.type_.as_deref(),
+            &["Normal", "Warning"],
+        ));
         errs
     }
 

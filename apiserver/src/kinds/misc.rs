@@ -53,15 +53,11 @@ impl Strategy for PriorityClassStrategy {
                 ),
             ));
         }
-        if let Some(p) = pc.preemption_policy.as_deref()
-            && !matches!(p, "PreemptLowerPriority" | "Never")
-        {
-            errs.push(FieldError::not_supported(
-                "preemptionPolicy",
-                p,
-                &["Never", "PreemptLowerPriority"],
-            ));
-        }
+        errs.extend(FieldError::not_one_of(
+            "preemptionPolicy",
+            pc.preemption_policy.as_deref(),
+            &["Never", "PreemptLowerPriority"],
+        ));
         errs
     }
 
@@ -158,13 +154,11 @@ impl Strategy for EndpointSliceStrategy {
 
     fn validate(&self, s: &EndpointSlice) -> Vec<FieldError> {
         let mut errs = Vec::new();
-        if !matches!(s.address_type.as_str(), "IPv4" | "IPv6" | "FQDN") {
-            errs.push(FieldError::not_supported(
-                "addressType",
-                &s.address_type,
-                &["FQDN", "IPv4", "IPv6"],
-            ));
-        }
+        errs.extend(FieldError::not_one_of(
+            "addressType",
+            s.address_type.as_str(),
+            &["FQDN", "IPv4", "IPv6"],
+        ));
         for (i, ep) in s.endpoints.iter().enumerate() {
             if ep.addresses.is_empty() {
                 errs.push(FieldError::required(

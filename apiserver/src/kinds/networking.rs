@@ -239,15 +239,11 @@ struct NetworkPolicyStrategy;
 
 /// Validates one `ports` entry of a rule.
 fn validate_policy_port(at: &str, p: &NetworkPolicyPort, errs: &mut Vec<FieldError>) {
-    if let Some(proto) = p.protocol.as_deref()
-        && !matches!(proto, "TCP" | "UDP" | "SCTP")
-    {
-        errs.push(FieldError::not_supported(
-            format!("{at}.protocol"),
-            proto,
-            &["SCTP", "TCP", "UDP"],
-        ));
-    }
+    errs.extend(FieldError::not_one_of(
+        format!("{at}.protocol"),
+        p.protocol.as_deref(),
+        &["SCTP", "TCP", "UDP"],
+    ));
     if let Some(port) = &p.port {
         super::template::validate_port_num_or_name(format!("{at}.port"), port, errs);
     }
@@ -367,13 +363,11 @@ impl Strategy for NetworkPolicyStrategy {
             ));
         }
         for (i, t) in types.iter().enumerate() {
-            if !matches!(t.as_str(), "Ingress" | "Egress") {
-                errs.push(FieldError::not_supported(
-                    format!("spec.policyTypes[{i}]"),
-                    t,
-                    &["Egress", "Ingress"],
-                ));
-            }
+            errs.extend(FieldError::not_one_of(
+                format!("spec.policyTypes[{i}]"),
+                t.as_str(),
+                &["Egress", "Ingress"],
+            ));
         }
         for (i, rule) in spec.ingress.iter().flatten().enumerate() {
             for (j, p) in rule.ports.iter().flatten().enumerate() {

@@ -77,15 +77,11 @@ impl Strategy for PdbStrategy {
             spec.max_unavailable.as_ref(),
             &mut errs,
         );
-        if let Some(p) = spec.unhealthy_pod_eviction_policy.as_deref()
-            && !matches!(p, "IfHealthyBudget" | "AlwaysAllow")
-        {
-            errs.push(FieldError::not_supported(
-                "spec.unhealthyPodEvictionPolicy",
-                p,
-                &["AlwaysAllow", "IfHealthyBudget"],
-            ));
-        }
+        errs.extend(FieldError::not_one_of(
+            "spec.unhealthyPodEvictionPolicy",
+            spec.unhealthy_pod_eviction_policy.as_deref(),
+            &["AlwaysAllow", "IfHealthyBudget"],
+        ));
         errs
     }
 

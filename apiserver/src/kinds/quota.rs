@@ -78,16 +78,11 @@ impl Strategy for LimitRangeStrategy {
         let mut errs = Vec::new();
         for (i, item) in lr.spec.iter().flat_map(|s| s.limits.iter()).enumerate() {
             let at = |f: &str| format!("spec.limits[{i}].{f}");
-            if !matches!(
+            errs.extend(FieldError::not_one_of(
+                at("type"),
                 item.type_.as_str(),
-                "Pod" | "Container" | "PersistentVolumeClaim"
-            ) {
-                errs.push(FieldError::not_supported(
-                    at("type"),
-                    &item.type_,
-                    &["Container", "PersistentVolumeClaim", "Pod"],
-                ));
-            }
+                &["Container", "PersistentVolumeClaim", "Pod"],
+            ));
             for (f, m) in [
                 ("min", &item.min),
                 ("max", &item.max),

@@ -162,15 +162,11 @@ fn validate_probe(path: &str, kind: &str, p: &Probe, errs: &mut Vec<FieldError>)
     }
     if let Some(h) = &p.http_get {
         validate_port_num_or_name(format!("{path}.httpGet.port"), &h.port, errs);
-        if let Some(scheme) = h.scheme.as_deref()
-            && !matches!(scheme, "HTTP" | "HTTPS")
-        {
-            errs.push(FieldError::not_supported(
-                format!("{path}.httpGet.scheme"),
-                scheme,
-                &["HTTP", "HTTPS"],
-            ));
-        }
+        errs.extend(FieldError::not_one_of(
+            format!("{path}.httpGet.scheme"),
+            h.scheme.as_deref(),
+            &["HTTP", "HTTPS"],
+        ));
     }
     if let Some(t) = &p.tcp_socket {
         validate_port_num_or_name(format!("{path}.tcpSocket.port"), &t.port, errs);
@@ -239,25 +235,17 @@ fn validate_containers(
                     "must be between 1 and 65535, inclusive",
                 ));
             }
-            if let Some(proto) = p.protocol.as_deref()
-                && !matches!(proto, "TCP" | "UDP" | "SCTP")
-            {
-                errs.push(FieldError::not_supported(
-                    format!("{path}[{i}].ports[{j}].protocol"),
-                    proto,
-                    &["SCTP", "TCP", "UDP"],
-                ));
-            }
-        }
-        if let Some(policy) = c.image_pull_policy.as_deref()
-            && !matches!(policy, "Always" | "IfNotPresent" | "Never")
-        {
-            errs.push(FieldError::not_supported(
-                format!("{path}[{i}].imagePullPolicy"),
-                policy,
-                &["Always", "IfNotPresent", "Never"],
+            errs.extend(FieldError::not_one_of(
+                format!("{path}[{i}].ports[{j}].protocol"),
+                p.protocol.as_deref(),
+                &["SCTP", "TCP", "UDP"],
             ));
         }
+        errs.extend(FieldError::not_one_of(
+            format!("{path}[{i}].imagePullPolicy"),
+            c.image_pull_policy.as_deref(),
+            &["Always", "IfNotPresent", "Never"],
+        ));
     }
 }
 
@@ -276,15 +264,11 @@ pub(crate) fn validate_pod_spec(path: &str, spec: &PodSpec) -> Vec<FieldError> {
     if let Some(init) = &spec.init_containers {
         validate_containers(&format!("{path}.initContainers"), init, true, &mut errs);
     }
-    if let Some(policy) = spec.restart_policy.as_deref()
-        && !matches!(policy, "Always" | "OnFailure" | "Never")
-    {
-        errs.push(FieldError::not_supported(
-            format!("{path}.restartPolicy"),
-            policy,
-            &["Always", "OnFailure", "Never"],
-        ));
-    }
+    errs.extend(FieldError::not_one_of(
+        format!("{path}.restartPolicy"),
+        spec.restart_policy.as_deref(),
+        &["Always", "OnFailure", "Never"],
+    ));
     if let Some(g) = spec.termination_grace_period_seconds
         && g < 0
     {
