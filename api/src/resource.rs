@@ -78,9 +78,9 @@ impl ResourceInfo {
 
     /// A workload that scales (Deployment, ReplicaSet, StatefulSet, ReplicationController):
     /// these short names, in the `all` category, with `/status` and `/scale`.
-    pub fn scalable<K: Resource>(short_names: &'static [&'static str]) -> ResourceInfo {
-        ResourceInfo::of::<K>()
-            .short_names(short_names)
+    #[must_use]
+    pub fn scalable(self, short_names: &'static [&'static str]) -> Self {
+        self.short_names(short_names)
             .in_all()
             .with_status()
             .with_scale()

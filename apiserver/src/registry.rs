@@ -48,12 +48,6 @@ pub trait Strategy: Send + Sync + 'static {
         + Sync
         + 'static;
 
-    /// Identity, short names, categories and subresources (by default the type's own, with
-    /// neither short names nor subresources).
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Self::K>()
-    }
-
     /// How names are validated.
     fn name_rule(&self) -> NameRule {
         NameRule::Subdomain
@@ -374,9 +368,21 @@ impl Registry {
         Arc::clone(&self.kinds.read().expect("registry lock"))
     }
 
-    /// Registers a kind; registering a resource again replaces it.
+    /// Registers a kind with its type's identity and neither short names, categories nor
+    /// subresources; registering a resource again replaces it.
     pub fn register<S: Strategy>(&self, strategy: S) {
-        let info = strategy.info();
+        self.register_with(strategy, |i| i);
+    }
+
+    /// Registers a kind whose identity `info` completes from its type's (short names,
+    /// categories, `status` and `scale`, where it is stored); registering a resource again
+    /// replaces it.
+    pub fn register_with<S: Strategy>(
+        &self,
+        strategy: S,
+        info: impl FnOnce(ResourceInfo) -> ResourceInfo,
+    ) {
+        let info = info(ResourceInfo::of::<S::K>());
         self.register_kind(Arc::new(Registered { strategy, info }));
     }
 

@@ -57,10 +57,6 @@ struct WidgetStrategy;
 impl Strategy for WidgetStrategy {
     type K = Widget;
 
-    fn info(&self) -> wasmkube_api::ResourceInfo {
-        wasmkube_api::ResourceInfo::of::<Widget>().short_names(&["wd"])
-    }
-
     fn default(&self, w: &mut Widget) {
         w.spec.get_or_insert(WidgetSpec { size: 1 });
     }
@@ -107,7 +103,9 @@ async fn a_kind_registered_at_run_time_should_be_served_through_every_verb() -> 
     );
 
     tracing::info!("--- register while the server runs");
-    cluster.registry().register(WidgetStrategy);
+    cluster
+        .registry()
+        .register_with(WidgetStrategy, |i| i.short_names(&["wd"]));
     let discovery = kube::Discovery::new(cluster.client.clone()).run().await?;
     let found = discovery
         .groups()

@@ -6,7 +6,6 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceConversion, CustomResourceDefinition,
 };
 use serde_json::Value;
-use wasmkube_api::ResourceInfo;
 use wasmkube_api::names::{is_dns1035_label, is_dns1123_label, is_dns1123_subdomain};
 
 use crate::error::FieldError;
@@ -20,7 +19,9 @@ pub(crate) const GROUP: &str = "apiextensions.k8s.io";
 pub(crate) const CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
 
 pub(super) fn register(r: &Registry) {
-    r.register(CrdStrategy);
+    r.register_with(CrdStrategy, |i| {
+        i.short_names(&["crd", "crds"]).with_status()
+    });
 }
 
 struct CrdStrategy;
@@ -35,12 +36,6 @@ fn is_kind_name(s: &str) -> bool {
 
 impl Strategy for CrdStrategy {
     type K = CustomResourceDefinition;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<CustomResourceDefinition>()
-            .short_names(&["crd", "crds"])
-            .with_status()
-    }
 
     fn spec_finalizers(&self, obj: &Value) -> usize {
         // Its objects go first: a delete adds the cleanup finalizer (`prepare_for_delete`).

@@ -10,8 +10,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
-use wasmkube_api::ResourceInfo;
-
 use super::template::{
     WorkloadColumns, default_template, replica_cells, replica_columns, validate_template,
 };
@@ -30,10 +28,12 @@ const DAEMONSET_COLUMNS: WorkloadColumns =
     WorkloadColumns::with_selector("A label query over pods that are managed by the daemon set.");
 
 pub(super) fn register(r: &Registry) {
-    r.register(DeploymentStrategy_);
-    r.register(ReplicaSetStrategy);
-    r.register(DaemonSetStrategy);
-    r.register(StatefulSetStrategy);
+    r.register_with(DeploymentStrategy_, |i| i.scalable(&["deploy"]));
+    r.register_with(ReplicaSetStrategy, |i| i.scalable(&["rs"]));
+    r.register_with(DaemonSetStrategy, |i| {
+        i.short_names(&["ds"]).in_all().with_status()
+    });
+    r.register_with(StatefulSetStrategy, |i| i.scalable(&["sts"]));
 }
 
 /// Shared checks of workload kinds: a selector that is non-empty and matches the template,
@@ -85,10 +85,6 @@ struct DeploymentStrategy_;
 
 impl Strategy for DeploymentStrategy_ {
     type K = Deployment;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::scalable::<Deployment>(&["deploy"])
-    }
 
     fn default(&self, d: &mut Deployment) {
         let spec = d.spec.get_or_insert_with(Default::default);
@@ -174,10 +170,6 @@ struct ReplicaSetStrategy;
 impl Strategy for ReplicaSetStrategy {
     type K = ReplicaSet;
 
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::scalable::<ReplicaSet>(&["rs"])
-    }
-
     fn default(&self, rs: &mut ReplicaSet) {
         let spec = rs.spec.get_or_insert_with(Default::default);
         spec.replicas.get_or_insert(1);
@@ -225,13 +217,6 @@ struct DaemonSetStrategy;
 
 impl Strategy for DaemonSetStrategy {
     type K = DaemonSet;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<DaemonSet>()
-            .short_names(&["ds"])
-            .in_all()
-            .with_status()
-    }
 
     fn default(&self, ds: &mut DaemonSet) {
         let spec = ds.spec.get_or_insert_with(Default::default);
@@ -341,10 +326,6 @@ struct StatefulSetStrategy;
 
 impl Strategy for StatefulSetStrategy {
     type K = StatefulSet;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::scalable::<StatefulSet>(&["sts"])
-    }
 
     fn default(&self, ss: &mut StatefulSet) {
         let spec = ss.spec.get_or_insert_with(Default::default);

@@ -23,15 +23,12 @@ const BEHAVIOR_ANNOTATION: &str = "autoscaling.alpha.kubernetes.io/behavior";
 
 pub(super) fn register(r: &Registry) {
     // v2 first: the group's preferred version, as kube-apiserver prefers it.
-    r.register(HpaStrategy);
-    r.register(HpaV1Strategy);
+    r.register_with(HpaStrategy, hpa_info);
+    r.register_with(HpaV1Strategy, |i| hpa_info(i).stored_with::<Hpa>());
 }
 
-fn hpa_info<K: k8s_openapi::Resource>() -> ResourceInfo {
-    ResourceInfo::of::<K>()
-        .short_names(&["hpa"])
-        .in_all()
-        .with_status()
+fn hpa_info(i: ResourceInfo) -> ResourceInfo {
+    i.short_names(&["hpa"]).in_all().with_status()
 }
 
 struct HpaStrategy;
@@ -146,10 +143,6 @@ fn validate_metric(path: &str, m: &MetricSpec, errs: &mut Vec<FieldError>) {
 
 impl Strategy for HpaStrategy {
     type K = Hpa;
-
-    fn info(&self) -> ResourceInfo {
-        hpa_info::<Hpa>()
-    }
 
     fn default(&self, hpa: &mut Hpa) {
         let spec = hpa.spec.get_or_insert_with(Default::default);
@@ -561,10 +554,6 @@ fn v2_to_v1(mut obj: Value) -> Value {
 
 impl Strategy for HpaV1Strategy {
     type K = HpaV1;
-
-    fn info(&self) -> ResourceInfo {
-        hpa_info::<HpaV1>().stored_with::<Hpa>()
-    }
 
     fn default(&self, hpa: &mut HpaV1) {
         let spec = hpa.spec.get_or_insert_with(Default::default);

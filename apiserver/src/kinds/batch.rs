@@ -7,8 +7,6 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{Value, json};
 
-use wasmkube_api::ResourceInfo;
-
 use super::template::{WorkloadColumns, default_template, validate_template};
 use crate::error::FieldError;
 use crate::registry::{Registry, Strategy};
@@ -47,8 +45,10 @@ fn validate_job_template(
 }
 
 pub(super) fn register(r: &Registry) {
-    r.register(JobStrategy);
-    r.register(CronJobStrategy);
+    r.register_with(JobStrategy, |i| i.in_all().with_status());
+    r.register_with(CronJobStrategy, |i| {
+        i.short_names(&["cj"]).in_all().with_status()
+    });
 }
 
 struct JobStrategy;
@@ -58,10 +58,6 @@ const JOB_NAME: &str = "batch.kubernetes.io/job-name";
 
 impl Strategy for JobStrategy {
     type K = Job;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Job>().in_all().with_status()
-    }
 
     fn default(&self, job: &mut Job) {
         let uid = job.metadata.uid.clone().unwrap_or_default();
@@ -253,13 +249,6 @@ fn valid_schedule(s: &str) -> bool {
 
 impl Strategy for CronJobStrategy {
     type K = CronJob;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<CronJob>()
-            .short_names(&["cj"])
-            .in_all()
-            .with_status()
-    }
 
     fn default(&self, cj: &mut CronJob) {
         let spec = cj.spec.get_or_insert_with(Default::default);

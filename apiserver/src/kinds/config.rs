@@ -5,17 +5,15 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use serde_json::{Value, json};
 
-use wasmkube_api::ResourceInfo;
-
 use crate::error::FieldError;
 use crate::registry::{Registry, Strategy, Subresource};
 use crate::table::{Column, age};
 use crate::validation;
 
 pub(super) fn register(r: &Registry) {
-    r.register(ConfigMapStrategy);
+    r.register_with(ConfigMapStrategy, |i| i.short_names(&["cm"]));
     r.register(SecretStrategy);
-    r.register(ServiceAccountStrategy);
+    r.register_with(ServiceAccountStrategy, |i| i.short_names(&["sa"]));
 }
 
 fn valid_data_keys<'a>(
@@ -45,10 +43,6 @@ struct ConfigMapStrategy;
 
 impl Strategy for ConfigMapStrategy {
     type K = ConfigMap;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<ConfigMap>().short_names(&["cm"])
-    }
 
     fn validate(&self, cm: &ConfigMap) -> Vec<FieldError> {
         let mut errs = Vec::new();
@@ -173,10 +167,6 @@ struct ServiceAccountStrategy;
 
 impl Strategy for ServiceAccountStrategy {
     type K = ServiceAccount;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<ServiceAccount>().short_names(&["sa"])
-    }
 
     fn subresources(&self) -> &'static [Subresource] {
         &[Subresource {

@@ -10,8 +10,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
-use wasmkube_api::ResourceInfo;
-
 use super::pod::PodStrategy;
 use crate::error::FieldError;
 use crate::registry::{NameRule, Registry, Strategy, Subresource};
@@ -19,14 +17,18 @@ use crate::table::{Column, age};
 use crate::validation;
 
 pub(super) fn register(r: &Registry) {
-    r.register(NamespaceStrategy);
-    r.register(NodeStrategy);
-    r.register(PodStrategy);
-    r.register(ServiceStrategy);
-    r.register(EndpointsStrategy);
+    r.register_with(NamespaceStrategy, |i| i.short_names(&["ns"]).with_status());
+    r.register_with(NodeStrategy, |i| i.short_names(&["no"]).with_status());
+    r.register_with(PodStrategy, |i| {
+        i.short_names(&["po"]).in_all().with_status()
+    });
+    r.register_with(ServiceStrategy, |i| {
+        i.short_names(&["svc"]).in_all().with_status()
+    });
+    r.register_with(EndpointsStrategy, |i| i.short_names(&["ep"]));
     super::config::register(r);
-    r.register(EventStrategy);
-    r.register(ReplicationControllerStrategy);
+    r.register_with(EventStrategy, |i| i.short_names(&["ev"]));
+    r.register_with(ReplicationControllerStrategy, |i| i.scalable(&["rc"]));
 }
 
 fn none_if_empty(s: String) -> Value {
@@ -41,12 +43,6 @@ struct NamespaceStrategy;
 
 impl Strategy for NamespaceStrategy {
     type K = Namespace;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Namespace>()
-            .short_names(&["ns"])
-            .with_status()
-    }
 
     fn name_rule(&self) -> NameRule {
         NameRule::Label
@@ -115,12 +111,6 @@ struct NodeStrategy;
 
 impl Strategy for NodeStrategy {
     type K = Node;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Node>()
-            .short_names(&["no"])
-            .with_status()
-    }
 
     fn keeps_status_on_create(&self) -> bool {
         true
@@ -202,13 +192,6 @@ struct ServiceStrategy;
 
 impl Strategy for ServiceStrategy {
     type K = Service;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Service>()
-            .short_names(&["svc"])
-            .in_all()
-            .with_status()
-    }
 
     fn returns_deleted_object(&self) -> bool {
         true
@@ -344,10 +327,6 @@ struct EndpointsStrategy;
 impl Strategy for EndpointsStrategy {
     type K = Endpoints;
 
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Endpoints>().short_names(&["ep"])
-    }
-
     fn columns(&self) -> Vec<Column> {
         vec![
             Column::new("Endpoints", "Endpoints of the service"),
@@ -385,10 +364,6 @@ struct EventStrategy;
 
 impl Strategy for EventStrategy {
     type K = Event;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Event>().short_names(&["ev"])
-    }
 
     fn name_rule(&self) -> NameRule {
         NameRule::Path
@@ -502,10 +477,6 @@ struct ReplicationControllerStrategy;
 
 impl Strategy for ReplicationControllerStrategy {
     type K = ReplicationController;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::scalable::<ReplicationController>(&["rc"])
-    }
 
     fn default(&self, rc: &mut ReplicationController) {
         let spec = rc.spec.get_or_insert_with(Default::default);

@@ -5,8 +5,6 @@
 use k8s_openapi::api::events::v1::Event;
 use serde_json::{Map, Value, json};
 
-use wasmkube_api::ResourceInfo;
-
 use crate::error::FieldError;
 use crate::registry::{NameRule, Registry, Strategy};
 use crate::table::{Column, age};
@@ -41,19 +39,16 @@ fn rename(obj: Value, api_version: &str, forward: bool) -> Value {
 }
 
 pub(super) fn register(r: &Registry) {
-    r.register(EventV1Strategy);
+    r.register_with(EventV1Strategy, |i| {
+        i.short_names(&["ev"])
+            .stored_with::<k8s_openapi::api::core::v1::Event>()
+    });
 }
 
 struct EventV1Strategy;
 
 impl Strategy for EventV1Strategy {
     type K = Event;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Event>()
-            .short_names(&["ev"])
-            .stored_with::<k8s_openapi::api::core::v1::Event>()
-    }
 
     fn name_rule(&self) -> NameRule {
         NameRule::Path

@@ -6,16 +6,14 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
-use wasmkube_api::ResourceInfo;
-
 use crate::error::FieldError;
 use crate::registry::{Registry, Strategy};
 use crate::table::{Column, age};
 
 pub(super) fn register(r: &Registry) {
-    r.register(IngressStrategy);
+    r.register_with(IngressStrategy, |i| i.short_names(&["ing"]).with_status());
     r.register(IngressClassStrategy);
-    r.register(NetworkPolicyStrategy);
+    r.register_with(NetworkPolicyStrategy, |i| i.short_names(&["netpol"]));
 }
 
 struct IngressStrategy;
@@ -68,12 +66,6 @@ fn validate_backend(path: &str, b: &IngressBackend, errs: &mut Vec<FieldError>) 
 
 impl Strategy for IngressStrategy {
     type K = Ingress;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Ingress>()
-            .short_names(&["ing"])
-            .with_status()
-    }
 
     fn validate(&self, ing: &Ingress) -> Vec<FieldError> {
         let mut errs = Vec::new();
@@ -320,10 +312,6 @@ fn validate_policy_peer(at: &str, p: &NetworkPolicyPeer, errs: &mut Vec<FieldErr
 
 impl Strategy for NetworkPolicyStrategy {
     type K = NetworkPolicy;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<NetworkPolicy>().short_names(&["netpol"])
-    }
 
     /// `SetDefaults_NetworkPolicy`: `policyTypes` from the rules, ports' protocol TCP.
     fn default(&self, np: &mut NetworkPolicy) {

@@ -3,8 +3,6 @@
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
 use serde_json::{Value, json};
 
-use wasmkube_api::ResourceInfo;
-
 use super::template::{default_pod_spec, validate_pod_spec};
 use crate::error::FieldError;
 use crate::registry::{Strategy, Subresource};
@@ -124,13 +122,6 @@ fn running_on_a_node(pod: &Value) -> bool {
 
 impl Strategy for PodStrategy {
     type K = Pod;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<Pod>()
-            .short_names(&["po"])
-            .in_all()
-            .with_status()
-    }
 
     fn returns_deleted_object(&self) -> bool {
         true

@@ -4,14 +4,13 @@
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
-use wasmkube_api::ResourceInfo;
 
 use crate::error::FieldError;
 use crate::registry::{Registry, Strategy};
 use crate::table::{Column, age};
 
 pub(super) fn register(r: &Registry) {
-    r.register(PdbStrategy);
+    r.register_with(PdbStrategy, |i| i.short_names(&["pdb"]).with_status());
 }
 
 struct PdbStrategy;
@@ -54,12 +53,6 @@ fn check(field: &str, v: Option<&IntOrString>, errs: &mut Vec<FieldError>) {
 
 impl Strategy for PdbStrategy {
     type K = PodDisruptionBudget;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<PodDisruptionBudget>()
-            .short_names(&["pdb"])
-            .with_status()
-    }
 
     fn validate(&self, pdb: &PodDisruptionBudget) -> Vec<FieldError> {
         let mut errs = Vec::new();

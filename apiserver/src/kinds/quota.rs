@@ -8,7 +8,6 @@ use k8s_openapi::api::core::v1::{LimitRange, ResourceQuota};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{Value, json};
 
-use wasmkube_api::ResourceInfo;
 use wasmkube_api::quota::milli;
 
 use crate::error::FieldError;
@@ -16,8 +15,10 @@ use crate::registry::{Registry, Strategy};
 use crate::table::{Column, age};
 
 pub(super) fn register(r: &Registry) {
-    r.register(LimitRangeStrategy);
-    r.register(ResourceQuotaStrategy);
+    r.register_with(LimitRangeStrategy, |i| i.short_names(&["limits"]));
+    r.register_with(ResourceQuotaStrategy, |i| {
+        i.short_names(&["quota"]).with_status()
+    });
 }
 
 type Amounts = BTreeMap<String, Quantity>;
@@ -38,10 +39,6 @@ struct LimitRangeStrategy;
 
 impl Strategy for LimitRangeStrategy {
     type K = LimitRange;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<LimitRange>().short_names(&["limits"])
-    }
 
     /// `SetDefaults_LimitRangeItem`: a container's default limit is its max, its default
     /// request the default limit, else the min.
@@ -149,12 +146,6 @@ struct ResourceQuotaStrategy;
 
 impl Strategy for ResourceQuotaStrategy {
     type K = ResourceQuota;
-
-    fn info(&self) -> ResourceInfo {
-        ResourceInfo::of::<ResourceQuota>()
-            .short_names(&["quota"])
-            .with_status()
-    }
 
     fn validate(&self, q: &ResourceQuota) -> Vec<FieldError> {
         let mut errs = Vec::new();
