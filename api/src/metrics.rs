@@ -103,20 +103,6 @@ metrics_kind!(
     k8s_openapi::NamespaceResourceScope
 );
 
-/// A list of metrics objects as the API answers it.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MetricsList<T> {
-    /// `NodeMetricsList` or `PodMetricsList`.
-    pub kind: &'static str,
-    /// [`GROUP_VERSION`].
-    pub api_version: &'static str,
-    /// Empty: metrics have no resource versions.
-    pub metadata: ListMeta,
-    /// The objects, each with its own `kind` and `apiVersion`.
-    pub items: Vec<T>,
-}
-
 /// The custom metrics API's group and version (what the HorizontalPodAutoscaler reads Pods
 /// and Object metrics from).
 pub const CUSTOM_GROUP_VERSION: &str = "custom.metrics.k8s.io/v1beta2";
@@ -154,18 +140,19 @@ pub struct MetricIdentifier {
     pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
 }
 
-/// A list of metric values as the custom and external metrics APIs answer it
-/// (`MetricValueList`, `ExternalMetricValueList`).
+/// A list as the metrics APIs answer it: resource metrics (`NodeMetricsList`,
+/// `PodMetricsList`, each item with its own `kind` and `apiVersion`), custom and external
+/// metric values (`MetricValueList`, `ExternalMetricValueList`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ValueList<T> {
-    /// `MetricValueList` or `ExternalMetricValueList`.
+    /// The list's kind.
     #[serde(default)]
     pub kind: String,
-    /// [`CUSTOM_GROUP_VERSION`] or [`EXTERNAL_GROUP_VERSION`].
+    /// [`GROUP_VERSION`], [`CUSTOM_GROUP_VERSION`] or [`EXTERNAL_GROUP_VERSION`].
     #[serde(default)]
     pub api_version: String,
-    /// Empty.
+    /// Empty: metrics have no resource versions.
     #[serde(default)]
     pub metadata: ListMeta,
     /// The values.

@@ -20,8 +20,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Serialize;
 use wasmkube_api::metrics::{
-    ContainerMetrics, GROUP_VERSION, MetricsList, NodeMetrics, PodMetrics, RequestStats, Summary,
-    Usage, cpu_quantity, memory_quantity,
+    ContainerMetrics, GROUP_VERSION, NodeMetrics, PodMetrics, RequestStats, Summary, Usage,
+    cpu_quantity, memory_quantity,
 };
 use wasmkube_api::selector::LabelSelector;
 
@@ -390,7 +390,7 @@ async fn custom(
     ))
 }
 
-/// A metric value list response.
+/// A list response of any of the metrics APIs.
 fn value_list<T: Serialize>(kind: &str, api_version: &str, items: Vec<T>) -> Response {
     let list = wasmkube_api::metrics::ValueList {
         kind: kind.into(),
@@ -746,17 +746,7 @@ fn object<T: Serialize>(kind: &str, value: T) -> Response {
 
 fn list<T: Serialize>(list_kind: &'static str, kind: &str, items: Vec<T>) -> Response {
     let items: Vec<serde_json::Value> = items.into_iter().map(|i| typed(kind, i)).collect();
-    let list = MetricsList {
-        kind: list_kind,
-        api_version: GROUP_VERSION,
-        metadata: Default::default(),
-        items,
-    };
-    respond_json(
-        StatusCode::OK,
-        &serde_json::to_value(list).expect("metrics serialize"),
-        &[],
-    )
+    value_list(list_kind, GROUP_VERSION, items)
 }
 
 /// 404 for a metric not measured, `what` naming it.

@@ -503,18 +503,30 @@ fn v1_to_v2(mut obj: Value) -> Value {
     obj
 }
 
-/// v2 (the stored form) → v1.
-fn v2_to_v1(mut obj: Value) -> Value {
-    let mut spec = obj["spec"].as_object().cloned().unwrap_or_default();
-    let metrics = match spec.remove("metrics") {
+/// Removes the v2 metric list `field` from `map`: the CPU utilization v1 keeps (under `at`,
+/// `target` or `current`) and the metrics it keeps only in an annotation.
+fn split_cpu(
+    map: &mut serde_json::Map<String, Value>,
+    field: &str,
+    at: &str,
+    is_cpu: impl Fn(&Value) -> bool,
+) -> (Option<i64>, Vec<Value>) {
+    let list = match map.remove(field) {
         Some(Value::Array(m)) => m,
         _ => Vec::new(),
     };
-    let (cpu, rest): (Vec<Value>, Vec<Value>) = metrics.into_iter().partition(is_cpu_utilization);
-    if let Some(p) = cpu
+    let (cpu, rest): (Vec<Value>, Vec<Value>) = list.into_iter().partition(|m| is_cpu(m));
+    let percent = cpu
         .first()
-        .and_then(|m| m["resource"]["target"]["averageUtilization"].as_i64())
-    {
+        .and_then(|m| m["resource"][at]["averageUtilization"].as_i64());
+    (percent, rest)
+}
+
+/// v2 (the stored form) → v1.
+fn v2_to_v1(mut obj: Value) -> Value {
+    let mut spec = obj["spec"].as_object().cloned().unwrap_or_default();
+    let (cpu, rest) = split_cpu(&mut spec, "metrics", "target", is_cpu_utilization);
+    if let Some(p) = cpu {
         spec.insert("targetCPUUtilizationPercentage".into(), json!(p));
     }
     let behavior = spec.remove("behavior");
@@ -526,17 +538,10 @@ fn v2_to_v1(mut obj: Value) -> Value {
         put_annotation(&mut obj, BEHAVIOR_ANNOTATION, &b);
     }
     if let Some(mut status) = obj.get("status").and_then(Value::as_object).cloned() {
-        let current = match status.remove("currentMetrics") {
-            Some(Value::Array(m)) => m,
-            _ => Vec::new(),
-        };
-        let (cpu, rest): (Vec<Value>, Vec<Value>) = current
-            .into_iter()
-            .partition(|m| m["type"] == "Resource" && m["resource"]["name"] == "cpu");
-        if let Some(p) = cpu
-            .first()
-            .and_then(|m| m["resource"]["current"]["averageUtilization"].as_i64())
-        {
+        let (cpu, rest) = split_cpu(&mut status, "currentMetrics", "current", |m| {
+            m["type"] == "Resource" && m["resource"]["name"] == "cpu"
+        });
+        if let Some(p) = cpu {
             status.insert("currentCPUUtilizationPercentage".into(), json!(p));
         }
         let conditions = status.remove("conditions");
