@@ -335,8 +335,7 @@ async fn custom(
     }));
     let summaries = scrape(kubelet, hosts).await;
     let measured = requests_of(&selected, &summaries);
-    // (kind, namespace, name) of each described object, with its value.
-    let values: Vec<((&str, Option<String>, Option<String>), ServiceTotal)> = match described {
+    let values: Vec<(Described<'_>, ServiceTotal)> = match described {
         Some((kind, object)) => vec![(
             (kind, Some(namespace.into()), Some(object.into())),
             service_total(namespace, object, metric, &measured, &summaries),
@@ -389,6 +388,9 @@ async fn custom(
         items,
     ))
 }
+
+/// The kind, namespace and name of an object a custom metric describes.
+type Described<'a> = (&'a str, Option<String>, Option<String>);
 
 /// A list response of any of the metrics APIs.
 fn value_list<T: Serialize>(kind: &str, api_version: &str, items: Vec<T>) -> Response {
