@@ -273,37 +273,40 @@ impl Cacher {
             });
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
-                let more = tokio::select! {
+                let step = tokio::select! {
                     biased;
                     () = shutdown.cancelled() => return,
-                    c = watch.next() => match c {
-                        Ok(c) => { self.apply(&c); true }
-                        Err(WatchError::Closed) => return,
-                        Err(e) => {
-                            tracing::info!(prefix = %self.prefix, error = %e, "watch cache reloads");
-                            false
-                        }
-                    },
+                    c = watch.next() => c.map(|c| self.apply(&c)),
                     () = self.catch_up.notified() => self.catch_up(&mut watch),
                     _ = tick.tick() => self.catch_up(&mut watch),
                 };
-                if !more {
-                    break;
+                match step {
+                    Ok(()) => {}
+                    Err(WatchError::Closed) => return,
+                    // Behind the live feed: the rest comes from the store's history.
+                    Err(WatchError::Lagged) => match self.resume().await {
+                        Some(resumed) => watch = resumed,
+                        None => break,
+                    },
+                    Err(e) => {
+                        tracing::info!(prefix = %self.prefix, error = %e, "watch cache reloads");
+                        break;
+                    }
                 }
             }
         }
     }
 
     /// Applies what the watch has, then the store's progress elsewhere: everything up to the
-    /// store's published revision is in the watch's feed once drained. False when the watch
-    /// ended.
-    fn catch_up(&self, watch: &mut Watch) -> bool {
+    /// store's published revision is in the watch's feed once drained.
+    ///
+    /// # Errors
+    /// Why the watch ended.
+    fn catch_up(&self, watch: &mut Watch) -> Result<(), WatchError> {
         let published = self.store.published();
         while let Some(c) = watch.try_next() {
-            match c {
-                Ok(c) => self.apply(&c),
-                Err(_) => return false,
-            }
+            let c = c?;
+            self.apply(&c);
         }
         let mut s = self.state.write().expect("cache lock");
         if published > s.revision {
@@ -312,7 +315,23 @@ impl Cacher {
             self.progress
                 .send_modify(|p| p.revision = p.revision.max(published));
         }
-        true
+        Ok(())
+    }
+
+    /// A watch of the store from the last change this cache holds (after it lagged behind
+    /// the live feed), or `None` when the store cannot give one (compacted past it: reload).
+    async fn resume(&self) -> Option<Watch> {
+        let revision = self.state.read().expect("cache lock").revision;
+        match self.store.watch(&self.prefix, revision).await {
+            Ok(watch) => {
+                tracing::debug!(prefix = %self.prefix, revision, "watch cache lagged; resumed from the history");
+                Some(watch)
+            }
+            Err(e) => {
+                tracing::info!(prefix = %self.prefix, error = %e, "watch cache lagged and cannot resume; reloads");
+                None
+            }
+        }
     }
 
     fn apply(&self, c: &Change) {
@@ -425,10 +444,25 @@ mod tests {
     /// history is compacted under them; its final state equals a list of the store.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cache_stream_should_equal_the_store_watch_under_concurrent_writes_and_compaction() {
+        stream_equals_store(wasmkube_store::Config::new("unused").feed_capacity, true).await;
+    }
+
+    /// The same with a live feed of one change: the cache lags behind it all the time and
+    /// continues from the store's history each time, never reloading (a reload would empty its
+    /// window under the reader).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cache_behind_the_live_feed_should_continue_from_the_history() {
+        stream_equals_store(1, false).await;
+    }
+
+    async fn stream_equals_store(feed_capacity: usize, compact: bool) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(wasmkube_store::Config::new(dir.path()))
-            .await
-            .expect("store");
+        let store = Store::open(wasmkube_store::Config {
+            feed_capacity,
+            ..wasmkube_store::Config::new(dir.path())
+        })
+        .await
+        .expect("store");
         let shutdown = CancellationToken::new();
         let caches = Caches::new(store.clone(), 1 << 20, shutdown.clone());
         let prefix = "/core/pods/";
@@ -443,7 +477,13 @@ mod tests {
         let (objects, start) = cache.snapshot(prefix, None);
         assert_eq!(objects.len(), 1);
         assert_eq!(objects[0].attrs().field("spec.nodeName"), Some("n0"));
-        let mut from_store = store.watch(prefix, start).await.expect("store watch");
+        // With a short feed, the store's own watch is read once the writes are done (from the
+        // history, which is then not compacted).
+        let mut from_store = if compact {
+            Some(store.watch(prefix, start).await.expect("store watch"))
+        } else {
+            None
+        };
 
         let mut writers = tokio::task::JoinSet::new();
         for w in 0..4u32 {
@@ -477,7 +517,7 @@ mod tests {
             // revisions back is compacted.
             tokio::spawn(async move {
                 let mut at = store.published();
-                for _ in 0..20 {
+                for _ in 0..if compact { 20 } else { 0 } {
                     at += 25;
                     if !store.wait_for_revision(at, Duration::from_secs(10)).await {
                         break;
@@ -537,6 +577,10 @@ mod tests {
             .expect("the reader reaches the last revision")
             .expect("reader");
 
+        let mut from_store = match from_store.take() {
+            Some(w) => w,
+            None => store.watch(prefix, start).await.expect("store watch"),
+        };
         let mut expected: Seen = Vec::new();
         while expected.last().is_none_or(|(r, ..)| *r < last) {
             let c = match tokio::time::timeout(Duration::from_millis(200), from_store.next()).await

@@ -99,7 +99,9 @@ pub struct Config {
     /// This member's API server URL, recorded in the membership for clients
     /// ([`Member::api`]).
     pub api: String,
-    /// How many changes the watch feed buffers before slow watchers are told to relist.
+    /// How many changes the watch feed buffers before slow watchers are told they lagged
+    /// ([`WatchError::Lagged`]; they may continue from the history with [`Store::watch`]).
+    /// Each buffered change holds its object and the one it replaced.
     pub feed_capacity: usize,
     /// Memory redb may use to cache pages of `store.redb` (redb's own default is 1 GiB, which
     /// a busy server fills: every revision of every object passes through it). The operating
@@ -131,7 +133,7 @@ impl Config {
             node_id: 1,
             advertise: "127.0.0.1:0".into(),
             api: String::new(),
-            feed_capacity: 16 * 1024,
+            feed_capacity: 1024,
             cache_bytes: DEFAULT_CACHE_BYTES,
             initial_members: BTreeMap::new(),
             peer_tls: None,

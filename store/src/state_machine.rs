@@ -168,7 +168,12 @@ fn stamp(json: &[u8], revision: u64) -> Option<Vec<u8>> {
         "resourceVersion".into(),
         serde_json::Value::String(revision.to_string()),
     );
-    Some(serde_json::to_vec(&obj).expect("JSON values serialize"))
+    // Sized for the object: it is kept (watch caches, the change feed), and a vector grown by
+    // doubling would keep up to twice its length.
+    let mut out = Vec::with_capacity(json.len() + 32);
+    serde_json::to_writer(&mut out, &obj).expect("JSON values serialize");
+    out.shrink_to_fit();
+    Some(out)
 }
 
 struct Tables<'t> {
