@@ -26,8 +26,10 @@ use wasmkube_store::{Change, ChangeKind, ListOptions, Store, Watch, WatchError};
 
 mod attrs;
 
-/// How many recent changes each resource's cache keeps for watchers behind the newest.
-pub(crate) const DEFAULT_WINDOW: usize = 8192;
+/// How many recent changes each resource's cache keeps for watchers behind the newest (each
+/// holds the object's version it replaced; a watcher further behind reads the store's
+/// history).
+pub(crate) const DEFAULT_WINDOW: usize = 2048;
 
 /// What selectors look at, extracted once per object version.
 #[derive(Debug, Default)]

@@ -107,7 +107,12 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let max = Duration::from_secs(args.max_seconds);
     let dir = tempfile::tempdir()?;
-    let mut flags = vec!["--no-wasmlet", "--no-scheduler", "--no-controllers", "--no-dns"];
+    let mut flags = vec![
+        "--no-wasmlet",
+        "--no-scheduler",
+        "--no-controllers",
+        "--no-dns",
+    ];
     flags.extend(args.server_args.iter().map(String::as_str));
     let server = wasmkube_tests::Process::up_in(dir.path(), &flags).await?;
     let pid = server.child.id();
@@ -160,6 +165,7 @@ async fn main() -> Result<()> {
     let created = started.elapsed();
     report(&format!("{} pods created ({created:.1?})", args.pods));
 
+    let started = Instant::now();
     let api = pods.clone();
     fan_out(args.pods, args.clients, max, move |i| {
         let api = api.clone();
@@ -175,7 +181,7 @@ async fn main() -> Result<()> {
     })
     .await
     .context("writing status")?;
-    report("every pod Running");
+    report(&format!("every pod Running ({:.1?})", started.elapsed()));
 
     let listed = pods.list(&ListParams::default()).await?;
     anyhow::ensure!(
