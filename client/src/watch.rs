@@ -18,7 +18,9 @@ use wasmkube_api::services::ServiceIndex;
 
 /// kube-runtime's watcher, with each object's `metadata.managedFields` dropped on arrival, as
 /// kube-controller-manager's informers trim them: no component reads them, and in a cache they
-/// are most of an object's memory (a pod's field sets decode to a tree of maps).
+/// are most of an object's memory (a pod's field sets decode to a tree of maps). They are
+/// dropped, not emptied: an update sent from a cached object then leaves the server's
+/// `managedFields` as they are, where an empty list would reset them.
 pub fn watcher<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -26,7 +28,7 @@ pub fn watcher<K>(
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
-    watcher::watcher(api, config).modify(|o| o.managed_fields_mut().clear())
+    watcher::watcher(api, config).modify(|o| o.meta_mut().managed_fields = None)
 }
 
 /// A cache of the objects `api` reaches, and the event stream that fills it (must be polled;
