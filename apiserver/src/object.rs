@@ -40,6 +40,35 @@ pub fn revision(obj: &Value) -> Option<u64> {
     meta_str(obj, "resourceVersion")?.parse().ok()
 }
 
+/// A JSON object, as a value or as its map.
+pub trait Fields {
+    /// Field `key`, if present.
+    fn field(&self, key: &str) -> Option<&Value>;
+}
+
+impl Fields for Value {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
+impl Fields for Map<String, Value> {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
+/// The elements of `obj`'s array field `key` (none when it is absent or not an array).
+pub fn each<'a, O: Fields + ?Sized>(
+    obj: &'a O,
+    key: &str,
+) -> impl Iterator<Item = &'a Value> + use<'a, O> {
+    obj.field(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
 /// `metadata.finalizers`.
 pub fn finalizers(obj: &Value) -> Vec<String> {
     obj.get("metadata")

@@ -203,18 +203,21 @@ pub(crate) async fn node_endpoint(
     node_name: &str,
     pod: &str,
 ) -> Result<String, ApiError> {
-    let node_info = ResourceInfo::of::<Node>();
-    let node: Node = api
-        .store
-        .get(&node_info.key(None, node_name))
-        .await
-        .map_err(|e| ApiError::internal(format!("reading the node: {e}")))?
-        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
-        .ok_or_else(|| {
-            ApiError::internal(format!("node {node_name} of pod {pod} is not registered"))
-        })?;
+    let node = read_node(api, node_name).await?.ok_or_else(|| {
+        ApiError::internal(format!("node {node_name} of pod {pod} is not registered"))
+    })?;
     endpoint_of(&node)
         .ok_or_else(|| ApiError::internal(format!("node {node_name} has no InternalIP address")))
+}
+
+/// Node `name` as stored, if there is one.
+async fn read_node(api: &Apiserver, name: &str) -> Result<Option<Node>, ApiError> {
+    Ok(api
+        .store
+        .get(&ResourceInfo::of::<Node>().key(None, name))
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the node: {e}")))?
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
 }
 
 /// `host:port` of a node's endpoint, if it has an `InternalIP`.
@@ -289,14 +292,9 @@ pub(crate) async fn node_proxy(
     path: &str,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let info = ResourceInfo::of::<Node>();
-    let node: Node = api
-        .store
-        .get(&info.key(None, node_name))
-        .await
-        .map_err(|e| ApiError::internal(format!("reading the node: {e}")))?
-        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
-        .ok_or_else(|| ApiError::not_found(&info, node_name))?;
+    let node = read_node(api, node_name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&ResourceInfo::of::<Node>(), node_name))?;
     let host = endpoint_of(&node).ok_or_else(|| {
         ApiError::unavailable(format!("node {node_name} has no InternalIP address"))
     })?;

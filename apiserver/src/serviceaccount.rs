@@ -177,11 +177,7 @@ impl Apiserver {
                 "may not specify a duration larger than 2^32 seconds",
             ));
         }
-        let audiences: Vec<String> = spec
-            .get("audiences")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+        let audiences: Vec<String> = crate::object::each(&spec, "audiences")
             .filter_map(|a| a.as_str().map(str::to_owned))
             .collect();
         let mut claims = KubernetesClaims {

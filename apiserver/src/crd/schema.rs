@@ -380,20 +380,15 @@ struct Rule<'a> {
 }
 
 fn rules(schema: &Value) -> impl Iterator<Item = Rule<'_>> {
-    schema
-        .get("x-kubernetes-validations")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|r| {
-            Some(Rule {
-                rule: r.get("rule")?.as_str()?,
-                message: r.get("message").and_then(Value::as_str),
-                message_expression: r.get("messageExpression").and_then(Value::as_str),
-                field_path: r.get("fieldPath").and_then(Value::as_str),
-                reason: r.get("reason").and_then(Value::as_str),
-            })
+    crate::object::each(schema, "x-kubernetes-validations").filter_map(|r| {
+        Some(Rule {
+            rule: r.get("rule")?.as_str()?,
+            message: r.get("message").and_then(Value::as_str),
+            message_expression: r.get("messageExpression").and_then(Value::as_str),
+            field_path: r.get("fieldPath").and_then(Value::as_str),
+            reason: r.get("reason").and_then(Value::as_str),
         })
+    })
 }
 
 /// Compiles a CEL expression. The parser (ANTLR-generated) can panic on some malformed
@@ -529,9 +524,17 @@ fn bad_format(f: &str, s: &str) -> Option<&'static str> {
     (!ok).then_some("")
 }
 
-fn validate_array(items: &[Value], schema: &Value, path: &str, errs: &mut Vec<FieldError>) {
-    let n = items.len() as u64;
-    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+/// A count of `n` items or properties against the schema's `[max, min]` limits, worded as
+/// kube-apiserver words them (its "at most" message says items for both).
+fn count_limits(
+    n: u64,
+    schema: &Value,
+    [max_key, min_key]: [&str; 2],
+    noun: &str,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    if let Some(max) = schema.get(max_key).and_then(Value::as_u64)
         && n > max
     {
         errs.push(FieldError {
@@ -540,15 +543,20 @@ fn validate_array(items: &[Value], schema: &Value, path: &str, errs: &mut Vec<Fi
             field: path.to_owned(),
         });
     }
-    if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+    if let Some(min) = schema.get(min_key).and_then(Value::as_u64)
         && n < min
     {
         errs.push(FieldError::invalid(
             path,
             n,
-            &format!("{path} in body should have at least {min} items"),
+            &format!("{path} in body should have at least {min} {noun}"),
         ));
     }
+}
+
+fn validate_array(items: &[Value], schema: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    let n = items.len() as u64;
+    count_limits(n, schema, ["maxItems", "minItems"], "items", path, errs);
     if let Some(s) = schema.get("items").filter(|i| i.is_object()) {
         for (i, item) in items.iter().enumerate() {
             validate(item, None, s, &format!("{path}[{i}]"), errs);
@@ -563,11 +571,7 @@ fn validate_array(items: &[Value], schema: &Value, path: &str, errs: &mut Vec<Fi
             }
         }
         Some("map") => {
-            let keys: Vec<&str> = schema
-                .get("x-kubernetes-list-map-keys")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
+            let keys: Vec<&str> = crate::object::each(schema, "x-kubernetes-list-map-keys")
                 .filter_map(Value::as_str)
                 .collect();
             let key_of = |item: &Value| -> Vec<Value> {
@@ -601,36 +605,20 @@ fn validate_object(
     path: &str,
     errs: &mut Vec<FieldError>,
 ) {
-    for r in schema
-        .get("required")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-    {
+    for r in crate::object::each(schema, "required").filter_map(Value::as_str) {
         if !map.contains_key(r) {
             errs.push(FieldError::required(join(path, r), ""));
         }
     }
     let n = map.len() as u64;
-    if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
-        && n > max
-    {
-        errs.push(FieldError {
-            reason: "FieldValueTooMany",
-            message: format!("Too many: {n}: must have at most {max} items"),
-            field: path.to_owned(),
-        });
-    }
-    if let Some(min) = schema.get("minProperties").and_then(Value::as_u64)
-        && n < min
-    {
-        errs.push(FieldError::invalid(
-            path,
-            n,
-            &format!("{path} in body should have at least {min} properties"),
-        ));
-    }
+    count_limits(
+        n,
+        schema,
+        ["maxProperties", "minProperties"],
+        "properties",
+        path,
+        errs,
+    );
     let properties = schema.get("properties").and_then(Value::as_object);
     let additional = schema.get("additionalProperties").filter(|a| a.is_object());
     for (k, v) in map {
@@ -674,10 +662,7 @@ pub(crate) fn list_type(schema: &Value, path: &[String], field: &str) -> crate::
     }
     match cur.get("x-kubernetes-list-type").and_then(Value::as_str) {
         Some("map") => ListType::Map(
-            cur.get("x-kubernetes-list-map-keys")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
+            crate::object::each(cur, "x-kubernetes-list-map-keys")
                 .filter_map(Value::as_str)
                 .map(str::to_owned)
                 .collect(),

@@ -313,18 +313,9 @@ fn encode_schema(pb: &mut Pb, v: &Value) {
     pb.string(13, str_of(s, "pattern"));
     pb.strings(
         19,
-        s.get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str),
+        crate::object::each(s, "required").filter_map(Value::as_str),
     );
-    for e in s
-        .get("enum")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for e in crate::object::each(s, "enum") {
         pb.any(20, e);
     }
     match s.get("additionalProperties") {
@@ -352,12 +343,7 @@ fn encode_schema(pb: &mut Pb, v: &Value) {
         }),
         _ => {}
     }
-    for inner in s
-        .get("allOf")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for inner in crate::object::each(s, "allOf") {
         pb.message(24, |x| encode_schema(x, inner));
     }
     if let Some(props) = s.get("properties").and_then(Value::as_object) {
@@ -430,10 +416,7 @@ fn encode_parameter(pb: &mut Pb, p: &Value) {
 fn encode_operation(pb: &mut Pb, op: &Value) {
     let Some(o) = op.as_object() else { return };
     let list = |k: &str| {
-        o.get(k)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+        crate::object::each(o, k)
             .filter_map(Value::as_str)
             .collect::<Vec<_>>()
     };
@@ -441,12 +424,7 @@ fn encode_operation(pb: &mut Pb, op: &Value) {
     pb.string(5, str_of(o, "operationId"));
     pb.strings(6, list("produces"));
     pb.strings(7, list("consumes"));
-    for p in o
-        .get("parameters")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for p in crate::object::each(o, "parameters") {
         pb.message(8, |x| encode_parameter(x, p));
     }
     if let Some(responses) = o.get("responses").and_then(Value::as_object) {
@@ -496,12 +474,7 @@ pub(crate) fn protobuf(doc: &Value) -> Vec<u8> {
                             pi.message(tag, |x| encode_operation(x, op));
                         }
                     }
-                    for p in item
-                        .get("parameters")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                    {
+                    for p in crate::object::each(item, "parameters") {
                         pi.message(9, |x| encode_parameter(x, p));
                     }
                 });
