@@ -51,7 +51,20 @@ async fn at_zero(deploys: &Api<Deployment>, c: &kube::Client) -> Result<()> {
         (d.spec.as_ref()?.replicas == Some(0)).then_some(())
     })
     .await?;
-    wasmkube_tests::wait_ready_endpoints(c, "fn", 0).await
+    wasmkube_tests::wait_ready_endpoints(c, "fn", 0).await?;
+    // And its pod gone. The API's endpoints can reach zero a moment before the node's own
+    // index does, and a request in between reaches the pod still finishing (answered without a
+    // cold start); the pod is removed only after its node stopped it, by when the node has long
+    // seen the endpoint go.
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    wait_for("fn's pods gone", SLOW, || async {
+        let left = pods
+            .list(&ListParams::default().labels("app=fn"))
+            .await
+            .ok()?;
+        left.items.is_empty().then_some(())
+    })
+    .await
 }
 
 #[tokio::test]
