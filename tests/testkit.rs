@@ -899,6 +899,51 @@ pub async fn next_within<T, E>(
     }
 }
 
+/// A field of `/proc/{pid}/status` counted in KiB (`VmRSS`, `VmHWM`), in bytes; `pid`
+/// `"self"` reads this process. 0 when it cannot be read.
+pub fn proc_status_bytes(pid: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Runs `f(i)` for `i` in `0..n` on `clients` concurrent workers, each taking the next index,
+/// until all ran or `max` passed; returns how long it took.
+///
+/// # Errors
+/// The first error of `f`.
+pub async fn fan_out<F, Fut>(n: usize, clients: usize, max: Duration, f: F) -> Result<Duration>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let started = std::time::Instant::now();
+    let next = std::sync::Arc::new(AtomicUsize::new(0));
+    let f = std::sync::Arc::new(f);
+    let workers: Vec<_> = (0..clients.max(1))
+        .map(|_| {
+            let (next, f) = (std::sync::Arc::clone(&next), std::sync::Arc::clone(&f));
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n || started.elapsed() > max {
+                        return anyhow::Ok(());
+                    }
+                    f(i).await?;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await??;
+    }
+    Ok(started.elapsed())
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout`.
 ///
 /// # Errors

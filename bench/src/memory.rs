@@ -34,6 +34,9 @@ struct Args {
     /// Flags for the server (repeat, or separate with commas).
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     server_args: Vec<String>,
+    /// Longest wait for the resident set to settle once the writes stop.
+    #[arg(long, default_value_t = 10)]
+    settle_seconds: u64,
     /// Upper bound on each phase.
     #[arg(long, default_value_t = 600)]
     max_seconds: u64,
@@ -41,15 +44,8 @@ struct Args {
 
 /// `VmRSS` and `VmHWM` of process `pid`, in MiB.
 fn memory_of(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .map_or(0.0, |kib| kib / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let mib = |field| wasmkube_tests::proc_status_bytes(&pid.to_string(), field) as f64 / 1048576.0;
+    (mib("VmRSS"), mib("VmHWM"))
 }
 
 /// A pod as a Deployment's template makes it, bound to `node` (about 1.5 KB of JSON once
@@ -77,29 +73,6 @@ fn running(i: usize) -> serde_json::Value {
         "containerStatuses": [{"name": "app", "ready": true, "started": true, "restartCount": 0,
             "image": "registry.local/bench/app:1.2.3", "imageID": "sha256:0123456789abcdef",
             "containerID": format!("wasm://{i:016x}"), "state": {"running": {"startedAt": now}}}]}})
-}
-
-/// Runs `op(i)` for `0..count` on `clients` workers, within `max`.
-async fn fan_out<F, Fut>(count: usize, clients: usize, max: Duration, op: F) -> Result<()>
-where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<()>> + Send,
-{
-    let deadline = Instant::now() + max;
-    let workers = (0..clients).map(|w| {
-        let op = op.clone();
-        tokio::spawn(async move {
-            for i in (w..count).step_by(clients) {
-                anyhow::ensure!(Instant::now() < deadline, "out of time at {i}");
-                op(i).await?;
-            }
-            Ok(())
-        })
-    });
-    for w in futures::future::join_all(workers).await {
-        w??;
-    }
-    Ok(())
 }
 
 #[tokio::main]
@@ -146,9 +119,8 @@ async fn main() -> Result<()> {
         })
         .collect();
 
-    let started = Instant::now();
     let api = pods.clone();
-    fan_out(args.pods, args.clients, max, move |i| {
+    let created = wasmkube_tests::fan_out(args.pods, args.clients, max, move |i| {
         let api = api.clone();
         async move {
             let name = format!("mem-{i}");
@@ -162,12 +134,11 @@ async fn main() -> Result<()> {
     })
     .await
     .context("creating pods")?;
-    let created = started.elapsed();
+    anyhow::ensure!(created <= max, "the creates took over {max:?}");
     report(&format!("{} pods created ({created:.1?})", args.pods));
 
-    let started = Instant::now();
     let api = pods.clone();
-    fan_out(args.pods, args.clients, max, move |i| {
+    let written = wasmkube_tests::fan_out(args.pods, args.clients, max, move |i| {
         let api = api.clone();
         async move {
             api.patch_status(
@@ -181,7 +152,8 @@ async fn main() -> Result<()> {
     })
     .await
     .context("writing status")?;
-    report(&format!("every pod Running ({:.1?})", started.elapsed()));
+    anyhow::ensure!(written <= max, "the status writes took over {max:?}");
+    report(&format!("every pod Running ({written:.1?})"));
 
     let listed = pods.list(&ListParams::default()).await?;
     anyhow::ensure!(
@@ -192,9 +164,20 @@ async fn main() -> Result<()> {
     drop(listed);
     report("after a full list");
 
-    // What it settles at once the writes stop (the store's history window, caches).
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    report("10 s later");
+    // What it settles at once the writes stop (the store's history window, caches): read
+    // once a second until two readings agree within 1 MiB, for `settle_seconds` at most.
+    let settling = Instant::now();
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    let mut last = f64::MAX;
+    loop {
+        every.tick().await;
+        let (rss, _) = memory_of(pid);
+        if (rss - last).abs() < 1.0 || settling.elapsed().as_secs() >= args.settle_seconds {
+            break;
+        }
+        last = rss;
+    }
+    report(&format!("settled ({:.0?} later)", settling.elapsed()));
     for w in watching {
         w.abort();
     }

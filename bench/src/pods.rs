@@ -50,15 +50,6 @@ fn pct(mut v: Vec<Duration>, q: f64) -> Duration {
         .unwrap_or_default()
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
-
 fn idle_pod(name: &str, node: &str, image: &str) -> Result<Pod> {
     Ok(serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": "bench"}},
@@ -326,7 +317,7 @@ async fn main() -> Result<()> {
     );
 
     if args.density_pods > 0 {
-        let before = rss_bytes();
+        let before = wasmkube_tests::proc_status_bytes("self", "VmRSS");
         let (up, took) = density(
             &pods,
             &node.name,
@@ -336,8 +327,8 @@ async fn main() -> Result<()> {
             max,
         )
         .await?;
-        let after = rss_bytes();
-        let apiserver = pid_rss(server.child.id());
+        let after = wasmkube_tests::proc_status_bytes("self", "VmRSS");
+        let apiserver = wasmkube_tests::proc_status_bytes(&server.child.id().to_string(), "VmRSS");
         println!(
             "density: {up}/{} idle pods Running in {took:.1?}; wasmlet RSS {:.0} MiB → {:.0} MiB = {:.1} KiB per pod; API server process RSS {:.0} MiB",
             args.density_pods,
@@ -367,13 +358,4 @@ impl Pusher {
         wasmkube_wasmlet::images::push(&registries, &image, wasm.to_vec()).await?;
         Ok(image)
     }
-}
-
-fn pid_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
 }

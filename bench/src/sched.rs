@@ -12,8 +12,6 @@
 //! Everything is on loopback; every loop is bounded in count and time.
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -61,35 +59,6 @@ fn pod_json(name: &str) -> serde_json::Value {
         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "bench", "uid": "00000000-0000-0000-0000-000000000001", "controller": true}]},
         "spec": {"containers": [{"name": "app", "image": "hello:v1",
             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}})
-}
-
-/// Runs `f(i)` for i in 0..n with `clients` workers, bounded by `max`.
-async fn fan_out<F, Fut>(n: usize, clients: usize, max: Duration, f: F) -> Result<Duration>
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<()>> + Send,
-{
-    let started = Instant::now();
-    let next = Arc::new(AtomicUsize::new(0));
-    let f = Arc::new(f);
-    let workers: Vec<_> = (0..clients.max(1))
-        .map(|_| {
-            let (next, f) = (Arc::clone(&next), Arc::clone(&f));
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n || started.elapsed() > max {
-                        return anyhow::Ok(());
-                    }
-                    f(i).await?;
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.await??;
-    }
-    Ok(started.elapsed())
 }
 
 /// The algorithm alone: `pods` decisions over `nodes` in-memory nodes, placing each.
@@ -142,7 +111,7 @@ async fn main() -> Result<()> {
         let nodes: Api<Node> = Api::all(client.clone());
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
         let api = nodes.clone();
-        fan_out(n, args.clients, max, move |i| {
+        wasmkube_tests::fan_out(n, args.clients, max, move |i| {
             let api = api.clone();
             async move {
                 let name = format!("sim-{i}");
@@ -177,7 +146,7 @@ async fn main() -> Result<()> {
         .boxed();
         let started = Instant::now();
         let api = pods.clone();
-        let create_time = fan_out(args.pods, args.clients, max, move |i| {
+        let create_time = wasmkube_tests::fan_out(args.pods, args.clients, max, move |i| {
             let api = api.clone();
             async move {
                 api.create(
