@@ -169,10 +169,14 @@ fn stamp(json: &[u8], revision: u64) -> Option<Vec<u8>> {
         serde_json::Value::String(revision.to_string()),
     );
     // Sized for the object: it is kept (watch caches, the change feed), and a vector grown by
-    // doubling would keep up to twice its length.
-    let mut out = Vec::with_capacity(json.len() + 32);
+    // doubling would keep up to twice its length. The stamp adds about 30 bytes, so the usual
+    // object fits without a copy; one whose length changed more (re-spaced JSON) is copied
+    // to its size.
+    let mut out = Vec::with_capacity(json.len() + 48);
     serde_json::to_writer(&mut out, &obj).expect("JSON values serialize");
-    out.shrink_to_fit();
+    if out.capacity() > out.len() + 64 {
+        out.shrink_to_fit();
+    }
     Some(out)
 }
 
