@@ -4,12 +4,17 @@
 //!
 //! Controllers take a cache and a stream of the objects it touched ([`Informer::subscribe`])
 //! before [`Informers::run`] starts the watches; each object is yielded once the cache holds
-//! it. Subscribers that fall behind slow the watch down (bounded buffer, nothing dropped).
+//! it, and each deleted object once the cache has dropped it (kube-runtime's shared streams
+//! carry only applied objects: a StatefulSet waiting for a pod to be gone, or a quota counting
+//! pods, would never hear of the delete). Subscribers that fall behind slow the watch down
+//! (bounded buffers, nothing dropped).
 
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
-use futures::{Stream, StreamExt};
+use futures::channel::mpsc;
+use futures::stream::BoxStream;
+use futures::{SinkExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -30,7 +35,13 @@ where
     reader: Store<K>,
     /// Taken by [`Informers::run`].
     writer: Mutex<Option<reflector::store::Writer<K>>>,
+    /// Where each subscriber hears of deleted objects; taken by [`Informers::run`].
+    deleted: Mutex<Vec<mpsc::Sender<Arc<K>>>>,
 }
+
+/// The objects a cache touched: applied ones, then deleted ones, each once the cache holds the
+/// change.
+pub type Touched<K> = BoxStream<'static, Arc<K>>;
 
 impl<K> Informer<K>
 where
@@ -41,6 +52,7 @@ where
         Informer {
             reader,
             writer: Mutex::new(Some(writer)),
+            deleted: Mutex::default(),
         }
     }
 
@@ -53,14 +65,19 @@ where
     ///
     /// # Panics
     /// After [`Informers::run`] has started the watch.
-    pub fn subscribe(&self) -> (Store<K>, ReflectHandle<K>) {
+    pub fn subscribe(&self) -> (Store<K>, Touched<K>) {
         let writer = self.writer.lock().expect("informer lock");
-        let handle = writer
+        let applied: ReflectHandle<K> = writer
             .as_ref()
             .expect("subscribe before the informers run")
             .subscribe()
             .expect("a shared store");
-        (self.reader.clone(), handle)
+        let (tx, deleted) = mpsc::channel(BUFFER);
+        self.deleted.lock().expect("informer lock").push(tx);
+        (
+            self.reader.clone(),
+            futures::stream::select(applied, deleted).boxed(),
+        )
     }
 
     /// Keeps the cache filled from one watch of every `K` until the stream ends.
@@ -71,14 +88,33 @@ where
             .expect("informer lock")
             .take()
             .expect("an informer runs once");
-        wasmkube_client::watch::watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect_shared(writer)
-            .map(|r| {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, kind = K::kind(&()).as_ref(), "shared watch failed; retrying");
+        let subscribers = std::mem::take(&mut *self.deleted.lock().expect("informer lock"));
+        let events = wasmkube_client::watch::watcher(
+            Api::<K>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect_shared(writer);
+        // The reflector yields an event once its cache holds it.
+        futures::stream::unfold(
+            (events.boxed(), subscribers),
+            |(mut events, mut subscribers)| async move {
+                match events.next().await? {
+                    Ok(watcher::Event::Delete(obj)) => {
+                        let obj = Arc::new(obj);
+                        for s in &mut subscribers {
+                            // A subscriber that is gone has stopped.
+                            let _ = s.send(Arc::clone(&obj)).await;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, kind = K::kind(&()).as_ref(), "shared watch failed; retrying");
+                    }
                 }
-            })
+                Some(((), (events, subscribers)))
+            },
+        )
     }
 }
 

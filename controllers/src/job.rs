@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::workqueue::Action;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, PostParams};
-use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 /// What the reconciler needs.

@@ -1,6 +1,7 @@
 //! The controller manager: the control loops that keep the cluster at its desired state, each
-//! an out-of-tree client of the API server built on kube-runtime's `Controller` (watch,
-//! reflector, reconcile, requeue) — like kube-controller-manager.
+//! an out-of-tree client of the API server built on kube-runtime's watchers and reflectors,
+//! whose reconciles a [`workqueue`] runs (a request due now starts at once) — like
+//! kube-controller-manager.
 //!
 //! | controller | keeps |
 //! |---|---|
@@ -33,9 +34,8 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use crate::workqueue::{Action, Controller};
 use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
@@ -61,6 +61,7 @@ pub mod replicationcontroller;
 pub mod resourcequota;
 pub mod serviceaccounts;
 pub mod statefulset;
+pub mod workqueue;
 
 /// How to run the controller manager.
 #[derive(Debug, Clone, Default)]
@@ -466,7 +467,7 @@ impl PodsCtx {
         informers: &informers::Informers,
     ) -> (
         Arc<Self>,
-        kube::runtime::reflector::ReflectHandle<k8s_openapi::api::core::v1::Pod>,
+        informers::Touched<k8s_openapi::api::core::v1::Pod>,
     ) {
         let (pods, changes) = informers.pods.subscribe();
         let ctx = Self {
@@ -561,7 +562,7 @@ where
     }
 }
 
-/// Runs a kube-runtime `Controller` over `K` with the context `make_ctx` builds from the client
+/// Runs a [`Controller`] over `K` with the context `make_ctx` builds from the client
 /// and the cache of `Child` objects, triggered by `K` and by the `Child` objects of that
 /// reflector — so a trigger never arrives before the cache holds the change that caused it.
 pub(crate) async fn run_owning<K, Child, C, E, Fut>(
@@ -637,29 +638,13 @@ pub(crate) async fn drive<K, C, E, Fut, S, SFut>(
     S: Fn() -> SFut,
     SFut: Future<Output = ()> + Send + 'static,
 {
-    let run = controller
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(
-            when_synced(name, synced, shutdown.clone(), reconcile),
-            retry_later(name, shutdown.clone()),
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()));
-    // kube-runtime's graceful shutdown sometimes never finishes when it comes while the
-    // controller's watches are still starting: after `shutdown` it gets a grace period, then
-    // it is dropped.
-    tokio::pin!(run);
-    tokio::select! {
-        () = &mut run => return,
-        () = shutdown.cancelled() => {}
-    }
-    if tokio::time::timeout(SHUTDOWN_GRACE, run).await.is_err() {
-        tracing::debug!(
-            controller = name,
-            "no graceful stop within the grace period; stopped"
-        );
-    }
+    workqueue::run(
+        controller,
+        when_synced(name, synced, shutdown.clone(), reconcile),
+        retry_later(name, shutdown.clone()),
+        ctx,
+        name,
+        shutdown,
+    )
+    .await;
 }
-
-/// How long a controller may take to stop gracefully.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
