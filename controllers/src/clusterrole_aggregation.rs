@@ -88,13 +88,11 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         client: client.clone(),
         roles: roles.clone(),
     });
-    // Any ClusterRole's change may change what an aggregating one holds.
+    // Any ClusterRole's change may change what an aggregating one holds (`view` feeds `edit`,
+    // which feeds `admin`): each is reconciled from a cache that holds the change.
     let aggregating = roles.clone();
-    let controller = controller.watches(
-        Api::<ClusterRole>::all(client),
-        watcher::Config::default(),
-        move |_| crate::refs_where(&aggregating, |r| r.aggregation_rule.is_some()),
-    );
+    let controller = controller
+        .related(move |_| crate::refs_where(&aggregating, |r| r.aggregation_rule.is_some()));
     crate::drive(
         controller,
         "clusterrole-aggregation",

@@ -67,7 +67,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub struct Controller<K: Resource<DynamicType = ()> + Clone + 'static> {
     reader: Store<K>,
     triggers: SelectAll<BoxStream<'static, ObjectRef<K>>>,
+    /// What else a change of a reconciled object asks for ([`Controller::related`]).
+    related: Related<K>,
 }
+
+/// Maps a changed object of the reconciled kind to other objects of that kind to reconcile.
+type Related<K> = Arc<std::sync::Mutex<Vec<Box<dyn Fn(&K) -> Vec<ObjectRef<K>> + Send>>>>;
 
 impl<K> Controller<K>
 where
@@ -76,14 +81,24 @@ where
     /// Reconciles the objects of `api` that `config` selects, each when it changes.
     pub fn new(api: Api<K>, config: watcher::Config) -> Self {
         let (reader, writer) = reflector::store();
+        let related = Related::<K>::default();
+        let mappers = Arc::clone(&related);
+        // The reflector yields a change once its cache holds it, so what a related object's
+        // reconcile reads is never older than the change that asked for it.
         let own = watcher(api, config)
             .default_backoff()
             .reflect(writer)
-            .applied_objects();
-        Self::from_parts(
-            reader,
-            ok_or_log::<K, _>(own).map(|o| ObjectRef::from_obj(&o)),
-        )
+            .touched_objects();
+        let own = ok_or_log::<K, _>(own).flat_map(move |o| {
+            let mut refs = vec![ObjectRef::from_obj(&o)];
+            for map in mappers.lock().expect("related lock").iter() {
+                refs.extend(map(&o));
+            }
+            futures::stream::iter(refs)
+        });
+        let mut controller = Self::from_parts(reader, own);
+        controller.related = related;
+        controller
     }
 
     /// Reconciles the objects in `reader` that `triggers` asks for.
@@ -96,12 +111,29 @@ where
         Self {
             reader,
             triggers: all,
+            related: Related::default(),
         }
     }
 
     /// The reconciled kind's cache.
     pub fn store(&self) -> Store<K> {
         self.reader.clone()
+    }
+
+    /// Also reconciles what `mapper` names for each changed or deleted object of the reconciled
+    /// kind, once the cache holds the change (an aggregated ClusterRole when a role it selects
+    /// changes). Unlike a second watch of the same kind through [`Controller::watches`], the
+    /// related object's reconcile can never read the cache from before the change.
+    #[must_use]
+    pub fn related<I>(self, mapper: impl Fn(&K) -> I + Send + 'static) -> Self
+    where
+        I: IntoIterator<Item = ObjectRef<K>>,
+    {
+        self.related
+            .lock()
+            .expect("related lock")
+            .push(Box::new(move |o| mapper(o).into_iter().collect()));
+        self
     }
 
     /// Also reconciles the controller (owner with `controller: true`) of each object of a shared
@@ -279,6 +311,7 @@ pub async fn run<K, C, E, Fut>(
     let Controller {
         reader,
         mut triggers,
+        ..
     } = controller;
     let mut queue = Queue::new();
     let mut running: JoinSet<Ended<K, E>> = JoinSet::new();
