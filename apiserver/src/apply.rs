@@ -123,21 +123,8 @@ impl Apiserver {
         }
         let manager = manager_of(q);
         let subresource = t.subresource.clone().filter(|s| s == "status");
-        let present = fieldset::of_object(new, true, &|p, f| t.kind.list_type(p, f));
-        let changed: FieldSet = present
-            .iter()
-            .filter(|p| {
-                old.is_none_or(|o| {
-                    let marker = p.last().is_some_and(|t| t == "." || t.starts_with("v:"));
-                    if marker {
-                        fieldset::value_at(o, p).is_none()
-                    } else {
-                        fieldset::value_at(o, p) != fieldset::value_at(new, p)
-                    }
-                })
-            })
-            .cloned()
-            .collect();
+        let (present, changed) =
+            fieldset::of_update(new, old, true, &|p, f| t.kind.list_type(p, f));
         let api_version = new
             .get("apiVersion")
             .and_then(Value::as_str)

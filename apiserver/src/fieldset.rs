@@ -55,63 +55,102 @@ fn key_token(keys: &[String], item: &Value) -> Option<String> {
 /// The leaf paths set in `obj`, whose lists are of the types `lists` says. With
 /// `include_status`, `status` is walked too (for the status subresource).
 pub(crate) fn of_object(obj: &Value, include_status: bool, lists: ListTypes<'_>) -> FieldSet {
-    let mut out = FieldSet::new();
-    let mut path = Vec::new();
-    if let Value::Object(m) = obj {
-        for (k, v) in m {
-            if ignored(&path, k) && !(include_status && k == "status") {
-                continue;
-            }
-            walk(k, v, &mut path, &mut out, lists);
-        }
-    }
-    out
+    of_update(obj, None, include_status, lists).0
 }
 
-fn walk(key: &str, v: &Value, path: &mut FieldPath, out: &mut FieldSet, lists: ListTypes<'_>) {
-    let names = field_names(path);
-    path.push(format!("f:{key}"));
-    match v {
-        Value::Object(m) if !m.is_empty() => {
-            for (k, child) in m {
-                if ignored(path, k) {
-                    continue;
-                }
-                walk(k, child, path, out, lists);
+/// [`of_object`] of `new`, and those of its paths whose value `old` does not have (a leaf that
+/// differs or is absent; a list item `old` lacks) — what an update changes, found in one walk
+/// of both objects (looking each path up from the root, with its merge keys parsed again, cost
+/// a status update more than the rest of its bookkeeping). Without `old` every path changed.
+pub(crate) fn of_update(
+    new: &Value,
+    old: Option<&Value>,
+    include_status: bool,
+    lists: ListTypes<'_>,
+) -> (FieldSet, FieldSet) {
+    let mut walk = Walk {
+        path: Vec::new(),
+        present: FieldSet::new(),
+        changed: FieldSet::new(),
+        lists,
+    };
+    if let Value::Object(m) = new {
+        for (k, v) in m {
+            if ignored(&walk.path, k) && !(include_status && k == "status") {
+                continue;
             }
-        }
-        Value::Array(items) if !items.is_empty() => match lists(&names, key) {
-            ListType::Map(keys) if items.iter().all(|i| key_token(&keys, i).is_some()) => {
-                for item in items {
-                    let token = key_token(&keys, item).expect("checked above");
-                    path.push(token);
-                    let mut dot = path.clone();
-                    dot.push(".".into());
-                    out.insert(dot);
-                    if let Value::Object(m) = item {
-                        for (k, child) in m {
-                            walk(k, child, path, out, lists);
-                        }
-                    }
-                    path.pop();
-                }
-            }
-            ListType::Set => {
-                for item in items {
-                    let mut p = path.clone();
-                    p.push(format!("v:{item}"));
-                    out.insert(p);
-                }
-            }
-            _ => {
-                out.insert(path.clone());
-            }
-        },
-        _ => {
-            out.insert(path.clone());
+            walk.field(k, v, old.and_then(|o| o.get(k)));
         }
     }
-    path.pop();
+    (walk.present, walk.changed)
+}
+
+struct Walk<'l> {
+    path: FieldPath,
+    present: FieldSet,
+    changed: FieldSet,
+    lists: ListTypes<'l>,
+}
+
+impl Walk<'_> {
+    /// A leaf (or list item) at the current path, changed when `differs`.
+    fn leaf(&mut self, path: FieldPath, differs: bool) {
+        if differs {
+            self.changed.insert(path.clone());
+        }
+        self.present.insert(path);
+    }
+
+    /// Field `key` of the current path, `v` in the new object, `old` what the old one has there.
+    fn field(&mut self, key: &str, v: &Value, old: Option<&Value>) {
+        self.path.push(format!("f:{key}"));
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, child) in m {
+                    if ignored(&self.path, k) {
+                        continue;
+                    }
+                    self.field(k, child, old.and_then(|o| o.get(k)));
+                }
+            }
+            Value::Array(items) if !items.is_empty() => {
+                let names = field_names(&self.path[..self.path.len() - 1]);
+                let old_items = old.and_then(Value::as_array);
+                match (self.lists)(&names, key) {
+                    ListType::Map(keys) if items.iter().all(|i| key_token(&keys, i).is_some()) => {
+                        for item in items {
+                            let was = old_items.and_then(|olds| {
+                                olds.iter()
+                                    .find(|o| keys.iter().all(|k| o.get(k) == item.get(k)))
+                            });
+                            self.path
+                                .push(key_token(&keys, item).expect("checked above"));
+                            let mut dot = self.path.clone();
+                            dot.push(".".into());
+                            self.leaf(dot, was.is_none());
+                            if let Value::Object(m) = item {
+                                for (k, child) in m {
+                                    self.field(k, child, was.and_then(|w| w.get(k)));
+                                }
+                            }
+                            self.path.pop();
+                        }
+                    }
+                    ListType::Set => {
+                        for item in items {
+                            let mut p = self.path.clone();
+                            p.push(format!("v:{item}"));
+                            let had = old_items.is_some_and(|olds| olds.contains(item));
+                            self.leaf(p, !had);
+                        }
+                    }
+                    _ => self.leaf(self.path.clone(), old != Some(v)),
+                }
+            }
+            _ => self.leaf(self.path.clone(), old != Some(v)),
+        }
+        self.path.pop();
+    }
 }
 
 /// The value at a path (`None` when absent). For `.` and `v:` tokens the value is the item.
@@ -277,6 +316,53 @@ mod tests {
             .find(|p| display(p).ends_with("image"))
             .expect("image path");
         assert_eq!(value_at(&obj, image), Some(&json!("w:1")));
+    }
+
+    #[test]
+    fn an_update_should_change_the_paths_whose_values_the_old_object_lacks() {
+        let old = json!({"metadata": {"name": "p", "labels": {"a": "1", "b": "2"}, "finalizers": ["f/1"]},
+            "spec": {"containers": [{"name": "x", "image": "x:1"}, {"name": "y", "image": "y:1"}],
+                "shape": {"nested": true}},
+            "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]}});
+        let new = json!({"metadata": {"name": "p", "labels": {"a": "1", "b": "3"}, "finalizers": ["f/1", "f/2"]},
+            "spec": {"containers": [{"name": "x", "image": "x:1"}, {"name": "z", "image": "z:1"}],
+                "shape": "flat"},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"},
+                {"type": "Initialized", "status": "True"}]}});
+        let lists = &crate::patch::builtin_list_type;
+        let (present, changed) = of_update(&new, Some(&old), true, lists);
+        assert_eq!(present, of_object(&new, true, lists));
+        // What each path's lookup from the root says.
+        let expected: FieldSet = present
+            .iter()
+            .filter(|p| {
+                if p.last().is_some_and(|t| t == "." || t.starts_with("v:")) {
+                    value_at(&old, p).is_none()
+                } else {
+                    value_at(&old, p) != value_at(&new, p)
+                }
+            })
+            .cloned()
+            .collect();
+        assert_eq!(changed, expected);
+        let shown: Vec<String> = changed.iter().map(|p| display(p)).collect();
+        for path in [
+            ".metadata.labels.b",
+            ".spec.shape",
+            ".status.phase",
+            ".status.conditions[type=\"Ready\"].status",
+            ".spec.containers[name=\"z\"].image",
+        ] {
+            assert!(shown.iter().any(|s| s == path), "{path} changed: {shown:?}");
+        }
+        for path in [".metadata.labels.a", ".spec.containers[name=\"x\"].image"] {
+            assert!(!shown.iter().any(|s| s == path), "{path} kept: {shown:?}");
+        }
+        assert_eq!(
+            of_update(&new, None, true, lists).1,
+            present,
+            "without an old object everything changed"
+        );
     }
 
     #[test]
