@@ -55,7 +55,7 @@ fn key_token(keys: &[String], item: &Value) -> Option<String> {
 /// The leaf paths set in `obj`, whose lists are of the types `lists` says. With
 /// `include_status`, `status` is walked too (for the status subresource).
 pub(crate) fn of_object(obj: &Value, include_status: bool, lists: ListTypes<'_>) -> FieldSet {
-    of_update(obj, None, include_status, lists).0
+    walk(obj, None, false, include_status, lists).0
 }
 
 /// [`of_object`] of `new`, and those of its paths whose value `old` does not have (a leaf that
@@ -68,10 +68,28 @@ pub(crate) fn of_update(
     include_status: bool,
     lists: ListTypes<'_>,
 ) -> (FieldSet, FieldSet) {
+    match old {
+        Some(_) => walk(new, old, true, include_status, lists),
+        None => {
+            let present = of_object(new, include_status, lists);
+            (present.clone(), present)
+        }
+    }
+}
+
+/// The paths of `new`, and with `track` those `old` lacks.
+fn walk(
+    new: &Value,
+    old: Option<&Value>,
+    track: bool,
+    include_status: bool,
+    lists: ListTypes<'_>,
+) -> (FieldSet, FieldSet) {
     let mut walk = Walk {
         path: Vec::new(),
         present: FieldSet::new(),
         changed: FieldSet::new(),
+        track,
         lists,
     };
     if let Value::Object(m) = new {
@@ -89,13 +107,14 @@ struct Walk<'l> {
     path: FieldPath,
     present: FieldSet,
     changed: FieldSet,
+    track: bool,
     lists: ListTypes<'l>,
 }
 
 impl Walk<'_> {
     /// A leaf (or list item) at the current path, changed when `differs`.
     fn leaf(&mut self, path: FieldPath, differs: bool) {
-        if differs {
+        if self.track && differs {
             self.changed.insert(path.clone());
         }
         self.present.insert(path);

@@ -1,5 +1,4 @@
-//! The controllers' Prometheus metrics. kube-runtime's controllers keep their work queue to
-//! themselves, so what is reported is each reconcile, by controller:
+//! The controllers' Prometheus metrics: each reconcile, by controller:
 //! `workqueue_work_duration_seconds{name}` (kube-controller-manager's name for the time one
 //! item takes), and controller-runtime's `controller_runtime_reconcile_total{controller,
 //! result}` (`success`, `error`) and `controller_runtime_active_workers{controller}`.

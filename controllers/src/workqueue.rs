@@ -67,12 +67,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub struct Controller<K: Resource<DynamicType = ()> + Clone + 'static> {
     reader: Store<K>,
     triggers: SelectAll<BoxStream<'static, ObjectRef<K>>>,
+    /// The reconciled kind's changes, each once the cache holds it (none from `from_parts`).
+    own: BoxStream<'static, K>,
     /// What else a change of a reconciled object asks for ([`Controller::related`]).
-    related: Related<K>,
+    related: Vec<Related<K>>,
 }
 
 /// Maps a changed object of the reconciled kind to other objects of that kind to reconcile.
-type Related<K> = Arc<std::sync::Mutex<Vec<Box<dyn Fn(&K) -> Vec<ObjectRef<K>> + Send>>>>;
+type Related<K> = Box<dyn Fn(&K) -> Vec<ObjectRef<K>> + Send>;
 
 impl<K> Controller<K>
 where
@@ -81,24 +83,16 @@ where
     /// Reconciles the objects of `api` that `config` selects, each when it changes.
     pub fn new(api: Api<K>, config: watcher::Config) -> Self {
         let (reader, writer) = reflector::store();
-        let related = Related::<K>::default();
-        let mappers = Arc::clone(&related);
         // The reflector yields a change once its cache holds it, so what a related object's
         // reconcile reads is never older than the change that asked for it.
         let own = watcher(api, config)
             .default_backoff()
             .reflect(writer)
             .touched_objects();
-        let own = ok_or_log::<K, _>(own).flat_map(move |o| {
-            let mut refs = vec![ObjectRef::from_obj(&o)];
-            for map in mappers.lock().expect("related lock").iter() {
-                refs.extend(map(&o));
-            }
-            futures::stream::iter(refs)
-        });
-        let mut controller = Self::from_parts(reader, own);
-        controller.related = related;
-        controller
+        Self {
+            own: ok_or_log::<K, _>(own).boxed(),
+            ..Self::from_parts(reader, futures::stream::empty())
+        }
     }
 
     /// Reconciles the objects in `reader` that `triggers` asks for.
@@ -111,7 +105,8 @@ where
         Self {
             reader,
             triggers: all,
-            related: Related::default(),
+            own: futures::stream::empty().boxed(),
+            related: Vec::new(),
         }
     }
 
@@ -125,13 +120,11 @@ where
     /// changes). Unlike a second watch of the same kind through [`Controller::watches`], the
     /// related object's reconcile can never read the cache from before the change.
     #[must_use]
-    pub fn related<I>(self, mapper: impl Fn(&K) -> I + Send + 'static) -> Self
+    pub fn related<I>(mut self, mapper: impl Fn(&K) -> I + Send + 'static) -> Self
     where
         I: IntoIterator<Item = ObjectRef<K>>,
     {
         self.related
-            .lock()
-            .expect("related lock")
             .push(Box::new(move |o| mapper(o).into_iter().collect()));
         self
     }
@@ -311,8 +304,19 @@ pub async fn run<K, C, E, Fut>(
     let Controller {
         reader,
         mut triggers,
-        ..
+        own,
+        related,
     } = controller;
+    triggers.push(
+        own.flat_map(move |o| {
+            let mut refs = vec![ObjectRef::from_obj(&o)];
+            for map in &related {
+                refs.extend(map(&o));
+            }
+            futures::stream::iter(refs)
+        })
+        .boxed(),
+    );
     let mut queue = Queue::new();
     let mut running: JoinSet<Ended<K, E>> = JoinSet::new();
     let mut start = |key: ObjectRef<K>,
@@ -416,31 +420,51 @@ mod tests {
     struct Harness {
         asks: futures::channel::mpsc::UnboundedSender<ObjectRef<ConfigMap>>,
         runs: Runs,
+        /// How many reconciles have started.
+        started: tokio::sync::watch::Receiver<usize>,
+        /// Reconciles of `held` wait for a permit.
+        gate: Arc<tokio::sync::Semaphore>,
         shutdown: CancellationToken,
         task: tokio::task::JoinHandle<()>,
     }
 
-    /// Runs a controller over `reader` whose reconcile takes `takes` and answers what `next`
-    /// says for its run number (0, 1, ...).
+    /// Runs a controller over `reader` whose reconcile of `held` waits for a permit of the
+    /// harness's gate, and answers what `next` says for its run number (0, 1, ...).
     fn harness(
         reader: Store<ConfigMap>,
-        takes: Duration,
+        held: &'static str,
         next: impl Fn(usize) -> Result<Action, std::io::Error> + Send + Sync + 'static,
     ) -> Harness {
         let (asks, triggers) = futures::channel::mpsc::unbounded();
         let runs: Runs = Arc::default();
+        let (count, started) = tokio::sync::watch::channel(0);
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let shutdown = CancellationToken::new();
         let controller = Controller::from_parts(reader, triggers);
-        let (log, next) = (Arc::clone(&runs), Arc::new(next));
+        let (log, next, count, permits) = (
+            Arc::clone(&runs),
+            Arc::new(next),
+            Arc::new(count),
+            Arc::clone(&gate),
+        );
         let reconcile = move |obj: Arc<ConfigMap>, _ctx: Arc<()>| {
-            let (log, next) = (Arc::clone(&log), Arc::clone(&next));
+            let (log, next, count, permits) = (
+                Arc::clone(&log),
+                Arc::clone(&next),
+                Arc::clone(&count),
+                Arc::clone(&permits),
+            );
             async move {
+                let name = obj.metadata.name.clone().unwrap();
                 let n = {
                     let mut runs = log.lock().unwrap();
-                    runs.push((obj.metadata.name.clone().unwrap(), Instant::now(), None));
+                    runs.push((name.clone(), Instant::now(), None));
                     runs.len() - 1
                 };
-                tokio::time::sleep(takes).await;
+                count.send_modify(|c| *c += 1);
+                if name == held {
+                    permits.acquire().await.unwrap().forget();
+                }
                 log.lock().unwrap()[n].2 = Some(Instant::now());
                 next(n)
             }
@@ -459,9 +483,17 @@ mod tests {
         Harness {
             asks,
             runs,
+            started,
+            gate,
             shutdown,
             task,
         }
+    }
+
+    /// Lets `d` of the paused clock pass: the runtime moves it on only when every task is idle,
+    /// so whatever would run by then has run (nothing waits in real time).
+    async fn after(d: Duration) {
+        tokio::time::sleep(d).await;
     }
 
     impl Harness {
@@ -473,19 +505,18 @@ mod tests {
             self.runs.lock().unwrap().clone()
         }
 
-        /// Waits (on the paused clock) until `n` runs have started.
+        /// Waits until `n` reconciles have started.
         async fn started(&self, n: usize) {
-            tokio::time::timeout(Duration::from_secs(600), async {
-                while self.runs.lock().unwrap().len() < n {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            })
-            .await
-            .expect("the runs started");
+            let mut started = self.started.clone();
+            tokio::time::timeout(Duration::from_secs(600), started.wait_for(|c| *c >= n))
+                .await
+                .expect("the runs started")
+                .expect("the harness runs");
         }
 
         async fn stop(self) {
             self.shutdown.cancel();
+            self.gate.add_permits(100);
             self.task.await.unwrap();
         }
     }
@@ -493,20 +524,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_due_now_should_start_without_waiting_for_a_timer_tick() {
         let (reader, _writer) = ready_cache(&["a"]);
-        let h = harness(reader, Duration::ZERO, |_| Ok(Action::await_change()));
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let h = harness(reader, "", |_| Ok(Action::await_change()));
         let asked = Instant::now();
         h.ask("a");
-        // Yield (the paused clock moves only when every task is idle) until it has run.
-        for _ in 0..100 {
-            if !h.runs().is_empty() {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        h.started(1).await;
         let runs = h.runs();
-        assert_eq!(runs.len(), 1, "one reconcile ran: {runs:?}");
-        // kube-runtime's scheduler would start it on the next millisecond tick.
+        // kube-runtime's scheduler would start it on the next millisecond tick (the paused
+        // clock moves on only while nothing can run).
         assert_eq!(runs[0].1, asked, "started at the instant it was asked for");
         h.stop().await;
     }
@@ -514,16 +538,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_key_asked_for_while_it_runs_should_run_once_more_after_it() {
         let (reader, _writer) = ready_cache(&["a", "b"]);
-        let h = harness(reader, Duration::from_secs(1), |_| {
-            Ok(Action::await_change())
-        });
+        let h = harness(reader, "a", |_| Ok(Action::await_change()));
         h.ask("a");
         h.started(1).await;
         for _ in 0..5 {
             h.ask("a");
         }
         h.ask("b");
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        h.started(2).await;
+        let beside = h.runs();
+        assert!(
+            beside[1].0 == "b" && beside[0].2.is_none(),
+            "another key ran beside it: {beside:?}"
+        );
+        h.gate.add_permits(1);
+        h.started(3).await;
+        h.gate.add_permits(1);
+        after(Duration::from_secs(10)).await;
         let runs = h.runs();
         let a: Vec<_> = runs.iter().filter(|r| r.0 == "a").collect();
         assert_eq!(
@@ -535,15 +566,13 @@ mod tests {
             a[1].1 >= a[0].2.unwrap(),
             "the second run started after the first ended: {runs:?}"
         );
-        let b = runs.iter().find(|r| r.0 == "b").expect("b ran");
-        assert!(b.1 < a[0].2.unwrap(), "another key ran beside it: {runs:?}");
         h.stop().await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_requeue_should_wait_and_a_request_should_run_it_at_once() {
         let (reader, _writer) = ready_cache(&["a"]);
-        let h = harness(reader, Duration::ZERO, |n| {
+        let h = harness(reader, "", |n| {
             Ok(if n == 0 {
                 Action::requeue(Duration::from_secs(10))
             } else {
@@ -553,11 +582,11 @@ mod tests {
         let t0 = Instant::now();
         h.ask("a");
         h.started(1).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        after(Duration::from_secs(1)).await;
         assert_eq!(h.runs().len(), 1, "the requeue waits");
         h.ask("a");
         h.started(2).await;
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        after(Duration::from_secs(30)).await;
         let runs = h.runs();
         assert_eq!(runs.len(), 2, "the waiting requeue was dropped: {runs:?}");
         assert!(runs[1].1 - t0 < Duration::from_secs(2), "{runs:?}");
@@ -567,7 +596,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failed_reconcile_should_run_again_when_the_error_policy_says() {
         let (reader, _writer) = ready_cache(&["a"]);
-        let h = harness(reader, Duration::ZERO, |n| {
+        let h = harness(reader, "", |n| {
             if n == 0 {
                 Err(std::io::Error::other("failed"))
             } else {
@@ -578,7 +607,7 @@ mod tests {
         h.started(2).await;
         let runs = h.runs();
         assert_eq!(runs[1].1 - runs[0].1, Duration::from_secs(2), "{runs:?}");
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        after(Duration::from_secs(30)).await;
         assert_eq!(h.runs().len(), 2, "a success asks for nothing more");
         h.stop().await;
     }
@@ -586,17 +615,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn nothing_should_run_before_the_cache_is_ready_nor_what_it_does_not_hold() {
         let (reader, mut writer) = reflector::store();
-        let h = harness(reader, Duration::ZERO, |_| Ok(Action::await_change()));
+        let h = harness(reader, "", |_| Ok(Action::await_change()));
         h.ask("a");
         h.ask("a");
         h.ask("gone");
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        after(Duration::from_secs(5)).await;
         assert!(h.runs().is_empty(), "nothing runs on an empty cache");
         writer.apply_watcher_event(&watcher::Event::Init);
         writer.apply_watcher_event(&watcher::Event::InitApply(object("a")));
         writer.apply_watcher_event(&watcher::Event::InitDone);
         h.started(1).await;
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        after(Duration::from_secs(5)).await;
         let runs = h.runs();
         assert_eq!(
             runs.len(),

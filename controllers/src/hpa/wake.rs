@@ -97,8 +97,8 @@ impl Ctx {
     }
 
     /// A ScaleFromZero Event asks `hpa` for a replica: its target is scaled from zero at once
-    /// (the same one write its reconcile would make), rather than after the controller's
-    /// queue hands the reconcile over — a millisecond or two on every wake.
+    /// (the same one write its reconcile would make), from the watch's mapper, without waiting
+    /// for the reconcile to be handed over and to get that far.
     pub(super) fn ask_wake(self: &Arc<Self>, hpa: &Hpa) {
         use futures::FutureExt;
         let ns = hpa.namespace().unwrap_or_default();
