@@ -910,6 +910,22 @@ pub fn proc_status_bytes(pid: &str, field: &str) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// CPU time (user + system) a process has used so far; `pid` `"self"` reads this process.
+/// Zero when it cannot be read. Resolution: the kernel's clock tick (10 ms at 100 Hz).
+pub fn proc_cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    // Linux reports these in USER_HZ, 100 a second on every architecture it supports.
+    Duration::from_millis(ticks * 10)
+}
+
 /// Runs `f(i)` for `i` in `0..n` on `clients` concurrent workers, each taking the next index,
 /// until all ran or `max` passed; returns how long it took.
 ///

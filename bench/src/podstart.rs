@@ -211,8 +211,41 @@ const STAGES: [&str; 9] = [
     "status written",
 ];
 
-/// Prints one run's latencies and its per-stage breakdown from the server's trace.
-fn report(label: &str, board: &Board, names: &[String], log: &std::path::Path) -> Result<()> {
+/// CPU time the server and this benchmark used, to take a run's share from.
+#[derive(Clone, Copy)]
+struct Cpu {
+    server: Duration,
+    bench: Duration,
+}
+
+impl Cpu {
+    fn now(server: &str) -> Cpu {
+        Cpu {
+            server: wasmkube_tests::proc_cpu_time(server),
+            bench: wasmkube_tests::proc_cpu_time("self"),
+        }
+    }
+
+    /// The CPU per pod each used since `self`, as `server / benchmark` ms.
+    fn per_pod(self, server: &str, pods: usize) -> String {
+        let now = Cpu::now(server);
+        let n = pods.max(1) as f64;
+        format!(
+            "{:.2} / {:.2}",
+            ms(now.server.saturating_sub(self.server)) / n,
+            ms(now.bench.saturating_sub(self.bench)) / n
+        )
+    }
+}
+
+/// Prints one run's latencies, CPU per pod and per-stage breakdown from the server's trace.
+fn report(
+    label: &str,
+    board: &Board,
+    names: &[String],
+    log: &std::path::Path,
+    cpu: String,
+) -> Result<()> {
     let mut scheduled = Vec::new();
     let mut running = Vec::new();
     let mut starts = HashMap::new();
@@ -228,7 +261,7 @@ fn report(label: &str, board: &Board, names: &[String], log: &std::path::Path) -
         }
     }
     println!(
-        "| {label} | {} | {:.1} / {:.1} | {:.1} / {:.1} |",
+        "| {label} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {cpu} |",
         names.len(),
         pct(&mut scheduled, 0.5),
         pct(&mut scheduled, 0.99),
@@ -316,13 +349,17 @@ async fn main() -> Result<()> {
         .await
         .context("the first pod")?;
 
-    println!("| load | pods | scheduled p50 / p99 ms | Running p50 / p99 ms |");
-    println!("|---|---:|---:|---:|");
+    let pid = server.child.id().to_string();
+    println!(
+        "| load | pods | scheduled p50 / p99 ms | Running p50 / p99 ms | CPU ms per pod, server / benchmark |"
+    );
+    println!("|---|---:|---:|---:|---:|");
 
     let names: Vec<String> = (0..args.one_at_a_time)
         .map(|i| format!("one-{i}"))
         .collect();
     let run_started = Instant::now();
+    let cpu = Cpu::now(&pid);
     for n in &names {
         create(&api, &board, n).await?;
         board
@@ -332,12 +369,14 @@ async fn main() -> Result<()> {
             )
             .await?;
     }
-    report("one at a time", &board, &names, &server.log_path())?;
+    let cpu = cpu.per_pod(&pid, names.len());
+    report("one at a time", &board, &names, &server.log_path(), cpu)?;
 
     let names: Vec<String> = (0..args.concurrent).map(|i| format!("conc-{i}")).collect();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let shared = Arc::new(names.clone());
     let run_started = Instant::now();
+    let cpu = Cpu::now(&pid);
     let mut creators = Vec::new();
     for _ in 0..args.creators {
         let (api, board, next, names) = (api.clone(), board.clone(), next.clone(), shared.clone());
@@ -355,11 +394,13 @@ async fn main() -> Result<()> {
         c.await??;
     }
     board.wait_running(&names, max).await?;
+    let cpu = cpu.per_pod(&pid, names.len());
     report(
         &format!("{} creators back to back", args.creators),
         &board,
         &names,
         &server.log_path(),
+        cpu,
     )?;
 
     if args.rate > 0 {
@@ -369,6 +410,7 @@ async fn main() -> Result<()> {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let started = Instant::now();
+        let cpu = Cpu::now(&pid);
         let mut tasks = tokio::task::JoinSet::new();
         let mut waited = Duration::ZERO;
         for n in &names {
@@ -418,6 +460,7 @@ async fn main() -> Result<()> {
             }
             return Err(e);
         }
+        let cpu = cpu.per_pod(&pid, names.len());
         report(
             &format!(
                 "{} pods/s for {} s (offered in {offered:.1?}, {waited:.1?} waiting for a free creator)",
@@ -426,6 +469,7 @@ async fn main() -> Result<()> {
             &board,
             &names,
             &server.log_path(),
+            cpu,
         )?;
     }
     watch.abort();
