@@ -120,7 +120,7 @@ async fn http(requests: usize, max: Duration) -> Result<(Vec<Duration>, Vec<Dura
 
     // Instantiation alone.
     let mut inst = Vec::new();
-    let log = LogFile::create(&dir.path().join("log"), 0, Rotation::default())?;
+    let log = LogFile::new(&dir.path().join("log"), 0, Rotation::default());
     let launch = Arc::new(Launch {
         argv: vec!["http".into()],
         ..Launch::default()

@@ -336,14 +336,25 @@ impl Store {
         .expect("read task does not panic")
     }
 
+    /// A point read on the calling thread: one key's lookup touches a few pages that redb's
+    /// cache almost always holds, and a hand-off to the blocking pool (a thread woken and
+    /// put back to sleep) cost more CPU than the read itself (4% of the server's at 1,000
+    /// pods/s).
+    fn read_here<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let txn = self.db.begin_read()?;
+        f(&txn)
+    }
+
     /// The object at `key`, if any.
     ///
     /// # Errors
     /// [`Error::Db`] on a storage failure.
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, Error> {
         let started = std::time::Instant::now();
-        let owned = key.to_string();
-        let kv = self.read(move |txn| Ok(read::get(txn, &owned)?)).await;
+        let kv = self.read_here(|txn| Ok(read::get(txn, key)?));
         metrics::observe("get", key, started.elapsed());
         let mut kv = kv?;
         self.transform.open_all(kv.as_mut_slice())?;
@@ -355,7 +366,7 @@ impl Store {
     /// # Errors
     /// [`Error::Db`] on a storage failure.
     pub async fn revision(&self) -> Result<u64, Error> {
-        self.read(|txn| Ok(read::position(txn)?.revision)).await
+        self.read_here(|txn| Ok(read::position(txn)?.revision))
     }
 
     /// Objects whose key starts with `prefix`, sorted by key.

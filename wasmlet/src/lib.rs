@@ -175,10 +175,11 @@ pub fn registries_for(kc: &kube::Config, insecure: Vec<String>) -> Registries {
     }
 }
 
-/// Open files: every running container holds its log file and a directory for each volume it
-/// mounts (every pod's token volume is one), so thousands of pods need more than the usual
-/// soft limit. The soft limit goes up to the hard one, and both to `fs.nr_open` where that is
-/// allowed (root), as containerd's and the kubelet's service units set `LimitNOFILE`.
+/// Open files: every running container that wrote output holds its log file and a directory
+/// for each volume it mounts (every pod's token volume is one), so thousands of pods need more
+/// than the usual soft limit. The soft limit goes up to the hard one, and both to `fs.nr_open`
+/// where that is allowed (root), as containerd's and the kubelet's service units set
+/// `LimitNOFILE`.
 fn raise_open_files_limit(max_pods: u32) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let now = getrlimit(Resource::Nofile);

@@ -92,16 +92,6 @@ enum Internal {
 /// when full, senders wait for room (nothing is dropped), which the loop makes by draining.
 const EVENTS: usize = 64;
 
-/// Reports that a container could not be started (its loop stops expecting it).
-async fn start_failed(tx: &mpsc::Sender<Internal>, container: usize, message: String) {
-    let failed = PodEvent::StartFailed {
-        container,
-        reason: "CreateContainerError",
-        message,
-    };
-    let _ = tx.send(Internal::Event(failed)).await;
-}
-
 /// Whether the node lifecycle controller marked `pod` not Ready because its node stopped
 /// reporting.
 fn marked_unreachable(pod: &Pod) -> bool {
@@ -318,20 +308,7 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                         let ip = address.as_ref().map(|a| a.backing);
                         let (ctx, key, tx) = (Arc::clone(&ctx), key.clone(), tx.clone());
                         tasks.spawn(async move {
-                            // Directories and files off the async threads: with thousands of
-                            // pods, mkdir and open cost ~0.2 ms each on this kind of disk.
-                            let rotation = ctx.rotation;
-                            let created = tokio::task::spawn_blocking(move || {
-                                LogFile::create(&log_dir, restart, rotation)
-                            })
-                            .await;
-                            let log = match created.map_err(std::io::Error::other).and_then(|r| r) {
-                                Ok(log) => log,
-                                Err(e) => {
-                                    let message = format!("cannot create the log file: {e}");
-                                    return start_failed(&tx, container, message).await;
-                                }
-                            };
+                            let log = LogFile::new(&log_dir, restart, ctx.rotation);
                             // A command container asking for stdin gets a pipe attach
                             // sessions write into; others read EOF.
                             let (stdin, guest_stdin) = match (&pre, wants_stdin) {

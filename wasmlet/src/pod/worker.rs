@@ -267,7 +267,7 @@ pub(crate) enum PodEvent {
         /// Its new result.
         healthy: bool,
     },
-    /// The node could not start an instance (its log file, sandbox or listener failed): the
+    /// The node could not start an instance (its sandbox or listener failed): the
     /// guest never ran. Retried with the crash back-off.
     StartFailed {
         /// Which container.

@@ -640,7 +640,7 @@ mod tests {
                 RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ));
             let pre = self.command(sample).await;
-            let log = LogFile::create(&dir, 0, Rotation::default()).expect("log");
+            let log = LogFile::new(&dir, 0, Rotation::default());
             let exit = run_command(&pre, &launch, &log, None, &CancellationToken::new())
                 .await
                 .expect("run");
@@ -778,7 +778,7 @@ mod tests {
     async fn a_kill_stops_a_spinning_guest_promptly() {
         let f = fixture();
         let pre = f.command("cpuspin").await;
-        let log = LogFile::create(&f.logs.join("spin"), 0, Rotation::default()).expect("log");
+        let log = LogFile::new(&f.logs.join("spin"), 0, Rotation::default());
         let kill = CancellationToken::new();
         let launch = argv(&["cpuspin"]);
         let run = tokio::spawn({
@@ -823,7 +823,7 @@ mod tests {
         let (server, client_addr) = (address(2), address(3));
         let (server_ip, server_backing) = (server.ip, server.backing);
         let pre = f.command("tcp-echo").await;
-        let log = LogFile::create(&f.logs.join("echo"), 0, Rotation::default()).expect("log");
+        let log = LogFile::new(&f.logs.join("echo"), 0, Rotation::default());
         let kill = CancellationToken::new();
         let mut launch = argv(&["echo"]);
         launch.env.push(("PORT".into(), "7000".into()));
@@ -890,7 +890,7 @@ mod tests {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let log = LogFile::create(&f.logs.join("http"), 0, Rotation::default()).expect("log");
+        let log = LogFile::new(&f.logs.join("http"), 0, Rotation::default());
         let stop = CancellationToken::new();
         let server = tokio::spawn(serve_http(
             pre,
