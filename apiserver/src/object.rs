@@ -126,20 +126,54 @@ pub fn spec_changed(a: &Value, b: &Value) -> bool {
 /// Whether two objects are equal apart from `metadata.resourceVersion` and `managedFields`
 /// timestamps (an update that changes nothing writes nothing).
 pub fn same_object(a: &Value, b: &Value) -> bool {
-    let norm = |v: &Value| {
-        let mut v = v.clone();
-        let m = meta_mut(&mut v);
-        m.remove("resourceVersion");
-        if let Some(Value::Array(mf)) = m.get_mut("managedFields") {
-            for e in mf {
-                if let Some(o) = e.as_object_mut() {
-                    o.remove("time");
-                }
-            }
-        }
-        v
+    // Compared in place: cloning both objects to strip the fields cost 2% of the server's
+    // CPU under a stream of pod status writes.
+    let (Some(ma), Some(mb)) = (a.as_object(), b.as_object()) else {
+        return a == b;
     };
-    norm(a) == norm(b)
+    let others = |o: &serde_json::Map<String, Value>| o.keys().filter(|k| *k != "metadata").count();
+    let empty = serde_json::Map::new();
+    others(ma) == others(mb)
+        && ma
+            .iter()
+            .filter(|(k, _)| *k != "metadata")
+            .all(|(k, v)| mb.get(k) == Some(v))
+        && match (ma.get("metadata"), mb.get("metadata")) {
+            (Some(Value::Object(x)), Some(Value::Object(y))) => same_metadata(x, y),
+            (Some(Value::Object(x)), None) | (None, Some(Value::Object(x))) => {
+                same_metadata(x, &empty)
+            }
+            (x, y) => x == y,
+        }
+}
+
+/// [`same_object`]'s metadata: all but `resourceVersion`, managed fields without their times.
+fn same_metadata(a: &serde_json::Map<String, Value>, b: &serde_json::Map<String, Value>) -> bool {
+    let counted =
+        |m: &serde_json::Map<String, Value>| m.keys().filter(|k| *k != "resourceVersion").count();
+    counted(a) == counted(b)
+        && a.iter().all(|(k, v)| match k.as_str() {
+            "resourceVersion" => true,
+            "managedFields" => match (v, b.get(k)) {
+                (Value::Array(x), Some(Value::Array(y))) => {
+                    x.len() == y.len() && x.iter().zip(y).all(|(e, f)| same_entry(e, f))
+                }
+                (v, other) => other == Some(v),
+            },
+            _ => b.get(k) == Some(v),
+        })
+}
+
+/// Two managed-fields entries alike but for `time`.
+fn same_entry(a: &Value, b: &Value) -> bool {
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            let counted =
+                |m: &serde_json::Map<String, Value>| m.keys().filter(|k| *k != "time").count();
+            counted(a) == counted(b) && a.iter().all(|(k, v)| k == "time" || b.get(k) == Some(v))
+        }
+        _ => a == b,
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +188,37 @@ mod tests {
         let c = json!({"metadata": {}, "spec": {"x": 2}});
         assert!(!spec_changed(&a, &b));
         assert!(spec_changed(&a, &c));
+    }
+
+    #[test]
+    fn same_object_ignores_the_resource_version_and_managed_field_times_only() {
+        let a = json!({"metadata": {"name": "a", "resourceVersion": "1", "managedFields": [
+            {"manager": "m", "time": "2026-01-01T00:00:00Z", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"x": 1}});
+        let mut b = a.clone();
+        b["metadata"]["resourceVersion"] = json!("2");
+        b["metadata"]["managedFields"][0]["time"] = json!("2026-02-01T00:00:00Z");
+        assert!(same_object(&a, &b));
+        let mut no_rv = a.clone();
+        no_rv["metadata"]
+            .as_object_mut()
+            .expect("meta")
+            .remove("resourceVersion");
+        assert!(same_object(&a, &no_rv));
+        for change in [
+            json!({"spec": {"x": 2}}),
+            json!({"status": {}}),
+            json!({"metadata": {"labels": {"a": "b"}}}),
+            json!({"metadata": {"managedFields": [{"manager": "n", "time": "2026-01-01T00:00:00Z", "fieldsV1": {"f:spec": {}}}]}}),
+            json!({"metadata": {"managedFields": [{"manager": "m", "fieldsV1": {"f:spec": {}}, "operation": "Update"}]}}),
+        ] {
+            let mut c = a.clone();
+            json_patch::merge(&mut c, &change);
+            assert!(!same_object(&a, &c), "{change}");
+            assert!(!same_object(&c, &a), "{change}");
+        }
+        let bare = json!({"spec": {}});
+        assert!(same_object(&bare, &json!({"metadata": {}, "spec": {}})));
     }
 
     #[test]

@@ -243,34 +243,68 @@ struct Registered<S: Strategy> {
     info: ResourceInfo,
 }
 
-fn unknown_fields(input: &Value, canonical: &Value, path: &str, out: &mut Vec<String>) {
+/// The paths of `input`'s fields that decoding dropped (absent from `canonical`), as
+/// `a.b[2].c`; `path` holds the segments above, and a path is written only when reported.
+fn unknown_fields<'a>(
+    input: &'a Value,
+    canonical: &Value,
+    path: &mut Vec<Segment<'a>>,
+    out: &mut Vec<String>,
+) {
     match (input, canonical) {
         (Value::Object(i), Value::Object(c)) => {
             for (k, v) in i {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
                 match c.get(k) {
-                    Some(cv) => unknown_fields(v, cv, &p, out),
+                    Some(cv) => {
+                        path.push(Segment::Field(k));
+                        unknown_fields(v, cv, path, out);
+                        path.pop();
+                    }
                     None if v.is_null() => {}
-                    None => out.push(p),
+                    None => {
+                        path.push(Segment::Field(k));
+                        out.push(render_path(path));
+                        path.pop();
+                    }
                 }
             }
         }
         (Value::Array(i), Value::Array(c)) => {
             for (n, (iv, cv)) in i.iter().zip(c).enumerate() {
-                unknown_fields(iv, cv, &format!("{path}[{n}]"), out);
+                path.push(Segment::Index(n));
+                unknown_fields(iv, cv, path, out);
+                path.pop();
             }
         }
         _ => {}
     }
 }
 
+/// A step of a field path.
+enum Segment<'a> {
+    Field(&'a str),
+    Index(usize),
+}
+
+fn render_path(path: &[Segment<'_>]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Segment::Field(k) if s.is_empty() => s.push_str(k),
+            Segment::Field(k) => {
+                s.push('.');
+                s.push_str(k);
+            }
+            Segment::Index(n) => s.push_str(&format!("[{n}]")),
+        }
+    }
+    s
+}
+
 impl<S: Strategy> Registered<S> {
+    /// Decoded from the tree in place (not from a clone of it, which `from_value` needs).
     fn typed(&self, obj: &Value) -> Result<S::K, serde_json::Error> {
-        serde_json::from_value(obj.clone())
+        <S::K as serde::Deserialize>::deserialize(obj)
     }
 }
 
@@ -280,10 +314,10 @@ impl<S: Strategy> Kind for Registered<S> {
     }
 
     fn decode(&self, raw: &Value) -> Result<Decoded, serde_json::Error> {
-        let typed: S::K = serde_json::from_value(raw.clone())?;
+        let typed = self.typed(raw)?;
         let object = serde_json::to_value(&typed)?;
         let mut unknown = Vec::new();
-        unknown_fields(raw, &object, "", &mut unknown);
+        unknown_fields(raw, &object, &mut Vec::new(), &mut unknown);
         Ok(Decoded { object, unknown })
     }
 
@@ -479,7 +513,7 @@ mod tests {
         let input = json!({"spec": {"a": 1, "x": 2, "list": [{"b": 1, "y": 3}]}, "z": null});
         let canonical = json!({"spec": {"a": 1, "list": [{"b": 1}]}});
         let mut out = Vec::new();
-        unknown_fields(&input, &canonical, "", &mut out);
+        unknown_fields(&input, &canonical, &mut Vec::new(), &mut out);
         assert_eq!(out, ["spec.list[0].y", "spec.x"]);
     }
 }
