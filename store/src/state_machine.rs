@@ -158,26 +158,53 @@ fn read_counter(
     })
 }
 
-/// Sets `metadata.resourceVersion` of a JSON object to `revision`.
+/// Sets `metadata.resourceVersion` of a JSON object to `revision`. Only the top level and
+/// `metadata` are parsed (their members kept as raw JSON text): building the whole tree to
+/// change one field was 2% of the server's CPU at 1,000 pod starts a second. Members come out
+/// sorted by key, as a `serde_json::Map` writes them.
 fn stamp(json: &[u8], revision: u64) -> Option<Vec<u8>> {
-    let mut obj: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(json).ok()?;
-    let meta = obj
-        .entry("metadata")
-        .or_insert_with(|| serde_json::Value::Object(Default::default()));
-    meta.as_object_mut()?.insert(
-        "resourceVersion".into(),
-        serde_json::Value::String(revision.to_string()),
-    );
+    type Members<'a> = std::collections::BTreeMap<String, &'a RawValue>;
+    let rv = RawValue::from_string(format!("\"{revision}\"")).expect("a JSON string");
+    let top: Members<'_> = serde_json::from_slice(json).ok()?;
+    let mut meta: Members<'_> = match top.get("metadata") {
+        Some(m) => serde_json::from_str(m.get()).ok()?,
+        None => Members::new(),
+    };
+    meta.insert("resourceVersion".into(), &*rv);
     // Sized for the object: it is kept (watch caches, the change feed), and a vector grown by
-    // doubling would keep up to twice its length. The stamp adds about 30 bytes, so the usual
-    // object fits without a copy; one whose length changed more (re-spaced JSON) is copied
-    // to its size.
+    // doubling would keep up to twice its length. The stamp adds about 30 bytes.
     let mut out = Vec::with_capacity(json.len() + 48);
-    serde_json::to_writer(&mut out, &obj).expect("JSON values serialize");
+    let mut metadata = Vec::with_capacity(256);
+    write_members(
+        &mut metadata,
+        meta.iter().map(|(k, v)| (k.as_str(), v.get().as_bytes())),
+    );
+    let mut members: Vec<(&str, &[u8])> = top
+        .iter()
+        .filter(|(k, _)| *k != "metadata")
+        .map(|(k, v)| (k.as_str(), v.get().as_bytes()))
+        .collect();
+    let at = members.partition_point(|(k, _)| *k < "metadata");
+    members.insert(at, ("metadata", &metadata));
+    write_members(&mut out, members.into_iter());
     if out.capacity() > out.len() + 64 {
         out.shrink_to_fit();
     }
     Some(out)
+}
+
+/// Writes `{"key":value,...}` from keys and raw JSON values.
+fn write_members<'a>(out: &mut Vec<u8>, members: impl Iterator<Item = (&'a str, &'a [u8])>) {
+    out.push(b'{');
+    for (n, (k, v)) in members.enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, k).expect("strings serialize");
+        out.push(b':');
+        out.extend_from_slice(v);
+    }
+    out.push(b'}');
 }
 
 struct Tables<'t> {
@@ -593,5 +620,36 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    #[test]
+    fn a_stamp_sets_only_the_resource_version() {
+        for (input, revision) in [
+            (
+                json!({"metadata": {"name": "a", "resourceVersion": "3"}, "spec": {"z": [1, {"b": 2, "a": 1}]}}),
+                7,
+            ),
+            (json!({"kind": "Pod", "apiVersion": "v1", "spec": {}}), 12),
+            (
+                json!({"zeta": 1, "metadata": {"labels": {"x\"y": "é\n"}}, "alpha": null}),
+                1,
+            ),
+        ] {
+            let bytes = serde_json::to_vec(&input).expect("encode");
+            let out = super::stamp(&bytes, revision).expect("an object");
+            let stamped: Value = serde_json::from_slice(&out).expect("valid JSON");
+            let mut want = input.clone();
+            want["metadata"]["resourceVersion"] = json!(revision.to_string());
+            assert_eq!(stamped, want);
+            // Written as a serde_json::Map would write it.
+            assert_eq!(out, serde_json::to_vec(&want).expect("encode"));
+        }
+        assert!(super::stamp(b"[1]", 1).is_none());
+        assert!(super::stamp(br#"{"metadata": 3}"#, 1).is_none());
     }
 }
