@@ -75,6 +75,9 @@ use wasmkube_store::Store;
 /// [`Config::store_cache_bytes`] unless set.
 pub const DEFAULT_STORE_CACHE_BYTES: usize = wasmkube_store::DEFAULT_CACHE_BYTES;
 
+/// [`Config::watch_cache_window`] unless set.
+pub const DEFAULT_WATCH_CACHE_SIZE: usize = cache::DEFAULT_WINDOW;
+
 /// How to run the API server.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -118,7 +121,7 @@ impl Config {
             extra_sans: Vec::new(),
             compaction_interval: Duration::from_secs(300),
             bookmark_interval: Duration::from_secs(30),
-            watch_cache_window: cache::DEFAULT_WINDOW,
+            watch_cache_window: DEFAULT_WATCH_CACHE_SIZE,
             network: Network::default(),
             store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
             peer_listen: None,

@@ -114,6 +114,8 @@ struct Feed {
     cache: Option<(Arc<Cacher>, watch::Receiver<Progress>)>,
     /// The store's feed, while the watcher reads from it.
     store: Option<wasmkube_store::Watch>,
+    /// The store's feed lost changes: start it again from the position.
+    resume: bool,
     target: Target,
     /// The store key (or prefix) watched.
     key: String,
@@ -138,16 +140,39 @@ impl Feed {
         position: u64,
     ) -> Result<(Vec<Arc<Event>>, u64), Ended> {
         loop {
+            if self.resume {
+                // Changes were lost from the store's live feed: read them from its history.
+                self.store = Some(watch_store(store, &self.key, position).await?);
+                self.resume = false;
+            }
             if let Some(watch) = &mut self.store {
                 // Back to the cache as soon as it holds everything after the position.
                 if self.cache.as_ref().is_some_and(|(c, _)| c.holds(position)) {
                     self.store = None;
                     continue;
                 }
-                let c = watch.next().await.map_err(ended)?;
+                // A watcher too slow for the live feed goes on from the history (kept until
+                // compaction) rather than ending with 410 Gone: a relist of every object
+                // costs far more than reading what it missed, and under load one relist led
+                // to the next.
+                let c = match watch.next().await {
+                    Ok(c) => c,
+                    Err(WatchError::Lagged) => {
+                        self.resume = true;
+                        continue;
+                    }
+                    Err(e) => return Err(ended(e)),
+                };
                 let mut events = vec![store_event(&self.target, &c)];
                 while let Some(c) = watch.try_next() {
-                    events.push(store_event(&self.target, &*c.map_err(ended)?));
+                    match c {
+                        Ok(c) => events.push(store_event(&self.target, &c)),
+                        Err(WatchError::Lagged) => {
+                            self.resume = true;
+                            break;
+                        }
+                        Err(e) => return Err(ended(e)),
+                    }
                 }
                 let now = events.last().map_or(position, |e| e.revision);
                 return Ok((events, now));
@@ -297,6 +322,7 @@ impl Apiserver {
         };
         let mut feed = Feed {
             store: None,
+            resume: false,
             cache: cache.zip(progress),
             target: t.clone(),
             key,
@@ -404,4 +430,75 @@ fn convert(render: &Render, sel: &Selectors, exact_key: Option<&str>, e: &Event)
         _ => return None,
     };
     Some(render.event(kind, &e.object.raw, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmkube_store::{Command, Precondition};
+
+    /// A watcher on the store's feed that falls behind it (a feed of one change, 30 changes
+    /// written before it reads) gets every change once, in order, from the history — not a
+    /// 410 that makes its client relist.
+    #[tokio::test]
+    async fn a_watcher_slower_than_the_live_feed_should_read_what_it_missed_from_the_history() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(wasmkube_store::Config {
+            feed_capacity: 1,
+            ..wasmkube_store::Config::new(dir.path())
+        })
+        .await
+        .expect("store");
+        let kind = crate::kinds::builtin()
+            .get("", "v1", "configmaps")
+            .expect("configmaps");
+        let key = kind.info().namespace_prefix(Some("default"));
+        let start = store.published();
+        let mut feed = Feed {
+            cache: None,
+            store: Some(watch_store(&store, &key, start).await.ok().expect("watch")),
+            resume: false,
+            target: Target {
+                kind,
+                namespace: Some("default".into()),
+                name: None,
+                subresource: None,
+                watch_path: false,
+            },
+            key: key.clone(),
+        };
+        let writes = (0..30).map(|i| {
+            let value = serde_json::value::to_raw_value(
+                &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("c{i}"), "namespace": "default"}}),
+            )
+            .expect("json");
+            store.write(Command::Put {
+                key: format!("{key}c{i}"),
+                value,
+                precondition: Precondition::None,
+            })
+        });
+        for w in futures::future::join_all(writes).await {
+            w.expect("write");
+        }
+        let mut position = start;
+        let mut seen = Vec::new();
+        while seen.len() < 30 {
+            let next = tokio::time::timeout(Duration::from_secs(10), feed.next(&store, position))
+                .await
+                .expect("changes within 10 s");
+            let Ok((events, now)) = next else {
+                panic!("the watch ended after {} changes", seen.len());
+            };
+            for e in events {
+                assert!(e.revision > position, "in order, once");
+                position = e.revision;
+                seen.push(e.revision);
+            }
+            position = position.max(now);
+        }
+        assert_eq!(seen.len(), 30);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        store.shutdown().await.expect("shutdown");
+    }
 }

@@ -65,6 +65,9 @@ struct Args {
     /// instance, and 10,000 pods with one exceed a 20,000 open-files limit).
     #[arg(long)]
     token_volume: bool,
+    /// A flag for `wasmkube up` (repeatable), e.g. `--server-flag=--default-watch-cache-size=8192`.
+    #[arg(long, allow_hyphen_values = true)]
+    server_flag: Vec<String>,
 }
 
 /// `--token-volume`.
@@ -317,9 +320,11 @@ async fn main() -> Result<()> {
     let pods_needed = args.one_at_a_time + args.concurrent + args.rate * args.seconds as usize + 16;
     let range = format!("127.{}.0.0/16", net.octets()[1]);
     let max_pods = pods_needed.to_string();
+    let mut flags = vec!["--pod-range", &range, "--max-pods", &max_pods];
+    flags.extend(args.server_flag.iter().map(String::as_str));
     let server = wasmkube_tests::Process::up_in_logging(
         dir.path(),
-        &["--pod-range", &range, "--max-pods", &max_pods],
+        &flags,
         &format!("{},podtrace=debug", args.server_log),
     )
     .await?;

@@ -122,6 +122,10 @@ pub(crate) struct ServerArgs {
     /// operating system still caches the file).
     #[arg(long, default_value_t = wasmkube_apiserver::DEFAULT_STORE_CACHE_BYTES >> 20)]
     pub(crate) store_cache_mib: usize,
+    /// Changes the watch cache keeps per resource for watchers behind the newest
+    /// (kube-apiserver's flag); a watcher further behind continues from the store's history.
+    #[arg(long, default_value_t = wasmkube_apiserver::DEFAULT_WATCH_CACHE_SIZE)]
+    pub(crate) default_watch_cache_size: usize,
     /// Where the other servers reach this one's raft transport (mutual TLS from the cluster
     /// CA). Needed to form or join a group of servers; it writes DATA_DIR/join-token.
     #[arg(long)]
@@ -146,6 +150,7 @@ impl ServerArgs {
         c.extra_sans = self.tls_san.clone();
         c.compaction_interval = Duration::from_secs(self.compaction_interval.max(1));
         c.store_cache_bytes = self.store_cache_mib << 20;
+        c.watch_cache_window = self.default_watch_cache_size;
         c.peer_listen = self.peer_listen;
         c.encryption_provider_config = self.encryption_provider_config.clone();
         if let (Some(server), Some(file)) = (&self.join, &self.token_file) {
