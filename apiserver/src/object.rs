@@ -131,49 +131,42 @@ pub fn same_object(a: &Value, b: &Value) -> bool {
     let (Some(ma), Some(mb)) = (a.as_object(), b.as_object()) else {
         return a == b;
     };
-    let others = |o: &serde_json::Map<String, Value>| o.keys().filter(|k| *k != "metadata").count();
-    let empty = serde_json::Map::new();
-    others(ma) == others(mb)
-        && ma
-            .iter()
-            .filter(|(k, _)| *k != "metadata")
-            .all(|(k, v)| mb.get(k) == Some(v))
-        && match (ma.get("metadata"), mb.get("metadata")) {
-            (Some(Value::Object(x)), Some(Value::Object(y))) => same_metadata(x, y),
-            (Some(Value::Object(x)), None) | (None, Some(Value::Object(x))) => {
-                same_metadata(x, &empty)
-            }
-            (x, y) => x == y,
-        }
-}
-
-/// [`same_object`]'s metadata: all but `resourceVersion`, managed fields without their times.
-fn same_metadata(a: &serde_json::Map<String, Value>, b: &serde_json::Map<String, Value>) -> bool {
-    let counted =
-        |m: &serde_json::Map<String, Value>| m.keys().filter(|k| *k != "resourceVersion").count();
-    counted(a) == counted(b)
-        && a.iter().all(|(k, v)| match k.as_str() {
-            "resourceVersion" => true,
-            "managedFields" => match (v, b.get(k)) {
-                (Value::Array(x), Some(Value::Array(y))) => {
-                    x.len() == y.len() && x.iter().zip(y).all(|(e, f)| same_entry(e, f))
+    let empty = Value::Object(Map::new());
+    let (meta_a, meta_b) = (
+        ma.get("metadata").unwrap_or(&empty),
+        mb.get("metadata").unwrap_or(&empty),
+    );
+    equal_but(ma, mb, "metadata", |_, v, w| v == w)
+        && match (meta_a.as_object(), meta_b.as_object()) {
+            (Some(x), Some(y)) => equal_but(x, y, "resourceVersion", |k, v, w| match (k, v, w) {
+                ("managedFields", Value::Array(x), Value::Array(y)) => {
+                    x.len() == y.len()
+                        && x.iter()
+                            .zip(y)
+                            .all(|(e, f)| match (e.as_object(), f.as_object()) {
+                                (Some(e), Some(f)) => equal_but(e, f, "time", |_, v, w| v == w),
+                                _ => e == f,
+                            })
                 }
-                (v, other) => other == Some(v),
-            },
-            _ => b.get(k) == Some(v),
-        })
+                _ => v == w,
+            }),
+            _ => meta_a == meta_b,
+        }
 }
 
-/// Two managed-fields entries alike but for `time`.
-fn same_entry(a: &Value, b: &Value) -> bool {
-    match (a.as_object(), b.as_object()) {
-        (Some(a), Some(b)) => {
-            let counted =
-                |m: &serde_json::Map<String, Value>| m.keys().filter(|k| *k != "time").count();
-            counted(a) == counted(b) && a.iter().all(|(k, v)| k == "time" || b.get(k) == Some(v))
-        }
-        _ => a == b,
-    }
+/// Whether two maps have the same keys, `skip` aside, and `eq(key, a's value, b's value)` for
+/// each.
+fn equal_but(
+    a: &Map<String, Value>,
+    b: &Map<String, Value>,
+    skip: &str,
+    eq: impl Fn(&str, &Value, &Value) -> bool,
+) -> bool {
+    let counted = |m: &Map<String, Value>| m.keys().filter(|k| *k != skip).count();
+    counted(a) == counted(b)
+        && a.iter()
+            .filter(|(k, _)| *k != skip)
+            .all(|(k, v)| b.get(k).is_some_and(|w| eq(k, v, w)))
 }
 
 #[cfg(test)]

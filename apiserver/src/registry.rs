@@ -4,6 +4,7 @@
 //! This mirrors kube-apiserver's `rest.RESTCreateStrategy`/`RESTUpdateStrategy`.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use k8s_openapi::Metadata;
@@ -295,7 +296,9 @@ fn render_path(path: &[Segment<'_>]) -> String {
                 s.push('.');
                 s.push_str(k);
             }
-            Segment::Index(n) => s.push_str(&format!("[{n}]")),
+            Segment::Index(n) => {
+                let _ = write!(s, "[{n}]");
+            }
         }
     }
     s

@@ -114,8 +114,6 @@ struct Feed {
     cache: Option<(Arc<Cacher>, watch::Receiver<Progress>)>,
     /// The store's feed, while the watcher reads from it.
     store: Option<wasmkube_store::Watch>,
-    /// The store's feed lost changes: start it again from the position.
-    resume: bool,
     target: Target,
     /// The store key (or prefix) watched.
     key: String,
@@ -140,45 +138,33 @@ impl Feed {
         position: u64,
     ) -> Result<(Vec<Arc<Event>>, u64), Ended> {
         loop {
-            if self.resume {
-                // Changes were lost from the store's live feed: read them from its history.
-                self.store = Some(watch_store(store, &self.key, position).await?);
-                self.resume = false;
-            }
             if let Some(watch) = &mut self.store {
                 // Back to the cache as soon as it holds everything after the position.
                 if self.cache.as_ref().is_some_and(|(c, _)| c.holds(position)) {
                     self.store = None;
                     continue;
                 }
-                // A watcher too slow for the live feed goes on from the history (kept until
-                // compaction) rather than ending with 410 Gone: a relist of every object
-                // costs far more than reading what it missed, and under load one relist led
-                // to the next.
+                // A watcher too slow for the live feed drops it and goes on from its position
+                // (the cache, or the store's history, kept until compaction) rather than
+                // ending with 410 Gone: a relist of every object costs far more than reading
+                // what it missed, and under load one relist led to the next.
                 let c = match watch.next().await {
                     Ok(c) => c,
                     Err(WatchError::Lagged) => {
-                        self.resume = true;
+                        self.store = None;
                         continue;
                     }
                     Err(e) => return Err(ended(e)),
                 };
                 let mut events = vec![store_event(&self.target, &c)];
-                while let Some(c) = watch.try_next() {
-                    match c {
-                        Ok(c) => events.push(store_event(&self.target, &c)),
-                        Err(WatchError::Lagged) => {
-                            self.resume = true;
-                            break;
-                        }
-                        Err(e) => return Err(ended(e)),
-                    }
-                }
+                self.take_ready(&mut events)?;
                 let now = events.last().map_or(position, |e| e.revision);
                 return Ok((events, now));
             }
             let Some((cache, progress)) = &mut self.cache else {
-                return Err(Ended::Closed);
+                // No cache for this kind: the store's watch from the position.
+                self.store = Some(watch_store(store, &self.key, position).await?);
+                continue;
             };
             progress.borrow_and_update();
             match cache.read_after(position) {
@@ -195,20 +181,40 @@ impl Feed {
         }
     }
 
+    /// Adds the changes the store's watch has ready to `events`. False when it lagged: the
+    /// watch is dropped, and the next read goes on from the last change taken.
+    fn take_ready(&mut self, events: &mut Vec<Arc<Event>>) -> Result<bool, Ended> {
+        let Some(watch) = &mut self.store else {
+            return Ok(true);
+        };
+        while let Some(c) = watch.try_next() {
+            match c {
+                Ok(c) => events.push(store_event(&self.target, &c)),
+                Err(WatchError::Lagged) => {
+                    self.store = None;
+                    return Ok(false);
+                }
+                Err(e) => return Err(ended(e)),
+            }
+        }
+        Ok(true)
+    }
+
     /// Everything up to now: for a bookmark.
     async fn drain(
         &mut self,
         store: &Store,
         position: u64,
     ) -> Result<(Vec<Arc<Event>>, u64), Ended> {
-        if let Some(watch) = &mut self.store {
+        if self.store.is_some() {
             // Everything up to `published` is in the feed once drained.
             let published = store.published();
             let mut events = Vec::new();
-            while let Some(c) = watch.try_next() {
-                events.push(store_event(&self.target, &*c.map_err(ended)?));
-            }
-            return Ok((events, published.max(position)));
+            let now = match self.take_ready(&mut events)? {
+                true => published.max(position),
+                false => events.last().map_or(position, |e| e.revision),
+            };
+            return Ok((events, now));
         }
         let Some((cache, _)) = &self.cache else {
             return Ok((Vec::new(), position));
@@ -322,7 +328,6 @@ impl Apiserver {
         };
         let mut feed = Feed {
             store: None,
-            resume: false,
             cache: cache.zip(progress),
             target: t.clone(),
             key,
@@ -457,7 +462,6 @@ mod tests {
         let mut feed = Feed {
             cache: None,
             store: Some(watch_store(&store, &key, start).await.ok().expect("watch")),
-            resume: false,
             target: Target {
                 kind,
                 namespace: Some("default".into()),
