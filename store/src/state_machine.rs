@@ -165,46 +165,22 @@ fn read_counter(
 fn stamp(json: &[u8], revision: u64) -> Option<Vec<u8>> {
     type Members<'a> = std::collections::BTreeMap<String, &'a RawValue>;
     let rv = RawValue::from_string(format!("\"{revision}\"")).expect("a JSON string");
-    let top: Members<'_> = serde_json::from_slice(json).ok()?;
+    let mut top: Members<'_> = serde_json::from_slice(json).ok()?;
     let mut meta: Members<'_> = match top.get("metadata") {
         Some(m) => serde_json::from_str(m.get()).ok()?,
         None => Members::new(),
     };
     meta.insert("resourceVersion".into(), &*rv);
+    let meta = serde_json::value::to_raw_value(&meta).expect("members serialize");
+    top.insert("metadata".into(), &*meta);
     // Sized for the object: it is kept (watch caches, the change feed), and a vector grown by
     // doubling would keep up to twice its length. The stamp adds about 30 bytes.
     let mut out = Vec::with_capacity(json.len() + 48);
-    let mut metadata = Vec::with_capacity(256);
-    write_members(
-        &mut metadata,
-        meta.iter().map(|(k, v)| (k.as_str(), v.get().as_bytes())),
-    );
-    let mut members: Vec<(&str, &[u8])> = top
-        .iter()
-        .filter(|(k, _)| *k != "metadata")
-        .map(|(k, v)| (k.as_str(), v.get().as_bytes()))
-        .collect();
-    let at = members.partition_point(|(k, _)| *k < "metadata");
-    members.insert(at, ("metadata", &metadata));
-    write_members(&mut out, members.into_iter());
+    serde_json::to_writer(&mut out, &top).expect("members serialize");
     if out.capacity() > out.len() + 64 {
         out.shrink_to_fit();
     }
     Some(out)
-}
-
-/// Writes `{"key":value,...}` from keys and raw JSON values.
-fn write_members<'a>(out: &mut Vec<u8>, members: impl Iterator<Item = (&'a str, &'a [u8])>) {
-    out.push(b'{');
-    for (n, (k, v)) in members.enumerate() {
-        if n > 0 {
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut *out, k).expect("strings serialize");
-        out.push(b':');
-        out.extend_from_slice(v);
-    }
-    out.push(b'}');
 }
 
 struct Tables<'t> {

@@ -108,12 +108,7 @@ impl LogFile {
             .path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)
-            })
+            .and_then(|()| append_to(&self.path))
             .and_then(|f| Ok((f.metadata()?.len(), f)));
         match opened {
             Ok((size, file)) => {
@@ -227,11 +222,7 @@ impl LogFile {
             let _ = std::fs::rename(rotated(&self.path, n), rotated(&self.path, n + 1));
         }
         let _ = std::fs::rename(&self.path, rotated(&self.path, 1));
-        match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-        {
+        match append_to(&self.path) {
             Ok(f) => inner.file = Some(f),
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "log rotation failed")
@@ -239,6 +230,14 @@ impl LogFile {
         }
         inner.size = 0;
     }
+}
+
+/// `path` opened for appending, made when absent.
+fn append_to(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 /// The file of instance `restart` in a container's log directory.
