@@ -477,12 +477,27 @@ pub fn wasmkube_bin() -> PathBuf {
     })
 }
 
-/// A free loopback port (bound and released).
+/// A free loopback port for a server the test starts later (bound and released).
+///
+/// It comes from 20000–29999: below the kernel's ephemeral range (32768 and up by default),
+/// which every `:0` bind and every outgoing connection on the machine draws from, so no other
+/// test's client or server can take the port between this pick and the server's own bind
+/// (a clean-clone CI run once lost a server's port that way), and below the NodePort range.
+/// Each pick in this process is a different port, starting at a random one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 10_000;
+    static NEXT: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU32::new(rand::random::<u32>() % SPAN));
+    for _ in 0..SPAN {
+        let port =
+            u16::try_from(LOW + next.fetch_add(1, Ordering::Relaxed) % SPAN).expect("below 30000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 /// Waits until Service `service` (namespace `default`) has exactly `ready` ready endpoints
