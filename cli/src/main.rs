@@ -10,18 +10,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+mod alloc;
 mod args;
 mod demo;
 
 use args::*;
-
-/// mimalloc rather than glibc's malloc: under load (thousands of watch events and JSON
-/// objects a second on every thread) glibc's arenas spent ~40% of the CPU in malloc and free.
-/// Built without its transparent huge pages (`no_thp`): with them an idle server held 97 MiB
-/// resident, 64 MiB of it in huge pages mostly unused; without, 61 MiB (the `memory`
-/// benchmark).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 async fn push(args: PushArgs) -> anyhow::Result<()> {
     let wasm =
@@ -143,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
         // Colour only for a terminal: `up 2> file` and journald get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    alloc::return_freed_memory();
     let cli = Cli::parse();
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());

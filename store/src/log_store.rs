@@ -190,9 +190,9 @@ const CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// A chunk file's most records and bytes: a purge removes whole chunks, so these bound the
 /// disk a purged log still holds; and every entry of the open chunk stays in memory, encoded
 /// and decoded, so they bound the log's memory too (64 MiB chunks held ~120 MB with 10,000
-/// pods written: the `memory` benchmark).
-const CHUNK_RECORDS: usize = 8 * 1024;
-const CHUNK_BYTES: usize = 8 * 1024 * 1024;
+/// pods written: the `memory` benchmark; 8 MiB chunks held 14 MB).
+const CHUNK_RECORDS: usize = 2 * 1024;
+const CHUNK_BYTES: usize = 2 * 1024 * 1024;
 
 /// The raft log, in `DATA_DIR/raft-log/`.
 #[derive(Clone)]
