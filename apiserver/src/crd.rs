@@ -316,7 +316,7 @@ async fn follow(api: Arc<Apiserver>, kind: Arc<dyn Kind>, shutdown: Cancellation
                 .snapshot("", None)
                 .0
                 .iter()
-                .filter_map(|o| serde_json::from_slice(&o.raw).ok())
+                .filter_map(|o| serde_json::from_slice(&o.json()).ok())
                 .collect();
             again = sync(&api, &kind, &crds, &mut served).await;
         }

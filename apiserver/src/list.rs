@@ -1,6 +1,7 @@
 //! LIST: selectors, `limit`/`continue` paging at a consistent revision, `resourceVersion`
 //! semantics (`""` latest, `"0"` any, `N` not older than N, `Exact`), and Table output.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -13,7 +14,7 @@ use wasmkube_api::selector::LabelSelector;
 use wasmkube_store::ListOptions;
 
 use crate::Apiserver;
-use crate::cache::{Attrs, Cacher};
+use crate::cache::{Attrs, Cacher, Object};
 use crate::error::ApiError;
 use crate::object;
 use crate::request::{Params, Representation, Target};
@@ -88,14 +89,22 @@ fn decode_continue(token: &str) -> Result<Continue, ApiError> {
 
 /// One listed object: its JSON as served, parsed when the caller needs the value.
 pub(crate) struct Listed {
-    /// Its store key.
-    pub(crate) key: String,
-    /// Its JSON.
-    pub(crate) raw: bytes::Bytes,
+    /// Its key and JSON (decompressed only as it is written out).
+    object: Arc<Object>,
     value: Option<Value>,
 }
 
 impl Listed {
+    /// Its store key.
+    pub(crate) fn key(&self) -> &str {
+        &self.object.key
+    }
+
+    /// Its JSON.
+    pub(crate) fn json(&self) -> std::borrow::Cow<'_, [u8]> {
+        self.object.json()
+    }
+
     /// The object as a value.
     pub(crate) fn value(&self) -> Value {
         self.value.clone().unwrap_or_else(|| self.parse())
@@ -109,7 +118,7 @@ impl Listed {
     }
 
     fn parse(&self) -> Value {
-        serde_json::from_slice(&self.raw).unwrap_or_default()
+        serde_json::from_slice(&self.json()).unwrap_or_default()
     }
 }
 
@@ -253,8 +262,7 @@ impl Apiserver {
                 continue;
             }
             items.push(Listed {
-                key: o.key.clone(),
-                raw: o.raw.clone(),
+                object: Arc::clone(o),
                 value: None,
             });
             if limit.is_some_and(|l| items.len() >= l) {
@@ -267,7 +275,7 @@ impl Apiserver {
             rest.filter(|o| sel.matches_attrs(o.attrs())).count()
         };
         let continue_ = (more > 0).then(|| {
-            let last = items.last().map(|i| i.key.as_str()).unwrap_or_default();
+            let last = items.last().map(Listed::key).unwrap_or_default();
             encode_continue(revision, last.strip_prefix(&prefix).unwrap_or_default())
         });
         Page {
@@ -329,8 +337,7 @@ impl Apiserver {
                         kv.value.clone()
                     };
                     items.push(Listed {
-                        key: kv.key.clone(),
-                        raw,
+                        object: Arc::new(Object::new(kv.key.clone(), raw, &[])),
                         value: Some(value),
                     });
                 }
@@ -457,7 +464,7 @@ impl Apiserver {
             Representation::Object => {
                 // Items are spliced in as stored, without re-encoding.
                 let mut out = Vec::with_capacity(
-                    256 + page.items.iter().map(|i| i.raw.len() + 1).sum::<usize>(),
+                    256 + page.items.iter().map(|i| i.object.len() + 1).sum::<usize>(),
                 );
                 out.extend_from_slice(
                     format!("{{\"apiVersion\":\"{}\",\"items\":[", info.api_version()).as_bytes(),
@@ -466,7 +473,7 @@ impl Apiserver {
                     if i > 0 {
                         out.push(b',');
                     }
-                    out.extend_from_slice(&item.raw);
+                    out.extend_from_slice(&item.json());
                 }
                 out.extend_from_slice(
                     format!("],\"kind\":\"{}List\",\"metadata\":", info.kind).as_bytes(),

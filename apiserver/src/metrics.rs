@@ -323,7 +323,7 @@ async fn cached<T: serde::de::DeserializeOwned>(
     let (objects, _) = cache.snapshot(&kind.info().namespace_prefix(namespace), None);
     Ok(objects
         .iter()
-        .filter_map(|o| serde_json::from_slice(&o.raw).ok())
+        .filter_map(|o| serde_json::from_slice(&o.json()).ok())
         .collect())
 }
 

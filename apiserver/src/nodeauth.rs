@@ -174,9 +174,9 @@ impl NodeAuthorizer {
         match g.position.map(|p| self.pods.read_after(p)) {
             Some(Next::Events(events, next)) => {
                 for e in events {
-                    let raw = (e.kind != wasmkube_store::ChangeKind::Deleted)
-                        .then_some(&e.object.raw[..]);
-                    g.set(&e.object.key, raw);
+                    let raw =
+                        (e.kind != wasmkube_store::ChangeKind::Deleted).then(|| e.object.json());
+                    g.set(&e.object.key, raw.as_deref());
                 }
                 g.position = Some(next);
             }
@@ -184,7 +184,7 @@ impl NodeAuthorizer {
                 let (objects, revision) = self.pods.snapshot("", None);
                 *g = Graph::default();
                 for o in objects {
-                    g.set(&o.key, Some(&o.raw));
+                    g.set(&o.key, Some(&o.json()));
                 }
                 g.position = Some(revision);
             }

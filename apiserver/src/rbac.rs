@@ -209,7 +209,7 @@ fn objects<K: DeserializeOwned>(cache: &Cacher) -> Vec<K> {
         .snapshot("", None)
         .0
         .iter()
-        .filter_map(|o| match serde_json::from_slice(&o.raw) {
+        .filter_map(|o| match serde_json::from_slice(&o.json()) {
             Ok(k) => Some(k),
             Err(error) => {
                 tracing::warn!(key = %o.key, %error, "an RBAC object does not parse; ignored");

@@ -50,7 +50,7 @@ fn uid_at(cache: &Cacher, key: &str) -> Option<String> {
         uid: String,
     }
     let o = cache.get(key)?;
-    serde_json::from_slice::<Meta>(&o.raw)
+    serde_json::from_slice::<Meta>(&o.json())
         .ok()
         .map(|m| m.metadata.uid)
 }
@@ -129,7 +129,7 @@ impl Apiserver {
         uid: Option<&str>,
     ) -> Result<Option<Value>, ApiError> {
         if let Some(o) = self.caches.of_kind(kind).get(key)
-            && let Ok(v) = serde_json::from_slice::<Value>(&o.raw)
+            && let Ok(v) = serde_json::from_slice::<Value>(&o.json())
             && uid.is_none_or(|u| v["metadata"]["uid"] == u)
         {
             return Ok(Some(v));

@@ -309,8 +309,8 @@ impl Apiserver {
             }
             let page = self.page(t, &lq).await?;
             for item in page.items {
-                if exact_key.as_ref().is_none_or(|k| *k == item.key) {
-                    initial.push(render.event("ADDED", &item.raw, None));
+                if exact_key.as_ref().is_none_or(|k| *k == item.key()) {
+                    initial.push(render.event("ADDED", &item.json(), None));
                 }
             }
             page.revision
@@ -408,7 +408,7 @@ fn convert(render: &Render, sel: &Selectors, exact_key: Option<&str>, e: &Event)
             ChangeKind::Updated => "MODIFIED",
             ChangeKind::Deleted => "DELETED",
         };
-        return Some(render.event(kind, &e.object.raw, None));
+        return Some(render.event(kind, &e.object.json(), None));
     }
     let old_match = e
         .prev
@@ -423,7 +423,7 @@ fn convert(render: &Render, sel: &Selectors, exact_key: Option<&str>, e: &Event)
             // Leaving the selector: the last state that matched, at this event's revision,
             // as kube-apiserver's watch cache reports it.
             let prev = e.prev.as_ref()?;
-            let mut last: Value = serde_json::from_slice(&prev.raw).ok()?;
+            let mut last: Value = serde_json::from_slice(&prev.json()).ok()?;
             crate::object::meta_mut(&mut last).insert(
                 "resourceVersion".into(),
                 serde_json::json!(e.revision.to_string()),
@@ -434,7 +434,7 @@ fn convert(render: &Render, sel: &Selectors, exact_key: Option<&str>, e: &Event)
         (ChangeKind::Deleted, true, _) => "DELETED",
         _ => return None,
     };
-    Some(render.event(kind, &e.object.raw, None))
+    Some(render.event(kind, &e.object.json(), None))
 }
 
 #[cfg(test)]

@@ -42,10 +42,9 @@ struct Args {
     max_seconds: u64,
 }
 
-/// `VmRSS` and `VmHWM` of process `pid`, in MiB.
-fn memory_of(pid: u32) -> (f64, f64) {
-    let mib = |field| wasmkube_tests::proc_status_bytes(&pid.to_string(), field) as f64 / 1048576.0;
-    (mib("VmRSS"), mib("VmHWM"))
+/// Field `field` (`VmRSS`, `RssAnon`...) of `/proc/PID/status`, in MiB.
+fn mib(pid: u32, field: &str) -> f64 {
+    wasmkube_tests::proc_status_bytes(&pid.to_string(), field) as f64 / 1048576.0
 }
 
 /// A pod as a Deployment's template makes it, bound to `node` (about 1.5 KB of JSON once
@@ -91,13 +90,15 @@ async fn main() -> Result<()> {
     let pid = server.child.id();
     let client = server.client().await?;
     wasmkube_tests::default_service_account(&client, "default").await?;
+    // The resident set, its parts (anonymous: heap, stacks, the allocator's free pages; file:
+    // the binary's code and data), and its peak.
     let report = |step: &str| {
-        let (rss, hwm) = memory_of(pid);
-        println!("| {step} | {rss:.0} | {hwm:.0} |");
+        let [rss, anon, file, hwm] = ["VmRSS", "RssAnon", "RssFile", "VmHWM"].map(|f| mib(pid, f));
+        println!("| {step} | {rss:.0} | {anon:.0} | {file:.0} | {hwm:.0} |");
     };
     println!("server flags: {}", flags.join(" "));
-    println!("| step | RSS (MiB) | peak (MiB) |");
-    println!("|---|---:|---:|");
+    println!("| step | RSS (MiB) | anonymous | file | peak RSS |");
+    println!("|---|---:|---:|---:|---:|");
     report("started");
 
     let nodes: Api<Node> = Api::all(client.clone());
@@ -171,7 +172,7 @@ async fn main() -> Result<()> {
     let mut last = f64::MAX;
     loop {
         every.tick().await;
-        let (rss, _) = memory_of(pid);
+        let rss = mib(pid, "VmRSS");
         if (rss - last).abs() < 1.0 || settling.elapsed().as_secs() >= args.settle_seconds {
             break;
         }

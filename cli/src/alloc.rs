@@ -6,7 +6,9 @@ use std::time::Duration;
 /// objects a second on every thread) glibc's arenas spent ~40% of the CPU in malloc and free.
 /// Built without its transparent huge pages (`no_thp`): with them an idle server held 97 MiB
 /// resident, 64 MiB of it in huge pages mostly unused; without, 61 MiB (the `memory`
-/// benchmark).
+/// benchmark). The `system-allocator` feature leaves glibc's malloc in place, for heap
+/// profilers (heaptrack) that do not see mimalloc's allocations.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -21,6 +23,9 @@ const PURGE_EVERY: Duration = Duration::from_secs(1);
 /// resident for good (the `memory` benchmark). The delay stays, so a busy server does not
 /// return and fault back memory it is about to reuse.
 pub(crate) fn return_freed_memory() {
+    if cfg!(feature = "system-allocator") {
+        return;
+    }
     let purger = std::thread::Builder::new()
         .name("allocator-purge".into())
         .spawn(|| {

@@ -40,7 +40,7 @@ impl LimitRanger {
             .snapshot(&self.info.namespace_prefix(Some(namespace)), None);
         objects
             .iter()
-            .filter_map(|o| serde_json::from_slice::<LimitRange>(&o.raw).ok())
+            .filter_map(|o| serde_json::from_slice::<LimitRange>(&o.json()).ok())
             .flat_map(|lr| lr.spec.map(|s| s.limits).unwrap_or_default())
             .filter(|i| i.type_ == ty)
             .collect()

@@ -67,7 +67,7 @@ impl QuotaAdmission {
         let (objects, _) = self.quotas.snapshot(&prefix, None);
         Ok(objects
             .iter()
-            .filter_map(|o| parse(&o.key, &o.raw))
+            .filter_map(|o| parse(&o.key, &o.json()))
             .collect())
     }
 }

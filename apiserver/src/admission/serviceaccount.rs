@@ -66,7 +66,7 @@ impl ServiceAccountAdmission {
         let cached = || {
             self.accounts
                 .get(&key)
-                .and_then(|o| serde_json::from_slice::<ServiceAccount>(&o.raw).ok())
+                .and_then(|o| serde_json::from_slice::<ServiceAccount>(&o.json()).ok())
         };
         if let Some(a) = cached() {
             return Ok(Some(a));
