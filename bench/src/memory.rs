@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     server_args: Vec<String>,
     /// Longest wait for the resident set to settle once the writes stop.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 15)]
     settle_seconds: u64,
     /// Upper bound on each phase.
     #[arg(long, default_value_t = 600)]
@@ -165,18 +165,23 @@ async fn main() -> Result<()> {
     drop(listed);
     report("after a full list");
 
-    // What it settles at once the writes stop (the store's history window, caches): read
-    // once a second until two readings agree within 1 MiB, for `settle_seconds` at most.
+    // What it settles at once the writes stop (the store's history window, caches, memory
+    // the allocator hands back a second or two after it was freed): read once a second
+    // until the readings have stayed within 1 MiB for three seconds, for `settle_seconds`
+    // at most.
     let settling = Instant::now();
     let mut every = tokio::time::interval(Duration::from_secs(1));
-    let mut last = f64::MAX;
+    let mut readings: Vec<f64> = Vec::new();
     loop {
         every.tick().await;
-        let rss = mib(pid, "VmRSS");
-        if (rss - last).abs() < 1.0 || settling.elapsed().as_secs() >= args.settle_seconds {
+        readings.push(mib(pid, "VmRSS"));
+        let last = &readings[readings.len().saturating_sub(4)..];
+        let spread = last.iter().copied().fold(f64::MIN, f64::max)
+            - last.iter().copied().fold(f64::MAX, f64::min);
+        if (last.len() == 4 && spread < 1.0) || settling.elapsed().as_secs() >= args.settle_seconds
+        {
             break;
         }
-        last = rss;
     }
     report(&format!("settled ({:.0?} later)", settling.elapsed()));
     for w in watching {
