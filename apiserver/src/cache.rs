@@ -115,7 +115,8 @@ impl Object {
     }
 
     /// Its JSON's length.
-    pub(crate) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         match &self.json {
             Json::Plain(raw) => raw.len(),
             Json::Lz4 { len, .. } => *len,

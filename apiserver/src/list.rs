@@ -462,26 +462,94 @@ impl Apiserver {
                 Ok(crate::rest::respond_json(StatusCode::OK, &body, &[]))
             }
             Representation::Object => {
-                // Items are spliced in as stored, without re-encoding.
-                let mut out = Vec::with_capacity(
-                    256 + page.items.iter().map(|i| i.object.len() + 1).sum::<usize>(),
-                );
-                out.extend_from_slice(
-                    format!("{{\"apiVersion\":\"{}\",\"items\":[", info.api_version()).as_bytes(),
-                );
-                for (i, item) in page.items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(&item.json());
-                }
-                out.extend_from_slice(
-                    format!("],\"kind\":\"{}List\",\"metadata\":", info.kind).as_bytes(),
-                );
-                out.extend_from_slice(&serde_json::to_vec(&meta).expect("JSON serializes"));
-                out.push(b'}');
-                Ok(respond(StatusCode::OK, out, &[]))
+                let head = format!("{{\"apiVersion\":\"{}\",\"items\":[", info.api_version());
+                let mut tail =
+                    format!("],\"kind\":\"{}List\",\"metadata\":", info.kind).into_bytes();
+                tail.extend_from_slice(&serde_json::to_vec(&meta).expect("JSON serializes"));
+                tail.push(b'}');
+                let body = list_body(head.into_bytes(), page.items, tail);
+                Ok(respond(
+                    StatusCode::OK,
+                    axum::body::Body::from_stream(body),
+                    &[],
+                ))
             }
+        }
+    }
+}
+
+/// Bytes of a streamed list body per chunk (items are whole within a chunk; one bigger item is
+/// a chunk of its own).
+const LIST_CHUNK: usize = 64 * 1024;
+
+/// A list's JSON as a stream of chunks: `head`, the items as stored (spliced in without
+/// re-encoding, decompressed one at a time as they are written), `tail`. The server holds
+/// about one chunk per list in flight rather than the whole response (a list of 10,000
+/// running pods is 37 MB).
+fn list_body(
+    head: Vec<u8>,
+    items: Vec<Listed>,
+    tail: Vec<u8>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + Send + 'static {
+    let items = items.into_iter().enumerate();
+    futures::stream::unfold(
+        (Some(head), items, Some(tail)),
+        |(mut head, mut items, mut tail)| async move {
+            let mut chunk = head.take().unwrap_or_default();
+            while chunk.len() < LIST_CHUNK {
+                let Some((i, item)) = items.next() else {
+                    // After the last item: the tail, then the end.
+                    chunk.extend_from_slice(&tail.take()?);
+                    break;
+                };
+                if i > 0 {
+                    chunk.push(b',');
+                }
+                chunk.extend_from_slice(&item.json());
+            }
+            Some((Ok(bytes::Bytes::from(chunk)), (head, items, tail)))
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    /// The chunks make the whole list, each item whole and within one chunk, at most one
+    /// item past the chunk size.
+    #[tokio::test]
+    async fn a_streamed_list_should_be_the_whole_list_in_bounded_chunks() {
+        for n in [0usize, 1, 5, 200] {
+            let items: Vec<Listed> = (0..n)
+                .map(|i| {
+                    let raw = serde_json::to_vec(&json!({"metadata": {"name": format!("o{i}")},
+                        "data": {"k": "v".repeat(1 + i * 37 % 3000)}}))
+                    .expect("JSON");
+                    Listed {
+                        object: Arc::new(Object::new(format!("/k/o{i}"), raw.into(), &[])),
+                        value: None,
+                    }
+                })
+                .collect();
+            let want: Vec<Value> = items.iter().map(Listed::value).collect();
+            let chunks: Vec<bytes::Bytes> =
+                list_body(b"{\"items\":[".to_vec(), items, b"]}".to_vec())
+                    .map(|c| c.expect("infallible"))
+                    .collect()
+                    .await;
+            assert!(chunks.iter().all(|c| !c.is_empty()));
+            assert!(
+                chunks.iter().all(|c| c.len() < LIST_CHUNK + 4_000),
+                "bounded"
+            );
+            if n == 200 {
+                assert!(chunks.len() > 1, "{} chunks", chunks.len());
+            }
+            let whole: Vec<u8> = chunks.concat();
+            let got: Value = serde_json::from_slice(&whole).expect("one JSON document");
+            assert_eq!(got, json!({"items": want}), "{n} items");
         }
     }
 }

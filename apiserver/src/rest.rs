@@ -15,7 +15,7 @@ mod update;
 pub(crate) use delete::DeleteOptions;
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Value, json};
 
 use wasmkube_store::{Command, Failure, Outcome, Precondition};
@@ -34,8 +34,13 @@ pub(crate) struct Stored {
 }
 
 /// A JSON response with optional `Warning` headers.
-pub(crate) fn respond(status: StatusCode, body: Vec<u8>, warnings: &[String]) -> Response {
-    let mut resp = (status, body).into_response();
+pub(crate) fn respond(
+    status: StatusCode,
+    body: impl Into<axum::body::Body>,
+    warnings: &[String],
+) -> Response {
+    let mut resp = Response::new(body.into());
+    *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
