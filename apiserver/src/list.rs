@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::object;
 use crate::request::{Params, Representation, Target};
 use crate::rest::respond;
-use crate::table::{IncludeObject, table};
+use crate::table::{Column, IncludeObject, table_row};
 
 /// Parsed `labelSelector` and `fieldSelector`.
 pub(crate) struct Selectors {
@@ -439,17 +439,27 @@ impl Apiserver {
                     Some("Object") => IncludeObject::Object,
                     _ => IncludeObject::Metadata,
                 };
-                let rows: Vec<(Value, Vec<Value>)> = page
-                    .items
-                    .into_iter()
-                    .map(|item| {
-                        let v = item.into_value();
-                        let cells = t.kind.row(&v);
-                        (v, cells)
-                    })
-                    .collect();
-                let body = table(&t.kind.columns(), rows, include, meta);
-                Ok(crate::rest::respond_json(StatusCode::OK, &body, &[]))
+                // Members in the order a whole `Table` value prints them, rows last so they
+                // can follow one by one.
+                let columns: Vec<Value> = t.kind.columns().iter().map(Column::to_json).collect();
+                let head = format!(
+                    "{{\"apiVersion\":\"meta.k8s.io/v1\",\"columnDefinitions\":{},\"kind\":\"Table\",\"metadata\":{},\"rows\":[",
+                    Value::Array(columns),
+                    meta
+                );
+                let kind = Arc::clone(&t.kind);
+                let row = move |item: &Listed, out: &mut Vec<u8>| {
+                    let obj = item.value();
+                    let cells = kind.row(&obj);
+                    serde_json::to_writer(out, &table_row(obj, cells, include))
+                        .expect("JSON serializes");
+                };
+                let body = list_body(head.into_bytes(), page.items, b"]}".to_vec(), row);
+                Ok(respond(
+                    StatusCode::OK,
+                    axum::body::Body::from_stream(body),
+                    &[],
+                ))
             }
             Representation::Metadata => {
                 let items: Vec<Value> = page
@@ -467,7 +477,9 @@ impl Apiserver {
                     format!("],\"kind\":\"{}List\",\"metadata\":", info.kind).into_bytes();
                 tail.extend_from_slice(&serde_json::to_vec(&meta).expect("JSON serializes"));
                 tail.push(b'}');
-                let body = list_body(head.into_bytes(), page.items, tail);
+                let spliced =
+                    |item: &Listed, out: &mut Vec<u8>| out.extend_from_slice(&item.json());
+                let body = list_body(head.into_bytes(), page.items, tail, spliced);
                 Ok(respond(
                     StatusCode::OK,
                     axum::body::Body::from_stream(body),
@@ -482,19 +494,21 @@ impl Apiserver {
 /// a chunk of its own).
 const LIST_CHUNK: usize = 64 * 1024;
 
-/// A list's JSON as a stream of chunks: `head`, the items as stored (spliced in without
-/// re-encoding, decompressed one at a time as they are written), `tail`. The server holds
-/// about one chunk per list in flight rather than the whole response (a list of 10,000
-/// running pods is 37 MB).
+/// A list's JSON as a stream of chunks: `head`, the items each written by `write` (an object
+/// list splices them in as stored, decompressed one at a time; a Table writes one row each),
+/// comma-separated, `tail`. The server holds about one chunk per list in flight rather than
+/// the whole response (a list of 10,000 running pods is 37 MB; their parsed values for a
+/// Table several times that).
 fn list_body(
     head: Vec<u8>,
     items: Vec<Listed>,
     tail: Vec<u8>,
+    write: impl Fn(&Listed, &mut Vec<u8>) + Send + 'static,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + Send + 'static {
     let items = items.into_iter().enumerate();
     futures::stream::unfold(
-        (Some(head), items, Some(tail)),
-        |(mut head, mut items, mut tail)| async move {
+        (Some(head), items, Some(tail), write),
+        |(mut head, mut items, mut tail, write)| async move {
             let mut chunk = head.take().unwrap_or_default();
             while chunk.len() < LIST_CHUNK {
                 let Some((i, item)) = items.next() else {
@@ -505,9 +519,9 @@ fn list_body(
                 if i > 0 {
                     chunk.push(b',');
                 }
-                chunk.extend_from_slice(&item.json());
+                write(&item, &mut chunk);
             }
-            Some((Ok(bytes::Bytes::from(chunk)), (head, items, tail)))
+            Some((Ok(bytes::Bytes::from(chunk)), (head, items, tail, write)))
         },
     )
 }
@@ -534,8 +548,9 @@ mod tests {
                 })
                 .collect();
             let want: Vec<Value> = items.iter().map(Listed::value).collect();
+            let splice = |item: &Listed, out: &mut Vec<u8>| out.extend_from_slice(&item.json());
             let chunks: Vec<bytes::Bytes> =
-                list_body(b"{\"items\":[".to_vec(), items, b"]}".to_vec())
+                list_body(b"{\"items\":[".to_vec(), items, b"]}".to_vec(), splice)
                     .map(|c| c.expect("infallible"))
                     .collect()
                     .await;

@@ -79,7 +79,7 @@ impl Column {
         )
     }
 
-    fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({"name": self.name, "type": self.type_, "format": self.format,
                "description": self.description, "priority": self.priority})
     }
@@ -141,6 +141,16 @@ pub enum IncludeObject {
     Object,
 }
 
+/// One row of a `Table`: its cells, and the object as `include` asks.
+pub fn table_row(obj: Value, cells: Vec<Value>, include: IncludeObject) -> Value {
+    let object = match include {
+        IncludeObject::None => Value::Null,
+        IncludeObject::Metadata => partial(&obj),
+        IncludeObject::Object => obj,
+    };
+    json!({"cells": cells, "object": object})
+}
+
 /// Builds a `Table` from columns and (object, cells) rows.
 pub fn table(
     columns: &[crate::table::Column],
@@ -150,14 +160,7 @@ pub fn table(
 ) -> Value {
     let rows: Vec<Value> = rows
         .into_iter()
-        .map(|(obj, cells)| {
-            let object = match include {
-                IncludeObject::None => Value::Null,
-                IncludeObject::Metadata => partial(&obj),
-                IncludeObject::Object => obj,
-            };
-            json!({"cells": cells, "object": object})
-        })
+        .map(|(obj, cells)| table_row(obj, cells, include))
         .collect();
     json!({
         "kind": "Table",
