@@ -448,8 +448,8 @@ impl Apiserver {
                     meta
                 );
                 let kind = Arc::clone(&t.kind);
-                let row = move |item: &Listed, out: &mut Vec<u8>| {
-                    let obj = item.value();
+                let row = move |item: Listed, out: &mut Vec<u8>| {
+                    let obj = item.into_value();
                     let cells = kind.row(&obj);
                     serde_json::to_writer(out, &table_row(obj, cells, include))
                         .expect("JSON serializes");
@@ -477,8 +477,7 @@ impl Apiserver {
                     format!("],\"kind\":\"{}List\",\"metadata\":", info.kind).into_bytes();
                 tail.extend_from_slice(&serde_json::to_vec(&meta).expect("JSON serializes"));
                 tail.push(b'}');
-                let spliced =
-                    |item: &Listed, out: &mut Vec<u8>| out.extend_from_slice(&item.json());
+                let spliced = |item: Listed, out: &mut Vec<u8>| out.extend_from_slice(&item.json());
                 let body = list_body(head.into_bytes(), page.items, tail, spliced);
                 Ok(respond(
                     StatusCode::OK,
@@ -503,7 +502,7 @@ fn list_body(
     head: Vec<u8>,
     items: Vec<Listed>,
     tail: Vec<u8>,
-    write: impl Fn(&Listed, &mut Vec<u8>) + Send + 'static,
+    write: impl Fn(Listed, &mut Vec<u8>) + Send + 'static,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + Send + 'static {
     let items = items.into_iter().enumerate();
     futures::stream::unfold(
@@ -519,7 +518,7 @@ fn list_body(
                 if i > 0 {
                     chunk.push(b',');
                 }
-                write(&item, &mut chunk);
+                write(item, &mut chunk);
             }
             Some((Ok(bytes::Bytes::from(chunk)), (head, items, tail, write)))
         },
@@ -548,7 +547,7 @@ mod tests {
                 })
                 .collect();
             let want: Vec<Value> = items.iter().map(Listed::value).collect();
-            let splice = |item: &Listed, out: &mut Vec<u8>| out.extend_from_slice(&item.json());
+            let splice = |item: Listed, out: &mut Vec<u8>| out.extend_from_slice(&item.json());
             let chunks: Vec<bytes::Bytes> =
                 list_body(b"{\"items\":[".to_vec(), items, b"]}".to_vec(), splice)
                     .map(|c| c.expect("infallible"))

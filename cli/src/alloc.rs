@@ -15,8 +15,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// How often idle memory is handed back.
 const PURGE_EVERY: Duration = Duration::from_secs(1);
 
-/// Starts a thread that hands memory freed at least mimalloc's purge delay (1 s) ago back to
-/// the system, once a second.
+/// Starts a task that hands memory freed at least mimalloc's purge delay (1 s) ago back to
+/// the system, on a one-second timer.
 ///
 /// mimalloc purges freed memory only when some thread allocates after the delay, so a server
 /// that went idle after a burst kept it: the 37 MiB of a 10,000-pod list's response stayed
@@ -26,23 +26,20 @@ pub(crate) fn return_freed_memory() {
     if cfg!(feature = "system-allocator") {
         return;
     }
-    let purger = std::thread::Builder::new()
-        .name("allocator-purge".into())
-        .spawn(|| {
-            loop {
-                std::thread::sleep(PURGE_EVERY);
-                purge_expired();
-            }
-        });
-    if let Err(e) = purger {
-        tracing::warn!("not returning idle memory to the system: {e}");
-    }
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(PURGE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            purge_expired();
+        }
+    });
 }
 
 #[allow(unsafe_code)]
 fn purge_expired() {
     // SAFETY: `mi_collect` takes no pointers and only walks mimalloc's own state; it may be
-    // called from any thread at any time (it purges the arenas every thread shares, and this
-    // thread's own heap).
+    // called from any thread at any time (it purges the arenas every thread shares, and the
+    // calling worker thread's own heap).
     unsafe { libmimalloc_sys::mi_collect(false) };
 }
