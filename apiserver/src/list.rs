@@ -462,14 +462,21 @@ impl Apiserver {
                 ))
             }
             Representation::Metadata => {
-                let items: Vec<Value> = page
-                    .items
-                    .iter()
-                    .map(|item| crate::table::partial(&item.value()))
-                    .collect();
-                let body = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
-                                  "metadata": meta, "items": items});
-                Ok(crate::rest::respond_json(StatusCode::OK, &body, &[]))
+                let head = r#"{"apiVersion":"meta.k8s.io/v1","items":["#;
+                let mut tail = br#"],"kind":"PartialObjectMetadataList","metadata":"#.to_vec();
+                tail.extend_from_slice(&serde_json::to_vec(&meta).expect("JSON serializes"));
+                tail.push(b'}');
+                let row = |item: Listed, out: &mut Vec<u8>| {
+                    if crate::table::partial_json(&item.json(), out).is_none() {
+                        out.extend_from_slice(b"null");
+                    }
+                };
+                let body = list_body(head.as_bytes().to_vec(), page.items, tail, row);
+                Ok(respond(
+                    StatusCode::OK,
+                    axum::body::Body::from_stream(body),
+                    &[],
+                ))
             }
             Representation::Object => {
                 let head = format!("{{\"apiVersion\":\"{}\",\"items\":[", info.api_version());

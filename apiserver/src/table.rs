@@ -130,6 +130,27 @@ pub fn partial(obj: &Value) -> Value {
     })
 }
 
+/// [`partial`] of an object's JSON, written from it without parsing more than its top level:
+/// the metadata is copied as it is (a metadata-only watch of pods renders one per change).
+/// `None` when `raw` is not a JSON object.
+pub fn partial_json(raw: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow)]
+        metadata: Option<&'a serde_json::value::RawValue>,
+    }
+    if raw.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let top: Top<'_> = serde_json::from_slice(raw).ok()?;
+    out.extend_from_slice(
+        br#"{"apiVersion":"meta.k8s.io/v1","kind":"PartialObjectMetadata","metadata":"#,
+    );
+    out.extend_from_slice(top.metadata.map_or("null", |m| m.get()).as_bytes());
+    out.push(b'}');
+    Some(())
+}
+
 /// What each row carries as `object`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IncludeObject {
@@ -174,6 +195,26 @@ pub fn table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_metadata_from_json_should_equal_the_parsed_partial() {
+        let obj = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "a", "namespace": "n", "labels": {"x": "y \"z\""},
+                         "resourceVersion": "7"},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}, "status": {"phase": "Running"}});
+        let mut out = Vec::new();
+        partial_json(&serde_json::to_vec(&obj).unwrap(), &mut out).expect("an object");
+        let got: Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(got, partial(&obj));
+        // No metadata: null, as the parsed partial has it; not an object: nothing.
+        let mut out = Vec::new();
+        partial_json(br#"{"kind":"X"}"#, &mut out).expect("an object");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out).unwrap(),
+            partial(&json!({"kind": "X"}))
+        );
+        assert!(partial_json(b"[1]", &mut Vec::new()).is_none());
+    }
 
     #[test]
     fn durations_should_print_like_kubectl() {

@@ -41,14 +41,17 @@ impl Render {
         out.extend_from_slice(b"\",\"object\":");
         match self.repr {
             Representation::Object => out.extend_from_slice(raw),
-            Representation::Metadata => {
-                let value: Value = match parsed {
-                    Some(v) => v.clone(),
-                    None => serde_json::from_slice(raw).unwrap_or_default(),
-                };
-                let partial = crate::table::partial(&value);
-                out.extend_from_slice(&serde_json::to_vec(&partial).expect("JSON serializes"));
-            }
+            Representation::Metadata => match parsed {
+                Some(value) => {
+                    let partial = crate::table::partial(value);
+                    out.extend_from_slice(&serde_json::to_vec(&partial).expect("JSON serializes"));
+                }
+                None => {
+                    if crate::table::partial_json(raw, &mut out).is_none() {
+                        out.extend_from_slice(b"null");
+                    }
+                }
+            },
             Representation::Table => {
                 let value: Value = match parsed {
                     Some(v) => v.clone(),

@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod events;
 mod failover;
 pub mod join;
 pub mod leader;

@@ -38,7 +38,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource as _, ResourceExt};
@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use wasmkube_api::metrics::PodMetrics;
 use wasmkube_api::quantity::{bytes, millicores};
 use wasmkube_api::services::SCALE_FROM_ZERO;
+use wasmkube_client::events::Recorder;
 
 use self::behavior::*;
 use self::replicas::*;
