@@ -105,11 +105,6 @@ impl Listed {
         self.object.json()
     }
 
-    /// The object as a value.
-    pub(crate) fn value(&self) -> Value {
-        self.value.clone().unwrap_or_else(|| self.parse())
-    }
-
     pub(crate) fn into_value(self) -> Value {
         match self.value {
             Some(v) => v,
@@ -553,7 +548,10 @@ mod tests {
                     }
                 })
                 .collect();
-            let want: Vec<Value> = items.iter().map(Listed::value).collect();
+            let want: Vec<Value> = items
+                .iter()
+                .map(|i| serde_json::from_slice(&i.json()).unwrap())
+                .collect();
             let splice = |item: Listed, out: &mut Vec<u8>| out.extend_from_slice(&item.json());
             let chunks: Vec<bytes::Bytes> =
                 list_body(b"{\"items\":[".to_vec(), items, b"]}".to_vec(), splice)

@@ -84,8 +84,14 @@ impl Apiserver {
         let key = self.key(t, name);
         let precondition = Precondition::Revision(rv);
         let command = match op {
-            Cas::Put(obj) => Command::Put {
+            // Only kinds stored as another kind convert (no copy of the object otherwise).
+            Cas::Put(obj) if t.kind.info().stored_as.is_some() => Command::Put {
                 value: self.seal(t, &key, &t.kind.to_storage(obj.clone())),
+                key,
+                precondition,
+            },
+            Cas::Put(obj) => Command::Put {
+                value: self.seal(t, &key, obj),
                 key,
                 precondition,
             },

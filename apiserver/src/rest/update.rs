@@ -20,8 +20,13 @@ impl Apiserver {
     /// and, depending on the subresource, the other half (spec or status) of the current one.
     pub(crate) fn merge_for_update(&self, t: &Target, mut new: Value, cur: &Value) -> Value {
         let info = t.kind.info();
+        let empty = serde_json::Map::new();
+        let cur_obj = cur.as_object().unwrap_or(&empty);
         {
-            let cm = cur.get("metadata").cloned().unwrap_or_default();
+            let cm = cur_obj
+                .get("metadata")
+                .and_then(Value::as_object)
+                .unwrap_or(&empty);
             let m = meta_mut(&mut new);
             for field in [
                 "uid",
@@ -44,14 +49,13 @@ impl Apiserver {
             }
         }
         let obj = new.as_object_mut().expect("objects are JSON objects");
-        let cur_obj = cur.as_object().cloned().unwrap_or_default();
         match t.subresource.as_deref() {
             Some("status") => {
                 // Status writes may not touch anything else (`PrepareForUpdate` of status strategies).
                 obj.retain(|k, _| {
                     matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
                 });
-                for (k, v) in &cur_obj {
+                for (k, v) in cur_obj {
                     if !matches!(k.as_str(), "metadata" | "status") {
                         obj.insert(k.clone(), v.clone());
                     }
