@@ -449,46 +449,45 @@ impl Apiserver {
                     serde_json::to_writer(out, &table_row(obj, cells, include))
                         .expect("JSON serializes");
                 };
-                let body = list_body(head.into_bytes(), page.items, b"]}".to_vec(), row);
-                Ok(respond(
-                    StatusCode::OK,
-                    axum::body::Body::from_stream(body),
-                    &[],
-                ))
+                Ok(streamed(head.into_bytes(), page.items, b"]}".to_vec(), row))
             }
             Representation::Metadata => {
-                let head = r#"{"apiVersion":"meta.k8s.io/v1","items":["#;
-                let mut tail = br#"],"kind":"PartialObjectMetadataList","metadata":"#.to_vec();
-                tail.extend_from_slice(&serde_json::to_vec(&meta).expect("JSON serializes"));
-                tail.push(b'}');
+                let head = br#"{"apiVersion":"meta.k8s.io/v1","items":["#.to_vec();
+                let tail = list_tail("PartialObjectMetadataList", &meta);
                 let row = |item: Listed, out: &mut Vec<u8>| {
                     if crate::table::partial_json(&item.json(), out).is_none() {
                         out.extend_from_slice(b"null");
                     }
                 };
-                let body = list_body(head.as_bytes().to_vec(), page.items, tail, row);
-                Ok(respond(
-                    StatusCode::OK,
-                    axum::body::Body::from_stream(body),
-                    &[],
-                ))
+                Ok(streamed(head, page.items, tail, row))
             }
             Representation::Object => {
                 let head = format!("{{\"apiVersion\":\"{}\",\"items\":[", info.api_version());
-                let mut tail =
-                    format!("],\"kind\":\"{}List\",\"metadata\":", info.kind).into_bytes();
-                tail.extend_from_slice(&serde_json::to_vec(&meta).expect("JSON serializes"));
-                tail.push(b'}');
+                let tail = list_tail(&format!("{}List", info.kind), &meta);
                 let spliced = |item: Listed, out: &mut Vec<u8>| out.extend_from_slice(&item.json());
-                let body = list_body(head.into_bytes(), page.items, tail, spliced);
-                Ok(respond(
-                    StatusCode::OK,
-                    axum::body::Body::from_stream(body),
-                    &[],
-                ))
+                Ok(streamed(head.into_bytes(), page.items, tail, spliced))
             }
         }
     }
+}
+
+/// The end of a list after its items: `],"kind":KIND,"metadata":META}`.
+fn list_tail(kind: &str, meta: &Value) -> Vec<u8> {
+    format!("],\"kind\":\"{kind}\",\"metadata\":{meta}}}").into_bytes()
+}
+
+/// A 200 answer streaming [`list_body`].
+fn streamed(
+    head: Vec<u8>,
+    items: Vec<Listed>,
+    tail: Vec<u8>,
+    write: impl Fn(Listed, &mut Vec<u8>) + Send + 'static,
+) -> Response {
+    respond(
+        StatusCode::OK,
+        axum::body::Body::from_stream(list_body(head, items, tail, write)),
+        &[],
+    )
 }
 
 /// Bytes of a streamed list body per chunk (items are whole within a chunk; one bigger item is

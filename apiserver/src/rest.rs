@@ -84,17 +84,22 @@ impl Apiserver {
         let key = self.key(t, name);
         let precondition = Precondition::Revision(rv);
         let command = match op {
-            // Only kinds stored as another kind convert (no copy of the object otherwise).
-            Cas::Put(obj) if t.kind.info().stored_as.is_some() => Command::Put {
-                value: self.seal(t, &key, &t.kind.to_storage(obj.clone())),
-                key,
-                precondition,
-            },
-            Cas::Put(obj) => Command::Put {
-                value: self.seal(t, &key, obj),
-                key,
-                precondition,
-            },
+            Cas::Put(obj) => {
+                // Only kinds stored as another kind convert (no copy of the object otherwise),
+                // as `decode_stored` converts back only for them.
+                let converted;
+                let stored = if t.kind.info().stored_as.is_some() {
+                    converted = t.kind.to_storage(obj.clone());
+                    &converted
+                } else {
+                    obj
+                };
+                Command::Put {
+                    value: self.seal(t, &key, stored),
+                    key,
+                    precondition,
+                }
+            }
             Cas::Delete => Command::Delete { key, precondition },
         };
         let deleting = matches!(op, Cas::Delete);

@@ -41,17 +41,11 @@ impl Render {
         out.extend_from_slice(b"\",\"object\":");
         match self.repr {
             Representation::Object => out.extend_from_slice(raw),
-            Representation::Metadata => match parsed {
-                Some(value) => {
-                    let partial = crate::table::partial(value);
-                    out.extend_from_slice(&serde_json::to_vec(&partial).expect("JSON serializes"));
+            Representation::Metadata => {
+                if crate::table::partial_json(raw, &mut out).is_none() {
+                    out.extend_from_slice(b"null");
                 }
-                None => {
-                    if crate::table::partial_json(raw, &mut out).is_none() {
-                        out.extend_from_slice(b"null");
-                    }
-                }
-            },
+            }
             Representation::Table => {
                 let value: Value = match parsed {
                     Some(v) => v.clone(),
