@@ -139,6 +139,21 @@ impl Cluster {
             .registry()
     }
 
+    /// The API server as components in this process reach it (no socket), and the
+    /// kubeconfigs it wrote for them.
+    ///
+    /// # Panics
+    /// After [`Cluster::stop`].
+    pub fn in_process(
+        &self,
+    ) -> (
+        wasmkube_client::Local,
+        wasmkube_apiserver::ComponentKubeconfigs,
+    ) {
+        let running = self.running.as_ref().expect("the API server runs");
+        (running.local.clone(), running.components.clone())
+    }
+
     /// The client side of its raft transport, for cutting it off from other servers.
     ///
     /// # Panics

@@ -410,28 +410,36 @@ impl Pki {
         })
     }
 
+    /// How the API server checks a client certificate: optional (tokens work too), but one
+    /// that is shown must come from the cluster CA.
+    ///
+    /// # Errors
+    /// When the stored CA cannot be parsed.
+    pub fn client_verifier(
+        &self,
+    ) -> Result<std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>, rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in parse_certs(&self.ca_pem)? {
+            roots.add(c)?;
+        }
+        rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))
+    }
+
     /// A rustls server configuration offering HTTP/2 and HTTP/1.1.
     ///
     /// # Errors
     /// When the stored PEM cannot be parsed.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, rustls::Error> {
         let (certs, key) = (parse_certs(&self.cert_pem)?, parse_key(&self.key_pem)?);
-        let mut roots = rustls::RootCertStore::empty();
-        for c in parse_certs(&self.ca_pem)? {
-            roots.add(c)?;
-        }
-        // A client certificate is optional (tokens work too); one that is shown must come
-        // from the cluster CA.
-        let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            std::sync::Arc::new(roots),
-            provider(),
-        )
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(clients)
+            .with_client_cert_verifier(self.client_verifier()?)
             .with_single_cert(certs, key)?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(cfg)

@@ -30,6 +30,7 @@ use crate::{Apiserver, Config, Error, discovery, kinds};
 
 /// Largest accepted request body (etcd's default request limit is 1.5 MiB; objects are
 /// capped there, with room for patches and apply configurations).
+mod local;
 mod startup;
 
 pub use startup::{ComponentKubeconfigs, Running, start};

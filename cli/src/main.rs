@@ -160,9 +160,13 @@ async fn main() -> anyhow::Result<()> {
                 running.addr,
                 wasmkube_dashboard::PREFIX
             );
-            let api = || wasmkube_client::Source::kubeconfig(&running.kubeconfig);
-            // Each component acts as its own user (RBAC), as kubeadm's components do.
-            let as_user = wasmkube_client::Source::kubeconfig;
+            // Each component acts as its own user (RBAC), as kubeadm's components do, and
+            // reaches this server in process (no socket or TLS), failing over to the
+            // others of the cluster when it stops.
+            let as_user = |kubeconfig: &std::path::Path| {
+                wasmkube_client::Source::kubeconfig(kubeconfig).local(running.local.clone())
+            };
+            let api = || as_user(&running.kubeconfig);
             // Stable across restarts: a restarted server gets its own Lease back at once.
             let identity = format!("{}_{}", host_name(), running.addr);
             let scheduler = if args.no_scheduler {

@@ -26,6 +26,7 @@ use tower::BoxError;
 use tower::buffer::BufferLayer;
 use tower::retry::RetryLayer;
 
+use crate::local::Local;
 use crate::source::Error;
 
 /// The API servers a [`kube::Client`] from [`crate::connect`] fails over between.
@@ -99,6 +100,21 @@ impl<Res> tower::retry::Policy<Request<Body>, Response<Res>, BoxError> for Retry
     }
 }
 
+/// The client of a server in this process: kube-rs's layers (base URI, credentials, extra
+/// headers) over the [`Local`] service instead of its HTTPS connector, [`Retry`] in front.
+fn local_client(config: &kube::Config, local: &Local) -> Result<kube::Client, Error> {
+    use kube::client::ConfigExt as _;
+    let stack = tower::ServiceBuilder::new()
+        .layer(RetryLayer::new(Retry(RetryPolicy::server_retry())))
+        .layer(BufferLayer::new(1024))
+        .map_err(BoxError::from)
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer().map_err(Error::Client)?)
+        .layer(config.extra_headers_layer().map_err(Error::Client)?)
+        .service(local.open(config));
+    Ok(kube::Client::new(stack, config.default_namespace.clone()))
+}
+
 /// One server's client: kube-rs's default stack with [`Retry`] in front.
 fn server_client(config: &kube::Config, url: Uri) -> Result<kube::Client, Error> {
     let mut config = config.clone();
@@ -113,11 +129,23 @@ fn server_client(config: &kube::Config, url: Uri) -> Result<kube::Client, Error>
 }
 
 impl Servers {
-    /// Clients for `urls` (the first is preferred), sharing `config`'s credentials and CA.
-    pub(crate) fn new(config: &kube::Config, urls: Vec<Uri>) -> Result<Servers, Error> {
+    /// Clients for `urls` (the first is preferred, and reached through `local` when it is
+    /// in this process), sharing `config`'s credentials and CA.
+    pub(crate) fn new(
+        config: &kube::Config,
+        urls: Vec<Uri>,
+        local: Option<&Local>,
+    ) -> Result<Servers, Error> {
         let clients = urls
             .into_iter()
-            .map(|u| Ok((u.clone(), server_client(config, u)?)))
+            .enumerate()
+            .map(|(i, u)| {
+                let client = match local {
+                    Some(local) if i == 0 => local_client(config, local)?,
+                    _ => server_client(config, u.clone())?,
+                };
+                Ok((u, client))
+            })
             .collect::<Result<Vec<_>, Error>>()?;
         Ok(Servers {
             inner: Arc::new(Inner {
@@ -512,7 +540,7 @@ mod tests {
             format!("http://{dead}").parse().expect("url"),
             format!("http://{live}").parse().expect("url"),
         ];
-        let servers = Servers::new(&config, urls).expect("servers");
+        let servers = Servers::new(&config, urls, None).expect("servers");
         let client = servers.client("default");
         let v = client
             .apiserver_version()
@@ -568,7 +596,7 @@ mod tests {
             .collect();
         let mut config = kube::Config::new(urls[0].clone());
         config.read_timeout = None;
-        let mut servers = Servers::new(&config, urls).expect("servers");
+        let mut servers = Servers::new(&config, urls, None).expect("servers");
         Arc::get_mut(&mut servers.inner)
             .expect("not shared yet")
             .timings = timings;
@@ -643,7 +671,7 @@ mod tests {
     async fn learning_servers_should_keep_requests_where_they_go() {
         let url = |p: u16| -> Uri { format!("http://127.0.0.1:{p}").parse().expect("url") };
         let config = kube::Config::new(url(1));
-        let servers = Servers::new(&config, vec![url(1), url(2)]).expect("servers");
+        let servers = Servers::new(&config, vec![url(1), url(2)], None).expect("servers");
         servers.inner.preferred.store(1, Ordering::Relaxed);
         servers.learn(&[url(1), url(3), url(2)]).expect("learn");
         assert_eq!(

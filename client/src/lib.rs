@@ -6,6 +6,7 @@
 //! Source (kubeconfig | KUBECONFIG, ~/.kube/config | in-cluster) + extra API servers
 //!    └─► connect() ─► kube::Config ─► one kube-rs stack per server (auth, TLS, retry 429/503/504)
 //!                                      └─► Failover (next server on a refused connection) ─► kube::Client
+//!   (a server in this process, `Source::local`: the same layers over its handlers, no socket)
 //! ```
 //!
 //! ```no_run
@@ -20,12 +21,14 @@ pub mod events;
 mod failover;
 pub mod join;
 pub mod leader;
+pub mod local;
 pub mod metrics;
 mod source;
 pub mod tls;
 pub mod watch;
 
 pub use failover::Servers;
+pub use local::Local;
 pub use source::{Connection, Error, Source, connect, load};
 
 /// Creates a namespaced `K` from its JSON manifest in `namespace`, and returns it as stored.

@@ -5,14 +5,16 @@ use std::path::{Path, PathBuf};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::failover::Servers;
+use crate::local::Local;
 
 /// Where to find the cluster: a kubeconfig file, or (by default) `KUBECONFIG`,
 /// `~/.kube/config` and then the in-cluster service account, as kube-rs's `Config::infer`
 /// and client-go's `rest.InClusterConfig` do; plus further API servers to fail over to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Source {
     kubeconfig: Option<PathBuf>,
     servers: Vec<String>,
+    local: Option<Local>,
 }
 
 impl Source {
@@ -26,7 +28,16 @@ impl Source {
         Source {
             kubeconfig: Some(path.into()),
             servers: Vec::new(),
+            local: None,
         }
+    }
+
+    /// The configured server runs in this process: requests reach it through `local`, not
+    /// a socket (it stays first; the others are still there to fail over to).
+    #[must_use]
+    pub fn local(mut self, local: Local) -> Self {
+        self.local = Some(local);
+        self
     }
 
     /// Further API servers (`https://host:port`) of the same cluster, tried in order when the
@@ -114,7 +125,7 @@ pub async fn connect(source: &Source) -> Result<Connection, Error> {
             urls.push(uri);
         }
     }
-    let servers = Servers::new(&config, urls)?;
+    let servers = Servers::new(&config, urls, source.local.as_ref())?;
     if config.cluster_url.scheme_str() == Some("https") {
         servers.follow_endpoints();
     }

@@ -356,3 +356,80 @@ async fn clients_should_leave_a_stopped_server_for_another() -> Result<()> {
     create(&conn.client, "after-stop").await?;
     Ok(())
 }
+
+/// `SelfSubjectReview`: who the server takes the client for.
+async fn whoami(client: &kube::Client) -> Result<String, kube::Error> {
+    let req = http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#.to_vec())
+        .expect("a static request");
+    let review: serde_json::Value = client.request(req).await?;
+    Ok(review["status"]["userInfo"]["username"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// What `wasmkube up` does for its scheduler, controller manager, DNS server and wasmlet: they
+/// reach the API server in their process without a socket, as the users their kubeconfigs
+/// name, and leave it for the next server once it stops.
+#[tokio::test]
+async fn an_in_process_client_should_act_as_its_kubeconfig_user_and_leave_its_stopped_server()
+-> Result<()> {
+    let cluster = wasmkube_tests::Cluster::start().await?;
+    let other = wasmkube_tests::Cluster::start().await?;
+    let (local, components) = cluster.in_process();
+    let as_user =
+        |kubeconfig: &Path| wasmkube_client::Source::kubeconfig(kubeconfig).local(local.clone());
+    let scheduler = wasmkube_client::connect(&as_user(&components.scheduler)).await?;
+    ensure!(whoami(&scheduler.client).await? == "system:kube-scheduler");
+    // Its rights are the scheduler's (RBAC), not more: it may bind pods, not read Secrets.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(scheduler.client.clone(), "default");
+    ensure!(
+        matches!(secrets.list(&Default::default()).await, Err(kube::Error::Api(ref s)) if s.code == 403),
+        "the scheduler reads no Secrets"
+    );
+    let admin = wasmkube_client::connect(&as_user(&cluster.kubeconfig)).await?;
+    ensure!(
+        whoami(&admin.client).await? == "system:admin",
+        "the token is sent"
+    );
+    create(&admin.client, "in-process").await?;
+    // A certificate from another cluster's CA names nobody here, as in a TLS handshake.
+    let (_, strangers) = other.in_process();
+    let stranger = wasmkube_client::connect(&as_user(&strangers.scheduler)).await?;
+    ensure!(
+        matches!(whoami(&stranger.client).await, Err(kube::Error::Api(ref s)) if s.code == 401),
+        "another CA's certificate is refused"
+    );
+
+    // Once the server stops, requests go to the next server: here a plain-HTTP one that
+    // answers `/version` alone, so its answer shows where the request went.
+    let next = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let next_url = format!("http://{}", next.local_addr()?);
+    let version = axum::Router::new().route(
+        "/version",
+        axum::routing::get(|| async {
+            axum::Json(json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-next"}))
+        }),
+    );
+    tokio::spawn(async move { axum::serve(next, version).await });
+    let with_next =
+        wasmkube_client::connect(&as_user(&cluster.kubeconfig).servers([next_url])).await?;
+    ensure!(whoami(&with_next.client).await? == "system:admin");
+    ensure!(with_next.client.apiserver_version().await?.git_version != "v1.33.0-next");
+    cluster.stop().await?;
+    match whoami(&admin.client).await {
+        Err(kube::Error::Service(e)) => ensure!(
+            format!("{e:?}").contains("ConnectionRefused"),
+            "a stopped server refuses: {e:?}"
+        ),
+        other => anyhow::bail!("a stopped server answered: {other:?}"),
+    }
+    ensure!(
+        with_next.client.apiserver_version().await?.git_version == "v1.33.0-next",
+        "the next server answers"
+    );
+    other.stop().await
+}

@@ -49,6 +49,8 @@ pub struct Running {
     pub ca_pem: String,
     /// The admin bearer token.
     pub token: String,
+    /// This server for components in its process ([`Source::local`](wasmkube_client::Source::local)).
+    pub local: wasmkube_client::Local,
     api: Arc<Apiserver>,
     task: JoinHandle<Result<(), Error>>,
 }
@@ -344,6 +346,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .sharing_encryption(encryption_text),
     });
     let app = router(shared);
+    let local = local::local(app.clone(), pki.client_verifier()?, shutdown.clone());
     tracker.spawn(crate::kubernetes_service::run(
         Arc::clone(&api),
         kubernetes_service_ip(&config),
@@ -421,6 +424,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         components,
         ca_pem: pki.ca_pem,
         token: pki.admin_token,
+        local,
         api: shared_api,
         task,
     })
