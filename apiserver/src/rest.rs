@@ -23,6 +23,7 @@ use wasmkube_store::{Command, Failure, Outcome, Precondition};
 use crate::Apiserver;
 use crate::admission::{Operation, Request as AdmissionRequest};
 use crate::error::ApiError;
+use crate::object;
 use crate::patch::PatchType;
 use crate::request::{Call, Params, Representation, Target, negotiate, parse_path};
 use crate::table::{IncludeObject, table};
@@ -64,9 +65,9 @@ pub(crate) fn respond_json(status: StatusCode, body: &Value, warnings: &[String]
 }
 
 /// A compare-and-swap write against the revision an object was read at.
-pub(crate) enum Cas<'a> {
+pub(crate) enum Cas {
     /// Store this object.
-    Put(&'a Value),
+    Put(Value),
     /// Remove the object.
     Delete,
 }
@@ -79,42 +80,35 @@ impl Apiserver {
         t: &Target,
         name: &str,
         rv: u64,
-        op: Cas<'_>,
+        op: Cas,
     ) -> Result<Option<Value>, ApiError> {
         let key = self.key(t, name);
         let precondition = Precondition::Revision(rv);
-        let command = match op {
+        let (command, written) = match op {
             Cas::Put(obj) => {
-                // Only kinds stored as another kind convert (no copy of the object otherwise),
-                // as `decode_stored` converts back only for them.
-                let converted;
-                let stored = if t.kind.info().stored_as.is_some() {
-                    converted = t.kind.to_storage(obj.clone());
-                    &converted
-                } else {
-                    obj
-                };
-                Command::Put {
-                    value: self.seal(t, &key, stored),
+                let (value, kept) = self.for_storage(t, &key, obj);
+                let command = Command::Put {
+                    value,
                     key,
                     precondition,
-                }
+                };
+                (command, Some(kept))
             }
-            Cas::Delete => Command::Delete { key, precondition },
+            Cas::Delete => (Command::Delete { key, precondition }, None),
         };
-        let deleting = matches!(op, Cas::Delete);
         match self.store.write(command).await? {
-            Outcome::Written { value, .. } => {
-                if deleting {
+            Outcome::Written { value, revision } => match written {
+                Some(kept) => Ok(Some(self.answer_written(t, kept, revision, &value)?)),
+                None => {
                     // Whatever request removed it, the object itself is gone.
                     let req = AdmissionRequest {
                         subresource: None,
                         ..self.admission_request(t, Operation::Delete, name, None, false, None)
                     };
                     self.admission.released(&req);
+                    Ok(Some(self.decode_stored(t, &value)?))
                 }
-                Ok(Some(self.decode_stored(t, &value)?))
-            }
+            },
             Outcome::Failed {
                 reason: Failure::NotFound,
                 ..
@@ -124,6 +118,39 @@ impl Apiserver {
                 "unexpected store outcome {other:?}"
             ))),
         }
+    }
+
+    /// What a write of `obj` (in the kind's form) stores at `key`, and the object to answer
+    /// with once it is written ([`Apiserver::answer_written`]): the object itself, except for
+    /// kinds stored as another kind, which are read back from what was stored.
+    pub(crate) fn for_storage(
+        &self,
+        t: &Target,
+        key: &str,
+        obj: Value,
+    ) -> (Box<serde_json::value::RawValue>, Option<Value>) {
+        if t.kind.info().stored_as.is_some() {
+            (self.seal(t, key, &t.kind.to_storage(obj)), None)
+        } else {
+            (self.seal(t, key, &obj), Some(obj))
+        }
+    }
+
+    /// The answer to a write the store took at `revision`: the object kept by
+    /// [`Apiserver::for_storage`] with that `resourceVersion` — what the store keeps, as it
+    /// only stamps the revision — without parsing the `stored` bytes again.
+    pub(crate) fn answer_written(
+        &self,
+        t: &Target,
+        kept: Option<Value>,
+        revision: u64,
+        stored: &[u8],
+    ) -> Result<Value, ApiError> {
+        let Some(mut obj) = kept else {
+            return self.decode_stored(t, stored);
+        };
+        object::meta_mut(&mut obj).insert("resourceVersion".into(), json!(revision.to_string()));
+        Ok(obj)
     }
 
     /// What is stored at `key` for `obj` of `t`'s kind: the object's JSON, sealed when the

@@ -601,7 +601,7 @@ async fn complete(
                 .collect(),
         );
         if api
-            .cas(target, name, cur.rv, Cas::Put(&obj))
+            .cas(target, name, cur.rv, Cas::Put(obj))
             .await?
             .is_some()
         {

@@ -176,7 +176,7 @@ impl Apiserver {
             }
             return Ok(obj);
         }
-        let value = self.seal(t, &key, &t.kind.to_storage(obj));
+        let (value, kept) = self.for_storage(t, &key, obj);
         match self
             .store
             .write(Command::Put {
@@ -186,9 +186,9 @@ impl Apiserver {
             })
             .await?
         {
-            Outcome::Written { value, .. } => {
+            Outcome::Written { value, revision } => {
                 tracing::debug!(target: "podtrace", kind = %info.kind, object = %format_args!("{}/{}", t.namespace.as_deref().unwrap_or_default(), name), stage = "created");
-                self.decode_stored(t, &value)
+                self.answer_written(t, kept, revision, &value)
             }
             Outcome::Failed {
                 reason: Failure::AlreadyExists,

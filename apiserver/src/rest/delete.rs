@@ -200,7 +200,7 @@ impl Apiserver {
                 if opts.dry_run {
                     return Ok(Deleted::Object(new));
                 }
-                match self.cas(t, name, cur.rv, Cas::Put(&new)).await? {
+                match self.cas(t, name, cur.rv, Cas::Put(new)).await? {
                     Some(value) => return Ok(Deleted::Object(value)),
                     None => continue,
                 }

@@ -61,7 +61,7 @@ impl Apiserver {
                 .collect();
             conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": object::now()}));
             new["status"]["conditions"] = json!(conds);
-            if self.cas(t, name, cur.rv, Cas::Put(&new)).await?.is_some() {
+            if self.cas(t, name, cur.rv, Cas::Put(new)).await?.is_some() {
                 tracing::debug!(target: "podtrace", kind = %info.kind, object = %format_args!("{}/{}", t.namespace.as_deref().unwrap_or_default(), name), stage = "bound");
                 let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
                 return Ok(respond_json(StatusCode::CREATED, &status, &[]));

@@ -169,17 +169,17 @@ impl Apiserver {
         if dry {
             return Ok(new);
         }
-        let op = if finished {
-            Cas::Delete
-        } else {
-            Cas::Put(&new)
-        };
-        match self.cas(t, &name, cur.rv, op).await? {
-            Some(value) if !finished => {
+        if finished {
+            return match self.cas(t, &name, cur.rv, Cas::Delete).await? {
+                Some(_) => Ok(new),
+                None => Err(ApiError::conflict(info, &name, ApiError::MODIFIED)),
+            };
+        }
+        match self.cas(t, &name, cur.rv, Cas::Put(new)).await? {
+            Some(value) => {
                 tracing::debug!(target: "podtrace", kind = %info.kind, object = %format_args!("{}/{name}", t.namespace.as_deref().unwrap_or_default()), stage = "updated", subresource = t.subresource.as_deref().unwrap_or_default());
                 Ok(value)
             }
-            Some(_) => Ok(new),
             None => Err(ApiError::conflict(info, &name, ApiError::MODIFIED)),
         }
     }
