@@ -42,6 +42,7 @@ mod read;
 mod state_machine;
 mod tables;
 mod watch;
+mod writeback;
 mod writes;
 
 pub use membership::{Member, Role};
