@@ -42,7 +42,6 @@ mod read;
 mod state_machine;
 mod tables;
 mod watch;
-mod writeback;
 mod writes;
 
 pub use membership::{Member, Role};

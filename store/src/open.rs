@@ -118,7 +118,6 @@ impl Store {
             published.clone(),
             transform.clone(),
         );
-        sm.write_back(&config.data_dir.join("store.redb"));
         let raft_config = openraft::Config {
             cluster_name: "wasmkube".into(),
             // Followers call an election after 0.15–0.3 s without a heartbeat (three to six

@@ -32,8 +32,6 @@ pub struct StateMachine {
     /// Opens values for the live feed (watchers see objects, not what was stored).
     transform: crate::Transform,
     checkpoint: Arc<Mutex<Checkpoint>>,
-    /// Set by an apply that did not sync (for [`crate::writeback`]).
-    unsynced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// When an apply is also made durable. Applies commit without syncing (the raft log replays
@@ -101,14 +99,7 @@ impl StateMachine {
                 last: std::time::Instant::now(),
                 entries: 0,
             })),
-            unsynced: Arc::default(),
         }
-    }
-
-    /// Syncs the file at `path` (this state machine's) in the background while applies
-    /// write to it ([`crate::writeback`]).
-    pub(crate) fn write_back(&self, path: &std::path::Path) {
-        crate::writeback::start(path, &self.db, Arc::clone(&self.unsynced));
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, redb::Error>
@@ -434,9 +425,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_write_err)?;
         if durable {
             crate::metrics::durable_at(revision);
-        } else {
-            self.unsynced
-                .store(true, std::sync::atomic::Ordering::Release);
         }
         for change in changes {
             let change = match self.transform.open_change(change.clone()) {
