@@ -37,24 +37,30 @@ pub struct StateMachine {
 /// When an apply is also made durable. Applies commit without syncing (the raft log replays
 /// what a crash loses), so from time to time one syncs: a restart then replays at most that
 /// much of the log, and redb can reuse the pages the applies since freed.
+///
+/// redb keeps the pages of the commits that did not sync in its write buffer and writes them
+/// all out, then syncs, in the durable one, holding its write lock: every apply (and so every
+/// watcher) waits meanwhile. Under load, a second of writes made that a 45–58 ms stall once a
+/// second, in the tail of every latency; syncing after every [`CHECKPOINT_WRITES`] writes
+/// instead makes the stalls as many times shorter as they are more frequent.
 struct Checkpoint {
     last: std::time::Instant,
-    entries: usize,
+    writes: usize,
 }
 
-/// At most this long, or this many entries, between durable applies.
+/// At most this long, or this many writes, between durable applies.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-const CHECKPOINT_ENTRIES: usize = 10_000;
+const CHECKPOINT_WRITES: usize = 1_000;
 
 impl Checkpoint {
-    /// Counts `entries` applied; whether this apply should be durable.
-    fn due(&mut self, entries: usize) -> bool {
-        self.entries += entries;
-        if self.entries < CHECKPOINT_ENTRIES && self.last.elapsed() < CHECKPOINT_EVERY {
+    /// Counts `writes` applied; whether this apply should be durable.
+    fn due(&mut self, writes: usize) -> bool {
+        self.writes += writes;
+        if self.writes < CHECKPOINT_WRITES && self.last.elapsed() < CHECKPOINT_EVERY {
             return false;
         }
         self.last = std::time::Instant::now();
-        self.entries = 0;
+        self.writes = 0;
         true
     }
 }
@@ -97,7 +103,7 @@ impl StateMachine {
             transform,
             checkpoint: Arc::new(Mutex::new(Checkpoint {
                 last: std::time::Instant::now(),
-                entries: 0,
+                writes: 0,
             })),
         }
     }
@@ -406,7 +412,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .checkpoint
             .lock()
             .expect("checkpoint lock is not poisoned")
-            .due(entries.len());
+            .due(
+                entries
+                    .iter()
+                    .map(|e| match &e.payload {
+                        EntryPayload::Normal(p) => p.commands.len(),
+                        _ => 1,
+                    })
+                    .sum(),
+            );
         let Applied {
             outcomes,
             changes,
