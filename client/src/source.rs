@@ -87,6 +87,20 @@ pub struct Connection {
     pub config: kube::Config,
     /// The API servers the client uses.
     pub servers: Servers,
+    /// The first of them, when it runs in this process.
+    local: Option<Local>,
+}
+
+impl Connection {
+    /// The same API servers (the one in this process too, if any) with the credentials of
+    /// another kubeconfig: how a wasmlet goes on as its node once it has the node's own.
+    pub fn with_credentials(&self, kubeconfig: impl Into<PathBuf>) -> Source {
+        Source {
+            kubeconfig: Some(kubeconfig.into()),
+            servers: self.servers.urls(),
+            local: self.local.clone(),
+        }
+    }
 }
 
 /// Reads the configuration `source` names.
@@ -133,6 +147,7 @@ pub async fn connect(source: &Source) -> Result<Connection, Error> {
         client: servers.client(&config.default_namespace),
         config,
         servers,
+        local: source.local.clone(),
     })
 }
 
@@ -173,6 +188,71 @@ current-context: x
         let missing = Source::kubeconfig(dir.join("absent"));
         let err = connect(&missing).await.err().expect("no such file");
         assert!(err.to_string().contains("absent"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[tokio::test]
+    async fn a_local_server_should_take_the_requests_and_stay_with_other_credentials() {
+        use std::sync::{Arc, Mutex};
+        // An "API server in this process" that notes, per request, whether the caller showed a
+        // certificate and its bearer token, and answers `/version`.
+        type Seen = Arc<Mutex<Vec<(bool, Option<String>)>>>;
+        let seen: Seen = Arc::default();
+        let local = {
+            let seen = Arc::clone(&seen);
+            crate::Local::new(move |cert| {
+                let (seen, has_cert) = (Arc::clone(&seen), cert.is_some());
+                crate::local::LocalService::new(tower::service_fn(
+                    move |req: http::Request<kube::client::Body>| {
+                        let auth = req
+                            .headers()
+                            .get(http::header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        seen.lock().expect("lock").push((has_cert, auth));
+                        async move {
+                            use http_body_util::BodyExt as _;
+                            let body = http_body_util::Full::new(bytes::Bytes::from_static(
+                                br#"{"major":"1","minor":"33","gitVersion":"v1.33.0-local"}"#,
+                            ))
+                            .map_err(|never| match never {})
+                            .boxed_unsync();
+                            Ok(http::Response::new(body))
+                        }
+                    },
+                ))
+            })
+        };
+        let dir = std::env::temp_dir().join(format!("wk-client-local-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let admin = dir.join("admin");
+        std::fs::write(&admin, KUBECONFIG).expect("write kubeconfig");
+        let node = dir.join("node");
+        std::fs::write(
+            &node,
+            KUBECONFIG.replace("token: secret", "token: node-secret"),
+        )
+        .expect("write kubeconfig");
+        let conn = connect(&Source::kubeconfig(&admin).local(local))
+            .await
+            .expect("connect");
+        let v = conn.client.apiserver_version().await.expect("answered");
+        assert_eq!(
+            v.git_version, "v1.33.0-local",
+            "no socket: 127.0.0.1:1 is closed"
+        );
+        let as_node = connect(&conn.with_credentials(&node))
+            .await
+            .expect("connect as the node");
+        let v = as_node.client.apiserver_version().await.expect("answered");
+        assert_eq!(v.git_version, "v1.33.0-local");
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            [
+                (false, Some("Bearer secret".to_owned())),
+                (false, Some("Bearer node-secret".to_owned()))
+            ]
+        );
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

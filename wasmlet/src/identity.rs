@@ -226,8 +226,7 @@ pub(crate) async fn ensure(
             .kubeconfig(server.trim_end_matches('/'), node)
             .as_bytes(),
     )?;
-    let source = wasmkube_client::Source::kubeconfig(&path).servers(conn.servers.urls());
-    let conn = wasmkube_client::connect(&source).await?;
+    let conn = wasmkube_client::connect(&conn.with_credentials(&path)).await?;
     Ok((credentials, conn))
 }
 
