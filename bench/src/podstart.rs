@@ -302,6 +302,59 @@ fn report(
     Ok(())
 }
 
+/// The API server's `apiserver_request_total`, summed over codes, by `VERB resource[/sub]`.
+async fn request_counts(client: &kube::Client) -> Result<HashMap<String, f64>> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let mut counts = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (resource, sub) = (label("resource"), label("subresource"));
+        let key = if sub.is_empty() {
+            format!("{} {resource}", label("verb"))
+        } else {
+            format!("{} {resource}/{sub}", label("verb"))
+        };
+        *counts.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    Ok(counts)
+}
+
+/// Prints the API requests per pod made since `before`, most first.
+fn report_requests(before: &HashMap<String, f64>, after: &HashMap<String, f64>, pods: usize) {
+    let mut per_pod: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (v - before.get(k).unwrap_or(&0.0)) / pods.max(1) as f64,
+            )
+        })
+        .filter(|(_, v)| *v >= 0.005)
+        .collect();
+    per_pod.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = per_pod.iter().map(|(_, v)| v).sum();
+    let line: Vec<String> = per_pod.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+    println!(
+        "|   API requests per pod | {total:.2}: {} |",
+        line.join(", ")
+    );
+}
+
 async fn create(api: &Api<Pod>, board: &Board, name: &str) -> Result<()> {
     board.created(name, SystemTime::now());
     api.create(&PostParams::default(), &pod(name)?)
@@ -416,6 +469,7 @@ async fn main() -> Result<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let started = Instant::now();
         let cpu = Cpu::now(&pid);
+        let requests = request_counts(&client).await?;
         let mut tasks = tokio::task::JoinSet::new();
         let mut waited = Duration::ZERO;
         for n in &names {
@@ -476,6 +530,7 @@ async fn main() -> Result<()> {
             &server.log_path(),
             cpu,
         )?;
+        report_requests(&requests, &request_counts(&client).await?, names.len());
     }
     watch.abort();
     if let Some(keep) = &args.keep_log {

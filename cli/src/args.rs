@@ -252,6 +252,12 @@ pub(crate) struct NodeArgs {
     /// Serve Ingresses (class `wasmkube`) on this address (`up`: 127.0.0.1:8080).
     #[arg(long)]
     pub(crate) ingress_listen: Option<SocketAddr>,
+    /// Pods' events written per second at most (the kubelet's --event-qps; 0: no limit).
+    #[arg(long, default_value_t = 50.0)]
+    pub(crate) event_qps: f64,
+    /// Pods' events written at once before --event-qps applies (the kubelet's --event-burst).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) event_burst: u32,
 }
 
 /// A join token from a file (a server's `join-token` or `node-token`).
@@ -283,6 +289,10 @@ impl NodeArgs {
         c.tunnel_port = self.tunnel_port;
         c.remote_peers = self.remote_peers;
         c.ingress_listen = self.ingress_listen;
+        c.event_limits = wasmkube_client::events::EventLimits {
+            qps: self.event_qps,
+            burst: self.event_burst,
+        };
         for pair in &self.node_labels {
             let (k, v) = pair
                 .split_once('=')

@@ -3,6 +3,12 @@
 //! [`SERIES_WINDOW`] of the last one bumps that event's `series` (count, last observed)
 //! instead of creating another, as client-go's event broadcaster does.
 //!
+//! Events are written in the background, at most [`EventLimits`] per second with a burst
+//! (kube-scheduler's and the kubelet's defaults: 50/s, burst 100); past that they wait in a
+//! queue of [`QUEUE`] and beyond it are dropped, counted in the log, as client-go's broadcaster
+//! drops when its queue of 1,000 is full. Recording never waits for the API server: at 1,000
+//! pods/s a `Scheduled` event per pod was every fourth API request (`podstart`).
+//!
 //! Why not kube-runtime's `Recorder` itself: it keeps every event it wrote for six minutes
 //! (the whole event, cloned) and scans all of them on every publish to drop the expired ones.
 //! The scheduler records a `Scheduled` event per pod, so at 1,000 pods/s that cache held up
@@ -11,7 +17,7 @@
 //! count each) and the expired are dropped at most every [`GC_EVERY`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -30,6 +36,112 @@ pub const MAX_REMEMBERED: usize = 16_384;
 
 /// How often the expired are dropped at most.
 const GC_EVERY: Duration = Duration::from_secs(10);
+
+/// Events waiting for the rate limit at most; more are dropped (client-go's broadcaster
+/// queues 1,000).
+pub const QUEUE: usize = 1024;
+
+/// How many events a component writes per second at most, after a burst: the kubelet's
+/// `eventRecordQPS`/`eventBurst` (`--event-qps`, `--event-burst`), and what kube-scheduler's
+/// client allows (`qps` 50, `burst` 100).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EventLimits {
+    /// Events per second; 0 or less: no limit.
+    pub qps: f64,
+    /// Events written at once before the rate applies.
+    pub burst: u32,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        EventLimits {
+            qps: 50.0,
+            burst: 100,
+        }
+    }
+}
+
+/// A token bucket (client-go's `flowcontrol.NewTokenBucketRateLimiter`): `burst` tokens,
+/// refilled at `qps` a second.
+#[derive(Debug)]
+pub struct TokenBucket {
+    limits: EventLimits,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    #[must_use]
+    pub fn new(limits: EventLimits) -> Self {
+        TokenBucket {
+            limits,
+            tokens: f64::from(limits.burst.max(1)),
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    fn unlimited(&self) -> bool {
+        self.limits.qps <= 0.0
+    }
+
+    /// How long from `now` until a token is there (zero when one is).
+    #[must_use]
+    pub fn wait(&self, now: tokio::time::Instant) -> Duration {
+        if self.unlimited() {
+            return Duration::ZERO;
+        }
+        let tokens = self.tokens_at(now);
+        if tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - tokens) / self.limits.qps)
+        }
+    }
+
+    /// Takes a token at `now`; false (and nothing taken) when none is there.
+    pub fn take(&mut self, now: tokio::time::Instant) -> bool {
+        if self.unlimited() {
+            return true;
+        }
+        let tokens = self.tokens_at(now);
+        if tokens < 1.0 {
+            return false;
+        }
+        self.tokens = tokens - 1.0;
+        self.at = now.max(self.at);
+        true
+    }
+
+    /// Waits until a token is there (without taking it).
+    pub async fn ready(&self) {
+        let wait = self.wait(tokio::time::Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Waits for a token and takes it.
+    pub async fn acquire(&mut self) {
+        while !self.take(tokio::time::Instant::now()) {
+            self.ready().await;
+        }
+    }
+
+    fn tokens_at(&self, now: tokio::time::Instant) -> f64 {
+        let refilled = now.saturating_duration_since(self.at).as_secs_f64() * self.limits.qps;
+        (self.tokens + refilled).min(f64::from(self.limits.burst.max(1)))
+    }
+}
+
+/// Counts events dropped for a full queue and logs at exponentially spaced counts, not once
+/// per event.
+pub fn count_dropped(counter: &AtomicU64, reason: &str) {
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    if n.is_power_of_two() {
+        tracing::warn!(reason, dropped = n, "event queue full; dropping events");
+    }
+}
 
 /// What makes two events the same (the reporter is the recorder's own).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -106,35 +218,89 @@ impl Remembered {
     }
 }
 
-/// Publishes events for one reporter (a controller, the scheduler); cheap to clone.
+/// Records events for one reporter (a controller, the scheduler) through a writer task of its
+/// own, rate-limited by [`EventLimits`]; cheap to clone. The writer ends when every clone is
+/// dropped.
 #[derive(Clone)]
 pub struct Recorder {
-    client: Client,
-    reporter: Reporter,
-    remembered: Arc<Mutex<Remembered>>,
+    tx: tokio::sync::mpsc::Sender<Queued>,
 }
 
+/// An event as recorded, waiting for the writer: its time is when it was recorded.
+struct Queued {
+    ev: Event,
+    regarding: ObjectReference,
+    at: jiff::Timestamp,
+    when: Instant,
+}
+
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
 impl Recorder {
-    /// A recorder whose events name `reporter` as `reportingController`/`reportingInstance`.
+    /// A recorder whose events name `reporter` as `reportingController`/`reportingInstance`,
+    /// at the default [`EventLimits`]. Call within a tokio runtime.
     #[must_use]
     pub fn new(client: Client, reporter: Reporter) -> Self {
-        Recorder {
-            client,
-            reporter,
-            remembered: Arc::default(),
-        }
+        Self::with_limits(client, reporter, EventLimits::default())
     }
 
-    /// Records `ev` about `regarding`, in its namespace (`default` for cluster-scoped
-    /// objects): a new event, or the last one's series bumped when it repeats.
-    ///
-    /// # Errors
-    /// The API server's refusal.
-    pub async fn publish(
-        &self,
-        ev: &Event,
-        regarding: &ObjectReference,
-    ) -> Result<(), kube::Error> {
+    /// [`Recorder::new`] at `limits`.
+    #[must_use]
+    pub fn with_limits(client: Client, reporter: Reporter, limits: EventLimits) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Queued>(QUEUE);
+        let writer = Writer {
+            client,
+            reporter,
+            remembered: Remembered::default(),
+        };
+        tokio::spawn(async move {
+            let mut writer = writer;
+            let mut bucket = TokenBucket::new(limits);
+            loop {
+                bucket.ready().await;
+                let Some(queued) = rx.recv().await else {
+                    return;
+                };
+                bucket.acquire().await;
+                if let Err(e) = writer.publish(&queued).await {
+                    tracing::debug!(error = %e, reason = %queued.ev.reason, "could not record an event");
+                }
+            }
+        });
+        Recorder { tx }
+    }
+
+    /// Queues `ev` about `regarding` (in its namespace; `default` for cluster-scoped objects)
+    /// for the writer: a new event, or the last one's series bumped when it repeats. Never
+    /// waits; dropped, and counted in the log, when the queue is full.
+    pub fn record(&self, ev: Event, regarding: ObjectReference) {
+        let queued = Queued {
+            ev,
+            regarding,
+            at: jiff::Timestamp::now(),
+            when: Instant::now(),
+        };
+        if let Err(e) = self.tx.try_send(queued) {
+            let reason = match &e {
+                tokio::sync::mpsc::error::TrySendError::Full(q)
+                | tokio::sync::mpsc::error::TrySendError::Closed(q) => q.ev.reason.clone(),
+            };
+            count_dropped(&DROPPED, &reason);
+        }
+    }
+}
+
+/// The writer task's half: the client and what it wrote recently.
+struct Writer {
+    client: Client,
+    reporter: Reporter,
+    remembered: Remembered,
+}
+
+impl Writer {
+    /// Writes a recorded event: a new one, or the last one's series bumped.
+    async fn publish(&mut self, queued: &Queued) -> Result<(), kube::Error> {
+        let (ev, regarding) = (&queued.ev, &queued.regarding);
         let key = Key {
             warning: matches!(ev.type_, EventType::Warning),
             reason: ev.reason.clone(),
@@ -142,9 +308,9 @@ impl Recorder {
             regarding: regarding.into(),
             related: ev.secondary.as_ref().map(Reference::from),
         };
-        let now = Instant::now();
-        let at = MicroTime(jiff::Timestamp::now());
-        let folded = self.lock().fold(&key, now);
+        let now = queued.when;
+        let at = MicroTime(queued.at);
+        let folded = self.remembered.fold(&key, now);
         if let Some((namespace, name, count)) = folded {
             let series = EventSeries {
                 count,
@@ -199,14 +365,8 @@ impl Recorder {
         };
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
         api.create(&PostParams::default(), &event).await?;
-        self.lock().remember(key, namespace, name, now);
+        self.remembered.remember(key, namespace, name, now);
         Ok(())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Remembered> {
-        self.remembered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -226,6 +386,44 @@ mod tests {
             }),
             related: None,
         }
+    }
+
+    #[test]
+    fn a_token_bucket_should_allow_its_burst_then_its_rate() {
+        let mut b = TokenBucket::new(EventLimits {
+            qps: 10.0,
+            burst: 3,
+        });
+        let t0 = b.at;
+        for _ in 0..3 {
+            assert!(b.take(t0));
+        }
+        assert!(!b.take(t0), "the burst is spent");
+        let wait = b.wait(t0);
+        assert!(
+            wait > Duration::from_millis(99) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        assert!(!b.take(t0 + Duration::from_millis(50)));
+        assert!(b.take(t0 + Duration::from_millis(100)));
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+        // Idle for long, it holds its burst and no more.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(b.wait(later), Duration::ZERO);
+        for _ in 0..3 {
+            assert!(b.take(later));
+        }
+        assert!(!b.take(later));
+    }
+
+    #[test]
+    fn a_token_bucket_without_a_rate_should_never_wait() {
+        let mut b = TokenBucket::new(EventLimits { qps: 0.0, burst: 1 });
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..1000 {
+            assert!(b.take(t0));
+        }
+        assert_eq!(b.wait(t0), Duration::ZERO);
     }
 
     #[test]

@@ -239,8 +239,7 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
                 &mut conditions,
                 condition("AbleToScale", false, "FailedGetScale", message.clone()),
             );
-            ctx.event(&hpa, EventType::Warning, "FailedGetScale", &message)
-                .await;
+            ctx.event(&hpa, EventType::Warning, "FailedGetScale", &message);
             status.conditions = Some(conditions);
             write_status(&hpas, &hpa, status).await?;
             return Ok(Action::requeue(ctx.sync_period));
@@ -343,8 +342,7 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
                 }
             }
             for f in &failures {
-                ctx.event(&hpa, EventType::Warning, f.reason, &f.message)
-                    .await;
+                ctx.event(&hpa, EventType::Warning, f.reason, &f.message);
             }
             match best {
                 None => {
@@ -457,8 +455,7 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
                 }
                 status.last_scale_time = Some(Time(now));
                 let message = format!("New size: {desired}; reason: {rescale_reason}");
-                ctx.event(&hpa, EventType::Normal, "SuccessfulRescale", &message)
-                    .await;
+                ctx.event(&hpa, EventType::Normal, "SuccessfulRescale", &message);
                 tracing::info!(hpa = %key, target = %reference, from = current, to = desired, "rescaled");
                 set_condition(
                     &mut conditions,
@@ -474,8 +471,7 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
             }
             Err(e) => {
                 let message = format!("failed to rescale {reference}: {e}");
-                ctx.event(&hpa, EventType::Warning, "FailedRescale", &message)
-                    .await;
+                ctx.event(&hpa, EventType::Warning, "FailedRescale", &message);
                 set_condition(
                     &mut conditions,
                     condition(
@@ -512,7 +508,7 @@ pub async fn reconcile(hpa: Arc<Hpa>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
 }
 
 impl Ctx {
-    async fn event(&self, hpa: &Hpa, type_: EventType, reason: &str, note: &str) {
+    fn event(&self, hpa: &Hpa, type_: EventType, reason: &str, note: &str) {
         let event = Event {
             type_,
             reason: reason.into(),
@@ -520,9 +516,7 @@ impl Ctx {
             action: "Scaling".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &hpa.object_ref(&())).await {
-            tracing::debug!(error = %e, "cannot record an event");
-        }
+        self.recorder.record(event, hpa.object_ref(&()));
     }
 
     fn pods_of(&self, ns: &str, selector: &str) -> Vec<Arc<Pod>> {

@@ -314,8 +314,6 @@ impl Scheduler {
     }
 
     fn event(&self, pod: &PodInfo, type_: EventType, reason: &str, action: &str, note: String) {
-        let recorder = self.recorder.clone();
-        let reference = pod.pod.object_ref(&());
         let event = KEvent {
             type_,
             reason: reason.into(),
@@ -323,11 +321,7 @@ impl Scheduler {
             action: action.into(),
             secondary: None,
         };
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&event, &reference).await {
-                tracing::debug!(error = %e, "could not record an event");
-            }
-        });
+        self.recorder.record(event, pod.pod.object_ref(&()));
     }
 }
 

@@ -97,6 +97,9 @@ pub struct Config {
     pub lease_duration: std::time::Duration,
     /// The window CPU usage rates are averaged over (cAdvisor's housekeeping interval).
     pub metrics_window: std::time::Duration,
+    /// Pods' events written per second at most, after a burst (kubelet's `eventRecordQPS`
+    /// 50, `eventBurst` 100; qps 0: no limit).
+    pub event_limits: wasmkube_client::events::EventLimits,
 }
 
 impl Config {
@@ -122,6 +125,7 @@ impl Config {
             node_labels: Default::default(),
             lease_duration: node::LEASE_DURATION,
             metrics_window: METRICS_WINDOW,
+            event_limits: wasmkube_client::events::EventLimits::default(),
         }
     }
 }
@@ -359,8 +363,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         image_list,
         shutdown.clone(),
     ));
-    let (recorder, recorder_task) =
-        pod::events::Recorder::start(client.clone(), &config.node_name, shutdown.clone());
+    let (recorder, recorder_task) = pod::events::Recorder::start(
+        client.clone(),
+        &config.node_name,
+        config.event_limits,
+        shutdown.clone(),
+    );
     {
         // A request held for a Service at zero pods asks for a replica: an Event the
         // autoscaler acts on at once.

@@ -15,11 +15,16 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use wasmkube_client::events::{EventLimits, TokenBucket, count_dropped};
 
 use crate::pod::worker::EventType;
 
 /// Events queued beyond this are dropped (and counted in the log), never blocking a worker.
-const QUEUE: usize = 1024;
+const QUEUE: usize = wasmkube_client::events::QUEUE;
+
+/// Scale-from-zero events waiting at most: they are signals the autoscaler acts on, so they
+/// pass the pods' events and the rate limit.
+const URGENT_QUEUE: usize = 256;
 
 /// How long an identical event is folded into the last one.
 const DEDUP_WINDOW: Duration = Duration::from_secs(600);
@@ -81,23 +86,42 @@ impl Recent {
 #[derive(Clone)]
 pub(crate) struct Recorder {
     tx: mpsc::Sender<Event>,
+    urgent: mpsc::Sender<Event>,
     node: String,
 }
 
+static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Recorder {
-    /// Starts the writer task; it ends when `shutdown` fires.
+    /// Starts the writer task, which writes pods' events at most `limits` a second (the
+    /// kubelet's `--event-qps`/`--event-burst`) and Services' scale-from-zero events first and
+    /// at once; it ends when `shutdown` fires.
     pub(crate) fn start(
         client: Client,
         node: &str,
+        limits: EventLimits,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
+        let (urgent, mut urgent_rx) = mpsc::channel::<Event>(URGENT_QUEUE);
         let task = tokio::spawn(async move {
             let mut recent = Recent::default();
+            let mut bucket = TokenBucket::new(limits);
             loop {
                 let event = tokio::select! {
+                    biased;
                     () = shutdown.cancelled() => break,
-                    e = rx.recv() => match e { Some(e) => e, None => break },
+                    Some(e) = urgent_rx.recv() => e,
+                    e = async {
+                        bucket.ready().await;
+                        rx.recv().await
+                    } => match e {
+                        Some(e) => {
+                            bucket.acquire().await;
+                            e
+                        }
+                        None => break,
+                    },
                 };
                 let ns = event
                     .metadata
@@ -129,6 +153,7 @@ impl Recorder {
         (
             Self {
                 tx,
+                urgent,
                 node: node.to_owned(),
             },
             task,
@@ -189,17 +214,34 @@ impl Recorder {
             namespace: Some(namespace.to_owned()),
             ..Default::default()
         };
-        self.record(involved, kind, reason, message);
+        let event = self.event(involved, kind, reason, message);
+        if self.urgent.try_send(event).is_err() {
+            count_dropped(&DROPPED, reason);
+        }
     }
 
     fn record(&self, involved: ObjectReference, kind: EventType, reason: &str, message: String) {
+        let event = self.event(involved, kind, reason, message);
+        if self.tx.try_send(event).is_err() {
+            // Like the kubelet's recorder under load, shed events rather than block.
+            count_dropped(&DROPPED, reason);
+        }
+    }
+
+    fn event(
+        &self,
+        involved: ObjectReference,
+        kind: EventType,
+        reason: &str,
+        message: String,
+    ) -> Event {
         let now = jiff::Timestamp::now();
         let name = involved.name.clone().unwrap_or_default();
         let namespace = involved
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        let event = Event {
+        Event {
             metadata: ObjectMeta {
                 name: Some(format!("{name}.{:x}", now.as_nanosecond())),
                 namespace: Some(namespace),
@@ -224,15 +266,6 @@ impl Recorder {
             reporting_instance: Some(self.node.clone()),
             action: Some(reason.to_owned()),
             ..Default::default()
-        };
-        if self.tx.try_send(event).is_err() {
-            // Like the kubelet's recorder under load, shed events rather than block; say so
-            // at exponentially spaced counts, not once per event.
-            static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(reason, dropped = n, "event queue full; dropping events");
-            }
         }
     }
 }
@@ -287,5 +320,71 @@ mod tests {
         );
         let later = t0 + DEDUP_WINDOW + Duration::from_secs(1);
         assert_eq!(recent.fold(&again, later), None, "outside the window");
+    }
+
+    /// A client whose "API server" answers every request with its own body and sends the
+    /// reason of each event it is given to `seen`.
+    fn fake_api(seen: mpsc::UnboundedSender<String>) -> Client {
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let seen = seen.clone();
+            async move {
+                use http_body_util::BodyExt as _;
+                let body = req.into_body().collect().await?.to_bytes();
+                let ev: Event = serde_json::from_slice(&body).expect("an Event");
+                let _ = seen.send(ev.reason.unwrap_or_default());
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http::Response::new(
+                    http_body_util::Full::new(body),
+                ))
+            }
+        });
+        Client::new(svc, "default")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pods_events_should_keep_to_the_rate_and_a_wake_should_pass_them() {
+        let (tx, mut seen) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let limits = EventLimits { qps: 1.0, burst: 2 };
+        let (recorder, task) = Recorder::start(fake_api(tx), "n1", limits, shutdown.clone());
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u1"}
+        }))
+        .expect("a pod");
+        for i in 0..5 {
+            recorder.pod(&pod, None, EventType::Normal, "Started", format!("#{i}"));
+        }
+        recorder.service(
+            "default",
+            "fn",
+            EventType::Normal,
+            "ScaleFromZero",
+            "wake".into(),
+        );
+        // The burst and the wake go at once (virtual time: nothing else is running).
+        let mut first = Vec::new();
+        for _ in 0..3 {
+            first.push(seen.recv().await.expect("written"));
+        }
+        first.sort();
+        assert_eq!(first, ["ScaleFromZero", "Started", "Started"]);
+        let at = tokio::time::Instant::now();
+        assert_eq!(seen.recv().await.as_deref(), Some("Started"));
+        let waited = at.elapsed();
+        assert!(
+            waited >= Duration::from_millis(900) && waited <= Duration::from_millis(1100),
+            "the third pod event waits for the rate, one a second: {waited:?}"
+        );
+        // A wake recorded now passes the two pods' events still waiting.
+        recorder.service(
+            "default",
+            "fn",
+            EventType::Normal,
+            "ScaleFromZero",
+            "again".into(),
+        );
+        assert_eq!(seen.recv().await.as_deref(), Some("ScaleFromZero"));
+        assert!(at.elapsed() < Duration::from_millis(1100));
+        shutdown.cancel();
+        task.await.expect("the writer ends");
     }
 }
