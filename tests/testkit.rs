@@ -16,7 +16,7 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WASMKUBE_LOG")
-                .unwrap_or_else(|_| "info,openraft=warn,kube=warn,hyper=warn".into()),
+                .unwrap_or_else(|_| "info,openraft=warn,raft_log=warn,kube=warn,hyper=warn".into()),
         )
         .with_test_writer()
         .try_init();
@@ -676,7 +676,7 @@ pub struct Process {
 }
 
 /// The log filter of servers the tests start.
-const LOG_FILTER: &str = "info,openraft=warn";
+const LOG_FILTER: &str = "info,openraft=warn,raft_log=warn";
 
 impl Process {
     /// `n` servers of one cluster, each `wasmkube up` with `extra` in `dir/s{i}` on free ports:
@@ -1108,7 +1108,7 @@ impl KillOnDrop {
         Ok(KillOnDrop(
             command
                 .args(args)
-                .env("WASMKUBE_LOG", "info,openraft=warn")
+                .env("WASMKUBE_LOG", "info,openraft=warn,raft_log=warn")
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(log)?)
                 .spawn()?,

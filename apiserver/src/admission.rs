@@ -115,6 +115,7 @@ impl Chain {
     /// the allocation of Service addresses and node pod ranges.
     pub(crate) fn standard(
         store: &Store,
+        namespaces: Arc<crate::cache::Cacher>,
         network: alloc::Network,
         shutdown: &CancellationToken,
     ) -> Chain {
@@ -122,7 +123,10 @@ impl Chain {
         Arc::clone(&classes).run(store.clone(), shutdown.clone());
         Chain::default()
             .mutating(priority::Priority::new(store.clone(), classes))
-            .validating(lifecycle::NamespaceLifecycle::new(store.clone()))
+            .validating(lifecycle::NamespaceLifecycle::new(
+                store.clone(),
+                namespaces,
+            ))
             .reserving(alloc::AddressPools::new(store.clone(), network))
     }
 

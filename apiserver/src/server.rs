@@ -673,6 +673,48 @@ mod tests {
             "NamespaceLifecycle: {st}"
         );
 
+        // A namespace just made is found (the store behind the cache); once it terminates,
+        // nothing new goes in it (from the cache, within its lag).
+        let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ending"}});
+        let (code, st) = as_admin(&app, "POST", "/api/v1/namespaces", ns).await;
+        assert_eq!(code, 201, "{st}");
+        let cm = |name: String| serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
+        let (code, st) = as_admin(
+            &app,
+            "POST",
+            "/api/v1/namespaces/ending/configmaps",
+            cm("first".into()),
+        )
+        .await;
+        assert_eq!(code, 201, "{st}");
+        let (code, st) = as_admin(&app, "DELETE", "/api/v1/namespaces/ending", Value::Null).await;
+        assert_eq!(code, 200, "{st}");
+        assert_eq!(st["status"]["phase"], "Terminating", "{st}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut attempt = 0;
+        let refused = loop {
+            attempt += 1;
+            let name = format!("late-{attempt}");
+            let (code, st) = as_admin(
+                &app,
+                "POST",
+                "/api/v1/namespaces/ending/configmaps",
+                cm(name),
+            )
+            .await;
+            if code != 201 || std::time::Instant::now() > deadline {
+                break (code, st);
+            }
+            tokio::task::yield_now().await;
+        };
+        assert_eq!(refused.0, 403, "{}", refused.1);
+        assert_eq!(
+            refused.1["message"],
+            format!(
+                "configmaps \"late-{attempt}\" is forbidden: unable to create new content in namespace ending because it is being terminated"
+            )
+        );
+
         let (code, st) = as_admin(&app, "DELETE", "/api/v1/namespaces/default", Value::Null).await;
         assert_eq!(code, 403, "{st}");
         assert_eq!(

@@ -55,7 +55,7 @@ struct Args {
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
     /// The server's log filter beyond the trace (`WASMKUBE_LOG` syntax).
-    #[arg(long, default_value = "info,openraft=warn")]
+    #[arg(long, default_value = "info,openraft=warn,raft_log=warn")]
     server_log: String,
     /// Copy the server's log here at the end.
     #[arg(long)]

@@ -130,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WASMKUBE_LOG")
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
+                .unwrap_or_else(|_| "info,openraft=warn,raft_log=warn".into()),
         )
         .with_writer(std::io::stderr)
         // Colour only for a terminal: `up 2> file` and journald get plain text.

@@ -1,5 +1,9 @@
 //! The NamespaceLifecycle admission plugin: nothing new is created in a namespace that does not
 //! exist or is being terminated, and the namespaces every cluster needs cannot be deleted.
+//! Namespaces are read from their watch cache (kube-apiserver's plugin reads an informer's
+//! lister), and from the store when the cache does not have one yet (just created).
+
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
 use serde_json::Value;
@@ -7,6 +11,7 @@ use wasmkube_api::ResourceInfo;
 use wasmkube_store::Store;
 
 use super::{Operation, Request, Validating};
+use crate::cache::Cacher;
 use crate::error::ApiError;
 
 /// Namespaces that may not be deleted (kube-apiserver's immortal namespaces).
@@ -14,16 +19,33 @@ const IMMORTAL: &[&str] = &["default", "kube-system", "kube-public"];
 
 pub(crate) struct NamespaceLifecycle {
     store: Store,
+    cache: Arc<Cacher>,
     namespaces: ResourceInfo,
 }
 
 impl NamespaceLifecycle {
-    pub(crate) fn new(store: Store) -> Self {
+    /// The plugin over the Namespaces' watch cache, and the store behind it.
+    pub(crate) fn new(store: Store, cache: Arc<Cacher>) -> Self {
         NamespaceLifecycle {
             store,
+            cache,
             namespaces: ResourceInfo::of::<Namespace>(),
         }
     }
+}
+
+/// Whether a stored Namespace is being terminated (most are not: the phase is looked for
+/// before the object is parsed).
+fn terminating(json: &[u8]) -> bool {
+    json.windows(13).any(|w| w == b"\"Terminating\"")
+        && serde_json::from_slice::<Value>(json)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/status/phase")
+                    .and_then(Value::as_str)
+                    .map(|p| p == "Terminating")
+            })
+            .unwrap_or(false)
 }
 
 #[async_trait::async_trait]
@@ -48,21 +70,22 @@ impl Validating for NamespaceLifecycle {
             return Ok(());
         }
         let ns = req.namespace.unwrap_or_default();
-        let Some(kv) = self.store.get(&self.namespaces.key(None, ns)).await? else {
-            return Err(ApiError::not_found(&self.namespaces, ns));
+        let key = self.namespaces.key(None, ns);
+        let is_terminating = match self.cache.get(&key) {
+            Some(cached) => terminating(&cached.json()),
+            None => match self.store.get(&key).await? {
+                Some(kv) => terminating(&kv.value),
+                None => return Err(ApiError::not_found(&self.namespaces, ns)),
+            },
         };
-        // Most namespaces are active: look for the phase before parsing.
-        if kv.value.windows(13).any(|w| w == b"\"Terminating\"") {
-            let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-            if v.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
-                return Err(ApiError::forbidden(
-                    req.info,
-                    req.name,
-                    &format!(
-                        "unable to create new content in namespace {ns} because it is being terminated"
-                    ),
-                ));
-            }
+        if is_terminating {
+            return Err(ApiError::forbidden(
+                req.info,
+                req.name,
+                &format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                ),
+            ));
         }
         Ok(())
     }

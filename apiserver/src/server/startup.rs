@@ -130,32 +130,38 @@ pub(super) async fn open(
             .by_kind("", "LimitRange")
             .expect("LimitRanges are registered"),
     );
-    let admission = crate::admission::Chain::standard(&store, config.network.clone(), shutdown)
-        .mutating(crate::admission::limits::LimitRanger::new(Arc::clone(
-            &limit_ranges,
-        )))
-        .mutating(
-            crate::admission::serviceaccount::ServiceAccountAdmission::new(
+    let namespaces = caches.of_kind(
+        &*registry
+            .by_kind("", "Namespace")
+            .expect("Namespaces are registered"),
+    );
+    let admission =
+        crate::admission::Chain::standard(&store, namespaces, config.network.clone(), shutdown)
+            .mutating(crate::admission::limits::LimitRanger::new(Arc::clone(
+                &limit_ranges,
+            )))
+            .mutating(
+                crate::admission::serviceaccount::ServiceAccountAdmission::new(
+                    caches.of_kind(
+                        &*registry
+                            .by_kind("", "ServiceAccount")
+                            .expect("ServiceAccounts are registered"),
+                    ),
+                    store.clone(),
+                ),
+            )
+            .validating(crate::rbac::escalation::Escalation(Arc::clone(&rbac)))
+            .validating(crate::nodeauth::NodeRestriction)
+            .validating(crate::admission::limits::LimitRanger::new(limit_ranges))
+            .validating(crate::admission::quota::QuotaAdmission::new(
+                store.clone(),
                 caches.of_kind(
                     &*registry
-                        .by_kind("", "ServiceAccount")
-                        .expect("ServiceAccounts are registered"),
+                        .by_kind("", "ResourceQuota")
+                        .expect("ResourceQuotas are registered"),
                 ),
-                store.clone(),
-            ),
-        )
-        .validating(crate::rbac::escalation::Escalation(Arc::clone(&rbac)))
-        .validating(crate::nodeauth::NodeRestriction)
-        .validating(crate::admission::limits::LimitRanger::new(limit_ranges))
-        .validating(crate::admission::quota::QuotaAdmission::new(
-            store.clone(),
-            caches.of_kind(
-                &*registry
-                    .by_kind("", "ResourceQuota")
-                    .expect("ResourceQuotas are registered"),
-            ),
-            Arc::clone(&encryption),
-        ));
+                Arc::clone(&encryption),
+            ));
     let api = Arc::new(Apiserver {
         admission,
         caches,
