@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 /// The label tying a ReplicaSet (and its pods) to one template.
@@ -32,6 +32,8 @@ pub struct Ctx {
     pub client: Client,
     /// Every ReplicaSet, from a reflector.
     pub sets: Store<ReplicaSet>,
+    /// Its events (`ScalingReplicaSet`).
+    pub recorder: wasmkube_client::events::Recorder,
 }
 
 /// Reconcile errors (retried with back-off).
@@ -417,12 +419,30 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Erro
                     .await
             }
         };
+        // `ScalingReplicaSet`, as kube-controller-manager words it.
+        let scaled = |name: &str, from: i32, to: i32| {
+            let way = if to > from { "up" } else { "down" };
+            ctx.recorder.record(
+                kube::runtime::events::Event {
+                    type_: kube::runtime::events::EventType::Normal,
+                    reason: "ScalingReplicaSet".into(),
+                    note: Some(format!(
+                        "Scaled {way} replica set {name} from {from} to {to}"
+                    )),
+                    action: "Scaling".into(),
+                    secondary: None,
+                },
+                d.object_ref(&()),
+            );
+        };
         if new_target != new_state.replicas {
             scale(new_state.name.clone(), new_target).await?;
+            scaled(&new_state.name, new_state.replicas, new_target);
         }
         for (o, target) in old_states.iter().zip(old_targets) {
             if target != o.replicas {
                 scale(o.name.clone(), target).await?;
+                scaled(&o.name, o.replicas, target);
             }
         }
     }

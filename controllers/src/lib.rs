@@ -188,7 +188,11 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
                 client.clone(),
                 &i.replicasets,
                 "deployment",
-                |client, sets| deployment::Ctx { client, sets },
+                |client: Client, sets| deployment::Ctx {
+                    recorder: recorder(&client, "deployment-controller"),
+                    client,
+                    sets,
+                },
                 deployment::reconcile,
                 shutdown.clone(),
             ))
@@ -486,10 +490,24 @@ pub(crate) fn pod_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// An event recorder reporting as `controller` (kube-controller-manager's names:
+/// `replicaset-controller`, `deployment-controller`, ...).
+pub(crate) fn recorder(client: &Client, controller: &str) -> wasmkube_client::events::Recorder {
+    wasmkube_client::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: controller.into(),
+            instance: None,
+        },
+    )
+}
+
 /// What a controller of pods (ReplicaSet, ReplicationController, Job) reconciles with.
 pub struct PodOwnerCtx {
     /// The API client.
     pub client: Client,
+    /// Its events (`SuccessfulCreate`, `SuccessfulDelete`, `FailedCreate`).
+    pub recorder: wasmkube_client::events::Recorder,
     /// Every pod, from a reflector.
     pub pods: Store<k8s_openapi::api::core::v1::Pod>,
     /// Pending pod creates/deletes per owner uid.
@@ -508,7 +526,12 @@ pub(crate) async fn run_pod_owner<K, E, Fut>(
     E: std::error::Error + Send + 'static,
     Fut: Future<Output = Result<Action, E>> + Send + 'static,
 {
-    let ctx = |client, pods| PodOwnerCtx {
+    let reporter = match name {
+        "replicationcontroller" => "replication-controller".to_owned(),
+        other => format!("{other}-controller"),
+    };
+    let ctx = move |client: Client, pods| PodOwnerCtx {
+        recorder: recorder(&client, &reporter),
         client,
         pods,
         expectations: expectations::Expectations::default(),

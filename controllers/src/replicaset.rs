@@ -137,6 +137,37 @@ pub fn status_for(rs: &ReplicaSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> R
     }
 }
 
+/// Records an event about the ReplicaSet (or ReplicationController) `owner` names.
+fn record(ctx: &Ctx, owner: &OwnerReference, ns: &str, warning: bool, reason: &str, note: String) {
+    use kube::runtime::events::{Event, EventType};
+    ctx.recorder.record(
+        Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: if reason.ends_with("Delete") {
+                "Delete"
+            } else {
+                "Create"
+            }
+            .into(),
+            secondary: None,
+        },
+        k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(owner.api_version.clone()),
+            kind: Some(owner.kind.clone()),
+            name: Some(owner.name.clone()),
+            namespace: Some(ns.to_owned()),
+            uid: Some(owner.uid.clone()),
+            ..Default::default()
+        },
+    );
+}
+
 /// Makes the pods match one ReplicaSet (or a ReplicationController seen as one), owning them
 /// with `owner`; returns what to do next and the status to report, when computed.
 ///
@@ -238,8 +269,26 @@ pub(crate) async fn sync(
                 }
             }
         }
+        for name in &created {
+            record(
+                ctx,
+                owner,
+                &ns,
+                false,
+                "SuccessfulCreate",
+                format!("Created pod: {name}"),
+            );
+        }
         ctx.expectations.expect_creations(&uid, created);
         if let Some(e) = first_err {
+            record(
+                ctx,
+                owner,
+                &ns,
+                true,
+                "FailedCreate",
+                format!("Error creating: {e}"),
+            );
             return Err(e.into());
         }
     } else if active.len() > want {
@@ -256,7 +305,14 @@ pub(crate) async fn sync(
                 ..Default::default()
             };
             match pods.delete(&v.name_any(), &params).await {
-                Ok(_) => {}
+                Ok(_) => record(
+                    ctx,
+                    owner,
+                    &ns,
+                    false,
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {}", v.name_any()),
+                ),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
                     tracing::warn!(pod = %v.name_any(), error = %e, "deleting a surplus pod failed");

@@ -174,6 +174,39 @@ async fn a_deployment_rolls_out_within_its_budget_and_rolls_back() -> Result<()>
         eprintln!("kubectl not installed; checked the rollout through the API only");
     }
 
+    // The events kube-controller-manager records (written in the background): the
+    // Deployment's `ScalingReplicaSet`, its ReplicaSet's `SuccessfulCreate`.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.clone(), "default");
+    let (scaled, created) = wait_for("the controllers' events", SLOW, || async {
+        let all = events.list(&ListParams::default()).await.ok()?.items;
+        let of = |kind: &str, reason: &str| -> Vec<String> {
+            all.iter()
+                .filter(|e| {
+                    e.involved_object.kind.as_deref() == Some(kind)
+                        && e.reason.as_deref() == Some(reason)
+                })
+                .filter_map(|e| e.message.clone())
+                .collect()
+        };
+        let (scaled, created) = (
+            of("Deployment", "ScalingReplicaSet"),
+            of("ReplicaSet", "SuccessfulCreate"),
+        );
+        // Repeats of one reason about one object fold into a series (client-go's events/v1).
+        (!scaled.is_empty() && !created.is_empty()).then_some((scaled, created))
+    })
+    .await?;
+    assert!(
+        scaled
+            .iter()
+            .any(|m| m.starts_with("Scaled up replica set web-") && m.ends_with(" from 0 to 3")),
+        "{scaled:?}"
+    );
+    assert!(
+        created.iter().all(|m| m.starts_with("Created pod: web-")),
+        "{created:?}"
+    );
+
     // Roll to v2, watching the ReplicaSets: never more than replicas+maxSurge pods asked for,
     // never fewer than replicas-maxUnavailable available, at any change the watch reports.
     let set_changes = watcher::watcher(sets.clone(), watcher::Config::default().labels("app=web"))
