@@ -38,7 +38,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Reporter};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource as _, ResourceExt};
@@ -95,13 +95,7 @@ pub(crate) async fn run(
     sync_period: Duration,
     shutdown: CancellationToken,
 ) {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "horizontal-pod-autoscaler".into(),
-            instance: None,
-        },
-    );
+    let recorder = crate::recorder(&client, "horizontal-pod-autoscaler");
     let ready = crate::ready(&pods);
     let ctx = Arc::new(Ctx {
         client: client.clone(),
