@@ -1011,6 +1011,43 @@ where
     }
 }
 
+/// Waits until events with `reason` about the `kind` object `name` in `ns` exist (read as
+/// core/v1 Events, as `kubectl describe` does); returns their messages.
+///
+/// # Errors
+/// When none comes within `timeout`.
+pub async fn wait_for_events(
+    client: &kube::Client,
+    ns: &str,
+    (kind, name): (&str, &str),
+    reason: &str,
+    timeout: Duration,
+) -> Result<Vec<String>> {
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(client.clone(), ns);
+    wait_for(
+        &format!("a {reason} event about {kind} {name}"),
+        timeout,
+        || async {
+            let found: Vec<String> = events
+                .list(&kube::api::ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.involved_object.kind.as_deref() == Some(kind)
+                        && e.involved_object.name.as_deref() == Some(name)
+                        && e.reason.as_deref() == Some(reason)
+                })
+                .filter_map(|e| e.message)
+                .collect();
+            (!found.is_empty()).then_some(found)
+        },
+    )
+    .await
+}
+
 /// Sends a raw request through a kube client (auth and TLS as configured) and returns the
 /// status code and the body parsed as JSON (or as a string when it is not JSON).
 ///

@@ -288,6 +288,27 @@ impl Recorder {
             count_dropped(&DROPPED, &reason);
         }
     }
+
+    /// Records a `Normal` event: `reason` (CamelCase, e.g. `SuccessfulCreate`), the `action`
+    /// taken (`Create`), and the note people read (`Created pod: web-0`).
+    pub fn normal(&self, regarding: ObjectReference, reason: &str, action: &str, note: String) {
+        self.record(event(EventType::Normal, reason, action, note), regarding);
+    }
+
+    /// Records a `Warning` event, as [`Recorder::normal`].
+    pub fn warning(&self, regarding: ObjectReference, reason: &str, action: &str, note: String) {
+        self.record(event(EventType::Warning, reason, action, note), regarding);
+    }
+}
+
+fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+    Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    }
 }
 
 /// The writer task's half: the client and what it wrote recently.

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::Store;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
 /// The annotation with the time a Job was scheduled for.
 pub const SCHEDULED: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -26,6 +26,8 @@ pub struct Ctx {
     pub client: Client,
     /// Every Job.
     pub jobs: Store<Job>,
+    /// Its events (`SuccessfulCreate`, `SawCompletedJob`, `SuccessfulDelete`, ...).
+    pub recorder: wasmkube_client::events::Recorder,
 }
 
 /// Reconcile errors (retried with back-off).
@@ -103,6 +105,45 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error>
         .iter()
         .filter(|j| job_finished(j).is_none() && j.metadata.deletion_timestamp.is_none())
         .collect();
+    let cj_ref = || cj.object_ref(&());
+    // Jobs the last status listed as active that have since finished.
+    let was_active = |j: &Job| {
+        cj.status
+            .as_ref()
+            .and_then(|s| s.active.as_ref())
+            .is_some_and(|a| a.iter().any(|r| r.uid == j.metadata.uid))
+    };
+    for j in owned.iter().filter(|j| was_active(j)) {
+        if let Some(ok) = job_finished(j) {
+            let status = if ok { "Complete" } else { "Failed" };
+            let note = format!("Saw completed job: {}, status: {status}", j.name_any());
+            ctx.recorder
+                .normal(cj_ref(), "SawCompletedJob", "Complete", note);
+        }
+    }
+    let delete_job = |j: &Arc<Job>| {
+        let api = jobs_api.clone();
+        let name = j.name_any();
+        let regarding = cj_ref();
+        let recorder = &ctx.recorder;
+        async move {
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => recorder.normal(
+                    regarding,
+                    "SuccessfulDelete",
+                    "Delete",
+                    format!("Deleted job {name}"),
+                ),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => recorder.warning(
+                    regarding,
+                    "FailedDelete",
+                    "Delete",
+                    format!("Deleted job: {e}"),
+                ),
+            }
+        }
+    };
 
     let (cron, tz) = match parse(&spec.schedule, spec.time_zone.as_deref()) {
         Ok(p) => p,
@@ -131,12 +172,24 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error>
             .is_some_and(|d| now.duration_since(at).as_secs() > d);
         let policy = spec.concurrency_policy.as_deref().unwrap_or("Allow");
         let blocked = policy == "Forbid" && !active.is_empty();
-        if !too_late && !blocked {
+        if too_late {
+            let note = format!(
+                "Missed scheduled time to start a job: {}",
+                at.strftime("%a, %d %b %Y %H:%M:%S +0000")
+            );
+            ctx.recorder
+                .warning(cj_ref(), "MissSchedule", "Create", note);
+        } else if blocked {
+            ctx.recorder.normal(
+                cj_ref(),
+                "JobAlreadyActive",
+                "Create",
+                "Not starting job because prior execution is running and concurrency policy is Forbid".into(),
+            );
+        } else {
             if policy == "Replace" {
                 for j in &active {
-                    let _ = jobs_api
-                        .delete(&j.name_any(), &DeleteParams::background())
-                        .await;
+                    delete_job(j).await;
                 }
             }
             let template = spec.job_template.clone();
@@ -160,9 +213,18 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error>
                 status: None,
             };
             match jobs_api.create(&PostParams::default(), &job).await {
-                Ok(_) => {}
+                Ok(j) => {
+                    let note = format!("Created job {}", j.name_any());
+                    ctx.recorder
+                        .normal(cj_ref(), "SuccessfulCreate", "Create", note);
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    let note = format!("Error creating job: {e}");
+                    ctx.recorder
+                        .warning(cj_ref(), "FailedCreate", "Create", note);
+                    return Err(e.into());
+                }
             }
         }
         // A skipped or late time still counts as handled.
@@ -179,9 +241,7 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error>
             .collect();
         if done.len() > keep {
             for j in &done[..done.len() - keep] {
-                let _ = jobs_api
-                    .delete(&j.name_any(), &DeleteParams::background())
-                    .await;
+                delete_job(j).await;
             }
         }
     }

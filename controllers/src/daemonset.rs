@@ -14,7 +14,7 @@ use crate::workqueue::{Action, Controller};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -36,6 +36,8 @@ pub struct Ctx {
     pub nodes: Store<Node>,
     /// Pending creates/deletes per DaemonSet uid.
     pub expectations: Expectations,
+    /// Its events (`SuccessfulCreate`, `SuccessfulDelete`, `FailedCreate`).
+    pub recorder: wasmkube_client::events::Recorder,
 }
 
 /// Reconcile errors (retried with back-off).
@@ -265,20 +267,18 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
             }
         }
     }
-    let pp = PostParams::default();
+    let control = crate::podcontrol::PodControl {
+        pods: &pods,
+        recorder: &ctx.recorder,
+        owner: kube::Resource::object_ref(&*ds, &()),
+    };
     let new_pods: Vec<Pod> = to_create.iter().map(|n| pod_for(&ds, n, &rev)).collect();
-    let results = futures::future::join_all(new_pods.iter().map(|p| pods.create(&pp, p))).await;
-    ctx.expectations.expect_creations(
-        &uid,
-        results
-            .into_iter()
-            .filter_map(Result::ok)
-            .map(|p| p.name_any()),
-    );
+    let (created, _) = control.create_all(&new_pods).await;
+    ctx.expectations.expect_creations(&uid, created);
     ctx.expectations
         .expect_deletions(&uid, to_delete.iter().map(|p| p.name_any()));
     for p in &to_delete {
-        let _ = pods.delete(&p.name_any(), &DeleteParams::default()).await;
+        let _ = control.delete(p, &DeleteParams::default()).await;
     }
 
     let count = |f: &dyn Fn(&str, &[Arc<Pod>]) -> bool| -> i32 {
@@ -339,6 +339,7 @@ pub async fn run(
         pods,
         nodes,
         expectations: Expectations::default(),
+        recorder: crate::recorder(&client, "daemonset-controller"),
     });
     let controller = Controller::new(Api::<DaemonSet>::all(client), watcher::Config::default());
     // Any node change may change where daemons belong: look at every DaemonSet.

@@ -422,17 +422,11 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Erro
         // `ScalingReplicaSet`, as kube-controller-manager words it.
         let scaled = |name: &str, from: i32, to: i32| {
             let way = if to > from { "up" } else { "down" };
-            ctx.recorder.record(
-                kube::runtime::events::Event {
-                    type_: kube::runtime::events::EventType::Normal,
-                    reason: "ScalingReplicaSet".into(),
-                    note: Some(format!(
-                        "Scaled {way} replica set {name} from {from} to {to}"
-                    )),
-                    action: "Scaling".into(),
-                    secondary: None,
-                },
+            ctx.recorder.normal(
                 d.object_ref(&()),
+                "ScalingReplicaSet",
+                "Scaling",
+                format!("Scaled {way} replica set {name} from {from} to {to}"),
             );
         };
         if new_target != new_state.replicas {

@@ -13,8 +13,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, PostParams};
-use kube::{Api, ResourceExt};
+use kube::api::DeleteParams;
+use kube::{Api, Resource, ResourceExt};
 
 /// What the reconciler needs.
 pub type Ctx = crate::PodOwnerCtx;
@@ -247,6 +247,12 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     );
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let job_ref = || job.object_ref(&());
+    let control = crate::podcontrol::PodControl {
+        pods: &pods,
+        recorder: &ctx.recorder,
+        owner: job_ref(),
+    };
     let mut requeue = None;
     let mut conditions = job
         .status
@@ -293,24 +299,17 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 requeue = Some(wait);
             } else {
                 let template = pod_for(&job);
-                let pp = PostParams::default();
-                let results =
-                    futures::future::join_all((0..*n).map(|_| pods.create(&pp, &template))).await;
-                let mut created = Vec::new();
-                for r in results {
-                    match r {
-                        Ok(p) => created.push(p.name_any()),
-                        Err(e) => {
-                            tracing::warn!(job = %job.name_any(), error = %e, "could not create a pod")
-                        }
-                    }
+                let n = usize::try_from(*n).unwrap_or(0);
+                let (created, failed) = control.create_all(&vec![template; n]).await;
+                if let Some(e) = failed {
+                    tracing::warn!(job = %job.name_any(), error = %e, "could not create a pod");
                 }
                 ctx.expectations.expect_creations(&uid, created);
             }
         }
         Step::Delete(n) => {
             for p in active.iter().take(usize::try_from(*n).unwrap_or(0)) {
-                let _ = pods.delete(&p.name_any(), &DeleteParams::default()).await;
+                let _ = control.delete(p, &DeleteParams::default()).await;
             }
         }
         Step::Wait => {}
@@ -326,11 +325,15 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 "Reached expected number of succeeded pods",
             ));
             completion_time = Some(Time(now));
+            ctx.recorder
+                .normal(job_ref(), "Completed", "Complete", "Job completed".into());
         }
         Step::Fail { reason, message } => {
             for p in &active {
-                let _ = pods.delete(&p.name_any(), &DeleteParams::default()).await;
+                let _ = control.delete(p, &DeleteParams::default()).await;
             }
+            ctx.recorder
+                .warning(job_ref(), reason, "Fail", (*message).to_string());
             conditions.push(condition("FailureTarget", reason, message));
             conditions.push(condition("Failed", reason, message));
         }

@@ -56,6 +56,7 @@ pub mod job;
 mod metrics;
 pub mod namespace;
 pub mod nodelifecycle;
+mod podcontrol;
 pub mod replicaset;
 pub mod replicationcontroller;
 pub mod resourcequota;
@@ -203,7 +204,11 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
                 client.clone(),
                 &i.pods,
                 "statefulset",
-                |client, pods| statefulset::Ctx { client, pods },
+                |client: Client, pods| statefulset::Ctx {
+                    recorder: recorder(&client, "statefulset-controller"),
+                    client,
+                    pods,
+                },
                 statefulset::reconcile,
                 shutdown.clone(),
             ))
@@ -214,7 +219,11 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
                 client.clone(),
                 &i.jobs,
                 "cronjob",
-                |client, jobs| cronjob::Ctx { client, jobs },
+                |client: Client, jobs| cronjob::Ctx {
+                    recorder: recorder(&client, "cronjob-controller"),
+                    client,
+                    jobs,
+                },
                 cronjob::reconcile,
                 shutdown.clone(),
             ))
@@ -500,6 +509,21 @@ pub(crate) fn recorder(client: &Client, controller: &str) -> wasmkube_client::ev
             instance: None,
         },
     )
+}
+
+/// The object an owner reference in namespace `ns` names, for an event about it.
+pub(crate) fn owner_object_ref(
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    ns: &str,
+) -> k8s_openapi::api::core::v1::ObjectReference {
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(owner.api_version.clone()),
+        kind: Some(owner.kind.clone()),
+        name: Some(owner.name.clone()),
+        namespace: Some(ns.to_owned()),
+        uid: Some(owner.uid.clone()),
+        ..Default::default()
+    }
 }
 
 /// What a controller of pods (ReplicaSet, ReplicationController, Job) reconciles with.

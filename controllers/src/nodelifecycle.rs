@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, EvictParams, Patch, PatchParams};
 use kube::runtime::reflector::Store;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -108,6 +108,8 @@ struct Monitor {
     timers: Timers,
     /// Token bucket for NoExecute tainting.
     tokens: f64,
+    /// Events: `NodeNotReady` about nodes and their pods, `TaintManagerEviction`.
+    recorder: wasmkube_client::events::Recorder,
 }
 
 impl Monitor {
@@ -186,6 +188,12 @@ impl Monitor {
             )
             .await?;
             tracing::info!(node = %name, "node stopped reporting: conditions Unknown");
+            self.recorder.normal(
+                node.object_ref(&()),
+                "NodeNotReady",
+                "NodeNotReady",
+                format!("Node {name} status is now: NodeNotReady"),
+            );
         }
         if silent {
             self.mark_pods_not_ready(&name, now).await;
@@ -291,6 +299,15 @@ impl Monitor {
         );
         let name = pod.name_any();
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        self.recorder.normal(
+            pod.object_ref(&()),
+            "TaintManagerEviction",
+            "Delete",
+            format!(
+                "Marking for deletion Pod {}/{name}",
+                pod.namespace().unwrap_or_default()
+            ),
+        );
         match api.evict(&name, &EvictParams::default()).await {
             Ok(_) => tracing::info!(pod = %name, ?node, "evicted from a NoExecute-tainted node"),
             Err(kube::Error::Api(e)) if e.code == 429 && !crate::pod_ready(pod) => {
@@ -355,7 +372,13 @@ impl Monitor {
                 .await
             {
                 Ok(_) => {
-                    tracing::info!(pod = %pod.name_any(), node, "marked not Ready: its node is not Ready")
+                    tracing::info!(pod = %pod.name_any(), node, "marked not Ready: its node is not Ready");
+                    self.recorder.warning(
+                        pod.object_ref(&()),
+                        "NodeNotReady",
+                        "NodeNotReady",
+                        "Node is not ready".into(),
+                    );
                 }
                 Err(e) => {
                     tracing::debug!(pod = %pod.name_any(), error = %e, "could not mark the pod not Ready")
@@ -378,6 +401,7 @@ pub async fn run(
         reflect(Api::<Lease>::namespaced(client.clone(), "kube-node-lease"));
     let feeds = lease_events.for_each(|_| async {});
     let mut monitor = Monitor {
+        recorder: crate::recorder(&client, "node-controller"),
         client,
         nodes: nodes.clone(),
         leases: leases.clone(),

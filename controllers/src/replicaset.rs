@@ -11,7 +11,7 @@ use crate::workqueue::Action;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use wasmkube_api::selector::LabelSelector;
@@ -137,37 +137,6 @@ pub fn status_for(rs: &ReplicaSet, pods: &[Arc<Pod>], now: jiff::Timestamp) -> R
     }
 }
 
-/// Records an event about the ReplicaSet (or ReplicationController) `owner` names.
-fn record(ctx: &Ctx, owner: &OwnerReference, ns: &str, warning: bool, reason: &str, note: String) {
-    use kube::runtime::events::{Event, EventType};
-    ctx.recorder.record(
-        Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.into(),
-            note: Some(note),
-            action: if reason.ends_with("Delete") {
-                "Delete"
-            } else {
-                "Create"
-            }
-            .into(),
-            secondary: None,
-        },
-        k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some(owner.api_version.clone()),
-            kind: Some(owner.kind.clone()),
-            name: Some(owner.name.clone()),
-            namespace: Some(ns.to_owned()),
-            uid: Some(owner.uid.clone()),
-            ..Default::default()
-        },
-    );
-}
-
 /// Makes the pods match one ReplicaSet (or a ReplicationController seen as one), owning them
 /// with `owner`; returns what to do next and the status to report, when computed.
 ///
@@ -253,42 +222,17 @@ pub(crate) async fn sync(
     let mut active: Vec<Arc<Pod>> = owned.into_iter().filter(|p| is_active(p)).collect();
     let want = usize::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
 
+    let control = crate::podcontrol::PodControl {
+        pods: &pods,
+        recorder: &ctx.recorder,
+        owner: crate::owner_object_ref(owner, &ns),
+    };
     if active.len() < want {
         let n = (want - active.len()).min(BURST);
         let template = pod_from_template(rs, owner);
-        let pp = PostParams::default();
-        let creates = (0..n).map(|_| pods.create(&pp, &template));
-        let results = futures::future::join_all(creates).await;
-        let mut created = Vec::new();
-        let mut first_err = None;
-        for r in results {
-            match r {
-                Ok(p) => created.push(p.name_any()),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        for name in &created {
-            record(
-                ctx,
-                owner,
-                &ns,
-                false,
-                "SuccessfulCreate",
-                format!("Created pod: {name}"),
-            );
-        }
+        let (created, failed) = control.create_all(&vec![template; n]).await;
         ctx.expectations.expect_creations(&uid, created);
-        if let Some(e) = first_err {
-            record(
-                ctx,
-                owner,
-                &ns,
-                true,
-                "FailedCreate",
-                format!("Error creating: {e}"),
-            );
+        if let Some(e) = failed {
             return Err(e.into());
         }
     } else if active.len() > want {
@@ -304,22 +248,11 @@ pub(crate) async fn sync(
                 }),
                 ..Default::default()
             };
-            match pods.delete(&v.name_any(), &params).await {
-                Ok(_) => record(
-                    ctx,
-                    owner,
-                    &ns,
-                    false,
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {}", v.name_any()),
-                ),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => {
-                    tracing::warn!(pod = %v.name_any(), error = %e, "deleting a surplus pod failed");
-                    ctx.expectations.deletion_failed(&uid, &v.name_any());
-                    if !matches!(&e, kube::Error::Api(s) if s.code == 409) {
-                        return Err(e.into());
-                    }
+            if let Err(e) = control.delete(v, &params).await {
+                tracing::warn!(pod = %v.name_any(), error = %e, "deleting a surplus pod failed");
+                ctx.expectations.deletion_failed(&uid, &v.name_any());
+                if !matches!(&e, kube::Error::Api(s) if s.code == 409) {
+                    return Err(e.into());
                 }
             }
         }

@@ -27,6 +27,8 @@ pub struct Ctx {
     pub client: Client,
     /// Every pod.
     pub pods: Store<Pod>,
+    /// Its events (`SuccessfulCreate`, `SuccessfulDelete`, `FailedCreate`).
+    pub recorder: wasmkube_client::events::Recorder,
 }
 
 /// Reconcile errors (retried with back-off).
@@ -239,20 +241,51 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
             .unwrap_or(0)
     };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let set_ref = || kube::Resource::object_ref(&*set, &());
     for step in next_step(replicas, parallel, partition, &states) {
         match step {
-            Step::Create(i) => match pods
-                .create(&PostParams::default(), &pod_for(&set, i, &rev))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(e.into()),
-            },
+            Step::Create(i) => {
+                let pod = pod_for(&set, i, &rev);
+                let name = pod.name_any();
+                // kube-controller-manager's wording (`StatefulPodControl`).
+                let what = format!("create Pod {name} in StatefulSet {}", set.name_any());
+                match pods.create(&PostParams::default(), &pod).await {
+                    Ok(_) => ctx.recorder.normal(
+                        set_ref(),
+                        "SuccessfulCreate",
+                        "Create",
+                        format!("{what} successful"),
+                    ),
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => {
+                        ctx.recorder.warning(
+                            set_ref(),
+                            "FailedCreate",
+                            "Create",
+                            format!("{what} failed error: {e}"),
+                        );
+                        return Err(e.into());
+                    }
+                }
+            }
             Step::Delete(i) => {
-                let _ = pods
-                    .delete(&format!("{prefix}{i}"), &DeleteParams::default())
-                    .await;
+                let name = format!("{prefix}{i}");
+                let what = format!("delete Pod {name} in StatefulSet {}", set.name_any());
+                match pods.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => ctx.recorder.normal(
+                        set_ref(),
+                        "SuccessfulDelete",
+                        "Delete",
+                        format!("{what} successful"),
+                    ),
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => ctx.recorder.warning(
+                        set_ref(),
+                        "FailedDelete",
+                        "Delete",
+                        format!("{what} failed error: {e}"),
+                    ),
+                }
             }
             Step::Wait | Step::Done => {}
         }

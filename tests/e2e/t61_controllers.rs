@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use wasmkube_tests::{Cluster, wait_for};
+use wasmkube_tests::{Cluster, wait_for, wait_for_events};
 
 const SLOW: Duration = Duration::from_secs(60);
 
@@ -384,6 +384,8 @@ async fn a_silent_node_goes_unknown_and_its_pods_come_back_on_the_others() -> Re
         .find(|c| c.type_ == "Ready")
         .and_then(|c| c.reason);
     assert_eq!(reason.as_deref(), Some("NodeStatusUnknown"));
+    let said = wait_for_events(c, "default", ("Node", "doomed"), "NodeNotReady", SLOW).await?;
+    assert_eq!(said, ["Node doomed status is now: NodeNotReady"]);
     let back = wait_for("the pods to come back on the survivor", SLOW, || async {
         (on("survivor").await == 4).then_some(())
     })
@@ -494,6 +496,14 @@ async fn jobs_complete_fail_at_the_backoff_limit_and_expire_after_their_ttl() ->
         .await?
         .items;
     assert_eq!(ran.len(), 3, "exactly the completions, no duplicates");
+    // The Job controller's events, as `kubectl describe job` shows them.
+    let created = wait_for_events(c, "default", ("Job", "three"), "SuccessfulCreate", SLOW).await?;
+    assert!(
+        created.iter().all(|m| m.starts_with("Created pod: three-")),
+        "{created:?}"
+    );
+    let completed = wait_for_events(c, "default", ("Job", "three"), "Completed", SLOW).await?;
+    assert_eq!(completed, ["Job completed"]);
 
     jobs.create(
         &PostParams::default(),
@@ -507,6 +517,15 @@ async fn jobs_complete_fail_at_the_backoff_limit_and_expire_after_their_ttl() ->
     .await?;
     let (_, failed) = wait_for("job broken Failed", SLOW, || condition("broken", "Failed")).await?;
     assert_eq!(failed.reason.as_deref(), Some("BackoffLimitExceeded"));
+    let warned = wait_for_events(
+        c,
+        "default",
+        ("Job", "broken"),
+        "BackoffLimitExceeded",
+        SLOW,
+    )
+    .await?;
+    assert_eq!(warned, ["Job has reached the specified backoff limit"]);
 
     jobs.create(
         &PostParams::default(),
@@ -581,6 +600,18 @@ async fn a_daemon_set_follows_nodes_as_they_join() -> Result<()> {
         (s.desired_number_scheduled == 2 && s.number_ready == 2).then_some(())
     })
     .await?;
+    let created = wait_for_events(
+        c,
+        "default",
+        ("DaemonSet", "agent"),
+        "SuccessfulCreate",
+        SLOW,
+    )
+    .await?;
+    assert!(
+        created.iter().all(|m| m.starts_with("Created pod: agent-")),
+        "{created:?}"
+    );
     first.stop().await?;
     second.stop().await
 }
@@ -638,6 +669,21 @@ async fn stateful_set_ordinals_come_up_in_order_and_keep_their_storage() -> Resu
             pair[0].name_any()
         );
     }
+    let created = wait_for_events(
+        c,
+        "default",
+        ("StatefulSet", "db"),
+        "SuccessfulCreate",
+        SLOW,
+    )
+    .await?;
+    // Each create is its own message (events fold by reason and object, so the last counts).
+    assert!(
+        created.iter().all(
+            |m| m.starts_with("create Pod db-") && m.ends_with(" in StatefulSet db successful")
+        ),
+        "{created:?}"
+    );
     let spec = all[1].spec.clone().unwrap_or_default();
     assert_eq!(
         (spec.hostname.as_deref(), spec.subdomain.as_deref()),
@@ -704,6 +750,18 @@ async fn a_cron_job_starts_a_job_at_the_next_minute() -> Result<()> {
         (s.last_schedule_time.is_some() && s.last_successful_time.is_some()).then_some(())
     })
     .await?;
+    let created =
+        wait_for_events(c, "default", ("CronJob", "tick"), "SuccessfulCreate", SLOW).await?;
+    assert!(
+        created.iter().all(|m| m.starts_with("Created job tick-")),
+        "{created:?}"
+    );
+    let saw = wait_for_events(c, "default", ("CronJob", "tick"), "SawCompletedJob", SLOW).await?;
+    assert!(
+        saw.iter()
+            .any(|m| *m == format!("Saw completed job: {}, status: Complete", job.name_any())),
+        "{saw:?}"
+    );
     node.stop().await
 }
 
