@@ -28,6 +28,8 @@ pub struct Ctx {
     pub jobs: Store<Job>,
     /// Its events (`SuccessfulCreate`, `SawCompletedJob`, `SuccessfulDelete`, ...).
     pub recorder: wasmkube_client::events::Recorder,
+    /// The finished Jobs whose `SawCompletedJob` is recorded, while they are cached.
+    pub seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Reconcile errors (retried with back-off).
@@ -113,13 +115,28 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error>
             .and_then(|s| s.active.as_ref())
             .is_some_and(|a| a.iter().any(|r| r.uid == j.metadata.uid))
     };
-    for j in owned.iter().filter(|j| was_active(j)) {
-        if let Some(ok) = job_finished(j) {
-            let status = if ok { "Complete" } else { "Failed" };
-            let note = format!("Saw completed job: {}, status: {status}", j.name_any());
-            ctx.recorder
-                .normal(cj_ref(), "SawCompletedJob", "Complete", note);
+    {
+        // Said once per Job: a reconcile may still read the status from before the last one
+        // wrote it.
+        let mut seen = ctx.seen.lock().expect("the seen lock is not poisoned");
+        for j in owned.iter().filter(|j| was_active(j)) {
+            let uid = j.metadata.uid.clone().unwrap_or_default();
+            if let Some(ok) = job_finished(j)
+                && seen.insert(uid)
+            {
+                let status = if ok { "Complete" } else { "Failed" };
+                let note = format!("Saw completed job: {}, status: {status}", j.name_any());
+                ctx.recorder
+                    .normal(cj_ref(), "SawCompletedJob", "Complete", note);
+            }
         }
+        let cached: std::collections::HashSet<String> = ctx
+            .jobs
+            .state()
+            .iter()
+            .filter_map(|j| j.metadata.uid.clone())
+            .collect();
+        seen.retain(|uid| cached.contains(uid));
     }
     let delete_job = |j: &Arc<Job>| {
         let api = jobs_api.clone();

@@ -223,6 +223,7 @@ pub async fn run_with_client(client: Client, config: &Config, shutdown: Cancella
                     recorder: recorder(&client, "cronjob-controller"),
                     client,
                     jobs,
+                    seen: std::sync::Mutex::default(),
                 },
                 cronjob::reconcile,
                 shutdown.clone(),
