@@ -75,6 +75,9 @@ use wasmkube_store::Store;
 /// [`Config::store_cache_bytes`] unless set.
 pub const DEFAULT_STORE_CACHE_BYTES: usize = wasmkube_store::DEFAULT_CACHE_BYTES;
 
+/// [`Config::store_max_sync`] unless set.
+pub const DEFAULT_STORE_MAX_SYNC: Duration = wasmkube_store::MAX_SYNC;
+
 /// [`Config::watch_cache_window`] unless set.
 pub const DEFAULT_WATCH_CACHE_SIZE: usize = cache::DEFAULT_WINDOW;
 
@@ -98,6 +101,11 @@ pub struct Config {
     pub network: Network,
     /// Memory the store's redb may use to cache pages (see [`wasmkube_store::Config`]).
     pub store_cache_bytes: usize,
+    /// How long one sync of the raft log may take before a leader steps out of its group
+    /// ([`wasmkube_store::Config::max_sync`]; none: never).
+    pub store_max_sync: Option<Duration>,
+    /// Tests only: the store's failpoints take effect ([`wasmkube_store::Config::failpoints`]).
+    pub failpoints: bool,
     /// Where the other servers reach this one's raft transport (mutual TLS); without it the
     /// server is alone and takes no joining servers.
     pub peer_listen: Option<SocketAddr>,
@@ -124,6 +132,8 @@ impl Config {
             watch_cache_window: DEFAULT_WATCH_CACHE_SIZE,
             network: Network::default(),
             store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
+            store_max_sync: Some(DEFAULT_STORE_MAX_SYNC),
+            failpoints: false,
             peer_listen: None,
             join: None,
             write_timeout: wasmkube_store::WRITE_TIMEOUT,

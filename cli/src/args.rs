@@ -122,6 +122,15 @@ pub(crate) struct ServerArgs {
     /// operating system still caches the file).
     #[arg(long, default_value_t = wasmkube_apiserver::DEFAULT_STORE_CACHE_BYTES >> 20)]
     pub(crate) store_cache_mib: usize,
+    /// Seconds one sync of the raft log may take on a leader of a group that goes on without
+    /// it; longer, and this server steps out of the group (it stops serving and says why, the
+    /// others elect a leader). 0: never. A server alone only logs a slow sync.
+    #[arg(long, default_value_t = wasmkube_apiserver::DEFAULT_STORE_MAX_SYNC.as_secs_f64())]
+    pub(crate) store_max_sync: f64,
+    /// Tests only: failpoints under DATA_DIR/failpoints/ take effect (`slow-sync`: each sync
+    /// of the raft log takes as many more milliseconds as the file says).
+    #[arg(long, hide = true)]
+    pub(crate) failpoints: bool,
     /// Changes the watch cache keeps per resource for watchers behind the newest
     /// (kube-apiserver's flag); a watcher further behind continues from the store's history.
     #[arg(long, default_value_t = wasmkube_apiserver::DEFAULT_WATCH_CACHE_SIZE)]
@@ -150,6 +159,11 @@ impl ServerArgs {
         c.extra_sans = self.tls_san.clone();
         c.compaction_interval = Duration::from_secs(self.compaction_interval.max(1));
         c.store_cache_bytes = self.store_cache_mib << 20;
+        c.store_max_sync = (self.store_max_sync > 0.0)
+            .then(|| Duration::try_from_secs_f64(self.store_max_sync))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--store-max-sync: {e}"))?;
+        c.failpoints = self.failpoints;
         c.watch_cache_window = self.default_watch_cache_size;
         c.peer_listen = self.peer_listen;
         c.encryption_provider_config = self.encryption_provider_config.clone();

@@ -40,6 +40,7 @@ pub mod network;
 mod open;
 mod read;
 mod state_machine;
+mod stepout;
 mod tables;
 mod watch;
 mod writes;
@@ -125,7 +126,16 @@ pub struct Config {
     /// Opens values that were transformed before they were written (none: values are read
     /// as stored).
     pub transformer: Option<Arc<dyn ValueTransformer>>,
+    /// How long one sync of the raft log may take on a leader whose group goes on without it
+    /// before this member steps out of the group (its raft stops and it says why); none:
+    /// never. See `stepout.rs`.
+    pub max_sync: Option<Duration>,
+    /// Tests only: the failpoints under `DATA_DIR/failpoints/` take effect (`slow-sync`).
+    pub failpoints: bool,
 }
+
+/// [`Config::max_sync`] unless set.
+pub const MAX_SYNC: Duration = Duration::from_secs(1);
 
 impl Config {
     /// A single-member store in `data_dir`.
@@ -142,6 +152,8 @@ impl Config {
             join: false,
             write_timeout: WRITE_TIMEOUT,
             transformer: None,
+            max_sync: Some(MAX_SYNC),
+            failpoints: false,
         }
     }
 }

@@ -28,6 +28,7 @@ use raft_log::codeq::{Decode, Encode};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::command::{NodeId, TypeConfig};
+use crate::stepout::SyncGuard;
 use crate::tables::{LOG, RAFT_META};
 
 /// The raft log's types, as `raft-log` sees them.
@@ -157,14 +158,25 @@ impl Decode for Voted {
 
 /// Who hears that a flush reached the disk: openraft, or a caller waiting for it.
 pub(crate) enum Flushed {
-    Raft(LogFlushed<TypeConfig>),
+    /// openraft's, for a sync asked for at `asked`, when the guard said `could_step_out`.
+    Raft {
+        callback: LogFlushed<TypeConfig>,
+        asked: std::time::Instant,
+        guard: Arc<SyncGuard>,
+        could_step_out: bool,
+    },
     Waiter(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
 impl raft_log::Callback for Flushed {
     fn send(self, res: io::Result<()>) {
         match self {
-            Flushed::Raft(callback) => callback.log_io_completed(res),
+            Flushed::Raft {
+                callback,
+                asked,
+                guard,
+                could_step_out,
+            } => callback.log_io_completed(res.and_then(|()| guard.judge(asked, could_step_out))),
             Flushed::Waiter(tx) => {
                 let _ = tx.send(res);
             }
@@ -175,7 +187,7 @@ impl raft_log::Callback for Flushed {
 impl Debug for Flushed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Flushed::Raft(_) => "Flushed::Raft",
+            Flushed::Raft { .. } => "Flushed::Raft",
             Flushed::Waiter(_) => "Flushed::Waiter",
         })
     }
@@ -198,6 +210,7 @@ const CHUNK_BYTES: usize = 2 * 1024 * 1024;
 #[derive(Clone)]
 pub struct LogStore {
     log: Arc<Mutex<RaftLog<Wal>>>,
+    guard: Arc<SyncGuard>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -231,7 +244,13 @@ impl LogStore {
         move_from_redb(&mut log, db)?;
         Ok(LogStore {
             log: Arc::new(Mutex::new(log)),
+            guard: Arc::new(SyncGuard::new(None, None)),
         })
+    }
+
+    /// Judges its syncs with `guard` (a slow one may make this member step out).
+    pub(crate) fn guarded(self, guard: Arc<SyncGuard>) -> Self {
+        LogStore { guard, ..self }
     }
 
     fn lock(&self) -> MutexGuard<'_, RaftLog<Wal>> {
@@ -429,8 +448,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             log.truncate(first.index).map_err(write_err)?;
         }
         log.append(rows).map_err(write_err)?;
-        log.flush(true, Some(Flushed::Raft(callback)))
-            .map_err(write_err)
+        let flushed = Flushed::Raft {
+            callback,
+            asked: std::time::Instant::now(),
+            could_step_out: self.guard.may_step_out(),
+            guard: Arc::clone(&self.guard),
+        };
+        log.flush(true, Some(flushed)).map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

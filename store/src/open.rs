@@ -109,7 +109,15 @@ impl Store {
         })?;
         let db = Arc::new(db);
         let feed = watch::Feed::new(config.feed_capacity);
-        let log = open_log(config.data_dir.join("raft-log"), db.clone()).await?;
+        let guard = Arc::new(crate::stepout::SyncGuard::new(
+            config.max_sync,
+            config
+                .failpoints
+                .then(|| config.data_dir.join("failpoints").join("slow-sync")),
+        ));
+        let log = open_log(config.data_dir.join("raft-log"), db.clone())
+            .await?
+            .guarded(Arc::clone(&guard));
         let published = Arc::new(notify::Sender::new(0));
         let transform = Transform(config.transformer.clone());
         let sm = StateMachine::new(
@@ -167,6 +175,10 @@ impl Store {
                 Err(e) => return Err(Error::Fatal(Box::new(e))),
             }
         }
+        tokio::spawn({
+            let raft = raft.clone();
+            async move { guard.watch(raft).await }
+        });
         let (proposer, pending) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(propose(raft.clone(), pending));
         let store = Store {

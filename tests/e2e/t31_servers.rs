@@ -48,7 +48,7 @@ async fn start(data: &Path, api: u16, flags: &[String]) -> Result<Process> {
 }
 
 /// `wasmkube cluster members` through `kubeconfig`: (id, peer, api, role) per line.
-fn members(kubeconfig: &Path) -> Result<Vec<(u64, String, String, String)>> {
+pub(crate) fn members(kubeconfig: &Path) -> Result<Vec<(u64, String, String, String)>> {
     let out = std::process::Command::new(wasmkube_bin())
         .args(["cluster", "members", "--kubeconfig"])
         .arg(kubeconfig)

@@ -3,7 +3,8 @@
 //! has every write (the small disk is a tmpfs the test mounts; root only, said and skipped
 //! otherwise). A server whose store file is damaged (torn or corrupted pages redb cannot
 //! repair) refuses to start and says what to do; a member started again without the file
-//! catches up from the others instead of starting a group of its own.
+//! catches up from the others instead of starting a group of its own. A leader whose disk
+//! turns slow (the store's slow-sync failpoint) steps out, says why, and the others lead on.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -300,5 +301,105 @@ async fn a_member_with_a_damaged_store_should_refuse_to_start_and_recover_from_t
         "the recovered member has every acknowledged write: missing {:?}",
         acknowledged.difference(&have).collect::<Vec<_>>()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_leader_whose_disk_is_slow_should_step_out_and_the_others_lead() -> Result<()> {
+    wasmkube_tests::init_tracing();
+    let dir = tempfile::tempdir()?;
+    // Syncs over half a second make a leader step out; the failpoint slows this one's disk.
+    let flags = |join: Option<(&Process, &Path)>| {
+        let mut f = peer_flags(free_port(), join);
+        f.extend(["--failpoints", "--store-max-sync", "0.5"].map(str::to_owned));
+        f
+    };
+    let first = start(&dir.path().join("s1"), &flags(None)).await?;
+    let token = dir.path().join("s1").join("join-token");
+    let second = start(&dir.path().join("s2"), &flags(Some((&first, &token)))).await?;
+    let third = start(&dir.path().join("s3"), &flags(Some((&first, &token)))).await?;
+    let mut servers = [first, second, third];
+    let leader_api = wait_for("a leader of three", Duration::from_secs(30), || async {
+        let members = crate::t31_servers::members(&servers[0].kubeconfig()).ok()?;
+        (members.len() == 3)
+            .then(|| members.into_iter().find(|m| m.3 == "leader"))
+            .flatten()
+            .map(|m| m.2)
+    })
+    .await?;
+    let slow = servers
+        .iter()
+        .position(|s| leader_api.ends_with(&s.addr))
+        .context("the leader is one of the three")?;
+    let other = (slow + 1) % 3;
+    let client = servers[other].client().await?;
+    let mut acknowledged = Vec::new();
+    for i in 0..3 {
+        let name = format!("slow-before-{i}");
+        create_configmap_within(&client, &name, Duration::from_secs(30)).await?;
+        acknowledged.push(name);
+    }
+
+    // The leader's disk turns slow: each sync of its log takes a second longer.
+    let failpoint = servers[slow].data_dir.join("failpoints");
+    std::fs::create_dir_all(&failpoint)?;
+    std::fs::write(failpoint.join("slow-sync"), "1000")?;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut exited = None;
+    for i in 0.. {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the slow leader did not step out"
+        );
+        let name = format!("slow-during-{i}");
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+        // Only what is acknowledged counts; a write caught in the change may fail.
+        if cms.create(&PostParams::default(), &cm).await.is_ok() {
+            acknowledged.push(name);
+        }
+        if let Some(status) = servers[slow].child.try_wait()? {
+            exited = Some(status);
+            break;
+        }
+    }
+    let status = exited.context("the slow leader stopped")?;
+    ensure!(!status.success(), "it exits with a failure: {status}");
+    let log = std::fs::read_to_string(servers[slow].data_dir.with_extension("log"))?;
+    ensure!(
+        log.contains("more than the 500ms allowed") && log.contains("this server stops serving"),
+        "it says why it stepped out"
+    );
+
+    // The other two lead on: writes through them are acknowledged again.
+    for i in 0..3 {
+        let name = format!("slow-after-{i}");
+        create_configmap_within(&client, &name, Duration::from_secs(30)).await?;
+        acknowledged.push(name);
+    }
+    let want: std::collections::BTreeSet<String> = acknowledged.iter().cloned().collect();
+    for s in servers.iter().filter(|s| s.addr != servers[slow].addr) {
+        let have = configmap_names(&s.client().await?, "slow-").await?;
+        ensure!(
+            want.is_subset(&have),
+            "every acknowledged write is on {}: missing {:?}",
+            s.addr,
+            want.difference(&have).collect::<Vec<_>>()
+        );
+    }
+
+    // Its disk fixed, the server that stepped out rejoins and has every acknowledged write.
+    std::fs::remove_file(failpoint.join("slow-sync"))?;
+    servers[slow].restart().await?;
+    let client = servers[slow].client().await?;
+    wait_for(
+        "the restarted server has every acknowledged write",
+        Duration::from_secs(60),
+        || async {
+            let have = configmap_names(&client, "slow-").await.ok()?;
+            want.is_subset(&have).then_some(())
+        },
+    )
+    .await?;
     Ok(())
 }

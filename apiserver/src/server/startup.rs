@@ -246,6 +246,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         // moved aside): it waits for the others to send it the state.
         join: node_id != 1 || recorded.is_some(),
         write_timeout: config.write_timeout,
+        max_sync: config.store_max_sync,
+        failpoints: config.failpoints,
         ..wasmkube_store::Config::new(dir)
     })
     .await
