@@ -76,6 +76,89 @@ async fn start(data: &Path, flags: &[String]) -> Result<Process> {
     Process::up_with(data, free_port(), &flags).await
 }
 
+/// Creates ConfigMaps `PREFIX-N` (each with `payload`) through `client` until `failing` exits,
+/// within `within`; the names acknowledged go to `acknowledged`. Checks that it exited with a
+/// failure and that its log (`DATA_DIR.log`) says each of `says`.
+async fn write_until_it_stops(
+    client: &kube::Client,
+    prefix: &str,
+    payload: &str,
+    failing: &mut Process,
+    within: Duration,
+    acknowledged: &mut Vec<String>,
+    says: &[&str],
+) -> Result<()> {
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let deadline = tokio::time::Instant::now() + within;
+    let mut attempt = 0;
+    let status = loop {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} went on serving",
+            failing.addr
+        );
+        // A new name each time: a write that failed may still have been applied.
+        let name = format!("{prefix}-{attempt:03}");
+        attempt += 1;
+        let cm: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": name}, "data": {"payload": payload}}),
+        )?;
+        // 503/504 while the others elect a leader: kube-rs retries those; anything else that
+        // fails is not acknowledged and not counted.
+        if cms.create(&PostParams::default(), &cm).await.is_ok() {
+            acknowledged.push(name);
+        }
+        if let Some(status) = failing.child.try_wait()? {
+            break status;
+        }
+    };
+    ensure!(!status.success(), "it exits with a failure: {status}");
+    let log = std::fs::read_to_string(failing.data_dir.with_extension("log"))?;
+    for said in says {
+        ensure!(log.contains(said), "it says why it stopped: {said:?}");
+    }
+    Ok(())
+}
+
+/// The servers left carry on: five more writes through `client` are acknowledged, and
+/// `survivors` hold every acknowledged write; then `stopped`, its fault cleared, restarts,
+/// rejoins and holds them too.
+async fn the_others_carry_on_and_it_rejoins(
+    client: &kube::Client,
+    prefix: &str,
+    mut acknowledged: Vec<String>,
+    survivors: &[&Process],
+    stopped: &mut Process,
+) -> Result<()> {
+    for i in 0..5 {
+        let name = format!("{prefix}-after-{i}");
+        create_configmap_within(client, &name, Duration::from_secs(30)).await?;
+        acknowledged.push(name);
+    }
+    let want: std::collections::BTreeSet<String> = acknowledged.into_iter().collect();
+    for server in survivors {
+        let have = configmap_names(&server.client().await?, prefix).await?;
+        ensure!(
+            want.is_subset(&have),
+            "every acknowledged write is on {}: missing {:?}",
+            server.addr,
+            want.difference(&have).collect::<Vec<_>>()
+        );
+    }
+    stopped.restart().await?;
+    let client = stopped.client().await?;
+    wait_for(
+        "the restarted server has every acknowledged write",
+        Duration::from_secs(60),
+        || async {
+            let have = configmap_names(&client, prefix).await.ok()?;
+            want.is_subset(&have).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_server_whose_disk_fills_should_stop_serving_and_the_others_carry_on() -> Result<()> {
     wasmkube_tests::init_tracing();
@@ -104,69 +187,27 @@ async fn a_server_whose_disk_fills_should_stop_serving_and_the_others_carry_on()
 
     // Write 100 KB ConfigMaps through the second server until the first one's disk is full.
     let client = second.client().await?;
-    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
-    let payload = "x".repeat(100_000);
     let mut acknowledged = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    let mut exited = None;
-    for i in 0..400 {
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the disk did not fill in time"
-        );
-        let name = format!("fill-{i:03}");
-        let cm: ConfigMap = serde_json::from_value(
-            json!({"metadata": {"name": name}, "data": {"payload": payload}}),
-        )?;
-        // 503/504 while the others elect a leader: kube-rs retries those; anything
-        // else that fails is not acknowledged and not counted.
-        if cms.create(&PostParams::default(), &cm).await.is_ok() {
-            acknowledged.push(name);
-        }
-        if let Some(status) = first.child.try_wait()? {
-            exited = Some(status);
-            break;
-        }
-    }
-    let status = exited.context("the first server went on with a full disk")?;
-    ensure!(!status.success(), "it exits with a failure: {status}");
-    let log = std::fs::read_to_string(disk.0.with_extension("log"))?;
-    ensure!(
-        log.contains("No space left on device") && log.contains("this server stops serving"),
-        "it says why it stopped"
-    );
-
-    // The others carry on: writes through them are acknowledged again.
-    for i in 0..5 {
-        let name = format!("fill-after-{i}");
-        create_configmap_within(&client, &name, Duration::from_secs(30)).await?;
-        acknowledged.push(name);
-    }
-    let want: std::collections::BTreeSet<String> = acknowledged.iter().cloned().collect();
-    for (server, who) in [(&second, "second"), (&third, "third")] {
-        let have = configmap_names(&server.client().await?, "fill-").await?;
-        ensure!(
-            want.is_subset(&have),
-            "every acknowledged write is on the {who} server: missing {:?}",
-            want.difference(&have).collect::<Vec<_>>()
-        );
-    }
-
-    // With room again, the first server rejoins and has every acknowledged write.
-    std::fs::remove_file(&filler)?;
-    first.restart().await?;
-    let client = first.client().await?;
-    wait_for(
-        "the restarted server has every acknowledged write",
-        Duration::from_secs(60),
-        || async {
-            let have = configmap_names(&client, "fill-").await.ok()?;
-            want.is_subset(&have).then_some(())
-        },
+    write_until_it_stops(
+        &client,
+        "fill",
+        &"x".repeat(100_000),
+        &mut first,
+        Duration::from_secs(180),
+        &mut acknowledged,
+        &["No space left on device", "this server stops serving"],
     )
     .await?;
-    drop((second, third));
-    Ok(())
+    // With room again, the first server rejoins (after the others carried on).
+    std::fs::remove_file(&filler)?;
+    the_others_carry_on_and_it_rejoins(
+        &client,
+        "fill",
+        acknowledged,
+        &[&second, &third],
+        &mut first,
+    )
+    .await
 }
 
 /// Overwrites every page of a redb file after its header with noise.
@@ -344,62 +385,23 @@ async fn a_leader_whose_disk_is_slow_should_step_out_and_the_others_lead() -> Re
     let failpoint = servers[slow].data_dir.join("failpoints");
     std::fs::create_dir_all(&failpoint)?;
     std::fs::write(failpoint.join("slow-sync"), "1000")?;
-    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut exited = None;
-    for i in 0.. {
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the slow leader did not step out"
-        );
-        let name = format!("slow-during-{i}");
-        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-        // Only what is acknowledged counts; a write caught in the change may fail.
-        if cms.create(&PostParams::default(), &cm).await.is_ok() {
-            acknowledged.push(name);
-        }
-        if let Some(status) = servers[slow].child.try_wait()? {
-            exited = Some(status);
-            break;
-        }
-    }
-    let status = exited.context("the slow leader stopped")?;
-    ensure!(!status.success(), "it exits with a failure: {status}");
-    let log = std::fs::read_to_string(servers[slow].data_dir.with_extension("log"))?;
-    ensure!(
-        log.contains("more than the 500ms allowed") && log.contains("this server stops serving"),
-        "it says why it stepped out"
-    );
-
-    // The other two lead on: writes through them are acknowledged again.
-    for i in 0..3 {
-        let name = format!("slow-after-{i}");
-        create_configmap_within(&client, &name, Duration::from_secs(30)).await?;
-        acknowledged.push(name);
-    }
-    let want: std::collections::BTreeSet<String> = acknowledged.iter().cloned().collect();
-    for s in servers.iter().filter(|s| s.addr != servers[slow].addr) {
-        let have = configmap_names(&s.client().await?, "slow-").await?;
-        ensure!(
-            want.is_subset(&have),
-            "every acknowledged write is on {}: missing {:?}",
-            s.addr,
-            want.difference(&have).collect::<Vec<_>>()
-        );
-    }
-
-    // Its disk fixed, the server that stepped out rejoins and has every acknowledged write.
-    std::fs::remove_file(failpoint.join("slow-sync"))?;
-    servers[slow].restart().await?;
-    let client = servers[slow].client().await?;
-    wait_for(
-        "the restarted server has every acknowledged write",
+    write_until_it_stops(
+        &client,
+        "slow",
+        "",
+        &mut servers[slow],
         Duration::from_secs(60),
-        || async {
-            let have = configmap_names(&client, "slow-").await.ok()?;
-            want.is_subset(&have).then_some(())
-        },
+        &mut acknowledged,
+        &["more than the 500ms allowed", "this server stops serving"],
     )
     .await?;
-    Ok(())
+    // Its disk fixed, it rejoins (after the other two led on).
+    std::fs::remove_file(failpoint.join("slow-sync"))?;
+    let [a, b, c] = &mut servers;
+    let (stopped, survivors) = match slow {
+        0 => (a, [&*b, &*c]),
+        1 => (b, [&*a, &*c]),
+        _ => (c, [&*a, &*b]),
+    };
+    the_others_carry_on_and_it_rejoins(&client, "slow", acknowledged, &survivors, stopped).await
 }
