@@ -108,8 +108,11 @@ struct Monitor {
     timers: Timers,
     /// Token bucket for NoExecute tainting.
     tokens: f64,
-    /// Events: `NodeNotReady` about nodes and their pods, `TaintManagerEviction`.
+    /// Events: `RegisteredNode`, `NodeNotReady` about nodes and their pods,
+    /// `TaintManagerEviction`.
     recorder: wasmkube_client::events::Recorder,
+    /// The nodes this controller has seen (each gets `RegisteredNode` once).
+    registered: std::collections::HashSet<String>,
 }
 
 impl Monitor {
@@ -129,6 +132,14 @@ impl Monitor {
         let mut verdicts = Vec::new();
         for node in &nodes {
             let name = node.name_any();
+            if self.registered.insert(name.clone()) {
+                self.recorder.normal(
+                    node.object_ref(&()),
+                    "RegisteredNode",
+                    "Register",
+                    format!("Node {name} event: Registered Node {name} in Controller"),
+                );
+            }
             let silent = last_heartbeat(node, leases.get(&name).map(|l| &**l))
                 .is_none_or(|t| now.duration_since(t).unsigned_abs() > self.timers.grace_period);
             let taint = if silent {
@@ -143,6 +154,11 @@ impl Monitor {
             }
             verdicts.push((node.clone(), silent, taint));
         }
+        self.registered.retain(|name| {
+            nodes
+                .iter()
+                .any(|n| n.metadata.name.as_deref() == Some(name))
+        });
         // Every node down at once looks like a partition of the control plane: do not evict.
         let full_disruption = !nodes.is_empty() && unhealthy == nodes.len() && nodes.len() > 1;
         for (node, silent, taint) in verdicts {
@@ -402,6 +418,7 @@ pub async fn run(
     let feeds = lease_events.for_each(|_| async {});
     let mut monitor = Monitor {
         recorder: crate::recorder(&client, "node-controller"),
+        registered: std::collections::HashSet::new(),
         client,
         nodes: nodes.clone(),
         leases: leases.clone(),

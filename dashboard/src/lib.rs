@@ -20,7 +20,7 @@ pub struct Asset {
 }
 
 const INDEX: Asset = Asset {
-    body: include_bytes!("../dist/index.html"),
+    body: include_bytes!("../web/index.html"),
     content_type: "text/html; charset=utf-8",
 };
 

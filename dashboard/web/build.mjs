@@ -1,5 +1,5 @@
-// Bundles the dashboard into ../dist (app.js, app.css, index.html), which the wasmkube binary
-// embeds at compile time. `--check` bundles in memory and fails when ../dist differs from what
+// Bundles the dashboard into ../dist (app.js, app.css), which the wasmkube binary embeds at
+// compile time beside index.html (embedded from here as it is). `--check` bundles in memory and fails when ../dist differs from what
 // these sources and package-lock.json produce (CI runs it, so the committed bundle cannot drift).
 import * as esbuild from 'esbuild';
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
@@ -26,7 +26,6 @@ const result = await esbuild.build({
 });
 
 const files = new Map(result.outputFiles.map((f) => [basename(f.path), Buffer.from(f.contents)]));
-files.set('index.html', readFileSync(join(here, 'index.html')));
 
 let drift = [];
 for (const [name, contents] of files) {

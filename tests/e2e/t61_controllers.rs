@@ -352,6 +352,18 @@ async fn a_silent_node_goes_unknown_and_its_pods_come_back_on_the_others() -> Re
         (on("doomed").await == 4).then_some(())
     })
     .await?;
+    // What `kubectl describe node` shows of a node's start: the wasmlet's `Starting` and
+    // `NodeReady`, the node lifecycle controller's `RegisteredNode`.
+    let node = ("Node", "doomed");
+    let started = wait_for_events(c, "default", node, "Starting", SLOW).await?;
+    assert_eq!(started, ["Starting wasmlet."]);
+    let ready = wait_for_events(c, "default", node, "NodeReady", SLOW).await?;
+    assert_eq!(ready, ["Node doomed status is now: NodeReady"]);
+    let registered = wait_for_events(c, "default", node, "RegisteredNode", SLOW).await?;
+    assert_eq!(
+        registered,
+        ["Node doomed event: Registered Node doomed in Controller"]
+    );
     let survivor = cluster.start_node("survivor").await?;
 
     // The wasmlet goes away: no more lease renewals.

@@ -356,19 +356,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         node_uid,
         shutdown.clone(),
     ));
-    tasks.spawn(node::report_status(
-        client.clone(),
-        facts,
-        config.lease_duration / 4,
-        image_list,
-        shutdown.clone(),
-    ));
     let (recorder, recorder_task) = pod::events::Recorder::start(
         client.clone(),
         &config.node_name,
         config.event_limits,
         shutdown.clone(),
     );
+    node::record_start(&recorder, &config.node_name);
+    tasks.spawn(node::report_status(
+        client.clone(),
+        facts,
+        config.lease_duration / 4,
+        image_list,
+        recorder.clone(),
+        shutdown.clone(),
+    ));
     {
         // A request held for a Service at zero pods asks for a replica: an Event the
         // autoscaler acts on at once.

@@ -301,13 +301,34 @@ async fn renew(
     Ok(())
 }
 
+/// The events the kubelet records about its node when it starts: `Starting`, then each
+/// condition's status (`NodeHasSufficientMemory`, ..., `NodeReady`).
+pub(crate) fn record_start(recorder: &crate::pod::events::Recorder, node: &str) {
+    use crate::pod::worker::EventType::Normal;
+    recorder.node(Normal, "Starting", "Starting wasmlet.".into());
+    for status in [
+        "NodeHasSufficientMemory",
+        "NodeHasNoDiskPressure",
+        "NodeHasSufficientPID",
+        "NodeReady",
+    ] {
+        recorder.node(
+            Normal,
+            status,
+            format!("Node {node} status is now: {status}"),
+        );
+    }
+}
+
 /// Checks the node status every `check` and posts it when someone else changed it (the node
-/// lifecycle controller marking it Unknown) or every [`STATUS_UPDATE`], until `shutdown`.
+/// lifecycle controller marking it Unknown) or every [`STATUS_UPDATE`], until `shutdown`;
+/// Ready again after that, it records `NodeReady` as the kubelet does.
 pub(crate) async fn report_status(
     client: Client,
     facts: NodeFacts,
     check: Duration,
     images: impl Fn() -> Vec<ContainerImage> + Send,
+    recorder: crate::pod::events::Recorder,
     shutdown: CancellationToken,
 ) {
     let nodes: Api<Node> = Api::all(client);
@@ -332,11 +353,17 @@ pub(crate) async fn report_status(
         posted = tokio::time::Instant::now();
         let status = node_status(&facts, images(), previous.as_ref());
         let patch = json!({"status": status});
-        if let Err(e) = nodes
+        match nodes
             .patch_status(&facts.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            tracing::warn!(error = %e, node = %facts.name, "node status update failed");
+            Ok(_) if !ready => recorder.node(
+                crate::pod::worker::EventType::Normal,
+                "NodeReady",
+                format!("Node {} status is now: NodeReady", facts.name),
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, node = %facts.name, "node status update failed"),
         }
     }
 }

@@ -82,7 +82,7 @@ impl Recent {
     }
 }
 
-/// Records events on pods.
+/// Records events on pods, Services and this node.
 #[derive(Clone)]
 pub(crate) struct Recorder {
     tx: mpsc::Sender<Event>,
@@ -194,6 +194,18 @@ impl Recorder {
                     format!("spec.containers{{{c}}}")
                 }
             }),
+        };
+        self.record(involved, kind, reason, message);
+    }
+
+    /// Records `reason`/`message` about this node (the kubelet's node reference: the name
+    /// stands for the uid too).
+    pub(crate) fn node(&self, kind: EventType, reason: &str, message: String) {
+        let involved = ObjectReference {
+            kind: Some("Node".into()),
+            name: Some(self.node.clone()),
+            uid: Some(self.node.clone()),
+            ..Default::default()
         };
         self.record(involved, kind, reason, message);
     }
