@@ -11,13 +11,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::workqueue::{Action, Controller};
+use crate::workqueue::Action;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
@@ -261,18 +260,19 @@ pub async fn run(
     informers: &crate::informers::Informers,
     shutdown: CancellationToken,
 ) {
-    let (ctx, pods) = Ctx::subscribe(&client, informers);
-    let synced = crate::ready(&ctx.pods);
-    let controller = Controller::new(
-        Api::<PodDisruptionBudget>::all(client),
-        watcher::Config::default(),
-    );
-    let budgets = controller.store();
+    let (ctx, changes) = Ctx::subscribe(&client, informers);
+    let pods = (ctx.pods.clone(), changes);
     // A pod change concerns the budgets of its namespace that select it.
-    let controller = controller.watches_shared_stream(pods, move |pod| {
-        crate::refs_where(&budgets, |b| selects(b, &pod))
-    });
-    crate::drive(controller, "disruption", synced, reconcile, ctx, shutdown).await;
+    crate::run_pod_watching(
+        client,
+        "disruption",
+        pods,
+        ctx,
+        |b: &PodDisruptionBudget, pod| selects(b, pod),
+        reconcile,
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]

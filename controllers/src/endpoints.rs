@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::workqueue::{Action, Controller};
+use crate::workqueue::Action;
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
 };
@@ -16,7 +16,6 @@ use k8s_openapi::api::discovery::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
@@ -283,16 +282,19 @@ pub async fn run(
     informers: &crate::informers::Informers,
     shutdown: CancellationToken,
 ) {
-    let (ctx, pods) = Ctx::subscribe(&client, informers);
-    let synced = crate::ready(&ctx.pods);
-    let controller = Controller::new(Api::<Service>::all(client), watcher::Config::default());
-    let services = controller.store();
+    let (ctx, changes) = Ctx::subscribe(&client, informers);
+    let pods = (ctx.pods.clone(), changes);
     // A pod change concerns every Service of its namespace (it may have joined or left one).
-    let controller = controller.watches_shared_stream(pods, move |pod| {
-        let ns = pod.namespace();
-        crate::refs_where(&services, |s| s.namespace() == ns)
-    });
-    crate::drive(controller, "endpoints", synced, reconcile, ctx, shutdown).await;
+    crate::run_pod_watching(
+        client,
+        "endpoints",
+        pods,
+        ctx,
+        |s: &Service, pod| s.namespace() == pod.namespace(),
+        reconcile,
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]

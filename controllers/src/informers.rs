@@ -9,7 +9,6 @@
 //! pods, would never hear of the delete). Subscribers that fall behind slow the watch down
 //! (bounded buffers, nothing dropped).
 
-use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
 use futures::channel::mpsc;
@@ -21,7 +20,6 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 /// How many touched objects wait for the slowest subscriber before the watch waits.
@@ -43,10 +41,7 @@ where
 /// change.
 pub type Touched<K> = BoxStream<'static, Arc<K>>;
 
-impl<K> Informer<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
+impl<K: crate::workqueue::Kind> Informer<K> {
     fn new() -> Self {
         let (reader, writer) = reflector::store_shared(BUFFER);
         Informer {

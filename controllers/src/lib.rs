@@ -547,7 +547,7 @@ pub(crate) async fn run_pod_owner<K, E, Fut>(
     reconcile: impl FnMut(Arc<K>, Arc<PodOwnerCtx>) -> Fut,
     shutdown: CancellationToken,
 ) where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: workqueue::Kind,
     E: std::error::Error + Send + 'static,
     Fut: Future<Output = Result<Action, E>> + Send + 'static,
 {
@@ -621,8 +621,8 @@ pub(crate) async fn run_owning<K, Child, C, E, Fut>(
     reconcile: impl FnMut(Arc<K>, Arc<C>) -> Fut,
     shutdown: CancellationToken,
 ) where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    Child: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: workqueue::Kind,
+    Child: workqueue::Kind,
     C: Send + Sync + 'static,
     E: std::error::Error + Send + 'static,
     Fut: Future<Output = Result<Action, E>> + Send + 'static,
@@ -669,6 +669,34 @@ where
     }
 }
 
+/// Runs a [`Controller`] over every `K` with `ctx`, also triggered by each pod change (from
+/// `pods`, a subscription to the shared pod informer) for the `K`s the pod `concerns` —
+/// reconciles wait until the pod cache is full.
+pub(crate) async fn run_pod_watching<K, C, E, Fut>(
+    client: Client,
+    name: &'static str,
+    (pods, changes): (
+        Store<k8s_openapi::api::core::v1::Pod>,
+        informers::Touched<k8s_openapi::api::core::v1::Pod>,
+    ),
+    ctx: Arc<C>,
+    concerns: impl Fn(&K, &k8s_openapi::api::core::v1::Pod) -> bool + Send + 'static,
+    reconcile: impl FnMut(Arc<K>, Arc<C>) -> Fut,
+    shutdown: CancellationToken,
+) where
+    K: workqueue::Kind,
+    C: Send + Sync + 'static,
+    E: std::error::Error + Send + 'static,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+{
+    let controller = Controller::new(Api::<K>::all(client), watcher::Config::default());
+    let objects = controller.store();
+    let controller = controller.watches_shared_stream(changes, move |pod| {
+        refs_where(&objects, |k| concerns(k, &pod))
+    });
+    drive(controller, name, ready(&pods), reconcile, ctx, shutdown).await;
+}
+
 /// Runs `controller` until `shutdown`: each reconcile waits for `synced`, failures are logged
 /// and retried after 2 s.
 pub(crate) async fn drive<K, C, E, Fut, S, SFut>(
@@ -679,7 +707,7 @@ pub(crate) async fn drive<K, C, E, Fut, S, SFut>(
     ctx: Arc<C>,
     shutdown: CancellationToken,
 ) where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: workqueue::Kind,
     C: Send + Sync + 'static,
     E: std::error::Error + Send + 'static,
     Fut: Future<Output = Result<Action, E>> + Send + 'static,

@@ -9,12 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::workqueue::{Action, Controller};
+use crate::workqueue::Action;
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota, ResourceQuotaStatus};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DynamicObject, ListParams, PostParams};
 use kube::discovery::ApiResource;
-use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use wasmkube_api::quota::{Usage, format, milli, usage_of};
@@ -209,27 +208,18 @@ pub async fn run(
     informers: &crate::informers::Informers,
     shutdown: CancellationToken,
 ) {
-    let (pods, pod_stream) = informers.pods.subscribe();
-    let controller = Controller::new(
-        Api::<ResourceQuota>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let quotas = controller.store();
     let ctx = Arc::new(Ctx {
-        client,
+        client: client.clone(),
         lowering: Mutex::default(),
     });
     // A pod's change concerns the quotas of its namespace.
-    let controller = controller.watches_shared_stream(pod_stream, move |pod| {
-        let ns = pod.namespace();
-        crate::refs_where(&quotas, |q| q.namespace() == ns)
-    });
-    crate::drive(
-        controller,
+    crate::run_pod_watching(
+        client,
         "resourcequota",
-        crate::ready(&pods),
-        reconcile,
+        informers.pods.subscribe(),
         ctx,
+        |q: &ResourceQuota, pod| q.namespace() == pod.namespace(),
+        reconcile,
         shutdown,
     )
     .await;

@@ -73,13 +73,21 @@ pub struct Controller<K: Resource<DynamicType = ()> + Clone + 'static> {
     related: Vec<Related<K>>,
 }
 
+/// A kind a controller watches and caches: typed (no dynamic type), cloneable, sendable.
+pub trait Kind:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+
+impl<K> Kind for K where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+
 /// Maps a changed object of the reconciled kind to other objects of that kind to reconcile.
 type Related<K> = Box<dyn Fn(&K) -> Vec<ObjectRef<K>> + Send>;
 
-impl<K> Controller<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
+impl<K: Kind> Controller<K> {
     /// Reconciles the objects of `api` that `config` selects, each when it changes.
     pub fn new(api: Api<K>, config: watcher::Config) -> Self {
         let (reader, writer) = reflector::store();
