@@ -102,7 +102,13 @@ async fn wasmlets_should_join_with_a_node_token_and_act_as_their_node() -> Resul
     for (name, address) in [("edge-1", "127.0.0.1"), ("edge-2", "127.0.0.2")] {
         let join = join(dir.path(), &server.addr, &node_token, name);
         let mut extra: Vec<&str> = join.iter().map(String::as_str).collect();
-        extra.extend(["--cluster-dns", &dns_addr]);
+        // A short lease: renewed, and the node status checked, every second.
+        extra.extend([
+            "--cluster-dns",
+            &dns_addr,
+            "--node-lease-duration-seconds",
+            "4",
+        ]);
         wasmlets.push(wasmlet_process(
             None,
             name,
@@ -120,6 +126,46 @@ async fn wasmlets_should_join_with_a_node_token_and_act_as_their_node() -> Resul
         )
         .await?;
     }
+
+    // The node keeps its status as it is: two lease renewals later (a status check each
+    // second), Ready has the same transition time. (Reading its status back through
+    // `nodes/status`, which a node may not get, once made it post anew every check.)
+    let ready_since = || async {
+        let n = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+            .get("edge-1")
+            .await
+            .ok()?;
+        n.status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?
+            .last_transition_time
+    };
+    let since = ready_since()
+        .await
+        .context("edge-1's Ready transition time")?;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "kube-node-lease");
+    let renewed = || async {
+        leases
+            .get("edge-1")
+            .await
+            .ok()?
+            .spec?
+            .renew_time
+            .map(|t| t.0)
+    };
+    let first = renewed().await.context("edge-1's lease")?;
+    wait_for("two lease renewals", Duration::from_secs(30), || async {
+        renewed()
+            .await
+            .filter(|t| t.duration_since(first) >= jiff::SignedDuration::from_secs(2))
+    })
+    .await?;
+    ensure!(
+        ready_since().await == Some(since),
+        "the Ready condition did not transition again"
+    );
 
     // The nodes hold their own credentials, never the admin token.
     let admin = std::fs::read_to_string(data.join("pki").join("admin.token"))?;

@@ -338,11 +338,16 @@ pub(crate) async fn report_status(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(check) => {}
         }
-        let previous = nodes
-            .get_status(&facts.name)
-            .await
-            .ok()
-            .and_then(|n| n.status);
+        // The Node itself, as the kubelet reads it: a node may patch `nodes/status` but not
+        // get it (system:node's rules), and a refused read looked like a node never Ready,
+        // posted again every check with new transition times.
+        let previous = match nodes.get(&facts.name).await {
+            Ok(n) => n.status,
+            Err(e) => {
+                tracing::debug!(error = %e, node = %facts.name, "reading the node failed");
+                continue;
+            }
+        };
         let ready = previous
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
