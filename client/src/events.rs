@@ -1,7 +1,13 @@
-//! Events (`events.k8s.io/v1`) as kube-runtime's `Recorder` writes them: a new event per
-//! (regarding object, type, reason, action, related object), and a repeat within
-//! [`SERIES_WINDOW`] of the last one bumps that event's `series` (count, last observed)
-//! instead of creating another, as client-go's event broadcaster does.
+//! Events (`events.k8s.io/v1`) as client-go's event recorder writes them for
+//! kube-controller-manager and the kubelet: a new event per (regarding object, type, reason,
+//! action, related object, note), and a repeat within [`SERIES_WINDOW`] of the last one bumps
+//! that event's `series` (count, last observed) instead of creating another. Past
+//! [`SIMILAR_EVENTS`] different notes alike otherwise within [`SIMILAR_WINDOW`] (a ReplicaSet's
+//! "Created pod: …" for each of its pods), the rest are combined into one event whose note
+//! starts "(combined from similar events): ", as client-go's `EventCorrelator` combines them.
+//! (kube-runtime's `Recorder` leaves the note out of what makes two events the same, so a
+//! Deployment's "Scaled up replica set A" and "Scaled down replica set B" showed as the first
+//! one, x2.)
 //!
 //! Events are written in the background, at most [`EventLimits`] per second with a burst
 //! (kube-scheduler's and the kubelet's defaults: 50/s, burst 100); past that they wait in a
@@ -16,7 +22,7 @@
 //! benchmark's open loop). Here the memory is bounded ([`MAX_REMEMBERED`] keys, a name and a
 //! count each) and the expired are dropped at most every [`GC_EVERY`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -33,6 +39,17 @@ pub const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
 /// Most events remembered for folding; past it the expired are dropped, then all (a repeat
 /// then starts a new event, which loses nothing but the count).
 pub const MAX_REMEMBERED: usize = 16_384;
+
+/// How many events alike but for their note are written one by one within
+/// [`SIMILAR_WINDOW`] before the rest are combined (client-go's `maxEvents`, 10; the tenth
+/// different note is the first combined).
+pub const SIMILAR_EVENTS: usize = 10;
+
+/// How long notes alike count toward [`SIMILAR_EVENTS`] (client-go's 600 s), from the last.
+pub const SIMILAR_WINDOW: Duration = Duration::from_secs(600);
+
+/// What a combined event's note starts with, as client-go writes it.
+pub const COMBINED: &str = "(combined from similar events): ";
 
 /// How often the expired are dropped at most.
 const GC_EVERY: Duration = Duration::from_secs(10);
@@ -151,6 +168,8 @@ struct Key {
     action: String,
     regarding: Reference,
     related: Option<Reference>,
+    /// The note; `None` for the combined event of notes alike (and for the key of likeness).
+    note: Option<String>,
 }
 
 /// The identifying fields of an `ObjectReference`.
@@ -178,13 +197,63 @@ struct Written {
     last: Instant,
 }
 
+/// The different notes seen for events alike but for their note.
+struct Similar {
+    notes: HashSet<String>,
+    last: Instant,
+}
+
 #[derive(Default)]
 struct Remembered {
     events: HashMap<Key, Written>,
+    similar: HashMap<Key, Similar>,
     next_gc: Option<Instant>,
 }
 
 impl Remembered {
+    /// The key an event with `note` is written under, and the note it is written with: its
+    /// own, or, once [`SIMILAR_EVENTS`] different notes were seen for events alike in the
+    /// window, the one combined event's (client-go's `EventAggregator`).
+    fn correlate(
+        &mut self,
+        alike: Key,
+        note: Option<String>,
+        now: Instant,
+    ) -> (Key, Option<String>) {
+        if self.similar.len() >= MAX_REMEMBERED {
+            self.similar
+                .retain(|_, s| now.duration_since(s.last) < SIMILAR_WINDOW);
+            if self.similar.len() >= MAX_REMEMBERED {
+                self.similar.clear();
+            }
+        }
+        let seen = self
+            .similar
+            .entry(alike.clone())
+            .or_insert_with(|| Similar {
+                notes: HashSet::new(),
+                last: now,
+            });
+        if now.duration_since(seen.last) >= SIMILAR_WINDOW {
+            seen.notes.clear();
+        }
+        seen.last = now;
+        let text = note.clone().unwrap_or_default();
+        if seen.notes.len() < SIMILAR_EVENTS {
+            seen.notes.insert(text.clone());
+        }
+        if seen.notes.len() < SIMILAR_EVENTS {
+            return (
+                Key {
+                    note: Some(text),
+                    ..alike
+                },
+                note,
+            );
+        }
+        (alike, Some(format!("{COMBINED}{text}")))
+    }
+
     /// The event a repeat at `now` folds into (namespace, name) and its next count.
     fn fold(&mut self, key: &Key, now: Instant) -> Option<(String, String, i32)> {
         let w = self.events.get_mut(key)?;
@@ -201,6 +270,8 @@ impl Remembered {
         if due || self.events.len() >= MAX_REMEMBERED {
             self.events
                 .retain(|_, w| now.duration_since(w.last) < SERIES_WINDOW);
+            self.similar
+                .retain(|_, s| now.duration_since(s.last) < SIMILAR_WINDOW);
             self.next_gc = Some(now + GC_EVERY);
             if self.events.len() >= MAX_REMEMBERED {
                 self.events.clear();
@@ -322,14 +393,16 @@ impl Writer {
     /// Writes a recorded event: a new one, or the last one's series bumped.
     async fn publish(&mut self, queued: &Queued) -> Result<(), kube::Error> {
         let (ev, regarding) = (&queued.ev, &queued.regarding);
-        let key = Key {
+        let now = queued.when;
+        let alike = Key {
             warning: matches!(ev.type_, EventType::Warning),
             reason: ev.reason.clone(),
             action: ev.action.clone(),
             regarding: regarding.into(),
             related: ev.secondary.as_ref().map(Reference::from),
+            note: None,
         };
-        let now = queued.when;
+        let (key, note) = self.remembered.correlate(alike, ev.note.clone(), now);
         let at = MicroTime(queued.at);
         let folded = self.remembered.fold(&key, now);
         if let Some((namespace, name, count)) = folded {
@@ -370,7 +443,7 @@ impl Writer {
             },
             action: Some(ev.action.clone()),
             reason: Some(ev.reason.clone()),
-            note: ev.note.clone(),
+            note,
             event_time: Some(at),
             regarding: Some(regarding.clone()),
             related: ev.secondary.clone(),
@@ -406,6 +479,7 @@ mod tests {
                 ..ObjectReference::default()
             }),
             related: None,
+            note: Some("Successfully assigned".into()),
         }
     }
 
@@ -505,5 +579,52 @@ mod tests {
             later,
         );
         assert_eq!(r.events.len(), 1);
+    }
+
+    #[test]
+    fn notes_alike_past_ten_should_combine_into_one_event() {
+        let mut r = Remembered::default();
+        let t0 = Instant::now();
+        let alike = Key {
+            note: None,
+            ..key("web", "SuccessfulCreate")
+        };
+        let mut own = HashSet::new();
+        for i in 0..SIMILAR_EVENTS - 1 {
+            let note = format!("Created pod: web-{i}");
+            let (k, written) = r.correlate(alike.clone(), Some(note.clone()), t0);
+            assert_eq!(written.as_deref(), Some(note.as_str()));
+            assert_eq!(k.note.as_deref(), Some(note.as_str()));
+            own.insert(k);
+        }
+        assert_eq!(own.len(), SIMILAR_EVENTS - 1, "one event per note");
+        // A repeat of a note already seen keeps its own event (to be folded into).
+        let (k, _) = r.correlate(alike.clone(), Some("Created pod: web-0".into()), t0);
+        assert!(own.contains(&k));
+        // The tenth different note and the ones after go to one combined event.
+        let (first, note) = r.correlate(alike.clone(), Some("Created pod: web-9".into()), t0);
+        assert_eq!(
+            note.as_deref(),
+            Some("(combined from similar events): Created pod: web-9")
+        );
+        assert!(!own.contains(&first));
+        let (next, _) = r.correlate(alike.clone(), Some("Created pod: web-10".into()), t0);
+        assert_eq!(first, next);
+        // Another reason is not alike.
+        let other = Key {
+            note: None,
+            ..key("web", "SuccessfulDelete")
+        };
+        let (k, note) = r.correlate(other, Some("Deleted pod: web-0".into()), t0);
+        assert_eq!(note.as_deref(), Some("Deleted pod: web-0"));
+        assert_eq!(k.note.as_deref(), Some("Deleted pod: web-0"));
+        // Quiet for the window, notes count afresh.
+        let (k, note) = r.correlate(
+            alike,
+            Some("Created pod: web-11".into()),
+            t0 + SIMILAR_WINDOW,
+        );
+        assert_eq!(note.as_deref(), Some("Created pod: web-11"));
+        assert_eq!(k.note.as_deref(), Some("Created pod: web-11"));
     }
 }
