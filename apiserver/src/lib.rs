@@ -46,6 +46,7 @@ pub mod pki;
 mod podlog;
 mod podstream;
 mod protobuf;
+mod proxy;
 mod rbac;
 pub mod registry;
 pub mod request;

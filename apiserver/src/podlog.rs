@@ -128,15 +128,26 @@ pub(crate) async fn load_pod(
     namespace: &str,
     name: &str,
 ) -> Result<Pod, ApiError> {
-    let info = ResourceInfo::of::<Pod>();
+    load(api, namespace, name).await
+}
+
+/// The namespaced object `namespace/name` of kind `K`, as stored.
+///
+/// # Errors
+/// 404 when there is none.
+pub(crate) async fn load<K>(api: &Apiserver, namespace: &str, name: &str) -> Result<K, ApiError>
+where
+    K: k8s_openapi::Resource + serde::de::DeserializeOwned,
+{
+    let info = ResourceInfo::of::<K>();
     let stored = api
         .store
         .get(&info.key(Some(namespace), name))
         .await
-        .map_err(|e| ApiError::internal(format!("reading the pod: {e}")))?
+        .map_err(|e| ApiError::internal(format!("reading the {}: {e}", info.singular)))?
         .ok_or_else(|| ApiError::not_found(&info, name))?;
     serde_json::from_slice(&stored.value)
-        .map_err(|e| ApiError::internal(format!("stored pod: {e}")))
+        .map_err(|e| ApiError::internal(format!("stored {}: {e}", info.singular)))
 }
 
 /// The pod's node.
@@ -355,16 +366,21 @@ pub(crate) async fn get_node(
     Ok(resp)
 }
 
-/// The error a node's non-success answer becomes.
-pub(crate) async fn node_error(resp: http::Response<hyper::body::Incoming>) -> ApiError {
-    let status = resp.status();
+/// The text of a node's answer (why it refused), trimmed.
+pub(crate) async fn node_text(resp: http::Response<hyper::body::Incoming>) -> String {
     let text = resp
         .into_body()
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let msg = String::from_utf8_lossy(&text).trim().to_owned();
+    String::from_utf8_lossy(&text).trim().to_owned()
+}
+
+/// The error a node's non-success answer becomes.
+pub(crate) async fn node_error(resp: http::Response<hyper::body::Incoming>) -> ApiError {
+    let status = resp.status();
+    let msg = node_text(resp).await;
     match status {
         StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => ApiError::bad_request(msg),
         _ => ApiError::internal(format!("the node answered {status}: {msg}")),

@@ -152,6 +152,9 @@ pub struct Decoded {
     pub unknown: Vec<String>,
 }
 
+/// The verbs of a `proxy` subresource, as discovery lists them.
+pub const PROXY_VERBS: &[&str] = &["create", "delete", "get", "patch", "update"];
+
 /// An object-safe view of a [`Strategy`], working on JSON values.
 pub trait Kind: Send + Sync {
     /// Identity.

@@ -406,6 +406,11 @@ async fn route(
             let (node, rest) = crate::podlog::node_proxy_path(path).expect("checked by the guard");
             crate::podlog::node_proxy(&s.api, &s.kubelet, node, rest, query).await
         }
+        (_, _) if crate::proxy::route(path).is_some() => {
+            let target = crate::proxy::route(path).expect("checked by the guard");
+            let body = bytes::Bytes::copy_from_slice(body);
+            crate::proxy::serve(&s.api, &s.kubelet, target, method, query, headers, body).await
+        }
         (&Method::GET, p) if pod_log_path(p).is_some() => {
             let (ns, name) = pod_log_path(p).expect("checked by the guard");
             crate::podlog::pod_log(&s.api, &s.kubelet, ns, name, query).await

@@ -23,6 +23,7 @@ pub mod join;
 pub mod leader;
 pub mod local;
 pub mod metrics;
+pub mod proxy;
 mod source;
 pub mod tls;
 pub mod watch;

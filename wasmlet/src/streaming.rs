@@ -11,6 +11,7 @@ pub(crate) mod attach;
 pub(crate) mod exec;
 pub mod logs;
 pub(crate) mod portforward;
+pub(crate) mod proxy;
 pub(crate) mod remotecommand;
 pub(crate) mod server;
 pub(crate) mod spdy;

@@ -110,6 +110,15 @@ impl Strategy for NamespaceStrategy {
 struct NodeStrategy;
 
 impl Strategy for NodeStrategy {
+    fn subresources(&self) -> &'static [Subresource] {
+        &[Subresource {
+            name: "proxy",
+            kind: "NodeProxyOptions",
+            verbs: crate::registry::PROXY_VERBS,
+            group_version: None,
+        }]
+    }
+
     type K = Node;
 
     fn keeps_status_on_create(&self) -> bool {
@@ -191,6 +200,15 @@ impl Strategy for NodeStrategy {
 struct ServiceStrategy;
 
 impl Strategy for ServiceStrategy {
+    fn subresources(&self) -> &'static [Subresource] {
+        &[Subresource {
+            name: "proxy",
+            kind: "ServiceProxyOptions",
+            verbs: crate::registry::PROXY_VERBS,
+            group_version: None,
+        }]
+    }
+
     type K = Service;
 
     fn returns_deleted_object(&self) -> bool {

@@ -165,6 +165,12 @@ impl Strategy for PodStrategy {
                 verbs: &["create", "get"],
                 group_version: None,
             },
+            Subresource {
+                name: "proxy",
+                kind: "PodProxyOptions",
+                verbs: crate::registry::PROXY_VERBS,
+                group_version: None,
+            },
         ]
     }
 

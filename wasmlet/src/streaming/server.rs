@@ -89,6 +89,10 @@ pub(crate) async fn start(
             "/portForward/{namespace}/{pod}",
             axum::routing::any(port_forward),
         )
+        .route(
+            &format!("{}/{{*rest}}", wasmkube_client::proxy::POD_PROXY_PATH),
+            axum::routing::any(pod_proxy),
+        )
         .with_state(Arc::new(Shared { pods, stats }));
     let task = tokio::spawn(async move {
         let tracker = TaskTracker::new();
@@ -281,6 +285,18 @@ fn refuse(req: &axum::extract::Request, subresource: &str) -> Option<Response> {
         .cloned()
         .unwrap_or(Caller(None));
     refusal(&caller, subresource)
+}
+
+/// `pods/proxy` and `services/proxy`: the request, made to the pod's port.
+async fn pod_proxy(
+    State(s): State<Arc<Shared>>,
+    Path(rest): Path<String>,
+    req: axum::extract::Request,
+) -> Response {
+    if let Some(refused) = refuse(&req, "proxy") {
+        return refused;
+    }
+    crate::streaming::proxy::serve(&s.pods, &rest, req).await
 }
 
 /// `pods/portforward`: a WebSocket (SPDY tunnelled, or kube-rs's channels) or a plain SPDY/3.1
