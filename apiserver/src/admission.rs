@@ -11,6 +11,7 @@
 //! kind. A plugin that needs cluster state reads it from the store or from a cache it keeps.
 
 pub(crate) mod alloc;
+mod ingressclass;
 mod lifecycle;
 pub(crate) mod limits;
 pub(crate) mod priority;
@@ -111,8 +112,8 @@ pub(crate) struct Chain {
 }
 
 impl Chain {
-    /// kube-apiserver's default plugins that wasmkube has: NamespaceLifecycle, Priority, and
-    /// the allocation of Service addresses and node pod ranges.
+    /// kube-apiserver's default plugins that wasmkube has: NamespaceLifecycle, Priority,
+    /// DefaultIngressClass, and the allocation of Service addresses and node pod ranges.
     pub(crate) fn standard(
         store: &Store,
         namespaces: Arc<crate::cache::Cacher>,
@@ -123,6 +124,7 @@ impl Chain {
         Arc::clone(&classes).run(store.clone(), shutdown.clone());
         Chain::default()
             .mutating(priority::Priority::new(store.clone(), classes))
+            .mutating(ingressclass::DefaultIngressClass::new(store.clone()))
             .validating(lifecycle::NamespaceLifecycle::new(
                 store.clone(),
                 namespaces,

@@ -459,3 +459,58 @@ async fn finalizers_should_delay_deletion_until_removed() -> Result<()> {
     ensure!(fg.metadata.finalizers == Some(vec!["foregroundDeletion".to_string()]));
     cluster.stop().await
 }
+
+#[tokio::test]
+async fn a_new_ingress_without_a_class_should_get_the_default_class() -> Result<()> {
+    use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+    let cluster = Cluster::start().await?;
+    let c = &cluster.client;
+    let classes: Api<IngressClass> = Api::all(c.clone());
+    let ingresses: Api<Ingress> = Api::default_namespaced(c.clone());
+    let class_of = |i: &Ingress| i.spec.as_ref().and_then(|s| s.ingress_class_name.clone());
+    let ingress = |name: &str, annotations: Value| -> Result<Ingress> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}},
+        }))?)
+    };
+    let pp = PostParams::default();
+    // No default class: none is set.
+    let none = ingresses
+        .create(&pp, &ingress("before", json!({}))?)
+        .await?;
+    ensure!(class_of(&none).is_none(), "{:?}", none.spec);
+    for (name, default) in [("plain", "false"), ("house", "true")] {
+        classes
+            .create(
+                &pp,
+                &serde_json::from_value(json!({
+                    "metadata": {"name": name,
+                        "annotations": {"ingressclass.kubernetes.io/is-default-class": default}},
+                    "spec": {"controller": "example.com/ingress"},
+                }))?,
+            )
+            .await?;
+    }
+    // The DefaultIngressClass admission plugin names the default class on create.
+    let got = ingresses.create(&pp, &ingress("after", json!({}))?).await?;
+    ensure!(class_of(&got).as_deref() == Some("house"), "{:?}", got.spec);
+    // A class named the older way (the annotation) is left as it is.
+    let annotated = ingresses
+        .create(
+            &pp,
+            &ingress("annotated", json!({"kubernetes.io/ingress.class": "plain"}))?,
+        )
+        .await?;
+    ensure!(class_of(&annotated).is_none(), "{:?}", annotated.spec);
+    // Only creates are defaulted: an update of the first one keeps it without a class.
+    let updated = ingresses
+        .patch(
+            "before",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await?;
+    ensure!(class_of(&updated).is_none(), "{:?}", updated.spec);
+    cluster.stop().await
+}
