@@ -180,6 +180,29 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
     let rev = revision(&ds);
+    if crate::history::behind(
+        &ds.metadata,
+        ds.status.as_ref().and_then(|s| s.observed_generation),
+    ) {
+        let name_of = |hash: &str| format!("{}-{hash}", ds.name_any());
+        let live = owned
+            .iter()
+            .filter_map(|p| p.labels().get(REVISION_LABEL).map(|h| name_of(h)))
+            .collect();
+        let spec = ds.spec.clone().unwrap_or_default();
+        crate::history::record(
+            &ctx.client,
+            &*ds,
+            crate::history::Current {
+                name: &name_of(&rev),
+                hash: &rev,
+                template: &spec.template,
+                limit: spec.revision_history_limit,
+                live,
+            },
+        )
+        .await?;
+    }
     let nodes = ctx.nodes.state();
     let wanted: BTreeMap<String, bool> = nodes
         .iter()

@@ -50,6 +50,7 @@ pub mod disruption;
 pub mod endpoints;
 pub mod expectations;
 pub mod gc;
+pub mod history;
 pub mod hpa;
 pub mod informers;
 pub mod job;

@@ -225,6 +225,28 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
             )
         })
         .collect();
+    if crate::history::behind(
+        &set.metadata,
+        set.status.as_ref().and_then(|s| s.observed_generation),
+    ) {
+        let live = owned
+            .iter()
+            .filter_map(|p| p.labels().get(REVISION_LABEL).cloned())
+            .chain(set.status.as_ref().and_then(|s| s.current_revision.clone()))
+            .collect();
+        crate::history::record(
+            &ctx.client,
+            &*set,
+            crate::history::Current {
+                name: &rev,
+                hash: rev.strip_prefix(&prefix).unwrap_or(&rev),
+                template: &spec.template,
+                limit: spec.revision_history_limit,
+                live,
+            },
+        )
+        .await?;
+    }
     let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
     let on_delete = spec
         .update_strategy

@@ -376,3 +376,182 @@ async fn a_deployment_rolls_out_within_its_budget_and_rolls_back() -> Result<()>
     a.stop().await?;
     b.stop().await
 }
+
+/// The ControllerRevisions `owner` controls, oldest first.
+async fn revisions_of(
+    c: &kube::Client,
+    owner_uid: &str,
+) -> Result<Vec<k8s_openapi::api::apps::v1::ControllerRevision>> {
+    let api: Api<k8s_openapi::api::apps::v1::ControllerRevision> =
+        Api::default_namespaced(c.clone());
+    let mut owned: Vec<_> = api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| r.owner_references().iter().any(|o| o.uid == owner_uid))
+        .collect();
+    owned.sort_by_key(|r| r.revision);
+    Ok(owned)
+}
+
+#[tokio::test]
+async fn a_stateful_set_keeps_its_template_history_and_rolls_back() -> Result<()> {
+    use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+    use k8s_openapi::api::core::v1::Pod;
+    let cluster = Cluster::start_with_control_plane().await?;
+    let node = cluster.start_node("n1").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    let sets: Api<StatefulSet> = Api::default_namespaced(c.clone());
+    let pods: Api<Pod> = Api::default_namespaced(c.clone());
+    let template = |mode: &str| {
+        json!({"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "c",
+            "image": image, "args": ["forever"], "env": [{"name": "MODE", "value": mode}]}]}})
+    };
+    let set = sets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "db",
+                "annotations": {"kubernetes.io/change-cause": "first"}},
+                "spec": {"replicas": 1, "serviceName": "db",
+                "selector": {"matchLabels": {"app": "db"}}, "template": template("v1")}}))?,
+        )
+        .await?;
+    let uid = set.metadata.uid.clone().context("a uid")?;
+    // The pod's revision label names the set's revision, which is a ControllerRevision.
+    let pod_revision = || async {
+        pods.get_opt("db-0")
+            .await
+            .ok()
+            .flatten()
+            .filter(|p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .and_then(|p| p.labels().get("controller-revision-hash").cloned())
+    };
+    let first = wait_for("db-0 running at the first revision", SLOW, || async {
+        let rev = pod_revision().await?;
+        let revisions = revisions_of(c, &uid).await.ok()?;
+        (revisions.len() == 1 && revisions[0].name_any() == rev).then(|| revisions[0].clone())
+    })
+    .await?;
+    anyhow::ensure!(first.revision == 1, "{first:?}");
+    let data = first.data.as_ref().context("data")?;
+    anyhow::ensure!(
+        data.0["spec"]["template"]["$patch"] == "replace"
+            && data.0["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] == "v1",
+        "{data:?}"
+    );
+    anyhow::ensure!(
+        first
+            .annotations()
+            .get("kubernetes.io/change-cause")
+            .map(String::as_str)
+            == Some("first")
+    );
+
+    // A new template: a second revision, the pod replaced onto it.
+    sets.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": template("v2")}})),
+    )
+    .await?;
+    let second = wait_for("db-0 running at a second revision", SLOW, || async {
+        let rev = pod_revision().await?;
+        let revisions = revisions_of(c, &uid).await.ok()?;
+        (revisions.len() == 2 && revisions[1].name_any() == rev && rev != first.name_any())
+            .then(|| revisions[1].clone())
+    })
+    .await?;
+    anyhow::ensure!(second.revision == 2, "{second:?}");
+
+    // Undo: kubectl applies the first revision's data; that revision is renumbered 3 and the
+    // pod goes back to it (the same patch from kube-rs when kubectl is absent).
+    let kubectl = wasmkube_tests::kubectl();
+    if let Some(kubectl) = &kubectl {
+        let (ok, out, err) = wasmkube_tests::run_kubectl(
+            kubectl,
+            &cluster.kubeconfig,
+            &["rollout", "undo", "statefulset/db"],
+        )
+        .await?;
+        anyhow::ensure!(ok && out.contains("rolled back"), "{out} {err}");
+    } else {
+        eprintln!("kubectl is not installed; rolled back with kube-rs's patch");
+        sets.patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Strategic(data.0.clone()),
+        )
+        .await?;
+    }
+    wait_for(
+        "db-0 back at the first revision, renumbered 3",
+        SLOW,
+        || async {
+            let rev = pod_revision().await?;
+            let revisions = revisions_of(c, &uid).await.ok()?;
+            (revisions.len() == 2
+                && rev == first.name_any()
+                && revisions[1].name_any() == rev
+                && revisions[1].revision == 3)
+                .then_some(())
+        },
+    )
+    .await?;
+    if let Some(kubectl) = &kubectl {
+        let (ok, out, err) = wasmkube_tests::run_kubectl(
+            kubectl,
+            &cluster.kubeconfig,
+            &["rollout", "history", "statefulset/db"],
+        )
+        .await?;
+        let numbers: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.parse::<u32>().is_ok())
+            .collect();
+        anyhow::ensure!(ok && numbers == ["2", "3"], "{out} {err}");
+        let (ok, out, err) = wasmkube_tests::run_kubectl(
+            kubectl,
+            &cluster.kubeconfig,
+            &["get", "controllerrevisions"],
+        )
+        .await?;
+        anyhow::ensure!(
+            ok && out.contains("statefulset.apps/db") && out.contains("CONTROLLER"),
+            "{out} {err}"
+        );
+    }
+
+    // A DaemonSet's revisions are named after it and its pods' hash.
+    let daemons: Api<DaemonSet> = Api::default_namespaced(c.clone());
+    let ds = daemons
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "agent"}, "spec": {
+                "selector": {"matchLabels": {"app": "agent"}},
+                "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers":
+                    [{"name": "c", "image": image, "args": ["forever"]}]}}}}))?,
+        )
+        .await?;
+    let ds_uid = ds.metadata.uid.clone().context("a uid")?;
+    wait_for("the DaemonSet's revision", SLOW, || async {
+        let revisions = revisions_of(c, &ds_uid).await.ok()?;
+        let hash = pods
+            .list(&ListParams::default().labels("app=agent"))
+            .await
+            .ok()?
+            .items
+            .first()?
+            .labels()
+            .get("controller-revision-hash")?
+            .clone();
+        (revisions.len() == 1 && revisions[0].name_any() == format!("agent-{hash}")).then_some(())
+    })
+    .await?;
+    node.stop().await
+}

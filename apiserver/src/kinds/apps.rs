@@ -1,9 +1,9 @@
-//! apps/v1: Deployment, ReplicaSet, DaemonSet, StatefulSet.
+//! apps/v1: Deployment, ReplicaSet, DaemonSet, StatefulSet, ControllerRevision.
 
 use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet,
-    RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy, StatefulSet,
-    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
+    ControllerRevision, DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy,
+    ReplicaSet, RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy,
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -34,6 +34,75 @@ pub(super) fn register(r: &Registry) {
         i.short_names(&["ds"]).in_all().with_status()
     });
     r.register_with(StatefulSetStrategy, |i| i.scalable(&["sts"]));
+    r.register(ControllerRevisionStrategy);
+}
+
+/// A StatefulSet's or DaemonSet's pod-template history (`ValidateControllerRevision`): `data`
+/// is required and never changes; `revision` is not negative.
+struct ControllerRevisionStrategy;
+
+impl Strategy for ControllerRevisionStrategy {
+    type K = ControllerRevision;
+
+    fn validate(&self, r: &ControllerRevision) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if r.data.is_none() {
+            errs.push(FieldError::required("data", ""));
+        }
+        if r.revision < 0 {
+            errs.push(FieldError::invalid(
+                "revision",
+                r.revision,
+                "must be greater than or equal to 0",
+            ));
+        }
+        errs
+    }
+
+    fn validate_update(
+        &self,
+        new: &ControllerRevision,
+        old: &ControllerRevision,
+    ) -> Vec<FieldError> {
+        let mut errs = self.validate(new);
+        validation::immutable("data", &new.data, &old.data, &mut errs);
+        errs
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::new("Controller", "Controller of the object"),
+            Column::int("Revision", "Revision of the ControllerRevision"),
+            Column::age(),
+        ]
+    }
+
+    fn row(&self, r: &ControllerRevision) -> Vec<Value> {
+        // kubectl's `<kind>.<group>/<name>` of the controller, `<none>` without one.
+        let controller = r
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map_or_else(
+                || "<none>".to_owned(),
+                |o| {
+                    let group = o.api_version.split_once('/').map_or("", |(g, _)| g);
+                    let kind = o.kind.to_ascii_lowercase();
+                    if group.is_empty() {
+                        format!("{kind}/{}", o.name)
+                    } else {
+                        format!("{kind}.{group}/{}", o.name)
+                    }
+                },
+            );
+        vec![
+            json!(controller),
+            json!(r.revision),
+            crate::table::age(r.metadata.creation_timestamp.as_ref()),
+        ]
+    }
 }
 
 /// Shared checks of workload kinds: a selector that is non-empty and matches the template,
