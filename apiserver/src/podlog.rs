@@ -74,7 +74,8 @@ pub(crate) async fn pod_log(
             .container_statuses
             .iter()
             .flatten()
-            .chain(s.init_container_statuses.iter().flatten());
+            .chain(s.init_container_statuses.iter().flatten())
+            .chain(s.ephemeral_container_statuses.iter().flatten());
         all.find(|cs| cs.name == container).cloned()
     });
     let previous = param("previous") == Some("true");
@@ -162,7 +163,8 @@ pub(crate) fn node_of(pod: &Pod, name: &str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))
 }
 
-/// The pod, the container a `pods/log|exec` request is about (the only one when not named),
+/// The pod, the container a `pods/log|exec` request is about (the only one when not named;
+/// init and ephemeral containers by name),
 /// and the pod's node.
 ///
 /// # Errors
@@ -182,8 +184,14 @@ pub(crate) async fn pod_container(
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
+    let ephemeral: Vec<&str> = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
     let container = match container.filter(|c| !c.is_empty()) {
-        Some(c) if app.contains(&c) || init.contains(&c) => c.to_owned(),
+        Some(c) if app.contains(&c) || init.contains(&c) || ephemeral.contains(&c) => c.to_owned(),
         Some(c) => {
             return Err(ApiError::bad_request(format!(
                 "container {c} is not valid for pod {name}"
@@ -199,6 +207,12 @@ pub(crate) async fn pod_container(
                 msg.push_str(&format!(
                     " or one of the init containers: [{}]",
                     init.join(" ")
+                ));
+            }
+            if !ephemeral.is_empty() {
+                msg.push_str(&format!(
+                    " or one of the ephemeral containers: [{}]",
+                    ephemeral.join(" ")
                 ));
             }
             return Err(ApiError::bad_request(msg));

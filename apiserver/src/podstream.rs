@@ -271,6 +271,7 @@ fn check_running(pod: &Pod, name: &str, container: &str, what: &str) -> Result<(
         .iter()
         .flatten()
         .chain(status.init_container_statuses.iter().flatten())
+        .chain(status.ephemeral_container_statuses.iter().flatten())
         .find(|c| c.name == container)
         .and_then(|c| c.state.as_ref())
         .is_some_and(|s| s.running.is_some());

@@ -142,6 +142,10 @@ pub struct Subresource {
     /// The group and version of `kind` when not the resource's own (`pods/eviction` takes a
     /// policy/v1 Eviction).
     pub group_version: Option<(&'static str, &'static str)>,
+    /// The part of the object (a JSON pointer) that only this subresource writes: a `PUT` or
+    /// `PATCH` of it changes that part alone, and updates of the object itself keep it as
+    /// stored (namespaces' `finalize` and `/spec/finalizers`; pods' `ephemeralcontainers`).
+    pub owns: Option<&'static str>,
 }
 
 /// The result of decoding a request body into a kind.
@@ -185,6 +189,13 @@ pub trait Kind: Send + Sync {
     /// Whether the kind serves subresource `name` beyond `status` and `scale`.
     fn serves(&self, name: &str) -> bool {
         self.subresources().iter().any(|s| s.name == name)
+    }
+    /// The part of the object subresource `name` owns ([`Subresource::owns`]).
+    fn owned_by(&self, name: &str) -> Option<&'static str> {
+        self.subresources()
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.owns)
     }
     /// See [`Strategy::spec_finalizers`].
     fn spec_finalizers(&self, _obj: &Value) -> usize {

@@ -206,6 +206,13 @@ impl Apiserver {
         let info = t.kind.info();
         let sub = t.subresource.as_deref();
         let named = t.name.is_some();
+        // A subresource that owns a part of the object (`finalize`, `ephemeralcontainers`),
+        // with the verbs it serves.
+        let owning = sub
+            .and_then(|s| t.kind.subresources().iter().find(|x| x.name == s))
+            .filter(|x| x.owns.is_some())
+            .map(|x| x.verbs);
+        let owning_serves = |verb: &str| owning.is_some_and(|v| v.contains(&verb));
         match (&method, named, sub) {
             (&Method::GET, false, None) if q.is_watch() || t.watch_path => {
                 self.watch(t, q, repr, None).await
@@ -214,7 +221,9 @@ impl Apiserver {
                 self.watch(t, q, repr, t.name.as_deref()).await
             }
             (&Method::GET, false, None) => self.list(t, q, repr).await,
-            (&Method::GET, true, None | Some("status")) => {
+            (&Method::GET, true, sub)
+                if sub.is_none() || sub == Some("status") || owning_serves("get") =>
+            {
                 if q.resource_version.as_deref().is_none_or(str::is_empty) {
                     self.linearize().await?;
                 }
@@ -235,9 +244,8 @@ impl Apiserver {
             }
             (&Method::PUT, true, None) => self.update(&call).await,
             (&Method::PUT, true, Some("status")) if info.status => self.update(&call).await,
-            (&Method::PUT, true, Some("finalize")) if t.kind.serves("finalize") => {
-                self.update(&call).await
-            }
+            (&Method::PUT, true, Some(_)) if owning_serves("update") => self.update(&call).await,
+            (&Method::PATCH, true, Some(_)) if owning_serves("patch") => self.patch(&call).await,
             (&Method::PUT, true, Some("scale")) if info.scale => {
                 let scale = call.decode()?.object;
                 self.set_scale(t, q, scale, None).await
@@ -261,10 +269,8 @@ impl Apiserver {
                 self.delete_collection(&call).await
             }
             (_, true, Some(other))
-                if !matches!(
-                    other,
-                    "status" | "scale" | "binding" | "eviction" | "finalize" | "token"
-                ) =>
+                if owning.is_none()
+                    && !matches!(other, "status" | "scale" | "binding" | "eviction" | "token") =>
             {
                 Err(ApiError::no_route(path))
             }

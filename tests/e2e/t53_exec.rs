@@ -411,3 +411,167 @@ async fn attach_joins_a_running_container_and_older_kubectl_streams_over_spdy() 
     }
     node.stop().await
 }
+
+/// The state of ephemeral container `name` of `pod`, when the node has reported one.
+fn ephemeral_state(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    name: &str,
+) -> Option<k8s_openapi::api::core::v1::ContainerState> {
+    pod.status
+        .as_ref()?
+        .ephemeral_container_statuses
+        .as_ref()?
+        .iter()
+        .find(|s| s.name == name)?
+        .state
+        .clone()
+}
+
+#[tokio::test]
+async fn ephemeral_containers_run_once_in_a_running_pod_as_kubectl_debug_adds_them() -> Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let cluster = Cluster::start().await?;
+    let node = cluster.start_node("n1").await?;
+    let image = cluster.push_sample("toolbox").await?;
+    let c = &cluster.client;
+    let pods = create_pod(
+        c,
+        &node.name,
+        "box",
+        json!({
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [{"name": "main", "image": image,
+                "args": ["append", "/scratch/mark", "from-main", "--", "forever"],
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}]
+        }),
+    )
+    .await?;
+    wait_pod(&pods, "box", "running", |p| phase(p) == "Running").await?;
+
+    // What `kubectl debug box --image=... --target=main` sends: a strategic merge patch of the
+    // `ephemeralcontainers` subresource. The debugger shares the pod's volumes.
+    let debugger = json!({"spec": {"ephemeralContainers": [{"name": "debugger", "image": image,
+        "targetContainerName": "main", "args": ["cat", "/scratch/mark"],
+        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}]}});
+    pods.patch_subresource(
+        "ephemeralcontainers",
+        "box",
+        &PatchParams::default(),
+        &Patch::Strategic(debugger),
+    )
+    .await?;
+    let pod = wait_pod(&pods, "box", "the debugger completed", |p| {
+        ephemeral_state(p, "debugger").is_some_and(|s| s.terminated.is_some())
+    })
+    .await?;
+    let ended = ephemeral_state(&pod, "debugger")
+        .and_then(|s| s.terminated)
+        .context("terminated")?;
+    ensure!(
+        ended.exit_code == 0 && ended.reason.as_deref() == Some("Completed"),
+        "{ended:?}"
+    );
+    ensure!(phase(&pod) == "Running", "the pod runs on");
+    let logs = pods
+        .logs(
+            "box",
+            &kube::api::LogParams {
+                container: Some("debugger".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    ensure!(logs.contains("from-main"), "{logs:?}");
+
+    // What may not be done: remove or change one, add one with ports or no image, or add one
+    // through the pod itself (its ephemeral containers stay as they were).
+    let refused = |r: kube::Result<k8s_openapi::api::core::v1::Pod>| match r {
+        Err(kube::Error::Api(s)) => (s.code, s.message),
+        Ok(_) => (200, String::new()),
+        Err(e) => (0, e.to_string()),
+    };
+    let (code, message) = refused(
+        pods.patch_subresource(
+            "ephemeralcontainers",
+            "box",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ephemeralContainers": []}})),
+        )
+        .await,
+    );
+    ensure!(
+        code == 422 && message.contains("may not be removed"),
+        "{code} {message}"
+    );
+    let (code, message) = refused(
+        pods.patch_subresource(
+            "ephemeralcontainers",
+            "box",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"ephemeralContainers": [{"name": "bad",
+                "image": image, "ports": [{"containerPort": 80}]}]}})),
+        )
+        .await,
+    );
+    ensure!(
+        code == 422 && message.contains("cannot be set for an Ephemeral Container"),
+        "{code} {message}"
+    );
+    let through_pod = pods
+        .patch(
+            "box",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"ephemeralContainers": [{"name": "sneaky",
+                "image": image}]}})),
+        )
+        .await?;
+    let names: Vec<String> = through_pod
+        .spec
+        .iter()
+        .flat_map(|s| s.ephemeral_containers.iter().flatten())
+        .map(|e| e.name.clone())
+        .collect();
+    ensure!(names == ["debugger"], "{names:?}");
+
+    // Real kubectl: `kubectl debug` adds one and waits for it.
+    if let Some(kubectl) = wasmkube_tests::kubectl() {
+        let (ok, out, err) = wasmkube_tests::run_kubectl(
+            &kubectl,
+            &cluster.kubeconfig,
+            &[
+                "debug",
+                "box",
+                "--image",
+                &image,
+                "-c",
+                "dbg",
+                "--profile=general",
+                "--",
+                "/toolbox",
+                "args",
+                "--",
+                "via-kubectl",
+            ],
+        )
+        .await?;
+        ensure!(ok, "{out} {err}");
+        let pod = wait_pod(&pods, "box", "kubectl's debugger completed", |p| {
+            ephemeral_state(p, "dbg").is_some_and(|s| s.terminated.is_some())
+        })
+        .await?;
+        let (ok, out, err) = wasmkube_tests::run_kubectl(
+            &kubectl,
+            &cluster.kubeconfig,
+            &["logs", "box", "-c", "dbg"],
+        )
+        .await?;
+        ensure!(
+            ok && out.contains("via-kubectl"),
+            "{out} {err} {:?}",
+            pod.status
+        );
+    } else {
+        eprintln!("kubectl is not installed; ephemeral containers were added through kube-rs only");
+    }
+    node.stop().await
+}

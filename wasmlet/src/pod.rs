@@ -123,7 +123,7 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
     let key = (ns.clone(), name.clone());
     let dir = ctx.pods_dir.join(format!("{ns}_{name}_{uid}"));
     let spec = pod.spec.clone().unwrap_or_default();
-    let containers: Vec<Container> = spec
+    let mut containers: Vec<Container> = spec
         .init_containers
         .iter()
         .flatten()
@@ -143,7 +143,7 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
         RestartPolicy::parse(spec.restart_policy.as_deref()),
         ctx.backoff,
     );
-    let probes: Vec<ContainerProbes> = containers
+    let mut probes: Vec<ContainerProbes> = containers
         .iter()
         .enumerate()
         .map(|(i, c)| {
@@ -444,6 +444,17 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                         pod = p;
                         if deleted {
                             pending.push_back(PodEvent::Delete);
+                        } else if !finished {
+                            // `kubectl debug`: ephemeral containers added since, started once.
+                            for c in new_ephemeral(&pod, &containers) {
+                                let i = worker.add_ephemeral(c.name.clone());
+                                containers.push(c);
+                                prepared.push(None);
+                                kills.push(None);
+                                probing.push(None);
+                                probes.push(ContainerProbes::default());
+                                pending.push_back(PodEvent::EphemeralAdded { container: i });
+                            }
                         }
                     }
                     None => {
@@ -518,6 +529,22 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
     }
     ctx.pods.remove(&key);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The ephemeral containers of `pod` not among `known`, as containers to run (they share a
+/// container's fields; `targetContainerName` has no meaning here: a pod's instances share no
+/// process namespace).
+fn new_ephemeral(pod: &Pod, known: &[Container]) -> Vec<Container> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.ephemeral_containers.iter().flatten())
+        .filter(|e| !known.iter().any(|c| c.name == e.name))
+        .filter_map(|e| {
+            serde_json::to_value(e)
+                .and_then(serde_json::from_value::<Container>)
+                .ok()
+        })
+        .collect()
 }
 
 /// Whether a status says the pod is Ready.

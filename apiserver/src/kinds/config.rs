@@ -174,6 +174,7 @@ impl Strategy for ServiceAccountStrategy {
             kind: "TokenRequest",
             verbs: &["create"],
             group_version: None,
+            owns: None,
         }]
     }
 

@@ -54,6 +54,7 @@ impl Strategy for NamespaceStrategy {
             kind: "Namespace",
             verbs: &["update"],
             group_version: None,
+            owns: Some("/spec/finalizers"),
         }]
     }
 
@@ -116,6 +117,7 @@ impl Strategy for NodeStrategy {
             kind: "NodeProxyOptions",
             verbs: crate::registry::PROXY_VERBS,
             group_version: None,
+            owns: None,
         }]
     }
 
@@ -206,6 +208,7 @@ impl Strategy for ServiceStrategy {
             kind: "ServiceProxyOptions",
             verbs: crate::registry::PROXY_VERBS,
             group_version: None,
+            owns: None,
         }]
     }
 

@@ -134,42 +134,56 @@ impl Strategy for PodStrategy {
                 kind: "Eviction",
                 verbs: &["create"],
                 group_version: Some(("policy", "v1")),
+                owns: None,
             },
             Subresource {
                 name: "binding",
                 kind: "Binding",
                 verbs: &["create"],
                 group_version: None,
+                owns: None,
             },
             Subresource {
                 name: "log",
                 kind: "Pod",
                 verbs: &["get"],
                 group_version: None,
+                owns: None,
             },
             Subresource {
                 name: "exec",
                 kind: "PodExecOptions",
                 verbs: &["create", "get"],
                 group_version: None,
+                owns: None,
             },
             Subresource {
                 name: "attach",
                 kind: "PodAttachOptions",
                 verbs: &["create", "get"],
                 group_version: None,
+                owns: None,
             },
             Subresource {
                 name: "portforward",
                 kind: "PodPortForwardOptions",
                 verbs: &["create", "get"],
                 group_version: None,
+                owns: None,
             },
             Subresource {
                 name: "proxy",
                 kind: "PodProxyOptions",
                 verbs: crate::registry::PROXY_VERBS,
                 group_version: None,
+                owns: None,
+            },
+            Subresource {
+                name: "ephemeralcontainers",
+                kind: "Pod",
+                verbs: &["get", "patch", "update"],
+                group_version: None,
+                owns: Some("/spec/ephemeralContainers"),
             },
         ]
     }
@@ -239,6 +253,12 @@ impl Strategy for PodStrategy {
         n.active_deadline_seconds = o.active_deadline_seconds;
         n.tolerations = o.tolerations.clone();
         n.termination_grace_period_seconds = o.termination_grace_period_seconds;
+        // Ephemeral containers are checked on their own (`ValidatePodEphemeralContainersUpdate`).
+        let added = std::mem::replace(&mut n.ephemeral_containers, o.ephemeral_containers.clone());
+        let ephemeral = validate_ephemeral(&n, added.as_deref().unwrap_or_default(), o);
+        if !ephemeral.is_empty() {
+            return ephemeral;
+        }
         if &n != o {
             return vec![FieldError::forbidden(
                 "spec",
@@ -336,4 +356,100 @@ impl Strategy for PodStrategy {
             json!(gates),
         ]
     }
+}
+
+/// The checks of `kubectl debug`'s ephemeral containers: those already there stay as they are;
+/// a new one has a unique name, an image, none of what only regular containers have (ports,
+/// probes, lifecycle hooks, resources), and a `targetContainerName` naming a container.
+fn validate_ephemeral(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    new: &[k8s_openapi::api::core::v1::EphemeralContainer],
+    old: &k8s_openapi::api::core::v1::PodSpec,
+) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let path = "spec.ephemeralContainers";
+    let before = old.ephemeral_containers.as_deref().unwrap_or_default();
+    for was in before {
+        match new.iter().find(|c| c.name == was.name) {
+            None => errs.push(FieldError::forbidden(
+                path,
+                &format!(
+                    "existing ephemeral containers {:?} may not be removed",
+                    was.name
+                ),
+            )),
+            Some(now) if now != was => errs.push(FieldError::forbidden(
+                path,
+                &format!(
+                    "existing ephemeral containers {:?} may not be changed",
+                    was.name
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    let regular: Vec<&str> = spec
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .chain(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .map(|c| c.name.as_str()),
+        )
+        .collect();
+    let mut seen: Vec<&str> = regular.clone();
+    for (i, c) in new.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        if seen.contains(&c.name.as_str()) {
+            errs.push(FieldError::duplicate(format!("{at}.name"), &c.name));
+        }
+        seen.push(&c.name);
+        if before.iter().any(|b| b.name == c.name) {
+            continue;
+        }
+        if let Some(why) = crate::validation::check_name(crate::registry::NameRule::Label, &c.name)
+        {
+            errs.push(FieldError::invalid(
+                format!("{at}.name"),
+                format!("{:?}", c.name),
+                why,
+            ));
+        }
+        if c.image.as_deref().is_none_or(str::is_empty) {
+            errs.push(FieldError::required(format!("{at}.image"), ""));
+        }
+        let only_regular = [
+            ("ports", c.ports.is_some()),
+            ("livenessProbe", c.liveness_probe.is_some()),
+            ("readinessProbe", c.readiness_probe.is_some()),
+            ("startupProbe", c.startup_probe.is_some()),
+            ("lifecycle", c.lifecycle.is_some()),
+            (
+                "resources",
+                c.resources
+                    .as_ref()
+                    .is_some_and(|r| *r != Default::default()),
+            ),
+        ];
+        for (field, set) in only_regular {
+            if set {
+                errs.push(FieldError::forbidden(
+                    format!("{at}.{field}"),
+                    "cannot be set for an Ephemeral Container",
+                ));
+            }
+        }
+        if let Some(target) = c.target_container_name.as_deref()
+            && !regular.contains(&target)
+        {
+            errs.push(FieldError::invalid(
+                format!("{at}.targetContainerName"),
+                format!("{target:?}"),
+                "must be the name of a container in the pod",
+            ));
+        }
+    }
+    errs
 }

@@ -15,6 +15,34 @@ use crate::object::{self, meta_mut, meta_str};
 use crate::patch::{self, PatchType};
 use crate::request::{Call, Params, Target};
 
+/// Sets (or, with `None`, removes) the field at JSON pointer `at` (`/spec/finalizers`),
+/// creating the objects above it.
+fn set_at(obj: &mut Value, at: &str, value: Option<Value>) {
+    let Some((parent, field)) = at.rsplit_once('/') else {
+        return;
+    };
+    let mut here = obj;
+    for seg in parent.split('/').filter(|s| !s.is_empty()) {
+        if !here.get(seg).is_some_and(Value::is_object) {
+            if value.is_none() {
+                return;
+            }
+            here[seg] = json!({});
+        }
+        here = &mut here[seg];
+    }
+    if let Some(o) = here.as_object_mut() {
+        match value {
+            Some(v) => {
+                o.insert(field.to_owned(), v);
+            }
+            None => {
+                o.remove(field);
+            }
+        }
+    }
+}
+
 impl Apiserver {
     /// Builds the object an update writes: the client's object with server-owned metadata
     /// and, depending on the subresource, the other half (spec or status) of the current one.
@@ -61,34 +89,34 @@ impl Apiserver {
                     }
                 }
             }
-            Some("finalize") => {
-                // Only `spec.finalizers` comes from the request.
-                let fins = obj.get("spec").and_then(|s| s.get("finalizers")).cloned();
-                let mut merged = cur_obj.clone();
-                merged.insert(
-                    "metadata".into(),
-                    obj.get("metadata").cloned().unwrap_or_default(),
-                );
-                let spec = merged.entry("spec").or_insert_with(|| json!({}));
-                match fins {
-                    Some(f) => spec["finalizers"] = f,
-                    None => {
-                        if let Some(s) = spec.as_object_mut() {
-                            s.remove("finalizers");
+            Some(sub) if t.kind.owned_by(sub).is_some() => {
+                // Only the part the subresource owns comes from the request (namespaces'
+                // `finalize`, pods' `ephemeralcontainers`).
+                let at = t.kind.owned_by(sub).expect("checked by the guard");
+                let part = new.pointer(at).cloned();
+                let mut merged = Value::Object(cur_obj.clone());
+                merged["metadata"] = new.get("metadata").cloned().unwrap_or_default();
+                set_at(&mut merged, at, part);
+                return merged;
+            }
+            Some(_) => {}
+            None => {
+                if info.status {
+                    match cur_obj.get("status") {
+                        Some(s) => {
+                            obj.insert("status".into(), s.clone());
+                        }
+                        None => {
+                            obj.remove("status");
                         }
                     }
                 }
-                *obj = merged;
+                // What a subresource owns stays as stored.
+                for at in t.kind.subresources().iter().filter_map(|s| s.owns) {
+                    let kept = cur.pointer(at).cloned();
+                    set_at(&mut new, at, kept);
+                }
             }
-            _ if info.status => match cur_obj.get("status") {
-                Some(s) => {
-                    obj.insert("status".into(), s.clone());
-                }
-                None => {
-                    obj.remove("status");
-                }
-            },
-            _ => {}
         }
         new
     }

@@ -39,17 +39,25 @@ pub(crate) fn pod_status(
                     .iter()
                     .flatten()
                     .chain(s.containers.iter())
+                    .map(|c| (&c.name, &c.image))
+                    .chain(
+                        s.ephemeral_containers
+                            .iter()
+                            .flatten()
+                            .map(|c| (&c.name, &c.image)),
+                    )
             })
-            .find(|c| c.name == name)
-            .and_then(|c| c.image.clone())
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, image)| image.clone())
             .unwrap_or_default()
     };
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-    let statuses = |init: bool| -> Vec<ContainerStatus> {
+    // Init, app or ephemeral containers' statuses.
+    let statuses = |init: bool, ephemeral: bool| -> Vec<ContainerStatus> {
         worker
             .containers
             .iter()
-            .filter(|c| c.init == init)
+            .filter(|c| c.init == init && c.ephemeral == ephemeral)
             .map(|c| ContainerStatus {
                 name: c.name.clone(),
                 image: image_of(&c.name),
@@ -78,7 +86,7 @@ pub(crate) fn pod_status(
     let unready: Vec<&str> = worker
         .containers
         .iter()
-        .filter(|c| !c.init && !c.ready)
+        .filter(|c| !c.init && !c.ephemeral && !c.ready)
         .map(|c| c.name.as_str())
         .collect();
     let unready_message = format!("containers with unready status: [{}]", unready.join(" "));
@@ -124,7 +132,8 @@ pub(crate) fn pod_status(
     } else {
         "ContainersNotReady"
     };
-    let init_statuses = statuses(true);
+    let init_statuses = statuses(true, false);
+    let ephemeral_statuses = statuses(false, true);
     let mut conditions = vec![
         condition("PodReadyToStartContainers", true, None),
         condition(
@@ -168,7 +177,9 @@ pub(crate) fn pod_status(
         }),
         start_time: worker.start_time.map(Time),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
-        container_statuses: Some(statuses(false)),
+        container_statuses: Some(statuses(false, false)),
+        ephemeral_container_statuses: (!ephemeral_statuses.is_empty())
+            .then_some(ephemeral_statuses),
         qos_class: pod.status.as_ref().and_then(|s| s.qos_class.clone()),
         ..Default::default()
     }

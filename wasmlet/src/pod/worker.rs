@@ -117,6 +117,9 @@ pub(crate) struct Container {
     pub name: String,
     /// An init container.
     pub init: bool,
+    /// An ephemeral container (`kubectl debug`): added to a running pod, never restarted, not
+    /// part of the pod's readiness or phase.
+    pub ephemeral: bool,
     /// Current state.
     pub state: State,
     /// The previous instance's end (`lastState`).
@@ -155,6 +158,7 @@ impl Container {
         Self {
             name,
             init,
+            ephemeral: false,
             state: State::Waiting {
                 reason,
                 message: None,
@@ -277,6 +281,11 @@ pub(crate) enum PodEvent {
         /// What failed.
         message: String,
     },
+    /// An ephemeral container was added to the pod's spec: pull and start it.
+    EphemeralAdded {
+        /// Which container.
+        container: usize,
+    },
     /// The pod was deleted.
     Delete,
 }
@@ -376,6 +385,9 @@ impl Effect {
 /// The state of one pod on this node.
 #[derive(Debug, Clone)]
 pub(crate) struct PodWorker {
+    /// How many of [`PodWorker::containers`] are the spec's init and app containers (the
+    /// ephemeral ones come after).
+    regular: usize,
     /// Init containers first, then app containers, in PodSpec order.
     pub containers: Vec<Container>,
     /// Lifecycle stage.
@@ -429,8 +441,9 @@ impl PodWorker {
                 app.iter()
                     .map(|n| Container::new(n.clone(), false, init.is_empty())),
             )
-            .collect();
+            .collect::<Vec<_>>();
         Self {
+            regular: containers.len(),
             containers,
             stage: Stage::Init(0),
             restart_policy,
@@ -455,7 +468,16 @@ impl PodWorker {
     }
 
     fn apps(&self) -> std::ops::Range<usize> {
-        self.inits()..self.containers.len()
+        self.inits()..self.regular
+    }
+
+    /// Adds ephemeral container `name` (its pull follows [`PodEvent::EphemeralAdded`]);
+    /// returns its index.
+    pub(crate) fn add_ephemeral(&mut self, name: String) -> usize {
+        let mut c = Container::new(name, false, true);
+        c.ephemeral = true;
+        self.containers.push(c);
+        self.containers.len() - 1
     }
 
     /// Whether all init containers have completed.
@@ -551,6 +573,11 @@ impl PodWorker {
                 kind,
                 healthy,
             } => self.probed(container, instance, kind, healthy, &mut fx),
+            PodEvent::EphemeralAdded { container } => {
+                if !self.stopping() {
+                    fx.push(Effect::Pull { container });
+                }
+            }
             PodEvent::Delete => {
                 if self.stopping() {
                     return fx;
@@ -684,6 +711,10 @@ impl PodWorker {
                 ),
             ));
         }
+        if c.ephemeral {
+            // Run once: an ephemeral container is never restarted.
+            return;
+        }
         if c.init {
             if !failed {
                 if let Stage::Init(n) = self.stage {
@@ -752,6 +783,10 @@ impl PodWorker {
         };
         if terminating {
             self.maybe_gone(fx);
+            return;
+        }
+        if c.ephemeral {
+            fx.push(Effect::warning(i, "Failed", format!("Error: {message}")));
             return;
         }
         let delay = next_delay(c.crash_delay, backoff);
@@ -1344,5 +1379,36 @@ mod tests {
         let fx = w.step(PodEvent::BackoffOver { container: 0 }, ts(11));
         assert_eq!(fx, vec![Effect::Start { container: 0 }]);
         assert_eq!(w.containers[0].restart_count, 0, "nothing had started");
+    }
+
+    #[test]
+    fn an_ephemeral_container_runs_once_beside_the_pod_without_changing_its_phase() {
+        let mut w = pulled_worker(&["app"], RestartPolicy::Always);
+        start(&mut w, 0, 1);
+        let ready = w.containers_ready();
+        let e = w.add_ephemeral("debugger".into());
+        assert_eq!(e, 1);
+        assert_eq!(
+            pulls(&w.step(PodEvent::EphemeralAdded { container: e }, ts(2))),
+            [e]
+        );
+        assert_eq!(starts(&pulled(&mut w, e)), [e]);
+        start(&mut w, e, 3);
+        assert_eq!(w.phase(), Phase::Running);
+        assert_eq!(w.containers_ready(), ready, "not part of readiness");
+        // It ends with an error: terminated for good, no back-off, the pod runs on.
+        let fx = exit(&mut w, e, Exit::Code(1), 4);
+        assert!(starts(&fx).is_empty() && timer(&fx).is_none(), "{fx:?}");
+        assert!(matches!(w.containers[e].state, State::Terminated(ref t) if t.exit_code == 1));
+        assert_eq!(w.phase(), Phase::Running);
+        // Deleting the pod stops only what still runs.
+        let fx = w.step(PodEvent::Delete, ts(5));
+        assert_eq!(
+            containers(&fx, |f| match f {
+                Effect::Kill { container } => Some(*container),
+                _ => None,
+            }),
+            [0]
+        );
     }
 }
