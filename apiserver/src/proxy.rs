@@ -15,7 +15,7 @@ use axum::response::Response;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use rand::Rng;
-use wasmkube_client::proxy::{NODE_ANSWER_HEADER, forwarded, pod_proxy_target};
+use wasmkube_client::proxy::{NODE_ANSWER_HEADER, keep_forwarded, pod_proxy_target};
 
 use crate::Apiserver;
 use crate::error::ApiError;
@@ -139,14 +139,17 @@ pub(crate) async fn serve(
         .await
         .map_err(|e| unreachable(&e))?;
     tokio::spawn(conn);
-    let mut req = http::Request::builder().method(method).uri(&target);
-    for (n, v) in headers.iter().filter(|(n, _)| forwarded(n)) {
-        req = req.header(n, v);
-    }
-    let req = req
-        .header(header::HOST, &host)
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(&target)
         .body(http_body_util::Full::new(body))
         .map_err(|e| ApiError::bad_request(format!("a request that cannot be forwarded: {e}")))?;
+    *req.headers_mut() = headers.clone();
+    keep_forwarded(req.headers_mut());
+    req.headers_mut().insert(
+        header::HOST,
+        header::HeaderValue::from_str(&host).map_err(|e| ApiError::internal(e.to_string()))?,
+    );
     let resp = sender
         .send_request(req)
         .await
@@ -159,14 +162,9 @@ pub(crate) async fn serve(
             crate::podlog::node_error(resp).await
         });
     }
-    let (head, body) = resp.into_parts();
-    let mut answer = Response::builder().status(head.status);
-    for (n, v) in head.headers.iter().filter(|(n, _)| forwarded(n)) {
-        answer = answer.header(n, v);
-    }
-    answer
-        .body(Body::new(body))
-        .map_err(|e| ApiError::internal(format!("the pod's answer: {e}")))
+    let mut resp = resp.map(Body::new);
+    keep_forwarded(resp.headers_mut());
+    Ok(resp)
 }
 
 /// The pod `name` and the port to reach: `port`, or its first declared container port, or 80.

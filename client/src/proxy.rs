@@ -40,6 +40,14 @@ pub fn forwarded(name: &HeaderName) -> bool {
     !NOT_FORWARDED.contains(&name) && !name.starts_with("impersonate-extra-")
 }
 
+/// Drops the headers that are not carried across a proxy hop ([`forwarded`]).
+pub fn keep_forwarded(headers: &mut http::HeaderMap) {
+    let dropped: Vec<HeaderName> = headers.keys().filter(|n| !forwarded(n)).cloned().collect();
+    for name in dropped {
+        headers.remove(name);
+    }
+}
+
 /// The node endpoint's path for `path` (no leading `/`) on `port` of `namespace/pod`, with
 /// the caller's query.
 #[must_use]

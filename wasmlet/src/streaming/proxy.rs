@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use hyper_util::rt::TokioIo;
-use wasmkube_client::proxy::{NODE_ANSWER_HEADER, forwarded};
+use wasmkube_client::proxy::{NODE_ANSWER_HEADER, keep_forwarded};
 
 use crate::pod::PodRegistry;
 use crate::streaming::text;
@@ -71,27 +71,20 @@ async fn carry(
             format!("invalid path {uri:?}"),
         ));
     };
-    let mut out = http::Request::builder().method(head.method).uri(uri);
-    for (name, value) in head.headers.iter().filter(|(n, _)| forwarded(n)) {
-        out = out.header(name, value);
-    }
+    let mut out = http::Request::new(body);
+    *out.method_mut() = head.method;
+    *out.uri_mut() = uri;
+    *out.headers_mut() = head.headers;
+    keep_forwarded(out.headers_mut());
     let host = format!("{}:{port}", target.pod_ip);
-    let Ok(out) = out.header(http::header::HOST, host).body(body) else {
-        return Err(text(
-            StatusCode::BAD_REQUEST,
-            "a request that cannot be forwarded".into(),
-        ));
-    };
+    if let Ok(host) = HeaderValue::from_str(&host) {
+        out.headers_mut().insert(http::header::HOST, host);
+    }
     let resp = sender
         .send_request(out)
         .await
         .map_err(|e| unreachable(format!("pod {namespace}/{pod} port {port}: {e}")))?;
-    let (head, body) = resp.into_parts();
-    let mut answer = Response::builder().status(head.status);
-    for (name, value) in head.headers.iter().filter(|(n, _)| forwarded(n)) {
-        answer = answer.header(name, value);
-    }
-    answer
-        .body(Body::new(body))
-        .map_err(|e| unreachable(format!("the pod's answer: {e}")))
+    let mut resp = resp.map(Body::new);
+    keep_forwarded(resp.headers_mut());
+    Ok(resp)
 }
