@@ -262,6 +262,20 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
     let mut ready_here = false;
 
     loop {
+        // `kubectl debug`: ephemeral containers in the spec and not yet here (added since, or
+        // there when this worker began: a wasmlet that restarts runs the whole pod again) are
+        // started once.
+        if !finished && pod.metadata.deletion_timestamp.is_none() {
+            for c in new_ephemeral(&pod, &containers) {
+                let i = worker.add_ephemeral(c.name.clone());
+                containers.push(c);
+                prepared.push(None);
+                kills.push(None);
+                probing.push(None);
+                probes.push(ContainerProbes::default());
+                pending.push_back(PodEvent::EphemeralAdded { container: i });
+            }
+        }
         while let Some(event) = pending.pop_front() {
             let effects = worker.step(event, Timestamp::now());
             for effect in effects {
@@ -444,17 +458,6 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>, mut updates: watch::Receiver<Option<A
                         pod = p;
                         if deleted {
                             pending.push_back(PodEvent::Delete);
-                        } else if !finished {
-                            // `kubectl debug`: ephemeral containers added since, started once.
-                            for c in new_ephemeral(&pod, &containers) {
-                                let i = worker.add_ephemeral(c.name.clone());
-                                containers.push(c);
-                                prepared.push(None);
-                                kills.push(None);
-                                probing.push(None);
-                                probes.push(ContainerProbes::default());
-                                pending.push_back(PodEvent::EphemeralAdded { container: i });
-                            }
                         }
                     }
                     None => {
